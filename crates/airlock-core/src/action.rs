@@ -1,0 +1,344 @@
+//! The action an enforcement point is about to perform, and its fingerprint:
+//! the identity a grant is bound to.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{ActionName, ParseError, UserName};
+
+/// Longest resource id accepted; ids are names, not payloads.
+const MAX_RESOURCE_ID: usize = 1024;
+
+/// A resource type, a Cedar entity type name such as `Table` or `Db::Table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourceType(String);
+
+impl ResourceType {
+    /// Parses `Ident(::Ident)*`, the shape Cedar accepts for entity types.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.split("::").all(|part| {
+                let mut chars = part.chars();
+                matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !ok {
+            return Err(ParseError::new(
+                "resource type",
+                format!("{s:?} is not an entity type name like `Table` or `Db::Table`"),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The type name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ResourceType {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ResourceType> for String {
+    fn from(v: ResourceType) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A resource id: any non-empty text without control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourceId(String);
+
+impl ResourceId {
+    /// Parses a resource id.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() || s.len() > MAX_RESOURCE_ID {
+            return Err(ParseError::new(
+                "resource id",
+                format!("must be 1 to {MAX_RESOURCE_ID} bytes"),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(ParseError::new(
+                "resource id",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ResourceId {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ResourceId> for String {
+    fn from(v: ResourceId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the action is performed on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// Entity type, e.g. `Table`.
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    /// Entity id, e.g. `prod.customers`.
+    pub id: ResourceId,
+    /// Attributes that inform the decision (tags, owner, row count). They do
+    /// not bind the grant.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attrs: Map<String, Value>,
+}
+
+/// One action as an enforcement point describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Who performs it.
+    pub principal: UserName,
+    /// The verb.
+    pub action: ActionName,
+    /// What it is performed on.
+    pub resource: Resource,
+    /// What binds the grant: exact SQL, command line, path, body hash.
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Facts that inform the decision but do not bind the grant.
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+impl Action {
+    /// The fingerprint: SHA-256 over a canonical encoding of principal,
+    /// action, resource type and id, and params.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut buf = Vec::with_capacity(256);
+        // Domain separation so a fingerprint can never collide with another
+        // hash Airlock computes over similar bytes.
+        buf.extend_from_slice(b"airlock-fingerprint-v1\0");
+        let bound = serde_json::json!({
+            "principal": self.principal.as_str(),
+            "action": self.action.as_str(),
+            "resource_type": self.resource.kind.as_str(),
+            "resource_id": self.resource.id.as_str(),
+            "params": &self.params,
+        });
+        canonical_json(&bound, &mut buf);
+        Fingerprint(Sha256::digest(&buf).into())
+    }
+}
+
+/// Writes `v` as JSON with object keys sorted and no white space, so equal
+/// values always produce equal bytes whatever map order a dependency enables.
+pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_string(k, out);
+                out.push(b':');
+                if let Some(inner) = map.get(k) {
+                    canonical_json(inner, out);
+                }
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        Value::String(s) => write_json_string(s, out),
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's string escaping is deterministic; reuse it.
+    out.extend_from_slice(Value::String(s.to_owned()).to_string().as_bytes());
+}
+
+/// SHA-256 fingerprint of an action.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// Parses 64 lowercase or uppercase hex digits.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|e| ParseError::new("fingerprint", e.to_string()))?;
+        Ok(Self(out))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.to_string()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn action(v: Value) -> Action {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({
+            "principal": "alice",
+            "action": "export",
+            "resource": {"type": "Table", "id": "prod.customers", "attrs": {"tags": ["pii"]}},
+            "params": {"sql": "select * from customers", "format": "csv"},
+            "context": {"rows": 10}
+        })
+    }
+
+    #[test]
+    fn context_and_attrs_do_not_bind() {
+        let a = action(base());
+        let mut v = base();
+        v["context"] = json!({"rows": 99999});
+        v["resource"]["attrs"] = json!({});
+        assert_eq!(a.fingerprint(), action(v).fingerprint());
+    }
+
+    #[test]
+    fn every_bound_field_binds() {
+        let fp = action(base()).fingerprint();
+        for (path, val) in [
+            ("/principal", json!("bob")),
+            ("/action", json!("delete")),
+            ("/resource/type", json!("View")),
+            ("/resource/id", json!("prod.orders")),
+            ("/params/sql", json!("select * from customers;")),
+            ("/params/extra", json!("1")),
+        ] {
+            let mut v = base();
+            if path == "/params/extra" {
+                v["params"]["extra"] = val;
+            } else {
+                *v.pointer_mut(path).unwrap() = val;
+            }
+            assert_ne!(fp, action(v).fingerprint(), "{path} must bind");
+        }
+    }
+
+    #[test]
+    fn key_order_does_not_matter() {
+        let a: Action = serde_json::from_str(
+            r#"{"principal":"a","action":"x","resource":{"type":"T","id":"1"},"params":{"b":{"y":1,"x":2},"a":1}}"#,
+        )
+        .unwrap();
+        let b: Action = serde_json::from_str(
+            r#"{"principal":"a","action":"x","resource":{"type":"T","id":"1"},"params":{"a":1,"b":{"x":2,"y":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_known_answer() {
+        // Pinned so an accidental change to the encoding (which would void
+        // every outstanding grant) fails loudly.
+        let a: Action = serde_json::from_str(
+            r#"{"principal":"alice","action":"export","resource":{"type":"Table","id":"t"},"params":{"sql":"select 1"}}"#,
+        )
+        .unwrap();
+        let mut buf = b"airlock-fingerprint-v1\0".to_vec();
+        buf.extend_from_slice(
+            br#"{"action":"export","params":{"sql":"select 1"},"principal":"alice","resource_id":"t","resource_type":"Table"}"#,
+        );
+        assert_eq!(a.fingerprint().as_bytes(), &<[u8; 32]>::from(Sha256::digest(&buf)));
+    }
+
+    #[test]
+    fn refuses_bad_resource() {
+        let mut v = base();
+        v["resource"]["type"] = json!("not a type");
+        assert!(serde_json::from_value::<Action>(v).is_err());
+        let mut v = base();
+        v["resource"]["id"] = json!("");
+        assert!(serde_json::from_value::<Action>(v).is_err());
+    }
+
+    #[test]
+    fn fingerprint_parse_round_trip() {
+        let fp = action(base()).fingerprint();
+        assert_eq!(Fingerprint::parse(&fp.to_string()).unwrap(), fp);
+        assert!(Fingerprint::parse("abc").is_err());
+    }
+}

@@ -1,0 +1,361 @@
+//! The audit chain: record shapes, the hash that links each record to the one
+//! before it, and the offline check of a whole chain.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::action::canonical_json;
+use crate::ParseError;
+
+/// What happened. The name is stored; add kinds, never rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// Policy answered a check.
+    Decision,
+    /// An approval request was created.
+    RequestCreated,
+    /// A reviewer gave a verdict.
+    Review,
+    /// A request changed state (approved, denied, expired, cancelled, revoked, …).
+    RequestState,
+    /// A grant was issued.
+    GrantIssued,
+    /// A grant use was consumed.
+    GrantConsumed,
+    /// A grant was presented and refused.
+    GrantRefused,
+    /// The outcome of a grant use was reported.
+    GrantCompleted,
+    /// A policy set was loaded.
+    PolicyLoaded,
+    /// A policy reload failed; the previous set kept serving.
+    PolicyReloadFailed,
+    /// An API key was created.
+    KeyCreated,
+    /// The server started.
+    ServerStarted,
+}
+
+impl AuditKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::RequestCreated => "request_created",
+            Self::Review => "review",
+            Self::RequestState => "request_state",
+            Self::GrantIssued => "grant_issued",
+            Self::GrantConsumed => "grant_consumed",
+            Self::GrantRefused => "grant_refused",
+            Self::GrantCompleted => "grant_completed",
+            Self::PolicyLoaded => "policy_loaded",
+            Self::PolicyReloadFailed => "policy_reload_failed",
+            Self::KeyCreated => "key_created",
+            Self::ServerStarted => "server_started",
+        }
+    }
+}
+
+impl fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A SHA-256 link in the chain.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ChainHash(pub [u8; 32]);
+
+impl ChainHash {
+    /// The `prev_hash` of the first record.
+    pub const GENESIS: ChainHash = ChainHash([0; 32]);
+
+    /// Parses 64 hex digits.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|e| ParseError::new("hash", e.to_string()))?;
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainHash({self})")
+    }
+}
+
+impl Serialize for ChainHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChainHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ChainHash::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A record about to be appended: everything but its place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditRecord {
+    /// What happened.
+    pub kind: AuditKind,
+    /// Who did it (user name, `system`, or `key:<id>`).
+    pub actor: String,
+    /// What it happened to (request or grant id), or empty.
+    pub subject: String,
+    /// Everything else, as JSON. Never holds a key or a grant token.
+    pub details: Value,
+}
+
+/// A record in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1, 2, 3, … with no gaps.
+    pub seq: i64,
+    /// RFC 3339 time with milliseconds, stored as text so the hash is exact.
+    pub ts: String,
+    /// What happened, as stored.
+    pub kind: String,
+    /// Who did it.
+    pub actor: String,
+    /// What it happened to.
+    pub subject: String,
+    /// Everything else.
+    pub details: Value,
+    /// Hash of the record before (zeros for the first).
+    pub prev_hash: ChainHash,
+    /// Hash of this record, over `prev_hash` and its content.
+    pub hash: ChainHash,
+}
+
+/// The hash of a record's content linked to the previous hash.
+pub fn chain_hash(
+    prev: &ChainHash,
+    seq: i64,
+    ts: &str,
+    kind: &str,
+    actor: &str,
+    subject: &str,
+    details: &Value,
+) -> ChainHash {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"airlock-audit-v1\0");
+    buf.extend_from_slice(&prev.0);
+    let body = serde_json::json!({
+        "seq": seq, "ts": ts, "kind": kind, "actor": actor,
+        "subject": subject, "details": details,
+    });
+    canonical_json(&body, &mut buf);
+    ChainHash(Sha256::digest(&buf).into())
+}
+
+impl AuditRecord {
+    /// Builds the next record after `prev` (seq `prev_seq + 1`).
+    pub fn link(prev_seq: i64, prev: ChainHash, ts: String, rec: NewAuditRecord) -> AuditRecord {
+        let seq = prev_seq + 1;
+        let kind = rec.kind.as_str().to_owned();
+        let hash = chain_hash(&prev, seq, &ts, &kind, &rec.actor, &rec.subject, &rec.details);
+        AuditRecord {
+            seq,
+            ts,
+            kind,
+            actor: rec.actor,
+            subject: rec.subject,
+            details: rec.details,
+            prev_hash: prev,
+            hash,
+        }
+    }
+
+    /// Recomputes this record's hash from its content.
+    pub fn computed_hash(&self) -> ChainHash {
+        chain_hash(
+            &self.prev_hash,
+            self.seq,
+            &self.ts,
+            &self.kind,
+            &self.actor,
+            &self.subject,
+            &self.details,
+        )
+    }
+}
+
+/// Why a chain failed to verify, naming the first bad sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A sequence number is missing or out of place (deleted or reordered).
+    #[error("record {seq}: expected sequence number {seq}, found {found}")]
+    Gap {
+        /// The first sequence number that is wrong.
+        seq: i64,
+        /// What stood there instead.
+        found: i64,
+    },
+    /// The record does not link to the one before it (inserted or reordered).
+    #[error("record {seq}: previous-hash link is broken")]
+    BrokenLink {
+        /// The first sequence number that is wrong.
+        seq: i64,
+    },
+    /// The record's content does not match its hash (changed).
+    #[error("record {seq}: content does not match its hash")]
+    Altered {
+        /// The first sequence number that is wrong.
+        seq: i64,
+    },
+    /// A signed checkpoint names a record whose hash differs, or that is gone.
+    #[error("record {seq}: does not match the signed checkpoint at {seq}")]
+    Checkpoint {
+        /// The sequence number of the checkpoint.
+        seq: i64,
+    },
+}
+
+impl ChainError {
+    /// The first sequence number that fails.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Self::Gap { seq, .. }
+            | Self::BrokenLink { seq }
+            | Self::Altered { seq }
+            | Self::Checkpoint { seq } => *seq,
+        }
+    }
+}
+
+/// Walks a chain in stored order, checking sequence, links and hashes.
+/// Returns the last (seq, hash) on success.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    expect_seq: i64,
+    prev: ChainHash,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            expect_seq: 1,
+            prev: ChainHash::GENESIS,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next record.
+    pub fn push(&mut self, rec: &AuditRecord) -> Result<(), ChainError> {
+        if rec.seq != self.expect_seq {
+            return Err(ChainError::Gap {
+                seq: self.expect_seq,
+                found: rec.seq,
+            });
+        }
+        if rec.prev_hash != self.prev {
+            return Err(ChainError::BrokenLink { seq: rec.seq });
+        }
+        if rec.computed_hash() != rec.hash {
+            return Err(ChainError::Altered { seq: rec.seq });
+        }
+        self.prev = rec.hash;
+        self.expect_seq += 1;
+        Ok(())
+    }
+
+    /// The last verified sequence number (0 before any).
+    pub fn head_seq(&self) -> i64 {
+        self.expect_seq - 1
+    }
+
+    /// The last verified hash.
+    pub fn head_hash(&self) -> ChainHash {
+        self.prev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain(n: i64) -> Vec<AuditRecord> {
+        let mut out: Vec<AuditRecord> = Vec::new();
+        for i in 0..n {
+            let (seq, prev) = out.last().map_or((0, ChainHash::GENESIS), |r| (r.seq, r.hash));
+            out.push(AuditRecord::link(
+                seq,
+                prev,
+                format!("2026-01-01T00:00:0{i}.000Z"),
+                NewAuditRecord {
+                    kind: AuditKind::Decision,
+                    actor: "alice".into(),
+                    subject: String::new(),
+                    details: json!({"n": i}),
+                },
+            ));
+        }
+        out
+    }
+
+    fn verify(records: &[AuditRecord]) -> Result<i64, ChainError> {
+        let mut v = ChainVerifier::default();
+        for r in records {
+            v.push(r)?;
+        }
+        Ok(v.head_seq())
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert_eq!(verify(&chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn changed_record_is_named() {
+        let mut c = chain(5);
+        c[2].details = json!({"n": 99});
+        assert_eq!(verify(&c).unwrap_err().seq(), 3);
+    }
+
+    #[test]
+    fn deleted_record_is_named() {
+        let mut c = chain(5);
+        c.remove(1);
+        assert_eq!(verify(&c).unwrap_err().seq(), 2);
+    }
+
+    #[test]
+    fn reordered_records_are_named() {
+        let mut c = chain(5);
+        c.swap(2, 3);
+        // Renumber as an attacker would, to hide the swap from the seq check.
+        c[2].seq = 3;
+        c[3].seq = 4;
+        assert_eq!(verify(&c).unwrap_err().seq(), 3);
+    }
+
+    #[test]
+    fn inserted_record_is_named() {
+        let mut c = chain(5);
+        let mut fake = c[1].clone();
+        fake.details = json!({"forged": true});
+        c.insert(2, fake);
+        for (i, r) in c.iter_mut().enumerate() {
+            r.seq = i as i64 + 1;
+        }
+        // The forgery stands at seq 3.
+        assert_eq!(verify(&c).unwrap_err().seq(), 3);
+    }
+}

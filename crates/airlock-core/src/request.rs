@@ -1,0 +1,262 @@
+//! Approval requests, their reviews, and the state machine they move through.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Action, Fingerprint, GrantId, GroupName, ParseError, RequestId, Requirement, UserName};
+
+/// Where a request stands. Terminal states never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Waiting for reviews.
+    Pending,
+    /// Every threshold met; a grant was issued.
+    Approved,
+    /// An eligible reviewer denied it.
+    Denied,
+    /// Nobody decided in time, or the grant expired unused.
+    Expired,
+    /// The requester withdrew it.
+    Cancelled,
+    /// Every use of the grant was consumed.
+    Consumed,
+    /// The enforcement point reported the outcome of the last use.
+    Completed,
+    /// An approver or admin killed the grant.
+    Revoked,
+}
+
+impl RequestStatus {
+    /// All states, for metrics and listings.
+    pub const ALL: [RequestStatus; 8] = [
+        Self::Pending,
+        Self::Approved,
+        Self::Denied,
+        Self::Expired,
+        Self::Cancelled,
+        Self::Consumed,
+        Self::Completed,
+        Self::Revoked,
+    ];
+
+    /// The name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::Consumed => "consumed",
+            Self::Completed => "completed",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ParseError::new("request status", format!("unknown status {s:?}")))
+    }
+
+    /// No transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Denied | Self::Expired | Self::Cancelled | Self::Completed | Self::Revoked
+        )
+    }
+
+    /// The one place that says which transitions exist.
+    pub fn can_become(self, next: RequestStatus) -> bool {
+        use RequestStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Approved | Denied | Expired | Cancelled)
+                | (Approved, Consumed | Completed | Revoked | Expired)
+                | (Consumed, Completed | Revoked)
+        )
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reviewer's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Counts toward every threshold the reviewer is eligible for.
+    Approve,
+    /// Ends the request as denied.
+    Deny,
+}
+
+impl Verdict {
+    /// The name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+        }
+    }
+
+    /// Parses a verdict name.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "approve" => Ok(Self::Approve),
+            "deny" => Ok(Self::Deny),
+            _ => Err(ParseError::new("verdict", format!("{s:?} is not approve or deny"))),
+        }
+    }
+}
+
+/// One reviewer's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    /// Who reviewed.
+    pub reviewer: UserName,
+    /// What they said.
+    pub verdict: Verdict,
+    /// Why, if they said.
+    pub reason: Option<String>,
+    /// Where they said it: `api`, `cli`, `web`, `slack`, …
+    pub channel: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The grant issued for an approved request, as the store keeps it. The token
+/// itself is never stored: it is minted from these fields when shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The grant's id.
+    pub grant_id: GrantId,
+    /// When it stops being usable.
+    pub expires_at: DateTime<Utc>,
+    /// How many uses it had.
+    pub max_uses: u32,
+    /// How many were consumed.
+    pub uses: u32,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// Outcome reported by `complete`, if any.
+    pub outcome: Option<String>,
+}
+
+/// An approval request, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The request's id.
+    pub id: RequestId,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// The action it asks for.
+    pub action: Action,
+    /// The action's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// What must happen before a grant is issued.
+    pub requirement: Requirement,
+    /// The policies that asked for approval.
+    pub policies: Vec<String>,
+    /// The requester's reason.
+    pub reason: Option<String>,
+    /// Reviews so far, oldest first.
+    pub reviews: Vec<Review>,
+    /// When it was asked.
+    pub created_at: DateTime<Utc>,
+    /// When it stops waiting.
+    pub expires_at: DateTime<Utc>,
+    /// The grant, once approved.
+    pub grant: Option<GrantRecord>,
+}
+
+impl Request {
+    /// Distinct approvals that count for each threshold, given who is in
+    /// which group *now* (membership is looked up at every evaluation, so a
+    /// reviewer removed from a group stops counting).
+    pub fn approvals(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> Vec<u32> {
+        self.requirement
+            .thresholds
+            .iter()
+            .map(|t| {
+                let mut counted: Vec<&UserName> = Vec::new();
+                for r in &self.reviews {
+                    if r.verdict == Verdict::Approve
+                        && r.reviewer != self.action.principal
+                        && !counted.contains(&&r.reviewer)
+                        && t.groups.iter().any(|g| is_member(&r.reviewer, g))
+                    {
+                        counted.push(&r.reviewer);
+                    }
+                }
+                // At most the number of reviews, which is small.
+                u32::try_from(counted.len()).unwrap_or(u32::MAX)
+            })
+            .collect()
+    }
+
+    /// Whether every threshold is met under the given membership.
+    pub fn thresholds_met(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> bool {
+        self.approvals(is_member)
+            .iter()
+            .zip(&self.requirement.thresholds)
+            .all(|(n, t)| *n >= t.quorum.get())
+    }
+
+    /// Whether `user` may review this request under the given membership.
+    pub fn eligible_reviewer(
+        &self,
+        user: &UserName,
+        is_member: impl Fn(&UserName, &GroupName) -> bool,
+    ) -> bool {
+        *user != self.action.principal
+            && self
+                .requirement
+                .thresholds
+                .iter()
+                .any(|t| t.groups.iter().any(|g| is_member(user, g)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_are_final() {
+        for from in RequestStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in RequestStatus::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn pending_paths() {
+        use RequestStatus::*;
+        assert!(Pending.can_become(Approved));
+        assert!(Pending.can_become(Cancelled));
+        assert!(!Pending.can_become(Consumed));
+        assert!(!Pending.can_become(Revoked));
+        assert!(Approved.can_become(Revoked));
+        assert!(!Approved.can_become(Cancelled));
+        assert!(!Approved.can_become(Denied));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in RequestStatus::ALL {
+            assert_eq!(RequestStatus::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(RequestStatus::parse("weird").is_err());
+    }
+}
