@@ -1,0 +1,602 @@
+//! Loads a policy directory into a ready-to-serve engine and decides actions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use airlock_core::decision::{DEFAULT_GRANT_TTL, DEFAULT_REQUEST_TTL};
+use airlock_core::{Action, Decision, GroupName, Requirement, Threshold, UserName};
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode, Validator,
+};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::annotations::{self, Approval};
+use crate::locate::statement_lines;
+use crate::{DecideError, LoadError};
+
+/// Who is in which group: the `[[users]]` of the config. Membership is read
+/// from here at every decision, review and consumption.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    members: BTreeMap<UserName, BTreeSet<GroupName>>,
+}
+
+impl Directory {
+    /// Builds a directory from users and their groups.
+    pub fn new(users: impl IntoIterator<Item = (UserName, Vec<GroupName>)>) -> Self {
+        Self {
+            members: users
+                .into_iter()
+                .map(|(u, gs)| (u, gs.into_iter().collect()))
+                .collect(),
+        }
+    }
+
+    /// Whether `user` is in `group` now.
+    pub fn is_member(&self, user: &UserName, group: &GroupName) -> bool {
+        self.members.get(user).is_some_and(|gs| gs.contains(group))
+    }
+
+    /// The user's groups, if the user is known.
+    pub fn groups(&self, user: &UserName) -> Option<&BTreeSet<GroupName>> {
+        self.members.get(user)
+    }
+
+    /// Members of any of `groups`.
+    pub fn members_of<'a>(&'a self, groups: &'a [GroupName]) -> impl Iterator<Item = &'a UserName> {
+        self.members
+            .iter()
+            .filter(move |(_, gs)| groups.iter().any(|g| gs.contains(g)))
+            .map(|(u, _)| u)
+    }
+
+    /// Whether the user is known at all.
+    pub fn contains(&self, user: &UserName) -> bool {
+        self.members.contains_key(user)
+    }
+}
+
+/// The files a policy set was loaded from, as text, so loading can be tested
+/// and benchmarked without a directory.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySource {
+    /// `(path, text)` of each `*.cedar` file, in load order.
+    pub policies: Vec<(PathBuf, String)>,
+    /// `(path, text)` of the schema: `*.cedarschema`, or `schema.json`.
+    pub schema: Option<(PathBuf, String)>,
+    /// Text of `entities.json`.
+    pub entities: Option<String>,
+}
+
+impl PolicySource {
+    /// Reads `*.cedar`, an optional `schema.cedarschema`/`schema.json` and an
+    /// optional `entities.json` from `dir`.
+    pub fn read_dir(dir: &Path) -> Result<Self, LoadError> {
+        let io = |path: &Path, source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        paths.sort();
+        let mut src = PolicySource::default();
+        for path in paths {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if name.starts_with('.') {
+                continue;
+            }
+            if ext == "cedar" {
+                let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                src.policies.push((path, text));
+            } else if ext == "cedarschema" || name == "schema.json" {
+                let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                src.schema = Some((path, text));
+            } else if name == "entities.json" {
+                src.entities = Some(std::fs::read_to_string(&path).map_err(|e| io(&path, e))?);
+            }
+        }
+        if src.policies.is_empty() {
+            return Err(LoadError::Empty(dir.to_owned()));
+        }
+        Ok(src)
+    }
+}
+
+/// A loaded, validated policy set ready to decide. Immutable: a reload
+/// builds a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    set: PolicySet,
+    approvals: HashMap<PolicyId, Approval>,
+    base: Entities,
+    schema: Option<Schema>,
+    authorizer: Authorizer,
+    version: String,
+    policy_count: usize,
+    text: String,
+}
+
+impl PolicyEngine {
+    /// Loads a policy directory for the users in `directory`.
+    pub fn load(dir: &Path, directory: &Directory) -> Result<Self, LoadError> {
+        Self::from_source(&PolicySource::read_dir(dir)?, directory)
+    }
+
+    /// Builds an engine from policy text.
+    pub fn from_source(src: &PolicySource, directory: &Directory) -> Result<Self, LoadError> {
+        let schema = match &src.schema {
+            None => None,
+            Some((path, text)) => {
+                let parsed = if path.extension().is_some_and(|e| e == "json") {
+                    Schema::from_json_str(text).map_err(|e| e.to_string())
+                } else {
+                    Schema::from_cedarschema_str(text)
+                        .map(|(s, _warnings)| s)
+                        .map_err(|e| e.to_string())
+                };
+                Some(parsed.map_err(|message| LoadError::Schema {
+                    path: path.clone(),
+                    message,
+                })?)
+            }
+        };
+
+        let mut set = PolicySet::new();
+        let mut approvals = HashMap::new();
+        let mut origin: HashMap<String, String> = HashMap::new();
+        let mut hasher = Sha256::new();
+        let mut text = String::new();
+        for (path, source) in &src.policies {
+            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hasher.update([0]);
+            hasher.update(source.as_bytes());
+            hasher.update([0]);
+            text.push_str(source);
+            text.push('\n');
+            let parsed = PolicySet::from_str(source).map_err(|e| LoadError::Syntax {
+                path: path.clone(),
+                message: format!("{:?}", miette_free(&e)),
+            })?;
+            let lines = statement_lines(source);
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("policy")
+                .to_owned();
+            // Cedar names the policies of one text policy0, policy1, … in
+            // source order; that index is how we find each one's line.
+            let mut policies: Vec<_> = parsed.policies().cloned().collect();
+            policies.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX)
+            });
+            for (index, policy) in policies.into_iter().enumerate() {
+                let line = lines.get(index).copied().unwrap_or(1);
+                let id = match policy.annotation("id") {
+                    Some(id) => id.to_owned(),
+                    None => format!("{stem}.{index}"),
+                };
+                let here = format!("{}:{line}", path.display());
+                if let Some(other) = origin.insert(id.clone(), here) {
+                    return Err(LoadError::DuplicateId {
+                        path: path.clone(),
+                        line,
+                        policy: id,
+                        other,
+                    });
+                }
+                let approval = annotations::parse(
+                    policy.effect() == Effect::Permit,
+                    policy.annotations(),
+                )
+                .map_err(|message| LoadError::Annotation {
+                    path: path.clone(),
+                    line,
+                    policy: id.clone(),
+                    message,
+                })?;
+                let pid = PolicyId::new(&id);
+                let policy = policy.new_id(pid.clone());
+                set.add(policy).map_err(|e| LoadError::Syntax {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                if let Some(a) = approval {
+                    approvals.insert(pid, a);
+                }
+            }
+        }
+
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            if !result.validation_passed() {
+                let msgs: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+                return Err(LoadError::Validation(msgs.join("; ")));
+            }
+        }
+
+        let base = build_entities(src.entities.as_deref(), directory, schema.as_ref())?;
+        if let Some((_, s)) = &src.schema {
+            hasher.update(s.as_bytes());
+        }
+        hasher.update([0]);
+        if let Some(e) = &src.entities {
+            hasher.update(e.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let policy_count = set.policies().count();
+        Ok(Self {
+            set,
+            approvals,
+            base,
+            schema,
+            authorizer: Authorizer::new(),
+            version: hex::encode(&digest[..8]),
+            policy_count,
+            text,
+        })
+    }
+
+    /// A short digest of the policy text, schema and entities: nodes serving
+    /// the same files report the same version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// How many policies are loaded.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    /// Whether any policy mentions `name`; used to skip computing context
+    /// values (which cost a store read) that no policy can look at.
+    pub fn mentions(&self, name: &str) -> bool {
+        self.text.contains(name)
+    }
+
+    /// The Cedar policy set, for callers that want to show it.
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// The base entities (users, groups, `entities.json`).
+    pub fn entities(&self) -> &Entities {
+        &self.base
+    }
+
+    /// Decides `action` with `context` (the caller merges what the
+    /// enforcement point sent with what Airlock computed).
+    ///
+    /// Returns `Err` only when the action cannot be put to Cedar at all;
+    /// every failure *during* evaluation is a `Deny` (fail closed).
+    pub fn decide(&self, action: &Action, context: Map<String, Value>) -> Result<Decision, DecideError> {
+        let principal = uid("User", action.principal.as_str());
+        let verb = uid("Action", action.action.as_str());
+        let resource = uid(action.resource.kind.as_str(), action.resource.id.as_str());
+
+        let context = Context::from_json_value(
+            Value::Object(context),
+            self.schema.as_ref().map(|s| (s, &verb)),
+        )
+        .map_err(|e| DecideError::Context(e.to_string()))?;
+
+        let request = Request::new(principal, verb, resource.clone(), context, self.schema.as_ref())
+            .map_err(|e| DecideError::Request(e.to_string()))?;
+
+        // Attributes the administrator put in entities.json win over what
+        // the caller claims, so a caller cannot strip a resource's tags.
+        let response = if self.base.get(&resource).is_some() || action.resource.attrs.is_empty() {
+            self.authorizer.is_authorized(&request, &self.set, &self.base)
+        } else {
+            let entity = Entity::from_json_value(
+                serde_json::json!({
+                    "uid": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
+                    "attrs": Value::Object(action.resource.attrs.clone()),
+                    "parents": [],
+                }),
+                self.schema.as_ref(),
+            )
+            .map_err(|e| DecideError::Attrs(e.to_string()))?;
+            let entities = self
+                .base
+                .clone()
+                .add_entities([entity], self.schema.as_ref())
+                .map_err(|e| DecideError::Attrs(e.to_string()))?;
+            self.authorizer.is_authorized(&request, &self.set, &entities)
+        };
+
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        let mut policies: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        policies.sort();
+        if !errors.is_empty() {
+            return Ok(Decision::Deny {
+                policies,
+                message: format!("denied because a policy failed to evaluate: {}", errors.join("; ")),
+            });
+        }
+        if response.decision() == CedarDecision::Deny {
+            let message = if policies.is_empty() {
+                "no policy permits this action".to_owned()
+            } else {
+                format!("forbidden by policy {}", policies.join(", "))
+            };
+            return Ok(Decision::Deny { policies, message });
+        }
+
+        let mut thresholds = Vec::new();
+        let mut requirement = Requirement {
+            thresholds: Vec::new(),
+            request_ttl: DEFAULT_REQUEST_TTL,
+            grant_ttl: DEFAULT_GRANT_TTL,
+            max_uses: NonZeroU32::MIN,
+            reason_required: false,
+            step_up: None,
+        };
+        let mut first = true;
+        for id in response.diagnostics().reason() {
+            let Some(a) = self.approvals.get(id) else { continue };
+            thresholds.push(Threshold {
+                policy_id: id.to_string(),
+                groups: a.groups.clone(),
+                quorum: a.quorum,
+            });
+            // Where several policies ask, the strictest setting wins.
+            let request_ttl = a.request_ttl.unwrap_or(DEFAULT_REQUEST_TTL);
+            let grant_ttl = a.grant_ttl.unwrap_or(DEFAULT_GRANT_TTL);
+            let max_uses = a.max_uses.unwrap_or(NonZeroU32::MIN);
+            if first {
+                requirement.request_ttl = request_ttl;
+                requirement.grant_ttl = grant_ttl;
+                requirement.max_uses = max_uses;
+                first = false;
+            } else {
+                requirement.request_ttl = requirement.request_ttl.min(request_ttl);
+                requirement.grant_ttl = requirement.grant_ttl.min(grant_ttl);
+                requirement.max_uses = requirement.max_uses.min(max_uses);
+            }
+            requirement.reason_required |= a.reason_required;
+            if requirement.step_up.is_none() {
+                requirement.step_up.clone_from(&a.step_up);
+            }
+        }
+        if thresholds.is_empty() {
+            return Ok(Decision::Allow { policies });
+        }
+        thresholds.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+        requirement.thresholds = thresholds;
+        Ok(Decision::ApprovalRequired {
+            policies,
+            requirement,
+        })
+    }
+}
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    // Resource types are checked by `ResourceType::parse` and the others are
+    // fixed names, so this parse only fails on a programming error; fall back
+    // to an id no policy can name rather than panic.
+    let ty = EntityTypeName::from_str(kind)
+        .or_else(|_| EntityTypeName::from_str("Airlock::Invalid"))
+        .unwrap_or_else(|_| unreachable_type());
+    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+}
+
+#[allow(clippy::panic)] // Invariant: "Airlock::Invalid" is a valid Cedar type name, checked by a unit test.
+fn unreachable_type() -> EntityTypeName {
+    panic!("Airlock::Invalid must parse")
+}
+
+fn miette_free(e: &cedar_policy::ParseErrors) -> String {
+    // ParseErrors' Display is terse; list each error with its message.
+    e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+fn build_entities(
+    json: Option<&str>,
+    directory: &Directory,
+    schema: Option<&Schema>,
+) -> Result<Entities, LoadError> {
+    let mut entities: Vec<Entity> = Vec::new();
+    let mut groups: BTreeSet<&GroupName> = BTreeSet::new();
+    for (user, gs) in &directory.members {
+        let parents = gs.iter().map(|g| uid("Group", g.as_str())).collect();
+        entities.push(Entity::new_no_attrs(uid("User", user.as_str()), parents));
+        groups.extend(gs.iter());
+    }
+    for g in groups {
+        entities.push(Entity::new_no_attrs(uid("Group", g.as_str()), Default::default()));
+    }
+    let base = match json {
+        Some(text) => Entities::from_json_str(text, schema).map_err(|e| LoadError::Entities(e.to_string()))?,
+        None => Entities::empty(),
+    };
+    // Groups named in both places: keep the entities.json one.
+    let entities: Vec<Entity> = entities
+        .into_iter()
+        .filter(|e| base.get(&e.uid()).is_none())
+        .collect();
+    base.add_entities(entities, schema)
+        .map_err(|e| LoadError::Entities(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POLICIES: &str = r#"
+// Engineers may export anything that is not tagged as personal data.
+permit(principal in Group::"engineering", action == Action::"export", resource)
+unless { resource has tags && resource.tags.contains("pii") };
+
+@id("pii-export")
+@approvers("security")
+@quorum("2")
+@grant_ttl("5m")
+permit(principal, action == Action::"export", resource)
+when { resource has tags && resource.tags.contains("pii") };
+
+@id("pii-export-owner")
+@approvers("data-owners")
+permit(principal, action == Action::"export", resource)
+when { resource has tags && resource.tags.contains("pii") };
+
+@id("after-hours")
+forbid(principal, action == Action::"export", resource)
+when { context has local_hour && (context.local_hour < 7 || context.local_hour >= 20) };
+
+@id("broken")
+permit(principal, action == Action::"poke", resource)
+when { context.missing_field == 1 };
+"#;
+
+    fn directory() -> Directory {
+        let u = |n: &str| UserName::parse(n).unwrap();
+        let g = |n: &str| GroupName::parse(n).unwrap();
+        Directory::new([
+            (u("alice"), vec![g("engineering")]),
+            (u("bob"), vec![g("security")]),
+        ])
+    }
+
+    fn engine(text: &str) -> Result<PolicyEngine, LoadError> {
+        PolicyEngine::from_source(
+            &PolicySource {
+                policies: vec![(PathBuf::from("policies/main.cedar"), text.to_owned())],
+                ..Default::default()
+            },
+            &directory(),
+        )
+    }
+
+    fn action(principal: &str, verb: &str, tags: &[&str]) -> Action {
+        serde_json::from_value(json!({
+            "principal": principal, "action": verb,
+            "resource": {"type": "Table", "id": "prod.customers", "attrs": {"tags": tags}},
+        }))
+        .unwrap()
+    }
+
+    fn ctx(hour: i64) -> Map<String, Value> {
+        json!({"local_hour": hour}).as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn invalid_type_fallback_parses() {
+        assert!(EntityTypeName::from_str("Airlock::Invalid").is_ok());
+    }
+
+    #[test]
+    fn plain_permit_allows() {
+        let e = engine(POLICIES).unwrap();
+        let d = e.decide(&action("alice", "export", &[]), ctx(10)).unwrap();
+        assert_eq!(d.outcome(), "allow");
+    }
+
+    #[test]
+    fn approvers_collect_all_thresholds() {
+        let e = engine(POLICIES).unwrap();
+        let d = e.decide(&action("alice", "export", &["pii"]), ctx(10)).unwrap();
+        let Decision::ApprovalRequired { requirement, .. } = d else { panic!("{d:?}") };
+        let t: Vec<(String, u32)> = requirement
+            .thresholds
+            .iter()
+            .map(|t| (t.groups[0].to_string(), t.quorum.get()))
+            .collect();
+        assert_eq!(t, vec![("security".into(), 2), ("data-owners".into(), 1)]);
+        assert_eq!(requirement.grant_ttl.seconds(), 300);
+        assert_eq!(requirement.request_ttl.seconds(), 3600);
+    }
+
+    #[test]
+    fn forbid_beats_everything() {
+        let e = engine(POLICIES).unwrap();
+        let d = e.decide(&action("alice", "export", &["pii"]), ctx(22)).unwrap();
+        assert_eq!(d.outcome(), "deny");
+        assert_eq!(d.policies(), ["after-hours"]);
+    }
+
+    #[test]
+    fn nothing_satisfied_is_default_deny() {
+        let e = engine(POLICIES).unwrap();
+        let d = e.decide(&action("bob", "delete", &[]), ctx(10)).unwrap();
+        assert_eq!(d.outcome(), "deny");
+        assert!(d.policies().is_empty());
+    }
+
+    #[test]
+    fn evaluation_error_is_deny() {
+        let e = engine(POLICIES).unwrap();
+        let d = e.decide(&action("alice", "poke", &[]), ctx(10)).unwrap();
+        let Decision::Deny { message, .. } = d else { panic!("{d:?}") };
+        assert!(message.contains("failed to evaluate"), "{message}");
+    }
+
+    #[test]
+    fn error_in_forbid_does_not_fail_open() {
+        let text = "permit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action, resource) when { context.nope == 1 };";
+        let e = engine(text).unwrap();
+        let d = e.decide(&action("alice", "export", &[]), Map::new()).unwrap();
+        assert_eq!(d.outcome(), "deny");
+    }
+
+    #[test]
+    fn bad_annotation_names_file_line_and_policy() {
+        let text = "permit(principal, action, resource);\n\n@id(\"two\")\n@approvers(\"security\")\n@quorum(\"0\")\npermit(principal, action, resource);";
+        let err = engine(text).unwrap_err().to_string();
+        assert!(err.starts_with("policies/main.cedar:3: policy \"two\""), "{err}");
+        assert!(err.contains("quorum"), "{err}");
+    }
+
+    #[test]
+    fn unnamed_policy_gets_file_index_id() {
+        let text = "permit(principal, action, resource);\n@approvers(\"se curity\")\npermit(principal, action, resource);";
+        let err = engine(text).unwrap_err().to_string();
+        assert!(err.starts_with("policies/main.cedar:2: policy \"main.1\""), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let text = "@id(\"a\")\npermit(principal, action, resource);\n@id(\"a\")\nforbid(principal, action, resource);";
+        assert!(matches!(engine(text), Err(LoadError::DuplicateId { line: 3, .. })));
+    }
+
+    #[test]
+    fn syntax_error_names_file() {
+        let err = engine("permit(principal, action resource);").unwrap_err().to_string();
+        assert!(err.starts_with("policies/main.cedar"), "{err}");
+    }
+
+    #[test]
+    fn entities_json_attrs_win_over_caller() {
+        let src = PolicySource {
+            policies: vec![(PathBuf::from("p.cedar"), POLICIES.to_owned())],
+            schema: None,
+            entities: Some(
+                json!([{"uid": {"type": "Table", "id": "prod.customers"}, "attrs": {"tags": ["pii"]}, "parents": []}])
+                    .to_string(),
+            ),
+        };
+        let e = PolicyEngine::from_source(&src, &directory()).unwrap();
+        let d = e.decide(&action("alice", "export", &[]), ctx(10)).unwrap();
+        assert_eq!(d.outcome(), "approval_required");
+    }
+
+    #[test]
+    fn version_changes_with_text() {
+        let a = engine(POLICIES).unwrap();
+        let b = engine(&format!("{POLICIES}\n// changed")).unwrap();
+        assert_ne!(a.version(), b.version());
+        assert_eq!(a.version(), engine(POLICIES).unwrap().version());
+    }
+}
