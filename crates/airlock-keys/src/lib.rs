@@ -1,1 +1,13 @@
-//! placeholder
+//! Airlock's signing keys and what they sign: grant tokens (PASETO
+//! v4.public, so there is no algorithm to negotiate) and audit checkpoints
+//! (Ed25519 over the chain head). Keys are made on first start and kept in
+//! the data directory with owner-only permissions.
+#![forbid(unsafe_code)]
+
+mod checkpoint;
+mod grant;
+mod keyring;
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use grant::{GrantClaims, GrantError};
+pub use keyring::{KeyError, Keyring, PublicKey, PublicKeys};
