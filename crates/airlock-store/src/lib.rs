@@ -1,1 +1,205 @@
-//! placeholder
+//! Airlock's persistence: requests, reviews, grants, API keys, and the
+//! hash-chained audit log.
+//!
+//! Every state change and the audit records that describe it are written in
+//! one transaction, so the log can never miss a change nor record one that
+//! did not happen. Writes from many callers are batched into one
+//! transaction each (group commit) by a single writer, which is what lets
+//! every decision be durably audited at tens of thousands per second.
+//! The service layer speaks to [`ReadTx`] and [`WriteTx`]; each backend
+//! implements them.
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod sqlite;
+pub mod time;
+
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+pub use sqlite::SqliteBackend;
+
+use airlock_core::request::GrantRecord;
+use airlock_core::{
+    AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
+    RequestStatus, Review, UserName,
+};
+use airlock_keys::Checkpoint;
+use chrono::{DateTime, Utc};
+
+/// Queries every backend answers, inside a read or write transaction.
+pub trait ReadTx {
+    /// One request with its reviews and grant.
+    fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError>;
+    /// Requests, newest first.
+    fn list_requests(&mut self, filter: &StatusFilter, limit: u32) -> Result<Vec<Request>, StoreError>;
+    /// The pending request for this principal and fingerprint, if any.
+    fn find_pending(&mut self, principal: &UserName, fp: &Fingerprint) -> Result<Option<RequestId>, StoreError>;
+    /// Pending requests (id, expiry) and live grants' requests, for timers.
+    fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError>;
+    /// A grant and its request id.
+    fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError>;
+    /// Audit records with `seq > after`, at most `limit`.
+    fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// All checkpoints, oldest first.
+    fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// The chain head `(seq, hash)`; `(0, GENESIS)` when empty.
+    fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
+    /// The API key whose SHA-256 is `hash`.
+    fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Requests created by `principal` since `since`.
+    fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError>;
+    /// Whether `principal` was ever issued a grant for this action verb on
+    /// this resource.
+    fn granted_before(
+        &mut self,
+        principal: &UserName,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Changes, inside one write transaction. Return `Err` from the closure
+/// given to [`Store::write`] and everything it did is rolled back.
+pub trait WriteTx: ReadTx {
+    /// Appends to the audit chain; `ts` is the record's time.
+    fn append_audit(&mut self, rec: NewAuditRecord, ts: DateTime<Utc>) -> Result<AuditRecord, StoreError>;
+    /// Stores a new pending request.
+    fn insert_request(&mut self, req: &Request) -> Result<(), StoreError>;
+    /// Moves a request from `from` to `to`; false if it was not in `from`.
+    fn set_status(
+        &mut self,
+        id: &RequestId,
+        from: RequestStatus,
+        to: RequestStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Adds a review; false if this reviewer already reviewed.
+    fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
+    /// Stores the grant of an approved request.
+    fn insert_grant(&mut self, id: &RequestId, fp: &Fingerprint, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Spends one use, if the grant is live: one conditional update, so of
+    /// any number of racing consumers only the available uses succeed.
+    fn consume_grant(&mut self, id: &GrantId, now: DateTime<Utc>) -> Result<ConsumeOutcome, StoreError>;
+    /// Records an outcome; false if no use was consumed or it is closed.
+    fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError>;
+    /// Marks the grant revoked.
+    fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;
+    /// Stores an API key (its hash only).
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Stores a signed checkpoint.
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+}
+
+/// What the writer runs: a closure over a write transaction (or the reason
+/// there is none), answering whether to keep its changes and with a
+/// continuation that receives the commit's result.
+pub type Job = Box<dyn FnOnce(Result<&mut dyn WriteTx, StoreError>) -> (bool, Reply) + Send>;
+/// Called once the batch holding a job committed (or failed to).
+pub type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// What a reader runs.
+pub type ReadJob = Box<dyn FnOnce(&mut dyn ReadTx) + Send>;
+
+/// A storage backend: a batched writer and a pool of readers.
+pub trait Backend: Send + Sync + 'static {
+    /// Queues a write job.
+    fn submit(&self, job: Job) -> Result<(), StoreError>;
+    /// Runs a read job on a blocking thread.
+    fn read(&self, job: ReadJob) -> Result<(), StoreError>;
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+}
+
+/// The store the service uses: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend.kind()).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store named by a URL: `sqlite://path` (relative to
+    /// `base`) or `sqlite::memory:`.
+    pub fn open(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = base.join(path);
+            return Ok(Self::from_backend(SqliteBackend::open(&path)?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(StoreError::Unsupported(
+                "PostgreSQL storage is not available in this build yet".into(),
+            ));
+        }
+        Err(StoreError::Unsupported(format!(
+            "storage url {url:?}: expected sqlite://PATH"
+        )))
+    }
+
+    /// Wraps a backend.
+    pub fn from_backend(backend: impl Backend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Runs `f` in a write transaction and returns once it is committed.
+    /// If `f` fails, its changes are rolled back and its error returned; if
+    /// the commit fails, the commit's error is returned: nothing the caller
+    /// sees as done can be lost.
+    pub async fn write<R, E>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTx) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |wtx| {
+            let result = match wtx {
+                Ok(wtx) => f(wtx),
+                Err(e) => Err(E::from(e)),
+            };
+            let keep = result.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let out = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(ce)) => Err(E::from(ce)),
+                };
+                let _ = tx.send(out);
+            });
+            (keep, reply)
+        });
+        self.backend.submit(job).map_err(E::from)?;
+        rx.await.unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
+    }
+
+    /// Runs `f` in a read transaction on a blocking thread.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.backend.read(Box::new(move |r| {
+            let _ = tx.send(f(r));
+        }))?;
+        rx.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+#[cfg(test)]
+mod tests;

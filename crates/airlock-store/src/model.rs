@@ -1,0 +1,105 @@
+//! Rows the store keeps beside the domain types: API keys, grant rows, and
+//! what a consumption attempt found.
+
+use std::fmt;
+
+use airlock_core::{Fingerprint, RequestId, RequestStatus, UserName};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Acts as its own user.
+    User,
+    /// May check and consume on behalf of any principal.
+    Enforcer,
+    /// May do anything, including revoking.
+    Admin,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Enforcer => "enforcer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "enforcer" => Some(Role::Enforcer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored API key: only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public id (`key_…`), safe to log.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// Whose key.
+    pub user: UserName,
+    /// What it may do.
+    pub role: Role,
+    /// When made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A grant as stored, with what it was issued for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRow {
+    /// The grant.
+    pub grant: airlock_core::request::GrantRecord,
+    /// Its request.
+    pub request_id: RequestId,
+    /// The request's principal.
+    pub principal: UserName,
+    /// The fingerprint it is bound to.
+    pub fingerprint: Fingerprint,
+    /// Whether its outcome was reported and it is closed.
+    pub completed: bool,
+}
+
+/// What a consumption attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// One use spent; this many are left.
+    Consumed {
+        /// Uses left after this one.
+        uses_left: u32,
+    },
+    /// No such grant in the store.
+    Unknown,
+    /// Every use is spent, or it was completed.
+    Spent,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+}
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct StatusFilter {
+    /// Only these states (all when empty).
+    pub statuses: Vec<RequestStatus>,
+    /// Only this principal's.
+    pub principal: Option<UserName>,
+}
+

@@ -1,0 +1,681 @@
+//! The embedded SQLite backend: one writer thread that batches jobs into
+//! group-committed transactions, and a small pool of reader connections.
+
+mod schema;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::request::GrantRecord;
+use airlock_core::{
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
+    RequestStatus, Review, UserName, Verdict,
+};
+use airlock_keys::Checkpoint;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+use crate::time::{fmt, parse};
+use crate::{Backend, Job, ReadJob, ReadTx, StoreError, WriteTx};
+
+/// Jobs per transaction at most: large enough to amortise the fsync, small
+/// enough that one slow batch does not stall callers for long.
+const MAX_BATCH: usize = 512;
+/// How long a writer waits for another process's lock before failing the
+/// batch: callers get an error in well under a second, never a hang.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// SQLite in one file, with WAL and full fsync on commit.
+pub struct SqliteBackend {
+    jobs: Mutex<Sender<Job>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database at `path`, migrates it, and
+    /// starts the writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+            }
+        }
+        let mut writer = open_conn(path)?;
+        schema::migrate(&mut writer)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("airlock-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start writer: {e}")))?;
+        Ok(Self {
+            jobs: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database for reading only, without starting a
+    /// writer: for `airlock audit verify` and other offline tools.
+    pub fn read_only(path: &Path) -> Result<ReadOnly, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Db(format!("{}: no such database", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(ReadOnly { conn })
+    }
+}
+
+/// A read-only connection for offline tools.
+pub struct ReadOnly {
+    conn: Connection,
+}
+
+impl ReadOnly {
+    /// Runs `f` in one read transaction (one consistent snapshot).
+    pub fn read<R>(&mut self, f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut q = Tx { conn: &tx };
+        f(&mut q)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .lock()
+            .map_err(|_| StoreError::WriterGone)?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    fn read(&self, job: ReadJob) -> Result<(), StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+        handle.spawn_blocking(move || {
+            let conn = pool.lock().ok().and_then(|mut p| p.pop());
+            let mut conn = match conn {
+                Some(c) => c,
+                None => match open_conn(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open reader");
+                        // Dropping the job drops its reply channel: the
+                        // caller sees an error, not a hang.
+                        return;
+                    }
+                },
+            };
+            if let Ok(tx) = conn.transaction() {
+                let mut q = Tx { conn: &tx };
+                job(&mut q);
+                drop(tx);
+            }
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < 8 {
+                    p.push(conn);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, "cannot begin storage transaction");
+            for job in batch {
+                let (_, reply) = job(Err(e.clone()));
+                reply(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut broken: Option<StoreError> = None;
+    for job in batch {
+        if let Some(e) = &broken {
+            // The transaction is unusable; answer without running.
+            let (_, reply) = job(Err(e.clone()));
+            replies.push(reply);
+            continue;
+        }
+        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+            broken = Some(e.into());
+            let (_, reply) = job(Err(StoreError::Db("savepoint failed".into())));
+            replies.push(reply);
+            continue;
+        }
+        let mut q = Tx { conn: &tx };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
+        let keep = matches!(&outcome, Ok((true, _)));
+        let end = if keep {
+            tx.execute_batch("RELEASE job")
+        } else {
+            tx.execute_batch("ROLLBACK TO job; RELEASE job")
+        };
+        if let Err(e) = end {
+            broken = Some(e.into());
+        }
+        match outcome {
+            Ok((_, reply)) => replies.push(reply),
+            Err(_) => tracing::error!("a storage job panicked; its changes were rolled back"),
+        }
+    }
+    let result = match broken {
+        Some(e) => Err(e),
+        None => tx.commit().map_err(StoreError::from),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
+    }
+    for reply in replies {
+        reply(result.clone());
+    }
+}
+
+/// Queries over one connection inside a transaction.
+struct Tx<'a> {
+    conn: &'a Connection,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+const REQUEST_COLS: &str = "id, status, action_json, fingerprint, requirement_json, policies_json, reason, created_at, expires_at";
+
+impl Tx<'_> {
+    fn request_from_row(&self, row: &Row<'_>) -> Result<Request, StoreError> {
+        let id: String = row.get(0)?;
+        let status: String = row.get(1)?;
+        let action: String = row.get(2)?;
+        let fp: String = row.get(3)?;
+        let requirement: String = row.get(4)?;
+        let policies: String = row.get(5)?;
+        let created: String = row.get(7)?;
+        let expires: String = row.get(8)?;
+        let id = RequestId::parse(&id).map_err(corrupt)?;
+        let action: Action = serde_json::from_str(&action)?;
+        Ok(Request {
+            id,
+            status: RequestStatus::parse(&status).map_err(corrupt)?,
+            fingerprint: Fingerprint::parse(&fp).map_err(corrupt)?,
+            requirement: serde_json::from_str(&requirement)?,
+            policies: serde_json::from_str(&policies)?,
+            reason: row.get(6)?,
+            created_at: parse(&created)?,
+            expires_at: parse(&expires)?,
+            reviews: self.reviews(&id)?,
+            grant: self.grant_of(&id)?,
+            action,
+        })
+    }
+
+    fn reviews(&self, id: &RequestId) -> Result<Vec<Review>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = ?1 ORDER BY at, reviewer",
+        )?;
+        let rows = st.query_map([id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (reviewer, verdict, reason, channel, at) = row?;
+            out.push(Review {
+                reviewer: UserName::parse(&reviewer).map_err(corrupt)?,
+                verdict: Verdict::parse(&verdict).map_err(corrupt)?,
+                reason,
+                channel,
+                at: parse(&at)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn grant_of(&self, id: &RequestId) -> Result<Option<GrantRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, expires_at, max_uses, uses, revoked, outcome FROM grants WHERE request_id = ?1",
+        )?;
+        let row = st
+            .query_row([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(gid, exp, max_uses, uses, revoked, outcome)| {
+            Ok(GrantRecord {
+                grant_id: GrantId::parse(&gid).map_err(corrupt)?,
+                expires_at: parse(&exp)?,
+                max_uses,
+                uses,
+                revoked,
+                outcome,
+            })
+        })
+        .transpose()
+    }
+
+    fn audit_from_row(row: &Row<'_>) -> Result<AuditRecord, StoreError> {
+        let details: String = row.get(5)?;
+        let prev: String = row.get(6)?;
+        let hash: String = row.get(7)?;
+        Ok(AuditRecord {
+            seq: row.get(0)?,
+            ts: row.get(1)?,
+            kind: row.get(2)?,
+            actor: row.get(3)?,
+            subject: row.get(4)?,
+            details: serde_json::from_str(&details)?,
+            prev_hash: ChainHash::parse(&prev).map_err(corrupt)?,
+            hash: ChainHash::parse(&hash).map_err(corrupt)?,
+        })
+    }
+}
+
+impl ReadTx for Tx<'_> {
+    fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {REQUEST_COLS} FROM requests WHERE id = ?1"))?;
+        let mut rows = st.query([id.to_string()])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(self.request_from_row(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_requests(&mut self, filter: &StatusFilter, limit: u32) -> Result<Vec<Request>, StoreError> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let statuses_json = serde_json::to_string(&statuses)?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests
+             WHERE (?1 = '[]' OR status IN (SELECT value FROM json_each(?1)))
+               AND (?2 IS NULL OR principal = ?2)
+             ORDER BY created_at DESC, id DESC LIMIT ?3"
+        ))?;
+        let mut rows = st.query(params![
+            statuses_json,
+            filter.principal.as_ref().map(|p| p.as_str()),
+            limit
+        ])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(self.request_from_row(row)?);
+        }
+        Ok(out)
+    }
+
+    fn find_pending(&mut self, principal: &UserName, fp: &Fingerprint) -> Result<Option<RequestId>, StoreError> {
+        let id: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM requests WHERE principal = ?1 AND fingerprint = ?2 AND status = 'pending'",
+            )?
+            .query_row([principal.as_str(), &fp.to_string()], |r| r.get(0))
+            .optional()?;
+        id.map(|s| RequestId::parse(&s).map_err(corrupt)).transpose()
+    }
+
+    fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError> {
+        // Pending requests expire at their own TTL; approved ones when their
+        // grant does.
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, expires_at FROM requests WHERE status = 'pending'
+             UNION ALL
+             SELECT g.request_id, g.expires_at FROM grants g JOIN requests r ON r.id = g.request_id
+             WHERE r.status = 'approved'",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at) = row?;
+            out.push((RequestId::parse(&id).map_err(corrupt)?, parse(&at)?));
+        }
+        Ok(out)
+    }
+
+    fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = ?1",
+            )?
+            .query_row([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
+            .optional()?;
+        let Some((rid, principal, fp, completed)) = row else {
+            return Ok(None);
+        };
+        let request_id = RequestId::parse(&rid).map_err(corrupt)?;
+        let grant = self
+            .grant_of(&request_id)?
+            .ok_or_else(|| StoreError::Corrupt("grant vanished".into()))?;
+        Ok(Some(GrantRow {
+            grant,
+            request_id,
+            principal: UserName::parse(&principal).map_err(corrupt)?,
+            fingerprint: Fingerprint::parse(&fp).map_err(corrupt)?,
+            completed,
+        }))
+    }
+
+    fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = st.query(params![after, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(Self::audit_from_row(row)?);
+        }
+        Ok(out)
+    }
+
+    fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, hash, ts, signature) = row?;
+            out.push(Checkpoint {
+                seq,
+                hash: ChainHash::parse(&hash).map_err(corrupt)?,
+                ts,
+                signature,
+            });
+        }
+        Ok(out)
+    }
+
+    fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        match row {
+            None => Ok((0, ChainHash::GENESIS)),
+            Some((seq, hash)) => Ok((seq, ChainHash::parse(&hash).map_err(corrupt)?)),
+        }
+    }
+
+    fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = ?1")?
+            .query_row([hash], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(id, hash, user, role, created)| {
+            Ok(ApiKeyRecord {
+                id,
+                hash,
+                user: UserName::parse(&user).map_err(corrupt)?,
+                role: Role::parse(&role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
+                created_at: parse(&created)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM requests WHERE principal = ?1 AND created_at >= ?2")?
+            .query_row(params![principal.as_str(), fmt(since)], |r| r.get(0))?)
+    }
+
+    fn granted_before(
+        &mut self,
+        principal: &UserName,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = ?1 AND action = ?2
+                 AND resource_type = ?3 AND resource_id = ?4)",
+            )?
+            .query_row(params![principal.as_str(), action, resource_type, resource_id], |r| r.get(0))?)
+    }
+}
+
+impl WriteTx for Tx<'_> {
+    fn append_audit(&mut self, rec: NewAuditRecord, ts: DateTime<Utc>) -> Result<AuditRecord, StoreError> {
+        // Read inside the write transaction: the lock is held, so no other
+        // process (the CLI creating a key) can append between read and write.
+        let (seq, prev) = self.audit_head()?;
+        let record = AuditRecord::link(seq, prev, fmt(ts), rec);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                record.seq,
+                record.ts,
+                record.kind,
+                record.actor,
+                record.subject,
+                record.details.to_string(),
+                record.prev_hash.to_string(),
+                record.hash.to_string(),
+            ])?;
+        Ok(record)
+    }
+
+    fn insert_request(&mut self, req: &Request) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO requests (id, status, principal, action_json, fingerprint, requirement_json,
+                 policies_json, reason, created_at, expires_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)",
+            )?
+            .execute(params![
+                req.id.to_string(),
+                req.status.as_str(),
+                req.action.principal.as_str(),
+                serde_json::to_string(&req.action)?,
+                req.fingerprint.to_string(),
+                serde_json::to_string(&req.requirement)?,
+                serde_json::to_string(&req.policies)?,
+                req.reason,
+                fmt(req.created_at),
+                fmt(req.expires_at),
+            ])?;
+        Ok(())
+    }
+
+    fn set_status(
+        &mut self,
+        id: &RequestId,
+        from: RequestStatus,
+        to: RequestStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !from.can_become(to) {
+            return Ok(false);
+        }
+        let n = self
+            .conn
+            .prepare_cached("UPDATE requests SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2")?
+            .execute(params![id.to_string(), from.as_str(), to.as_str(), fmt(at)])?;
+        Ok(n == 1)
+    }
+
+    fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reviews (request_id, reviewer, verdict, reason, channel, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                id.to_string(),
+                review.reviewer.as_str(),
+                review.verdict.as_str(),
+                review.reason,
+                review.channel,
+                fmt(review.at),
+            ])?;
+        Ok(n == 1)
+    }
+
+    fn insert_grant(&mut self, id: &RequestId, fp: &Fingerprint, grant: &GrantRecord) -> Result<(), StoreError> {
+        let req = self
+            .get_request(id)?
+            .ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO grants (id, request_id, principal, action, resource_type, resource_id,
+                 fingerprint, expires_at, max_uses) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                grant.grant_id.to_string(),
+                id.to_string(),
+                req.action.principal.as_str(),
+                req.action.action.as_str(),
+                req.action.resource.kind.as_str(),
+                req.action.resource.id.as_str(),
+                fp.to_string(),
+                fmt(grant.expires_at),
+                grant.max_uses,
+            ])?;
+        Ok(())
+    }
+
+    fn consume_grant(&mut self, id: &GrantId, now: DateTime<Utc>) -> Result<ConsumeOutcome, StoreError> {
+        let spent: Option<(u32, u32)> = self
+            .conn
+            .prepare_cached(
+                "UPDATE grants SET uses = uses + 1
+                 WHERE id = ?1 AND revoked = 0 AND completed = 0 AND uses < max_uses AND expires_at > ?2
+                 RETURNING uses, max_uses",
+            )?
+            .query_row(params![id.to_string(), fmt(now)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((uses, max)) = spent {
+            return Ok(ConsumeOutcome::Consumed {
+                uses_left: max.saturating_sub(uses),
+            });
+        }
+        // Nothing spent: say why, from the same transaction's view.
+        let row: Option<(bool, bool, u32, u32, String)> = self
+            .conn
+            .prepare_cached("SELECT revoked, completed, uses, max_uses, expires_at FROM grants WHERE id = ?1")?
+            .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .optional()?;
+        Ok(match row {
+            None => ConsumeOutcome::Unknown,
+            Some((true, ..)) => ConsumeOutcome::Revoked,
+            Some((_, completed, uses, max, _)) if completed || uses >= max => ConsumeOutcome::Spent,
+            Some(_) => ConsumeOutcome::Expired,
+        })
+    }
+
+    fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
+        // The grant closes when its last use reports; earlier uses of a
+        // multi-use grant only record their outcome.
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE grants SET outcome = ?2, completed = CASE WHEN uses >= max_uses THEN 1 ELSE 0 END
+                 WHERE id = ?1 AND uses > 0 AND completed = 0",
+            )?
+            .execute(params![id.to_string(), outcome])?;
+        Ok(n == 1)
+    }
+
+    fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1")?
+            .execute([id.to_string()])?;
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![key.id, key.hash, key.user.as_str(), key.role.as_str(), fmt(key.created_at)])?;
+        Ok(())
+    }
+
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Versioned schema migrations for SQLite, applied in order at open.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE requests (
+    id               TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    principal        TEXT NOT NULL,
+    action_json      TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    requirement_json TEXT NOT NULL,
+    policies_json    TEXT NOT NULL,
+    reason           TEXT,
+    created_at       TEXT NOT NULL,
+    expires_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL
+);
+CREATE INDEX requests_by_status ON requests (status, expires_at);
+CREATE INDEX requests_by_principal ON requests (principal, created_at);
+-- At most one pending request per principal and action: asking again
+-- returns the one already waiting.
+CREATE UNIQUE INDEX requests_one_pending ON requests (principal, fingerprint) WHERE status = 'pending';
+
+CREATE TABLE reviews (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    reviewer   TEXT NOT NULL,
+    verdict    TEXT NOT NULL,
+    reason     TEXT,
+    channel    TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    PRIMARY KEY (request_id, reviewer)
+);
+
+CREATE TABLE grants (
+    id            TEXT PRIMARY KEY,
+    request_id    TEXT NOT NULL UNIQUE REFERENCES requests (id),
+    principal     TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    expires_at    TEXT NOT NULL,
+    max_uses      INTEGER NOT NULL CHECK (max_uses >= 1),
+    uses          INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
+    revoked       INTEGER NOT NULL DEFAULT 0,
+    completed     INTEGER NOT NULL DEFAULT 0,
+    outcome       TEXT
+);
+CREATE INDEX grants_by_principal ON grants (principal, action, resource_type, resource_id);
+
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    ts        TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX audit_by_subject ON audit (subject);
+
+CREATE TABLE checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    hash      TEXT NOT NULL,
+    ts        TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id         TEXT PRIMARY KEY,
+    hash       TEXT NOT NULL UNIQUE,
+    user_name  TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#];
+
+/// The newest schema version this build knows.
+pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`CURRENT`], refusing one that is newer.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    if found > CURRENT {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: CURRENT,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
