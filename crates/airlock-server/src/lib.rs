@@ -1,1 +1,19 @@
-//! placeholder
+//! Airlock's service: the approval loop behind the HTTP API v1.
+//!
+//! `service` holds the loop (flag, decide, ask, review, grant, execute,
+//! record); `http` turns it into routes and turns every error into a
+//! response in one place; `background` runs the timers, checkpoints and
+//! policy reloads; `config` is the configuration file's reference.
+#![forbid(unsafe_code)]
+
+pub mod background;
+pub mod config;
+mod error;
+pub mod http;
+mod metrics;
+pub mod quickstart;
+pub mod service;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use service::{Airlock, Caller};

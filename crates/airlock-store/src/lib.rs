@@ -49,6 +49,8 @@ pub trait ReadTx {
     fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
     /// The API key whose SHA-256 is `hash`.
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// How many requests are in `status`.
+    fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
     /// Requests created by `principal` since `since`.
     fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError>;
     /// Whether `principal` was ever issued a grant for this action verb on

@@ -486,6 +486,13 @@ impl ReadTx for Tx<'_> {
         .transpose()
     }
 
+    fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM requests WHERE status = ?1")?
+            .query_row([status.as_str()], |r| r.get(0))?)
+    }
+
     fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError> {
         Ok(self
             .conn

@@ -1,0 +1,202 @@
+//! What runs beside the request handlers: expiry timers, signed audit
+//! checkpoints, and policy reloads on SIGHUP and on file change.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::{AuditKind, NewAuditRecord, RequestId};
+use airlock_policy::PolicyEngine;
+use airlock_store::time::{fmt, now};
+use airlock_store::StoreError;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::service::{Airlock, Background, Loaded};
+
+/// Starts every background task.
+pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
+    tokio::spawn(run_timers(airlock.clone(), bg.timers));
+    tokio::spawn(run_checkpoints(airlock.clone()));
+    tokio::spawn(run_sighup(airlock.clone()));
+    if airlock.config.load().policy.watch {
+        spawn_watcher(airlock.clone());
+    }
+}
+
+/// Expires requests and grants at their deadlines: a heap of deadlines and
+/// one sleep until the earliest, so nothing polls.
+async fn run_timers(airlock: Arc<Airlock>, mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, RequestId)>) {
+    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, RequestId)>> = BinaryHeap::new();
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        let sleep = match next {
+            Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(entry) => heap.push(Reverse(entry)),
+                None => return,
+            },
+            _ = tokio::time::sleep(sleep) => {
+                while let Some(Reverse((at, id))) = heap.peek().copied() {
+                    if at > Utc::now() {
+                        break;
+                    }
+                    heap.pop();
+                    if let Err(e) = airlock.expire(id).await {
+                        tracing::error!(request = %id, error = %e, "expiry failed; retrying in 1s");
+                        heap.push(Reverse((Utc::now() + chrono::Duration::seconds(1), id)));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_checkpoints(airlock: Arc<Airlock>) {
+    let every = Duration::from_secs(airlock.config.load().audit.checkpoint_interval_seconds.max(1));
+    let mut last = -1;
+    loop {
+        tokio::time::sleep(every).await;
+        match checkpoint(&airlock).await {
+            Ok(seq) if seq != last => last = seq,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+        }
+    }
+}
+
+/// Signs the current chain head and stores the checkpoint. Returns its seq.
+pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
+    let keys = airlock.keys.clone();
+    airlock
+        .store
+        .write(move |tx| {
+            let (seq, hash) = tx.audit_head()?;
+            if seq == 0 {
+                return Ok(0);
+            }
+            if tx.checkpoints()?.last().is_some_and(|c| c.seq == seq) {
+                return Ok(seq);
+            }
+            let cp = keys.sign_checkpoint(seq, hash, fmt(now()));
+            tx.insert_checkpoint(&cp)?;
+            Ok(seq)
+        })
+        .await
+}
+
+async fn run_sighup(airlock: Arc<Airlock>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&airlock, "sighup", true).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = airlock;
+}
+
+fn spawn_watcher(airlock: Arc<Airlock>) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP");
+            return;
+        }
+    };
+    let dir = airlock.policy_dir();
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the policy folder; reload with SIGHUP");
+        return;
+    }
+    tokio::spawn(async move {
+        let _keep = watcher;
+        while rx.recv().await.is_some() {
+            // Editors write in bursts; settle, then load once.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            reload(&airlock, "file_change", false).await;
+        }
+    });
+}
+
+/// Reloads policies (and, for SIGHUP, the config's users). On failure the
+/// previous set keeps serving; both outcomes are recorded in the audit log.
+pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
+    let current = airlock.config.load_full();
+    let config = if reread_config {
+        match current.path.as_deref().map(Config::load) {
+            Some(Ok(c)) => Arc::new(c),
+            Some(Err(e)) => {
+                record_failure(airlock, trigger, e.to_string()).await;
+                return;
+            }
+            None => current,
+        }
+    } else {
+        current
+    };
+    let directory = config.directory();
+    let dir = config.policy_dir();
+    let loaded = tokio::task::spawn_blocking(move || PolicyEngine::load(&dir, &directory).map(|e| (e, directory))).await;
+    match loaded {
+        Ok(Ok((engine, directory))) => {
+            let version = engine.version().to_owned();
+            let count = engine.policy_count();
+            let previous = airlock.policy_version();
+            let t = now();
+            let rec = NewAuditRecord {
+                kind: AuditKind::PolicyLoaded,
+                actor: "system".into(),
+                subject: String::new(),
+                details: json!({"version": version, "previous": previous, "policies": count, "trigger": trigger}),
+            };
+            // Serve the new set only once its loading is on record.
+            match airlock.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await {
+                Ok(()) => {
+                    airlock.loaded.store(Arc::new(Loaded { engine, directory }));
+                    airlock.config.store(config);
+                    tracing::info!(%version, policies = count, trigger, "policy loaded");
+                }
+                Err(e) => tracing::error!(error = %e, "policy reload not recorded; keeping the previous set"),
+            }
+        }
+        Ok(Err(e)) => record_failure(airlock, trigger, e.to_string()).await,
+        Err(e) => record_failure(airlock, trigger, e.to_string()).await,
+    }
+}
+
+async fn record_failure(airlock: &Airlock, trigger: &str, error: String) {
+    tracing::error!(%error, trigger, "policy reload failed; the previous policy set keeps serving");
+    let t = now();
+    let rec = NewAuditRecord {
+        kind: AuditKind::PolicyReloadFailed,
+        actor: "system".into(),
+        subject: String::new(),
+        details: json!({"error": error, "serving": airlock.policy_version(), "trigger": trigger}),
+    };
+    if let Err(e) = airlock.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await {
+        tracing::error!(error = %e, "cannot record the failed reload");
+    }
+}

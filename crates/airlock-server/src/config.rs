@@ -1,0 +1,327 @@
+//! The configuration file (`airlock.toml`). The doc comments on these
+//! structs are the reference for every setting; relative paths are relative
+//! to the config file.
+
+use std::path::{Path, PathBuf};
+
+use airlock_core::{GroupName, UserName};
+use airlock_policy::Directory;
+use serde::Deserialize;
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The TOML or a value in it is wrong.
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how the server listens.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where state lives.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Where policies live.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Audit log settings.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The people who ask and approve, and their groups.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Notification channels (Slack, Discord, email, webhooks). Accepted
+    /// now so configs written for later releases load; not yet delivered.
+    #[serde(default)]
+    pub notify: Option<toml::Value>,
+    /// The folder the file was read from; relative paths resolve here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file itself, for reloads.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL people reach this server at, used in links. Default
+    /// `http://` + `listen`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Folder for signing keys. Default: `data` beside the config file, or
+    /// the SQLite database's folder.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes. Default 65536.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    /// Longest `?wait=` a client may ask for, in seconds. Default 60.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_url: None,
+            data_dir: None,
+            max_body_bytes: default_body_limit(),
+            max_wait_seconds: default_max_wait(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+fn default_max_wait() -> u64 {
+    60
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` (relative to the config file). Default
+    /// `sqlite://data/airlock.db`.
+    #[serde(default = "default_storage")]
+    pub url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: default_storage(),
+        }
+    }
+}
+
+fn default_storage() -> String {
+    "sqlite://data/airlock.db".into()
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Folder of `*.cedar` files, with an optional `schema.cedarschema` or
+    /// `schema.json` and an optional `entities.json`. Default `policies`.
+    #[serde(default = "default_policy_dir")]
+    pub dir: PathBuf,
+    /// IANA time zone for `context.local_hour` and `context.weekday`.
+    /// Default `UTC`.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Reload when a file in `dir` changes (SIGHUP always reloads).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_policy_dir(),
+            timezone: default_tz(),
+            watch: true,
+        }
+    }
+}
+
+fn default_policy_dir() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between signed checkpoints of the chain head (one is also
+    /// signed at shutdown). Default 60.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_seconds: default_checkpoint(),
+        }
+    }
+}
+
+fn default_checkpoint() -> u64 {
+    60
+}
+
+/// `[[users]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login and principal name.
+    pub name: UserName,
+    /// Groups, for policies (`principal in Group::"…"`) and approvals.
+    #[serde(default)]
+    pub groups: Vec<GroupName>,
+    /// For email notifications and single sign-on.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Slack member id.
+    #[serde(default)]
+    pub slack_id: Option<String>,
+    /// Discord user id.
+    #[serde(default)]
+    pub discord_id: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let mut cfg = Self::parse(&text, &base).map_err(|m| ConfigError::Invalid(path.to_owned(), m))?;
+        cfg.path = Some(path.to_owned());
+        Ok(cfg)
+    }
+
+    /// Parses config text whose relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.base_dir = base.to_owned();
+        cfg.timezone()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &cfg.users {
+            if !seen.insert(&u.name) {
+                return Err(format!("user {:?} is listed twice", u.name.as_str()));
+            }
+        }
+        if cfg.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("server.listen {:?} is not an address like 127.0.0.1:8080", cfg.server.listen));
+        }
+        Ok(cfg)
+    }
+
+    /// The policy folder, resolved.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.policy.dir)
+    }
+
+    /// The configured time zone.
+    pub fn timezone(&self) -> Result<chrono_tz::Tz, String> {
+        self.policy
+            .timezone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("policy.timezone {:?} is not an IANA time zone", self.policy.timezone))
+    }
+
+    /// The folder for signing keys, resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.server.data_dir {
+            return self.base_dir.join(d);
+        }
+        if let Some(p) = self.storage.url.strip_prefix("sqlite://") {
+            if let Some(parent) = Path::new(p).parent() {
+                return self.base_dir.join(parent);
+            }
+        }
+        self.base_dir.join("data")
+    }
+
+    /// The URL in links.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Users and groups, for policy and approvals.
+    pub fn directory(&self) -> Directory {
+        Directory::new(self.users.iter().map(|u| (u.name.clone(), u.groups.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_example_parses() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+
+[storage]
+url = "sqlite://data/airlock.db"
+
+[policy]
+dir = "policies"
+timezone = "Europe/Paris"
+
+[[users]]
+name = "alice"
+groups = ["engineering"]
+email = "alice@example.com"
+slack_id = "U0ALICE"
+discord_id = "81234567890"
+
+[notify.slack]
+api_url = "https://slack.com/api"
+bot_token = "xoxb-..."
+signing_secret = "..."
+channel = "C0APPROVALS"
+"#;
+        let c = Config::parse(text, Path::new("/etc/airlock")).unwrap();
+        assert_eq!(c.policy_dir(), Path::new("/etc/airlock/policies"));
+        assert_eq!(c.data_dir(), Path::new("/etc/airlock/data"));
+        assert!(c.directory().is_member(
+            &UserName::parse("alice").unwrap(),
+            &GroupName::parse("engineering").unwrap()
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse("[policy]\ntimezone = \"Mars/Olympus\"", Path::new(".")).unwrap_err();
+        assert!(err.contains("Mars/Olympus"), "{err}");
+        let err = Config::parse("[[users]]\nname = \"a b\"", Path::new(".")).unwrap_err();
+        assert!(err.contains("user name"), "{err}");
+        let err = Config::parse("[server]\nlisten = \"nope\"", Path::new(".")).unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        let err = Config::parse("[storage]\nurl = \"x\"\ntypo = 1", Path::new(".")).unwrap_err();
+        assert!(err.contains("typo"), "{err}");
+        let err = Config::parse("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"", Path::new(".")).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+    }
+}

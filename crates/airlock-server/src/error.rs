@@ -1,0 +1,112 @@
+//! The one error type of the API: every failure the service can answer
+//! with, and (in `http`) the one place it becomes a response.
+
+use airlock_store::StoreError;
+
+/// A failure, as a client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the input is malformed or incomplete.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 400: a policy requires a reason and none was given.
+    #[error("a reason is required for this action (policy {0})")]
+    ReasonRequired(String),
+    /// 401: no key, or a key we do not know.
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    /// 403: known caller, not allowed.
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable reason (`self_review`, `not_eligible`, `forbidden`, …).
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// 403: a grant was refused.
+    #[error("{message}")]
+    Grant {
+        /// `grant_expired`, `grant_spent`, `grant_revoked`, `action_mismatch`, `invalid_grant`.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// 404: no such thing (or not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the thing is not in a state that allows this.
+    #[error("{message}")]
+    Conflict {
+        /// `wrong_state`, `already_reviewed`, …
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// 413: the body is larger than the limit.
+    #[error("request body is larger than this server accepts")]
+    TooLarge,
+    /// 503: storage failed; nothing was done.
+    #[error("storage unavailable: {0}")]
+    Storage(StoreError),
+    /// 503: the audit record could not be written, so nothing was decided.
+    #[error("audit log unavailable, refusing to decide: {0}")]
+    Audit(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Storage(e)
+    }
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) | ApiError::ReasonRequired(_) => 400,
+            ApiError::Unauthenticated => 401,
+            ApiError::Forbidden { .. } | ApiError::Grant { .. } => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict { .. } => 409,
+            ApiError::TooLarge => 413,
+            ApiError::Storage(_) | ApiError::Audit(_) => 503,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::ReasonRequired(_) => "reason_required",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden { code, .. }
+            | ApiError::Grant { code, .. }
+            | ApiError::Conflict { code, .. } => code,
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge => "payload_too_large",
+            ApiError::Storage(_) => "storage_unavailable",
+            ApiError::Audit(_) => "audit_unavailable",
+        }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn wrong_state(message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code: "wrong_state",
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn grant(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Grant {
+            code,
+            message: message.into(),
+        }
+    }
+}

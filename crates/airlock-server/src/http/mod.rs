@@ -1,0 +1,331 @@
+//! The HTTP API v1: routes, authentication, and the one place where every
+//! error becomes a JSON response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::{GrantId, RequestId, RequestStatus, Verdict};
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::service::{CheckBody, CheckOutcome, CompleteBody, ConsumeBody};
+use crate::{Airlock, ApiError, Caller};
+
+type AppState = Arc<Airlock>;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose every rejection (syntax, fields, size, type) is an
+/// [`ApiError`], so clients always get the contract's error shape.
+struct ApiJson<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge)
+            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller
+where
+    AppState: axum::extract::FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let airlock: AppState = axum::extract::FromRef::from_ref(state);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(ApiError::Unauthenticated)?;
+        airlock.authenticate(key.trim()).await
+    }
+}
+
+fn parse_request_id(s: &str) -> Result<RequestId, ApiError> {
+    RequestId::parse(s).map_err(|_| ApiError::NotFound(format!("no request {s}")))
+}
+
+/// Builds the router.
+pub fn router(airlock: AppState) -> Router {
+    let limit = airlock.config.load().server.max_body_bytes;
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/requests", get(list_requests))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests/{id}/reviews", post(review))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/revoke", post(revoke))
+        .route("/v1/grants/consume", post(consume))
+        .route("/v1/grants/{id}/complete", post(complete))
+        .route("/v1/audit", get(audit))
+        .route("/v1/keys", get(keys))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::BadRequest("method not allowed on this endpoint".into())
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(airlock)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}
+
+async fn check(
+    State(airlock): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Json<Value>, ApiError> {
+    let out = airlock.check(&caller, body, Some(peer.ip())).await?;
+    Ok(Json(match out {
+        CheckOutcome::Allow { policies } => json!({"decision": "allow", "policies": policies}),
+        CheckOutcome::Deny { policies, message } => {
+            json!({"decision": "deny", "policies": policies, "message": message})
+        }
+        CheckOutcome::ApprovalRequired { policies, request } => {
+            json!({"decision": "approval_required", "policies": policies, "request": airlock.view(&request, &caller)})
+        }
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<f64>,
+}
+
+async fn get_request(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_request_id(&id)?;
+    let max = airlock.config.load().server.max_wait_seconds as f64;
+    let wait = match q.wait {
+        Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w.min(max))),
+        Some(_) => return Err(ApiError::BadRequest("wait must be a number of seconds".into())),
+        None => None,
+    };
+    let req = airlock.get_request(&caller, id, wait).await?;
+    Ok(Json(airlock.view(&req, &caller)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_requests(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let statuses = match q.status.as_deref() {
+        None | Some("") | Some("all") => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|s| RequestStatus::parse(s.trim()).map_err(|e| ApiError::BadRequest(e.to_string())))
+            .collect::<Result<_, _>>()?,
+    };
+    let reqs = airlock.list_requests(&caller, statuses, q.limit.unwrap_or(100)).await?;
+    let list: Vec<Value> = reqs.iter().map(|r| airlock.view(r, &caller)).collect();
+    Ok(Json(json!({"requests": list})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    verdict: String,
+    #[serde(default)]
+    reason: Option<String>,
+    /// Which channel the reviewer used (`api` unless a client says `cli`).
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+async fn review(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReviewBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_request_id(&id)?;
+    let verdict = Verdict::parse(&body.verdict).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let channel = match body.channel.as_deref() {
+        None => "api",
+        Some("cli") => "cli",
+        Some("api") => "api",
+        Some(other) => return Err(ApiError::BadRequest(format!("unknown channel {other:?}"))),
+    };
+    let req = airlock.review(&caller, id, verdict, body.reason, channel).await?;
+    Ok(Json(airlock.view(&req, &caller)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn cancel(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_request_id(&id)?;
+    let req = airlock.cancel(&caller, id).await?;
+    Ok(Json(airlock.view(&req, &caller)))
+}
+
+async fn revoke(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_request_id(&id)?;
+    let body: ReasonBody = optional_body(&body)?;
+    let req = airlock.revoke(&caller, id, body.reason).await?;
+    Ok(Json(airlock.view(&req, &caller)))
+}
+
+async fn consume(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ConsumeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (gid, uses_left) = airlock.consume(&caller, body).await?;
+    Ok(Json(json!({"grant_id": gid.to_string(), "uses_left": uses_left})))
+}
+
+async fn complete(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CompleteBody>,
+) -> Result<Json<Value>, ApiError> {
+    let gid = GrantId::parse(&id).map_err(|_| ApiError::NotFound(format!("no grant {id}")))?;
+    airlock.complete(&caller, gid, body).await?;
+    Ok(Json(json!({"grant_id": gid.to_string(), "completed": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden("only admin keys may read the audit log"));
+    }
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let records = airlock.store().read(move |r| r.audit_after(after, limit)).await?;
+    Ok(Json(json!({"records": records})))
+}
+
+async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {
+    Json(airlock.public_keys().to_json())
+}
+
+async fn healthz(State(airlock): State<AppState>) -> Response {
+    let store = airlock.store().read(|r| r.audit_head()).await;
+    let version = airlock.policy_version();
+    match store {
+        Ok((seq, _)) => Json(json!({
+            "status": "ok", "storage": airlock.store().kind(), "policy_version": version, "audit_head": seq,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "storage_error": e.to_string(), "policy_version": version})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(airlock): State<AppState>) -> Response {
+    let pending = airlock
+        .store()
+        .read(|r| r.count_status(RequestStatus::Pending))
+        .await
+        .unwrap_or(-1);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        airlock.metrics.render(pending),
+    )
+        .into_response()
+}
+
+/// Serves until `shutdown` resolves, then signs a final checkpoint.
+pub async fn serve(
+    airlock: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(airlock.clone());
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Err(e) = crate::background::checkpoint(&airlock).await {
+        tracing::error!(error = %e, "final audit checkpoint failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Prometheus metrics: decisions by outcome, decision latency, pending
+//! requests (read from the store at scrape time, so every node agrees).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The registry and the handles the service updates.
+pub(crate) struct Metrics {
+    registry: Mutex<Registry>,
+    decisions: Family<Vec<(String, String)>, Counter>,
+    latency: Histogram,
+    pending: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("airlock");
+        let decisions = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("decisions", "Decisions by outcome", decisions.clone());
+        // 10 µs to ~1.3 s.
+        let latency = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide and durably audit a check",
+            latency.clone(),
+        );
+        let pending = Gauge::default();
+        registry.register("pending_requests", "Requests waiting for approval", pending.clone());
+        Self {
+            registry: Mutex::new(registry),
+            decisions,
+            latency,
+            pending,
+        }
+    }
+
+    pub(crate) fn observe_decision(&self, outcome: &str, took: Duration) {
+        self.decisions
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn render(&self, pending: i64) -> String {
+        self.pending.set(pending);
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            if encode(&mut out, &r).is_err() {
+                out.clear();
+            }
+        }
+        out
+    }
+}

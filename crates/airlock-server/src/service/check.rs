@@ -1,0 +1,284 @@
+//! Flag and decide: `POST /v1/check`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use airlock_core::action::Resource;
+use airlock_core::{
+    Action, ActionName, AuditKind, Decision, NewAuditRecord, Request, RequestId, RequestStatus,
+    UserName,
+};
+use airlock_store::time::now;
+use airlock_store::StoreError;
+use chrono::{Datelike, Timelike};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{Airlock, Caller};
+use crate::ApiError;
+
+/// The body of `POST /v1/check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// Who; defaults to the key's user. Only enforcer keys may name another.
+    #[serde(default)]
+    pub principal: Option<UserName>,
+    /// The verb.
+    pub action: ActionName,
+    /// On what.
+    pub resource: Resource,
+    /// What binds the grant.
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// What informs the decision.
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    /// Why, for the approvers.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What a check answers.
+#[derive(Debug)]
+pub enum CheckOutcome {
+    /// Allowed outright.
+    Allow {
+        /// Determining policies.
+        policies: Vec<String>,
+    },
+    /// Denied.
+    Deny {
+        /// Determining policies.
+        policies: Vec<String>,
+        /// Why.
+        message: String,
+    },
+    /// Held for approval.
+    ApprovalRequired {
+        /// Determining policies.
+        policies: Vec<String>,
+        /// The request (new, or the one already pending).
+        request: Box<Request>,
+    },
+}
+
+const MAX_REASON: usize = 2000;
+
+impl Airlock {
+    /// Decides an action, records the decision, and creates (or returns
+    /// the pending) request when approval is required.
+    pub async fn check(&self, caller: &Caller, body: CheckBody, peer: Option<IpAddr>) -> Result<CheckOutcome, ApiError> {
+        let started = Instant::now();
+        let principal = match body.principal {
+            Some(p) if p != caller.user && !caller.is_enforcer() => {
+                return Err(ApiError::forbidden(format!(
+                    "only enforcer keys may check on behalf of another principal ({p})"
+                )))
+            }
+            Some(p) => p,
+            None => caller.user.clone(),
+        };
+        let reason = body.reason.filter(|r| !r.trim().is_empty());
+        if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+            return Err(ApiError::BadRequest(format!("reason is longer than {MAX_REASON} bytes")));
+        }
+        let action = Action {
+            principal,
+            action: body.action,
+            resource: body.resource,
+            params: body.params,
+            context: body.context,
+        };
+        let loaded = self.loaded.load_full();
+        let context = self.context_for(&action, &loaded.engine, peer).await?;
+        let decision = loaded
+            .engine
+            .decide(&action, context.clone())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fingerprint = action.fingerprint();
+        let version = loaded.engine.version().to_owned();
+        let t = now();
+        let actor = caller.user.to_string();
+        let details = |decision: &Decision, extra: Value| {
+            let mut d = json!({
+                "outcome": decision.outcome(),
+                "principal": action.principal.as_str(),
+                "action": action.action.as_str(),
+                "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
+                "params": &action.params,
+                "context": Value::Object(context.clone()),
+                "fingerprint": fingerprint.to_string(),
+                "policies": decision.policies(),
+                "policy_version": &version,
+                "key": &caller.key_id,
+            });
+            if let (Some(d), Value::Object(extra)) = (d.as_object_mut(), extra) {
+                d.extend(extra);
+            }
+            d
+        };
+
+        let outcome = match decision {
+            Decision::Allow { policies } => {
+                let rec = NewAuditRecord {
+                    kind: AuditKind::Decision,
+                    actor,
+                    subject: String::new(),
+                    details: details(&Decision::Allow { policies: policies.clone() }, json!({})),
+                };
+                self.store
+                    .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+                    .await
+                    .map_err(ApiError::Audit)?;
+                CheckOutcome::Allow { policies }
+            }
+            Decision::Deny { policies, message } => {
+                let d = Decision::Deny { policies: policies.clone(), message: message.clone() };
+                let rec = NewAuditRecord {
+                    kind: AuditKind::Decision,
+                    actor,
+                    subject: String::new(),
+                    details: details(&d, json!({"message": &message})),
+                };
+                self.store
+                    .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+                    .await
+                    .map_err(ApiError::Audit)?;
+                CheckOutcome::Deny { policies, message }
+            }
+            Decision::ApprovalRequired { policies, requirement } => {
+                if requirement.reason_required && reason.is_none() {
+                    let p = requirement
+                        .thresholds
+                        .first()
+                        .map(|t| t.policy_id.clone())
+                        .unwrap_or_default();
+                    return Err(ApiError::ReasonRequired(p));
+                }
+                let decision_details = details(
+                    &Decision::ApprovalRequired { policies: policies.clone(), requirement: requirement.clone() },
+                    json!({}),
+                );
+                let request = Request {
+                    id: RequestId::new(),
+                    status: RequestStatus::Pending,
+                    fingerprint,
+                    requirement: requirement.clone(),
+                    policies: policies.clone(),
+                    reason,
+                    reviews: Vec::new(),
+                    created_at: t,
+                    expires_at: t + requirement.request_ttl.as_chrono(),
+                    grant: None,
+                    action,
+                };
+                let request = self
+                    .store
+                    .write(move |tx| {
+                        let existing = tx.find_pending(&request.action.principal, &request.fingerprint)?;
+                        let (req, created) = match existing.map(|id| tx.get_request(&id)).transpose()?.flatten() {
+                            Some(req) => (req, false),
+                            None => {
+                                tx.insert_request(&request)?;
+                                (request, true)
+                            }
+                        };
+                        let mut d = decision_details;
+                        if let Some(o) = d.as_object_mut() {
+                            o.insert("request".into(), json!(req.id.to_string()));
+                            o.insert("existing_request".into(), json!(!created));
+                        }
+                        tx.append_audit(
+                            NewAuditRecord { kind: AuditKind::Decision, actor: actor.clone(), subject: req.id.to_string(), details: d },
+                            t,
+                        )?;
+                        if created {
+                            tx.append_audit(
+                                NewAuditRecord {
+                                    kind: AuditKind::RequestCreated,
+                                    actor,
+                                    subject: req.id.to_string(),
+                                    details: json!({
+                                        "thresholds": &req.requirement.thresholds,
+                                        "expires_at": airlock_store::time::fmt(req.expires_at),
+                                        "reason": &req.reason,
+                                    }),
+                                },
+                                t,
+                            )?;
+                        }
+                        Ok::<_, StoreError>((req, created))
+                    })
+                    .await
+                    .map_err(ApiError::Audit)?;
+                let (request, created) = request;
+                if created {
+                    let _ = self.timers.send((request.expires_at, request.id));
+                    self.publish(request.id);
+                }
+                CheckOutcome::ApprovalRequired { policies, request: Box::new(request) }
+            }
+        };
+        self.metrics.observe_decision(
+            match &outcome {
+                CheckOutcome::Allow { .. } => "allow",
+                CheckOutcome::Deny { .. } => "deny",
+                CheckOutcome::ApprovalRequired { .. } => "approval_required",
+            },
+            started.elapsed(),
+        );
+        Ok(outcome)
+    }
+
+    /// The caller's context plus what Airlock computes. Computed keys
+    /// override the caller's: a client cannot claim it is 10 a.m.
+    async fn context_for(
+        &self,
+        action: &Action,
+        engine: &airlock_policy::PolicyEngine,
+        peer: Option<IpAddr>,
+    ) -> Result<Map<String, Value>, ApiError> {
+        let mut ctx = action.context.clone();
+        let local = chrono::Utc::now().with_timezone(&self.tz);
+        ctx.insert("local_hour".into(), json!(local.hour()));
+        ctx.insert("weekday".into(), json!(local.weekday().to_string()));
+        // source_ip is what the enforcement point saw; without one, the
+        // address this call came from.
+        let ip = match ctx.get("source_ip") {
+            Some(Value::String(s)) => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| ApiError::BadRequest(format!("context.source_ip {s:?} is not an IP address")))?,
+            ),
+            Some(Value::Object(_)) => None,
+            Some(_) => return Err(ApiError::BadRequest("context.source_ip must be a string".into())),
+            None => peer,
+        };
+        if let Some(ip) = ip {
+            ctx.insert("source_ip".into(), json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}));
+        }
+        // These cost a store read; only pay when a policy can look at them.
+        if engine.mentions("sensitive_actions_last_hour") {
+            let p = action.principal.clone();
+            let since = now() - chrono::Duration::hours(1);
+            let n = self.store.read(move |r| r.count_requests_since(&p, since)).await?;
+            ctx.insert("sensitive_actions_last_hour".into(), json!(n));
+        } else {
+            ctx.remove("sensitive_actions_last_hour");
+        }
+        if engine.mentions("granted_before") {
+            let (p, a, t, i) = (
+                action.principal.clone(),
+                action.action.to_string(),
+                action.resource.kind.to_string(),
+                action.resource.id.to_string(),
+            );
+            let b = self.store.read(move |r| r.granted_before(&p, &a, &t, &i)).await?;
+            ctx.insert("granted_before".into(), json!(b));
+        } else {
+            ctx.remove("granted_before");
+        }
+        Ok(ctx)
+    }
+}

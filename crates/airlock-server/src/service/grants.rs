@@ -1,0 +1,200 @@
+//! Execute: consuming a grant for exactly its action, and reporting the
+//! outcome. Refusals are recorded as faithfully as successes.
+
+use airlock_core::{Action, AuditKind, GrantId, NewAuditRecord, RequestStatus};
+use airlock_keys::{GrantClaims, GrantError};
+use airlock_store::time::now;
+use airlock_store::{ConsumeOutcome, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::requests::transition;
+use super::{Airlock, Caller};
+use crate::ApiError;
+
+/// The body of `POST /v1/grants/consume`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeBody {
+    /// The grant token.
+    pub token: String,
+    /// The action about to be performed, as in check, with its principal.
+    pub action: Action,
+}
+
+/// The body of `POST /v1/grants/{id}/complete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// Anything the enforcement point wants on record (exit code, rows).
+    #[serde(default)]
+    pub detail: Map<String, Value>,
+}
+
+impl Airlock {
+    /// Spends one use of a grant for `action`. Verifies the token offline
+    /// first, then in one transaction: the request is still approved, its
+    /// approvals still count under today's group membership, and one use is
+    /// left (a conditional update, so racing consumers cannot both win).
+    pub async fn consume(&self, caller: &Caller, body: ConsumeBody) -> Result<(GrantId, u32), ApiError> {
+        let t = now();
+        let fingerprint = body.action.fingerprint();
+        let claims = match GrantClaims::verify(&self.public_keys().grant, &body.token, t) {
+            Ok(c) => c,
+            Err(e) => {
+                let (code, message) = match e {
+                    GrantError::Expired(at) => ("grant_expired", format!("grant expired at {at}")),
+                    _ => ("invalid_grant", "not a valid grant token".to_owned()),
+                };
+                self.refuse(caller, None, code, &message, fingerprint.to_string()).await?;
+                return Err(ApiError::grant(code, message));
+            }
+        };
+        if !(caller.is_enforcer() || caller.user == claims.sub) {
+            return Err(ApiError::forbidden("only the grant's principal or an enforcer key may consume it"));
+        }
+        if body.action.principal != claims.sub || fingerprint != claims.fp {
+            let message = "this grant was approved for a different action".to_owned();
+            self.refuse(caller, Some(claims.jti), "action_mismatch", &message, fingerprint.to_string()).await?;
+            return Err(ApiError::grant("action_mismatch", message));
+        }
+        let directory = self.loaded.load().directory.clone();
+        let actor = caller.user.to_string();
+        let key = caller.key_id.clone();
+        let gid = claims.jti;
+        let result = self
+            .store
+            .write(move |tx| {
+                let Some(row) = tx.get_grant(&gid)? else {
+                    return refuse_in(tx, &actor, gid, "invalid_grant", "unknown grant".into(), t);
+                };
+                let Some(req) = tx.get_request(&row.request_id)? else {
+                    return refuse_in(tx, &actor, gid, "invalid_grant", "unknown request".into(), t);
+                };
+                if req.status == RequestStatus::Revoked || row.grant.revoked {
+                    return refuse_in(tx, &actor, gid, "grant_revoked", "the grant was revoked".into(), t);
+                }
+                if !req.thresholds_met(|u, g| directory.is_member(u, g)) {
+                    // A reviewer left an approver group since approving:
+                    // their approval no longer counts.
+                    return refuse_in(
+                        tx,
+                        &actor,
+                        gid,
+                        "grant_revoked",
+                        "the approvals no longer meet the policy: an approver has left their group".into(),
+                        t,
+                    );
+                }
+                let outcome = tx.consume_grant(&gid, t)?;
+                let (code, message) = match outcome {
+                    ConsumeOutcome::Consumed { uses_left } => {
+                        tx.append_audit(
+                            NewAuditRecord {
+                                kind: AuditKind::GrantConsumed,
+                                actor: actor.clone(),
+                                subject: gid.to_string(),
+                                details: json!({"request": req.id.to_string(), "uses_left": uses_left, "key": key}),
+                            },
+                            t,
+                        )?;
+                        if uses_left == 0 {
+                            transition(tx, &req, RequestStatus::Consumed, &actor, json!({}))?;
+                        }
+                        return Ok(Ok((req.id, uses_left)));
+                    }
+                    ConsumeOutcome::Spent => ("grant_spent", "every use of this grant is spent".to_owned()),
+                    ConsumeOutcome::Revoked => ("grant_revoked", "the grant was revoked".to_owned()),
+                    ConsumeOutcome::Expired => ("grant_expired", "the grant has expired".to_owned()),
+                    ConsumeOutcome::Unknown => ("invalid_grant", "unknown grant".to_owned()),
+                };
+                refuse_in(tx, &actor, gid, code, message, t)
+            })
+            .await?;
+        match result {
+            Ok((req_id, uses_left)) => {
+                self.publish(req_id);
+                Ok((gid, uses_left))
+            }
+            Err((code, message)) => Err(ApiError::grant(code, message)),
+        }
+    }
+
+    async fn refuse(&self, caller: &Caller, grant: Option<GrantId>, code: &'static str, message: &str, fp: String) -> Result<(), ApiError> {
+        let rec = NewAuditRecord {
+            kind: AuditKind::GrantRefused,
+            actor: caller.user.to_string(),
+            subject: grant.map(|g| g.to_string()).unwrap_or_default(),
+            details: json!({"code": code, "message": message, "fingerprint": fp, "key": caller.key_id}),
+        };
+        let t = now();
+        self.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await.map_err(ApiError::Audit)
+    }
+
+    /// Records the outcome of a consumed use; the grant closes when its last
+    /// use reports.
+    pub async fn complete(&self, caller: &Caller, gid: GrantId, body: CompleteBody) -> Result<(), ApiError> {
+        if !matches!(body.outcome.as_str(), "success" | "failure") {
+            return Err(ApiError::BadRequest("outcome must be \"success\" or \"failure\"".into()));
+        }
+        let caller = caller.clone();
+        let req = self
+            .store
+            .write(move |tx| {
+                let t = now();
+                let Some(row) = tx.get_grant(&gid)? else {
+                    return Err(ApiError::NotFound(format!("no grant {gid}")));
+                };
+                if !(caller.is_enforcer() || caller.user == row.principal) {
+                    return Err(ApiError::forbidden("only the grant's principal or an enforcer key may complete it"));
+                }
+                if !tx.complete_grant(&gid, &body.outcome)? {
+                    return Err(ApiError::wrong_state("nothing to complete: no use consumed, or already completed"));
+                }
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::GrantCompleted,
+                        actor: caller.user.to_string(),
+                        subject: gid.to_string(),
+                        details: json!({"request": row.request_id.to_string(), "outcome": body.outcome, "detail": body.detail}),
+                    },
+                    t,
+                )?;
+                let closed = tx.get_grant(&gid)?.is_some_and(|g| g.completed);
+                if let Some(req) = tx.get_request(&row.request_id)? {
+                    if closed && req.status == RequestStatus::Consumed {
+                        transition(tx, &req, RequestStatus::Completed, caller.user.as_str(), json!({"outcome": body.outcome}))?;
+                    }
+                }
+                Ok(row.request_id)
+            })
+            .await?;
+        self.publish(req);
+        Ok(())
+    }
+}
+
+type Refused = Result<Result<(airlock_core::RequestId, u32), (&'static str, String)>, ApiError>;
+
+fn refuse_in(
+    tx: &mut dyn airlock_store::WriteTx,
+    actor: &str,
+    gid: GrantId,
+    code: &'static str,
+    message: String,
+    t: chrono::DateTime<chrono::Utc>,
+) -> Refused {
+    tx.append_audit(
+        NewAuditRecord {
+            kind: AuditKind::GrantRefused,
+            actor: actor.to_owned(),
+            subject: gid.to_string(),
+            details: json!({"code": code, "message": &message}),
+        },
+        t,
+    )
+    .map_err(|e: StoreError| ApiError::Audit(e))?;
+    Ok(Err((code, message)))
+}

@@ -1,0 +1,272 @@
+//! The approval loop: everything a channel (API, CLI, later web and chat)
+//! can ask of Airlock, with every rule enforced here so no channel can skip
+//! one.
+
+mod check;
+mod grants;
+mod requests;
+mod view;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use airlock_core::{AuditKind, NewAuditRecord, RequestId, UserName};
+use airlock_keys::{Keyring, PublicKeys};
+use airlock_policy::{Directory, PolicyEngine};
+use airlock_store::{ApiKeyRecord, Role, Store, StoreError};
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc};
+
+pub use check::{CheckBody, CheckOutcome};
+pub use grants::{CompleteBody, ConsumeBody};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ApiError;
+
+/// Who is calling, from their API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's user.
+    pub user: UserName,
+    /// The key's role.
+    pub role: Role,
+    /// The key's public id, for the audit log.
+    pub key_id: String,
+}
+
+impl Caller {
+    /// Enforcers act for any principal.
+    pub fn is_enforcer(&self) -> bool {
+        self.role == Role::Enforcer
+    }
+
+    /// Admins may revoke and read the audit log.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Policies and the users they were built for, swapped together on reload
+/// so a decision never mixes two versions.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The policy engine.
+    pub engine: PolicyEngine,
+    /// Users and groups.
+    pub directory: Directory,
+}
+
+/// The running service. Shared by every request handler.
+pub struct Airlock {
+    pub(crate) store: Store,
+    pub(crate) keys: Arc<Keyring>,
+    public: PublicKeys,
+    pub(crate) loaded: ArcSwap<Loaded>,
+    pub(crate) config: ArcSwap<Config>,
+    pub(crate) tz: chrono_tz::Tz,
+    pub(crate) events: broadcast::Sender<RequestId>,
+    pub(crate) timers: mpsc::UnboundedSender<(DateTime<Utc>, RequestId)>,
+    pub(crate) metrics: Metrics,
+    key_cache: RwLock<HashMap<String, Caller>>,
+}
+
+impl std::fmt::Debug for Airlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Airlock").field("store", &self.store).finish()
+    }
+}
+
+/// The prefix of every API key, so leaked keys are easy to scan for.
+pub const KEY_PREFIX: &str = "alk_";
+
+/// Hashes an API key for storage and lookup. Keys are 256 random bits, so a
+/// fast hash is enough: there is nothing to brute-force.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Makes a new API key: `(secret, stored record)`.
+pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let secret = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let id = format!("key_{}", &hash_key(&secret)[..16]);
+    let record = ApiKeyRecord {
+        id,
+        hash: hash_key(&secret),
+        user,
+        role,
+        created_at: airlock_store::time::now(),
+    };
+    (secret, record)
+}
+
+/// Stores a new API key and records its creation. Returns the secret, which
+/// is shown once and never stored.
+pub async fn create_api_key(store: &Store, user: UserName, role: Role, actor: &str) -> Result<String, StoreError> {
+    let (secret, record) = new_api_key(user, role);
+    let actor = actor.to_owned();
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&record)?;
+            tx.append_audit(
+                NewAuditRecord {
+                    kind: AuditKind::KeyCreated,
+                    actor,
+                    subject: record.id.clone(),
+                    details: json!({"user": record.user.as_str(), "role": record.role.as_str()}),
+                },
+                record.created_at,
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    Ok(secret)
+}
+
+/// What `Airlock::start` hands back for the background tasks to drive.
+#[derive(Debug)]
+pub struct Background {
+    /// New expiry deadlines.
+    pub timers: mpsc::UnboundedReceiver<(DateTime<Utc>, RequestId)>,
+}
+
+impl Airlock {
+    /// Opens the store and keys and loads policy. Fails (and the server does
+    /// not start) on any of: bad config, unreadable keys, policy that does
+    /// not load, a store that does not open.
+    pub async fn start(config: Config) -> Result<(Arc<Self>, Background), StartError> {
+        let tz = config.timezone().map_err(StartError::Config)?;
+        let store = Store::open(&config.storage.url, &config.base_dir)?;
+        let (keys, created) = Keyring::load_or_create(&config.data_dir().join("keys"))
+            .map_err(|e| StartError::Keys(e.to_string()))?;
+        let directory = config.directory();
+        let engine = PolicyEngine::load(&config.policy_dir(), &directory)
+            .map_err(|e| StartError::Policy(e.to_string()))?;
+        let version = engine.version().to_owned();
+        let count = engine.policy_count();
+        let (events, _) = broadcast::channel(4096);
+        let (timers_tx, timers_rx) = mpsc::unbounded_channel();
+        let public = keys.public();
+        let airlock = Arc::new(Self {
+            store,
+            keys: Arc::new(keys),
+            public,
+            loaded: ArcSwap::from_pointee(Loaded { engine, directory }),
+            config: ArcSwap::from_pointee(config),
+            tz,
+            events,
+            timers: timers_tx,
+            metrics: Metrics::new(),
+            key_cache: RwLock::new(HashMap::new()),
+        });
+        let now = airlock_store::time::now();
+        let created: Vec<String> = created.into_iter().map(String::from).collect();
+        airlock
+            .store
+            .write(move |tx| {
+                for k in &created {
+                    tx.append_audit(
+                        NewAuditRecord {
+                            kind: AuditKind::KeyCreated,
+                            actor: "system".into(),
+                            subject: format!("{k}-signing-key"),
+                            details: json!({"kind": "signing", "use": k}),
+                        },
+                        now,
+                    )?;
+                }
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::PolicyLoaded,
+                        actor: "system".into(),
+                        subject: String::new(),
+                        details: json!({"version": version, "policies": count, "trigger": "start"}),
+                    },
+                    now,
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        // Re-arm the timers of everything still waiting from before a restart.
+        for (id, at) in airlock.store.read(|r| r.pending_expiries()).await? {
+            let _ = airlock.timers.send((at, id));
+        }
+        Ok((airlock, Background { timers: timers_rx }))
+    }
+
+    /// The store, for tools that share the process.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The public keys, for `/v1/keys`.
+    pub fn public_keys(&self) -> &PublicKeys {
+        &self.public
+    }
+
+    /// The policy version being served.
+    pub fn policy_version(&self) -> String {
+        self.loaded.load().engine.version().to_owned()
+    }
+
+    /// Looks up the caller behind a bearer key.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Caller, ApiError> {
+        if !bearer.starts_with(KEY_PREFIX) || bearer.len() > 128 {
+            return Err(ApiError::Unauthenticated);
+        }
+        let hash = hash_key(bearer);
+        if let Some(c) = self.key_cache.read().ok().and_then(|m| m.get(&hash).cloned()) {
+            return Ok(c);
+        }
+        let h = hash.clone();
+        let record = self.store.read(move |r| r.api_key_by_hash(&h)).await?;
+        let Some(record) = record else {
+            return Err(ApiError::Unauthenticated);
+        };
+        let caller = Caller {
+            user: record.user,
+            role: record.role,
+            key_id: record.id,
+        };
+        if let Ok(mut m) = self.key_cache.write() {
+            m.insert(hash, caller.clone());
+        }
+        Ok(caller)
+    }
+
+    pub(crate) fn publish(&self, id: RequestId) {
+        let _ = self.events.send(id);
+    }
+
+    pub(crate) fn policy_dir(&self) -> PathBuf {
+        self.config.load().policy_dir()
+    }
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration.
+    #[error("config: {0}")]
+    Config(String),
+    /// Keys.
+    #[error("signing keys: {0}")]
+    Keys(String),
+    /// Policy.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// Storage.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}

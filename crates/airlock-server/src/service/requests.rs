@@ -1,0 +1,282 @@
+//! Ask and review: reading, waiting on, reviewing, cancelling and revoking
+//! requests. Every rule lives here, whichever channel asks.
+
+use std::time::Duration;
+
+use airlock_core::request::GrantRecord;
+use airlock_core::{
+    AuditKind, GrantId, NewAuditRecord, Request, RequestId, RequestStatus, Review, Verdict,
+};
+use airlock_policy::Directory;
+use airlock_store::time::{fmt, now};
+use airlock_store::{StatusFilter, WriteTx};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Airlock, Caller};
+use crate::ApiError;
+
+const MAX_REVIEW_REASON: usize = 2000;
+
+impl Airlock {
+    /// Whether `caller` may see `req`: its requester, anyone who may review
+    /// it, enforcers and admins.
+    pub(crate) fn may_see(&self, caller: &Caller, req: &Request) -> bool {
+        caller.is_admin()
+            || caller.is_enforcer()
+            || req.action.principal == caller.user
+            || req.eligible_reviewer(&caller.user, |u, g| self.loaded.load().directory.is_member(u, g))
+    }
+
+    async fn load_visible(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
+        let req = self.store.read(move |r| r.get_request(&id)).await?;
+        match req {
+            Some(req) if self.may_see(caller, &req) => Ok(req),
+            // Not visible is reported as absent, so ids cannot be probed.
+            _ => Err(ApiError::NotFound(format!("no request {id}"))),
+        }
+    }
+
+    /// One request; with `wait`, answers as soon as it leaves `pending` or
+    /// when the wait is over, woken by the event of its change.
+    pub async fn get_request(&self, caller: &Caller, id: RequestId, wait: Option<Duration>) -> Result<Request, ApiError> {
+        // Subscribe before reading, so a change between the read and the
+        // wait is not missed.
+        let mut events = self.events.subscribe();
+        let req = self.load_visible(caller, id).await?;
+        let Some(wait) = wait else { return Ok(req) };
+        if req.status != RequestStatus::Pending {
+            return Ok(req);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return self.load_visible(caller, id).await,
+                Ok(Ok(changed)) if changed != id => continue,
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
+                    let req = self.load_visible(caller, id).await?;
+                    if req.status != RequestStatus::Pending {
+                        return Ok(req);
+                    }
+                }
+                Ok(Err(RecvError::Closed)) => return self.load_visible(caller, id).await,
+            }
+        }
+    }
+
+    /// Requests the caller may see: their own and those they may review
+    /// (everything for enforcers and admins).
+    pub async fn list_requests(&self, caller: &Caller, statuses: Vec<RequestStatus>, limit: u32) -> Result<Vec<Request>, ApiError> {
+        let filter = StatusFilter { statuses, principal: None };
+        let all = self.store.read(move |r| r.list_requests(&filter, limit.clamp(1, 1000))).await?;
+        Ok(all.into_iter().filter(|r| self.may_see(caller, r)).collect())
+    }
+
+    /// Records a verdict. Self-review and ineligible reviewers are refused
+    /// (admins included); the request must be pending; one verdict per
+    /// reviewer; one eligible deny ends it; the last needed approval issues
+    /// the grant, in the same transaction as the audit records.
+    pub async fn review(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        verdict: Verdict,
+        reason: Option<String>,
+        channel: &str,
+    ) -> Result<Request, ApiError> {
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
+            return Err(ApiError::BadRequest(format!("reason is longer than {MAX_REVIEW_REASON} bytes")));
+        }
+        let directory = self.loaded.load().directory.clone();
+        let reviewer = caller.user.clone();
+        let channel = channel.to_owned();
+        let req = self
+            .store
+            .write(move |tx| {
+                let t = now();
+                let Some(req) = tx.get_request(&id)? else {
+                    return Err(ApiError::NotFound(format!("no request {id}")));
+                };
+                if req.action.principal == reviewer {
+                    return Err(ApiError::Forbidden {
+                        code: "self_review",
+                        message: "nobody may review their own request".into(),
+                    });
+                }
+                if !req.eligible_reviewer(&reviewer, |u, g| directory.is_member(u, g)) {
+                    return Err(ApiError::Forbidden {
+                        code: "not_eligible",
+                        message: format!("{reviewer} is not in an approver group of this request"),
+                    });
+                }
+                if req.status != RequestStatus::Pending {
+                    return Err(ApiError::wrong_state(format!("request is {}, not pending", req.status)));
+                }
+                let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
+                if !tx.insert_review(&id, &review)? {
+                    return Err(ApiError::Conflict {
+                        code: "already_reviewed",
+                        message: format!("{reviewer} already reviewed this request"),
+                    });
+                }
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::Review,
+                        actor: reviewer.to_string(),
+                        subject: id.to_string(),
+                        details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel}),
+                    },
+                    t,
+                )?;
+                let req = tx.get_request(&id)?.ok_or_else(|| ApiError::NotFound(format!("no request {id}")))?;
+                match verdict {
+                    Verdict::Deny => {
+                        transition(tx, &req, RequestStatus::Denied, &reviewer.to_string(), json!({"by": reviewer.as_str()}))?;
+                    }
+                    Verdict::Approve if req.thresholds_met(|u, g| directory.is_member(u, g)) => {
+                        issue_grant(tx, &req, &directory)?;
+                    }
+                    Verdict::Approve => {}
+                }
+                Ok(tx.get_request(&id)?.unwrap_or(req))
+            })
+            .await?;
+        self.after_change(&req);
+        Ok(req)
+    }
+
+    /// The requester withdraws a pending request.
+    pub async fn cancel(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
+        let user = caller.user.clone();
+        let req = self
+            .store
+            .write(move |tx| {
+                let Some(req) = tx.get_request(&id)? else {
+                    return Err(ApiError::NotFound(format!("no request {id}")));
+                };
+                if req.action.principal != user {
+                    return Err(ApiError::forbidden("only the requester may cancel a request"));
+                }
+                transition(tx, &req, RequestStatus::Cancelled, user.as_str(), json!({}))?;
+                Ok(tx.get_request(&id)?.unwrap_or(req))
+            })
+            .await?;
+        self.after_change(&req);
+        Ok(req)
+    }
+
+    /// An approver or admin kills an approved request's grant at once.
+    pub async fn revoke(&self, caller: &Caller, id: RequestId, reason: Option<String>) -> Result<Request, ApiError> {
+        let directory = self.loaded.load().directory.clone();
+        let caller = caller.clone();
+        let req = self
+            .store
+            .write(move |tx| {
+                let Some(req) = tx.get_request(&id)? else {
+                    return Err(ApiError::NotFound(format!("no request {id}")));
+                };
+                let approver = req.requirement.thresholds.iter().any(|t| t.groups.iter().any(|g| directory.is_member(&caller.user, g)));
+                if !(caller.is_admin() || approver) {
+                    return Err(ApiError::forbidden("only an approver of this request or an admin may revoke it"));
+                }
+                transition(tx, &req, RequestStatus::Revoked, caller.user.as_str(), json!({"reason": reason}))?;
+                if let Some(g) = &req.grant {
+                    tx.revoke_grant(&g.grant_id)?;
+                }
+                Ok(tx.get_request(&id)?.unwrap_or(req))
+            })
+            .await?;
+        self.after_change(&req);
+        Ok(req)
+    }
+
+    /// Expires a request whose deadline passed: a pending one at its TTL,
+    /// an approved one when its grant expired unused. Conditional, so it
+    /// happens once however many timers fire.
+    pub async fn expire(&self, id: RequestId) -> Result<Option<Request>, ApiError> {
+        let req = self
+            .store
+            .write(move |tx| {
+                let t = now();
+                let Some(req) = tx.get_request(&id)? else { return Ok(None) };
+                let due = match (req.status, &req.grant) {
+                    (RequestStatus::Pending, _) => req.expires_at <= t,
+                    (RequestStatus::Approved, Some(g)) => g.expires_at <= t,
+                    _ => false,
+                };
+                if !due {
+                    return Ok(None);
+                }
+                transition(tx, &req, RequestStatus::Expired, "system", json!({}))?;
+                Ok::<_, ApiError>(tx.get_request(&id)?)
+            })
+            .await?;
+        if let Some(r) = &req {
+            self.after_change(r);
+        }
+        Ok(req)
+    }
+
+    fn after_change(&self, req: &Request) {
+        if let Some(g) = &req.grant {
+            if req.status == RequestStatus::Approved {
+                let _ = self.timers.send((g.expires_at, req.id));
+            }
+        }
+        self.publish(req.id);
+    }
+}
+
+/// Moves a request to `to` and records it; 409 if the state machine forbids.
+pub(crate) fn transition(
+    tx: &mut dyn WriteTx,
+    req: &Request,
+    to: RequestStatus,
+    actor: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let t = now();
+    if !tx.set_status(&req.id, req.status, to, t)? {
+        return Err(ApiError::wrong_state(format!("request is {}; it cannot become {to}", req.status)));
+    }
+    let mut d = json!({"from": req.status.as_str(), "to": to.as_str()});
+    if let (Some(o), serde_json::Value::Object(extra)) = (d.as_object_mut(), details) {
+        o.extend(extra);
+    }
+    tx.append_audit(
+        NewAuditRecord { kind: AuditKind::RequestState, actor: actor.to_owned(), subject: req.id.to_string(), details: d },
+        t,
+    )?;
+    Ok(())
+}
+
+fn issue_grant(tx: &mut dyn WriteTx, req: &Request, directory: &Directory) -> Result<(), ApiError> {
+    let t = now();
+    let approvals = req.approvals(|u, g| directory.is_member(u, g));
+    transition(tx, req, RequestStatus::Approved, "system", json!({"approvals": approvals}))?;
+    let grant = GrantRecord {
+        grant_id: GrantId::new(),
+        expires_at: t + req.requirement.grant_ttl.as_chrono(),
+        max_uses: req.requirement.max_uses.get(),
+        uses: 0,
+        revoked: false,
+        outcome: None,
+    };
+    tx.insert_grant(&req.id, &req.fingerprint, &grant)?;
+    tx.append_audit(
+        NewAuditRecord {
+            kind: AuditKind::GrantIssued,
+            actor: "system".into(),
+            subject: grant.grant_id.to_string(),
+            details: json!({
+                "request": req.id.to_string(),
+                "fingerprint": req.fingerprint.to_string(),
+                "expires_at": fmt(grant.expires_at),
+                "max_uses": grant.max_uses,
+            }),
+        },
+        t,
+    )?;
+    Ok(())
+}
