@@ -74,6 +74,22 @@ impl Keyring {
         Ok((Self { grant, audit }, created))
     }
 
+    /// Reads the public halves of the keys in `dir` without creating any:
+    /// for offline verification.
+    pub fn load_public(dir: &Path) -> Result<PublicKeys, KeyError> {
+        let read = |name: &str| -> Result<PublicKey, KeyError> {
+            let path = dir.join(name);
+            let text = Zeroizing::new(fs::read_to_string(&path).map_err(io(&path))?);
+            let mut seed = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyError::Malformed(path.clone()))?;
+            Ok(PublicKey(SigningKey::from_bytes(&seed).verifying_key()))
+        };
+        Ok(PublicKeys {
+            grant: read("grant-signing.key")?,
+            audit: read("audit-signing.key")?,
+        })
+    }
+
     /// Fresh keys in memory, for tests and benchmarks.
     pub fn ephemeral() -> Self {
         let mut rng = rand::rngs::OsRng;

@@ -1,1 +1,178 @@
-fn main(){}
+//! The `airlock` command: a thin layer of argument parsing over the
+//! server, the store and the HTTP API.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hold sensitive actions until they are approved, let exactly that action
+/// through once, and record every step in a tamper-evident log.
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server. With no --config and no ./airlock.toml, runs the
+    /// quickstart in ./.airlock/.
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Ask for a decision without running anything.
+    Check(client::ActionArgs),
+    /// Ask, wait for approval, run COMMAND with a consumed grant, report
+    /// its outcome, and exit with its exit code.
+    Run(client::RunArgs),
+    /// List, show, approve, deny, cancel or revoke requests.
+    Requests {
+        #[command(subcommand)]
+        command: client::RequestsCommand,
+    },
+    /// Verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Validate and test policies, without a server.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Manage web console users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key; it is printed once, as the last line.
+    Create {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Whose key.
+        #[arg(long)]
+        user: String,
+        /// user (default), enforcer or admin.
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Exit 0 if the whole log verifies; otherwise name the first bad record.
+    Verify {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Verify checkpoints with this audit public key (PASERK or hex)
+        /// instead of the key file in the data directory.
+        #[arg(long)]
+        public_key: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Load a policy folder and report errors.
+    Validate {
+        /// The folder.
+        dir: PathBuf,
+        /// Take users and groups from this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run policy test cases.
+    Test {
+        /// The cases file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Set a user's web console password, read from standard input.
+    SetPassword {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+/// `--json` for commands a script would parse.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Output {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve::run(config).await,
+            Command::Keys { command: KeysCommand::Create { config, user, role } } => {
+                admin::keys_create(&config, &user, &role).await
+            }
+            Command::Check(args) => client::check(args).await,
+            Command::Run(args) => client::run(args).await,
+            Command::Requests { command } => client::requests(command).await,
+            Command::Audit { command: AuditCommand::Verify { config, public_key, out } } => {
+                admin::audit_verify(&config, public_key.as_deref(), out)
+            }
+            Command::Policy { command: PolicyCommand::Validate { dir, config } } => {
+                admin::policy_validate(&dir, config.as_deref())
+            }
+            Command::Policy { command: PolicyCommand::Test { file } } => admin::policy_test(&file),
+            Command::Users { command: UsersCommand::SetPassword { .. } } => Err(anyhow::anyhow!(
+                "web console sign-in is not available in this version yet"
+            )),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

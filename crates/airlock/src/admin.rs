@@ -1,0 +1,143 @@
+//! Commands that work on the files directly, without a server: keys,
+//! audit verification, policy validation and tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use airlock_core::{ChainError, ChainVerifier, UserName};
+use airlock_keys::{Keyring, PublicKey};
+use airlock_policy::{Directory, PolicyEngine};
+use airlock_server::Config;
+use airlock_store::{Role, SqliteBackend, Store};
+use anyhow::{anyhow, bail, Context};
+use serde_json::json;
+
+use crate::Output;
+
+pub async fn keys_create(config: &Path, user: &str, role: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let user = UserName::parse(user)?;
+    let role = Role::parse(role).ok_or_else(|| anyhow!("role {role:?} is not user, enforcer or admin"))?;
+    if !cfg.users.iter().any(|u| u.name == user) && role != Role::Enforcer {
+        eprintln!("note: {user} is not among the config's [[users]]; they will be in no group");
+    }
+    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let key = airlock_server::service::create_api_key(&store, user.clone(), role, "cli").await?;
+    eprintln!("created a {role} key for {user}; it is shown once:");
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why the log failed, with the first bad sequence number.
+struct Broken {
+    seq: i64,
+    why: String,
+}
+
+pub fn audit_verify(config: &Path, public_key: Option<&str>, out: Output) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let key = match public_key {
+        Some(k) => PublicKey::parse(k)?,
+        None => {
+            Keyring::load_public(&cfg.data_dir().join("keys"))
+                .context("reading the audit public key (or pass --public-key)")?
+                .audit
+        }
+    };
+    let path = cfg
+        .storage
+        .url
+        .strip_prefix("sqlite://")
+        .map(|p| cfg.base_dir.join(p))
+        .ok_or_else(|| anyhow!("audit verify reads SQLite stores; this one is {}", cfg.storage.url))?;
+    let mut db = SqliteBackend::read_only(&path)?;
+    let result = db.read(|r| {
+        let checkpoints: BTreeMap<i64, airlock_keys::Checkpoint> =
+            r.checkpoints()?.into_iter().map(|c| (c.seq, c)).collect();
+        let mut v = ChainVerifier::default();
+        let mut after = 0;
+        let broken = 'walk: loop {
+            let page = r.audit_after(after, 10_000)?;
+            if page.is_empty() {
+                break None;
+            }
+            for rec in &page {
+                if let Err(e) = v.push(rec) {
+                    break 'walk Some(Broken { seq: e.seq(), why: e.to_string() });
+                }
+                if let Some(cp) = checkpoints.get(&rec.seq) {
+                    if cp.verify(&key).is_err() {
+                        break 'walk Some(Broken { seq: cp.seq, why: format!("checkpoint at record {} has a bad signature", cp.seq) });
+                    }
+                    if cp.hash != rec.hash {
+                        let e = ChainError::Checkpoint { seq: rec.seq };
+                        break 'walk Some(Broken { seq: rec.seq, why: e.to_string() });
+                    }
+                }
+                after = rec.seq;
+            }
+        };
+        let head = v.head_seq();
+        let broken = broken.or_else(|| {
+            // A signed checkpoint past the end means records were cut off.
+            checkpoints.values().find(|cp| cp.seq > head).map(|cp| Broken {
+                seq: head + 1,
+                why: format!("records {}..={} are missing: a signed checkpoint covers record {}", head + 1, cp.seq, cp.seq),
+            })
+        });
+        let bad_sig = checkpoints.values().find(|cp| cp.seq <= head && cp.verify(&key).is_err()).map(|cp| Broken {
+            seq: cp.seq,
+            why: format!("checkpoint at record {} has a bad signature", cp.seq),
+        });
+        Ok((broken.or(bad_sig), head, v.head_hash(), checkpoints.len()))
+    })?;
+    let (broken, head, hash, n_cp) = result;
+    match broken {
+        None => {
+            if out.json {
+                println!("{}", json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp}));
+            } else {
+                println!("audit log verified: {head} records, {n_cp} signed checkpoints, head {hash}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(b) => {
+            if out.json {
+                println!("{}", json!({"ok": false, "first_bad_seq": b.seq, "error": b.why}));
+            } else {
+                eprintln!("audit log FAILED verification at record {}: {}", b.seq, b.why);
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub fn policy_validate(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let directory = match config {
+        Some(c) => Config::load(c)?.directory(),
+        None => Directory::default(),
+    };
+    match PolicyEngine::load(dir, &directory) {
+        Ok(engine) => {
+            println!("ok: {} policies, version {}", engine.policy_count(), engine.version());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub fn policy_test(file: &Path) -> anyhow::Result<ExitCode> {
+    let report = airlock_policy::cases::run_file(file)?;
+    print!("{}", report.text);
+    if report.failed > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    if report.passed == 0 {
+        bail!("{} has no cases", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

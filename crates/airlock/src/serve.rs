@@ -1,0 +1,81 @@
+//! `airlock serve`: config or quickstart, then the server until a signal.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use airlock_server::{background, http, quickstart, Airlock, Config};
+use anyhow::Context;
+
+pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (config_path, quick) = match config {
+        Some(p) => (p, None),
+        None if Path::new("airlock.toml").exists() => (PathBuf::from("airlock.toml"), None),
+        None => {
+            let dir = PathBuf::from(".airlock");
+            let p = quickstart::prepare(&dir).context("writing the quickstart to .airlock/")?;
+            (p, Some(dir))
+        }
+    };
+    let config = Config::load(&config_path)?;
+    let listen = config.server.listen.clone();
+    let (airlock, bg) = Airlock::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    background::spawn(&airlock, bg);
+    let url = format!("http://{addr}");
+    println!("Airlock listening on {url}");
+    println!("  config: {}  policy version: {}", config_path.display(), airlock.policy_version());
+    if let Some(dir) = quick {
+        let creds = quickstart::credentials(&dir, airlock.store()).await.map_err(anyhow::Error::msg)?;
+        print_quickstart(&url, &creds);
+    }
+    http::serve(airlock, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
+    let key = |u: &str| creds.key(u).unwrap_or("?").to_owned();
+    println!();
+    println!("Quickstart: data, policies and keys are in .airlock/ (SQLite, nothing else to run).");
+    println!("Admin key: {}", key("admin"));
+    println!();
+    println!("Try the loop. In a second terminal, ask to export 50,000 rows as alice:");
+    println!();
+    println!("  AIRLOCK_URL={url} AIRLOCK_TOKEN={} \\", key("alice"));
+    println!("    airlock run --action export --resource Table:prod.orders --context rows=50000 \\");
+    println!("    --reason \"monthly report\" -- echo exported 50000 rows");
+    println!();
+    println!("It waits for a data owner. In a third terminal, approve it as dave:");
+    println!();
+    println!("  export AIRLOCK_URL={url} AIRLOCK_TOKEN={}", key("dave"));
+    println!("  airlock requests list");
+    println!("  airlock requests approve <REQUEST_ID> --reason \"ok for the report\"");
+    println!();
+    println!("Other keys: bob={} carol={} erin={}", key("bob"), key("carol"), key("erin"));
+    println!("Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)");
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
