@@ -322,7 +322,10 @@ mod tests {
         buf.extend_from_slice(
             br#"{"action":"export","params":{"sql":"select 1"},"principal":"alice","resource_id":"t","resource_type":"Table"}"#,
         );
-        assert_eq!(a.fingerprint().as_bytes(), &<[u8; 32]>::from(Sha256::digest(&buf)));
+        assert_eq!(
+            a.fingerprint().as_bytes(),
+            &<[u8; 32]>::from(Sha256::digest(&buf))
+        );
     }
 
     #[test]

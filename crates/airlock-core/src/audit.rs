@@ -167,7 +167,15 @@ impl AuditRecord {
     pub fn link(prev_seq: i64, prev: ChainHash, ts: String, rec: NewAuditRecord) -> AuditRecord {
         let seq = prev_seq + 1;
         let kind = rec.kind.as_str().to_owned();
-        let hash = chain_hash(&prev, seq, &ts, &kind, &rec.actor, &rec.subject, &rec.details);
+        let hash = chain_hash(
+            &prev,
+            seq,
+            &ts,
+            &kind,
+            &rec.actor,
+            &rec.subject,
+            &rec.details,
+        );
         AuditRecord {
             seq,
             ts,
@@ -293,7 +301,9 @@ mod tests {
     fn chain(n: i64) -> Vec<AuditRecord> {
         let mut out: Vec<AuditRecord> = Vec::new();
         for i in 0..n {
-            let (seq, prev) = out.last().map_or((0, ChainHash::GENESIS), |r| (r.seq, r.hash));
+            let (seq, prev) = out
+                .last()
+                .map_or((0, ChainHash::GENESIS), |r| (r.seq, r.hash));
             out.push(AuditRecord::link(
                 seq,
                 prev,

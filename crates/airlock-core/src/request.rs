@@ -5,7 +5,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Action, Fingerprint, GrantId, GroupName, ParseError, RequestId, Requirement, UserName};
+use crate::{
+    Action, Fingerprint, GrantId, GroupName, ParseError, RequestId, Requirement, UserName,
+};
 
 /// Where a request stands. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,7 +116,10 @@ impl Verdict {
         match s {
             "approve" => Ok(Self::Approve),
             "deny" => Ok(Self::Deny),
-            _ => Err(ParseError::new("verdict", format!("{s:?} is not approve or deny"))),
+            _ => Err(ParseError::new(
+                "verdict",
+                format!("{s:?} is not approve or deny"),
+            )),
         }
     }
 }

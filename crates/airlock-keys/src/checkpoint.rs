@@ -56,7 +56,10 @@ impl Checkpoint {
         let mut raw = [0u8; 64];
         hex::decode_to_slice(&self.signature, &mut raw).map_err(|_| err.clone())?;
         key.0
-            .verify(&message(self.seq, &self.hash, &self.ts), &Signature::from_bytes(&raw))
+            .verify(
+                &message(self.seq, &self.hash, &self.ts),
+                &Signature::from_bytes(&raw),
+            )
             .map_err(|_| err)
     }
 }

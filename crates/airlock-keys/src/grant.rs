@@ -56,17 +56,24 @@ impl Keyring {
         let sk = AsymmetricSecretKey::<V4>::from(&self.grant.to_keypair_bytes())
             .map_err(|e| GrantError::Sign(e.to_string()))?;
         let payload = serde_json::to_vec(claims).map_err(|e| GrantError::Sign(e.to_string()))?;
-        PublicToken::sign(&sk, &payload, None, Some(IMPLICIT)).map_err(|e| GrantError::Sign(e.to_string()))
+        PublicToken::sign(&sk, &payload, None, Some(IMPLICIT))
+            .map_err(|e| GrantError::Sign(e.to_string()))
     }
 }
 
 impl GrantClaims {
     /// Verifies `token`'s signature with `key` and its expiry against `now`.
-    pub fn verify(key: &PublicKey, token: &str, now: DateTime<Utc>) -> Result<GrantClaims, GrantError> {
-        let pk = AsymmetricPublicKey::<V4>::from(key.0.as_bytes()).map_err(|_| GrantError::Invalid)?;
-        let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(|_| GrantError::Invalid)?;
-        let trusted =
-            PublicToken::verify(&pk, &untrusted, None, Some(IMPLICIT)).map_err(|_| GrantError::Invalid)?;
+    pub fn verify(
+        key: &PublicKey,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<GrantClaims, GrantError> {
+        let pk =
+            AsymmetricPublicKey::<V4>::from(key.0.as_bytes()).map_err(|_| GrantError::Invalid)?;
+        let untrusted =
+            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| GrantError::Invalid)?;
+        let trusted = PublicToken::verify(&pk, &untrusted, None, Some(IMPLICIT))
+            .map_err(|_| GrantError::Invalid)?;
         // We never put a footer on grants; one there means someone else made it.
         if !untrusted.untrusted_footer().is_empty() {
             return Err(GrantError::Invalid);
@@ -103,7 +110,10 @@ mod tests {
         let c = claims(600);
         let t = k.sign_grant(&c).unwrap();
         assert!(t.starts_with("v4.public."));
-        assert_eq!(GrantClaims::verify(&k.public().grant, &t, Utc::now()).unwrap(), c);
+        assert_eq!(
+            GrantClaims::verify(&k.public().grant, &t, Utc::now()).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -115,13 +125,22 @@ mod tests {
             GrantClaims::verify(&Keyring::ephemeral().public().grant, &t, Utc::now()),
             Err(GrantError::Invalid)
         );
-        assert_eq!(GrantClaims::verify(&k.public().audit, &t, Utc::now()), Err(GrantError::Invalid));
+        assert_eq!(
+            GrantClaims::verify(&k.public().audit, &t, Utc::now()),
+            Err(GrantError::Invalid)
+        );
         let mut bytes = t.clone().into_bytes();
         let i = bytes.len() - 10;
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(bytes).unwrap();
-        assert_eq!(GrantClaims::verify(&k.public().grant, &forged, Utc::now()), Err(GrantError::Invalid));
-        assert_eq!(GrantClaims::verify(&k.public().grant, "garbage", Utc::now()), Err(GrantError::Invalid));
+        assert_eq!(
+            GrantClaims::verify(&k.public().grant, &forged, Utc::now()),
+            Err(GrantError::Invalid)
+        );
+        assert_eq!(
+            GrantClaims::verify(&k.public().grant, "garbage", Utc::now()),
+            Err(GrantError::Invalid)
+        );
         let expired = k.sign_grant(&claims(-1)).unwrap();
         assert!(matches!(
             GrantClaims::verify(&k.public().grant, &expired, Utc::now()),

@@ -81,7 +81,8 @@ impl Keyring {
             let path = dir.join(name);
             let text = Zeroizing::new(fs::read_to_string(&path).map_err(io(&path))?);
             let mut seed = Zeroizing::new([0u8; 32]);
-            hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyError::Malformed(path.clone()))?;
+            hex::decode_to_slice(text.trim(), seed.as_mut())
+                .map_err(|_| KeyError::Malformed(path.clone()))?;
             Ok(PublicKey(SigningKey::from_bytes(&seed).verifying_key()))
         };
         Ok(PublicKeys {
@@ -272,7 +273,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let m = fs::metadata(kd.join("grant-signing.key")).unwrap().permissions().mode();
+            let m = fs::metadata(kd.join("grant-signing.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(m & 0o777, 0o600);
             let m = fs::metadata(&kd).unwrap().permissions().mode();
             assert_eq!(m & 0o777, 0o700);
@@ -291,7 +295,10 @@ mod tests {
         Keyring::load_or_create(dir.path()).unwrap();
         let p = dir.path().join("audit-signing.key");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Keyring::load_or_create(dir.path()), Err(KeyError::Permissions(..))));
+        assert!(matches!(
+            Keyring::load_or_create(dir.path()),
+            Err(KeyError::Permissions(..))
+        ));
     }
 
     #[test]

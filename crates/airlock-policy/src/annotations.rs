@@ -20,7 +20,15 @@ const AIRLOCK: [&str; 7] = [
 ];
 
 /// Descriptive annotations Airlock accepts and ignores.
-const DESCRIPTIVE: [&str; 7] = ["id", "description", "doc", "name", "title", "owner", "advice"];
+const DESCRIPTIVE: [&str; 7] = [
+    "id",
+    "description",
+    "doc",
+    "name",
+    "title",
+    "owner",
+    "advice",
+];
 
 /// What a `permit` with `@approvers` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +90,10 @@ pub(crate) fn parse<'a>(
             "approvers" => {
                 let parsed: Result<Vec<GroupName>, String> = value
                     .split(',')
-                    .map(|g| GroupName::parse(g.trim()).map_err(|e| format!("@approvers({value:?}): {e}")))
+                    .map(|g| {
+                        GroupName::parse(g.trim())
+                            .map_err(|e| format!("@approvers({value:?}): {e}"))
+                    })
                     .collect();
                 let parsed = parsed?;
                 groups = Some(parsed);
@@ -98,11 +109,19 @@ pub(crate) fn parse<'a>(
             "reason" => match value {
                 "required" => reason_required = true,
                 "optional" => {}
-                _ => return Err(format!("@reason({value:?}) must be \"required\" or \"optional\"")),
+                _ => {
+                    return Err(format!(
+                        "@reason({value:?}) must be \"required\" or \"optional\""
+                    ))
+                }
             },
             "step_up" => match value {
                 "totp" | "webauthn" => step_up = Some(value.to_owned()),
-                _ => return Err(format!("@step_up({value:?}) must be \"totp\" or \"webauthn\"")),
+                _ => {
+                    return Err(format!(
+                        "@step_up({value:?}) must be \"totp\" or \"webauthn\""
+                    ))
+                }
             },
             _ => {}
         }
@@ -206,7 +225,9 @@ mod tests {
         ] {
             assert!(p(&bad).is_err(), "{bad:?} should fail");
         }
-        assert!(p(&[("aprovers", "security")]).unwrap_err().contains("did you mean @approvers"));
+        assert!(p(&[("aprovers", "security")])
+            .unwrap_err()
+            .contains("did you mean @approvers"));
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use airlock_core::{Action, ActionName, Decision, GroupName, UserName};
 use airlock_core::action::Resource;
+use airlock_core::{Action, ActionName, Decision, GroupName, UserName};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -125,13 +125,18 @@ pub enum CaseError {
 /// Runs the cases in `path`.
 pub fn run_file(path: &Path) -> Result<Report, CaseError> {
     let text = std::fs::read_to_string(path).map_err(|e| CaseError::Io(path.to_owned(), e))?;
-    let file: CaseFile = toml::from_str(&text).map_err(|e| CaseError::Parse(path.to_owned(), e.to_string()))?;
+    let file: CaseFile =
+        toml::from_str(&text).map_err(|e| CaseError::Parse(path.to_owned(), e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let dir = match &file.policies {
         Some(p) => base.join(p),
         None => base.to_owned(),
     };
-    let directory = Directory::new(file.users.iter().map(|u| (u.name.clone(), u.groups.clone())));
+    let directory = Directory::new(
+        file.users
+            .iter()
+            .map(|u| (u.name.clone(), u.groups.clone())),
+    );
     let engine = PolicyEngine::load(&dir, &directory)?;
     Ok(run(&engine, &file.cases))
 }
@@ -215,7 +220,11 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Report {
             }
         }
     }
-    let _ = writeln!(report.text, "{} passed, {} failed", report.passed, report.failed);
+    let _ = writeln!(
+        report.text,
+        "{} passed, {} failed",
+        report.passed, report.failed
+    );
     report
 }
 
@@ -256,7 +265,19 @@ thresholds = [{ groups = ["security"], quorum = 1 }]
         std::fs::write(&file, cases).unwrap();
         let report = run_file(&file).unwrap();
         assert_eq!((report.passed, report.failed), (1, 1));
-        assert!(report.text.contains("- expected: allow\n  + got:      approval_required"), "{}", report.text);
-        assert!(report.text.contains("- thresholds: [security x1]\n  + thresholds: [security x2]"), "{}", report.text);
+        assert!(
+            report
+                .text
+                .contains("- expected: allow\n  + got:      approval_required"),
+            "{}",
+            report.text
+        );
+        assert!(
+            report
+                .text
+                .contains("- thresholds: [security x1]\n  + thresholds: [security x2]"),
+            "{}",
+            report.text
+        );
     }
 }

@@ -154,7 +154,11 @@ impl PolicyEngine {
         let mut hasher = Sha256::new();
         let mut text = String::new();
         for (path, source) in &src.policies {
-            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hasher.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
             hasher.update([0]);
             hasher.update(source.as_bytes());
             hasher.update([0]);
@@ -195,16 +199,14 @@ impl PolicyEngine {
                         other,
                     });
                 }
-                let approval = annotations::parse(
-                    policy.effect() == Effect::Permit,
-                    policy.annotations(),
-                )
-                .map_err(|message| LoadError::Annotation {
-                    path: path.clone(),
-                    line,
-                    policy: id.clone(),
-                    message,
-                })?;
+                let approval =
+                    annotations::parse(policy.effect() == Effect::Permit, policy.annotations())
+                        .map_err(|message| LoadError::Annotation {
+                            path: path.clone(),
+                            line,
+                            policy: id.clone(),
+                            message,
+                        })?;
                 let pid = PolicyId::new(&id);
                 let policy = policy.new_id(pid.clone());
                 set.add(policy).map_err(|e| LoadError::Syntax {
@@ -279,7 +281,11 @@ impl PolicyEngine {
     ///
     /// Returns `Err` only when the action cannot be put to Cedar at all;
     /// every failure *during* evaluation is a `Deny` (fail closed).
-    pub fn decide(&self, action: &Action, context: Map<String, Value>) -> Result<Decision, DecideError> {
+    pub fn decide(
+        &self,
+        action: &Action,
+        context: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
         let principal = uid("User", action.principal.as_str());
         let verb = uid("Action", action.action.as_str());
         let resource = uid(action.resource.kind.as_str(), action.resource.id.as_str());
@@ -290,13 +296,20 @@ impl PolicyEngine {
         )
         .map_err(|e| DecideError::Context(e.to_string()))?;
 
-        let request = Request::new(principal, verb, resource.clone(), context, self.schema.as_ref())
-            .map_err(|e| DecideError::Request(e.to_string()))?;
+        let request = Request::new(
+            principal,
+            verb,
+            resource.clone(),
+            context,
+            self.schema.as_ref(),
+        )
+        .map_err(|e| DecideError::Request(e.to_string()))?;
 
         // Attributes the administrator put in entities.json win over what
         // the caller claims, so a caller cannot strip a resource's tags.
         let response = if self.base.get(&resource).is_some() || action.resource.attrs.is_empty() {
-            self.authorizer.is_authorized(&request, &self.set, &self.base)
+            self.authorizer
+                .is_authorized(&request, &self.set, &self.base)
         } else {
             let entity = Entity::from_json_value(
                 serde_json::json!({
@@ -312,16 +325,28 @@ impl PolicyEngine {
                 .clone()
                 .add_entities([entity], self.schema.as_ref())
                 .map_err(|e| DecideError::Attrs(e.to_string()))?;
-            self.authorizer.is_authorized(&request, &self.set, &entities)
+            self.authorizer
+                .is_authorized(&request, &self.set, &entities)
         };
 
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-        let mut policies: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
         policies.sort();
         if !errors.is_empty() {
             return Ok(Decision::Deny {
                 policies,
-                message: format!("denied because a policy failed to evaluate: {}", errors.join("; ")),
+                message: format!(
+                    "denied because a policy failed to evaluate: {}",
+                    errors.join("; ")
+                ),
             });
         }
         if response.decision() == CedarDecision::Deny {
@@ -344,7 +369,9 @@ impl PolicyEngine {
         };
         let mut first = true;
         for id in response.diagnostics().reason() {
-            let Some(a) = self.approvals.get(id) else { continue };
+            let Some(a) = self.approvals.get(id) else {
+                continue;
+            };
             thresholds.push(Threshold {
                 policy_id: id.to_string(),
                 groups: a.groups.clone(),
@@ -385,9 +412,12 @@ fn uid(kind: &str, id: &str) -> EntityUid {
     // Resource types are checked by `ResourceType::parse` and the others are
     // fixed names, so this parse only fails on a programming error; fall back
     // to an id no policy can name rather than panic.
-    let ty = EntityTypeName::from_str(kind)
-        .or_else(|_| EntityTypeName::from_str("Airlock::Invalid"))
-        .unwrap_or_else(|_| unreachable_type());
+    let ty = match EntityTypeName::from_str(kind) {
+        Ok(t) => t,
+        Err(_) => {
+            EntityTypeName::from_str("Airlock::Invalid").unwrap_or_else(|_| unreachable_type())
+        }
+    };
     EntityUid::from_type_name_and_id(ty, EntityId::new(id))
 }
 
@@ -398,7 +428,10 @@ fn unreachable_type() -> EntityTypeName {
 
 fn miette_free(e: &cedar_policy::ParseErrors) -> String {
     // ParseErrors' Display is terse; list each error with its message.
-    e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    e.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn build_entities(
@@ -414,10 +447,15 @@ fn build_entities(
         groups.extend(gs.iter());
     }
     for g in groups {
-        entities.push(Entity::new_no_attrs(uid("Group", g.as_str()), Default::default()));
+        entities.push(Entity::new_no_attrs(
+            uid("Group", g.as_str()),
+            Default::default(),
+        ));
     }
     let base = match json {
-        Some(text) => Entities::from_json_str(text, schema).map_err(|e| LoadError::Entities(e.to_string()))?,
+        Some(text) => {
+            Entities::from_json_str(text, schema).map_err(|e| LoadError::Entities(e.to_string()))?
+        }
         None => Entities::empty(),
     };
     // Groups named in both places: keep the entities.json one.
@@ -506,8 +544,12 @@ when { context.missing_field == 1 };
     #[test]
     fn approvers_collect_all_thresholds() {
         let e = engine(POLICIES).unwrap();
-        let d = e.decide(&action("alice", "export", &["pii"]), ctx(10)).unwrap();
-        let Decision::ApprovalRequired { requirement, .. } = d else { panic!("{d:?}") };
+        let d = e
+            .decide(&action("alice", "export", &["pii"]), ctx(10))
+            .unwrap();
+        let Decision::ApprovalRequired { requirement, .. } = d else {
+            panic!("{d:?}")
+        };
         let t: Vec<(String, u32)> = requirement
             .thresholds
             .iter()
@@ -521,7 +563,9 @@ when { context.missing_field == 1 };
     #[test]
     fn forbid_beats_everything() {
         let e = engine(POLICIES).unwrap();
-        let d = e.decide(&action("alice", "export", &["pii"]), ctx(22)).unwrap();
+        let d = e
+            .decide(&action("alice", "export", &["pii"]), ctx(22))
+            .unwrap();
         assert_eq!(d.outcome(), "deny");
         assert_eq!(d.policies(), ["after-hours"]);
     }
@@ -538,7 +582,9 @@ when { context.missing_field == 1 };
     fn evaluation_error_is_deny() {
         let e = engine(POLICIES).unwrap();
         let d = e.decide(&action("alice", "poke", &[]), ctx(10)).unwrap();
-        let Decision::Deny { message, .. } = d else { panic!("{d:?}") };
+        let Decision::Deny { message, .. } = d else {
+            panic!("{d:?}")
+        };
         assert!(message.contains("failed to evaluate"), "{message}");
     }
 
@@ -546,7 +592,9 @@ when { context.missing_field == 1 };
     fn error_in_forbid_does_not_fail_open() {
         let text = "permit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action, resource) when { context.nope == 1 };";
         let e = engine(text).unwrap();
-        let d = e.decide(&action("alice", "export", &[]), Map::new()).unwrap();
+        let d = e
+            .decide(&action("alice", "export", &[]), Map::new())
+            .unwrap();
         assert_eq!(d.outcome(), "deny");
     }
 
@@ -554,7 +602,10 @@ when { context.missing_field == 1 };
     fn bad_annotation_names_file_line_and_policy() {
         let text = "permit(principal, action, resource);\n\n@id(\"two\")\n@approvers(\"security\")\n@quorum(\"0\")\npermit(principal, action, resource);";
         let err = engine(text).unwrap_err().to_string();
-        assert!(err.starts_with("policies/main.cedar:3: policy \"two\""), "{err}");
+        assert!(
+            err.starts_with("policies/main.cedar:3: policy \"two\""),
+            "{err}"
+        );
         assert!(err.contains("quorum"), "{err}");
     }
 
@@ -562,18 +613,26 @@ when { context.missing_field == 1 };
     fn unnamed_policy_gets_file_index_id() {
         let text = "permit(principal, action, resource);\n@approvers(\"se curity\")\npermit(principal, action, resource);";
         let err = engine(text).unwrap_err().to_string();
-        assert!(err.starts_with("policies/main.cedar:2: policy \"main.1\""), "{err}");
+        assert!(
+            err.starts_with("policies/main.cedar:2: policy \"main.1\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_ids_are_refused() {
         let text = "@id(\"a\")\npermit(principal, action, resource);\n@id(\"a\")\nforbid(principal, action, resource);";
-        assert!(matches!(engine(text), Err(LoadError::DuplicateId { line: 3, .. })));
+        assert!(matches!(
+            engine(text),
+            Err(LoadError::DuplicateId { line: 3, .. })
+        ));
     }
 
     #[test]
     fn syntax_error_names_file() {
-        let err = engine("permit(principal, action resource);").unwrap_err().to_string();
+        let err = engine("permit(principal, action resource);")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("policies/main.cedar"), "{err}");
     }
 

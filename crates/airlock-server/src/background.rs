@@ -1,8 +1,8 @@
 //! What runs beside the request handlers: expiry timers, signed audit
 //! checkpoints, and policy reloads on SIGHUP and on file change.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,10 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
 
 /// Expires requests and grants at their deadlines: a heap of deadlines and
 /// one sleep until the earliest, so nothing polls.
-async fn run_timers(airlock: Arc<Airlock>, mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, RequestId)>) {
+async fn run_timers(
+    airlock: Arc<Airlock>,
+    mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, RequestId)>,
+) {
     let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, RequestId)>> = BinaryHeap::new();
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
@@ -60,7 +63,14 @@ async fn run_timers(airlock: Arc<Airlock>, mut rx: mpsc::UnboundedReceiver<(Date
 }
 
 async fn run_checkpoints(airlock: Arc<Airlock>) {
-    let every = Duration::from_secs(airlock.config.load().audit.checkpoint_interval_seconds.max(1));
+    let every = Duration::from_secs(
+        airlock
+            .config
+            .load()
+            .audit
+            .checkpoint_interval_seconds
+            .max(1),
+    );
     let mut last = -1;
     loop {
         tokio::time::sleep(every).await;
@@ -159,7 +169,10 @@ pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
     };
     let directory = config.directory();
     let dir = config.policy_dir();
-    let loaded = tokio::task::spawn_blocking(move || PolicyEngine::load(&dir, &directory).map(|e| (e, directory))).await;
+    let loaded = tokio::task::spawn_blocking(move || {
+        PolicyEngine::load(&dir, &directory).map(|e| (e, directory))
+    })
+    .await;
     match loaded {
         Ok(Ok((engine, directory))) => {
             let version = engine.version().to_owned();
@@ -173,13 +186,19 @@ pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
                 details: json!({"version": version, "previous": previous, "policies": count, "trigger": trigger}),
             };
             // Serve the new set only once its loading is on record.
-            match airlock.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await {
+            match airlock
+                .store
+                .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+                .await
+            {
                 Ok(()) => {
                     airlock.loaded.store(Arc::new(Loaded { engine, directory }));
                     airlock.config.store(config);
                     tracing::info!(%version, policies = count, trigger, "policy loaded");
                 }
-                Err(e) => tracing::error!(error = %e, "policy reload not recorded; keeping the previous set"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload not recorded; keeping the previous set")
+                }
             }
         }
         Ok(Err(e)) => record_failure(airlock, trigger, e.to_string()).await,
@@ -196,7 +215,11 @@ async fn record_failure(airlock: &Airlock, trigger: &str, error: String) {
         subject: String::new(),
         details: json!({"error": error, "serving": airlock.policy_version(), "trigger": trigger}),
     };
-    if let Err(e) = airlock.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await {
+    if let Err(e) = airlock
+        .store
+        .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+        .await
+    {
         tracing::error!(error = %e, "cannot record the failed reload");
     }
 }

@@ -200,14 +200,16 @@ pub struct UserConfig {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             base
         };
-        let mut cfg = Self::parse(&text, &base).map_err(|m| ConfigError::Invalid(path.to_owned(), m))?;
+        let mut cfg =
+            Self::parse(&text, &base).map_err(|m| ConfigError::Invalid(path.to_owned(), m))?;
         cfg.path = Some(path.to_owned());
         Ok(cfg)
     }
@@ -224,7 +226,10 @@ impl Config {
             }
         }
         if cfg.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("server.listen {:?} is not an address like 127.0.0.1:8080", cfg.server.listen));
+            return Err(format!(
+                "server.listen {:?} is not an address like 127.0.0.1:8080",
+                cfg.server.listen
+            ));
         }
         Ok(cfg)
     }
@@ -236,10 +241,12 @@ impl Config {
 
     /// The configured time zone.
     pub fn timezone(&self) -> Result<chrono_tz::Tz, String> {
-        self.policy
-            .timezone
-            .parse::<chrono_tz::Tz>()
-            .map_err(|_| format!("policy.timezone {:?} is not an IANA time zone", self.policy.timezone))
+        self.policy.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!(
+                "policy.timezone {:?} is not an IANA time zone",
+                self.policy.timezone
+            )
+        })
     }
 
     /// The folder for signing keys, resolved.
@@ -267,7 +274,11 @@ impl Config {
 
     /// Users and groups, for policy and approvals.
     pub fn directory(&self) -> Directory {
-        Directory::new(self.users.iter().map(|u| (u.name.clone(), u.groups.clone())))
+        Directory::new(
+            self.users
+                .iter()
+                .map(|u| (u.name.clone(), u.groups.clone())),
+        )
     }
 }
 
@@ -313,7 +324,8 @@ channel = "C0APPROVALS"
 
     #[test]
     fn bad_values_are_named() {
-        let err = Config::parse("[policy]\ntimezone = \"Mars/Olympus\"", Path::new(".")).unwrap_err();
+        let err =
+            Config::parse("[policy]\ntimezone = \"Mars/Olympus\"", Path::new(".")).unwrap_err();
         assert!(err.contains("Mars/Olympus"), "{err}");
         let err = Config::parse("[[users]]\nname = \"a b\"", Path::new(".")).unwrap_err();
         assert!(err.contains("user name"), "{err}");
@@ -321,7 +333,11 @@ channel = "C0APPROVALS"
         assert!(err.contains("nope"), "{err}");
         let err = Config::parse("[storage]\nurl = \"x\"\ntypo = 1", Path::new(".")).unwrap_err();
         assert!(err.contains("typo"), "{err}");
-        let err = Config::parse("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"", Path::new(".")).unwrap_err();
+        let err = Config::parse(
+            "[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"",
+            Path::new("."),
+        )
+        .unwrap_err();
         assert!(err.contains("twice"), "{err}");
     }
 }

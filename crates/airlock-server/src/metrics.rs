@@ -32,7 +32,11 @@ impl Metrics {
             latency.clone(),
         );
         let pending = Gauge::default();
-        registry.register("pending_requests", "Requests waiting for approval", pending.clone());
+        registry.register(
+            "pending_requests",
+            "Requests waiting for approval",
+            pending.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             decisions,

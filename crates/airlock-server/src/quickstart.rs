@@ -12,10 +12,22 @@ use crate::service::create_api_key;
 
 /// The files of the bundled example, by path under `.airlock/`.
 const FILES: [(&str, &str); 4] = [
-    ("airlock.toml", include_str!("../../../examples/quickstart/airlock.toml")),
-    ("policies/quickstart.cedar", include_str!("../../../examples/quickstart/policies/quickstart.cedar")),
-    ("policies/entities.json", include_str!("../../../examples/quickstart/policies/entities.json")),
-    ("policies/tests.toml", include_str!("../../../examples/quickstart/policies/tests.toml")),
+    (
+        "airlock.toml",
+        include_str!("../../../examples/quickstart/airlock.toml"),
+    ),
+    (
+        "policies/quickstart.cedar",
+        include_str!("../../../examples/quickstart/policies/quickstart.cedar"),
+    ),
+    (
+        "policies/entities.json",
+        include_str!("../../../examples/quickstart/policies/entities.json"),
+    ),
+    (
+        "policies/tests.toml",
+        include_str!("../../../examples/quickstart/policies/tests.toml"),
+    ),
 ];
 
 /// Users the quickstart makes keys for, with their roles.
@@ -38,7 +50,10 @@ pub struct Credentials {
 impl Credentials {
     /// The key of `user`.
     pub fn key(&self, user: &str) -> Option<&str> {
-        self.keys.iter().find(|(u, _)| u == user).map(|(_, k)| k.as_str())
+        self.keys
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, k)| k.as_str())
     }
 }
 
@@ -69,7 +84,9 @@ pub async fn credentials(dir: &Path, store: &Store) -> Result<Credentials, Strin
     let mut keys = Vec::new();
     for (user, role) in KEYS {
         let name = UserName::parse(user).map_err(|e| e.to_string())?;
-        let key = create_api_key(store, name, role, "quickstart").await.map_err(|e| e.to_string())?;
+        let key = create_api_key(store, name, role, "quickstart")
+            .await
+            .map_err(|e| e.to_string())?;
         keys.push((user.to_owned(), key));
     }
     let creds = Credentials { keys };

@@ -34,9 +34,17 @@ pub trait ReadTx {
     /// One request with its reviews and grant.
     fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError>;
     /// Requests, newest first.
-    fn list_requests(&mut self, filter: &StatusFilter, limit: u32) -> Result<Vec<Request>, StoreError>;
+    fn list_requests(
+        &mut self,
+        filter: &StatusFilter,
+        limit: u32,
+    ) -> Result<Vec<Request>, StoreError>;
     /// The pending request for this principal and fingerprint, if any.
-    fn find_pending(&mut self, principal: &UserName, fp: &Fingerprint) -> Result<Option<RequestId>, StoreError>;
+    fn find_pending(
+        &mut self,
+        principal: &UserName,
+        fp: &Fingerprint,
+    ) -> Result<Option<RequestId>, StoreError>;
     /// Pending requests (id, expiry) and live grants' requests, for timers.
     fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError>;
     /// A grant and its request id.
@@ -52,7 +60,11 @@ pub trait ReadTx {
     /// How many requests are in `status`.
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
     /// Requests created by `principal` since `since`.
-    fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError>;
+    fn count_requests_since(
+        &mut self,
+        principal: &UserName,
+        since: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
     /// Whether `principal` was ever issued a grant for this action verb on
     /// this resource.
     fn granted_before(
@@ -68,7 +80,11 @@ pub trait ReadTx {
 /// given to [`Store::write`] and everything it did is rolled back.
 pub trait WriteTx: ReadTx {
     /// Appends to the audit chain; `ts` is the record's time.
-    fn append_audit(&mut self, rec: NewAuditRecord, ts: DateTime<Utc>) -> Result<AuditRecord, StoreError>;
+    fn append_audit(
+        &mut self,
+        rec: NewAuditRecord,
+        ts: DateTime<Utc>,
+    ) -> Result<AuditRecord, StoreError>;
     /// Stores a new pending request.
     fn insert_request(&mut self, req: &Request) -> Result<(), StoreError>;
     /// Moves a request from `from` to `to`; false if it was not in `from`.
@@ -82,10 +98,19 @@ pub trait WriteTx: ReadTx {
     /// Adds a review; false if this reviewer already reviewed.
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
     /// Stores the grant of an approved request.
-    fn insert_grant(&mut self, id: &RequestId, fp: &Fingerprint, grant: &GrantRecord) -> Result<(), StoreError>;
+    fn insert_grant(
+        &mut self,
+        id: &RequestId,
+        fp: &Fingerprint,
+        grant: &GrantRecord,
+    ) -> Result<(), StoreError>;
     /// Spends one use, if the grant is live: one conditional update, so of
     /// any number of racing consumers only the available uses succeed.
-    fn consume_grant(&mut self, id: &GrantId, now: DateTime<Utc>) -> Result<ConsumeOutcome, StoreError>;
+    fn consume_grant(
+        &mut self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<ConsumeOutcome, StoreError>;
     /// Records an outcome; false if no use was consumed or it is closed.
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError>;
     /// Marks the grant revoked.
@@ -123,7 +148,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend.kind()).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend.kind())
+            .finish()
     }
 }
 
@@ -187,7 +214,8 @@ impl Store {
             (keep, reply)
         });
         self.backend.submit(job).map_err(E::from)?;
-        rx.await.unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
+        rx.await
+            .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
     }
 
     /// Runs `f` in a read transaction on a blocking thread.

@@ -102,4 +102,3 @@ pub struct StatusFilter {
     /// Only this principal's.
     pub principal: Option<UserName>,
 }
-

@@ -75,7 +75,12 @@ async fn approved_grant(store: &Store, max_uses: u32) -> GrantId {
     store
         .write(move |tx| {
             tx.insert_request(&req)?;
-            assert!(tx.set_status(&req.id, RequestStatus::Pending, RequestStatus::Approved, now())?);
+            assert!(tx.set_status(
+                &req.id,
+                RequestStatus::Pending,
+                RequestStatus::Approved,
+                now()
+            )?);
             tx.insert_grant(&req.id, &req.fingerprint, &grant)?;
             Ok::<_, StoreError>(())
         })
@@ -90,12 +95,22 @@ async fn request_round_trips() {
     let req = request("alice");
     let id = req.id;
     let copy = req.clone();
-    store.write(move |tx| tx.insert_request(&copy)).await.unwrap();
-    let back = store.read(move |r| r.get_request(&id)).await.unwrap().unwrap();
+    store
+        .write(move |tx| tx.insert_request(&copy))
+        .await
+        .unwrap();
+    let back = store
+        .read(move |r| r.get_request(&id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back, req);
     let fp = req.fingerprint;
     let p = req.action.principal.clone();
-    assert_eq!(store.read(move |r| r.find_pending(&p, &fp)).await.unwrap(), Some(id));
+    assert_eq!(
+        store.read(move |r| r.find_pending(&p, &fp)).await.unwrap(),
+        Some(id)
+    );
 }
 
 #[tokio::test]
@@ -113,7 +128,10 @@ async fn terminal_states_do_not_move() {
     let (_d, store) = open();
     let req = request("alice");
     let id = req.id;
-    store.write(move |tx| tx.insert_request(&req)).await.unwrap();
+    store
+        .write(move |tx| tx.insert_request(&req))
+        .await
+        .unwrap();
     let moved = store
         .write(move |tx| {
             let a = tx.set_status(&id, RequestStatus::Pending, RequestStatus::Denied, now())?;
@@ -134,7 +152,10 @@ async fn hundred_racing_consumers_one_wins() {
     for _ in 0..100 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.write(move |tx| tx.consume_grant(&gid, now())).await.unwrap()
+            store
+                .write(move |tx| tx.consume_grant(&gid, now()))
+                .await
+                .unwrap()
         }));
     }
     let mut won = 0;
@@ -155,16 +176,28 @@ async fn hundred_racing_consumers_one_wins() {
 async fn consume_says_why_not() {
     let (_d, store) = open();
     let gid = approved_grant(&store, 2).await;
-    let r = store.write(move |tx| tx.consume_grant(&gid, now())).await.unwrap();
+    let r = store
+        .write(move |tx| tx.consume_grant(&gid, now()))
+        .await
+        .unwrap();
     assert_eq!(r, ConsumeOutcome::Consumed { uses_left: 1 });
     let late = now() + chrono::Duration::minutes(11);
-    let r = store.write(move |tx| tx.consume_grant(&gid, late)).await.unwrap();
+    let r = store
+        .write(move |tx| tx.consume_grant(&gid, late))
+        .await
+        .unwrap();
     assert_eq!(r, ConsumeOutcome::Expired);
     store.write(move |tx| tx.revoke_grant(&gid)).await.unwrap();
-    let r = store.write(move |tx| tx.consume_grant(&gid, now())).await.unwrap();
+    let r = store
+        .write(move |tx| tx.consume_grant(&gid, now()))
+        .await
+        .unwrap();
     assert_eq!(r, ConsumeOutcome::Revoked);
     let other = GrantId::new();
-    let r = store.write(move |tx| tx.consume_grant(&other, now())).await.unwrap();
+    let r = store
+        .write(move |tx| tx.consume_grant(&other, now()))
+        .await
+        .unwrap();
     assert_eq!(r, ConsumeOutcome::Unknown);
 }
 
@@ -173,7 +206,8 @@ async fn failed_job_rolls_back_alone() {
     let (_d, store) = open();
     let ok = store.clone();
     let a = tokio::spawn(async move {
-        ok.write(|tx| tx.append_audit(audit(AuditKind::Decision), now())).await
+        ok.write(|tx| tx.append_audit(audit(AuditKind::Decision), now()))
+            .await
     });
     let b = store
         .write(|tx| {
@@ -194,7 +228,9 @@ async fn concurrent_appends_make_one_chain() {
     for _ in 0..200 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.write(|tx| tx.append_audit(audit(AuditKind::Decision), now())).await
+            store
+                .write(|tx| tx.append_audit(audit(AuditKind::Decision), now()))
+                .await
         }));
     }
     for t in tasks {
@@ -214,8 +250,12 @@ async fn refuses_newer_schema() {
     let path = dir.path().join("a.db");
     drop(Store::open("sqlite://a.db", dir.path()).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE schema_version SET version = 999", []).unwrap();
+    conn.execute("UPDATE schema_version SET version = 999", [])
+        .unwrap();
     drop(conn);
     let err = Store::open("sqlite://a.db", dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 999, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
+        "{err}"
+    );
 }

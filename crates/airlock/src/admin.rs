@@ -18,7 +18,8 @@ use crate::Output;
 pub async fn keys_create(config: &Path, user: &str, role: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let user = UserName::parse(user)?;
-    let role = Role::parse(role).ok_or_else(|| anyhow!("role {role:?} is not user, enforcer or admin"))?;
+    let role =
+        Role::parse(role).ok_or_else(|| anyhow!("role {role:?} is not user, enforcer or admin"))?;
     if !cfg.users.iter().any(|u| u.name == user) && role != Role::Enforcer {
         eprintln!("note: {user} is not among the config's [[users]]; they will be in no group");
     }
@@ -35,7 +36,11 @@ struct Broken {
     why: String,
 }
 
-pub fn audit_verify(config: &Path, public_key: Option<&str>, out: Output) -> anyhow::Result<ExitCode> {
+pub fn audit_verify(
+    config: &Path,
+    public_key: Option<&str>,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let key = match public_key {
         Some(k) => PublicKey::parse(k)?,
@@ -50,7 +55,12 @@ pub fn audit_verify(config: &Path, public_key: Option<&str>, out: Output) -> any
         .url
         .strip_prefix("sqlite://")
         .map(|p| cfg.base_dir.join(p))
-        .ok_or_else(|| anyhow!("audit verify reads SQLite stores; this one is {}", cfg.storage.url))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "audit verify reads SQLite stores; this one is {}",
+                cfg.storage.url
+            )
+        })?;
     let mut db = SqliteBackend::read_only(&path)?;
     let result = db.read(|r| {
         let checkpoints: BTreeMap<i64, airlock_keys::Checkpoint> =
@@ -64,15 +74,24 @@ pub fn audit_verify(config: &Path, public_key: Option<&str>, out: Output) -> any
             }
             for rec in &page {
                 if let Err(e) = v.push(rec) {
-                    break 'walk Some(Broken { seq: e.seq(), why: e.to_string() });
+                    break 'walk Some(Broken {
+                        seq: e.seq(),
+                        why: e.to_string(),
+                    });
                 }
                 if let Some(cp) = checkpoints.get(&rec.seq) {
                     if cp.verify(&key).is_err() {
-                        break 'walk Some(Broken { seq: cp.seq, why: format!("checkpoint at record {} has a bad signature", cp.seq) });
+                        break 'walk Some(Broken {
+                            seq: cp.seq,
+                            why: format!("checkpoint at record {} has a bad signature", cp.seq),
+                        });
                     }
                     if cp.hash != rec.hash {
                         let e = ChainError::Checkpoint { seq: rec.seq };
-                        break 'walk Some(Broken { seq: rec.seq, why: e.to_string() });
+                        break 'walk Some(Broken {
+                            seq: rec.seq,
+                            why: e.to_string(),
+                        });
                     }
                 }
                 after = rec.seq;
@@ -81,32 +100,54 @@ pub fn audit_verify(config: &Path, public_key: Option<&str>, out: Output) -> any
         let head = v.head_seq();
         let broken = broken.or_else(|| {
             // A signed checkpoint past the end means records were cut off.
-            checkpoints.values().find(|cp| cp.seq > head).map(|cp| Broken {
-                seq: head + 1,
-                why: format!("records {}..={} are missing: a signed checkpoint covers record {}", head + 1, cp.seq, cp.seq),
-            })
+            checkpoints
+                .values()
+                .find(|cp| cp.seq > head)
+                .map(|cp| Broken {
+                    seq: head + 1,
+                    why: format!(
+                        "records {}..={} are missing: a signed checkpoint covers record {}",
+                        head + 1,
+                        cp.seq,
+                        cp.seq
+                    ),
+                })
         });
-        let bad_sig = checkpoints.values().find(|cp| cp.seq <= head && cp.verify(&key).is_err()).map(|cp| Broken {
-            seq: cp.seq,
-            why: format!("checkpoint at record {} has a bad signature", cp.seq),
-        });
+        let bad_sig = checkpoints
+            .values()
+            .find(|cp| cp.seq <= head && cp.verify(&key).is_err())
+            .map(|cp| Broken {
+                seq: cp.seq,
+                why: format!("checkpoint at record {} has a bad signature", cp.seq),
+            });
         Ok((broken.or(bad_sig), head, v.head_hash(), checkpoints.len()))
     })?;
     let (broken, head, hash, n_cp) = result;
     match broken {
         None => {
             if out.json {
-                println!("{}", json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp}));
+                println!(
+                    "{}",
+                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp})
+                );
             } else {
-                println!("audit log verified: {head} records, {n_cp} signed checkpoints, head {hash}");
+                println!(
+                    "audit log verified: {head} records, {n_cp} signed checkpoints, head {hash}"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(b) => {
             if out.json {
-                println!("{}", json!({"ok": false, "first_bad_seq": b.seq, "error": b.why}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "first_bad_seq": b.seq, "error": b.why})
+                );
             } else {
-                eprintln!("audit log FAILED verification at record {}: {}", b.seq, b.why);
+                eprintln!(
+                    "audit log FAILED verification at record {}: {}",
+                    b.seq, b.why
+                );
             }
             Ok(ExitCode::from(1))
         }
@@ -120,7 +161,11 @@ pub fn policy_validate(dir: &Path, config: Option<&Path>) -> anyhow::Result<Exit
     };
     match PolicyEngine::load(dir, &directory) {
         Ok(engine) => {
-            println!("ok: {} policies, version {}", engine.policy_count(), engine.version());
+            println!(
+                "ok: {} policies, version {}",
+                engine.policy_count(),
+                engine.version()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -163,10 +163,20 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Self { http, url: conn.url.trim_end_matches('/').to_owned(), token })
+        Ok(Self {
+            http,
+            url: conn.url.trim_end_matches('/').to_owned(),
+            token,
+        })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -194,16 +204,25 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, path, None, Duration::from_secs(30)).await
+        self.call(reqwest::Method::GET, path, None, Duration::from_secs(30))
+            .await
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, path, Some(body), Duration::from_secs(30)).await
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            Duration::from_secs(30),
+        )
+        .await
     }
 }
 
 fn kv(s: &str) -> anyhow::Result<(String, &str)> {
-    let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("{s:?} is not K=V"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{s:?} is not K=V"))?;
     if k.is_empty() {
         bail!("{s:?} has an empty key");
     }
@@ -267,7 +286,10 @@ pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
             Some("allow") => println!("allow ({})", policies(&res)),
             Some("deny") => println!("deny: {}", res["message"].as_str().unwrap_or("")),
             _ => {
-                println!("approval required: request {}", res["request"]["id"].as_str().unwrap_or("?"));
+                println!(
+                    "approval required: request {}",
+                    res["request"]["id"].as_str().unwrap_or("?")
+                );
                 println!("  {}", progress(&res["request"]));
             }
         }
@@ -282,7 +304,12 @@ pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
 fn policies(v: &Value) -> String {
     v["policies"]
         .as_array()
-        .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -293,14 +320,24 @@ fn progress(req: &Value) -> String {
         .map(|ts| {
             ts.iter()
                 .map(|t| {
-                    let groups: Vec<&str> = t["groups"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                    let who: Vec<&str> = t["eligible"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let groups: Vec<&str> = t["groups"]
+                        .as_array()
+                        .map(|g| g.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    let who: Vec<&str> = t["eligible"]
+                        .as_array()
+                        .map(|g| g.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
                     format!(
                         "{} {}/{} ({})",
                         groups.join("|"),
                         t["approvals"].as_u64().unwrap_or(0),
                         t["quorum"].as_u64().unwrap_or(1),
-                        if who.is_empty() { "no eligible approver".to_owned() } else { who.join(", ") }
+                        if who.is_empty() {
+                            "no eligible approver".to_owned()
+                        } else {
+                            who.join(", ")
+                        }
                     )
                 })
                 .collect()
@@ -310,10 +347,15 @@ fn progress(req: &Value) -> String {
 }
 
 fn time_left(req: &Value) -> String {
-    let Some(exp) = req["expires_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) else {
+    let Some(exp) = req["expires_at"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+    else {
         return String::new();
     };
-    let secs = (exp.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds().max(0);
+    let secs = (exp.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .num_seconds()
+        .max(0);
     format!("{}m{:02}s left", secs / 60, secs % 60)
 }
 
@@ -338,7 +380,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let mut req = res["request"].clone();
-    let id = req["id"].as_str().ok_or_else(|| anyhow!("server sent no request id"))?.to_owned();
+    let id = req["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("server sent no request id"))?
+        .to_owned();
     eprintln!("airlock: approval required for request {id}");
     eprintln!("airlock: {}", req["url"].as_str().unwrap_or(""));
     let tty = std::io::stderr().is_terminal();
@@ -376,9 +421,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 if tty {
                     eprintln!();
                 }
-                match client.post(&format!("/v1/requests/{id}/cancel"), &json!({})).await {
+                match client
+                    .post(&format!("/v1/requests/{id}/cancel"), &json!({}))
+                    .await
+                {
                     Ok(_) => eprintln!("airlock: interrupted; request {id} cancelled"),
-                    Err(e) => eprintln!("airlock: interrupted; could not cancel request {id}: {e:#}"),
+                    Err(e) => {
+                        eprintln!("airlock: interrupted; could not cancel request {id}: {e:#}")
+                    }
                 }
                 return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
@@ -392,15 +442,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let why = req["reviews"]
             .as_array()
             .and_then(|rs| rs.iter().find(|r| r["verdict"] == "deny"))
-            .map(|r| format!(" by {}: {}", r["reviewer"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("no reason given")))
+            .map(|r| {
+                format!(
+                    " by {}: {}",
+                    r["reviewer"].as_str().unwrap_or("?"),
+                    r["reason"].as_str().unwrap_or("no reason given")
+                )
+            })
             .unwrap_or_default();
         eprintln!("airlock: request {id} was {status}{why}; not running the command");
-        return Ok(ExitCode::from(if status == "denied" { EXIT_DENIED } else { EXIT_NOT_APPROVED }));
+        return Ok(ExitCode::from(if status == "denied" {
+            EXIT_DENIED
+        } else {
+            EXIT_NOT_APPROVED
+        }));
     }
-    let token = req["grant"]["token"].as_str().ok_or_else(|| anyhow!("approved, but no grant token was shown to this key"))?;
+    let token = req["grant"]["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("approved, but no grant token was shown to this key"))?;
     let mut consume_action = action.clone();
     consume_action["principal"] = req["principal"].clone();
-    let consumed = client.post("/v1/grants/consume", &json!({"token": token, "action": consume_action})).await;
+    let consumed = client
+        .post(
+            "/v1/grants/consume",
+            &json!({"token": token, "action": consume_action}),
+        )
+        .await;
     let consumed = match consumed {
         Ok(c) => c,
         Err(e) => {
@@ -413,8 +480,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     run_command(&args.command, Some(&gid), &client).await
 }
 
-async fn run_command(command: &[String], grant: Option<&str>, client: &Client) -> anyhow::Result<ExitCode> {
-    let (prog, rest) = command.split_first().ok_or_else(|| anyhow!("no command given"))?;
+async fn run_command(
+    command: &[String],
+    grant: Option<&str>,
+    client: &Client,
+) -> anyhow::Result<ExitCode> {
+    let (prog, rest) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given"))?;
     let status = tokio::process::Command::new(prog).args(rest).status().await;
     let (code, detail) = match &status {
         Ok(s) => (s.code().unwrap_or(128), json!({"exit_code": s.code()})),
@@ -422,7 +495,13 @@ async fn run_command(command: &[String], grant: Option<&str>, client: &Client) -
     };
     if let Some(gid) = grant {
         let outcome = if code == 0 { "success" } else { "failure" };
-        if let Err(e) = client.post(&format!("/v1/grants/{gid}/complete"), &json!({"outcome": outcome, "detail": detail})).await {
+        if let Err(e) = client
+            .post(
+                &format!("/v1/grants/{gid}/complete"),
+                &json!({"outcome": outcome, "detail": detail}),
+            )
+            .await
+        {
             eprintln!("airlock: could not report the outcome: {e:#}");
         }
     }
@@ -433,7 +512,11 @@ async fn run_command(command: &[String], grant: Option<&str>, client: &Client) -
 }
 
 fn print_request(req: &Value) {
-    println!("{}  {}", req["id"].as_str().unwrap_or(""), req["status"].as_str().unwrap_or(""));
+    println!(
+        "{}  {}",
+        req["id"].as_str().unwrap_or(""),
+        req["status"].as_str().unwrap_or("")
+    );
     println!(
         "  {} wants to {} {}:{}",
         req["principal"].as_str().unwrap_or(""),
@@ -449,7 +532,11 @@ fn print_request(req: &Value) {
     }
     println!("  approvals: {}", progress(req));
     if req["status"] == "pending" {
-        println!("  expires: {} ({})", req["expires_at"].as_str().unwrap_or(""), time_left(req));
+        println!(
+            "  expires: {} ({})",
+            req["expires_at"].as_str().unwrap_or(""),
+            time_left(req)
+        );
     }
     for r in req["reviews"].as_array().into_iter().flatten() {
         println!(
@@ -457,7 +544,10 @@ fn print_request(req: &Value) {
             r["reviewer"].as_str().unwrap_or(""),
             r["verdict"].as_str().unwrap_or(""),
             r["channel"].as_str().unwrap_or(""),
-            r["reason"].as_str().map(|s| format!(": {s}")).unwrap_or_default()
+            r["reason"]
+                .as_str()
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
         );
     }
 }
@@ -466,25 +556,66 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
     let (conn, out, res) = match &cmd {
         RequestsCommand::List { status, conn, out } => {
             let c = Client::new(conn)?;
-            (conn, out, c.get(&format!("/v1/requests?status={status}")).await?)
+            (
+                conn,
+                out,
+                c.get(&format!("/v1/requests?status={status}")).await?,
+            )
         }
         RequestsCommand::Show { id, conn, out } => {
             let c = Client::new(conn)?;
             (conn, out, c.get(&format!("/v1/requests/{id}")).await?)
         }
-        RequestsCommand::Approve { id, reason, conn, out } | RequestsCommand::Deny { id, reason, conn, out } => {
-            let verdict = if matches!(cmd, RequestsCommand::Approve { .. }) { "approve" } else { "deny" };
+        RequestsCommand::Approve {
+            id,
+            reason,
+            conn,
+            out,
+        }
+        | RequestsCommand::Deny {
+            id,
+            reason,
+            conn,
+            out,
+        } => {
+            let verdict = if matches!(cmd, RequestsCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "deny"
+            };
             let c = Client::new(conn)?;
             let body = json!({"verdict": verdict, "reason": reason, "channel": "cli"});
-            (conn, out, c.post(&format!("/v1/requests/{id}/reviews"), &body).await?)
+            (
+                conn,
+                out,
+                c.post(&format!("/v1/requests/{id}/reviews"), &body).await?,
+            )
         }
         RequestsCommand::Cancel { id, conn, out } => {
             let c = Client::new(conn)?;
-            (conn, out, c.post(&format!("/v1/requests/{id}/cancel"), &json!({})).await?)
+            (
+                conn,
+                out,
+                c.post(&format!("/v1/requests/{id}/cancel"), &json!({}))
+                    .await?,
+            )
         }
-        RequestsCommand::Revoke { id, reason, conn, out } => {
+        RequestsCommand::Revoke {
+            id,
+            reason,
+            conn,
+            out,
+        } => {
             let c = Client::new(conn)?;
-            (conn, out, c.post(&format!("/v1/requests/{id}/revoke"), &json!({"reason": reason})).await?)
+            (
+                conn,
+                out,
+                c.post(
+                    &format!("/v1/requests/{id}/revoke"),
+                    &json!({"reason": reason}),
+                )
+                .await?,
+            )
         }
     };
     let _ = conn;

@@ -140,7 +140,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start: {e}");
@@ -150,20 +153,29 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve::run(config).await,
-            Command::Keys { command: KeysCommand::Create { config, user, role } } => {
-                admin::keys_create(&config, &user, &role).await
-            }
+            Command::Keys {
+                command: KeysCommand::Create { config, user, role },
+            } => admin::keys_create(&config, &user, &role).await,
             Command::Check(args) => client::check(args).await,
             Command::Run(args) => client::run(args).await,
             Command::Requests { command } => client::requests(command).await,
-            Command::Audit { command: AuditCommand::Verify { config, public_key, out } } => {
-                admin::audit_verify(&config, public_key.as_deref(), out)
-            }
-            Command::Policy { command: PolicyCommand::Validate { dir, config } } => {
-                admin::policy_validate(&dir, config.as_deref())
-            }
-            Command::Policy { command: PolicyCommand::Test { file } } => admin::policy_test(&file),
-            Command::Users { command: UsersCommand::SetPassword { .. } } => Err(anyhow::anyhow!(
+            Command::Audit {
+                command:
+                    AuditCommand::Verify {
+                        config,
+                        public_key,
+                        out,
+                    },
+            } => admin::audit_verify(&config, public_key.as_deref(), out),
+            Command::Policy {
+                command: PolicyCommand::Validate { dir, config },
+            } => admin::policy_validate(&dir, config.as_deref()),
+            Command::Policy {
+                command: PolicyCommand::Test { file },
+            } => admin::policy_test(&file),
+            Command::Users {
+                command: UsersCommand::SetPassword { .. },
+            } => Err(anyhow::anyhow!(
                 "web console sign-in is not available in this version yet"
             )),
         }

@@ -1,5 +1,6 @@
 //! `airlock serve`: config or quickstart, then the server until a signal.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -25,10 +26,16 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     background::spawn(&airlock, bg);
     let url = format!("http://{addr}");
-    println!("Airlock listening on {url}");
-    println!("  config: {}  policy version: {}", config_path.display(), airlock.policy_version());
+    say(format!("Airlock listening on {url}"));
+    println!(
+        "  config: {}  policy version: {}",
+        config_path.display(),
+        airlock.policy_version()
+    );
     if let Some(dir) = quick {
-        let creds = quickstart::credentials(&dir, airlock.store()).await.map_err(anyhow::Error::msg)?;
+        let creds = quickstart::credentials(&dir, airlock.store())
+            .await
+            .map_err(anyhow::Error::msg)?;
         print_quickstart(&url, &creds);
     }
     http::serve(airlock, listener, shutdown_signal()).await?;
@@ -37,24 +44,49 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
     let key = |u: &str| creds.key(u).unwrap_or("?").to_owned();
-    println!();
-    println!("Quickstart: data, policies and keys are in .airlock/ (SQLite, nothing else to run).");
-    println!("Admin key: {}", key("admin"));
-    println!();
-    println!("Try the loop. In a second terminal, ask to export 50,000 rows as alice:");
-    println!();
-    println!("  AIRLOCK_URL={url} AIRLOCK_TOKEN={} \\", key("alice"));
-    println!("    airlock run --action export --resource Table:prod.orders --context rows=50000 \\");
-    println!("    --reason \"monthly report\" -- echo exported 50000 rows");
-    println!();
-    println!("It waits for a data owner. In a third terminal, approve it as dave:");
-    println!();
-    println!("  export AIRLOCK_URL={url} AIRLOCK_TOKEN={}", key("dave"));
-    println!("  airlock requests list");
-    println!("  airlock requests approve <REQUEST_ID> --reason \"ok for the report\"");
-    println!();
-    println!("Other keys: bob={} carol={} erin={}", key("bob"), key("carol"), key("erin"));
-    println!("Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)");
+    say(String::new());
+    say(format!(
+        "Quickstart: data, policies and keys are in .airlock/ (SQLite, nothing else to run)."
+    ));
+    say(format!("Admin key: {}", key("admin")));
+    say(String::new());
+    say(format!(
+        "Try the loop. In a second terminal, ask to export 50,000 rows as alice:"
+    ));
+    say(String::new());
+    say(format!(
+        "  AIRLOCK_URL={url} AIRLOCK_TOKEN={} \\",
+        key("alice")
+    ));
+    println!(
+        "    airlock run --action export --resource Table:prod.orders --context rows=50000 \\"
+    );
+    say(format!(
+        "    --reason \"monthly report\" -- echo exported 50000 rows"
+    ));
+    say(String::new());
+    say(format!(
+        "It waits for a data owner. In a third terminal, approve it as dave:"
+    ));
+    say(String::new());
+    say(format!(
+        "  export AIRLOCK_URL={url} AIRLOCK_TOKEN={}",
+        key("dave")
+    ));
+    say(format!("  airlock requests list"));
+    say(format!(
+        "  airlock requests approve <REQUEST_ID> --reason \"ok for the report\""
+    ));
+    say(String::new());
+    println!(
+        "Other keys: bob={} carol={} erin={}",
+        key("bob"),
+        key("carol"),
+        key("erin")
+    );
+    say(format!(
+        "Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)"
+    ));
 }
 
 async fn shutdown_signal() {
@@ -78,4 +110,10 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down");
+}
+
+/// Prints a line; a closed stdout (a supervisor that stopped reading) must
+/// not take the server down.
+fn say(line: String) {
+    let _ = writeln!(std::io::stdout(), "{line}");
 }

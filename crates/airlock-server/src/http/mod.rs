@@ -8,7 +8,9 @@ use std::time::Duration;
 use airlock_core::{GrantId, RequestId, RequestStatus, Verdict};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +27,8 @@ type AppState = Arc<Airlock>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         }
@@ -44,7 +47,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::TooLarge)
             }
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
@@ -106,7 +111,10 @@ pub fn router(airlock: AppState) -> Router {
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }
 
@@ -144,7 +152,11 @@ async fn get_request(
     let max = airlock.config.load().server.max_wait_seconds as f64;
     let wait = match q.wait {
         Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w.min(max))),
-        Some(_) => return Err(ApiError::BadRequest("wait must be a number of seconds".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "wait must be a number of seconds".into(),
+            ))
+        }
         None => None,
     };
     let req = airlock.get_request(&caller, id, wait).await?;
@@ -167,10 +179,14 @@ async fn list_requests(
         None | Some("") | Some("all") => Vec::new(),
         Some(s) => s
             .split(',')
-            .map(|s| RequestStatus::parse(s.trim()).map_err(|e| ApiError::BadRequest(e.to_string())))
+            .map(|s| {
+                RequestStatus::parse(s.trim()).map_err(|e| ApiError::BadRequest(e.to_string()))
+            })
             .collect::<Result<_, _>>()?,
     };
-    let reqs = airlock.list_requests(&caller, statuses, q.limit.unwrap_or(100)).await?;
+    let reqs = airlock
+        .list_requests(&caller, statuses, q.limit.unwrap_or(100))
+        .await?;
     let list: Vec<Value> = reqs.iter().map(|r| airlock.view(r, &caller)).collect();
     Ok(Json(json!({"requests": list})))
 }
@@ -200,7 +216,9 @@ async fn review(
         Some("api") => "api",
         Some(other) => return Err(ApiError::BadRequest(format!("unknown channel {other:?}"))),
     };
-    let req = airlock.review(&caller, id, verdict, body.reason, channel).await?;
+    let req = airlock
+        .review(&caller, id, verdict, body.reason, channel)
+        .await?;
     Ok(Json(airlock.view(&req, &caller)))
 }
 
@@ -246,7 +264,9 @@ async fn consume(
     ApiJson(body): ApiJson<ConsumeBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (gid, uses_left) = airlock.consume(&caller, body).await?;
-    Ok(Json(json!({"grant_id": gid.to_string(), "uses_left": uses_left})))
+    Ok(Json(
+        json!({"grant_id": gid.to_string(), "uses_left": uses_left}),
+    ))
 }
 
 async fn complete(
@@ -257,7 +277,9 @@ async fn complete(
 ) -> Result<Json<Value>, ApiError> {
     let gid = GrantId::parse(&id).map_err(|_| ApiError::NotFound(format!("no grant {id}")))?;
     airlock.complete(&caller, gid, body).await?;
-    Ok(Json(json!({"grant_id": gid.to_string(), "completed": true})))
+    Ok(Json(
+        json!({"grant_id": gid.to_string(), "completed": true}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -273,11 +295,16 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if !caller.is_admin() {
-        return Err(ApiError::forbidden("only admin keys may read the audit log"));
+        return Err(ApiError::forbidden(
+            "only admin keys may read the audit log",
+        ));
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let records = airlock.store().read(move |r| r.audit_after(after, limit)).await?;
+    let records = airlock
+        .store()
+        .read(move |r| r.audit_after(after, limit))
+        .await?;
     Ok(Json(json!({"records": records})))
 }
 
@@ -308,7 +335,10 @@ async fn metrics(State(airlock): State<AppState>) -> Response {
         .await
         .unwrap_or(-1);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         airlock.metrics.render(pending),
     )
         .into_response()
@@ -321,9 +351,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(airlock.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     if let Err(e) = crate::background::checkpoint(&airlock).await {
         tracing::error!(error = %e, "final audit checkpoint failed");
     }

@@ -69,7 +69,12 @@ const MAX_REASON: usize = 2000;
 impl Airlock {
     /// Decides an action, records the decision, and creates (or returns
     /// the pending) request when approval is required.
-    pub async fn check(&self, caller: &Caller, body: CheckBody, peer: Option<IpAddr>) -> Result<CheckOutcome, ApiError> {
+    pub async fn check(
+        &self,
+        caller: &Caller,
+        body: CheckBody,
+        peer: Option<IpAddr>,
+    ) -> Result<CheckOutcome, ApiError> {
         let started = Instant::now();
         let principal = match body.principal {
             Some(p) if p != caller.user && !caller.is_enforcer() => {
@@ -82,7 +87,9 @@ impl Airlock {
         };
         let reason = body.reason.filter(|r| !r.trim().is_empty());
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
-            return Err(ApiError::BadRequest(format!("reason is longer than {MAX_REASON} bytes")));
+            return Err(ApiError::BadRequest(format!(
+                "reason is longer than {MAX_REASON} bytes"
+            )));
         }
         let action = Action {
             principal,
@@ -126,7 +133,12 @@ impl Airlock {
                     kind: AuditKind::Decision,
                     actor,
                     subject: String::new(),
-                    details: details(&Decision::Allow { policies: policies.clone() }, json!({})),
+                    details: details(
+                        &Decision::Allow {
+                            policies: policies.clone(),
+                        },
+                        json!({}),
+                    ),
                 };
                 self.store
                     .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
@@ -135,7 +147,10 @@ impl Airlock {
                 CheckOutcome::Allow { policies }
             }
             Decision::Deny { policies, message } => {
-                let d = Decision::Deny { policies: policies.clone(), message: message.clone() };
+                let d = Decision::Deny {
+                    policies: policies.clone(),
+                    message: message.clone(),
+                };
                 let rec = NewAuditRecord {
                     kind: AuditKind::Decision,
                     actor,
@@ -148,7 +163,10 @@ impl Airlock {
                     .map_err(ApiError::Audit)?;
                 CheckOutcome::Deny { policies, message }
             }
-            Decision::ApprovalRequired { policies, requirement } => {
+            Decision::ApprovalRequired {
+                policies,
+                requirement,
+            } => {
                 if requirement.reason_required && reason.is_none() {
                     let p = requirement
                         .thresholds
@@ -158,7 +176,10 @@ impl Airlock {
                     return Err(ApiError::ReasonRequired(p));
                 }
                 let decision_details = details(
-                    &Decision::ApprovalRequired { policies: policies.clone(), requirement: requirement.clone() },
+                    &Decision::ApprovalRequired {
+                        policies: policies.clone(),
+                        requirement: requirement.clone(),
+                    },
                     json!({}),
                 );
                 let request = Request {
@@ -177,8 +198,13 @@ impl Airlock {
                 let request = self
                     .store
                     .write(move |tx| {
-                        let existing = tx.find_pending(&request.action.principal, &request.fingerprint)?;
-                        let (req, created) = match existing.map(|id| tx.get_request(&id)).transpose()?.flatten() {
+                        let existing =
+                            tx.find_pending(&request.action.principal, &request.fingerprint)?;
+                        let (req, created) = match existing
+                            .map(|id| tx.get_request(&id))
+                            .transpose()?
+                            .flatten()
+                        {
                             Some(req) => (req, false),
                             None => {
                                 tx.insert_request(&request)?;
@@ -191,7 +217,12 @@ impl Airlock {
                             o.insert("existing_request".into(), json!(!created));
                         }
                         tx.append_audit(
-                            NewAuditRecord { kind: AuditKind::Decision, actor: actor.clone(), subject: req.id.to_string(), details: d },
+                            NewAuditRecord {
+                                kind: AuditKind::Decision,
+                                actor: actor.clone(),
+                                subject: req.id.to_string(),
+                                details: d,
+                            },
                             t,
                         )?;
                         if created {
@@ -218,7 +249,10 @@ impl Airlock {
                     let _ = self.timers.send((request.expires_at, request.id));
                     self.publish(request.id);
                 }
-                CheckOutcome::ApprovalRequired { policies, request: Box::new(request) }
+                CheckOutcome::ApprovalRequired {
+                    policies,
+                    request: Box::new(request),
+                }
             }
         };
         self.metrics.observe_decision(
@@ -247,22 +281,31 @@ impl Airlock {
         // source_ip is what the enforcement point saw; without one, the
         // address this call came from.
         let ip = match ctx.get("source_ip") {
-            Some(Value::String(s)) => Some(
-                s.parse::<IpAddr>()
-                    .map_err(|_| ApiError::BadRequest(format!("context.source_ip {s:?} is not an IP address")))?,
-            ),
+            Some(Value::String(s)) => Some(s.parse::<IpAddr>().map_err(|_| {
+                ApiError::BadRequest(format!("context.source_ip {s:?} is not an IP address"))
+            })?),
             Some(Value::Object(_)) => None,
-            Some(_) => return Err(ApiError::BadRequest("context.source_ip must be a string".into())),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "context.source_ip must be a string".into(),
+                ))
+            }
             None => peer,
         };
         if let Some(ip) = ip {
-            ctx.insert("source_ip".into(), json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}));
+            ctx.insert(
+                "source_ip".into(),
+                json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}),
+            );
         }
         // These cost a store read; only pay when a policy can look at them.
         if engine.mentions("sensitive_actions_last_hour") {
             let p = action.principal.clone();
             let since = now() - chrono::Duration::hours(1);
-            let n = self.store.read(move |r| r.count_requests_since(&p, since)).await?;
+            let n = self
+                .store
+                .read(move |r| r.count_requests_since(&p, since))
+                .await?;
             ctx.insert("sensitive_actions_last_hour".into(), json!(n));
         } else {
             ctx.remove("sensitive_actions_last_hour");
@@ -274,7 +317,10 @@ impl Airlock {
                 action.resource.kind.to_string(),
                 action.resource.id.to_string(),
             );
-            let b = self.store.read(move |r| r.granted_before(&p, &a, &t, &i)).await?;
+            let b = self
+                .store
+                .read(move |r| r.granted_before(&p, &a, &t, &i))
+                .await?;
             ctx.insert("granted_before".into(), json!(b));
         } else {
             ctx.remove("granted_before");

@@ -38,7 +38,11 @@ impl Airlock {
     /// first, then in one transaction: the request is still approved, its
     /// approvals still count under today's group membership, and one use is
     /// left (a conditional update, so racing consumers cannot both win).
-    pub async fn consume(&self, caller: &Caller, body: ConsumeBody) -> Result<(GrantId, u32), ApiError> {
+    pub async fn consume(
+        &self,
+        caller: &Caller,
+        body: ConsumeBody,
+    ) -> Result<(GrantId, u32), ApiError> {
         let t = now();
         let fingerprint = body.action.fingerprint();
         let claims = match GrantClaims::verify(&self.public_keys().grant, &body.token, t) {
@@ -48,16 +52,26 @@ impl Airlock {
                     GrantError::Expired(at) => ("grant_expired", format!("grant expired at {at}")),
                     _ => ("invalid_grant", "not a valid grant token".to_owned()),
                 };
-                self.refuse(caller, None, code, &message, fingerprint.to_string()).await?;
+                self.refuse(caller, None, code, &message, fingerprint.to_string())
+                    .await?;
                 return Err(ApiError::grant(code, message));
             }
         };
         if !(caller.is_enforcer() || caller.user == claims.sub) {
-            return Err(ApiError::forbidden("only the grant's principal or an enforcer key may consume it"));
+            return Err(ApiError::forbidden(
+                "only the grant's principal or an enforcer key may consume it",
+            ));
         }
         if body.action.principal != claims.sub || fingerprint != claims.fp {
             let message = "this grant was approved for a different action".to_owned();
-            self.refuse(caller, Some(claims.jti), "action_mismatch", &message, fingerprint.to_string()).await?;
+            self.refuse(
+                caller,
+                Some(claims.jti),
+                "action_mismatch",
+                &message,
+                fingerprint.to_string(),
+            )
+            .await?;
             return Err(ApiError::grant("action_mismatch", message));
         }
         let directory = self.loaded.load().directory.clone();
@@ -122,7 +136,14 @@ impl Airlock {
         }
     }
 
-    async fn refuse(&self, caller: &Caller, grant: Option<GrantId>, code: &'static str, message: &str, fp: String) -> Result<(), ApiError> {
+    async fn refuse(
+        &self,
+        caller: &Caller,
+        grant: Option<GrantId>,
+        code: &'static str,
+        message: &str,
+        fp: String,
+    ) -> Result<(), ApiError> {
         let rec = NewAuditRecord {
             kind: AuditKind::GrantRefused,
             actor: caller.user.to_string(),
@@ -130,14 +151,24 @@ impl Airlock {
             details: json!({"code": code, "message": message, "fingerprint": fp, "key": caller.key_id}),
         };
         let t = now();
-        self.store.write(move |tx| tx.append_audit(rec, t).map(|_| ())).await.map_err(ApiError::Audit)
+        self.store
+            .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+            .await
+            .map_err(ApiError::Audit)
     }
 
     /// Records the outcome of a consumed use; the grant closes when its last
     /// use reports.
-    pub async fn complete(&self, caller: &Caller, gid: GrantId, body: CompleteBody) -> Result<(), ApiError> {
+    pub async fn complete(
+        &self,
+        caller: &Caller,
+        gid: GrantId,
+        body: CompleteBody,
+    ) -> Result<(), ApiError> {
         if !matches!(body.outcome.as_str(), "success" | "failure") {
-            return Err(ApiError::BadRequest("outcome must be \"success\" or \"failure\"".into()));
+            return Err(ApiError::BadRequest(
+                "outcome must be \"success\" or \"failure\"".into(),
+            ));
         }
         let caller = caller.clone();
         let req = self

@@ -79,7 +79,9 @@ pub struct Airlock {
 
 impl std::fmt::Debug for Airlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Airlock").field("store", &self.store).finish()
+        f.debug_struct("Airlock")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -113,7 +115,12 @@ pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
 
 /// Stores a new API key and records its creation. Returns the secret, which
 /// is shown once and never stored.
-pub async fn create_api_key(store: &Store, user: UserName, role: Role, actor: &str) -> Result<String, StoreError> {
+pub async fn create_api_key(
+    store: &Store,
+    user: UserName,
+    role: Role,
+    actor: &str,
+) -> Result<String, StoreError> {
     let (secret, record) = new_api_key(user, role);
     let actor = actor.to_owned();
     store
@@ -226,7 +233,12 @@ impl Airlock {
             return Err(ApiError::Unauthenticated);
         }
         let hash = hash_key(bearer);
-        if let Some(c) = self.key_cache.read().ok().and_then(|m| m.get(&hash).cloned()) {
+        if let Some(c) = self
+            .key_cache
+            .read()
+            .ok()
+            .and_then(|m| m.get(&hash).cloned())
+        {
             return Ok(c);
         }
         let h = hash.clone();

@@ -25,7 +25,9 @@ impl Airlock {
         caller.is_admin()
             || caller.is_enforcer()
             || req.action.principal == caller.user
-            || req.eligible_reviewer(&caller.user, |u, g| self.loaded.load().directory.is_member(u, g))
+            || req.eligible_reviewer(&caller.user, |u, g| {
+                self.loaded.load().directory.is_member(u, g)
+            })
     }
 
     async fn load_visible(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
@@ -39,7 +41,12 @@ impl Airlock {
 
     /// One request; with `wait`, answers as soon as it leaves `pending` or
     /// when the wait is over, woken by the event of its change.
-    pub async fn get_request(&self, caller: &Caller, id: RequestId, wait: Option<Duration>) -> Result<Request, ApiError> {
+    pub async fn get_request(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        wait: Option<Duration>,
+    ) -> Result<Request, ApiError> {
         // Subscribe before reading, so a change between the read and the
         // wait is not missed.
         let mut events = self.events.subscribe();
@@ -66,10 +73,24 @@ impl Airlock {
 
     /// Requests the caller may see: their own and those they may review
     /// (everything for enforcers and admins).
-    pub async fn list_requests(&self, caller: &Caller, statuses: Vec<RequestStatus>, limit: u32) -> Result<Vec<Request>, ApiError> {
-        let filter = StatusFilter { statuses, principal: None };
-        let all = self.store.read(move |r| r.list_requests(&filter, limit.clamp(1, 1000))).await?;
-        Ok(all.into_iter().filter(|r| self.may_see(caller, r)).collect())
+    pub async fn list_requests(
+        &self,
+        caller: &Caller,
+        statuses: Vec<RequestStatus>,
+        limit: u32,
+    ) -> Result<Vec<Request>, ApiError> {
+        let filter = StatusFilter {
+            statuses,
+            principal: None,
+        };
+        let all = self
+            .store
+            .read(move |r| r.list_requests(&filter, limit.clamp(1, 1000)))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| self.may_see(caller, r))
+            .collect())
     }
 
     /// Records a verdict. Self-review and ineligible reviewers are refused
@@ -86,7 +107,9 @@ impl Airlock {
     ) -> Result<Request, ApiError> {
         let reason = reason.filter(|r| !r.trim().is_empty());
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
-            return Err(ApiError::BadRequest(format!("reason is longer than {MAX_REVIEW_REASON} bytes")));
+            return Err(ApiError::BadRequest(format!(
+                "reason is longer than {MAX_REVIEW_REASON} bytes"
+            )));
         }
         let directory = self.loaded.load().directory.clone();
         let reviewer = caller.user.clone();
@@ -156,7 +179,9 @@ impl Airlock {
                     return Err(ApiError::NotFound(format!("no request {id}")));
                 };
                 if req.action.principal != user {
-                    return Err(ApiError::forbidden("only the requester may cancel a request"));
+                    return Err(ApiError::forbidden(
+                        "only the requester may cancel a request",
+                    ));
                 }
                 transition(tx, &req, RequestStatus::Cancelled, user.as_str(), json!({}))?;
                 Ok(tx.get_request(&id)?.unwrap_or(req))
@@ -167,7 +192,12 @@ impl Airlock {
     }
 
     /// An approver or admin kills an approved request's grant at once.
-    pub async fn revoke(&self, caller: &Caller, id: RequestId, reason: Option<String>) -> Result<Request, ApiError> {
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        reason: Option<String>,
+    ) -> Result<Request, ApiError> {
         let directory = self.loaded.load().directory.clone();
         let caller = caller.clone();
         let req = self
@@ -176,11 +206,23 @@ impl Airlock {
                 let Some(req) = tx.get_request(&id)? else {
                     return Err(ApiError::NotFound(format!("no request {id}")));
                 };
-                let approver = req.requirement.thresholds.iter().any(|t| t.groups.iter().any(|g| directory.is_member(&caller.user, g)));
+                let approver = req.requirement.thresholds.iter().any(|t| {
+                    t.groups
+                        .iter()
+                        .any(|g| directory.is_member(&caller.user, g))
+                });
                 if !(caller.is_admin() || approver) {
-                    return Err(ApiError::forbidden("only an approver of this request or an admin may revoke it"));
+                    return Err(ApiError::forbidden(
+                        "only an approver of this request or an admin may revoke it",
+                    ));
                 }
-                transition(tx, &req, RequestStatus::Revoked, caller.user.as_str(), json!({"reason": reason}))?;
+                transition(
+                    tx,
+                    &req,
+                    RequestStatus::Revoked,
+                    caller.user.as_str(),
+                    json!({"reason": reason}),
+                )?;
                 if let Some(g) = &req.grant {
                     tx.revoke_grant(&g.grant_id)?;
                 }
@@ -199,7 +241,9 @@ impl Airlock {
             .store
             .write(move |tx| {
                 let t = now();
-                let Some(req) = tx.get_request(&id)? else { return Ok(None) };
+                let Some(req) = tx.get_request(&id)? else {
+                    return Ok(None);
+                };
                 let due = match (req.status, &req.grant) {
                     (RequestStatus::Pending, _) => req.expires_at <= t,
                     (RequestStatus::Approved, Some(g)) => g.expires_at <= t,
@@ -238,14 +282,22 @@ pub(crate) fn transition(
 ) -> Result<(), ApiError> {
     let t = now();
     if !tx.set_status(&req.id, req.status, to, t)? {
-        return Err(ApiError::wrong_state(format!("request is {}; it cannot become {to}", req.status)));
+        return Err(ApiError::wrong_state(format!(
+            "request is {}; it cannot become {to}",
+            req.status
+        )));
     }
     let mut d = json!({"from": req.status.as_str(), "to": to.as_str()});
     if let (Some(o), serde_json::Value::Object(extra)) = (d.as_object_mut(), details) {
         o.extend(extra);
     }
     tx.append_audit(
-        NewAuditRecord { kind: AuditKind::RequestState, actor: actor.to_owned(), subject: req.id.to_string(), details: d },
+        NewAuditRecord {
+            kind: AuditKind::RequestState,
+            actor: actor.to_owned(),
+            subject: req.id.to_string(),
+            details: d,
+        },
         t,
     )?;
     Ok(())
@@ -254,7 +306,13 @@ pub(crate) fn transition(
 fn issue_grant(tx: &mut dyn WriteTx, req: &Request, directory: &Directory) -> Result<(), ApiError> {
     let t = now();
     let approvals = req.approvals(|u, g| directory.is_member(u, g));
-    transition(tx, req, RequestStatus::Approved, "system", json!({"approvals": approvals}))?;
+    transition(
+        tx,
+        req,
+        RequestStatus::Approved,
+        "system",
+        json!({"approvals": approvals}),
+    )?;
     let grant = GrantRecord {
         grant_id: GrantId::new(),
         expires_at: t + req.requirement.grant_ttl.as_chrono(),

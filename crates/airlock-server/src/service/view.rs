@@ -71,7 +71,9 @@ impl Airlock {
                 "outcome": g.outcome,
             });
             let holder = caller.user == req.action.principal || caller.is_enforcer();
-            let live = !g.revoked && g.uses < g.max_uses && req.status == airlock_core::RequestStatus::Approved;
+            let live = !g.revoked
+                && g.uses < g.max_uses
+                && req.status == airlock_core::RequestStatus::Approved;
             if holder && live {
                 let claims = GrantClaims {
                     jti: g.grant_id,

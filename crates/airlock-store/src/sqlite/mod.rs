@@ -73,7 +73,10 @@ impl SqliteBackend {
     /// writer: for `airlock audit verify` and other offline tools.
     pub fn read_only(path: &Path) -> Result<ReadOnly, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Db(format!("{}: no such database", path.display())));
+            return Err(StoreError::Db(format!(
+                "{}: no such database",
+                path.display()
+            )));
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -88,7 +91,10 @@ pub struct ReadOnly {
 
 impl ReadOnly {
     /// Runs `f` in one read transaction (one consistent snapshot).
-    pub fn read<R>(&mut self, f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub fn read<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let tx = self.conn.transaction()?;
         let mut q = Tx { conn: &tx };
         f(&mut q)
@@ -324,9 +330,9 @@ impl Tx<'_> {
 
 impl ReadTx for Tx<'_> {
     fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(&format!("SELECT {REQUEST_COLS} FROM requests WHERE id = ?1"))?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests WHERE id = ?1"
+        ))?;
         let mut rows = st.query([id.to_string()])?;
         match rows.next()? {
             Some(row) => Ok(Some(self.request_from_row(row)?)),
@@ -334,7 +340,11 @@ impl ReadTx for Tx<'_> {
         }
     }
 
-    fn list_requests(&mut self, filter: &StatusFilter, limit: u32) -> Result<Vec<Request>, StoreError> {
+    fn list_requests(
+        &mut self,
+        filter: &StatusFilter,
+        limit: u32,
+    ) -> Result<Vec<Request>, StoreError> {
         let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
         let statuses_json = serde_json::to_string(&statuses)?;
         let mut st = self.conn.prepare_cached(&format!(
@@ -355,7 +365,11 @@ impl ReadTx for Tx<'_> {
         Ok(out)
     }
 
-    fn find_pending(&mut self, principal: &UserName, fp: &Fingerprint) -> Result<Option<RequestId>, StoreError> {
+    fn find_pending(
+        &mut self,
+        principal: &UserName,
+        fp: &Fingerprint,
+    ) -> Result<Option<RequestId>, StoreError> {
         let id: Option<String> = self
             .conn
             .prepare_cached(
@@ -363,7 +377,8 @@ impl ReadTx for Tx<'_> {
             )?
             .query_row([principal.as_str(), &fp.to_string()], |r| r.get(0))
             .optional()?;
-        id.map(|s| RequestId::parse(&s).map_err(corrupt)).transpose()
+        id.map(|s| RequestId::parse(&s).map_err(corrupt))
+            .transpose()
     }
 
     fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError> {
@@ -433,7 +448,12 @@ impl ReadTx for Tx<'_> {
             .conn
             .prepare_cached("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")?;
         let rows = st.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -463,7 +483,9 @@ impl ReadTx for Tx<'_> {
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = self
             .conn
-            .prepare_cached("SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = ?1")?
+            .prepare_cached(
+                "SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = ?1",
+            )?
             .query_row([hash], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -493,10 +515,16 @@ impl ReadTx for Tx<'_> {
             .query_row([status.as_str()], |r| r.get(0))?)
     }
 
-    fn count_requests_since(&mut self, principal: &UserName, since: DateTime<Utc>) -> Result<i64, StoreError> {
+    fn count_requests_since(
+        &mut self,
+        principal: &UserName,
+        since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM requests WHERE principal = ?1 AND created_at >= ?2")?
+            .prepare_cached(
+                "SELECT COUNT(*) FROM requests WHERE principal = ?1 AND created_at >= ?2",
+            )?
             .query_row(params![principal.as_str(), fmt(since)], |r| r.get(0))?)
     }
 
@@ -513,12 +541,19 @@ impl ReadTx for Tx<'_> {
                 "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = ?1 AND action = ?2
                  AND resource_type = ?3 AND resource_id = ?4)",
             )?
-            .query_row(params![principal.as_str(), action, resource_type, resource_id], |r| r.get(0))?)
+            .query_row(
+                params![principal.as_str(), action, resource_type, resource_id],
+                |r| r.get(0),
+            )?)
     }
 }
 
 impl WriteTx for Tx<'_> {
-    fn append_audit(&mut self, rec: NewAuditRecord, ts: DateTime<Utc>) -> Result<AuditRecord, StoreError> {
+    fn append_audit(
+        &mut self,
+        rec: NewAuditRecord,
+        ts: DateTime<Utc>,
+    ) -> Result<AuditRecord, StoreError> {
         // Read inside the write transaction: the lock is held, so no other
         // process (the CLI creating a key) can append between read and write.
         let (seq, prev) = self.audit_head()?;
@@ -575,7 +610,9 @@ impl WriteTx for Tx<'_> {
         }
         let n = self
             .conn
-            .prepare_cached("UPDATE requests SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2")?
+            .prepare_cached(
+                "UPDATE requests SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
+            )?
             .execute(params![id.to_string(), from.as_str(), to.as_str(), fmt(at)])?;
         Ok(n == 1)
     }
@@ -598,7 +635,12 @@ impl WriteTx for Tx<'_> {
         Ok(n == 1)
     }
 
-    fn insert_grant(&mut self, id: &RequestId, fp: &Fingerprint, grant: &GrantRecord) -> Result<(), StoreError> {
+    fn insert_grant(
+        &mut self,
+        id: &RequestId,
+        fp: &Fingerprint,
+        grant: &GrantRecord,
+    ) -> Result<(), StoreError> {
         let req = self
             .get_request(id)?
             .ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
@@ -621,7 +663,11 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn consume_grant(&mut self, id: &GrantId, now: DateTime<Utc>) -> Result<ConsumeOutcome, StoreError> {
+    fn consume_grant(
+        &mut self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<ConsumeOutcome, StoreError> {
         let spent: Option<(u32, u32)> = self
             .conn
             .prepare_cached(
@@ -639,8 +685,12 @@ impl WriteTx for Tx<'_> {
         // Nothing spent: say why, from the same transaction's view.
         let row: Option<(bool, bool, u32, u32, String)> = self
             .conn
-            .prepare_cached("SELECT revoked, completed, uses, max_uses, expires_at FROM grants WHERE id = ?1")?
-            .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .prepare_cached(
+                "SELECT revoked, completed, uses, max_uses, expires_at FROM grants WHERE id = ?1",
+            )?
+            .query_row([id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
         Ok(match row {
             None => ConsumeOutcome::Unknown,

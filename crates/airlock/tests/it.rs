@@ -1,0 +1,1126 @@
+//! The integration suite: real `airlock serve` processes on real sockets,
+//! driven over HTTP and through the real `airlock` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+
+const POLICIES: &str = r#"
+@id("allow-read")
+permit(principal, action == Action::"read", resource);
+
+@id("needs-security")
+@approvers("security")
+@quorum("2")
+permit(principal, action == Action::"export", resource)
+unless { resource == Table::"secrets" };
+
+@id("no-secrets")
+forbid(principal, action == Action::"export", resource == Table::"secrets");
+
+@id("short-request")
+@approvers("security")
+@request_ttl("2s")
+permit(principal, action == Action::"poke", resource);
+
+@id("short-grant")
+@approvers("security")
+@grant_ttl("2s")
+permit(principal, action == Action::"tap", resource);
+
+@id("why")
+@approvers("security")
+@reason("required")
+permit(principal, action == Action::"wipe", resource);
+"#;
+
+const USERS: &str = r#"
+[[users]]
+name = "alice"
+groups = ["engineering"]
+
+[[users]]
+name = "bob"
+groups = ["security"]
+
+[[users]]
+name = "carol"
+groups = ["security"]
+
+[[users]]
+name = "mallory"
+groups = []
+
+[[users]]
+name = "admin"
+groups = ["security"]
+"#;
+
+struct Server {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, users: &str) {
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://data/airlock.db\"\n\n[policy]\ndir = \"policies\"\n\n[audit]\ncheckpoint_interval_seconds = 1\n{users}"
+    );
+    std::fs::write(dir.join("airlock.toml"), cfg).unwrap();
+}
+
+impl Server {
+    fn start() -> Server {
+        Self::start_with(POLICIES)
+    }
+
+    fn start_with(policies: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
+        write_config(dir.path(), USERS);
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("airlock.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        reader.read_line(&mut line).unwrap();
+        // Keep draining, as a supervisor would.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let url = line
+            .trim()
+            .strip_prefix("Airlock listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            url,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("airlock.toml")
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("data/airlock.db")
+    }
+
+    fn key(&self, user: &str, role: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["keys", "create", "--config"])
+            .arg(self.config())
+            .args(["--user", user, "--role", role])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, key, path, Some(body))
+            .await
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, key, path, None).await
+    }
+
+    async fn review(&self, key: &str, id: &str, verdict: &str) -> (u16, Value) {
+        self.post(
+            key,
+            &format!("/v1/requests/{id}/reviews"),
+            json!({"verdict": verdict, "reason": "looked at it"}),
+        )
+        .await
+    }
+
+    /// Waits until the audit log holds a record of `kind` with `field == value`.
+    async fn audit_has(&self, admin: &str, kind: &str, field: &str, value: &str) -> bool {
+        for _ in 0..100 {
+            let (_, a) = self.get(admin, "/v1/audit?limit=10000").await;
+            if a["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["kind"] == kind && r["details"][field] == value)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn verify(&self) -> (i32, String) {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--config"])
+            .arg(self.config())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+fn export(principal: &str, table: &str) -> Value {
+    json!({"principal": principal, "action": "export", "resource": {"type": "Table", "id": table}, "params": {"sql": format!("select * from {table}")}})
+}
+
+/// alice asks, bob and carol approve: returns (request id, grant token).
+async fn approved(
+    s: &Server,
+    alice: &str,
+    bob: &str,
+    carol: &str,
+    action: Value,
+) -> (String, String) {
+    let (st, res) = s.post(alice, "/v1/check", action).await;
+    assert_eq!(st, 200, "{res}");
+    assert_eq!(res["decision"], "approval_required", "{res}");
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = s.review(bob, &id, "approve").await;
+    assert_eq!(st, 200, "{r}");
+    if r["status"] == "pending" {
+        let (st, r) = s.review(carol, &id, "approve").await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["status"], "approved");
+    }
+    let (_, r) = s.get(alice, &format!("/v1/requests/{id}")).await;
+    (id, r["grant"]["token"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn the_loop_end_to_end() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (st, allow) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!((st, allow["decision"].as_str()), (200, Some("allow")));
+    assert_eq!(allow["policies"], json!(["allow-read"]));
+
+    let (_, res) = s
+        .post(&alice, "/v1/check", export("alice", "customers"))
+        .await;
+    let req = &res["request"];
+    assert_eq!(req["status"], "pending");
+    assert_eq!(req["thresholds"][0]["quorum"], 2);
+    assert_eq!(req["thresholds"][0]["approvals"], 0);
+    let id = req["id"].as_str().unwrap().to_owned();
+
+    // Asking again returns the pending request.
+    let (_, again) = s
+        .post(&alice, "/v1/check", export("alice", "customers"))
+        .await;
+    assert_eq!(again["request"]["id"], id.as_str());
+
+    let (_, r) = s.review(&bob, &id, "approve").await;
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["thresholds"][0]["approvals"].as_u64()
+        ),
+        (Some("pending"), Some(1))
+    );
+    // Quorum counts distinct reviewers: bob again is refused.
+    let (st, r) = s.review(&bob, &id, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (409, Some("already_reviewed"))
+    );
+    let (_, r) = s.review(&carol, &id, "approve").await;
+    assert_eq!(r["status"], "approved");
+    assert!(
+        r["grant"].get("token").is_none(),
+        "an approver must not see the token"
+    );
+
+    let (_, mine) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let token = mine["grant"]["token"].as_str().unwrap();
+    assert!(token.starts_with("v4.public."));
+
+    let (st, c) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "customers")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["uses_left"], 0);
+    let gid = c["grant_id"].as_str().unwrap().to_owned();
+    let (st, c) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "customers")}),
+        )
+        .await;
+    assert_eq!(
+        (st, c["error"]["code"].as_str()),
+        (403, Some("grant_spent"))
+    );
+
+    let (st, _) = s
+        .post(
+            &alice,
+            &format!("/v1/grants/{gid}/complete"),
+            json!({"outcome": "success", "detail": {"rows": 10}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, done) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(done["status"], "completed");
+
+    // Every step is on record, and the key itself never is.
+    let admin = s.key("admin", "admin");
+    let (_, a) = s.get(&admin, "/v1/audit?limit=1000").await;
+    let kinds: Vec<&str> = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "decision",
+        "request_created",
+        "review",
+        "request_state",
+        "grant_issued",
+        "grant_consumed",
+        "grant_refused",
+        "grant_completed",
+        "policy_loaded",
+        "key_created",
+    ] {
+        assert!(kinds.contains(&k), "no {k} record in {kinds:?}");
+    }
+    let text = a.to_string();
+    assert!(
+        !text.contains(&alice) && !text.contains(token),
+        "secrets leaked into the audit log"
+    );
+
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn wait_is_answered_when_the_request_is_decided() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, res) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let waiter = {
+        let (url, alice, id) = (s.url.clone(), alice.clone(), id.clone());
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .get(format!("{url}/v1/requests/{id}?wait=30"))
+                .bearer_auth(alice)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "wait returned while still pending");
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got["status"], "approved");
+    assert!(got["grant"]["token"].is_string());
+}
+
+#[tokio::test]
+async fn hundred_concurrent_consumers_exactly_one_wins() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let enforcer = s.key("proxy", "enforcer");
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let key = if i % 2 == 0 {
+            alice.clone()
+        } else {
+            enforcer.clone()
+        };
+        let (url, token) = (s.url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/grants/consume"))
+                .bearer_auth(key)
+                .json(&json!({"token": token, "action": export("alice", "orders")}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (st, body) = t.await.unwrap();
+        match st {
+            200 => ok += 1,
+            403 => assert_eq!(body["error"]["code"], "grant_spent", "{body}"),
+            _ => panic!("{st} {body}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn grants_are_refused_for_other_actions_forgeries_and_expiry() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let mut changed = export("alice", "orders");
+    changed["params"]["sql"] = json!("select * from orders; drop table orders");
+    for action in [
+        changed,
+        export("alice", "customers"),
+        export("bob", "orders"),
+    ] {
+        let (st, r) = s
+            .post(
+                &alice,
+                "/v1/grants/consume",
+                json!({"token": token, "action": action}),
+            )
+            .await;
+        assert_eq!(
+            (st, r["error"]["code"].as_str()),
+            (403, Some("action_mismatch")),
+            "{r}"
+        );
+    }
+    // A token with one character changed.
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": forged, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("invalid_grant"))
+    );
+    // Another user's key may not spend alice's grant.
+    let (st, _) = s
+        .post(
+            &bob,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(st, 403);
+
+    let tap = json!({"action": "tap", "resource": {"type": "Table", "id": "t"}});
+    let (_, res) = s.post(&alice, "/v1/check", tap.clone()).await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let short = r["grant"]["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut tap_p = tap.clone();
+    tap_p["principal"] = json!("alice");
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": short, "action": tap_p}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("grant_expired")),
+        "{r}"
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        r["status"], "expired",
+        "an unused grant's request expires with it"
+    );
+}
+
+#[tokio::test]
+async fn reviewers_must_be_eligible_and_not_the_requester() {
+    let s = Server::start();
+    let (alice, bob, mallory, admin) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("mallory", "user"),
+        s.key("admin", "admin"),
+    );
+    let (_, res) = s.post(&admin, "/v1/check", export("admin", "orders")).await;
+    let own = res["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = s.review(&admin, &own, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("self_review")),
+        "admins included"
+    );
+
+    let (_, res) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = s.review(&alice, &id, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("self_review"))
+    );
+    let (st, r) = s.review(&mallory, &id, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("not_eligible"))
+    );
+    // Mallory cannot even see it.
+    let (st, _) = s.get(&mallory, &format!("/v1/requests/{id}")).await;
+    assert_eq!(st, 404);
+    let (_, r) = s.review(&bob, &id, "deny").await;
+    assert_eq!(r["status"], "denied", "one eligible deny ends the request");
+    let (st, r) = s.review(&admin, &id, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (409, Some("wrong_state"))
+    );
+}
+
+#[tokio::test]
+async fn a_reviewer_removed_from_the_group_no_longer_counts() {
+    let s = Server::start();
+    let (alice, bob, carol, admin) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+        s.key("admin", "admin"),
+    );
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    write_config(
+        s.dir.path(),
+        &USERS.replace(
+            "name = \"carol\"\ngroups = [\"security\"]",
+            "name = \"carol\"\ngroups = []",
+        ),
+    );
+    Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        s.audit_has(&admin, "policy_loaded", "trigger", "sighup")
+            .await
+    );
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("grant_revoked")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn pending_requests_expire_without_polling() {
+    let s = Server::start();
+    let alice = s.key("alice", "user");
+    let (_, res) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "poke", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}?wait=20")).await;
+    assert_eq!(r["status"], "expired");
+}
+
+#[tokio::test]
+async fn revoke_cancel_and_reason_required() {
+    let s = Server::start();
+    let (alice, bob, carol, mallory) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+        s.key("mallory", "user"),
+    );
+    let (id, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (st, _) = s
+        .post(&mallory, &format!("/v1/requests/{id}/revoke"), json!({}))
+        .await;
+    assert_eq!(st, 403);
+    let (st, r) = s
+        .post(
+            &bob,
+            &format!("/v1/requests/{id}/revoke"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("revoked")));
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("grant_revoked"))
+    );
+
+    let (_, res) = s
+        .post(&alice, "/v1/check", export("alice", "customers"))
+        .await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .post(&bob, &format!("/v1/requests/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(st, 403, "only the requester cancels");
+    let (st, r) = s
+        .post(&alice, &format!("/v1/requests/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("cancelled")));
+    let (st, _) = s
+        .post(&alice, &format!("/v1/requests/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(st, 409);
+
+    let wipe = json!({"action": "wipe", "resource": {"type": "Table", "id": "t"}});
+    let (st, r) = s.post(&alice, "/v1/check", wipe.clone()).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (400, Some("reason_required"))
+    );
+    let mut with = wipe;
+    with["reason"] = json!("ticket OPS-1");
+    let (st, _) = s.post(&alice, "/v1/check", with).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn a_failed_reload_keeps_the_old_policy_and_is_recorded() {
+    let s = Server::start();
+    let (alice, admin) = (s.key("alice", "user"), s.key("admin", "admin"));
+    std::fs::write(
+        s.dir.path().join("policies/main.cedar"),
+        format!("{POLICIES}\n@id(\"bad\")\n@approvers(\"security\")\n@quorum(\"0\")\npermit(principal, action, resource);"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut found = None;
+    for _ in 0..100 {
+        let (_, a) = s.get(&admin, "/v1/audit?limit=1000").await;
+        found = a["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "policy_reload_failed")
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rec = found.expect("no policy_reload_failed record");
+    assert!(
+        rec["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("main.cedar:"),
+        "{rec}"
+    );
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(r["decision"], "allow");
+    let (_, r) = s
+        .post(&alice, "/v1/check", export("alice", "secrets"))
+        .await;
+    assert_eq!(r["decision"], "deny");
+}
+
+#[tokio::test]
+async fn when_the_audit_log_cannot_be_written_nothing_is_allowed() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, res) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let db = rusqlite::Connection::open(s.db()).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "must answer, not hang"
+    );
+    let (st, _) = s.review(&carol, &id, "approve").await;
+    assert_eq!(st, 503);
+    db.execute_batch("DROP TRIGGER broken;").unwrap();
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "pending", "no grant without its audit record");
+    assert!(r.get("grant").is_none());
+}
+
+#[tokio::test]
+async fn audit_verify_names_the_first_tampered_record() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    for t in ["a", "b", "c"] {
+        approved(&s, &alice, &bob, &carol, export("alice", t)).await;
+    }
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+    let db = s.db();
+    let tamper = |sql: &str, expect: &str| {
+        let copy = s.dir.path().join("data/copy.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(FULL)").unwrap();
+        let _ = std::fs::remove_file(&copy);
+        conn.execute(&format!("VACUUM INTO '{}'", copy.display()), [])
+            .unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        c.execute_batch(sql).unwrap();
+        drop(c);
+        let cfg = std::fs::read_to_string(s.config())
+            .unwrap()
+            .replace("data/airlock.db", "data/copy.db");
+        let cfg_path = s.dir.path().join("copy.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--config"])
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{sql}: verified anyway");
+        assert!(text.contains(expect), "{sql}: {text}");
+    };
+    tamper(
+        "UPDATE audit SET details = '{\"outcome\":\"allow\"}' WHERE seq = 5",
+        "record 5",
+    );
+    tamper("DELETE FROM audit WHERE seq = 6", "record 6");
+    tamper(
+        "UPDATE audit SET seq = -1 WHERE seq = 7; UPDATE audit SET seq = 7 WHERE seq = 8; UPDATE audit SET seq = 8 WHERE seq = -1;",
+        "record 7",
+    );
+    tamper(
+        "UPDATE audit SET seq = seq + 1000 WHERE seq >= 9; UPDATE audit SET seq = seq - 999 WHERE seq >= 1000;
+         INSERT INTO audit SELECT 9, ts, kind, actor, subject, '{\"forged\":true}', prev_hash, hash FROM audit WHERE seq = 8;",
+        "record 9",
+    );
+    // Cutting records off the end is caught by the signed checkpoints.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let head: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert!(head > 3);
+    tamper(
+        &format!("DELETE FROM audit WHERE seq >= {}", head - 1),
+        &format!("record {}", head - 1),
+    );
+}
+
+#[tokio::test]
+async fn http_errors_follow_the_contract() {
+    let s = Server::start();
+    let (alice, enforcer) = (s.key("alice", "user"), s.key("proxy", "enforcer"));
+    let read = json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    let (st, r) = s.post("", "/v1/check", read.clone()).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (st, _) = s.post("alk_nope", "/v1/check", read.clone()).await;
+    assert_eq!(st, 401);
+    let res = s
+        .http
+        .post(format!("{}/v1/check", s.url))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (st, _) = s.post(&alice, "/v1/check", read.clone()).await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "typo": 1}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let big = json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "params": {"x": "a".repeat(70_000)}});
+    let (st, r) = s.post(&alice, "/v1/check", big).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let (st, _) = s
+        .get(
+            &alice,
+            "/v1/requests/req_01a20e92-9a95-724f-af8f-8526172314ed",
+        )
+        .await;
+    assert_eq!(st, 404);
+    // Only enforcers speak for others.
+    let (st, _) = s.post(&alice, "/v1/check", export("bob", "orders")).await;
+    assert_eq!(st, 403);
+    let (st, r) = s
+        .post(&enforcer, "/v1/check", export("bob", "orders"))
+        .await;
+    assert_eq!((st, r["request"]["principal"].as_str()), (200, Some("bob")));
+    let (st, _) = s.get(&alice, "/v1/audit").await;
+    assert_eq!(st, 403);
+    let (st, k) = s.get(&alice, "/v1/keys").await;
+    assert_eq!(st, 200);
+    assert!(k["keys"][0]["paserk"]
+        .as_str()
+        .unwrap()
+        .starts_with("k4.public."));
+    let h: Value = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+    let m = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("airlock_decisions_total{outcome=\"allow\"}"),
+        "{m}"
+    );
+    assert!(m.contains("airlock_pending_requests 1"), "{m}");
+    assert!(
+        m.contains("airlock_decision_duration_seconds_bucket"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn context_is_computed_by_airlock() {
+    let hour = chrono_hour();
+    let policies = format!(
+        "@id(\"hour\")\npermit(principal, action == Action::\"read\", resource) when {{ context.local_hour == {hour} && context.weekday != \"\" }};\n\
+         @id(\"lie\")\nforbid(principal, action, resource) when {{ context.local_hour == 99 }};\n\
+         @id(\"net\")\nforbid(principal, action, resource) when {{ context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }};"
+    );
+    let s = Server::start_with(&policies);
+    let alice = s.key("alice", "user");
+    let (_, r) = s.post(&alice, "/v1/check", json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"local_hour": 99}})).await;
+    if chrono_hour() == hour {
+        assert_eq!(r["decision"], "allow", "{r}");
+    }
+    let (_, r) = s.post(&alice, "/v1/check", json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"source_ip": "10.1.2.3"}})).await;
+    assert_eq!(r["decision"], "deny", "{r}");
+}
+
+fn chrono_hour() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ((secs / 3600) % 24) as u32
+}
+
+#[tokio::test]
+async fn airlock_run_waits_runs_and_exits_with_the_command_code() {
+    let s = Server::start();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let run = |cmd: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--action",
+                "export",
+                "--resource",
+                "Table:orders",
+                "--param",
+                "sql=select 1",
+                "--",
+            ])
+            .args(cmd)
+            .env("AIRLOCK_URL", &s.url)
+            .env("AIRLOCK_TOKEN", &alice)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(&["sh", "-c", "echo ran; exit 7"]);
+    let id = loop {
+        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
+        if let Some(id) = l["requests"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        r["params"]["command"],
+        json!(["sh", "-c", "echo ran; exit 7"]),
+        "the command line binds the grant"
+    );
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert!(
+        stderr.contains("security 0/2 (admin, bob, carol)"),
+        "shows who must approve: {stderr}"
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["grant"]["outcome"], "failure");
+
+    let child = run(&["touch", "should-not-exist"]);
+    let id = loop {
+        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
+        if let Some(id) = l["requests"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    s.review(&bob, &id, "deny").await;
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied by bob"));
+    assert!(!Path::new("should-not-exist").exists());
+}
+
+#[test]
+fn policy_commands_work_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ok.cedar"), POLICIES).unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join("zz.cedar"), "permit(principal, action, resource);\n@approvers(\"security\")\n@quorum(\"0\")\npermit(principal, action, resource);").unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zz.cedar:2: policy \"zz.1\"") && err.contains("quorum"),
+        "{err}"
+    );
+
+    let quick =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/policies/tests.toml");
+    let out = Command::new(BIN)
+        .args(["policy", "test"])
+        .arg(&quick)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_file(dir.path().join("zz.cedar")).unwrap();
+    std::fs::write(
+        dir.path().join("cases.toml"),
+        "[[cases]]\nname = \"wrong\"\nprincipal = \"alice\"\naction = \"export\"\nresource = { type = \"Table\", id = \"t\" }\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "test"])
+        .arg(dir.path().join("cases.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL wrong") && text.contains("+ got:      approval_required"),
+        "{text}"
+    );
+}
+
+#[test]
+fn quickstart_starts_with_no_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // The quickstart listens on 8080; skip when something else already does.
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
+        eprintln!("port 8080 busy; skipping");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..40 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if line.starts_with("Policies:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("Airlock listening on http://127.0.0.1:8080"),
+        "{text}"
+    );
+    assert!(text.contains("Admin key: alk_"), "{text}");
+    assert!(text.contains("airlock run --action export"), "{text}");
+    assert!(dir.path().join(".airlock/airlock.db").exists());
+    assert!(dir.path().join(".airlock/keys/grant-signing.key").exists());
+}
