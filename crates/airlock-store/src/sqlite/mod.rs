@@ -96,7 +96,7 @@ impl ReadOnly {
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut q = Tx { conn: &tx };
+        let mut q = Tx { conn: &tx, head: None };
         f(&mut q)
     }
 }
@@ -130,7 +130,7 @@ impl Backend for SqliteBackend {
                 },
             };
             if let Ok(tx) = conn.transaction() {
-                let mut q = Tx { conn: &tx };
+                let mut q = Tx { conn: &tx, head: None };
                 job(&mut q);
                 drop(tx);
             }
@@ -176,6 +176,8 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     };
     let mut replies = Vec::with_capacity(batch.len());
     let mut broken: Option<StoreError> = None;
+    // Read inside the write lock, so it is the head every append links to.
+    let mut head: Option<(i64, ChainHash)> = None;
     for job in batch {
         if let Some(e) = &broken {
             // The transaction is unusable; answer without running.
@@ -189,12 +191,15 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             replies.push(reply);
             continue;
         }
-        let mut q = Tx { conn: &tx };
+        let before = head;
+        let mut q = Tx { conn: &tx, head: Some(&mut head) };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
         let keep = matches!(&outcome, Ok((true, _)));
         let end = if keep {
             tx.execute_batch("RELEASE job")
         } else {
+            // The job's appends are undone; so is what it did to the head.
+            head = before;
             tx.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
@@ -220,6 +225,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
 /// Queries over one connection inside a transaction.
 struct Tx<'a> {
     conn: &'a Connection,
+    /// The chain head as of this batch's last append, so appends after the
+    /// first in a batch skip the read. `None` means "read it".
+    head: Option<&'a mut Option<(i64, ChainHash)>>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -556,7 +564,10 @@ impl WriteTx for Tx<'_> {
     ) -> Result<AuditRecord, StoreError> {
         // Read inside the write transaction: the lock is held, so no other
         // process (the CLI creating a key) can append between read and write.
-        let (seq, prev) = self.audit_head()?;
+        let (seq, prev) = match self.head.as_deref() {
+            Some(Some(h)) => *h,
+            _ => self.audit_head()?,
+        };
         let record = AuditRecord::link(seq, prev, fmt(ts), rec);
         self.conn
             .prepare_cached(
@@ -573,6 +584,9 @@ impl WriteTx for Tx<'_> {
                 record.prev_hash.to_string(),
                 record.hash.to_string(),
             ])?;
+        if let Some(h) = self.head.as_deref_mut() {
+            *h = Some((record.seq, record.hash));
+        }
         Ok(record)
     }
 
