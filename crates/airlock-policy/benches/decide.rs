@@ -31,7 +31,10 @@ fn bench(c: &mut Criterion) {
         entities: Some(ENTITIES.to_owned()),
     };
     let engine = PolicyEngine::from_source(&src, &directory()).unwrap();
-    let context = json!({"rows": 500, "local_hour": 10}).as_object().unwrap().clone();
+    let context = json!({"rows": 500, "local_hour": 10})
+        .as_object()
+        .unwrap()
+        .clone();
     let allow: Action = serde_json::from_value(json!({
         "principal": "alice", "action": "export",
         "resource": {"type": "Table", "id": "prod.orders"},
@@ -55,7 +58,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     g.bench_function("bare_cedar_is_authorized", |b| {
         b.iter(|| {
-            let ctx = Context::from_json_value(serde_json::Value::Object(context.clone()), None).unwrap();
+            let ctx =
+                Context::from_json_value(serde_json::Value::Object(context.clone()), None).unwrap();
             let req = Request::new(p.clone(), a.clone(), r.clone(), ctx, None).unwrap();
             std::hint::black_box(auth.is_authorized(&req, &set, &entities))
         })
@@ -66,7 +70,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("airlock_approval_required", |b| {
         b.iter(|| std::hint::black_box(engine.decide(&pii, context.clone()).unwrap()))
     });
-    g.bench_function("fingerprint", |b| b.iter(|| std::hint::black_box(allow.fingerprint())));
+    g.bench_function("fingerprint", |b| {
+        b.iter(|| std::hint::black_box(allow.fingerprint()))
+    });
     g.finish();
 }
 

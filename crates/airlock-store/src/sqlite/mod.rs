@@ -96,7 +96,10 @@ impl ReadOnly {
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut q = Tx { conn: &tx, head: None };
+        let mut q = Tx {
+            conn: &tx,
+            head: None,
+        };
         f(&mut q)
     }
 }
@@ -130,7 +133,10 @@ impl Backend for SqliteBackend {
                 },
             };
             if let Ok(tx) = conn.transaction() {
-                let mut q = Tx { conn: &tx, head: None };
+                let mut q = Tx {
+                    conn: &tx,
+                    head: None,
+                };
                 job(&mut q);
                 drop(tx);
             }
@@ -192,7 +198,10 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             continue;
         }
         let before = head;
-        let mut q = Tx { conn: &tx, head: Some(&mut head) };
+        let mut q = Tx {
+            conn: &tx,
+            head: Some(&mut head),
+        };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
         let keep = matches!(&outcome, Ok((true, _)));
         let end = if keep {
