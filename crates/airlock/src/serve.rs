@@ -45,14 +45,13 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
     let key = |u: &str| creds.key(u).unwrap_or("?").to_owned();
     say(String::new());
-    say(format!(
+    say(
         "Quickstart: data, policies and keys are in .airlock/ (SQLite, nothing else to run)."
-    ));
+            .to_owned(),
+    );
     say(format!("Admin key: {}", key("admin")));
     say(String::new());
-    say(format!(
-        "Try the loop. In a second terminal, ask to export 50,000 rows as alice:"
-    ));
+    say("Try the loop. In a second terminal, ask to export 50,000 rows as alice:".to_owned());
     say(String::new());
     say(format!(
         "  AIRLOCK_URL={url} AIRLOCK_TOKEN={} \\",
@@ -61,22 +60,16 @@ fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
     println!(
         "    airlock run --action export --resource Table:prod.orders --context rows=50000 \\"
     );
-    say(format!(
-        "    --reason \"monthly report\" -- echo exported 50000 rows"
-    ));
+    say("    --reason \"monthly report\" -- echo exported 50000 rows".to_owned());
     say(String::new());
-    say(format!(
-        "It waits for a data owner. In a third terminal, approve it as dave:"
-    ));
+    say("It waits for a data owner. In a third terminal, approve it as dave:".to_owned());
     say(String::new());
     say(format!(
         "  export AIRLOCK_URL={url} AIRLOCK_TOKEN={}",
         key("dave")
     ));
-    say(format!("  airlock requests list"));
-    say(format!(
-        "  airlock requests approve <REQUEST_ID> --reason \"ok for the report\""
-    ));
+    say("  airlock requests list".to_owned());
+    say("  airlock requests approve <REQUEST_ID> --reason \"ok for the report\"".to_owned());
     say(String::new());
     println!(
         "Other keys: bob={} carol={} erin={}",
@@ -84,9 +77,7 @@ fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
         key("carol"),
         key("erin")
     );
-    say(format!(
-        "Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)"
-    ));
+    say("Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)".to_owned());
 }
 
 async fn shutdown_signal() {
