@@ -77,8 +77,12 @@ impl Drop for Server {
 }
 
 fn write_config(dir: &Path, users: &str) {
+    write_config_with(dir, users, 1);
+}
+
+fn write_config_with(dir: &Path, users: &str, checkpoint_every: u64) {
     let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://data/airlock.db\"\n\n[policy]\ndir = \"policies\"\n\n[audit]\ncheckpoint_interval_seconds = 1\n{users}"
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://data/airlock.db\"\n\n[policy]\ndir = \"policies\"\n\n[audit]\ncheckpoint_interval_seconds = {checkpoint_every}\n{users}"
     );
     std::fs::write(dir.join("airlock.toml"), cfg).unwrap();
 }
@@ -89,10 +93,14 @@ impl Server {
     }
 
     fn start_with(policies: &str) -> Server {
+        Self::start_opts(policies, 1)
+    }
+
+    fn start_opts(policies: &str, checkpoint_every: u64) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
-        write_config(dir.path(), USERS);
+        write_config_with(dir.path(), USERS, checkpoint_every);
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.path().join("airlock.toml"))
@@ -1123,4 +1131,140 @@ fn quickstart_starts_with_no_config() {
     assert!(text.contains("airlock run --action export"), "{text}");
     assert!(dir.path().join(".airlock/airlock.db").exists());
     assert!(dir.path().join(".airlock/keys/grant-signing.key").exists());
+}
+
+#[tokio::test]
+async fn policies_reload_when_their_files_change() {
+    let s = Server::start();
+    let alice = s.key("alice", "user");
+    let health = |s: &Server| {
+        let url = format!("{}/healthz", s.url);
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let before = health(&s).await["policy_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "list", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(r["decision"], "deny");
+    std::fs::write(
+        s.dir.path().join("policies/extra.cedar"),
+        "@id(\"list\")\npermit(principal, action == Action::\"list\", resource);",
+    )
+    .unwrap();
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = health(&s).await["policy_version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(after, before, "no reload after a file change");
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "list", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(r["decision"], "allow");
+    // Each decision's record names the policy version that made it.
+    let admin = s.key("admin", "admin");
+    let (_, a) = s.get(&admin, "/v1/audit?limit=1000").await;
+    let last = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "decision")
+        .unwrap()
+        .clone();
+    assert_eq!(last["details"]["policy_version"], after.as_str());
+}
+
+#[tokio::test]
+async fn the_chain_head_is_signed_at_shutdown() {
+    let mut s = Server::start_opts(POLICIES, 3600);
+    let alice = s.key("alice", "user");
+    s.post(
+        &alice,
+        "/v1/check",
+        json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+    )
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(s.child.wait().unwrap().success());
+    let db = rusqlite::Connection::open(s.db()).unwrap();
+    let head: i64 = db
+        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    let signed: i64 = db
+        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(signed, head);
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 signed checkpoints"), "{out}");
+}
+
+#[tokio::test]
+async fn ctrl_c_while_waiting_cancels_the_request() {
+    let s = Server::start();
+    let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--action",
+            "export",
+            "--resource",
+            "Table:orders",
+            "--",
+            "true",
+        ])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &alice)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = loop {
+        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
+        if let Some(id) = l["requests"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "cancelled");
 }
