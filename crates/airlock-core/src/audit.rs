@@ -38,6 +38,8 @@ pub enum AuditKind {
     KeyCreated,
     /// The server started.
     ServerStarted,
+    /// A user's web console password was set.
+    PasswordSet,
 }
 
 impl AuditKind {
@@ -56,6 +58,7 @@ impl AuditKind {
             Self::PolicyReloadFailed => "policy_reload_failed",
             Self::KeyCreated => "key_created",
             Self::ServerStarted => "server_started",
+            Self::PasswordSet => "password_set",
         }
     }
 }

@@ -57,6 +57,8 @@ pub trait ReadTx {
     fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
     /// The API key whose SHA-256 is `hash`.
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A user's password hash, if one is set.
+    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
     /// Requests created by `principal` since `since`.
@@ -117,6 +119,13 @@ pub trait WriteTx: ReadTx {
     fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;
     /// Stores an API key (its hash only).
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Sets a user's password hash (a PHC string; never the password).
+    fn set_password_hash(
+        &mut self,
+        user: &UserName,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
 }

@@ -259,3 +259,20 @@ async fn refuses_newer_schema() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn password_hashes_are_replaced() {
+    let (_d, store) = open();
+    let u = airlock_core::UserName::parse("alice").unwrap();
+    let (a, b) = (u.clone(), u.clone());
+    store
+        .write(move |tx| tx.set_password_hash(&a, "$argon2id$one", now()))
+        .await
+        .unwrap();
+    store
+        .write(move |tx| tx.set_password_hash(&b, "$argon2id$two", now()))
+        .await
+        .unwrap();
+    let got = store.read(move |r| r.password_hash(&u)).await.unwrap();
+    assert_eq!(got.as_deref(), Some("$argon2id$two"));
+}

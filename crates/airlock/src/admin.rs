@@ -186,3 +186,54 @@ pub fn policy_test(file: &Path) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Shortest password accepted for the web console.
+const MIN_PASSWORD: usize = 8;
+
+pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<ExitCode> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use std::io::Read;
+
+    let cfg = Config::load(config)?;
+    let user = UserName::parse(user)?;
+    if !cfg.users.iter().any(|u| u.name == user) {
+        bail!("{user} is not among the [[users]] of {}", config.display());
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from standard input")?;
+    // One trailing newline is the terminal's, not the password's.
+    let password = password
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&password);
+    if password.chars().count() < MIN_PASSWORD {
+        bail!("the password must be at least {MIN_PASSWORD} characters");
+    }
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow!("hashing the password: {e}"))?
+        .to_string();
+    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let name = user.clone();
+    store
+        .write(move |tx| {
+            let t = airlock_store::time::now();
+            tx.set_password_hash(&name, &hash, t)?;
+            tx.append_audit(
+                airlock_core::NewAuditRecord {
+                    kind: airlock_core::AuditKind::PasswordSet,
+                    actor: "cli".into(),
+                    subject: name.to_string(),
+                    details: json!({"user": name.as_str(), "scheme": "argon2id"}),
+                },
+                t,
+            )?;
+            Ok::<_, airlock_store::StoreError>(())
+        })
+        .await?;
+    eprintln!("password set for {user}");
+    Ok(ExitCode::SUCCESS)
+}

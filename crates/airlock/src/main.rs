@@ -174,10 +174,8 @@ fn main() -> ExitCode {
                 command: PolicyCommand::Test { file },
             } => admin::policy_test(&file),
             Command::Users {
-                command: UsersCommand::SetPassword { .. },
-            } => Err(anyhow::anyhow!(
-                "web console sign-in is not available in this version yet"
-            )),
+                command: UsersCommand::SetPassword { config, user },
+            } => admin::users_set_password(&config, &user).await,
         }
     });
     match result {

@@ -1268,3 +1268,52 @@ async fn ctrl_c_while_waiting_cancels_the_request() {
     let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
     assert_eq!(r["status"], "cancelled");
 }
+
+#[test]
+fn set_password_stores_an_argon2_hash_from_stdin() {
+    use std::io::Write;
+    let s = Server::start();
+    let set = |user: &str, password: &str| {
+        let mut child = Command::new(BIN)
+            .args(["users", "set-password", "--config"])
+            .arg(s.config())
+            .args(["--user", user])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set("alice", "correct horse battery staple\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = rusqlite::Connection::open(s.db()).unwrap();
+    let hash: String = db
+        .query_row(
+            "SELECT hash FROM passwords WHERE user_name = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("horse"));
+    let audit: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'password_set' AND subject = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audit, 1);
+    assert!(!set("alice", "short\n").status.success());
+    assert!(!set("nobody", "long enough password\n").status.success());
+}

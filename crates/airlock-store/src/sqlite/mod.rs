@@ -525,6 +525,14 @@ impl ReadTx for Tx<'_> {
         .transpose()
     }
 
+    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM passwords WHERE user_name = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
         Ok(self
             .conn
@@ -749,6 +757,21 @@ impl WriteTx for Tx<'_> {
                 "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![key.id, key.hash, key.user.as_str(), key.role.as_str(), fmt(key.created_at)])?;
+        Ok(())
+    }
+
+    fn set_password_hash(
+        &mut self,
+        user: &UserName,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO passwords (user_name, hash, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+            )?
+            .execute(params![user.as_str(), hash, fmt(at)])?;
         Ok(())
     }
 

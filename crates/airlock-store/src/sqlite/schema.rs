@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE requests (
     id               TEXT PRIMARY KEY,
     status           TEXT NOT NULL,
@@ -78,7 +79,16 @@ CREATE TABLE api_keys (
     role       TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Web console sign-in: argon2id hashes only.
+CREATE TABLE passwords (
+    user_name  TEXT PRIMARY KEY,
+    hash       TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#,
+];
 
 /// The newest schema version this build knows.
 pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
