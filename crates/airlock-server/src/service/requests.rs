@@ -136,6 +136,11 @@ impl Airlock {
                 if req.status != RequestStatus::Pending {
                     return Err(ApiError::wrong_state(format!("request is {}, not pending", req.status)));
                 }
+                if req.expires_at <= t {
+                    // Past its TTL but the timer has not fired yet: it is
+                    // expired, whatever the reviewer says.
+                    return Err(ApiError::wrong_state("request has expired"));
+                }
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
                 if !tx.insert_review(&id, &review)? {
                     return Err(ApiError::Conflict {
