@@ -223,6 +223,17 @@ impl Server {
     }
 }
 
+/// Waits for a pending request to appear for `key` and returns its id.
+async fn first_pending(s: &Server, key: &str) -> String {
+    loop {
+        let (_, l) = s.get(key, "/v1/requests?status=pending").await;
+        if let Some(id) = l["requests"][0]["id"].as_str() {
+            return id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn export(principal: &str, table: &str) -> Value {
     json!({"principal": principal, "action": "export", "resource": {"type": "Table", "id": table}, "params": {"sql": format!("select * from {table}")}})
 }
@@ -994,13 +1005,7 @@ async fn airlock_run_waits_runs_and_exits_with_the_command_code() {
             .unwrap()
     };
     let child = run(&["sh", "-c", "echo ran; exit 7"]);
-    let id = loop {
-        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
-        if let Some(id) = l["requests"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let id = first_pending(&s, &bob).await;
     let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
     assert_eq!(
         r["params"]["command"],
@@ -1022,13 +1027,7 @@ async fn airlock_run_waits_runs_and_exits_with_the_command_code() {
     assert_eq!(r["grant"]["outcome"], "failure");
 
     let child = run(&["touch", "should-not-exist"]);
-    let id = loop {
-        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
-        if let Some(id) = l["requests"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let id = first_pending(&s, &bob).await;
     s.review(&bob, &id, "deny").await;
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -1246,13 +1245,7 @@ async fn ctrl_c_while_waiting_cancels_the_request() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let id = loop {
-        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
-        if let Some(id) = l["requests"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let id = first_pending(&s, &bob).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
