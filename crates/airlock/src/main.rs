@@ -11,6 +11,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The decision path allocates many small, short-lived values across
+/// threads (JSON, Cedar values); mimalloc handles that far better than the
+/// system allocator (see docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Hold sensitive actions until they are approved, let exactly that action
 /// through once, and record every step in a tamper-evident log.
 #[derive(Debug, Parser)]
