@@ -1310,3 +1310,36 @@ fn set_password_stores_an_argon2_hash_from_stdin() {
     assert!(!set("alice", "short\n").status.success());
     assert!(!set("nobody", "long enough password\n").status.success());
 }
+
+#[tokio::test]
+async fn principal_history_is_in_the_context() {
+    let policies = r#"
+@id("ask")
+@approvers("security")
+permit(principal, action == Action::"export", resource) unless { context.granted_before };
+@id("again")
+permit(principal, action == Action::"export", resource) when { context.granted_before };
+@id("burst")
+forbid(principal, action == Action::"export", resource) when { context.sensitive_actions_last_hour >= 2 };
+"#;
+    let s = Server::start_with(policies);
+    let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
+    let t = |id: &str| json!({"action": "export", "resource": {"type": "Table", "id": id}, "context": {"granted_before": true, "sensitive_actions_last_hour": 0}});
+    let (_, r) = s.post(&alice, "/v1/check", t("a")).await;
+    assert_eq!(
+        r["decision"], "approval_required",
+        "the caller cannot claim a history: {r}"
+    );
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (_, r) = s.post(&alice, "/v1/check", t("a")).await;
+    assert_eq!(r["decision"], "allow", "granted before: {r}");
+    let (_, r) = s.post(&alice, "/v1/check", t("b")).await;
+    assert_eq!(r["decision"], "approval_required", "{r}");
+    let (_, r) = s.post(&alice, "/v1/check", t("c")).await;
+    assert_eq!(
+        r["decision"], "deny",
+        "two sensitive actions in the last hour: {r}"
+    );
+    assert_eq!(r["policies"], json!(["burst"]));
+}
