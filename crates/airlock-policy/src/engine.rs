@@ -658,4 +658,34 @@ when { context.missing_field == 1 };
         assert_ne!(a.version(), b.version());
         assert_eq!(a.version(), engine(POLICIES).unwrap().version());
     }
+
+    #[test]
+    fn schema_validates_policies_and_requests() {
+        let schema = r#"
+entity Group;
+entity User in [Group];
+entity Table { tags: Set<String> };
+action export appliesTo { principal: User, resource: Table, context: { local_hour: Long } };
+"#;
+        let src = |policy: &str| PolicySource {
+            policies: vec![(PathBuf::from("p.cedar"), policy.to_owned())],
+            schema: Some((PathBuf::from("schema.cedarschema"), schema.to_owned())),
+            entities: None,
+        };
+        let good = "@approvers(\"security\")\npermit(principal, action == Action::\"export\", resource) when { resource.tags.contains(\"pii\") };";
+        let e = PolicyEngine::from_source(&src(good), &directory()).unwrap();
+        let d = e
+            .decide(&action("alice", "export", &["pii"]), ctx(10))
+            .unwrap();
+        assert_eq!(d.outcome(), "approval_required");
+        // A context that does not fit the schema is refused, not guessed at.
+        assert!(e
+            .decide(&action("alice", "export", &["pii"]), Map::new())
+            .is_err());
+        let typo = "permit(principal, action == Action::\"export\", resource) when { resource.tagz.contains(\"pii\") };";
+        assert!(matches!(
+            PolicyEngine::from_source(&src(typo), &directory()),
+            Err(LoadError::Validation(_))
+        ));
+    }
 }
