@@ -120,8 +120,13 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     version: String,
     policy_count: usize,
-    text: String,
+    /// Which of [`COSTLY_CONTEXT`] some policy mentions, found once at load.
+    mentioned: Vec<&'static str>,
 }
+
+/// Context keys that cost the caller a store read to compute; the engine
+/// records at load which ones any policy can look at.
+pub const COSTLY_CONTEXT: [&str; 2] = ["sensitive_actions_last_hour", "granted_before"];
 
 impl PolicyEngine {
     /// Loads a policy directory for the users in `directory`.
@@ -237,6 +242,10 @@ impl PolicyEngine {
         }
         let digest = hasher.finalize();
         let policy_count = set.policies().count();
+        let mentioned = COSTLY_CONTEXT
+            .into_iter()
+            .filter(|k| text.contains(k))
+            .collect();
         Ok(Self {
             set,
             approvals,
@@ -245,7 +254,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             version: hex::encode(&digest[..8]),
             policy_count,
-            text,
+            mentioned,
         })
     }
 
@@ -260,10 +269,10 @@ impl PolicyEngine {
         self.policy_count
     }
 
-    /// Whether any policy mentions `name`; used to skip computing context
-    /// values (which cost a store read) that no policy can look at.
+    /// Whether any policy mentions `name`, one of [`COSTLY_CONTEXT`]; used
+    /// to skip computing context values no policy can look at.
     pub fn mentions(&self, name: &str) -> bool {
-        self.text.contains(name)
+        self.mentioned.contains(&name)
     }
 
     /// The Cedar policy set, for callers that want to show it.

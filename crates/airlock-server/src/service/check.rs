@@ -105,62 +105,32 @@ impl Airlock {
             .decide(&action, context.clone())
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let fingerprint = action.fingerprint();
-        let version = loaded.engine.version().to_owned();
         let t = now();
         let actor = caller.user.to_string();
-        let details = |decision: &Decision, extra: Value| {
-            let mut d = json!({
-                "outcome": decision.outcome(),
-                "principal": action.principal.as_str(),
-                "action": action.action.as_str(),
-                "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
-                "params": &action.params,
-                "context": Value::Object(context.clone()),
-                "fingerprint": fingerprint.to_string(),
-                "policies": decision.policies(),
-                "policy_version": &version,
-                "key": &caller.key_id,
-            });
-            if let (Some(d), Value::Object(extra)) = (d.as_object_mut(), extra) {
-                d.extend(extra);
-            }
-            d
-        };
+        // One record shape for every outcome; built once, from the decision.
+        let mut details = json!({
+            "outcome": decision.outcome(),
+            "principal": action.principal.as_str(),
+            "action": action.action.as_str(),
+            "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
+            "params": &action.params,
+            "context": Value::Object(context),
+            "fingerprint": fingerprint.to_string(),
+            "policies": decision.policies(),
+            "policy_version": loaded.engine.version(),
+            "key": &caller.key_id,
+        });
+        if let Decision::Deny { message, .. } = &decision {
+            details["message"] = json!(message);
+        }
 
         let outcome = match decision {
             Decision::Allow { policies } => {
-                let rec = NewAuditRecord {
-                    kind: AuditKind::Decision,
-                    actor,
-                    subject: String::new(),
-                    details: details(
-                        &Decision::Allow {
-                            policies: policies.clone(),
-                        },
-                        json!({}),
-                    ),
-                };
-                self.store
-                    .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
-                    .await
-                    .map_err(ApiError::Audit)?;
+                self.record_decision(actor, details, t).await?;
                 CheckOutcome::Allow { policies }
             }
             Decision::Deny { policies, message } => {
-                let d = Decision::Deny {
-                    policies: policies.clone(),
-                    message: message.clone(),
-                };
-                let rec = NewAuditRecord {
-                    kind: AuditKind::Decision,
-                    actor,
-                    subject: String::new(),
-                    details: details(&d, json!({"message": &message})),
-                };
-                self.store
-                    .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
-                    .await
-                    .map_err(ApiError::Audit)?;
+                self.record_decision(actor, details, t).await?;
                 CheckOutcome::Deny { policies, message }
             }
             Decision::ApprovalRequired {
@@ -175,13 +145,7 @@ impl Airlock {
                         .unwrap_or_default();
                     return Err(ApiError::ReasonRequired(p));
                 }
-                let decision_details = details(
-                    &Decision::ApprovalRequired {
-                        policies: policies.clone(),
-                        requirement: requirement.clone(),
-                    },
-                    json!({}),
-                );
+                let decision_details = details;
                 let request = Request {
                     id: RequestId::new(),
                     status: RequestStatus::Pending,
@@ -264,6 +228,25 @@ impl Airlock {
             started.elapsed(),
         );
         Ok(outcome)
+    }
+
+    /// Appends the decision record; an error here means no answer but 503.
+    async fn record_decision(
+        &self,
+        actor: String,
+        details: Value,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ApiError> {
+        let rec = NewAuditRecord {
+            kind: AuditKind::Decision,
+            actor,
+            subject: String::new(),
+            details,
+        };
+        self.store
+            .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+            .await
+            .map_err(ApiError::Audit)
     }
 
     /// The caller's context plus what Airlock computes. Computed keys

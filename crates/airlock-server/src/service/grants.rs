@@ -74,7 +74,7 @@ impl Airlock {
             .await?;
             return Err(ApiError::grant("action_mismatch", message));
         }
-        let directory = self.loaded.load().directory.clone();
+        let loaded = self.loaded.load_full();
         let actor = caller.user.to_string();
         let key = caller.key_id.clone();
         let gid = claims.jti;
@@ -90,7 +90,7 @@ impl Airlock {
                 if req.status == RequestStatus::Revoked || row.grant.revoked {
                     return refuse_in(tx, &actor, gid, "grant_revoked", "the grant was revoked".into(), t);
                 }
-                if !req.thresholds_met(|u, g| directory.is_member(u, g)) {
+                if !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
                     // A reviewer left an approver group since approving:
                     // their approval no longer counts.
                     return refuse_in(

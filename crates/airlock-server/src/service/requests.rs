@@ -22,12 +22,11 @@ impl Airlock {
     /// Whether `caller` may see `req`: its requester, anyone who may review
     /// it, enforcers and admins.
     pub(crate) fn may_see(&self, caller: &Caller, req: &Request) -> bool {
+        let loaded = self.loaded.load();
         caller.is_admin()
             || caller.is_enforcer()
             || req.action.principal == caller.user
-            || req.eligible_reviewer(&caller.user, |u, g| {
-                self.loaded.load().directory.is_member(u, g)
-            })
+            || req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g))
     }
 
     async fn load_visible(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
@@ -111,7 +110,7 @@ impl Airlock {
                 "reason is longer than {MAX_REVIEW_REASON} bytes"
             )));
         }
-        let directory = self.loaded.load().directory.clone();
+        let loaded = self.loaded.load_full();
         let reviewer = caller.user.clone();
         let channel = channel.to_owned();
         let req = self
@@ -127,7 +126,7 @@ impl Airlock {
                         message: "nobody may review their own request".into(),
                     });
                 }
-                if !req.eligible_reviewer(&reviewer, |u, g| directory.is_member(u, g)) {
+                if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
                     return Err(ApiError::Forbidden {
                         code: "not_eligible",
                         message: format!("{reviewer} is not in an approver group of this request"),
@@ -162,8 +161,8 @@ impl Airlock {
                     Verdict::Deny => {
                         transition(tx, &req, RequestStatus::Denied, &reviewer.to_string(), json!({"by": reviewer.as_str()}))?;
                     }
-                    Verdict::Approve if req.thresholds_met(|u, g| directory.is_member(u, g)) => {
-                        issue_grant(tx, &req, &directory)?;
+                    Verdict::Approve if req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) => {
+                        issue_grant(tx, &req, &loaded.directory)?;
                     }
                     Verdict::Approve => {}
                 }
@@ -203,7 +202,7 @@ impl Airlock {
         id: RequestId,
         reason: Option<String>,
     ) -> Result<Request, ApiError> {
-        let directory = self.loaded.load().directory.clone();
+        let loaded = self.loaded.load_full();
         let caller = caller.clone();
         let req = self
             .store
@@ -214,7 +213,7 @@ impl Airlock {
                 let approver = req.requirement.thresholds.iter().any(|t| {
                     t.groups
                         .iter()
-                        .any(|g| directory.is_member(&caller.user, g))
+                        .any(|g| loaded.directory.is_member(&caller.user, g))
                 });
                 if !(caller.is_admin() || approver) {
                     return Err(ApiError::forbidden(
