@@ -12,14 +12,20 @@
 
 mod error;
 mod model;
+mod pg;
+mod readonly;
 mod sqlite;
+pub mod testing;
 pub mod time;
 
 use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+pub use pg::PostgresBackend;
+pub use readonly::ReadOnlyStore;
 pub use sqlite::SqliteBackend;
+use tokio::sync::broadcast;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
@@ -128,7 +134,30 @@ pub trait WriteTx: ReadTx {
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// Announces that this request changed, once the transaction commits:
+    /// to waiters in this process and, on a shared store, on every node.
+    /// Dropped if the job rolls back, so nobody is woken for nothing.
+    fn changed(&mut self, id: RequestId);
 }
+
+/// What the store tells the service after commits, its own and other
+/// nodes'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A request (or its reviews or grant) changed.
+    Changed {
+        /// Which request.
+        id: RequestId,
+        /// Whether another node made the change.
+        remote: bool,
+    },
+    /// Events from other nodes may have been missed (the listening
+    /// connection was re-established): re-read whatever you wait on.
+    Resync,
+}
+
+/// Where backends send [`StoreEvent`]s.
+pub type EventSender = broadcast::Sender<StoreEvent>;
 
 /// What the writer runs: a closure over a write transaction (or the reason
 /// there is none), answering whether to keep its changes and with a
@@ -136,8 +165,9 @@ pub trait WriteTx: ReadTx {
 pub type Job = Box<dyn FnOnce(Result<&mut dyn WriteTx, StoreError>) -> (bool, Reply) + Send>;
 /// Called once the batch holding a job committed (or failed to).
 pub type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// What a reader runs.
-pub type ReadJob = Box<dyn FnOnce(&mut dyn ReadTx) + Send>;
+/// What a reader runs: a closure over a read transaction, or the reason
+/// there is none.
+pub type ReadJob = Box<dyn FnOnce(Result<&mut dyn ReadTx, StoreError>) + Send>;
 
 /// A storage backend: a batched writer and a pool of readers.
 pub trait Backend: Send + Sync + 'static {
@@ -153,6 +183,7 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    events: EventSender,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,28 +195,21 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the store named by a URL: `sqlite://path` (relative to
-    /// `base`) or `sqlite::memory:`.
+    /// Opens the store named by a URL: `sqlite://PATH` (relative to
+    /// `base`) or `postgres://…` / `postgresql://…`, migrating its schema.
+    /// Blocks while it connects: call it at start-up.
     pub fn open(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = base.join(path);
-            return Ok(Self::from_backend(SqliteBackend::open(&path)?));
-        }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(StoreError::Unsupported(
-                "PostgreSQL storage is not available in this build yet".into(),
-            ));
-        }
-        Err(StoreError::Unsupported(format!(
-            "storage url {url:?}: expected sqlite://PATH"
-        )))
+        let (events, _) = broadcast::channel(4096);
+        let backend: Arc<dyn Backend> = match Location::parse(url, base)? {
+            Location::Sqlite(path) => Arc::new(SqliteBackend::open(&path, events.clone())?),
+            Location::Postgres(url) => Arc::new(PostgresBackend::open(&url, events.clone())?),
+        };
+        Ok(Self { backend, events })
     }
 
-    /// Wraps a backend.
-    pub fn from_backend(backend: impl Backend) -> Self {
-        Self {
-            backend: Arc::new(backend),
-        }
+    /// Waiters subscribe here to hear of committed changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
     }
 
     /// `sqlite` or `postgres`.
@@ -234,9 +258,30 @@ impl Store {
     ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read(Box::new(move |r| {
-            let _ = tx.send(f(r));
+            let _ = tx.send(r.and_then(f));
         }))?;
         rx.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+/// A parsed storage URL.
+#[derive(Debug)]
+enum Location {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    fn parse(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(Location::Sqlite(base.join(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Location::Postgres(url.to_owned()));
+        }
+        Err(StoreError::Unsupported(format!(
+            "storage url {url:?}: expected sqlite://PATH or postgres://USER@HOST/DATABASE"
+        )))
     }
 }
 

@@ -10,14 +10,70 @@ use airlock_core::{
 };
 use serde_json::json;
 
+use crate::testing::TestDb;
 use crate::time::now;
-use crate::{ConsumeOutcome, Store, StoreError};
+use crate::{ConsumeOutcome, Store, StoreError, StoreEvent};
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open("sqlite://db/airlock.db", dir.path()).unwrap();
-    (dir, store)
+/// Where a test's store lives; dropped after the store.
+enum Home {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Db(TestDb),
 }
+
+impl Home {
+    fn sqlite() -> Self {
+        Home::Dir(tempfile::tempdir().unwrap())
+    }
+
+    fn open(&self) -> Store {
+        match self {
+            Home::Dir(d) => Store::open("sqlite://db/airlock.db", d.path()).unwrap(),
+            Home::Db(db) => Store::open(db.url(), std::path::Path::new(".")).unwrap(),
+        }
+    }
+}
+
+/// Runs each named test once per backend: `sqlite::NAME` and
+/// `postgres::NAME` (skipped only when `AIRLOCK_TEST_POSTGRES=skip`).
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let home = super::Home::sqlite();
+                    super::$name(&home).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = crate::testing::TestDb::create() else { return };
+                    let home = super::Home::Db(db);
+                    super::$name(&home).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    request_round_trips,
+    one_pending_per_principal_and_action,
+    terminal_states_do_not_move,
+    hundred_racing_consumers_one_wins,
+    consume_says_why_not,
+    failed_job_rolls_back_alone,
+    concurrent_appends_make_one_chain,
+    refuses_newer_schema,
+    password_hashes_are_replaced,
+    commits_are_announced_rollbacks_are_not,
+    two_nodes_make_one_chain,
+    two_nodes_hear_each_other,
+    two_nodes_race_one_grant,
+);
 
 fn request(principal: &str) -> Request {
     let action: Action = serde_json::from_value(json!({
@@ -89,9 +145,8 @@ async fn approved_grant(store: &Store, max_uses: u32) -> GrantId {
     gid
 }
 
-#[tokio::test]
-async fn request_round_trips() {
-    let (_d, store) = open();
+async fn request_round_trips(home: &Home) {
+    let store = home.open();
     let req = request("alice");
     let id = req.id;
     let copy = req.clone();
@@ -113,9 +168,8 @@ async fn request_round_trips() {
     );
 }
 
-#[tokio::test]
-async fn one_pending_per_principal_and_action() {
-    let (_d, store) = open();
+async fn one_pending_per_principal_and_action(home: &Home) {
+    let store = home.open();
     let a = request("alice");
     let mut b = request("alice");
     b.id = RequestId::new();
@@ -123,9 +177,8 @@ async fn one_pending_per_principal_and_action() {
     assert!(store.write(move |tx| tx.insert_request(&b)).await.is_err());
 }
 
-#[tokio::test]
-async fn terminal_states_do_not_move() {
-    let (_d, store) = open();
+async fn terminal_states_do_not_move(home: &Home) {
+    let store = home.open();
     let req = request("alice");
     let id = req.id;
     store
@@ -144,9 +197,8 @@ async fn terminal_states_do_not_move() {
     assert_eq!(moved, (true, false, false));
 }
 
-#[tokio::test]
-async fn hundred_racing_consumers_one_wins() {
-    let (_d, store) = open();
+async fn hundred_racing_consumers_one_wins(home: &Home) {
+    let store = home.open();
     let gid = approved_grant(&store, 1).await;
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -172,9 +224,8 @@ async fn hundred_racing_consumers_one_wins() {
     assert_eq!(won, 1);
 }
 
-#[tokio::test]
-async fn consume_says_why_not() {
-    let (_d, store) = open();
+async fn consume_says_why_not(home: &Home) {
+    let store = home.open();
     let gid = approved_grant(&store, 2).await;
     let r = store
         .write(move |tx| tx.consume_grant(&gid, now()))
@@ -201,9 +252,8 @@ async fn consume_says_why_not() {
     assert_eq!(r, ConsumeOutcome::Unknown);
 }
 
-#[tokio::test]
-async fn failed_job_rolls_back_alone() {
-    let (_d, store) = open();
+async fn failed_job_rolls_back_alone(home: &Home) {
+    let store = home.open();
     let ok = store.clone();
     let a = tokio::spawn(async move {
         ok.write(|tx| tx.append_audit(audit(AuditKind::Decision), now()))
@@ -221,9 +271,8 @@ async fn failed_job_rolls_back_alone() {
     assert_eq!(records.len(), 1);
 }
 
-#[tokio::test]
-async fn concurrent_appends_make_one_chain() {
-    let (_d, store) = open();
+async fn concurrent_appends_make_one_chain(home: &Home) {
+    let store = home.open();
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let store = store.clone();
@@ -244,25 +293,29 @@ async fn concurrent_appends_make_one_chain() {
     }
 }
 
-#[tokio::test]
-async fn refuses_newer_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    drop(Store::open("sqlite://a.db", dir.path()).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE schema_version SET version = 999", [])
-        .unwrap();
-    drop(conn);
-    let err = Store::open("sqlite://a.db", dir.path()).unwrap_err();
+async fn refuses_newer_schema(home: &Home) {
+    drop(home.open());
+    match home {
+        Home::Dir(d) => {
+            let conn = rusqlite::Connection::open(d.path().join("db/airlock.db")).unwrap();
+            conn.execute("UPDATE schema_version SET version = 999", [])
+                .unwrap();
+        }
+        Home::Db(db) => db.execute("UPDATE airlock_schema_version SET version = 999"),
+    }
+    let err = match home {
+        Home::Dir(d) => Store::open("sqlite://db/airlock.db", d.path()).unwrap_err(),
+        Home::Db(db) => Store::open(db.url(), std::path::Path::new(".")).unwrap_err(),
+    };
     assert!(
         matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
         "{err}"
     );
+    assert!(err.to_string().contains("upgrade Airlock"), "{err}");
 }
 
-#[tokio::test]
-async fn password_hashes_are_replaced() {
-    let (_d, store) = open();
+async fn password_hashes_are_replaced(home: &Home) {
+    let store = home.open();
     let u = airlock_core::UserName::parse("alice").unwrap();
     let (a, b) = (u.clone(), u.clone());
     store
@@ -275,4 +328,127 @@ async fn password_hashes_are_replaced() {
         .unwrap();
     let got = store.read(move |r| r.password_hash(&u)).await.unwrap();
     assert_eq!(got.as_deref(), Some("$argon2id$two"));
+}
+
+async fn next_change(
+    rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+) -> Option<(RequestId, bool)> {
+    let deadline = std::time::Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(deadline, rx.recv()).await {
+            Ok(Ok(StoreEvent::Changed { id, remote })) => return Some((id, remote)),
+            Ok(Ok(StoreEvent::Resync)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn commits_are_announced_rollbacks_are_not(home: &Home) {
+    let store = home.open();
+    let mut rx = store.subscribe();
+    let (a, b) = (request("alice"), request("bob"));
+    let (ida, idb) = (a.id, b.id);
+    store
+        .write(move |tx| {
+            tx.insert_request(&a)?;
+            tx.changed(ida);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let failed = store
+        .write(move |tx| {
+            tx.insert_request(&b)?;
+            tx.changed(idb);
+            Err::<(), _>(StoreError::Db("caller failed".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    store
+        .write(move |tx| {
+            tx.changed(ida);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut rx).await, Some((ida, false)));
+    // The rolled-back job's announcement never comes; the next is `a` again.
+    assert_eq!(next_change(&mut rx).await, Some((ida, false)));
+}
+
+/// A second node on the same store; on SQLite there is only one node, so
+/// these tests check the one-node behaviour.
+fn second_node(home: &Home, first: &Store) -> Store {
+    match home {
+        Home::Dir(_) => first.clone(),
+        Home::Db(_) => home.open(),
+    }
+}
+
+async fn two_nodes_make_one_chain(home: &Home) {
+    let a = home.open();
+    let b = second_node(home, &a);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(|tx| tx.append_audit(audit(AuditKind::Decision), now()))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let records = a.read(|r| r.audit_after(0, 1000)).await.unwrap();
+    assert_eq!(records.len(), 200);
+    let mut v = ChainVerifier::default();
+    for r in &records {
+        v.push(r).unwrap();
+    }
+}
+
+async fn two_nodes_hear_each_other(home: &Home) {
+    let a = home.open();
+    let b = second_node(home, &a);
+    let mut on_b = b.subscribe();
+    // Wait until b's listener is up (it says Resync when it is).
+    if matches!(home, Home::Db(_)) {
+        let up = tokio::time::timeout(std::time::Duration::from_secs(5), on_b.recv()).await;
+        assert!(matches!(up, Ok(Ok(StoreEvent::Resync))), "{up:?}");
+    }
+    let req = request("alice");
+    let id = req.id;
+    a.write(move |tx| {
+        tx.insert_request(&req)?;
+        tx.changed(id);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let remote = matches!(home, Home::Db(_));
+    assert_eq!(next_change(&mut on_b).await, Some((id, remote)));
+}
+
+async fn two_nodes_race_one_grant(home: &Home) {
+    let a = home.open();
+    let b = second_node(home, &a);
+    let gid = approved_grant(&a, 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(move |tx| tx.consume_grant(&gid, now()))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        if let ConsumeOutcome::Consumed { .. } = t.await.unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
 }

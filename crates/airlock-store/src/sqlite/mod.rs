@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
 use crate::time::{fmt, parse};
-use crate::{Backend, Job, ReadJob, ReadTx, StoreError, WriteTx};
+use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
 /// Jobs per transaction at most: large enough to amortise the fsync, small
 /// enough that one slow batch does not stall callers for long.
@@ -47,8 +47,8 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteBackend {
     /// Opens (creating if needed) the database at `path`, migrates it, and
-    /// starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// starts the writer thread, which announces commits on `events`.
+    pub fn open(path: &Path, events: EventSender) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
@@ -60,7 +60,7 @@ impl SqliteBackend {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("airlock-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, events))
             .map_err(|e| StoreError::Db(format!("cannot start writer: {e}")))?;
         Ok(Self {
             jobs: Mutex::new(tx),
@@ -99,6 +99,7 @@ impl ReadOnly {
         let mut q = Tx {
             conn: &tx,
             head: None,
+            events: None,
         };
         f(&mut q)
     }
@@ -124,21 +125,20 @@ impl Backend for SqliteBackend {
                 Some(c) => c,
                 None => match open_conn(&path) {
                     Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot open reader");
-                        // Dropping the job drops its reply channel: the
-                        // caller sees an error, not a hang.
-                        return;
-                    }
+                    Err(e) => return job(Err(e)),
                 },
             };
-            if let Ok(tx) = conn.transaction() {
-                let mut q = Tx {
-                    conn: &tx,
-                    head: None,
-                };
-                job(&mut q);
-                drop(tx);
+            match conn.transaction() {
+                Ok(tx) => {
+                    let mut q = Tx {
+                        conn: &tx,
+                        head: None,
+                        events: None,
+                    };
+                    job(Ok(&mut q));
+                    drop(tx);
+                }
+                Err(e) => job(Err(e.into())),
             }
             if let Ok(mut p) = pool.lock() {
                 if p.len() < 8 {
@@ -154,7 +154,7 @@ impl Backend for SqliteBackend {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
+fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -163,11 +163,16 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch);
+        let changed = run_batch(&mut conn, batch);
+        for id in changed {
+            let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// Runs one batch in one transaction; returns the requests it changed if
+/// it committed.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> Vec<RequestId> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -177,13 +182,14 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
                 let (_, reply) = job(Err(e.clone()));
                 reply(Err(e.clone()));
             }
-            return;
+            return Vec::new();
         }
     };
     let mut replies = Vec::with_capacity(batch.len());
     let mut broken: Option<StoreError> = None;
     // Read inside the write lock, so it is the head every append links to.
     let mut head: Option<(i64, ChainHash)> = None;
+    let mut changed = Vec::new();
     for job in batch {
         if let Some(e) = &broken {
             // The transaction is unusable; answer without running.
@@ -198,17 +204,21 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
             continue;
         }
         let before = head;
+        let announced = changed.len();
         let mut q = Tx {
             conn: &tx,
             head: Some(&mut head),
+            events: Some(&mut changed),
         };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
         let keep = matches!(&outcome, Ok((true, _)));
         let end = if keep {
             tx.execute_batch("RELEASE job")
         } else {
-            // The job's appends are undone; so is what it did to the head.
+            // The job's appends are undone; so is what it did to the head
+            // and what it would have announced.
             head = before;
+            changed.truncate(announced);
             tx.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
@@ -226,8 +236,14 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     if let Err(e) = &result {
         tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
     }
+    let committed = result.is_ok();
     for reply in replies {
         reply(result.clone());
+    }
+    if committed {
+        changed
+    } else {
+        Vec::new()
     }
 }
 
@@ -237,6 +253,8 @@ struct Tx<'a> {
     /// The chain head as of this batch's last append, so appends after the
     /// first in a batch skip the read. `None` means "read it".
     head: Option<&'a mut Option<(i64, ChainHash)>>,
+    /// Requests this batch changed, announced after it commits.
+    events: Option<&'a mut Vec<RequestId>>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -780,5 +798,11 @@ impl WriteTx for Tx<'_> {
             .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
         Ok(())
+    }
+
+    fn changed(&mut self, id: RequestId) {
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.push(id);
+        }
     }
 }

@@ -1,0 +1,1040 @@
+//! The shared PostgreSQL backend, for several stateless nodes on one
+//! database: a batching writer per node, a reader pool, and a listener that
+//! turns other nodes' commits into local events.
+//!
+//! Every write batch, on every node, takes one transaction-scoped advisory
+//! lock before it reads anything. That gives the nodes together what the
+//! embedded store has alone: one writer at a time, so the audit chain is one
+//! chain in one total order, a request is decided on the state the last
+//! commit left, and a conditional update (consume, expire) happens once
+//! whichever node runs it. Group commit keeps the lock's cost per batch,
+//! not per write. Commits announce the requests they changed with
+//! `pg_notify`, which PostgreSQL delivers only if the transaction commits.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::request::GrantRecord;
+use airlock_core::{
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
+    RequestStatus, Review, UserName, Verdict,
+};
+use airlock_keys::Checkpoint;
+use chrono::{DateTime, Utc};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+use crate::time::fmt;
+use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
+
+/// Jobs per transaction at most (see the SQLite backend).
+const MAX_BATCH: usize = 512;
+/// The lock every write batch holds until it commits.
+const WRITE_LOCK: i64 = 0x6169_726c_6f63_6b02;
+/// The channel commits are announced on.
+const CHANNEL: &str = "airlock_events";
+/// Payloads stay under PostgreSQL's 8000-byte limit.
+const MAX_PAYLOAD: usize = 7000;
+/// How long a node waits for the database before answering 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reader connections kept open.
+const POOL: usize = 8;
+
+/// Server settings for every connection. The timeouts bound how long a
+/// node that lost the database, or a batch stuck behind another node's
+/// lock, can hold anyone up; the server kills a transaction whose node
+/// vanished mid-way so its lock does not stall the others.
+const SESSION_OPTIONS: &str =
+    "-c lock_timeout=5s -c statement_timeout=30s -c idle_in_transaction_session_timeout=10s";
+
+/// PostgreSQL, shared by any number of nodes.
+pub struct PostgresBackend {
+    jobs: Mutex<Sender<Job>>,
+    readers: Arc<Mutex<Vec<Conn>>>,
+    config: postgres::Config,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing a connection blocks on the driver's event loop, which
+        // must not happen on an async runtime's thread: the pool is let go
+        // on a thread of its own (or by a reader still using it).
+        let pool = std::mem::take(&mut self.readers);
+        let _ = std::thread::Builder::new()
+            .name("airlock-pg-close".into())
+            .spawn(move || drop(pool));
+    }
+}
+
+/// A connection and its prepared statements, which PostgreSQL keeps per
+/// session: each query is parsed once per connection, not once per call.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn connect(config: &postgres::Config) -> Result<Self, StoreError> {
+        Ok(Self {
+            client: config.connect(NoTls).map_err(|e| {
+                StoreError::Db(format!("cannot connect to PostgreSQL: {}", describe(&e)))
+            })?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn usable(&self) -> bool {
+        !self.client.is_closed()
+    }
+}
+
+/// The error and its causes: the driver's own message is only its kind.
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Db(describe(&e))
+    }
+}
+
+/// Parses a URL into a driver config with Airlock's session settings.
+fn config_for(url: &str) -> Result<postgres::Config, StoreError> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        StoreError::Unsupported(format!("storage url: {}", describe(&e)))
+    })?;
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {SESSION_OPTIONS}"),
+        _ => SESSION_OPTIONS.to_owned(),
+    };
+    config
+        .options(&options)
+        .application_name("airlock")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// Runs `f` on a thread of its own: the driver runs its own event loop,
+/// which must not be started from inside the caller's async runtime.
+fn off_runtime<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    std::thread::Builder::new()
+        .name("airlock-pg-open".into())
+        .spawn(f)
+        .map_err(|e| StoreError::Db(format!("cannot start a thread: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Db("opening PostgreSQL panicked".into())))
+}
+
+impl PostgresBackend {
+    /// Connects, migrates the schema, and starts the writer and listener
+    /// threads. Commits of this node and others are announced on `events`.
+    pub fn open(url: &str, events: EventSender) -> Result<Self, StoreError> {
+        let config = config_for(url)?;
+        let writer = {
+            let config = config.clone();
+            off_runtime(move || {
+                let mut conn = Conn::connect(&config)?;
+                schema::migrate(&mut conn.client)?;
+                Ok(conn)
+            })?
+        };
+        let node = uuid_like();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Job>();
+        {
+            let config = config.clone();
+            let events = events.clone();
+            let node = node.clone();
+            std::thread::Builder::new()
+                .name("airlock-pg-writer".into())
+                .spawn(move || writer_loop(config, Some(writer), rx, events, node))
+                .map_err(|e| StoreError::Db(format!("cannot start writer: {e}")))?;
+        }
+        {
+            let config = config.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("airlock-pg-listener".into())
+                .spawn(move || listen_loop(config, events, node, stop))
+                .map_err(|e| StoreError::Db(format!("cannot start listener: {e}")))?;
+        }
+        Ok(Self {
+            jobs: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            config,
+            stop,
+        })
+    }
+
+    /// Connects for reading only, without starting a writer: for
+    /// `airlock audit verify`. Runs `f` in one read-only snapshot.
+    pub(crate) fn read_once<R: Send + 'static>(
+        url: &str,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let config = config_for(url)?;
+        off_runtime(move || {
+            let mut slot = None;
+            begin(&mut slot, &config, BEGIN_READ)?;
+            let conn = slot.as_mut().ok_or(StoreError::WriterGone)?;
+            read_in_snapshot(conn, f)
+        })
+    }
+}
+
+/// A random id for this node, so it can skip its own announcements.
+fn uuid_like() -> String {
+    RequestId::new().to_string()
+}
+
+/// Starts a read: one consistent snapshot across the several queries a
+/// request's view takes.
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Sends `sql` (a BEGIN) on the slot's connection, connecting first if
+/// there is none. A connection found dead at BEGIN (the database restarted
+/// or the network dropped while it sat idle) is replaced once: nothing was
+/// done on it yet, so retrying is safe, and a node recovers without
+/// failing the first request after an outage.
+fn begin(slot: &mut Option<Conn>, config: &postgres::Config, sql: &str) -> Result<(), StoreError> {
+    let mut last = StoreError::Db("PostgreSQL is unreachable".into());
+    for _ in 0..2 {
+        if !slot.as_ref().is_some_and(Conn::usable) {
+            *slot = Some(Conn::connect(config)?);
+        }
+        let Some(c) = slot.as_mut() else { break };
+        match c.client.batch_execute(sql) {
+            Ok(()) => return Ok(()),
+            Err(e) if c.usable() => {
+                let _ = c.client.batch_execute("ROLLBACK");
+                return Err(e.into());
+            }
+            Err(e) => {
+                last = e.into();
+                *slot = None;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Runs `f` in a transaction already begun, then ends it.
+fn read_in_snapshot<R>(
+    conn: &mut Conn,
+    f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let mut q = Tx {
+        client: &mut conn.client,
+        statements: &mut conn.statements,
+        head: None,
+        events: None,
+    };
+    let out = f(&mut q);
+    // Read-only: ending it either way changes nothing.
+    let end = conn.client.batch_execute("COMMIT");
+    let out = out?;
+    end?;
+    Ok(out)
+}
+
+impl Backend for PostgresBackend {
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .lock()
+            .map_err(|_| StoreError::WriterGone)?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    fn read(&self, job: ReadJob) -> Result<(), StoreError> {
+        let pool = self.readers.clone();
+        let config = self.config.clone();
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+        handle.spawn_blocking(move || {
+            let mut slot = pool.lock().ok().and_then(|mut p| p.pop());
+            if let Err(e) = begin(&mut slot, &config, BEGIN_READ) {
+                return job(Err(e));
+            }
+            let Some(mut conn) = slot else {
+                return job(Err(StoreError::WriterGone));
+            };
+            let result = read_in_snapshot(&mut conn, |r| {
+                job(Ok(r));
+                Ok(())
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "read transaction failed");
+            }
+            if conn.usable() {
+                if let Ok(mut p) = pool.lock() {
+                    if p.len() < POOL {
+                        p.push(conn);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+fn writer_loop(
+    config: postgres::Config,
+    mut conn: Option<Conn>,
+    rx: Receiver<Job>,
+    events: EventSender,
+    node: String,
+) {
+    // Every batch, on every node, holds this lock until it commits.
+    let begin_write = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A lost connection is re-made on the next batch, so a node
+        // recovers by itself when the database comes back.
+        if let Err(e) = begin(&mut conn, &config, &begin_write) {
+            tracing::error!(error = %e, "cannot begin a storage transaction; failing the batch");
+            fail_all(batch, &e);
+            continue;
+        }
+        let Some(c) = conn.as_mut() else {
+            fail_all(batch, &StoreError::WriterGone);
+            continue;
+        };
+        let changed = run_batch(c, batch, &node);
+        for id in changed {
+            let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
+    }
+}
+
+fn fail_all(batch: Vec<Job>, e: &StoreError) {
+    for job in batch {
+        let (_, reply) = job(Err(e.clone()));
+        reply(Err(e.clone()));
+    }
+}
+
+/// Runs one batch in the transaction just begun; returns the requests it
+/// changed if it committed.
+fn run_batch(conn: &mut Conn, batch: Vec<Job>, node: &str) -> Vec<RequestId> {
+    // One job needs no savepoint: if it fails, the whole transaction goes.
+    let savepoints = batch.len() > 1;
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut broken: Option<StoreError> = None;
+    let mut rolled_back = false;
+    let mut head: Option<(i64, ChainHash)> = None;
+    let mut changed = Vec::new();
+    for job in batch {
+        if let Some(e) = &broken {
+            let (_, reply) = job(Err(e.clone()));
+            replies.push(reply);
+            continue;
+        }
+        if savepoints {
+            if let Err(e) = conn.client.batch_execute("SAVEPOINT job") {
+                let e = StoreError::from(e);
+                broken = Some(e.clone());
+                let (_, reply) = job(Err(e));
+                replies.push(reply);
+                continue;
+            }
+        }
+        let before = head;
+        let announced = changed.len();
+        let mut q = Tx {
+            client: &mut conn.client,
+            statements: &mut conn.statements,
+            head: Some(&mut head),
+            events: Some(&mut changed),
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
+        let keep = matches!(&outcome, Ok((true, _)));
+        if !keep {
+            head = before;
+            changed.truncate(announced);
+        }
+        let end = match (savepoints, keep) {
+            (true, true) => conn.client.batch_execute("RELEASE SAVEPOINT job"),
+            (true, false) => conn
+                .client
+                .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+            (false, true) => Ok(()),
+            (false, false) => {
+                rolled_back = true;
+                conn.client.batch_execute("ROLLBACK")
+            }
+        };
+        if let Err(e) = end {
+            broken = Some(e.into());
+        }
+        match outcome {
+            Ok((_, reply)) => replies.push(reply),
+            Err(_) => tracing::error!("a storage job panicked; its changes were rolled back"),
+        }
+    }
+    let result = if rolled_back {
+        // The one job failed and gets its own error; nothing to commit.
+        Ok(())
+    } else {
+        match broken {
+            Some(e) => Err(e),
+            None => announce(conn, node, &changed).and_then(|()| {
+                conn.client
+                    .batch_execute("COMMIT")
+                    .map_err(StoreError::from)
+            }),
+        }
+    };
+    if let Err(e) = &result {
+        let _ = conn.client.batch_execute("ROLLBACK");
+        tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
+    }
+    let committed = result.is_ok() && !rolled_back;
+    for reply in replies {
+        reply(result.clone());
+    }
+    if committed {
+        changed
+    } else {
+        Vec::new()
+    }
+}
+
+/// Queues the batch's changes for other nodes; PostgreSQL sends them at
+/// commit, and not at all if the commit fails.
+fn announce(conn: &mut Conn, node: &str, changed: &[RequestId]) -> Result<(), StoreError> {
+    let mut payload = String::new();
+    let mut flush = |payload: &mut String| -> Result<(), StoreError> {
+        if !payload.is_empty() {
+            let msg = format!("{node} {payload}");
+            conn.client
+                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &msg])?;
+            payload.clear();
+        }
+        Ok(())
+    };
+    for id in changed {
+        if payload.len() > MAX_PAYLOAD {
+            flush(&mut payload)?;
+        }
+        if !payload.is_empty() {
+            payload.push(',');
+        }
+        payload.push_str(&id.to_string());
+    }
+    flush(&mut payload)
+}
+
+/// Listens for other nodes' commits and re-announces them here. After any
+/// gap (start, lost connection) it says [`StoreEvent::Resync`], so waiters
+/// re-read rather than miss what happened meanwhile.
+fn listen_loop(config: postgres::Config, events: EventSender, node: String, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        let mut conn = match Conn::connect(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener cannot connect; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if let Err(e) = conn.client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!(error = %describe(&e), "cannot LISTEN; retrying");
+            std::thread::sleep(backoff);
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        let _ = events.send(StoreEvent::Resync);
+        while !stop.load(Ordering::Relaxed) && conn.usable() {
+            let mut notes = conn.client.notifications();
+            let mut iter = notes.timeout_iter(Duration::from_secs(1));
+            loop {
+                use postgres::fallible_iterator::FallibleIterator;
+                match iter.next() {
+                    Ok(Some(n)) => relay(n.payload(), &node, &events),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %describe(&e), "event listener lost its connection");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn relay(payload: &str, node: &str, events: &EventSender) {
+    let Some((from, ids)) = payload.split_once(' ') else {
+        return;
+    };
+    if from == node {
+        return;
+    }
+    for id in ids.split(',') {
+        if let Ok(id) = RequestId::parse(id) {
+            let _ = events.send(StoreEvent::Changed { id, remote: true });
+        }
+    }
+}
+
+/// Queries over one connection inside a transaction.
+struct Tx<'a> {
+    client: &'a mut Client,
+    statements: &'a mut HashMap<&'static str, Statement>,
+    /// The chain head as of this batch's last append (see SQLite's).
+    head: Option<&'a mut Option<(i64, ChainHash)>>,
+    /// Requests this batch changed, announced after it commits.
+    events: Option<&'a mut Vec<RequestId>>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let st = self.statement(sql)?;
+        Ok(self.client.query(&st, params)?)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        let st = self.statement(sql)?;
+        Ok(self.client.query_opt(&st, params)?)
+    }
+
+    fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> Result<Row, StoreError> {
+        let st = self.statement(sql)?;
+        Ok(self.client.query_one(&st, params)?)
+    }
+
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        let st = self.statement(sql)?;
+        Ok(self.client.execute(&st, params)?)
+    }
+
+    fn request_from_row(&mut self, row: &Row) -> Result<Request, StoreError> {
+        let id = RequestId::parse(row.try_get::<_, &str>(0)?).map_err(corrupt)?;
+        let action: Action = serde_json::from_str(row.try_get(2)?)?;
+        Ok(Request {
+            id,
+            status: RequestStatus::parse(row.try_get(1)?).map_err(corrupt)?,
+            fingerprint: Fingerprint::parse(row.try_get(3)?).map_err(corrupt)?,
+            requirement: serde_json::from_str(row.try_get(4)?)?,
+            policies: serde_json::from_str(row.try_get(5)?)?,
+            reason: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            expires_at: row.try_get(8)?,
+            reviews: self.reviews(&id)?,
+            grant: self.grant_of(&id)?,
+            action,
+        })
+    }
+
+    fn reviews(&mut self, id: &RequestId) -> Result<Vec<Review>, StoreError> {
+        let rows = self.query(
+            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = $1 ORDER BY at, reviewer",
+            &[&id.to_string()],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(Review {
+                    reviewer: UserName::parse(r.try_get(0)?).map_err(corrupt)?,
+                    verdict: Verdict::parse(r.try_get(1)?).map_err(corrupt)?,
+                    reason: r.try_get(2)?,
+                    channel: r.try_get(3)?,
+                    at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    fn grant_of(&mut self, id: &RequestId) -> Result<Option<GrantRecord>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id, expires_at, max_uses, uses, revoked, outcome FROM grants WHERE request_id = $1",
+            &[&id.to_string()],
+        )?;
+        row.map(|r| {
+            Ok(GrantRecord {
+                grant_id: GrantId::parse(r.try_get(0)?).map_err(corrupt)?,
+                expires_at: r.try_get(1)?,
+                max_uses: count(r.try_get(2)?)?,
+                uses: count(r.try_get(3)?)?,
+                revoked: r.try_get(4)?,
+                outcome: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn count(n: i32) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| corrupt(format!("negative count {n}")))
+}
+
+fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        seq: row.try_get(0)?,
+        ts: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        actor: row.try_get(3)?,
+        subject: row.try_get(4)?,
+        details: serde_json::from_str(row.try_get(5)?)?,
+        prev_hash: ChainHash::parse(row.try_get(6)?).map_err(corrupt)?,
+        hash: ChainHash::parse(row.try_get(7)?).map_err(corrupt)?,
+    })
+}
+
+macro_rules! request_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, status, action_json, fingerprint, requirement_json, policies_json, reason, created_at, expires_at FROM requests ",
+            $tail
+        )
+    };
+}
+
+impl ReadTx for Tx<'_> {
+    fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
+        let row = self.query_opt(request_query!("WHERE id = $1"), &[&id.to_string()])?;
+        row.map(|r| self.request_from_row(&r)).transpose()
+    }
+
+    fn list_requests(
+        &mut self,
+        filter: &StatusFilter,
+        limit: u32,
+    ) -> Result<Vec<Request>, StoreError> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let rows = self.query(
+            request_query!(
+                "WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
+                 AND ($2::text IS NULL OR principal = $2)
+                 ORDER BY created_at DESC, id DESC LIMIT $3"
+            ),
+            &[
+                &statuses,
+                &filter.principal.as_ref().map(|p| p.as_str()),
+                &i64::from(limit),
+            ],
+        )?;
+        rows.iter().map(|r| self.request_from_row(r)).collect()
+    }
+
+    fn find_pending(
+        &mut self,
+        principal: &UserName,
+        fp: &Fingerprint,
+    ) -> Result<Option<RequestId>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id FROM requests WHERE principal = $1 AND fingerprint = $2 AND status = 'pending'",
+            &[&principal.as_str(), &fp.to_string()],
+        )?;
+        row.map(|r| RequestId::parse(r.try_get(0)?).map_err(corrupt))
+            .transpose()
+    }
+
+    fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError> {
+        let rows = self.query(
+            "SELECT id, expires_at FROM requests WHERE status = 'pending'
+             UNION ALL
+             SELECT g.request_id, g.expires_at FROM grants g JOIN requests r ON r.id = g.request_id
+             WHERE r.status = 'approved'",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    RequestId::parse(r.try_get(0)?).map_err(corrupt)?,
+                    r.try_get(1)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError> {
+        let Some(row) = self.query_opt(
+            "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = $1",
+            &[&id.to_string()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let request_id = RequestId::parse(row.try_get(0)?).map_err(corrupt)?;
+        let grant = self
+            .grant_of(&request_id)?
+            .ok_or_else(|| StoreError::Corrupt("grant vanished".into()))?;
+        Ok(Some(GrantRow {
+            grant,
+            request_id,
+            principal: UserName::parse(row.try_get(1)?).map_err(corrupt)?,
+            fingerprint: Fingerprint::parse(row.try_get(2)?).map_err(corrupt)?,
+            completed: row.try_get(3)?,
+        }))
+    }
+
+    fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after, &i64::from(limit)],
+        )?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    seq: r.try_get(0)?,
+                    hash: ChainHash::parse(r.try_get(1)?).map_err(corrupt)?,
+                    ts: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError> {
+        let row = self.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
+        match row {
+            None => Ok((0, ChainHash::GENESIS)),
+            Some(r) => Ok((
+                r.try_get(0)?,
+                ChainHash::parse(r.try_get(1)?).map_err(corrupt)?,
+            )),
+        }
+    }
+
+    fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = $1",
+            &[&hash],
+        )?;
+        row.map(|r| {
+            let role: &str = r.try_get(3)?;
+            Ok(ApiKeyRecord {
+                id: r.try_get(0)?,
+                hash: r.try_get(1)?,
+                user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
+                role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
+                created_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT hash FROM passwords WHERE user_name = $1",
+            &[&user.as_str()],
+        )?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
+        Ok(self
+            .query_one(
+                "SELECT COUNT(*) FROM requests WHERE status = $1",
+                &[&status.as_str()],
+            )?
+            .try_get(0)?)
+    }
+
+    fn count_requests_since(
+        &mut self,
+        principal: &UserName,
+        since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        Ok(self
+            .query_one(
+                "SELECT COUNT(*) FROM requests WHERE principal = $1 AND created_at >= $2",
+                &[&principal.as_str(), &since],
+            )?
+            .try_get(0)?)
+    }
+
+    fn granted_before(
+        &mut self,
+        principal: &UserName,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = $1 AND action = $2
+                 AND resource_type = $3 AND resource_id = $4)",
+                &[&principal.as_str(), &action, &resource_type, &resource_id],
+            )?
+            .try_get(0)?)
+    }
+}
+
+impl WriteTx for Tx<'_> {
+    fn append_audit(
+        &mut self,
+        rec: NewAuditRecord,
+        ts: DateTime<Utc>,
+    ) -> Result<AuditRecord, StoreError> {
+        // The batch holds the write lock, so no node can append between
+        // this read and the insert.
+        let (seq, prev) = match self.head.as_deref() {
+            Some(Some(h)) => *h,
+            _ => self.audit_head()?,
+        };
+        let record = AuditRecord::link(seq, prev, fmt(ts), rec);
+        self.execute(
+            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &record.seq,
+                &record.ts,
+                &record.kind,
+                &record.actor,
+                &record.subject,
+                &record.details.to_string(),
+                &record.prev_hash.to_string(),
+                &record.hash.to_string(),
+            ],
+        )?;
+        if let Some(h) = self.head.as_deref_mut() {
+            *h = Some((record.seq, record.hash));
+        }
+        Ok(record)
+    }
+
+    fn insert_request(&mut self, req: &Request) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO requests (id, status, principal, action_json, fingerprint, requirement_json,
+             policies_json, reason, created_at, expires_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)",
+            &[
+                &req.id.to_string(),
+                &req.status.as_str(),
+                &req.action.principal.as_str(),
+                &serde_json::to_string(&req.action)?,
+                &req.fingerprint.to_string(),
+                &serde_json::to_string(&req.requirement)?,
+                &serde_json::to_string(&req.policies)?,
+                &req.reason,
+                &req.created_at,
+                &req.expires_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_status(
+        &mut self,
+        id: &RequestId,
+        from: RequestStatus,
+        to: RequestStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !from.can_become(to) {
+            return Ok(false);
+        }
+        let n = self.execute(
+            "UPDATE requests SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
+            &[&id.to_string(), &from.as_str(), &to.as_str(), &at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "INSERT INTO reviews (request_id, reviewer, verdict, reason, channel, at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                &id.to_string(),
+                &review.reviewer.as_str(),
+                &review.verdict.as_str(),
+                &review.reason,
+                &review.channel,
+                &review.at,
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_grant(
+        &mut self,
+        id: &RequestId,
+        fp: &Fingerprint,
+        grant: &GrantRecord,
+    ) -> Result<(), StoreError> {
+        let req = self
+            .get_request(id)?
+            .ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
+        let max_uses = i32::try_from(grant.max_uses)
+            .map_err(|_| StoreError::Db(format!("max_uses {} is too large", grant.max_uses)))?;
+        self.execute(
+            "INSERT INTO grants (id, request_id, principal, action, resource_type, resource_id,
+             fingerprint, expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &grant.grant_id.to_string(),
+                &id.to_string(),
+                &req.action.principal.as_str(),
+                &req.action.action.as_str(),
+                &req.action.resource.kind.as_str(),
+                &req.action.resource.id.as_str(),
+                &fp.to_string(),
+                &grant.expires_at,
+                &max_uses,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn consume_grant(
+        &mut self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        let gid = id.to_string();
+        let spent = self.query_opt(
+            "UPDATE grants SET uses = uses + 1
+             WHERE id = $1 AND NOT revoked AND NOT completed AND uses < max_uses AND expires_at > $2
+             RETURNING uses, max_uses",
+            &[&gid, &now],
+        )?;
+        if let Some(r) = spent {
+            let (uses, max) = (count(r.try_get(0)?)?, count(r.try_get(1)?)?);
+            return Ok(ConsumeOutcome::Consumed {
+                uses_left: max.saturating_sub(uses),
+            });
+        }
+        let row = self.query_opt(
+            "SELECT revoked, completed, uses, max_uses FROM grants WHERE id = $1",
+            &[&gid],
+        )?;
+        let Some(r) = row else {
+            return Ok(ConsumeOutcome::Unknown);
+        };
+        let (revoked, completed, uses, max): (bool, bool, i32, i32) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        Ok(if revoked {
+            ConsumeOutcome::Revoked
+        } else if completed || uses >= max {
+            ConsumeOutcome::Spent
+        } else {
+            ConsumeOutcome::Expired
+        })
+    }
+
+    fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "UPDATE grants SET outcome = $2, completed = (uses >= max_uses)
+             WHERE id = $1 AND uses > 0 AND NOT completed",
+            &[&id.to_string(), &outcome],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE grants SET revoked = true WHERE id = $1",
+            &[&id.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &key.id,
+                &key.hash,
+                &key.user.as_str(),
+                &key.role.as_str(),
+                &key.created_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_password_hash(
+        &mut self,
+        user: &UserName,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO passwords (user_name, hash, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+            &[&user.as_str(), &hash, &at],
+        )?;
+        Ok(())
+    }
+
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO checkpoints (seq, hash, ts, signature) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, ts = excluded.ts, signature = excluded.signature",
+            &[&cp.seq, &cp.hash.to_string(), &cp.ts, &cp.signature],
+        )?;
+        Ok(())
+    }
+
+    fn changed(&mut self, id: RequestId) {
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.push(id);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Versioned schema migrations for PostgreSQL, applied in order at start
+//! by whichever node gets there first.
+
+use postgres::Client;
+
+use crate::StoreError;
+
+/// Advisory lock held while migrating, so nodes starting together do not
+/// race each other's DDL.
+const MIGRATE_LOCK: i64 = 0x6169_726c_6f63_6b01;
+
+/// Each entry moves the schema from version `i` to `i + 1`. Times are
+/// `timestamptz`; JSON documents and audit fields are `text`, kept
+/// byte-for-byte as written (jsonb would reorder keys, drop duplicate
+/// keys and refuse `\u0000`, and the audit hashes cover the exact text).
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE requests (
+    id               text PRIMARY KEY,
+    status           text NOT NULL,
+    principal        text NOT NULL,
+    action_json      text NOT NULL,
+    fingerprint      text NOT NULL,
+    requirement_json text NOT NULL,
+    policies_json    text NOT NULL,
+    reason           text,
+    created_at       timestamptz NOT NULL,
+    expires_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL
+);
+CREATE INDEX requests_by_status ON requests (status, expires_at);
+CREATE INDEX requests_by_principal ON requests (principal, created_at);
+CREATE INDEX requests_by_created ON requests (created_at DESC, id DESC);
+-- At most one pending request per principal and action.
+CREATE UNIQUE INDEX requests_one_pending ON requests (principal, fingerprint) WHERE status = 'pending';
+
+CREATE TABLE reviews (
+    request_id text NOT NULL REFERENCES requests (id),
+    reviewer   text NOT NULL,
+    verdict    text NOT NULL,
+    reason     text,
+    channel    text NOT NULL,
+    at         timestamptz NOT NULL,
+    PRIMARY KEY (request_id, reviewer)
+);
+
+CREATE TABLE grants (
+    id            text PRIMARY KEY,
+    request_id    text NOT NULL UNIQUE REFERENCES requests (id),
+    principal     text NOT NULL,
+    action        text NOT NULL,
+    resource_type text NOT NULL,
+    resource_id   text NOT NULL,
+    fingerprint   text NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    max_uses      integer NOT NULL CHECK (max_uses >= 1),
+    uses          integer NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
+    revoked       boolean NOT NULL DEFAULT false,
+    completed     boolean NOT NULL DEFAULT false,
+    outcome       text
+);
+CREATE INDEX grants_by_principal ON grants (principal, action, resource_type, resource_id);
+
+CREATE TABLE audit (
+    seq       bigint PRIMARY KEY,
+    ts        text NOT NULL,
+    kind      text NOT NULL,
+    actor     text NOT NULL,
+    subject   text NOT NULL,
+    details   text NOT NULL,
+    prev_hash text NOT NULL,
+    hash      text NOT NULL
+);
+CREATE INDEX audit_by_subject ON audit (subject);
+
+CREATE TABLE checkpoints (
+    seq       bigint PRIMARY KEY,
+    hash      text NOT NULL,
+    ts        text NOT NULL,
+    signature text NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id         text PRIMARY KEY,
+    hash       text NOT NULL UNIQUE,
+    user_name  text NOT NULL,
+    role       text NOT NULL,
+    created_at timestamptz NOT NULL
+);
+
+CREATE TABLE passwords (
+    user_name  text PRIMARY KEY,
+    hash       text NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+"#];
+
+/// The newest schema version this build knows.
+pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`CURRENT`], refusing one that is newer.
+pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS airlock_schema_version (version integer NOT NULL)",
+    )?;
+    let found: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::bigint FROM airlock_schema_version",
+            &[],
+        )?
+        .get(0);
+    if found > CURRENT {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: CURRENT,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute("DELETE FROM airlock_schema_version", &[])?;
+        tx.execute(
+            "INSERT INTO airlock_schema_version (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
