@@ -2,16 +2,17 @@
 //! checkpoints, and policy reloads on SIGHUP and on file change.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::{AuditKind, NewAuditRecord, RequestId};
+use airlock_core::{AuditKind, NewAuditRecord, RequestId, RequestStatus};
 use airlock_policy::PolicyEngine;
 use airlock_store::time::{fmt, now};
-use airlock_store::StoreError;
+use airlock_store::{StoreError, StoreEvent};
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -28,12 +29,27 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
 }
 
 /// Expires requests and grants at their deadlines: a heap of deadlines and
-/// one sleep until the earliest, so nothing polls.
+/// one sleep until the earliest, so nothing polls. Every node arms a timer
+/// for every request, including those made on other nodes (it hears of them
+/// from the store), so expiry happens while any node runs; it happens once
+/// because expiring is a conditional change under the store's write lock.
 async fn run_timers(
     airlock: Arc<Airlock>,
     mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, RequestId)>,
 ) {
     let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, RequestId)>> = BinaryHeap::new();
+    let mut armed: HashSet<(DateTime<Utc>, RequestId)> = HashSet::new();
+    let mut events = airlock.store.subscribe();
+    // Several sources may announce one deadline; arm it once.
+    fn arm(
+        heap: &mut BinaryHeap<Reverse<(DateTime<Utc>, RequestId)>>,
+        armed: &mut HashSet<(DateTime<Utc>, RequestId)>,
+        entry: (DateTime<Utc>, RequestId),
+    ) {
+        if armed.insert(entry) {
+            heap.push(Reverse(entry));
+        }
+    }
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
         let sleep = match next {
@@ -42,9 +58,14 @@ async fn run_timers(
         };
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(entry) => heap.push(Reverse(entry)),
+                Some(entry) => arm(&mut heap, &mut armed, entry),
                 None => return,
             },
+            ev = events.recv() => {
+                for entry in deadlines_after(&airlock, ev).await {
+                    arm(&mut heap, &mut armed, entry);
+                }
+            }
             _ = tokio::time::sleep(sleep) => {
                 while let Some(Reverse((at, id))) = heap.peek().copied() {
                     if at > Utc::now() {
@@ -57,9 +78,47 @@ async fn run_timers(
                         break;
                     }
                 }
+                armed.retain(|(at, _)| *at > Utc::now() - chrono::Duration::seconds(5));
             }
         }
     }
+}
+
+/// The deadlines a store event brings: another node's request, or after a
+/// gap, everything still waiting.
+async fn deadlines_after(
+    airlock: &Airlock,
+    ev: Result<StoreEvent, RecvError>,
+) -> Vec<(DateTime<Utc>, RequestId)> {
+    let result = match ev {
+        Ok(StoreEvent::Changed { id, remote: true }) => airlock
+            .store
+            .read(move |r| {
+                let req = r.get_request(&id)?;
+                Ok(req.and_then(|req| match (req.status, &req.grant) {
+                    (RequestStatus::Pending, _) => Some((req.expires_at, id)),
+                    (RequestStatus::Approved, Some(g)) => Some((g.expires_at, id)),
+                    _ => None,
+                }))
+            })
+            .await
+            .map(|d| d.into_iter().collect()),
+        Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => airlock
+            .store
+            .read(|r| r.pending_expiries())
+            .await
+            .map(|v| v.into_iter().map(|(id, at)| (at, id)).collect()),
+        Ok(StoreEvent::Changed { .. }) => Ok(Vec::new()),
+        Err(RecvError::Closed) => {
+            // Cannot happen while the store lives; do not spin if it does.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(Vec::new())
+        }
+    };
+    result.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read deadlines; they are re-read after the next gap");
+        Vec::new()
+    })
 }
 
 async fn run_checkpoints(airlock: Arc<Airlock>) {

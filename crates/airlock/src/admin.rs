@@ -9,7 +9,7 @@ use airlock_core::{ChainError, ChainVerifier, UserName};
 use airlock_keys::{Keyring, PublicKey};
 use airlock_policy::{Directory, PolicyEngine};
 use airlock_server::Config;
-use airlock_store::{Role, SqliteBackend, Store};
+use airlock_store::{ReadOnlyStore, Role, Store};
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
@@ -50,19 +50,8 @@ pub fn audit_verify(
                 .audit
         }
     };
-    let path = cfg
-        .storage
-        .url
-        .strip_prefix("sqlite://")
-        .map(|p| cfg.base_dir.join(p))
-        .ok_or_else(|| {
-            anyhow!(
-                "audit verify reads SQLite stores; this one is {}",
-                cfg.storage.url
-            )
-        })?;
-    let mut db = SqliteBackend::read_only(&path)?;
-    let result = db.read(|r| {
+    let db = ReadOnlyStore::new(&cfg.storage.url, &cfg.base_dir)?;
+    let result = db.read(move |r| {
         let checkpoints: BTreeMap<i64, airlock_keys::Checkpoint> =
             r.checkpoints()?.into_iter().map(|c| (c.seq, c)).collect();
         let mut v = ChainVerifier::default();

@@ -172,7 +172,14 @@ fn main() -> ExitCode {
                         public_key,
                         out,
                     },
-            } => admin::audit_verify(&config, public_key.as_deref(), out),
+            } => {
+                // Off the async threads: the PostgreSQL driver runs its own
+                // event loop.
+                tokio::task::spawn_blocking(move || {
+                    admin::audit_verify(&config, public_key.as_deref(), out)
+                })
+                .await?
+            }
             Command::Policy {
                 command: PolicyCommand::Validate { dir, config },
             } => admin::policy_validate(&dir, config.as_deref()),

@@ -126,9 +126,16 @@ async fn check(
 ) -> Result<Json<Value>, ApiError> {
     let out = airlock.check(&caller, body, Some(peer.ip())).await?;
     Ok(Json(match out {
-        CheckOutcome::Allow { policies } => json!({"decision": "allow", "policies": policies}),
-        CheckOutcome::Deny { policies, message } => {
-            json!({"decision": "deny", "policies": policies, "message": message})
+        CheckOutcome::Allow {
+            policies,
+            audit_seq,
+        } => json!({"decision": "allow", "policies": policies, "audit_seq": audit_seq}),
+        CheckOutcome::Deny {
+            policies,
+            message,
+            audit_seq,
+        } => {
+            json!({"decision": "deny", "policies": policies, "message": message, "audit_seq": audit_seq})
         }
         CheckOutcome::ApprovalRequired { policies, request } => {
             json!({"decision": "approval_required", "policies": policies, "request": airlock.view(&request, &caller)})
@@ -312,17 +319,34 @@ async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {
     Json(airlock.public_keys().to_json())
 }
 
+/// How long `/healthz` waits for the store before calling it unavailable.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn healthz(State(airlock): State<AppState>) -> Response {
-    let store = airlock.store().read(|r| r.audit_head()).await;
+    let store = tokio::time::timeout(HEALTH_TIMEOUT, airlock.store().read(|r| r.audit_head()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(airlock_store::StoreError::Db(format!(
+                "no answer within {}s",
+                HEALTH_TIMEOUT.as_secs()
+            )))
+        });
     let version = airlock.policy_version();
+    let kind = airlock.store().kind();
     match store {
         Ok((seq, _)) => Json(json!({
-            "status": "ok", "storage": airlock.store().kind(), "policy_version": version, "audit_head": seq,
+            "status": "ok", "storage": kind, "policy_version": version, "audit_head": seq,
         }))
         .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "storage_error": e.to_string(), "policy_version": version})),
+            Json(json!({
+                "status": "unavailable",
+                "reason": format!("storage ({kind}) unavailable: {e}"),
+                "storage": kind,
+                "storage_error": e.to_string(),
+                "policy_version": version,
+            })),
         )
             .into_response(),
     }

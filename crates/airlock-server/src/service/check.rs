@@ -47,11 +47,15 @@ pub enum CheckOutcome {
     Allow {
         /// Determining policies.
         policies: Vec<String>,
+        /// The decision's audit record.
+        audit_seq: i64,
     },
     /// Denied.
     Deny {
         /// Determining policies.
         policies: Vec<String>,
+        /// The decision's audit record.
+        audit_seq: i64,
         /// Why.
         message: String,
     },
@@ -126,12 +130,19 @@ impl Airlock {
 
         let outcome = match decision {
             Decision::Allow { policies } => {
-                self.record_decision(actor, details, t).await?;
-                CheckOutcome::Allow { policies }
+                let audit_seq = self.record_decision(actor, details, t).await?;
+                CheckOutcome::Allow {
+                    policies,
+                    audit_seq,
+                }
             }
             Decision::Deny { policies, message } => {
-                self.record_decision(actor, details, t).await?;
-                CheckOutcome::Deny { policies, message }
+                let audit_seq = self.record_decision(actor, details, t).await?;
+                CheckOutcome::Deny {
+                    policies,
+                    message,
+                    audit_seq,
+                }
             }
             Decision::ApprovalRequired {
                 policies,
@@ -203,6 +214,7 @@ impl Airlock {
                                 },
                                 t,
                             )?;
+                            tx.changed(req.id);
                         }
                         Ok::<_, StoreError>((req, created))
                     })
@@ -211,7 +223,6 @@ impl Airlock {
                 let (request, created) = request;
                 if created {
                     let _ = self.timers.send((request.expires_at, request.id));
-                    self.publish(request.id);
                 }
                 CheckOutcome::ApprovalRequired {
                     policies,
@@ -236,7 +247,7 @@ impl Airlock {
         actor: String,
         details: Value,
         t: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<i64, ApiError> {
         let rec = NewAuditRecord {
             kind: AuditKind::Decision,
             actor,
@@ -244,7 +255,7 @@ impl Airlock {
             details,
         };
         self.store
-            .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+            .write(move |tx| tx.append_audit(rec, t).map(|r| r.seq))
             .await
             .map_err(ApiError::Audit)
     }

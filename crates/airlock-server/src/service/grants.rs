@@ -116,6 +116,8 @@ impl Airlock {
                         )?;
                         if uses_left == 0 {
                             transition(tx, &req, RequestStatus::Consumed, &actor, json!({}))?;
+                        } else {
+                            tx.changed(req.id);
                         }
                         return Ok(Ok((req.id, uses_left)));
                     }
@@ -128,10 +130,7 @@ impl Airlock {
             })
             .await?;
         match result {
-            Ok((req_id, uses_left)) => {
-                self.publish(req_id);
-                Ok((gid, uses_left))
-            }
+            Ok((_, uses_left)) => Ok((gid, uses_left)),
             Err((code, message)) => Err(ApiError::grant(code, message)),
         }
     }
@@ -171,7 +170,7 @@ impl Airlock {
             ));
         }
         let caller = caller.clone();
-        let req = self
+        self
             .store
             .write(move |tx| {
                 let t = now();
@@ -193,6 +192,7 @@ impl Airlock {
                     },
                     t,
                 )?;
+                tx.changed(row.request_id);
                 let closed = tx.get_grant(&gid)?.is_some_and(|g| g.completed);
                 if let Some(req) = tx.get_request(&row.request_id)? {
                     if closed && req.status == RequestStatus::Consumed {
@@ -202,7 +202,6 @@ impl Airlock {
                 Ok(row.request_id)
             })
             .await?;
-        self.publish(req);
         Ok(())
     }
 }

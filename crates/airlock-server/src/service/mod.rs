@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 pub use check::{CheckBody, CheckOutcome};
 pub use grants::{CompleteBody, ConsumeBody};
@@ -71,7 +71,6 @@ pub struct Airlock {
     pub(crate) loaded: ArcSwap<Loaded>,
     pub(crate) config: ArcSwap<Config>,
     pub(crate) tz: chrono_tz::Tz,
-    pub(crate) events: broadcast::Sender<RequestId>,
     pub(crate) timers: mpsc::UnboundedSender<(DateTime<Utc>, RequestId)>,
     pub(crate) metrics: Metrics,
     key_cache: RwLock<HashMap<String, Caller>>,
@@ -162,7 +161,6 @@ impl Airlock {
             .map_err(|e| StartError::Policy(e.to_string()))?;
         let version = engine.version().to_owned();
         let count = engine.policy_count();
-        let (events, _) = broadcast::channel(4096);
         let (timers_tx, timers_rx) = mpsc::unbounded_channel();
         let public = keys.public();
         let airlock = Arc::new(Self {
@@ -172,7 +170,6 @@ impl Airlock {
             loaded: ArcSwap::from_pointee(Loaded { engine, directory }),
             config: ArcSwap::from_pointee(config),
             tz,
-            events,
             timers: timers_tx,
             metrics: Metrics::new(),
             key_cache: RwLock::new(HashMap::new()),
@@ -255,10 +252,6 @@ impl Airlock {
             m.insert(hash, caller.clone());
         }
         Ok(caller)
-    }
-
-    pub(crate) fn publish(&self, id: RequestId) {
-        let _ = self.events.send(id);
     }
 
     pub(crate) fn policy_dir(&self) -> PathBuf {

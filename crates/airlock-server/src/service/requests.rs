@@ -9,7 +9,7 @@ use airlock_core::{
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
-use airlock_store::{StatusFilter, WriteTx};
+use airlock_store::{StatusFilter, StoreEvent, WriteTx};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -47,8 +47,8 @@ impl Airlock {
         wait: Option<Duration>,
     ) -> Result<Request, ApiError> {
         // Subscribe before reading, so a change between the read and the
-        // wait is not missed.
-        let mut events = self.events.subscribe();
+        // wait is not missed. Changes made on other nodes arrive here too.
+        let mut events = self.store.subscribe();
         let req = self.load_visible(caller, id).await?;
         let Some(wait) = wait else { return Ok(req) };
         if req.status != RequestStatus::Pending {
@@ -58,7 +58,7 @@ impl Airlock {
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Err(_) => return self.load_visible(caller, id).await,
-                Ok(Ok(changed)) if changed != id => continue,
+                Ok(Ok(StoreEvent::Changed { id: changed, .. })) if changed != id => continue,
                 Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
                     let req = self.load_visible(caller, id).await?;
                     if req.status != RequestStatus::Pending {
@@ -147,6 +147,7 @@ impl Airlock {
                         message: format!("{reviewer} already reviewed this request"),
                     });
                 }
+                tx.changed(id);
                 tx.append_audit(
                     NewAuditRecord {
                         kind: AuditKind::Review,
@@ -272,7 +273,6 @@ impl Airlock {
                 let _ = self.timers.send((g.expires_at, req.id));
             }
         }
-        self.publish(req.id);
     }
 }
 
@@ -291,6 +291,7 @@ pub(crate) fn transition(
             req.status
         )));
     }
+    tx.changed(req.id);
     let mut d = json!({"from": req.status.as_str(), "to": to.as_str()});
     if let (Some(o), serde_json::Value::Object(extra)) = (d.as_object_mut(), details) {
         o.extend(extra);
