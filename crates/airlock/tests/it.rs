@@ -5,8 +5,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_store::testing::TestDb;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airlock");
@@ -62,11 +64,82 @@ name = "admin"
 groups = ["security"]
 "#;
 
+/// Which store a test's servers use.
+#[derive(Clone)]
+enum Db {
+    /// A SQLite file in the server's own folder.
+    Sqlite,
+    /// A database of its own on the test PostgreSQL server, shared by every
+    /// node the test starts.
+    Postgres(Arc<TestDb>),
+    /// The same, reached through a [`Proxy`] the test can cut.
+    Proxied(Arc<TestDb>, String),
+}
+
+impl Db {
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite => "sqlite://data/airlock.db".into(),
+            Db::Postgres(db) => db.url().to_owned(),
+            Db::Proxied(_, url) => url.clone(),
+        }
+    }
+}
+
+/// Runs each named test once per store: `sqlite::NAME` and
+/// `postgres::NAME`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = airlock_store::testing::TestDb::create() else { return };
+                    super::$name(super::Db::Postgres(std::sync::Arc::new(db))).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    the_loop_end_to_end,
+    wait_is_answered_when_the_request_is_decided,
+    hundred_concurrent_consumers_exactly_one_wins,
+    grants_are_refused_for_other_actions_forgeries_and_expiry,
+    reviewers_must_be_eligible_and_not_the_requester,
+    a_reviewer_removed_from_the_group_no_longer_counts,
+    pending_requests_expire_without_polling,
+    revoke_cancel_and_reason_required,
+    a_failed_reload_keeps_the_old_policy_and_is_recorded,
+    when_the_audit_log_cannot_be_written_nothing_is_allowed,
+    audit_verify_names_the_first_tampered_record,
+    http_errors_follow_the_contract,
+    context_is_computed_by_airlock,
+    airlock_run_waits_runs_and_exits_with_the_command_code,
+    policies_reload_when_their_files_change,
+    the_chain_head_is_signed_at_shutdown,
+    ctrl_c_while_waiting_cancels_the_request,
+    set_password_stores_an_argon2_hash_from_stdin,
+    principal_history_is_in_the_context,
+);
+
 struct Server {
     child: Child,
     url: String,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    db: Db,
+    data: PathBuf,
+    checkpoint_every: u64,
 }
 
 impl Drop for Server {
@@ -76,31 +149,52 @@ impl Drop for Server {
     }
 }
 
-fn write_config(dir: &Path, users: &str) {
-    write_config_with(dir, users, 1);
-}
-
-fn write_config_with(dir: &Path, users: &str, checkpoint_every: u64) {
+/// Where a node keeps its signing keys: its own folder, or the first
+/// node's, which every node of a deployment shares.
+fn write_config(dir: &Path, db: &Db, users: &str, checkpoint_every: u64, data_dir: &Path) {
     let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://data/airlock.db\"\n\n[policy]\ndir = \"policies\"\n\n[audit]\ncheckpoint_interval_seconds = {checkpoint_every}\n{users}"
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n[storage]\nurl = {url:?}\n\n[policy]\ndir = \"policies\"\n\n[audit]\ncheckpoint_interval_seconds = {checkpoint_every}\n{users}",
+        data = data_dir.display().to_string(),
+        url = db.url(),
     );
     std::fs::write(dir.join("airlock.toml"), cfg).unwrap();
 }
 
 impl Server {
-    fn start() -> Server {
-        Self::start_with(POLICIES)
+    fn start(db: &Db) -> Server {
+        Self::start_with(db, POLICIES)
     }
 
-    fn start_with(policies: &str) -> Server {
-        Self::start_opts(policies, 1)
+    fn start_with(db: &Db, policies: &str) -> Server {
+        Self::start_opts(db, policies, 1)
     }
 
-    fn start_opts(policies: &str, checkpoint_every: u64) -> Server {
+    fn start_opts(db: &Db, policies: &str, checkpoint_every: u64) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Self::launch(dir, db, policies, checkpoint_every, &data)
+    }
+
+    /// Another node of the same deployment: same database, same keys, its
+    /// own folder, config and copy of the policies.
+    fn join(&self) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let policies =
+            std::fs::read_to_string(self.dir.path().join("policies/main.cedar")).unwrap();
+        let data = self.dir.path().join("data");
+        Self::launch(dir, &self.db, &policies, 1, &data)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        db: &Db,
+        policies: &str,
+        checkpoint_every: u64,
+        data: &Path,
+    ) -> Server {
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
-        write_config_with(dir.path(), USERS, checkpoint_every);
+        write_config(dir.path(), db, USERS, checkpoint_every, data);
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.path().join("airlock.toml"))
@@ -123,6 +217,53 @@ impl Server {
             url,
             dir,
             http: reqwest::Client::new(),
+            db: db.clone(),
+            data: data.to_owned(),
+            checkpoint_every,
+        }
+    }
+
+    /// Rewrites this node's config with other users (reload with SIGHUP).
+    fn set_users(&self, users: &str) {
+        write_config(
+            self.dir.path(),
+            &self.db,
+            users,
+            self.checkpoint_every,
+            &self.data,
+        );
+    }
+
+    /// Runs SQL against this server's store (to break or tamper with it).
+    fn sql(&self, sql: &str) {
+        match &self.db {
+            Db::Sqlite => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Db::Postgres(db) | Db::Proxied(db, _) => db.execute(sql),
+        }
+    }
+
+    /// One integer from the store.
+    fn sql_i64(&self, sql: &str) -> i64 {
+        match &self.db {
+            Db::Sqlite => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Db::Postgres(db) | Db::Proxied(db, _) => db.query_i64(sql),
+        }
+    }
+
+    /// One text value from the store.
+    fn sql_text(&self, sql: &str) -> String {
+        match &self.db {
+            Db::Sqlite => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Db::Postgres(db) | Db::Proxied(db, _) => db.query_text(sql),
         }
     }
 
@@ -261,9 +402,8 @@ async fn approved(
     (id, r["grant"]["token"].as_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn the_loop_end_to_end() {
-    let s = Server::start();
+async fn the_loop_end_to_end(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -385,9 +525,8 @@ async fn the_loop_end_to_end() {
     assert_eq!(code, 0, "{out}");
 }
 
-#[tokio::test]
-async fn wait_is_answered_when_the_request_is_decided() {
-    let s = Server::start();
+async fn wait_is_answered_when_the_request_is_decided(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -419,9 +558,8 @@ async fn wait_is_answered_when_the_request_is_decided() {
     assert!(got["grant"]["token"].is_string());
 }
 
-#[tokio::test]
-async fn hundred_concurrent_consumers_exactly_one_wins() {
-    let s = Server::start();
+async fn hundred_concurrent_consumers_exactly_one_wins(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -460,9 +598,8 @@ async fn hundred_concurrent_consumers_exactly_one_wins() {
     assert_eq!(ok, 1);
 }
 
-#[tokio::test]
-async fn grants_are_refused_for_other_actions_forgeries_and_expiry() {
-    let s = Server::start();
+async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -543,9 +680,8 @@ async fn grants_are_refused_for_other_actions_forgeries_and_expiry() {
     );
 }
 
-#[tokio::test]
-async fn reviewers_must_be_eligible_and_not_the_requester() {
-    let s = Server::start();
+async fn reviewers_must_be_eligible_and_not_the_requester(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, mallory, admin) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -585,9 +721,8 @@ async fn reviewers_must_be_eligible_and_not_the_requester() {
     );
 }
 
-#[tokio::test]
-async fn a_reviewer_removed_from_the_group_no_longer_counts() {
-    let s = Server::start();
+async fn a_reviewer_removed_from_the_group_no_longer_counts(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol, admin) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -595,13 +730,10 @@ async fn a_reviewer_removed_from_the_group_no_longer_counts() {
         s.key("admin", "admin"),
     );
     let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
-    write_config(
-        s.dir.path(),
-        &USERS.replace(
-            "name = \"carol\"\ngroups = [\"security\"]",
-            "name = \"carol\"\ngroups = []",
-        ),
-    );
+    s.set_users(&USERS.replace(
+        "name = \"carol\"\ngroups = [\"security\"]",
+        "name = \"carol\"\ngroups = []",
+    ));
     Command::new("kill")
         .args(["-HUP", &s.child.id().to_string()])
         .status()
@@ -624,9 +756,8 @@ async fn a_reviewer_removed_from_the_group_no_longer_counts() {
     );
 }
 
-#[tokio::test]
-async fn pending_requests_expire_without_polling() {
-    let s = Server::start();
+async fn pending_requests_expire_without_polling(db: Db) {
+    let s = Server::start(&db);
     let alice = s.key("alice", "user");
     let (_, res) = s
         .post(
@@ -640,9 +771,8 @@ async fn pending_requests_expire_without_polling() {
     assert_eq!(r["status"], "expired");
 }
 
-#[tokio::test]
-async fn revoke_cancel_and_reason_required() {
-    let s = Server::start();
+async fn revoke_cancel_and_reason_required(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol, mallory) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -703,9 +833,8 @@ async fn revoke_cancel_and_reason_required() {
     assert_eq!(st, 200);
 }
 
-#[tokio::test]
-async fn a_failed_reload_keeps_the_old_policy_and_is_recorded() {
-    let s = Server::start();
+async fn a_failed_reload_keeps_the_old_policy_and_is_recorded(db: Db) {
+    let s = Server::start(&db);
     let (alice, admin) = (s.key("alice", "user"), s.key("admin", "admin"));
     std::fs::write(
         s.dir.path().join("policies/main.cedar"),
@@ -752,9 +881,8 @@ async fn a_failed_reload_keeps_the_old_policy_and_is_recorded() {
     assert_eq!(r["decision"], "deny");
 }
 
-#[tokio::test]
-async fn when_the_audit_log_cannot_be_written_nothing_is_allowed() {
-    let s = Server::start();
+async fn when_the_audit_log_cannot_be_written_nothing_is_allowed(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -763,11 +891,15 @@ async fn when_the_audit_log_cannot_be_written_nothing_is_allowed() {
     let (_, res) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
     let id = res["request"]["id"].as_str().unwrap().to_owned();
     s.review(&bob, &id, "approve").await;
-    let db = rusqlite::Connection::open(s.db()).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-    )
-    .unwrap();
+    s.sql(match &db {
+        Db::Sqlite => {
+            "CREATE TRIGGER broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;"
+        }
+        Db::Postgres(_) | Db::Proxied(..) => {
+            "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+             CREATE TRIGGER broken BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION broken();"
+        }
+    });
     let started = std::time::Instant::now();
     let (st, r) = s
         .post(
@@ -787,15 +919,17 @@ async fn when_the_audit_log_cannot_be_written_nothing_is_allowed() {
     );
     let (st, _) = s.review(&carol, &id, "approve").await;
     assert_eq!(st, 503);
-    db.execute_batch("DROP TRIGGER broken;").unwrap();
+    s.sql(match &db {
+        Db::Sqlite => "DROP TRIGGER broken;",
+        Db::Postgres(_) | Db::Proxied(..) => "DROP TRIGGER broken ON audit;",
+    });
     let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
     assert_eq!(r["status"], "pending", "no grant without its audit record");
     assert!(r.get("grant").is_none());
 }
 
-#[tokio::test]
-async fn audit_verify_names_the_first_tampered_record() {
-    let s = Server::start();
+async fn audit_verify_names_the_first_tampered_record(db: Db) {
+    let mut s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -806,30 +940,23 @@ async fn audit_verify_names_the_first_tampered_record() {
     }
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
-    let db = s.db();
+    // Stopped, so nothing signs a checkpoint over the tampering; the
+    // shutdown signs the head.
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(s.child.wait().unwrap().success());
     let tamper = |sql: &str, expect: &str| {
-        let copy = s.dir.path().join("data/copy.db");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(FULL)").unwrap();
-        let _ = std::fs::remove_file(&copy);
-        conn.execute(&format!("VACUUM INTO '{}'", copy.display()), [])
-            .unwrap();
-        let c = rusqlite::Connection::open(&copy).unwrap();
-        c.execute_batch(sql).unwrap();
-        drop(c);
-        let cfg = std::fs::read_to_string(s.config())
-            .unwrap()
-            .replace("data/airlock.db", "data/copy.db");
-        let cfg_path = s.dir.path().join("copy.toml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let out = Command::new(BIN)
-            .args(["audit", "verify", "--config"])
-            .arg(&cfg_path)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success(), "{sql}: verified anyway");
+        s.sql(&format!(
+            "CREATE TABLE audit_saved AS SELECT * FROM audit; {sql}"
+        ));
+        let (code, text) = s.verify();
+        assert_eq!(code, 1, "{sql}: verified anyway: {text}");
         assert!(text.contains(expect), "{sql}: {text}");
+        s.sql("DELETE FROM audit; INSERT INTO audit SELECT * FROM audit_saved; DROP TABLE audit_saved;");
+        let (code, text) = s.verify();
+        assert_eq!(code, 0, "restored: {text}");
     };
     tamper(
         "UPDATE audit SET details = '{\"outcome\":\"allow\"}' WHERE seq = 5",
@@ -846,21 +973,16 @@ async fn audit_verify_names_the_first_tampered_record() {
         "record 9",
     );
     // Cutting records off the end is caught by the signed checkpoints.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let head: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
-        .unwrap();
-    assert!(head > 3);
+    let head = s.sql_i64("SELECT MAX(seq) FROM checkpoints");
+    assert_eq!(head, s.sql_i64("SELECT MAX(seq) FROM audit"));
     tamper(
         &format!("DELETE FROM audit WHERE seq >= {}", head - 1),
         &format!("record {}", head - 1),
     );
 }
 
-#[tokio::test]
-async fn http_errors_follow_the_contract() {
-    let s = Server::start();
+async fn http_errors_follow_the_contract(db: Db) {
+    let s = Server::start(&db);
     let (alice, enforcer) = (s.key("alice", "user"), s.key("proxy", "enforcer"));
     let read = json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
     let (st, r) = s.post("", "/v1/check", read.clone()).await;
@@ -950,15 +1072,14 @@ async fn http_errors_follow_the_contract() {
     );
 }
 
-#[tokio::test]
-async fn context_is_computed_by_airlock() {
+async fn context_is_computed_by_airlock(db: Db) {
     let hour = chrono_hour();
     let policies = format!(
         "@id(\"hour\")\npermit(principal, action == Action::\"read\", resource) when {{ context.local_hour == {hour} && context.weekday != \"\" }};\n\
          @id(\"lie\")\nforbid(principal, action, resource) when {{ context.local_hour == 99 }};\n\
          @id(\"net\")\nforbid(principal, action, resource) when {{ context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }};"
     );
-    let s = Server::start_with(&policies);
+    let s = Server::start_with(&db, &policies);
     let alice = s.key("alice", "user");
     let (_, r) = s.post(&alice, "/v1/check", json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"local_hour": 99}})).await;
     if chrono_hour() == hour {
@@ -976,9 +1097,8 @@ fn chrono_hour() -> u32 {
     ((secs / 3600) % 24) as u32
 }
 
-#[tokio::test]
-async fn airlock_run_waits_runs_and_exits_with_the_command_code() {
-    let s = Server::start();
+async fn airlock_run_waits_runs_and_exits_with_the_command_code(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob, carol) = (
         s.key("alice", "user"),
         s.key("bob", "user"),
@@ -1132,9 +1252,8 @@ fn quickstart_starts_with_no_config() {
     assert!(dir.path().join(".airlock/keys/grant-signing.key").exists());
 }
 
-#[tokio::test]
-async fn policies_reload_when_their_files_change() {
-    let s = Server::start();
+async fn policies_reload_when_their_files_change(db: Db) {
+    let s = Server::start(&db);
     let alice = s.key("alice", "user");
     let health = |s: &Server| {
         let url = format!("{}/healthz", s.url);
@@ -1198,9 +1317,8 @@ async fn policies_reload_when_their_files_change() {
     assert_eq!(last["details"]["policy_version"], after.as_str());
 }
 
-#[tokio::test]
-async fn the_chain_head_is_signed_at_shutdown() {
-    let mut s = Server::start_opts(POLICIES, 3600);
+async fn the_chain_head_is_signed_at_shutdown(db: Db) {
+    let mut s = Server::start_opts(&db, POLICIES, 3600);
     let alice = s.key("alice", "user");
     s.post(
         &alice,
@@ -1213,22 +1331,16 @@ async fn the_chain_head_is_signed_at_shutdown() {
         .status()
         .unwrap();
     assert!(s.child.wait().unwrap().success());
-    let db = rusqlite::Connection::open(s.db()).unwrap();
-    let head: i64 = db
-        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
-        .unwrap();
-    let signed: i64 = db
-        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
-        .unwrap();
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit");
+    let signed = s.sql_i64("SELECT MAX(seq) FROM checkpoints");
     assert_eq!(signed, head);
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 signed checkpoints"), "{out}");
 }
 
-#[tokio::test]
-async fn ctrl_c_while_waiting_cancels_the_request() {
-    let s = Server::start();
+async fn ctrl_c_while_waiting_cancels_the_request(db: Db) {
+    let s = Server::start(&db);
     let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
     let child = Command::new(BIN)
         .args([
@@ -1262,10 +1374,9 @@ async fn ctrl_c_while_waiting_cancels_the_request() {
     assert_eq!(r["status"], "cancelled");
 }
 
-#[test]
-fn set_password_stores_an_argon2_hash_from_stdin() {
+async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     use std::io::Write;
-    let s = Server::start();
+    let s = Server::start(&db);
     let set = |user: &str, password: &str| {
         let mut child = Command::new(BIN)
             .args(["users", "set-password", "--config"])
@@ -1289,30 +1400,17 @@ fn set_password_stores_an_argon2_hash_from_stdin() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let db = rusqlite::Connection::open(s.db()).unwrap();
-    let hash: String = db
-        .query_row(
-            "SELECT hash FROM passwords WHERE user_name = 'alice'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let hash = s.sql_text("SELECT hash FROM passwords WHERE user_name = 'alice'");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("horse"));
-    let audit: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE kind = 'password_set' AND subject = 'alice'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let audit =
+        s.sql_i64("SELECT COUNT(*) FROM audit WHERE kind = 'password_set' AND subject = 'alice'");
     assert_eq!(audit, 1);
     assert!(!set("alice", "short\n").status.success());
     assert!(!set("nobody", "long enough password\n").status.success());
 }
 
-#[tokio::test]
-async fn principal_history_is_in_the_context() {
+async fn principal_history_is_in_the_context(db: Db) {
     let policies = r#"
 @id("ask")
 @approvers("security")
@@ -1322,7 +1420,7 @@ permit(principal, action == Action::"export", resource) when { context.granted_b
 @id("burst")
 forbid(principal, action == Action::"export", resource) when { context.sensitive_actions_last_hour >= 2 };
 "#;
-    let s = Server::start_with(policies);
+    let s = Server::start_with(&db, policies);
     let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
     let t = |id: &str| json!({"action": "export", "resource": {"type": "Table", "id": id}, "context": {"granted_before": true, "sensitive_actions_last_hour": 0}});
     let (_, r) = s.post(&alice, "/v1/check", t("a")).await;
@@ -1342,4 +1440,534 @@ forbid(principal, action == Action::"export", resource) when { context.sensitive
         "two sensitive actions in the last hour: {r}"
     );
     assert_eq!(r["policies"], json!(["burst"]));
+}
+
+// ---------------------------------------------------------------------------
+// Several nodes on one PostgreSQL database.
+// ---------------------------------------------------------------------------
+
+/// Three nodes sharing one fresh database and one set of keys; `None` when
+/// PostgreSQL tests are skipped.
+fn three_nodes() -> Option<(Server, Server, Server)> {
+    let db = Db::Postgres(Arc::new(TestDb::create()?));
+    let a = Server::start(&db);
+    let (b, c) = (a.join(), a.join());
+    Some((a, b, c))
+}
+
+fn read_t() -> Value {
+    json!({"action": "read", "resource": {"type": "Table", "id": "t"}})
+}
+
+/// The audit records about `subject`.
+async fn audit_about(s: &Server, admin: &str, subject: &str) -> Vec<Value> {
+    let (st, a) = s.get(admin, "/v1/audit?limit=100000").await;
+    assert_eq!(st, 200, "{a}");
+    a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["subject"] == subject)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn nodes_a_waiter_on_one_node_is_woken_by_an_approval_on_another() {
+    let Some((a, b, c)) = three_nodes() else {
+        return;
+    };
+    let (alice, bob, carol) = (
+        a.key("alice", "user"),
+        a.key("bob", "user"),
+        a.key("carol", "user"),
+    );
+    let (st, res) = a.post(&alice, "/v1/check", export("alice", "orders")).await;
+    assert_eq!(st, 200, "{res}");
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    let (url, key, rid) = (a.url.clone(), alice.clone(), id.clone());
+    let waiter = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/v1/requests/{rid}?wait=60"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let answered = std::time::Instant::now();
+        (r.json::<Value>().await.unwrap(), answered)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the waiter must still be waiting");
+    let (st, r) = b.review(&bob, &id, "approve").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("pending")), "{r}");
+    let (st, r) = c.review(&carol, &id, "approve").await;
+    let approved_at = std::time::Instant::now();
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    // A 60 s wait answered with the decision: only the event can do that.
+    let (r, answered) = waiter.await.unwrap();
+    assert_eq!(r["status"], "approved", "{r}");
+    assert!(r["grant"]["token"].is_string(), "{r}");
+    eprintln!(
+        "cross-node wake-up: answered {:?} after the approval's response",
+        answered.saturating_duration_since(approved_at)
+    );
+}
+
+#[tokio::test]
+async fn nodes_hundred_consumers_over_three_nodes_exactly_one_wins() {
+    let Some((a, b, c)) = three_nodes() else {
+        return;
+    };
+    let (alice, bob, carol) = (
+        a.key("alice", "user"),
+        a.key("bob", "user"),
+        a.key("carol", "user"),
+    );
+    let enforcer = a.key("proxy", "enforcer");
+    let (_, token) = approved(&a, &alice, &bob, &carol, export("alice", "orders")).await;
+    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let key = if i % 2 == 0 {
+            alice.clone()
+        } else {
+            enforcer.clone()
+        };
+        let (url, token) = (urls[i % 3].clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/grants/consume"))
+                .bearer_auth(key)
+                .json(&json!({"token": token, "action": export("alice", "orders")}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (st, body) = t.await.unwrap();
+        match st {
+            200 => ok += 1,
+            403 => assert_eq!(body["error"]["code"], "grant_spent", "{body}"),
+            _ => panic!("{st} {body}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let (code, out) = b.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn nodes_expiry_happens_once_whichever_nodes_run() {
+    let Some((mut a, b, c)) = three_nodes() else {
+        return;
+    };
+    let (alice, bob, admin) = (
+        a.key("alice", "user"),
+        a.key("bob", "user"),
+        a.key("admin", "admin"),
+    );
+    let poke = |id: &str| json!({"action": "poke", "resource": {"type": "Table", "id": id}});
+    // Made while all three nodes run.
+    let (_, r) = a.post(&alice, "/v1/check", poke("one")).await;
+    let all_up = r["request"]["id"].as_str().unwrap().to_owned();
+    // A grant made on b, expiring unused.
+    let (_, r) = b
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "tap", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    let tapped = r["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = c.review(&bob, &tapped, "approve").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    // Made on a, which then dies: the others must expire it.
+    let (_, r) = a.post(&alice, "/v1/check", poke("two")).await;
+    let orphan = r["request"]["id"].as_str().unwrap().to_owned();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    for id in [&all_up, &tapped, &orphan] {
+        let mut status = String::new();
+        for _ in 0..100 {
+            let (_, r) = c.get(&alice, &format!("/v1/requests/{id}")).await;
+            status = r["status"].as_str().unwrap().to_owned();
+            if status == "expired" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, "expired", "{id}");
+    }
+    // Give any late duplicate a chance to appear before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in [&all_up, &tapped, &orphan] {
+        let expiries = audit_about(&c, &admin, id)
+            .await
+            .into_iter()
+            .filter(|r| r["kind"] == "request_state" && r["details"]["to"] == "expired")
+            .count();
+        assert_eq!(expiries, 1, "{id} expired {expiries} times");
+    }
+    let (code, out) = c.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn nodes_the_audit_log_is_one_chain_after_load_on_every_node() {
+    let Some((a, b, c)) = three_nodes() else {
+        return;
+    };
+    let (alice, bob, carol) = (
+        a.key("alice", "user"),
+        a.key("bob", "user"),
+        a.key("carol", "user"),
+    );
+    let admin = a.key("admin", "admin");
+    let nodes = [&a, &b, &c];
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (url, key) = (nodes[i % 3].url.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/check"))
+                .bearer_auth(key)
+                .json(&read_t())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["audit_seq"]
+                .as_i64()
+                .unwrap()
+        }));
+    }
+    // Approvals spread over the nodes at the same time.
+    for (i, t) in ["x", "y", "z"].iter().enumerate() {
+        let n = nodes[i];
+        let (_, r) = n.post(&alice, "/v1/check", export("alice", t)).await;
+        let id = r["request"]["id"].as_str().unwrap().to_owned();
+        nodes[(i + 1) % 3].review(&bob, &id, "approve").await;
+        let (st, r) = nodes[(i + 2) % 3].review(&carol, &id, "approve").await;
+        assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 300, "every decision has its own record");
+    let (code, out) = c.verify();
+    assert_eq!(code, 0, "{out}");
+    let (_, all) = a.get(&admin, "/v1/audit?limit=100000").await;
+    let all = all["records"].as_array().unwrap();
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(
+            r["seq"].as_i64(),
+            Some(i as i64 + 1),
+            "one total order, no gaps"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nodes_each_reports_the_policy_version_it_serves() {
+    let Some((a, b, _c)) = three_nodes() else {
+        return;
+    };
+    let (alice, admin) = (a.key("alice", "user"), a.key("admin", "admin"));
+    let version = |s: &Server| {
+        let url = s.url.clone();
+        async move {
+            let v: Value = reqwest::get(format!("{url}/healthz"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["policy_version"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = version(&a).await;
+    assert_eq!(before, version(&b).await, "same files, same version");
+    std::fs::write(
+        a.dir.path().join("policies/main.cedar"),
+        format!("{POLICIES}\n@id(\"extra\")\npermit(principal, action == Action::\"peek\", resource);\n"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = version(&a).await;
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(after, before, "a reloaded");
+    assert_eq!(
+        version(&b).await,
+        before,
+        "b still serves the old set, and says so"
+    );
+    let (_, on_a) = a.post(&alice, "/v1/check", read_t()).await;
+    let (_, on_b) = b.post(&alice, "/v1/check", read_t()).await;
+    let (_, all) = a.get(&admin, "/v1/audit?limit=100000").await;
+    let version_of = |seq: &Value| {
+        all["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["seq"] == *seq)
+            .unwrap()["details"]["policy_version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(version_of(&on_a["audit_seq"]), after);
+    assert_eq!(version_of(&on_b["audit_seq"]), before);
+}
+
+#[tokio::test]
+async fn nodes_a_node_killed_mid_load_loses_nothing_acknowledged() {
+    let Some((a, b, mut c)) = three_nodes() else {
+        return;
+    };
+    let (alice, bob, carol) = (
+        a.key("alice", "user"),
+        a.key("bob", "user"),
+        a.key("carol", "user"),
+    );
+    let admin = a.key("admin", "admin");
+    // A waiter on a, for a request to be approved on b after c dies.
+    let (_, r) = a.post(&alice, "/v1/check", export("alice", "kept")).await;
+    let waited = r["request"]["id"].as_str().unwrap().to_owned();
+    let (url, key, rid) = (a.url.clone(), alice.clone(), waited.clone());
+    let waiter = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("{url}/v1/requests/{rid}?wait=60"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    // Load on c: decisions and new requests, each remembered once acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (url, key, stop) = (c.url.clone(), alice.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut seqs, mut requests) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = if i % 4 == 0 {
+                    export("alice", &format!("w{w}_{i}"))
+                } else {
+                    read_t()
+                };
+                let Ok(r) = http
+                    .post(format!("{url}/v1/check"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    break; // the node died: this one was never acknowledged
+                };
+                let Ok(v) = r.json::<Value>().await else {
+                    break;
+                };
+                if let Some(seq) = v["audit_seq"].as_i64() {
+                    seqs.push(seq);
+                }
+                if let Some(id) = v["request"]["id"].as_str() {
+                    requests.push(id.to_owned());
+                }
+            }
+            (seqs, requests)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.child.kill().unwrap(); // SIGKILL
+    c.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut seqs, mut requests) = (Vec::new(), Vec::new());
+    for t in load {
+        let (s, r) = t.await.unwrap();
+        seqs.extend(s);
+        requests.extend(r);
+    }
+    assert!(!seqs.is_empty() && !requests.is_empty(), "the load ran");
+    // The waiter on a still gets its answer, decided on b.
+    b.review(&bob, &waited, "approve").await;
+    let (st, r) = b.review(&carol, &waited, "approve").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    assert_eq!(waiter.await.unwrap()["status"], "approved");
+    // Everything c acknowledged is there.
+    let (_, all) = a.get(&admin, "/v1/audit?limit=1000000").await;
+    let decisions: std::collections::HashSet<i64> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "decision")
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    for seq in &seqs {
+        assert!(decisions.contains(seq), "acknowledged decision {seq} lost");
+    }
+    for id in &requests {
+        let (st, r) = b.get(&admin, &format!("/v1/requests/{id}")).await;
+        assert_eq!(
+            (st, r["status"].as_str()),
+            (200, Some("pending")),
+            "acknowledged request {id}: {r}"
+        );
+    }
+    let (code, out) = a.verify();
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "killed mid-load: {} decisions and {} requests acknowledged, all kept",
+        seqs.len(),
+        requests.len()
+    );
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, as
+/// a network failure or a database restart would.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Runs on a thread and runtime of its own, so the test's blocking
+    /// calls (starting servers, the CLI) cannot stall it.
+    fn start(target: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, cs, target) = (up.clone(), conns.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    cs.lock().unwrap().push(task.abort_handle());
+                }
+            });
+        });
+        Proxy { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn nodes_fail_closed_while_the_database_is_unreachable_and_recover() {
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432");
+    let url = db.url().replace(":5432/", &format!(":{}/", proxy.port));
+    assert_ne!(url, db.url(), "the test URL goes through the proxy");
+    let db = Db::Proxied(Arc::new(db), url);
+    let s = Server::start(&db);
+    let other = s.join();
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (st, _) = s.post(&alice, "/v1/check", read_t()).await;
+    assert_eq!(st, 200);
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    other.review(&bob, &id, "approve").await;
+
+    proxy.cut();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/check", s.url))
+        .bearer_auth(&alice)
+        .json(&read_t())
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 503, "no allow without the database: {body}");
+    assert!(
+        matches!(
+            body["error"]["code"].as_str(),
+            Some("audit_unavailable" | "storage_unavailable")
+        ),
+        "{body}"
+    );
+    let (st, r) = other.review(&carol, &id, "approve").await;
+    assert_eq!(st, 503, "{r}");
+    let h = http.get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(h.status(), 503);
+    let h: Value = h.json().await.unwrap();
+    assert!(h["reason"].as_str().unwrap().contains("storage"), "{h}");
+
+    proxy.restore();
+    let mut healthy = false;
+    for _ in 0..100 {
+        let h = http.get(format!("{}/healthz", s.url)).send().await.unwrap();
+        if h.status() == 200 {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the node recovers by itself");
+    let (st, r) = s.post(&alice, "/v1/check", read_t()).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = other.review(&carol, &id, "approve").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        r["status"], "approved",
+        "the first approval, made before the cut, was kept"
+    );
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
 }
