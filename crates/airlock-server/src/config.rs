@@ -99,8 +99,11 @@ fn default_max_wait() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://PATH` (relative to the config file). Default
-    /// `sqlite://data/airlock.db`.
+    /// `sqlite://PATH` (relative to the config file) for one node, or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?OPTIONS]` for any
+    /// number of nodes sharing one database (see docs/DEPLOYMENT.md). The
+    /// schema is created or migrated at start; a database migrated by a
+    /// newer Airlock is refused. Default `sqlite://data/airlock.db`.
     #[serde(default = "default_storage")]
     pub url: String,
 }
