@@ -10,6 +10,7 @@
 //! implements them.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod error;
 mod model;
 mod pg;

@@ -402,6 +402,36 @@ async fn approved(
     (id, r["grant"]["token"].as_str().unwrap().to_owned())
 }
 
+/// 100 concurrent consumers of one grant (half with the requester's key,
+/// half with an enforcer's), spread over `nodes`: exactly one may win.
+async fn race_consumers(nodes: &[&Server], requester: &str, enforcer: &str, token: &str) {
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let key = if i % 2 == 0 { requester } else { enforcer }.to_owned();
+        let (url, token) = (nodes[i % nodes.len()].url.clone(), token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/grants/consume"))
+                .bearer_auth(key)
+                .json(&json!({"token": token, "action": export("alice", "orders")}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (st, body) = t.await.unwrap();
+        match st {
+            200 => ok += 1,
+            403 => assert_eq!(body["error"]["code"], "grant_spent", "{body}"),
+            _ => panic!("{st} {body}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
 async fn the_loop_end_to_end(db: Db) {
     let s = Server::start(&db);
     let (alice, bob, carol) = (
@@ -567,35 +597,7 @@ async fn hundred_concurrent_consumers_exactly_one_wins(db: Db) {
     );
     let enforcer = s.key("proxy", "enforcer");
     let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
-    let mut tasks = Vec::new();
-    for i in 0..100 {
-        let key = if i % 2 == 0 {
-            alice.clone()
-        } else {
-            enforcer.clone()
-        };
-        let (url, token) = (s.url.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(format!("{url}/v1/grants/consume"))
-                .bearer_auth(key)
-                .json(&json!({"token": token, "action": export("alice", "orders")}))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        let (st, body) = t.await.unwrap();
-        match st {
-            200 => ok += 1,
-            403 => assert_eq!(body["error"]["code"], "grant_spent", "{body}"),
-            _ => panic!("{st} {body}"),
-        }
-    }
-    assert_eq!(ok, 1);
+    race_consumers(&[&s], &alice, &enforcer, &token).await;
 }
 
 async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
@@ -1525,36 +1527,7 @@ async fn nodes_hundred_consumers_over_three_nodes_exactly_one_wins() {
     );
     let enforcer = a.key("proxy", "enforcer");
     let (_, token) = approved(&a, &alice, &bob, &carol, export("alice", "orders")).await;
-    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
-    let mut tasks = Vec::new();
-    for i in 0..100 {
-        let key = if i % 2 == 0 {
-            alice.clone()
-        } else {
-            enforcer.clone()
-        };
-        let (url, token) = (urls[i % 3].clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(format!("{url}/v1/grants/consume"))
-                .bearer_auth(key)
-                .json(&json!({"token": token, "action": export("alice", "orders")}))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        let (st, body) = t.await.unwrap();
-        match st {
-            200 => ok += 1,
-            403 => assert_eq!(body["error"]["code"], "grant_spent", "{body}"),
-            _ => panic!("{st} {body}"),
-        }
-    }
-    assert_eq!(ok, 1);
+    race_consumers(&[&a, &b, &c], &alice, &enforcer, &token).await;
     let (code, out) = b.verify();
     assert_eq!(code, 0, "{out}");
 }

@@ -14,7 +14,6 @@
 mod schema;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -30,12 +29,11 @@ use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
+use crate::batch::{self, fail_all, BatchConn};
 use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
-/// Jobs per transaction at most (see the SQLite backend).
-const MAX_BATCH: usize = 512;
 /// The lock every write batch holds until it commits.
 const WRITE_LOCK: i64 = 0x6169_726c_6f63_6b02;
 /// The channel commits are announced on.
@@ -80,6 +78,8 @@ impl Drop for PostgresBackend {
 struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// The writing node's id, named in its announcements.
+    node: String,
 }
 
 impl Conn {
@@ -89,6 +89,7 @@ impl Conn {
                 StoreError::Db(format!("cannot connect to PostgreSQL: {}", describe(&e)))
             })?,
             statements: HashMap::new(),
+            node: String::new(),
         })
     }
 
@@ -316,14 +317,7 @@ fn writer_loop(
 ) {
     // Every batch, on every node, holds this lock until it commits.
     let begin_write = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = batch::next_batch(&rx) {
         // A lost connection is re-made on the next batch, so a node
         // recovers by itself when the database comes back.
         if let Err(e) = begin(&mut conn, &config, &begin_write) {
@@ -335,103 +329,36 @@ fn writer_loop(
             fail_all(batch, &StoreError::WriterGone);
             continue;
         };
-        let changed = run_batch(c, batch, &node);
+        c.node.clone_from(&node);
+        let changed = batch::run(c, batch);
         for id in changed {
             let _ = events.send(StoreEvent::Changed { id, remote: false });
         }
     }
 }
 
-fn fail_all(batch: Vec<Job>, e: &StoreError) {
-    for job in batch {
-        let (_, reply) = job(Err(e.clone()));
-        reply(Err(e.clone()));
+impl BatchConn for Conn {
+    fn exec(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute(sql)?)
     }
-}
 
-/// Runs one batch in the transaction just begun; returns the requests it
-/// changed if it committed.
-fn run_batch(conn: &mut Conn, batch: Vec<Job>, node: &str) -> Vec<RequestId> {
-    // One job needs no savepoint: if it fails, the whole transaction goes.
-    let savepoints = batch.len() > 1;
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut broken: Option<StoreError> = None;
-    let mut rolled_back = false;
-    let mut head: Option<(i64, ChainHash)> = None;
-    let mut changed = Vec::new();
-    for job in batch {
-        if let Some(e) = &broken {
-            let (_, reply) = job(Err(e.clone()));
-            replies.push(reply);
-            continue;
-        }
-        if savepoints {
-            if let Err(e) = conn.client.batch_execute("SAVEPOINT job") {
-                let e = StoreError::from(e);
-                broken = Some(e.clone());
-                let (_, reply) = job(Err(e));
-                replies.push(reply);
-                continue;
-            }
-        }
-        let before = head;
-        let announced = changed.len();
-        let mut q = Tx {
-            client: &mut conn.client,
-            statements: &mut conn.statements,
-            head: Some(&mut head),
-            events: Some(&mut changed),
-        };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
-        let keep = matches!(&outcome, Ok((true, _)));
-        if !keep {
-            head = before;
-            changed.truncate(announced);
-        }
-        let end = match (savepoints, keep) {
-            (true, true) => conn.client.batch_execute("RELEASE SAVEPOINT job"),
-            (true, false) => conn
-                .client
-                .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
-            (false, true) => Ok(()),
-            (false, false) => {
-                rolled_back = true;
-                conn.client.batch_execute("ROLLBACK")
-            }
-        };
-        if let Err(e) = end {
-            broken = Some(e.into());
-        }
-        match outcome {
-            Ok((_, reply)) => replies.push(reply),
-            Err(_) => tracing::error!("a storage job panicked; its changes were rolled back"),
-        }
+    fn with_tx<R>(
+        &mut self,
+        head: &mut Option<(i64, ChainHash)>,
+        changed: &mut Vec<RequestId>,
+        f: impl FnOnce(&mut dyn WriteTx) -> R,
+    ) -> R {
+        f(&mut Tx {
+            client: &mut self.client,
+            statements: &mut self.statements,
+            head: Some(head),
+            events: Some(changed),
+        })
     }
-    let result = if rolled_back {
-        // The one job failed and gets its own error; nothing to commit.
-        Ok(())
-    } else {
-        match broken {
-            Some(e) => Err(e),
-            None => announce(conn, node, &changed).and_then(|()| {
-                conn.client
-                    .batch_execute("COMMIT")
-                    .map_err(StoreError::from)
-            }),
-        }
-    };
-    if let Err(e) = &result {
-        let _ = conn.client.batch_execute("ROLLBACK");
-        tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
-    }
-    let committed = result.is_ok() && !rolled_back;
-    for reply in replies {
-        reply(result.clone());
-    }
-    if committed {
-        changed
-    } else {
-        Vec::new()
+
+    fn before_commit(&mut self, changed: &[RequestId]) -> Result<(), StoreError> {
+        let node = self.node.clone();
+        announce(self, &node, changed)
     }
 }
 

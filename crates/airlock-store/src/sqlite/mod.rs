@@ -3,7 +3,6 @@
 
 mod schema;
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,13 +17,11 @@ use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::batch::{self, fail_all, BatchConn};
 use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
-/// Jobs per transaction at most: large enough to amortise the fsync, small
-/// enough that one slow batch does not stall callers for long.
-const MAX_BATCH: usize = 512;
 /// How long a writer waits for another process's lock before failing the
 /// batch: callers get an error in well under a second, never a hang.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -155,95 +152,37 @@ impl Backend for SqliteBackend {
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+    while let Some(batch) = batch::next_batch(&rx) {
+        // IMMEDIATE takes the write lock now, so the audit head read by the
+        // first append cannot be overtaken by another process.
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, "cannot begin storage transaction");
+            fail_all(batch, &e);
+            continue;
         }
-        let changed = run_batch(&mut conn, batch);
-        for id in changed {
+        for id in batch::run(&mut conn, batch) {
             let _ = events.send(StoreEvent::Changed { id, remote: false });
         }
     }
 }
 
-/// Runs one batch in one transaction; returns the requests it changed if
-/// it committed.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> Vec<RequestId> {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let e = StoreError::from(e);
-            tracing::error!(error = %e, "cannot begin storage transaction");
-            for job in batch {
-                let (_, reply) = job(Err(e.clone()));
-                reply(Err(e.clone()));
-            }
-            return Vec::new();
-        }
-    };
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut broken: Option<StoreError> = None;
-    // Read inside the write lock, so it is the head every append links to.
-    let mut head: Option<(i64, ChainHash)> = None;
-    let mut changed = Vec::new();
-    for job in batch {
-        if let Some(e) = &broken {
-            // The transaction is unusable; answer without running.
-            let (_, reply) = job(Err(e.clone()));
-            replies.push(reply);
-            continue;
-        }
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
-            broken = Some(e.into());
-            let (_, reply) = job(Err(StoreError::Db("savepoint failed".into())));
-            replies.push(reply);
-            continue;
-        }
-        let before = head;
-        let announced = changed.len();
-        let mut q = Tx {
-            conn: &tx,
-            head: Some(&mut head),
-            events: Some(&mut changed),
-        };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(&mut q))));
-        let keep = matches!(&outcome, Ok((true, _)));
-        let end = if keep {
-            tx.execute_batch("RELEASE job")
-        } else {
-            // The job's appends are undone; so is what it did to the head
-            // and what it would have announced.
-            head = before;
-            changed.truncate(announced);
-            tx.execute_batch("ROLLBACK TO job; RELEASE job")
-        };
-        if let Err(e) = end {
-            broken = Some(e.into());
-        }
-        match outcome {
-            Ok((_, reply)) => replies.push(reply),
-            Err(_) => tracing::error!("a storage job panicked; its changes were rolled back"),
-        }
+impl BatchConn for Connection {
+    fn exec(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.execute_batch(sql)?)
     }
-    let result = match broken {
-        Some(e) => Err(e),
-        None => tx.commit().map_err(StoreError::from),
-    };
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
-    }
-    let committed = result.is_ok();
-    for reply in replies {
-        reply(result.clone());
-    }
-    if committed {
-        changed
-    } else {
-        Vec::new()
+
+    fn with_tx<R>(
+        &mut self,
+        head: &mut Option<(i64, ChainHash)>,
+        changed: &mut Vec<RequestId>,
+        f: impl FnOnce(&mut dyn WriteTx) -> R,
+    ) -> R {
+        f(&mut Tx {
+            conn: self,
+            head: Some(head),
+            events: Some(changed),
+        })
     }
 }
 

@@ -1,0 +1,136 @@
+//! The group commit both backends share: a batch of jobs in one
+//! transaction, each job in a savepoint so a failing one rolls back alone,
+//! one commit, then every caller answered with the commit's result.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::Receiver;
+
+use airlock_core::{ChainHash, RequestId};
+
+use crate::{Job, Reply, StoreError, WriteTx};
+
+/// Jobs per transaction at most: large enough to amortise the commit's
+/// fsync (and, on PostgreSQL, the write lock), small enough that one slow
+/// batch does not stall callers for long.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// What the batch runner needs from a backend's connection, once the
+/// backend has begun a write transaction on it.
+pub(crate) trait BatchConn {
+    /// Runs statements with no result (savepoints, COMMIT, ROLLBACK).
+    fn exec(&mut self, sql: &str) -> Result<(), StoreError>;
+    /// Runs `f` over this connection's [`WriteTx`], which links audit
+    /// appends to `head` and records announced changes in `changed`.
+    fn with_tx<R>(
+        &mut self,
+        head: &mut Option<(i64, ChainHash)>,
+        changed: &mut Vec<RequestId>,
+        f: impl FnOnce(&mut dyn WriteTx) -> R,
+    ) -> R;
+    /// Last words before COMMIT (PostgreSQL queues its notifications).
+    fn before_commit(&mut self, _changed: &[RequestId]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Takes the next batch: blocks for one job, then takes what else is queued.
+pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Answers every job with `e` without running it.
+pub(crate) fn fail_all(batch: Vec<Job>, e: &StoreError) {
+    for job in batch {
+        let (_, reply) = job(Err(e.clone()));
+        reply(Err(e.clone()));
+    }
+}
+
+/// Runs a batch in the transaction the caller began on `conn`, ends it,
+/// and answers every job. Returns the requests it changed if it committed.
+pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> {
+    // One job needs no savepoint: if it fails, the whole transaction goes.
+    let savepoints = batch.len() > 1;
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut broken: Option<StoreError> = None;
+    let mut rolled_back = false;
+    // The chain head as of the batch's last append, read inside the write
+    // lock by the first append, so later appends skip the read.
+    let mut head: Option<(i64, ChainHash)> = None;
+    let mut changed = Vec::new();
+    for job in batch {
+        if let Some(e) = &broken {
+            // The transaction is unusable; answer without running.
+            let (_, reply) = job(Err(e.clone()));
+            replies.push(reply);
+            continue;
+        }
+        if savepoints {
+            if let Err(e) = conn.exec("SAVEPOINT job") {
+                broken = Some(e.clone());
+                let (_, reply) = job(Err(e));
+                replies.push(reply);
+                continue;
+            }
+        }
+        let before = head;
+        let announced = changed.len();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            conn.with_tx(&mut head, &mut changed, |tx| job(Ok(tx)))
+        }));
+        let keep = matches!(&outcome, Ok((true, _)));
+        if !keep {
+            // The job's appends are undone; so is what it did to the head
+            // and what it would have announced.
+            head = before;
+            changed.truncate(announced);
+        }
+        let end = match (savepoints, keep) {
+            (true, true) => conn.exec("RELEASE SAVEPOINT job"),
+            (true, false) => conn.exec("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+            (false, true) => Ok(()),
+            (false, false) => {
+                rolled_back = true;
+                conn.exec("ROLLBACK")
+            }
+        };
+        if let Err(e) = end {
+            broken = Some(e);
+        }
+        match outcome {
+            Ok((_, reply)) => replies.push(reply),
+            Err(_) => tracing::error!("a storage job panicked; its changes were rolled back"),
+        }
+    }
+    let result = if rolled_back {
+        // The one job failed and gets its own error; nothing to commit.
+        Ok(())
+    } else {
+        match broken {
+            Some(e) => Err(e),
+            None => conn
+                .before_commit(&changed)
+                .and_then(|()| conn.exec("COMMIT")),
+        }
+    };
+    if let Err(e) = &result {
+        let _ = conn.exec("ROLLBACK");
+        tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
+    }
+    for reply in replies {
+        reply(result.clone());
+    }
+    if result.is_ok() && !rolled_back {
+        changed
+    } else {
+        Vec::new()
+    }
+}
