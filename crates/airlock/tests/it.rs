@@ -130,6 +130,7 @@ on_both_stores!(
     ctrl_c_while_waiting_cancels_the_request,
     set_password_stores_an_argon2_hash_from_stdin,
     principal_history_is_in_the_context,
+    a_node_refuses_a_newer_schema,
 );
 
 struct Server {
@@ -1733,11 +1734,13 @@ async fn nodes_a_node_killed_mid_load_loses_nothing_acknowledged() {
             .await
             .unwrap()
     });
-    // Load on c: decisions and new requests, each remembered once acknowledged.
+    // Load on c: decisions, new requests, reviews and grants, each
+    // remembered once acknowledged.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for w in 0..8 {
         let (url, key, stop) = (c.url.clone(), alice.clone(), stop.clone());
+        let reviewers = [bob.clone(), carol.clone()];
         load.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let (mut seqs, mut requests) = (Vec::new(), Vec::new());
@@ -1764,8 +1767,31 @@ async fn nodes_a_node_killed_mid_load_loses_nothing_acknowledged() {
                 if let Some(seq) = v["audit_seq"].as_i64() {
                     seqs.push(seq);
                 }
-                if let Some(id) = v["request"]["id"].as_str() {
-                    requests.push(id.to_owned());
+                let Some(id) = v["request"]["id"].as_str() else {
+                    continue;
+                };
+                // (request, approvals acknowledged): every other request
+                // gets one approval, every fourth both (and so a grant).
+                requests.push((id.to_owned(), 0));
+                let wanted = [0, 1, 0, 2][(i / 4) % 4];
+                for reviewer in reviewers.iter().take(wanted) {
+                    let review = http
+                        .post(format!("{url}/v1/requests/{id}/reviews"))
+                        .bearer_auth(reviewer)
+                        .json(&json!({"verdict": "approve"}))
+                        .send()
+                        .await;
+                    // Acknowledged means a whole 200 answer was read.
+                    let acknowledged = match review {
+                        Ok(r) if r.status() == 200 => r.json::<Value>().await.is_ok(),
+                        _ => false,
+                    };
+                    if !acknowledged {
+                        break;
+                    }
+                    if let Some(last) = requests.last_mut() {
+                        last.1 += 1;
+                    }
                 }
             }
             (seqs, requests)
@@ -1799,18 +1825,30 @@ async fn nodes_a_node_killed_mid_load_loses_nothing_acknowledged() {
     for seq in &seqs {
         assert!(decisions.contains(seq), "acknowledged decision {seq} lost");
     }
-    for id in &requests {
+    let (mut reviews, mut grants) = (0, 0);
+    for (id, approvals) in &requests {
         let (st, r) = b.get(&admin, &format!("/v1/requests/{id}")).await;
-        assert_eq!(
-            (st, r["status"].as_str()),
-            (200, Some("pending")),
-            "acknowledged request {id}: {r}"
+        assert_eq!(st, 200, "acknowledged request {id} lost: {r}");
+        let kept = r["reviews"].as_array().unwrap().len();
+        assert!(
+            kept >= *approvals,
+            "{id}: {approvals} reviews acknowledged, {kept} kept: {r}"
         );
+        reviews += approvals;
+        if *approvals == 2 {
+            grants += 1;
+            assert_eq!(r["status"], "approved", "{r}");
+            assert!(
+                r["grant"]["grant_id"].is_string(),
+                "acknowledged grant lost: {r}"
+            );
+        }
     }
+    assert!(reviews > 0 && grants > 0, "the load reviewed and granted");
     let (code, out) = a.verify();
     assert_eq!(code, 0, "{out}");
     eprintln!(
-        "killed mid-load: {} decisions and {} requests acknowledged, all kept",
+        "killed mid-load: {} decisions, {} requests, {reviews} reviews, {grants} grants acknowledged, all kept",
         seqs.len(),
         requests.len()
     );
@@ -1943,4 +1981,29 @@ async fn nodes_fail_closed_while_the_database_is_unreachable_and_recover() {
     );
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
+}
+
+async fn a_node_refuses_a_newer_schema(db: Db) {
+    let mut s = Server::start(&db);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    match &db {
+        Db::Sqlite => s.sql("UPDATE schema_version SET version = 999"),
+        _ => s.sql("UPDATE airlock_schema_version SET version = 999"),
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a newer schema");
+    assert!(
+        err.contains("schema version 999 is newer than this Airlock knows"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never listened"
+    );
 }
