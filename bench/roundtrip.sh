@@ -36,7 +36,7 @@ case "$STORE" in
   *) echo "usage: $0 sqlite|postgres [rounds]" >&2; exit 2 ;;
 esac
 
-node() { # $1 = node name; prints its URL
+node() { # $1 = node name; starts it, leaves its URL in $DIR/$1/url
   local d="$DIR/$1"
   mkdir -p "$d/policies"
   cat >"$d/policies/bench.cedar" <<'CEDAR'
@@ -64,11 +64,12 @@ TOML
     if head -1 "$d/out" 2>/dev/null | grep -q listening; then break; fi
     sleep 0.05
   done
-  head -1 "$d/out" | sed 's/Airlock listening on //'
+  head -1 "$d/out" | sed 's/Airlock listening on //' >"$d/url"
 }
 
-A=$(node a)
-if [ "$STORE" = postgres ]; then B=$(node b); else B=$A; fi
+node a
+A=$(cat "$DIR/a/url")
+if [ "$STORE" = postgres ]; then node b; B=$(cat "$DIR/b/url"); else B=$A; fi
 ALICE=$("$BIN" keys create --config "$DIR/a/airlock.toml" --user alice 2>/dev/null | tail -1)
 BOB=$("$BIN" keys create --config "$DIR/a/airlock.toml" --user bob 2>/dev/null | tail -1)
 echo "== round trip on $STORE: wait on $A, approve on $B"

@@ -66,6 +66,10 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
     // lock by the first append, so later appends skip the read.
     let mut head: Option<(i64, ChainHash)> = None;
     let mut changed = Vec::new();
+    // How the previous job's savepoint ends, sent together with the next
+    // job's SAVEPOINT (or before COMMIT): one round trip fewer per job on
+    // a networked database.
+    let mut pending_end: Option<&'static str> = None;
     for job in batch {
         if let Some(e) = &broken {
             // The transaction is unusable; answer without running.
@@ -74,7 +78,11 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
             continue;
         }
         if savepoints {
-            if let Err(e) = conn.exec("SAVEPOINT job") {
+            let start = match pending_end.take() {
+                Some(end) => format!("{end}; SAVEPOINT job"),
+                None => "SAVEPOINT job".to_owned(),
+            };
+            if let Err(e) = conn.exec(&start) {
                 broken = Some(e.clone());
                 let (_, reply) = job(Err(e));
                 replies.push(reply);
@@ -94,7 +102,12 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
             changed.truncate(announced);
         }
         let end = match (savepoints, keep) {
-            (true, true) => conn.exec("RELEASE SAVEPOINT job"),
+            (true, true) => {
+                pending_end = Some("RELEASE SAVEPOINT job");
+                Ok(())
+            }
+            // Undone now: the job's statements must not stay in effect
+            // while the next one runs.
             (true, false) => conn.exec("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
             (false, true) => Ok(()),
             (false, false) => {
@@ -116,8 +129,9 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
     } else {
         match broken {
             Some(e) => Err(e),
-            None => conn
-                .before_commit(&changed)
+            None => pending_end
+                .map_or(Ok(()), |end| conn.exec(end))
+                .and_then(|()| conn.before_commit(&changed))
                 .and_then(|()| conn.exec("COMMIT")),
         }
     };

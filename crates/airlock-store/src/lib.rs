@@ -74,6 +74,9 @@ pub trait ReadTx {
         principal: &UserName,
         since: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
+    /// The public key registered for a signing purpose (`grant`, `audit`),
+    /// as PASERK: the deployment's key every node must hold.
+    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError>;
     /// Whether `principal` was ever issued a grant for this action verb on
     /// this resource.
     fn granted_before(
@@ -135,6 +138,13 @@ pub trait WriteTx: ReadTx {
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// Registers the public key of a signing purpose (first node to start).
+    fn insert_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Announces that this request changed, once the transaction commits:
     /// to waiters in this process and, on a shared store, on every node.
     /// Dropped if the job rolls back, so nobody is woken for nothing.

@@ -131,6 +131,7 @@ on_both_stores!(
     set_password_stores_an_argon2_hash_from_stdin,
     principal_history_is_in_the_context,
     a_node_refuses_a_newer_schema,
+    a_node_with_other_signing_keys_refuses_to_start,
 );
 
 struct Server {
@@ -2006,4 +2007,50 @@ async fn a_node_refuses_a_newer_schema(db: Db) {
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "never listened"
     );
+}
+
+async fn a_node_with_other_signing_keys_refuses_to_start(db: Db) {
+    let mut s = Server::start(&db);
+    let alice = s.key("alice", "user");
+    let (_, keys) = s.get(&alice, "/v1/keys").await;
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    // Same database, a keys folder of its own: it would make new keys.
+    let elsewhere = s.dir.path().join("other-data");
+    write_config(s.dir.path(), &db, USERS, 1, &elsewhere);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with keys the others do not hold"
+    );
+    assert!(
+        err.contains("is not the one this database was set up with"),
+        "{err}"
+    );
+    // With the deployment's keys it starts again, signing as before.
+    write_config(s.dir.path(), &db, USERS, 1, &s.data);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    s.url = line
+        .trim()
+        .strip_prefix("Airlock listening on ")
+        .unwrap()
+        .to_owned();
+    s.child = child;
+    let (_, now) = s.get(&alice, "/v1/keys").await;
+    assert_eq!(now, keys);
 }

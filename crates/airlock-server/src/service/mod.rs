@@ -176,9 +176,29 @@ impl Airlock {
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();
+        let ours = [
+            ("grant", airlock.public.grant.paserk()),
+            ("audit", airlock.public.audit.paserk()),
+        ];
         airlock
             .store
             .write(move |tx| {
+                // Every node of a deployment must sign with the same keys,
+                // or grants minted here fail elsewhere and checkpoints
+                // signed here fail verification.
+                for (purpose, public) in &ours {
+                    match tx.signing_key(purpose)? {
+                        None => tx.insert_signing_key(purpose, public, now)?,
+                        Some(k) if k == *public => {}
+                        Some(k) => {
+                            return Err(StartError::Keys(format!(
+                                "this node's {purpose}-signing key ({public}) is not the one this \
+                                 database was set up with ({k}); copy the key files from an \
+                                 existing node into this node's keys folder"
+                            )))
+                        }
+                    }
+                }
                 for k in &created {
                     tx.append_audit(
                         NewAuditRecord {
@@ -199,7 +219,7 @@ impl Airlock {
                     },
                     now,
                 )?;
-                Ok::<_, StoreError>(())
+                Ok::<_, StartError>(())
             })
             .await?;
         // Re-arm the timers of everything still waiting from before a restart.

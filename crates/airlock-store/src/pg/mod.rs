@@ -736,6 +736,14 @@ impl ReadTx for Tx<'_> {
             .try_get(0)?)
     }
 
+    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT public_key FROM signing_keys WHERE purpose = $1",
+            &[&purpose],
+        )?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
     fn granted_before(
         &mut self,
         principal: &UserName,
@@ -955,6 +963,19 @@ impl WriteTx for Tx<'_> {
             "INSERT INTO checkpoints (seq, hash, ts, signature) VALUES ($1, $2, $3, $4)
              ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, ts = excluded.ts, signature = excluded.signature",
             &[&cp.seq, &cp.hash.to_string(), &cp.ts, &cp.signature],
+        )?;
+        Ok(())
+    }
+
+    fn insert_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES ($1, $2, $3)",
+            &[&purpose, &public, &at],
         )?;
         Ok(())
     }

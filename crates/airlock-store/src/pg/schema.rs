@@ -92,6 +92,14 @@ CREATE TABLE passwords (
     hash       text NOT NULL,
     updated_at timestamptz NOT NULL
 );
+
+-- The public signing keys of the deployment: a node holding other keys
+-- refuses to start rather than sign what the others cannot verify.
+CREATE TABLE signing_keys (
+    purpose    text PRIMARY KEY,
+    public_key text NOT NULL,
+    created_at timestamptz NOT NULL
+);
 "#];
 
 /// The newest schema version this build knows.

@@ -510,6 +510,14 @@ impl ReadTx for Tx<'_> {
             .query_row(params![principal.as_str(), fmt(since)], |r| r.get(0))?)
     }
 
+    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT public_key FROM signing_keys WHERE purpose = ?1")?
+            .query_row([purpose], |r| r.get(0))
+            .optional()?)
+    }
+
     fn granted_before(
         &mut self,
         principal: &UserName,
@@ -736,6 +744,20 @@ impl WriteTx for Tx<'_> {
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
+        Ok(())
+    }
+
+    fn insert_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![purpose, public, fmt(at)])?;
         Ok(())
     }
 

@@ -88,6 +88,15 @@ CREATE TABLE passwords (
     updated_at TEXT NOT NULL
 );
 "#,
+    r#"
+-- The public signing keys of the deployment: a node holding other keys
+-- refuses to start rather than sign what the others cannot verify.
+CREATE TABLE signing_keys (
+    purpose    TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.
