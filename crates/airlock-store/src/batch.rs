@@ -3,7 +3,8 @@
 //! one commit, then every caller answered with the commit's result.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Mutex;
 
 use airlock_core::{ChainHash, RequestId};
 
@@ -30,6 +31,24 @@ pub(crate) trait BatchConn {
     /// Last words before COMMIT (PostgreSQL queues its notifications).
     fn before_commit(&mut self, _changed: &[RequestId]) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// The writer's queue, as the store's callers see it.
+pub(crate) struct Queue(Mutex<Sender<Job>>);
+
+impl Queue {
+    pub(crate) fn new(tx: Sender<Job>) -> Self {
+        Self(Mutex::new(tx))
+    }
+
+    /// Queues a job; fails if the writer thread is gone.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .map_err(|_| StoreError::WriterGone)?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)
     }
 }
 

@@ -15,7 +15,7 @@ mod schema;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ const SESSION_OPTIONS: &str =
 
 /// PostgreSQL, shared by any number of nodes.
 pub struct PostgresBackend {
-    jobs: Mutex<Sender<Job>>,
+    jobs: batch::Queue,
     readers: Arc<Mutex<Vec<Conn>>>,
     config: postgres::Config,
     stop: Arc<AtomicBool>,
@@ -185,7 +185,7 @@ impl PostgresBackend {
                 .map_err(|e| StoreError::Db(format!("cannot start listener: {e}")))?;
         }
         Ok(Self {
-            jobs: Mutex::new(tx),
+            jobs: batch::Queue::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             config,
             stop,
@@ -265,11 +265,7 @@ fn read_in_snapshot<R>(
 
 impl Backend for PostgresBackend {
     fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs
-            .lock()
-            .map_err(|_| StoreError::WriterGone)?
-            .send(job)
-            .map_err(|_| StoreError::WriterGone)
+        self.jobs.submit(job)
     }
 
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {

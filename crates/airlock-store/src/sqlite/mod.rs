@@ -4,7 +4,7 @@
 mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// SQLite in one file, with WAL and full fsync on commit.
 pub struct SqliteBackend {
-    jobs: Mutex<Sender<Job>>,
+    jobs: batch::Queue,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
 }
@@ -60,7 +60,7 @@ impl SqliteBackend {
             .spawn(move || writer_loop(writer, rx, events))
             .map_err(|e| StoreError::Db(format!("cannot start writer: {e}")))?;
         Ok(Self {
-            jobs: Mutex::new(tx),
+            jobs: batch::Queue::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_owned(),
         })
@@ -104,11 +104,7 @@ impl ReadOnly {
 
 impl Backend for SqliteBackend {
     fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs
-            .lock()
-            .map_err(|_| StoreError::WriterGone)?
-            .send(job)
-            .map_err(|_| StoreError::WriterGone)
+        self.jobs.submit(job)
     }
 
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
