@@ -40,6 +40,12 @@ pub enum AuditKind {
     ServerStarted,
     /// A user's web console password was set.
     PasswordSet,
+    /// Someone signed in to the web console.
+    SignIn,
+    /// A web console sign-in was refused.
+    SignInFailed,
+    /// Someone signed out of the web console.
+    SignOut,
 }
 
 impl AuditKind {
@@ -59,6 +65,9 @@ impl AuditKind {
             Self::KeyCreated => "key_created",
             Self::ServerStarted => "server_started",
             Self::PasswordSet => "password_set",
+            Self::SignIn => "sign_in",
+            Self::SignInFailed => "sign_in_failed",
+            Self::SignOut => "sign_out",
         }
     }
 }

@@ -280,6 +280,13 @@ impl PolicyEngine {
         &self.set
     }
 
+    /// A resource's attributes from `entities.json`, as JSON, if it is
+    /// listed there (these win over what a caller sends).
+    pub fn resource_attrs(&self, kind: &str, id: &str) -> Option<serde_json::Value> {
+        let entity = self.entities().get(&uid(kind, id))?;
+        entity.to_json_value().ok().map(|v| v["attrs"].clone())
+    }
+
     /// The base entities (users, groups, `entities.json`).
     pub fn entities(&self) -> &Entities {
         &self.base

@@ -13,6 +13,7 @@ pub mod http;
 mod metrics;
 pub mod quickstart;
 pub mod service;
+mod web;
 
 pub use config::Config;
 pub use error::ApiError;

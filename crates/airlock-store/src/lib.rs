@@ -22,7 +22,7 @@ pub mod time;
 use std::sync::Arc;
 
 pub use error::StoreError;
-pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
 pub use sqlite::SqliteBackend;
@@ -58,12 +58,16 @@ pub trait ReadTx {
     fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError>;
     /// Audit records with `seq > after`, at most `limit`.
     fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit records about `subject` (a request or grant id), oldest first.
+    fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// All checkpoints, oldest first.
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError>;
     /// The chain head `(seq, hash)`; `(0, GENESIS)` when empty.
     fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
     /// The API key whose SHA-256 is `hash`.
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// A live-or-not web session by the hash of its cookie.
+    fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// A user's password hash, if one is set.
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
@@ -138,6 +142,10 @@ pub trait WriteTx: ReadTx {
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// Stores a new web session, dropping expired ones.
+    fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Ends a web session; false if there was none.
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError>;
     /// Registers the public key of a signing purpose (first node to start).
     fn insert_signing_key(
         &mut self,

@@ -94,6 +94,24 @@ pub enum ConsumeOutcome {
     Expired,
 }
 
+/// A web console session. Only the SHA-256 of the cookie's secret is kept,
+/// so a read of the database yields no usable session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Hex SHA-256 of the cookie value.
+    pub id_hash: String,
+    /// Who signed in.
+    pub user: UserName,
+    /// The anti-CSRF token every form of this session must carry.
+    pub csrf: String,
+    /// How they signed in (`password`, `oidc`).
+    pub method: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]
 pub struct StatusFilter {

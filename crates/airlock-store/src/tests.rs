@@ -72,6 +72,7 @@ both_backends!(
     two_nodes_make_one_chain,
     two_nodes_hear_each_other,
     two_nodes_race_one_grant,
+    sessions_are_stored_hashed_and_end,
 );
 
 fn request(principal: &str) -> Request {
@@ -429,4 +430,36 @@ async fn two_nodes_race_one_grant(home: &Home) {
         }
     }
     assert_eq!(won, 1);
+}
+
+async fn sessions_are_stored_hashed_and_end(home: &Home) {
+    let store = home.open();
+    let t = now();
+    let session = |hash: &str, expires: chrono::DateTime<chrono::Utc>| crate::SessionRecord {
+        id_hash: hash.into(),
+        user: airlock_core::UserName::parse("bob").unwrap(),
+        csrf: "token".into(),
+        method: "password".into(),
+        created_at: t,
+        expires_at: expires,
+    };
+    let (old, live) = (
+        session("old", t - chrono::Duration::minutes(1)),
+        session("live", t + chrono::Duration::hours(8)),
+    );
+    let expect = live.clone();
+    store
+        .write(move |tx| tx.insert_session(&old, t - chrono::Duration::hours(1)))
+        .await
+        .unwrap();
+    store
+        .write(move |tx| tx.insert_session(&live, t))
+        .await
+        .unwrap();
+    let got = store.read(|r| r.session("live")).await.unwrap();
+    assert_eq!(got, Some(expect));
+    // Making a session sweeps the expired ones.
+    assert_eq!(store.read(|r| r.session("old")).await.unwrap(), None);
+    assert!(store.write(|tx| tx.delete_session("live")).await.unwrap());
+    assert_eq!(store.read(|r| r.session("live")).await.unwrap(), None);
 }

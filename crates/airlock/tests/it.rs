@@ -2054,3 +2054,400 @@ async fn a_node_with_other_signing_keys_refuses_to_start(db: Db) {
     let (_, now) = s.get(&alice, "/v1/keys").await;
     assert_eq!(now, keys);
 }
+
+// ---------------------------------------------------------------------------
+// The web console, in a real browser (headless Chromium via chromedriver).
+// ---------------------------------------------------------------------------
+
+const CONSOLE_POLICIES: &str = r#"
+@id("reads")
+permit(principal, action == Action::"read", resource);
+
+@id("exports-need-security")
+@approvers("security")
+permit(principal, action == Action::"export", resource);
+"#;
+
+/// Sets a user's console password through the CLI, as an operator would.
+fn set_password(s: &Server, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["users", "set-password", "--config"])
+        .arg(s.config())
+        .args(["--user", user])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+/// chromedriver on a free port, killed at the end of the test; `None` when
+/// `AIRLOCK_TEST_BROWSER=skip`.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    fn start() -> Option<Driver> {
+        if std::env::var("AIRLOCK_TEST_BROWSER").as_deref() == Ok("skip") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("chromedriver: {e}; install chromium and chromium-driver, or set AIRLOCK_TEST_BROWSER=skip")
+            });
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn browser(&self, width: u32, height: u32) -> fantoccini::Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         format!("--window-size={width},{height}")],
+            }),
+        );
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn sign_in(b: &fantoccini::Client, base: &str, user: &str, password: &str) {
+    use fantoccini::Locator;
+    b.goto(&format!("{base}/login")).await.unwrap();
+    b.find(Locator::Css("input[name=username]"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    b.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.card button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("form.signout"))
+        .await
+        .unwrap_or_else(|e| panic!("{user} did not get signed in: {e}"));
+}
+
+#[tokio::test]
+async fn console_approve_in_a_real_browser_lets_a_waiting_run_go_ahead() {
+    use fantoccini::Locator;
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let s = Server::start_with(&Db::Sqlite, CONSOLE_POLICIES);
+    let alice = s.key("alice", "user");
+    set_password(&s, "bob", "bob's long password");
+    set_password(&s, "mallory", "mallory's long password");
+    let b = driver.browser(1280, 900).await;
+    sign_in(&b, &s.url, "bob", "bob's long password").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/inbox");
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("html[data-live-ready]"))
+        .await
+        .unwrap();
+
+    // alice's command waits for approval; the open inbox shows it live.
+    let marker = s.dir.path().join("ran");
+    let run = Command::new(BIN)
+        .args([
+            "run",
+            "--action",
+            "export",
+            "--resource",
+            "Table:orders",
+            "--reason",
+            "monthly report",
+            "--",
+        ])
+        .args(["sh", "-c", &format!("echo ran > {}", marker.display())])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &alice)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let row = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("li.request a.title"))
+        .await
+        .expect("the request appears in the open inbox without a reload");
+    let text = b
+        .find(Locator::Css("li.request"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("alice") && text.contains("monthly report"),
+        "{text}"
+    );
+    assert!(text.contains("security 0/1"), "what is missing: {text}");
+    std::fs::write(
+        screenshot_dir().join("inbox.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    row.click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("button.approve"))
+        .await
+        .unwrap();
+    let page = b.source().await.unwrap();
+    for shown in [
+        "monthly report",
+        "exports-need-security",
+        "Params",
+        "History",
+        "request_created",
+    ] {
+        assert!(page.contains(shown), "request page shows {shown}");
+    }
+    std::fs::write(
+        screenshot_dir().join("request.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    let request_url = b.current_url().await.unwrap();
+    b.find(Locator::Css("textarea[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("fine for the report")
+        .await
+        .unwrap();
+    b.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(
+            "span.status.approved, span.status.consumed, span.status.completed",
+        ))
+        .await
+        .unwrap();
+
+    // The waiting command goes ahead.
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+
+    // The review is recorded as made on the web, by bob.
+    let admin = s.key("admin", "admin");
+    let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
+    assert!(audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "review" && r["actor"] == "bob" && r["details"]["channel"] == "web"));
+    assert!(audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "sign_in" && r["actor"] == "bob"));
+    b.close().await.unwrap();
+
+    // Someone who may see the request but not review it (its requester)
+    // sees no buttons; forged POSTs are refused by the same rules as the API.
+    set_password(&s, "alice", "alice's long password");
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "t2"}}),
+        )
+        .await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let phone = driver.browser(390, 844).await;
+    sign_in(&phone, &s.url, "alice", "alice's long password").await;
+    phone
+        .goto(&format!("{}/requests/{id}", s.url))
+        .await
+        .unwrap();
+    phone
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("span.status.pending"))
+        .await
+        .unwrap();
+    assert!(
+        phone.find(Locator::Css("button.approve")).await.is_err(),
+        "the requester sees no Approve"
+    );
+    assert!(
+        phone.find(Locator::Css("button.deny")).await.is_err(),
+        "the requester sees no Deny"
+    );
+    std::fs::write(
+        screenshot_dir().join("request-phone-requester.png"),
+        phone.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    phone.close().await.unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (user, password, code) in [
+        ("alice", "alice's long password", 403),     // self-review
+        ("mallory", "mallory's long password", 403), // not an approver
+    ] {
+        let (cookie, csrf) = http_sign_in(&http, &s.url, user, password).await;
+        let forged = http
+            .post(format!("{}/requests/{id}/review", s.url))
+            .header("cookie", format!("airlock_session={cookie}"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("verdict", "approve"),
+                ("reason", ""),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status().as_u16(), code, "{user}'s forged approval");
+    }
+
+    // A POST without the right CSRF token is refused, even from bob's
+    // valid session.
+    let (bob_cookie, _) = http_sign_in(&http, &s.url, "bob", "bob's long password").await;
+    for form in [
+        vec![("verdict", "approve")],
+        vec![("verdict", "approve"), ("csrf", "not-the-token")],
+    ] {
+        let r = http
+            .post(format!("{}/requests/{id}/review", s.url))
+            .header("cookie", format!("airlock_session={bob_cookie}"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{form:?}");
+    }
+    // The sign-in form itself needs its token.
+    let r = http
+        .post(format!("{}/login", s.url))
+        .form(&[("username", "bob"), ("password", "bob's long password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "pending", "nothing above approved it");
+    assert!(r["reviews"].as_array().unwrap().is_empty());
+    let _ = request_url;
+}
+
+/// Signs in over plain HTTP, as a script would: returns the session cookie
+/// and the session's CSRF token (from a page's hidden field).
+async fn http_sign_in(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> (String, String) {
+    let set_cookie = |res: &reqwest::Response, name: &str| {
+        res.headers().get_all("set-cookie").iter().find_map(|v| {
+            let v = v.to_str().ok()?.strip_prefix(name)?.strip_prefix('=')?;
+            Some(v.split(';').next().unwrap_or("").to_owned())
+        })
+    };
+    let form = http.get(format!("{base}/login")).send().await.unwrap();
+    let login_csrf = set_cookie(&form, "airlock_login_csrf").unwrap();
+    let signed = http
+        .post(format!("{base}/login"))
+        .header("cookie", format!("airlock_login_csrf={login_csrf}"))
+        .form(&[
+            ("csrf", login_csrf.as_str()),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 303, "{user} signs in");
+    let cookie = set_cookie(&signed, "airlock_session").unwrap();
+    let page = http
+        .get(format!("{base}/inbox"))
+        .header("cookie", format!("airlock_session={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    (cookie, csrf)
+}

@@ -99,6 +99,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/keys", get(keys))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this endpoint".into())
@@ -108,13 +109,30 @@ pub fn router(airlock: AppState) -> Router {
         .with_state(airlock)
 }
 
+/// What the console's pages may load: only this origin's script and
+/// style, no inline code, no framing, forms posting only here.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            header::HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=()",
+        ),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     res
 }
 

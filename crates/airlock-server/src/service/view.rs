@@ -9,6 +9,20 @@ use serde_json::{json, Value};
 use super::{Airlock, Caller};
 
 impl Airlock {
+    /// A resource's attributes as decisions see them: the caller's, with
+    /// `entities.json` winning.
+    pub fn resource_attrs(&self, res: &airlock_core::Resource) -> Value {
+        let mut attrs = res.attrs.clone();
+        let loaded = self.loaded.load();
+        if let Some(Value::Object(known)) = loaded
+            .engine
+            .resource_attrs(res.kind.as_str(), res.id.as_str())
+        {
+            attrs.extend(known);
+        }
+        Value::Object(attrs)
+    }
+
     /// The contract's REQUEST object, as `caller` may see it.
     pub fn view(&self, req: &Request, caller: &Caller) -> Value {
         let loaded = self.loaded.load();

@@ -30,7 +30,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{self, fail_all, BatchConn};
-use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
@@ -656,6 +656,15 @@ impl ReadTx for Tx<'_> {
         rows.iter().map(audit_from_row).collect()
     }
 
+    fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE subject = $1 ORDER BY seq LIMIT $2",
+            &[&subject, &i64::from(limit)],
+        )?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = self.query(
             "SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq",
@@ -697,6 +706,24 @@ impl ReadTx for Tx<'_> {
                 user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
                 role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
                 created_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = self.query_opt(
+            "SELECT id_hash, user_name, csrf, method, created_at, expires_at FROM sessions WHERE id_hash = $1",
+            &[&id_hash],
+        )?;
+        row.map(|r| {
+            Ok(SessionRecord {
+                id_hash: r.try_get(0)?,
+                user: UserName::parse(r.try_get(1)?).map_err(corrupt)?,
+                csrf: r.try_get(2)?,
+                method: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+                expires_at: r.try_get(5)?,
             })
         })
         .transpose()
@@ -961,6 +988,27 @@ impl WriteTx for Tx<'_> {
             &[&cp.seq, &cp.hash.to_string(), &cp.ts, &cp.signature],
         )?;
         Ok(())
+    }
+
+    fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])?;
+        self.execute(
+            "INSERT INTO sessions (id_hash, user_name, csrf, method, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &s.id_hash,
+                &s.user.as_str(),
+                &s.csrf,
+                &s.method,
+                &s.created_at,
+                &s.expires_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
+        Ok(self.execute("DELETE FROM sessions WHERE id_hash = $1", &[&id_hash])? == 1)
     }
 
     fn insert_signing_key(

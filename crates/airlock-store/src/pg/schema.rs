@@ -100,6 +100,17 @@ CREATE TABLE signing_keys (
     public_key text NOT NULL,
     created_at timestamptz NOT NULL
 );
+
+-- Web console sessions: the cookie's SHA-256 only.
+CREATE TABLE sessions (
+    id_hash    text PRIMARY KEY,
+    user_name  text NOT NULL,
+    csrf       text NOT NULL,
+    method     text NOT NULL,
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX sessions_by_expiry ON sessions (expires_at);
 "#];
 
 /// The newest schema version this build knows.

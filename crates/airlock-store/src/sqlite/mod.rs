@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::batch::{self, fail_all, BatchConn};
-use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, StatusFilter};
+use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
@@ -413,6 +413,19 @@ impl ReadTx for Tx<'_> {
         Ok(out)
     }
 
+    fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE subject = ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = st.query(params![subject, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(Self::audit_from_row(row)?);
+        }
+        Ok(out)
+    }
+
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
         let mut st = self
             .conn
@@ -473,6 +486,36 @@ impl ReadTx for Tx<'_> {
                 user: UserName::parse(&user).map_err(corrupt)?,
                 role: Role::parse(&role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
                 created_at: parse(&created)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT id_hash, user_name, csrf, method, created_at, expires_at FROM sessions WHERE id_hash = ?1",
+            )?
+            .query_row([id_hash], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(id_hash, user, csrf, method, created, expires)| {
+            Ok(SessionRecord {
+                id_hash,
+                user: UserName::parse(&user).map_err(corrupt)?,
+                csrf,
+                method,
+                created_at: parse(&created)?,
+                expires_at: parse(&expires)?,
             })
         })
         .transpose()
@@ -741,6 +784,34 @@ impl WriteTx for Tx<'_> {
             .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
         Ok(())
+    }
+
+    fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+            .execute([fmt(now)])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (id_hash, user_name, csrf, method, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.id_hash,
+                s.user.as_str(),
+                s.csrf,
+                s.method,
+                fmt(s.created_at),
+                fmt(s.expires_at)
+            ])?;
+        Ok(())
+    }
+
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
+            .execute([id_hash])?
+            == 1)
     }
 
     fn insert_signing_key(

@@ -97,6 +97,18 @@ CREATE TABLE signing_keys (
     created_at TEXT NOT NULL
 );
 "#,
+    r#"
+-- Web console sessions: the cookie's SHA-256 only.
+CREATE TABLE sessions (
+    id_hash    TEXT PRIMARY KEY,
+    user_name  TEXT NOT NULL,
+    csrf       TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,410 @@
+//! The web console: server-rendered pages where approvers see what waits
+//! for them and decide, and requesters follow their requests. Every rule is
+//! the service's (the same calls the API makes); the console only adds
+//! sessions, CSRF tokens and HTML. Pages update live from a server-sent
+//! event stream; the only script is `assets/app.js`.
+
+mod pages;
+mod session;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::{RequestId, RequestStatus, Verdict};
+use airlock_store::StatusFilter;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::Markup;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_stream::StreamExt as _;
+
+use crate::{Airlock, ApiError};
+use pages::Viewer;
+use session::{
+    cookie, random_token, same_secret, set_cookie, WebUser, LOGIN_CSRF_COOKIE, SESSION_COOKIE,
+};
+
+type AppState = Arc<Airlock>;
+
+/// The console's routes, merged into the API router.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/inbox", get(inbox))
+        .route("/inbox/rows", get(inbox_rows))
+        .route("/mine", get(mine))
+        .route("/mine/rows", get(mine_rows))
+        .route("/requests/{id}", get(request_page))
+        .route("/requests/{id}/status", get(request_status))
+        .route("/requests/{id}/review", post(review))
+        .route("/events", get(events))
+        .route("/static/app.js", get(script))
+        .route("/static/app.css", get(style))
+}
+
+/// Why a console request was not served, turned into a response in one
+/// place: the sign-in page for a page view without a session, otherwise an
+/// error page with the status the API would use.
+enum Refusal {
+    SignIn,
+    Failed {
+        /// Who was signed in (name, CSRF token), for the page frame.
+        viewer: Option<(String, String)>,
+        error: ApiError,
+    },
+}
+
+fn fail(user: Option<&WebUser>, error: ApiError) -> Refusal {
+    Refusal::Failed {
+        viewer: user.map(|u| (u.caller.user.to_string(), u.csrf.clone())),
+        error,
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (viewer, e) = match self {
+            Refusal::SignIn => return Redirect::to("/login").into_response(),
+            Refusal::Failed { viewer, error } => (viewer, error),
+        };
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = e.code(), error = %e, "console request failed");
+        }
+        let v = viewer.as_ref().map(|(user, csrf)| Viewer { user, csrf });
+        let title = if status == StatusCode::NOT_FOUND {
+            "Not found"
+        } else {
+            "Not done"
+        };
+        (status, pages::error(v.as_ref(), title, &e.to_string())).into_response()
+    }
+}
+
+type Page = Result<Response, Refusal>;
+
+fn viewer(u: &WebUser) -> Viewer<'_> {
+    Viewer {
+        user: u.caller.user.as_str(),
+        csrf: &u.csrf,
+    }
+}
+
+/// The signed-in user, or the response to send instead: to the sign-in
+/// page for a page view, 403 for anything else.
+async fn signed_in(airlock: &Airlock, headers: &HeaderMap, page: bool) -> Result<WebUser, Refusal> {
+    match airlock.web_user(headers).await {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) if page => Err(Refusal::SignIn),
+        Ok(None) => Err(fail(None, ApiError::forbidden("sign in first"))),
+        Err(e) => Err(fail(None, e)),
+    }
+}
+
+/// A form's CSRF token must be the session's.
+fn check_csrf(user: &WebUser, sent: &str) -> Result<(), Refusal> {
+    if same_secret(sent, &user.csrf) {
+        Ok(())
+    } else {
+        Err(fail(
+            Some(user),
+            ApiError::forbidden("this form is stale or was not sent by the console (CSRF token mismatch); reload the page"),
+        ))
+    }
+}
+
+async fn home(State(airlock): State<AppState>, headers: HeaderMap) -> Response {
+    match airlock.web_user(&headers).await {
+        Ok(Some(_)) => Redirect::to("/inbox").into_response(),
+        _ => Redirect::to("/login").into_response(),
+    }
+}
+
+async fn login_form(State(airlock): State<AppState>) -> Response {
+    let token = random_token();
+    let cookie = set_cookie(LOGIN_CSRF_COOKIE, &token, 3600, airlock.secure_cookies());
+    ([(header::SET_COOKIE, cookie)], pages::login(&token, None)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn login(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Page {
+    // Login CSRF: the form must come from a page this browser loaded.
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !same_secret(&form.csrf, &expected) {
+        return Err(fail(
+            None,
+            ApiError::forbidden("the sign-in form is stale (CSRF token mismatch); reload the page"),
+        ));
+    }
+    match airlock.sign_in(&form.username, form.password).await {
+        Ok(Some(secret)) => {
+            let secure = airlock.secure_cookies();
+            let mut res = Redirect::to("/inbox").into_response();
+            let h = res.headers_mut();
+            for c in [
+                set_cookie(SESSION_COOKIE, &secret, 8 * 3600, secure),
+                set_cookie(LOGIN_CSRF_COOKIE, "", 0, secure),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    h.append(header::SET_COOKIE, v);
+                }
+            }
+            Ok(res)
+        }
+        Ok(None) => Ok((
+            StatusCode::UNAUTHORIZED,
+            pages::login(&expected, Some("Wrong user name or password.")),
+        )
+            .into_response()),
+        Err(e) => Err(fail(None, e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    airlock
+        .sign_out(&user)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    let clear = set_cookie(SESSION_COOKIE, "", 0, airlock.secure_cookies());
+    Ok(([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response())
+}
+
+/// REQUEST as the API shows it, without the grant token: a page is no
+/// place for a bearer credential.
+fn shown(airlock: &Airlock, req: &airlock_core::Request, user: &WebUser) -> Value {
+    let mut v = airlock.view(req, &user.caller);
+    if let Some(g) = v.get_mut("grant").and_then(Value::as_object_mut) {
+        g.remove("token");
+    }
+    v
+}
+
+async fn inbox_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiError> {
+    let all = airlock
+        .list_requests(&user.caller, vec![RequestStatus::Pending], 500)
+        .await?;
+    let loaded = airlock.loaded.load();
+    Ok(all
+        .iter()
+        .filter(|r| {
+            r.action.principal != user.caller.user
+                && r.eligible_reviewer(&user.caller.user, |u, g| loaded.directory.is_member(u, g))
+        })
+        .map(|r| shown(airlock, r, user))
+        .collect())
+}
+
+async fn inbox(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    match inbox_list(&airlock, &user).await {
+        Ok(list) => Ok(pages::inbox(&viewer(&user), &list, chrono::Utc::now()).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+async fn inbox_rows(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    match inbox_list(&airlock, &user).await {
+        Ok(list) => Ok(pages::inbox_rows(&list, chrono::Utc::now()).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+async fn mine_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiError> {
+    let filter = StatusFilter {
+        statuses: Vec::new(),
+        principal: Some(user.caller.user.clone()),
+    };
+    let mine = airlock
+        .store
+        .read(move |r| r.list_requests(&filter, 200))
+        .await?;
+    Ok(mine.iter().map(|r| shown(airlock, r, user)).collect())
+}
+
+async fn mine(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    match mine_list(&airlock, &user).await {
+        Ok(list) => Ok(pages::mine(&viewer(&user), &list, chrono::Utc::now()).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+async fn mine_rows(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    match mine_list(&airlock, &user).await {
+        Ok(list) => Ok(pages::mine_rows(&list, chrono::Utc::now()).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+fn request_id(s: &str) -> Result<RequestId, ApiError> {
+    RequestId::parse(s).map_err(|_| ApiError::NotFound(format!("no request {s}")))
+}
+
+async fn request_page(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    let page = async {
+        let id = request_id(&id)?;
+        let req = airlock.get_request(&user.caller, id, None).await?;
+        let subjects = std::iter::once(id.to_string())
+            .chain(req.grant.as_ref().map(|g| g.grant_id.to_string()))
+            .collect::<Vec<_>>();
+        let history = airlock
+            .store
+            .read(move |r| {
+                let mut out = Vec::new();
+                for s in &subjects {
+                    out.extend(r.audit_about(s, 500)?);
+                }
+                out.sort_by_key(|a| a.seq);
+                Ok(out)
+            })
+            .await?;
+        let history: Vec<Value> = history
+            .iter()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+            .collect();
+        let loaded = airlock.loaded.load();
+        let can_review = req.status == RequestStatus::Pending
+            && req.action.principal != user.caller.user
+            && req.eligible_reviewer(&user.caller.user, |u, g| loaded.directory.is_member(u, g));
+        let attrs = airlock.resource_attrs(&req.action.resource);
+        Ok::<Markup, ApiError>(pages::request(
+            &viewer(&user),
+            &shown(&airlock, &req, &user),
+            &attrs,
+            &history,
+            can_review,
+            chrono::Utc::now(),
+        ))
+    };
+    match page.await {
+        Ok(m) => Ok(m.into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+async fn request_status(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    let status = async {
+        let req = airlock
+            .get_request(&user.caller, request_id(&id)?, None)
+            .await?;
+        // Reviews count too: the page reloads when either changes.
+        Ok::<_, ApiError>(format!("{} {}", req.status, req.reviews.len()))
+    };
+    match status.await {
+        Ok(s) => Ok(s.into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReviewForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    verdict: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn review(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ReviewForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let done = async {
+        let id = request_id(&id)?;
+        let verdict = Verdict::parse(&form.verdict)
+            .map_err(|_| ApiError::BadRequest("verdict must be approve or deny".into()))?;
+        let reason = Some(form.reason).filter(|r| !r.trim().is_empty());
+        if verdict == Verdict::Deny && reason.is_none() {
+            return Err(ApiError::BadRequest(
+                "say why you deny: the requester reads it".into(),
+            ));
+        }
+        airlock
+            .review(&user.caller, id, verdict, reason, "web")
+            .await?;
+        Ok(id)
+    };
+    match done.await {
+        Ok(id) => Ok(Redirect::to(&format!("/requests/{id}")).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+/// A bare "changed" event (its data is a dummy: browsers drop events
+/// without data) whenever any request changes (on any node): the
+/// page re-fetches what it shows, through the same checks as every page,
+/// so the stream itself tells nothing to anyone.
+async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    signed_in(&airlock, &headers, false).await?;
+    let stream = tokio_stream::wrappers::BroadcastStream::new(airlock.store.subscribe())
+        .map(|_| Ok::<_, Infallible>(Event::default().event("changed").data("1")));
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/app.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/app.css"),
+    )
+        .into_response()
+}

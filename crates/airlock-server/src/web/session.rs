@@ -1,0 +1,238 @@
+//! Web console sessions: sign-in with a password, the session cookie, and
+//! the anti-CSRF token every state-changing form carries.
+//!
+//! The cookie holds 256 random bits; the store keeps only their SHA-256,
+//! so a copy of the database signs nobody in. Sessions live in the store,
+//! so signing out ends the session on every node at once.
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use chrono::Duration;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+
+use airlock_core::{AuditKind, NewAuditRecord, UserName};
+use airlock_store::time::now;
+use airlock_store::{Role, SessionRecord, StoreError};
+use serde_json::json;
+
+use crate::service::hash_key;
+use crate::{Airlock, ApiError, Caller};
+
+/// The session cookie.
+pub(crate) const SESSION_COOKIE: &str = "airlock_session";
+/// The pre-session cookie that guards the sign-in form against login CSRF.
+pub(crate) const LOGIN_CSRF_COOKIE: &str = "airlock_login_csrf";
+/// How long a session lasts.
+const SESSION_HOURS: i64 = 8;
+
+/// A hash no password matches, verified when the user is unknown so that
+/// the answer takes as long as for a known user (no user enumeration by
+/// timing). Made with the same parameters as `airlock users set-password`.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$y6Tl2L1Yu4MmF2GU1NVU8KD3IaY2hh0MEp1C0vHj2lE";
+
+/// 256 random bits, URL-safe.
+pub(crate) fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Whether two secrets are equal, in constant time.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// A cookie's value from the request headers.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, Secure when the
+/// console is served over HTTPS.
+pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// A signed-in user.
+#[derive(Debug, Clone)]
+pub(crate) struct WebUser {
+    pub(crate) caller: Caller,
+    pub(crate) csrf: String,
+    pub(crate) id_hash: String,
+}
+
+impl Airlock {
+    /// The signed-in user behind the request's session cookie, if any, and
+    /// only while they are still a configured user.
+    pub(crate) async fn web_user(&self, headers: &HeaderMap) -> Result<Option<WebUser>, ApiError> {
+        let Some(secret) = cookie(headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let id_hash = hash_key(&secret);
+        let h = id_hash.clone();
+        let Some(s) = self.store.read(move |r| r.session(&h)).await? else {
+            return Ok(None);
+        };
+        if s.expires_at <= now() || !self.loaded.load().directory.contains(&s.user) {
+            return Ok(None);
+        }
+        Ok(Some(WebUser {
+            caller: Caller {
+                user: s.user,
+                role: Role::User,
+                key_id: format!("session:{}", &id_hash[..12]),
+            },
+            csrf: s.csrf,
+            id_hash,
+        }))
+    }
+
+    /// Checks a password and, if it is right, starts a session. Returns the
+    /// cookie secret. Every attempt is in the audit log.
+    pub(crate) async fn sign_in(
+        &self,
+        username: &str,
+        password: String,
+    ) -> Result<Option<String>, ApiError> {
+        let user = UserName::parse(username)
+            .ok()
+            .filter(|u| self.loaded.load().directory.contains(u));
+        let stored = match &user {
+            Some(u) => {
+                let u = u.clone();
+                self.store.read(move |r| r.password_hash(&u)).await?
+            }
+            None => None,
+        };
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
+        // Argon2 is deliberately slow: off the async threads.
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        let t = now();
+        let shown = username.chars().take(64).collect::<String>();
+        match user.filter(|_| ok && known) {
+            None => {
+                self.store
+                    .write(move |tx| {
+                        tx.append_audit(
+                            NewAuditRecord {
+                                kind: AuditKind::SignInFailed,
+                                actor: "web".into(),
+                                subject: shown,
+                                details: json!({"method": "password"}),
+                            },
+                            t,
+                        )
+                        .map(|_| ())
+                    })
+                    .await
+                    .map_err(ApiError::Audit)?;
+                Ok(None)
+            }
+            Some(user) => {
+                let secret = random_token();
+                let session = SessionRecord {
+                    id_hash: hash_key(&secret),
+                    user: user.clone(),
+                    csrf: random_token(),
+                    method: "password".into(),
+                    created_at: t,
+                    expires_at: t + Duration::hours(SESSION_HOURS),
+                };
+                self.store
+                    .write(move |tx| {
+                        tx.insert_session(&session, t)?;
+                        tx.append_audit(
+                            NewAuditRecord {
+                                kind: AuditKind::SignIn,
+                                actor: user.to_string(),
+                                subject: user.to_string(),
+                                details: json!({"method": "password", "session": &session.id_hash[..12]}),
+                            },
+                            t,
+                        )?;
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+                    .map_err(ApiError::Audit)?;
+                Ok(Some(secret))
+            }
+        }
+    }
+
+    /// Ends a session everywhere.
+    pub(crate) async fn sign_out(&self, user: &WebUser) -> Result<(), ApiError> {
+        let (h, who) = (user.id_hash.clone(), user.caller.user.to_string());
+        let t = now();
+        self.store
+            .write(move |tx| {
+                tx.delete_session(&h)?;
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::SignOut,
+                        actor: who.clone(),
+                        subject: who,
+                        details: json!({"session": &h[..12]}),
+                    },
+                    t,
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(ApiError::Audit)
+    }
+
+    /// Whether the console is served over HTTPS (cookies get `Secure`).
+    pub(crate) fn secure_cookies(&self) -> bool {
+        self.config.load().public_url().starts_with("https://")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "a=1; airlock_session=xyz; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("xyz"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn the_dummy_hash_parses_and_matches_nothing() {
+        let h = PasswordHash::new(DUMMY_HASH).unwrap();
+        assert!(Argon2::default().verify_password(b"", &h).is_err());
+    }
+
+    #[test]
+    fn secrets_compare_in_full() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+}
