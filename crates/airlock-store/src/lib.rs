@@ -18,6 +18,7 @@ mod readonly;
 mod sqlite;
 pub mod testing;
 pub mod time;
+mod verify;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, Sta
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
 pub use sqlite::SqliteBackend;
+pub use verify::{verify_chain, Verification};
 use tokio::sync::broadcast;
 
 use airlock_core::request::GrantRecord;

@@ -1,15 +1,14 @@
 //! Commands that work on the files directly, without a server: keys,
 //! audit verification, policy validation and tests.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_core::{ChainError, ChainVerifier, UserName};
+use airlock_core::UserName;
 use airlock_keys::{Keyring, PublicKey};
 use airlock_policy::{Directory, PolicyEngine};
 use airlock_server::Config;
-use airlock_store::{ReadOnlyStore, Role, Store};
+use airlock_store::{verify_chain, ReadOnlyStore, Role, Store};
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
@@ -51,67 +50,9 @@ pub fn audit_verify(
         }
     };
     let db = ReadOnlyStore::new(&cfg.storage.url, &cfg.base_dir)?;
-    let result = db.read(move |r| {
-        let checkpoints: BTreeMap<i64, airlock_keys::Checkpoint> =
-            r.checkpoints()?.into_iter().map(|c| (c.seq, c)).collect();
-        let mut v = ChainVerifier::default();
-        let mut after = 0;
-        let broken = 'walk: loop {
-            let page = r.audit_after(after, 10_000)?;
-            if page.is_empty() {
-                break None;
-            }
-            for rec in &page {
-                if let Err(e) = v.push(rec) {
-                    break 'walk Some(Broken {
-                        seq: e.seq(),
-                        why: e.to_string(),
-                    });
-                }
-                if let Some(cp) = checkpoints.get(&rec.seq) {
-                    if cp.verify(&key).is_err() {
-                        break 'walk Some(Broken {
-                            seq: cp.seq,
-                            why: format!("checkpoint at record {} has a bad signature", cp.seq),
-                        });
-                    }
-                    if cp.hash != rec.hash {
-                        let e = ChainError::Checkpoint { seq: rec.seq };
-                        break 'walk Some(Broken {
-                            seq: rec.seq,
-                            why: e.to_string(),
-                        });
-                    }
-                }
-                after = rec.seq;
-            }
-        };
-        let head = v.head_seq();
-        let broken = broken.or_else(|| {
-            // A signed checkpoint past the end means records were cut off.
-            checkpoints
-                .values()
-                .find(|cp| cp.seq > head)
-                .map(|cp| Broken {
-                    seq: head + 1,
-                    why: format!(
-                        "records {}..={} are missing: a signed checkpoint covers record {}",
-                        head + 1,
-                        cp.seq,
-                        cp.seq
-                    ),
-                })
-        });
-        let bad_sig = checkpoints
-            .values()
-            .find(|cp| cp.seq <= head && cp.verify(&key).is_err())
-            .map(|cp| Broken {
-                seq: cp.seq,
-                why: format!("checkpoint at record {} has a bad signature", cp.seq),
-            });
-        Ok((broken.or(bad_sig), head, v.head_hash(), checkpoints.len()))
-    })?;
-    let (broken, head, hash, n_cp) = result;
+    let found = db.read(move |r| verify_chain(r, &key))?;
+    let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);
+    let broken = found.broken.map(|(seq, why)| Broken { seq, why });
     match broken {
         None => {
             if out.json {
