@@ -35,6 +35,9 @@ pub struct Config {
     /// Audit log settings.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The web console.
+    #[serde(default)]
+    pub web: WebConfig,
     /// The people who ask and approve, and their groups.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -156,6 +159,29 @@ fn default_tz() -> String {
 }
 fn yes() -> bool {
     true
+}
+
+/// `[web]`: the console served at the server's root.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Groups whose members may read and export the audit log in the
+    /// console (the API's `/v1/audit` takes an admin key). Default
+    /// `["auditors"]`.
+    #[serde(default = "default_auditors")]
+    pub auditor_groups: Vec<GroupName>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            auditor_groups: default_auditors(),
+        }
+    }
+}
+
+fn default_auditors() -> Vec<GroupName> {
+    GroupName::parse("auditors").into_iter().collect()
 }
 
 /// `[audit]`

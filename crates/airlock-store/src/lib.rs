@@ -23,12 +23,14 @@ mod verify;
 use std::sync::Arc;
 
 pub use error::StoreError;
-pub use model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
+pub use model::{
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+};
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
 pub use sqlite::SqliteBackend;
-pub use verify::{verify_chain, Verification};
 use tokio::sync::broadcast;
+pub use verify::{verify_chain, Verification};
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
@@ -62,6 +64,12 @@ pub trait ReadTx {
     fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// Audit records about `subject` (a request or grant id), oldest first.
     fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit records matching `filter`, newest first, at most `limit`.
+    fn audit_search(
+        &mut self,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
     /// All checkpoints, oldest first.
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError>;
     /// The chain head `(seq, hash)`; `(0, GENESIS)` when empty.

@@ -112,6 +112,21 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Which audit records to find. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Who acted.
+    pub actor: Option<String>,
+    /// Record kind (`review`, `decision`, …).
+    pub kind: Option<String>,
+    /// Records about this request: its own, and those naming it (grants).
+    pub request: Option<String>,
+    /// From this time (RFC 3339, inclusive).
+    pub since: Option<String>,
+    /// Until this time (RFC 3339, exclusive).
+    pub until: Option<String>,
+}
+
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]
 pub struct StatusFilter {

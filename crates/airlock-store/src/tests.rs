@@ -73,6 +73,7 @@ both_backends!(
     two_nodes_hear_each_other,
     two_nodes_race_one_grant,
     sessions_are_stored_hashed_and_end,
+    audit_search_filters,
 );
 
 fn request(principal: &str) -> Request {
@@ -462,4 +463,76 @@ async fn sessions_are_stored_hashed_and_end(home: &Home) {
     assert_eq!(store.read(|r| r.session("old")).await.unwrap(), None);
     assert!(store.write(|tx| tx.delete_session("live")).await.unwrap());
     assert_eq!(store.read(|r| r.session("live")).await.unwrap(), None);
+}
+
+async fn audit_search_filters(home: &Home) {
+    let store = home.open();
+    let t = now();
+    store
+        .write(move |tx| {
+            for (kind, actor, subject, details) in [
+                (AuditKind::Decision, "alice", "", json!({"x": 1})),
+                (
+                    AuditKind::Review,
+                    "bob",
+                    "req_1",
+                    json!({"verdict": "approve"}),
+                ),
+                (
+                    AuditKind::GrantIssued,
+                    "system",
+                    "grt_1",
+                    json!({"request": "req_1"}),
+                ),
+                (AuditKind::Review, "carol", "req_2", json!({})),
+            ] {
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind,
+                        actor: actor.into(),
+                        subject: subject.into(),
+                        details,
+                    },
+                    t,
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let find = |f: crate::AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |r| r.audit_search(&f, 100))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    let f = |actor: Option<&str>, kind: Option<&str>, request: Option<&str>| crate::AuditFilter {
+        actor: actor.map(Into::into),
+        kind: kind.map(Into::into),
+        request: request.map(Into::into),
+        ..Default::default()
+    };
+    assert_eq!(
+        find(f(None, None, None)).await,
+        vec![4, 3, 2, 1],
+        "newest first"
+    );
+    assert_eq!(find(f(None, Some("review"), None)).await, vec![4, 2]);
+    assert_eq!(find(f(Some("bob"), Some("review"), None)).await, vec![2]);
+    assert_eq!(
+        find(f(None, None, Some("req_1"))).await,
+        vec![3, 2],
+        "its own and those naming it"
+    );
+    let later = crate::AuditFilter {
+        since: Some(crate::time::fmt(t + chrono::Duration::seconds(1))),
+        ..Default::default()
+    };
+    assert!(find(later).await.is_empty());
 }

@@ -2451,3 +2451,187 @@ async fn http_sign_in(
         .to_owned();
     (cookie, csrf)
 }
+
+#[tokio::test]
+async fn console_audit_explorer_policy_simulator_and_overview() {
+    let mut s = Server::start_with(&Db::Sqlite, CONSOLE_POLICIES);
+    let (alice, bob, admin) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("admin", "admin"),
+    );
+    set_password(&s, "bob", "bob's long password");
+    set_password(&s, "alice", "alice's long password");
+    s.set_users(&format!(
+        "{USERS}\n[web]\nauditor_groups = [\"security\"]\n"
+    ));
+    Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        s.audit_has(&admin, "policy_loaded", "trigger", "sighup")
+            .await
+    );
+    // Some history: one approved, one denied.
+    for (table, verdict) in [("a", "approve"), ("b", "deny")] {
+        let (_, r) = s
+            .post(
+                &alice,
+                "/v1/check",
+                json!({"action": "export", "resource": {"type": "Table", "id": table}}),
+            )
+            .await;
+        let id = r["request"]["id"].as_str().unwrap().to_owned();
+        let (st, r) = s.review(&bob, &id, verdict).await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (bob_cookie, bob_csrf) = http_sign_in(&http, &s.url, "bob", "bob's long password").await;
+    let get = |cookie: &str, path: &str| {
+        let req = http
+            .get(format!("{}{path}", s.url))
+            .header("cookie", format!("airlock_session={cookie}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    // The audit explorer: verified, filterable, exportable.
+    let (st, page) = get(&bob_cookie, "/audit").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("Chain verified up to record"), "{page}");
+    let (_, page) = get(&bob_cookie, "/audit?kind=review&actor=bob").await;
+    assert_eq!(page.matches("<td>review</td>").count(), 2, "{page}");
+    assert!(!page.contains("<td>decision</td>"));
+    let (st, lines) = get(&bob_cookie, "/audit/export?kind=review").await;
+    assert_eq!(st, 200);
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{lines}");
+    assert!(records.iter().all(|r| r["kind"] == "review"));
+    assert!(
+        records[0]["seq"].as_i64() < records[1]["seq"].as_i64(),
+        "oldest first"
+    );
+    let (_, page) = get(
+        &bob_cookie,
+        "/audit?since=2000-01-01T00:00&until=2000-01-02T00:00",
+    )
+    .await;
+    assert!(page.contains("0 records"), "time range filters: {page}");
+    let (st, _) = get(&bob_cookie, "/audit?since=yesterday").await;
+    assert_eq!(st, 400);
+    // Only auditors read it.
+    let (alice_cookie, alice_csrf) =
+        http_sign_in(&http, &s.url, "alice", "alice's long password").await;
+    let (st, _) = get(&alice_cookie, "/audit").await;
+    assert_eq!(st, 403);
+    let (st, _) = get(&alice_cookie, "/audit/export").await;
+    assert_eq!(st, 403);
+
+    // The policy page and simulator: decides, creates nothing.
+    let (st, page) = get(&bob_cookie, "/policy").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("exports-need-security") && page.contains("Last load"),
+        "{page}"
+    );
+    let (_, before) = s.get(&admin, "/v1/requests?status=all").await;
+    let simulate = |form: Vec<(&'static str, &'static str)>, csrf: &str, cookie: &str| {
+        let mut form: Vec<(&str, String)> =
+            form.into_iter().map(|(k, v)| (k, v.to_owned())).collect();
+        form.push(("csrf", csrf.to_owned()));
+        let req = http
+            .post(format!("{}/policy/simulate", s.url))
+            .header("cookie", format!("airlock_session={cookie}"))
+            .form(&form);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (st, page) = simulate(
+        vec![
+            ("principal", "alice"),
+            ("action", "export"),
+            ("resource", "Table:orders"),
+            ("params", "{\"sql\": \"select 1\"}"),
+        ],
+        &alice_csrf,
+        &alice_cookie,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("approval_required") && page.contains("can approve: admin, bob, carol"),
+        "{page}"
+    );
+    let (_, page) = simulate(
+        vec![
+            ("principal", "alice"),
+            ("action", "read"),
+            ("resource", "Table:orders"),
+        ],
+        &bob_csrf,
+        &bob_cookie,
+    )
+    .await;
+    assert!(page.contains("outcome allow"), "{page}");
+    let (_, page) = simulate(
+        vec![
+            ("principal", "alice"),
+            ("action", "read"),
+            ("resource", "Table:orders"),
+            ("context", "[1]"),
+        ],
+        &bob_csrf,
+        &bob_cookie,
+    )
+    .await;
+    assert!(page.contains("context must be a JSON object"), "{page}");
+    let (st, _) = simulate(
+        vec![
+            ("principal", "alice"),
+            ("action", "read"),
+            ("resource", "Table:orders"),
+        ],
+        "wrong",
+        &bob_cookie,
+    )
+    .await;
+    assert_eq!(st, 403, "the simulator's form needs its CSRF token too");
+    let (_, after) = s.get(&admin, "/v1/requests?status=all").await;
+    assert_eq!(
+        before["requests"].as_array().unwrap().len(),
+        after["requests"].as_array().unwrap().len()
+    );
+
+    // The overview's pictures.
+    let (st, page) = get(&bob_cookie, "/overview").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("<svg") && page.contains("Requests per day by outcome"),
+        "{page}"
+    );
+    assert!(
+        page.contains(": 1 approved") && page.contains(": 1 denied"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt; 1 min: 2"),
+        "both decided within a minute: {page}"
+    );
+
+    // A tampered log shows where it broke.
+    s.sql("UPDATE audit SET details = '{}' WHERE seq = 3");
+    let (_, page) = get(&bob_cookie, "/audit").await;
+    assert!(page.contains("Chain broken at record 3"), "{page}");
+    s.child.kill().unwrap();
+}

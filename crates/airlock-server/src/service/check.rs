@@ -262,7 +262,7 @@ impl Airlock {
 
     /// The caller's context plus what Airlock computes. Computed keys
     /// override the caller's: a client cannot claim it is 10 a.m.
-    async fn context_for(
+    pub(crate) async fn context_for(
         &self,
         action: &Action,
         engine: &airlock_policy::PolicyEngine,

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 pub use check::{CheckBody, CheckOutcome};
 pub use grants::{CompleteBody, ConsumeBody};
+pub(crate) use view::threshold_view;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -1,12 +1,35 @@
 //! REQUEST as the API shows it, with the grant token minted on the way out
 //! (tokens are never stored) and only for those allowed to hold it.
 
-use airlock_core::Request;
+use airlock_core::{Request, Threshold, UserName};
 use airlock_keys::GrantClaims;
+use airlock_policy::Directory;
 use airlock_store::time::fmt;
 use serde_json::{json, Value};
 
 use super::{Airlock, Caller};
+
+/// One threshold as shown: its groups and quorum, the approvals so far, and
+/// who may approve (everyone in the groups but the requester).
+pub(crate) fn threshold_view(
+    directory: &Directory,
+    t: &Threshold,
+    approvals: u32,
+    requester: &UserName,
+) -> Value {
+    let eligible: Vec<&str> = directory
+        .members_of(&t.groups)
+        .filter(|u| *u != requester)
+        .map(|u| u.as_str())
+        .collect();
+    json!({
+        "groups": t.groups,
+        "quorum": t.quorum.get(),
+        "approvals": approvals,
+        "policy_id": t.policy_id,
+        "eligible": eligible,
+    })
+}
 
 impl Airlock {
     /// A resource's attributes as decisions see them: the caller's, with
@@ -33,20 +56,7 @@ impl Airlock {
             .thresholds
             .iter()
             .zip(approvals)
-            .map(|(t, n)| {
-                let eligible: Vec<&str> = directory
-                    .members_of(&t.groups)
-                    .filter(|u| **u != req.action.principal)
-                    .map(|u| u.as_str())
-                    .collect();
-                json!({
-                    "groups": t.groups,
-                    "quorum": t.quorum.get(),
-                    "approvals": n,
-                    "policy_id": t.policy_id,
-                    "eligible": eligible,
-                })
-            })
+            .map(|(t, n)| threshold_view(directory, t, n, &req.action.principal))
             .collect();
         let reviews: Vec<Value> = req
             .reviews

@@ -4,16 +4,18 @@
 //! sessions, CSRF tokens and HTML. Pages update live from a server-sent
 //! event stream; the only script is `assets/app.js`.
 
+mod charts;
 mod pages;
 mod session;
+mod simulate;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::{RequestId, RequestStatus, Verdict};
-use airlock_store::StatusFilter;
-use axum::extract::{Path, State};
+use airlock_store::{AuditFilter, StatusFilter};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -46,6 +48,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/requests/{id}/status", get(request_status))
         .route("/requests/{id}/review", post(review))
         .route("/events", get(events))
+        .route("/overview", get(overview))
+        .route("/audit", get(audit))
+        .route("/audit/export", get(audit_export))
+        .route("/policy", get(policy))
+        .route("/policy/simulate", post(simulate))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(style))
 }
@@ -391,6 +398,196 @@ async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    let filter = StatusFilter::default();
+    let all = airlock
+        .store
+        .read(move |r| r.list_requests(&filter, 5000))
+        .await
+        .map_err(|e| fail(Some(&user), e.into()))?;
+    let now = chrono::Utc::now();
+    let decided = all.iter().filter_map(charts::decision_seconds).count();
+    Ok(pages::overview(
+        &viewer(&user),
+        charts::requests_per_day(&all, now, 14),
+        charts::time_to_decision(&all),
+        decided,
+    )
+    .into_response())
+}
+
+/// Auditors are members of `[web] auditor_groups`.
+fn auditor(airlock: &Airlock, user: &WebUser) -> Result<(), Refusal> {
+    let loaded = airlock.loaded.load();
+    let groups = &airlock.config.load().web.auditor_groups;
+    if groups
+        .iter()
+        .any(|g| loaded.directory.is_member(&user.caller.user, g))
+    {
+        Ok(())
+    } else {
+        Err(fail(
+            Some(user),
+            ApiError::forbidden("the audit log is for members of [web] auditor_groups"),
+        ))
+    }
+}
+
+/// A typed time (`2026-11-24T09:00`, with seconds, or RFC 3339), as the
+/// store's timestamp text; times without a zone are UTC.
+fn audit_time(s: &str) -> Result<Option<String>, ApiError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let parsed = chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
+                .map(|t| t.and_utc())
+        })
+        .map_err(|_| ApiError::BadRequest(format!("{s:?} is not a time like 2026-11-24T09:00")))?;
+    Ok(Some(airlock_store::time::fmt(parsed)))
+}
+
+fn audit_filter(q: &pages::AuditQuery) -> Result<AuditFilter, ApiError> {
+    let text = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    Ok(AuditFilter {
+        actor: text(&q.actor),
+        kind: text(&q.kind),
+        request: text(&q.request),
+        since: audit_time(&q.since)?,
+        until: audit_time(&q.until)?,
+    })
+}
+
+/// Records shown on one page; the export takes more.
+const AUDIT_PAGE: u32 = 500;
+const AUDIT_EXPORT: u32 = 100_000;
+
+async fn audit(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<pages::AuditQuery>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    auditor(&airlock, &user)?;
+    let filter = audit_filter(&q).map_err(|e| fail(Some(&user), e))?;
+    let key = airlock.public_keys().audit;
+    let (records, found) = airlock
+        .store
+        .read(move |r| {
+            let records = r.audit_search(&filter, AUDIT_PAGE)?;
+            let found = airlock_store::verify_chain(r, &key)?;
+            Ok((records, found))
+        })
+        .await
+        .map_err(|e| fail(Some(&user), e.into()))?;
+    let records: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect();
+    let chain = pages::ChainState {
+        head: found.head,
+        checkpoints: found.checkpoints,
+        broken: found.broken,
+    };
+    Ok(pages::audit(&viewer(&user), &q, &records, &chain, AUDIT_PAGE).into_response())
+}
+
+async fn audit_export(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<pages::AuditQuery>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    auditor(&airlock, &user)?;
+    let filter = audit_filter(&q).map_err(|e| fail(Some(&user), e))?;
+    let mut records = airlock
+        .store
+        .read(move |r| r.audit_search(&filter, AUDIT_EXPORT))
+        .await
+        .map_err(|e| fail(Some(&user), e.into()))?;
+    records.reverse();
+    let mut body = String::new();
+    for r in &records {
+        body.push_str(&serde_json::to_string(r).unwrap_or_default());
+        body.push('\n');
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"airlock-audit.jsonl\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn policy_page(
+    airlock: &Airlock,
+    user: &WebUser,
+    form: &pages::SimulateForm,
+    answer: Option<Result<Value, String>>,
+) -> Page {
+    let loaded = airlock.loaded.load_full();
+    let policies: Vec<(String, String)> = loaded
+        .engine
+        .policy_set()
+        .policies()
+        .map(|p| {
+            let id = p.annotation("id").unwrap_or(p.id().as_ref()).to_owned();
+            (id, p.to_string())
+        })
+        .collect();
+    let last = airlock
+        .store
+        .read(|r| {
+            let mut found = Vec::new();
+            for kind in ["policy_loaded", "policy_reload_failed"] {
+                let f = AuditFilter {
+                    kind: Some(kind.into()),
+                    ..AuditFilter::default()
+                };
+                found.extend(r.audit_search(&f, 1)?);
+            }
+            Ok(found.into_iter().max_by_key(|a| a.seq))
+        })
+        .await
+        .map_err(|e| fail(Some(user), e.into()))?;
+    let last = last.map(|a| serde_json::to_value(a).unwrap_or_default());
+    Ok(pages::policy(
+        &viewer(user),
+        loaded.engine.version(),
+        &policies,
+        last.as_ref(),
+        form,
+        answer,
+    )
+    .into_response())
+}
+
+async fn policy(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    policy_page(&airlock, &user, &pages::SimulateForm::default(), None).await
+}
+
+async fn simulate(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<pages::SimulateForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let answer = airlock.simulate(&form).await;
+    policy_page(&airlock, &user, &form, Some(answer)).await
 }
 
 async fn script() -> Response {

@@ -30,6 +30,9 @@ pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> 
                         nav aria-label="Main" {
                             a href="/inbox" { "Inbox" }
                             a href="/mine" { "My requests" }
+                            a href="/overview" { "Overview" }
+                            a href="/policy" { "Policies" }
+                            a href="/audit" { "Audit" }
                         }
                         form.signout method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(v.csrf);
@@ -297,6 +300,221 @@ pub(crate) fn request(
                 }
             }
             div #live data-live=(format!("/requests/{id}/status")) data-reload="1" hidden { (r["status"].as_str().unwrap_or("")) }
+        },
+    )
+}
+
+/// The audit explorer's filter values, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    pub(crate) actor: String,
+    #[serde(default)]
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) request: String,
+    #[serde(default)]
+    pub(crate) since: String,
+    #[serde(default)]
+    pub(crate) until: String,
+}
+
+impl AuditQuery {
+    /// The same filter as a query string, for the export link.
+    pub(crate) fn query_string(&self) -> String {
+        let pairs = [
+            ("actor", &self.actor),
+            ("kind", &self.kind),
+            ("request", &self.request),
+            ("since", &self.since),
+            ("until", &self.until),
+        ];
+        pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The chain's state, in words.
+pub(crate) struct ChainState {
+    pub(crate) head: i64,
+    pub(crate) checkpoints: usize,
+    pub(crate) broken: Option<(i64, String)>,
+}
+
+/// The audit explorer.
+pub(crate) fn audit(
+    viewer: &Viewer<'_>,
+    q: &AuditQuery,
+    records: &[Value],
+    chain: &ChainState,
+    limit: u32,
+) -> Markup {
+    layout(
+        "Audit log",
+        Some(viewer),
+        html! {
+            h1 { "Audit log" }
+            @match &chain.broken {
+                None => p.verified role="status" {
+                    "✔ Chain verified up to record " (chain.head) " (" (chain.checkpoints) " signed checkpoints)."
+                },
+                Some((seq, why)) => p.error role="alert" {
+                    "✘ Chain broken at record " (seq) ": " (why)
+                },
+            }
+            form.filters method="get" action="/audit" {
+                label { "Actor " input name="actor" value=(q.actor); }
+                label { "Kind " input name="kind" value=(q.kind) list="kinds"; }
+                datalist #kinds {
+                    @for k in ["decision", "request_created", "review", "request_state", "grant_issued", "grant_consumed", "grant_refused", "grant_completed", "policy_loaded", "policy_reload_failed", "key_created", "password_set", "sign_in", "sign_in_failed", "sign_out"] {
+                        option value=(k) {}
+                    }
+                }
+                label { "Request " input name="request" value=(q.request) placeholder="req_…"; }
+                label { "From (UTC) " input name="since" value=(q.since) placeholder="2026-11-24T09:00"; }
+                label { "Until (UTC) " input name="until" value=(q.until) placeholder="2026-11-24T18:00"; }
+                button type="submit" { "Filter" }
+                a.export href=(format!("/audit/export?{}", q.query_string())) { "Export as JSON lines" }
+            }
+            p.muted { (records.len()) " records" @if records.len() as u32 >= limit { " (the newest " (limit) "; narrow the filter or export)" } }
+            div.scroll {
+                table {
+                    thead { tr { th { "#" } th { "Time" } th { "Kind" } th { "Actor" } th { "Subject" } th { "Details" } } }
+                    tbody {
+                        @for r in records {
+                            tr {
+                                td { (r["seq"].as_i64().unwrap_or(0)) }
+                                td { (r["ts"].as_str().unwrap_or("")) }
+                                td { (r["kind"].as_str().unwrap_or("")) }
+                                td { (r["actor"].as_str().unwrap_or("")) }
+                                td {
+                                    @let subject = r["subject"].as_str().unwrap_or("");
+                                    @if subject.starts_with("req_") { a href=(format!("/requests/{subject}")) { code { (subject) } } }
+                                    @else { code { (subject) } }
+                                }
+                                td { code.details { (r["details"].to_string()) } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What the simulator was asked, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub(crate) struct SimulateForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) principal: String,
+    #[serde(default)]
+    pub(crate) action: String,
+    #[serde(default)]
+    pub(crate) resource: String,
+    #[serde(default)]
+    pub(crate) params: String,
+    #[serde(default)]
+    pub(crate) context: String,
+}
+
+/// The policy page: what is loaded, the last reload, and the simulator
+/// with its answer, if it was asked.
+pub(crate) fn policy(
+    viewer: &Viewer<'_>,
+    version: &str,
+    policies: &[(String, String)],
+    last_reload: Option<&Value>,
+    form: &SimulateForm,
+    answer: Option<Result<Value, String>>,
+) -> Markup {
+    layout(
+        "Policies",
+        Some(viewer),
+        html! {
+            h1 { "Policies" }
+            p { "Serving version " code { (version) } " · " (policies.len()) " policies" }
+            @if let Some(r) = last_reload {
+                @if r["kind"] == "policy_reload_failed" {
+                    p.error role="alert" { "Last reload failed (" (r["ts"].as_str().unwrap_or("")) "): " (r["details"]["error"].as_str().unwrap_or("")) " — the previous set keeps serving." }
+                } @else {
+                    p.verified { "Last load: " (r["ts"].as_str().unwrap_or("")) " (" (r["details"]["trigger"].as_str().unwrap_or("")) "), version " code { (r["details"]["version"].as_str().unwrap_or("")) } }
+                }
+            }
+            section {
+                h2 { "Simulator" }
+                p.muted { "Decides an action as a check would, with the same computed context, without creating a request or writing to the audit log." }
+                form.card method="post" action="/policy/simulate" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    label for="principal" { "Principal" }
+                    input #principal name="principal" value=(form.principal) required;
+                    label for="action" { "Action" }
+                    input #action name="action" value=(form.action) required placeholder="export";
+                    label for="resource" { "Resource (Type:id)" }
+                    input #resource name="resource" value=(form.resource) required placeholder="Table:prod.orders";
+                    label for="params" { "Params (JSON object)" }
+                    textarea #params name="params" rows="3" placeholder="{\"sql\": \"select …\"}" { (form.params) }
+                    label for="context" { "Context (JSON object)" }
+                    textarea #context name="context" rows="3" placeholder="{\"rows\": 50000}" { (form.context) }
+                    button type="submit" { "Decide" }
+                }
+                @match &answer {
+                    None => {},
+                    Some(Err(e)) => p.error role="alert" #answer { (e) },
+                    Some(Ok(a)) => div #answer role="status" {
+                        h3 { "Decision: " span class=(format!("outcome {}", a["decision"].as_str().unwrap_or(""))) { (a["decision"].as_str().unwrap_or("")) } }
+                        p { "Decided by: " (a["policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", ")) }
+                        @if let Some(m) = a["message"].as_str() { p { (m) } }
+                        @if a["thresholds"].is_array() {
+                            (thresholds(a))
+                            p.muted { "Request expires after " (a["request_ttl"].as_str().unwrap_or("")) ", grant after " (a["grant_ttl"].as_str().unwrap_or("")) ", " (a["max_uses"].as_u64().unwrap_or(1)) " use(s)." }
+                        }
+                    },
+                }
+            }
+            section {
+                h2 { "Loaded policies" }
+                @for (id, text) in policies {
+                    details {
+                        summary { code { (id) } }
+                        pre { (text) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The overview: the two pictures.
+pub(crate) fn overview(
+    viewer: &Viewer<'_>,
+    per_day: Markup,
+    ttd: Markup,
+    decided: usize,
+) -> Markup {
+    layout(
+        "Overview",
+        Some(viewer),
+        html! {
+            h1 { "Overview" }
+            section { h2 { "Requests per day" } (per_day) }
+            section { h2 { "Time to decision" } p.muted { (decided) " decided requests" } (ttd) }
         },
     )
 }

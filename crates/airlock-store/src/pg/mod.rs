@@ -30,7 +30,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{self, fail_all, BatchConn};
-use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
+use crate::model::{
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+};
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
@@ -661,6 +663,31 @@ impl ReadTx for Tx<'_> {
             "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
              WHERE subject = $1 ORDER BY seq LIMIT $2",
             &[&subject, &i64::from(limit)],
+        )?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    fn audit_search(
+        &mut self,
+        f: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let naming = f.request.as_ref().map(|r| format!("%\"request\":\"{r}\"%"));
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR subject = $3 OR details LIKE $4)
+               AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
+             ORDER BY seq DESC LIMIT $7",
+            &[
+                &f.actor,
+                &f.kind,
+                &f.request,
+                &naming,
+                &f.since,
+                &f.until,
+                &i64::from(limit),
+            ],
         )?;
         rows.iter().map(audit_from_row).collect()
     }

@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::batch::{self, fail_all, BatchConn};
-use crate::model::{ApiKeyRecord, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter};
+use crate::model::{
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+};
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
@@ -419,6 +421,29 @@ impl ReadTx for Tx<'_> {
              WHERE subject = ?1 ORDER BY seq LIMIT ?2",
         )?;
         let mut rows = st.query(params![subject, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(Self::audit_from_row(row)?);
+        }
+        Ok(out)
+    }
+
+    fn audit_search(
+        &mut self,
+        f: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let naming = f.request.as_ref().map(|r| format!("%\"request\":\"{r}\"%"));
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
+               AND (?3 IS NULL OR subject = ?3 OR details LIKE ?4)
+               AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
+             ORDER BY seq DESC LIMIT ?7",
+        )?;
+        let mut rows = st.query(params![
+            f.actor, f.kind, f.request, naming, f.since, f.until, limit
+        ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             out.push(Self::audit_from_row(row)?);
