@@ -170,14 +170,48 @@ pub struct WebConfig {
     /// `["auditors"]`.
     #[serde(default = "default_auditors")]
     pub auditor_groups: Vec<GroupName>,
+    /// Single sign-on through an OpenID Connect provider, besides local
+    /// passwords. Off when absent.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
             auditor_groups: default_auditors(),
+            oidc: None,
         }
     }
+}
+
+/// `[web.oidc]`: sign-in with an OpenID Connect provider (authorization
+/// code flow with PKCE). People are matched to `[[users]]` by the ID
+/// token's `email` claim, which the provider must mark verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; its discovery document is read from
+    /// `ISSUER/.well-known/openid-configuration` at the first sign-in.
+    pub issuer: String,
+    /// This console's client id at the provider.
+    pub client_id: String,
+    /// The client secret, for confidential clients (sent with HTTP Basic
+    /// authentication). PKCE is used either way.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Where the provider sends people back. Default
+    /// `PUBLIC_URL/login/oidc/callback`; register it at the provider.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// The sign-in button's label. Default "Sign in with single sign-on".
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Accept an email the provider does not mark as verified. Anyone who
+    /// can set an unverified address at the provider could then sign in as
+    /// the Airlock user with that address. Default false.
+    #[serde(default)]
+    pub danger_accept_unverified_email: bool,
 }
 
 fn default_auditors() -> Vec<GroupName> {

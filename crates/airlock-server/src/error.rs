@@ -48,6 +48,10 @@ pub enum ApiError {
     /// 503: storage failed; nothing was done.
     #[error("storage unavailable: {0}")]
     Storage(StoreError),
+    /// 502: a service Airlock relies on (the single sign-on provider)
+    /// failed or answered nonsense.
+    #[error("{0}")]
+    Upstream(String),
     /// 503: the audit record could not be written, so nothing was decided.
     #[error("audit log unavailable, refusing to decide: {0}")]
     Audit(StoreError),
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::Conflict { .. } => 409,
             ApiError::TooLarge => 413,
             ApiError::Storage(_) | ApiError::Audit(_) => 503,
+            ApiError::Upstream(_) => 502,
         }
     }
 
@@ -85,6 +90,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Storage(_) => "storage_unavailable",
+            ApiError::Upstream(_) => "upstream_unavailable",
             ApiError::Audit(_) => "audit_unavailable",
         }
     }

@@ -197,6 +197,11 @@ impl Server {
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
         write_config(dir.path(), db, USERS, checkpoint_every, data);
+        Self::serve(dir, db, checkpoint_every, data)
+    }
+
+    /// Starts `airlock serve` on the config already in `dir`.
+    fn serve(dir: tempfile::TempDir, db: &Db, checkpoint_every: u64, data: &Path) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.path().join("airlock.toml"))
@@ -2634,4 +2639,194 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
     let (_, page) = get(&bob_cookie, "/audit").await;
     assert!(page.contains("Chain broken at record 3"), "{page}");
     s.child.kill().unwrap();
+}
+
+#[tokio::test]
+async fn console_single_sign_on_with_a_real_openid_provider() {
+    use fantoccini::Locator;
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, idp_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), CONSOLE_POLICIES).unwrap();
+    std::fs::write(
+        dir.path().join("airlock.toml"),
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+public_url = "{base}"
+
+[storage]
+url = "sqlite://data/airlock.db"
+
+[policy]
+dir = "policies"
+
+[web.oidc]
+issuer = "http://127.0.0.1:{idp_port}"
+client_id = "airlock"
+client_secret = "airlock-test-secret"
+label = "Sign in with Example SSO"
+
+[[users]]
+name = "bob"
+groups = ["security"]
+email = "Bob@Example.com"
+
+[[users]]
+name = "unverified-carol"
+groups = ["security"]
+email = "unverified-carol@example.com"
+"#
+        ),
+    )
+    .unwrap();
+    // The provider: the `oidc-provider` package, installed by .ci/run.
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+    if !folder.join("node_modules/oidc-provider").exists() {
+        // First run on this checkout: install the pinned provider.
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&folder)
+            .status()
+            .expect("npm, to install the OpenID provider (Debian: nodejs npm)");
+        assert!(ok.success(), "npm ci in {}", folder.display());
+    }
+    let script = folder.join("provider.mjs");
+    let mut idp = Command::new("node")
+        .arg(&script)
+        .arg(idp_port.to_string())
+        .arg(format!("{base}/login/oidc/callback"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node, for the OpenID provider");
+    let mut ready = String::new();
+    let mut out = BufReader::new(idp.stdout.take().unwrap());
+    out.read_line(&mut ready).unwrap();
+    // Keep draining: a closed pipe would kill the provider.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    assert!(
+        ready.starts_with("ready"),
+        "provider did not start ({ready:?}); run `npm ci` in crates/airlock/tests/oidc"
+    );
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _idp = Kill(idp);
+    let data = dir.path().join("data");
+    let s = Server::serve(dir, &Db::Sqlite, 60, &data);
+    assert_eq!(s.url, base);
+
+    // At the provider: log in as "bob", consent, and land signed in.
+    let sso = |b: fantoccini::Client, login: &'static str| {
+        let base = base.clone();
+        async move {
+            b.goto(&format!("{base}/login")).await.unwrap();
+            b.find(Locator::LinkText("Sign in with Example SSO"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            b.wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css("input[name=login]"))
+                .await
+                .unwrap()
+                .send_keys(login)
+                .await
+                .unwrap();
+            b.find(Locator::Css("input[name=password]"))
+                .await
+                .unwrap()
+                .send_keys("anything")
+                .await
+                .unwrap();
+            b.find(Locator::Css("button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            // The consent prompt, if the provider shows one.
+            for _ in 0..20 {
+                let url = b.current_url().await.unwrap();
+                if url.as_str().starts_with(&base) {
+                    break;
+                }
+                if let Ok(button) = b
+                    .find(Locator::Css("button[type=submit], button[autofocus]"))
+                    .await
+                {
+                    let _ = button.click().await;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            b
+        }
+    };
+    let b = sso(driver.browser(1280, 900).await, "bob").await;
+    let who = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("form.signout .who"))
+        .await
+        .expect("signed in through the provider")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(who, "bob", "matched by email, case-insensitively");
+    assert_eq!(b.current_url().await.unwrap().path(), "/inbox");
+    b.close().await.unwrap();
+
+    // Someone the provider knows but Airlock does not is refused.
+    let b = sso(driver.browser(1280, 900).await, "zed").await;
+    let page = b.source().await.unwrap();
+    assert!(
+        page.contains("zed@example.com is not an Airlock user"),
+        "{page}"
+    );
+    b.close().await.unwrap();
+    // So is an email the provider has not verified.
+    let b = sso(driver.browser(1280, 900).await, "unverified-carol").await;
+    let page = b.source().await.unwrap();
+    assert!(page.contains("not verified"), "{page}");
+    b.close().await.unwrap();
+
+    // A callback that does not belong to a flow started here is refused.
+    let r = reqwest::get(format!(
+        "{base}/login/oidc/callback?code=stolen&state=forged"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    let admin = s.key("bob", "admin");
+    let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
+    let records = audit["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["kind"] == "sign_in"
+        && r["actor"] == "bob"
+        && r["details"]["method"] == "oidc"));
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "sign_in_failed" && r["details"]["method"] == "oidc")
+            .count()
+            >= 3
+    );
 }

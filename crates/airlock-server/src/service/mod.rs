@@ -75,6 +75,8 @@ pub struct Airlock {
     pub(crate) timers: mpsc::UnboundedSender<(DateTime<Utc>, RequestId)>,
     pub(crate) metrics: Metrics,
     key_cache: RwLock<HashMap<String, Caller>>,
+    /// The single sign-on provider's metadata, read at the first sign-in.
+    pub(crate) oidc: crate::web::oidc::Discovery,
 }
 
 impl std::fmt::Debug for Airlock {
@@ -174,6 +176,7 @@ impl Airlock {
             timers: timers_tx,
             metrics: Metrics::new(),
             key_cache: RwLock::new(HashMap::new()),
+            oidc: Default::default(),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

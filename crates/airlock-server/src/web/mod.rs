@@ -5,6 +5,7 @@
 //! event stream; the only script is `assets/app.js`.
 
 mod charts;
+pub(crate) mod oidc;
 mod pages;
 mod session;
 mod simulate;
@@ -40,6 +41,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .route("/login/oidc", get(oidc_start))
+        .route(oidc::CALLBACK_PATH, get(oidc_callback))
         .route("/inbox", get(inbox))
         .route("/inbox/rows", get(inbox_rows))
         .route("/mine", get(mine))
@@ -138,7 +141,11 @@ async fn home(State(airlock): State<AppState>, headers: HeaderMap) -> Response {
 async fn login_form(State(airlock): State<AppState>) -> Response {
     let token = random_token();
     let cookie = set_cookie(LOGIN_CSRF_COOKIE, &token, 3600, airlock.secure_cookies());
-    ([(header::SET_COOKIE, cookie)], pages::login(&token, None)).into_response()
+    (
+        [(header::SET_COOKIE, cookie)],
+        pages::login(&token, sso_label(&airlock).as_deref(), None),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -181,11 +188,140 @@ async fn login(
         }
         Ok(None) => Ok((
             StatusCode::UNAUTHORIZED,
-            pages::login(&expected, Some("Wrong user name or password.")),
+            pages::login(
+                &expected,
+                sso_label(&airlock).as_deref(),
+                Some("Wrong user name or password."),
+            ),
         )
             .into_response()),
         Err(e) => Err(fail(None, e)),
     }
+}
+
+fn sso_label(airlock: &Airlock) -> Option<String> {
+    airlock.config.load().web.oidc.as_ref().map(|o| {
+        o.label
+            .clone()
+            .unwrap_or_else(|| "Sign in with single sign-on".into())
+    })
+}
+
+/// Sends the browser to the provider, remembering the flow's secrets.
+async fn oidc_start(State(airlock): State<AppState>) -> Page {
+    let config = airlock.config.load_full();
+    let Some(cfg) = &config.web.oidc else {
+        return Err(fail(
+            None,
+            ApiError::NotFound("single sign-on is not configured".into()),
+        ));
+    };
+    let start = oidc::start(&airlock.oidc, cfg, &config.public_url())
+        .await
+        .map_err(|e| fail(None, e))?;
+    let mut cookie = format!(
+        "{}={}; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=600",
+        oidc::FLOW_COOKIE,
+        start.cookie
+    );
+    if airlock.secure_cookies() {
+        cookie.push_str("; Secure");
+    }
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&start.url)).into_response())
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// The provider's answer: verify, match the email to a user, sign in.
+async fn oidc_callback(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Query(cb): Query<Callback>,
+) -> Page {
+    let config = airlock.config.load_full();
+    let Some(cfg) = &config.web.oidc else {
+        return Err(fail(
+            None,
+            ApiError::NotFound("single sign-on is not configured".into()),
+        ));
+    };
+    let refused = |who: String, e: ApiError| {
+        let airlock = airlock.clone();
+        async move {
+            if let Err(audit) = airlock.sign_in_refused(who, "oidc", e.to_string()).await {
+                return fail(None, audit);
+            }
+            fail(None, e)
+        }
+    };
+    if let Some(err) = cb.error {
+        let why = cb.error_description.unwrap_or_default();
+        return Err(refused(
+            "?".into(),
+            ApiError::forbidden(format!("the provider refused: {err} {why}")),
+        )
+        .await);
+    }
+    let flow = cookie(&headers, oidc::FLOW_COOKIE).unwrap_or_default();
+    let email = match oidc::finish(
+        &airlock.oidc,
+        cfg,
+        &config.public_url(),
+        &flow,
+        &cb.state,
+        &cb.code,
+    )
+    .await
+    {
+        Ok(email) => email,
+        Err(e) => return Err(refused("?".into(), e).await),
+    };
+    let user = config
+        .users
+        .iter()
+        .find(|u| {
+            u.email
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(&email))
+        })
+        .map(|u| u.name.clone());
+    let Some(user) = user else {
+        return Err(refused(
+            email.clone(),
+            ApiError::forbidden(format!(
+                "{email} is not an Airlock user; ask an admin to add it to [[users]]"
+            )),
+        )
+        .await);
+    };
+    let secret = airlock
+        .start_session(user, "oidc")
+        .await
+        .map_err(|e| fail(None, e))?;
+    let secure = airlock.secure_cookies();
+    let mut res = Redirect::to("/inbox").into_response();
+    for c in [
+        set_cookie(SESSION_COOKIE, &secret, 8 * 3600, secure),
+        format!(
+            "{}=; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=0",
+            oidc::FLOW_COOKIE
+        ),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(res)
 }
 
 #[derive(Deserialize)]

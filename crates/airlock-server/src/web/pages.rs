@@ -48,7 +48,7 @@ pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> 
 }
 
 /// The sign-in form. Inputs are named `username` and `password`.
-pub(crate) fn login(csrf: &str, error: Option<&str>) -> Markup {
+pub(crate) fn login(csrf: &str, sso: Option<&str>, error: Option<&str>) -> Markup {
     layout(
         "Sign in",
         None,
@@ -64,6 +64,9 @@ pub(crate) fn login(csrf: &str, error: Option<&str>) -> Markup {
                 label for="password" { "Password" }
                 input id="password" name="password" type="password" autocomplete="current-password" required;
                 button type="submit" { "Sign in" }
+            }
+            @if let Some(label) = sso {
+                p { a.sso href="/login/oidc" { (label) } }
             }
         },
     )

@@ -131,56 +131,76 @@ impl Airlock {
         })
         .await
         .unwrap_or(false);
-        let t = now();
         let shown = username.chars().take(64).collect::<String>();
         match user.filter(|_| ok && known) {
             None => {
-                self.store
-                    .write(move |tx| {
-                        tx.append_audit(
-                            NewAuditRecord {
-                                kind: AuditKind::SignInFailed,
-                                actor: "web".into(),
-                                subject: shown,
-                                details: json!({"method": "password"}),
-                            },
-                            t,
-                        )
-                        .map(|_| ())
-                    })
-                    .await
-                    .map_err(ApiError::Audit)?;
+                self.sign_in_refused(shown, "password", "wrong user name or password".into())
+                    .await?;
                 Ok(None)
             }
-            Some(user) => {
-                let secret = random_token();
-                let session = SessionRecord {
-                    id_hash: hash_key(&secret),
-                    user: user.clone(),
-                    csrf: random_token(),
-                    method: "password".into(),
-                    created_at: t,
-                    expires_at: t + Duration::hours(SESSION_HOURS),
-                };
-                self.store
-                    .write(move |tx| {
-                        tx.insert_session(&session, t)?;
-                        tx.append_audit(
-                            NewAuditRecord {
-                                kind: AuditKind::SignIn,
-                                actor: user.to_string(),
-                                subject: user.to_string(),
-                                details: json!({"method": "password", "session": &session.id_hash[..12]}),
-                            },
-                            t,
-                        )?;
-                        Ok::<_, StoreError>(())
-                    })
-                    .await
-                    .map_err(ApiError::Audit)?;
-                Ok(Some(secret))
-            }
+            Some(user) => self.start_session(user, "password").await.map(Some),
         }
+    }
+
+    /// Starts a session for a user who proved who they are; returns the
+    /// cookie secret.
+    pub(crate) async fn start_session(
+        &self,
+        user: UserName,
+        method: &'static str,
+    ) -> Result<String, ApiError> {
+        let t = now();
+        let secret = random_token();
+        let session = SessionRecord {
+            id_hash: hash_key(&secret),
+            user: user.clone(),
+            csrf: random_token(),
+            method: method.into(),
+            created_at: t,
+            expires_at: t + Duration::hours(SESSION_HOURS),
+        };
+        self.store
+            .write(move |tx| {
+                tx.insert_session(&session, t)?;
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::SignIn,
+                        actor: user.to_string(),
+                        subject: user.to_string(),
+                        details: json!({"method": method, "session": &session.id_hash[..12]}),
+                    },
+                    t,
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(ApiError::Audit)?;
+        Ok(secret)
+    }
+
+    /// Records a refused sign-in.
+    pub(crate) async fn sign_in_refused(
+        &self,
+        who: String,
+        method: &'static str,
+        why: String,
+    ) -> Result<(), ApiError> {
+        let t = now();
+        self.store
+            .write(move |tx| {
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::SignInFailed,
+                        actor: "web".into(),
+                        subject: who,
+                        details: json!({"method": method, "why": why}),
+                    },
+                    t,
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(ApiError::Audit)
     }
 
     /// Ends a session everywhere.

@@ -1,0 +1,179 @@
+//! Single sign-on with OpenID Connect: the authorization code flow with
+//! PKCE, state and nonce, and a verified ID token, through the
+//! `openidconnect` crate. People are matched to configured users by email.
+//!
+//! The flow's secrets (state, nonce, PKCE verifier) wait in a short-lived
+//! HttpOnly cookie scoped to the callback path; it is `SameSite=Lax`
+//! because the provider's redirect back is a cross-site navigation.
+
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, Scope,
+};
+use tokio::sync::OnceCell;
+
+use crate::config::OidcConfig;
+use crate::ApiError;
+
+/// The cookie that carries the flow's secrets between the two redirects.
+pub(crate) const FLOW_COOKIE: &str = "airlock_oidc";
+/// Where the provider sends people back.
+pub(crate) const CALLBACK_PATH: &str = "/login/oidc/callback";
+
+/// The provider's metadata, read once.
+#[derive(Default)]
+pub(crate) struct Discovery(OnceCell<CoreProviderMetadata>);
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Discovery")
+    }
+}
+
+fn http() -> Result<openidconnect::reqwest::Client, ApiError> {
+    openidconnect::reqwest::Client::builder()
+        // Following redirects would open the token request to SSRF.
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| ApiError::Upstream(format!("HTTP client: {e}")))
+}
+
+fn upstream(what: &str) -> impl Fn(String) -> ApiError + '_ {
+    move |e| ApiError::Upstream(format!("single sign-on: {what}: {e}"))
+}
+
+impl Discovery {
+    async fn metadata(&self, cfg: &OidcConfig) -> Result<CoreProviderMetadata, ApiError> {
+        self.0
+            .get_or_try_init(|| async {
+                let issuer = IssuerUrl::new(cfg.issuer.clone())
+                    .map_err(|e| upstream("issuer")(e.to_string()))?;
+                CoreProviderMetadata::discover_async(issuer, &http()?)
+                    .await
+                    .map_err(|e| upstream("discovery")(format!("{e:?}")))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The redirect to the provider and the cookie value to set.
+pub(crate) struct Start {
+    pub(crate) url: String,
+    pub(crate) cookie: String,
+}
+
+fn redirect_url(cfg: &OidcConfig, public_url: &str) -> Result<RedirectUrl, ApiError> {
+    let url = cfg
+        .redirect_url
+        .clone()
+        .unwrap_or_else(|| format!("{public_url}{CALLBACK_PATH}"));
+    RedirectUrl::new(url).map_err(|e| upstream("redirect_url")(e.to_string()))
+}
+
+/// Begins a sign-in: where to send the browser, and what to remember.
+pub(crate) async fn start(
+    discovery: &Discovery,
+    cfg: &OidcConfig,
+    public_url: &str,
+) -> Result<Start, ApiError> {
+    let meta = discovery.metadata(cfg).await?;
+    let client = CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(cfg.client_id.clone()),
+        cfg.client_secret.clone().map(ClientSecret::new),
+    )
+    .set_redirect_uri(redirect_url(cfg, public_url)?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("email".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    Ok(Start {
+        url: url.to_string(),
+        cookie: format!(
+            "{}~{}~{}",
+            state.secret(),
+            nonce.secret(),
+            verifier.secret()
+        ),
+    })
+}
+
+/// Finishes a sign-in: checks the state, exchanges the code (with the
+/// PKCE verifier), verifies the ID token (signature, issuer, audience,
+/// expiry, nonce) and returns its email.
+pub(crate) async fn finish(
+    discovery: &Discovery,
+    cfg: &OidcConfig,
+    public_url: &str,
+    flow_cookie: &str,
+    state: &str,
+    code: &str,
+) -> Result<String, ApiError> {
+    let mut parts = flow_cookie.splitn(3, '~');
+    let (Some(expected), Some(nonce), Some(verifier)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ApiError::forbidden(
+            "the sign-in flow expired or was not started here; try again",
+        ));
+    };
+    if !super::session::same_secret(state, expected) {
+        return Err(ApiError::forbidden(
+            "the provider's answer does not belong to this sign-in (state mismatch)",
+        ));
+    }
+    let meta = discovery.metadata(cfg).await?;
+    let client = CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(cfg.client_id.clone()),
+        cfg.client_secret.clone().map(ClientSecret::new),
+    )
+    .set_redirect_uri(redirect_url(cfg, public_url)?);
+    let http = http()?;
+    let token = client
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .map_err(|e| upstream("token endpoint")(e.to_string()))?
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()))
+        .request_async(&http)
+        .await
+        .map_err(|e| upstream("code exchange")(format!("{e:?}")))?;
+    let id_token = openidconnect::TokenResponse::id_token(&token)
+        .ok_or_else(|| upstream("token response")("no ID token".into()))?;
+    let claims = id_token
+        .claims(&client.id_token_verifier(), &Nonce::new(nonce.to_owned()))
+        .map_err(|e| ApiError::forbidden(format!("the ID token does not verify: {e}")))?;
+    // Many providers put the email in the ID token; others only at the
+    // userinfo endpoint, which answers for the same subject or not at all.
+    let (email, verified) = match claims.email() {
+        Some(e) => (e.as_str().to_owned(), claims.email_verified()),
+        None => {
+            let info: openidconnect::core::CoreUserInfoClaims = client
+                .user_info(
+                    openidconnect::OAuth2TokenResponse::access_token(&token).clone(),
+                    Some(claims.subject().clone()),
+                )
+                .map_err(|e| upstream("userinfo endpoint")(e.to_string()))?
+                .request_async(&http)
+                .await
+                .map_err(|e| upstream("userinfo")(format!("{e:?}")))?;
+            let email = info.email().ok_or_else(|| {
+                ApiError::forbidden("the provider sent no email for this account")
+            })?;
+            (email.as_str().to_owned(), info.email_verified())
+        }
+    };
+    if verified != Some(true) && !cfg.danger_accept_unverified_email {
+        return Err(ApiError::forbidden(
+            "the provider has not verified this account's email",
+        ));
+    }
+    Ok(email)
+}
