@@ -2634,6 +2634,53 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
         "both decided within a minute: {page}"
     );
 
+    // My requests: alice's two, their states and the grant's.
+    let (st, page) = get(&alice_cookie, "/mine").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("status approved") && page.contains("status denied"),
+        "{page}"
+    );
+    assert!(
+        page.contains("ready, 0/1 used"),
+        "the grant's state: {page}"
+    );
+    // Every page is served under the strict policy.
+    let r = http
+        .get(format!("{}/inbox", s.url))
+        .header("cookie", format!("airlock_session={bob_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'self'")
+            && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    // Signing out ends the session (a POST with the token; a GET cannot).
+    let r = http
+        .post(format!("{}/logout", s.url))
+        .header("cookie", format!("airlock_session={alice_cookie}"))
+        .form(&[("csrf", alice_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let r = http
+        .get(format!("{}/mine", s.url))
+        .header("cookie", format!("airlock_session={alice_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "the old cookie signs nobody in");
+    assert_eq!(r.headers()["location"], "/login");
+
     // A tampered log shows where it broke.
     s.sql("UPDATE audit SET details = '{}' WHERE seq = 3");
     let (_, page) = get(&bob_cookie, "/audit").await;
