@@ -121,6 +121,8 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     /// Records about this request: its own, and those naming it (grants).
     pub request: Option<String>,
+    /// Records with exactly this subject.
+    pub subject: Option<String>,
     /// From this time (RFC 3339, inclusive).
     pub since: Option<String>,
     /// Until this time (RFC 3339, exclusive).

@@ -2681,6 +2681,45 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
     assert_eq!(r.status().as_u16(), 303, "the old cookie signs nobody in");
     assert_eq!(r.headers()["location"], "/login");
 
+    // Password guessing stops after five failures in a row, on every node
+    // (the count is read from the audit log), even for the right password.
+    set_password(&s, "carol", "carol's long password");
+    let attempt = |password: &'static str| {
+        let (http, base) = (http.clone(), s.url.clone());
+        async move {
+            let form = http.get(format!("{base}/login")).send().await.unwrap();
+            let token = form
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .find_map(|v| {
+                    v.to_str()
+                        .ok()?
+                        .strip_prefix("airlock_login_csrf=")
+                        .map(|c| c.split(';').next().unwrap_or("").to_owned())
+                })
+                .unwrap();
+            let r = http
+                .post(format!("{base}/login"))
+                .header("cookie", format!("airlock_login_csrf={token}"))
+                .form(&[
+                    ("csrf", token.as_str()),
+                    ("username", "carol"),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt("wrong guess").await.0, 401);
+    }
+    let (st, page) = attempt("carol's long password").await;
+    assert_eq!(st, 403, "locked out");
+    assert!(page.contains("too many failed sign-ins"), "{page}");
+
     // A tampered log shows where it broke.
     s.sql("UPDATE audit SET details = '{}' WHERE seq = 3");
     let (_, page) = get(&bob_cookie, "/audit").await;

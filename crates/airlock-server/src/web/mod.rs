@@ -596,6 +596,7 @@ fn audit_filter(q: &pages::AuditQuery) -> Result<AuditFilter, ApiError> {
         actor: text(&q.actor),
         kind: text(&q.kind),
         request: text(&q.request),
+        subject: None,
         since: audit_time(&q.since)?,
         until: audit_time(&q.until)?,
     })

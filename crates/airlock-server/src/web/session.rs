@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use airlock_core::{AuditKind, NewAuditRecord, UserName};
 use airlock_store::time::now;
-use airlock_store::{Role, SessionRecord, StoreError};
+use airlock_store::{AuditFilter, Role, SessionRecord, StoreError};
 use serde_json::json;
 
 use crate::service::hash_key;
@@ -26,6 +26,11 @@ pub(crate) const SESSION_COOKIE: &str = "airlock_session";
 pub(crate) const LOGIN_CSRF_COOKIE: &str = "airlock_login_csrf";
 /// How long a session lasts.
 const SESSION_HOURS: i64 = 8;
+/// Failed password sign-ins for one user name within [`LOCKOUT_MINUTES`]
+/// after which further attempts are refused without checking, on every
+/// node (the count comes from the audit log).
+const MAX_FAILURES: usize = 5;
+const LOCKOUT_MINUTES: i64 = 15;
 
 /// A hash no password matches, verified when the user is unknown so that
 /// the answer takes as long as for a known user (no user enumeration by
@@ -107,6 +112,29 @@ impl Airlock {
         username: &str,
         password: String,
     ) -> Result<Option<String>, ApiError> {
+        let shown = username.chars().take(64).collect::<String>();
+        // Password guessing: a user name with too many recent failures is
+        // refused before any hash is checked.
+        let recent = AuditFilter {
+            kind: Some(AuditKind::SignInFailed.as_str().into()),
+            subject: Some(shown.clone()),
+            since: Some(airlock_store::time::fmt(
+                now() - Duration::minutes(LOCKOUT_MINUTES),
+            )),
+            ..AuditFilter::default()
+        };
+        let failures = self
+            .store
+            .read(move |r| r.audit_search(&recent, MAX_FAILURES as u32))
+            .await?
+            .len();
+        if failures >= MAX_FAILURES {
+            self.sign_in_refused(shown, "password", "too many failed attempts".into())
+                .await?;
+            return Err(ApiError::forbidden(format!(
+                "too many failed sign-ins for this user name; try again in {LOCKOUT_MINUTES} minutes"
+            )));
+        }
         let user = UserName::parse(username)
             .ok()
             .filter(|u| self.loaded.load().directory.contains(u));
@@ -131,7 +159,6 @@ impl Airlock {
         })
         .await
         .unwrap_or(false);
-        let shown = username.chars().take(64).collect::<String>();
         match user.filter(|_| ok && known) {
             None => {
                 self.sign_in_refused(shown, "password", "wrong user name or password".into())

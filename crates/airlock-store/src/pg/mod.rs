@@ -678,6 +678,7 @@ impl ReadTx for Tx<'_> {
              WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
                AND ($3::text IS NULL OR subject = $3 OR details LIKE $4)
                AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
+               AND ($8::text IS NULL OR subject = $8)
              ORDER BY seq DESC LIMIT $7",
             &[
                 &f.actor,
@@ -687,6 +688,7 @@ impl ReadTx for Tx<'_> {
                 &f.since,
                 &f.until,
                 &i64::from(limit),
+                &f.subject,
             ],
         )?;
         rows.iter().map(audit_from_row).collect()

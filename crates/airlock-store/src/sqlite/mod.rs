@@ -439,10 +439,11 @@ impl ReadTx for Tx<'_> {
              WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
                AND (?3 IS NULL OR subject = ?3 OR details LIKE ?4)
                AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
+               AND (?8 IS NULL OR subject = ?8)
              ORDER BY seq DESC LIMIT ?7",
         )?;
         let mut rows = st.query(params![
-            f.actor, f.kind, f.request, naming, f.since, f.until, limit
+            f.actor, f.kind, f.request, naming, f.since, f.until, limit, f.subject
         ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
