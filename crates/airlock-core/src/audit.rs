@@ -46,6 +46,8 @@ pub enum AuditKind {
     SignInFailed,
     /// Someone signed out of the web console.
     SignOut,
+    /// A user's groups were taken from their single sign-on provider.
+    GroupsSynced,
 }
 
 impl AuditKind {
@@ -68,6 +70,7 @@ impl AuditKind {
             Self::SignIn => "sign_in",
             Self::SignInFailed => "sign_in_failed",
             Self::SignOut => "sign_out",
+            Self::GroupsSynced => "groups_synced",
         }
     }
 }

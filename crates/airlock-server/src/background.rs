@@ -23,6 +23,7 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
     tokio::spawn(run_timers(airlock.clone(), bg.timers));
     tokio::spawn(run_checkpoints(airlock.clone()));
     tokio::spawn(run_sighup(airlock.clone()));
+    tokio::spawn(run_directory_changes(airlock.clone()));
     if airlock.config.load().policy.watch {
         spawn_watcher(airlock.clone());
     }
@@ -108,7 +109,7 @@ async fn deadlines_after(
             .read(|r| r.pending_expiries())
             .await
             .map(|v| v.into_iter().map(|(id, at)| (at, id)).collect()),
-        Ok(StoreEvent::Changed { .. }) => Ok(Vec::new()),
+        Ok(StoreEvent::Changed { .. }) | Ok(StoreEvent::DirectoryChanged) => Ok(Vec::new()),
         Err(RecvError::Closed) => {
             // Cannot happen while the store lives; do not spin if it does.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,6 +160,22 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             Ok(seq)
         })
         .await
+}
+
+/// Rebuilds the directory (and the policy entities built from it) when
+/// single sign-on reported new groups, on this node or another.
+async fn run_directory_changes(airlock: Arc<Airlock>) {
+    let mut events = airlock.store.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(StoreEvent::DirectoryChanged) | Ok(StoreEvent::Resync) => {
+                reload(&airlock, "groups_synced", false).await;
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => reload(&airlock, "groups_synced", false).await,
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 async fn run_sighup(airlock: Arc<Airlock>) {
@@ -226,7 +243,14 @@ pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
     } else {
         current
     };
-    let directory = config.directory();
+    let synced = match airlock.store.read(|r| r.synced_groups()).await {
+        Ok(s) => s,
+        Err(e) => {
+            record_failure(airlock, trigger, format!("reading synced groups: {e}")).await;
+            return;
+        }
+    };
+    let directory = config.directory_with(&synced);
     let dir = config.policy_dir();
     let loaded = tokio::task::spawn_blocking(move || {
         PolicyEngine::load(&dir, &directory).map(|e| (e, directory))

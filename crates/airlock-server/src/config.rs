@@ -207,6 +207,12 @@ pub struct OidcConfig {
     /// The sign-in button's label. Default "Sign in with single sign-on".
     #[serde(default)]
     pub label: Option<String>,
+    /// Take the user's groups from this claim of the ID token (a list of
+    /// names) at each sign-in, replacing the `groups` of their `[[users]]`
+    /// entry on every node until the next sign-in reports others. Unset:
+    /// groups come from the config only.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
     /// Accept an email the provider does not mark as verified. Anyone who
     /// can set an unverified address at the provider could then sign in as
     /// the Airlock user with that address. Default false.
@@ -337,11 +343,19 @@ impl Config {
 
     /// Users and groups, for policy and approvals.
     pub fn directory(&self) -> Directory {
-        Directory::new(
-            self.users
+        self.directory_with(&[])
+    }
+
+    /// Users and groups, with the groups single sign-on reported replacing
+    /// the configured ones of those users (users not configured stay out).
+    pub fn directory_with(&self, synced: &[(UserName, Vec<GroupName>)]) -> Directory {
+        Directory::new(self.users.iter().map(|u| {
+            let groups = synced
                 .iter()
-                .map(|u| (u.name.clone(), u.groups.clone())),
-        )
+                .find(|(name, _)| *name == u.name)
+                .map_or_else(|| u.groups.clone(), |(_, g)| g.clone());
+            (u.name.clone(), groups)
+        }))
     }
 }
 

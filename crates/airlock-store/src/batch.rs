@@ -15,6 +15,15 @@ use crate::{Job, Reply, StoreError, WriteTx};
 /// batch does not stall callers for long.
 pub(crate) const MAX_BATCH: usize = 512;
 
+/// What a batch announces once it commits.
+#[derive(Debug, Default)]
+pub(crate) struct Announced {
+    /// Requests it changed.
+    pub(crate) requests: Vec<RequestId>,
+    /// Whether users' groups changed.
+    pub(crate) directory: bool,
+}
+
 /// What the batch runner needs from a backend's connection, once the
 /// backend has begun a write transaction on it.
 pub(crate) trait BatchConn {
@@ -25,11 +34,11 @@ pub(crate) trait BatchConn {
     fn with_tx<R>(
         &mut self,
         head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Vec<RequestId>,
+        changed: &mut Announced,
         f: impl FnOnce(&mut dyn WriteTx) -> R,
     ) -> R;
     /// Last words before COMMIT (PostgreSQL queues its notifications).
-    fn before_commit(&mut self, _changed: &[RequestId]) -> Result<(), StoreError> {
+    fn before_commit(&mut self, _changed: &Announced) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -74,8 +83,8 @@ pub(crate) fn fail_all(batch: Vec<Job>, e: &StoreError) {
 }
 
 /// Runs a batch in the transaction the caller began on `conn`, ends it,
-/// and answers every job. Returns the requests it changed if it committed.
-pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> {
+/// and answers every job. Returns what it changed if it committed.
+pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
     // One job needs no savepoint: if it fails, the whole transaction goes.
     let savepoints = batch.len() > 1;
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -84,7 +93,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
     // The chain head as of the batch's last append, read inside the write
     // lock by the first append, so later appends skip the read.
     let mut head: Option<(i64, ChainHash)> = None;
-    let mut changed = Vec::new();
+    let mut changed = Announced::default();
     // How the previous job's savepoint ends, sent together with the next
     // job's SAVEPOINT (or before COMMIT): one round trip fewer per job on
     // a networked database.
@@ -109,7 +118,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
             }
         }
         let before = head;
-        let announced = changed.len();
+        let announced = (changed.requests.len(), changed.directory);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             conn.with_tx(&mut head, &mut changed, |tx| job(Ok(tx)))
         }));
@@ -118,7 +127,8 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
             // The job's appends are undone; so is what it did to the head
             // and what it would have announced.
             head = before;
-            changed.truncate(announced);
+            changed.requests.truncate(announced.0);
+            changed.directory = announced.1;
         }
         let end = match (savepoints, keep) {
             (true, true) => {
@@ -164,6 +174,6 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Vec<RequestId> 
     if result.is_ok() && !rolled_back {
         changed
     } else {
-        Vec::new()
+        Announced::default()
     }
 }

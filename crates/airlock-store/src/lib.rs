@@ -34,7 +34,7 @@ pub use verify::{verify_chain, Verification};
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
+    AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, Request, RequestId,
     RequestStatus, Review, UserName,
 };
 use airlock_keys::Checkpoint;
@@ -78,6 +78,8 @@ pub trait ReadTx {
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Groups taken from single sign-on, by user, replacing the config's.
+    fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError>;
     /// A user's password hash, if one is set.
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
@@ -154,6 +156,16 @@ pub trait WriteTx: ReadTx {
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
     /// Stores a new web session, dropping expired ones.
     fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records the groups single sign-on reported for a user.
+    fn set_synced_groups(
+        &mut self,
+        user: &UserName,
+        groups: &[GroupName],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Announces, once committed, that users' groups changed: every node
+    /// rebuilds its directory.
+    fn directory_changed(&mut self);
     /// Ends a web session; false if there was none.
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError>;
     /// Registers the public key of a signing purpose (first node to start).
@@ -183,6 +195,8 @@ pub enum StoreEvent {
     /// Events from other nodes may have been missed (the listening
     /// connection was re-established): re-read whatever you wait on.
     Resync,
+    /// Users' groups changed (single sign-on reported new ones).
+    DirectoryChanged,
 }
 
 /// Where backends send [`StoreEvent`]s.

@@ -74,6 +74,7 @@ both_backends!(
     two_nodes_race_one_grant,
     sessions_are_stored_hashed_and_end,
     audit_search_filters,
+    synced_groups_round_trip_and_reach_every_node,
 );
 
 fn request(principal: &str) -> Request {
@@ -535,4 +536,35 @@ async fn audit_search_filters(home: &Home) {
         ..Default::default()
     };
     assert!(find(later).await.is_empty());
+}
+
+async fn synced_groups_round_trip_and_reach_every_node(home: &Home) {
+    let a = home.open();
+    let b = second_node(home, &a);
+    let mut on_b = b.subscribe();
+    if matches!(home, Home::Db(_)) {
+        let up = tokio::time::timeout(std::time::Duration::from_secs(5), on_b.recv()).await;
+        assert!(matches!(up, Ok(Ok(StoreEvent::Resync))), "{up:?}");
+    }
+    let dave = airlock_core::UserName::parse("dave").unwrap();
+    let groups = vec![GroupName::parse("security").unwrap()];
+    let (u, g) = (dave.clone(), groups.clone());
+    a.write(move |tx| {
+        tx.set_synced_groups(&u, &g, now())?;
+        tx.directory_changed();
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Ok(StoreEvent::DirectoryChanged) = on_b.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "the other node hears that groups changed");
+    let synced = b.read(|r| r.synced_groups()).await.unwrap();
+    assert_eq!(synced, vec![(dave, groups)]);
 }

@@ -2763,11 +2763,21 @@ issuer = "http://127.0.0.1:{idp_port}"
 client_id = "airlock"
 client_secret = "airlock-test-secret"
 label = "Sign in with Example SSO"
+groups_claim = "groups"
 
 [[users]]
 name = "bob"
 groups = ["security"]
 email = "Bob@Example.com"
+
+[[users]]
+name = "dave"
+groups = []
+email = "dave@example.com"
+
+[[users]]
+name = "alice"
+groups = []
 
 [[users]]
 name = "unverified-carol"
@@ -2880,6 +2890,49 @@ email = "unverified-carol@example.com"
     assert_eq!(b.current_url().await.unwrap().path(), "/inbox");
     b.close().await.unwrap();
 
+    // Groups come from the provider's claim: dave has none in the config,
+    // but the provider says security, so he may approve alice's export.
+    let alice = s.key("alice", "user");
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "orders"}}),
+        )
+        .await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert!(
+        !r["thresholds"][0]["eligible"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("dave")),
+        "{r}"
+    );
+    let d = sso(driver.browser(1280, 900).await, "dave").await;
+    let mut listed = false;
+    for _ in 0..40 {
+        d.goto(&format!("{base}/requests/{id}")).await.unwrap();
+        if d.find(Locator::Css("button.approve")).await.is_ok() {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed, "dave may review once his groups are synced");
+    d.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    d.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("span.status.approved"))
+        .await
+        .unwrap();
+    d.close().await.unwrap();
+
     // Someone the provider knows but Airlock does not is refused.
     let b = sso(driver.browser(1280, 900).await, "zed").await;
     let page = b.source().await.unwrap();
@@ -2914,5 +2967,14 @@ email = "unverified-carol@example.com"
             .filter(|r| r["kind"] == "sign_in_failed" && r["details"]["method"] == "oidc")
             .count()
             >= 3
+    );
+    assert!(records.iter().any(|r| r["kind"] == "groups_synced"
+        && r["subject"] == "dave"
+        && r["details"]["groups"] == json!(["data-owners", "security"])));
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "groups_synced" && r["subject"] == "bob"),
+        "bob's groups did not change, so nothing was recorded"
     );
 }

@@ -159,7 +159,8 @@ impl Airlock {
         let store = Store::open(&config.storage.url, &config.base_dir)?;
         let (keys, created) = Keyring::load_or_create(&config.data_dir().join("keys"))
             .map_err(|e| StartError::Keys(e.to_string()))?;
-        let directory = config.directory();
+        let synced = store.read(|r| r.synced_groups()).await?;
+        let directory = config.directory_with(&synced);
         let engine = PolicyEngine::load(&config.policy_dir(), &directory)
             .map_err(|e| StartError::Policy(e.to_string()))?;
         let version = engine.version().to_owned();

@@ -273,7 +273,7 @@ async fn oidc_callback(
         .await);
     }
     let flow = cookie(&headers, oidc::FLOW_COOKIE).unwrap_or_default();
-    let email = match oidc::finish(
+    let identity = match oidc::finish(
         &airlock.oidc,
         cfg,
         &config.public_url(),
@@ -283,9 +283,10 @@ async fn oidc_callback(
     )
     .await
     {
-        Ok(email) => email,
+        Ok(identity) => identity,
         Err(e) => return Err(refused("?".into(), e).await),
     };
+    let email = identity.email;
     let user = config
         .users
         .iter()
@@ -304,6 +305,12 @@ async fn oidc_callback(
         )
         .await);
     };
+    if let Some(groups) = identity.groups {
+        airlock
+            .sync_groups(&user, &groups)
+            .await
+            .map_err(|e| fail(None, e))?;
+    }
     let secret = airlock
         .start_session(user, "oidc")
         .await

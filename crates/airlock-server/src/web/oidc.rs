@@ -107,9 +107,32 @@ pub(crate) async fn start(
     })
 }
 
+/// Who the provider says signed in.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    /// Their verified email.
+    pub(crate) email: String,
+    /// Their groups, when `groups_claim` is configured (empty if the ID
+    /// token lacks the claim).
+    pub(crate) groups: Option<Vec<String>>,
+}
+
+/// A claim of an ID token whose signature was already verified: its
+/// payload is read as JSON.
+fn verified_claim(id_token: &impl serde::Serialize, name: &str) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let jwt = serde_json::to_value(id_token).ok()?;
+    let payload = jwt.as_str()?.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name).cloned()
+}
+
 /// Finishes a sign-in: checks the state, exchanges the code (with the
 /// PKCE verifier), verifies the ID token (signature, issuer, audience,
-/// expiry, nonce) and returns its email.
+/// expiry, nonce) and returns who it names.
 pub(crate) async fn finish(
     discovery: &Discovery,
     cfg: &OidcConfig,
@@ -117,7 +140,7 @@ pub(crate) async fn finish(
     flow_cookie: &str,
     state: &str,
     code: &str,
-) -> Result<String, ApiError> {
+) -> Result<Identity, ApiError> {
     let mut parts = flow_cookie.splitn(3, '~');
     let (Some(expected), Some(nonce), Some(verifier)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -175,5 +198,16 @@ pub(crate) async fn finish(
             "the provider has not verified this account's email",
         ));
     }
-    Ok(email)
+    let groups = cfg
+        .groups_claim
+        .as_deref()
+        .map(|claim| match verified_claim(id_token, claim) {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect(),
+            Some(serde_json::Value::String(one)) => vec![one],
+            _ => Vec::new(),
+        });
+    Ok(Identity { email, groups })
 }

@@ -12,7 +12,7 @@ use chrono::Duration;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-use airlock_core::{AuditKind, NewAuditRecord, UserName};
+use airlock_core::{AuditKind, GroupName, NewAuditRecord, UserName};
 use airlock_store::time::now;
 use airlock_store::{AuditFilter, Role, SessionRecord, StoreError};
 use serde_json::json;
@@ -203,6 +203,56 @@ impl Airlock {
             .await
             .map_err(ApiError::Audit)?;
         Ok(secret)
+    }
+
+    /// Records the groups single sign-on reported for `user`, if they differ
+    /// from those in force; every node then rebuilds its directory. Names
+    /// that are not valid group names are dropped (and logged).
+    pub(crate) async fn sync_groups(
+        &self,
+        user: &UserName,
+        claimed: &[String],
+    ) -> Result<(), ApiError> {
+        let mut groups: Vec<GroupName> = claimed
+            .iter()
+            .filter_map(|g| match GroupName::parse(g) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(group = %g, error = %e, "ignoring a group from single sign-on");
+                    None
+                }
+            })
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let current: Vec<GroupName> = self
+            .loaded
+            .load()
+            .directory
+            .groups(user)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+        if current == groups {
+            return Ok(());
+        }
+        let (user, t) = (user.clone(), now());
+        self.store
+            .write(move |tx| {
+                tx.set_synced_groups(&user, &groups, t)?;
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::GroupsSynced,
+                        actor: "oidc".into(),
+                        subject: user.to_string(),
+                        details: json!({"groups": groups, "previous": current}),
+                    },
+                    t,
+                )?;
+                tx.directory_changed();
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(ApiError::Audit)
     }
 
     /// Records a refused sign-in.

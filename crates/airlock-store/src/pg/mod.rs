@@ -21,15 +21,15 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
-    RequestStatus, Review, UserName, Verdict,
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, Request,
+    RequestId, RequestStatus, Review, UserName, Verdict,
 };
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
-use crate::batch::{self, fail_all, BatchConn};
+use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
     ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
 };
@@ -328,9 +328,12 @@ fn writer_loop(
             continue;
         };
         c.node.clone_from(&node);
-        let changed = batch::run(c, batch);
-        for id in changed {
+        let done = batch::run(c, batch);
+        for id in done.requests {
             let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
+        if done.directory {
+            let _ = events.send(StoreEvent::DirectoryChanged);
         }
     }
 }
@@ -343,7 +346,7 @@ impl BatchConn for Conn {
     fn with_tx<R>(
         &mut self,
         head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Vec<RequestId>,
+        changed: &mut Announced,
         f: impl FnOnce(&mut dyn WriteTx) -> R,
     ) -> R {
         f(&mut Tx {
@@ -354,7 +357,7 @@ impl BatchConn for Conn {
         })
     }
 
-    fn before_commit(&mut self, changed: &[RequestId]) -> Result<(), StoreError> {
+    fn before_commit(&mut self, changed: &Announced) -> Result<(), StoreError> {
         let node = self.node.clone();
         announce(self, &node, changed)
     }
@@ -362,7 +365,10 @@ impl BatchConn for Conn {
 
 /// Queues the batch's changes for other nodes; PostgreSQL sends them at
 /// commit, and not at all if the commit fails.
-fn announce(conn: &mut Conn, node: &str, changed: &[RequestId]) -> Result<(), StoreError> {
+/// The token that tells other nodes users' groups changed.
+const DIRECTORY_TOKEN: &str = "directory";
+
+fn announce(conn: &mut Conn, node: &str, changed: &Announced) -> Result<(), StoreError> {
     let mut payload = String::new();
     let mut flush = |payload: &mut String| -> Result<(), StoreError> {
         if !payload.is_empty() {
@@ -373,14 +379,16 @@ fn announce(conn: &mut Conn, node: &str, changed: &[RequestId]) -> Result<(), St
         }
         Ok(())
     };
-    for id in changed {
+    let ids = changed.requests.iter().map(|id| id.to_string());
+    let directory = changed.directory.then(|| DIRECTORY_TOKEN.to_owned());
+    for token in ids.chain(directory) {
         if payload.len() > MAX_PAYLOAD {
             flush(&mut payload)?;
         }
         if !payload.is_empty() {
             payload.push(',');
         }
-        payload.push_str(&id.to_string());
+        payload.push_str(&token);
     }
     flush(&mut payload)
 }
@@ -432,8 +440,10 @@ fn relay(payload: &str, node: &str, events: &EventSender) {
     if from == node {
         return;
     }
-    for id in ids.split(',') {
-        if let Ok(id) = RequestId::parse(id) {
+    for token in ids.split(',') {
+        if token == DIRECTORY_TOKEN {
+            let _ = events.send(StoreEvent::DirectoryChanged);
+        } else if let Ok(id) = RequestId::parse(token) {
             let _ = events.send(StoreEvent::Changed { id, remote: true });
         }
     }
@@ -445,8 +455,8 @@ struct Tx<'a> {
     statements: &'a mut HashMap<&'static str, Statement>,
     /// The chain head as of this batch's last append (see SQLite's).
     head: Option<&'a mut Option<(i64, ChainHash)>>,
-    /// Requests this batch changed, announced after it commits.
-    events: Option<&'a mut Vec<RequestId>>,
+    /// What this batch changed, announced after it commits.
+    events: Option<&'a mut Announced>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -758,6 +768,21 @@ impl ReadTx for Tx<'_> {
         .transpose()
     }
 
+    fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError> {
+        let rows = self.query(
+            "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    UserName::parse(r.try_get(0)?).map_err(corrupt)?,
+                    serde_json::from_str(r.try_get(1)?)?,
+                ))
+            })
+            .collect()
+    }
+
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
         let row = self.query_opt(
             "SELECT hash FROM passwords WHERE user_name = $1",
@@ -1036,6 +1061,20 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
+    fn set_synced_groups(
+        &mut self,
+        user: &UserName,
+        groups: &[GroupName],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO synced_groups (user_name, groups_json, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_name) DO UPDATE SET groups_json = excluded.groups_json, updated_at = excluded.updated_at",
+            &[&user.as_str(), &serde_json::to_string(groups)?, &at],
+        )?;
+        Ok(())
+    }
+
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
         Ok(self.execute("DELETE FROM sessions WHERE id_hash = $1", &[&id_hash])? == 1)
     }
@@ -1055,7 +1094,13 @@ impl WriteTx for Tx<'_> {
 
     fn changed(&mut self, id: RequestId) {
         if let Some(ev) = self.events.as_deref_mut() {
-            ev.push(id);
+            ev.requests.push(id);
+        }
+    }
+
+    fn directory_changed(&mut self) {
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.directory = true;
         }
     }
 }

@@ -111,6 +111,13 @@ CREATE TABLE sessions (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+
+-- Groups reported by single sign-on, replacing the config's for the user.
+CREATE TABLE synced_groups (
+    user_name   text PRIMARY KEY,
+    groups_json text NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
 "#];
 
 /// The newest schema version this build knows.

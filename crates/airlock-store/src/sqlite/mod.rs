@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, NewAuditRecord, Request, RequestId,
-    RequestStatus, Review, UserName, Verdict,
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, Request,
+    RequestId, RequestStatus, Review, UserName, Verdict,
 };
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::batch::{self, fail_all, BatchConn};
+use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
     ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
 };
@@ -159,8 +159,12 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
             fail_all(batch, &e);
             continue;
         }
-        for id in batch::run(&mut conn, batch) {
+        let done = batch::run(&mut conn, batch);
+        for id in done.requests {
             let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
+        if done.directory {
+            let _ = events.send(StoreEvent::DirectoryChanged);
         }
     }
 }
@@ -173,7 +177,7 @@ impl BatchConn for Connection {
     fn with_tx<R>(
         &mut self,
         head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Vec<RequestId>,
+        changed: &mut Announced,
         f: impl FnOnce(&mut dyn WriteTx) -> R,
     ) -> R {
         f(&mut Tx {
@@ -190,8 +194,8 @@ struct Tx<'a> {
     /// The chain head as of this batch's last append, so appends after the
     /// first in a batch skip the read. `None` means "read it".
     head: Option<&'a mut Option<(i64, ChainHash)>>,
-    /// Requests this batch changed, announced after it commits.
-    events: Option<&'a mut Vec<RequestId>>,
+    /// What this batch changed, announced after it commits.
+    events: Option<&'a mut Announced>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -547,6 +551,22 @@ impl ReadTx for Tx<'_> {
         .transpose()
     }
 
+    fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user, groups) = row?;
+            out.push((
+                UserName::parse(&user).map_err(corrupt)?,
+                serde_json::from_str(&groups)?,
+            ));
+        }
+        Ok(out)
+    }
+
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -832,6 +852,27 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
+    fn set_synced_groups(
+        &mut self,
+        user: &UserName,
+        groups: &[GroupName],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO synced_groups (user_name, groups_json, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_name) DO UPDATE SET groups_json = excluded.groups_json, updated_at = excluded.updated_at",
+            )?
+            .execute(params![user.as_str(), serde_json::to_string(groups)?, fmt(at)])?;
+        Ok(())
+    }
+
+    fn directory_changed(&mut self) {
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.directory = true;
+        }
+    }
+
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
@@ -856,7 +897,7 @@ impl WriteTx for Tx<'_> {
 
     fn changed(&mut self, id: RequestId) {
         if let Some(ev) = self.events.as_deref_mut() {
-            ev.push(id);
+            ev.requests.push(id);
         }
     }
 }

@@ -109,6 +109,14 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_expiry ON sessions (expires_at);
 "#,
+    r#"
+-- Groups reported by single sign-on, replacing the config's for the user.
+CREATE TABLE synced_groups (
+    user_name   TEXT PRIMARY KEY,
+    groups_json TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.
