@@ -8,8 +8,8 @@
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
 };
 use tokio::sync::OnceCell;
 
@@ -73,19 +73,38 @@ fn redirect_url(cfg: &OidcConfig, public_url: &str) -> Result<RedirectUrl, ApiEr
     RedirectUrl::new(url).map_err(|e| upstream("redirect_url")(e.to_string()))
 }
 
+/// The client as discovery configured it: authorization and token
+/// endpoints known, userinfo possibly.
+type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+async fn client(
+    discovery: &Discovery,
+    cfg: &OidcConfig,
+    public_url: &str,
+) -> Result<Client, ApiError> {
+    let meta = discovery.metadata(cfg).await?;
+    Ok(CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(cfg.client_id.clone()),
+        cfg.client_secret.clone().map(ClientSecret::new),
+    )
+    .set_redirect_uri(redirect_url(cfg, public_url)?))
+}
+
 /// Begins a sign-in: where to send the browser, and what to remember.
 pub(crate) async fn start(
     discovery: &Discovery,
     cfg: &OidcConfig,
     public_url: &str,
 ) -> Result<Start, ApiError> {
-    let meta = discovery.metadata(cfg).await?;
-    let client = CoreClient::from_provider_metadata(
-        meta,
-        ClientId::new(cfg.client_id.clone()),
-        cfg.client_secret.clone().map(ClientSecret::new),
-    )
-    .set_redirect_uri(redirect_url(cfg, public_url)?);
+    let client = client(discovery, cfg, public_url).await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, state, nonce) = client
         .authorize_url(
@@ -153,13 +172,7 @@ pub(crate) async fn finish(
             "the provider's answer does not belong to this sign-in (state mismatch)",
         ));
     }
-    let meta = discovery.metadata(cfg).await?;
-    let client = CoreClient::from_provider_metadata(
-        meta,
-        ClientId::new(cfg.client_id.clone()),
-        cfg.client_secret.clone().map(ClientSecret::new),
-    )
-    .set_redirect_uri(redirect_url(cfg, public_url)?);
+    let client = client(discovery, cfg, public_url).await?;
     let http = http()?;
     let token = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
