@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
+    StatusFilter,
 };
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
@@ -80,6 +81,12 @@ pub trait ReadTx {
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Groups taken from single sign-on, by user, replacing the config's.
     fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError>;
+    /// Outbox messages, newest first, optionally only those in `status`.
+    fn outbox_list(
+        &mut self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
     /// A user's password hash, if one is set.
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
@@ -166,6 +173,29 @@ pub trait WriteTx: ReadTx {
     /// Announces, once committed, that users' groups changed: every node
     /// rebuilds its directory.
     fn directory_changed(&mut self);
+    /// Adds a message to the outbox.
+    fn enqueue(&mut self, msg: &OutboxMessage) -> Result<(), StoreError>;
+    /// Takes up to `limit` due pending messages, oldest first, and leases
+    /// them until `lease_until` (a node that dies mid-delivery lets the
+    /// lease lapse, and another attempt follows).
+    fn claim_outbox(
+        &mut self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// The receiver accepted it.
+    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// An attempt failed: try again at `next`, or give up (`failed`).
+    fn outbox_attempt_failed(
+        &mut self,
+        id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+        give_up: bool,
+    ) -> Result<(), StoreError>;
+    /// Puts a failed message back in line; false if it was not failed.
+    fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Ends a web session; false if there was none.
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError>;
     /// Registers the public key of a signing purpose (first node to start).

@@ -112,6 +112,34 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A notification waiting in (or delivered from) the durable outbox. It is
+/// written in the same transaction as the change it reports, so nothing is
+/// lost and nothing waits for the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Unique and stable across retries: receivers drop duplicates by it
+    /// (Standard Webhooks' `webhook-id`).
+    pub id: String,
+    /// Where it goes (a webhook URL).
+    pub target: String,
+    /// The event type (`request.created`, …).
+    pub event: String,
+    /// The JSON body, exactly as sent.
+    pub payload: String,
+    /// `pending`, `delivered` or `failed` (gave up; can be retried).
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it may next be tried (also a claim's lease).
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// When the receiver accepted it.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
 /// Which audit records to find. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {

@@ -75,6 +75,7 @@ both_backends!(
     sessions_are_stored_hashed_and_end,
     audit_search_filters,
     synced_groups_round_trip_and_reach_every_node,
+    outbox_claims_lease_retry_and_give_up,
 );
 
 fn request(principal: &str) -> Request {
@@ -567,4 +568,78 @@ async fn synced_groups_round_trip_and_reach_every_node(home: &Home) {
     assert!(heard.is_ok(), "the other node hears that groups changed");
     let synced = b.read(|r| r.synced_groups()).await.unwrap();
     assert_eq!(synced, vec![(dave, groups)]);
+}
+
+async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
+    let a = home.open();
+    let b = second_node(home, &a);
+    let t = now();
+    let msg = |id: &str| crate::OutboxMessage {
+        id: id.into(),
+        target: "http://127.0.0.1:9/hook".into(),
+        event: "request.created".into(),
+        payload: "{}".into(),
+        status: "pending".into(),
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: t,
+        created_at: t,
+        delivered_at: None,
+    };
+    let (m1, m2) = (msg("msg_1"), msg("msg_2"));
+    a.write(move |tx| {
+        tx.enqueue(&m1)?;
+        tx.enqueue(&m2)
+    })
+    .await
+    .unwrap();
+    let lease = t + chrono::Duration::seconds(30);
+    let claimed = a
+        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["msg_1", "msg_2"]
+    );
+    // Leased: another node finds nothing due.
+    let again = b
+        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    a.write(move |tx| {
+        tx.outbox_delivered("msg_1", t)?;
+        tx.outbox_attempt_failed("msg_2", "503 from receiver", t, false)
+    })
+    .await
+    .unwrap();
+    let retried = b
+        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].id.as_str(), retried[0].attempts), ("msg_2", 1));
+    b.write(move |tx| tx.outbox_attempt_failed("msg_2", "still down", t, true))
+        .await
+        .unwrap();
+    let failed = a.read(|r| r.outbox_list(Some("failed"), 10)).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("still down"));
+    assert!(a
+        .write(move |tx| tx.outbox_retry("msg_2", t))
+        .await
+        .unwrap());
+    assert!(
+        !a.write(move |tx| tx.outbox_retry("msg_1", t))
+            .await
+            .unwrap(),
+        "delivered stays delivered"
+    );
+    let delivered = a
+        .read(|r| r.outbox_list(Some("delivered"), 10))
+        .await
+        .unwrap();
+    assert_eq!(delivered[0].id, "msg_1");
+    assert!(delivered[0].delivered_at.is_some());
 }

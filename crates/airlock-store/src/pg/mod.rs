@@ -31,7 +31,8 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
+    StatusFilter,
 };
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
@@ -554,6 +555,21 @@ impl Tx<'_> {
     }
 }
 
+fn outbox_from_row(r: &Row) -> Result<OutboxMessage, StoreError> {
+    Ok(OutboxMessage {
+        id: r.try_get(0)?,
+        target: r.try_get(1)?,
+        event: r.try_get(2)?,
+        payload: r.try_get(3)?,
+        status: r.try_get(4)?,
+        attempts: count(r.try_get(5)?)?,
+        last_error: r.try_get(6)?,
+        next_attempt_at: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        delivered_at: r.try_get(9)?,
+    })
+}
+
 fn count(n: i32) -> Result<u32, StoreError> {
     u32::try_from(n).map_err(|_| corrupt(format!("negative count {n}")))
 }
@@ -781,6 +797,20 @@ impl ReadTx for Tx<'_> {
                 ))
             })
             .collect()
+    }
+
+    fn outbox_list(
+        &mut self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = self.query(
+            "SELECT id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at
+             FROM outbox WHERE ($1::text IS NULL OR status = $1)
+             ORDER BY created_at DESC, id DESC LIMIT $2",
+            &[&status, &i64::from(limit)],
+        )?;
+        rows.iter().map(outbox_from_row).collect()
     }
 
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
@@ -1073,6 +1103,79 @@ impl WriteTx for Tx<'_> {
             &[&user.as_str(), &serde_json::to_string(groups)?, &at],
         )?;
         Ok(())
+    }
+
+    fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
+        let attempts = i32::try_from(m.attempts).unwrap_or(i32::MAX);
+        self.execute(
+            "INSERT INTO outbox (id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &m.id,
+                &m.target,
+                &m.event,
+                &m.payload,
+                &m.status,
+                &attempts,
+                &m.last_error,
+                &m.next_attempt_at,
+                &m.created_at,
+                &m.delivered_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn claim_outbox(
+        &mut self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        // The batch holds the write lock: no other node claims meanwhile.
+        let rows = self.query(
+            "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (
+                 SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
+                 ORDER BY created_at, id LIMIT $3)
+             RETURNING id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at",
+            &[&now, &lease_until, &i64::from(limit)],
+        )?;
+        let mut out: Vec<OutboxMessage> =
+            rows.iter().map(outbox_from_row).collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET status = 'delivered', delivered_at = $2, attempts = attempts + 1,
+             last_error = NULL WHERE id = $1",
+            &[&id, &at],
+        )?;
+        Ok(())
+    }
+
+    fn outbox_attempt_failed(
+        &mut self,
+        id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3,
+             status = CASE WHEN $4 THEN 'failed' ELSE status END WHERE id = $1",
+            &[&id, &error, &next, &give_up],
+        )?;
+        Ok(())
+    }
+
+    fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Ok(self.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2
+             WHERE id = $1 AND status = 'failed'",
+            &[&id, &now],
+        )? == 1)
     }
 
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {

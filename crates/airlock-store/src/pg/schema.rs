@@ -118,6 +118,21 @@ CREATE TABLE synced_groups (
     groups_json text NOT NULL,
     updated_at  timestamptz NOT NULL
 );
+
+-- The durable outbox of notifications.
+CREATE TABLE outbox (
+    id              text PRIMARY KEY,
+    target          text NOT NULL,
+    event           text NOT NULL,
+    payload         text NOT NULL,
+    status          text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    next_attempt_at timestamptz NOT NULL,
+    created_at      timestamptz NOT NULL,
+    delivered_at    timestamptz
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 "#];
 
 /// The newest schema version this build knows.

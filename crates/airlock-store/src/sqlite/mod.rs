@@ -19,7 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, Role, SessionRecord, StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
+    StatusFilter,
 };
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
@@ -196,6 +197,24 @@ struct Tx<'a> {
     head: Option<&'a mut Option<(i64, ChainHash)>>,
     /// What this batch changed, announced after it commits.
     events: Option<&'a mut Announced>,
+}
+
+const OUTBOX_COLS: &str = "id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at";
+
+fn outbox_from_row(r: &Row<'_>) -> Result<OutboxMessage, StoreError> {
+    let delivered: Option<String> = r.get(9)?;
+    Ok(OutboxMessage {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        event: r.get(2)?,
+        payload: r.get(3)?,
+        status: r.get(4)?,
+        attempts: r.get(5)?,
+        last_error: r.get(6)?,
+        next_attempt_at: parse(&r.get::<_, String>(7)?)?,
+        created_at: parse(&r.get::<_, String>(8)?)?,
+        delivered_at: delivered.as_deref().map(parse).transpose()?,
+    })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -567,6 +586,23 @@ impl ReadTx for Tx<'_> {
         Ok(out)
     }
 
+    fn outbox_list(
+        &mut self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE (?1 IS NULL OR status = ?1)
+             ORDER BY created_at DESC, id DESC LIMIT ?2"
+        ))?;
+        let mut rows = st.query(params![status, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(outbox_from_row(row)?);
+        }
+        Ok(out)
+    }
+
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -871,6 +907,88 @@ impl WriteTx for Tx<'_> {
         if let Some(ev) = self.events.as_deref_mut() {
             ev.directory = true;
         }
+    }
+
+    fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO outbox ({OUTBOX_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))?
+            .execute(params![
+                m.id,
+                m.target,
+                m.event,
+                m.payload,
+                m.status,
+                m.attempts,
+                m.last_error,
+                fmt(m.next_attempt_at),
+                fmt(m.created_at),
+                m.delivered_at.map(fmt),
+            ])?;
+        Ok(())
+    }
+
+    fn claim_outbox(
+        &mut self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+             ORDER BY created_at, id LIMIT ?2"
+        ))?;
+        let mut rows = st.query(params![fmt(now), limit])?;
+        let mut due = Vec::new();
+        while let Some(row) = rows.next()? {
+            due.push(outbox_from_row(row)?);
+        }
+        drop(rows);
+        for m in &mut due {
+            self.conn
+                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?
+                .execute(params![m.id, fmt(lease_until)])?;
+            m.next_attempt_at = lease_until;
+        }
+        Ok(due)
+    }
+
+    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ?2, attempts = attempts + 1,
+                 last_error = NULL WHERE id = ?1",
+            )?
+            .execute(params![id, fmt(at)])?;
+        Ok(())
+    }
+
+    fn outbox_attempt_failed(
+        &mut self,
+        id: &str,
+        error: &str,
+        next: DateTime<Utc>,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3,
+                 status = CASE WHEN ?4 THEN 'failed' ELSE status END WHERE id = ?1",
+            )?
+            .execute(params![id, error, fmt(next), give_up])?;
+        Ok(())
+    }
+
+    fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
+                 WHERE id = ?1 AND status = 'failed'",
+            )?
+            .execute(params![id, fmt(now)])?
+            == 1)
     }
 
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {

@@ -117,6 +117,22 @@ CREATE TABLE synced_groups (
     updated_at  TEXT NOT NULL
 );
 "#,
+    r#"
+-- The durable outbox of notifications.
+CREATE TABLE outbox (
+    id              TEXT PRIMARY KEY,
+    target          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    next_attempt_at TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+"#,
 ];
 
 /// The newest schema version this build knows.
