@@ -24,6 +24,9 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
     tokio::spawn(run_checkpoints(airlock.clone()));
     tokio::spawn(run_sighup(airlock.clone()));
     tokio::spawn(run_directory_changes(airlock.clone()));
+    if !airlock.config.load().notify.webhooks.is_empty() {
+        tokio::spawn(run_outbox(airlock.clone()));
+    }
     if airlock.config.load().policy.watch {
         spawn_watcher(airlock.clone());
     }
@@ -160,6 +163,32 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             Ok(seq)
         })
         .await
+}
+
+/// Delivers the outbox: at once after a change (any node's), and every
+/// second for retries coming due.
+async fn run_outbox(airlock: Arc<Airlock>) {
+    let http = match reqwest::Client::builder()
+        // A receiver's redirect is not followed: that would let it point
+        // Airlock at any URL (SSRF).
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notifications stay queued");
+            return;
+        }
+    };
+    let mut events = airlock.store.subscribe();
+    loop {
+        match airlock.deliver_due(&http).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    }
 }
 
 /// Rebuilds the directory (and the policy entities built from it) when

@@ -41,10 +41,10 @@ pub struct Config {
     /// The people who ask and approve, and their groups.
     #[serde(default)]
     pub users: Vec<UserConfig>,
-    /// Notification channels (Slack, Discord, email, webhooks). Accepted
-    /// now so configs written for later releases load; not yet delivered.
+    /// Notifications: signed webhooks now; Slack, Discord and email
+    /// sections are accepted (so configs load) but not yet delivered.
     #[serde(default)]
-    pub notify: Option<toml::Value>,
+    pub notify: NotifyConfig,
     /// The folder the file was read from; relative paths resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -224,6 +224,68 @@ fn default_auditors() -> Vec<GroupName> {
     GroupName::parse("auditors").into_iter().collect()
 }
 
+/// `[notify]`: telling other systems what happened. Every notification
+/// is written to a durable outbox in the same transaction as the change it
+/// reports, then delivered in the background with retries: a decision never
+/// waits for a receiver, and a restart loses nothing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotifyConfig {
+    /// Signed webhooks (Standard Webhooks: `webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Seconds a receiver has to answer before the attempt counts as
+    /// failed. A node that dies mid-delivery leaves the message to be
+    /// retried (with the same `webhook-id`) this long plus 5 s later.
+    /// Default 10.
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout_seconds: u64,
+    /// Attempts before a message is marked failed (visible in
+    /// `/v1/outbox?status=failed` and the metrics, and retryable). Retries
+    /// back off exponentially from 1 s to 1 h. Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// `[notify.slack]`, `[notify.discord]`, `[notify.email]`: accepted,
+    /// not yet delivered.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            delivery_timeout_seconds: default_delivery_timeout(),
+            max_attempts: default_max_attempts(),
+            other: Default::default(),
+        }
+    }
+}
+
+fn default_delivery_timeout() -> u64 {
+    10
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+
+/// `[[notify.webhooks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// The signing secret, `whsec_` and base64, as Standard Webhooks
+    /// libraries expect it.
+    pub secret: String,
+    /// Only these event types (`request.created`, `request.decided`,
+    /// `request.expired`, `request.cancelled`, `request.revoked`,
+    /// `grant.consumed`, `grant.completed`). Default: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
 /// `[audit]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +354,20 @@ impl Config {
         for u in &cfg.users {
             if !seen.insert(&u.name) {
                 return Err(format!("user {:?} is listed twice", u.name.as_str()));
+            }
+        }
+        for w in &cfg.notify.webhooks {
+            if standardwebhooks::Webhook::new(&w.secret).is_err() {
+                return Err(format!(
+                    "notify.webhooks secret for {} must be whsec_ followed by base64",
+                    w.url
+                ));
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(format!(
+                    "notify.webhooks url {:?} must be http(s)://",
+                    w.url
+                ));
             }
         }
         if cfg.server.listen.parse::<std::net::SocketAddr>().is_err() {

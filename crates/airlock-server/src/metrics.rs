@@ -17,6 +17,7 @@ pub(crate) struct Metrics {
     decisions: Family<Vec<(String, String)>, Counter>,
     latency: Histogram,
     pending: Gauge,
+    notifications: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -37,11 +38,18 @@ impl Metrics {
             "Requests waiting for approval",
             pending.clone(),
         );
+        let notifications = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "notification_attempts",
+            "Notification delivery attempts by outcome (delivered, retry, failed)",
+            notifications.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             decisions,
             latency,
             pending,
+            notifications,
         }
     }
 
@@ -50,6 +58,12 @@ impl Metrics {
             .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
             .inc();
         self.latency.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn observe_notification(&self, outcome: &str) {
+        self.notifications
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
     }
 
     pub(crate) fn render(&self, pending: i64) -> String {

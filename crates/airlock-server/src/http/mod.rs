@@ -97,6 +97,8 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/grants/{id}/complete", post(complete))
         .route("/v1/audit", get(audit))
         .route("/v1/keys", get(keys))
+        .route("/v1/outbox", get(outbox))
+        .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(crate::web::routes())
@@ -331,6 +333,67 @@ async fn audit(
         .read(move |r| r.audit_after(after, limit))
         .await?;
     Ok(Json(json!({"records": records})))
+}
+
+#[derive(Deserialize)]
+struct OutboxQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Notifications in the outbox (admin): what was delivered, what waits,
+/// and what failed for good.
+async fn outbox(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Query(q): Query<OutboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden("only admin keys may read the outbox"));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let messages = airlock
+        .store()
+        .read(move |r| r.outbox_list(q.status.as_deref(), limit))
+        .await?;
+    let list: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "target": m.target, "event": m.event, "status": m.status,
+                "attempts": m.attempts, "last_error": m.last_error,
+                "next_attempt_at": airlock_store::time::fmt(m.next_attempt_at),
+                "created_at": airlock_store::time::fmt(m.created_at),
+                "delivered_at": m.delivered_at.map(airlock_store::time::fmt),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"messages": list})))
+}
+
+/// Puts a failed notification back in line (admin).
+async fn outbox_retry(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden(
+            "only admin keys may retry notifications",
+        ));
+    }
+    let t = airlock_store::time::now();
+    let i = id.clone();
+    let done = airlock
+        .store()
+        .write(move |tx| tx.outbox_retry(&i, t))
+        .await?;
+    if !done {
+        return Err(ApiError::wrong_state(format!(
+            "{id} is not a failed notification"
+        )));
+    }
+    Ok(Json(json!({"id": id, "status": "pending"})))
 }
 
 async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {

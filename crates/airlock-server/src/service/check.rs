@@ -15,6 +15,7 @@ use chrono::{Datelike, Timelike};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::notify;
 use super::{Airlock, Caller};
 use crate::ApiError;
 
@@ -170,6 +171,7 @@ impl Airlock {
                     grant: None,
                     action,
                 };
+                let hooks = self.hooks();
                 let request = self
                     .store
                     .write(move |tx| {
@@ -215,6 +217,10 @@ impl Airlock {
                                 t,
                             )?;
                             tx.changed(req.id);
+                            let mut data = notify::request_data(&req, "pending", None);
+                            data["thresholds"] = json!(&req.requirement.thresholds);
+                            data["expires_at"] = json!(airlock_store::time::fmt(req.expires_at));
+                            notify::emit(tx, &hooks, "request.created", data)?;
                         }
                         Ok::<_, StoreError>((req, created))
                     })

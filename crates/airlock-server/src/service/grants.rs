@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::requests::transition;
-use super::{Airlock, Caller};
+use super::{notify, Airlock, Caller};
 use crate::ApiError;
 
 /// The body of `POST /v1/grants/consume`.
@@ -78,6 +78,7 @@ impl Airlock {
         let actor = caller.user.to_string();
         let key = caller.key_id.clone();
         let gid = claims.jti;
+        let hooks = self.hooks();
         let result = self
             .store
             .write(move |tx| {
@@ -119,6 +120,12 @@ impl Airlock {
                         } else {
                             tx.changed(req.id);
                         }
+                        notify::emit(
+                            tx,
+                            &hooks,
+                            "grant.consumed",
+                            notify::grant_data(req.id, &gid.to_string(), json!({"uses_left": uses_left, "by": actor})),
+                        )?;
                         return Ok(Ok((req.id, uses_left)));
                     }
                     ConsumeOutcome::Spent => ("grant_spent", "every use of this grant is spent".to_owned()),
@@ -170,6 +177,7 @@ impl Airlock {
             ));
         }
         let caller = caller.clone();
+        let hooks = self.hooks();
         self
             .store
             .write(move |tx| {
@@ -193,6 +201,12 @@ impl Airlock {
                     t,
                 )?;
                 tx.changed(row.request_id);
+                notify::emit(
+                    tx,
+                    &hooks,
+                    "grant.completed",
+                    notify::grant_data(row.request_id, &gid.to_string(), json!({"outcome": body.outcome, "by": caller.user.as_str()})),
+                )?;
                 let closed = tx.get_grant(&gid)?.is_some_and(|g| g.completed);
                 if let Some(req) = tx.get_request(&row.request_id)? {
                     if closed && req.status == RequestStatus::Consumed {

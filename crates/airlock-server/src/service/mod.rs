@@ -4,6 +4,7 @@
 
 mod check;
 mod grants;
+pub(crate) mod notify;
 mod requests;
 mod view;
 

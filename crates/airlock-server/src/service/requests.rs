@@ -13,7 +13,7 @@ use airlock_store::{StatusFilter, StoreEvent, WriteTx};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Airlock, Caller};
+use super::{notify, Airlock, Caller};
 use crate::ApiError;
 
 const MAX_REVIEW_REASON: usize = 2000;
@@ -113,6 +113,7 @@ impl Airlock {
         let loaded = self.loaded.load_full();
         let reviewer = caller.user.clone();
         let channel = channel.to_owned();
+        let hooks = self.hooks();
         let req = self
             .store
             .write(move |tx| {
@@ -161,9 +162,13 @@ impl Airlock {
                 match verdict {
                     Verdict::Deny => {
                         transition(tx, &req, RequestStatus::Denied, &reviewer.to_string(), json!({"by": reviewer.as_str()}))?;
+                        let mut data = notify::request_data(&req, "denied", Some(reviewer.as_str()));
+                        data["reason"] = json!(reason);
+                        notify::emit(tx, &hooks, "request.decided", data)?;
                     }
                     Verdict::Approve if req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) => {
                         issue_grant(tx, &req, &loaded.directory)?;
+                        notify::emit(tx, &hooks, "request.decided", notify::request_data(&req, "approved", Some(reviewer.as_str())))?;
                     }
                     Verdict::Approve => {}
                 }
@@ -177,6 +182,7 @@ impl Airlock {
     /// The requester withdraws a pending request.
     pub async fn cancel(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
         let user = caller.user.clone();
+        let hooks = self.hooks();
         let req = self
             .store
             .write(move |tx| {
@@ -189,6 +195,12 @@ impl Airlock {
                     ));
                 }
                 transition(tx, &req, RequestStatus::Cancelled, user.as_str(), json!({}))?;
+                notify::emit(
+                    tx,
+                    &hooks,
+                    "request.cancelled",
+                    notify::request_data(&req, "cancelled", Some(user.as_str())),
+                )?;
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
             .await?;
@@ -205,6 +217,7 @@ impl Airlock {
     ) -> Result<Request, ApiError> {
         let loaded = self.loaded.load_full();
         let caller = caller.clone();
+        let hooks = self.hooks();
         let req = self
             .store
             .write(move |tx| {
@@ -231,6 +244,12 @@ impl Airlock {
                 if let Some(g) = &req.grant {
                     tx.revoke_grant(&g.grant_id)?;
                 }
+                notify::emit(
+                    tx,
+                    &hooks,
+                    "request.revoked",
+                    notify::request_data(&req, "revoked", Some(caller.user.as_str())),
+                )?;
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
             .await?;
@@ -242,6 +261,7 @@ impl Airlock {
     /// an approved one when its grant expired unused. Conditional, so it
     /// happens once however many timers fire.
     pub async fn expire(&self, id: RequestId) -> Result<Option<Request>, ApiError> {
+        let hooks = self.hooks();
         let req = self
             .store
             .write(move |tx| {
@@ -258,6 +278,12 @@ impl Airlock {
                     return Ok(None);
                 }
                 transition(tx, &req, RequestStatus::Expired, "system", json!({}))?;
+                notify::emit(
+                    tx,
+                    &hooks,
+                    "request.expired",
+                    notify::request_data(&req, "expired", None),
+                )?;
                 Ok::<_, ApiError>(tx.get_request(&id)?)
             })
             .await?;
