@@ -245,8 +245,11 @@ pub struct NotifyConfig {
     /// back off exponentially from 1 s to 1 h. Default 10.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// `[notify.slack]`, `[notify.discord]`, `[notify.email]`: accepted,
-    /// not yet delivered.
+    /// Email to approvers (who a request waits for, with a link to its page
+    /// in the console) and to requesters (the outcome).
+    #[serde(default)]
+    pub email: Option<EmailConfig>,
+    /// `[notify.slack]`, `[notify.discord]`: accepted, not yet delivered.
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }
@@ -255,6 +258,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         Self {
             webhooks: Vec::new(),
+            email: None,
             delivery_timeout_seconds: default_delivery_timeout(),
             max_attempts: default_max_attempts(),
             other: Default::default(),
@@ -268,6 +272,18 @@ fn default_delivery_timeout() -> u64 {
 
 fn default_max_attempts() -> u32 {
     10
+}
+
+/// `[notify.email]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The SMTP server: `smtp://host:25` (plain), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtps://host:465` (TLS); credentials as
+    /// `smtps://user:password@host`.
+    pub smtp_url: String,
+    /// The sender, e.g. `Airlock <airlock@example.com>`.
+    pub from: String,
 }
 
 /// `[[notify.webhooks]]`
@@ -354,6 +370,20 @@ impl Config {
         for u in &cfg.users {
             if !seen.insert(&u.name) {
                 return Err(format!("user {:?} is listed twice", u.name.as_str()));
+            }
+        }
+        if let Some(e) = &cfg.notify.email {
+            if !(e.smtp_url.starts_with("smtp://") || e.smtp_url.starts_with("smtps://")) {
+                return Err(format!(
+                    "notify.email.smtp_url {:?} must be smtp:// or smtps://",
+                    e.smtp_url
+                ));
+            }
+            if e.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(format!(
+                    "notify.email.from {:?} is not an email address",
+                    e.from
+                ));
             }
         }
         for w in &cfg.notify.webhooks {

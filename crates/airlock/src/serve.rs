@@ -24,6 +24,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    airlock.set_bound(addr);
     background::spawn(&airlock, bg);
     let url = format!("http://{addr}");
     say(format!("Airlock listening on {url}"));

@@ -46,14 +46,17 @@ const USERS: &str = r#"
 [[users]]
 name = "alice"
 groups = ["engineering"]
+email = "alice@example.com"
 
 [[users]]
 name = "bob"
 groups = ["security"]
+email = "bob@example.com"
 
 [[users]]
 name = "carol"
 groups = ["security"]
+email = "carol@example.com"
 
 [[users]]
 name = "mallory"
@@ -3267,4 +3270,138 @@ async fn failed_webhooks_are_visible_and_can_be_retried() {
         .post(&alice, &format!("/v1/outbox/{id}/retry"), json!({}))
         .await;
     assert_eq!(st, 403, "admins only");
+}
+
+// ---------------------------------------------------------------------------
+// Email, through a real SMTP server (aiosmtpd).
+// ---------------------------------------------------------------------------
+
+/// aiosmtpd writing what it receives into a Maildir; killed at the end.
+struct Smtp {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Smtp {
+    fn start() -> Smtp {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = tempfile::tempdir().unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Smtp {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    /// Every message delivered so far, as text.
+    fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("mail/new");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+
+    async fn wait_for(&self, n: usize, what: impl Fn(&str) -> bool) -> Vec<String> {
+        for _ in 0..200 {
+            let got: Vec<String> = self.messages().into_iter().filter(|m| what(m)).collect();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} messages, have {:?}", self.messages());
+    }
+}
+
+#[tokio::test]
+async fn email_asks_approvers_with_a_link_and_tells_the_requester() {
+    let smtp = Smtp::start();
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        POLICIES,
+        &format!("[notify.email]\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"Airlock <airlock@example.com>\"\n", smtp.port),
+    );
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    // The eligible approvers with an address (bob, carol; admin has none).
+    let asks = smtp
+        .wait_for(2, |m| m.contains("Subject: Approval needed"))
+        .await;
+    let to: Vec<bool> = ["To: bob@example.com", "To: carol@example.com"]
+        .iter()
+        .map(|t| asks.iter().any(|m| m.contains(t)))
+        .collect();
+    assert_eq!(to, [true, true], "{asks:?}");
+    assert!(
+        !asks.iter().any(|m| m.contains("To: alice@example.com")),
+        "not the requester"
+    );
+    let link = format!("{}/requests/{id}", s.url);
+    let mail = &asks[0];
+    assert!(mail.contains(&link), "{mail}");
+    assert!(
+        mail.contains("select * from orders"),
+        "the exact action: {mail}"
+    );
+    assert!(mail.contains("Message-ID: <msg_"), "{mail}");
+    // A mail scanner following the link changes nothing: it lands on the
+    // sign-in page, and approving is a signed-in POST.
+    let follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = follow.get(&link).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "pending");
+    assert!(r["reviews"].as_array().unwrap().is_empty());
+    // The requester hears the outcome.
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let told = smtp
+        .wait_for(1, |m| m.contains("To: alice@example.com"))
+        .await;
+    assert!(told[0].contains("was approved by carol"), "{}", told[0]);
 }

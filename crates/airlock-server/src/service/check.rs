@@ -172,6 +172,8 @@ impl Airlock {
                     action,
                 };
                 let hooks = self.hooks();
+                let mail = self.mail();
+                let approvers = loaded.clone();
                 let request = self
                     .store
                     .write(move |tx| {
@@ -221,6 +223,7 @@ impl Airlock {
                             data["thresholds"] = json!(&req.requirement.thresholds);
                             data["expires_at"] = json!(airlock_store::time::fmt(req.expires_at));
                             notify::emit(tx, &hooks, "request.created", data)?;
+                            mail.to_approvers(tx, &req, &approvers.directory)?;
                         }
                         Ok::<_, StoreError>((req, created))
                     })

@@ -78,6 +78,8 @@ pub struct Airlock {
     key_cache: RwLock<HashMap<String, Caller>>,
     /// The single sign-on provider's metadata, read at the first sign-in.
     pub(crate) oidc: crate::web::oidc::Discovery,
+    /// The address the server actually listens on (`listen` may say port 0).
+    bound: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Airlock {
@@ -179,6 +181,7 @@ impl Airlock {
             metrics: Metrics::new(),
             key_cache: RwLock::new(HashMap::new()),
             oidc: Default::default(),
+            bound: std::sync::OnceLock::new(),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();
@@ -233,6 +236,22 @@ impl Airlock {
             let _ = airlock.timers.send((at, id));
         }
         Ok((airlock, Background { timers: timers_rx }))
+    }
+
+    /// Records the address the listener got, for links when `public_url`
+    /// is not set.
+    pub fn set_bound(&self, addr: std::net::SocketAddr) {
+        let _ = self.bound.set(format!("http://{addr}"));
+    }
+
+    /// The URL people reach this server at, for links: `[server]
+    /// public_url`, else the address it listens on.
+    pub fn public_url(&self) -> String {
+        let config = self.config.load();
+        match (&config.server.public_url, self.bound.get()) {
+            (Some(_), _) | (None, None) => config.public_url(),
+            (None, Some(bound)) => bound.clone(),
+        }
     }
 
     /// The store, for tools that share the process.

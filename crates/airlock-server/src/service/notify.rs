@@ -46,6 +46,117 @@ pub(crate) fn emit(
     Ok(())
 }
 
+/// Who gets email about a request, captured before a write job so the job
+/// can queue the messages in its own transaction.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mail {
+    enabled: bool,
+    public_url: String,
+    emails: std::collections::HashMap<airlock_core::UserName, String>,
+}
+
+impl Mail {
+    /// Queues one email in `tx`.
+    fn queue(
+        &self,
+        tx: &mut dyn WriteTx,
+        to: &str,
+        event: &str,
+        subject: String,
+        text: String,
+    ) -> Result<(), StoreError> {
+        let t = now();
+        tx.enqueue(&OutboxMessage {
+            id: message_id(),
+            target: format!("mailto:{to}"),
+            event: event.to_owned(),
+            payload: json!({"subject": subject, "text": text}).to_string(),
+            status: "pending".into(),
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: t,
+            created_at: t,
+            delivered_at: None,
+        })
+    }
+
+    /// Asks every eligible approver with an email address to review.
+    pub(crate) fn to_approvers(
+        &self,
+        tx: &mut dyn WriteTx,
+        req: &Request,
+        directory: &airlock_policy::Directory,
+    ) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mut approvers: Vec<&airlock_core::UserName> = req
+            .requirement
+            .thresholds
+            .iter()
+            .flat_map(|t| directory.members_of(&t.groups))
+            .filter(|u| **u != req.action.principal)
+            .collect();
+        approvers.sort();
+        approvers.dedup();
+        let link = format!("{}/requests/{}", self.public_url, req.id);
+        for user in approvers {
+            let Some(to) = self.emails.get(user) else {
+                continue;
+            };
+            let subject = format!(
+                "Approval needed: {} wants to {} {}:{}",
+                req.action.principal,
+                req.action.action,
+                req.action.resource.kind,
+                req.action.resource.id
+            );
+            let text = format!(
+                "{} asks to {} {}:{}.\n\nReason: {}\nParams: {}\nExpires: {}\n\nReview it (sign in; approving is a button on the page, never this link):\n{link}\n",
+                req.action.principal,
+                req.action.action,
+                req.action.resource.kind,
+                req.action.resource.id,
+                req.reason.as_deref().unwrap_or("(none given)"),
+                serde_json::to_string(&req.action.params).unwrap_or_default(),
+                fmt(req.expires_at),
+            );
+            self.queue(tx, to, "request.created", subject, text)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the requester how their request ended.
+    pub(crate) fn to_requester(
+        &self,
+        tx: &mut dyn WriteTx,
+        req: &Request,
+        outcome: &str,
+        by: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let Some(to) = self.emails.get(&req.action.principal) else {
+            return Ok(());
+        };
+        let subject = format!(
+            "Your request to {} {}:{} was {outcome}",
+            req.action.action, req.action.resource.kind, req.action.resource.id
+        );
+        let text = format!(
+            "Your request to {} {}:{} was {outcome}{}.\n\n{}/requests/{}\n",
+            req.action.action,
+            req.action.resource.kind,
+            req.action.resource.id,
+            by.map(|b| format!(" by {b}")).unwrap_or_default(),
+            self.public_url,
+            req.id,
+        );
+        self.queue(tx, to, "request.decided", subject, text)
+    }
+}
+
 /// What a request event says about it.
 pub(crate) fn request_data(req: &Request, status: &str, by: Option<&str>) -> Value {
     json!({
@@ -85,6 +196,20 @@ fn backoff(failures: u32) -> chrono::Duration {
 const BATCH: u32 = 32;
 
 impl Airlock {
+    /// Who gets email, as configured now.
+    pub(crate) fn mail(&self) -> Mail {
+        let config = self.config.load();
+        Mail {
+            enabled: config.notify.email.is_some(),
+            public_url: self.public_url(),
+            emails: config
+                .users
+                .iter()
+                .filter_map(|u| u.email.clone().map(|e| (u.name.clone(), e)))
+                .collect(),
+        }
+    }
+
     /// The webhooks configured now.
     pub(crate) fn hooks(&self) -> Vec<WebhookConfig> {
         self.config.load().notify.webhooks.clone()
@@ -105,10 +230,16 @@ impl Airlock {
             .await?;
         let claimed = due.len();
         for msg in due {
-            let hook = config.notify.webhooks.iter().find(|h| h.url == msg.target);
-            let result = match hook {
-                None => Err(("this webhook is no longer configured".to_owned(), true)),
-                Some(h) => self.send(http, h, &msg, timeout).await,
+            let result = if let Some(to) = msg.target.strip_prefix("mailto:") {
+                match &config.notify.email {
+                    Some(email) => send_mail(email, to, &msg, timeout).await,
+                    None => Err(("email is no longer configured".to_owned(), true)),
+                }
+            } else {
+                match config.notify.webhooks.iter().find(|h| h.url == msg.target) {
+                    None => Err(("this webhook is no longer configured".to_owned(), true)),
+                    Some(h) => self.send(http, h, &msg, timeout).await,
+                }
             };
             let id = msg.id.clone();
             let outcome = match result {
@@ -167,6 +298,37 @@ impl Airlock {
             Err((format!("receiver answered {status}"), false))
         }
     }
+}
+
+/// Sends one queued email. Its Message-ID is the outbox id, so a copy
+/// sent again after a crash is recognisably the same message.
+async fn send_mail(
+    cfg: &crate::config::EmailConfig,
+    to: &str,
+    msg: &OutboxMessage,
+    timeout: Duration,
+) -> Result<(), (String, bool)> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let body: Value = serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
+    let from = cfg.from.parse().map_err(|e| (format!("from: {e}"), true))?;
+    let to = to.parse().map_err(|e| (format!("to {to}: {e}"), true))?;
+    let email = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(body["subject"].as_str().unwrap_or("Airlock"))
+        .message_id(Some(format!("<{}@airlock>", msg.id)))
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .body(body["text"].as_str().unwrap_or("").to_owned())
+        .map_err(|e| (e.to_string(), true))?;
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.smtp_url)
+        .map_err(|e| (format!("smtp_url: {e}"), true))?
+        .timeout(Some(timeout))
+        .build();
+    mailer
+        .send(email)
+        .await
+        .map(|_| ())
+        .map_err(|e| (format!("SMTP: {e}"), false))
 }
 
 #[cfg(test)]

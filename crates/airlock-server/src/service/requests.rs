@@ -114,6 +114,7 @@ impl Airlock {
         let reviewer = caller.user.clone();
         let channel = channel.to_owned();
         let hooks = self.hooks();
+        let mail = self.mail();
         let req = self
             .store
             .write(move |tx| {
@@ -165,10 +166,12 @@ impl Airlock {
                         let mut data = notify::request_data(&req, "denied", Some(reviewer.as_str()));
                         data["reason"] = json!(reason);
                         notify::emit(tx, &hooks, "request.decided", data)?;
+                        mail.to_requester(tx, &req, "denied", Some(reviewer.as_str()))?;
                     }
                     Verdict::Approve if req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) => {
                         issue_grant(tx, &req, &loaded.directory)?;
                         notify::emit(tx, &hooks, "request.decided", notify::request_data(&req, "approved", Some(reviewer.as_str())))?;
+                        mail.to_requester(tx, &req, "approved", Some(reviewer.as_str()))?;
                     }
                     Verdict::Approve => {}
                 }
@@ -261,6 +264,7 @@ impl Airlock {
     /// an approved one when its grant expired unused. Conditional, so it
     /// happens once however many timers fire.
     pub async fn expire(&self, id: RequestId) -> Result<Option<Request>, ApiError> {
+        let mail = self.mail();
         let hooks = self.hooks();
         let req = self
             .store
@@ -284,6 +288,7 @@ impl Airlock {
                     "request.expired",
                     notify::request_data(&req, "expired", None),
                 )?;
+                mail.to_requester(tx, &req, "expired", None)?;
                 Ok::<_, ApiError>(tx.get_request(&id)?)
             })
             .await?;

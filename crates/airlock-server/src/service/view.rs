@@ -83,7 +83,7 @@ impl Airlock {
             "reviews": reviews,
             "created_at": fmt(req.created_at),
             "expires_at": fmt(req.expires_at),
-            "url": format!("{}/requests/{}", self.config.load().public_url(), req.id),
+            "url": format!("{}/requests/{}", self.public_url(), req.id),
         });
         if let Some(g) = &req.grant {
             let mut grant = json!({

@@ -216,7 +216,7 @@ async fn oidc_start(State(airlock): State<AppState>) -> Page {
             ApiError::NotFound("single sign-on is not configured".into()),
         ));
     };
-    let start = oidc::start(&airlock.oidc, cfg, &config.public_url())
+    let start = oidc::start(&airlock.oidc, cfg, &airlock.public_url())
         .await
         .map_err(|e| fail(None, e))?;
     let mut cookie = format!(
@@ -276,7 +276,7 @@ async fn oidc_callback(
     let identity = match oidc::finish(
         &airlock.oidc,
         cfg,
-        &config.public_url(),
+        &airlock.public_url(),
         &flow,
         &cb.state,
         &cb.code,

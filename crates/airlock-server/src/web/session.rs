@@ -304,7 +304,7 @@ impl Airlock {
 
     /// Whether the console is served over HTTPS (cookies get `Secure`).
     pub(crate) fn secure_cookies(&self) -> bool {
-        self.config.load().public_url().starts_with("https://")
+        self.public_url().starts_with("https://")
     }
 }
 
