@@ -249,7 +249,12 @@ pub struct NotifyConfig {
     /// in the console) and to requesters (the outcome).
     #[serde(default)]
     pub email: Option<EmailConfig>,
-    /// `[notify.slack]`, `[notify.discord]`: accepted, not yet delivered.
+    /// Slack: a message with Approve/Deny buttons for each request needing
+    /// approval, updated as it progresses, and a direct message to the
+    /// requester with the outcome.
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// `[notify.discord]`: accepted, not yet delivered.
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }
@@ -259,6 +264,7 @@ impl Default for NotifyConfig {
         Self {
             webhooks: Vec::new(),
             email: None,
+            slack: None,
             delivery_timeout_seconds: default_delivery_timeout(),
             max_attempts: default_max_attempts(),
             other: Default::default(),
@@ -272,6 +278,29 @@ fn default_delivery_timeout() -> u64 {
 
 fn default_max_attempts() -> u32 {
     10
+}
+
+/// `[notify.slack]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The Web API's base URL. Default `https://slack.com/api`.
+    #[serde(default = "default_slack_api")]
+    pub api_url: String,
+    /// The bot token (`xoxb-…`), sent as a bearer token.
+    pub bot_token: String,
+    /// The app's signing secret: interaction callbacks
+    /// (`POST /integrations/slack/interactions`) must carry its signature.
+    pub signing_secret: String,
+    /// The channel for requests no route names.
+    pub channel: String,
+    /// Approver group → channel, for requests that group must approve.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
 }
 
 /// `[notify.email]`

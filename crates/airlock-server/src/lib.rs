@@ -10,6 +10,7 @@ pub mod background;
 pub mod config;
 mod error;
 pub mod http;
+mod integrations;
 mod metrics;
 pub mod quickstart;
 pub mod service;

@@ -87,6 +87,12 @@ pub trait ReadTx {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Chat messages posted about a request: `(channel, ts)` per provider.
+    fn chat_messages(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// A user's password hash, if one is set.
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
@@ -173,6 +179,14 @@ pub trait WriteTx: ReadTx {
     /// Announces, once committed, that users' groups changed: every node
     /// rebuilds its directory.
     fn directory_changed(&mut self);
+    /// Remembers a chat message posted about a request, to update it later.
+    fn save_chat_message(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError>;
     /// Adds a message to the outbox.
     fn enqueue(&mut self, msg: &OutboxMessage) -> Result<(), StoreError>;
     /// Takes up to `limit` due pending messages, oldest first, and leases

@@ -47,20 +47,24 @@ const USERS: &str = r#"
 name = "alice"
 groups = ["engineering"]
 email = "alice@example.com"
+slack_id = "U0ALICE"
 
 [[users]]
 name = "bob"
 groups = ["security"]
 email = "bob@example.com"
+slack_id = "U0BOB"
 
 [[users]]
 name = "carol"
 groups = ["security"]
 email = "carol@example.com"
+slack_id = "U0CAROL"
 
 [[users]]
 name = "mallory"
 groups = []
+slack_id = "U0MALLORY"
 
 [[users]]
 name = "admin"
@@ -3143,7 +3147,7 @@ async fn webhooks_are_signed_and_follow_the_loop(db: Db) {
         )
         .await;
     assert_eq!(st, 200, "{r}");
-    let got = receiver.wait_for(4).await;
+    let got = receiver.wait_for(5).await;
     let types: Vec<&str> = got
         .iter()
         .map(|(_, v)| v["type"].as_str().unwrap())
@@ -3152,6 +3156,7 @@ async fn webhooks_are_signed_and_follow_the_loop(db: Db) {
         types,
         [
             "request.created",
+            "request.reviewed",
             "request.decided",
             "grant.consumed",
             "grant.completed"
@@ -3160,9 +3165,9 @@ async fn webhooks_are_signed_and_follow_the_loop(db: Db) {
     for (_, v) in &got {
         assert_eq!(v["data"]["request"], id.as_str(), "{v}");
     }
-    assert_eq!(got[1].1["data"]["status"], "approved");
-    assert_eq!(got[1].1["data"]["by"], "carol");
-    assert_eq!(got[3].1["data"]["outcome"], "success");
+    assert_eq!(got[2].1["data"]["status"], "approved");
+    assert_eq!(got[2].1["data"]["by"], "carol");
+    assert_eq!(got[4].1["data"]["outcome"], "success");
     assert_eq!(
         receiver.bad.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -3171,7 +3176,7 @@ async fn webhooks_are_signed_and_follow_the_loop(db: Db) {
     // The outbox says so too.
     let admin = s.key("admin", "admin");
     let (_, out) = s.get(&admin, "/v1/outbox?status=delivered").await;
-    assert_eq!(out["messages"].as_array().unwrap().len(), 4, "{out}");
+    assert_eq!(out["messages"].as_array().unwrap().len(), 5, "{out}");
 }
 
 #[tokio::test]
@@ -3404,4 +3409,285 @@ async fn email_asks_approvers_with_a_link_and_tells_the_requester() {
         .wait_for(1, |m| m.contains("To: alice@example.com"))
         .await;
     assert!(told[0].contains("was approved by carol"), "{}", told[0]);
+}
+
+// ---------------------------------------------------------------------------
+// Slack: a local server speaking the Web API, and signed interactions.
+// ---------------------------------------------------------------------------
+
+/// A stand-in for Slack's Web API (chat.postMessage, chat.update,
+/// views.open) and for interaction `response_url`s; records every call.
+struct FakeSlack {
+    base: String,
+    calls: Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl FakeSlack {
+    fn start() -> FakeSlack {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let calls: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+        let c = calls.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/{*path}",
+                    axum::routing::post(
+                        move |axum::extract::Path(path): axum::extract::Path<String>,
+                              headers: axum::http::HeaderMap,
+                              body: axum::body::Bytes| {
+                            let c = c.clone();
+                            async move {
+                                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                if path.starts_with("api/") {
+                                    assert_eq!(
+                                        headers["authorization"], "Bearer xoxb-test",
+                                        "the bot token"
+                                    );
+                                }
+                                let mut calls = c.lock().unwrap();
+                                calls.push((path.clone(), v.clone()));
+                                let ts = format!("1700000000.{:06}", calls.len());
+                                axum::Json(json!({"ok": true, "channel": v["channel"], "ts": ts}))
+                            }
+                        },
+                    ),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        FakeSlack { base, calls }
+    }
+
+    fn calls(&self, path: &str) -> Vec<Value> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    async fn wait(&self, path: &str, what: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            if let Some(v) = self.calls(path).into_iter().find(|v| what(v)) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "no {path} call as expected; calls: {:?}",
+            self.calls.lock().unwrap()
+        );
+    }
+}
+
+const SLACK_SECRET: &str = "test-signing-secret";
+
+/// Sends an interaction as Slack does: form-encoded `payload`, signed.
+async fn slack_interaction(url: &str, payload: Value, skew: i64, secret: &str) -> u16 {
+    use hmac::Mac;
+    let body = format!("payload={}", url_encode(&payload.to_string()));
+    let ts = (chrono_now() + skew).to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    let sig = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+    reqwest::Client::new()
+        .post(format!("{url}/integrations/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn button(user: &str, action: &str, id: &str, respond: &str) -> Value {
+    json!({
+        "type": "block_actions",
+        "user": {"id": user},
+        "trigger_id": "trigger.1",
+        "response_url": respond,
+        "actions": [{"action_id": action, "value": id, "block_id": "review"}],
+    })
+}
+
+#[tokio::test]
+async fn slack_asks_in_the_routed_channel_and_takes_decisions_by_the_same_rules() {
+    let slack = FakeSlack::start();
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        POLICIES,
+        &format!(
+            "[notify.slack]\napi_url = \"{}/api\"\nbot_token = \"xoxb-test\"\nsigning_secret = \"{SLACK_SECRET}\"\nchannel = \"C0APPROVALS\"\nroutes = {{ security = \"C0SEC\" }}\n",
+            slack.base
+        ),
+    );
+    let alice = s.key("alice", "user");
+    let respond = format!("{}/respond", slack.base);
+    let (_, r) = s.post(&alice, "/v1/check", json!({"action": "export", "resource": {"type": "Table", "id": "orders"}, "params": {"sql": "select 1"}, "reason": "report"})).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    // The message, in the channel routed for security, with the details.
+    let posted = slack
+        .wait("api/chat.postMessage", |v| v["channel"] == "C0SEC")
+        .await;
+    let blocks = posted["blocks"].to_string();
+    for shown in [
+        "<@U0ALICE>",
+        "export",
+        "Table:orders",
+        "report",
+        "select 1",
+        "security 0/2",
+        "<@U0BOB>",
+        "Approve",
+        "Deny",
+    ] {
+        assert!(
+            blocks.contains(shown),
+            "the message shows {shown}: {blocks}"
+        );
+    }
+    assert!(blocks.contains(&format!("\"value\":\"{id}\"")));
+
+    // Bad and stale signatures are refused before anything is read.
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0BOB", "approve", &id, &respond),
+            0,
+            "wrong-secret"
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0BOB", "approve", &id, &respond),
+            -600,
+            SLACK_SECRET
+        )
+        .await,
+        401
+    );
+    // The requester and a non-approver are refused, told privately.
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0ALICE", "approve", &id, &respond),
+            0,
+            SLACK_SECRET
+        )
+        .await,
+        200
+    );
+    let told = slack
+        .wait("respond", |v| {
+            v["text"].as_str().unwrap_or("").contains("own request")
+        })
+        .await;
+    assert_eq!(told["response_type"], "ephemeral");
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0MALLORY", "approve", &id, &respond),
+            0,
+            SLACK_SECRET
+        )
+        .await,
+        200
+    );
+    slack
+        .wait("respond", |v| {
+            v["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not in an approver group")
+        })
+        .await;
+    // bob approves: one of two; the message is updated.
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0BOB", "approve", &id, &respond),
+            0,
+            SLACK_SECRET
+        )
+        .await,
+        200
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["reviews"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["reviews"][0]["channel"], "slack");
+    slack
+        .wait("api/chat.update", |v| {
+            v["blocks"].to_string().contains("security 1/2")
+        })
+        .await;
+    // carol denies: Slack asks her why, then the request is denied with it.
+    assert_eq!(
+        slack_interaction(
+            &s.url,
+            button("U0CAROL", "deny", &id, &respond),
+            0,
+            SLACK_SECRET
+        )
+        .await,
+        200
+    );
+    let modal = slack.wait("api/views.open", |_| true).await;
+    assert_eq!(modal["view"]["private_metadata"], id.as_str());
+    assert_eq!(modal["trigger_id"], "trigger.1");
+    let submission = json!({
+        "type": "view_submission",
+        "user": {"id": "U0CAROL"},
+        "view": {"callback_id": "deny", "private_metadata": id,
+                 "state": {"values": {"reason": {"reason": {"value": "too broad"}}}}},
+    });
+    assert_eq!(
+        slack_interaction(&s.url, submission, 0, SLACK_SECRET).await,
+        200
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "denied", "{r}");
+    assert_eq!(r["reviews"][1]["reason"], "too broad");
+    slack
+        .wait("api/chat.update", |v| {
+            v["blocks"].to_string().contains("Request denied")
+        })
+        .await;
+    // The requester hears it in a direct message.
+    let dm = slack
+        .wait("api/chat.postMessage", |v| v["channel"] == "U0ALICE")
+        .await;
+    assert!(dm["text"].as_str().unwrap().contains("was denied"), "{dm}");
 }

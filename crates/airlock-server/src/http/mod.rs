@@ -102,6 +102,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(crate::web::routes())
+        .merge(crate::integrations::slack::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this endpoint".into())

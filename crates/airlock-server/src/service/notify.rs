@@ -17,15 +17,91 @@ fn message_id() -> String {
     format!("msg_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Queues `event` for every webhook that wants it, inside `tx`.
+/// Where events go, captured before a write job so the job can queue them
+/// in its own transaction.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Notifier {
+    webhooks: Vec<WebhookConfig>,
+    slack: Option<crate::config::SlackConfig>,
+    slack_ids: std::collections::HashMap<String, String>,
+}
+
+fn queue(
+    tx: &mut dyn WriteTx,
+    target: String,
+    event: &str,
+    payload: Value,
+) -> Result<(), StoreError> {
+    let t = now();
+    tx.enqueue(&OutboxMessage {
+        id: message_id(),
+        target,
+        event: event.to_owned(),
+        payload: payload.to_string(),
+        status: "pending".into(),
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: t,
+        created_at: t,
+        delivered_at: None,
+    })
+}
+
+/// Queues Slack's part of an event: the message when a request is created
+/// (in each routed channel), an update whenever it changes, and a direct
+/// message to the requester with the outcome.
+fn emit_slack(
+    tx: &mut dyn WriteTx,
+    n: &Notifier,
+    event: &str,
+    data: &Value,
+) -> Result<(), StoreError> {
+    let Some(slack) = &n.slack else { return Ok(()) };
+    let request = json!({"request": data["request"]});
+    match event {
+        "request.created" => {
+            let mut channels: Vec<&str> = data["thresholds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| t["groups"].as_array().into_iter().flatten())
+                .filter_map(|g| {
+                    g.as_str()
+                        .and_then(|g| slack.routes.get(g))
+                        .map(String::as_str)
+                })
+                .collect();
+            if channels.is_empty() {
+                channels.push(&slack.channel);
+            }
+            channels.sort_unstable();
+            channels.dedup();
+            for c in channels {
+                queue(tx, format!("slack:post:{c}"), event, request.clone())?;
+            }
+        }
+        "request.reviewed" => queue(tx, "slack:update".into(), event, request)?,
+        "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
+            queue(tx, "slack:update".into(), event, request.clone())?;
+            if let Some(id) = data["principal"].as_str().and_then(|p| n.slack_ids.get(p)) {
+                queue(tx, format!("slack:dm:{id}"), event, request)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Queues `event` for every webhook that wants it and for chat, inside `tx`.
 pub(crate) fn emit(
     tx: &mut dyn WriteTx,
-    hooks: &[WebhookConfig],
+    notifier: &Notifier,
     event: &str,
     data: Value,
 ) -> Result<(), StoreError> {
+    emit_slack(tx, notifier, event, &data)?;
     let t = now();
-    for hook in hooks {
+    for hook in &notifier.webhooks {
         if !hook.events.is_empty() && !hook.events.iter().any(|e| e == event) {
             continue;
         }
@@ -210,9 +286,18 @@ impl Airlock {
         }
     }
 
-    /// The webhooks configured now.
-    pub(crate) fn hooks(&self) -> Vec<WebhookConfig> {
-        self.config.load().notify.webhooks.clone()
+    /// Where events go, as configured now.
+    pub(crate) fn hooks(&self) -> Notifier {
+        let config = self.config.load();
+        Notifier {
+            webhooks: config.notify.webhooks.clone(),
+            slack: config.notify.slack.clone(),
+            slack_ids: config
+                .users
+                .iter()
+                .filter_map(|u| u.slack_id.clone().map(|s| (u.name.to_string(), s)))
+                .collect(),
+        }
     }
 
     /// One delivery round: claims due messages, sends them, records the
@@ -230,7 +315,12 @@ impl Airlock {
             .await?;
         let claimed = due.len();
         for msg in due {
-            let result = if let Some(to) = msg.target.strip_prefix("mailto:") {
+            let result = if msg.target.starts_with("slack:") {
+                match &config.notify.slack {
+                    Some(slack) => self.send_slack(http, slack, &msg, timeout).await,
+                    None => Err(("Slack is no longer configured".to_owned(), true)),
+                }
+            } else if let Some(to) = msg.target.strip_prefix("mailto:") {
                 match &config.notify.email {
                     Some(email) => send_mail(email, to, &msg, timeout).await,
                     None => Err(("email is no longer configured".to_owned(), true)),

@@ -173,13 +173,48 @@ impl Airlock {
                         notify::emit(tx, &hooks, "request.decided", notify::request_data(&req, "approved", Some(reviewer.as_str())))?;
                         mail.to_requester(tx, &req, "approved", Some(reviewer.as_str()))?;
                     }
-                    Verdict::Approve => {}
+                    Verdict::Approve => {
+                        notify::emit(tx, &hooks, "request.reviewed", notify::request_data(&req, "pending", Some(reviewer.as_str())))?;
+                    }
                 }
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
             .await?;
         self.after_change(&req);
         Ok(req)
+    }
+
+    /// Whether `caller` may review `id` now (for channels that ask for more
+    /// before recording a verdict, like Slack's deny dialog). The review
+    /// itself checks again.
+    pub async fn may_review(&self, caller: &Caller, id: RequestId) -> Result<(), ApiError> {
+        let req = self.store.read(move |r| r.get_request(&id)).await?;
+        let Some(req) = req else {
+            return Err(ApiError::NotFound(format!("no request {id}")));
+        };
+        if req.action.principal == caller.user {
+            return Err(ApiError::Forbidden {
+                code: "self_review",
+                message: "nobody may review their own request".into(),
+            });
+        }
+        let loaded = self.loaded.load();
+        if !req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g)) {
+            return Err(ApiError::Forbidden {
+                code: "not_eligible",
+                message: format!(
+                    "{} is not in an approver group of this request",
+                    caller.user
+                ),
+            });
+        }
+        if req.status != RequestStatus::Pending {
+            return Err(ApiError::wrong_state(format!(
+                "request is {}, not pending",
+                req.status
+            )));
+        }
+        Ok(())
     }
 
     /// The requester withdraws a pending request.

@@ -813,6 +813,20 @@ impl ReadTx for Tx<'_> {
         rows.iter().map(outbox_from_row).collect()
     }
 
+    fn chat_messages(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.query(
+            "SELECT channel, ts FROM chat_messages WHERE request_id = $1 AND provider = $2 ORDER BY channel",
+            &[&request.to_string(), &provider],
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
         let row = self.query_opt(
             "SELECT hash FROM passwords WHERE user_name = $1",
@@ -1101,6 +1115,21 @@ impl WriteTx for Tx<'_> {
             "INSERT INTO synced_groups (user_name, groups_json, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (user_name) DO UPDATE SET groups_json = excluded.groups_json, updated_at = excluded.updated_at",
             &[&user.as_str(), &serde_json::to_string(groups)?, &at],
+        )?;
+        Ok(())
+    }
+
+    fn save_chat_message(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO chat_messages (request_id, provider, channel, ts) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (request_id, provider, channel) DO UPDATE SET ts = excluded.ts",
+            &[&request.to_string(), &provider, &channel, &ts],
         )?;
         Ok(())
     }

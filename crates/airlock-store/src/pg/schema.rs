@@ -133,6 +133,15 @@ CREATE TABLE outbox (
     delivered_at    timestamptz
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+
+-- Chat messages posted about requests, to update them as they progress.
+CREATE TABLE chat_messages (
+    request_id text NOT NULL,
+    provider   text NOT NULL,
+    channel    text NOT NULL,
+    ts         text NOT NULL,
+    PRIMARY KEY (request_id, provider, channel)
+);
 "#];
 
 /// The newest schema version this build knows.

@@ -603,6 +603,20 @@ impl ReadTx for Tx<'_> {
         Ok(out)
     }
 
+    fn chat_messages(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT channel, ts FROM chat_messages WHERE request_id = ?1 AND provider = ?2 ORDER BY channel",
+        )?;
+        let rows = st.query_map(params![request.to_string(), provider], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -907,6 +921,22 @@ impl WriteTx for Tx<'_> {
         if let Some(ev) = self.events.as_deref_mut() {
             ev.directory = true;
         }
+    }
+
+    fn save_chat_message(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO chat_messages (request_id, provider, channel, ts) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (request_id, provider, channel) DO UPDATE SET ts = excluded.ts",
+            )?
+            .execute(params![request.to_string(), provider, channel, ts])?;
+        Ok(())
     }
 
     fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {

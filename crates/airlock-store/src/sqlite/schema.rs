@@ -133,6 +133,16 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 "#,
+    r#"
+-- Chat messages posted about requests, to update them as they progress.
+CREATE TABLE chat_messages (
+    request_id TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    ts         TEXT NOT NULL,
+    PRIMARY KEY (request_id, provider, channel)
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

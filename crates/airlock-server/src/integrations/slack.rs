@@ -1,0 +1,524 @@
+//! Slack: the request message (Block Kit, Approve/Deny buttons), its
+//! updates and the requester's direct message (sent from the outbox), and
+//! `POST /integrations/slack/interactions` (button presses and the deny
+//! reason dialog), verified with Slack's `v0` signature.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::{RequestId, UserName, Verdict};
+use airlock_store::{OutboxMessage, Role};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::config::SlackConfig;
+use crate::{Airlock, ApiError, Caller};
+
+type AppState = Arc<Airlock>;
+
+/// Requests older than this are refused (replays).
+const MAX_SKEW_SECONDS: i64 = 300;
+
+/// The interactions endpoint.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/integrations/slack/interactions", post(interactions))
+}
+
+/// Checks Slack's signature: `v0=` + hex HMAC-SHA256 of
+/// `v0:{timestamp}:{raw body}` with the signing secret, compared in
+/// constant time; timestamps more than five minutes off are refused.
+pub(crate) fn verify(
+    secret: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), &'static str> {
+    let ts: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
+    if (now - ts).abs() > MAX_SKEW_SECONDS {
+        return Err("stale timestamp");
+    }
+    let sig = signature.strip_prefix("v0=").ok_or("bad signature")?;
+    let sig = hex::decode(sig).map_err(|_| "bad signature")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| "bad secret")?;
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&sig).map_err(|_| "signature mismatch")
+}
+
+/// `*alice* wants to *export* ...` with the thresholds, and the buttons
+/// while the request is pending.
+pub(crate) fn render(
+    view: &Value,
+    slack_ids: &dyn Fn(&str) -> Option<String>,
+    link: &str,
+) -> (String, Value) {
+    let who = |u: &str| slack_ids(u).map_or_else(|| u.to_owned(), |id| format!("<@{id}>"));
+    let id = view["id"].as_str().unwrap_or("");
+    let status = view["status"].as_str().unwrap_or("");
+    let headline = format!(
+        "{} wants to *{}* `{}:{}`",
+        who(view["principal"].as_str().unwrap_or("")),
+        view["action"].as_str().unwrap_or(""),
+        view["resource"]["type"].as_str().unwrap_or(""),
+        view["resource"]["id"].as_str().unwrap_or(""),
+    );
+    let thresholds: Vec<String> = view["thresholds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let groups: Vec<&str> = t["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str())
+                .collect();
+            let eligible: Vec<String> = t["eligible"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str())
+                .map(who)
+                .collect();
+            format!(
+                "• {} {}/{} — can approve: {}",
+                groups.join(" or "),
+                t["approvals"].as_u64().unwrap_or(0),
+                t["quorum"].as_u64().unwrap_or(1),
+                eligible.join(", ")
+            )
+        })
+        .collect();
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": headline}}),
+        json!({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": format!("*Reason*\n{}", view["reason"].as_str().unwrap_or("—"))},
+            {"type": "mrkdwn", "text": format!("*Params*\n```{}```", view["params"])},
+        ]}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Thresholds*\n{}", thresholds.join("\n"))}}),
+    ];
+    let reviews: Vec<String> = view["reviews"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} {}{}",
+                who(r["reviewer"].as_str().unwrap_or("")),
+                r["verdict"].as_str().unwrap_or(""),
+                r["reason"]
+                    .as_str()
+                    .map(|w| format!(": “{w}”"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if !reviews.is_empty() {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": reviews.join(" · ")}]}));
+    }
+    if status == "pending" {
+        blocks.push(
+            json!({"type": "actions", "block_id": "review", "elements": [
+                {"type": "button", "action_id": "approve", "style": "primary", "value": id,
+                 "text": {"type": "plain_text", "text": "Approve"}},
+                {"type": "button", "action_id": "deny", "style": "danger", "value": id,
+                 "text": {"type": "plain_text", "text": "Deny"}},
+            ]}),
+        );
+    } else {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Request {status}.*")}}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{link}|{id}> · {status}")}]}));
+    (
+        format!("{} — {status}", headline.replace('*', "")),
+        Value::Array(blocks),
+    )
+}
+
+impl Airlock {
+    fn slack_id_of(&self, user: &str) -> Option<String> {
+        self.config
+            .load()
+            .users
+            .iter()
+            .find(|u| u.name.as_str() == user)
+            .and_then(|u| u.slack_id.clone())
+    }
+
+    fn user_of_slack(&self, slack_id: &str) -> Option<UserName> {
+        self.config
+            .load()
+            .users
+            .iter()
+            .find(|u| u.slack_id.as_deref() == Some(slack_id))
+            .map(|u| u.name.clone())
+    }
+
+    /// Calls a Slack Web API method; Slack answers 200 with `ok: false`
+    /// on errors, which count as failures too.
+    async fn slack_call(
+        &self,
+        http: &reqwest::Client,
+        cfg: &SlackConfig,
+        method: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, (String, bool)> {
+        let res = http
+            .post(format!("{}/{method}", cfg.api_url.trim_end_matches('/')))
+            .timeout(timeout)
+            .bearer_auth(&cfg.bot_token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| (format!("{method}: {e}"), false))?;
+        let v: Value = res
+            .json()
+            .await
+            .map_err(|e| (format!("{method}: {e}"), false))?;
+        if v["ok"].as_bool() == Some(true) {
+            Ok(v)
+        } else {
+            let err = v["error"].as_str().unwrap_or("unknown error").to_owned();
+            let permanent = matches!(
+                err.as_str(),
+                "invalid_auth" | "not_authed" | "channel_not_found" | "account_inactive"
+            );
+            Err((format!("{method}: {err}"), permanent))
+        }
+    }
+
+    /// Delivers one Slack outbox message, rendered from the request as it
+    /// is now (so a late retry shows the latest state).
+    pub(crate) async fn send_slack(
+        &self,
+        http: &reqwest::Client,
+        cfg: &SlackConfig,
+        msg: &OutboxMessage,
+        timeout: Duration,
+    ) -> Result<(), (String, bool)> {
+        let payload: Value =
+            serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
+        let id = payload["request"]
+            .as_str()
+            .and_then(|s| RequestId::parse(s).ok())
+            .ok_or_else(|| ("no request in the message".to_owned(), true))?;
+        let req = self
+            .store
+            .read(move |r| r.get_request(&id))
+            .await
+            .map_err(|e| (e.to_string(), false))?
+            .ok_or_else(|| ("the request is gone".to_owned(), true))?;
+        let system = Caller {
+            user: req.action.principal.clone(),
+            role: Role::Admin,
+            key_id: "slack".into(),
+        };
+        let mut view = self.view(&req, &system);
+        if let Some(g) = view.get_mut("grant").and_then(Value::as_object_mut) {
+            g.remove("token");
+        }
+        let link = format!("{}/requests/{id}", self.public_url());
+        let (text, blocks) = render(&view, &|u| self.slack_id_of(u), &link);
+        if let Some(channel) = msg.target.strip_prefix("slack:post:") {
+            let v = self
+                .slack_call(
+                    http,
+                    cfg,
+                    "chat.postMessage",
+                    &json!({"channel": channel, "text": text, "blocks": blocks}),
+                    timeout,
+                )
+                .await?;
+            let (c, ts) = (
+                v["channel"].as_str().unwrap_or(channel).to_owned(),
+                v["ts"].as_str().unwrap_or_default().to_owned(),
+            );
+            self.store
+                .write(move |tx| tx.save_chat_message(&id, "slack", &c, &ts))
+                .await
+                .map_err(|e| (e.to_string(), false))?;
+            Ok(())
+        } else if msg.target == "slack:update" {
+            let posted = self
+                .store
+                .read(move |r| r.chat_messages(&id, "slack"))
+                .await
+                .map_err(|e| (e.to_string(), false))?;
+            if posted.is_empty() {
+                return Err(("the request's message is not posted yet".into(), false));
+            }
+            for (channel, ts) in posted {
+                self.slack_call(
+                    http,
+                    cfg,
+                    "chat.update",
+                    &json!({"channel": channel, "ts": ts, "text": text, "blocks": blocks}),
+                    timeout,
+                )
+                .await?;
+            }
+            Ok(())
+        } else if let Some(user) = msg.target.strip_prefix("slack:dm:") {
+            let outcome = format!(
+                "Your request to {} {}:{} was {}. {link}",
+                req.action.action, req.action.resource.kind, req.action.resource.id, req.status
+            );
+            self.slack_call(
+                http,
+                cfg,
+                "chat.postMessage",
+                &json!({"channel": user, "text": outcome}),
+                timeout,
+            )
+            .await
+            .map(|_| ())
+        } else {
+            Err((format!("unknown Slack target {}", msg.target), true))
+        }
+    }
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({"error": why}))).into_response()
+}
+
+/// Button presses and the deny dialog's submission.
+async fn interactions(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let config = airlock.config.load_full();
+    let Some(cfg) = &config.notify.slack else {
+        return refuse(StatusCode::NOT_FOUND, "Slack is not configured");
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    // Verified on the raw bytes, before anything is parsed.
+    if let Err(why) = verify(
+        &cfg.signing_secret,
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        &body,
+        chrono::Utc::now().timestamp(),
+    ) {
+        tracing::warn!(why, "refused a Slack callback");
+        return refuse(StatusCode::UNAUTHORIZED, why);
+    }
+    let payload: Option<Value> =
+        url_form_payload(&body).and_then(|p| serde_json::from_str(&p).ok());
+    let Some(payload) = payload else {
+        return refuse(StatusCode::BAD_REQUEST, "no payload");
+    };
+    let slack_user = payload["user"]["id"].as_str().unwrap_or("");
+    let Some(user) = airlock.user_of_slack(slack_user) else {
+        return ephemeral(
+            &payload,
+            "You are not an Airlock user (no `slack_id` matches yours).",
+        )
+        .await;
+    };
+    let caller = Caller {
+        user,
+        role: Role::User,
+        key_id: format!("slack:{slack_user}"),
+    };
+    match payload["type"].as_str() {
+        Some("block_actions") => {
+            let action = &payload["actions"][0];
+            let Some(id) = action["value"]
+                .as_str()
+                .and_then(|v| RequestId::parse(v).ok())
+            else {
+                return refuse(StatusCode::BAD_REQUEST, "no request in the action");
+            };
+            match action["action_id"].as_str() {
+                Some("approve") => match airlock
+                    .review(&caller, id, Verdict::Approve, None, "slack")
+                    .await
+                {
+                    Ok(_) => StatusCode::OK.into_response(),
+                    Err(e) => ephemeral(&payload, &refusal(&e)).await,
+                },
+                Some("deny") => {
+                    // A deny needs a reason: ask for it in a dialog, checking
+                    // first that this person may deny at all.
+                    if let Err(e) = airlock.may_review(&caller, id).await {
+                        return ephemeral(&payload, &refusal(&e)).await;
+                    }
+                    let modal = json!({
+                        "trigger_id": payload["trigger_id"],
+                        "view": {
+                            "type": "modal", "callback_id": "deny", "private_metadata": id.to_string(),
+                            "title": {"type": "plain_text", "text": "Deny request"},
+                            "submit": {"type": "plain_text", "text": "Deny"},
+                            "blocks": [{"type": "input", "block_id": "reason",
+                                "label": {"type": "plain_text", "text": "Why? The requester reads it."},
+                                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": true}}],
+                        }
+                    });
+                    let http = reqwest::Client::new();
+                    match airlock
+                        .slack_call(&http, cfg, "views.open", &modal, Duration::from_secs(3))
+                        .await
+                    {
+                        Ok(_) => StatusCode::OK.into_response(),
+                        Err((e, _)) => refuse(StatusCode::BAD_GATEWAY, &e),
+                    }
+                }
+                _ => refuse(StatusCode::BAD_REQUEST, "unknown action"),
+            }
+        }
+        Some("view_submission") if payload["view"]["callback_id"] == "deny" => {
+            let id = payload["view"]["private_metadata"]
+                .as_str()
+                .and_then(|v| RequestId::parse(v).ok());
+            let reason = payload["view"]["state"]["values"]["reason"]["reason"]["value"]
+                .as_str()
+                .map(str::to_owned);
+            let Some(id) = id else {
+                return refuse(StatusCode::BAD_REQUEST, "no request in the dialog");
+            };
+            match airlock
+                .review(&caller, id, Verdict::Deny, reason, "slack")
+                .await
+            {
+                // An empty 200 closes the dialog.
+                Ok(_) => StatusCode::OK.into_response(),
+                Err(e) => {
+                    Json(json!({"response_action": "errors", "errors": {"reason": refusal(&e)}}))
+                        .into_response()
+                }
+            }
+        }
+        _ => refuse(StatusCode::BAD_REQUEST, "unsupported interaction"),
+    }
+}
+
+fn refusal(e: &ApiError) -> String {
+    format!("Not done: {e}")
+}
+
+/// Tells only the person who clicked, through the interaction's
+/// `response_url`.
+async fn ephemeral(payload: &Value, text: &str) -> Response {
+    if let Some(url) = payload["response_url"].as_str() {
+        let sent = reqwest::Client::new()
+            .post(url)
+            .timeout(Duration::from_secs(3))
+            .json(&json!({"response_type": "ephemeral", "replace_original": false, "text": text}))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot answer on Slack's response_url");
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+/// The `payload` field of an `application/x-www-form-urlencoded` body.
+fn url_form_payload(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "payload").then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slack's documented example.
+    #[test]
+    fn signature_known_answer() {
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let sig = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+        assert_eq!(
+            verify(
+                "8f742231b10e8888abcd99yyyzzz85a5",
+                "1531420618",
+                sig,
+                body.as_bytes(),
+                1_531_420_618
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                "8f742231b10e8888abcd99yyyzzz85a5",
+                "1531420618",
+                sig,
+                body.as_bytes(),
+                1_531_420_618 + 301
+            ),
+            Err("stale timestamp")
+        );
+        assert!(verify(
+            "other-secret",
+            "1531420618",
+            sig,
+            body.as_bytes(),
+            1_531_420_618
+        )
+        .is_err());
+        assert!(verify(
+            "8f742231b10e8888abcd99yyyzzz85a5",
+            "1531420618",
+            sig,
+            b"tampered",
+            1_531_420_618
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn payload_is_url_decoded() {
+        assert_eq!(
+            url_form_payload(b"a=1&payload=%7B%22x%22%3A+1%7D").as_deref(),
+            Some("{\"x\": 1}")
+        );
+    }
+}
