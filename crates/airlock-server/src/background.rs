@@ -25,7 +25,11 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
     tokio::spawn(run_sighup(airlock.clone()));
     tokio::spawn(run_directory_changes(airlock.clone()));
     let notify = &airlock.config.load().notify;
-    if !notify.webhooks.is_empty() || notify.email.is_some() || notify.slack.is_some() {
+    if !notify.webhooks.is_empty()
+        || notify.email.is_some()
+        || notify.slack.is_some()
+        || notify.discord.is_some()
+    {
         tokio::spawn(run_outbox(airlock.clone()));
     }
     if airlock.config.load().policy.watch {

@@ -254,7 +254,10 @@ pub struct NotifyConfig {
     /// requester with the outcome.
     #[serde(default)]
     pub slack: Option<SlackConfig>,
-    /// `[notify.discord]`: accepted, not yet delivered.
+    /// Discord: the same as Slack, with message components.
+    #[serde(default)]
+    pub discord: Option<DiscordConfig>,
+    /// Other `[notify.*]` sections: accepted, ignored.
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }
@@ -265,6 +268,7 @@ impl Default for NotifyConfig {
             webhooks: Vec::new(),
             email: None,
             slack: None,
+            discord: None,
             delivery_timeout_seconds: default_delivery_timeout(),
             max_attempts: default_max_attempts(),
             other: Default::default(),
@@ -301,6 +305,26 @@ pub struct SlackConfig {
 
 fn default_slack_api() -> String {
     "https://slack.com/api".into()
+}
+
+/// `[notify.discord]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// The REST API's base URL. Default `https://discord.com/api/v10`.
+    #[serde(default = "default_discord_api")]
+    pub api_url: String,
+    /// The bot token, sent as `Authorization: Bot …`.
+    pub bot_token: String,
+    /// The application's public key (hex): interactions
+    /// (`POST /integrations/discord/interactions`) must be signed with it.
+    pub application_public_key: String,
+    /// The channel requests are posted in.
+    pub channel_id: String,
+}
+
+fn default_discord_api() -> String {
+    "https://discord.com/api/v10".into()
 }
 
 /// `[notify.email]`

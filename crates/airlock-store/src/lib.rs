@@ -187,6 +187,10 @@ pub trait WriteTx: ReadTx {
         channel: &str,
         ts: &str,
     ) -> Result<(), StoreError>;
+    /// Records an incoming interaction (a platform's id for a click);
+    /// false if it was seen before, on any node: platforms retry.
+    fn first_seen(&mut self, source: &str, id: &str, at: DateTime<Utc>)
+        -> Result<bool, StoreError>;
     /// Adds a message to the outbox.
     fn enqueue(&mut self, msg: &OutboxMessage) -> Result<(), StoreError>;
     /// Takes up to `limit` due pending messages, oldest first, and leases

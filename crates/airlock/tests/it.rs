@@ -48,23 +48,27 @@ name = "alice"
 groups = ["engineering"]
 email = "alice@example.com"
 slack_id = "U0ALICE"
+discord_id = "D0ALICE"
 
 [[users]]
 name = "bob"
 groups = ["security"]
 email = "bob@example.com"
 slack_id = "U0BOB"
+discord_id = "D0BOB"
 
 [[users]]
 name = "carol"
 groups = ["security"]
 email = "carol@example.com"
 slack_id = "U0CAROL"
+discord_id = "D0CAROL"
 
 [[users]]
 name = "mallory"
 groups = []
 slack_id = "U0MALLORY"
+discord_id = "D0MALLORY"
 
 [[users]]
 name = "admin"
@@ -3690,4 +3694,216 @@ async fn slack_asks_in_the_routed_channel_and_takes_decisions_by_the_same_rules(
         .wait("api/chat.postMessage", |v| v["channel"] == "U0ALICE")
         .await;
     assert!(dm["text"].as_str().unwrap().contains("was denied"), "{dm}");
+}
+
+// ---------------------------------------------------------------------------
+// Discord: a local REST stand-in, and interactions signed with a real
+// Ed25519 key pair.
+// ---------------------------------------------------------------------------
+
+struct FakeDiscord {
+    base: String,
+    calls: Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+}
+
+impl FakeDiscord {
+    fn start() -> FakeDiscord {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let calls: Arc<std::sync::Mutex<Vec<(String, String, Value)>>> = Arc::default();
+        let c = calls.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/{*path}",
+                    axum::routing::any(
+                        move |method: axum::http::Method, axum::extract::Path(path): axum::extract::Path<String>, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                            let c = c.clone();
+                            async move {
+                                assert_eq!(headers["authorization"], "Bot bot-test", "the bot token");
+                                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                let mut calls = c.lock().unwrap();
+                                calls.push((method.to_string(), path.clone(), v.clone()));
+                                let n = calls.len();
+                                if path == "users/@me/channels" {
+                                    return axum::Json(json!({"id": format!("dm-{}", v["recipient_id"].as_str().unwrap_or(""))}));
+                                }
+                                let channel = path.split('/').nth(1).unwrap_or("").to_owned();
+                                axum::Json(json!({"id": format!("m{n}"), "channel_id": channel}))
+                            }
+                        },
+                    ),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        FakeDiscord { base, calls }
+    }
+
+    async fn wait(&self, method: &str, path: &str, what: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let found = self
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(m, p, v)| m == method && p == path && what(v))
+                .map(|(_, _, v)| v.clone());
+            if let Some(v) = found {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "no {method} {path} as expected: {:?}",
+            self.calls.lock().unwrap()
+        );
+    }
+}
+
+/// Sends an interaction as Discord does: JSON, Ed25519-signed over
+/// timestamp and body.
+async fn discord_interaction(
+    url: &str,
+    key: &ed25519_dalek::SigningKey,
+    body: &Value,
+) -> (u16, Value) {
+    use ed25519_dalek::Signer;
+    let body = body.to_string();
+    let ts = chrono_now().to_string();
+    let sig = hex::encode(key.sign(format!("{ts}{body}").as_bytes()).to_bytes());
+    let r = reqwest::Client::new()
+        .post(format!("{url}/integrations/discord/interactions"))
+        .header("content-type", "application/json")
+        .header("x-signature-timestamp", ts)
+        .header("x-signature-ed25519", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn click(iid: &str, user: &str, custom_id: &str) -> Value {
+    json!({"id": iid, "type": 3, "member": {"user": {"id": user}}, "data": {"custom_id": custom_id}})
+}
+
+#[tokio::test]
+async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
+    let discord = FakeDiscord::start();
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let public = hex::encode(key.verifying_key().to_bytes());
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        POLICIES,
+        &format!(
+            "[notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{public}\"\nchannel_id = \"C1\"\n",
+            discord.base
+        ),
+    );
+    let alice = s.key("alice", "user");
+    // PING is answered with PONG; a wrong key's signature with 401.
+    let (st, r) = discord_interaction(&s.url, &key, &json!({"id": "i0", "type": 1})).await;
+    assert_eq!((st, r["type"].as_u64()), (200, Some(1)));
+    let other = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let (st, _) = discord_interaction(&s.url, &other, &json!({"id": "i00", "type": 1})).await;
+    assert_eq!(st, 401);
+
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let posted = discord.wait("POST", "channels/C1/messages", |_| true).await;
+    assert!(
+        posted["content"]
+            .as_str()
+            .unwrap()
+            .contains("<@D0ALICE> wants to **export**"),
+        "{posted}"
+    );
+    assert_eq!(
+        posted["components"][0]["components"][0]["custom_id"],
+        format!("approve:{id}")
+    );
+
+    // bob approves; Discord's retry of the same interaction is not a second review.
+    let (st, r) = discord_interaction(
+        &s.url,
+        &key,
+        &click("i1", "D0BOB", &format!("approve:{id}")),
+    )
+    .await;
+    assert_eq!((st, r["type"].as_u64()), (200, Some(6)), "{r}");
+    let (_, r) = discord_interaction(
+        &s.url,
+        &key,
+        &click("i1", "D0BOB", &format!("approve:{id}")),
+    )
+    .await;
+    assert_eq!(r["data"]["content"], "Already handled.");
+    let (_, req) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(req["reviews"].as_array().unwrap().len(), 1);
+    // The requester and a non-approver are refused, privately.
+    let (_, r) = discord_interaction(
+        &s.url,
+        &key,
+        &click("i2", "D0ALICE", &format!("approve:{id}")),
+    )
+    .await;
+    assert_eq!(r["data"]["flags"], 64);
+    assert!(
+        r["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("own request"),
+        "{r}"
+    );
+    let (_, r) = discord_interaction(
+        &s.url,
+        &key,
+        &click("i3", "D0MALLORY", &format!("approve:{id}")),
+    )
+    .await;
+    assert!(
+        r["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("not in an approver group"),
+        "{r}"
+    );
+    // carol denies: a dialog asks why, its submission denies.
+    let (_, modal) =
+        discord_interaction(&s.url, &key, &click("i4", "D0CAROL", &format!("deny:{id}"))).await;
+    assert_eq!(modal["type"], 9, "{modal}");
+    let submit = json!({"id": "i5", "type": 5, "member": {"user": {"id": "D0CAROL"}},
+        "data": {"custom_id": format!("deny:{id}"), "components": [{"type": 1, "components": [{"type": 4, "custom_id": "reason", "value": "not this quarter"}]}]}});
+    let (_, r) = discord_interaction(&s.url, &key, &submit).await;
+    assert_eq!(r["data"]["content"], "Denied.");
+    let (_, req) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(req["status"], "denied");
+    assert_eq!(req["reviews"][1]["reason"], "not this quarter");
+    assert_eq!(req["reviews"][1]["channel"], "discord");
+    discord
+        .wait("PATCH", "channels/C1/messages/m1", |v| {
+            v["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Request denied")
+        })
+        .await;
+    discord
+        .wait("POST", "users/@me/channels", |v| {
+            v["recipient_id"] == "D0ALICE"
+        })
+        .await;
+    discord
+        .wait("POST", "channels/dm-D0ALICE/messages", |v| {
+            v["content"].as_str().unwrap_or("").contains("was denied")
+        })
+        .await;
 }

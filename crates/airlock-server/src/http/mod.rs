@@ -103,6 +103,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::web::routes())
         .merge(crate::integrations::slack::routes())
+        .merge(crate::integrations::discord::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::BadRequest("method not allowed on this endpoint".into())

@@ -3,4 +3,5 @@
 //! before parsing anything, maps the platform user to an Airlock user, and
 //! calls the same service methods as every other channel.
 
+pub(crate) mod discord;
 pub(crate) mod slack;

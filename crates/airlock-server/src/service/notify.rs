@@ -24,6 +24,8 @@ pub(crate) struct Notifier {
     webhooks: Vec<WebhookConfig>,
     slack: Option<crate::config::SlackConfig>,
     slack_ids: std::collections::HashMap<String, String>,
+    discord: bool,
+    discord_ids: std::collections::HashMap<String, String>,
 }
 
 fn queue(
@@ -92,6 +94,34 @@ fn emit_slack(
     Ok(())
 }
 
+/// Queues Discord's part of an event, as for Slack (one channel).
+fn emit_discord(
+    tx: &mut dyn WriteTx,
+    n: &Notifier,
+    event: &str,
+    data: &Value,
+) -> Result<(), StoreError> {
+    if !n.discord {
+        return Ok(());
+    }
+    let request = json!({"request": data["request"]});
+    match event {
+        "request.created" => queue(tx, "discord:post".into(), event, request)?,
+        "request.reviewed" => queue(tx, "discord:update".into(), event, request)?,
+        "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
+            queue(tx, "discord:update".into(), event, request.clone())?;
+            if let Some(id) = data["principal"]
+                .as_str()
+                .and_then(|p| n.discord_ids.get(p))
+            {
+                queue(tx, format!("discord:dm:{id}"), event, request)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Queues `event` for every webhook that wants it and for chat, inside `tx`.
 pub(crate) fn emit(
     tx: &mut dyn WriteTx,
@@ -100,6 +130,7 @@ pub(crate) fn emit(
     data: Value,
 ) -> Result<(), StoreError> {
     emit_slack(tx, notifier, event, &data)?;
+    emit_discord(tx, notifier, event, &data)?;
     let t = now();
     for hook in &notifier.webhooks {
         if !hook.events.is_empty() && !hook.events.iter().any(|e| e == event) {
@@ -297,6 +328,12 @@ impl Airlock {
                 .iter()
                 .filter_map(|u| u.slack_id.clone().map(|s| (u.name.to_string(), s)))
                 .collect(),
+            discord: config.notify.discord.is_some(),
+            discord_ids: config
+                .users
+                .iter()
+                .filter_map(|u| u.discord_id.clone().map(|s| (u.name.to_string(), s)))
+                .collect(),
         }
     }
 
@@ -315,7 +352,12 @@ impl Airlock {
             .await?;
         let claimed = due.len();
         for msg in due {
-            let result = if msg.target.starts_with("slack:") {
+            let result = if msg.target.starts_with("discord:") {
+                match &config.notify.discord {
+                    Some(discord) => self.send_discord(http, discord, &msg, timeout).await,
+                    None => Err(("Discord is no longer configured".to_owned(), true)),
+                }
+            } else if msg.target.starts_with("slack:") {
                 match &config.notify.slack {
                     Some(slack) => self.send_slack(http, slack, &msg, timeout).await,
                     None => Err(("Slack is no longer configured".to_owned(), true)),

@@ -1134,6 +1134,18 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
+    fn first_seen(
+        &mut self,
+        source: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.execute(
+            "INSERT INTO interactions_seen (source, id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&source, &id, &at],
+        )? == 1)
+    }
+
     fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
         let attempts = i32::try_from(m.attempts).unwrap_or(i32::MAX);
         self.execute(

@@ -142,6 +142,14 @@ CREATE TABLE chat_messages (
     ts         text NOT NULL,
     PRIMARY KEY (request_id, provider, channel)
 );
+
+-- Interactions already handled (platforms retry them).
+CREATE TABLE interactions_seen (
+    source text NOT NULL,
+    id     text NOT NULL,
+    at     timestamptz NOT NULL,
+    PRIMARY KEY (source, id)
+);
 "#];
 
 /// The newest schema version this build knows.

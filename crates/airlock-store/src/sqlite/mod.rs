@@ -939,6 +939,21 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
+    fn first_seen(
+        &mut self,
+        source: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO interactions_seen (source, id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![source, id, fmt(at)])?
+            == 1)
+    }
+
     fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(&format!(

@@ -142,6 +142,13 @@ CREATE TABLE chat_messages (
     ts         TEXT NOT NULL,
     PRIMARY KEY (request_id, provider, channel)
 );
+-- Interactions already handled (platforms retry them).
+CREATE TABLE interactions_seen (
+    source TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    at     TEXT NOT NULL,
+    PRIMARY KEY (source, id)
+);
 "#,
 ];
 

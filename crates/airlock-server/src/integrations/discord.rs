@@ -1,0 +1,385 @@
+//! Discord: the request message with Approve/Deny components, its updates
+//! and the requester's direct message (sent from the outbox), and
+//! `POST /integrations/discord/interactions`, verified with the
+//! application's Ed25519 key over timestamp and raw body before anything is
+//! parsed. Interactions are handled once, whichever node gets a retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::{RequestId, UserName, Verdict};
+use airlock_store::time::now;
+use airlock_store::{OutboxMessage, Role};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde_json::{json, Value};
+
+use crate::config::DiscordConfig;
+use crate::{Airlock, ApiError, Caller};
+
+type AppState = Arc<Airlock>;
+
+/// The interactions endpoint.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/integrations/discord/interactions", post(interactions))
+}
+
+/// Checks Discord's signature: Ed25519 over `timestamp ‖ body` with the
+/// application's public key (hex), strictly (no malleable signatures).
+pub(crate) fn verify(
+    public_key_hex: &str,
+    timestamp: &str,
+    signature_hex: &str,
+    body: &[u8],
+) -> Result<(), &'static str> {
+    let key: [u8; 32] = hex::decode(public_key_hex)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or("bad public key")?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| "bad public key")?;
+    let sig: [u8; 64] = hex::decode(signature_hex)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or("bad signature")?;
+    let mut msg = Vec::with_capacity(timestamp.len() + body.len());
+    msg.extend_from_slice(timestamp.as_bytes());
+    msg.extend_from_slice(body);
+    key.verify_strict(&msg, &Signature::from_bytes(&sig))
+        .map_err(|_| "signature mismatch")
+}
+
+/// The message text and its components (buttons while pending).
+pub(crate) fn render(
+    view: &Value,
+    ids: &dyn Fn(&str) -> Option<String>,
+    link: &str,
+) -> (String, Value) {
+    let who = |u: &str| ids(u).map_or_else(|| u.to_owned(), |id| format!("<@{id}>"));
+    let id = view["id"].as_str().unwrap_or("");
+    let status = view["status"].as_str().unwrap_or("");
+    let mut lines = vec![
+        format!(
+            "{} wants to **{}** `{}:{}`",
+            who(view["principal"].as_str().unwrap_or("")),
+            view["action"].as_str().unwrap_or(""),
+            view["resource"]["type"].as_str().unwrap_or(""),
+            view["resource"]["id"].as_str().unwrap_or(""),
+        ),
+        format!("Reason: {}", view["reason"].as_str().unwrap_or("—")),
+        format!("Params: `{}`", view["params"]),
+    ];
+    for t in view["thresholds"].as_array().into_iter().flatten() {
+        let groups: Vec<&str> = t["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str())
+            .collect();
+        let eligible: Vec<String> = t["eligible"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str())
+            .map(who)
+            .collect();
+        lines.push(format!(
+            "{} {}/{} — can approve: {}",
+            groups.join(" or "),
+            t["approvals"].as_u64().unwrap_or(0),
+            t["quorum"].as_u64().unwrap_or(1),
+            eligible.join(", ")
+        ));
+    }
+    for r in view["reviews"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "{} {}{}",
+            who(r["reviewer"].as_str().unwrap_or("")),
+            r["verdict"].as_str().unwrap_or(""),
+            r["reason"]
+                .as_str()
+                .map(|w| format!(": “{w}”"))
+                .unwrap_or_default()
+        ));
+    }
+    lines.push(format!("**Request {status}.** {link}"));
+    let components = if status == "pending" {
+        json!([{"type": 1, "components": [
+            {"type": 2, "style": 3, "label": "Approve", "custom_id": format!("approve:{id}")},
+            {"type": 2, "style": 4, "label": "Deny", "custom_id": format!("deny:{id}")},
+        ]}])
+    } else {
+        json!([])
+    };
+    (lines.join("\n"), components)
+}
+
+impl Airlock {
+    fn discord_id_of(&self, user: &str) -> Option<String> {
+        self.config
+            .load()
+            .users
+            .iter()
+            .find(|u| u.name.as_str() == user)
+            .and_then(|u| u.discord_id.clone())
+    }
+
+    fn user_of_discord(&self, id: &str) -> Option<UserName> {
+        self.config
+            .load()
+            .users
+            .iter()
+            .find(|u| u.discord_id.as_deref() == Some(id))
+            .map(|u| u.name.clone())
+    }
+
+    async fn discord_call(
+        &self,
+        http: &reqwest::Client,
+        cfg: &DiscordConfig,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, (String, bool)> {
+        let res = http
+            .request(
+                method,
+                format!("{}{path}", cfg.api_url.trim_end_matches('/')),
+            )
+            .timeout(timeout)
+            .header("authorization", format!("Bot {}", cfg.bot_token))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| (format!("{path}: {e}"), false))?;
+        let status = res.status();
+        if status.is_success() {
+            Ok(res.json().await.unwrap_or(Value::Null))
+        } else {
+            let permanent = matches!(status.as_u16(), 401 | 403 | 404);
+            Err((format!("{path}: Discord answered {status}"), permanent))
+        }
+    }
+
+    /// Delivers one Discord outbox message, rendered from the request now.
+    pub(crate) async fn send_discord(
+        &self,
+        http: &reqwest::Client,
+        cfg: &DiscordConfig,
+        msg: &OutboxMessage,
+        timeout: Duration,
+    ) -> Result<(), (String, bool)> {
+        let payload: Value =
+            serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
+        let id = payload["request"]
+            .as_str()
+            .and_then(|s| RequestId::parse(s).ok())
+            .ok_or_else(|| ("no request in the message".to_owned(), true))?;
+        let req = self
+            .store
+            .read(move |r| r.get_request(&id))
+            .await
+            .map_err(|e| (e.to_string(), false))?
+            .ok_or_else(|| ("the request is gone".to_owned(), true))?;
+        let system = Caller {
+            user: req.action.principal.clone(),
+            role: Role::Admin,
+            key_id: "discord".into(),
+        };
+        let view = self.view(&req, &system);
+        let link = format!("{}/requests/{id}", self.public_url());
+        let (content, components) = render(&view, &|u| self.discord_id_of(u), &link);
+        let body = json!({"content": content, "components": components});
+        use reqwest::Method;
+        match msg.target.as_str() {
+            "discord:post" => {
+                let v = self
+                    .discord_call(
+                        http,
+                        cfg,
+                        Method::POST,
+                        &format!("/channels/{}/messages", cfg.channel_id),
+                        &body,
+                        timeout,
+                    )
+                    .await?;
+                let (c, m) = (
+                    v["channel_id"]
+                        .as_str()
+                        .unwrap_or(&cfg.channel_id)
+                        .to_owned(),
+                    v["id"].as_str().unwrap_or_default().to_owned(),
+                );
+                self.store
+                    .write(move |tx| tx.save_chat_message(&id, "discord", &c, &m))
+                    .await
+                    .map_err(|e| (e.to_string(), false))
+            }
+            "discord:update" => {
+                let posted = self
+                    .store
+                    .read(move |r| r.chat_messages(&id, "discord"))
+                    .await
+                    .map_err(|e| (e.to_string(), false))?;
+                if posted.is_empty() {
+                    return Err(("the request's message is not posted yet".into(), false));
+                }
+                for (channel, message) in posted {
+                    self.discord_call(
+                        http,
+                        cfg,
+                        Method::PATCH,
+                        &format!("/channels/{channel}/messages/{message}"),
+                        &body,
+                        timeout,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            target => {
+                let Some(user) = target.strip_prefix("discord:dm:") else {
+                    return Err((format!("unknown Discord target {target}"), true));
+                };
+                let dm = self
+                    .discord_call(
+                        http,
+                        cfg,
+                        Method::POST,
+                        "/users/@me/channels",
+                        &json!({"recipient_id": user}),
+                        timeout,
+                    )
+                    .await?;
+                let channel = dm["id"].as_str().unwrap_or_default().to_owned();
+                let text = format!(
+                    "Your request to {} {}:{} was {}. {link}",
+                    req.action.action, req.action.resource.kind, req.action.resource.id, req.status
+                );
+                self.discord_call(
+                    http,
+                    cfg,
+                    Method::POST,
+                    &format!("/channels/{channel}/messages"),
+                    &json!({"content": text}),
+                    timeout,
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+}
+
+/// An answer only the clicking user sees.
+fn private(text: &str) -> Response {
+    Json(json!({"type": 4, "data": {"content": text, "flags": 64}})).into_response()
+}
+
+fn refusal(e: &ApiError) -> String {
+    format!("Not done: {e}")
+}
+
+async fn interactions(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let config = airlock.config.load_full();
+    let Some(cfg) = &config.notify.discord else {
+        return (StatusCode::NOT_FOUND, "Discord is not configured").into_response();
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    // Verified on the raw bytes, before anything is parsed.
+    if let Err(why) = verify(
+        &cfg.application_public_key,
+        header("x-signature-timestamp"),
+        header("x-signature-ed25519"),
+        &body,
+    ) {
+        tracing::warn!(why, "refused a Discord interaction");
+        return (StatusCode::UNAUTHORIZED, why).into_response();
+    }
+    let Ok(i) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    if i["type"] == 1 {
+        return Json(json!({"type": 1})).into_response(); // PING → PONG
+    }
+    // Discord retries; handle each interaction once, on any node.
+    let iid = i["id"].as_str().unwrap_or("").to_owned();
+    let t = now();
+    let fresh = airlock
+        .store
+        .write(move |tx| tx.first_seen("discord", &iid, t))
+        .await;
+    match fresh {
+        Ok(true) => {}
+        Ok(false) => return private("Already handled."),
+        Err(e) => return private(&refusal(&e.into())),
+    }
+    let discord_user = i["member"]["user"]["id"]
+        .as_str()
+        .or(i["user"]["id"].as_str())
+        .unwrap_or("");
+    let Some(user) = airlock.user_of_discord(discord_user) else {
+        return private("You are not an Airlock user (no `discord_id` matches yours).");
+    };
+    let caller = Caller {
+        user,
+        role: Role::User,
+        key_id: format!("discord:{discord_user}"),
+    };
+    let custom = i["data"]["custom_id"].as_str().unwrap_or("");
+    let (verb, rid) = custom.split_once(':').unwrap_or(("", ""));
+    let Ok(id) = RequestId::parse(rid) else {
+        return (StatusCode::BAD_REQUEST, "no request in the interaction").into_response();
+    };
+    match (i["type"].as_u64(), verb) {
+        (Some(3), "approve") => match airlock
+            .review(&caller, id, Verdict::Approve, None, "discord")
+            .await
+        {
+            // Acknowledged; the message is updated from the outbox.
+            Ok(_) => Json(json!({"type": 6})).into_response(),
+            Err(e) => private(&refusal(&e)),
+        },
+        (Some(3), "deny") => {
+            if let Err(e) = airlock.may_review(&caller, id).await {
+                return private(&refusal(&e));
+            }
+            Json(json!({"type": 9, "data": {
+                "custom_id": format!("deny:{id}"),
+                "title": "Deny request",
+                "components": [{"type": 1, "components": [{
+                    "type": 4, "custom_id": "reason", "style": 2, "required": true,
+                    "label": "Why? The requester reads it."
+                }]}]
+            }}))
+            .into_response()
+        }
+        (Some(5), "deny") => {
+            let reason = i["data"]["components"][0]["components"][0]["value"]
+                .as_str()
+                .map(str::to_owned);
+            match airlock
+                .review(&caller, id, Verdict::Deny, reason, "discord")
+                .await
+            {
+                Ok(_) => private("Denied."),
+                Err(e) => private(&refusal(&e)),
+            }
+        }
+        _ => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
+    }
+}
