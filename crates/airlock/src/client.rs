@@ -70,6 +70,74 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `airlock outbox …`
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Notifications by state (default: failed).
+    List {
+        /// pending, delivered or failed.
+        #[arg(long, default_value = "failed")]
+        status: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Puts a failed notification back in line.
+    Retry {
+        /// The message id (msg_…).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// `airlock outbox list|retry`.
+pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OutboxCommand::List { status, conn, out } => {
+            let res = Client::new(&conn)?
+                .get(&format!("/v1/outbox?status={status}"))
+                .await?;
+            if out.json {
+                println!("{res}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = res["messages"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no {status} notifications");
+            }
+            for m in list {
+                println!(
+                    "{}  {}  {}  {} attempt(s){}",
+                    m["id"].as_str().unwrap_or(""),
+                    m["event"].as_str().unwrap_or(""),
+                    m["target"].as_str().unwrap_or(""),
+                    m["attempts"],
+                    m["last_error"]
+                        .as_str()
+                        .map(|e| format!("  last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OutboxCommand::Retry { id, conn, out } => {
+            let res = Client::new(&conn)?
+                .post(&format!("/v1/outbox/{id}/retry"), &json!({}))
+                .await?;
+            if out.json {
+                println!("{res}");
+            } else {
+                println!("{id} will be sent again");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// `airlock requests …`
 #[derive(Debug, Subcommand)]
 pub enum RequestsCommand {

@@ -50,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: client::RequestsCommand,
     },
+    /// Notifications: list what waits or failed, retry a failed one
+    /// (admin key).
+    Outbox {
+        #[command(subcommand)]
+        command: client::OutboxCommand,
+    },
     /// Verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
             Command::Check(args) => client::check(args).await,
             Command::Run(args) => client::run(args).await,
             Command::Requests { command } => client::requests(command).await,
+            Command::Outbox { command } => client::outbox(command).await,
             Command::Audit {
                 command:
                     AuditCommand::Verify {

@@ -3242,24 +3242,27 @@ async fn failed_webhooks_are_visible_and_can_be_retried() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/hooks", l.local_addr().unwrap())
     };
-    let s = Server::start_extra(
-        &Db::Sqlite,
-        POLICIES,
-        &webhook_config(&dead, "max_attempts = 2"),
+    let extra = format!(
+        "{}\n[web]\nauditor_groups = [\"security\"]\n",
+        webhook_config(&dead, "max_attempts = 2")
     );
+    let s = Server::start_extra(&Db::Sqlite, POLICIES, &extra);
     let (alice, admin) = (s.key("alice", "user"), s.key("admin", "admin"));
     s.post(&alice, "/v1/check", export("alice", "a")).await;
-    let mut failed = Value::Null;
-    for _ in 0..100 {
-        let (_, out) = s.get(&admin, "/v1/outbox?status=failed").await;
-        if !out["messages"].as_array().unwrap().is_empty() {
-            failed = out["messages"][0].clone();
-            break;
+    let wait_failed = || async {
+        for _ in 0..100 {
+            let (_, out) = s.get(&admin, "/v1/outbox?status=failed").await;
+            if !out["messages"].as_array().unwrap().is_empty() {
+                return out["messages"][0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        panic!("no failed notification");
+    };
+    let failed = wait_failed().await;
     assert_eq!(failed["attempts"], 2, "{failed}");
     assert!(failed["last_error"].is_string(), "{failed}");
+    let id = failed["id"].as_str().unwrap().to_owned();
     let metrics = reqwest::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
@@ -3270,7 +3273,44 @@ async fn failed_webhooks_are_visible_and_can_be_retried() {
         metrics.contains("airlock_notification_attempts_total{outcome=\"failed\"} 1"),
         "{metrics}"
     );
-    let id = failed["id"].as_str().unwrap();
+    // The CLI shows it.
+    let out = Command::new(BIN)
+        .args(["outbox", "list", "--url", &s.url, "--token", &admin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&id) && text.contains("request.created"),
+        "{text}"
+    );
+    // The console shows it to auditors, with a retry button (a signed-in POST).
+    set_password(&s, "bob", "bob's long password");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (cookie, csrf) = http_sign_in(&http, &s.url, "bob", "bob's long password").await;
+    let page = http
+        .get(format!("{}/notifications", s.url))
+        .header("cookie", format!("airlock_session={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&id) && page.contains("Retry"), "{page}");
+    let r = http
+        .post(format!("{}/notifications/{id}/retry", s.url))
+        .header("cookie", format!("airlock_session={cookie}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    // It is tried again (and fails again), then the API retries it too.
+    let again = wait_failed().await;
+    assert_eq!(again["id"], id.as_str());
     let (st, r) = s
         .post(&admin, &format!("/v1/outbox/{id}/retry"), json!({}))
         .await;

@@ -55,6 +55,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/audit", get(audit))
         .route("/audit/export", get(audit_export))
         .route("/policy", get(policy))
+        .route("/notifications", get(notifications))
+        .route("/notifications/{id}/retry", post(notification_retry))
         .route("/policy/simulate", post(simulate))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(style))
@@ -673,6 +675,47 @@ async fn audit_export(
         body,
     )
         .into_response())
+}
+
+/// Failed notifications, for auditors.
+async fn notifications(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    auditor(&airlock, &user)?;
+    let (failed, waiting) = airlock
+        .store
+        .read(|r| {
+            Ok((
+                r.outbox_list(Some("failed"), 500)?,
+                r.outbox_list(Some("pending"), 10_000)?.len(),
+            ))
+        })
+        .await
+        .map_err(|e| fail(Some(&user), e.into()))?;
+    Ok(pages::notifications(&viewer(&user), &failed, waiting).into_response())
+}
+
+async fn notification_retry(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    auditor(&airlock, &user)?;
+    let t = airlock_store::time::now();
+    let done = airlock
+        .store
+        .write(move |tx| tx.outbox_retry(&id, t))
+        .await
+        .map_err(|e| fail(Some(&user), e.into()))?;
+    if !done {
+        return Err(fail(
+            Some(&user),
+            ApiError::wrong_state("that notification is not failed"),
+        ));
+    }
+    Ok(Redirect::to("/notifications").into_response())
 }
 
 async fn policy_page(

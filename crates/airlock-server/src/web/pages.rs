@@ -33,6 +33,7 @@ pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> 
                             a href="/overview" { "Overview" }
                             a href="/policy" { "Policies" }
                             a href="/audit" { "Audit" }
+                            a href="/notifications" { "Notifications" }
                         }
                         form.signout method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(v.csrf);
@@ -518,6 +519,50 @@ pub(crate) fn overview(
             h1 { "Overview" }
             section { h2 { "Requests per day" } (per_day) }
             section { h2 { "Time to decision" } p.muted { (decided) " decided requests" } (ttd) }
+        },
+    )
+}
+
+/// Notifications that failed for good, with a retry button each, and how
+/// many still wait.
+pub(crate) fn notifications(
+    viewer: &Viewer<'_>,
+    failed: &[airlock_store::OutboxMessage],
+    waiting: usize,
+) -> Markup {
+    layout(
+        "Notifications",
+        Some(viewer),
+        html! {
+            h1 { "Notifications" }
+            p.muted { (waiting) " waiting to be sent." }
+            h2 { "Failed" }
+            @if failed.is_empty() {
+                p.verified { "Nothing failed." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th { "Message" } th { "Event" } th { "To" } th { "Attempts" } th { "Last error" } th {} } }
+                        tbody {
+                            @for m in failed {
+                                tr {
+                                    td { code { (m.id) } }
+                                    td { (m.event) }
+                                    td { code { (m.target) } }
+                                    td { (m.attempts) }
+                                    td { (m.last_error.as_deref().unwrap_or("")) }
+                                    td {
+                                        form method="post" action=(format!("/notifications/{}/retry", m.id)) {
+                                            input type="hidden" name="csrf" value=(viewer.csrf);
+                                            button type="submit" { "Retry" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )
 }
