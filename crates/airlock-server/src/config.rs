@@ -319,8 +319,11 @@ pub struct DiscordConfig {
     /// The application's public key (hex): interactions
     /// (`POST /integrations/discord/interactions`) must be signed with it.
     pub application_public_key: String,
-    /// The channel requests are posted in.
+    /// The channel for requests no route names.
     pub channel_id: String,
+    /// Approver group → channel id, for requests that group must approve.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
 }
 
 fn default_discord_api() -> String {

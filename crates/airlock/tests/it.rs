@@ -3844,7 +3844,7 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
         &Db::Sqlite,
         POLICIES,
         &format!(
-            "[notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{public}\"\nchannel_id = \"C1\"\n",
+            "[notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{public}\"\nchannel_id = \"C1\"\nroutes = {{ security = \"CSEC\" }}\n",
             discord.base
         ),
     );
@@ -3858,7 +3858,9 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
 
     let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
     let id = r["request"]["id"].as_str().unwrap().to_owned();
-    let posted = discord.wait("POST", "channels/C1/messages", |_| true).await;
+    let posted = discord
+        .wait("POST", "channels/CSEC/messages", |_| true)
+        .await;
     assert!(
         posted["content"]
             .as_str()
@@ -3929,7 +3931,7 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
     assert_eq!(req["reviews"][1]["reason"], "not this quarter");
     assert_eq!(req["reviews"][1]["channel"], "discord");
     discord
-        .wait("PATCH", "channels/C1/messages/m1", |v| {
+        .wait("PATCH", "channels/CSEC/messages/m1", |v| {
             v["content"]
                 .as_str()
                 .unwrap_or("")

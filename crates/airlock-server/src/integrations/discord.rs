@@ -197,22 +197,20 @@ impl Airlock {
         let body = json!({"content": content, "components": components});
         use reqwest::Method;
         match msg.target.as_str() {
-            "discord:post" => {
+            t if t.starts_with("discord:post:") => {
+                let channel = &t["discord:post:".len()..];
                 let v = self
                     .discord_call(
                         http,
                         cfg,
                         Method::POST,
-                        &format!("/channels/{}/messages", cfg.channel_id),
+                        &format!("/channels/{channel}/messages"),
                         &body,
                         timeout,
                     )
                     .await?;
                 let (c, m) = (
-                    v["channel_id"]
-                        .as_str()
-                        .unwrap_or(&cfg.channel_id)
-                        .to_owned(),
+                    v["channel_id"].as_str().unwrap_or(channel).to_owned(),
                     v["id"].as_str().unwrap_or_default().to_owned(),
                 );
                 self.store

@@ -24,7 +24,7 @@ pub(crate) struct Notifier {
     webhooks: Vec<WebhookConfig>,
     slack: Option<crate::config::SlackConfig>,
     slack_ids: std::collections::HashMap<String, String>,
-    discord: bool,
+    discord: Option<crate::config::DiscordConfig>,
     discord_ids: std::collections::HashMap<String, String>,
 }
 
@@ -49,6 +49,28 @@ fn queue(
     })
 }
 
+/// The channels a new request goes to: those routed for the groups that
+/// must approve it, else the default one.
+fn routed<'a>(
+    data: &'a Value,
+    routes: &'a std::collections::BTreeMap<String, String>,
+    default: &'a str,
+) -> Vec<&'a str> {
+    let mut channels: Vec<&str> = data["thresholds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["groups"].as_array().into_iter().flatten())
+        .filter_map(|g| g.as_str().and_then(|g| routes.get(g)).map(String::as_str))
+        .collect();
+    if channels.is_empty() {
+        channels.push(default);
+    }
+    channels.sort_unstable();
+    channels.dedup();
+    channels
+}
+
 /// Queues Slack's part of an event: the message when a request is created
 /// (in each routed channel), an update whenever it changes, and a direct
 /// message to the requester with the outcome.
@@ -62,23 +84,7 @@ fn emit_slack(
     let request = json!({"request": data["request"]});
     match event {
         "request.created" => {
-            let mut channels: Vec<&str> = data["thresholds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|t| t["groups"].as_array().into_iter().flatten())
-                .filter_map(|g| {
-                    g.as_str()
-                        .and_then(|g| slack.routes.get(g))
-                        .map(String::as_str)
-                })
-                .collect();
-            if channels.is_empty() {
-                channels.push(&slack.channel);
-            }
-            channels.sort_unstable();
-            channels.dedup();
-            for c in channels {
+            for c in routed(data, &slack.routes, &slack.channel) {
                 queue(tx, format!("slack:post:{c}"), event, request.clone())?;
             }
         }
@@ -101,12 +107,16 @@ fn emit_discord(
     event: &str,
     data: &Value,
 ) -> Result<(), StoreError> {
-    if !n.discord {
+    let Some(discord) = &n.discord else {
         return Ok(());
-    }
+    };
     let request = json!({"request": data["request"]});
     match event {
-        "request.created" => queue(tx, "discord:post".into(), event, request)?,
+        "request.created" => {
+            for c in routed(data, &discord.routes, &discord.channel_id) {
+                queue(tx, format!("discord:post:{c}"), event, request.clone())?;
+            }
+        }
         "request.reviewed" => queue(tx, "discord:update".into(), event, request)?,
         "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
             queue(tx, "discord:update".into(), event, request.clone())?;
@@ -328,7 +338,7 @@ impl Airlock {
                 .iter()
                 .filter_map(|u| u.slack_id.clone().map(|s| (u.name.to_string(), s)))
                 .collect(),
-            discord: config.notify.discord.is_some(),
+            discord: config.notify.discord.clone(),
             discord_ids: config
                 .users
                 .iter()
