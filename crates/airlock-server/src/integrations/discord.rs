@@ -174,25 +174,8 @@ impl Airlock {
         msg: &OutboxMessage,
         timeout: Duration,
     ) -> Result<(), (String, bool)> {
-        let payload: Value =
-            serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
-        let id = payload["request"]
-            .as_str()
-            .and_then(|s| RequestId::parse(s).ok())
-            .ok_or_else(|| ("no request in the message".to_owned(), true))?;
-        let req = self
-            .store
-            .read(move |r| r.get_request(&id))
-            .await
-            .map_err(|e| (e.to_string(), false))?
-            .ok_or_else(|| ("the request is gone".to_owned(), true))?;
-        let system = Caller {
-            user: req.action.principal.clone(),
-            role: Role::Admin,
-            key_id: "discord".into(),
-        };
-        let view = self.view(&req, &system);
-        let link = format!("{}/requests/{id}", self.public_url());
+        let (req, view, link) = self.chat_subject(msg).await?;
+        let id = req.id;
         let (content, components) = render(&view, &|u| self.discord_id_of(u), &link);
         let body = json!({"content": content, "components": components});
         use reqwest::Method;

@@ -208,28 +208,8 @@ impl Airlock {
         msg: &OutboxMessage,
         timeout: Duration,
     ) -> Result<(), (String, bool)> {
-        let payload: Value =
-            serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
-        let id = payload["request"]
-            .as_str()
-            .and_then(|s| RequestId::parse(s).ok())
-            .ok_or_else(|| ("no request in the message".to_owned(), true))?;
-        let req = self
-            .store
-            .read(move |r| r.get_request(&id))
-            .await
-            .map_err(|e| (e.to_string(), false))?
-            .ok_or_else(|| ("the request is gone".to_owned(), true))?;
-        let system = Caller {
-            user: req.action.principal.clone(),
-            role: Role::Admin,
-            key_id: "slack".into(),
-        };
-        let mut view = self.view(&req, &system);
-        if let Some(g) = view.get_mut("grant").and_then(Value::as_object_mut) {
-            g.remove("token");
-        }
-        let link = format!("{}/requests/{id}", self.public_url());
+        let (req, view, link) = self.chat_subject(msg).await?;
+        let id = req.id;
         let (text, blocks) = render(&view, &|u| self.slack_id_of(u), &link);
         if let Some(channel) = msg.target.strip_prefix("slack:post:") {
             let v = self

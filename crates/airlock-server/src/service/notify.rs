@@ -71,60 +71,31 @@ fn routed<'a>(
     channels
 }
 
-/// Queues Slack's part of an event: the message when a request is created
-/// (in each routed channel), an update whenever it changes, and a direct
-/// message to the requester with the outcome.
-fn emit_slack(
+/// Queues a chat platform's part of an event (`prefix` is `slack` or
+/// `discord`): the message when a request is created (in each routed
+/// channel), an update whenever it changes, and a direct message to the
+/// requester with the outcome.
+fn emit_chat(
     tx: &mut dyn WriteTx,
-    n: &Notifier,
+    prefix: &str,
+    routes: &std::collections::BTreeMap<String, String>,
+    default: &str,
+    ids: &std::collections::HashMap<String, String>,
     event: &str,
     data: &Value,
 ) -> Result<(), StoreError> {
-    let Some(slack) = &n.slack else { return Ok(()) };
     let request = json!({"request": data["request"]});
     match event {
         "request.created" => {
-            for c in routed(data, &slack.routes, &slack.channel) {
-                queue(tx, format!("slack:post:{c}"), event, request.clone())?;
+            for c in routed(data, routes, default) {
+                queue(tx, format!("{prefix}:post:{c}"), event, request.clone())?;
             }
         }
-        "request.reviewed" => queue(tx, "slack:update".into(), event, request)?,
+        "request.reviewed" => queue(tx, format!("{prefix}:update"), event, request)?,
         "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
-            queue(tx, "slack:update".into(), event, request.clone())?;
-            if let Some(id) = data["principal"].as_str().and_then(|p| n.slack_ids.get(p)) {
-                queue(tx, format!("slack:dm:{id}"), event, request)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Queues Discord's part of an event, as for Slack (one channel).
-fn emit_discord(
-    tx: &mut dyn WriteTx,
-    n: &Notifier,
-    event: &str,
-    data: &Value,
-) -> Result<(), StoreError> {
-    let Some(discord) = &n.discord else {
-        return Ok(());
-    };
-    let request = json!({"request": data["request"]});
-    match event {
-        "request.created" => {
-            for c in routed(data, &discord.routes, &discord.channel_id) {
-                queue(tx, format!("discord:post:{c}"), event, request.clone())?;
-            }
-        }
-        "request.reviewed" => queue(tx, "discord:update".into(), event, request)?,
-        "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
-            queue(tx, "discord:update".into(), event, request.clone())?;
-            if let Some(id) = data["principal"]
-                .as_str()
-                .and_then(|p| n.discord_ids.get(p))
-            {
-                queue(tx, format!("discord:dm:{id}"), event, request)?;
+            queue(tx, format!("{prefix}:update"), event, request.clone())?;
+            if let Some(id) = data["principal"].as_str().and_then(|p| ids.get(p)) {
+                queue(tx, format!("{prefix}:dm:{id}"), event, request)?;
             }
         }
         _ => {}
@@ -139,8 +110,30 @@ pub(crate) fn emit(
     event: &str,
     data: Value,
 ) -> Result<(), StoreError> {
-    emit_slack(tx, notifier, event, &data)?;
-    emit_discord(tx, notifier, event, &data)?;
+    if let Some(slack) = &notifier.slack {
+        let ids = &notifier.slack_ids;
+        emit_chat(
+            tx,
+            "slack",
+            &slack.routes,
+            &slack.channel,
+            ids,
+            event,
+            &data,
+        )?;
+    }
+    if let Some(discord) = &notifier.discord {
+        let (routes, ids) = (&discord.routes, &notifier.discord_ids);
+        emit_chat(
+            tx,
+            "discord",
+            routes,
+            &discord.channel_id,
+            ids,
+            event,
+            &data,
+        )?;
+    }
     let t = now();
     for hook in &notifier.webhooks {
         if !hook.events.is_empty() && !hook.events.iter().any(|e| e == event) {
@@ -313,6 +306,38 @@ fn backoff(failures: u32) -> chrono::Duration {
 const BATCH: u32 = 32;
 
 impl Airlock {
+    /// The request a chat message is about, as a REQUEST view (never with a
+    /// grant token), and its console link: messages are rendered from the
+    /// request as it is when sent, so a late retry shows the latest state.
+    pub(crate) async fn chat_subject(
+        &self,
+        msg: &OutboxMessage,
+    ) -> Result<(Request, Value, String), (String, bool)> {
+        let payload: Value =
+            serde_json::from_str(&msg.payload).map_err(|e| (e.to_string(), true))?;
+        let id = payload["request"]
+            .as_str()
+            .and_then(|s| RequestId::parse(s).ok())
+            .ok_or_else(|| ("no request in the message".to_owned(), true))?;
+        let req = self
+            .store
+            .read(move |r| r.get_request(&id))
+            .await
+            .map_err(|e| (e.to_string(), false))?
+            .ok_or_else(|| ("the request is gone".to_owned(), true))?;
+        // Not the requester and not an enforcer: the view carries no token.
+        let notifier =
+            airlock_core::UserName::parse("airlock-notifier").map_err(|e| (e.to_string(), true))?;
+        let caller = super::Caller {
+            user: notifier,
+            role: airlock_store::Role::Admin,
+            key_id: "notifier".into(),
+        };
+        let view = self.view(&req, &caller);
+        let link = format!("{}/requests/{id}", self.public_url());
+        Ok((req, view, link))
+    }
+
     /// Who gets email, as configured now.
     pub(crate) fn mail(&self) -> Mail {
         let config = self.config.load();
