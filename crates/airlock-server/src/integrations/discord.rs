@@ -182,6 +182,16 @@ impl Airlock {
         match msg.target.as_str() {
             t if t.starts_with("discord:post:") => {
                 let channel = &t["discord:post:".len()..];
+                // Posted already (the answer was lost before the outbox heard):
+                // do not post twice.
+                let posted = self
+                    .store
+                    .read(move |r| r.chat_messages(&id, "discord"))
+                    .await
+                    .map_err(|e| (e.to_string(), false))?;
+                if posted.iter().any(|(c, _)| c == channel) {
+                    return Ok(());
+                }
                 let v = self
                     .discord_call(
                         http,

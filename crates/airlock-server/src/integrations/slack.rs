@@ -212,6 +212,16 @@ impl Airlock {
         let id = req.id;
         let (text, blocks) = render(&view, &|u| self.slack_id_of(u), &link);
         if let Some(channel) = msg.target.strip_prefix("slack:post:") {
+            // Posted already (the answer was lost before the outbox heard):
+            // do not post twice.
+            let posted = self
+                .store
+                .read(move |r| r.chat_messages(&id, "slack"))
+                .await
+                .map_err(|e| (e.to_string(), false))?;
+            if posted.iter().any(|(c, _)| c == channel) {
+                return Ok(());
+            }
             let v = self
                 .slack_call(
                     http,
