@@ -24,14 +24,7 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
     tokio::spawn(run_checkpoints(airlock.clone()));
     tokio::spawn(run_sighup(airlock.clone()));
     tokio::spawn(run_directory_changes(airlock.clone()));
-    let notify = &airlock.config.load().notify;
-    if !notify.webhooks.is_empty()
-        || notify.email.is_some()
-        || notify.slack.is_some()
-        || notify.discord.is_some()
-    {
-        tokio::spawn(run_outbox(airlock.clone()));
-    }
+    tokio::spawn(run_outbox(airlock.clone()));
     if airlock.config.load().policy.watch {
         spawn_watcher(airlock.clone());
     }
@@ -187,6 +180,16 @@ async fn run_outbox(airlock: Arc<Airlock>) {
     };
     let mut events = airlock.store.subscribe();
     loop {
+        // Nothing configured (now: a reload may add a channel): no store work.
+        let channels = {
+            let config = airlock.config.load();
+            let n = &config.notify;
+            !n.webhooks.is_empty() || n.email.is_some() || n.slack.is_some() || n.discord.is_some()
+        };
+        if !channels {
+            let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+            continue;
+        }
         match airlock.deliver_due(&http).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
