@@ -44,6 +44,8 @@ pub enum AuditKind {
     SignIn,
     /// A web console sign-in was refused.
     SignInFailed,
+    /// A sign-in was refused unchecked: too many recent failures.
+    SignInLocked,
     /// Someone signed out of the web console.
     SignOut,
     /// A user's groups were taken from their single sign-on provider.
@@ -69,6 +71,7 @@ impl AuditKind {
             Self::PasswordSet => "password_set",
             Self::SignIn => "sign_in",
             Self::SignInFailed => "sign_in_failed",
+            Self::SignInLocked => "sign_in_locked",
             Self::SignOut => "sign_out",
             Self::GroupsSynced => "groups_synced",
         }

@@ -236,7 +236,8 @@ pub struct NotifyConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// Seconds a receiver has to answer before the attempt counts as
     /// failed. A node that dies mid-delivery leaves the message to be
-    /// retried (with the same `webhook-id`) this long plus 5 s later.
+    /// retried (with the same `webhook-id`) four times this long plus 5 s
+    /// later (the lease of one message).
     /// Default 10.
     #[serde(default = "default_delivery_timeout")]
     pub delivery_timeout_seconds: u64,
@@ -423,9 +424,27 @@ impl Config {
         cfg.base_dir = base.to_owned();
         cfg.timezone()?;
         let mut seen = std::collections::BTreeSet::new();
+        let mut ids = std::collections::BTreeSet::new();
         for u in &cfg.users {
             if !seen.insert(&u.name) {
                 return Err(format!("user {:?} is listed twice", u.name.as_str()));
+            }
+            // Sign-in and chat map people to users by these: two users
+            // sharing one would let one act as the other.
+            let keys = [
+                u.email.as_ref().map(|e| ("email", e.to_lowercase())),
+                u.slack_id.clone().map(|s| ("slack_id", s)),
+                u.discord_id.clone().map(|d| ("discord_id", d)),
+            ];
+            for (what, value) in keys.into_iter().flatten() {
+                if !ids.insert((what, value.clone())) {
+                    return Err(format!("{what} {value:?} belongs to two users"));
+                }
+            }
+        }
+        if let Some(s) = &cfg.notify.slack {
+            if s.signing_secret.len() < 16 {
+                return Err("notify.slack.signing_secret is missing or too short: copy it from the Slack app's settings".into());
             }
         }
         if let Some(e) = &cfg.notify.email {
@@ -511,6 +530,14 @@ impl Config {
     /// Users and groups, with the groups single sign-on reported replacing
     /// the configured ones of those users (users not configured stay out).
     pub fn directory_with(&self, synced: &[(UserName, Vec<GroupName>)]) -> Directory {
+        // Only while the provider is the source of groups: turning
+        // `groups_claim` off puts the config back in charge at once.
+        let from_sso = self
+            .web
+            .oidc
+            .as_ref()
+            .is_some_and(|o| o.groups_claim.is_some());
+        let synced = if from_sso { synced } else { &[] };
         Directory::new(self.users.iter().map(|u| {
             let groups = synced
                 .iter()
@@ -549,7 +576,7 @@ discord_id = "81234567890"
 [notify.slack]
 api_url = "https://slack.com/api"
 bot_token = "xoxb-..."
-signing_secret = "..."
+signing_secret = "0123456789abcdef0123456789abcdef"
 channel = "C0APPROVALS"
 "#;
         let c = Config::parse(text, Path::new("/etc/airlock")).unwrap();
@@ -559,6 +586,47 @@ channel = "C0APPROVALS"
             &UserName::parse("alice").unwrap(),
             &GroupName::parse("engineering").unwrap()
         ));
+    }
+
+    #[test]
+    fn identities_belong_to_one_user() {
+        let two = |field: &str, a: &str, b: &str| {
+            format!("[[users]]\nname = \"a\"\n{field} = \"{a}\"\n[[users]]\nname = \"b\"\n{field} = \"{b}\"\n")
+        };
+        let err = Config::parse(
+            &two("email", "X@example.com", "x@example.com"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.contains("belongs to two users"), "{err}");
+        let err = Config::parse(&two("slack_id", "U1", "U1"), Path::new(".")).unwrap_err();
+        assert!(err.contains("slack_id"), "{err}");
+        let err = Config::parse(&two("discord_id", "D1", "D1"), Path::new(".")).unwrap_err();
+        assert!(err.contains("discord_id"), "{err}");
+        assert!(Config::parse(&two("slack_id", "U1", "U2"), Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn slack_needs_a_real_signing_secret() {
+        let text = "[notify.slack]\nbot_token = \"x\"\nsigning_secret = \"\"\nchannel = \"C\"\n";
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        assert!(err.contains("signing_secret"), "{err}");
+    }
+
+    #[test]
+    fn synced_groups_count_only_while_groups_come_from_sso() {
+        let base = "[[users]]\nname = \"dave\"\ngroups = []\n";
+        let dave = UserName::parse("dave").unwrap();
+        let security = GroupName::parse("security").unwrap();
+        let synced = vec![(dave.clone(), vec![security.clone()])];
+        let off = Config::parse(base, Path::new(".")).unwrap();
+        assert!(!off.directory_with(&synced).is_member(&dave, &security));
+        let on = Config::parse(
+            &format!("{base}[web.oidc]\nissuer = \"http://idp\"\nclient_id = \"c\"\ngroups_claim = \"groups\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(on.directory_with(&synced).is_member(&dave, &security));
     }
 
     #[test]

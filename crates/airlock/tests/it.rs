@@ -3091,7 +3091,7 @@ impl Receiver {
 
     /// Waits until `n` distinct messages arrived; returns them by type.
     async fn wait_for(&self, n: usize) -> Vec<(String, Value)> {
-        for _ in 0..300 {
+        for _ in 0..600 {
             let unique = self.unique();
             if unique.len() >= n {
                 return unique;
@@ -3218,7 +3218,7 @@ async fn webhooks_survive_a_restart_mid_delivery_once_per_message() {
     assert_eq!(got.len(), 2, "one message per event, whatever was re-sent");
     // The first message was re-sent after the restart with the same id, so
     // the receiver could drop the copy.
-    for _ in 0..200 {
+    for _ in 0..600 {
         if receiver.deliveries.lock().unwrap().len() >= 3 {
             break;
         }

@@ -78,6 +78,8 @@ pub struct Airlock {
     key_cache: RwLock<HashMap<String, Caller>>,
     /// The single sign-on provider's metadata, read at the first sign-in.
     pub(crate) oidc: crate::web::oidc::Discovery,
+    /// Serialises password checks (see `sign_in`).
+    pub(crate) sign_in_lock: tokio::sync::Mutex<()>,
     /// The address the server actually listens on (`listen` may say port 0).
     bound: std::sync::OnceLock<String>,
 }
@@ -182,6 +184,7 @@ impl Airlock {
             key_cache: RwLock::new(HashMap::new()),
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
+            sign_in_lock: tokio::sync::Mutex::new(()),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

@@ -302,8 +302,13 @@ fn backoff(failures: u32) -> chrono::Duration {
     chrono::Duration::seconds(1i64 << failures.min(12)).min(chrono::Duration::hours(1))
 }
 
-/// Messages taken per round.
-const BATCH: u32 = 32;
+/// Messages taken per claim. One: its lease must cover its own sending
+/// only, or a slow batch would outlive the lease and another node would
+/// send the rest again.
+const BATCH: u32 = 1;
+/// HTTP calls one message may need (a Discord DM takes two, a Slack
+/// update one per channel), for the lease.
+const CALLS_PER_MESSAGE: u32 = 4;
 
 impl Airlock {
     /// The request a chat message is about, as a REQUEST view (never with a
@@ -379,7 +384,7 @@ impl Airlock {
         let timeout = Duration::from_secs(config.notify.delivery_timeout_seconds.max(1));
         let t = now();
         let lease = t
-            + chrono::Duration::from_std(timeout).unwrap_or_default()
+            + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
             + chrono::Duration::seconds(5);
         let due = self
             .store

@@ -11,7 +11,6 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
     EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
 };
-use tokio::sync::OnceCell;
 
 use crate::config::OidcConfig;
 use crate::ApiError;
@@ -21,9 +20,11 @@ pub(crate) const FLOW_COOKIE: &str = "airlock_oidc";
 /// Where the provider sends people back.
 pub(crate) const CALLBACK_PATH: &str = "/login/oidc/callback";
 
-/// The provider's metadata, read once.
+/// The provider's metadata, read at the first sign-in and again whenever
+/// the configured issuer changes (a reload cutting over to another
+/// provider takes effect at once).
 #[derive(Default)]
-pub(crate) struct Discovery(OnceCell<CoreProviderMetadata>);
+pub(crate) struct Discovery(tokio::sync::Mutex<Option<(String, CoreProviderMetadata)>>);
 
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,16 +47,19 @@ fn upstream(what: &str) -> impl Fn(String) -> ApiError + '_ {
 
 impl Discovery {
     async fn metadata(&self, cfg: &OidcConfig) -> Result<CoreProviderMetadata, ApiError> {
-        self.0
-            .get_or_try_init(|| async {
-                let issuer = IssuerUrl::new(cfg.issuer.clone())
-                    .map_err(|e| upstream("issuer")(e.to_string()))?;
-                CoreProviderMetadata::discover_async(issuer, &http()?)
-                    .await
-                    .map_err(|e| upstream("discovery")(format!("{e:?}")))
-            })
+        let mut cached = self.0.lock().await;
+        if let Some((issuer, meta)) = cached.as_ref() {
+            if *issuer == cfg.issuer {
+                return Ok(meta.clone());
+            }
+        }
+        let issuer =
+            IssuerUrl::new(cfg.issuer.clone()).map_err(|e| upstream("issuer")(e.to_string()))?;
+        let meta = CoreProviderMetadata::discover_async(issuer, &http()?)
             .await
-            .cloned()
+            .map_err(|e| upstream("discovery")(format!("{e:?}")))?;
+        *cached = Some((cfg.issuer.clone(), meta.clone()));
+        Ok(meta)
     }
 }
 

@@ -112,6 +112,9 @@ impl Airlock {
         username: &str,
         password: String,
     ) -> Result<Option<String>, ApiError> {
+        // One password sign-in at a time on this node, so parallel guesses
+        // cannot all read the failure count before any is recorded.
+        let _one_at_a_time = self.sign_in_lock.lock().await;
         let shown = username.chars().take(64).collect::<String>();
         // Password guessing: a user name with too many recent failures is
         // refused before any hash is checked.
@@ -129,8 +132,23 @@ impl Airlock {
             .await?
             .len();
         if failures >= MAX_FAILURES {
-            self.sign_in_refused(shown, "password", "too many failed attempts".into())
-                .await?;
+            // Its own kind, so refusals during the lockout do not extend it.
+            let t = now();
+            self.store
+                .write(move |tx| {
+                    tx.append_audit(
+                        NewAuditRecord {
+                            kind: AuditKind::SignInLocked,
+                            actor: "web".into(),
+                            subject: shown,
+                            details: json!({"method": "password"}),
+                        },
+                        t,
+                    )
+                    .map(|_| ())
+                })
+                .await
+                .map_err(ApiError::Audit)?;
             return Err(ApiError::forbidden(format!(
                 "too many failed sign-ins for this user name; try again in {LOCKOUT_MINUTES} minutes"
             )));
