@@ -3949,3 +3949,24 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_webhook_added_by_reload_delivers_without_a_restart() {
+    let receiver = Receiver::start(Duration::ZERO);
+    let s = Server::start(&Db::Sqlite);
+    let (alice, admin) = (s.key("alice", "user"), s.key("admin", "admin"));
+    s.set_users(&format!("{USERS}\n{}", webhook_config(&receiver.url, "")));
+    Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        s.audit_has(&admin, "policy_loaded", "trigger", "sighup")
+            .await
+    );
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].1["type"], "request.created");
+    assert_eq!(got[0].1["data"]["request"], id.as_str());
+}
