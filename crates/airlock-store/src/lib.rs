@@ -196,22 +196,33 @@ pub trait WriteTx: ReadTx {
     /// Takes up to `limit` due pending messages, oldest first, and leases
     /// them until `lease_until` (a node that dies mid-delivery lets the
     /// lease lapse, and another attempt follows).
+    /// `claim` marks the rows as this attempt's, so only it can record
+    /// their outcome.
     fn claim_outbox(
         &mut self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+        claim: &str,
     ) -> Result<Vec<OutboxMessage>, StoreError>;
-    /// The receiver accepted it.
-    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
-    /// An attempt failed: try again at `next`, or give up (`failed`).
+    /// The receiver accepted it; false if the claim was lost (the lease
+    /// lapsed and another attempt took the message over).
+    fn outbox_delivered(
+        &mut self,
+        id: &str,
+        at: DateTime<Utc>,
+        claim: &str,
+    ) -> Result<bool, StoreError>;
+    /// An attempt failed: try again at `next`, or give up (`failed`);
+    /// false if the claim was lost.
     fn outbox_attempt_failed(
         &mut self,
         id: &str,
         error: &str,
         next: DateTime<Utc>,
         give_up: bool,
-    ) -> Result<(), StoreError>;
+        claim: &str,
+    ) -> Result<bool, StoreError>;
     /// Puts a failed message back in line; false if it was not failed.
     fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Ends a web session; false if there was none.

@@ -595,7 +595,7 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
     .unwrap();
     let lease = t + chrono::Duration::seconds(30);
     let claimed = a
-        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-a"))
         .await
         .unwrap();
     assert_eq!(
@@ -604,23 +604,29 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
     );
     // Leased: another node finds nothing due.
     let again = b
-        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-b"))
         .await
         .unwrap();
     assert!(again.is_empty());
-    a.write(move |tx| {
-        tx.outbox_delivered("msg_1", t)?;
-        tx.outbox_attempt_failed("msg_2", "503 from receiver", t, false)
-    })
-    .await
-    .unwrap();
+    let kept = a
+        .write(move |tx| {
+            // Another attempt's claim records nothing.
+            assert!(!tx.outbox_delivered("msg_1", t, "claim-b")?);
+            Ok::<_, StoreError>((
+                tx.outbox_delivered("msg_1", t, "claim-a")?,
+                tx.outbox_attempt_failed("msg_2", "503 from receiver", t, false, "claim-a")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, (true, true));
     let retried = b
-        .write(move |tx| tx.claim_outbox(t, lease, 10))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-c"))
         .await
         .unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].id.as_str(), retried[0].attempts), ("msg_2", 1));
-    b.write(move |tx| tx.outbox_attempt_failed("msg_2", "still down", t, true))
+    b.write(move |tx| tx.outbox_attempt_failed("msg_2", "still down", t, true, "claim-c"))
         .await
         .unwrap();
     let failed = a.read(|r| r.outbox_list(Some("failed"), 10)).await.unwrap();

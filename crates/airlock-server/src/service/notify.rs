@@ -383,12 +383,17 @@ impl Airlock {
         let config = self.config.load_full();
         let timeout = Duration::from_secs(config.notify.delivery_timeout_seconds.max(1));
         let t = now();
+        // Only this attempt may record the outcome of what it claims.
+        let claim = message_id();
         let lease = t
             + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
             + chrono::Duration::seconds(5);
         let due = self
             .store
-            .write(move |tx| tx.claim_outbox(t, lease, BATCH))
+            .write({
+                let claim = claim.clone();
+                move |tx| tx.claim_outbox(t, lease, BATCH, &claim)
+            })
             .await?;
         let claimed = due.len();
         for msg in due {
@@ -413,28 +418,31 @@ impl Airlock {
                     Some(h) => self.send(http, h, &msg, timeout).await,
                 }
             };
-            let id = msg.id.clone();
-            let outcome = match result {
+            let (id, c) = (msg.id.clone(), claim.clone());
+            let (outcome, kept) = match result {
                 Ok(()) => {
-                    self.store
-                        .write(move |tx| tx.outbox_delivered(&id, now()))
+                    let kept = self
+                        .store
+                        .write(move |tx| tx.outbox_delivered(&id, now(), &c))
                         .await?;
-                    "delivered"
+                    ("delivered", kept)
                 }
                 Err((why, permanent)) => {
                     let give_up = permanent || msg.attempts + 1 >= config.notify.max_attempts;
                     let next = now() + backoff(msg.attempts);
                     tracing::warn!(message = %msg.id, target = %msg.target, error = %why, give_up, "webhook delivery failed");
-                    self.store
-                        .write(move |tx| tx.outbox_attempt_failed(&id, &why, next, give_up))
+                    let kept = self
+                        .store
+                        .write(move |tx| tx.outbox_attempt_failed(&id, &why, next, give_up, &c))
                         .await?;
-                    if give_up {
-                        "failed"
-                    } else {
-                        "retry"
-                    }
+                    (if give_up { "failed" } else { "retry" }, kept)
                 }
             };
+            if !kept {
+                // The lease lapsed and another attempt owns the message now;
+                // its outcome is the one recorded.
+                tracing::warn!(message = %msg.id, "outbox lease lost before the outcome was recorded");
+            }
             self.metrics.observe_notification(outcome);
         }
         Ok(claimed)

@@ -1172,14 +1172,15 @@ impl WriteTx for Tx<'_> {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+        claim: &str,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         // The batch holds the write lock: no other node claims meanwhile.
         let rows = self.query(
-            "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (
+            "UPDATE outbox SET next_attempt_at = $2, claim = $4 WHERE id IN (
                  SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
                  ORDER BY created_at, id LIMIT $3)
              RETURNING id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at",
-            &[&now, &lease_until, &i64::from(limit)],
+            &[&now, &lease_until, &i64::from(limit), &claim],
         )?;
         let mut out: Vec<OutboxMessage> =
             rows.iter().map(outbox_from_row).collect::<Result<_, _>>()?;
@@ -1187,13 +1188,17 @@ impl WriteTx for Tx<'_> {
         Ok(out)
     }
 
-    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.execute(
+    fn outbox_delivered(
+        &mut self,
+        id: &str,
+        at: DateTime<Utc>,
+        claim: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.execute(
             "UPDATE outbox SET status = 'delivered', delivered_at = $2, attempts = attempts + 1,
-             last_error = NULL WHERE id = $1",
-            &[&id, &at],
-        )?;
-        Ok(())
+             last_error = NULL WHERE id = $1 AND claim = $3",
+            &[&id, &at, &claim],
+        )? == 1)
     }
 
     fn outbox_attempt_failed(
@@ -1202,18 +1207,18 @@ impl WriteTx for Tx<'_> {
         error: &str,
         next: DateTime<Utc>,
         give_up: bool,
-    ) -> Result<(), StoreError> {
-        self.execute(
+        claim: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3,
-             status = CASE WHEN $4 THEN 'failed' ELSE status END WHERE id = $1",
-            &[&id, &error, &next, &give_up],
-        )?;
-        Ok(())
+             status = CASE WHEN $4 THEN 'failed' ELSE status END WHERE id = $1 AND claim = $5",
+            &[&id, &error, &next, &give_up, &claim],
+        )? == 1)
     }
 
     fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         Ok(self.execute(
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2, claim = NULL
              WHERE id = $1 AND status = 'failed'",
             &[&id, &now],
         )? == 1)

@@ -130,7 +130,8 @@ CREATE TABLE outbox (
     last_error      text,
     next_attempt_at timestamptz NOT NULL,
     created_at      timestamptz NOT NULL,
-    delivered_at    timestamptz
+    delivered_at    timestamptz,
+    claim           text
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 

@@ -979,6 +979,7 @@ impl WriteTx for Tx<'_> {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+        claim: &str,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {OUTBOX_COLS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
@@ -992,21 +993,27 @@ impl WriteTx for Tx<'_> {
         drop(rows);
         for m in &mut due {
             self.conn
-                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?
-                .execute(params![m.id, fmt(lease_until)])?;
+                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2, claim = ?3 WHERE id = ?1")?
+                .execute(params![m.id, fmt(lease_until), claim])?;
             m.next_attempt_at = lease_until;
         }
         Ok(due)
     }
 
-    fn outbox_delivered(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.conn
+    fn outbox_delivered(
+        &mut self,
+        id: &str,
+        at: DateTime<Utc>,
+        claim: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
             .prepare_cached(
                 "UPDATE outbox SET status = 'delivered', delivered_at = ?2, attempts = attempts + 1,
-                 last_error = NULL WHERE id = ?1",
+                 last_error = NULL WHERE id = ?1 AND claim = ?3",
             )?
-            .execute(params![id, fmt(at)])?;
-        Ok(())
+            .execute(params![id, fmt(at), claim])?
+            == 1)
     }
 
     fn outbox_attempt_failed(
@@ -1015,21 +1022,23 @@ impl WriteTx for Tx<'_> {
         error: &str,
         next: DateTime<Utc>,
         give_up: bool,
-    ) -> Result<(), StoreError> {
-        self.conn
+        claim: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
             .prepare_cached(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3,
-                 status = CASE WHEN ?4 THEN 'failed' ELSE status END WHERE id = ?1",
+                 status = CASE WHEN ?4 THEN 'failed' ELSE status END WHERE id = ?1 AND claim = ?5",
             )?
-            .execute(params![id, error, fmt(next), give_up])?;
-        Ok(())
+            .execute(params![id, error, fmt(next), give_up, claim])?
+            == 1)
     }
 
     fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, claim = NULL
                  WHERE id = ?1 AND status = 'failed'",
             )?
             .execute(params![id, fmt(now)])?

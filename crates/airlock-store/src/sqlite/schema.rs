@@ -129,7 +129,8 @@ CREATE TABLE outbox (
     last_error      TEXT,
     next_attempt_at TEXT NOT NULL,
     created_at      TEXT NOT NULL,
-    delivered_at    TEXT
+    delivered_at    TEXT,
+    claim           TEXT
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 "#,
