@@ -522,6 +522,12 @@ impl Config {
             .to_owned()
     }
 
+    /// The configured user `pick` chooses; names, emails and chat ids are
+    /// unique (checked at load), so at most one matches an identity.
+    pub fn user_where(&self, pick: impl Fn(&UserConfig) -> bool) -> Option<&UserConfig> {
+        self.users.iter().find(|u| pick(u))
+    }
+
     /// Users and groups, for policy and approvals.
     pub fn directory(&self) -> Directory {
         self.directory_with(&[])

@@ -120,21 +120,21 @@ pub(crate) fn render(
 
 impl Airlock {
     fn discord_id_of(&self, user: &str) -> Option<String> {
-        self.config
-            .load()
-            .users
-            .iter()
-            .find(|u| u.name.as_str() == user)
-            .and_then(|u| u.discord_id.clone())
+        let config = self.config.load();
+        config
+            .user_where(|u| u.name.as_str() == user)?
+            .discord_id
+            .clone()
     }
 
     fn user_of_discord(&self, id: &str) -> Option<UserName> {
-        self.config
-            .load()
-            .users
-            .iter()
-            .find(|u| u.discord_id.as_deref() == Some(id))
-            .map(|u| u.name.clone())
+        let config = self.config.load();
+        Some(
+            config
+                .user_where(|u| u.discord_id.as_deref() == Some(id))?
+                .name
+                .clone(),
+        )
     }
 
     async fn discord_call(

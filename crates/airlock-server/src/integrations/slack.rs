@@ -151,21 +151,21 @@ pub(crate) fn render(
 
 impl Airlock {
     fn slack_id_of(&self, user: &str) -> Option<String> {
-        self.config
-            .load()
-            .users
-            .iter()
-            .find(|u| u.name.as_str() == user)
-            .and_then(|u| u.slack_id.clone())
+        let config = self.config.load();
+        config
+            .user_where(|u| u.name.as_str() == user)?
+            .slack_id
+            .clone()
     }
 
     fn user_of_slack(&self, slack_id: &str) -> Option<UserName> {
-        self.config
-            .load()
-            .users
-            .iter()
-            .find(|u| u.slack_id.as_deref() == Some(slack_id))
-            .map(|u| u.name.clone())
+        let config = self.config.load();
+        Some(
+            config
+                .user_where(|u| u.slack_id.as_deref() == Some(slack_id))?
+                .name
+                .clone(),
+        )
     }
 
     /// Calls a Slack Web API method; Slack answers 200 with `ok: false`

@@ -140,18 +140,7 @@ pub(crate) fn emit(
             continue;
         }
         let payload = json!({"type": event, "timestamp": fmt(t), "data": data});
-        tx.enqueue(&OutboxMessage {
-            id: message_id(),
-            target: hook.url.clone(),
-            event: event.to_owned(),
-            payload: payload.to_string(),
-            status: "pending".into(),
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: t,
-            created_at: t,
-            delivered_at: None,
-        })?;
+        queue(tx, hook.url.clone(), event, payload)?;
     }
     Ok(())
 }
@@ -175,19 +164,8 @@ impl Mail {
         subject: String,
         text: String,
     ) -> Result<(), StoreError> {
-        let t = now();
-        tx.enqueue(&OutboxMessage {
-            id: message_id(),
-            target: format!("mailto:{to}"),
-            event: event.to_owned(),
-            payload: json!({"subject": subject, "text": text}).to_string(),
-            status: "pending".into(),
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: t,
-            created_at: t,
-            delivered_at: None,
-        })
+        let payload = json!({"subject": subject, "text": text});
+        queue(tx, format!("mailto:{to}"), event, payload)
     }
 
     /// Asks every eligible approver with an email address to review.

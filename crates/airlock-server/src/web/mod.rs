@@ -290,9 +290,7 @@ async fn oidc_callback(
     };
     let email = identity.email;
     let user = config
-        .users
-        .iter()
-        .find(|u| {
+        .user_where(|u| {
             u.email
                 .as_deref()
                 .is_some_and(|m| m.eq_ignore_ascii_case(&email))
