@@ -66,7 +66,6 @@ pub(crate) fn parse<'a>(
     let mut grant_ttl = None;
     let mut max_uses = None;
     let mut reason_required = false;
-    let mut step_up = None;
     let mut seen_airlock = Vec::new();
 
     for (key, value) in annotations {
@@ -116,7 +115,15 @@ pub(crate) fn parse<'a>(
                 }
             },
             "step_up" => match value {
-                "totp" | "webauthn" => step_up = Some(value.to_owned()),
+                // Step-up is not enforced yet: a plain approval would
+                // satisfy it, so a policy asking for it must not load
+                // rather than promise more than it enforces.
+                "totp" | "webauthn" => {
+                    return Err(format!(
+                        "@step_up({value:?}) is not enforced by this release of Airlock; \
+                         remove it or keep this policy out of the policy directory"
+                    ))
+                }
                 _ => {
                     return Err(format!(
                         "@step_up({value:?}) must be \"totp\" or \"webauthn\""
@@ -141,7 +148,7 @@ pub(crate) fn parse<'a>(
             grant_ttl,
             max_uses,
             reason_required,
-            step_up,
+            step_up: None,
         })),
         None => match seen_airlock.first() {
             // Without @approvers this permit allows outright; an approval

@@ -626,6 +626,17 @@ when { context.missing_field == 1 };
     }
 
     #[test]
+    fn step_up_is_refused_until_it_is_enforced() {
+        // A plain approval must never satisfy a policy that asks for more.
+        for method in ["totp", "webauthn"] {
+            let text = format!("@id(\"pii-stepup\")\n@approvers(\"security\")\n@step_up(\"{method}\")\npermit(principal, action, resource);");
+            let err = engine(&text).unwrap_err().to_string();
+            assert!(err.contains("policy \"pii-stepup\""), "{err}");
+            assert!(err.contains("not enforced"), "{err}");
+        }
+    }
+
+    #[test]
     fn unnamed_policy_gets_file_index_id() {
         let text = "permit(principal, action, resource);\n@approvers(\"se curity\")\npermit(principal, action, resource);";
         let err = engine(text).unwrap_err().to_string();
