@@ -110,6 +110,33 @@ impl fmt::Display for ResourceId {
     }
 }
 
+/// Splits `TYPE:ID` where TYPE may be namespaced (`Db::Table:prod.customers`
+/// is type `Db::Table`, id `prod.customers`): the separator is the first
+/// single colon, never one of a `::` pair. An id that itself starts with a
+/// colon cannot be written this way; give type and id apart.
+pub fn parse_type_id(s: &str) -> Result<(ResourceType, ResourceId), ParseError> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b':' {
+            if bytes.get(i + 1) == Some(&b':') {
+                i += 2;
+                continue;
+            }
+            let (kind, id) = (&s[..i], &s[i + 1..]);
+            return Ok((ResourceType::parse(kind)?, ResourceId::parse(id)?));
+        }
+        i += 1;
+    }
+    Err(ParseError::new(
+        "resource",
+        format!(
+            "{:?} must be TYPE:ID, e.g. Table:prod.customers or Db::Table:prod.customers",
+            s
+        ),
+    ))
+}
+
 /// What the action is performed on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,7 +148,11 @@ pub struct Resource {
     pub id: ResourceId,
     /// Attributes that inform the decision (tags, owner, row count). They do
     /// not bind the grant.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Map::is_empty",
+        deserialize_with = "exact::map"
+    )]
     pub attrs: Map<String, Value>,
 }
 
@@ -136,11 +167,70 @@ pub struct Action {
     /// What it is performed on.
     pub resource: Resource,
     /// What binds the grant: exact SQL, command line, path, body hash.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact::btree")]
     pub params: BTreeMap<String, Value>,
     /// Facts that inform the decision but do not bind the grant.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact::map")]
     pub context: Map<String, Value>,
+}
+
+/// Caller JSON that can be bound and recorded exactly.
+///
+/// A JSON number with a fraction, an exponent, or beyond 64-bit integers is
+/// read as a binary float: two different numbers a caller sent can read as
+/// the same float (so the same fingerprint), and a float's text does not
+/// always read back as the same float (so a hash over it would not verify
+/// after a round trip through the store). Airlock binds and records what it
+/// can represent exactly, whole numbers, and refuses the rest at the door:
+/// such values are sent as strings.
+pub mod exact {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+    use serde_json::{Map, Value};
+
+    /// The path of the first number in `v` that is not a 64-bit integer.
+    pub fn first_inexact(v: &Value) -> Option<String> {
+        match v {
+            Value::Number(n) if !(n.is_i64() || n.is_u64()) => Some(String::new()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| first_inexact(x).map(|p| format!("[{i}]{p}"))),
+            Value::Object(map) => map
+                .iter()
+                .find_map(|(k, x)| first_inexact(x).map(|p| format!(".{}{p}", k.escape_debug()))),
+            _ => None,
+        }
+    }
+
+    fn check<E: serde::de::Error>(
+        entries: &mut dyn Iterator<Item = (&String, &Value)>,
+    ) -> Result<(), E> {
+        for (k, v) in entries {
+            if let Some(p) = first_inexact(v) {
+                return Err(E::custom(format!(
+                    "{}{p}: only whole numbers from -2^63 to 2^64-1 can be bound and recorded exactly; send other numbers as strings",
+                    k.escape_debug()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deserializes a JSON object whose numbers are all exact.
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        let m = Map::deserialize(d)?;
+        check(&mut m.iter())?;
+        Ok(m)
+    }
+
+    /// The same, into a sorted map.
+    pub fn btree<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Value>, D::Error> {
+        let m = BTreeMap::<String, Value>::deserialize(d)?;
+        check(&mut m.iter())?;
+        Ok(m)
+    }
 }
 
 impl Action {
@@ -339,6 +429,81 @@ mod tests {
         let mut v = base();
         v["resource"]["id"] = json!("");
         assert!(serde_json::from_value::<Action>(v).is_err());
+    }
+
+    #[test]
+    fn numbers_that_cannot_bind_exactly_are_refused() {
+        // Each of these reads as a binary float: refused wherever the
+        // caller can put it.
+        for n in [
+            "9376.0323511051380",
+            "100000000000000000000",
+            "100000000000000000001",
+            "-0.0",
+            "-0",
+            "1e2",
+            "1.0",
+            "5e-324",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "-18446744073709551616",
+            "0.1",
+        ] {
+            for place in ["params", "context"] {
+                let text = format!(
+                    r#"{{"principal":"a","action":"x","resource":{{"type":"T","id":"1"}},"{place}":{{"k":{{"deep":[1,{n}]}}}}}}"#
+                );
+                let err = serde_json::from_str::<Action>(&text)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("k.deep[1]"), "{place} {n}: {err}");
+            }
+            let text = format!(
+                r#"{{"principal":"a","action":"x","resource":{{"type":"T","id":"1","attrs":{{"n":{n}}}}}}}"#
+            );
+            assert!(serde_json::from_str::<Action>(&text).is_err(), "attrs {n}");
+        }
+        // Whole numbers in range bind, and differ when they differ.
+        let fp = |n: &str| {
+            serde_json::from_str::<Action>(&format!(
+                r#"{{"principal":"a","action":"x","resource":{{"type":"T","id":"1"}},"params":{{"n":{n}}}}}"#
+            ))
+            .unwrap()
+            .fingerprint()
+        };
+        assert_ne!(fp("18446744073709551615"), fp("18446744073709551614"));
+        assert_ne!(fp("-9223372036854775808"), fp("-9223372036854775807"));
+        assert_ne!(fp("0"), fp("1"));
+    }
+
+    #[test]
+    fn type_id_splits_at_the_first_single_colon() {
+        let split =
+            |s: &str| parse_type_id(s).map(|(t, i)| (t.as_str().to_owned(), i.as_str().to_owned()));
+        assert_eq!(
+            split("Db::Table:prod.customers").unwrap(),
+            ("Db::Table".into(), "prod.customers".into())
+        );
+        assert_eq!(
+            split("Table:prod.customers").unwrap(),
+            ("Table".into(), "prod.customers".into())
+        );
+        assert_eq!(
+            split("Table:a::b:c").unwrap(),
+            ("Table".into(), "a::b:c".into())
+        );
+        assert_eq!(split("A::B::C:x").unwrap(), ("A::B::C".into(), "x".into()));
+        for bad in [
+            "Table",
+            "Table:",
+            "Db::Table",
+            ":x",
+            "Db:::x",
+            "not a type:x",
+            "",
+        ] {
+            assert!(split(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +51,9 @@ pub enum AuditKind {
     SignOut,
     /// A user's groups were taken from their single sign-on provider.
     GroupsSynced,
+    /// A check asked more of a pending request than it demanded: its
+    /// requirement now demands both.
+    RequirementRaised,
 }
 
 impl AuditKind {
@@ -74,6 +78,7 @@ impl AuditKind {
             Self::SignInLocked => "sign_in_locked",
             Self::SignOut => "sign_out",
             Self::GroupsSynced => "groups_synced",
+            Self::RequirementRaised => "requirement_raised",
         }
     }
 }
@@ -138,6 +143,85 @@ pub struct NewAuditRecord {
     pub details: Value,
 }
 
+impl NewAuditRecord {
+    /// The request this record belongs to: its subject when that is a
+    /// request, else the `request` Airlock put at the top of its details.
+    /// Caller-supplied values only ever sit deeper (under `params`,
+    /// `context`, `detail`), so no caller can file a record under someone
+    /// else's request.
+    pub fn request_id(&self) -> Option<&str> {
+        if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
+            return Some(&self.subject);
+        }
+        self.details.get("request").and_then(Value::as_str)
+    }
+}
+
+/// A record's details exactly as stored: canonical JSON text (keys sorted,
+/// no white space). The chain hashes these bytes, so what verifies is what
+/// is stored, never a re-encoding of a parsed value.
+#[derive(Clone)]
+pub struct RecordedJson(Box<RawValue>);
+
+impl RecordedJson {
+    /// The canonical text of `v`.
+    pub fn canonical(v: &Value) -> Self {
+        let mut buf = Vec::with_capacity(128);
+        canonical_json(v, &mut buf);
+        // Local invariant: canonical_json only joins serde_json's own
+        // encodings of strings and numbers with JSON punctuation, so the
+        // bytes are UTF-8 and valid JSON.
+        #[allow(clippy::expect_used)]
+        let raw = String::from_utf8(buf)
+            .ok()
+            .and_then(|t| RawValue::from_string(t).ok())
+            .expect("canonical JSON is valid JSON");
+        Self(raw)
+    }
+
+    /// Text read back from a store, kept byte for byte. Refused if it is
+    /// not JSON at all.
+    pub fn from_stored(text: String) -> Result<Self, ParseError> {
+        RawValue::from_string(text)
+            .map(Self)
+            .map_err(|e| ParseError::new("audit details", e.to_string()))
+    }
+
+    /// The stored text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The details as a value, for display and filters.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RecordedJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl fmt::Debug for RecordedJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for RecordedJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Self)
+    }
+}
+
 /// A record in the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -151,15 +235,17 @@ pub struct AuditRecord {
     pub actor: String,
     /// What it happened to.
     pub subject: String,
-    /// Everything else.
-    pub details: Value,
+    /// Everything else, exactly as stored and hashed.
+    pub details: RecordedJson,
     /// Hash of the record before (zeros for the first).
     pub prev_hash: ChainHash,
     /// Hash of this record, over `prev_hash` and its content.
     pub hash: ChainHash,
 }
 
-/// The hash of a record's content linked to the previous hash.
+/// The hash of a record's content linked to the previous hash: SHA-256 over
+/// a domain tag, the previous hash, and the canonical JSON object of the
+/// record's fields with `details` as its stored bytes.
 pub fn chain_hash(
     prev: &ChainHash,
     seq: i64,
@@ -167,16 +253,29 @@ pub fn chain_hash(
     kind: &str,
     actor: &str,
     subject: &str,
-    details: &Value,
+    details: &RecordedJson,
 ) -> ChainHash {
-    let mut buf = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(256 + details.get().len());
     buf.extend_from_slice(b"airlock-audit-v1\0");
     buf.extend_from_slice(&prev.0);
-    let body = serde_json::json!({
-        "seq": seq, "ts": ts, "kind": kind, "actor": actor,
-        "subject": subject, "details": details,
-    });
-    canonical_json(&body, &mut buf);
+    // Keys in sorted order, as canonical_json writes them: records written
+    // before details were hashed as stored hash the same.
+    let field = |buf: &mut Vec<u8>, name: &str, v: &str| {
+        canonical_json(&Value::String(name.to_owned()), buf);
+        buf.push(b':');
+        canonical_json(&Value::String(v.to_owned()), buf);
+    };
+    buf.push(b'{');
+    field(&mut buf, "actor", actor);
+    buf.extend_from_slice(b",\"details\":");
+    buf.extend_from_slice(details.get().as_bytes());
+    buf.push(b',');
+    field(&mut buf, "kind", kind);
+    buf.extend_from_slice(format!(",\"seq\":{seq},").as_bytes());
+    field(&mut buf, "subject", subject);
+    buf.push(b',');
+    field(&mut buf, "ts", ts);
+    buf.push(b'}');
     ChainHash(Sha256::digest(&buf).into())
 }
 
@@ -185,22 +284,15 @@ impl AuditRecord {
     pub fn link(prev_seq: i64, prev: ChainHash, ts: String, rec: NewAuditRecord) -> AuditRecord {
         let seq = prev_seq + 1;
         let kind = rec.kind.as_str().to_owned();
-        let hash = chain_hash(
-            &prev,
-            seq,
-            &ts,
-            &kind,
-            &rec.actor,
-            &rec.subject,
-            &rec.details,
-        );
+        let details = RecordedJson::canonical(&rec.details);
+        let hash = chain_hash(&prev, seq, &ts, &kind, &rec.actor, &rec.subject, &details);
         AuditRecord {
             seq,
             ts,
             kind,
             actor: rec.actor,
             subject: rec.subject,
-            details: rec.details,
+            details,
             prev_hash: prev,
             hash,
         }
@@ -346,6 +438,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_is_the_one_of_earlier_releases() {
+        // Chains written before details were hashed as stored bytes must
+        // still verify: same bytes as canonical_json over the whole record.
+        let r = &chain(1)[0];
+        let mut buf = b"airlock-audit-v1\0".to_vec();
+        buf.extend_from_slice(&ChainHash::GENESIS.0);
+        canonical_json(
+            &json!({"seq": 1, "ts": r.ts, "kind": "decision", "actor": "alice",
+                    "subject": "", "details": {"n": 0}}),
+            &mut buf,
+        );
+        assert_eq!(r.hash.0, <[u8; 32]>::from(Sha256::digest(&buf)));
+    }
+
+    #[test]
+    fn stored_bytes_are_what_is_hashed() {
+        // The same value written another way is another record.
+        let mut c = chain(3);
+        c[1].details = RecordedJson::from_stored("{ \"n\":1}".into()).unwrap();
+        assert_eq!(verify(&c).unwrap_err().seq(), 2);
+        // And a float that would not survive a parse keeps its exact text.
+        let d = RecordedJson::from_stored(r#"{"n":9376.0323511051380}"#.into()).unwrap();
+        assert_eq!(d.get(), r#"{"n":9376.0323511051380}"#);
+    }
+
+    #[test]
     fn intact_chain_verifies() {
         assert_eq!(verify(&chain(5)), Ok(5));
     }
@@ -353,7 +471,7 @@ mod tests {
     #[test]
     fn changed_record_is_named() {
         let mut c = chain(5);
-        c[2].details = json!({"n": 99});
+        c[2].details = RecordedJson::canonical(&json!({"n": 99}));
         assert_eq!(verify(&c).unwrap_err().seq(), 3);
     }
 
@@ -378,7 +496,7 @@ mod tests {
     fn inserted_record_is_named() {
         let mut c = chain(5);
         let mut fake = c[1].clone();
-        fake.details = json!({"forged": true});
+        fake.details = RecordedJson::canonical(&json!({"forged": true}));
         c.insert(2, fake);
         for (i, r) in c.iter_mut().enumerate() {
             r.seq = i as i64 + 1;

@@ -41,6 +41,52 @@ pub struct Requirement {
     pub step_up: Option<String>,
 }
 
+impl Requirement {
+    /// Whether meeting `self` also meets `other`: every threshold of
+    /// `other` is matched by one of `self` over the same groups with at
+    /// least its quorum, and the grant is no looser. Two thresholds over
+    /// the same groups are met by the same approvals, so matching by groups
+    /// (not by policy) is exact.
+    pub fn covers(&self, other: &Requirement) -> bool {
+        other.thresholds.iter().all(|o| {
+            self.thresholds
+                .iter()
+                .any(|t| same_groups(&t.groups, &o.groups) && t.quorum >= o.quorum)
+        }) && self.grant_ttl <= other.grant_ttl
+            && self.max_uses <= other.max_uses
+            && (self.reason_required || !other.reason_required)
+            && (self.step_up.is_some() || other.step_up.is_none())
+    }
+
+    /// The strictest of both: every threshold of each (over the same
+    /// groups, the larger quorum), the shorter grant, the fewer uses. The
+    /// request TTL stays `self`'s: a pending request's deadline never moves.
+    pub fn raised(&self, other: &Requirement) -> Requirement {
+        let mut out = self.clone();
+        for o in &other.thresholds {
+            match out
+                .thresholds
+                .iter_mut()
+                .find(|t| same_groups(&t.groups, &o.groups))
+            {
+                Some(t) => t.quorum = t.quorum.max(o.quorum),
+                None => out.thresholds.push(o.clone()),
+            }
+        }
+        out.grant_ttl = out.grant_ttl.min(other.grant_ttl);
+        out.max_uses = out.max_uses.min(other.max_uses);
+        out.reason_required |= other.reason_required;
+        if out.step_up.is_none() {
+            out.step_up.clone_from(&other.step_up);
+        }
+        out
+    }
+}
+
+fn same_groups(a: &[GroupName], b: &[GroupName]) -> bool {
+    a.iter().all(|g| b.contains(g)) && b.iter().all(|g| a.contains(g))
+}
+
 /// The answer for one action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -82,5 +128,58 @@ impl Decision {
             | Decision::Deny { policies, .. }
             | Decision::ApprovalRequired { policies, .. } => policies,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(thresholds: &[(&str, u32)]) -> Requirement {
+        Requirement {
+            thresholds: thresholds
+                .iter()
+                .map(|(g, q)| Threshold {
+                    policy_id: format!("p-{g}"),
+                    groups: vec![GroupName::parse(g).unwrap()],
+                    quorum: NonZeroU32::new(*q).unwrap(),
+                })
+                .collect(),
+            request_ttl: DEFAULT_REQUEST_TTL,
+            grant_ttl: DEFAULT_GRANT_TTL,
+            max_uses: NonZeroU32::MIN,
+            reason_required: false,
+            step_up: None,
+        }
+    }
+
+    #[test]
+    fn a_laxer_requirement_does_not_cover_a_stricter_one() {
+        let leads = req(&[("leads", 1)]);
+        let security = req(&[("security", 2)]);
+        assert!(!leads.covers(&security));
+        assert!(!security.covers(&leads));
+        assert!(!req(&[("security", 1)]).covers(&security));
+        assert!(security.covers(&req(&[("security", 1)])));
+        assert!(leads.covers(&leads));
+    }
+
+    #[test]
+    fn raised_covers_both() {
+        let leads = req(&[("leads", 1)]);
+        let security = req(&[("security", 2)]);
+        let both = leads.raised(&security);
+        assert!(both.covers(&leads) && both.covers(&security));
+        assert_eq!(both.thresholds.len(), 2);
+        let more = req(&[("security", 1)]).raised(&security);
+        assert_eq!(more.thresholds.len(), 1);
+        assert_eq!(more.thresholds[0].quorum.get(), 2);
+        let mut short = req(&[]);
+        short.grant_ttl = crate::Ttl::minutes(1);
+        short.max_uses = NonZeroU32::MIN;
+        let mut long = req(&[]);
+        long.max_uses = NonZeroU32::new(5).unwrap();
+        assert!(!long.covers(&short));
+        assert!(long.raised(&short).covers(&short));
     }
 }

@@ -66,6 +66,9 @@ macro_rules! id_type {
     };
 }
 
+/// How every request id starts.
+pub const REQUEST_PREFIX: &str = "req_";
+
 id_type!(
     /// The id of an approval request.
     RequestId,

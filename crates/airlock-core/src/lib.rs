@@ -15,7 +15,9 @@ pub mod request;
 pub mod ttl;
 
 pub use action::{Action, Fingerprint, Resource};
-pub use audit::{AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, NewAuditRecord};
+pub use audit::{
+    AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, NewAuditRecord, RecordedJson,
+};
 pub use decision::{Decision, Requirement, Threshold};
 pub use error::ParseError;
 pub use ids::{GrantId, RequestId};

@@ -189,8 +189,17 @@ impl Request {
     /// which group *now* (membership is looked up at every evaluation, so a
     /// reviewer removed from a group stops counting).
     pub fn approvals(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> Vec<u32> {
-        self.requirement
-            .thresholds
+        self.approvals_for(&self.requirement.thresholds, is_member)
+    }
+
+    /// Distinct approvals of this request's reviews that count for each of
+    /// `thresholds` (the request's own, or those policy asks for now).
+    pub fn approvals_for(
+        &self,
+        thresholds: &[crate::Threshold],
+        is_member: impl Fn(&UserName, &GroupName) -> bool,
+    ) -> Vec<u32> {
+        thresholds
             .iter()
             .map(|t| {
                 let mut counted: Vec<&UserName> = Vec::new();
@@ -211,9 +220,21 @@ impl Request {
 
     /// Whether every threshold is met under the given membership.
     pub fn thresholds_met(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> bool {
-        self.approvals(is_member)
+        self.meets(&self.requirement.thresholds, is_member)
+    }
+
+    /// Whether this request's approvals meet every one of `thresholds`:
+    /// at consumption, the thresholds policy asks for the action as it is
+    /// described then, so a grant approved under a laxer requirement cannot
+    /// carry a riskier action.
+    pub fn meets(
+        &self,
+        thresholds: &[crate::Threshold],
+        is_member: impl Fn(&UserName, &GroupName) -> bool,
+    ) -> bool {
+        self.approvals_for(thresholds, is_member)
             .iter()
-            .zip(&self.requirement.thresholds)
+            .zip(thresholds)
             .all(|(n, t)| *n >= t.quorum.get())
     }
 

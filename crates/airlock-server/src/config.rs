@@ -139,6 +139,15 @@ pub struct PolicyConfig {
     /// Default true.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Facts only `enforcer` keys may state: context keys (`rows`,
+    /// `bytes`, `dlp`, …) and, as `resource.attrs`, a resource's
+    /// attributes. A `user` key sending one gets 400 `untrusted_context`.
+    /// Facts Airlock computes (`local_hour`, `weekday`, `source_ip`,
+    /// `country`, `sensitive_actions_last_hour`, `granted_before`) are never
+    /// taken from a `user` key whatever this says. Default empty: every
+    /// other fact is informative, from anyone.
+    #[serde(default)]
+    pub trusted_context: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -147,9 +156,13 @@ impl Default for PolicyConfig {
             dir: default_policy_dir(),
             timezone: default_tz(),
             watch: true,
+            trusted_context: Vec::new(),
         }
     }
 }
+
+/// The `trusted_context` entry that covers resource attributes.
+pub const TRUSTED_RESOURCE_ATTRS: &str = "resource.attrs";
 
 fn default_policy_dir() -> PathBuf {
     PathBuf::from("policies")

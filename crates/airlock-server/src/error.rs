@@ -12,6 +12,10 @@ pub enum ApiError {
     /// 400: a policy requires a reason and none was given.
     #[error("a reason is required for this action (policy {0})")]
     ReasonRequired(String),
+    /// 400: a `user` key stated a fact only enforcers may state
+    /// (`[policy] trusted_context`).
+    #[error("{0}")]
+    UntrustedContext(String),
     /// 401: no key, or a key we do not know.
     #[error("missing or invalid API key")]
     Unauthenticated,
@@ -67,7 +71,9 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) | ApiError::ReasonRequired(_) => 400,
+            ApiError::BadRequest(_)
+            | ApiError::ReasonRequired(_)
+            | ApiError::UntrustedContext(_) => 400,
             ApiError::Unauthenticated => 401,
             ApiError::Forbidden { .. } | ApiError::Grant { .. } => 403,
             ApiError::NotFound(_) => 404,
@@ -83,6 +89,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::ReasonRequired(_) => "reason_required",
+            ApiError::UntrustedContext(_) => "untrusted_context",
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden { code, .. }
             | ApiError::Grant { code, .. }

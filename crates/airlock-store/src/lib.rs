@@ -138,6 +138,14 @@ pub trait WriteTx: ReadTx {
     ) -> Result<bool, StoreError>;
     /// Adds a review; false if this reviewer already reviewed.
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
+    /// Replaces a pending request's requirement and policies with stricter
+    /// ones; false (nothing changed) unless it is still pending.
+    fn raise_requirement(
+        &mut self,
+        id: &RequestId,
+        requirement: &airlock_core::Requirement,
+        policies: &[String],
+    ) -> Result<bool, StoreError>;
     /// Stores the grant of an approved request.
     fn insert_grant(
         &mut self,

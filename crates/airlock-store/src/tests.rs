@@ -487,6 +487,20 @@ async fn audit_search_filters(home: &Home) {
                     json!({"request": "req_1"}),
                 ),
                 (AuditKind::Review, "carol", "req_2", json!({})),
+                // A caller's own text naming a request, deep in what it
+                // sent: never filed under that request.
+                (
+                    AuditKind::Decision,
+                    "mallory",
+                    "",
+                    json!({"params": {"request": "req_1"}, "context": {"x": "\"request\":\"req_1\""}}),
+                ),
+                (
+                    AuditKind::Decision,
+                    "mallory",
+                    "",
+                    json!({"params": {"request": "req_%"}}),
+                ),
             ] {
                 tx.append_audit(
                     NewAuditRecord {
@@ -522,10 +536,14 @@ async fn audit_search_filters(home: &Home) {
     };
     assert_eq!(
         find(f(None, None, None)).await,
-        vec![4, 3, 2, 1],
+        vec![6, 5, 4, 3, 2, 1],
         "newest first"
     );
     assert_eq!(find(f(None, Some("review"), None)).await, vec![4, 2]);
+    assert!(
+        find(f(None, None, Some("req_%"))).await.is_empty(),
+        "no wildcards"
+    );
     assert_eq!(find(f(Some("bob"), Some("review"), None)).await, vec![2]);
     assert_eq!(
         find(f(None, None, Some("req_1"))).await,

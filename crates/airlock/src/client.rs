@@ -36,9 +36,16 @@ pub struct ActionArgs {
     /// The verb, e.g. export.
     #[arg(long)]
     pub action: String,
-    /// TYPE:ID, e.g. Table:prod.customers.
-    #[arg(long)]
-    pub resource: String,
+    /// TYPE:ID, e.g. Table:prod.customers or Db::Table:prod.customers
+    /// (the first single colon separates; or give --type and --id).
+    #[arg(long, required_unless_present_all = ["kind", "id"], conflicts_with_all = ["kind", "id"])]
+    pub resource: Option<String>,
+    /// The resource type alone, e.g. Db::Table (with --id).
+    #[arg(long = "type", value_name = "TYPE", requires = "id")]
+    pub kind: Option<String>,
+    /// The resource id alone, taken as it is (with --type).
+    #[arg(long, value_name = "ID", requires = "kind")]
+    pub id: Option<String>,
     /// A resource attribute K=V (V read as JSON when it parses, else text).
     #[arg(long = "attr", value_name = "K=V")]
     pub attrs: Vec<String>,
@@ -304,10 +311,17 @@ fn json_or_text(v: &str) -> Value {
 /// Builds the action object shared by check and consume; both must build
 /// the same one or the fingerprints differ.
 fn action_json(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Value> {
-    let (kind, id) = a
-        .resource
-        .split_once(':')
-        .ok_or_else(|| anyhow!("--resource {:?} must be TYPE:ID", a.resource))?;
+    let (kind, id) = match (&a.resource, &a.kind, &a.id) {
+        (Some(r), _, _) => {
+            airlock_core::action::parse_type_id(r).map_err(|e| anyhow!("--resource: {e}"))?
+        }
+        (None, Some(k), Some(i)) => (
+            airlock_core::action::ResourceType::parse(k).map_err(|e| anyhow!("--type: {e}"))?,
+            airlock_core::action::ResourceId::parse(i).map_err(|e| anyhow!("--id: {e}"))?,
+        ),
+        _ => bail!("give --resource TYPE:ID, or --type and --id"),
+    };
+    let (kind, id) = (kind.as_str().to_owned(), id.as_str().to_owned());
     let mut attrs = Map::new();
     for s in &a.attrs {
         let (k, v) = kv(s)?;

@@ -146,6 +146,9 @@ on_both_stores!(
     webhooks_are_signed_and_follow_the_loop,
 );
 
+#[path = "hardening/gate.rs"]
+mod hardening_gate;
+
 struct Server {
     child: Child,
     url: String,
@@ -1139,8 +1142,15 @@ async fn context_is_computed_by_airlock(db: Db) {
     if chrono_hour() == hour {
         assert_eq!(r["decision"], "allow", "{r}");
     }
-    let (_, r) = s.post(&alice, "/v1/check", json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"source_ip": "10.1.2.3"}})).await;
+    // The end user's address is a fact only an enforcer may state; a user
+    // key's claim is replaced by the connection's address.
+    let enforcer = s.key("proxy", "enforcer");
+    let (_, r) = s.post(&enforcer, "/v1/check", json!({"principal": "alice", "action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"source_ip": "10.1.2.3"}})).await;
     assert_eq!(r["decision"], "deny", "{r}");
+    let (_, r) = s.post(&alice, "/v1/check", json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"source_ip": "10.1.2.3"}})).await;
+    if chrono_hour() == hour {
+        assert_eq!(r["decision"], "allow", "{r}");
+    }
 }
 
 fn chrono_hour() -> u32 {

@@ -189,7 +189,9 @@ async fn get_request(
         None => None,
     };
     let req = airlock.get_request(&caller, id, wait).await?;
-    Ok(Json(airlock.view(&req, &caller)))
+    let mut v = airlock.view(&req, &caller);
+    v["decisions"] = json!(airlock.decisions_about(id).await?);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -289,10 +291,11 @@ async fn revoke(
 
 async fn consume(
     State(airlock): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     ApiJson(body): ApiJson<ConsumeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (gid, uses_left) = airlock.consume(&caller, body).await?;
+    let (gid, uses_left) = airlock.consume(&caller, body, Some(peer.ip())).await?;
     Ok(Json(
         json!({"grant_id": gid.to_string(), "uses_left": uses_left}),
     ))

@@ -31,10 +31,10 @@ pub struct CheckBody {
     /// On what.
     pub resource: Resource,
     /// What binds the grant.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "airlock_core::action::exact::btree")]
     pub params: BTreeMap<String, Value>,
     /// What informs the decision.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "airlock_core::action::exact::map")]
     pub context: Map<String, Value>,
     /// Why, for the approvers.
     #[serde(default)]
@@ -71,6 +71,17 @@ pub enum CheckOutcome {
 
 const MAX_REASON: usize = 2000;
 
+/// What a check requiring approval did with the pending request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// None was pending: a new one.
+    Created,
+    /// The pending one already demands at least this.
+    Reused,
+    /// The pending one now demands this too.
+    Raised,
+}
+
 impl Airlock {
     /// Decides an action, records the decision, and creates (or returns
     /// the pending) request when approval is required.
@@ -96,13 +107,14 @@ impl Airlock {
                 "reason is longer than {MAX_REASON} bytes"
             )));
         }
-        let action = Action {
+        let mut action = Action {
             principal,
             action: body.action,
             resource: body.resource,
             params: body.params,
             context: body.context,
         };
+        self.screen_facts(caller, &mut action)?;
         let loaded = self.loaded.load_full();
         let context = self.context_for(&action, &loaded.engine, peer).await?;
         let decision = loaded
@@ -177,19 +189,42 @@ impl Airlock {
                 let request = self
                     .store
                     .write(move |tx| {
-                        let existing =
-                            tx.find_pending(&request.action.principal, &request.fingerprint)?;
-                        let (req, created) = match existing
+                        let existing = tx
+                            .find_pending(&request.action.principal, &request.fingerprint)?
                             .map(|id| tx.get_request(&id))
                             .transpose()?
-                            .flatten()
-                        {
-                            Some(req) => (req, false),
+                            .flatten();
+                        // A pending request is reused only when what it
+                        // already demands covers this decision; otherwise it
+                        // is raised to demand both, so approvals given for a
+                        // laxer description never carry a riskier one.
+                        let (mut req, fate, asked) = match existing {
+                            Some(req) if req.requirement.covers(&request.requirement) => {
+                                (req, Fate::Reused, None)
+                            }
+                            Some(req) => (req, Fate::Raised, Some(request)),
                             None => {
                                 tx.insert_request(&request)?;
-                                (request, true)
+                                (request, Fate::Created, None)
                             }
                         };
+                        let created = fate == Fate::Created;
+                        if let Some(asked) = &asked {
+                            req.requirement = req.requirement.raised(&asked.requirement);
+                            for p in &asked.policies {
+                                if !req.policies.contains(p) {
+                                    req.policies.push(p.clone());
+                                }
+                            }
+                            // The write lock is held since the read above, so
+                            // the request is still pending; if not, refuse.
+                            if !tx.raise_requirement(&req.id, &req.requirement, &req.policies)? {
+                                return Err(StoreError::Db(format!(
+                                    "request {} left pending while its requirement was raised",
+                                    req.id
+                                )));
+                            }
+                        }
                         let mut d = decision_details;
                         if let Some(o) = d.as_object_mut() {
                             o.insert("request".into(), json!(req.id.to_string()));
@@ -204,6 +239,27 @@ impl Airlock {
                             },
                             t,
                         )?;
+                        if fate == Fate::Raised {
+                            tx.append_audit(
+                                NewAuditRecord {
+                                    kind: AuditKind::RequirementRaised,
+                                    actor: actor.clone(),
+                                    subject: req.id.to_string(),
+                                    details: json!({
+                                        "thresholds": &req.requirement.thresholds,
+                                        "grant_ttl": req.requirement.grant_ttl,
+                                        "max_uses": req.requirement.max_uses,
+                                        "policies": &req.policies,
+                                    }),
+                                },
+                                t,
+                            )?;
+                            tx.changed(req.id);
+                            let mut data = notify::request_data(&req, "pending", None);
+                            data["thresholds"] = json!(&req.requirement.thresholds);
+                            notify::emit(tx, &hooks, "request.raised", data)?;
+                            mail.to_approvers(tx, &req, &approvers.directory)?;
+                        }
                         if created {
                             tx.append_audit(
                                 NewAuditRecord {
@@ -269,6 +325,49 @@ impl Airlock {
             .map_err(ApiError::Audit)
     }
 
+    /// Who may state which facts: a `user` key's claims of facts Airlock
+    /// computes are dropped (the connection's address stands for
+    /// `source_ip`), and its claims of trusted facts are refused, so a user
+    /// cannot talk their way past a network `forbid` or a row limit.
+    pub(crate) fn screen_facts(
+        &self,
+        caller: &Caller,
+        action: &mut Action,
+    ) -> Result<(), ApiError> {
+        // No GeoIP database is supported yet: nobody may state a country.
+        action.context.remove("country");
+        if caller.is_enforcer() {
+            return Ok(());
+        }
+        for computed in [
+            "source_ip",
+            "local_hour",
+            "weekday",
+            "sensitive_actions_last_hour",
+            "granted_before",
+        ] {
+            action.context.remove(computed);
+        }
+        let config = self.config.load();
+        let trusted = &config.policy.trusted_context;
+        if let Some(k) = action.context.keys().find(|k| trusted.contains(k)) {
+            return Err(ApiError::UntrustedContext(format!(
+                "context.{} is a trusted fact ([policy] trusted_context): only an enforcer key may state it",
+                k.escape_debug()
+            )));
+        }
+        if !action.resource.attrs.is_empty()
+            && trusted
+                .iter()
+                .any(|t| t == crate::config::TRUSTED_RESOURCE_ATTRS)
+        {
+            return Err(ApiError::UntrustedContext(
+                "resource.attrs are trusted facts ([policy] trusted_context): only an enforcer key may state them; Airlock takes them from entities.json".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The caller's context plus what Airlock computes. Computed keys
     /// override the caller's: a client cannot claim it is 10 a.m.
     pub(crate) async fn context_for(
@@ -287,7 +386,6 @@ impl Airlock {
             Some(Value::String(s)) => Some(s.parse::<IpAddr>().map_err(|_| {
                 ApiError::BadRequest(format!("context.source_ip {s:?} is not an IP address"))
             })?),
-            Some(Value::Object(_)) => None,
             Some(_) => {
                 return Err(ApiError::BadRequest(
                     "context.source_ip must be a string".into(),

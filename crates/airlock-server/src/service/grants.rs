@@ -1,7 +1,7 @@
 //! Execute: consuming a grant for exactly its action, and reporting the
 //! outcome. Refusals are recorded as faithfully as successes.
 
-use airlock_core::{Action, AuditKind, GrantId, NewAuditRecord, RequestStatus};
+use airlock_core::{Action, AuditKind, Decision, GrantId, NewAuditRecord, RequestStatus};
 use airlock_keys::{GrantClaims, GrantError};
 use airlock_store::time::now;
 use airlock_store::{ConsumeOutcome, StoreError};
@@ -29,7 +29,7 @@ pub struct CompleteBody {
     /// `success` or `failure`.
     pub outcome: String,
     /// Anything the enforcement point wants on record (exit code, rows).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "airlock_core::action::exact::map")]
     pub detail: Map<String, Value>,
 }
 
@@ -42,6 +42,7 @@ impl Airlock {
         &self,
         caller: &Caller,
         body: ConsumeBody,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<(GrantId, u32), ApiError> {
         let t = now();
         let fingerprint = body.action.fingerprint();
@@ -74,7 +75,38 @@ impl Airlock {
             .await?;
             return Err(ApiError::grant("action_mismatch", message));
         }
+        // The facts at consumption are decided again: the grant covers the
+        // action only if its approvals meet what policy asks for the action
+        // as it is described now (a million rows where ten were approved
+        // needs the approvals a million rows needs).
+        let mut action = body.action;
+        self.screen_facts(caller, &mut action)?;
         let loaded = self.loaded.load_full();
+        let context = self.context_for(&action, &loaded.engine, peer).await?;
+        let now_needs = match loaded.engine.decide(&action, context.clone()) {
+            Ok(Decision::Allow { .. }) => Ok(Vec::new()),
+            Ok(Decision::ApprovalRequired { requirement, .. }) => Ok(requirement.thresholds),
+            Ok(Decision::Deny { message, .. }) => Err(format!(
+                "policy denies this action as it is described now: {message}"
+            )),
+            Err(e) => Err(format!(
+                "policy cannot decide this action as described: {e}"
+            )),
+        };
+        let now_needs = match now_needs {
+            Ok(t) => t,
+            Err(message) => {
+                self.refuse(
+                    caller,
+                    Some(claims.jti),
+                    "action_mismatch",
+                    &message,
+                    fingerprint.to_string(),
+                )
+                .await?;
+                return Err(ApiError::grant("action_mismatch", message));
+            }
+        };
         let actor = caller.user.to_string();
         let key = caller.key_id.clone();
         let gid = claims.jti;
@@ -103,6 +135,16 @@ impl Airlock {
                         t,
                     );
                 }
+                if !req.meets(&now_needs, |u, g| loaded.directory.is_member(u, g)) {
+                    return refuse_in(
+                        tx,
+                        &actor,
+                        gid,
+                        "action_mismatch",
+                        "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers)".into(),
+                        t,
+                    );
+                }
                 let outcome = tx.consume_grant(&gid, t)?;
                 let (code, message) = match outcome {
                     ConsumeOutcome::Consumed { uses_left } => {
@@ -111,7 +153,7 @@ impl Airlock {
                                 kind: AuditKind::GrantConsumed,
                                 actor: actor.clone(),
                                 subject: gid.to_string(),
-                                details: json!({"request": req.id.to_string(), "uses_left": uses_left, "key": key}),
+                                details: json!({"request": req.id.to_string(), "uses_left": uses_left, "key": key, "context": Value::Object(context)}),
                             },
                             t,
                         )?;

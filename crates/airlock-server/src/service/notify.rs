@@ -91,6 +91,15 @@ fn emit_chat(
                 queue(tx, format!("{prefix}:post:{c}"), event, request.clone())?;
             }
         }
+        // A pending request whose requirement was raised: its message goes
+        // to the channels of the groups now asked (a channel that already
+        // has it is not posted in twice), and the existing ones update.
+        "request.raised" => {
+            for c in routed(data, routes, default) {
+                queue(tx, format!("{prefix}:post:{c}"), event, request.clone())?;
+            }
+            queue(tx, format!("{prefix}:update"), event, request)?;
+        }
         "request.reviewed" => queue(tx, format!("{prefix}:update"), event, request)?,
         "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
             queue(tx, format!("{prefix}:update"), event, request.clone())?;

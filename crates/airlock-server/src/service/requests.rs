@@ -19,6 +19,28 @@ use crate::ApiError;
 const MAX_REVIEW_REASON: usize = 2000;
 
 impl Airlock {
+    /// Every decision that led to a request, oldest first, each with the
+    /// context it was decided on: a check that found the request pending
+    /// adds its own, so approvers see every description of the action, not
+    /// only the first.
+    pub async fn decisions_about(&self, id: RequestId) -> Result<Vec<serde_json::Value>, ApiError> {
+        let records = self
+            .store
+            .read(move |r| r.audit_about(&id.to_string(), 500))
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter(|a| a.kind == airlock_core::AuditKind::Decision.as_str())
+            .map(|a| {
+                let d = a.details.value();
+                json!({
+                    "seq": a.seq, "at": a.ts, "by": a.actor,
+                    "outcome": d["outcome"], "policies": d["policies"], "context": d["context"],
+                })
+            })
+            .collect())
+    }
+
     /// Whether `caller` may see `req`: its requester, anyone who may review
     /// it, enforcers and admins.
     pub(crate) fn may_see(&self, caller: &Caller, req: &Request) -> bool {

@@ -299,6 +299,14 @@ pub(crate) fn request(
                             code { "#" (h["seq"].as_i64().unwrap_or(0)) } " " (h["ts"].as_str().unwrap_or("")) " "
                             strong { (h["kind"].as_str().unwrap_or("")) } " by " (h["actor"].as_str().unwrap_or(""))
                             @if let Some(to) = h["details"]["to"].as_str() { " → " (to) }
+                            // Every description of the action that led here,
+                            // so a raised requirement shows what raised it.
+                            @if h["kind"] == "decision" && h["details"]["context"].is_object() {
+                                pre.context { (pretty(&h["details"]["context"])) }
+                            }
+                            @if h["kind"] == "requirement_raised" {
+                                " — now needs: " (h["details"]["thresholds"].as_array().into_iter().flatten().map(|t| format!("{} × {}", t["quorum"], t["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect::<Vec<_>>().join("/"))).collect::<Vec<_>>().join(", "))
+                            }
                         }
                     }
                 }

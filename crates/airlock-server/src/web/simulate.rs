@@ -23,11 +23,9 @@ fn object(field: &str, text: &str) -> Result<Map<String, Value>, String> {
 impl Airlock {
     /// The decision for the form's action, as the simulator shows it.
     pub(crate) async fn simulate(&self, form: &SimulateForm) -> Result<Value, String> {
-        let (kind, id) = form
-            .resource
-            .trim()
-            .split_once(':')
-            .ok_or("resource must be Type:id, e.g. Table:prod.orders")?;
+        let (kind, id) =
+            airlock_core::action::parse_type_id(form.resource.trim()).map_err(|e| e.to_string())?;
+        let (kind, id) = (kind.as_str(), id.as_str());
         let action: Action = serde_json::from_value(json!({
             "principal": form.principal.trim(),
             "action": form.action.trim(),

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, Request,
-    RequestId, RequestStatus, Review, UserName, Verdict,
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, RecordedJson,
+    Request, RequestId, RequestStatus, Review, UserName, Verdict,
 };
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
@@ -581,7 +581,7 @@ fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
         kind: row.try_get(2)?,
         actor: row.try_get(3)?,
         subject: row.try_get(4)?,
-        details: serde_json::from_str(row.try_get(5)?)?,
+        details: RecordedJson::from_stored(row.try_get::<_, String>(5)?).map_err(corrupt)?,
         prev_hash: ChainHash::parse(row.try_get(6)?).map_err(corrupt)?,
         hash: ChainHash::parse(row.try_get(7)?).map_err(corrupt)?,
     })
@@ -698,11 +698,11 @@ impl ReadTx for Tx<'_> {
         f: &AuditFilter,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let naming = f.request.as_ref().map(|r| format!("%\"request\":\"{r}\"%"));
+        let none: Option<String> = None;
         let rows = self.query(
             "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
              WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
-               AND ($3::text IS NULL OR subject = $3 OR details LIKE $4)
+               AND ($3::text IS NULL OR request_id = $3) AND $4::text IS NULL
                AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
                AND ($8::text IS NULL OR subject = $8)
              ORDER BY seq DESC LIMIT $7",
@@ -710,7 +710,7 @@ impl ReadTx for Tx<'_> {
                 &f.actor,
                 &f.kind,
                 &f.request,
-                &naming,
+                &none,
                 &f.since,
                 &f.until,
                 &i64::from(limit),
@@ -894,19 +894,21 @@ impl WriteTx for Tx<'_> {
             Some(Some(h)) => *h,
             _ => self.audit_head()?,
         };
+        let request = rec.request_id().map(str::to_owned);
         let record = AuditRecord::link(seq, prev, fmt(ts), rec);
         self.execute(
-            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &record.seq,
                 &record.ts,
                 &record.kind,
                 &record.actor,
                 &record.subject,
-                &record.details.to_string(),
+                &record.details.get(),
                 &record.prev_hash.to_string(),
                 &record.hash.to_string(),
+                &request,
             ],
         )?;
         if let Some(h) = self.head.as_deref_mut() {
@@ -949,6 +951,24 @@ impl WriteTx for Tx<'_> {
         let n = self.execute(
             "UPDATE requests SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
             &[&id.to_string(), &from.as_str(), &to.as_str(), &at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn raise_requirement(
+        &mut self,
+        id: &RequestId,
+        requirement: &airlock_core::Requirement,
+        policies: &[String],
+    ) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "UPDATE requests SET requirement_json = $2, policies_json = $3
+             WHERE id = $1 AND status = 'pending'",
+            &[
+                &id.to_string(),
+                &serde_json::to_string(requirement)?,
+                &serde_json::to_string(policies)?,
+            ],
         )?;
         Ok(n == 1)
     }

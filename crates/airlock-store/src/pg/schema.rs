@@ -13,7 +13,8 @@ const MIGRATE_LOCK: i64 = 0x6169_726c_6f63_6b01;
 /// `timestamptz`; JSON documents and audit fields are `text`, kept
 /// byte-for-byte as written (jsonb would reorder keys, drop duplicate
 /// keys and refuse `\u0000`, and the audit hashes cover the exact text).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE requests (
     id               text PRIMARY KEY,
     status           text NOT NULL,
@@ -151,7 +152,19 @@ CREATE TABLE interactions_seen (
     at     timestamptz NOT NULL,
     PRIMARY KEY (source, id)
 );
-"#];
+"#,
+    r#"
+-- Audit records name the request they belong to in a column of their own,
+-- filled by Airlock from what it wrote (the record's subject, or the
+-- `request` it put at the top of the details), never from caller text.
+ALTER TABLE audit ADD COLUMN request_id text;
+UPDATE audit SET request_id = CASE
+    WHEN subject LIKE 'req\_%' THEN subject
+    WHEN json_typeof(details::json -> 'request') = 'string' THEN details::json ->> 'request'
+    END;
+CREATE INDEX audit_by_request ON audit (request_id);
+"#,
+];
 
 /// The newest schema version this build knows.
 pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, Request,
-    RequestId, RequestStatus, Review, UserName, Verdict,
+    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, RecordedJson,
+    Request, RequestId, RequestStatus, Review, UserName, Verdict,
 };
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
@@ -316,7 +316,7 @@ impl Tx<'_> {
             kind: row.get(2)?,
             actor: row.get(3)?,
             subject: row.get(4)?,
-            details: serde_json::from_str(&details)?,
+            details: RecordedJson::from_stored(details).map_err(corrupt)?,
             prev_hash: ChainHash::parse(&prev).map_err(corrupt)?,
             hash: ChainHash::parse(&hash).map_err(corrupt)?,
         })
@@ -456,17 +456,23 @@ impl ReadTx for Tx<'_> {
         f: &AuditFilter,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let naming = f.request.as_ref().map(|r| format!("%\"request\":\"{r}\"%"));
         let mut st = self.conn.prepare_cached(
             "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
              WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
-               AND (?3 IS NULL OR subject = ?3 OR details LIKE ?4)
+               AND (?3 IS NULL OR request_id = ?3) AND ?4 IS NULL
                AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
                AND (?8 IS NULL OR subject = ?8)
              ORDER BY seq DESC LIMIT ?7",
         )?;
         let mut rows = st.query(params![
-            f.actor, f.kind, f.request, naming, f.since, f.until, limit, f.subject
+            f.actor,
+            f.kind,
+            f.request,
+            None::<String>,
+            f.since,
+            f.until,
+            limit,
+            f.subject
         ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -685,11 +691,12 @@ impl WriteTx for Tx<'_> {
             Some(Some(h)) => *h,
             _ => self.audit_head()?,
         };
+        let request = rec.request_id().map(str::to_owned);
         let record = AuditRecord::link(seq, prev, fmt(ts), rec);
         self.conn
             .prepare_cached(
-                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 record.seq,
@@ -697,9 +704,10 @@ impl WriteTx for Tx<'_> {
                 record.kind,
                 record.actor,
                 record.subject,
-                record.details.to_string(),
+                record.details.get(),
                 record.prev_hash.to_string(),
                 record.hash.to_string(),
+                request,
             ])?;
         if let Some(h) = self.head.as_deref_mut() {
             *h = Some((record.seq, record.hash));
@@ -745,6 +753,26 @@ impl WriteTx for Tx<'_> {
                 "UPDATE requests SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
             )?
             .execute(params![id.to_string(), from.as_str(), to.as_str(), fmt(at)])?;
+        Ok(n == 1)
+    }
+
+    fn raise_requirement(
+        &mut self,
+        id: &RequestId,
+        requirement: &airlock_core::Requirement,
+        policies: &[String],
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE requests SET requirement_json = ?2, policies_json = ?3
+                 WHERE id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![
+                id.to_string(),
+                serde_json::to_string(requirement)?,
+                serde_json::to_string(policies)?,
+            ])?;
         Ok(n == 1)
     }
 

@@ -151,6 +151,18 @@ CREATE TABLE interactions_seen (
     PRIMARY KEY (source, id)
 );
 "#,
+    r#"
+-- Audit records name the request they belong to in a column of their own,
+-- filled by Airlock from what it wrote (the record's subject, or the
+-- `request` it put at the top of the details), never from caller text.
+ALTER TABLE audit ADD COLUMN request_id TEXT;
+UPDATE audit SET request_id = CASE
+    WHEN subject LIKE 'req\_%' ESCAPE '\' THEN subject
+    WHEN json_valid(details) AND json_type(details, '$.request') = 'text'
+        THEN json_extract(details, '$.request')
+    END;
+CREATE INDEX audit_by_request ON audit (request_id);
+"#,
 ];
 
 /// The newest schema version this build knows.

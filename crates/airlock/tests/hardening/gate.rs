@@ -1,0 +1,431 @@
+//! Hardening of the gate itself: what an ordinary user key tried first to
+//! get an action through with less approval than policy demands, or to
+//! break the audit log for everyone (issue 9, items 1–4 and 9).
+
+use super::*;
+
+/// A server whose `[policy]` table also has `policy_extra`, with `users`
+/// added after the usual ones.
+fn start_policy(db: &Db, policies: &str, policy_extra: &str, users: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
+    write_config(dir.path(), db, &format!("{USERS}\n{users}"), 1, &data);
+    let path = dir.path().join("airlock.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap().replace(
+        "[policy]\ndir = \"policies\"\n",
+        &format!("[policy]\ndir = \"policies\"\n{policy_extra}\n"),
+    );
+    std::fs::write(&path, cfg).unwrap();
+    Server::serve(dir, db, 1, &data)
+}
+
+const LEADS: &str = "[[users]]\nname = \"lena\"\ngroups = [\"leads\"]\n";
+
+const ROWS: &str = r#"
+@id("small-export")
+@approvers("leads")
+permit(principal, action == Action::"export", resource)
+when { context.rows < 1000 };
+
+@id("large-export")
+@approvers("security")
+@quorum("2")
+permit(principal, action == Action::"export", resource)
+when { context.rows >= 1000 };
+"#;
+
+fn rows_export(rows: i64) -> Value {
+    json!({"principal": "alice", "action": "export",
+           "resource": {"type": "Table", "id": "prod.customers"},
+           "params": {"sql": "select * from customers"},
+           "context": {"rows": rows}})
+}
+
+async fn a_recheck_never_inherits_a_laxer_requirement(db: Db) {
+    let s = start_policy(&db, ROWS, "", LEADS);
+    let (alice, lena, bob, carol, enforcer, admin) = (
+        s.key("alice", "user"),
+        s.key("lena", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+        s.key("proxy", "enforcer"),
+        s.key("admin", "admin"),
+    );
+    // alice asks for ten rows: one lead.
+    let (st, r) = s.post(&alice, "/v1/check", rows_export(10)).await;
+    assert_eq!(st, 200, "{r}");
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["request"]["thresholds"].as_array().unwrap().len(), 1);
+
+    // The enforcer sees the real size: a million rows. The same action
+    // (same fingerprint) now needs two from security as well.
+    let (st, r) = s.post(&enforcer, "/v1/check", rows_export(1_000_000)).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["decision"], "approval_required");
+    assert_eq!(r["request"]["id"], id.as_str(), "one pending request");
+    let th = r["request"]["thresholds"].as_array().unwrap().clone();
+    assert!(
+        th.iter()
+            .any(|t| t["groups"] == json!(["security"]) && t["quorum"] == 2),
+        "{th:?}"
+    );
+    assert!(th.iter().any(|t| t["groups"] == json!(["leads"])), "{th:?}");
+
+    // Approvers see every description that led to the request.
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    let rows: Vec<&Value> = r["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["context"]["rows"])
+        .collect();
+    assert_eq!(rows, vec![&json!(10), &json!(1_000_000)], "{r}");
+
+    // One lead is no longer enough.
+    let (st, r) = s.review(&lena, &id, "approve").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "pending", "{r}");
+    let (_, r) = s.review(&bob, &id, "approve").await;
+    assert_eq!(r["status"], "pending", "{r}");
+    let (_, r) = s.review(&carol, &id, "approve").await;
+    assert_eq!(r["status"], "approved", "{r}");
+
+    // Approvers see the context of every decision that led to the request.
+    let (_, a) = s.get(&admin, "/v1/audit?limit=10000").await;
+    let contexts: Vec<&Value> = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["subject"] == id.as_str())
+        .map(|r| &r["details"]["context"]["rows"])
+        .collect();
+    assert_eq!(contexts, vec![&json!(10), &json!(1_000_000)]);
+    assert!(
+        a["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "requirement_raised" && r["subject"] == id.as_str()),
+        "the raise is on record"
+    );
+    assert_eq!(s.verify().0, 0);
+}
+
+async fn a_grant_for_ten_rows_does_not_carry_a_million(db: Db) {
+    let s = start_policy(&db, ROWS, "", LEADS);
+    let (alice, lena, enforcer) = (
+        s.key("alice", "user"),
+        s.key("lena", "user"),
+        s.key("proxy", "enforcer"),
+    );
+    let (_, r) = s.post(&alice, "/v1/check", rows_export(10)).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (_, r) = s.review(&lena, &id, "approve").await;
+    assert_eq!(r["status"], "approved", "{r}");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let token = r["grant"]["token"].as_str().unwrap().to_owned();
+
+    // The same fingerprint, but the facts at consumption need security.
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": rows_export(1_000_000)}),
+        )
+        .await;
+    assert_eq!(st, 403, "{r}");
+    assert_eq!(r["error"]["code"], "action_mismatch", "{r}");
+    // As approved, it goes through once.
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": rows_export(10)}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+}
+
+const NETWORK: &str = r#"
+@id("read")
+permit(principal, action == Action::"read", resource);
+
+@id("no-loopback")
+forbid(principal, action == Action::"read", resource)
+when { context.source_ip.isLoopback() };
+
+@id("swiss-only")
+permit(principal, action == Action::"peek", resource)
+when { context has country && context.country == "CH" };
+
+@id("count")
+permit(principal, action == Action::"count", resource);
+
+@id("untagged-export")
+permit(principal, action == Action::"take", resource)
+unless { resource has tags && resource.tags.contains("pii") };
+"#;
+
+fn read_from(ip: Value) -> Value {
+    json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "context": {"source_ip": ip}})
+}
+
+async fn trusted_facts_come_from_trusted_callers(db: Db) {
+    let s = start_policy(
+        &db,
+        NETWORK,
+        "trusted_context = [\"rows\", \"resource.attrs\"]",
+        "",
+    );
+    let (alice, enforcer) = (s.key("alice", "user"), s.key("proxy", "enforcer"));
+
+    // A user key cannot claim to be elsewhere: its address is the
+    // connection's (loopback here), whatever it says.
+    for claim in [
+        json!("10.1.2.3"),
+        json!({"__extn": {"fn": "ip", "arg": "10.1.2.3"}}),
+    ] {
+        let (st, r) = s.post(&alice, "/v1/check", read_from(claim)).await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["decision"], "deny", "{r}");
+    }
+    // An enforcer may pass the end user's address, as a string only.
+    let mut as_proxy = read_from(json!("10.1.2.3"));
+    as_proxy["principal"] = json!("alice");
+    let (_, r) = s.post(&enforcer, "/v1/check", as_proxy).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    let mut raw = read_from(json!({"__extn": {"fn": "ip", "arg": "10.1.2.3"}}));
+    raw["principal"] = json!("alice");
+    let (st, r) = s.post(&enforcer, "/v1/check", raw).await;
+    assert_eq!(st, 400, "{r}");
+
+    // No GeoIP database: nobody states a country.
+    for key in [&alice, &enforcer] {
+        let (_, r) = s
+            .post(
+                key,
+                "/v1/check",
+                json!({"principal": "alice", "action": "peek", "resource": {"type": "Table", "id": "t"}, "context": {"country": "CH"}}),
+            )
+            .await;
+        assert_eq!(r["decision"], "deny", "{r}");
+    }
+
+    // Trusted facts: refused from a user key, taken from an enforcer.
+    let count = json!({"principal": "alice", "action": "count", "resource": {"type": "Table", "id": "t"}, "context": {"rows": 5}});
+    let (st, r) = s.post(&alice, "/v1/check", count.clone()).await;
+    assert_eq!(st, 400, "{r}");
+    assert_eq!(r["error"]["code"], "untrusted_context", "{r}");
+    let (st, r) = s.post(&enforcer, "/v1/check", count).await;
+    assert_eq!(st, 200, "{r}");
+
+    // Resource attributes are facts too.
+    let take = json!({"principal": "alice", "action": "take", "resource": {"type": "Table", "id": "t", "attrs": {"tags": []}}});
+    let (st, r) = s.post(&alice, "/v1/check", take.clone()).await;
+    assert_eq!(st, 400, "{r}");
+    assert_eq!(r["error"]["code"], "untrusted_context", "{r}");
+    let (_, r) = s.post(&enforcer, "/v1/check", take).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+}
+
+/// Numbers a caller may send that do not survive as binary floats, made
+/// up front and by a small generator (no dependency on a random source).
+fn awkward_numbers() -> Vec<String> {
+    let mut out: Vec<String> = [
+        "9376.0323511051380",
+        "100000000000000000000",
+        "100000000000000000001",
+        "-0.0",
+        "0.0",
+        "1e2",
+        "1E+2",
+        "-1e-2",
+        "1.0",
+        "4.9e-324",
+        "5e-324",
+        "2.2250738585072011e-308",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "0.1",
+        "123456789012345678901234567890.5",
+        "3.141592653589793238462643383279",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..40 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let digits = 5 + (x % 25) as usize;
+        let frac: String = (0..digits)
+            .map(|i| char::from(b'0' + ((x >> (i % 60)) % 10) as u8))
+            .collect();
+        out.push(format!("{}.{frac}", x % 100_000));
+        out.push(format!("{}e{}", x % 1000, (x % 600) as i64 - 300));
+    }
+    out
+}
+
+async fn raw_post(s: &Server, key: &str, path: &str, body: String) -> (u16, Value) {
+    let res = s
+        .http
+        .post(format!("{}{path}", s.url))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let st = res.status().as_u16();
+    (st, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn numbers_bind_exactly_and_never_break_the_chain(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let enforcer = s.key("proxy", "enforcer");
+    for n in awkward_numbers() {
+        for place in ["params", "context"] {
+            let body = format!(
+                r#"{{"action": "read", "resource": {{"type": "Table", "id": "t"}}, "{place}": {{"n": {n}, "deep": [{{"m": {n}}}]}}}}"#
+            );
+            let (st, r) = raw_post(&s, &alice, "/v1/check", body).await;
+            assert_eq!(st, 400, "{place} {n}: {r}");
+        }
+    }
+    // Whole numbers bind exactly: neighbours are different actions.
+    let mut ids = Vec::new();
+    for n in [
+        "18446744073709551615",
+        "18446744073709551614",
+        "-9223372036854775808",
+        "9007199254740993",
+        "9007199254740992",
+    ] {
+        // Cedar's numbers are 64-bit signed: context takes those only.
+        let context = if n.parse::<i64>().is_ok() { n } else { "0" };
+        let body = format!(
+            r#"{{"action": "export", "resource": {{"type": "Table", "id": "t"}}, "params": {{"n": {n}}}, "context": {{"n": {context}}}}}"#
+        );
+        let (st, r) = raw_post(&s, &alice, "/v1/check", body).await;
+        assert_eq!(st, 200, "{n}: {r}");
+        ids.push(r["request"]["id"].as_str().unwrap().to_owned());
+        assert_eq!(r["request"]["params"]["n"].to_string(), n, "kept exactly");
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "every number its own request");
+
+    // The outcome report is recorded too: same rule.
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let gid = r["grant_id"].as_str().unwrap().to_owned();
+    let (st, r) = raw_post(
+        &s,
+        &enforcer,
+        &format!("/v1/grants/{gid}/complete"),
+        r#"{"outcome": "success", "detail": {"rows": 9376.0323511051380}}"#.into(),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    let (st, r) = raw_post(
+        &s,
+        &enforcer,
+        &format!("/v1/grants/{gid}/complete"),
+        r#"{"outcome": "success", "detail": {"rows": 18446744073709551615}}"#.into(),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+const NAMESPACED: &str = r#"
+@id("read")
+permit(principal, action == Action::"read", resource);
+
+@id("not-prod-tables")
+forbid(principal, action == Action::"read", resource is Db::Table);
+"#;
+
+fn cli_check(s: &Server, key: &str, args: &[&str]) -> i32 {
+    let out = Command::new(BIN)
+        .arg("check")
+        .args(args)
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", key)
+        .output()
+        .unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+async fn namespaced_resource_types_are_kept_whole(db: Db) {
+    let s = Server::start_with(&db, NAMESPACED);
+    let alice = s.key("alice", "user");
+    assert_eq!(
+        cli_check(
+            &s,
+            &alice,
+            &["--action", "read", "--resource", "Db::Table:prod.customers"]
+        ),
+        3,
+        "the forbid on Db::Table applies"
+    );
+    assert_eq!(
+        cli_check(
+            &s,
+            &alice,
+            &[
+                "--action",
+                "read",
+                "--type",
+                "Db::Table",
+                "--id",
+                "prod.customers"
+            ]
+        ),
+        3
+    );
+    assert_eq!(
+        cli_check(
+            &s,
+            &alice,
+            &["--action", "read", "--resource", "Table:a::b"]
+        ),
+        0
+    );
+    // An id may hold colons when given apart.
+    assert_eq!(
+        cli_check(
+            &s,
+            &alice,
+            &["--action", "read", "--type", "Table", "--id", ":odd"]
+        ),
+        0
+    );
+}
+
+on_both_stores!(
+    a_recheck_never_inherits_a_laxer_requirement,
+    a_grant_for_ten_rows_does_not_carry_a_million,
+    trusted_facts_come_from_trusted_callers,
+    numbers_bind_exactly_and_never_break_the_chain,
+    namespaced_resource_types_are_kept_whole,
+);
