@@ -298,6 +298,29 @@ impl AuditRecord {
         }
     }
 
+    /// Whether the stored content matches the stored hash. Records written
+    /// by releases before details were stored canonically hold their
+    /// details in insertion order while their hash covered the canonical
+    /// form; for those (and only when the stored bytes do not match) the
+    /// canonical re-encoding is checked, which is what those releases
+    /// hashed. Everything written since hashes its stored bytes exactly.
+    pub fn content_matches(&self) -> bool {
+        if self.computed_hash() == self.hash {
+            return true;
+        }
+        let canonical = RecordedJson::canonical(&self.details.value());
+        canonical.get() != self.details.get()
+            && chain_hash(
+                &self.prev_hash,
+                self.seq,
+                &self.ts,
+                &self.kind,
+                &self.actor,
+                &self.subject,
+                &canonical,
+            ) == self.hash
+    }
+
     /// Recomputes this record's hash from its content.
     pub fn computed_hash(&self) -> ChainHash {
         chain_hash(
@@ -384,7 +407,7 @@ impl ChainVerifier {
         if rec.prev_hash != self.prev {
             return Err(ChainError::BrokenLink { seq: rec.seq });
         }
-        if rec.computed_hash() != rec.hash {
+        if !rec.content_matches() {
             return Err(ChainError::Altered { seq: rec.seq });
         }
         self.prev = rec.hash;
@@ -453,11 +476,32 @@ mod tests {
     }
 
     #[test]
+    fn records_of_earlier_releases_still_verify() {
+        // Earlier releases stored details in insertion order and hashed the
+        // canonical form.
+        let mut c = chain(3);
+        let canonical = RecordedJson::canonical(&json!({"a": 1, "b": [2, {"d": 3, "c": 4}]}));
+        c[1].details = canonical.clone();
+        c[1].hash = c[1].computed_hash();
+        c[2].prev_hash = c[1].hash;
+        c[2].hash = c[2].computed_hash();
+        c[1].details =
+            RecordedJson::from_stored(r#"{"b":[2,{"d":3,"c":4}],"a":1}"#.into()).unwrap();
+        assert_eq!(verify(&c), Ok(3));
+        // A changed value is still caught.
+        c[1].details =
+            RecordedJson::from_stored(r#"{"b":[2,{"d":3,"c":5}],"a":1}"#.into()).unwrap();
+        assert_eq!(verify(&c).unwrap_err().seq(), 2);
+    }
+
+    #[test]
     fn stored_bytes_are_what_is_hashed() {
         // The same value written another way is another record.
         let mut c = chain(3);
-        c[1].details = RecordedJson::from_stored("{ \"n\":1}".into()).unwrap();
+        c[1].details = RecordedJson::from_stored("{\"n\":2}".into()).unwrap();
         assert_eq!(verify(&c).unwrap_err().seq(), 2);
+        let c = chain(3);
+        assert_eq!(c[1].details.get(), "{\"n\":1}", "canonical bytes stored");
         // And a float that would not survive a parse keeps its exact text.
         let d = RecordedJson::from_stored(r#"{"n":9376.0323511051380}"#.into()).unwrap();
         assert_eq!(d.get(), r#"{"n":9376.0323511051380}"#);
