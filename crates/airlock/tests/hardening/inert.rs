@@ -61,15 +61,18 @@ async fn what_requesters_and_reviewers_write_reaches_approvers_inert() {
     let slack = FakeSlack::start();
     let discord = FakeDiscord::start();
     let discord_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let smtp = Smtp::start();
     let s = Server::start_extra(
         &Db::Sqlite,
         POLICIES,
         &format!(
             "[notify.slack]\napi_url = \"{}/api\"\nbot_token = \"xoxb-test\"\nsigning_secret = \"{SLACK_SECRET}\"\nchannel = \"C0APPROVALS\"\n\n\
-             [notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{}\"\nchannel_id = \"C1\"\n",
+             [notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{}\"\nchannel_id = \"C1\"\n\n\
+             [notify.email]\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"Airlock <airlock@example.com>\"\n",
             slack.base,
             discord.base,
             hex::encode(discord_key.verifying_key().to_bytes()),
+            smtp.port,
         ),
     );
     let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
@@ -148,6 +151,27 @@ async fn what_requesters_and_reviewers_write_reaches_approvers_inert() {
         "the resource stays in its code span: {content}"
     );
     assert!(!content.contains(" @everyone"), "{content}");
+
+    // Email: plain text, so the same escapes as the terminal (and, being
+    // ASCII now, sent as it is).
+    let asks = smtp
+        .wait_for(1, |m| m.contains("To: bob@example.com"))
+        .await;
+    // Unfolded: the header's folds and quoted-printable's soft breaks.
+    let mail = asks[0]
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("\r\n ", " ")
+        .replace("\n ", " ");
+    assert_eq!(raw(&mail), None, "{mail:?}");
+    for shown in [
+        "Subject: Approval needed: alice wants to export Table:report\\u{202e}fdp.exe`<!here>@everyone\\u{200b}",
+        "Reason: \\u{1b}[2J\\u{1b}[31mquarterly <!channel>",
+        "```\\rapproved by security\\u{202e}fdp.exe",
+        "\"note\\u200b\":\"@everyone\\u2066\"",
+    ] {
+        assert!(mail.contains(shown), "the mail shows {shown}: {mail}");
+    }
 
     // bob denies with a reason of his own: the updates, the requester's
     // direct messages and the CLI show it inert too.
