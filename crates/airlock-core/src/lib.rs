@@ -8,6 +8,7 @@
 pub mod action;
 pub mod audit;
 pub mod decision;
+pub mod display;
 pub mod error;
 pub mod ids;
 pub mod names;

@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use airlock_core::display::{json_compact, visible};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -109,7 +110,7 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
                 .get(&format!("/v1/outbox?status={status}"))
                 .await?;
             if out.json {
-                println!("{res}");
+                println!("{}", json_compact(&res));
                 return Ok(ExitCode::SUCCESS);
             }
             let list = res["messages"].as_array().cloned().unwrap_or_default();
@@ -119,13 +120,13 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
             for m in list {
                 println!(
                     "{}  {}  {}  {} attempt(s){}",
-                    m["id"].as_str().unwrap_or(""),
-                    m["event"].as_str().unwrap_or(""),
-                    m["target"].as_str().unwrap_or(""),
+                    text(&m["id"]),
+                    text(&m["event"]),
+                    text(&m["target"]),
                     m["attempts"],
                     m["last_error"]
                         .as_str()
-                        .map(|e| format!("  last error: {e}"))
+                        .map(|e| format!("  last error: {}", visible(e)))
                         .unwrap_or_default()
                 );
             }
@@ -136,9 +137,9 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
                 .post(&format!("/v1/outbox/{id}/retry"), &json!({}))
                 .await?;
             if out.json {
-                println!("{res}");
+                println!("{}", json_compact(&res));
             } else {
-                println!("{id} will be sent again");
+                println!("{} will be sent again", visible(&id));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -268,10 +269,11 @@ impl Client {
         let value: Value = res.json().await.unwrap_or(Value::Null);
         if status >= 400 {
             let e = &value["error"];
+            // Error messages can quote what a requester wrote.
             return Err(ApiFailure {
                 status,
-                code: e["code"].as_str().unwrap_or("unknown").to_owned(),
-                message: e["message"].as_str().unwrap_or("request failed").to_owned(),
+                code: visible(e["code"].as_str().unwrap_or("unknown")).into_owned(),
+                message: visible(e["message"].as_str().unwrap_or("request failed")).into_owned(),
             }
             .into());
         }
@@ -292,6 +294,13 @@ impl Client {
         )
         .await
     }
+}
+
+/// A string field of an answer, inert on a terminal: whatever a requester
+/// or reviewer wrote can hold escape sequences, carriage returns or
+/// bidirectional overrides meant to make the approver misread it.
+fn text(v: &Value) -> String {
+    visible(v.as_str().unwrap_or("")).into_owned()
 }
 
 fn kv(s: &str) -> anyhow::Result<(String, &str)> {
@@ -362,16 +371,13 @@ pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
     }
     let res = client.post("/v1/check", &body).await?;
     if a.out.json {
-        println!("{res}");
+        println!("{}", json_compact(&res));
     } else {
         match res["decision"].as_str() {
             Some("allow") => println!("allow ({})", policies(&res)),
-            Some("deny") => println!("deny: {}", res["message"].as_str().unwrap_or("")),
+            Some("deny") => println!("deny: {}", text(&res["message"])),
             _ => {
-                println!(
-                    "approval required: request {}",
-                    res["request"]["id"].as_str().unwrap_or("?")
-                );
+                println!("approval required: request {}", text(&res["request"]["id"]));
                 println!("  {}", progress(&res["request"]));
             }
         }
@@ -389,6 +395,7 @@ fn policies(v: &Value) -> String {
         .map(|p| {
             p.iter()
                 .filter_map(Value::as_str)
+                .map(visible)
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -402,13 +409,13 @@ fn progress(req: &Value) -> String {
         .map(|ts| {
             ts.iter()
                 .map(|t| {
-                    let groups: Vec<&str> = t["groups"]
+                    let groups: Vec<_> = t["groups"]
                         .as_array()
-                        .map(|g| g.iter().filter_map(Value::as_str).collect())
+                        .map(|g| g.iter().filter_map(Value::as_str).map(visible).collect())
                         .unwrap_or_default();
-                    let who: Vec<&str> = t["eligible"]
+                    let who: Vec<_> = t["eligible"]
                         .as_array()
-                        .map(|g| g.iter().filter_map(Value::as_str).collect())
+                        .map(|g| g.iter().filter_map(Value::as_str).map(visible).collect())
                         .unwrap_or_default();
                     format!(
                         "{} {}/{} ({})",
@@ -456,7 +463,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return run_command(&args.command, None, &client).await;
         }
         Some("deny") => {
-            eprintln!("airlock: denied: {}", res["message"].as_str().unwrap_or(""));
+            eprintln!("airlock: denied: {}", text(&res["message"]));
             return Ok(ExitCode::from(EXIT_DENIED));
         }
         _ => {}
@@ -466,8 +473,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_str()
         .ok_or_else(|| anyhow!("server sent no request id"))?
         .to_owned();
+    let id = visible(&id).into_owned();
     eprintln!("airlock: approval required for request {id}");
-    eprintln!("airlock: {}", req["url"].as_str().unwrap_or(""));
+    eprintln!("airlock: {}", text(&req["url"]));
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -519,7 +527,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if tty {
         eprintln!();
     }
-    let status = req["status"].as_str().unwrap_or("");
+    let status = text(&req["status"]);
     if status != "approved" {
         let why = req["reviews"]
             .as_array()
@@ -527,8 +535,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map(|r| {
                 format!(
                     " by {}: {}",
-                    r["reviewer"].as_str().unwrap_or("?"),
-                    r["reason"].as_str().unwrap_or("no reason given")
+                    visible(r["reviewer"].as_str().unwrap_or("?")),
+                    visible(r["reason"].as_str().unwrap_or("no reason given"))
                 )
             })
             .unwrap_or_default();
@@ -557,7 +565,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_NOT_APPROVED));
         }
     };
-    let gid = consumed["grant_id"].as_str().unwrap_or_default().to_owned();
+    let gid = text(&consumed["grant_id"]);
     eprintln!("airlock: approved; grant {gid} consumed; running the command");
     run_command(&args.command, Some(&gid), &client).await
 }
@@ -593,42 +601,40 @@ async fn run_command(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// One request for a person to read: every field a requester or reviewer
+/// could have written is shown inert.
 fn print_request(req: &Value) {
-    println!(
-        "{}  {}",
-        req["id"].as_str().unwrap_or(""),
-        req["status"].as_str().unwrap_or("")
-    );
+    println!("{}  {}", text(&req["id"]), text(&req["status"]));
     println!(
         "  {} wants to {} {}:{}",
-        req["principal"].as_str().unwrap_or(""),
-        req["action"].as_str().unwrap_or(""),
-        req["resource"]["type"].as_str().unwrap_or(""),
-        req["resource"]["id"].as_str().unwrap_or("")
+        text(&req["principal"]),
+        text(&req["action"]),
+        text(&req["resource"]["type"]),
+        text(&req["resource"]["id"])
     );
     if let Some(p) = req["params"].as_object().filter(|p| !p.is_empty()) {
-        println!("  params: {}", Value::Object(p.clone()));
+        println!("  params: {}", json_compact(&Value::Object(p.clone())));
     }
     if let Some(r) = req["reason"].as_str() {
-        println!("  reason: {r}");
+        println!("  reason: {}", visible(r));
     }
     println!("  approvals: {}", progress(req));
     if req["status"] == "pending" {
         println!(
             "  expires: {} ({})",
-            req["expires_at"].as_str().unwrap_or(""),
+            text(&req["expires_at"]),
             time_left(req)
         );
     }
     for r in req["reviews"].as_array().into_iter().flatten() {
         println!(
             "  {} {} via {}{}",
-            r["reviewer"].as_str().unwrap_or(""),
-            r["verdict"].as_str().unwrap_or(""),
-            r["channel"].as_str().unwrap_or(""),
+            text(&r["reviewer"]),
+            text(&r["verdict"]),
+            text(&r["channel"]),
             r["reason"]
                 .as_str()
-                .map(|s| format!(": {s}"))
+                .map(|s| format!(": {}", visible(s)))
                 .unwrap_or_default()
         );
     }
@@ -702,7 +708,7 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
     };
     let _ = conn;
     if out.json {
-        println!("{res}");
+        println!("{}", json_compact(&res));
     } else if let Some(list) = res["requests"].as_array() {
         if list.is_empty() {
             println!("no requests");

@@ -201,7 +201,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            // An error can quote a server's answer, which can quote a
+            // requester's text.
+            eprintln!(
+                "airlock: {}",
+                airlock_core::display::visible(&format!("{e:#}"))
+            );
             ExitCode::from(2)
         }
     }

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_airlock");
 
+#[path = "hardening/inert.rs"]
+mod hardening_inert;
+
 const POLICIES: &str = r#"
 @id("allow-read")
 permit(principal, action == Action::"read", resource);

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_core::display::{json_compact, truncate, visible};
 use airlock_core::{RequestId, UserName, Verdict};
 use airlock_store::time::now;
 use airlock_store::{OutboxMessage, Role};
@@ -53,32 +54,107 @@ pub(crate) fn verify(
         .map_err(|_| "signature mismatch")
 }
 
-/// The message text and its components (buttons while pending).
+/// Longest untrusted value (in characters, escaped) in a message; Discord
+/// refuses content over 2,000 characters.
+const MAX_VALUE: usize = 400;
+/// Longest review reason shown.
+const MAX_REVIEW: usize = 150;
+/// Discord's limit on a message's content.
+const MAX_CONTENT: usize = 2000;
+
+/// Untrusted text for Discord markdown: hidden characters shown as
+/// escapes, then every ASCII punctuation character backslash-escaped, which
+/// Discord shows as the character itself: no formatting, headings, quotes,
+/// spoilers, masked links (`[text](url)`), autolinks or mentions
+/// (`@everyone`, `<@…>`, `<#…>`, `<@&…>`) can be formed.
+pub(crate) fn markdown_text(s: &str, max: usize) -> String {
+    let shown = visible(s);
+    let shown = truncate(&shown, max);
+    let mut out = String::with_capacity(shown.len() * 2);
+    for c in shown.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Untrusted text for inside a code span: hidden characters shown as
+/// escapes and backticks, which cannot be escaped inside code, as
+/// `\u{60}`, so the value cannot close the span.
+pub(crate) fn markdown_code(s: &str, max: usize) -> String {
+    let escaped = visible(s).replace('`', "\\u{60}");
+    truncate(&escaped, max).into_owned()
+}
+
+/// Untrusted JSON for inside a code span: hidden characters and backticks
+/// as JSON escapes (`\u0060`), so it reads as the same JSON.
+pub(crate) fn markdown_json(v: &Value, max: usize) -> String {
+    let escaped = json_compact(v).replace('`', "\\u0060");
+    truncate(&escaped, max).into_owned()
+}
+
+/// Who a message may notify: nobody by what it says (`parse` is empty, so
+/// an `@everyone` or a mention in a value notifies no one), only the users
+/// Airlock named itself.
+pub(crate) fn allowed_mentions(users: &[String]) -> Value {
+    let mut users: Vec<&String> = users.iter().collect();
+    users.sort();
+    users.dedup();
+    // Discord accepts at most 100.
+    users.truncate(100);
+    json!({"parse": [], "users": users})
+}
+
+/// The message text, its components (buttons while pending) and its
+/// `allowed_mentions`. Everything a requester or reviewer wrote is escaped
+/// or set in code, so it shows as written and cannot mention, link or
+/// format.
 pub(crate) fn render(
     view: &Value,
     ids: &dyn Fn(&str) -> Option<String>,
     link: &str,
-) -> (String, Value) {
-    let who = |u: &str| ids(u).map_or_else(|| u.to_owned(), |id| format!("<@{id}>"));
+) -> (String, Value, Value) {
+    let named = std::cell::RefCell::new(Vec::new());
+    let who = |u: &str| match ids(u) {
+        Some(id) => {
+            let mention = format!("<@{id}>");
+            named.borrow_mut().push(id);
+            mention
+        }
+        None => markdown_text(u, MAX_VALUE),
+    };
+    let field = |v: &Value| markdown_text(v.as_str().unwrap_or(""), MAX_VALUE);
     let id = view["id"].as_str().unwrap_or("");
-    let status = view["status"].as_str().unwrap_or("");
+    let status = field(&view["status"]);
+    let resource = format!(
+        "{}:{}",
+        view["resource"]["type"].as_str().unwrap_or(""),
+        view["resource"]["id"].as_str().unwrap_or(""),
+    );
     let mut lines = vec![
         format!(
-            "{} wants to **{}** `{}:{}`",
+            "{} wants to **{}** `{}`",
             who(view["principal"].as_str().unwrap_or("")),
-            view["action"].as_str().unwrap_or(""),
-            view["resource"]["type"].as_str().unwrap_or(""),
-            view["resource"]["id"].as_str().unwrap_or(""),
+            field(&view["action"]),
+            markdown_code(&resource, MAX_VALUE),
         ),
-        format!("Reason: {}", view["reason"].as_str().unwrap_or("—")),
-        format!("Params: `{}`", view["params"]),
+        format!(
+            "Reason: {}",
+            view["reason"]
+                .as_str()
+                .map_or_else(|| "—".to_owned(), |r| markdown_text(r, MAX_VALUE))
+        ),
+        format!("Params: `{}`", markdown_json(&view["params"], MAX_VALUE)),
     ];
     for t in view["thresholds"].as_array().into_iter().flatten() {
-        let groups: Vec<&str> = t["groups"]
+        let groups: Vec<String> = t["groups"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|g| g.as_str())
+            .map(|g| markdown_text(g, MAX_VALUE))
             .collect();
         let eligible: Vec<String> = t["eligible"]
             .as_array()
@@ -99,15 +175,22 @@ pub(crate) fn render(
         lines.push(format!(
             "{} {}{}",
             who(r["reviewer"].as_str().unwrap_or("")),
-            r["verdict"].as_str().unwrap_or(""),
+            field(&r["verdict"]),
             r["reason"]
                 .as_str()
-                .map(|w| format!(": “{w}”"))
+                .map(|w| format!(": “{}”", markdown_text(w, MAX_REVIEW)))
                 .unwrap_or_default()
         ));
     }
-    lines.push(format!("**Request {status}.** {link}"));
-    let components = if status == "pending" {
+    let last = format!("**Request {status}.** {link}");
+    let mut content = lines.join("\n");
+    // Keep within Discord's limit, and keep the last line (the state and
+    // the link) whole.
+    let room = MAX_CONTENT.saturating_sub(last.chars().count() + 2);
+    content = truncate(&content, room).into_owned();
+    content.push('\n');
+    content.push_str(&last);
+    let components = if view["status"] == "pending" {
         json!([{"type": 1, "components": [
             {"type": 2, "style": 3, "label": "Approve", "custom_id": format!("approve:{id}")},
             {"type": 2, "style": 4, "label": "Deny", "custom_id": format!("deny:{id}")},
@@ -115,7 +198,8 @@ pub(crate) fn render(
     } else {
         json!([])
     };
-    (lines.join("\n"), components)
+    let mentions = allowed_mentions(&named.into_inner());
+    (content, components, mentions)
 }
 
 impl Airlock {
@@ -176,8 +260,9 @@ impl Airlock {
     ) -> Result<(), (String, bool)> {
         let (req, view, link) = self.chat_subject(msg).await?;
         let id = req.id;
-        let (content, components) = render(&view, &|u| self.discord_id_of(u), &link);
-        let body = json!({"content": content, "components": components});
+        let (content, components, mentions) = render(&view, &|u| self.discord_id_of(u), &link);
+        let body =
+            json!({"content": content, "components": components, "allowed_mentions": mentions});
         use reqwest::Method;
         match msg.target.as_str() {
             t if t.starts_with("discord:post:") => {
@@ -249,15 +334,20 @@ impl Airlock {
                     .await?;
                 let channel = dm["id"].as_str().unwrap_or_default().to_owned();
                 let text = format!(
-                    "Your request to {} {}:{} was {}. {link}",
-                    req.action.action, req.action.resource.kind, req.action.resource.id, req.status
+                    "Your request to {} `{}` was {}. {link}",
+                    req.action.action,
+                    markdown_code(
+                        &format!("{}:{}", req.action.resource.kind, req.action.resource.id),
+                        MAX_VALUE
+                    ),
+                    req.status
                 );
                 self.discord_call(
                     http,
                     cfg,
                     Method::POST,
                     &format!("/channels/{channel}/messages"),
-                    &json!({"content": text}),
+                    &json!({"content": text, "allowed_mentions": allowed_mentions(&[])}),
                     timeout,
                 )
                 .await
@@ -269,11 +359,13 @@ impl Airlock {
 
 /// An answer only the clicking user sees.
 fn private(text: &str) -> Response {
-    Json(json!({"type": 4, "data": {"content": text, "flags": 64}})).into_response()
+    Json(json!({"type": 4, "data": {"content": text, "flags": 64, "allowed_mentions": allowed_mentions(&[])}}))
+        .into_response()
 }
 
 fn refusal(e: &ApiError) -> String {
-    format!("Not done: {e}")
+    // Error messages can quote what someone wrote.
+    format!("Not done: {}", markdown_text(&e.to_string(), MAX_VALUE))
 }
 
 async fn interactions(
@@ -372,5 +464,95 @@ async fn interactions(
             }
         }
         _ => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn what_requesters_and_reviewers_write_is_inert_in_discord() {
+        let link = "https://airlock.example/requests/req_x";
+        let view = json!({
+            "id": "req_x", "status": "pending", "principal": "alice", "action": "export",
+            "resource": {"type": "Table", "id": "orders` **approved** `@everyone"},
+            "reason": "@everyone @here <@123> <#456> <@&789> [click](http://evil.example) ```\n# Approved\n> by security\u{202e}fdp.exe\u{1b}[31m",
+            "params": {"sql": "```@everyone```", "k\u{200b}": "\u{7f}"},
+            "thresholds": [{"groups": ["security"], "approvals": 0, "quorum": 2, "eligible": ["bob"]}],
+            "reviews": [{"reviewer": "bob", "verdict": "deny", "reason": "||spoiler|| *x* ~~y~~ __z__"}],
+        });
+        let ids = |u: &str| (u == "bob").then(|| "999".to_owned());
+        let (content, _, mentions) = render(&view, &ids, link);
+        assert_eq!(mentions, json!({"parse": [], "users": ["999"]}));
+        // No hidden characters but the newlines between Airlock's own lines.
+        assert!(content
+            .chars()
+            .filter(|c| airlock_core::display::is_hidden(*c))
+            .all(|c| c == '\n'));
+        assert_eq!(content.lines().count(), 6, "one line per part: {content}");
+        let lines: Vec<&str> = content.lines().collect();
+        // The resource and the params stay inside their code spans.
+        assert_eq!(lines[0].matches('`').count(), 2, "{}", lines[0]);
+        assert!(
+            lines[0].ends_with("`Table:orders\\u{60} **approved** \\u{60}@everyone`"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[2].matches('`').count(), 2, "{}", lines[2]);
+        assert!(
+            lines[2].contains("\\u0060\\u0060\\u0060@everyone"),
+            "{}",
+            lines[2]
+        );
+        // The reason: every markdown character escaped, so it shows as typed.
+        let reason = lines[1].strip_prefix("Reason: ").unwrap();
+        for c in [
+            '@', '<', '>', '[', ']', '(', ')', '`', '#', '*', '_', '~', '|',
+        ] {
+            for (i, _) in reason.match_indices(c) {
+                assert_eq!(&reason[i - 1..i], "\\", "{c} escaped in {reason}");
+            }
+        }
+        assert!(
+            reason.contains("\\@everyone \\@here \\<\\@123\\> \\<\\#456\\> \\<\\@\\&789\\>"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("\\[click\\]\\(http\\:\\/\\/evil\\.example\\)"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("\\\\u\\{202e\\}fdp\\.exe\\\\u\\{1b\\}\\[31m"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("\\\\n\\# Approved\\\\n\\> by security"),
+            "{reason}"
+        );
+        assert!(
+            lines[4].contains("\\|\\|spoiler\\|\\| \\*x\\* \\~\\~y\\~\\~ \\_\\_z\\_\\_"),
+            "{}",
+            lines[4]
+        );
+        assert!(lines[3].contains("can approve: <@999>"));
+        assert_eq!(lines[5], format!("**Request pending.** {link}"));
+    }
+
+    #[test]
+    fn content_stays_within_discords_limit() {
+        let long = "x".repeat(5000);
+        let view = json!({
+            "id": "req_x", "status": "denied", "principal": "alice", "action": "export",
+            "resource": {"type": "Table", "id": long}, "reason": long, "params": {"p": long},
+            "reviews": (0..20).map(|_| json!({"reviewer": "bob", "verdict": "deny", "reason": long})).collect::<Vec<_>>(),
+        });
+        let (content, components, mentions) = render(&view, &|_| None, "https://a.example/r");
+        assert!(content.chars().count() <= MAX_CONTENT, "{}", content.len());
+        assert!(content.ends_with("**Request denied.** https://a.example/r"));
+        assert_eq!(components, json!([]));
+        assert_eq!(mentions, json!({"parse": [], "users": []}));
     }
 }

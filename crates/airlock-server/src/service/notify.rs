@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use airlock_core::display::{json_compact, visible};
 use airlock_core::{Request, RequestId};
 use airlock_store::time::{fmt, now};
 use airlock_store::{OutboxMessage, StoreError, WriteTx};
@@ -201,21 +202,24 @@ impl Mail {
             let Some(to) = self.emails.get(user) else {
                 continue;
             };
+            // What the requester wrote is shown inert: a newline in the
+            // reason cannot add lines of its own, an override cannot
+            // reorder the resource id.
             let subject = format!(
                 "Approval needed: {} wants to {} {}:{}",
                 req.action.principal,
                 req.action.action,
                 req.action.resource.kind,
-                req.action.resource.id
+                visible(req.action.resource.id.as_str())
             );
             let text = format!(
                 "{} asks to {} {}:{}.\n\nReason: {}\nParams: {}\nExpires: {}\n\nReview it (sign in; approving is a button on the page, never this link):\n{link}\n",
                 req.action.principal,
                 req.action.action,
                 req.action.resource.kind,
-                req.action.resource.id,
-                req.reason.as_deref().unwrap_or("(none given)"),
-                serde_json::to_string(&req.action.params).unwrap_or_default(),
+                visible(req.action.resource.id.as_str()),
+                visible(req.reason.as_deref().unwrap_or("(none given)")),
+                json_compact(&serde_json::to_value(&req.action.params).unwrap_or_default()),
                 fmt(req.expires_at),
             );
             self.queue(tx, to, "request.created", subject, text)?;
@@ -239,13 +243,15 @@ impl Mail {
         };
         let subject = format!(
             "Your request to {} {}:{} was {outcome}",
-            req.action.action, req.action.resource.kind, req.action.resource.id
+            req.action.action,
+            req.action.resource.kind,
+            visible(req.action.resource.id.as_str())
         );
         let text = format!(
             "Your request to {} {}:{} was {outcome}{}.\n\n{}/requests/{}\n",
             req.action.action,
             req.action.resource.kind,
-            req.action.resource.id,
+            visible(req.action.resource.id.as_str()),
             by.map(|b| format!(" by {b}")).unwrap_or_default(),
             self.public_url,
             req.id,

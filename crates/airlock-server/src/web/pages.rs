@@ -1,6 +1,7 @@
 //! The console's HTML, rendered on the server with maud (every value is
 //! escaped; nothing is built by string concatenation).
 
+use airlock_core::display::{self, Piece};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
@@ -102,6 +103,76 @@ fn time_left(expires: &str, now: DateTime<Utc>) -> String {
     }
 }
 
+/// What an approver is told about a marked value.
+const HIDDEN_TITLE: &str = "Contains hidden or control characters (shown as \\u{…}): \
+     it may not read as it was written";
+
+/// Characters the console marks: those that hide themselves or change how
+/// the text around them reads. Newlines and tabs are only white space in
+/// HTML, so they are not marked.
+fn marked(c: char) -> bool {
+    display::is_hidden(c) && !matches!(c, '\n' | '\t')
+}
+
+fn json_marked(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.chars().any(marked),
+        Value::Array(a) => a.iter().any(json_marked),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, v)| k.chars().any(marked) || json_marked(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Text a requester or reviewer wrote. Escaped by maud like everything,
+/// and, if it holds characters that hide themselves or reorder the text
+/// around them (a right-to-left override makes `report`+RLO+`fdp.exe` read
+/// "reportexe.pdf"), marked, with each such character shown as its escape.
+fn untrusted(s: &str) -> Markup {
+    html! {
+        @if s.chars().any(marked) {
+            mark.suspicious title=(HIDDEN_TITLE) {
+                @for p in display::pieces(s) {
+                    @match p {
+                        Piece::Text(t) => (t),
+                        Piece::Hidden(c) if !marked(c) => (c),
+                        Piece::Hidden(c) => span.hidden-char { (display::escape_char(c)) },
+                    }
+                }
+            }
+        } @else {
+            (s)
+        }
+    }
+}
+
+/// JSON a requester wrote (params, attributes, context), indented, with
+/// hidden characters as JSON escapes, and marked if it held any.
+fn untrusted_json(v: &Value) -> Markup {
+    html! {
+        @if json_marked(v) {
+            div.suspicious title=(HIDDEN_TITLE) {
+                p { mark.suspicious { "⚠ Contains hidden or control characters, shown as \\u escapes." } }
+                pre { (display::json_pretty(v)) }
+            }
+        } @else {
+            pre { (display::json_pretty(v)) }
+        }
+    }
+}
+
+/// The same, on one line (the audit explorer's details).
+fn untrusted_json_line(v: &Value) -> Markup {
+    html! {
+        @if json_marked(v) {
+            mark.suspicious title=(HIDDEN_TITLE) { code.details { (display::json_compact(v)) } }
+        } @else {
+            code.details { (display::json_compact(v)) }
+        }
+    }
+}
+
 fn resource(v: &Value) -> String {
     format!(
         "{}:{}",
@@ -140,10 +211,10 @@ pub(crate) fn inbox_rows(requests: &[Value], now: DateTime<Utc>) -> Markup {
                         a.title href=(format!("/requests/{}", r["id"].as_str().unwrap_or(""))) {
                             strong { (r["principal"].as_str().unwrap_or("")) }
                             " wants to " strong { (r["action"].as_str().unwrap_or("")) }
-                            " " code { (resource(r)) }
+                            " " code { (untrusted(&resource(r))) }
                         }
                         @if let Some(reason) = r["reason"].as_str() {
-                            p.reason { "“" (reason) "”" }
+                            p.reason { "“" (untrusted(reason)) "”" }
                         }
                         (thresholds(r))
                         p.muted { (time_left(r["expires_at"].as_str().unwrap_or(""), now)) }
@@ -179,7 +250,7 @@ pub(crate) fn mine_rows(requests: &[Value], now: DateTime<Utc>) -> Markup {
                         tr {
                             td {
                                 a href=(format!("/requests/{}", r["id"].as_str().unwrap_or(""))) {
-                                    (r["action"].as_str().unwrap_or("")) " " code { (resource(r)) }
+                                    (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
                                 }
                             }
                             td { span class=(format!("status {}", r["status"].as_str().unwrap_or(""))) { (r["status"].as_str().unwrap_or("")) } }
@@ -216,10 +287,6 @@ pub(crate) fn mine(viewer: &Viewer<'_>, requests: &[Value], now: DateTime<Utc>) 
     )
 }
 
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
 /// Everything an approver needs to judge one request, and the buttons if
 /// they may review it.
 pub(crate) fn request(
@@ -237,11 +304,11 @@ pub(crate) fn request(
         html! {
             h1 {
                 (r["principal"].as_str().unwrap_or("")) " wants to "
-                (r["action"].as_str().unwrap_or("")) " " code { (resource(r)) }
+                (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
             }
             p { span class=(format!("status {}", r["status"].as_str().unwrap_or(""))) { (r["status"].as_str().unwrap_or("")) }
                 " · " (time_left(r["expires_at"].as_str().unwrap_or(""), now)) " · " code.muted { (id) } }
-            @if let Some(reason) = r["reason"].as_str() { p.reason { "Reason: “" (reason) "”" } }
+            @if let Some(reason) = r["reason"].as_str() { p.reason { "Reason: “" (untrusted(reason)) "”" } }
             section {
                 h2 { "Thresholds" }
                 (thresholds(r))
@@ -266,15 +333,15 @@ pub(crate) fn request(
                 dl {
                     dt { "Principal" } dd { (r["principal"].as_str().unwrap_or("")) }
                     dt { "Action" } dd { (r["action"].as_str().unwrap_or("")) }
-                    dt { "Resource" } dd { code { (resource(r)) } }
+                    dt { "Resource" } dd { code { (untrusted(&resource(r))) } }
                     dt { "Fingerprint" } dd { code { (r["fingerprint"].as_str().unwrap_or("")) } }
                 }
                 h3 { "Params" }
-                pre { (pretty(&r["params"])) }
+                (untrusted_json(&r["params"]))
                 h3 { "Resource attributes" }
-                pre { (pretty(attrs)) }
+                (untrusted_json(attrs))
                 h3 { "Context" }
-                pre { (pretty(&r["context"])) }
+                (untrusted_json(&r["context"]))
             }
             section {
                 h2 { "Reviews" }
@@ -285,7 +352,7 @@ pub(crate) fn request(
                             strong { (rv["reviewer"].as_str().unwrap_or("")) } " "
                             (rv["verdict"].as_str().unwrap_or("")) " via " (rv["channel"].as_str().unwrap_or(""))
                             " at " (rv["at"].as_str().unwrap_or(""))
-                            @if let Some(why) = rv["reason"].as_str() { ": “" (why) "”" }
+                            @if let Some(why) = rv["reason"].as_str() { ": “" (untrusted(why)) "”" }
                         }
                     }
                 }
@@ -302,7 +369,7 @@ pub(crate) fn request(
                             // Every description of the action that led here,
                             // so a raised requirement shows what raised it.
                             @if h["kind"] == "decision" && h["details"]["context"].is_object() {
-                                pre.context { (pretty(&h["details"]["context"])) }
+                                (untrusted_json(&h["details"]["context"]))
                             }
                             @if h["kind"] == "requirement_raised" {
                                 " — now needs: " (h["details"]["thresholds"].as_array().into_iter().flatten().map(|t| format!("{} × {}", t["quorum"], t["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect::<Vec<_>>().join("/"))).collect::<Vec<_>>().join(", "))
@@ -419,7 +486,7 @@ pub(crate) fn audit(
                                     @if subject.starts_with("req_") { a href=(format!("/requests/{subject}")) { code { (subject) } } }
                                     @else { code { (subject) } }
                                 }
-                                td { code.details { (r["details"].to_string()) } }
+                                td { (untrusted_json_line(&r["details"])) }
                             }
                         }
                     }
@@ -558,7 +625,7 @@ pub(crate) fn notifications(
                                     td { (m.event) }
                                     td { code { (m.target) } }
                                     td { (m.attempts) }
-                                    td { (m.last_error.as_deref().unwrap_or("")) }
+                                    td { (untrusted(m.last_error.as_deref().unwrap_or(""))) }
                                     td {
                                         form method="post" action=(format!("/notifications/{}/retry", m.id)) {
                                             input type="hidden" name="csrf" value=(viewer.csrf);
@@ -573,4 +640,52 @@ pub(crate) fn notifications(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hidden_characters_are_marked_and_shown() {
+        let html = untrusted("report\u{202e}fdp.exe").into_string();
+        assert!(!html.contains('\u{202e}'), "{html}");
+        assert!(
+            html.starts_with("<mark class=\"suspicious\" title=\"Contains hidden"),
+            "{html}"
+        );
+        assert!(
+            html.contains("report<span class=\"hidden-char\">\\u{202e}</span>fdp.exe"),
+            "{html}"
+        );
+        let html = untrusted("\u{1b}[31mred\u{200b}\r").into_string();
+        assert!(!html.contains('\u{1b}') && !html.contains('\u{200b}') && !html.contains('\r'));
+        assert!(html.contains("\\u{1b}</span>[31mred"), "{html}");
+        // Ordinary text, newlines included, is only escaped.
+        assert_eq!(untrusted("a <b> & c").into_string(), "a &lt;b&gt; &amp; c");
+        assert_eq!(untrusted("two\nlines").into_string(), "two\nlines");
+    }
+
+    #[test]
+    fn hidden_characters_in_json_are_marked_and_escaped() {
+        let html = untrusted_json(&json!({"file": "report\u{202e}fdp.exe"})).into_string();
+        assert!(html.starts_with("<div class=\"suspicious\""), "{html}");
+        assert!(
+            html.contains("report\\u202efdp.exe") && !html.contains('\u{202e}'),
+            "{html}"
+        );
+        let html = untrusted_json(&json!({"k\u{2066}": 1})).into_string();
+        assert!(
+            html.contains("suspicious") && html.contains("k\\u2066"),
+            "{html}"
+        );
+        let html = untrusted_json(&json!({"sql": "select\n1"})).into_string();
+        assert!(!html.contains("suspicious"), "{html}");
+        let html = untrusted_json_line(&json!({"reason": "\u{200f}x"})).into_string();
+        assert!(
+            html.contains("<mark class=\"suspicious\"") && html.contains("\\u200fx"),
+            "{html}"
+        );
+    }
 }

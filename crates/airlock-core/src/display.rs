@@ -1,0 +1,291 @@
+//! Untrusted text made inert for display: the characters that hide
+//! themselves or change how the text around them is shown (terminal
+//! controls, bidirectional overrides, zero-width and other invisible
+//! characters) are found here and turned into visible escapes such as
+//! `\u{1b}`, so an approver reads what was written, not what it pretends.
+//!
+//! Requesters write reasons, params, resource ids and context; reviewers
+//! write review reasons. Every channel that shows them to someone else (the
+//! CLI, chat, the console) passes them through this module first.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
+/// Whether `c` hides itself or changes how the text around it is shown:
+/// control characters (C0 with ESC, CR, BEL, backspace; DEL; C1), format
+/// characters (bidirectional embeddings, overrides, isolates and marks,
+/// zero-width space and joiners, word joiner, BOM, soft hyphen, tags…), the
+/// line and paragraph separators, and the letters that render as blank.
+pub fn is_hidden(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || matches!(
+        c,
+        // Combining grapheme joiner, the Hangul fillers and the blank
+        // Braille pattern: not format characters, but show as nothing, so
+        // they can pad or split a word unseen.
+        '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+    )
+}
+
+/// Whether `s` holds any character [`is_hidden`] finds.
+pub fn has_hidden(s: &str) -> bool {
+    s.chars().any(is_hidden)
+}
+
+/// Whether any string in `v`, key or value, at any depth, holds a hidden
+/// character.
+pub fn json_has_hidden(v: &Value) -> bool {
+    match v {
+        Value::String(s) => has_hidden(s),
+        Value::Array(a) => a.iter().any(json_has_hidden),
+        Value::Object(o) => o.iter().any(|(k, v)| has_hidden(k) || json_has_hidden(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// The visible stand-in for a hidden character: `\n`, `\r` and `\t` for
+/// the common three, else `\u{…}` with the code point in hex.
+pub fn escape_char(c: char) -> String {
+    match c {
+        '\n' => "\\n".into(),
+        '\r' => "\\r".into(),
+        '\t' => "\\t".into(),
+        c => format!("\\u{{{:x}}}", u32::from(c)),
+    }
+}
+
+/// A run of text as it splits for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text with no hidden character.
+    Text(&'a str),
+    /// One hidden character.
+    Hidden(char),
+}
+
+/// Splits `s` into runs of plain text and single hidden characters, for a
+/// display that marks the latter (the console).
+pub fn pieces(s: &str) -> Pieces<'_> {
+    Pieces { rest: s }
+}
+
+/// The iterator [`pieces`] returns.
+#[derive(Debug, Clone)]
+pub struct Pieces<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = Piece<'a>;
+
+    fn next(&mut self) -> Option<Piece<'a>> {
+        let mut chars = self.rest.char_indices();
+        let (_, first) = chars.next()?;
+        if is_hidden(first) {
+            self.rest = &self.rest[first.len_utf8()..];
+            return Some(Piece::Hidden(first));
+        }
+        let end = chars
+            .find(|(_, c)| is_hidden(*c))
+            .map_or(self.rest.len(), |(i, _)| i);
+        let (text, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        Some(Piece::Text(text))
+    }
+}
+
+/// `s` on one line with every hidden character as its visible escape
+/// ([`escape_char`]): safe to print to a terminal, and no longer able to
+/// reorder, overwrite, colour or hide the text around it. Borrowed when
+/// nothing needed escaping.
+pub fn visible(s: &str) -> Cow<'_, str> {
+    if !has_hidden(s) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for p in pieces(s) {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Hidden(c) => out.push_str(&escape_char(c)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Serialized JSON with every hidden character that the serializer left
+/// as it is (DEL, C1, format characters, separators; it escapes only C0)
+/// written as a JSON `\uXXXX` escape: the same JSON value, but inert when
+/// printed. `json` must come from a JSON serializer: hidden characters
+/// other than C0 can then only stand inside strings, where the escape means
+/// the same character; C0 outside strings is layout (pretty printing's
+/// newlines) and is kept.
+pub fn escape_json_text(json: &str) -> Cow<'_, str> {
+    let needs = |c: char| c >= ' ' && is_hidden(c);
+    if !json.chars().any(needs) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 12);
+    for c in json.chars() {
+        if needs(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{u:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `v` as compact JSON, inert when printed (see [`escape_json_text`]).
+pub fn json_compact(v: &Value) -> String {
+    let text = v.to_string();
+    escape_json_text(&text).into_owned()
+}
+
+/// `v` as indented JSON, inert when printed (see [`escape_json_text`]).
+pub fn json_pretty(v: &Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    escape_json_text(&text).into_owned()
+}
+
+/// At most `max` characters of `s`, with `…` in place of the rest, so that
+/// a long value cannot push what follows it out of a message.
+pub fn truncate(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => Cow::Borrowed(s),
+        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    /// Every character an attacker can use to disguise text is visible.
+    #[test]
+    fn terminal_controls_become_visible() {
+        // Clear the screen, then write red text.
+        assert_eq!(visible("\x1b[2J\x1b[31mok"), "\\u{1b}[2J\\u{1b}[31mok");
+        // A carriage return would let "approved" overwrite what came first.
+        assert_eq!(visible("rm -rf /\rls -l    "), "rm -rf /\\rls -l    ");
+        assert_eq!(visible("a\u{7}b\u{8}c\u{7f}d"), "a\\u{7}b\\u{8}c\\u{7f}d");
+        // C1: CSI (U+009B) starts an escape sequence on some terminals too.
+        assert_eq!(visible("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(visible("two\nlines\tand tab"), "two\\nlines\\tand tab");
+    }
+
+    #[test]
+    fn bidirectional_controls_become_visible() {
+        // "report" RLO "fdp.exe" displays as "reportexe.pdf".
+        assert_eq!(visible("report\u{202e}fdp.exe"), "report\\u{202e}fdp.exe");
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}',
+        ] {
+            assert!(is_hidden(c), "{:x}", u32::from(c));
+            assert_eq!(
+                visible(&format!("a{c}b")),
+                format!("a\\u{{{:x}}}b", u32::from(c))
+            );
+        }
+    }
+
+    #[test]
+    fn invisible_characters_become_visible() {
+        for c in [
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{2060}',
+            '\u{feff}',
+            '\u{ad}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{3164}',
+            '\u{e0041}',
+        ] {
+            assert!(is_hidden(c), "{:x}", u32::from(c));
+        }
+        assert_eq!(visible("ad\u{200b}min"), "ad\\u{200b}min");
+        assert_eq!(visible("tag\u{e0041}"), "tag\\u{e0041}");
+    }
+
+    #[test]
+    fn ordinary_text_is_untouched_and_borrowed() {
+        for s in [
+            "Table:prod.customers",
+            "Quarterly report — for the board, “as agreed”",
+            "日本語のテキスト",
+            "مرحبا بالعالم",
+            "emoji 🎉 and accents é",
+            r"C:\Users\alice",
+            "",
+        ] {
+            assert!(!has_hidden(s), "{s}");
+            assert!(matches!(visible(s), Cow::Borrowed(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn pieces_split_text_and_hidden_characters() {
+        let got: Vec<Piece<'_>> = pieces("ab\u{202e}cd\u{1b}\u{1b}").collect();
+        assert_eq!(
+            got,
+            vec![
+                Piece::Text("ab"),
+                Piece::Hidden('\u{202e}'),
+                Piece::Text("cd"),
+                Piece::Hidden('\u{1b}'),
+                Piece::Hidden('\u{1b}'),
+            ]
+        );
+        assert_eq!(pieces("").count(), 0);
+    }
+
+    #[test]
+    fn json_keeps_its_value_and_loses_its_hidden_characters() {
+        let v = json!({
+            "file\u{202e}": "report\u{202e}fdp.exe",
+            "esc": "\u{1b}[31mred",
+            "del": "\u{7f}",
+            "zw": ["a\u{200b}b", "\u{e0041}"],
+        });
+        // serde_json alone leaves the override, DEL and the zero-width
+        // space raw.
+        assert!(v.to_string().contains('\u{202e}'));
+        for text in [json_compact(&v), json_pretty(&v)] {
+            assert!(!text.chars().any(|c| c >= ' ' && is_hidden(c)), "{text}");
+            assert!(!text.contains('\u{1b}'));
+            assert!(text.contains("report\\u202efdp.exe"), "{text}");
+            assert!(text.contains("\\udb40\\udc41"), "astral as a pair: {text}");
+            let back: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, v, "the same value");
+        }
+        assert!(json_has_hidden(&v));
+        assert!(json_has_hidden(&json!({"k\u{202e}": 1})));
+        assert!(!json_has_hidden(
+            &json!({"sql": "select 1", "n": [1, true, null]})
+        ));
+    }
+
+    #[test]
+    fn truncate_counts_characters() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "abc…");
+        assert_eq!(truncate("ééé", 2), "éé…");
+    }
+}
