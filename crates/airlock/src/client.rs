@@ -606,14 +606,26 @@ async fn run_command(
 fn print_request(req: &Value) {
     println!("{}  {}", text(&req["id"]), text(&req["status"]));
     println!(
-        "  {} wants to {} {}:{}",
+        "  {} wants to {}",
         text(&req["principal"]),
         text(&req["action"]),
-        text(&req["resource"]["type"]),
-        text(&req["resource"]["id"])
     );
+    // Type and id apart: `Db::Table` with id `x` and `Db` with id
+    // `:Table:x` must not read alike.
+    println!("  resource type: {}", text(&req["resource"]["type"]));
+    println!("  resource id:   {}", text(&req["resource"]["id"]));
     if let Some(p) = req["params"].as_object().filter(|p| !p.is_empty()) {
         println!("  params: {}", json_compact(&Value::Object(p.clone())));
+    }
+    // Every description the action was decided on (a later check with
+    // other facts may have raised what it needs).
+    for d in req["decisions"].as_array().into_iter().flatten() {
+        println!(
+            "  decided {} by {} on context {}",
+            text(&d["at"]),
+            text(&d["by"]),
+            json_compact(&d["context"])
+        );
     }
     if let Some(r) = req["reason"].as_str() {
         println!("  reason: {}", visible(r));
