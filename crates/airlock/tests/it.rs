@@ -146,6 +146,9 @@ on_both_stores!(
     webhooks_are_signed_and_follow_the_loop,
 );
 
+#[path = "hardening/signin.rs"]
+mod hardening_signin;
+
 struct Server {
     child: Child,
     url: String,
