@@ -392,3 +392,79 @@ async fn open_waits_are_bounded_per_user(db: Db) {
 }
 
 on_both_stores!(open_waits_are_bounded_per_user);
+
+/// `airlock run` whose user already holds every wait the node allows does
+/// not fail: it polls slowly without waiting until approved, then runs.
+#[tokio::test]
+async fn airlock_run_keeps_polling_when_its_user_has_no_wait_left() {
+    let s = start_server_extra(&Db::Sqlite, POLICIES, "max_waits_per_user = 1", "");
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    // Alice's one wait is taken by another request.
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "other"}}),
+        )
+        .await;
+    let other = r["request"]["id"].as_str().unwrap().to_owned();
+    let holder = {
+        let (http, url, key) = (s.http.clone(), s.url.clone(), alice.clone());
+        tokio::spawn(async move {
+            http.get(format!("{url}/v1/requests/{other}?wait=60"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--action",
+            "export",
+            "--resource",
+            "Table:orders",
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &alice)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    for _ in 0..100 {
+        let (_, list) = s.get(&bob, "/v1/requests?status=pending").await;
+        id = list["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"]["id"] == "orders")
+            .and_then(|r| r["id"].as_str().map(str::to_owned));
+        if id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("airlock run asked");
+    // Its own wait was refused by now; it must still be going.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    holder.abort();
+}
