@@ -81,7 +81,7 @@ pub struct Airlock {
     /// Serialises password checks per user name (see `sign_in`).
     pub(crate) sign_in_locks: crate::limits::KeyedLocks<String>,
     /// Bounds the password hashes checked at once (CPU and memory).
-    pub(crate) password_checks: tokio::sync::Semaphore,
+    pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
     /// Sign-in attempts per source address.
     pub(crate) sign_in_sources: crate::limits::SourceLimiter,
     /// Which addresses had a refusal for too many attempts recorded in the
@@ -200,9 +200,9 @@ impl Airlock {
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
             sign_in_locks: Default::default(),
-            password_checks: tokio::sync::Semaphore::new(
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-            ),
+            )),
             sign_in_sources: Default::default(),
             sign_in_refusals: Default::default(),
             waits: Default::default(),

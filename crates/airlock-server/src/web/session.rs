@@ -219,10 +219,12 @@ impl Airlock {
         // async threads, and only a few at once whatever the number of
         // names tried in parallel. The semaphore is never closed; if it
         // were, nobody would be signed in.
-        let Ok(_permit) = self.password_checks.acquire().await else {
+        let Ok(permit) = self.password_checks.clone().acquire_owned().await else {
             return Err(ApiError::forbidden("password sign-in is unavailable"));
         };
         let ok = tokio::task::spawn_blocking(move || {
+            // Held by the check itself: it runs on even if the caller goes.
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|h| {
                     Argon2::default()
