@@ -2,6 +2,7 @@
 //! structs are the reference for every setting; relative paths are relative
 //! to the config file.
 
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use airlock_core::{GroupName, UserName};
@@ -74,6 +75,11 @@ pub struct ServerConfig {
     /// Longest `?wait=` a client may ask for, in seconds. Default 60.
     #[serde(default = "default_max_wait")]
     pub max_wait_seconds: u64,
+    /// Most `?wait=` long-polls one user may have open at once on this
+    /// node; more are refused with 429 `too_many_waits`. Every key of the
+    /// user counts, enforcers' too. Default 16.
+    #[serde(default = "default_max_waits")]
+    pub max_waits_per_user: NonZeroU32,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +90,7 @@ impl Default for ServerConfig {
             data_dir: None,
             max_body_bytes: default_body_limit(),
             max_wait_seconds: default_max_wait(),
+            max_waits_per_user: default_max_waits(),
         }
     }
 }
@@ -96,6 +103,10 @@ fn default_body_limit() -> usize {
 }
 fn default_max_wait() -> u64 {
     60
+}
+// NonZeroU32 has no literal form: MIN (1) plus the rest.
+fn default_max_waits() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(15)
 }
 
 /// `[storage]`
@@ -187,6 +198,16 @@ pub struct WebConfig {
     /// passwords. Off when absent.
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
+    /// Password sign-in attempts one address may make per minute on this
+    /// node (IPv6: per /64); more are refused with 429 without checking
+    /// the password. Behind a reverse proxy every client shares the
+    /// proxy's address: raise it there. Default 30.
+    #[serde(default = "default_sign_in_rate")]
+    pub sign_in_attempts_per_minute_per_ip: NonZeroU32,
+    /// Live-update streams (`/events`) one user may have open at once on
+    /// this node; more are refused with 429 `too_many_waits`. Default 8.
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_user: NonZeroU32,
 }
 
 impl Default for WebConfig {
@@ -194,8 +215,17 @@ impl Default for WebConfig {
         Self {
             auditor_groups: default_auditors(),
             oidc: None,
+            sign_in_attempts_per_minute_per_ip: default_sign_in_rate(),
+            max_streams_per_user: default_max_streams(),
         }
     }
+}
+
+fn default_sign_in_rate() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(29)
+}
+fn default_max_streams() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(7)
 }
 
 /// `[web.oidc]`: sign-in with an OpenID Connect provider (authorization

@@ -46,6 +46,14 @@ pub enum ApiError {
         /// For people.
         message: String,
     },
+    /// 429: the caller has too much open or too many attempts; try later.
+    #[error("{message}")]
+    TooMany {
+        /// `too_many_waits`, `too_many_attempts`.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
     /// 413: the body is larger than the limit.
     #[error("request body is larger than this server accepts")]
     TooLarge,
@@ -79,6 +87,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict { .. } => 409,
             ApiError::TooLarge => 413,
+            ApiError::TooMany { .. } => 429,
             ApiError::Storage(_) | ApiError::Audit(_) => 503,
             ApiError::Upstream(_) => 502,
         }
@@ -93,7 +102,8 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden { code, .. }
             | ApiError::Grant { code, .. }
-            | ApiError::Conflict { code, .. } => code,
+            | ApiError::Conflict { code, .. }
+            | ApiError::TooMany { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge => "payload_too_large",
             ApiError::Storage(_) => "storage_unavailable",

@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 pub mod http;
 mod integrations;
+mod limits;
 mod metrics;
 pub mod quickstart;
 pub mod service;

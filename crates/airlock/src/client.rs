@@ -479,6 +479,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Set while the server refuses our waits (all of this user's are open
+    // elsewhere): poll slowly without waiting until one frees.
+    let mut crowded = false;
     loop {
         if req["status"] != "pending" {
             break;
@@ -492,8 +495,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("airlock: {line}");
         }
         last_line = shown;
-        let path = format!("/v1/requests/{id}?wait=25");
-        let poll = client.call(reqwest::Method::GET, &path, None, Duration::from_secs(40));
+        let (path, pause) = if crowded {
+            (format!("/v1/requests/{id}"), Duration::from_secs(5))
+        } else {
+            (format!("/v1/requests/{id}?wait=25"), Duration::ZERO)
+        };
+        let poll = async {
+            tokio::time::sleep(pause).await;
+            client
+                .call(reqwest::Method::GET, &path, None, Duration::from_secs(40))
+                .await
+        };
         tokio::pin!(poll);
         let next = loop {
             tokio::select! {
@@ -506,7 +518,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
         match next {
-            Some(r) => req = r?,
+            Some(Err(e))
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.code == "too_many_waits") =>
+            {
+                crowded = true;
+            }
+            Some(r) => {
+                req = r?;
+                crowded = false;
+            }
             None => {
                 if tty {
                     eprintln!();

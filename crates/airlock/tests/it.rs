@@ -151,6 +151,8 @@ on_both_stores!(
 
 #[path = "hardening/gate.rs"]
 mod hardening_gate;
+#[path = "hardening/signin.rs"]
+mod hardening_signin;
 
 struct Server {
     child: Child,

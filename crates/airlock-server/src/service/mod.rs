@@ -78,8 +78,23 @@ pub struct Airlock {
     key_cache: RwLock<HashMap<String, Caller>>,
     /// The single sign-on provider's metadata, read at the first sign-in.
     pub(crate) oidc: crate::web::oidc::Discovery,
-    /// Serialises password checks (see `sign_in`).
-    pub(crate) sign_in_lock: tokio::sync::Mutex<()>,
+    /// Serialises password checks per user name (see `sign_in`).
+    pub(crate) sign_in_locks: crate::limits::KeyedLocks<String>,
+    /// Bounds the password hashes checked at once (CPU and memory).
+    pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
+    /// Sign-in attempts per source address.
+    pub(crate) sign_in_sources: crate::limits::SourceLimiter,
+    /// Which addresses had a refusal for too many attempts recorded in the
+    /// last minute (one record a minute each, so a flood cannot flood the
+    /// audit log).
+    pub(crate) sign_in_refusals: crate::limits::SourceLimiter,
+    /// Open `?wait=` long-polls per user.
+    pub(crate) waits: crate::limits::UserSlots,
+    /// Open console event streams per user.
+    pub(crate) streams: crate::limits::UserSlots,
+    /// Sessions signed out on this node (their id hashes), so this node's
+    /// event streams end at once; other nodes notice on their next check.
+    pub(crate) sessions_ended: tokio::sync::broadcast::Sender<String>,
     /// The address the server actually listens on (`listen` may say port 0).
     bound: std::sync::OnceLock<String>,
 }
@@ -184,7 +199,15 @@ impl Airlock {
             key_cache: RwLock::new(HashMap::new()),
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
-            sign_in_lock: tokio::sync::Mutex::new(()),
+            sign_in_locks: Default::default(),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            )),
+            sign_in_sources: Default::default(),
+            sign_in_refusals: Default::default(),
+            waits: Default::default(),
+            streams: Default::default(),
+            sessions_ended: tokio::sync::broadcast::channel(64).0,
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

@@ -76,6 +76,19 @@ impl Airlock {
         if req.status != RequestStatus::Pending {
             return Ok(req);
         }
+        // Each open wait holds a task, a connection and a subscription: a
+        // user gets a bounded number, so one cannot crowd out the rest.
+        // The place is given back when the wait ends or is dropped.
+        let max = self.config.load().server.max_waits_per_user;
+        let Some(_slot) = self.waits.try_take(caller.user.as_str(), max) else {
+            return Err(ApiError::TooMany {
+                code: "too_many_waits",
+                message: format!(
+                    "{} already has {max} waits open on this node; wait for one to end",
+                    caller.user
+                ),
+            });
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {

@@ -11,12 +11,13 @@ mod session;
 mod simulate;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::{RequestId, RequestStatus, Verdict};
 use airlock_store::{AuditFilter, StatusFilter};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,6 +26,7 @@ use axum::{Form, Router};
 use maud::Markup;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::StreamExt as _;
 
 use crate::{Airlock, ApiError};
@@ -162,6 +164,7 @@ struct LoginForm {
 
 async fn login(
     State(airlock): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Page {
@@ -173,7 +176,10 @@ async fn login(
             ApiError::forbidden("the sign-in form is stale (CSRF token mismatch); reload the page"),
         ));
     }
-    match airlock.sign_in(&form.username, form.password).await {
+    match airlock
+        .sign_in(&form.username, form.password, peer.ip())
+        .await
+    {
         Ok(Some(secret)) => {
             let secure = airlock.secure_cookies();
             let mut res = Redirect::to("/inbox").into_response();
@@ -194,6 +200,15 @@ async fn login(
                 &expected,
                 sso_label(&airlock).as_deref(),
                 Some("Wrong user name or password."),
+            ),
+        )
+            .into_response()),
+        Err(ApiError::TooMany { .. }) => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::login(
+                &expected,
+                sso_label(&airlock).as_deref(),
+                Some("Too many sign-in attempts from your address; try again in a minute."),
             ),
         )
             .into_response()),
@@ -530,22 +545,82 @@ async fn review(
     }
 }
 
+/// How often an open event stream re-reads its session, so that it ends
+/// when the session was signed out on another node or expired.
+const STREAM_SESSION_CHECK: Duration = Duration::from_secs(5);
+
 /// A bare "changed" event (its data is a dummy: browsers drop events
 /// without data) whenever any request changes (on any node): the
 /// page re-fetches what it shows, through the same checks as every page,
-/// so the stream itself tells nothing to anyone.
+/// so the stream itself tells nothing to anyone. The stream ends when its
+/// session does: at once for a sign-out on this node, otherwise at the
+/// next event or periodic check; and each user has a bounded number open.
 async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
-    signed_in(&airlock, &headers, false).await?;
-    let stream = tokio_stream::wrappers::BroadcastStream::new(airlock.store.subscribe())
-        .map(|_| Ok::<_, Infallible>(Event::default().event("changed").data("1")));
+    let user = signed_in(&airlock, &headers, false).await?;
+    let max = airlock.config.load().web.max_streams_per_user;
+    let Some(slot) = airlock.streams.try_take(user.caller.user.as_str(), max) else {
+        return Err(fail(
+            Some(&user),
+            ApiError::TooMany {
+                code: "too_many_waits",
+                message: format!(
+                    "you have {max} live-update streams open on this node; close some pages"
+                ),
+            },
+        ));
+    };
+    // Subscribed before the task starts, so nothing between the session
+    // check above and the first wait is missed.
+    let mut changes = airlock.store.subscribe();
+    let mut ended = airlock.sessions_ended.subscribe();
+    // Capacity one: a "changed" already waiting to be sent covers the
+    // next one too.
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+    let session = user.id_hash;
+    tokio::spawn(async move {
+        // Held as long as the stream: a closed connection gives it back.
+        let _slot = slot;
+        let mut tick = tokio::time::interval(STREAM_SESSION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let send = tokio::select! {
+                () = tx.closed() => break,
+                _ = tick.tick() => false,
+                e = changes.recv() => match e {
+                    Ok(_) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => break,
+                },
+                e = ended.recv() => match e {
+                    Ok(h) if h == session => break,
+                    Ok(_) | Err(RecvError::Lagged(_)) => false,
+                    Err(RecvError::Closed) => break,
+                },
+            };
+            // Fails closed: a session that cannot be read ends the stream.
+            if !matches!(airlock.live_session(&session).await, Ok(Some(_))) {
+                break;
+            }
+            if send {
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|()| Ok::<_, Infallible>(Event::default().event("changed").data("1")));
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
+/// Auditors see every request's figures; anyone else the figures of
+/// their own requests only (counts across users say who is doing what).
 async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
-    let filter = StatusFilter::default();
+    let everyone = is_auditor(&airlock, &user);
+    let filter = StatusFilter {
+        statuses: Vec::new(),
+        principal: (!everyone).then(|| user.caller.user.clone()),
+    };
     let all = airlock
         .store
         .read(move |r| r.list_requests(&filter, 5000))
@@ -555,6 +630,7 @@ async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let decided = all.iter().filter_map(charts::decision_seconds).count();
     Ok(pages::overview(
         &viewer(&user),
+        everyone,
         charts::requests_per_day(&all, now, 14),
         charts::time_to_decision(&all),
         decided,
@@ -562,14 +638,18 @@ async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     .into_response())
 }
 
-/// Auditors are members of `[web] auditor_groups`.
-fn auditor(airlock: &Airlock, user: &WebUser) -> Result<(), Refusal> {
+/// Whether the user is a member of one of `[web] auditor_groups`.
+fn is_auditor(airlock: &Airlock, user: &WebUser) -> bool {
     let loaded = airlock.loaded.load();
     let groups = &airlock.config.load().web.auditor_groups;
-    if groups
+    groups
         .iter()
         .any(|g| loaded.directory.is_member(&user.caller.user, g))
-    {
+}
+
+/// Auditors are members of `[web] auditor_groups`.
+fn auditor(airlock: &Airlock, user: &WebUser) -> Result<(), Refusal> {
+    if is_auditor(airlock, user) {
         Ok(())
     } else {
         Err(fail(
@@ -750,6 +830,7 @@ async fn policy_page(
     let last = last.map(|a| serde_json::to_value(a).unwrap_or_default());
     Ok(pages::policy(
         &viewer(user),
+        !is_auditor(airlock, user),
         loaded.engine.version(),
         &policies,
         last.as_ref(),
@@ -761,7 +842,11 @@ async fn policy_page(
 
 async fn policy(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
-    policy_page(&airlock, &user, &pages::SimulateForm::default(), None).await
+    let form = pages::SimulateForm {
+        principal: user.caller.user.to_string(),
+        ..pages::SimulateForm::default()
+    };
+    policy_page(&airlock, &user, &form, None).await
 }
 
 async fn simulate(
@@ -771,6 +856,17 @@ async fn simulate(
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
     check_csrf(&user, &form.csrf)?;
+    // What policy decides for someone else tells what they may do: that
+    // is for auditors. The form's field is fixed for others; this is the
+    // check that counts.
+    if form.principal.trim() != user.caller.user.as_str() && !is_auditor(&airlock, &user) {
+        return Err(fail(
+            Some(&user),
+            ApiError::forbidden(
+                "you may simulate only your own actions; simulating for others is for members of [web] auditor_groups",
+            ),
+        ));
+    }
     let answer = airlock.simulate(&form).await;
     policy_page(&airlock, &user, &form, Some(answer)).await
 }

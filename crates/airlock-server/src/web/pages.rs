@@ -517,6 +517,7 @@ pub(crate) struct SimulateForm {
 /// with its answer, if it was asked.
 pub(crate) fn policy(
     viewer: &Viewer<'_>,
+    own_principal_only: bool,
     version: &str,
     policies: &[(String, String)],
     last_reload: Option<&Value>,
@@ -542,7 +543,11 @@ pub(crate) fn policy(
                 form.card method="post" action="/policy/simulate" {
                     input type="hidden" name="csrf" value=(viewer.csrf);
                     label for="principal" { "Principal" }
-                    input #principal name="principal" value=(form.principal) required;
+                    @if own_principal_only {
+                        input #principal name="principal" value=(viewer.user) required readonly;
+                    } @else {
+                        input #principal name="principal" value=(form.principal) required;
+                    }
                     label for="action" { "Action" }
                     input #action name="action" value=(form.action) required placeholder="export";
                     label for="resource" { "Resource (Type:id)" }
@@ -580,9 +585,11 @@ pub(crate) fn policy(
     )
 }
 
-/// The overview: the two pictures.
+/// The overview: the two pictures, of every request for auditors and of
+/// the viewer's own otherwise.
 pub(crate) fn overview(
     viewer: &Viewer<'_>,
+    everyone: bool,
     per_day: Markup,
     ttd: Markup,
     decided: usize,
@@ -592,6 +599,9 @@ pub(crate) fn overview(
         Some(viewer),
         html! {
             h1 { "Overview" }
+            @if !everyone {
+                p.muted { "Your own requests. Figures across everyone's are for auditors." }
+            }
             section { h2 { "Requests per day" } (per_day) }
             section { h2 { "Time to decision" } p.muted { (decided) " decided requests" } (ttd) }
         },

@@ -5,6 +5,9 @@
 //! so a copy of the database signs nobody in. Sessions live in the store,
 //! so signing out ends the session on every node at once.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use axum::http::HeaderMap;
 use base64::Engine as _;
@@ -87,13 +90,9 @@ impl Airlock {
             return Ok(None);
         };
         let id_hash = hash_key(&secret);
-        let h = id_hash.clone();
-        let Some(s) = self.store.read(move |r| r.session(&h)).await? else {
+        let Some(s) = self.live_session(&id_hash).await? else {
             return Ok(None);
         };
-        if s.expires_at <= now() || !self.loaded.load().directory.contains(&s.user) {
-            return Ok(None);
-        }
         Ok(Some(WebUser {
             caller: Caller {
                 user: s.user,
@@ -105,17 +104,68 @@ impl Airlock {
         }))
     }
 
+    /// The session with this id hash while it lasts: not signed out, not
+    /// expired, and its user still configured.
+    pub(crate) async fn live_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<SessionRecord>, ApiError> {
+        let h = id_hash.to_owned();
+        let Some(s) = self.store.read(move |r| r.session(&h)).await? else {
+            return Ok(None);
+        };
+        if s.expires_at <= now() || !self.loaded.load().directory.contains(&s.user) {
+            return Ok(None);
+        }
+        Ok(Some(s))
+    }
+
     /// Checks a password and, if it is right, starts a session. Returns the
-    /// cookie secret. Every attempt is in the audit log.
+    /// cookie secret. Every attempt is in the audit log, except refusals
+    /// for too many attempts from one address past the first each minute.
     pub(crate) async fn sign_in(
         &self,
         username: &str,
         password: String,
+        source: IpAddr,
     ) -> Result<Option<String>, ApiError> {
-        // One password sign-in at a time on this node, so parallel guesses
-        // cannot all read the failure count before any is recorded.
-        let _one_at_a_time = self.sign_in_lock.lock().await;
         let shown = username.chars().take(64).collect::<String>();
+        // One address guessing fast (at one name or many) is stopped before
+        // any lock is waited for or any hash checked, so it neither burns
+        // this node's CPU nor queues ahead of other people.
+        let rate = self.config.load().web.sign_in_attempts_per_minute_per_ip;
+        if !self.sign_in_sources.allow(source, rate) {
+            if self.sign_in_refusals.allow(source, NonZeroU32::MIN) {
+                let t = now();
+                self.store
+                    .write(move |tx| {
+                        tx.append_audit(
+                            NewAuditRecord {
+                                kind: AuditKind::SignInLocked,
+                                actor: "web".into(),
+                                subject: shown,
+                                details: json!({
+                                    "method": "password",
+                                    "why": "too many attempts from this address",
+                                    "source": source.to_string(),
+                                }),
+                            },
+                            t,
+                        )
+                        .map(|_| ())
+                    })
+                    .await
+                    .map_err(ApiError::Audit)?;
+            }
+            return Err(ApiError::TooMany {
+                code: "too_many_attempts",
+                message: "too many sign-in attempts from this address; try again later".into(),
+            });
+        }
+        // One password check at a time per user name on this node, so
+        // parallel guesses at one name cannot all read its failure count
+        // before any is recorded; other names do not wait for it.
+        let _one_at_a_time = self.sign_in_locks.lock(shown.clone()).await;
         // Password guessing: a user name with too many recent failures is
         // refused before any hash is checked.
         let recent = AuditFilter {
@@ -165,8 +215,16 @@ impl Airlock {
         };
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
-        // Argon2 is deliberately slow: off the async threads.
+        // Argon2 is deliberately slow and takes 19 MiB a check: off the
+        // async threads, and only a few at once whatever the number of
+        // names tried in parallel. The semaphore is never closed; if it
+        // were, nobody would be signed in.
+        let Ok(permit) = self.password_checks.clone().acquire_owned().await else {
+            return Err(ApiError::forbidden("password sign-in is unavailable"));
+        };
         let ok = tokio::task::spawn_blocking(move || {
+            // Held by the check itself: it runs on even if the caller goes.
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|h| {
                     Argon2::default()
@@ -317,7 +375,10 @@ impl Airlock {
                 Ok::<_, StoreError>(())
             })
             .await
-            .map_err(ApiError::Audit)
+            .map_err(ApiError::Audit)?;
+        // Nobody may be listening; the store is what counts.
+        let _ = self.sessions_ended.send(user.id_hash.clone());
+        Ok(())
     }
 
     /// Whether the console is served over HTTPS (cookies get `Secure`).
