@@ -1031,7 +1031,7 @@ async fn audit_verify_names_the_first_tampered_record(db: Db) {
     );
     tamper(
         "UPDATE audit SET seq = seq + 1000 WHERE seq >= 9; UPDATE audit SET seq = seq - 999 WHERE seq >= 1000;
-         INSERT INTO audit SELECT 9, ts, kind, actor, subject, '{\"forged\":true}', prev_hash, hash FROM audit WHERE seq = 8;",
+         INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash) SELECT 9, ts, kind, actor, subject, '{\"forged\":true}', prev_hash, hash FROM audit WHERE seq = 8;",
         "record 9",
     );
     // Cutting records off the end is caught by the signed checkpoints.

@@ -96,7 +96,7 @@ async fn what_requesters_and_reviewers_write_reaches_approvers_inert() {
         for shown in [
             "\\u{1b}[2J\\u{1b}[31mquarterly <!channel>",
             "```\\rapproved by security\\u{202e}fdp.exe",
-            "Table:report\\u{202e}fdp.exe`<!here>@everyone\\u{200b}",
+            "resource id:   report\\u{202e}fdp.exe`<!here>@everyone\\u{200b}",
             "\"note\\u200b\":\"@everyone\\u2066\"",
             "\\u001b[2Jselect 1",
         ] {
