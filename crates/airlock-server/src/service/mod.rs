@@ -4,6 +4,7 @@
 
 mod check;
 mod grants;
+mod limits;
 pub(crate) mod notify;
 mod requests;
 mod view;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 
 pub use check::{CheckBody, CheckOutcome};
 pub use grants::{CompleteBody, ConsumeBody};
+pub use requests::{RequestPage, MAX_PAGE};
 pub(crate) use view::threshold_view;
 
 use crate::config::Config;
@@ -82,6 +84,8 @@ pub struct Airlock {
     pub(crate) sign_in_lock: tokio::sync::Mutex<()>,
     /// The address the server actually listens on (`listen` may say port 0).
     bound: std::sync::OnceLock<String>,
+    /// Checks per key per second.
+    check_limiter: limits::CheckLimiter,
 }
 
 impl std::fmt::Debug for Airlock {
@@ -185,6 +189,7 @@ impl Airlock {
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
             sign_in_lock: tokio::sync::Mutex::new(()),
+            check_limiter: Default::default(),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

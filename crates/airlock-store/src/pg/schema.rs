@@ -13,7 +13,8 @@ const MIGRATE_LOCK: i64 = 0x6169_726c_6f63_6b01;
 /// `timestamptz`; JSON documents and audit fields are `text`, kept
 /// byte-for-byte as written (jsonb would reorder keys, drop duplicate
 /// keys and refuse `\u0000`, and the audit hashes cover the exact text).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE requests (
     id               text PRIMARY KEY,
     status           text NOT NULL,
@@ -151,7 +152,24 @@ CREATE TABLE interactions_seen (
     at     timestamptz NOT NULL,
     PRIMARY KEY (source, id)
 );
-"#];
+"#,
+    r#"
+-- The groups named in each request's thresholds, so listings filter by
+-- who may see a request in the query itself (before the limit), not after.
+CREATE TABLE request_groups (
+    request_id text NOT NULL REFERENCES requests (id),
+    group_name text NOT NULL,
+    PRIMARY KEY (request_id, group_name)
+);
+CREATE INDEX request_groups_by_group ON request_groups (group_name, request_id);
+INSERT INTO request_groups (request_id, group_name)
+SELECT DISTINCT r.id, g.name
+FROM requests r,
+     jsonb_array_elements(r.requirement_json::jsonb -> 'thresholds') t,
+     jsonb_array_elements_text(t.value -> 'groups') g(name)
+ON CONFLICT DO NOTHING;
+"#,
+];
 
 /// The newest schema version this build knows.
 pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
