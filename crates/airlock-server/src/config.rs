@@ -2,7 +2,7 @@
 //! structs are the reference for every setting; relative paths are relative
 //! to the config file.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 
 use airlock_core::{GroupName, UserName};
@@ -80,6 +80,41 @@ pub struct ServerConfig {
     /// user counts, enforcers' too. Default 16.
     #[serde(default = "default_max_waits")]
     pub max_waits_per_user: NonZeroU32,
+    /// Longest a client may take to send a request's header, in seconds,
+    /// counted from when the server starts waiting for it: a new
+    /// connection, or the end of the previous answer on a kept-alive one
+    /// (so it is also how long an idle kept-alive connection stays open).
+    /// A connection that sends half a header and stops is closed after
+    /// this. Long-polls and event streams are not affected: the clock only
+    /// runs while a header is awaited. Default 10.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: NonZeroU64,
+    /// Longest a connection may make no progress in the middle of a
+    /// request, in seconds: a request body that stops arriving, or an
+    /// answer the client stops reading. Default 60.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: NonZeroU64,
+    /// Most connections served at once. Further ones wait (in the
+    /// operating system's queue) until one closes; with the timeouts above,
+    /// stalled connections make room within seconds. Lowered at start if
+    /// the open-file limit cannot hold this many (the server raises its
+    /// soft limit to the hard limit first). Default 1000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroU32,
+    /// Most pending requests one principal may have at once. A check that
+    /// would create one more is answered 429 `too_many_pending` (asking
+    /// again for an action already pending is still answered with that
+    /// request). Default 100.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_per_principal: NonZeroU32,
+    /// Checks one API key may make per second, on average; over it,
+    /// `POST /v1/check` answers 429 `rate_limited` with `Retry-After`.
+    /// Each node counts its own. Default 200.
+    #[serde(default = "default_checks_per_second")]
+    pub checks_per_second_per_key: NonZeroU32,
+    /// Checks one API key may make in a burst above the rate. Default 400.
+    #[serde(default = "default_check_burst")]
+    pub check_burst_per_key: NonZeroU32,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +126,12 @@ impl Default for ServerConfig {
             max_body_bytes: default_body_limit(),
             max_wait_seconds: default_max_wait(),
             max_waits_per_user: default_max_waits(),
+            header_read_timeout_seconds: default_header_read_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_pending_per_principal: default_max_pending(),
+            checks_per_second_per_key: default_checks_per_second(),
+            check_burst_per_key: default_check_burst(),
         }
     }
 }
@@ -107,6 +148,24 @@ fn default_max_wait() -> u64 {
 // NonZeroU32 has no literal form: MIN (1) plus the rest.
 fn default_max_waits() -> NonZeroU32 {
     NonZeroU32::MIN.saturating_add(15)
+}
+fn default_header_read_timeout() -> NonZeroU64 {
+    NonZeroU64::MIN.saturating_add(9)
+}
+fn default_idle_timeout() -> NonZeroU64 {
+    NonZeroU64::MIN.saturating_add(59)
+}
+fn default_max_connections() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(999)
+}
+fn default_max_pending() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(99)
+}
+fn default_checks_per_second() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(199)
+}
+fn default_check_burst() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(399)
 }
 
 /// `[storage]`

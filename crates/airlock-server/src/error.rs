@@ -57,6 +57,22 @@ pub enum ApiError {
     /// 413: the body is larger than the limit.
     #[error("request body is larger than this server accepts")]
     TooLarge,
+    /// 429: the principal already has as many pending requests as
+    /// `server.max_pending_per_principal` allows.
+    #[error("{principal} already has {limit} pending requests; wait for some to be decided, or cancel some")]
+    TooManyPending {
+        /// Whose requests.
+        principal: String,
+        /// The configured cap.
+        limit: u32,
+    },
+    /// 429: this key made more checks than `server.checks_per_second_per_key`
+    /// allows; try again after `retry_after_seconds` (sent as `Retry-After`).
+    #[error("too many checks with this key; retry in {retry_after_seconds}s")]
+    RateLimited {
+        /// Whole seconds until a check will be accepted again (at least 1).
+        retry_after_seconds: u64,
+    },
     /// 503: storage failed; nothing was done.
     #[error("storage unavailable: {0}")]
     Storage(StoreError),
@@ -87,7 +103,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict { .. } => 409,
             ApiError::TooLarge => 413,
-            ApiError::TooMany { .. } => 429,
+            ApiError::TooMany { .. } | ApiError::TooManyPending { .. } | ApiError::RateLimited { .. } => 429,
             ApiError::Storage(_) | ApiError::Audit(_) => 503,
             ApiError::Upstream(_) => 502,
         }
@@ -106,6 +122,8 @@ impl ApiError {
             | ApiError::TooMany { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge => "payload_too_large",
+            ApiError::TooManyPending { .. } => "too_many_pending",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Storage(_) => "storage_unavailable",
             ApiError::Upstream(_) => "upstream_unavailable",
             ApiError::Audit(_) => "audit_unavailable",

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
-    StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, Cursor, GrantRow, OutboxMessage, Role,
+    SessionRecord, StatusFilter, Viewer,
 };
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
@@ -45,7 +45,7 @@ use chrono::{DateTime, Utc};
 pub trait ReadTx {
     /// One request with its reviews and grant.
     fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError>;
-    /// Requests, newest first.
+    /// Requests matching `filter`, newest first, at most `limit`.
     fn list_requests(
         &mut self,
         filter: &StatusFilter,
@@ -97,6 +97,8 @@ pub trait ReadTx {
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
+    /// How many requests of `principal` are pending.
+    fn count_pending(&mut self, principal: &UserName) -> Result<i64, StoreError>;
     /// Requests created by `principal` since `since`.
     fn count_requests_since(
         &mut self,

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use airlock_core::{Fingerprint, RequestId, RequestStatus, UserName};
+use airlock_core::{Fingerprint, GroupName, RequestId, RequestStatus, UserName};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -164,4 +164,63 @@ pub struct StatusFilter {
     pub statuses: Vec<RequestStatus>,
     /// Only this principal's.
     pub principal: Option<UserName>,
+    /// Only those this viewer may see (everything when `None`). Applied in
+    /// the query, before the limit: requests the viewer may not see can
+    /// never push the ones they may out of a page.
+    pub visible_to: Option<Viewer>,
+    /// Only those after this position in the newest-first order (the
+    /// `next` of the previous page).
+    pub after: Option<Cursor>,
+}
+
+/// Who is looking, for listings filtered by visibility. A request is
+/// visible to its principal and to members of any group named in any of
+/// its thresholds (those who may review it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// The viewer.
+    pub user: UserName,
+    /// The viewer's groups now.
+    pub groups: Vec<GroupName>,
+    /// Whether the viewer's own requests count; `false` lists only what
+    /// they may review (an inbox).
+    pub own: bool,
+}
+
+/// A position in a newest-first listing of requests: the last one a page
+/// held. Written as `MILLIS_ID` (the request's creation time in Unix
+/// milliseconds, then its id), so it names no other request and needs no
+/// lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The request's creation time.
+    pub created_at: DateTime<Utc>,
+    /// The request's id (orders requests created in the same millisecond).
+    pub id: RequestId,
+}
+
+impl Cursor {
+    /// The position just after `req`.
+    pub fn after(req: &airlock_core::Request) -> Self {
+        Self {
+            created_at: req.created_at,
+            id: req.id,
+        }
+    }
+
+    /// Reads a cursor written by [`fmt::Display`].
+    pub fn parse(s: &str) -> Option<Self> {
+        let (millis, id) = s.split_once('_')?;
+        let created_at = DateTime::from_timestamp_millis(millis.parse().ok()?)?;
+        Some(Self {
+            created_at,
+            id: RequestId::parse(id).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.created_at.timestamp_millis(), self.id)
+    }
 }

@@ -149,11 +149,19 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
 /// `airlock requests …`
 #[derive(Debug, Subcommand)]
 pub enum RequestsCommand {
-    /// Requests you may see (default: pending).
+    /// Requests you may see (default: pending), newest first, following
+    /// the server's pages up to --max.
     List {
         /// pending, approved, denied, …, or all.
         #[arg(long, default_value = "pending")]
         status: String,
+        /// Most requests to show; when more remain, the command to see
+        /// them is printed.
+        #[arg(long, default_value_t = 500)]
+        max: u32,
+        /// Start after this cursor (as printed by an earlier list).
+        #[arg(long)]
+        after: Option<String>,
         #[command(flatten)]
         conn: Conn,
         #[command(flatten)]
@@ -673,14 +681,45 @@ fn print_request(req: &Value) {
     }
 }
 
+/// The server's pages of requests, followed until `max` are in hand or
+/// none are left: `{"requests": [...], "next": CURSOR-or-null}`.
+async fn list_pages(
+    c: &Client,
+    status: &str,
+    max: u32,
+    mut after: Option<String>,
+) -> anyhow::Result<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let want = max.saturating_sub(all.len() as u32).clamp(1, 1000);
+        let mut path = format!("/v1/requests?status={status}&limit={want}");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page = c.get(&path).await?;
+        all.extend(page["requests"].as_array().cloned().unwrap_or_default());
+        after = page["next"].as_str().map(str::to_owned);
+        if after.is_none() || all.len() as u32 >= max {
+            break;
+        }
+    }
+    Ok(json!({"requests": all, "next": after}))
+}
+
 pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
     let (conn, out, res) = match &cmd {
-        RequestsCommand::List { status, conn, out } => {
+        RequestsCommand::List {
+            status,
+            max,
+            after,
+            conn,
+            out,
+        } => {
             let c = Client::new(conn)?;
             (
                 conn,
                 out,
-                c.get(&format!("/v1/requests?status={status}")).await?,
+                list_pages(&c, status, *max, after.clone()).await?,
             )
         }
         RequestsCommand::Show { id, conn, out } => {
@@ -748,6 +787,9 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
         }
         for r in list {
             print_request(r);
+        }
+        if let (Some(next), RequestsCommand::List { status, .. }) = (res["next"].as_str(), &cmd) {
+            println!("more: airlock requests list --status {status} --after {next}");
         }
     } else {
         print_request(&res);

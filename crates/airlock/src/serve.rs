@@ -17,6 +17,9 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             (p, Some(dir))
         }
     };
+    // Before anything opens files: the default soft limit (often 1024)
+    // would run out long before the connection cap.
+    http::raise_open_file_limit();
     let config = Config::load(&config_path)?;
     let listen = config.server.listen.clone();
     let (airlock, bg) = Airlock::start(config).await?;

@@ -124,6 +124,9 @@ macro_rules! on_both_stores {
     };
 }
 
+#[path = "hardening/starve.rs"]
+mod hardening_starve;
+
 on_both_stores!(
     the_loop_end_to_end,
     wait_is_answered_when_the_request_is_decided,

@@ -20,6 +20,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+pub mod listen;
+
+pub use listen::raise_open_file_limit;
+
 use crate::service::{CheckBody, CheckOutcome, CompleteBody, ConsumeBody};
 use crate::{Airlock, ApiError, Caller};
 
@@ -33,7 +37,15 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code(), error = %self, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_seconds,
+        } = self
+        {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+        }
+        res
     }
 }
 
@@ -199,6 +211,8 @@ async fn get_request(
 struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
+    /// The `next` of the previous page.
+    after: Option<String>,
 }
 
 async fn list_requests(
@@ -215,11 +229,24 @@ async fn list_requests(
             })
             .collect::<Result<_, _>>()?,
     };
-    let reqs = airlock
-        .list_requests(&caller, statuses, q.limit.unwrap_or(100))
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(
+            airlock_store::Cursor::parse(a)
+                .ok_or_else(|| ApiError::BadRequest(format!("after {a:?} is not a page cursor")))?,
+        ),
+    };
+    let page = airlock
+        .list_requests(&caller, statuses, q.limit.unwrap_or(100), after)
         .await?;
-    let list: Vec<Value> = reqs.iter().map(|r| airlock.view(r, &caller)).collect();
-    Ok(Json(json!({"requests": list})))
+    let list: Vec<Value> = page
+        .requests
+        .iter()
+        .map(|r| airlock.view(r, &caller))
+        .collect();
+    Ok(Json(
+        json!({"requests": list, "next": page.next.map(|c| c.to_string())}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -455,18 +482,16 @@ async fn metrics(State(airlock): State<AppState>) -> Response {
 }
 
 /// Serves until `shutdown` resolves, then signs a final checkpoint.
+/// Connections are served under `[server]`'s header-read and idle
+/// timeouts and connection cap (see [`listen`]).
 pub async fn serve(
     airlock: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(airlock.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let limits = listen::Limits::from_config(&airlock.config.load().server);
+    listen::run(app, listener, limits, shutdown).await;
     if let Err(e) = crate::background::checkpoint(&airlock).await {
         tracing::error!(error = %e, "final audit checkpoint failed");
     }

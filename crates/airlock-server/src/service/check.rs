@@ -92,6 +92,15 @@ impl Airlock {
         peer: Option<IpAddr>,
     ) -> Result<CheckOutcome, ApiError> {
         let started = Instant::now();
+        let (max_pending, rate, burst) = {
+            let cfg = self.config.load();
+            (
+                cfg.server.max_pending_per_principal.get(),
+                cfg.server.checks_per_second_per_key,
+                cfg.server.check_burst_per_key,
+            )
+        };
+        self.check_limiter.check(&caller.key_id, rate, burst)?;
         let principal = match body.principal {
             Some(p) if p != caller.user && !caller.is_enforcer() => {
                 return Err(ApiError::forbidden(format!(
@@ -186,6 +195,7 @@ impl Airlock {
                 let hooks = self.hooks();
                 let mail = self.mail();
                 let approvers = loaded.clone();
+                let principal_name = request.action.principal.to_string();
                 let request = self
                     .store
                     .write(move |tx| {
@@ -204,6 +214,12 @@ impl Airlock {
                             }
                             Some(req) => (req, Fate::Raised, Some(request)),
                             None => {
+                                // Counted in the writer's transaction, so
+                                // racing checks cannot overshoot the cap.
+                                let pending = tx.count_pending(&request.action.principal)?;
+                                if pending >= i64::from(max_pending) {
+                                    return Ok(None);
+                                }
                                 tx.insert_request(&request)?;
                                 (request, Fate::Created, None)
                             }
@@ -281,11 +297,16 @@ impl Airlock {
                             notify::emit(tx, &hooks, "request.created", data)?;
                             mail.to_approvers(tx, &req, &approvers.directory)?;
                         }
-                        Ok::<_, StoreError>((req, created))
+                        Ok::<_, StoreError>(Some((req, created)))
                     })
                     .await
                     .map_err(ApiError::Audit)?;
-                let (request, created) = request;
+                let Some((request, created)) = request else {
+                    return Err(ApiError::TooManyPending {
+                        principal: principal_name,
+                        limit: max_pending,
+                    });
+                };
                 if created {
                     let _ = self.timers.send((request.expires_at, request.id));
                 }

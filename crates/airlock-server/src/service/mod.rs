@@ -4,6 +4,7 @@
 
 mod check;
 mod grants;
+mod limits;
 pub(crate) mod notify;
 mod requests;
 mod view;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 
 pub use check::{CheckBody, CheckOutcome};
 pub use grants::{CompleteBody, ConsumeBody};
+pub use requests::{RequestPage, MAX_PAGE};
 pub(crate) use view::threshold_view;
 
 use crate::config::Config;
@@ -97,6 +99,8 @@ pub struct Airlock {
     pub(crate) sessions_ended: tokio::sync::broadcast::Sender<String>,
     /// The address the server actually listens on (`listen` may say port 0).
     bound: std::sync::OnceLock<String>,
+    /// Checks per key per second.
+    check_limiter: limits::CheckLimiter,
 }
 
 impl std::fmt::Debug for Airlock {
@@ -208,6 +212,7 @@ impl Airlock {
             waits: Default::default(),
             streams: Default::default(),
             sessions_ended: tokio::sync::broadcast::channel(64).0,
+            check_limiter: Default::default(),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

@@ -9,7 +9,7 @@ use airlock_core::{
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
-use airlock_store::{StatusFilter, StoreEvent, WriteTx};
+use airlock_store::{Cursor, StatusFilter, StoreEvent, Viewer, WriteTx};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -17,6 +17,18 @@ use super::{notify, Airlock, Caller};
 use crate::ApiError;
 
 const MAX_REVIEW_REASON: usize = 2000;
+
+/// The most requests one page of a listing holds.
+pub const MAX_PAGE: u32 = 1000;
+
+/// One page of a listing of requests.
+#[derive(Debug)]
+pub struct RequestPage {
+    /// Newest first.
+    pub requests: Vec<Request>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
 
 impl Airlock {
     /// Every decision that led to a request, oldest first, each with the
@@ -105,26 +117,94 @@ impl Airlock {
         }
     }
 
-    /// Requests the caller may see: their own and those they may review
-    /// (everything for enforcers and admins).
+    /// Requests the caller may see, newest first: their own and those they
+    /// may review (everything for enforcers and admins), one page of at
+    /// most `limit` after `after`.
     pub async fn list_requests(
         &self,
         caller: &Caller,
         statuses: Vec<RequestStatus>,
         limit: u32,
-    ) -> Result<Vec<Request>, ApiError> {
+        after: Option<Cursor>,
+    ) -> Result<RequestPage, ApiError> {
+        let everything = caller.is_admin() || caller.is_enforcer();
+        self.list_visible(caller, statuses, !everything, true, limit, after)
+            .await
+    }
+
+    /// Pending requests the caller may review now (never their own), newest
+    /// first: a reviewer's inbox, whatever their role.
+    pub async fn inbox(
+        &self,
+        caller: &Caller,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<RequestPage, ApiError> {
+        let mut page = self
+            .list_visible(
+                caller,
+                vec![RequestStatus::Pending],
+                true,
+                false,
+                limit,
+                after,
+            )
+            .await?;
+        let loaded = self.loaded.load();
+        page.requests
+            .retain(|r| r.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g)));
+        Ok(page)
+    }
+
+    /// The filter runs in the store's query, before the limit, so requests
+    /// the caller may not see (however many) cannot crowd out those they
+    /// may: a flood by one principal reaches only its own approvers.
+    async fn list_visible(
+        &self,
+        caller: &Caller,
+        statuses: Vec<RequestStatus>,
+        filtered: bool,
+        own: bool,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<RequestPage, ApiError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let visible_to = filtered.then(|| {
+            let loaded = self.loaded.load();
+            Viewer {
+                user: caller.user.clone(),
+                groups: loaded
+                    .directory
+                    .groups(&caller.user)
+                    .map(|gs| gs.iter().cloned().collect())
+                    .unwrap_or_default(),
+                own,
+            }
+        });
         let filter = StatusFilter {
             statuses,
             principal: None,
+            visible_to,
+            after,
         };
-        let all = self
+        // One more than asked, to know whether another page follows.
+        let mut found = self
             .store
-            .read(move |r| r.list_requests(&filter, limit.clamp(1, 1000)))
+            .read(move |r| r.list_requests(&filter, limit + 1))
             .await?;
-        Ok(all
-            .into_iter()
-            .filter(|r| self.may_see(caller, r))
-            .collect())
+        let next = if found.len() > limit as usize {
+            found.truncate(limit as usize);
+            found.last().map(Cursor::after)
+        } else {
+            None
+        };
+        // The query already applied the rule; this keeps one place (may_see)
+        // the final word on what leaves the service.
+        found.retain(|r| self.may_see(caller, r));
+        Ok(RequestPage {
+            requests: found,
+            next,
+        })
     }
 
     /// Records a verdict. Self-review and ineligible reviewers are refused

@@ -377,41 +377,76 @@ fn shown(airlock: &Airlock, req: &airlock_core::Request, user: &WebUser) -> Valu
     v
 }
 
-async fn inbox_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiError> {
-    let all = airlock
-        .list_requests(&user.caller, vec![RequestStatus::Pending], 500)
-        .await?;
-    let loaded = airlock.loaded.load();
-    Ok(all
-        .iter()
-        .filter(|r| {
-            r.action.principal != user.caller.user
-                && r.eligible_reviewer(&user.caller.user, |u, g| loaded.directory.is_member(u, g))
-        })
-        .map(|r| shown(airlock, r, user))
-        .collect())
+/// How many requests one inbox page shows; older ones are a link away.
+const INBOX_PAGE: u32 = 100;
+
+/// `?after=` on the inbox: the page that follows.
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    after: Option<String>,
 }
 
-async fn inbox(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+/// The inbox's requests (filtered by who may review them in the store's
+/// query) and the cursor of the next page, if any.
+async fn inbox_list(
+    airlock: &Airlock,
+    user: &WebUser,
+    q: &PageQuery,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(
+            airlock_store::Cursor::parse(a)
+                .ok_or_else(|| ApiError::BadRequest(format!("after {a:?} is not a page cursor")))?,
+        ),
+    };
+    let page = airlock.inbox(&user.caller, INBOX_PAGE, after).await?;
+    Ok((
+        page.requests
+            .iter()
+            .map(|r| shown(airlock, r, user))
+            .collect(),
+        page.next.map(|c| c.to_string()),
+    ))
+}
+
+async fn inbox(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
-    match inbox_list(&airlock, &user).await {
-        Ok(list) => Ok(pages::inbox(&viewer(&user), &list, chrono::Utc::now()).into_response()),
+    match inbox_list(&airlock, &user, &q).await {
+        Ok((list, next)) => Ok(pages::inbox(
+            &viewer(&user),
+            &list,
+            next.as_deref(),
+            q.after.as_deref(),
+            chrono::Utc::now(),
+        )
+        .into_response()),
         Err(e) => Err(fail(Some(&user), e)),
     }
 }
 
-async fn inbox_rows(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+async fn inbox_rows(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
-    match inbox_list(&airlock, &user).await {
-        Ok(list) => Ok(pages::inbox_rows(&list, chrono::Utc::now()).into_response()),
+    match inbox_list(&airlock, &user, &q).await {
+        Ok((list, next)) => {
+            Ok(pages::inbox_rows(&list, next.as_deref(), chrono::Utc::now()).into_response())
+        }
         Err(e) => Err(fail(Some(&user), e)),
     }
 }
 
 async fn mine_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiError> {
     let filter = StatusFilter {
-        statuses: Vec::new(),
         principal: Some(user.caller.user.clone()),
+        ..Default::default()
     };
     let mine = airlock
         .store
@@ -620,6 +655,7 @@ async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let filter = StatusFilter {
         statuses: Vec::new(),
         principal: (!everyone).then(|| user.caller.user.clone()),
+        ..Default::default()
     };
     let all = airlock
         .store

@@ -200,7 +200,16 @@ fn thresholds(v: &Value) -> Markup {
 }
 
 /// The rows of the inbox: what the viewer may review now.
-pub(crate) fn inbox_rows(requests: &[Value], now: DateTime<Utc>) -> Markup {
+pub(crate) fn inbox_rows(requests: &[Value], next: Option<&str>, now: DateTime<Utc>) -> Markup {
+    html! {
+        (inbox_list(requests, now))
+        @if let Some(next) = next {
+            p.more { a href=(format!("/inbox?after={next}")) { "Older requests →" } }
+        }
+    }
+}
+
+fn inbox_list(requests: &[Value], now: DateTime<Utc>) -> Markup {
     html! {
         @if requests.is_empty() {
             p.empty { "Nothing waits for you." }
@@ -226,13 +235,25 @@ pub(crate) fn inbox_rows(requests: &[Value], now: DateTime<Utc>) -> Markup {
 }
 
 /// The inbox page, which refreshes its list when requests change.
-pub(crate) fn inbox(viewer: &Viewer<'_>, requests: &[Value], now: DateTime<Utc>) -> Markup {
+pub(crate) fn inbox(
+    viewer: &Viewer<'_>,
+    requests: &[Value],
+    next: Option<&str>,
+    after: Option<&str>,
+    now: DateTime<Utc>,
+) -> Markup {
+    // A later page refreshes itself, not the first one.
+    let live = match after {
+        Some(a) => format!("/inbox/rows?after={a}"),
+        None => "/inbox/rows".to_owned(),
+    };
     layout(
         "Inbox",
         Some(viewer),
         html! {
             h1 { "Waiting for your review" }
-            div #live data-live="/inbox/rows" aria-live="polite" { (inbox_rows(requests, now)) }
+            @if after.is_some() { p { a href="/inbox" { "← Newest" } } }
+            div #live data-live=(live) aria-live="polite" { (inbox_rows(requests, next, now)) }
         },
     )
 }

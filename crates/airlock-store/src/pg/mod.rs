@@ -608,15 +608,31 @@ impl ReadTx for Tx<'_> {
         limit: u32,
     ) -> Result<Vec<Request>, StoreError> {
         let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let viewer = filter.visible_to.as_ref();
+        let groups: Vec<&str> = viewer
+            .map(|v| v.groups.iter().map(|g| g.as_str()).collect())
+            .unwrap_or_default();
         let rows = self.query(
             request_query!(
                 "WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
                  AND ($2::text IS NULL OR principal = $2)
-                 ORDER BY created_at DESC, id DESC LIMIT $3"
+                 AND ($3::text IS NULL
+                      OR ($5::bool AND principal = $3)
+                      OR (principal <> $3 AND EXISTS (
+                            SELECT 1 FROM request_groups g
+                            WHERE g.request_id = requests.id AND g.group_name = ANY($4::text[]))))
+                 AND ($6::timestamptz IS NULL OR created_at < $6
+                      OR (created_at = $6 AND id < $7::text))
+                 ORDER BY created_at DESC, id DESC LIMIT $8"
             ),
             &[
                 &statuses,
                 &filter.principal.as_ref().map(|p| p.as_str()),
+                &viewer.map(|v| v.user.as_str()),
+                &groups,
+                &viewer.is_some_and(|v| v.own),
+                &filter.after.map(|c| c.created_at),
+                &filter.after.map(|c| c.id.to_string()),
                 &i64::from(limit),
             ],
         )?;
@@ -844,6 +860,15 @@ impl ReadTx for Tx<'_> {
             .try_get(0)?)
     }
 
+    fn count_pending(&mut self, principal: &UserName) -> Result<i64, StoreError> {
+        Ok(self
+            .query_one(
+                "SELECT COUNT(*) FROM requests WHERE principal = $1 AND status = 'pending'",
+                &[&principal.as_str()],
+            )?
+            .try_get(0)?)
+    }
+
     fn count_requests_since(
         &mut self,
         principal: &UserName,
@@ -935,6 +960,15 @@ impl WriteTx for Tx<'_> {
                 &req.expires_at,
             ],
         )?;
+        for t in &req.requirement.thresholds {
+            for g in &t.groups {
+                self.execute(
+                    "INSERT INTO request_groups (request_id, group_name) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&req.id.to_string(), &g.as_str()],
+                )?;
+            }
+        }
         Ok(())
     }
 
@@ -970,6 +1004,16 @@ impl WriteTx for Tx<'_> {
                 &serde_json::to_string(policies)?,
             ],
         )?;
+        // The groups now asked may see it in their lists.
+        for t in &requirement.thresholds {
+            for g in &t.groups {
+                self.execute(
+                    "INSERT INTO request_groups (request_id, group_name) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&id.to_string(), &g.as_str()],
+                )?;
+            }
+        }
         Ok(n == 1)
     }
 

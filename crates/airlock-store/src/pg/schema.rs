@@ -164,6 +164,22 @@ UPDATE audit SET request_id = CASE
     END;
 CREATE INDEX audit_by_request ON audit (request_id);
 "#,
+    r#"
+-- The groups named in each request's thresholds, so listings filter by
+-- who may see a request in the query itself (before the limit), not after.
+CREATE TABLE request_groups (
+    request_id text NOT NULL REFERENCES requests (id),
+    group_name text NOT NULL,
+    PRIMARY KEY (request_id, group_name)
+);
+CREATE INDEX request_groups_by_group ON request_groups (group_name, request_id);
+INSERT INTO request_groups (request_id, group_name)
+SELECT DISTINCT r.id, g.name
+FROM requests r,
+     jsonb_array_elements(r.requirement_json::jsonb -> 'thresholds') t,
+     jsonb_array_elements_text(t.value -> 'groups') g(name)
+ON CONFLICT DO NOTHING;
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -342,15 +342,32 @@ impl ReadTx for Tx<'_> {
     ) -> Result<Vec<Request>, StoreError> {
         let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
         let statuses_json = serde_json::to_string(&statuses)?;
+        let viewer = filter.visible_to.as_ref();
+        let groups: Vec<&str> = viewer
+            .map(|v| v.groups.iter().map(|g| g.as_str()).collect())
+            .unwrap_or_default();
+        let groups_json = serde_json::to_string(&groups)?;
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {REQUEST_COLS} FROM requests
              WHERE (?1 = '[]' OR status IN (SELECT value FROM json_each(?1)))
                AND (?2 IS NULL OR principal = ?2)
-             ORDER BY created_at DESC, id DESC LIMIT ?3"
+               AND (?3 IS NULL
+                    OR (?5 AND principal = ?3)
+                    OR (principal <> ?3 AND EXISTS (
+                          SELECT 1 FROM request_groups g
+                          WHERE g.request_id = requests.id
+                            AND g.group_name IN (SELECT value FROM json_each(?4)))))
+               AND (?6 IS NULL OR created_at < ?6 OR (created_at = ?6 AND id < ?7))
+             ORDER BY created_at DESC, id DESC LIMIT ?8"
         ))?;
         let mut rows = st.query(params![
             statuses_json,
             filter.principal.as_ref().map(|p| p.as_str()),
+            viewer.map(|v| v.user.as_str()),
+            groups_json,
+            viewer.is_some_and(|v| v.own),
+            filter.after.map(|c| fmt(c.created_at)),
+            filter.after.map(|c| c.id.to_string()),
             limit
         ])?;
         let mut out = Vec::new();
@@ -638,6 +655,15 @@ impl ReadTx for Tx<'_> {
             .query_row([status.as_str()], |r| r.get(0))?)
     }
 
+    fn count_pending(&mut self, principal: &UserName) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM requests WHERE principal = ?1 AND status = 'pending'",
+            )?
+            .query_row([principal.as_str()], |r| r.get(0))?)
+    }
+
     fn count_requests_since(
         &mut self,
         principal: &UserName,
@@ -734,6 +760,14 @@ impl WriteTx for Tx<'_> {
                 fmt(req.created_at),
                 fmt(req.expires_at),
             ])?;
+        let mut st = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO request_groups (request_id, group_name) VALUES (?1, ?2)",
+        )?;
+        for t in &req.requirement.thresholds {
+            for g in &t.groups {
+                st.execute(params![req.id.to_string(), g.as_str()])?;
+            }
+        }
         Ok(())
     }
 
@@ -773,6 +807,15 @@ impl WriteTx for Tx<'_> {
                 serde_json::to_string(requirement)?,
                 serde_json::to_string(policies)?,
             ])?;
+        // The groups now asked may see it in their lists.
+        let mut st = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO request_groups (request_id, group_name) VALUES (?1, ?2)",
+        )?;
+        for t in &requirement.thresholds {
+            for g in &t.groups {
+                st.execute(params![id.to_string(), g.as_str()])?;
+            }
+        }
         Ok(n == 1)
     }
 

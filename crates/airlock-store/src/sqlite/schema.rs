@@ -163,6 +163,20 @@ UPDATE audit SET request_id = CASE
     END;
 CREATE INDEX audit_by_request ON audit (request_id);
 "#,
+    r#"
+-- The groups named in each request's thresholds, so listings filter by
+-- who may see a request in the query itself (before the limit), not after.
+CREATE TABLE request_groups (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    group_name TEXT NOT NULL,
+    PRIMARY KEY (request_id, group_name)
+);
+CREATE INDEX request_groups_by_group ON request_groups (group_name, request_id);
+INSERT OR IGNORE INTO request_groups (request_id, group_name)
+SELECT r.id, g.value
+FROM requests r, json_each(r.requirement_json, '$.thresholds') t, json_each(t.value, '$.groups') g;
+CREATE INDEX requests_by_created ON requests (created_at, id);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -83,6 +83,17 @@ async fn a_recheck_never_inherits_a_laxer_requirement(db: Db) {
         .collect();
     assert_eq!(rows, vec![&json!(10), &json!(1_000_000)], "{r}");
 
+    // Security, newly asked, finds it in its list.
+    let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
+    assert!(
+        l["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str()),
+        "{l}"
+    );
+
     // One lead is no longer enough.
     let (st, r) = s.review(&lena, &id, "approve").await;
     assert_eq!(st, 200, "{r}");
