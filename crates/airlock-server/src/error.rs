@@ -15,6 +15,9 @@ pub enum ApiError {
     /// 401: no key, or a key we do not know.
     #[error("missing or invalid API key")]
     Unauthenticated,
+    /// 401: a key we know, but revoked or expired; says which.
+    #[error("{0}")]
+    KeyRefused(String),
     /// 403: known caller, not allowed.
     #[error("{message}")]
     Forbidden {
@@ -68,7 +71,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) | ApiError::ReasonRequired(_) => 400,
-            ApiError::Unauthenticated => 401,
+            ApiError::Unauthenticated | ApiError::KeyRefused(_) => 401,
             ApiError::Forbidden { .. } | ApiError::Grant { .. } => 403,
             ApiError::NotFound(_) => 404,
             ApiError::Conflict { .. } => 409,
@@ -83,7 +86,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::ReasonRequired(_) => "reason_required",
-            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Unauthenticated | ApiError::KeyRefused(_) => "unauthenticated",
             ApiError::Forbidden { code, .. }
             | ApiError::Grant { code, .. }
             | ApiError::Conflict { code, .. } => code,

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
-    StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRefusal, KeyRevocation, OutboxMessage,
+    Role, SessionRecord, StatusFilter,
 };
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
@@ -75,8 +75,10 @@ pub trait ReadTx {
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError>;
     /// The chain head `(seq, hash)`; `(0, GENESIS)` when empty.
     fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
-    /// The API key whose SHA-256 is `hash`.
+    /// The API key whose SHA-256 is `hash`, revoked or expired or not.
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every API key, revoked and expired ones included, oldest first.
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Groups taken from single sign-on, by user, replacing the config's.
@@ -158,6 +160,11 @@ pub trait WriteTx: ReadTx {
     fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;
     /// Stores an API key (its hash only).
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Marks an API key revoked at `at`, keeping its row.
+    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError>;
+    /// Records that these keys were used at `at` (never moving a key's
+    /// `last_used_at` back).
+    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError>;
     /// Sets a user's password hash (a PHC string; never the password).
     fn set_password_hash(
         &mut self,

@@ -76,6 +76,9 @@ both_backends!(
     audit_search_filters,
     synced_groups_round_trip_and_reach_every_node,
     outbox_claims_lease_retry_and_give_up,
+    api_keys_are_listed_revoked_once_and_expire,
+    a_revocation_is_seen_by_the_next_read_everywhere,
+    key_use_is_recorded_and_never_moves_back,
 );
 
 fn request(principal: &str) -> Request {
@@ -648,4 +651,131 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
         .unwrap();
     assert_eq!(delivered[0].id, "msg_1");
     assert!(delivered[0].delivered_at.is_some());
+}
+
+fn api_key(id: &str, role: crate::Role, expires_in: Option<i64>) -> crate::ApiKeyRecord {
+    let t = now();
+    crate::ApiKeyRecord {
+        id: id.to_owned(),
+        hash: format!("hash-of-{id}"),
+        user: airlock_core::UserName::parse("alice").unwrap(),
+        role,
+        created_at: t,
+        expires_at: expires_in.map(|s| t + chrono::Duration::seconds(s)),
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
+    use crate::{KeyRefusal, KeyRevocation, Role};
+    let store = home.open();
+    let live = api_key("key_live", Role::Admin, None);
+    let mut old = api_key("key_old", Role::User, Some(-5));
+    old.created_at = live.created_at - chrono::Duration::seconds(10);
+    let (l, o) = (live.clone(), old.clone());
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&l)?;
+            tx.insert_api_key(&o)
+        })
+        .await
+        .unwrap();
+    // Oldest first, every field as written.
+    let listed = store.read(|r| r.list_api_keys()).await.unwrap();
+    assert_eq!(listed, vec![old.clone(), live.clone()]);
+    let t = now();
+    assert_eq!(live.refusal(t), None);
+    assert!(matches!(old.refusal(t), Some(KeyRefusal::Expired(at)) if Some(at) == old.expires_at));
+
+    let at = now();
+    let first = store
+        .write(move |tx| tx.revoke_api_key("key_live", at))
+        .await
+        .unwrap();
+    assert_eq!(first, KeyRevocation::Revoked);
+    let again = store
+        .write(move |tx| tx.revoke_api_key("key_live", now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        KeyRevocation::AlreadyRevoked(at),
+        "the first time is kept"
+    );
+    let unknown = store
+        .write(move |tx| tx.revoke_api_key("key_nope", now()))
+        .await
+        .unwrap();
+    assert_eq!(unknown, KeyRevocation::Unknown);
+
+    // The row stays, revoked, for the audit trail.
+    let got = store
+        .read(|r| r.api_key_by_hash("hash-of-key_live"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, Some(at));
+    assert_eq!(got.refusal(now()), Some(KeyRefusal::Revoked(at)));
+    assert_eq!(store.read(|r| r.list_api_keys()).await.unwrap().len(), 2);
+}
+
+/// A key revoked through one store (another node, or the CLI as another
+/// process on the same SQLite file) is refused by the very next lookup
+/// through any other: nothing is cached below the service.
+async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
+    let a = home.open();
+    let b = home.open();
+    let k = api_key("key_shared", crate::Role::User, None);
+    a.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+    let seen = a
+        .read(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.revoked_at, None);
+    b.write(|tx| tx.revoke_api_key("key_shared", now()))
+        .await
+        .unwrap();
+    let seen = a
+        .read(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked_at.is_some());
+}
+
+async fn key_use_is_recorded_and_never_moves_back(home: &Home) {
+    let store = home.open();
+    let (k1, k2) = (
+        api_key("key_one", crate::Role::User, None),
+        api_key("key_two", crate::Role::User, Some(3600)),
+    );
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&k1)?;
+            tx.insert_api_key(&k2)
+        })
+        .await
+        .unwrap();
+    let t = now();
+    let ids = vec![
+        "key_one".to_owned(),
+        "key_two".to_owned(),
+        "key_gone".to_owned(),
+    ];
+    store
+        .write(move |tx| tx.touch_api_keys(&ids, t))
+        .await
+        .unwrap();
+    let earlier = t - chrono::Duration::seconds(60);
+    store
+        .write(move |tx| tx.touch_api_keys(&["key_one".to_owned()], earlier))
+        .await
+        .unwrap();
+    let listed = store.read(|r| r.list_api_keys()).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for k in listed {
+        assert_eq!(k.last_used_at, Some(t), "{}", k.id);
+    }
 }

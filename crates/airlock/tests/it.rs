@@ -146,6 +146,9 @@ on_both_stores!(
     webhooks_are_signed_and_follow_the_loop,
 );
 
+#[path = "hardening/keys.rs"]
+mod hardening_keys;
+
 struct Server {
     child: Child,
     url: String,

@@ -31,8 +31,8 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
-    StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRevocation, OutboxMessage, Role,
+    SessionRecord, StatusFilter,
 };
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
@@ -460,6 +460,20 @@ struct Tx<'a> {
     events: Option<&'a mut Announced>,
 }
 
+fn api_key_from_row(r: &Row) -> Result<ApiKeyRecord, StoreError> {
+    let role: &str = r.try_get(3)?;
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        hash: r.try_get(1)?,
+        user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
+        created_at: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        revoked_at: r.try_get(6)?,
+        last_used_at: r.try_get(7)?,
+    })
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -750,20 +764,20 @@ impl ReadTx for Tx<'_> {
 
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = self.query_opt(
-            "SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = $1",
+            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
+             FROM api_keys WHERE hash = $1",
             &[&hash],
         )?;
-        row.map(|r| {
-            let role: &str = r.try_get(3)?;
-            Ok(ApiKeyRecord {
-                id: r.try_get(0)?,
-                hash: r.try_get(1)?,
-                user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
-                role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
-                created_at: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = self.query(
+            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
+             FROM api_keys ORDER BY created_at, id",
+            &[],
+        )?;
+        rows.iter().map(api_key_from_row).collect()
     }
 
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -1053,14 +1067,47 @@ impl WriteTx for Tx<'_> {
 
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &key.id,
                 &key.hash,
                 &key.user.as_str(),
                 &key.role.as_str(),
                 &key.created_at,
+                &key.expires_at,
+                &key.revoked_at,
+                &key.last_used_at,
             ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
+        let n = self.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&id, &at],
+        )?;
+        if n == 1 {
+            return Ok(KeyRevocation::Revoked);
+        }
+        let before = self.query_opt("SELECT revoked_at FROM api_keys WHERE id = $1", &[&id])?;
+        match before {
+            None => Ok(KeyRevocation::Unknown),
+            Some(r) => match r.try_get::<_, Option<DateTime<Utc>>>(0)? {
+                Some(t) => Ok(KeyRevocation::AlreadyRevoked(t)),
+                None => Err(StoreError::Corrupt(format!(
+                    "key {id} is neither revoked nor revocable"
+                ))),
+            },
+        }
+    }
+
+    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE api_keys SET last_used_at = $2
+             WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2)",
+            &[&ids, &at],
         )?;
         Ok(())
     }

@@ -13,7 +13,8 @@ const MIGRATE_LOCK: i64 = 0x6169_726c_6f63_6b01;
 /// `timestamptz`; JSON documents and audit fields are `text`, kept
 /// byte-for-byte as written (jsonb would reorder keys, drop duplicate
 /// keys and refuse `\u0000`, and the audit hashes cover the exact text).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE requests (
     id               text PRIMARY KEY,
     status           text NOT NULL,
@@ -151,7 +152,15 @@ CREATE TABLE interactions_seen (
     at     timestamptz NOT NULL,
     PRIMARY KEY (source, id)
 );
-"#];
+"#,
+    r#"
+-- API keys can expire and be revoked (the row stays, for audit); when a
+-- key was last used is kept to the minute.
+ALTER TABLE api_keys ADD COLUMN expires_at timestamptz;
+ALTER TABLE api_keys ADD COLUMN revoked_at timestamptz;
+ALTER TABLE api_keys ADD COLUMN last_used_at timestamptz;
+"#,
+];
 
 /// The newest schema version this build knows.
 pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;

@@ -151,6 +151,13 @@ CREATE TABLE interactions_seen (
     PRIMARY KEY (source, id)
 );
 "#,
+    r#"
+-- API keys can expire and be revoked (the row stays, for audit); when a
+-- key was last used is kept to the minute.
+ALTER TABLE api_keys ADD COLUMN expires_at TEXT;
+ALTER TABLE api_keys ADD COLUMN revoked_at TEXT;
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+"#,
 ];
 
 /// The newest schema version this build knows.
