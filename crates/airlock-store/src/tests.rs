@@ -779,3 +779,54 @@ async fn key_use_is_recorded_and_never_moves_back(home: &Home) {
         assert_eq!(k.last_used_at, Some(t), "{}", k.id);
     }
 }
+
+/// What a key lookup costs, now that every request does one (there is no
+/// cache of keys). Not a test: run with
+/// `cargo test --release -p airlock-store key_lookup_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn key_lookup_cost() {
+    let homes = [
+        Some(Home::sqlite()),
+        crate::testing::TestDb::create().map(Home::Db),
+    ];
+    for home in homes.into_iter().flatten() {
+        let store = home.open();
+        let k = api_key("key_bench", crate::Role::User, None);
+        store.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+        let lookup = |s: Store| async move {
+            s.read(|r| r.api_key_by_hash("hash-of-key_bench"))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        for _ in 0..200 {
+            lookup(store.clone()).await;
+        }
+        let n = 5000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            lookup(store.clone()).await;
+        }
+        let one = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..n / 64 {
+                        lookup(s.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let per_sec = f64::from(n / 64 * 64) / t.elapsed().as_secs_f64();
+        println!(
+            "{}: one at a time {one:?} per lookup; 64 concurrent: {per_sec:.0} lookups/s",
+            store.kind()
+        );
+    }
+}
