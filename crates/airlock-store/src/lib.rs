@@ -284,6 +284,11 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, job: Job) -> Result<(), StoreError>;
     /// Runs a read job on a blocking thread.
     fn read(&self, job: ReadJob) -> Result<(), StoreError>;
+    /// Runs a read job that makes one query, so needs no snapshot held
+    /// across queries: a backend may skip the explicit transaction.
+    fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
+        self.read(job)
+    }
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 }
@@ -367,6 +372,21 @@ impl Store {
     ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read(Box::new(move |r| {
+            let _ = tx.send(r.and_then(f));
+        }))?;
+        rx.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+
+    /// Like [`Store::read`], for an `f` that makes exactly one query (an
+    /// API key lookup on every request): on PostgreSQL it runs without
+    /// an explicit transaction, one round trip instead of three. Several
+    /// queries in `f` would each see their own snapshot.
+    pub async fn read_single<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.backend.read_single(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
         }))?;
         rx.await.unwrap_or(Err(StoreError::WriterGone))

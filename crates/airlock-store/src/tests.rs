@@ -722,14 +722,15 @@ async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
 
 /// A key revoked through one store (another node, or the CLI as another
 /// process on the same SQLite file) is refused by the very next lookup
-/// through any other: nothing is cached below the service.
+/// through any other, as authentication makes it (`read_single`, on a
+/// connection just used): nothing is cached below the service.
 async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
     let a = home.open();
     let b = home.open();
     let k = api_key("key_shared", crate::Role::User, None);
     a.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
     let seen = a
-        .read(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
         .await
         .unwrap()
         .unwrap();
@@ -738,7 +739,7 @@ async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
         .await
         .unwrap();
     let seen = a
-        .read(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
         .await
         .unwrap()
         .unwrap();
@@ -781,7 +782,8 @@ async fn key_use_is_recorded_and_never_moves_back(home: &Home) {
 }
 
 /// What a key lookup costs, now that every request does one (there is no
-/// cache of keys). Not a test: run with
+/// cache of keys), through `read` (a snapshot transaction) and
+/// `read_single` (what authentication uses). Not a test: run with
 /// `cargo test --release -p airlock-store key_lookup_cost -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
@@ -794,39 +796,45 @@ async fn key_lookup_cost() {
         let store = home.open();
         let k = api_key("key_bench", crate::Role::User, None);
         store.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
-        let lookup = |s: Store| async move {
-            s.read(|r| r.api_key_by_hash("hash-of-key_bench"))
-                .await
-                .unwrap()
-                .unwrap()
-        };
-        for _ in 0..200 {
-            lookup(store.clone()).await;
-        }
-        let n = 5000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            lookup(store.clone()).await;
-        }
-        let one = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        let tasks: Vec<_> = (0..64)
-            .map(|_| {
-                let s = store.clone();
-                tokio::spawn(async move {
-                    for _ in 0..n / 64 {
-                        lookup(s.clone()).await;
-                    }
+        for single in [false, true] {
+            let lookup = move |s: Store| async move {
+                let f = |r: &mut dyn crate::ReadTx| r.api_key_by_hash("hash-of-key_bench");
+                let got = if single {
+                    s.read_single(f).await
+                } else {
+                    s.read(f).await
+                };
+                got.unwrap().unwrap()
+            };
+            for _ in 0..200 {
+                lookup(store.clone()).await;
+            }
+            let n = 5000;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                lookup(store.clone()).await;
+            }
+            let one = t.elapsed() / n;
+            let t = std::time::Instant::now();
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..n / 64 {
+                            lookup(s.clone()).await;
+                        }
+                    })
                 })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let per_sec = f64::from(n / 64 * 64) / t.elapsed().as_secs_f64();
+            println!(
+                "{} {}: one at a time {one:?} per lookup; 64 concurrent: {per_sec:.0} lookups/s",
+                store.kind(),
+                if single { "read_single" } else { "read" },
+            );
         }
-        let per_sec = f64::from(n / 64 * 64) / t.elapsed().as_secs_f64();
-        println!(
-            "{}: one at a time {one:?} per lookup; 64 concurrent: {per_sec:.0} lookups/s",
-            store.kind()
-        );
     }
 }

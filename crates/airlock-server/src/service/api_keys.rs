@@ -11,7 +11,7 @@
 //! commit, during which a revoked key still works; a cache validated
 //! against a counter in the database costs the same round trip as the
 //! lookup it saves. The lookup is one read on the unique index of key
-//! hashes.
+//! hashes (one round trip on PostgreSQL: see `Store::read_single`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -109,7 +109,7 @@ pub(crate) async fn authenticate(
         return Err(ApiError::Unauthenticated);
     }
     let hash = hash_key(bearer);
-    let record = store.read(move |r| r.api_key_by_hash(&hash)).await?;
+    let record = store.read_single(move |r| r.api_key_by_hash(&hash)).await?;
     let Some(record) = record else {
         return Err(ApiError::Unauthenticated);
     };

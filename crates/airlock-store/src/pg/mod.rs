@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
@@ -47,6 +47,10 @@ const MAX_PAYLOAD: usize = 7000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reader connections kept open.
 const POOL: usize = 8;
+/// A pooled connection used more recently than this runs single-query
+/// reads without `BEGIN`; an older one goes through `begin`, which
+/// replaces it if it died while idle.
+const WARM: Duration = Duration::from_secs(2);
 
 /// Server settings for every connection. The timeouts bound how long a
 /// node that lost the database, or a batch stuck behind another node's
@@ -83,6 +87,9 @@ struct Conn {
     statements: HashMap<&'static str, Statement>,
     /// The writing node's id, named in its announcements.
     node: String,
+    /// When it went back to the pool: a connection idle for long may have
+    /// been cut meanwhile, unnoticed until used.
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -93,6 +100,7 @@ impl Conn {
             })?,
             statements: HashMap::new(),
             node: String::new(),
+            idle_since: Instant::now(),
         })
     }
 
@@ -291,19 +299,52 @@ impl Backend for PostgresBackend {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "read transaction failed");
             }
-            if conn.usable() {
-                if let Ok(mut p) = pool.lock() {
-                    if p.len() < POOL {
-                        p.push(conn);
-                    }
-                }
-            }
+            give_back(&pool, conn);
+        });
+        Ok(())
+    }
+
+    fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+        let warm = self.readers.lock().ok().and_then(|mut p| {
+            let i = p.iter().rposition(|c| c.idle_since.elapsed() < WARM)?;
+            Some(p.swap_remove(i))
+        });
+        let Some(mut conn) = warm else {
+            return self.read(job);
+        };
+        let pool = self.readers.clone();
+        handle.spawn_blocking(move || {
+            // Autocommit: the one query is its own transaction. A
+            // connection that died since its last use fails this read (an
+            // error, never an answer) and is dropped.
+            let mut q = Tx {
+                client: &mut conn.client,
+                statements: &mut conn.statements,
+                head: None,
+                events: None,
+            };
+            job(Ok(&mut q));
+            give_back(&pool, conn);
         });
         Ok(())
     }
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+}
+
+/// Returns a reader connection to the pool, if it still works.
+fn give_back(pool: &Mutex<Vec<Conn>>, mut conn: Conn) {
+    if conn.usable() {
+        conn.idle_since = Instant::now();
+        if let Ok(mut p) = pool.lock() {
+            if p.len() < POOL {
+                p.push(conn);
+            }
+        }
     }
 }
 
