@@ -37,6 +37,8 @@ pub enum AuditKind {
     PolicyReloadFailed,
     /// An API key was created.
     KeyCreated,
+    /// An API key was revoked.
+    KeyRevoked,
     /// The server started.
     ServerStarted,
     /// A user's web console password was set.
@@ -71,6 +73,7 @@ impl AuditKind {
             Self::PolicyLoaded => "policy_loaded",
             Self::PolicyReloadFailed => "policy_reload_failed",
             Self::KeyCreated => "key_created",
+            Self::KeyRevoked => "key_revoked",
             Self::ServerStarted => "server_started",
             Self::PasswordSet => "password_set",
             Self::SignIn => "sign_in",

@@ -24,4 +24,4 @@ pub use error::ParseError;
 pub use ids::{GrantId, RequestId};
 pub use names::{ActionName, GroupName, UserName};
 pub use request::{Request, RequestStatus, Review, Verdict};
-pub use ttl::Ttl;
+pub use ttl::{KeyLifetime, Ttl};

@@ -77,6 +77,42 @@ impl fmt::Display for Ttl {
     }
 }
 
+/// The longest an API key may be made to live with `--expires-in`: ten
+/// years. Keys meant to last longer are made without an expiry.
+pub const MAX_KEY_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// How long a new API key lives: between one second and
+/// [`MAX_KEY_LIFETIME`], written like `12h` or `30d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyLifetime(Duration);
+
+impl KeyLifetime {
+    /// Parses a human duration (`30d`, `12h`, `90s`).
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| ParseError::new("duration", format!("{s:?}: {e}")))?;
+        if d < Duration::from_secs(1) {
+            return Err(ParseError::new("duration", "must be at least 1s"));
+        }
+        if d > MAX_KEY_LIFETIME {
+            return Err(ParseError::new("duration", "must be at most 10 years"));
+        }
+        Ok(Self(d))
+    }
+
+    /// As a chrono duration, for adding to timestamps.
+    pub fn as_chrono(self) -> chrono::Duration {
+        // Bounded by MAX_KEY_LIFETIME, so whole milliseconds fit an i64.
+        chrono::Duration::milliseconds(self.0.as_millis() as i64)
+    }
+}
+
+impl fmt::Display for KeyLifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +125,20 @@ mod tests {
         assert!(Ttl::parse("30d").is_err());
         assert!(Ttl::parse("ten minutes").is_err());
         assert!(Ttl::parse("").is_err());
+    }
+
+    #[test]
+    fn key_lifetimes_parse_and_are_bounded() {
+        assert_eq!(
+            KeyLifetime::parse("30d").unwrap().as_chrono(),
+            chrono::Duration::days(30)
+        );
+        assert_eq!(
+            KeyLifetime::parse("1s").unwrap().as_chrono(),
+            chrono::Duration::seconds(1)
+        );
+        assert!(KeyLifetime::parse("0s").is_err());
+        assert!(KeyLifetime::parse("11years").is_err());
+        assert!(KeyLifetime::parse("soon").is_err());
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 401: no key, or a key we do not know.
     #[error("missing or invalid API key")]
     Unauthenticated,
+    /// 401: a key we know, but revoked or expired; says which.
+    #[error("{0}")]
+    KeyRefused(String),
     /// 403: known caller, not allowed.
     #[error("{message}")]
     Forbidden {
@@ -98,12 +101,14 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::ReasonRequired(_)
             | ApiError::UntrustedContext(_) => 400,
-            ApiError::Unauthenticated => 401,
+            ApiError::Unauthenticated | ApiError::KeyRefused(_) => 401,
             ApiError::Forbidden { .. } | ApiError::Grant { .. } => 403,
             ApiError::NotFound(_) => 404,
             ApiError::Conflict { .. } => 409,
             ApiError::TooLarge => 413,
-            ApiError::TooMany { .. } | ApiError::TooManyPending { .. } | ApiError::RateLimited { .. } => 429,
+            ApiError::TooMany { .. }
+            | ApiError::TooManyPending { .. }
+            | ApiError::RateLimited { .. } => 429,
             ApiError::Storage(_) | ApiError::Audit(_) => 503,
             ApiError::Upstream(_) => 502,
         }
@@ -115,7 +120,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::ReasonRequired(_) => "reason_required",
             ApiError::UntrustedContext(_) => "untrusted_context",
-            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Unauthenticated | ApiError::KeyRefused(_) => "unauthenticated",
             ApiError::Forbidden { code, .. }
             | ApiError::Grant { code, .. }
             | ApiError::Conflict { code, .. }

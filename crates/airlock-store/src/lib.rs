@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, Cursor, GrantRow, OutboxMessage, Role,
-    SessionRecord, StatusFilter, Viewer,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, Cursor, GrantRow, KeyRefusal, KeyRevocation,
+    OutboxMessage, Role, SessionRecord, StatusFilter, Viewer,
 };
 pub use pg::PostgresBackend;
 pub use readonly::ReadOnlyStore;
@@ -75,8 +75,10 @@ pub trait ReadTx {
     fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError>;
     /// The chain head `(seq, hash)`; `(0, GENESIS)` when empty.
     fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError>;
-    /// The API key whose SHA-256 is `hash`.
+    /// The API key whose SHA-256 is `hash`, revoked or expired or not.
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every API key, revoked and expired ones included, oldest first.
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Groups taken from single sign-on, by user, replacing the config's.
@@ -168,6 +170,11 @@ pub trait WriteTx: ReadTx {
     fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;
     /// Stores an API key (its hash only).
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Marks an API key revoked at `at`, keeping its row.
+    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError>;
+    /// Records that these keys were used at `at` (never moving a key's
+    /// `last_used_at` back).
+    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError>;
     /// Sets a user's password hash (a PHC string; never the password).
     fn set_password_hash(
         &mut self,
@@ -287,6 +294,11 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, job: Job) -> Result<(), StoreError>;
     /// Runs a read job on a blocking thread.
     fn read(&self, job: ReadJob) -> Result<(), StoreError>;
+    /// Runs a read job that makes one query, so needs no snapshot held
+    /// across queries: a backend may skip the explicit transaction.
+    fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
+        self.read(job)
+    }
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 }
@@ -370,6 +382,21 @@ impl Store {
     ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read(Box::new(move |r| {
+            let _ = tx.send(r.and_then(f));
+        }))?;
+        rx.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+
+    /// Like [`Store::read`], for an `f` that makes exactly one query (an
+    /// API key lookup on every request): on PostgreSQL it runs without
+    /// an explicit transaction, one round trip instead of three. Several
+    /// queries in `f` would each see their own snapshot.
+    pub async fn read_single<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.backend.read_single(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
         }))?;
         rx.await.unwrap_or(Err(StoreError::WriterGone))

@@ -59,6 +59,47 @@ pub struct ApiKeyRecord {
     pub role: Role,
     /// When made.
     pub created_at: DateTime<Utc>,
+    /// When it stops working, if it was made to expire.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked; a revoked key is kept, for the audit trail.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request, to within about a minute: it
+    /// is written at most once a minute per key and node, off the request
+    /// path.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRecord {
+    /// Why the key may not be used at `now`, if it may not.
+    pub fn refusal(&self, now: DateTime<Utc>) -> Option<KeyRefusal> {
+        if let Some(at) = self.revoked_at {
+            return Some(KeyRefusal::Revoked(at));
+        }
+        match self.expires_at {
+            Some(at) if at <= now => Some(KeyRefusal::Expired(at)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a stored API key is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// Revoked at this time.
+    Revoked(DateTime<Utc>),
+    /// Expired at this time.
+    Expired(DateTime<Utc>),
+}
+
+/// What revoking an API key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRevocation {
+    /// It was live and is now revoked.
+    Revoked,
+    /// No key has this id.
+    Unknown,
+    /// It was revoked before, at this time; nothing changed.
+    AlreadyRevoked(DateTime<Utc>),
 }
 
 /// A grant as stored, with what it was issued for.

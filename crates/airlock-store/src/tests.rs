@@ -77,6 +77,9 @@ both_backends!(
     synced_groups_round_trip_and_reach_every_node,
     outbox_claims_lease_retry_and_give_up,
     listings_filter_by_visibility_page_and_survive_the_backfill,
+    api_keys_are_listed_revoked_once_and_expire,
+    a_revocation_is_seen_by_the_next_read_everywhere,
+    key_use_is_recorded_and_never_moves_back,
 );
 
 fn request(principal: &str) -> Request {
@@ -775,4 +778,190 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
     );
     let ops = list(store, Some(viewer("carol", &["ops"], true)), 10, None).await;
     assert_eq!(ops.len(), 5);
+}
+
+fn api_key(id: &str, role: crate::Role, expires_in: Option<i64>) -> crate::ApiKeyRecord {
+    let t = now();
+    crate::ApiKeyRecord {
+        id: id.to_owned(),
+        hash: format!("hash-of-{id}"),
+        user: airlock_core::UserName::parse("alice").unwrap(),
+        role,
+        created_at: t,
+        expires_at: expires_in.map(|s| t + chrono::Duration::seconds(s)),
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
+    use crate::{KeyRefusal, KeyRevocation, Role};
+    let store = home.open();
+    let live = api_key("key_live", Role::Admin, None);
+    let mut old = api_key("key_old", Role::User, Some(-5));
+    old.created_at = live.created_at - chrono::Duration::seconds(10);
+    let (l, o) = (live.clone(), old.clone());
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&l)?;
+            tx.insert_api_key(&o)
+        })
+        .await
+        .unwrap();
+    // Oldest first, every field as written.
+    let listed = store.read(|r| r.list_api_keys()).await.unwrap();
+    assert_eq!(listed, vec![old.clone(), live.clone()]);
+    let t = now();
+    assert_eq!(live.refusal(t), None);
+    assert!(matches!(old.refusal(t), Some(KeyRefusal::Expired(at)) if Some(at) == old.expires_at));
+
+    let at = now();
+    let first = store
+        .write(move |tx| tx.revoke_api_key("key_live", at))
+        .await
+        .unwrap();
+    assert_eq!(first, KeyRevocation::Revoked);
+    let again = store
+        .write(move |tx| tx.revoke_api_key("key_live", now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        KeyRevocation::AlreadyRevoked(at),
+        "the first time is kept"
+    );
+    let unknown = store
+        .write(move |tx| tx.revoke_api_key("key_nope", now()))
+        .await
+        .unwrap();
+    assert_eq!(unknown, KeyRevocation::Unknown);
+
+    // The row stays, revoked, for the audit trail.
+    let got = store
+        .read(|r| r.api_key_by_hash("hash-of-key_live"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, Some(at));
+    assert_eq!(got.refusal(now()), Some(KeyRefusal::Revoked(at)));
+    assert_eq!(store.read(|r| r.list_api_keys()).await.unwrap().len(), 2);
+}
+
+/// A key revoked through one store (another node, or the CLI as another
+/// process on the same SQLite file) is refused by the very next lookup
+/// through any other, as authentication makes it (`read_single`, on a
+/// connection just used): nothing is cached below the service.
+async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
+    let a = home.open();
+    let b = home.open();
+    let k = api_key("key_shared", crate::Role::User, None);
+    a.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+    let seen = a
+        .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.revoked_at, None);
+    b.write(|tx| tx.revoke_api_key("key_shared", now()))
+        .await
+        .unwrap();
+    let seen = a
+        .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked_at.is_some());
+}
+
+async fn key_use_is_recorded_and_never_moves_back(home: &Home) {
+    let store = home.open();
+    let (k1, k2) = (
+        api_key("key_one", crate::Role::User, None),
+        api_key("key_two", crate::Role::User, Some(3600)),
+    );
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&k1)?;
+            tx.insert_api_key(&k2)
+        })
+        .await
+        .unwrap();
+    let t = now();
+    let ids = vec![
+        "key_one".to_owned(),
+        "key_two".to_owned(),
+        "key_gone".to_owned(),
+    ];
+    store
+        .write(move |tx| tx.touch_api_keys(&ids, t))
+        .await
+        .unwrap();
+    let earlier = t - chrono::Duration::seconds(60);
+    store
+        .write(move |tx| tx.touch_api_keys(&["key_one".to_owned()], earlier))
+        .await
+        .unwrap();
+    let listed = store.read(|r| r.list_api_keys()).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for k in listed {
+        assert_eq!(k.last_used_at, Some(t), "{}", k.id);
+    }
+}
+
+/// What a key lookup costs, now that every request does one (there is no
+/// cache of keys), through `read` (a snapshot transaction) and
+/// `read_single` (what authentication uses). Not a test: run with
+/// `cargo test --release -p airlock-store key_lookup_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn key_lookup_cost() {
+    let homes = [
+        Some(Home::sqlite()),
+        crate::testing::TestDb::create().map(Home::Db),
+    ];
+    for home in homes.into_iter().flatten() {
+        let store = home.open();
+        let k = api_key("key_bench", crate::Role::User, None);
+        store.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+        for single in [false, true] {
+            let lookup = move |s: Store| async move {
+                let f = |r: &mut dyn crate::ReadTx| r.api_key_by_hash("hash-of-key_bench");
+                let got = if single {
+                    s.read_single(f).await
+                } else {
+                    s.read(f).await
+                };
+                got.unwrap().unwrap()
+            };
+            for _ in 0..200 {
+                lookup(store.clone()).await;
+            }
+            let n = 5000;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                lookup(store.clone()).await;
+            }
+            let one = t.elapsed() / n;
+            let t = std::time::Instant::now();
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..n / 64 {
+                            lookup(s.clone()).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let per_sec = f64::from(n / 64 * 64) / t.elapsed().as_secs_f64();
+            println!(
+                "{} {}: one at a time {one:?} per lookup; 64 concurrent: {per_sec:.0} lookups/s",
+                store.kind(),
+                if single { "read_single" } else { "read" },
+            );
+        }
+    }
 }

@@ -4,29 +4,146 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_core::UserName;
+use airlock_core::{KeyLifetime, UserName};
 use airlock_keys::{Keyring, PublicKey};
 use airlock_policy::{Directory, PolicyEngine};
-use airlock_server::Config;
-use airlock_store::{verify_chain, ReadOnlyStore, Role, Store};
+use airlock_server::{service, Config};
+use airlock_store::{verify_chain, KeyRevocation, ReadOnlyStore, Role, Store};
 use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::Output;
 
-pub async fn keys_create(config: &Path, user: &str, role: &str) -> anyhow::Result<ExitCode> {
+pub async fn keys_create(
+    config: &Path,
+    user: &str,
+    role: &str,
+    expires_in: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let user = UserName::parse(user)?;
     let role =
         Role::parse(role).ok_or_else(|| anyhow!("role {role:?} is not user, enforcer or admin"))?;
+    let lifetime = expires_in
+        .map(KeyLifetime::parse)
+        .transpose()
+        .context("--expires-in")?;
     if !cfg.users.iter().any(|u| u.name == user) && role != Role::Enforcer {
         eprintln!("note: {user} is not among the config's [[users]]; they will be in no group");
     }
     let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
-    let key = airlock_server::service::create_api_key(&store, user.clone(), role, "cli").await?;
-    eprintln!("created a {role} key for {user}; it is shown once:");
+    let (key, record) =
+        service::create_api_key_with(&store, user.clone(), role, lifetime, "cli").await?;
+    match record.expires_at {
+        Some(at) => eprintln!(
+            "created {} (a {role} key for {user}, expires {}); it is shown once:",
+            record.id,
+            airlock_store::time::fmt(at)
+        ),
+        None => eprintln!(
+            "created {} (a {role} key for {user}); it is shown once:",
+            record.id
+        ),
+    }
     println!("{key}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time for the `keys list` table: `-` when there is none.
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(airlock_store::time::fmt)
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+pub async fn keys_list(config: &Path, out: Output) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let keys = service::list_api_keys(&store).await?;
+    let now = airlock_store::time::now();
+    if out.json {
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "id": k.id,
+                    "user": k.user.as_str(),
+                    "role": k.role.as_str(),
+                    "created": airlock_store::time::fmt(k.created_at),
+                    "last_used": k.last_used_at.map(airlock_store::time::fmt),
+                    "expires": k.expires_at.map(airlock_store::time::fmt),
+                    "revoked": k.revoked_at.map(airlock_store::time::fmt),
+                    "active": k.refusal(now).is_none(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 7]> = keys
+        .iter()
+        .map(|k| {
+            [
+                k.id.clone(),
+                k.user.to_string(),
+                k.role.to_string(),
+                airlock_store::time::fmt(k.created_at),
+                when(k.last_used_at),
+                when(k.expires_at),
+                when(k.revoked_at),
+            ]
+        })
+        .collect();
+    let head = [
+        "ID",
+        "USER",
+        "ROLE",
+        "CREATED",
+        "LAST USED",
+        "EXPIRES",
+        "REVOKED",
+    ];
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(&head);
+    for r in &rows {
+        line(&r.each_ref().map(String::as_str));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn keys_revoke(config: &Path, key_id: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    match service::revoke_api_key(&store, key_id, "cli").await? {
+        KeyRevocation::Revoked => {
+            eprintln!("revoked {key_id}: every node refuses it from now on");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyRevocation::Unknown => {
+            eprintln!("airlock: no API key has the id {key_id:?} (see `airlock keys list`)");
+            Ok(ExitCode::from(1))
+        }
+        KeyRevocation::AlreadyRevoked(at) => {
+            eprintln!(
+                "airlock: {key_id} was already revoked at {}",
+                airlock_store::time::fmt(at)
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// Why the log failed, with the first bad sequence number.

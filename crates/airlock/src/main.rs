@@ -86,6 +86,29 @@ enum KeysCommand {
         /// user (default), enforcer or admin.
         #[arg(long, default_value = "user")]
         role: String,
+        /// The key stops working after this long (`12h`, `30d`); by
+        /// default it lasts until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// List API keys: id, user, role, created, last used (to the minute),
+    /// expires, revoked.
+    List {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Revoke an API key: every running node refuses it (401) from the
+    /// next request on. The key is kept, marked revoked, for the audit
+    /// trail.
+    Revoke {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key's id (`key_…`, as `keys list` shows it).
+        key_id: String,
     },
 }
 
@@ -166,8 +189,20 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve::run(config).await,
             Command::Keys {
-                command: KeysCommand::Create { config, user, role },
-            } => admin::keys_create(&config, &user, &role).await,
+                command:
+                    KeysCommand::Create {
+                        config,
+                        user,
+                        role,
+                        expires_in,
+                    },
+            } => admin::keys_create(&config, &user, &role, expires_in.as_deref()).await,
+            Command::Keys {
+                command: KeysCommand::List { config, out },
+            } => admin::keys_list(&config, out).await,
+            Command::Keys {
+                command: KeysCommand::Revoke { config, key_id },
+            } => admin::keys_revoke(&config, &key_id).await,
             Command::Check(args) => client::check(args).await,
             Command::Run(args) => client::run(args).await,
             Command::Requests { command } => client::requests(command).await,

@@ -154,6 +154,8 @@ on_both_stores!(
 
 #[path = "hardening/gate.rs"]
 mod hardening_gate;
+#[path = "hardening/keys.rs"]
+mod hardening_keys;
 #[path = "hardening/signin.rs"]
 mod hardening_signin;
 

@@ -2,6 +2,7 @@
 //! can ask of Airlock, with every rule enforced here so no channel can skip
 //! one.
 
+mod api_keys;
 mod check;
 mod grants;
 mod limits;
@@ -9,9 +10,8 @@ pub(crate) mod notify;
 mod requests;
 mod view;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use airlock_core::{AuditKind, NewAuditRecord, RequestId, UserName};
 use airlock_keys::{Keyring, PublicKeys};
@@ -25,6 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+pub use api_keys::{create_api_key_with, list_api_keys, revoke_api_key, LAST_USED_GRANULARITY};
 pub use check::{CheckBody, CheckOutcome};
 pub use grants::{CompleteBody, ConsumeBody};
 pub use requests::{RequestPage, MAX_PAGE};
@@ -77,7 +78,9 @@ pub struct Airlock {
     pub(crate) tz: chrono_tz::Tz,
     pub(crate) timers: mpsc::UnboundedSender<(DateTime<Utc>, RequestId)>,
     pub(crate) metrics: Metrics,
-    key_cache: RwLock<HashMap<String, Caller>>,
+    /// When this node last recorded each key's use (see `api_keys`; there
+    /// is no cache of keys themselves).
+    key_uses: api_keys::KeyUses,
     /// The single sign-on provider's metadata, read at the first sign-in.
     pub(crate) oidc: crate::web::oidc::Discovery,
     /// Serialises password checks per user name (see `sign_in`).
@@ -135,6 +138,9 @@ pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
         user,
         role,
         created_at: airlock_store::time::now(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
     };
     (secret, record)
 }
@@ -147,23 +153,7 @@ pub async fn create_api_key(
     role: Role,
     actor: &str,
 ) -> Result<String, StoreError> {
-    let (secret, record) = new_api_key(user, role);
-    let actor = actor.to_owned();
-    store
-        .write(move |tx| {
-            tx.insert_api_key(&record)?;
-            tx.append_audit(
-                NewAuditRecord {
-                    kind: AuditKind::KeyCreated,
-                    actor,
-                    subject: record.id.clone(),
-                    details: json!({"user": record.user.as_str(), "role": record.role.as_str()}),
-                },
-                record.created_at,
-            )?;
-            Ok::<_, StoreError>(())
-        })
-        .await?;
+    let (secret, _) = create_api_key_with(store, user, role, None, actor).await?;
     Ok(secret)
 }
 
@@ -200,7 +190,7 @@ impl Airlock {
             tz,
             timers: timers_tx,
             metrics: Metrics::new(),
-            key_cache: RwLock::new(HashMap::new()),
+            key_uses: Default::default(),
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
             sign_in_locks: Default::default(),
@@ -300,34 +290,10 @@ impl Airlock {
         self.loaded.load().engine.version().to_owned()
     }
 
-    /// Looks up the caller behind a bearer key.
+    /// Looks up the caller behind a bearer key, in the store, on every
+    /// call: a revoked or expired key is refused at once (see `api_keys`).
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, ApiError> {
-        if !bearer.starts_with(KEY_PREFIX) || bearer.len() > 128 {
-            return Err(ApiError::Unauthenticated);
-        }
-        let hash = hash_key(bearer);
-        if let Some(c) = self
-            .key_cache
-            .read()
-            .ok()
-            .and_then(|m| m.get(&hash).cloned())
-        {
-            return Ok(c);
-        }
-        let h = hash.clone();
-        let record = self.store.read(move |r| r.api_key_by_hash(&h)).await?;
-        let Some(record) = record else {
-            return Err(ApiError::Unauthenticated);
-        };
-        let caller = Caller {
-            user: record.user,
-            role: record.role,
-            key_id: record.id,
-        };
-        if let Ok(mut m) = self.key_cache.write() {
-            m.insert(hash, caller.clone());
-        }
-        Ok(caller)
+        api_keys::authenticate(&self.store, &self.key_uses, bearer).await
     }
 
     pub(crate) fn policy_dir(&self) -> PathBuf {

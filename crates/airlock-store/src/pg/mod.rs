@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
@@ -31,8 +31,8 @@ use postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
-    StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRevocation, OutboxMessage, Role,
+    SessionRecord, StatusFilter,
 };
 use crate::time::fmt;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
@@ -47,6 +47,10 @@ const MAX_PAYLOAD: usize = 7000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reader connections kept open.
 const POOL: usize = 8;
+/// A pooled connection used more recently than this runs single-query
+/// reads without `BEGIN`; an older one goes through `begin`, which
+/// replaces it if it died while idle.
+const WARM: Duration = Duration::from_secs(2);
 
 /// Server settings for every connection. The timeouts bound how long a
 /// node that lost the database, or a batch stuck behind another node's
@@ -83,6 +87,9 @@ struct Conn {
     statements: HashMap<&'static str, Statement>,
     /// The writing node's id, named in its announcements.
     node: String,
+    /// When it went back to the pool: a connection idle for long may have
+    /// been cut meanwhile, unnoticed until used.
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -93,6 +100,7 @@ impl Conn {
             })?,
             statements: HashMap::new(),
             node: String::new(),
+            idle_since: Instant::now(),
         })
     }
 
@@ -291,19 +299,52 @@ impl Backend for PostgresBackend {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "read transaction failed");
             }
-            if conn.usable() {
-                if let Ok(mut p) = pool.lock() {
-                    if p.len() < POOL {
-                        p.push(conn);
-                    }
-                }
-            }
+            give_back(&pool, conn);
+        });
+        Ok(())
+    }
+
+    fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+        let warm = self.readers.lock().ok().and_then(|mut p| {
+            let i = p.iter().rposition(|c| c.idle_since.elapsed() < WARM)?;
+            Some(p.swap_remove(i))
+        });
+        let Some(mut conn) = warm else {
+            return self.read(job);
+        };
+        let pool = self.readers.clone();
+        handle.spawn_blocking(move || {
+            // Autocommit: the one query is its own transaction. A
+            // connection that died since its last use fails this read (an
+            // error, never an answer) and is dropped.
+            let mut q = Tx {
+                client: &mut conn.client,
+                statements: &mut conn.statements,
+                head: None,
+                events: None,
+            };
+            job(Ok(&mut q));
+            give_back(&pool, conn);
         });
         Ok(())
     }
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+}
+
+/// Returns a reader connection to the pool, if it still works.
+fn give_back(pool: &Mutex<Vec<Conn>>, mut conn: Conn) {
+    if conn.usable() {
+        conn.idle_since = Instant::now();
+        if let Ok(mut p) = pool.lock() {
+            if p.len() < POOL {
+                p.push(conn);
+            }
+        }
     }
 }
 
@@ -458,6 +499,20 @@ struct Tx<'a> {
     head: Option<&'a mut Option<(i64, ChainHash)>>,
     /// What this batch changed, announced after it commits.
     events: Option<&'a mut Announced>,
+}
+
+fn api_key_from_row(r: &Row) -> Result<ApiKeyRecord, StoreError> {
+    let role: &str = r.try_get(3)?;
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        hash: r.try_get(1)?,
+        user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
+        created_at: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        revoked_at: r.try_get(6)?,
+        last_used_at: r.try_get(7)?,
+    })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -766,20 +821,20 @@ impl ReadTx for Tx<'_> {
 
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row = self.query_opt(
-            "SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = $1",
+            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
+             FROM api_keys WHERE hash = $1",
             &[&hash],
         )?;
-        row.map(|r| {
-            let role: &str = r.try_get(3)?;
-            Ok(ApiKeyRecord {
-                id: r.try_get(0)?,
-                hash: r.try_get(1)?,
-                user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
-                role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
-                created_at: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = self.query(
+            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
+             FROM api_keys ORDER BY created_at, id",
+            &[],
+        )?;
+        rows.iter().map(api_key_from_row).collect()
     }
 
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -1117,14 +1172,47 @@ impl WriteTx for Tx<'_> {
 
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &key.id,
                 &key.hash,
                 &key.user.as_str(),
                 &key.role.as_str(),
                 &key.created_at,
+                &key.expires_at,
+                &key.revoked_at,
+                &key.last_used_at,
             ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
+        let n = self.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&id, &at],
+        )?;
+        if n == 1 {
+            return Ok(KeyRevocation::Revoked);
+        }
+        let before = self.query_opt("SELECT revoked_at FROM api_keys WHERE id = $1", &[&id])?;
+        match before {
+            None => Ok(KeyRevocation::Unknown),
+            Some(r) => match r.try_get::<_, Option<DateTime<Utc>>>(0)? {
+                Some(t) => Ok(KeyRevocation::AlreadyRevoked(t)),
+                None => Err(StoreError::Corrupt(format!(
+                    "key {id} is neither revoked nor revocable"
+                ))),
+            },
+        }
+    }
+
+    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE api_keys SET last_used_at = $2
+             WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2)",
+            &[&ids, &at],
         )?;
         Ok(())
     }

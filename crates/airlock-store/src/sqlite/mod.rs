@@ -19,8 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::batch::{self, fail_all, Announced, BatchConn};
 use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, OutboxMessage, Role, SessionRecord,
-    StatusFilter,
+    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRevocation, OutboxMessage, Role,
+    SessionRecord, StatusFilter,
 };
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
@@ -214,6 +214,30 @@ fn outbox_from_row(r: &Row<'_>) -> Result<OutboxMessage, StoreError> {
         next_attempt_at: parse(&r.get::<_, String>(7)?)?,
         created_at: parse(&r.get::<_, String>(8)?)?,
         delivered_at: delivered.as_deref().map(parse).transpose()?,
+    })
+}
+
+const API_KEY_COLS: &str =
+    "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at";
+
+fn api_key_from_row(r: &Row<'_>) -> Result<ApiKeyRecord, StoreError> {
+    let user: String = r.get(2)?;
+    let role: String = r.get(3)?;
+    let time = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
+        r.get::<_, Option<String>>(i)?
+            .as_deref()
+            .map(parse)
+            .transpose()
+    };
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        user: UserName::parse(&user).map_err(corrupt)?,
+        role: Role::parse(&role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
+        created_at: parse(&r.get::<_, String>(4)?)?,
+        expires_at: time(5)?,
+        revoked_at: time(6)?,
+        last_used_at: time(7)?,
     })
 }
 
@@ -536,31 +560,23 @@ impl ReadTx for Tx<'_> {
     }
 
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT id, hash, user_name, role, created_at FROM api_keys WHERE hash = ?1",
-            )?
-            .query_row([hash], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(id, hash, user, role, created)| {
-            Ok(ApiKeyRecord {
-                id,
-                hash,
-                user: UserName::parse(&user).map_err(corrupt)?,
-                role: Role::parse(&role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
-                created_at: parse(&created)?,
-            })
-        })
-        .transpose()
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE hash = ?1"
+        ))?;
+        let mut rows = st.query([hash])?;
+        rows.next()?.map(api_key_from_row).transpose()
+    }
+
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys ORDER BY created_at, id"
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(api_key_from_row(row)?);
+        }
+        Ok(out)
     }
 
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -925,9 +941,55 @@ impl WriteTx for Tx<'_> {
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO api_keys (id, hash, user_name, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![key.id, key.hash, key.user.as_str(), key.role.as_str(), fmt(key.created_at)])?;
+            .execute(params![
+                key.id,
+                key.hash,
+                key.user.as_str(),
+                key.role.as_str(),
+                fmt(key.created_at),
+                key.expires_at.map(fmt),
+                key.revoked_at.map(fmt),
+                key.last_used_at.map(fmt),
+            ])?;
+        Ok(())
+    }
+
+    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id, fmt(at)])?;
+        if n == 1 {
+            return Ok(KeyRevocation::Revoked);
+        }
+        let before: Option<Option<String>> = self
+            .conn
+            .prepare_cached("SELECT revoked_at FROM api_keys WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        match before {
+            None => Ok(KeyRevocation::Unknown),
+            Some(Some(t)) => Ok(KeyRevocation::AlreadyRevoked(parse(&t)?)),
+            Some(None) => Err(StoreError::Corrupt(format!(
+                "key {id} is neither revoked nor revocable"
+            ))),
+        }
+    }
+
+    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE api_keys SET last_used_at = ?2
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+        )?;
+        let at = fmt(at);
+        for id in ids {
+            st.execute(params![id, at])?;
+        }
         Ok(())
     }
 

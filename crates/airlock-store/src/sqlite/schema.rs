@@ -164,6 +164,13 @@ UPDATE audit SET request_id = CASE
 CREATE INDEX audit_by_request ON audit (request_id);
 "#,
     r#"
+-- API keys can expire and be revoked (the row stays, for audit); when a
+-- key was last used is kept to the minute.
+ALTER TABLE api_keys ADD COLUMN expires_at TEXT;
+ALTER TABLE api_keys ADD COLUMN revoked_at TEXT;
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+"#,
+    r#"
 -- The groups named in each request's thresholds, so listings filter by
 -- who may see a request in the query itself (before the limit), not after.
 CREATE TABLE request_groups (

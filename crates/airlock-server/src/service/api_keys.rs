@@ -1,0 +1,175 @@
+//! API keys: making, listing and revoking them, checking one on every
+//! request, and recording (to the minute, off the request path) when each
+//! was last used.
+//!
+//! There is deliberately no cache of good keys. A key is looked up in the
+//! store on every request, so a revocation or expiry committed by anyone (this node, another node on the same PostgreSQL, or `airlock keys revoke`
+//! writing straight into the SQLite file from another process) refuses the
+//! very next request that carries the key, on every node, with no window.
+//! A cache would need invalidating across processes, and any invalidation
+//! that travels (an event, `pg_notify`, a poll) arrives some time after the
+//! commit, during which a revoked key still works; a cache validated
+//! against a counter in the database costs the same round trip as the
+//! lookup it saves. The lookup is one read on the unique index of key
+//! hashes (one round trip on PostgreSQL: see `Store::read_single`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use airlock_core::{AuditKind, KeyLifetime, NewAuditRecord, UserName};
+use airlock_store::{ApiKeyRecord, KeyRefusal, KeyRevocation, Role, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{hash_key, new_api_key, Caller, KEY_PREFIX};
+use crate::ApiError;
+
+/// How stale a key's `last_used_at` may get before a use rewrites it: the
+/// granularity of "last used".
+pub const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Stores a new API key that stops working after `lifetime` (never, if
+/// `None`), and records its creation. Returns the secret, shown once and
+/// never stored, and the stored record.
+pub async fn create_api_key_with(
+    store: &Store,
+    user: UserName,
+    role: Role,
+    lifetime: Option<KeyLifetime>,
+    actor: &str,
+) -> Result<(String, ApiKeyRecord), StoreError> {
+    let (secret, mut record) = new_api_key(user, role);
+    record.expires_at = lifetime.map(|l| record.created_at + l.as_chrono());
+    let actor = actor.to_owned();
+    let stored = record.clone();
+    store
+        .write(move |tx| {
+            tx.insert_api_key(&record)?;
+            let mut details = json!({"user": record.user.as_str(), "role": record.role.as_str()});
+            if let Some(at) = record.expires_at {
+                details["expires_at"] = json!(airlock_store::time::fmt(at));
+            }
+            tx.append_audit(
+                NewAuditRecord {
+                    kind: AuditKind::KeyCreated,
+                    actor,
+                    subject: record.id.clone(),
+                    details,
+                },
+                record.created_at,
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    Ok((secret, stored))
+}
+
+/// Every API key, revoked and expired ones included, oldest first.
+pub async fn list_api_keys(store: &Store) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    store.read(|r| r.list_api_keys()).await
+}
+
+/// Revokes the key with public id `id`, and records who did, in the same
+/// transaction. Only a live key is revoked and recorded; an unknown or
+/// already revoked one changes nothing and says so.
+pub async fn revoke_api_key(
+    store: &Store,
+    id: &str,
+    actor: &str,
+) -> Result<KeyRevocation, StoreError> {
+    let (id, actor) = (id.to_owned(), actor.to_owned());
+    store
+        .write(move |tx| {
+            let at = airlock_store::time::now();
+            let outcome = tx.revoke_api_key(&id, at)?;
+            if outcome == KeyRevocation::Revoked {
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::KeyRevoked,
+                        actor,
+                        subject: id,
+                        details: json!({}),
+                    },
+                    at,
+                )?;
+            }
+            Ok::<_, StoreError>(outcome)
+        })
+        .await
+}
+
+/// Checks a bearer key against the store: unknown, revoked and expired
+/// keys are refused. Any store failure is an error, never a pass.
+pub(crate) async fn authenticate(
+    store: &Store,
+    uses: &KeyUses,
+    bearer: &str,
+) -> Result<Caller, ApiError> {
+    if !bearer.starts_with(KEY_PREFIX) || bearer.len() > 128 {
+        return Err(ApiError::Unauthenticated);
+    }
+    let hash = hash_key(bearer);
+    let record = store.read_single(move |r| r.api_key_by_hash(&hash)).await?;
+    let Some(record) = record else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let now = airlock_store::time::now();
+    match record.refusal(now) {
+        Some(KeyRefusal::Revoked(at)) => {
+            return Err(ApiError::KeyRefused(format!(
+                "this API key ({}) was revoked at {}",
+                record.id,
+                airlock_store::time::fmt(at)
+            )))
+        }
+        Some(KeyRefusal::Expired(at)) => {
+            return Err(ApiError::KeyRefused(format!(
+                "this API key ({}) expired at {}",
+                record.id,
+                airlock_store::time::fmt(at)
+            )))
+        }
+        None => {}
+    }
+    uses.note(store, &record, now);
+    Ok(Caller {
+        user: record.user,
+        role: record.role,
+        key_id: record.id,
+    })
+}
+
+/// When this node last asked the store to record each key's use, so that a
+/// busy key costs one small write a minute, not one per request.
+#[derive(Debug, Default)]
+pub(crate) struct KeyUses {
+    asked: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl KeyUses {
+    /// Records, in the background, that `key` was used at `now` if what
+    /// the store holds is older than [`LAST_USED_GRANULARITY`]. Never
+    /// waits, and a failure only leaves "last used" a little older.
+    fn note(&self, store: &Store, key: &ApiKeyRecord, now: DateTime<Utc>) {
+        let fresh = |t: DateTime<Utc>| now - t < LAST_USED_GRANULARITY;
+        if key.last_used_at.is_some_and(fresh) {
+            return;
+        }
+        {
+            let Ok(mut asked) = self.asked.lock() else {
+                return;
+            };
+            if asked.get(&key.id).is_some_and(|t| fresh(*t)) {
+                return;
+            }
+            asked.insert(key.id.clone(), now);
+        }
+        let (store, id) = (store.clone(), key.id.clone());
+        tokio::spawn(async move {
+            let ids = vec![id];
+            if let Err(e) = store.write(move |tx| tx.touch_api_keys(&ids, now)).await {
+                tracing::debug!(error = %e, "could not record an API key's use");
+            }
+        });
+    }
+}
