@@ -433,6 +433,27 @@ async fn namespaced_resource_types_are_kept_whole(db: Db) {
     );
 }
 
+#[test]
+fn a_policy_asking_for_step_up_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pii.cedar"),
+        "@id(\"pii-export\")\n@approvers(\"security\")\n@step_up(\"totp\")\npermit(principal, action == Action::\"export\", resource);",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy \"pii-export\"") && err.contains("step_up"),
+        "{err}"
+    );
+}
+
 on_both_stores!(
     a_recheck_never_inherits_a_laxer_requirement,
     a_grant_for_ten_rows_does_not_carry_a_million,
