@@ -2,6 +2,7 @@
 //! structs are the reference for every setting; relative paths are relative
 //! to the config file.
 
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 
@@ -60,7 +61,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The URL people reach this server at, used in links. Default
     /// `http://` + `listen`.
     #[serde(default)]
@@ -136,8 +137,8 @@ impl Default for ServerConfig {
     }
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 fn default_body_limit() -> usize {
     64 * 1024
@@ -178,7 +179,50 @@ pub struct StorageConfig {
     /// schema is created or migrated at start; a database migrated by a
     /// newer Airlock is refused. Default `sqlite://data/airlock.db`.
     #[serde(default = "default_storage")]
-    pub url: String,
+    pub url: StorageUrl,
+}
+
+/// A storage URL Airlock can open: `sqlite://PATH` or
+/// `postgres://…` / `postgresql://…`, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct StorageUrl(String);
+
+impl StorageUrl {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The SQLite file's path as written (relative to the config file),
+    /// for a `sqlite://` URL.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        self.0.strip_prefix("sqlite://")
+    }
+}
+
+impl TryFrom<String> for StorageUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = match s.split_once("://") {
+            Some(("sqlite", path)) => !path.is_empty(),
+            Some(("postgres" | "postgresql", rest)) => !rest.is_empty(),
+            _ => false,
+        };
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "storage.url {s:?} must be sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Default for StorageConfig {
@@ -189,8 +233,8 @@ impl Default for StorageConfig {
     }
 }
 
-fn default_storage() -> String {
-    "sqlite://data/airlock.db".into()
+fn default_storage() -> StorageUrl {
+    StorageUrl("sqlite://data/airlock.db".into())
 }
 
 /// `[policy]`
@@ -204,7 +248,7 @@ pub struct PolicyConfig {
     /// IANA time zone for `context.local_hour` and `context.weekday`.
     /// Default `UTC`.
     #[serde(default = "default_tz")]
-    pub timezone: String,
+    pub timezone: TimeZone,
     /// Reload when a file in `dir` changes (SIGHUP always reloads).
     /// Default true.
     #[serde(default = "yes")]
@@ -237,8 +281,22 @@ pub const TRUSTED_RESOURCE_ATTRS: &str = "resource.attrs";
 fn default_policy_dir() -> PathBuf {
     PathBuf::from("policies")
 }
-fn default_tz() -> String {
-    "UTC".into()
+fn default_tz() -> TimeZone {
+    TimeZone(chrono_tz::Tz::UTC)
+}
+
+/// An IANA time zone, checked when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TryFrom<String> for TimeZone {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<chrono_tz::Tz>()
+            .map(Self)
+            .map_err(|_| format!("policy.timezone {s:?} is not an IANA time zone"))
+    }
 }
 fn yes() -> bool {
     true
@@ -331,6 +389,7 @@ fn default_auditors() -> Vec<GroupName> {
 /// reports, then delivered in the background with retries: a decision never
 /// waits for a receiver, and a restart loses nothing.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// Signed webhooks (Standard Webhooks: `webhook-id`,
     /// `webhook-timestamp`, `webhook-signature`).
@@ -360,9 +419,6 @@ pub struct NotifyConfig {
     /// Discord: the same as Slack, with message components.
     #[serde(default)]
     pub discord: Option<DiscordConfig>,
-    /// Other `[notify.*]` sections: accepted, ignored.
-    #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Default for NotifyConfig {
@@ -374,7 +430,6 @@ impl Default for NotifyConfig {
             discord: None,
             delivery_timeout_seconds: default_delivery_timeout(),
             max_attempts: default_max_attempts(),
-            other: Default::default(),
         }
     }
 }
@@ -524,7 +579,6 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.base_dir = base.to_owned();
-        cfg.timezone()?;
         let mut seen = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for u in &cfg.users {
@@ -577,12 +631,6 @@ impl Config {
                 ));
             }
         }
-        if cfg.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!(
-                "server.listen {:?} is not an address like 127.0.0.1:8080",
-                cfg.server.listen
-            ));
-        }
         Ok(cfg)
     }
 
@@ -592,13 +640,8 @@ impl Config {
     }
 
     /// The configured time zone.
-    pub fn timezone(&self) -> Result<chrono_tz::Tz, String> {
-        self.policy.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
-            format!(
-                "policy.timezone {:?} is not an IANA time zone",
-                self.policy.timezone
-            )
-        })
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.policy.timezone.0
     }
 
     /// The folder for signing keys, resolved.
@@ -606,7 +649,7 @@ impl Config {
         if let Some(d) = &self.server.data_dir {
             return self.base_dir.join(d);
         }
-        if let Some(p) = self.storage.url.strip_prefix("sqlite://") {
+        if let Some(p) = self.storage.url.sqlite_path() {
             if let Some(parent) = Path::new(p).parent() {
                 return self.base_dir.join(parent);
             }
@@ -659,6 +702,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_sections_and_bad_values_are_refused_at_load() {
+        let base = Path::new(".");
+        for (text, says) in [
+            ("[notify.slak]\nchannel = \"C1\"\n", "slak"),
+            ("[notify]\nwebhok = []\n", "webhok"),
+            ("[server]\nlisten = \"localhost\"\n", "listen"),
+            ("[storage]\nurl = \"mysql://x\"\n", "mysql"),
+            ("[storage]\nurl = \"sqlite://\"\n", "sqlite"),
+            ("[policy]\ntimezone = \"Mars/Olympus\"\n", "Mars/Olympus"),
+        ] {
+            let err = Config::parse(text, base).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let ok = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"postgres://u@h:5432/d\"\n[policy]\ntimezone = \"Europe/Paris\"\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(ok.server.listen.port(), 0);
+        assert_eq!(ok.timezone(), chrono_tz::Tz::Europe__Paris);
+        assert_eq!(ok.storage.url.sqlite_path(), None);
+    }
 
     #[test]
     fn contract_example_parses() {
@@ -746,7 +813,8 @@ channel = "C0APPROVALS"
         assert!(err.contains("user name"), "{err}");
         let err = Config::parse("[server]\nlisten = \"nope\"", Path::new(".")).unwrap_err();
         assert!(err.contains("nope"), "{err}");
-        let err = Config::parse("[storage]\nurl = \"x\"\ntypo = 1", Path::new(".")).unwrap_err();
+        let err =
+            Config::parse("[storage]\nurl = \"sqlite://x\"\ntypo = 1", Path::new(".")).unwrap_err();
         assert!(err.contains("typo"), "{err}");
         let err = Config::parse(
             "[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"",

@@ -32,7 +32,7 @@ pub async fn keys_create(
     if !cfg.users.iter().any(|u| u.name == user) && role != Role::Enforcer {
         eprintln!("note: {user} is not among the config's [[users]]; they will be in no group");
     }
-    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (key, record) =
         service::create_api_key_with(&store, user.clone(), role, lifetime, "cli").await?;
     match record.expires_at {
@@ -58,7 +58,7 @@ fn when(t: Option<DateTime<Utc>>) -> String {
 
 pub async fn keys_list(config: &Path, out: Output) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let keys = service::list_api_keys(&store).await?;
     let now = airlock_store::time::now();
     if out.json {
@@ -126,7 +126,7 @@ pub async fn keys_list(config: &Path, out: Output) -> anyhow::Result<ExitCode> {
 
 pub async fn keys_revoke(config: &Path, key_id: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     match service::revoke_api_key(&store, key_id, "cli").await? {
         KeyRevocation::Revoked => {
             eprintln!("revoked {key_id}: every node refuses it from now on");
@@ -166,7 +166,7 @@ pub fn audit_verify(
                 .audit
         }
     };
-    let db = ReadOnlyStore::new(&cfg.storage.url, &cfg.base_dir)?;
+    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let found = db.read(move |r| verify_chain(r, &key))?;
     let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);
     let broken = found.broken.map(|(seq, why)| Broken { seq, why });
@@ -263,7 +263,7 @@ pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<Exi
         .hash_password(password.as_bytes(), &salt)
         .map_err(|e| anyhow!("hashing the password: {e}"))?
         .to_string();
-    let store = Store::open(&cfg.storage.url, &cfg.base_dir)?;
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let name = user.clone();
     store
         .write(move |tx| {

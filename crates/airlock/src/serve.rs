@@ -21,7 +21,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     // would run out long before the connection cap.
     http::raise_open_file_limit();
     let config = Config::load(&config_path)?;
-    let listen = config.server.listen.clone();
+    let listen = config.server.listen;
     let (airlock, bg) = Airlock::start(config).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

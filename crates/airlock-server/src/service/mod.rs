@@ -169,8 +169,8 @@ impl Airlock {
     /// not start) on any of: bad config, unreadable keys, policy that does
     /// not load, a store that does not open.
     pub async fn start(config: Config) -> Result<(Arc<Self>, Background), StartError> {
-        let tz = config.timezone().map_err(StartError::Config)?;
-        let store = Store::open(&config.storage.url, &config.base_dir)?;
+        let tz = config.timezone();
+        let store = Store::open(config.storage.url.as_str(), &config.base_dir)?;
         let (keys, created) = Keyring::load_or_create(&config.data_dir().join("keys"))
             .map_err(|e| StartError::Keys(e.to_string()))?;
         let synced = store.read(|r| r.synced_groups()).await?;
