@@ -56,6 +56,8 @@ pub enum AuditKind {
     /// A check asked more of a pending request than it demanded: its
     /// requirement now demands both.
     RequirementRaised,
+    /// A failed notification was put back in line.
+    NotificationRetried,
 }
 
 impl AuditKind {
@@ -82,6 +84,7 @@ impl AuditKind {
             Self::SignOut => "sign_out",
             Self::GroupsSynced => "groups_synced",
             Self::RequirementRaised => "requirement_raised",
+            Self::NotificationRetried => "notification_retried",
         }
     }
 }

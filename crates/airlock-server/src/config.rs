@@ -307,7 +307,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     /// Groups whose members may read and export the audit log in the
-    /// console (the API's `/v1/audit` takes an admin key). Default
+    /// console and the API (as admin keys may). Default
     /// `["auditors"]`.
     #[serde(default = "default_auditors")]
     pub auditor_groups: Vec<GroupName>,

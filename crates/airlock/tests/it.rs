@@ -3339,6 +3339,26 @@ async fn failed_webhooks_are_visible_and_can_be_retried() {
         .post(&alice, &format!("/v1/outbox/{id}/retry"), json!({}))
         .await;
     assert_eq!(st, 403, "admins only");
+    // One rule for the API and the console: an auditor's own key may read
+    // and retry too; and every retry, from either, is on record.
+    let bob = s.key("bob", "user");
+    let (st, _) = s.get(&bob, "/v1/outbox?status=failed").await;
+    assert_eq!(st, 200);
+    let (st, _) = s.get(&alice, "/v1/audit").await;
+    assert_eq!(st, 403);
+    let (st, a) = s.get(&bob, "/v1/audit?limit=100000").await;
+    assert_eq!(st, 200);
+    let retried: Vec<&Value> = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "notification_retried" && r["subject"] == id.as_str())
+        .collect();
+    assert_eq!(
+        retried.len(),
+        2,
+        "console and API retries recorded: {retried:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

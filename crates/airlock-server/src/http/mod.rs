@@ -353,17 +353,9 @@ async fn audit(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if !caller.is_admin() {
-        return Err(ApiError::forbidden(
-            "only admin keys may read the audit log",
-        ));
-    }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let records = airlock
-        .store()
-        .read(move |r| r.audit_after(after, limit))
-        .await?;
+    let records = airlock.audit_after(&caller, after, limit).await?;
     Ok(Json(json!({"records": records})))
 }
 
@@ -380,14 +372,8 @@ async fn outbox(
     caller: Caller,
     Query(q): Query<OutboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if !caller.is_admin() {
-        return Err(ApiError::forbidden("only admin keys may read the outbox"));
-    }
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let messages = airlock
-        .store()
-        .read(move |r| r.outbox_list(q.status.as_deref(), limit))
-        .await?;
+    let messages = airlock.outbox_list(&caller, q.status, limit).await?;
     let list: Vec<Value> = messages
         .iter()
         .map(|m| {
@@ -409,22 +395,7 @@ async fn outbox_retry(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !caller.is_admin() {
-        return Err(ApiError::forbidden(
-            "only admin keys may retry notifications",
-        ));
-    }
-    let t = airlock_store::time::now();
-    let i = id.clone();
-    let done = airlock
-        .store()
-        .write(move |tx| tx.outbox_retry(&i, t))
-        .await?;
-    if !done {
-        return Err(ApiError::wrong_state(format!(
-            "{id} is not a failed notification"
-        )));
-    }
+    airlock.retry_outbox(&caller, id.clone()).await?;
     Ok(Json(json!({"id": id, "status": "pending"})))
 }
 

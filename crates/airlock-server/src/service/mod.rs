@@ -7,6 +7,7 @@ mod check;
 mod grants;
 mod limits;
 pub(crate) mod notify;
+mod oversight;
 mod requests;
 mod view;
 

@@ -1,0 +1,118 @@
+//! Reading the audit log and the notification outbox, and retrying a
+//! failed notification: one rule for who may, whichever channel asks.
+
+use airlock_core::{AuditKind, AuditRecord, NewAuditRecord};
+use airlock_store::{AuditFilter, OutboxMessage, Verification};
+use serde_json::json;
+
+use super::{Airlock, Caller};
+use crate::ApiError;
+
+impl Airlock {
+    /// Who may read the audit log and the outbox, and retry notifications:
+    /// admin keys, and members of `[web] auditor_groups` (from the console
+    /// or with their own key). The API and the console used to disagree.
+    pub fn may_oversee(&self, caller: &Caller) -> bool {
+        if caller.is_admin() {
+            return true;
+        }
+        let loaded = self.loaded.load();
+        self.config
+            .load()
+            .web
+            .auditor_groups
+            .iter()
+            .any(|g| loaded.directory.is_member(&caller.user, g))
+    }
+
+    fn oversee(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.may_oversee(caller) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "the audit log and notifications are for admin keys and members of [web] auditor_groups",
+            ))
+        }
+    }
+
+    /// Records after `after`, oldest first.
+    pub async fn audit_after(
+        &self,
+        caller: &Caller,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, ApiError> {
+        self.oversee(caller)?;
+        Ok(self
+            .store
+            .read(move |r| r.audit_after(after, limit))
+            .await?)
+    }
+
+    /// Records matching `filter`, newest first, and (when `verify`) how
+    /// far the whole chain verifies.
+    pub async fn audit_search(
+        &self,
+        caller: &Caller,
+        filter: AuditFilter,
+        limit: u32,
+        verify: bool,
+    ) -> Result<(Vec<AuditRecord>, Option<Verification>), ApiError> {
+        self.oversee(caller)?;
+        let key = self.public_keys().audit;
+        Ok(self
+            .store
+            .read(move |r| {
+                let records = r.audit_search(&filter, limit)?;
+                let found = if verify {
+                    Some(airlock_store::verify_chain(r, &key)?)
+                } else {
+                    None
+                };
+                Ok((records, found))
+            })
+            .await?)
+    }
+
+    /// Outbox messages, by status.
+    pub async fn outbox_list(
+        &self,
+        caller: &Caller,
+        status: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, ApiError> {
+        self.oversee(caller)?;
+        Ok(self
+            .store
+            .read(move |r| r.outbox_list(status.as_deref(), limit))
+            .await?)
+    }
+
+    /// Puts a failed notification back in line, on record.
+    pub async fn retry_outbox(&self, caller: &Caller, id: String) -> Result<(), ApiError> {
+        self.oversee(caller)?;
+        let actor = caller.user.to_string();
+        let key = caller.key_id.clone();
+        self.store
+            .write(move |tx| {
+                let t = airlock_store::time::now();
+                if !tx.outbox_retry(&id, t)? {
+                    return Ok(Err(ApiError::wrong_state(format!(
+                        "{id} is not a failed notification"
+                    ))));
+                }
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::NotificationRetried,
+                        actor,
+                        subject: id,
+                        details: json!({"key": key}),
+                    },
+                    t,
+                )?;
+                Ok::<_, airlock_store::StoreError>(Ok(()))
+            })
+            .await
+            .map_err(ApiError::Audit)?
+    }
+}
