@@ -202,7 +202,7 @@ async fn get_request(
     };
     let req = airlock.get_request(&caller, id, wait).await?;
     let mut v = airlock.view(&req, &caller);
-    v["decisions"] = json!(airlock.decisions_about(id).await?);
+    v["decisions"] = json!(airlock.decisions_about(&req).await?);
     Ok(Json(v))
 }
 

@@ -1,8 +1,8 @@
 //! Reading the audit log and the notification outbox, and retrying a
 //! failed notification: one rule for who may, whichever channel asks.
 
-use airlock_core::{AuditKind, AuditRecord, NewAuditRecord};
-use airlock_store::{AuditFilter, OutboxMessage, Verification};
+use airlock_core::{AuditKind, AuditRecord, NewAuditRecord, Request};
+use airlock_store::{AuditFilter, OutboxMessage, StatusFilter, Verification};
 use serde_json::json;
 
 use super::{Airlock, Caller};
@@ -114,5 +114,44 @@ impl Airlock {
             })
             .await
             .map_err(ApiError::Audit)?
+    }
+
+    /// The requests the overview's figures count: everyone's for those who
+    /// may oversee, else the caller's own (counts across users say who is
+    /// doing what). The flag says which.
+    pub async fn overview_requests(
+        &self,
+        caller: &Caller,
+        limit: u32,
+    ) -> Result<(Vec<Request>, bool), ApiError> {
+        let everyone = self.may_oversee(caller);
+        let filter = StatusFilter {
+            principal: (!everyone).then(|| caller.user.clone()),
+            ..Default::default()
+        };
+        let all = self
+            .store
+            .read(move |r| r.list_requests(&filter, limit))
+            .await?;
+        Ok((all, everyone))
+    }
+
+    /// The latest policy load or failed reload on record (not sensitive:
+    /// every signed-in user sees which policies are in force).
+    pub async fn last_policy_load(&self) -> Result<Option<AuditRecord>, ApiError> {
+        Ok(self
+            .store
+            .read(|r| {
+                let mut found = Vec::new();
+                for kind in [AuditKind::PolicyLoaded, AuditKind::PolicyReloadFailed] {
+                    let f = AuditFilter {
+                        kind: Some(kind.as_str().into()),
+                        ..AuditFilter::default()
+                    };
+                    found.extend(r.audit_search(&f, 1)?);
+                }
+                Ok(found.into_iter().max_by_key(|a| a.seq))
+            })
+            .await?)
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    AuditKind, GrantId, NewAuditRecord, Request, RequestId, RequestStatus, Review, Verdict,
+    AuditKind, AuditRecord, GrantId, NewAuditRecord, Request, RequestId, RequestStatus, Review,
+    Verdict,
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
@@ -31,18 +32,36 @@ pub struct RequestPage {
 }
 
 impl Airlock {
+    /// A request's history (its records and its grant's), oldest first.
+    /// Takes the request itself, which only `get_request` hands out after
+    /// checking the caller may see it.
+    pub async fn request_history(&self, req: &Request) -> Result<Vec<AuditRecord>, ApiError> {
+        let subjects = std::iter::once(req.id.to_string())
+            .chain(req.grant.as_ref().map(|g| g.grant_id.to_string()))
+            .collect::<Vec<_>>();
+        Ok(self
+            .store
+            .read(move |r| {
+                let mut out = Vec::new();
+                for s in &subjects {
+                    out.extend(r.audit_about(s, 500)?);
+                }
+                out.sort_by_key(|a| a.seq);
+                Ok(out)
+            })
+            .await?)
+    }
+
     /// Every decision that led to a request, oldest first, each with the
     /// context it was decided on: a check that found the request pending
     /// adds its own, so approvers see every description of the action, not
     /// only the first.
-    pub async fn decisions_about(&self, id: RequestId) -> Result<Vec<serde_json::Value>, ApiError> {
-        let records = self
-            .store
-            .read(move |r| r.audit_about(&id.to_string(), 500))
-            .await?;
-        Ok(records
+    pub async fn decisions_about(&self, req: &Request) -> Result<Vec<serde_json::Value>, ApiError> {
+        Ok(self
+            .request_history(req)
+            .await?
             .into_iter()
-            .filter(|a| a.kind == airlock_core::AuditKind::Decision.as_str())
+            .filter(|a| a.kind == AuditKind::Decision.as_str())
             .map(|a| {
                 let d = a.details.value();
                 json!({
@@ -51,6 +70,18 @@ impl Airlock {
                 })
             })
             .collect())
+    }
+
+    /// The caller's own requests, newest first.
+    pub async fn my_requests(&self, caller: &Caller, limit: u32) -> Result<Vec<Request>, ApiError> {
+        let filter = StatusFilter {
+            principal: Some(caller.user.clone()),
+            ..Default::default()
+        };
+        Ok(self
+            .store
+            .read(move |r| r.list_requests(&filter, limit))
+            .await?)
     }
 
     /// Whether `caller` may see `req`: its requester, anyone who may review

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::{RequestId, RequestStatus, Verdict};
-use airlock_store::{AuditFilter, StatusFilter};
+use airlock_store::AuditFilter;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -444,14 +444,7 @@ async fn inbox_rows(
 }
 
 async fn mine_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiError> {
-    let filter = StatusFilter {
-        principal: Some(user.caller.user.clone()),
-        ..Default::default()
-    };
-    let mine = airlock
-        .store
-        .read(move |r| r.list_requests(&filter, 200))
-        .await?;
+    let mine = airlock.my_requests(&user.caller, 200).await?;
     Ok(mine.iter().map(|r| shown(airlock, r, user)).collect())
 }
 
@@ -484,20 +477,7 @@ async fn request_page(
     let page = async {
         let id = request_id(&id)?;
         let req = airlock.get_request(&user.caller, id, None).await?;
-        let subjects = std::iter::once(id.to_string())
-            .chain(req.grant.as_ref().map(|g| g.grant_id.to_string()))
-            .collect::<Vec<_>>();
-        let history = airlock
-            .store
-            .read(move |r| {
-                let mut out = Vec::new();
-                for s in &subjects {
-                    out.extend(r.audit_about(s, 500)?);
-                }
-                out.sort_by_key(|a| a.seq);
-                Ok(out)
-            })
-            .await?;
+        let history = airlock.request_history(&req).await?;
         let history: Vec<Value> = history
             .iter()
             .map(|a| serde_json::to_value(a).unwrap_or_default())
@@ -651,17 +631,10 @@ async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
 /// their own requests only (counts across users say who is doing what).
 async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
-    let everyone = is_auditor(&airlock, &user);
-    let filter = StatusFilter {
-        statuses: Vec::new(),
-        principal: (!everyone).then(|| user.caller.user.clone()),
-        ..Default::default()
-    };
-    let all = airlock
-        .store
-        .read(move |r| r.list_requests(&filter, 5000))
+    let (all, everyone) = airlock
+        .overview_requests(&user.caller, 5000)
         .await
-        .map_err(|e| fail(Some(&user), e.into()))?;
+        .map_err(|e| fail(Some(&user), e))?;
     let now = chrono::Utc::now();
     let decided = all.iter().filter_map(charts::decision_seconds).count();
     Ok(pages::overview(
@@ -825,20 +798,9 @@ async fn policy_page(
         })
         .collect();
     let last = airlock
-        .store
-        .read(|r| {
-            let mut found = Vec::new();
-            for kind in ["policy_loaded", "policy_reload_failed"] {
-                let f = AuditFilter {
-                    kind: Some(kind.into()),
-                    ..AuditFilter::default()
-                };
-                found.extend(r.audit_search(&f, 1)?);
-            }
-            Ok(found.into_iter().max_by_key(|a| a.seq))
-        })
+        .last_policy_load()
         .await
-        .map_err(|e| fail(Some(user), e.into()))?;
+        .map_err(|e| fail(Some(user), e))?;
     let last = last.map(|a| serde_json::to_value(a).unwrap_or_default());
     Ok(pages::policy(
         &viewer(user),
