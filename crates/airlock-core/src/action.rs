@@ -174,6 +174,46 @@ pub struct Action {
     pub context: Map<String, Value>,
 }
 
+impl Action {
+    /// Reads an action this build or an earlier one stored. What callers
+    /// send is refused at the door when a number cannot be bound exactly;
+    /// an action stored before that rule existed is still read back (its
+    /// grant was bound to what was hashed then), so an old request never
+    /// makes a listing fail.
+    pub fn from_stored_json(text: &str) -> Result<Action, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct StoredResource {
+            #[serde(rename = "type")]
+            kind: ResourceType,
+            id: ResourceId,
+            #[serde(default)]
+            attrs: Map<String, Value>,
+        }
+        #[derive(Deserialize)]
+        struct StoredAction {
+            principal: UserName,
+            action: ActionName,
+            resource: StoredResource,
+            #[serde(default)]
+            params: BTreeMap<String, Value>,
+            #[serde(default)]
+            context: Map<String, Value>,
+        }
+        let a: StoredAction = serde_json::from_str(text)?;
+        Ok(Action {
+            principal: a.principal,
+            action: a.action,
+            resource: Resource {
+                kind: a.resource.kind,
+                id: a.resource.id,
+                attrs: a.resource.attrs,
+            },
+            params: a.params,
+            context: a.context,
+        })
+    }
+}
+
 /// Caller JSON that can be bound and recorded exactly.
 ///
 /// A JSON number with a fraction, an exponent, or beyond 64-bit integers is
@@ -474,6 +514,13 @@ mod tests {
         assert_ne!(fp("18446744073709551615"), fp("18446744073709551614"));
         assert_ne!(fp("-9223372036854775808"), fp("-9223372036854775807"));
         assert_ne!(fp("0"), fp("1"));
+    }
+
+    #[test]
+    fn stored_actions_with_old_numbers_still_read() {
+        let text = r#"{"principal":"a","action":"x","resource":{"type":"T","id":"1"},"params":{"n":9376.032}}"#;
+        assert!(serde_json::from_str::<Action>(text).is_err());
+        assert!(Action::from_stored_json(text).is_ok());
     }
 
     #[test]

@@ -557,7 +557,7 @@ impl Tx<'_> {
 
     fn request_from_row(&mut self, row: &Row) -> Result<Request, StoreError> {
         let id = RequestId::parse(row.try_get::<_, &str>(0)?).map_err(corrupt)?;
-        let action: Action = serde_json::from_str(row.try_get(2)?)?;
+        let action = Action::from_stored_json(row.try_get(2)?)?;
         Ok(Request {
             id,
             status: RequestStatus::parse(row.try_get(1)?).map_err(corrupt)?,

@@ -258,7 +258,7 @@ impl Tx<'_> {
         let created: String = row.get(7)?;
         let expires: String = row.get(8)?;
         let id = RequestId::parse(&id).map_err(corrupt)?;
-        let action: Action = serde_json::from_str(&action)?;
+        let action = Action::from_stored_json(&action)?;
         Ok(Request {
             id,
             status: RequestStatus::parse(&status).map_err(corrupt)?,
