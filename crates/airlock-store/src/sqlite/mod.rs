@@ -10,18 +10,20 @@ use std::time::Duration;
 
 use airlock_core::request::GrantRecord;
 use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, RecordedJson,
-    Request, RequestId, RequestStatus, Review, UserName, Verdict,
+    Action, AuditRecord, Fingerprint, GrantId, GroupName, RequestId, RequestStatus, Review,
+    UserName,
 };
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::batch::{self, fail_all, Announced, BatchConn};
-use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRevocation, OutboxMessage, Role,
-    SessionRecord, StatusFilter,
+use crate::batch::{self, fail_all, BatchConn, Effects};
+use crate::logic::{
+    ApiKeyRow, AuditRow, AuditRows, ChatRows, CheckpointRow, GrantBinding, GrantRecordRow,
+    GrantRows, GrantState, KeyRows, Listing, OutboxRows, RequestRow, RequestRows, ReviewRow, Rows,
+    SessionRow, SessionRows,
 };
+use crate::model::{ApiKeyRecord, AuditFilter, OutboxMessage, SessionRecord};
 use crate::time::{fmt, parse};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
@@ -96,12 +98,10 @@ impl ReadOnly {
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut q = Tx {
+        f(&mut Tx {
             conn: &tx,
-            head: None,
-            events: None,
-        };
-        f(&mut q)
+            effects: None,
+        })
     }
 }
 
@@ -126,12 +126,10 @@ impl Backend for SqliteBackend {
             };
             match conn.transaction() {
                 Ok(tx) => {
-                    let mut q = Tx {
+                    job(Ok(&mut Tx {
                         conn: &tx,
-                        head: None,
-                        events: None,
-                    };
-                    job(Ok(&mut q));
+                        effects: None,
+                    }));
                     drop(tx);
                 }
                 Err(e) => job(Err(e.into())),
@@ -175,16 +173,10 @@ impl BatchConn for Connection {
         Ok(self.execute_batch(sql)?)
     }
 
-    fn with_tx<R>(
-        &mut self,
-        head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Announced,
-        f: impl FnOnce(&mut dyn WriteTx) -> R,
-    ) -> R {
+    fn with_tx<R>(&mut self, effects: &mut Effects, f: impl FnOnce(&mut dyn WriteTx) -> R) -> R {
         f(&mut Tx {
             conn: self,
-            head: Some(head),
-            events: Some(changed),
+            effects: Some(effects),
         })
     }
 }
@@ -192,185 +184,47 @@ impl BatchConn for Connection {
 /// Queries over one connection inside a transaction.
 struct Tx<'a> {
     conn: &'a Connection,
-    /// The chain head as of this batch's last append, so appends after the
-    /// first in a batch skip the read. `None` means "read it".
-    head: Option<&'a mut Option<(i64, ChainHash)>>,
-    /// What this batch changed, announced after it commits.
-    events: Option<&'a mut Announced>,
+    /// The batch it writes in; `None` when it only reads.
+    effects: Option<&'a mut Effects>,
 }
 
-const OUTBOX_COLS: &str = "id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at";
-
-fn outbox_from_row(r: &Row<'_>) -> Result<OutboxMessage, StoreError> {
-    let delivered: Option<String> = r.get(9)?;
-    Ok(OutboxMessage {
-        id: r.get(0)?,
-        target: r.get(1)?,
-        event: r.get(2)?,
-        payload: r.get(3)?,
-        status: r.get(4)?,
-        attempts: r.get(5)?,
-        last_error: r.get(6)?,
-        next_attempt_at: parse(&r.get::<_, String>(7)?)?,
-        created_at: parse(&r.get::<_, String>(8)?)?,
-        delivered_at: delivered.as_deref().map(parse).transpose()?,
-    })
+impl Rows for Tx<'_> {
+    fn effects(&mut self) -> Option<&mut Effects> {
+        self.effects.as_deref_mut()
+    }
 }
 
-const API_KEY_COLS: &str =
-    "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at";
-
-fn api_key_from_row(r: &Row<'_>) -> Result<ApiKeyRecord, StoreError> {
-    let user: String = r.get(2)?;
-    let role: String = r.get(3)?;
-    let time = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
-        r.get::<_, Option<String>>(i)?
-            .as_deref()
-            .map(parse)
-            .transpose()
-    };
-    Ok(ApiKeyRecord {
-        id: r.get(0)?,
-        hash: r.get(1)?,
-        user: UserName::parse(&user).map_err(corrupt)?,
-        role: Role::parse(&role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
-        created_at: parse(&r.get::<_, String>(4)?)?,
-        expires_at: time(5)?,
-        revoked_at: time(6)?,
-        last_used_at: time(7)?,
-    })
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+/// A stored time that may be missing.
+fn opt_time(s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    s.as_deref().map(parse).transpose()
 }
 
 const REQUEST_COLS: &str = "id, status, action_json, fingerprint, requirement_json, policies_json, reason, created_at, expires_at";
 
-impl Tx<'_> {
-    fn request_from_row(&self, row: &Row<'_>) -> Result<Request, StoreError> {
-        let id: String = row.get(0)?;
-        let status: String = row.get(1)?;
-        let action: String = row.get(2)?;
-        let fp: String = row.get(3)?;
-        let requirement: String = row.get(4)?;
-        let policies: String = row.get(5)?;
-        let created: String = row.get(7)?;
-        let expires: String = row.get(8)?;
-        let id = RequestId::parse(&id).map_err(corrupt)?;
-        let action: Action = serde_json::from_str(&action)?;
-        Ok(Request {
-            id,
-            status: RequestStatus::parse(&status).map_err(corrupt)?,
-            fingerprint: Fingerprint::parse(&fp).map_err(corrupt)?,
-            requirement: serde_json::from_str(&requirement)?,
-            policies: serde_json::from_str(&policies)?,
-            reason: row.get(6)?,
-            created_at: parse(&created)?,
-            expires_at: parse(&expires)?,
-            reviews: self.reviews(&id)?,
-            grant: self.grant_of(&id)?,
-            action,
-        })
-    }
-
-    fn reviews(&self, id: &RequestId) -> Result<Vec<Review>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = ?1 ORDER BY at, reviewer",
-        )?;
-        let rows = st.query_map([id.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (reviewer, verdict, reason, channel, at) = row?;
-            out.push(Review {
-                reviewer: UserName::parse(&reviewer).map_err(corrupt)?,
-                verdict: Verdict::parse(&verdict).map_err(corrupt)?,
-                reason,
-                channel,
-                at: parse(&at)?,
-            });
-        }
-        Ok(out)
-    }
-
-    fn grant_of(&self, id: &RequestId) -> Result<Option<GrantRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, expires_at, max_uses, uses, revoked, outcome FROM grants WHERE request_id = ?1",
-        )?;
-        let row = st
-            .query_row([id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(gid, exp, max_uses, uses, revoked, outcome)| {
-            Ok(GrantRecord {
-                grant_id: GrantId::parse(&gid).map_err(corrupt)?,
-                expires_at: parse(&exp)?,
-                max_uses,
-                uses,
-                revoked,
-                outcome,
-            })
-        })
-        .transpose()
-    }
-
-    fn audit_from_row(row: &Row<'_>) -> Result<AuditRecord, StoreError> {
-        let details: String = row.get(5)?;
-        let prev: String = row.get(6)?;
-        let hash: String = row.get(7)?;
-        Ok(AuditRecord {
-            seq: row.get(0)?,
-            ts: row.get(1)?,
-            kind: row.get(2)?,
-            actor: row.get(3)?,
-            subject: row.get(4)?,
-            details: RecordedJson::from_stored(details).map_err(corrupt)?,
-            prev_hash: ChainHash::parse(&prev).map_err(corrupt)?,
-            hash: ChainHash::parse(&hash).map_err(corrupt)?,
-        })
-    }
+fn request_row(r: &Row<'_>) -> Result<RequestRow, StoreError> {
+    Ok(RequestRow {
+        id: r.get(0)?,
+        status: r.get(1)?,
+        action_json: r.get(2)?,
+        fingerprint: r.get(3)?,
+        requirement_json: r.get(4)?,
+        policies_json: r.get(5)?,
+        reason: r.get(6)?,
+        created_at: parse(&r.get::<_, String>(7)?)?,
+        expires_at: parse(&r.get::<_, String>(8)?)?,
+    })
 }
 
-impl ReadTx for Tx<'_> {
-    fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
+impl RequestRows for Tx<'_> {
+    fn request_row(&mut self, id: &RequestId) -> Result<Option<RequestRow>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {REQUEST_COLS} FROM requests WHERE id = ?1"
         ))?;
         let mut rows = st.query([id.to_string()])?;
-        match rows.next()? {
-            Some(row) => Ok(Some(self.request_from_row(row)?)),
-            None => Ok(None),
-        }
+        rows.next()?.map(request_row).transpose()
     }
 
-    fn list_requests(
-        &mut self,
-        filter: &StatusFilter,
-        limit: u32,
-    ) -> Result<Vec<Request>, StoreError> {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        let statuses_json = serde_json::to_string(&statuses)?;
-        let viewer = filter.visible_to.as_ref();
-        let groups: Vec<&str> = viewer
-            .map(|v| v.groups.iter().map(|g| g.as_str()).collect())
-            .unwrap_or_default();
-        let groups_json = serde_json::to_string(&groups)?;
+    fn request_rows(&mut self, l: &Listing<'_>) -> Result<Vec<RequestRow>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {REQUEST_COLS} FROM requests
              WHERE (?1 = '[]' OR status IN (SELECT value FROM json_each(?1)))
@@ -385,39 +239,55 @@ impl ReadTx for Tx<'_> {
              ORDER BY created_at DESC, id DESC LIMIT ?8"
         ))?;
         let mut rows = st.query(params![
-            statuses_json,
-            filter.principal.as_ref().map(|p| p.as_str()),
-            viewer.map(|v| v.user.as_str()),
-            groups_json,
-            viewer.is_some_and(|v| v.own),
-            filter.after.map(|c| fmt(c.created_at)),
-            filter.after.map(|c| c.id.to_string()),
-            limit
+            serde_json::to_string(&l.statuses)?,
+            l.principal,
+            l.viewer,
+            serde_json::to_string(&l.groups)?,
+            l.own,
+            l.after.as_ref().map(|(at, _)| fmt(*at)),
+            l.after.as_ref().map(|(_, id)| id),
+            l.limit
         ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push(self.request_from_row(row)?);
+            out.push(request_row(row)?);
         }
         Ok(out)
     }
 
-    fn find_pending(
+    fn review_rows(&mut self, id: &RequestId) -> Result<Vec<ReviewRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = ?1 ORDER BY at, reviewer",
+        )?;
+        let mut rows = st.query([id.to_string()])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(ReviewRow {
+                reviewer: r.get(0)?,
+                verdict: r.get(1)?,
+                reason: r.get(2)?,
+                channel: r.get(3)?,
+                at: parse(&r.get::<_, String>(4)?)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn pending_id(
         &mut self,
         principal: &UserName,
         fp: &Fingerprint,
-    ) -> Result<Option<RequestId>, StoreError> {
-        let id: Option<String> = self
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
             .conn
             .prepare_cached(
                 "SELECT id FROM requests WHERE principal = ?1 AND fingerprint = ?2 AND status = 'pending'",
             )?
             .query_row([principal.as_str(), &fp.to_string()], |r| r.get(0))
-            .optional()?;
-        id.map(|s| RequestId::parse(&s).map_err(corrupt))
-            .transpose()
+            .optional()?)
     }
 
-    fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError> {
+    fn expiry_rows(&mut self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         // Pending requests expire at their own TTL; approved ones when their
         // grant does.
         let mut st = self.conn.prepare_cached(
@@ -430,238 +300,9 @@ impl ReadTx for Tx<'_> {
         let mut out = Vec::new();
         for row in rows {
             let (id, at) = row?;
-            out.push((RequestId::parse(&id).map_err(corrupt)?, parse(&at)?));
+            out.push((id, parse(&at)?));
         }
         Ok(out)
-    }
-
-    fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = ?1",
-            )?
-            .query_row([id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                ))
-            })
-            .optional()?;
-        let Some((rid, principal, fp, completed)) = row else {
-            return Ok(None);
-        };
-        let request_id = RequestId::parse(&rid).map_err(corrupt)?;
-        let grant = self
-            .grant_of(&request_id)?
-            .ok_or_else(|| StoreError::Corrupt("grant vanished".into()))?;
-        Ok(Some(GrantRow {
-            grant,
-            request_id,
-            principal: UserName::parse(&principal).map_err(corrupt)?,
-            fingerprint: Fingerprint::parse(&fp).map_err(corrupt)?,
-            completed,
-        }))
-    }
-
-    fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let mut rows = st.query(params![after, limit])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(Self::audit_from_row(row)?);
-        }
-        Ok(out)
-    }
-
-    fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE subject = ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let mut rows = st.query(params![subject, limit])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(Self::audit_from_row(row)?);
-        }
-        Ok(out)
-    }
-
-    fn audit_search(
-        &mut self,
-        f: &AuditFilter,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
-               AND (?3 IS NULL OR request_id = ?3) AND ?4 IS NULL
-               AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
-               AND (?8 IS NULL OR subject = ?8)
-             ORDER BY seq DESC LIMIT ?7",
-        )?;
-        let mut rows = st.query(params![
-            f.actor,
-            f.kind,
-            f.request,
-            None::<String>,
-            f.since,
-            f.until,
-            limit,
-            f.subject
-        ])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(Self::audit_from_row(row)?);
-        }
-        Ok(out)
-    }
-
-    fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, hash, ts, signature) = row?;
-            out.push(Checkpoint {
-                seq,
-                hash: ChainHash::parse(&hash).map_err(corrupt)?,
-                ts,
-                signature,
-            });
-        }
-        Ok(out)
-    }
-
-    fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError> {
-        let row = self
-            .conn
-            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .optional()?;
-        match row {
-            None => Ok((0, ChainHash::GENESIS)),
-            Some((seq, hash)) => Ok((seq, ChainHash::parse(&hash).map_err(corrupt)?)),
-        }
-    }
-
-    fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {API_KEY_COLS} FROM api_keys WHERE hash = ?1"
-        ))?;
-        let mut rows = st.query([hash])?;
-        rows.next()?.map(api_key_from_row).transpose()
-    }
-
-    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {API_KEY_COLS} FROM api_keys ORDER BY created_at, id"
-        ))?;
-        let mut rows = st.query([])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(api_key_from_row(row)?);
-        }
-        Ok(out)
-    }
-
-    fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT id_hash, user_name, csrf, method, created_at, expires_at FROM sessions WHERE id_hash = ?1",
-            )?
-            .query_row([id_hash], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(id_hash, user, csrf, method, created, expires)| {
-            Ok(SessionRecord {
-                id_hash,
-                user: UserName::parse(&user).map_err(corrupt)?,
-                csrf,
-                method,
-                created_at: parse(&created)?,
-                expires_at: parse(&expires)?,
-            })
-        })
-        .transpose()
-    }
-
-    fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",
-        )?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (user, groups) = row?;
-            out.push((
-                UserName::parse(&user).map_err(corrupt)?,
-                serde_json::from_str(&groups)?,
-            ));
-        }
-        Ok(out)
-    }
-
-    fn outbox_list(
-        &mut self,
-        status: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE (?1 IS NULL OR status = ?1)
-             ORDER BY created_at DESC, id DESC LIMIT ?2"
-        ))?;
-        let mut rows = st.query(params![status, limit])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(outbox_from_row(row)?);
-        }
-        Ok(out)
-    }
-
-    fn chat_messages(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT channel, ts FROM chat_messages WHERE request_id = ?1 AND provider = ?2 ORDER BY channel",
-        )?;
-        let rows = st.query_map(params![request.to_string(), provider], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT hash FROM passwords WHERE user_name = ?1")?
-            .query_row([user.as_str()], |r| r.get(0))
-            .optional()?)
     }
 
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
@@ -693,71 +334,11 @@ impl ReadTx for Tx<'_> {
             .query_row(params![principal.as_str(), fmt(since)], |r| r.get(0))?)
     }
 
-    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT public_key FROM signing_keys WHERE purpose = ?1")?
-            .query_row([purpose], |r| r.get(0))
-            .optional()?)
-    }
-
-    fn granted_before(
+    fn insert_request_row(
         &mut self,
+        row: &RequestRow,
         principal: &UserName,
-        action: &str,
-        resource_type: &str,
-        resource_id: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = ?1 AND action = ?2
-                 AND resource_type = ?3 AND resource_id = ?4)",
-            )?
-            .query_row(
-                params![principal.as_str(), action, resource_type, resource_id],
-                |r| r.get(0),
-            )?)
-    }
-}
-
-impl WriteTx for Tx<'_> {
-    fn append_audit(
-        &mut self,
-        rec: NewAuditRecord,
-        ts: DateTime<Utc>,
-    ) -> Result<AuditRecord, StoreError> {
-        // Read inside the write transaction: the lock is held, so no other
-        // process (the CLI creating a key) can append between read and write.
-        let (seq, prev) = match self.head.as_deref() {
-            Some(Some(h)) => *h,
-            _ => self.audit_head()?,
-        };
-        let request = rec.request_id().map(str::to_owned);
-        let record = AuditRecord::link(seq, prev, fmt(ts), rec);
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                record.seq,
-                record.ts,
-                record.kind,
-                record.actor,
-                record.subject,
-                record.details.get(),
-                record.prev_hash.to_string(),
-                record.hash.to_string(),
-                request,
-            ])?;
-        if let Some(h) = self.head.as_deref_mut() {
-            *h = Some((record.seq, record.hash));
-        }
-        Ok(record)
-    }
-
-    fn insert_request(&mut self, req: &Request) -> Result<(), StoreError> {
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO requests (id, status, principal, action_json, fingerprint, requirement_json,
@@ -765,38 +346,40 @@ impl WriteTx for Tx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)",
             )?
             .execute(params![
-                req.id.to_string(),
-                req.status.as_str(),
-                req.action.principal.as_str(),
-                serde_json::to_string(&req.action)?,
-                req.fingerprint.to_string(),
-                serde_json::to_string(&req.requirement)?,
-                serde_json::to_string(&req.policies)?,
-                req.reason,
-                fmt(req.created_at),
-                fmt(req.expires_at),
+                row.id,
+                row.status,
+                principal.as_str(),
+                row.action_json,
+                row.fingerprint,
+                row.requirement_json,
+                row.policies_json,
+                row.reason,
+                fmt(row.created_at),
+                fmt(row.expires_at),
             ])?;
-        let mut st = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO request_groups (request_id, group_name) VALUES (?1, ?2)",
-        )?;
-        for t in &req.requirement.thresholds {
-            for g in &t.groups {
-                st.execute(params![req.id.to_string(), g.as_str()])?;
-            }
-        }
         Ok(())
     }
 
-    fn set_status(
+    fn insert_request_group(
+        &mut self,
+        id: &RequestId,
+        group: &GroupName,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO request_groups (request_id, group_name) VALUES (?1, ?2)",
+            )?
+            .execute(params![id.to_string(), group.as_str()])?;
+        Ok(())
+    }
+
+    fn update_status(
         &mut self,
         id: &RequestId,
         from: RequestStatus,
         to: RequestStatus,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        if !from.can_become(to) {
-            return Ok(false);
-        }
         let n = self
             .conn
             .prepare_cached(
@@ -806,11 +389,11 @@ impl WriteTx for Tx<'_> {
         Ok(n == 1)
     }
 
-    fn raise_requirement(
+    fn update_requirement(
         &mut self,
         id: &RequestId,
-        requirement: &airlock_core::Requirement,
-        policies: &[String],
+        requirement_json: &str,
+        policies_json: &str,
     ) -> Result<bool, StoreError> {
         let n = self
             .conn
@@ -818,20 +401,7 @@ impl WriteTx for Tx<'_> {
                 "UPDATE requests SET requirement_json = ?2, policies_json = ?3
                  WHERE id = ?1 AND status = 'pending'",
             )?
-            .execute(params![
-                id.to_string(),
-                serde_json::to_string(requirement)?,
-                serde_json::to_string(policies)?,
-            ])?;
-        // The groups now asked may see it in their lists.
-        let mut st = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO request_groups (request_id, group_name) VALUES (?1, ?2)",
-        )?;
-        for t in &requirement.thresholds {
-            for g in &t.groups {
-                st.execute(params![id.to_string(), g.as_str()])?;
-            }
-        }
+            .execute(params![id.to_string(), requirement_json, policies_json])?;
         Ok(n == 1)
     }
 
@@ -852,16 +422,83 @@ impl WriteTx for Tx<'_> {
             ])?;
         Ok(n == 1)
     }
+}
 
-    fn insert_grant(
+impl GrantRows for Tx<'_> {
+    fn grant_row(&mut self, request: &RequestId) -> Result<Option<GrantRecordRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, expires_at, max_uses, uses, revoked, outcome FROM grants WHERE request_id = ?1",
+        )?;
+        let mut rows = st.query([request.to_string()])?;
+        rows.next()?
+            .map(|r| {
+                Ok(GrantRecordRow {
+                    id: r.get(0)?,
+                    expires_at: parse(&r.get::<_, String>(1)?)?,
+                    max_uses: r.get(2)?,
+                    uses: r.get(3)?,
+                    revoked: r.get(4)?,
+                    outcome: r.get(5)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn grant_binding(&mut self, id: &GrantId) -> Result<Option<GrantBinding>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = ?1",
+            )?
+            .query_row([id.to_string()], |r| {
+                Ok(GrantBinding {
+                    request_id: r.get(0)?,
+                    principal: r.get(1)?,
+                    fingerprint: r.get(2)?,
+                    completed: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn spend_use(
+        &mut self,
+        id: &GrantId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(u32, u32)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE grants SET uses = uses + 1
+                 WHERE id = ?1 AND revoked = 0 AND completed = 0 AND uses < max_uses AND expires_at > ?2
+                 RETURNING uses, max_uses",
+            )?
+            .query_row(params![id.to_string(), fmt(now)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn grant_state(&mut self, id: &GrantId) -> Result<Option<GrantState>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT revoked, completed, uses, max_uses FROM grants WHERE id = ?1")?
+            .query_row([id.to_string()], |r| {
+                Ok(GrantState {
+                    revoked: r.get(0)?,
+                    completed: r.get(1)?,
+                    uses: r.get(2)?,
+                    max_uses: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn insert_grant_row(
         &mut self,
         id: &RequestId,
         fp: &Fingerprint,
         grant: &GrantRecord,
+        action: &Action,
     ) -> Result<(), StoreError> {
-        let req = self
-            .get_request(id)?
-            .ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
         self.conn
             .prepare_cached(
                 "INSERT INTO grants (id, request_id, principal, action, resource_type, resource_id,
@@ -870,52 +507,15 @@ impl WriteTx for Tx<'_> {
             .execute(params![
                 grant.grant_id.to_string(),
                 id.to_string(),
-                req.action.principal.as_str(),
-                req.action.action.as_str(),
-                req.action.resource.kind.as_str(),
-                req.action.resource.id.as_str(),
+                action.principal.as_str(),
+                action.action.as_str(),
+                action.resource.kind.as_str(),
+                action.resource.id.as_str(),
                 fp.to_string(),
                 fmt(grant.expires_at),
                 grant.max_uses,
             ])?;
         Ok(())
-    }
-
-    fn consume_grant(
-        &mut self,
-        id: &GrantId,
-        now: DateTime<Utc>,
-    ) -> Result<ConsumeOutcome, StoreError> {
-        let spent: Option<(u32, u32)> = self
-            .conn
-            .prepare_cached(
-                "UPDATE grants SET uses = uses + 1
-                 WHERE id = ?1 AND revoked = 0 AND completed = 0 AND uses < max_uses AND expires_at > ?2
-                 RETURNING uses, max_uses",
-            )?
-            .query_row(params![id.to_string(), fmt(now)], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((uses, max)) = spent {
-            return Ok(ConsumeOutcome::Consumed {
-                uses_left: max.saturating_sub(uses),
-            });
-        }
-        // Nothing spent: say why, from the same transaction's view.
-        let row: Option<(bool, bool, u32, u32, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT revoked, completed, uses, max_uses, expires_at FROM grants WHERE id = ?1",
-            )?
-            .query_row([id.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .optional()?;
-        Ok(match row {
-            None => ConsumeOutcome::Unknown,
-            Some((true, ..)) => ConsumeOutcome::Revoked,
-            Some((_, completed, uses, max, _)) if completed || uses >= max => ConsumeOutcome::Spent,
-            Some(_) => ConsumeOutcome::Expired,
-        })
     }
 
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
@@ -938,6 +538,187 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
+    fn granted_before(
+        &mut self,
+        principal: &UserName,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = ?1 AND action = ?2
+                 AND resource_type = ?3 AND resource_id = ?4)",
+            )?
+            .query_row(
+                params![principal.as_str(), action, resource_type, resource_id],
+                |r| r.get(0),
+            )?)
+    }
+}
+
+const AUDIT_COLS: &str = "seq, ts, kind, actor, subject, details, prev_hash, hash";
+
+impl Tx<'_> {
+    fn audit_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(sql)?;
+        let mut rows = st.query(params)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(AuditRow {
+                seq: r.get(0)?,
+                ts: r.get(1)?,
+                kind: r.get(2)?,
+                actor: r.get(3)?,
+                subject: r.get(4)?,
+                details: r.get(5)?,
+                prev_hash: r.get(6)?,
+                hash: r.get(7)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl AuditRows for Tx<'_> {
+    fn audit_rows_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!("SELECT {AUDIT_COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+            params![after, limit],
+        )
+    }
+
+    fn audit_rows_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!("SELECT {AUDIT_COLS} FROM audit WHERE subject = ?1 ORDER BY seq LIMIT ?2"),
+            params![subject, limit],
+        )
+    }
+
+    fn audit_rows_matching(
+        &mut self,
+        f: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!(
+                "SELECT {AUDIT_COLS} FROM audit
+                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
+                   AND (?3 IS NULL OR request_id = ?3) AND ?4 IS NULL
+                   AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
+                   AND (?8 IS NULL OR subject = ?8)
+                 ORDER BY seq DESC LIMIT ?7"
+            ),
+            params![
+                f.actor,
+                f.kind,
+                f.request,
+                None::<String>,
+                f.since,
+                f.until,
+                limit,
+                f.subject
+            ],
+        )
+    }
+
+    fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn insert_audit_row(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                record.seq,
+                record.ts,
+                record.kind,
+                record.actor,
+                record.subject,
+                record.details.get(),
+                record.prev_hash.to_string(),
+                record.hash.to_string(),
+                request,
+            ])?;
+        Ok(())
+    }
+
+    fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok(CheckpointRow {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                ts: r.get(2)?,
+                signature: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
+        Ok(())
+    }
+}
+
+const API_KEY_COLS: &str =
+    "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at";
+
+fn api_key_row(r: &Row<'_>) -> Result<ApiKeyRow, StoreError> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        user: r.get(2)?,
+        role: r.get(3)?,
+        created_at: parse(&r.get::<_, String>(4)?)?,
+        expires_at: opt_time(r.get(5)?)?,
+        revoked_at: opt_time(r.get(6)?)?,
+        last_used_at: opt_time(r.get(7)?)?,
+    })
+}
+
+impl KeyRows for Tx<'_> {
+    fn api_key_row(&mut self, hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE hash = ?1"
+        ))?;
+        let mut rows = st.query([hash])?;
+        rows.next()?.map(api_key_row).transpose()
+    }
+
+    fn api_key_rows(&mut self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys ORDER BY created_at, id"
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(api_key_row(row)?);
+        }
+        Ok(out)
+    }
+
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
@@ -957,28 +738,23 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
+    fn mark_key_revoked(&mut self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             )?
             .execute(params![id, fmt(at)])?;
-        if n == 1 {
-            return Ok(KeyRevocation::Revoked);
-        }
+        Ok(n == 1)
+    }
+
+    fn key_revoked_at(&mut self, id: &str) -> Result<Option<Option<DateTime<Utc>>>, StoreError> {
         let before: Option<Option<String>> = self
             .conn
             .prepare_cached("SELECT revoked_at FROM api_keys WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()?;
-        match before {
-            None => Ok(KeyRevocation::Unknown),
-            Some(Some(t)) => Ok(KeyRevocation::AlreadyRevoked(parse(&t)?)),
-            Some(None) => Err(StoreError::Corrupt(format!(
-                "key {id} is neither revoked nor revocable"
-            ))),
-        }
+        before.map(opt_time).transpose()
     }
 
     fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -991,6 +767,89 @@ impl WriteTx for Tx<'_> {
             st.execute(params![id, at])?;
         }
         Ok(())
+    }
+
+    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT public_key FROM signing_keys WHERE purpose = ?1")?
+            .query_row([purpose], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn insert_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![purpose, public, fmt(at)])?;
+        Ok(())
+    }
+}
+
+impl SessionRows for Tx<'_> {
+    fn session_row(&mut self, id_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id_hash, user_name, csrf, method, created_at, expires_at FROM sessions WHERE id_hash = ?1",
+        )?;
+        let mut rows = st.query([id_hash])?;
+        rows.next()?
+            .map(|r| {
+                Ok(SessionRow {
+                    id_hash: r.get(0)?,
+                    user: r.get(1)?,
+                    csrf: r.get(2)?,
+                    method: r.get(3)?,
+                    created_at: parse(&r.get::<_, String>(4)?)?,
+                    expires_at: parse(&r.get::<_, String>(5)?)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn delete_expired_sessions(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+            .execute([fmt(now)])?;
+        Ok(())
+    }
+
+    fn insert_session_row(&mut self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (id_hash, user_name, csrf, method, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.id_hash,
+                s.user.as_str(),
+                s.csrf,
+                s.method,
+                fmt(s.created_at),
+                fmt(s.expires_at)
+            ])?;
+        Ok(())
+    }
+
+    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
+            .execute([id_hash])?
+            == 1)
+    }
+
+    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM passwords WHERE user_name = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?)
     }
 
     fn set_password_hash(
@@ -1008,37 +867,18 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
-        Ok(())
+    fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
-            .execute([fmt(now)])?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO sessions (id_hash, user_name, csrf, method, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                s.id_hash,
-                s.user.as_str(),
-                s.csrf,
-                s.method,
-                fmt(s.created_at),
-                fmt(s.expires_at)
-            ])?;
-        Ok(())
-    }
-
-    fn set_synced_groups(
+    fn upsert_synced_groups(
         &mut self,
         user: &UserName,
-        groups: &[GroupName],
+        groups_json: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.conn
@@ -1046,45 +886,44 @@ impl WriteTx for Tx<'_> {
                 "INSERT INTO synced_groups (user_name, groups_json, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_name) DO UPDATE SET groups_json = excluded.groups_json, updated_at = excluded.updated_at",
             )?
-            .execute(params![user.as_str(), serde_json::to_string(groups)?, fmt(at)])?;
+            .execute(params![user.as_str(), groups_json, fmt(at)])?;
         Ok(())
     }
+}
 
-    fn directory_changed(&mut self) {
-        if let Some(ev) = self.events.as_deref_mut() {
-            ev.directory = true;
+const OUTBOX_COLS: &str = "id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at";
+
+fn outbox_from_row(r: &Row<'_>) -> Result<OutboxMessage, StoreError> {
+    Ok(OutboxMessage {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        event: r.get(2)?,
+        payload: r.get(3)?,
+        status: r.get(4)?,
+        attempts: r.get(5)?,
+        last_error: r.get(6)?,
+        next_attempt_at: parse(&r.get::<_, String>(7)?)?,
+        created_at: parse(&r.get::<_, String>(8)?)?,
+        delivered_at: opt_time(r.get(9)?)?,
+    })
+}
+
+impl OutboxRows for Tx<'_> {
+    fn outbox_list(
+        &mut self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE (?1 IS NULL OR status = ?1)
+             ORDER BY created_at DESC, id DESC LIMIT ?2"
+        ))?;
+        let mut rows = st.query(params![status, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(outbox_from_row(row)?);
         }
-    }
-
-    fn save_chat_message(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-        channel: &str,
-        ts: &str,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO chat_messages (request_id, provider, channel, ts) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (request_id, provider, channel) DO UPDATE SET ts = excluded.ts",
-            )?
-            .execute(params![request.to_string(), provider, channel, ts])?;
-        Ok(())
-    }
-
-    fn first_seen(
-        &mut self,
-        source: &str,
-        id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "INSERT INTO interactions_seen (source, id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![source, id, fmt(at)])?
-            == 1)
+        Ok(out)
     }
 
     fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
@@ -1107,30 +946,26 @@ impl WriteTx for Tx<'_> {
         Ok(())
     }
 
-    fn claim_outbox(
+    fn lease_due(
         &mut self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
+        // The batch holds the write lock: no other process claims meanwhile.
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
-             ORDER BY created_at, id LIMIT ?2"
+            "UPDATE outbox SET next_attempt_at = ?2, claim = ?4 WHERE id IN (
+                 SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+                 ORDER BY created_at, id LIMIT ?3)
+             RETURNING {OUTBOX_COLS}"
         ))?;
-        let mut rows = st.query(params![fmt(now), limit])?;
-        let mut due = Vec::new();
+        let mut rows = st.query(params![fmt(now), fmt(lease_until), limit, claim])?;
+        let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            due.push(outbox_from_row(row)?);
+            out.push(outbox_from_row(row)?);
         }
-        drop(rows);
-        for m in &mut due {
-            self.conn
-                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2, claim = ?3 WHERE id = ?1")?
-                .execute(params![m.id, fmt(lease_until), claim])?;
-            m.next_attempt_at = lease_until;
-        }
-        Ok(due)
+        Ok(out)
     }
 
     fn outbox_delivered(
@@ -1177,32 +1012,51 @@ impl WriteTx for Tx<'_> {
             .execute(params![id, fmt(now)])?
             == 1)
     }
+}
 
-    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
-            .execute([id_hash])?
-            == 1)
+impl ChatRows for Tx<'_> {
+    fn chat_messages(
+        &mut self,
+        request: &RequestId,
+        provider: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT channel, ts FROM chat_messages WHERE request_id = ?1 AND provider = ?2 ORDER BY channel",
+        )?;
+        let rows = st.query_map(params![request.to_string(), provider], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn insert_signing_key(
+    fn save_chat_message(
         &mut self,
-        purpose: &str,
-        public: &str,
-        at: DateTime<Utc>,
+        request: &RequestId,
+        provider: &str,
+        channel: &str,
+        ts: &str,
     ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO chat_messages (request_id, provider, channel, ts) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (request_id, provider, channel) DO UPDATE SET ts = excluded.ts",
             )?
-            .execute(params![purpose, public, fmt(at)])?;
+            .execute(params![request.to_string(), provider, channel, ts])?;
         Ok(())
     }
 
-    fn changed(&mut self, id: RequestId) {
-        if let Some(ev) = self.events.as_deref_mut() {
-            ev.requests.push(id);
-        }
+    fn first_seen(
+        &mut self,
+        source: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO interactions_seen (source, id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![source, id, fmt(at)])?
+            == 1)
     }
 }
