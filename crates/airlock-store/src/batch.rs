@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use airlock_core::{ChainHash, RequestId};
 
-use crate::{Job, Reply, StoreError, WriteTx};
+use crate::{EventSender, Job, Reply, StoreError, StoreEvent, WriteTx};
 
 /// Jobs per transaction at most: large enough to amortise the commit's
 /// fsync (and, on PostgreSQL, the write lock), small enough that one slow
@@ -34,6 +34,18 @@ pub(crate) struct Effects {
     pub(crate) head: Option<(i64, ChainHash)>,
     /// What the batch changed.
     pub(crate) announced: Announced,
+}
+
+impl Announced {
+    /// Tells this process's waiters, once the batch committed.
+    pub(crate) fn send_here(self, events: &EventSender) {
+        for id in self.requests {
+            let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
+        if self.directory {
+            let _ = events.send(StoreEvent::DirectoryChanged);
+        }
+    }
 }
 
 /// What the batch runner needs from a backend's connection, once the
@@ -80,6 +92,15 @@ pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
         }
     }
     Some(batch)
+}
+
+/// Runs `f` on the runtime's blocking threads: reads block on their
+/// database.
+pub(crate) fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+    handle.spawn_blocking(f);
+    Ok(())
 }
 
 /// Answers every job with `e` without running it.

@@ -51,7 +51,28 @@ pub(crate) trait Rows:
     fn effects(&mut self) -> Option<&mut Effects>;
 }
 
+/// Methods that are one backend query each, forwarded as they are to the
+/// area trait that declares them.
+macro_rules! forward {
+    ($($area:ident::$name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&mut self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+            $area::$name(self, $($arg),*)
+        })*
+    };
+}
+
 impl<T: Rows> ReadTx for T {
+    forward! {
+        OutboxRows::outbox_list(status: Option<&str>, limit: u32) -> Vec<OutboxMessage>;
+        ChatRows::chat_messages(request: &RequestId, provider: &str) -> Vec<(String, String)>;
+        SessionRows::password_hash(user: &UserName) -> Option<String>;
+        RequestRows::count_status(status: RequestStatus) -> i64;
+        RequestRows::count_pending(principal: &UserName) -> i64;
+        RequestRows::count_requests_since(principal: &UserName, since: DateTime<Utc>) -> i64;
+        KeyRows::signing_key(purpose: &str) -> Option<String>;
+        GrantRows::granted_before(principal: &UserName, action: &str, resource_type: &str, resource_id: &str) -> bool;
+    }
+
     fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
         requests::get(self, id)
     }
@@ -119,59 +140,27 @@ impl<T: Rows> ReadTx for T {
     fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError> {
         sessions::synced_groups(self)
     }
-
-    fn outbox_list(
-        &mut self,
-        status: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        OutboxRows::outbox_list(self, status, limit)
-    }
-
-    fn chat_messages(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        ChatRows::chat_messages(self, request, provider)
-    }
-
-    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
-        SessionRows::password_hash(self, user)
-    }
-
-    fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
-        RequestRows::count_status(self, status)
-    }
-
-    fn count_pending(&mut self, principal: &UserName) -> Result<i64, StoreError> {
-        RequestRows::count_pending(self, principal)
-    }
-
-    fn count_requests_since(
-        &mut self,
-        principal: &UserName,
-        since: DateTime<Utc>,
-    ) -> Result<i64, StoreError> {
-        RequestRows::count_requests_since(self, principal, since)
-    }
-
-    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
-        KeyRows::signing_key(self, purpose)
-    }
-
-    fn granted_before(
-        &mut self,
-        principal: &UserName,
-        action: &str,
-        resource_type: &str,
-        resource_id: &str,
-    ) -> Result<bool, StoreError> {
-        GrantRows::granted_before(self, principal, action, resource_type, resource_id)
-    }
 }
 
 impl<T: Rows> WriteTx for T {
+    forward! {
+        RequestRows::insert_review(id: &RequestId, review: &Review) -> bool;
+        GrantRows::complete_grant(id: &GrantId, outcome: &str) -> bool;
+        GrantRows::revoke_grant(id: &GrantId) -> ();
+        KeyRows::insert_api_key(key: &ApiKeyRecord) -> ();
+        KeyRows::touch_api_keys(ids: &[String], at: DateTime<Utc>) -> ();
+        KeyRows::insert_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
+        SessionRows::set_password_hash(user: &UserName, hash: &str, at: DateTime<Utc>) -> ();
+        SessionRows::delete_session(id_hash: &str) -> bool;
+        AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();
+        ChatRows::save_chat_message(request: &RequestId, provider: &str, channel: &str, ts: &str) -> ();
+        ChatRows::first_seen(source: &str, id: &str, at: DateTime<Utc>) -> bool;
+        OutboxRows::enqueue(msg: &OutboxMessage) -> ();
+        OutboxRows::outbox_delivered(id: &str, at: DateTime<Utc>, claim: &str) -> bool;
+        OutboxRows::outbox_attempt_failed(id: &str, error: &str, next: DateTime<Utc>, give_up: bool, claim: &str) -> bool;
+        OutboxRows::outbox_retry(id: &str, now: DateTime<Utc>) -> bool;
+    }
+
     fn append_audit(
         &mut self,
         rec: NewAuditRecord,
@@ -192,10 +181,6 @@ impl<T: Rows> WriteTx for T {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         requests::set_status(self, id, from, to, at)
-    }
-
-    fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError> {
-        RequestRows::insert_review(self, id, review)
     }
 
     fn raise_requirement(
@@ -224,37 +209,8 @@ impl<T: Rows> WriteTx for T {
         grants::consume(self, id, now)
     }
 
-    fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
-        GrantRows::complete_grant(self, id, outcome)
-    }
-
-    fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError> {
-        GrantRows::revoke_grant(self, id)
-    }
-
-    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        KeyRows::insert_api_key(self, key)
-    }
-
     fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
         keys::revoke(self, id, at)
-    }
-
-    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
-        KeyRows::touch_api_keys(self, ids, at)
-    }
-
-    fn set_password_hash(
-        &mut self,
-        user: &UserName,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        SessionRows::set_password_hash(self, user, hash, at)
-    }
-
-    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
-        AuditRows::insert_checkpoint(self, cp)
     }
 
     fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -276,29 +232,6 @@ impl<T: Rows> WriteTx for T {
         }
     }
 
-    fn save_chat_message(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-        channel: &str,
-        ts: &str,
-    ) -> Result<(), StoreError> {
-        ChatRows::save_chat_message(self, request, provider, channel, ts)
-    }
-
-    fn first_seen(
-        &mut self,
-        source: &str,
-        id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        ChatRows::first_seen(self, source, id, at)
-    }
-
-    fn enqueue(&mut self, msg: &OutboxMessage) -> Result<(), StoreError> {
-        OutboxRows::enqueue(self, msg)
-    }
-
     fn claim_outbox(
         &mut self,
         now: DateTime<Utc>,
@@ -307,43 +240,6 @@ impl<T: Rows> WriteTx for T {
         claim: &str,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         outbox::claim(self, now, lease_until, limit, claim)
-    }
-
-    fn outbox_delivered(
-        &mut self,
-        id: &str,
-        at: DateTime<Utc>,
-        claim: &str,
-    ) -> Result<bool, StoreError> {
-        OutboxRows::outbox_delivered(self, id, at, claim)
-    }
-
-    fn outbox_attempt_failed(
-        &mut self,
-        id: &str,
-        error: &str,
-        next: DateTime<Utc>,
-        give_up: bool,
-        claim: &str,
-    ) -> Result<bool, StoreError> {
-        OutboxRows::outbox_attempt_failed(self, id, error, next, give_up, claim)
-    }
-
-    fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        OutboxRows::outbox_retry(self, id, now)
-    }
-
-    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
-        SessionRows::delete_session(self, id_hash)
-    }
-
-    fn insert_signing_key(
-        &mut self,
-        purpose: &str,
-        public: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        KeyRows::insert_signing_key(self, purpose, public, at)
     }
 
     fn changed(&mut self, id: RequestId) {

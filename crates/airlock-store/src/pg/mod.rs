@@ -282,9 +282,7 @@ impl Backend for PostgresBackend {
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
         let pool = self.readers.clone();
         let config = self.config.clone();
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
-        handle.spawn_blocking(move || {
+        batch::blocking(move || {
             let mut slot = pool.lock().ok().and_then(|mut p| p.pop());
             if let Err(e) = begin(&mut slot, &config, BEGIN_READ) {
                 return job(Err(e));
@@ -300,13 +298,10 @@ impl Backend for PostgresBackend {
                 tracing::warn!(error = %e, "read transaction failed");
             }
             give_back(&pool, conn);
-        });
-        Ok(())
+        })
     }
 
     fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
         let warm = self.readers.lock().ok().and_then(|mut p| {
             let i = p.iter().rposition(|c| c.idle_since.elapsed() < WARM)?;
             Some(p.swap_remove(i))
@@ -315,14 +310,13 @@ impl Backend for PostgresBackend {
             return self.read(job);
         };
         let pool = self.readers.clone();
-        handle.spawn_blocking(move || {
+        batch::blocking(move || {
             // Autocommit: the one query is its own transaction. A
             // connection that died since its last use fails this read (an
             // error, never an answer) and is dropped.
             job(Ok(&mut conn.tx(None)));
             give_back(&pool, conn);
-        });
-        Ok(())
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -364,13 +358,7 @@ fn writer_loop(
             continue;
         };
         c.node.clone_from(&node);
-        let done = batch::run(c, batch);
-        for id in done.requests {
-            let _ = events.send(StoreEvent::Changed { id, remote: false });
-        }
-        if done.directory {
-            let _ = events.send(StoreEvent::DirectoryChanged);
-        }
+        batch::run(c, batch).send_here(&events);
     }
 }
 

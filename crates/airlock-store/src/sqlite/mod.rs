@@ -21,7 +21,7 @@ use rusqlite::Connection;
 use crate::batch::{self, fail_all, BatchConn, Effects};
 use crate::logic::Rows;
 use crate::time::parse;
-use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
+use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, WriteTx};
 
 /// How long a writer waits for another process's lock before failing the
 /// batch: callers get an error in well under a second, never a hang.
@@ -109,9 +109,7 @@ impl Backend for SqliteBackend {
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
-        handle.spawn_blocking(move || {
+        batch::blocking(move || {
             let conn = pool.lock().ok().and_then(|mut p| p.pop());
             let mut conn = match conn {
                 Some(c) => c,
@@ -135,8 +133,7 @@ impl Backend for SqliteBackend {
                     p.push(conn);
                 }
             }
-        });
-        Ok(())
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -154,13 +151,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
             fail_all(batch, &e);
             continue;
         }
-        let done = batch::run(&mut conn, batch);
-        for id in done.requests {
-            let _ = events.send(StoreEvent::Changed { id, remote: false });
-        }
-        if done.directory {
-            let _ = events.send(StoreEvent::DirectoryChanged);
-        }
+        batch::run(&mut conn, batch).send_here(&events);
     }
 }
 
