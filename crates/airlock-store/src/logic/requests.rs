@@ -262,7 +262,10 @@ pub(crate) fn raise_requirement<T: RequestRows + ?Sized>(
         &serde_json::to_string(requirement)?,
         &serde_json::to_string(policies)?,
     )?;
-    // The groups now asked may see it in their lists.
-    open_to_reviewers(tx, id, requirement)?;
+    // The groups now asked may see it in their lists; a request that was
+    // not raised (no longer pending) stays as it was.
+    if raised {
+        open_to_reviewers(tx, id, requirement)?;
+    }
     Ok(raised)
 }
