@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use airlock_core::{ChainHash, RequestId};
 
-use crate::{Job, Reply, StoreError, WriteTx};
+use crate::{EventSender, Job, Reply, StoreError, StoreEvent, WriteTx};
 
 /// Jobs per transaction at most: large enough to amortise the commit's
 /// fsync (and, on PostgreSQL, the write lock), small enough that one slow
@@ -24,19 +24,39 @@ pub(crate) struct Announced {
     pub(crate) directory: bool,
 }
 
+/// What a batch's jobs carry from one to the next and, once it commits,
+/// announce.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// The chain head as of the batch's last append, read inside the write
+    /// lock by the first append, so later appends skip the read. `None`
+    /// means "read it".
+    pub(crate) head: Option<(i64, ChainHash)>,
+    /// What the batch changed.
+    pub(crate) announced: Announced,
+}
+
+impl Announced {
+    /// Tells this process's waiters, once the batch committed.
+    pub(crate) fn send_here(self, events: &EventSender) {
+        for id in self.requests {
+            let _ = events.send(StoreEvent::Changed { id, remote: false });
+        }
+        if self.directory {
+            let _ = events.send(StoreEvent::DirectoryChanged);
+        }
+    }
+}
+
 /// What the batch runner needs from a backend's connection, once the
 /// backend has begun a write transaction on it.
 pub(crate) trait BatchConn {
     /// Runs statements with no result (savepoints, COMMIT, ROLLBACK).
     fn exec(&mut self, sql: &str) -> Result<(), StoreError>;
     /// Runs `f` over this connection's [`WriteTx`], which links audit
-    /// appends to `head` and records announced changes in `changed`.
-    fn with_tx<R>(
-        &mut self,
-        head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Announced,
-        f: impl FnOnce(&mut dyn WriteTx) -> R,
-    ) -> R;
+    /// appends to `effects.head` and records announced changes in
+    /// `effects.announced`.
+    fn with_tx<R>(&mut self, effects: &mut Effects, f: impl FnOnce(&mut dyn WriteTx) -> R) -> R;
     /// Last words before COMMIT (PostgreSQL queues its notifications).
     fn before_commit(&mut self, _changed: &Announced) -> Result<(), StoreError> {
         Ok(())
@@ -74,6 +94,15 @@ pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
     Some(batch)
 }
 
+/// Runs `f` on the runtime's blocking threads: reads block on their
+/// database.
+pub(crate) fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
+    handle.spawn_blocking(f);
+    Ok(())
+}
+
 /// Answers every job with `e` without running it.
 pub(crate) fn fail_all(batch: Vec<Job>, e: &StoreError) {
     for job in batch {
@@ -90,10 +119,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut broken: Option<StoreError> = None;
     let mut rolled_back = false;
-    // The chain head as of the batch's last append, read inside the write
-    // lock by the first append, so later appends skip the read.
-    let mut head: Option<(i64, ChainHash)> = None;
-    let mut changed = Announced::default();
+    let mut effects = Effects::default();
     // How the previous job's savepoint ends, sent together with the next
     // job's SAVEPOINT (or before COMMIT): one round trip fewer per job on
     // a networked database.
@@ -117,18 +143,21 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
                 continue;
             }
         }
-        let before = head;
-        let announced = (changed.requests.len(), changed.directory);
+        let before = effects.head;
+        let announced = (
+            effects.announced.requests.len(),
+            effects.announced.directory,
+        );
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            conn.with_tx(&mut head, &mut changed, |tx| job(Ok(tx)))
+            conn.with_tx(&mut effects, |tx| job(Ok(tx)))
         }));
         let keep = matches!(&outcome, Ok((true, _)));
         if !keep {
             // The job's appends are undone; so is what it did to the head
             // and what it would have announced.
-            head = before;
-            changed.requests.truncate(announced.0);
-            changed.directory = announced.1;
+            effects.head = before;
+            effects.announced.requests.truncate(announced.0);
+            effects.announced.directory = announced.1;
         }
         let end = match (savepoints, keep) {
             (true, true) => {
@@ -160,7 +189,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
             Some(e) => Err(e),
             None => pending_end
                 .map_or(Ok(()), |end| conn.exec(end))
-                .and_then(|()| conn.before_commit(&changed))
+                .and_then(|()| conn.before_commit(&effects.announced))
                 .and_then(|()| conn.exec("COMMIT")),
         }
     };
@@ -172,7 +201,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
         reply(result.clone());
     }
     if result.is_ok() && !rolled_back {
-        changed
+        effects.announced
     } else {
         Announced::default()
     }

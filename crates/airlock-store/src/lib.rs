@@ -12,6 +12,7 @@
 
 mod batch;
 mod error;
+mod logic;
 mod model;
 mod pg;
 mod readonly;

@@ -80,6 +80,7 @@ both_backends!(
     api_keys_are_listed_revoked_once_and_expire,
     a_revocation_is_seen_by_the_next_read_everywhere,
     key_use_is_recorded_and_never_moves_back,
+    raising_a_decided_request_changes_nothing,
 );
 
 fn request(principal: &str) -> Request {
@@ -792,6 +793,49 @@ fn api_key(id: &str, role: crate::Role, expires_in: Option<i64>) -> crate::ApiKe
         revoked_at: None,
         last_used_at: None,
     }
+}
+
+/// `raise_requirement` on a request no longer pending answers false and
+/// changes nothing: the groups it names are not let in to see the request.
+async fn raising_a_decided_request_changes_nothing(home: &Home) {
+    use crate::{StatusFilter, Viewer};
+    let store = home.open();
+    let req = request_for("alice", "orders", "security");
+    let (r, id) = (req.clone(), req.id);
+    store
+        .write(move |tx| {
+            tx.insert_request(&r)?;
+            tx.set_status(&id, RequestStatus::Pending, RequestStatus::Denied, now())
+        })
+        .await
+        .unwrap();
+    let mut raised = req.requirement.clone();
+    raised.thresholds[0].groups = vec![GroupName::parse("auditors").unwrap()];
+    let policies = req.policies.clone();
+    let changed = store
+        .write(move |tx| tx.raise_requirement(&id, &raised, &policies))
+        .await
+        .unwrap();
+    assert!(!changed);
+    let filter = StatusFilter {
+        visible_to: Some(Viewer {
+            user: airlock_core::UserName::parse("carol").unwrap(),
+            groups: vec![GroupName::parse("auditors").unwrap()],
+            own: true,
+        }),
+        ..Default::default()
+    };
+    let seen = store
+        .read(move |r| r.list_requests(&filter, 10))
+        .await
+        .unwrap();
+    assert!(seen.is_empty(), "a refused raise lets no new group see it");
+    let stored = store
+        .read(move |r| r.get_request(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.requirement, req.requirement);
 }
 
 async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {

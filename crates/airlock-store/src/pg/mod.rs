@@ -11,7 +11,14 @@
 //! not per write. Commits announce the requests they changed with
 //! `pg_notify`, which PostgreSQL delivers only if the transaction commits.
 
+mod audit;
+mod chat;
+mod grants;
+mod keys;
+mod outbox;
+mod requests;
 mod schema;
+mod sessions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,22 +26,12 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_core::request::GrantRecord;
-use airlock_core::{
-    Action, AuditRecord, ChainHash, Fingerprint, GrantId, GroupName, NewAuditRecord, RecordedJson,
-    Request, RequestId, RequestStatus, Review, UserName, Verdict,
-};
-use airlock_keys::Checkpoint;
-use chrono::{DateTime, Utc};
+use airlock_core::RequestId;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
-use crate::batch::{self, fail_all, Announced, BatchConn};
-use crate::model::{
-    ApiKeyRecord, AuditFilter, ConsumeOutcome, GrantRow, KeyRevocation, OutboxMessage, Role,
-    SessionRecord, StatusFilter,
-};
-use crate::time::fmt;
+use crate::batch::{self, fail_all, Announced, BatchConn, Effects};
+use crate::logic::{corrupt, Rows};
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, StoreEvent, WriteTx};
 
 /// The lock every write batch holds until it commits.
@@ -106,6 +103,15 @@ impl Conn {
 
     fn usable(&self) -> bool {
         !self.client.is_closed()
+    }
+
+    /// Queries over this connection, in the transaction begun on it.
+    fn tx<'a>(&'a mut self, effects: Option<&'a mut Effects>) -> Tx<'a> {
+        Tx {
+            client: &mut self.client,
+            statements: &mut self.statements,
+            effects,
+        }
     }
 }
 
@@ -260,13 +266,7 @@ fn read_in_snapshot<R>(
     conn: &mut Conn,
     f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    let mut q = Tx {
-        client: &mut conn.client,
-        statements: &mut conn.statements,
-        head: None,
-        events: None,
-    };
-    let out = f(&mut q);
+    let out = f(&mut conn.tx(None));
     // Read-only: ending it either way changes nothing.
     let end = conn.client.batch_execute("COMMIT");
     let out = out?;
@@ -282,9 +282,7 @@ impl Backend for PostgresBackend {
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
         let pool = self.readers.clone();
         let config = self.config.clone();
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
-        handle.spawn_blocking(move || {
+        batch::blocking(move || {
             let mut slot = pool.lock().ok().and_then(|mut p| p.pop());
             if let Err(e) = begin(&mut slot, &config, BEGIN_READ) {
                 return job(Err(e));
@@ -300,13 +298,10 @@ impl Backend for PostgresBackend {
                 tracing::warn!(error = %e, "read transaction failed");
             }
             give_back(&pool, conn);
-        });
-        Ok(())
+        })
     }
 
     fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Db("read outside a runtime".into()))?;
         let warm = self.readers.lock().ok().and_then(|mut p| {
             let i = p.iter().rposition(|c| c.idle_since.elapsed() < WARM)?;
             Some(p.swap_remove(i))
@@ -315,20 +310,13 @@ impl Backend for PostgresBackend {
             return self.read(job);
         };
         let pool = self.readers.clone();
-        handle.spawn_blocking(move || {
+        batch::blocking(move || {
             // Autocommit: the one query is its own transaction. A
             // connection that died since its last use fails this read (an
             // error, never an answer) and is dropped.
-            let mut q = Tx {
-                client: &mut conn.client,
-                statements: &mut conn.statements,
-                head: None,
-                events: None,
-            };
-            job(Ok(&mut q));
+            job(Ok(&mut conn.tx(None)));
             give_back(&pool, conn);
-        });
-        Ok(())
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -370,13 +358,7 @@ fn writer_loop(
             continue;
         };
         c.node.clone_from(&node);
-        let done = batch::run(c, batch);
-        for id in done.requests {
-            let _ = events.send(StoreEvent::Changed { id, remote: false });
-        }
-        if done.directory {
-            let _ = events.send(StoreEvent::DirectoryChanged);
-        }
+        batch::run(c, batch).send_here(&events);
     }
 }
 
@@ -385,18 +367,8 @@ impl BatchConn for Conn {
         Ok(self.client.batch_execute(sql)?)
     }
 
-    fn with_tx<R>(
-        &mut self,
-        head: &mut Option<(i64, ChainHash)>,
-        changed: &mut Announced,
-        f: impl FnOnce(&mut dyn WriteTx) -> R,
-    ) -> R {
-        f(&mut Tx {
-            client: &mut self.client,
-            statements: &mut self.statements,
-            head: Some(head),
-            events: Some(changed),
-        })
+    fn with_tx<R>(&mut self, effects: &mut Effects, f: impl FnOnce(&mut dyn WriteTx) -> R) -> R {
+        f(&mut self.tx(Some(effects)))
     }
 
     fn before_commit(&mut self, changed: &Announced) -> Result<(), StoreError> {
@@ -495,28 +467,14 @@ fn relay(payload: &str, node: &str, events: &EventSender) {
 struct Tx<'a> {
     client: &'a mut Client,
     statements: &'a mut HashMap<&'static str, Statement>,
-    /// The chain head as of this batch's last append (see SQLite's).
-    head: Option<&'a mut Option<(i64, ChainHash)>>,
-    /// What this batch changed, announced after it commits.
-    events: Option<&'a mut Announced>,
+    /// The batch it writes in; `None` when it only reads.
+    effects: Option<&'a mut Effects>,
 }
 
-fn api_key_from_row(r: &Row) -> Result<ApiKeyRecord, StoreError> {
-    let role: &str = r.try_get(3)?;
-    Ok(ApiKeyRecord {
-        id: r.try_get(0)?,
-        hash: r.try_get(1)?,
-        user: UserName::parse(r.try_get(2)?).map_err(corrupt)?,
-        role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role:?}")))?,
-        created_at: r.try_get(4)?,
-        expires_at: r.try_get(5)?,
-        revoked_at: r.try_get(6)?,
-        last_used_at: r.try_get(7)?,
-    })
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+impl Rows for Tx<'_> {
+    fn effects(&mut self) -> Option<&mut Effects> {
+        self.effects.as_deref_mut()
+    }
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -554,854 +512,9 @@ impl Tx<'_> {
         let st = self.statement(sql)?;
         Ok(self.client.execute(&st, params)?)
     }
-
-    fn request_from_row(&mut self, row: &Row) -> Result<Request, StoreError> {
-        let id = RequestId::parse(row.try_get::<_, &str>(0)?).map_err(corrupt)?;
-        let action = Action::from_stored_json(row.try_get(2)?)?;
-        Ok(Request {
-            id,
-            status: RequestStatus::parse(row.try_get(1)?).map_err(corrupt)?,
-            fingerprint: Fingerprint::parse(row.try_get(3)?).map_err(corrupt)?,
-            requirement: serde_json::from_str(row.try_get(4)?)?,
-            policies: serde_json::from_str(row.try_get(5)?)?,
-            reason: row.try_get(6)?,
-            created_at: row.try_get(7)?,
-            expires_at: row.try_get(8)?,
-            reviews: self.reviews(&id)?,
-            grant: self.grant_of(&id)?,
-            action,
-        })
-    }
-
-    fn reviews(&mut self, id: &RequestId) -> Result<Vec<Review>, StoreError> {
-        let rows = self.query(
-            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = $1 ORDER BY at, reviewer",
-            &[&id.to_string()],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(Review {
-                    reviewer: UserName::parse(r.try_get(0)?).map_err(corrupt)?,
-                    verdict: Verdict::parse(r.try_get(1)?).map_err(corrupt)?,
-                    reason: r.try_get(2)?,
-                    channel: r.try_get(3)?,
-                    at: r.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
-    fn grant_of(&mut self, id: &RequestId) -> Result<Option<GrantRecord>, StoreError> {
-        let row = self.query_opt(
-            "SELECT id, expires_at, max_uses, uses, revoked, outcome FROM grants WHERE request_id = $1",
-            &[&id.to_string()],
-        )?;
-        row.map(|r| {
-            Ok(GrantRecord {
-                grant_id: GrantId::parse(r.try_get(0)?).map_err(corrupt)?,
-                expires_at: r.try_get(1)?,
-                max_uses: count(r.try_get(2)?)?,
-                uses: count(r.try_get(3)?)?,
-                revoked: r.try_get(4)?,
-                outcome: r.try_get(5)?,
-            })
-        })
-        .transpose()
-    }
 }
 
-fn outbox_from_row(r: &Row) -> Result<OutboxMessage, StoreError> {
-    Ok(OutboxMessage {
-        id: r.try_get(0)?,
-        target: r.try_get(1)?,
-        event: r.try_get(2)?,
-        payload: r.try_get(3)?,
-        status: r.try_get(4)?,
-        attempts: count(r.try_get(5)?)?,
-        last_error: r.try_get(6)?,
-        next_attempt_at: r.try_get(7)?,
-        created_at: r.try_get(8)?,
-        delivered_at: r.try_get(9)?,
-    })
-}
-
+/// A stored count, which PostgreSQL keeps as `integer`.
 fn count(n: i32) -> Result<u32, StoreError> {
     u32::try_from(n).map_err(|_| corrupt(format!("negative count {n}")))
-}
-
-fn audit_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
-    Ok(AuditRecord {
-        seq: row.try_get(0)?,
-        ts: row.try_get(1)?,
-        kind: row.try_get(2)?,
-        actor: row.try_get(3)?,
-        subject: row.try_get(4)?,
-        details: RecordedJson::from_stored(row.try_get::<_, String>(5)?).map_err(corrupt)?,
-        prev_hash: ChainHash::parse(row.try_get(6)?).map_err(corrupt)?,
-        hash: ChainHash::parse(row.try_get(7)?).map_err(corrupt)?,
-    })
-}
-
-macro_rules! request_query {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, status, action_json, fingerprint, requirement_json, policies_json, reason, created_at, expires_at FROM requests ",
-            $tail
-        )
-    };
-}
-
-impl ReadTx for Tx<'_> {
-    fn get_request(&mut self, id: &RequestId) -> Result<Option<Request>, StoreError> {
-        let row = self.query_opt(request_query!("WHERE id = $1"), &[&id.to_string()])?;
-        row.map(|r| self.request_from_row(&r)).transpose()
-    }
-
-    fn list_requests(
-        &mut self,
-        filter: &StatusFilter,
-        limit: u32,
-    ) -> Result<Vec<Request>, StoreError> {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        let viewer = filter.visible_to.as_ref();
-        let groups: Vec<&str> = viewer
-            .map(|v| v.groups.iter().map(|g| g.as_str()).collect())
-            .unwrap_or_default();
-        let rows = self.query(
-            request_query!(
-                "WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
-                 AND ($2::text IS NULL OR principal = $2)
-                 AND ($3::text IS NULL
-                      OR ($5::bool AND principal = $3)
-                      OR (principal <> $3 AND EXISTS (
-                            SELECT 1 FROM request_groups g
-                            WHERE g.request_id = requests.id AND g.group_name = ANY($4::text[]))))
-                 AND ($6::timestamptz IS NULL OR created_at < $6
-                      OR (created_at = $6 AND id < $7::text))
-                 ORDER BY created_at DESC, id DESC LIMIT $8"
-            ),
-            &[
-                &statuses,
-                &filter.principal.as_ref().map(|p| p.as_str()),
-                &viewer.map(|v| v.user.as_str()),
-                &groups,
-                &viewer.is_some_and(|v| v.own),
-                &filter.after.map(|c| c.created_at),
-                &filter.after.map(|c| c.id.to_string()),
-                &i64::from(limit),
-            ],
-        )?;
-        rows.iter().map(|r| self.request_from_row(r)).collect()
-    }
-
-    fn find_pending(
-        &mut self,
-        principal: &UserName,
-        fp: &Fingerprint,
-    ) -> Result<Option<RequestId>, StoreError> {
-        let row = self.query_opt(
-            "SELECT id FROM requests WHERE principal = $1 AND fingerprint = $2 AND status = 'pending'",
-            &[&principal.as_str(), &fp.to_string()],
-        )?;
-        row.map(|r| RequestId::parse(r.try_get(0)?).map_err(corrupt))
-            .transpose()
-    }
-
-    fn pending_expiries(&mut self) -> Result<Vec<(RequestId, DateTime<Utc>)>, StoreError> {
-        let rows = self.query(
-            "SELECT id, expires_at FROM requests WHERE status = 'pending'
-             UNION ALL
-             SELECT g.request_id, g.expires_at FROM grants g JOIN requests r ON r.id = g.request_id
-             WHERE r.status = 'approved'",
-            &[],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    RequestId::parse(r.try_get(0)?).map_err(corrupt)?,
-                    r.try_get(1)?,
-                ))
-            })
-            .collect()
-    }
-
-    fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError> {
-        let Some(row) = self.query_opt(
-            "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = $1",
-            &[&id.to_string()],
-        )?
-        else {
-            return Ok(None);
-        };
-        let request_id = RequestId::parse(row.try_get(0)?).map_err(corrupt)?;
-        let grant = self
-            .grant_of(&request_id)?
-            .ok_or_else(|| StoreError::Corrupt("grant vanished".into()))?;
-        Ok(Some(GrantRow {
-            grant,
-            request_id,
-            principal: UserName::parse(row.try_get(1)?).map_err(corrupt)?,
-            fingerprint: Fingerprint::parse(row.try_get(2)?).map_err(corrupt)?,
-            completed: row.try_get(3)?,
-        }))
-    }
-
-    fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = self.query(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-            &[&after, &i64::from(limit)],
-        )?;
-        rows.iter().map(audit_from_row).collect()
-    }
-
-    fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = self.query(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE subject = $1 ORDER BY seq LIMIT $2",
-            &[&subject, &i64::from(limit)],
-        )?;
-        rows.iter().map(audit_from_row).collect()
-    }
-
-    fn audit_search(
-        &mut self,
-        f: &AuditFilter,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let none: Option<String> = None;
-        let rows = self.query(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
-               AND ($3::text IS NULL OR request_id = $3) AND $4::text IS NULL
-               AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
-               AND ($8::text IS NULL OR subject = $8)
-             ORDER BY seq DESC LIMIT $7",
-            &[
-                &f.actor,
-                &f.kind,
-                &f.request,
-                &none,
-                &f.since,
-                &f.until,
-                &i64::from(limit),
-                &f.subject,
-            ],
-        )?;
-        rows.iter().map(audit_from_row).collect()
-    }
-
-    fn checkpoints(&mut self) -> Result<Vec<Checkpoint>, StoreError> {
-        let rows = self.query(
-            "SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq",
-            &[],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(Checkpoint {
-                    seq: r.try_get(0)?,
-                    hash: ChainHash::parse(r.try_get(1)?).map_err(corrupt)?,
-                    ts: r.try_get(2)?,
-                    signature: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
-    fn audit_head(&mut self) -> Result<(i64, ChainHash), StoreError> {
-        let row = self.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
-        match row {
-            None => Ok((0, ChainHash::GENESIS)),
-            Some(r) => Ok((
-                r.try_get(0)?,
-                ChainHash::parse(r.try_get(1)?).map_err(corrupt)?,
-            )),
-        }
-    }
-
-    fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = self.query_opt(
-            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
-             FROM api_keys WHERE hash = $1",
-            &[&hash],
-        )?;
-        row.as_ref().map(api_key_from_row).transpose()
-    }
-
-    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = self.query(
-            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
-             FROM api_keys ORDER BY created_at, id",
-            &[],
-        )?;
-        rows.iter().map(api_key_from_row).collect()
-    }
-
-    fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = self.query_opt(
-            "SELECT id_hash, user_name, csrf, method, created_at, expires_at FROM sessions WHERE id_hash = $1",
-            &[&id_hash],
-        )?;
-        row.map(|r| {
-            Ok(SessionRecord {
-                id_hash: r.try_get(0)?,
-                user: UserName::parse(r.try_get(1)?).map_err(corrupt)?,
-                csrf: r.try_get(2)?,
-                method: r.try_get(3)?,
-                created_at: r.try_get(4)?,
-                expires_at: r.try_get(5)?,
-            })
-        })
-        .transpose()
-    }
-
-    fn synced_groups(&mut self) -> Result<Vec<(UserName, Vec<GroupName>)>, StoreError> {
-        let rows = self.query(
-            "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",
-            &[],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    UserName::parse(r.try_get(0)?).map_err(corrupt)?,
-                    serde_json::from_str(r.try_get(1)?)?,
-                ))
-            })
-            .collect()
-    }
-
-    fn outbox_list(
-        &mut self,
-        status: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let rows = self.query(
-            "SELECT id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at
-             FROM outbox WHERE ($1::text IS NULL OR status = $1)
-             ORDER BY created_at DESC, id DESC LIMIT $2",
-            &[&status, &i64::from(limit)],
-        )?;
-        rows.iter().map(outbox_from_row).collect()
-    }
-
-    fn chat_messages(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = self.query(
-            "SELECT channel, ts FROM chat_messages WHERE request_id = $1 AND provider = $2 ORDER BY channel",
-            &[&request.to_string(), &provider],
-        )?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
-    }
-
-    fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
-        let row = self.query_opt(
-            "SELECT hash FROM passwords WHERE user_name = $1",
-            &[&user.as_str()],
-        )?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
-    }
-
-    fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError> {
-        Ok(self
-            .query_one(
-                "SELECT COUNT(*) FROM requests WHERE status = $1",
-                &[&status.as_str()],
-            )?
-            .try_get(0)?)
-    }
-
-    fn count_pending(&mut self, principal: &UserName) -> Result<i64, StoreError> {
-        Ok(self
-            .query_one(
-                "SELECT COUNT(*) FROM requests WHERE principal = $1 AND status = 'pending'",
-                &[&principal.as_str()],
-            )?
-            .try_get(0)?)
-    }
-
-    fn count_requests_since(
-        &mut self,
-        principal: &UserName,
-        since: DateTime<Utc>,
-    ) -> Result<i64, StoreError> {
-        Ok(self
-            .query_one(
-                "SELECT COUNT(*) FROM requests WHERE principal = $1 AND created_at >= $2",
-                &[&principal.as_str(), &since],
-            )?
-            .try_get(0)?)
-    }
-
-    fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError> {
-        let row = self.query_opt(
-            "SELECT public_key FROM signing_keys WHERE purpose = $1",
-            &[&purpose],
-        )?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
-    }
-
-    fn granted_before(
-        &mut self,
-        principal: &UserName,
-        action: &str,
-        resource_type: &str,
-        resource_id: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM grants WHERE principal = $1 AND action = $2
-                 AND resource_type = $3 AND resource_id = $4)",
-                &[&principal.as_str(), &action, &resource_type, &resource_id],
-            )?
-            .try_get(0)?)
-    }
-}
-
-impl WriteTx for Tx<'_> {
-    fn append_audit(
-        &mut self,
-        rec: NewAuditRecord,
-        ts: DateTime<Utc>,
-    ) -> Result<AuditRecord, StoreError> {
-        // The batch holds the write lock, so no node can append between
-        // this read and the insert.
-        let (seq, prev) = match self.head.as_deref() {
-            Some(Some(h)) => *h,
-            _ => self.audit_head()?,
-        };
-        let request = rec.request_id().map(str::to_owned);
-        let record = AuditRecord::link(seq, prev, fmt(ts), rec);
-        self.execute(
-            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &record.seq,
-                &record.ts,
-                &record.kind,
-                &record.actor,
-                &record.subject,
-                &record.details.get(),
-                &record.prev_hash.to_string(),
-                &record.hash.to_string(),
-                &request,
-            ],
-        )?;
-        if let Some(h) = self.head.as_deref_mut() {
-            *h = Some((record.seq, record.hash));
-        }
-        Ok(record)
-    }
-
-    fn insert_request(&mut self, req: &Request) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO requests (id, status, principal, action_json, fingerprint, requirement_json,
-             policies_json, reason, created_at, expires_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)",
-            &[
-                &req.id.to_string(),
-                &req.status.as_str(),
-                &req.action.principal.as_str(),
-                &serde_json::to_string(&req.action)?,
-                &req.fingerprint.to_string(),
-                &serde_json::to_string(&req.requirement)?,
-                &serde_json::to_string(&req.policies)?,
-                &req.reason,
-                &req.created_at,
-                &req.expires_at,
-            ],
-        )?;
-        for t in &req.requirement.thresholds {
-            for g in &t.groups {
-                self.execute(
-                    "INSERT INTO request_groups (request_id, group_name) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING",
-                    &[&req.id.to_string(), &g.as_str()],
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    fn set_status(
-        &mut self,
-        id: &RequestId,
-        from: RequestStatus,
-        to: RequestStatus,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        if !from.can_become(to) {
-            return Ok(false);
-        }
-        let n = self.execute(
-            "UPDATE requests SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
-            &[&id.to_string(), &from.as_str(), &to.as_str(), &at],
-        )?;
-        Ok(n == 1)
-    }
-
-    fn raise_requirement(
-        &mut self,
-        id: &RequestId,
-        requirement: &airlock_core::Requirement,
-        policies: &[String],
-    ) -> Result<bool, StoreError> {
-        let n = self.execute(
-            "UPDATE requests SET requirement_json = $2, policies_json = $3
-             WHERE id = $1 AND status = 'pending'",
-            &[
-                &id.to_string(),
-                &serde_json::to_string(requirement)?,
-                &serde_json::to_string(policies)?,
-            ],
-        )?;
-        // The groups now asked may see it in their lists.
-        for t in &requirement.thresholds {
-            for g in &t.groups {
-                self.execute(
-                    "INSERT INTO request_groups (request_id, group_name) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING",
-                    &[&id.to_string(), &g.as_str()],
-                )?;
-            }
-        }
-        Ok(n == 1)
-    }
-
-    fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError> {
-        let n = self.execute(
-            "INSERT INTO reviews (request_id, reviewer, verdict, reason, channel, at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[
-                &id.to_string(),
-                &review.reviewer.as_str(),
-                &review.verdict.as_str(),
-                &review.reason,
-                &review.channel,
-                &review.at,
-            ],
-        )?;
-        Ok(n == 1)
-    }
-
-    fn insert_grant(
-        &mut self,
-        id: &RequestId,
-        fp: &Fingerprint,
-        grant: &GrantRecord,
-    ) -> Result<(), StoreError> {
-        let req = self
-            .get_request(id)?
-            .ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
-        let max_uses = i32::try_from(grant.max_uses)
-            .map_err(|_| StoreError::Db(format!("max_uses {} is too large", grant.max_uses)))?;
-        self.execute(
-            "INSERT INTO grants (id, request_id, principal, action, resource_type, resource_id,
-             fingerprint, expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &grant.grant_id.to_string(),
-                &id.to_string(),
-                &req.action.principal.as_str(),
-                &req.action.action.as_str(),
-                &req.action.resource.kind.as_str(),
-                &req.action.resource.id.as_str(),
-                &fp.to_string(),
-                &grant.expires_at,
-                &max_uses,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn consume_grant(
-        &mut self,
-        id: &GrantId,
-        now: DateTime<Utc>,
-    ) -> Result<ConsumeOutcome, StoreError> {
-        let gid = id.to_string();
-        let spent = self.query_opt(
-            "UPDATE grants SET uses = uses + 1
-             WHERE id = $1 AND NOT revoked AND NOT completed AND uses < max_uses AND expires_at > $2
-             RETURNING uses, max_uses",
-            &[&gid, &now],
-        )?;
-        if let Some(r) = spent {
-            let (uses, max) = (count(r.try_get(0)?)?, count(r.try_get(1)?)?);
-            return Ok(ConsumeOutcome::Consumed {
-                uses_left: max.saturating_sub(uses),
-            });
-        }
-        let row = self.query_opt(
-            "SELECT revoked, completed, uses, max_uses FROM grants WHERE id = $1",
-            &[&gid],
-        )?;
-        let Some(r) = row else {
-            return Ok(ConsumeOutcome::Unknown);
-        };
-        let (revoked, completed, uses, max): (bool, bool, i32, i32) =
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
-        Ok(if revoked {
-            ConsumeOutcome::Revoked
-        } else if completed || uses >= max {
-            ConsumeOutcome::Spent
-        } else {
-            ConsumeOutcome::Expired
-        })
-    }
-
-    fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
-        let n = self.execute(
-            "UPDATE grants SET outcome = $2, completed = (uses >= max_uses)
-             WHERE id = $1 AND uses > 0 AND NOT completed",
-            &[&id.to_string(), &outcome],
-        )?;
-        Ok(n == 1)
-    }
-
-    fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE grants SET revoked = true WHERE id = $1",
-            &[&id.to_string()],
-        )?;
-        Ok(())
-    }
-
-    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &key.id,
-                &key.hash,
-                &key.user.as_str(),
-                &key.role.as_str(),
-                &key.created_at,
-                &key.expires_at,
-                &key.revoked_at,
-                &key.last_used_at,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {
-        let n = self.execute(
-            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            &[&id, &at],
-        )?;
-        if n == 1 {
-            return Ok(KeyRevocation::Revoked);
-        }
-        let before = self.query_opt("SELECT revoked_at FROM api_keys WHERE id = $1", &[&id])?;
-        match before {
-            None => Ok(KeyRevocation::Unknown),
-            Some(r) => match r.try_get::<_, Option<DateTime<Utc>>>(0)? {
-                Some(t) => Ok(KeyRevocation::AlreadyRevoked(t)),
-                None => Err(StoreError::Corrupt(format!(
-                    "key {id} is neither revoked nor revocable"
-                ))),
-            },
-        }
-    }
-
-    fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE api_keys SET last_used_at = $2
-             WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2)",
-            &[&ids, &at],
-        )?;
-        Ok(())
-    }
-
-    fn set_password_hash(
-        &mut self,
-        user: &UserName,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO passwords (user_name, hash, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
-            &[&user.as_str(), &hash, &at],
-        )?;
-        Ok(())
-    }
-
-    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO checkpoints (seq, hash, ts, signature) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, ts = excluded.ts, signature = excluded.signature",
-            &[&cp.seq, &cp.hash.to_string(), &cp.ts, &cp.signature],
-        )?;
-        Ok(())
-    }
-
-    fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])?;
-        self.execute(
-            "INSERT INTO sessions (id_hash, user_name, csrf, method, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &s.id_hash,
-                &s.user.as_str(),
-                &s.csrf,
-                &s.method,
-                &s.created_at,
-                &s.expires_at,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn set_synced_groups(
-        &mut self,
-        user: &UserName,
-        groups: &[GroupName],
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO synced_groups (user_name, groups_json, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (user_name) DO UPDATE SET groups_json = excluded.groups_json, updated_at = excluded.updated_at",
-            &[&user.as_str(), &serde_json::to_string(groups)?, &at],
-        )?;
-        Ok(())
-    }
-
-    fn save_chat_message(
-        &mut self,
-        request: &RequestId,
-        provider: &str,
-        channel: &str,
-        ts: &str,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO chat_messages (request_id, provider, channel, ts) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (request_id, provider, channel) DO UPDATE SET ts = excluded.ts",
-            &[&request.to_string(), &provider, &channel, &ts],
-        )?;
-        Ok(())
-    }
-
-    fn first_seen(
-        &mut self,
-        source: &str,
-        id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(self.execute(
-            "INSERT INTO interactions_seen (source, id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&source, &id, &at],
-        )? == 1)
-    }
-
-    fn enqueue(&mut self, m: &OutboxMessage) -> Result<(), StoreError> {
-        let attempts = i32::try_from(m.attempts).unwrap_or(i32::MAX);
-        self.execute(
-            "INSERT INTO outbox (id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[
-                &m.id,
-                &m.target,
-                &m.event,
-                &m.payload,
-                &m.status,
-                &attempts,
-                &m.last_error,
-                &m.next_attempt_at,
-                &m.created_at,
-                &m.delivered_at,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn claim_outbox(
-        &mut self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: u32,
-        claim: &str,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        // The batch holds the write lock: no other node claims meanwhile.
-        let rows = self.query(
-            "UPDATE outbox SET next_attempt_at = $2, claim = $4 WHERE id IN (
-                 SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
-                 ORDER BY created_at, id LIMIT $3)
-             RETURNING id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at",
-            &[&now, &lease_until, &i64::from(limit), &claim],
-        )?;
-        let mut out: Vec<OutboxMessage> =
-            rows.iter().map(outbox_from_row).collect::<Result<_, _>>()?;
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
-    }
-
-    fn outbox_delivered(
-        &mut self,
-        id: &str,
-        at: DateTime<Utc>,
-        claim: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(self.execute(
-            "UPDATE outbox SET status = 'delivered', delivered_at = $2, attempts = attempts + 1,
-             last_error = NULL WHERE id = $1 AND claim = $3",
-            &[&id, &at, &claim],
-        )? == 1)
-    }
-
-    fn outbox_attempt_failed(
-        &mut self,
-        id: &str,
-        error: &str,
-        next: DateTime<Utc>,
-        give_up: bool,
-        claim: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(self.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3,
-             status = CASE WHEN $4 THEN 'failed' ELSE status END WHERE id = $1 AND claim = $5",
-            &[&id, &error, &next, &give_up, &claim],
-        )? == 1)
-    }
-
-    fn outbox_retry(&mut self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        Ok(self.execute(
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2, claim = NULL
-             WHERE id = $1 AND status = 'failed'",
-            &[&id, &now],
-        )? == 1)
-    }
-
-    fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError> {
-        Ok(self.execute("DELETE FROM sessions WHERE id_hash = $1", &[&id_hash])? == 1)
-    }
-
-    fn insert_signing_key(
-        &mut self,
-        purpose: &str,
-        public: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES ($1, $2, $3)",
-            &[&purpose, &public, &at],
-        )?;
-        Ok(())
-    }
-
-    fn changed(&mut self, id: RequestId) {
-        if let Some(ev) = self.events.as_deref_mut() {
-            ev.requests.push(id);
-        }
-    }
-
-    fn directory_changed(&mut self) {
-        if let Some(ev) = self.events.as_deref_mut() {
-            ev.directory = true;
-        }
-    }
 }

@@ -1,0 +1,124 @@
+//! The audit chain and its checkpoints: PostgreSQL's SQL and row reading.
+
+use airlock_core::AuditRecord;
+use airlock_keys::Checkpoint;
+use postgres::Row;
+
+use super::Tx;
+use crate::logic::{AuditRow, AuditRows, CheckpointRow};
+use crate::model::AuditFilter;
+use crate::StoreError;
+
+fn audit_row(r: &Row) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: r.try_get(0)?,
+        ts: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        actor: r.try_get(3)?,
+        subject: r.try_get(4)?,
+        details: r.try_get(5)?,
+        prev_hash: r.try_get(6)?,
+        hash: r.try_get(7)?,
+    })
+}
+
+impl AuditRows for Tx<'_> {
+    fn audit_rows_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after, &i64::from(limit)],
+        )?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    fn audit_rows_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE subject = $1 ORDER BY seq LIMIT $2",
+            &[&subject, &i64::from(limit)],
+        )?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    fn audit_rows_matching(
+        &mut self,
+        f: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let none: Option<String> = None;
+        let rows = self.query(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
+             WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR request_id = $3) AND $4::text IS NULL
+               AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
+               AND ($8::text IS NULL OR subject = $8)
+             ORDER BY seq DESC LIMIT $7",
+            &[
+                &f.actor,
+                &f.kind,
+                &f.request,
+                &none,
+                &f.since,
+                &f.until,
+                &i64::from(limit),
+                &f.subject,
+            ],
+        )?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError> {
+        let row = self.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    fn insert_audit_row(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &record.seq,
+                &record.ts,
+                &record.kind,
+                &record.actor,
+                &record.subject,
+                &record.details.get(),
+                &record.prev_hash.to_string(),
+                &record.hash.to_string(),
+                &request,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    seq: r.try_get(0)?,
+                    hash: r.try_get(1)?,
+                    ts: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO checkpoints (seq, hash, ts, signature) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, ts = excluded.ts, signature = excluded.signature",
+            &[&cp.seq, &cp.hash.to_string(), &cp.ts, &cp.signature],
+        )?;
+        Ok(())
+    }
+}

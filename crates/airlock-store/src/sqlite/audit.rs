@@ -1,0 +1,134 @@
+//! The audit chain and its checkpoints: SQLite's SQL and row reading.
+
+use airlock_core::AuditRecord;
+use airlock_keys::Checkpoint;
+use rusqlite::{params, OptionalExtension};
+
+use super::Tx;
+use crate::logic::{AuditRow, AuditRows, CheckpointRow};
+use crate::model::AuditFilter;
+use crate::StoreError;
+
+const AUDIT_COLS: &str = "seq, ts, kind, actor, subject, details, prev_hash, hash";
+
+impl Tx<'_> {
+    fn audit_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(sql)?;
+        let mut rows = st.query(params)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(AuditRow {
+                seq: r.get(0)?,
+                ts: r.get(1)?,
+                kind: r.get(2)?,
+                actor: r.get(3)?,
+                subject: r.get(4)?,
+                details: r.get(5)?,
+                prev_hash: r.get(6)?,
+                hash: r.get(7)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl AuditRows for Tx<'_> {
+    fn audit_rows_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!("SELECT {AUDIT_COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+            params![after, limit],
+        )
+    }
+
+    fn audit_rows_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!("SELECT {AUDIT_COLS} FROM audit WHERE subject = ?1 ORDER BY seq LIMIT ?2"),
+            params![subject, limit],
+        )
+    }
+
+    fn audit_rows_matching(
+        &mut self,
+        f: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_rows(
+            &format!(
+                "SELECT {AUDIT_COLS} FROM audit
+                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
+                   AND (?3 IS NULL OR request_id = ?3) AND ?4 IS NULL
+                   AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
+                   AND (?8 IS NULL OR subject = ?8)
+                 ORDER BY seq DESC LIMIT ?7"
+            ),
+            params![
+                f.actor,
+                f.kind,
+                f.request,
+                None::<String>,
+                f.since,
+                f.until,
+                limit,
+                f.subject
+            ],
+        )
+    }
+
+    fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn insert_audit_row(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                record.seq,
+                record.ts,
+                record.kind,
+                record.actor,
+                record.subject,
+                record.details.get(),
+                record.prev_hash.to_string(),
+                record.hash.to_string(),
+                request,
+            ])?;
+        Ok(())
+    }
+
+    fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok(CheckpointRow {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                ts: r.get(2)?,
+                signature: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
+        Ok(())
+    }
+}
