@@ -70,7 +70,7 @@ email = "unverified-carol@example.com"
         ),
     )
     .unwrap();
-    // The provider: the `oidc-provider` package, installed by .ci/run.
+    // The provider: the `oidc-provider` package, installed by ./test.
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
     if !folder.join("node_modules/oidc-provider").exists() {
         // First run on this checkout: install the pinned provider.
