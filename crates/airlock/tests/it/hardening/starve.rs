@@ -1,12 +1,15 @@
 //! Nobody can starve the gate: stalled connections, floods of requests and
 //! floods of checks leave everyone else served (issue 9, item 8).
 
-use std::time::Instant;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::*;
+use crate::support::*;
 
 /// The test policies plus one whose requests only `ops` may review: a
 /// flood of those must not reach bob (security) at all.

@@ -3,9 +3,14 @@
 //! non-auditors, event streams that end with their session, and bounded
 //! open waits and streams per user.
 
-use super::*;
-
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// A server whose `[server]` table gets `server_extra` and whose config
 /// gets `extra` (TOML) after the users.

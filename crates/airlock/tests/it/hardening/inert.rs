@@ -5,7 +5,11 @@
 //! real `airlock` binary, in the payloads sent to Slack and Discord, and
 //! marked in the console.
 
-use super::*;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// Clears the screen and turns the text red; a carriage return to
 /// overwrite the line; Slack's and Discord's mentions; a masked link; a

@@ -2,7 +2,11 @@
 //! get an action through with less approval than policy demands, or to
 //! break the audit log for everyone (issue 9, items 1–4 and 9).
 
-use super::*;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// A server whose `[policy]` table also has `policy_extra`, with `users`
 /// added after the usual ones.

@@ -2,7 +2,14 @@
 //! `airlock` binary against running servers: a revoked or expired key is
 //! refused (401) by the very next request, on every node.
 
-use super::*;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_store::testing::TestDb;
+use serde_json::Value;
+
+use crate::support::*;
 
 on_both_stores!(
     keys_are_listed_and_a_revoked_key_is_refused_at_once,

@@ -1,0 +1,99 @@
+//! The HTTP API's contract: authentication, error codes, size limits,
+//! health and metrics.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+on_both_stores!(http_errors_follow_the_contract);
+
+async fn http_errors_follow_the_contract(db: Db) {
+    let s = Server::start(&db);
+    let (alice, enforcer) = (s.key("alice", "user"), s.key("proxy", "enforcer"));
+    let read = json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    let (st, r) = s.post("", "/v1/check", read.clone()).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (st, _) = s.post("alk_nope", "/v1/check", read.clone()).await;
+    assert_eq!(st, 401);
+    let res = s
+        .http
+        .post(format!("{}/v1/check", s.url))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (st, _) = s.post(&alice, "/v1/check", read.clone()).await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "typo": 1}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let big = json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "params": {"x": "a".repeat(70_000)}});
+    let (st, r) = s.post(&alice, "/v1/check", big).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let (st, _) = s
+        .get(
+            &alice,
+            "/v1/requests/req_01a20e92-9a95-724f-af8f-8526172314ed",
+        )
+        .await;
+    assert_eq!(st, 404);
+    // Only enforcers speak for others.
+    let (st, _) = s.post(&alice, "/v1/check", export("bob", "orders")).await;
+    assert_eq!(st, 403);
+    let (st, r) = s
+        .post(&enforcer, "/v1/check", export("bob", "orders"))
+        .await;
+    assert_eq!((st, r["request"]["principal"].as_str()), (200, Some("bob")));
+    let (st, _) = s.get(&alice, "/v1/audit").await;
+    assert_eq!(st, 403);
+    let (st, k) = s.get(&alice, "/v1/keys").await;
+    assert_eq!(st, 200);
+    assert!(k["keys"][0]["paserk"]
+        .as_str()
+        .unwrap()
+        .starts_with("k4.public."));
+    let h: Value = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+    let m = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("airlock_decisions_total{outcome=\"allow\"}"),
+        "{m}"
+    );
+    assert!(m.contains("airlock_pending_requests 1"), "{m}");
+    assert!(
+        m.contains("airlock_decision_duration_seconds_bucket"),
+        "{m}"
+    );
+}

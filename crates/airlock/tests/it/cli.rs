@@ -1,0 +1,185 @@
+//! The `airlock` command line: `run` waits and runs, Ctrl-C cancels,
+//! `users set-password`, and the quickstart `serve` with no config.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+on_both_stores!(
+    airlock_run_waits_runs_and_exits_with_the_command_code,
+    ctrl_c_while_waiting_cancels_the_request,
+    set_password_stores_an_argon2_hash_from_stdin,
+);
+
+async fn airlock_run_waits_runs_and_exits_with_the_command_code(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let run = |cmd: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--action",
+                "export",
+                "--resource",
+                "Table:orders",
+                "--param",
+                "sql=select 1",
+                "--",
+            ])
+            .args(cmd)
+            .env("AIRLOCK_URL", &s.url)
+            .env("AIRLOCK_TOKEN", &alice)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(&["sh", "-c", "echo ran; exit 7"]);
+    let id = first_pending(&s, &bob).await;
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        r["params"]["command"],
+        json!(["sh", "-c", "echo ran; exit 7"]),
+        "the command line binds the grant"
+    );
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert!(
+        stderr.contains("security 0/2 (admin, bob, carol)"),
+        "shows who must approve: {stderr}"
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["grant"]["outcome"], "failure");
+
+    let child = run(&["touch", "should-not-exist"]);
+    let id = first_pending(&s, &bob).await;
+    s.review(&bob, &id, "deny").await;
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied by bob"));
+    assert!(!Path::new("should-not-exist").exists());
+}
+
+#[test]
+fn quickstart_starts_with_no_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // The quickstart listens on 8080; skip when something else already does.
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
+        eprintln!("port 8080 busy; skipping");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..40 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if line.starts_with("Policies:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("Airlock listening on http://127.0.0.1:8080"),
+        "{text}"
+    );
+    assert!(text.contains("Admin key: alk_"), "{text}");
+    assert!(text.contains("airlock run --action export"), "{text}");
+    assert!(dir.path().join(".airlock/airlock.db").exists());
+    assert!(dir.path().join(".airlock/keys/grant-signing.key").exists());
+}
+
+async fn ctrl_c_while_waiting_cancels_the_request(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--action",
+            "export",
+            "--resource",
+            "Table:orders",
+            "--",
+            "true",
+        ])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &alice)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = first_pending(&s, &bob).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "cancelled");
+}
+
+async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
+    use std::io::Write;
+    let s = Server::start(&db);
+    let set = |user: &str, password: &str| {
+        let mut child = Command::new(BIN)
+            .args(["users", "set-password", "--config"])
+            .arg(s.config())
+            .args(["--user", user])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set("alice", "correct horse battery staple\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = s.sql_text("SELECT hash FROM passwords WHERE user_name = 'alice'");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("horse"));
+    let audit =
+        s.sql_i64("SELECT COUNT(*) FROM audit WHERE kind = 'password_set' AND subject = 'alice'");
+    assert_eq!(audit, 1);
+    assert!(!set("alice", "short\n").status.success());
+    assert!(!set("nobody", "long enough password\n").status.success());
+}

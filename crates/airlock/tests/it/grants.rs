@@ -1,0 +1,107 @@
+//! Grants: exactly one of many concurrent consumers wins, and a grant
+//! lets through only its own action, unforged and unexpired.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+on_both_stores!(
+    hundred_concurrent_consumers_exactly_one_wins,
+    grants_are_refused_for_other_actions_forgeries_and_expiry,
+);
+
+async fn hundred_concurrent_consumers_exactly_one_wins(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let enforcer = s.key("proxy", "enforcer");
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    race_consumers(&[&s], &alice, &enforcer, &token).await;
+}
+
+async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let mut changed = export("alice", "orders");
+    changed["params"]["sql"] = json!("select * from orders; drop table orders");
+    for action in [
+        changed,
+        export("alice", "customers"),
+        export("bob", "orders"),
+    ] {
+        let (st, r) = s
+            .post(
+                &alice,
+                "/v1/grants/consume",
+                json!({"token": token, "action": action}),
+            )
+            .await;
+        assert_eq!(
+            (st, r["error"]["code"].as_str()),
+            (403, Some("action_mismatch")),
+            "{r}"
+        );
+    }
+    // A token with one character changed.
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": forged, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("invalid_grant"))
+    );
+    // Another user's key may not spend alice's grant.
+    let (st, _) = s
+        .post(
+            &bob,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(st, 403);
+
+    let tap = json!({"action": "tap", "resource": {"type": "Table", "id": "t"}});
+    let (_, res) = s.post(&alice, "/v1/check", tap.clone()).await;
+    let id = res["request"]["id"].as_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let short = r["grant"]["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut tap_p = tap.clone();
+    tap_p["principal"] = json!("alice");
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": short, "action": tap_p}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("grant_expired")),
+        "{r}"
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(
+        r["status"], "expired",
+        "an unused grant's request expires with it"
+    );
+}
