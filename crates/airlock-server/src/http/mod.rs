@@ -28,7 +28,7 @@ pub mod listen;
 
 pub use listen::raise_open_file_limit;
 
-use crate::service::{CheckBody, CheckOutcome, CompleteBody, ConsumeBody};
+use crate::service::{CheckBody, CompleteBody, ConsumeBody};
 use crate::{Airlock, ApiError, Caller};
 
 type AppState = Arc<Airlock>;
@@ -162,28 +162,7 @@ async fn check(
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Json<CheckResponse>, ApiError> {
     let out = airlock.check(&caller, body, Some(peer.ip())).await?;
-    Ok(Json(match out {
-        CheckOutcome::Allow {
-            policies,
-            audit_seq,
-        } => CheckResponse::Allow {
-            policies,
-            audit_seq,
-        },
-        CheckOutcome::Deny {
-            policies,
-            message,
-            audit_seq,
-        } => CheckResponse::Deny {
-            policies,
-            message,
-            audit_seq,
-        },
-        CheckOutcome::ApprovalRequired { policies, request } => CheckResponse::ApprovalRequired {
-            policies,
-            request: Box::new(airlock.request_view_with_token(&request, &caller)),
-        },
-    }))
+    Ok(Json(airlock.check_answer(out, &caller)))
 }
 
 #[derive(Deserialize)]

@@ -2,13 +2,13 @@
 //! grant token, minted apart and only for those allowed to hold it: tokens
 //! are never stored, and a view never mints one by itself.
 
-use airlock_api::{RequestView, ThresholdView};
+use airlock_api::{CheckResponse, RequestView, ThresholdView};
 use airlock_core::{Request, RequestStatus, Threshold, UserName};
 use airlock_keys::GrantClaims;
 use airlock_policy::Directory;
 use serde_json::Value;
 
-use super::{Airlock, Caller};
+use super::{Airlock, Caller, CheckOutcome};
 
 /// One threshold as shown: its groups and quorum, the approvals so far, and
 /// who may approve (everyone in the groups but the requester).
@@ -93,5 +93,34 @@ impl Airlock {
     pub fn request_view_with_token(&self, req: &Request, caller: &Caller) -> RequestView {
         let token = self.grant_token(req, caller);
         self.request_view(req, token)
+    }
+
+    /// What a check answers `caller`, on the wire: the request held for
+    /// approval is shown with its token only if `caller` may hold one.
+    pub fn check_answer(&self, out: CheckOutcome, caller: &Caller) -> CheckResponse {
+        match out {
+            CheckOutcome::Allow {
+                policies,
+                audit_seq,
+            } => CheckResponse::Allow {
+                policies,
+                audit_seq,
+            },
+            CheckOutcome::Deny {
+                policies,
+                message,
+                audit_seq,
+            } => CheckResponse::Deny {
+                policies,
+                message,
+                audit_seq,
+            },
+            CheckOutcome::ApprovalRequired { policies, request } => {
+                CheckResponse::ApprovalRequired {
+                    policies,
+                    request: Box::new(self.request_view_with_token(&request, caller)),
+                }
+            }
+        }
     }
 }
