@@ -114,3 +114,41 @@ pub struct GrantEventData {
     /// Whose key consumed or completed it.
     pub by: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes receivers have been getting, byte for byte, and they
+    /// read back as the right kind of event.
+    #[test]
+    fn payload_shapes() {
+        let grant = GrantEventData {
+            request: RequestId::parse("req_0190a3c4-0000-7000-8000-000000000001").unwrap(),
+            grant: GrantId::parse("grt_0190a3c4-0000-7000-8000-000000000002").unwrap(),
+            uses_left: Some(0),
+            outcome: None,
+            by: "alice".into(),
+        };
+        let text = serde_json::to_string(&grant).unwrap();
+        assert_eq!(
+            text,
+            r#"{"request":"req_0190a3c4-0000-7000-8000-000000000001","grant":"grt_0190a3c4-0000-7000-8000-000000000002","uses_left":0,"by":"alice"}"#
+        );
+        let payload: WebhookPayload = serde_json::from_str(&format!(
+            r#"{{"type":"grant.consumed","timestamp":"2025-01-01T00:00:00.000Z","data":{text}}}"#
+        ))
+        .unwrap();
+        assert_eq!(payload.data, EventData::Grant(grant));
+
+        let request: RequestEventData = serde_json::from_str(
+            r#"{"request":"req_0190a3c4-0000-7000-8000-000000000001","status":"denied","principal":"alice","action":"export","resource":{"type":"Table","id":"t"},"reason":"no","by":"bob"}"#,
+        )
+        .unwrap();
+        assert_eq!(request.status, RequestStatus::Denied);
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"request":"req_0190a3c4-0000-7000-8000-000000000001","status":"denied","principal":"alice","action":"export","resource":{"type":"Table","id":"t"},"reason":"no","by":"bob"}"#
+        );
+    }
+}
