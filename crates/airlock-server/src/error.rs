@@ -1,6 +1,7 @@
 //! The one error type of the API: every failure the service can answer
 //! with, and (in `http`) the one place it becomes a response.
 
+use airlock_api::{ErrorBody, ErrorCode};
 use airlock_store::StoreError;
 
 /// A failure, as a client sees it.
@@ -26,7 +27,7 @@ pub enum ApiError {
     #[error("{message}")]
     Forbidden {
         /// Machine-readable reason (`self_review`, `not_eligible`, `forbidden`, …).
-        code: &'static str,
+        code: ErrorCode,
         /// For people.
         message: String,
     },
@@ -34,7 +35,7 @@ pub enum ApiError {
     #[error("{message}")]
     Grant {
         /// `grant_expired`, `grant_spent`, `grant_revoked`, `action_mismatch`, `invalid_grant`.
-        code: &'static str,
+        code: ErrorCode,
         /// For people.
         message: String,
     },
@@ -45,7 +46,7 @@ pub enum ApiError {
     #[error("{message}")]
     Conflict {
         /// `wrong_state`, `already_reviewed`, …
-        code: &'static str,
+        code: ErrorCode,
         /// For people.
         message: String,
     },
@@ -53,7 +54,7 @@ pub enum ApiError {
     #[error("{message}")]
     TooMany {
         /// `too_many_waits`, `too_many_attempts`.
-        code: &'static str,
+        code: ErrorCode,
         /// For people.
         message: String,
     },
@@ -114,42 +115,47 @@ impl ApiError {
         }
     }
 
-    /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
+    /// The machine-readable code: the one place a failure is given one.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::ReasonRequired(_) => "reason_required",
-            ApiError::UntrustedContext(_) => "untrusted_context",
-            ApiError::Unauthenticated | ApiError::KeyRefused(_) => "unauthenticated",
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::ReasonRequired(_) => ErrorCode::ReasonRequired,
+            ApiError::UntrustedContext(_) => ErrorCode::UntrustedContext,
+            ApiError::Unauthenticated | ApiError::KeyRefused(_) => ErrorCode::Unauthenticated,
             ApiError::Forbidden { code, .. }
             | ApiError::Grant { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::TooMany { code, .. } => code,
-            ApiError::NotFound(_) => "not_found",
-            ApiError::TooLarge => "payload_too_large",
-            ApiError::TooManyPending { .. } => "too_many_pending",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Storage(_) => "storage_unavailable",
-            ApiError::Upstream(_) => "upstream_unavailable",
-            ApiError::Audit(_) => "audit_unavailable",
+            | ApiError::TooMany { code, .. } => *code,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::TooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::TooManyPending { .. } => ErrorCode::TooManyPending,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Storage(_) => ErrorCode::StorageUnavailable,
+            ApiError::Upstream(_) => ErrorCode::UpstreamUnavailable,
+            ApiError::Audit(_) => ErrorCode::AuditUnavailable,
         }
+    }
+
+    /// The body a client receives.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code(), self.to_string())
     }
 
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         ApiError::Forbidden {
-            code: "forbidden",
+            code: ErrorCode::Forbidden,
             message: message.into(),
         }
     }
 
     pub(crate) fn wrong_state(message: impl Into<String>) -> Self {
         ApiError::Conflict {
-            code: "wrong_state",
+            code: ErrorCode::WrongState,
             message: message.into(),
         }
     }
 
-    pub(crate) fn grant(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn grant(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::Grant {
             code,
             message: message.into(),

@@ -6,8 +6,15 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use airlock_client::api::{
+    CheckBody, CheckResponse, Outcome, ReasonBody, RequestList, RequestView, ReviewBody,
+    ReviewChannel,
+};
+use airlock_client::{Client, ClientError, Enforcer};
+use airlock_core::action::Resource;
 use airlock_core::display::{json_compact, visible};
-use anyhow::{anyhow, bail, Context};
+use airlock_core::{ActionName, RequestStatus, UserName, Verdict};
+use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
@@ -106,8 +113,8 @@ pub enum OutboxCommand {
 pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         OutboxCommand::List { status, conn, out } => {
-            let res = Client::new(&conn)?
-                .get(&format!("/v1/outbox?status={status}"))
+            let res = connect(&conn)?
+                .get_value(&format!("/v1/outbox?status={status}"))
                 .await?;
             if out.json {
                 println!("{}", json_compact(&res));
@@ -133,8 +140,8 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         OutboxCommand::Retry { id, conn, out } => {
-            let res = Client::new(&conn)?
-                .post(&format!("/v1/outbox/{id}/retry"), &json!({}))
+            let res = connect(&conn)?
+                .post_value(&format!("/v1/outbox/{id}/retry"), &json!({}))
                 .await?;
             if out.json {
                 println!("{}", json_compact(&res));
@@ -223,85 +230,13 @@ pub enum RequestsCommand {
     },
 }
 
-/// An error answer from the server.
-#[derive(Debug, thiserror::Error)]
-#[error("{message} ({code}, HTTP {status})")]
-pub struct ApiFailure {
-    status: u16,
-    code: String,
-    message: String,
-}
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Client {
-    fn new(conn: &Conn) -> anyhow::Result<Self> {
-        let token = conn
-            .token
-            .clone()
-            .ok_or_else(|| anyhow!("no API key: pass --token or set AIRLOCK_TOKEN"))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self {
-            http,
-            url: conn.url.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        timeout: Duration,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Airlock at {}", self.url))?;
-        let status = res.status().as_u16();
-        let value: Value = res.json().await.unwrap_or(Value::Null);
-        if status >= 400 {
-            let e = &value["error"];
-            // Error messages can quote what a requester wrote.
-            return Err(ApiFailure {
-                status,
-                code: visible(e["code"].as_str().unwrap_or("unknown")).into_owned(),
-                message: visible(e["message"].as_str().unwrap_or("request failed")).into_owned(),
-            }
-            .into());
-        }
-        Ok(value)
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, path, None, Duration::from_secs(30))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(
-            reqwest::Method::POST,
-            path,
-            Some(body),
-            Duration::from_secs(30),
-        )
-        .await
-    }
+/// The typed API client for `conn`.
+fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    let token = conn
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow!("no API key: pass --token or set AIRLOCK_TOKEN"))?;
+    Ok(Client::new(&conn.url, token)?)
 }
 
 /// A string field of an answer, inert on a terminal: whatever a requester
@@ -325,9 +260,9 @@ fn json_or_text(v: &str) -> Value {
     serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()))
 }
 
-/// Builds the action object shared by check and consume; both must build
-/// the same one or the fingerprints differ.
-fn action_json(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Value> {
+/// Builds the check body, whose action `run` consumes again; check and
+/// consume must describe the same action or the fingerprints differ.
+fn check_body(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<CheckBody> {
     let (kind, id) = match (&a.resource, &a.kind, &a.id) {
         (Some(r), _, _) => {
             airlock_core::action::parse_type_id(r).map_err(|e| anyhow!("--resource: {e}"))?
@@ -338,7 +273,6 @@ fn action_json(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Val
         ),
         _ => bail!("give --resource TYPE:ID, or --type and --id"),
     };
-    let (kind, id) = (kind.as_str().to_owned(), id.as_str().to_owned());
     let mut attrs = Map::new();
     for s in &a.attrs {
         let (k, v) = kv(s)?;
@@ -359,141 +293,108 @@ fn action_json(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Val
         let (k, v) = kv(s)?;
         context.insert(k, json_or_text(v));
     }
-    let mut v = json!({
-        "action": a.action,
-        "resource": {"type": kind, "id": id, "attrs": attrs},
-        "params": params,
-        "context": context,
-    });
-    if let Some(p) = &a.principal {
-        v["principal"] = json!(p);
-    }
-    Ok(v)
-}
-
-pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.conn)?;
-    let mut body = action_json(&a, None)?;
-    if let Some(r) = &a.reason {
-        body["reason"] = json!(r);
-    }
-    let res = client.post("/v1/check", &body).await?;
-    if a.out.json {
-        println!("{}", json_compact(&res));
-    } else {
-        match res["decision"].as_str() {
-            Some("allow") => println!("allow ({})", policies(&res)),
-            Some("deny") => println!("deny: {}", text(&res["message"])),
-            _ => {
-                println!("approval required: request {}", text(&res["request"]["id"]));
-                println!("  {}", progress(&res["request"]));
-            }
-        }
-    }
-    Ok(match res["decision"].as_str() {
-        Some("allow") => ExitCode::SUCCESS,
-        Some("deny") => ExitCode::from(EXIT_DENIED),
-        _ => ExitCode::from(EXIT_NOT_APPROVED),
+    let principal = match &a.principal {
+        Some(p) => Some(UserName::parse(p).map_err(|e| anyhow!("--principal: {e}"))?),
+        None => None,
+    };
+    Ok(CheckBody {
+        principal,
+        action: ActionName::parse(&a.action).map_err(|e| anyhow!("--action: {e}"))?,
+        resource: Resource { kind, id, attrs },
+        params,
+        context,
+        reason: a.reason.clone(),
     })
 }
 
-fn policies(v: &Value) -> String {
-    v["policies"]
-        .as_array()
-        .map(|p| {
-            p.iter()
-                .filter_map(Value::as_str)
-                .map(visible)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+/// The JSON of an answer, for `--json`.
+fn to_json(v: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(json_compact(&serde_json::to_value(v)?))
+}
+
+pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.conn)?;
+    let body = check_body(&a, None)?;
+    let res = client.check(&body).await?;
+    if a.out.json {
+        println!("{}", to_json(&res)?);
+    } else {
+        match &res {
+            CheckResponse::Allow { policies: p, .. } => println!("allow ({})", policies(p)),
+            CheckResponse::Deny { message, .. } => println!("deny: {}", visible(message)),
+            CheckResponse::ApprovalRequired { request, .. } => {
+                println!("approval required: request {}", request.id);
+                println!("  {}", progress(request));
+            }
+        }
+    }
+    Ok(match res {
+        CheckResponse::Allow { .. } => ExitCode::SUCCESS,
+        CheckResponse::Deny { .. } => ExitCode::from(EXIT_DENIED),
+        CheckResponse::ApprovalRequired { .. } => ExitCode::from(EXIT_NOT_APPROVED),
+    })
+}
+
+fn policies(p: &[String]) -> String {
+    p.iter().map(|p| visible(p)).collect::<Vec<_>>().join(", ")
 }
 
 /// "security 1/2 (bob, carol) · data-owners 0/1 (dave)"
-fn progress(req: &Value) -> String {
-    let parts: Vec<String> = req["thresholds"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .map(|t| {
-                    let groups: Vec<_> = t["groups"]
-                        .as_array()
-                        .map(|g| g.iter().filter_map(Value::as_str).map(visible).collect())
-                        .unwrap_or_default();
-                    let who: Vec<_> = t["eligible"]
-                        .as_array()
-                        .map(|g| g.iter().filter_map(Value::as_str).map(visible).collect())
-                        .unwrap_or_default();
-                    format!(
-                        "{} {}/{} ({})",
-                        groups.join("|"),
-                        t["approvals"].as_u64().unwrap_or(0),
-                        t["quorum"].as_u64().unwrap_or(1),
-                        if who.is_empty() {
-                            "no eligible approver".to_owned()
-                        } else {
-                            who.join(", ")
-                        }
-                    )
-                })
-                .collect()
+fn progress(req: &RequestView) -> String {
+    let parts: Vec<String> = req
+        .thresholds
+        .iter()
+        .map(|t| {
+            let groups: Vec<_> = t.groups.iter().map(|g| visible(g.as_str())).collect();
+            let who: Vec<_> = t.eligible.iter().map(|u| visible(u.as_str())).collect();
+            format!(
+                "{} {}/{} ({})",
+                groups.join("|"),
+                t.approvals,
+                t.quorum,
+                if who.is_empty() {
+                    "no eligible approver".to_owned()
+                } else {
+                    who.join(", ")
+                }
+            )
         })
-        .unwrap_or_default();
+        .collect();
     parts.join(" · ")
 }
 
-fn time_left(req: &Value) -> String {
-    let Some(exp) = req["expires_at"]
-        .as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-    else {
-        return String::new();
-    };
-    let secs = (exp.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .num_seconds()
-        .max(0);
+fn time_left(req: &RequestView) -> String {
+    let secs = (req.expires_at - chrono::Utc::now()).num_seconds().max(0);
     format!("{}m{:02}s left", secs / 60, secs % 60)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let a = &args.action;
-    let client = Client::new(&a.conn)?;
-    let action = action_json(a, Some(&args.command))?;
-    let mut body = action.clone();
-    if let Some(r) = &a.reason {
-        body["reason"] = json!(r);
-    }
-    let res = client.post("/v1/check", &body).await?;
-    match res["decision"].as_str() {
-        Some("allow") => {
-            eprintln!("airlock: allowed by {}", policies(&res));
-            return run_command(&args.command, None, &client).await;
+    let enforcer = Enforcer::new(connect(&a.conn)?);
+    let body = check_body(a, Some(&args.command))?;
+    let req = match enforcer.check(&body).await? {
+        CheckResponse::Allow { policies: p, .. } => {
+            eprintln!("airlock: allowed by {}", policies(&p));
+            return run_command(&args.command, None, &enforcer).await;
         }
-        Some("deny") => {
-            eprintln!("airlock: denied: {}", text(&res["message"]));
+        CheckResponse::Deny { message, .. } => {
+            eprintln!("airlock: denied: {}", visible(&message));
             return Ok(ExitCode::from(EXIT_DENIED));
         }
-        _ => {}
-    }
-    let mut req = res["request"].clone();
-    let id = req["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("server sent no request id"))?
-        .to_owned();
-    let id = visible(&id).into_owned();
+        CheckResponse::ApprovalRequired { request, .. } => *request,
+    };
+    let id = req.id;
     eprintln!("airlock: approval required for request {id}");
-    eprintln!("airlock: {}", text(&req["url"]));
+    eprintln!("airlock: {}", visible(&req.url));
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Set while the server refuses our waits (all of this user's are open
-    // elsewhere): poll slowly without waiting until one frees.
-    let mut crowded = false;
+    let mut waiter = enforcer.waiter(req);
     loop {
-        if req["status"] != "pending" {
+        if waiter.decided() {
             break;
         }
+        let req = waiter.current().clone();
         let line = format!("waiting: {} · {}", progress(&req), time_left(&req));
         let shown = format!("waiting: {}", progress(&req));
         if tty {
@@ -503,17 +404,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("airlock: {line}");
         }
         last_line = shown;
-        let (path, pause) = if crowded {
-            (format!("/v1/requests/{id}"), Duration::from_secs(5))
-        } else {
-            (format!("/v1/requests/{id}?wait=25"), Duration::ZERO)
-        };
-        let poll = async {
-            tokio::time::sleep(pause).await;
-            client
-                .call(reqwest::Method::GET, &path, None, Duration::from_secs(40))
-                .await
-        };
+        let poll = waiter.poll();
         tokio::pin!(poll);
         let next = loop {
             tokio::select! {
@@ -526,28 +417,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
         match next {
-            Some(Err(e))
-                if e.downcast_ref::<ApiFailure>()
-                    .is_some_and(|f| f.code == "too_many_waits") =>
-            {
-                crowded = true;
-            }
-            Some(r) => {
-                req = r?;
-                crowded = false;
-            }
+            Some(r) => r?,
             None => {
                 if tty {
                     eprintln!();
                 }
-                match client
-                    .post(&format!("/v1/requests/{id}/cancel"), &json!({}))
-                    .await
-                {
+                match enforcer.cancel(&req).await {
                     Ok(_) => eprintln!("airlock: interrupted; request {id} cancelled"),
-                    Err(e) => {
-                        eprintln!("airlock: interrupted; could not cancel request {id}: {e:#}")
-                    }
+                    Err(e) => eprintln!(
+                        "airlock: interrupted; could not cancel request {id}: {:#}",
+                        anyhow::Error::from(e)
+                    ),
                 }
                 return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
@@ -556,72 +436,73 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if tty {
         eprintln!();
     }
-    let status = text(&req["status"]);
-    if status != "approved" {
-        let why = req["reviews"]
-            .as_array()
-            .and_then(|rs| rs.iter().find(|r| r["verdict"] == "deny"))
+    let req = waiter.into_current();
+    let status = req.status;
+    if status != RequestStatus::Approved {
+        let why = req
+            .denial()
             .map(|r| {
                 format!(
                     " by {}: {}",
-                    visible(r["reviewer"].as_str().unwrap_or("?")),
-                    visible(r["reason"].as_str().unwrap_or("no reason given"))
+                    visible(r.reviewer.as_str()),
+                    visible(r.reason.as_deref().unwrap_or("no reason given"))
                 )
             })
             .unwrap_or_default();
         eprintln!("airlock: request {id} was {status}{why}; not running the command");
-        return Ok(ExitCode::from(if status == "denied" {
+        return Ok(ExitCode::from(if status == RequestStatus::Denied {
             EXIT_DENIED
         } else {
             EXIT_NOT_APPROVED
         }));
     }
-    let token = req["grant"]["token"]
-        .as_str()
-        .ok_or_else(|| anyhow!("approved, but no grant token was shown to this key"))?;
-    let mut consume_action = action.clone();
-    consume_action["principal"] = req["principal"].clone();
-    let consumed = client
-        .post(
-            "/v1/grants/consume",
-            &json!({"token": token, "action": consume_action}),
-        )
-        .await;
-    let consumed = match consumed {
+    let consumed = match enforcer.consume(&req, &body).await {
         Ok(c) => c,
+        Err(e @ ClientError::NoToken) => return Err(e.into()),
         Err(e) => {
-            eprintln!("airlock: the grant was refused: {e:#}; not running the command");
+            eprintln!(
+                "airlock: the grant was refused: {:#}; not running the command",
+                anyhow::Error::from(e)
+            );
             return Ok(ExitCode::from(EXIT_NOT_APPROVED));
         }
     };
-    let gid = text(&consumed["grant_id"]);
+    let gid = consumed.grant_id;
     eprintln!("airlock: approved; grant {gid} consumed; running the command");
-    run_command(&args.command, Some(&gid), &client).await
+    run_command(&args.command, Some(gid), &enforcer).await
 }
 
 async fn run_command(
     command: &[String],
-    grant: Option<&str>,
-    client: &Client,
+    grant: Option<airlock_core::GrantId>,
+    enforcer: &Enforcer<Client>,
 ) -> anyhow::Result<ExitCode> {
     let (prog, rest) = command
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
     let status = tokio::process::Command::new(prog).args(rest).status().await;
-    let (code, detail) = match &status {
-        Ok(s) => (s.code().unwrap_or(128), json!({"exit_code": s.code()})),
-        Err(e) => (127, json!({"error": e.to_string()})),
+    let mut detail = Map::new();
+    let code = match &status {
+        Ok(s) => {
+            detail.insert("exit_code".into(), json!(s.code()));
+            s.code().unwrap_or(128)
+        }
+        Err(e) => {
+            detail.insert("error".into(), json!(e.to_string()));
+            127
+        }
     };
     if let Some(gid) = grant {
-        let outcome = if code == 0 { "success" } else { "failure" };
-        if let Err(e) = client
-            .post(
-                &format!("/v1/grants/{gid}/complete"),
-                &json!({"outcome": outcome, "detail": detail}),
-            )
-            .await
-        {
-            eprintln!("airlock: could not report the outcome: {e:#}");
+        let outcome = if code == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        if let Err(e) = enforcer.complete(gid, outcome, detail).await {
+            eprintln!(
+                "airlock: could not report the outcome: {:#}",
+                anyhow::Error::from(e)
+            );
         }
     }
     if let Err(e) = status {
@@ -632,49 +513,54 @@ async fn run_command(
 
 /// One request for a person to read: every field a requester or reviewer
 /// could have written is shown inert.
-fn print_request(req: &Value) {
-    println!("{}  {}", text(&req["id"]), text(&req["status"]));
+fn print_request(req: &RequestView) {
+    println!("{}  {}", req.id, req.status);
     println!(
         "  {} wants to {}",
-        text(&req["principal"]),
-        text(&req["action"]),
+        visible(req.principal.as_str()),
+        visible(req.action.as_str()),
     );
     // Type and id apart: `Db::Table` with id `x` and `Db` with id
     // `:Table:x` must not read alike.
-    println!("  resource type: {}", text(&req["resource"]["type"]));
-    println!("  resource id:   {}", text(&req["resource"]["id"]));
-    if let Some(p) = req["params"].as_object().filter(|p| !p.is_empty()) {
-        println!("  params: {}", json_compact(&Value::Object(p.clone())));
+    println!("  resource type: {}", visible(req.resource.kind.as_str()));
+    println!("  resource id:   {}", visible(req.resource.id.as_str()));
+    if !req.params.is_empty() {
+        let p: Map<String, Value> = req
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        println!("  params: {}", json_compact(&Value::Object(p)));
     }
     // Every description the action was decided on (a later check with
     // other facts may have raised what it needs).
-    for d in req["decisions"].as_array().into_iter().flatten() {
+    for d in req.decisions.iter().flatten() {
         println!(
             "  decided {} by {} on context {}",
-            text(&d["at"]),
-            text(&d["by"]),
-            json_compact(&d["context"])
+            visible(&d.at),
+            visible(&d.by),
+            json_compact(&d.context)
         );
     }
-    if let Some(r) = req["reason"].as_str() {
+    if let Some(r) = &req.reason {
         println!("  reason: {}", visible(r));
     }
     println!("  approvals: {}", progress(req));
-    if req["status"] == "pending" {
+    if req.status == RequestStatus::Pending {
         println!(
             "  expires: {} ({})",
-            text(&req["expires_at"]),
+            airlock_client::api::time::fmt(req.expires_at),
             time_left(req)
         );
     }
-    for r in req["reviews"].as_array().into_iter().flatten() {
+    for r in &req.reviews {
         println!(
             "  {} {} via {}{}",
-            text(&r["reviewer"]),
-            text(&r["verdict"]),
-            text(&r["channel"]),
-            r["reason"]
-                .as_str()
+            visible(r.reviewer.as_str()),
+            r.verdict.as_str(),
+            visible(&r.channel),
+            r.reason
+                .as_deref()
                 .map(|s| format!(": {}", visible(s)))
                 .unwrap_or_default()
         );
@@ -682,32 +568,37 @@ fn print_request(req: &Value) {
 }
 
 /// The server's pages of requests, followed until `max` are in hand or
-/// none are left: `{"requests": [...], "next": CURSOR-or-null}`.
+/// none are left.
 async fn list_pages(
     c: &Client,
     status: &str,
     max: u32,
     mut after: Option<String>,
-) -> anyhow::Result<Value> {
-    let mut all: Vec<Value> = Vec::new();
+) -> anyhow::Result<RequestList> {
+    let mut all: Vec<RequestView> = Vec::new();
     loop {
         let want = max.saturating_sub(all.len() as u32).clamp(1, 1000);
-        let mut path = format!("/v1/requests?status={status}&limit={want}");
-        if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let page = c.get(&path).await?;
-        all.extend(page["requests"].as_array().cloned().unwrap_or_default());
-        after = page["next"].as_str().map(str::to_owned);
+        let page = c.list_requests(status, want, after.as_deref()).await?;
+        all.extend(page.requests);
+        after = page.next;
         if after.is_none() || all.len() as u32 >= max {
             break;
         }
     }
-    Ok(json!({"requests": all, "next": after}))
+    Ok(RequestList {
+        requests: all,
+        next: after,
+    })
+}
+
+/// What a `requests` command answers: a page, or one request.
+enum Shown {
+    List(RequestList),
+    One(Box<RequestView>),
 }
 
 pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
-    let (conn, out, res) = match &cmd {
+    let (out, res) = match &cmd {
         RequestsCommand::List {
             status,
             max,
@@ -715,16 +606,15 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
             conn,
             out,
         } => {
-            let c = Client::new(conn)?;
+            let c = connect(conn)?;
             (
-                conn,
                 out,
-                list_pages(&c, status, *max, after.clone()).await?,
+                Shown::List(list_pages(&c, status, *max, after.clone()).await?),
             )
         }
         RequestsCommand::Show { id, conn, out } => {
-            let c = Client::new(conn)?;
-            (conn, out, c.get(&format!("/v1/requests/{id}")).await?)
+            let c = connect(conn)?;
+            (out, Shown::One(Box::new(c.get_request(id, None).await?)))
         }
         RequestsCommand::Approve {
             id,
@@ -739,26 +629,21 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
             out,
         } => {
             let verdict = if matches!(cmd, RequestsCommand::Approve { .. }) {
-                "approve"
+                Verdict::Approve
             } else {
-                "deny"
+                Verdict::Deny
             };
-            let c = Client::new(conn)?;
-            let body = json!({"verdict": verdict, "reason": reason, "channel": "cli"});
-            (
-                conn,
-                out,
-                c.post(&format!("/v1/requests/{id}/reviews"), &body).await?,
-            )
+            let c = connect(conn)?;
+            let body = ReviewBody {
+                verdict,
+                reason: reason.clone(),
+                channel: Some(ReviewChannel::Cli),
+            };
+            (out, Shown::One(Box::new(c.review(id, &body).await?)))
         }
         RequestsCommand::Cancel { id, conn, out } => {
-            let c = Client::new(conn)?;
-            (
-                conn,
-                out,
-                c.post(&format!("/v1/requests/{id}/cancel"), &json!({}))
-                    .await?,
-            )
+            let c = connect(conn)?;
+            (out, Shown::One(Box::new(c.cancel(id).await?)))
         }
         RequestsCommand::Revoke {
             id,
@@ -766,33 +651,28 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
             conn,
             out,
         } => {
-            let c = Client::new(conn)?;
-            (
-                conn,
-                out,
-                c.post(
-                    &format!("/v1/requests/{id}/revoke"),
-                    &json!({"reason": reason}),
-                )
-                .await?,
-            )
+            let c = connect(conn)?;
+            let body = ReasonBody {
+                reason: reason.clone(),
+            };
+            (out, Shown::One(Box::new(c.revoke(id, &body).await?)))
         }
     };
-    let _ = conn;
-    if out.json {
-        println!("{}", json_compact(&res));
-    } else if let Some(list) = res["requests"].as_array() {
-        if list.is_empty() {
-            println!("no requests");
+    match res {
+        Shown::List(page) if out.json => println!("{}", to_json(&page)?),
+        Shown::One(req) if out.json => println!("{}", to_json(&req)?),
+        Shown::List(page) => {
+            if page.requests.is_empty() {
+                println!("no requests");
+            }
+            for r in &page.requests {
+                print_request(r);
+            }
+            if let (Some(next), RequestsCommand::List { status, .. }) = (&page.next, &cmd) {
+                println!("more: airlock requests list --status {status} --after {next}");
+            }
         }
-        for r in list {
-            print_request(r);
-        }
-        if let (Some(next), RequestsCommand::List { status, .. }) = (res["next"].as_str(), &cmd) {
-            println!("more: airlock requests list --status {status} --after {next}");
-        }
-    } else {
-        print_request(&res);
+        Shown::One(req) => print_request(&req),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::{GrantId, RequestId, RequestStatus, Verdict};
+use airlock_api::{
+    CheckResponse, CompleteResponse, ConsumeResponse, ReasonBody, RequestList, RequestView,
+    ReviewBody, ReviewChannel,
+};
+use airlock_core::{GrantId, RequestId, RequestStatus};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
@@ -24,7 +28,7 @@ pub mod listen;
 
 pub use listen::raise_open_file_limit;
 
-use crate::service::{CheckBody, CheckOutcome, CompleteBody, ConsumeBody};
+use crate::service::{CheckBody, CompleteBody, ConsumeBody};
 use crate::{Airlock, ApiError, Caller};
 
 type AppState = Arc<Airlock>;
@@ -34,10 +38,9 @@ impl IntoResponse for ApiError {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::error!(code = self.code(), error = %self, "request failed");
+            tracing::error!(code = %self.code(), error = %self, "request failed");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        let mut res = (status, Json(body)).into_response();
+        let mut res = (status, Json(self.body())).into_response();
         if let ApiError::RateLimited {
             retry_after_seconds,
         } = self
@@ -157,24 +160,9 @@ async fn check(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     ApiJson(body): ApiJson<CheckBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckResponse>, ApiError> {
     let out = airlock.check(&caller, body, Some(peer.ip())).await?;
-    Ok(Json(match out {
-        CheckOutcome::Allow {
-            policies,
-            audit_seq,
-        } => json!({"decision": "allow", "policies": policies, "audit_seq": audit_seq}),
-        CheckOutcome::Deny {
-            policies,
-            message,
-            audit_seq,
-        } => {
-            json!({"decision": "deny", "policies": policies, "message": message, "audit_seq": audit_seq})
-        }
-        CheckOutcome::ApprovalRequired { policies, request } => {
-            json!({"decision": "approval_required", "policies": policies, "request": airlock.view(&request, &caller)})
-        }
-    }))
+    Ok(Json(airlock.check_answer(out, &caller)))
 }
 
 #[derive(Deserialize)]
@@ -188,7 +176,7 @@ async fn get_request(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
     let max = airlock.config.load().server.max_wait_seconds as f64;
     let wait = match q.wait {
@@ -201,8 +189,8 @@ async fn get_request(
         None => None,
     };
     let req = airlock.get_request(&caller, id, wait).await?;
-    let mut v = airlock.view(&req, &caller);
-    v["decisions"] = json!(airlock.decisions_about(&req).await?);
+    let mut v = airlock.request_view_with_token(&req, &caller);
+    v.decisions = Some(airlock.decisions_about(&req).await?);
     Ok(Json(v))
 }
 
@@ -219,7 +207,7 @@ async fn list_requests(
     State(airlock): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestList>, ApiError> {
     let statuses = match q.status.as_deref() {
         None | Some("") | Some("all") => Vec::new(),
         Some(s) => s
@@ -239,25 +227,15 @@ async fn list_requests(
     let page = airlock
         .list_requests(&caller, statuses, q.limit.unwrap_or(100), after)
         .await?;
-    let list: Vec<Value> = page
+    let requests = page
         .requests
         .iter()
-        .map(|r| airlock.view(r, &caller))
+        .map(|r| airlock.request_view_with_token(r, &caller))
         .collect();
-    Ok(Json(
-        json!({"requests": list, "next": page.next.map(|c| c.to_string())}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReviewBody {
-    verdict: String,
-    #[serde(default)]
-    reason: Option<String>,
-    /// Which channel the reviewer used (`api` unless a client says `cli`).
-    #[serde(default)]
-    channel: Option<String>,
+    Ok(Json(RequestList {
+        requests,
+        next: page.next.map(|c| c.to_string()),
+    }))
 }
 
 async fn review(
@@ -265,26 +243,13 @@ async fn review(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ReviewBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
-    let verdict = Verdict::parse(&body.verdict).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let channel = match body.channel.as_deref() {
-        None => "api",
-        Some("cli") => "cli",
-        Some("api") => "api",
-        Some(other) => return Err(ApiError::BadRequest(format!("unknown channel {other:?}"))),
-    };
+    let channel = body.channel.unwrap_or(ReviewChannel::Api).as_str();
     let req = airlock
-        .review(&caller, id, verdict, body.reason, channel)
+        .review(&caller, id, body.verdict, body.reason, channel)
         .await?;
-    Ok(Json(airlock.view(&req, &caller)))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    #[serde(default)]
-    reason: Option<String>,
+    Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
 fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -298,10 +263,10 @@ async fn cancel(
     State(airlock): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
     let req = airlock.cancel(&caller, id).await?;
-    Ok(Json(airlock.view(&req, &caller)))
+    Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
 async fn revoke(
@@ -309,11 +274,11 @@ async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
     let body: ReasonBody = optional_body(&body)?;
     let req = airlock.revoke(&caller, id, body.reason).await?;
-    Ok(Json(airlock.view(&req, &caller)))
+    Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
 async fn consume(
@@ -321,11 +286,12 @@ async fn consume(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     ApiJson(body): ApiJson<ConsumeBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (gid, uses_left) = airlock.consume(&caller, body, Some(peer.ip())).await?;
-    Ok(Json(
-        json!({"grant_id": gid.to_string(), "uses_left": uses_left}),
-    ))
+) -> Result<Json<ConsumeResponse>, ApiError> {
+    let (grant_id, uses_left) = airlock.consume(&caller, body, Some(peer.ip())).await?;
+    Ok(Json(ConsumeResponse {
+        grant_id,
+        uses_left,
+    }))
 }
 
 async fn complete(
@@ -333,12 +299,13 @@ async fn complete(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CompleteBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CompleteResponse>, ApiError> {
     let gid = GrantId::parse(&id).map_err(|_| ApiError::NotFound(format!("no grant {id}")))?;
     airlock.complete(&caller, gid, body).await?;
-    Ok(Json(
-        json!({"grant_id": gid.to_string(), "completed": true}),
-    ))
+    Ok(Json(CompleteResponse {
+        grant_id: gid,
+        completed: true,
+    }))
 }
 
 #[derive(Deserialize)]

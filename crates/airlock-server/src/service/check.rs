@@ -1,45 +1,21 @@
 //! Flag and decide: `POST /v1/check`.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use airlock_core::action::Resource;
 use airlock_core::{
-    Action, ActionName, AuditKind, Decision, NewAuditRecord, Request, RequestId, RequestStatus,
-    UserName,
+    Action, AuditKind, Decision, NewAuditRecord, Request, RequestId, RequestStatus,
 };
 use airlock_store::time::now;
 use airlock_store::StoreError;
 use chrono::{Datelike, Timelike};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::notify;
 use super::{Airlock, Caller};
 use crate::ApiError;
 
-/// The body of `POST /v1/check`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckBody {
-    /// Who; defaults to the key's user. Only enforcer keys may name another.
-    #[serde(default)]
-    pub principal: Option<UserName>,
-    /// The verb.
-    pub action: ActionName,
-    /// On what.
-    pub resource: Resource,
-    /// What binds the grant.
-    #[serde(default, deserialize_with = "airlock_core::action::exact::btree")]
-    pub params: BTreeMap<String, Value>,
-    /// What informs the decision.
-    #[serde(default, deserialize_with = "airlock_core::action::exact::map")]
-    pub context: Map<String, Value>,
-    /// Why, for the approvers.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
+pub use airlock_api::CheckBody;
 
 /// What a check answers.
 #[derive(Debug)]
@@ -271,9 +247,10 @@ impl Airlock {
                                 t,
                             )?;
                             tx.changed(req.id);
-                            let mut data = notify::request_data(&req, "pending", None);
-                            data["thresholds"] = json!(&req.requirement.thresholds);
-                            notify::emit(tx, &hooks, "request.raised", data)?;
+                            let data =
+                                notify::RequestEventData::new(&req, RequestStatus::Pending, None)
+                                    .with_thresholds(&req);
+                            notify::emit(tx, &hooks, "request.raised", notify::event_data(data))?;
                             mail.to_approvers(tx, &req, &approvers.directory)?;
                         }
                         if created {
@@ -291,10 +268,11 @@ impl Airlock {
                                 t,
                             )?;
                             tx.changed(req.id);
-                            let mut data = notify::request_data(&req, "pending", None);
-                            data["thresholds"] = json!(&req.requirement.thresholds);
-                            data["expires_at"] = json!(airlock_store::time::fmt(req.expires_at));
-                            notify::emit(tx, &hooks, "request.created", data)?;
+                            let data =
+                                notify::RequestEventData::new(&req, RequestStatus::Pending, None)
+                                    .with_thresholds(&req)
+                                    .with_expiry(&req);
+                            notify::emit(tx, &hooks, "request.created", notify::event_data(data))?;
                             mail.to_approvers(tx, &req, &approvers.directory)?;
                         }
                         Ok::<_, StoreError>(Some((req, created)))

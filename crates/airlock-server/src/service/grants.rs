@@ -1,37 +1,18 @@
 //! Execute: consuming a grant for exactly its action, and reporting the
 //! outcome. Refusals are recorded as faithfully as successes.
 
-use airlock_core::{Action, AuditKind, Decision, GrantId, NewAuditRecord, RequestStatus};
+use airlock_api::{ErrorCode, GrantEventData};
+use airlock_core::{AuditKind, Decision, GrantId, NewAuditRecord, RequestStatus};
 use airlock_keys::{GrantClaims, GrantError};
 use airlock_store::time::now;
 use airlock_store::{ConsumeOutcome, StoreError};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::requests::transition;
 use super::{notify, Airlock, Caller};
 use crate::ApiError;
 
-/// The body of `POST /v1/grants/consume`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumeBody {
-    /// The grant token.
-    pub token: String,
-    /// The action about to be performed, as in check, with its principal.
-    pub action: Action,
-}
-
-/// The body of `POST /v1/grants/{id}/complete`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompleteBody {
-    /// `success` or `failure`.
-    pub outcome: String,
-    /// Anything the enforcement point wants on record (exit code, rows).
-    #[serde(default, deserialize_with = "airlock_core::action::exact::map")]
-    pub detail: Map<String, Value>,
-}
+pub use airlock_api::{CompleteBody, ConsumeBody};
 
 impl Airlock {
     /// Spends one use of a grant for `action`. Verifies the token offline
@@ -50,8 +31,13 @@ impl Airlock {
             Ok(c) => c,
             Err(e) => {
                 let (code, message) = match e {
-                    GrantError::Expired(at) => ("grant_expired", format!("grant expired at {at}")),
-                    _ => ("invalid_grant", "not a valid grant token".to_owned()),
+                    GrantError::Expired(at) => {
+                        (ErrorCode::GrantExpired, format!("grant expired at {at}"))
+                    }
+                    _ => (
+                        ErrorCode::InvalidGrant,
+                        "not a valid grant token".to_owned(),
+                    ),
                 };
                 self.refuse(caller, None, code, &message, fingerprint.to_string())
                     .await?;
@@ -68,12 +54,12 @@ impl Airlock {
             self.refuse(
                 caller,
                 Some(claims.jti),
-                "action_mismatch",
+                ErrorCode::ActionMismatch,
                 &message,
                 fingerprint.to_string(),
             )
             .await?;
-            return Err(ApiError::grant("action_mismatch", message));
+            return Err(ApiError::grant(ErrorCode::ActionMismatch, message));
         }
         // The facts at consumption are decided again: the grant covers the
         // action only if its approvals meet what policy asks for the action
@@ -99,12 +85,12 @@ impl Airlock {
                 self.refuse(
                     caller,
                     Some(claims.jti),
-                    "action_mismatch",
+                    ErrorCode::ActionMismatch,
                     &message,
                     fingerprint.to_string(),
                 )
                 .await?;
-                return Err(ApiError::grant("action_mismatch", message));
+                return Err(ApiError::grant(ErrorCode::ActionMismatch, message));
             }
         };
         let actor = caller.user.to_string();
@@ -115,13 +101,13 @@ impl Airlock {
             .store
             .write(move |tx| {
                 let Some(row) = tx.get_grant(&gid)? else {
-                    return refuse_in(tx, &actor, gid, "invalid_grant", "unknown grant".into(), t);
+                    return refuse_in(tx, &actor, gid, ErrorCode::InvalidGrant, "unknown grant".into(), t);
                 };
                 let Some(req) = tx.get_request(&row.request_id)? else {
-                    return refuse_in(tx, &actor, gid, "invalid_grant", "unknown request".into(), t);
+                    return refuse_in(tx, &actor, gid, ErrorCode::InvalidGrant, "unknown request".into(), t);
                 };
                 if req.status == RequestStatus::Revoked || row.grant.revoked {
-                    return refuse_in(tx, &actor, gid, "grant_revoked", "the grant was revoked".into(), t);
+                    return refuse_in(tx, &actor, gid, ErrorCode::GrantRevoked, "the grant was revoked".into(), t);
                 }
                 if !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
                     // A reviewer left an approver group since approving:
@@ -130,7 +116,7 @@ impl Airlock {
                         tx,
                         &actor,
                         gid,
-                        "grant_revoked",
+                        ErrorCode::GrantRevoked,
                         "the approvals no longer meet the policy: an approver has left their group".into(),
                         t,
                     );
@@ -140,7 +126,7 @@ impl Airlock {
                         tx,
                         &actor,
                         gid,
-                        "action_mismatch",
+                        ErrorCode::ActionMismatch,
                         "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers)".into(),
                         t,
                     );
@@ -166,14 +152,14 @@ impl Airlock {
                             tx,
                             &hooks,
                             "grant.consumed",
-                            notify::grant_data(req.id, &gid.to_string(), json!({"uses_left": uses_left, "by": actor})),
+                            notify::event_data(GrantEventData { request: req.id, grant: gid, uses_left: Some(uses_left), outcome: None, by: actor.clone() }),
                         )?;
                         return Ok(Ok((req.id, uses_left)));
                     }
-                    ConsumeOutcome::Spent => ("grant_spent", "every use of this grant is spent".to_owned()),
-                    ConsumeOutcome::Revoked => ("grant_revoked", "the grant was revoked".to_owned()),
-                    ConsumeOutcome::Expired => ("grant_expired", "the grant has expired".to_owned()),
-                    ConsumeOutcome::Unknown => ("invalid_grant", "unknown grant".to_owned()),
+                    ConsumeOutcome::Spent => (ErrorCode::GrantSpent, "every use of this grant is spent".to_owned()),
+                    ConsumeOutcome::Revoked => (ErrorCode::GrantRevoked, "the grant was revoked".to_owned()),
+                    ConsumeOutcome::Expired => (ErrorCode::GrantExpired, "the grant has expired".to_owned()),
+                    ConsumeOutcome::Unknown => (ErrorCode::InvalidGrant, "unknown grant".to_owned()),
                 };
                 refuse_in(tx, &actor, gid, code, message, t)
             })
@@ -188,7 +174,7 @@ impl Airlock {
         &self,
         caller: &Caller,
         grant: Option<GrantId>,
-        code: &'static str,
+        code: ErrorCode,
         message: &str,
         fp: String,
     ) -> Result<(), ApiError> {
@@ -213,11 +199,6 @@ impl Airlock {
         gid: GrantId,
         body: CompleteBody,
     ) -> Result<(), ApiError> {
-        if !matches!(body.outcome.as_str(), "success" | "failure") {
-            return Err(ApiError::BadRequest(
-                "outcome must be \"success\" or \"failure\"".into(),
-            ));
-        }
         let caller = caller.clone();
         let hooks = self.hooks();
         self
@@ -230,7 +211,7 @@ impl Airlock {
                 if !(caller.is_enforcer() || caller.user == row.principal) {
                     return Err(ApiError::forbidden("only the grant's principal or an enforcer key may complete it"));
                 }
-                if !tx.complete_grant(&gid, &body.outcome)? {
+                if !tx.complete_grant(&gid, body.outcome.as_str())? {
                     return Err(ApiError::wrong_state("nothing to complete: no use consumed, or already completed"));
                 }
                 tx.append_audit(
@@ -247,7 +228,7 @@ impl Airlock {
                     tx,
                     &hooks,
                     "grant.completed",
-                    notify::grant_data(row.request_id, &gid.to_string(), json!({"outcome": body.outcome, "by": caller.user.as_str()})),
+                    notify::event_data(GrantEventData { request: row.request_id, grant: gid, uses_left: None, outcome: Some(body.outcome.as_str().to_owned()), by: caller.user.to_string() }),
                 )?;
                 let closed = tx.get_grant(&gid)?.is_some_and(|g| g.completed);
                 if let Some(req) = tx.get_request(&row.request_id)? {
@@ -262,13 +243,13 @@ impl Airlock {
     }
 }
 
-type Refused = Result<Result<(airlock_core::RequestId, u32), (&'static str, String)>, ApiError>;
+type Refused = Result<Result<(airlock_core::RequestId, u32), (ErrorCode, String)>, ApiError>;
 
 fn refuse_in(
     tx: &mut dyn airlock_store::WriteTx,
     actor: &str,
     gid: GrantId,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     t: chrono::DateTime<chrono::Utc>,
 ) -> Refused {

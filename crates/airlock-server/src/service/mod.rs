@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod check;
+mod gate;
 mod grants;
 mod limits;
 pub(crate) mod notify;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 pub use api_keys::{create_api_key_with, list_api_keys, revoke_api_key, LAST_USED_GRANULARITY};
 pub use check::{CheckBody, CheckOutcome};
+pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
 pub use requests::{RequestPage, MAX_PAGE};
 pub(crate) use view::threshold_view;

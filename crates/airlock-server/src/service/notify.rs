@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use airlock_core::display::{json_compact, visible};
-use airlock_core::{Request, RequestId};
+use airlock_core::{Request, RequestId, RequestStatus};
 use airlock_store::time::{fmt, now};
 use airlock_store::{OutboxMessage, StoreError, WriteTx};
 use serde_json::{json, Value};
@@ -260,26 +260,17 @@ impl Mail {
     }
 }
 
-/// What a request event says about it.
-pub(crate) fn request_data(req: &Request, status: &str, by: Option<&str>) -> Value {
-    json!({
-        "request": req.id.to_string(),
-        "status": status,
-        "principal": req.action.principal.as_str(),
-        "action": req.action.action.as_str(),
-        "resource": {"type": req.action.resource.kind.as_str(), "id": req.action.resource.id.as_str()},
-        "reason": req.reason,
-        "by": by,
-    })
+pub(crate) use airlock_api::RequestEventData;
+
+/// An event's data as queued (the types of `airlock_api::webhook`).
+pub(crate) fn event_data(data: impl serde::Serialize) -> Value {
+    // Structs of strings, numbers and string-keyed maps always serialize.
+    serde_json::to_value(data).unwrap_or(Value::Null)
 }
 
-/// What a grant event says.
-pub(crate) fn grant_data(request: RequestId, grant: &str, extra: Value) -> Value {
-    let mut v = json!({"request": request.to_string(), "grant": grant});
-    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    v
+/// What a request event says about it.
+pub(crate) fn request_data(req: &Request, status: RequestStatus, by: Option<&str>) -> Value {
+    event_data(RequestEventData::new(req, status, by))
 }
 
 /// The Standard Webhooks signature header for one message.
@@ -323,15 +314,8 @@ impl Airlock {
             .await
             .map_err(|e| (e.to_string(), false))?
             .ok_or_else(|| ("the request is gone".to_owned(), true))?;
-        // Not the requester and not an enforcer: the view carries no token.
-        let notifier =
-            airlock_core::UserName::parse("airlock-notifier").map_err(|e| (e.to_string(), true))?;
-        let caller = super::Caller {
-            user: notifier,
-            role: airlock_store::Role::Admin,
-            key_id: "notifier".into(),
-        };
-        let view = self.view(&req, &caller);
+        // Chat is no place for a bearer credential: no token is minted.
+        let view = self.request_view(&req, None).to_value();
         let link = format!("{}/requests/{id}", self.public_url());
         Ok((req, view, link))
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use airlock_api::DecisionView;
 use airlock_core::request::GrantRecord;
 use airlock_core::{
     AuditKind, AuditRecord, GrantId, NewAuditRecord, Request, RequestId, RequestStatus, Review,
@@ -56,7 +57,7 @@ impl Airlock {
     /// context it was decided on: a check that found the request pending
     /// adds its own, so approvers see every description of the action, not
     /// only the first.
-    pub async fn decisions_about(&self, req: &Request) -> Result<Vec<serde_json::Value>, ApiError> {
+    pub async fn decisions_about(&self, req: &Request) -> Result<Vec<DecisionView>, ApiError> {
         Ok(self
             .request_history(req)
             .await?
@@ -64,10 +65,14 @@ impl Airlock {
             .filter(|a| a.kind == AuditKind::Decision.as_str())
             .map(|a| {
                 let d = a.details.value();
-                json!({
-                    "seq": a.seq, "at": a.ts, "by": a.actor,
-                    "outcome": d["outcome"], "policies": d["policies"], "context": d["context"],
-                })
+                DecisionView {
+                    seq: a.seq,
+                    at: a.ts,
+                    by: a.actor,
+                    outcome: d["outcome"].clone(),
+                    policies: d["policies"].clone(),
+                    context: d["context"].clone(),
+                }
             })
             .collect())
     }
@@ -125,7 +130,7 @@ impl Airlock {
         let max = self.config.load().server.max_waits_per_user;
         let Some(_slot) = self.waits.try_take(caller.user.as_str(), max) else {
             return Err(ApiError::TooMany {
-                code: "too_many_waits",
+                code: airlock_api::ErrorCode::TooManyWaits,
                 message: format!(
                     "{} already has {max} waits open on this node; wait for one to end",
                     caller.user
@@ -270,13 +275,13 @@ impl Airlock {
                 };
                 if req.action.principal == reviewer {
                     return Err(ApiError::Forbidden {
-                        code: "self_review",
+                        code: airlock_api::ErrorCode::SelfReview,
                         message: "nobody may review their own request".into(),
                     });
                 }
                 if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
                     return Err(ApiError::Forbidden {
-                        code: "not_eligible",
+                        code: airlock_api::ErrorCode::NotEligible,
                         message: format!("{reviewer} is not in an approver group of this request"),
                     });
                 }
@@ -291,7 +296,7 @@ impl Airlock {
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
                 if !tx.insert_review(&id, &review)? {
                     return Err(ApiError::Conflict {
-                        code: "already_reviewed",
+                        code: airlock_api::ErrorCode::AlreadyReviewed,
                         message: format!("{reviewer} already reviewed this request"),
                     });
                 }
@@ -309,18 +314,19 @@ impl Airlock {
                 match verdict {
                     Verdict::Deny => {
                         transition(tx, &req, RequestStatus::Denied, &reviewer.to_string(), json!({"by": reviewer.as_str()}))?;
-                        let mut data = notify::request_data(&req, "denied", Some(reviewer.as_str()));
-                        data["reason"] = json!(reason);
-                        notify::emit(tx, &hooks, "request.decided", data)?;
+                        // The event carries the reviewer's reason: why it was denied.
+                        let mut data = notify::RequestEventData::new(&req, RequestStatus::Denied, Some(reviewer.as_str()));
+                        data.reason = reason.clone();
+                        notify::emit(tx, &hooks, "request.decided", notify::event_data(data))?;
                         mail.to_requester(tx, &req, "denied", Some(reviewer.as_str()))?;
                     }
                     Verdict::Approve if req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) => {
                         issue_grant(tx, &req, &loaded.directory)?;
-                        notify::emit(tx, &hooks, "request.decided", notify::request_data(&req, "approved", Some(reviewer.as_str())))?;
+                        notify::emit(tx, &hooks, "request.decided", notify::request_data(&req, RequestStatus::Approved, Some(reviewer.as_str())))?;
                         mail.to_requester(tx, &req, "approved", Some(reviewer.as_str()))?;
                     }
                     Verdict::Approve => {
-                        notify::emit(tx, &hooks, "request.reviewed", notify::request_data(&req, "pending", Some(reviewer.as_str())))?;
+                        notify::emit(tx, &hooks, "request.reviewed", notify::request_data(&req, RequestStatus::Pending, Some(reviewer.as_str())))?;
                     }
                 }
                 Ok(tx.get_request(&id)?.unwrap_or(req))
@@ -340,14 +346,14 @@ impl Airlock {
         };
         if req.action.principal == caller.user {
             return Err(ApiError::Forbidden {
-                code: "self_review",
+                code: airlock_api::ErrorCode::SelfReview,
                 message: "nobody may review their own request".into(),
             });
         }
         let loaded = self.loaded.load();
         if !req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g)) {
             return Err(ApiError::Forbidden {
-                code: "not_eligible",
+                code: airlock_api::ErrorCode::NotEligible,
                 message: format!(
                     "{} is not in an approver group of this request",
                     caller.user
@@ -383,7 +389,7 @@ impl Airlock {
                     tx,
                     &hooks,
                     "request.cancelled",
-                    notify::request_data(&req, "cancelled", Some(user.as_str())),
+                    notify::request_data(&req, RequestStatus::Cancelled, Some(user.as_str())),
                 )?;
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
@@ -432,7 +438,7 @@ impl Airlock {
                     tx,
                     &hooks,
                     "request.revoked",
-                    notify::request_data(&req, "revoked", Some(caller.user.as_str())),
+                    notify::request_data(&req, RequestStatus::Revoked, Some(caller.user.as_str())),
                 )?;
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
@@ -467,7 +473,7 @@ impl Airlock {
                     tx,
                     &hooks,
                     "request.expired",
-                    notify::request_data(&req, "expired", None),
+                    notify::request_data(&req, RequestStatus::Expired, None),
                 )?;
                 mail.to_requester(tx, &req, "expired", None)?;
                 Ok::<_, ApiError>(tx.get_request(&id)?)

@@ -1,13 +1,14 @@
-//! REQUEST as the API shows it, with the grant token minted on the way out
-//! (tokens are never stored) and only for those allowed to hold it.
+//! REQUEST as the API shows it (built from `airlock_api`'s types), and the
+//! grant token, minted apart and only for those allowed to hold it: tokens
+//! are never stored, and a view never mints one by itself.
 
-use airlock_core::{Request, Threshold, UserName};
+use airlock_api::{CheckResponse, RequestView, ThresholdView};
+use airlock_core::{Request, RequestStatus, Threshold, UserName};
 use airlock_keys::GrantClaims;
 use airlock_policy::Directory;
-use airlock_store::time::fmt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{Airlock, Caller};
+use super::{Airlock, Caller, CheckOutcome};
 
 /// One threshold as shown: its groups and quorum, the approvals so far, and
 /// who may approve (everyone in the groups but the requester).
@@ -16,19 +17,13 @@ pub(crate) fn threshold_view(
     t: &Threshold,
     approvals: u32,
     requester: &UserName,
-) -> Value {
-    let eligible: Vec<&str> = directory
+) -> ThresholdView {
+    let eligible: Vec<UserName> = directory
         .members_of(&t.groups)
         .filter(|u| *u != requester)
-        .map(|u| u.as_str())
+        .cloned()
         .collect();
-    json!({
-        "groups": t.groups,
-        "quorum": t.quorum.get(),
-        "approvals": approvals,
-        "policy_id": t.policy_id,
-        "eligible": eligible,
-    })
+    ThresholdView::new(t, approvals, eligible)
 }
 
 impl Airlock {
@@ -46,75 +41,86 @@ impl Airlock {
         Value::Object(attrs)
     }
 
-    /// The contract's REQUEST object, as `caller` may see it.
-    pub fn view(&self, req: &Request, caller: &Caller) -> Value {
+    /// The contract's REQUEST object, with `token` in its grant if given:
+    /// pass [`Airlock::grant_token`]'s answer for the reader, or `None`
+    /// where no token may appear (console pages, chat).
+    pub fn request_view(&self, req: &Request, token: Option<String>) -> RequestView {
         let loaded = self.loaded.load();
         let directory = &loaded.directory;
         let approvals = req.approvals(|u, g| directory.is_member(u, g));
-        let thresholds: Vec<Value> = req
+        let thresholds = req
             .requirement
             .thresholds
             .iter()
             .zip(approvals)
             .map(|(t, n)| threshold_view(directory, t, n, &req.action.principal))
             .collect();
-        let reviews: Vec<Value> = req
-            .reviews
-            .iter()
-            .map(|r| {
-                json!({
-                    "reviewer": r.reviewer, "verdict": r.verdict.as_str(), "reason": r.reason,
-                    "channel": r.channel, "at": fmt(r.at),
-                })
-            })
-            .collect();
-        let mut v = json!({
-            "id": req.id.to_string(),
-            "status": req.status.as_str(),
-            "principal": req.action.principal,
-            "action": req.action.action,
-            "resource": req.action.resource,
-            "params": req.action.params,
-            "context": req.action.context,
-            "reason": req.reason,
-            "fingerprint": req.fingerprint.to_string(),
-            "policies": req.policies,
-            "thresholds": thresholds,
-            "reviews": reviews,
-            "created_at": fmt(req.created_at),
-            "expires_at": fmt(req.expires_at),
-            "url": format!("{}/requests/{}", self.public_url(), req.id),
-        });
-        if let Some(g) = &req.grant {
-            let mut grant = json!({
-                "grant_id": g.grant_id.to_string(),
-                "expires_at": fmt(g.expires_at),
-                "max_uses": g.max_uses,
-                "uses": g.uses,
-                "revoked": g.revoked,
-                "outcome": g.outcome,
-            });
-            let holder = caller.user == req.action.principal || caller.is_enforcer();
-            let live = !g.revoked
-                && g.uses < g.max_uses
-                && req.status == airlock_core::RequestStatus::Approved;
-            if holder && live {
-                let claims = GrantClaims {
-                    jti: g.grant_id,
-                    req: req.id,
-                    sub: req.action.principal.clone(),
-                    fp: req.fingerprint,
-                    iat: req.created_at,
-                    exp: g.expires_at,
-                    max_uses: g.max_uses,
-                };
-                match self.keys.sign_grant(&claims) {
-                    Ok(token) => grant["token"] = json!(token),
-                    Err(e) => tracing::error!(error = %e, "cannot sign grant token"),
+        let url = format!("{}/requests/{}", self.public_url(), req.id);
+        RequestView::new(req, thresholds, url, token)
+    }
+
+    /// Mints the grant token of `req` for `caller`, if they may hold it: the
+    /// requester or an enforcer key, while the grant is live (approved, not
+    /// revoked, a use left). A signing failure shows no token (logged), so
+    /// the holder cannot consume; it never shows a wrong one.
+    pub fn grant_token(&self, req: &Request, caller: &Caller) -> Option<String> {
+        let g = req.grant.as_ref()?;
+        let holder = caller.user == req.action.principal || caller.is_enforcer();
+        let live = !g.revoked && g.uses < g.max_uses && req.status == RequestStatus::Approved;
+        if !(holder && live) {
+            return None;
+        }
+        let claims = GrantClaims {
+            jti: g.grant_id,
+            req: req.id,
+            sub: req.action.principal.clone(),
+            fp: req.fingerprint,
+            iat: req.created_at,
+            exp: g.expires_at,
+            max_uses: g.max_uses,
+        };
+        match self.keys.sign_grant(&claims) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign grant token");
+                None
+            }
+        }
+    }
+
+    /// REQUEST as `caller` may see it: the view, with the grant token when
+    /// [`Airlock::grant_token`] mints one for them.
+    pub fn request_view_with_token(&self, req: &Request, caller: &Caller) -> RequestView {
+        let token = self.grant_token(req, caller);
+        self.request_view(req, token)
+    }
+
+    /// What a check answers `caller`, on the wire: the request held for
+    /// approval is shown with its token only if `caller` may hold one.
+    pub fn check_answer(&self, out: CheckOutcome, caller: &Caller) -> CheckResponse {
+        match out {
+            CheckOutcome::Allow {
+                policies,
+                audit_seq,
+            } => CheckResponse::Allow {
+                policies,
+                audit_seq,
+            },
+            CheckOutcome::Deny {
+                policies,
+                message,
+                audit_seq,
+            } => CheckResponse::Deny {
+                policies,
+                message,
+                audit_seq,
+            },
+            CheckOutcome::ApprovalRequired { policies, request } => {
+                CheckResponse::ApprovalRequired {
+                    policies,
+                    request: Box::new(self.request_view_with_token(&request, caller)),
                 }
             }
-            v["grant"] = grant;
         }
-        v
     }
 }

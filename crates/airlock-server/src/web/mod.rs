@@ -91,7 +91,7 @@ impl IntoResponse for Refusal {
         };
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::error!(code = e.code(), error = %e, "console request failed");
+            tracing::error!(code = %e.code(), error = %e, "console request failed");
         }
         let v = viewer.as_ref().map(|(user, csrf)| Viewer { user, csrf });
         let title = if status == StatusCode::NOT_FOUND {
@@ -368,13 +368,9 @@ async fn logout(
 }
 
 /// REQUEST as the API shows it, without the grant token: a page is no
-/// place for a bearer credential.
-fn shown(airlock: &Airlock, req: &airlock_core::Request, user: &WebUser) -> Value {
-    let mut v = airlock.view(req, &user.caller);
-    if let Some(g) = v.get_mut("grant").and_then(Value::as_object_mut) {
-        g.remove("token");
-    }
-    v
+/// place for a bearer credential, so none is minted.
+fn shown(airlock: &Airlock, req: &airlock_core::Request, _user: &WebUser) -> Value {
+    airlock.request_view(req, None).to_value()
 }
 
 /// How many requests one inbox page shows; older ones are a link away.
@@ -577,7 +573,7 @@ async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
         return Err(fail(
             Some(&user),
             ApiError::TooMany {
-                code: "too_many_waits",
+                code: airlock_api::ErrorCode::TooManyWaits,
                 message: format!(
                     "you have {max} live-update streams open on this node; close some pages"
                 ),

@@ -158,7 +158,7 @@ impl Airlock {
                     .map_err(ApiError::Audit)?;
             }
             return Err(ApiError::TooMany {
-                code: "too_many_attempts",
+                code: airlock_api::ErrorCode::TooManyAttempts,
                 message: "too many sign-in attempts from this address; try again later".into(),
             });
         }

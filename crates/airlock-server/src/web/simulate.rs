@@ -52,7 +52,7 @@ impl Airlock {
                 policies,
                 requirement,
             } => {
-                let thresholds: Vec<Value> = requirement
+                let thresholds: Vec<airlock_api::ThresholdView> = requirement
                     .thresholds
                     .iter()
                     .map(|t| threshold_view(&loaded.directory, t, 0, &action.principal))

@@ -1,0 +1,117 @@
+//! `POST /v1/check`: the action to decide, and the decision.
+
+use std::collections::BTreeMap;
+
+use airlock_core::action::Resource;
+use airlock_core::{ActionName, UserName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::RequestView;
+
+/// The body of `POST /v1/check`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// Who; defaults to the key's user. Only enforcer keys may name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<UserName>,
+    /// The verb.
+    pub action: ActionName,
+    /// On what.
+    pub resource: Resource,
+    /// What binds the grant.
+    #[serde(default, deserialize_with = "airlock_core::action::exact::btree")]
+    pub params: BTreeMap<String, Value>,
+    /// What informs the decision.
+    #[serde(default, deserialize_with = "airlock_core::action::exact::map")]
+    pub context: Map<String, Value>,
+    /// Why, for the approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a check answers, told apart by `decision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum CheckResponse {
+    /// Allowed outright.
+    Allow {
+        /// Determining policies.
+        policies: Vec<String>,
+        /// The decision's audit record.
+        audit_seq: i64,
+    },
+    /// Denied.
+    Deny {
+        /// Determining policies.
+        policies: Vec<String>,
+        /// Why, from the policy.
+        message: String,
+        /// The decision's audit record.
+        audit_seq: i64,
+    },
+    /// Held for approval: the new request, or the one already pending for
+    /// the same action.
+    ApprovalRequired {
+        /// Determining policies.
+        policies: Vec<String>,
+        /// The request.
+        request: Box<RequestView>,
+    },
+}
+
+impl CheckResponse {
+    /// The determining policies, whatever the decision.
+    pub fn policies(&self) -> &[String] {
+        match self {
+            Self::Allow { policies, .. }
+            | Self::Deny { policies, .. }
+            | Self::ApprovalRequired { policies, .. } => policies,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_tagged_as_before() {
+        let allow = CheckResponse::Allow {
+            policies: vec!["p".into()],
+            audit_seq: 7,
+        };
+        assert_eq!(
+            serde_json::to_string(&allow).unwrap(),
+            r#"{"decision":"allow","policies":["p"],"audit_seq":7}"#
+        );
+        let deny = CheckResponse::Deny {
+            policies: vec![],
+            message: "no".into(),
+            audit_seq: 8,
+        };
+        assert_eq!(
+            serde_json::to_string(&deny).unwrap(),
+            r#"{"decision":"deny","policies":[],"message":"no","audit_seq":8}"#
+        );
+    }
+
+    #[test]
+    fn check_body_keeps_its_validation() {
+        let ok: CheckBody = serde_json::from_str(
+            r#"{"action":"export","resource":{"type":"Table","id":"t"},"params":{"n":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.params["n"], 1);
+        // Inexact numbers, unknown fields and bad names are refused at the door.
+        for bad in [
+            r#"{"action":"export","resource":{"type":"Table","id":"t"},"params":{"n":1.5}}"#,
+            r#"{"action":"export","resource":{"type":"Table","id":"t"},"context":{"n":1e3}}"#,
+            r#"{"action":"export","resource":{"type":"Table","id":"t"},"extra":1}"#,
+            r#"{"action":"no way","resource":{"type":"Table","id":"t"}}"#,
+        ] {
+            assert!(serde_json::from_str::<CheckBody>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The HTTP API v1 as it travels: every body the server reads or writes,
+//! typed, and nothing else (no I/O, no keys, no storage).
+//!
+//! The server serializes these and its clients (the CLI, enforcement
+//! points, proxies) deserialize them, so both sides agree on field names
+//! and shapes by construction. Request bodies refuse unknown fields, as
+//! the server always has; responses accept them, so an older client keeps
+//! working against a newer server.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod error;
+pub mod grant;
+pub mod request;
+pub mod time;
+pub mod webhook;
+
+pub use check::{CheckBody, CheckResponse};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use grant::{CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, Outcome};
+pub use request::{
+    DecisionView, GrantView, ReasonBody, RequestList, RequestView, ReviewBody, ReviewChannel,
+    ReviewView, ThresholdView,
+};
+pub use webhook::{EventData, GrantEventData, RequestEventData, ResourceRef, WebhookPayload};

@@ -1,0 +1,71 @@
+//! The questions an enforcement point asks Airlock, whoever answers them:
+//! the HTTP [`crate::Client`], or the service in the same process.
+
+use std::time::Duration;
+
+use airlock_api::{
+    CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
+    RequestView,
+};
+use airlock_core::{GrantId, RequestId};
+
+use crate::ClientError;
+
+/// Check, wait, consume, complete: the enforcement loop's calls, as the
+/// caller's key (an enforcer's, or the user's for `airlock run`) may make
+/// them. Every refusal is an error; nothing here ever answers "allow" by
+/// default.
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync {
+    /// Decides an action (`POST /v1/check`).
+    async fn check(&self, body: &CheckBody) -> Result<CheckResponse, ClientError>;
+
+    /// One request; with `wait`, answers as soon as it leaves `pending` or
+    /// when the wait is over (`GET /v1/requests/{id}?wait=`).
+    async fn request(
+        &self,
+        id: RequestId,
+        wait: Option<Duration>,
+    ) -> Result<RequestView, ClientError>;
+
+    /// Withdraws a pending request (`POST /v1/requests/{id}/cancel`).
+    async fn cancel(&self, id: RequestId) -> Result<RequestView, ClientError>;
+
+    /// Spends one use of a grant for exactly its action
+    /// (`POST /v1/grants/consume`).
+    async fn consume(&self, body: &ConsumeBody) -> Result<ConsumeResponse, ClientError>;
+
+    /// Reports how a consumed use went (`POST /v1/grants/{id}/complete`).
+    async fn complete(
+        &self,
+        grant: GrantId,
+        body: &CompleteBody,
+    ) -> Result<CompleteResponse, ClientError>;
+}
+
+#[async_trait::async_trait]
+impl<G: Gate + ?Sized> Gate for std::sync::Arc<G> {
+    async fn check(&self, body: &CheckBody) -> Result<CheckResponse, ClientError> {
+        (**self).check(body).await
+    }
+    async fn request(
+        &self,
+        id: RequestId,
+        wait: Option<Duration>,
+    ) -> Result<RequestView, ClientError> {
+        (**self).request(id, wait).await
+    }
+    async fn cancel(&self, id: RequestId) -> Result<RequestView, ClientError> {
+        (**self).cancel(id).await
+    }
+    async fn consume(&self, body: &ConsumeBody) -> Result<ConsumeResponse, ClientError> {
+        (**self).consume(body).await
+    }
+    async fn complete(
+        &self,
+        grant: GrantId,
+        body: &CompleteBody,
+    ) -> Result<CompleteResponse, ClientError> {
+        (**self).complete(grant, body).await
+    }
+}
