@@ -9,6 +9,8 @@ use airlock_core::{GroupName, UserName};
 use airlock_policy::Directory;
 use serde::Deserialize;
 
+pub use airlock_auth::oidc::OidcConfig;
+
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -285,41 +287,6 @@ fn default_sign_in_rate() -> NonZeroU32 {
 }
 fn default_max_streams() -> NonZeroU32 {
     NonZeroU32::MIN.saturating_add(7)
-}
-
-/// `[web.oidc]`: sign-in with an OpenID Connect provider (authorization
-/// code flow with PKCE). People are matched to `[[users]]` by the ID
-/// token's `email` claim, which the provider must mark verified.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcConfig {
-    /// The provider's issuer URL; its discovery document is read from
-    /// `ISSUER/.well-known/openid-configuration` at the first sign-in.
-    pub issuer: String,
-    /// This console's client id at the provider.
-    pub client_id: String,
-    /// The client secret, for confidential clients (sent with HTTP Basic
-    /// authentication). PKCE is used either way.
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    /// Where the provider sends people back. Default
-    /// `PUBLIC_URL/login/oidc/callback`; register it at the provider.
-    #[serde(default)]
-    pub redirect_url: Option<String>,
-    /// The sign-in button's label. Default "Sign in with single sign-on".
-    #[serde(default)]
-    pub label: Option<String>,
-    /// Take the user's groups from this claim of the ID token (a list of
-    /// names) at each sign-in, replacing the `groups` of their `[[users]]`
-    /// entry on every node until the next sign-in reports others. Unset:
-    /// groups come from the config only.
-    #[serde(default)]
-    pub groups_claim: Option<String>,
-    /// Accept an email the provider does not mark as verified. Anyone who
-    /// can set an unverified address at the provider could then sign in as
-    /// the Airlock user with that address. Default false.
-    #[serde(default)]
-    pub danger_accept_unverified_email: bool,
 }
 
 fn default_auditors() -> Vec<GroupName> {
