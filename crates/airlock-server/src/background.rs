@@ -1,5 +1,6 @@
 //! What runs beside the request handlers: expiry timers, signed audit
-//! checkpoints, and policy reloads on SIGHUP and on file change.
+//! checkpoints, policy reloads on SIGHUP and on file change, and the
+//! outbox worker (`airlock_notify::run`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -24,7 +25,7 @@ pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
     tokio::spawn(run_checkpoints(airlock.clone()));
     tokio::spawn(run_sighup(airlock.clone()));
     tokio::spawn(run_directory_changes(airlock.clone()));
-    tokio::spawn(run_outbox(airlock.clone()));
+    tokio::spawn(airlock_notify::run(airlock.clone()));
     if airlock.config.load().policy.watch {
         spawn_watcher(airlock.clone());
     }
@@ -161,42 +162,6 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             Ok(seq)
         })
         .await
-}
-
-/// Delivers the outbox: at once after a change (any node's), and every
-/// second for retries coming due.
-async fn run_outbox(airlock: Arc<Airlock>) {
-    let http = match reqwest::Client::builder()
-        // A receiver's redirect is not followed: that would let it point
-        // Airlock at any URL (SSRF).
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the webhook client; notifications stay queued");
-            return;
-        }
-    };
-    let mut events = airlock.store.subscribe();
-    loop {
-        // Nothing configured (now: a reload may add a channel): no store work.
-        let channels = {
-            let config = airlock.config.load();
-            let n = &config.notify;
-            !n.webhooks.is_empty() || n.email.is_some() || n.slack.is_some() || n.discord.is_some()
-        };
-        if !channels {
-            let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
-            continue;
-        }
-        match airlock.deliver_due(&http).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
-    }
 }
 
 /// Rebuilds the directory (and the policy entities built from it) when

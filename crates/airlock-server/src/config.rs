@@ -10,6 +10,11 @@ use airlock_core::{GroupName, UserName};
 use airlock_policy::Directory;
 use serde::Deserialize;
 
+pub use airlock_auth::oidc::OidcConfig;
+pub use airlock_notify::config::{
+    DiscordConfig, EmailConfig, NotifyConfig, SlackConfig, WebhookConfig,
+};
+
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -345,175 +350,8 @@ fn default_max_streams() -> NonZeroU32 {
     NonZeroU32::MIN.saturating_add(7)
 }
 
-/// `[web.oidc]`: sign-in with an OpenID Connect provider (authorization
-/// code flow with PKCE). People are matched to `[[users]]` by the ID
-/// token's `email` claim, which the provider must mark verified.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcConfig {
-    /// The provider's issuer URL; its discovery document is read from
-    /// `ISSUER/.well-known/openid-configuration` at the first sign-in.
-    pub issuer: String,
-    /// This console's client id at the provider.
-    pub client_id: String,
-    /// The client secret, for confidential clients (sent with HTTP Basic
-    /// authentication). PKCE is used either way.
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    /// Where the provider sends people back. Default
-    /// `PUBLIC_URL/login/oidc/callback`; register it at the provider.
-    #[serde(default)]
-    pub redirect_url: Option<String>,
-    /// The sign-in button's label. Default "Sign in with single sign-on".
-    #[serde(default)]
-    pub label: Option<String>,
-    /// Take the user's groups from this claim of the ID token (a list of
-    /// names) at each sign-in, replacing the `groups` of their `[[users]]`
-    /// entry on every node until the next sign-in reports others. Unset:
-    /// groups come from the config only.
-    #[serde(default)]
-    pub groups_claim: Option<String>,
-    /// Accept an email the provider does not mark as verified. Anyone who
-    /// can set an unverified address at the provider could then sign in as
-    /// the Airlock user with that address. Default false.
-    #[serde(default)]
-    pub danger_accept_unverified_email: bool,
-}
-
 fn default_auditors() -> Vec<GroupName> {
     GroupName::parse("auditors").into_iter().collect()
-}
-
-/// `[notify]`: telling other systems what happened. Every notification
-/// is written to a durable outbox in the same transaction as the change it
-/// reports, then delivered in the background with retries: a decision never
-/// waits for a receiver, and a restart loses nothing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// Signed webhooks (Standard Webhooks: `webhook-id`,
-    /// `webhook-timestamp`, `webhook-signature`).
-    #[serde(default)]
-    pub webhooks: Vec<WebhookConfig>,
-    /// Seconds a receiver has to answer before the attempt counts as
-    /// failed. A node that dies mid-delivery leaves the message to be
-    /// retried (with the same `webhook-id`) four times this long plus 5 s
-    /// later (the lease of one message).
-    /// Default 10.
-    #[serde(default = "default_delivery_timeout")]
-    pub delivery_timeout_seconds: u64,
-    /// Attempts before a message is marked failed (visible in
-    /// `/v1/outbox?status=failed` and the metrics, and retryable). Retries
-    /// back off exponentially from 1 s to 1 h. Default 10.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Email to approvers (who a request waits for, with a link to its page
-    /// in the console) and to requesters (the outcome).
-    #[serde(default)]
-    pub email: Option<EmailConfig>,
-    /// Slack: a message with Approve/Deny buttons for each request needing
-    /// approval, updated as it progresses, and a direct message to the
-    /// requester with the outcome.
-    #[serde(default)]
-    pub slack: Option<SlackConfig>,
-    /// Discord: the same as Slack, with message components.
-    #[serde(default)]
-    pub discord: Option<DiscordConfig>,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        Self {
-            webhooks: Vec::new(),
-            email: None,
-            slack: None,
-            discord: None,
-            delivery_timeout_seconds: default_delivery_timeout(),
-            max_attempts: default_max_attempts(),
-        }
-    }
-}
-
-fn default_delivery_timeout() -> u64 {
-    10
-}
-
-fn default_max_attempts() -> u32 {
-    10
-}
-
-/// `[notify.slack]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlackConfig {
-    /// The Web API's base URL. Default `https://slack.com/api`.
-    #[serde(default = "default_slack_api")]
-    pub api_url: String,
-    /// The bot token (`xoxb-…`), sent as a bearer token.
-    pub bot_token: String,
-    /// The app's signing secret: interaction callbacks
-    /// (`POST /integrations/slack/interactions`) must carry its signature.
-    pub signing_secret: String,
-    /// The channel for requests no route names.
-    pub channel: String,
-    /// Approver group → channel, for requests that group must approve.
-    #[serde(default)]
-    pub routes: std::collections::BTreeMap<String, String>,
-}
-
-fn default_slack_api() -> String {
-    "https://slack.com/api".into()
-}
-
-/// `[notify.discord]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscordConfig {
-    /// The REST API's base URL. Default `https://discord.com/api/v10`.
-    #[serde(default = "default_discord_api")]
-    pub api_url: String,
-    /// The bot token, sent as `Authorization: Bot …`.
-    pub bot_token: String,
-    /// The application's public key (hex): interactions
-    /// (`POST /integrations/discord/interactions`) must be signed with it.
-    pub application_public_key: String,
-    /// The channel for requests no route names.
-    pub channel_id: String,
-    /// Approver group → channel id, for requests that group must approve.
-    #[serde(default)]
-    pub routes: std::collections::BTreeMap<String, String>,
-}
-
-fn default_discord_api() -> String {
-    "https://discord.com/api/v10".into()
-}
-
-/// `[notify.email]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// The SMTP server: `smtp://host:25` (plain), `smtp://host:587?tls=required`
-    /// (STARTTLS), `smtps://host:465` (TLS); credentials as
-    /// `smtps://user:password@host`.
-    pub smtp_url: String,
-    /// The sender, e.g. `Airlock <airlock@example.com>`.
-    pub from: String,
-}
-
-/// `[[notify.webhooks]]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where events are POSTed.
-    pub url: String,
-    /// The signing secret, `whsec_` and base64, as Standard Webhooks
-    /// libraries expect it.
-    pub secret: String,
-    /// Only these event types (`request.created`, `request.decided`,
-    /// `request.expired`, `request.cancelled`, `request.revoked`,
-    /// `grant.consumed`, `grant.completed`). Default: all.
-    #[serde(default)]
-    pub events: Vec<String>,
 }
 
 /// `[audit]`
@@ -598,39 +436,7 @@ impl Config {
                 }
             }
         }
-        if let Some(s) = &cfg.notify.slack {
-            if s.signing_secret.len() < 16 {
-                return Err("notify.slack.signing_secret is missing or too short: copy it from the Slack app's settings".into());
-            }
-        }
-        if let Some(e) = &cfg.notify.email {
-            if !(e.smtp_url.starts_with("smtp://") || e.smtp_url.starts_with("smtps://")) {
-                return Err(format!(
-                    "notify.email.smtp_url {:?} must be smtp:// or smtps://",
-                    e.smtp_url
-                ));
-            }
-            if e.from.parse::<lettre::message::Mailbox>().is_err() {
-                return Err(format!(
-                    "notify.email.from {:?} is not an email address",
-                    e.from
-                ));
-            }
-        }
-        for w in &cfg.notify.webhooks {
-            if standardwebhooks::Webhook::new(&w.secret).is_err() {
-                return Err(format!(
-                    "notify.webhooks secret for {} must be whsec_ followed by base64",
-                    w.url
-                ));
-            }
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(format!(
-                    "notify.webhooks url {:?} must be http(s)://",
-                    w.url
-                ));
-            }
-        }
+        cfg.notify.check()?;
         Ok(cfg)
     }
 

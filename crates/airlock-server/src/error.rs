@@ -89,6 +89,24 @@ pub enum ApiError {
     Audit(StoreError),
 }
 
+impl From<airlock_auth::AuthError> for ApiError {
+    fn from(e: airlock_auth::AuthError) -> Self {
+        use airlock_auth::AuthError;
+        match e {
+            AuthError::Unauthenticated => ApiError::Unauthenticated,
+            AuthError::KeyRefused(m) => ApiError::KeyRefused(m),
+            AuthError::TooManyAttempts => ApiError::TooMany {
+                code: airlock_api::ErrorCode::TooManyAttempts,
+                message: "too many sign-in attempts from this address; try again later".into(),
+            },
+            AuthError::Refused(m) => ApiError::forbidden(m),
+            AuthError::Upstream(m) => ApiError::Upstream(m),
+            AuthError::Storage(e) => ApiError::Storage(e),
+            AuthError::Audit(e) => ApiError::Audit(e),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Storage(e)

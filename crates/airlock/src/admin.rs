@@ -238,7 +238,6 @@ pub fn policy_test(file: &Path) -> anyhow::Result<ExitCode> {
 const MIN_PASSWORD: usize = 8;
 
 pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<ExitCode> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
     use std::io::Read;
 
     let cfg = Config::load(config)?;
@@ -258,11 +257,8 @@ pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<Exi
     if password.chars().count() < MIN_PASSWORD {
         bail!("the password must be at least {MIN_PASSWORD} characters");
     }
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    let hash = argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow!("hashing the password: {e}"))?
-        .to_string();
+    let hash = airlock_auth::password::hash_password(password)
+        .map_err(|e| anyhow!("hashing the password: {e}"))?;
     let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let name = user.clone();
     store

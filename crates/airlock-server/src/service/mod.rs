@@ -2,7 +2,6 @@
 //! can ask of Airlock, with every rule enforced here so no channel can skip
 //! one.
 
-mod api_keys;
 mod check;
 mod gate;
 mod grants;
@@ -18,16 +17,16 @@ use std::sync::Arc;
 use airlock_core::{AuditKind, NewAuditRecord, RequestId, UserName};
 use airlock_keys::{Keyring, PublicKeys};
 use airlock_policy::{Directory, PolicyEngine};
-use airlock_store::{ApiKeyRecord, Role, Store, StoreError};
+use airlock_store::{Role, Store, StoreError};
 use arc_swap::ArcSwap;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-pub use api_keys::{create_api_key_with, list_api_keys, revoke_api_key, LAST_USED_GRANULARITY};
+pub use airlock_auth::api_keys::{
+    create_api_key, create_api_key_with, hash_key, list_api_keys, new_api_key, revoke_api_key,
+    KEY_PREFIX, LAST_USED_GRANULARITY,
+};
 pub use check::{CheckBody, CheckOutcome};
 pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
@@ -83,19 +82,12 @@ pub struct Airlock {
     pub(crate) metrics: Metrics,
     /// When this node last recorded each key's use (see `api_keys`; there
     /// is no cache of keys themselves).
-    key_uses: api_keys::KeyUses,
+    key_uses: airlock_auth::api_keys::KeyUses,
     /// The single sign-on provider's metadata, read at the first sign-in.
-    pub(crate) oidc: crate::web::oidc::Discovery,
-    /// Serialises password checks per user name (see `sign_in`).
-    pub(crate) sign_in_locks: crate::limits::KeyedLocks<String>,
-    /// Bounds the password hashes checked at once (CPU and memory).
-    pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
-    /// Sign-in attempts per source address.
-    pub(crate) sign_in_sources: crate::limits::SourceLimiter,
-    /// Which addresses had a refusal for too many attempts recorded in the
-    /// last minute (one record a minute each, so a flood cannot flood the
-    /// audit log).
-    pub(crate) sign_in_refusals: crate::limits::SourceLimiter,
+    pub(crate) oidc: airlock_auth::oidc::Discovery,
+    /// Password sign-in's per-name locks, per-address limits and bound on
+    /// hashes checked at once.
+    pub(crate) passwords: airlock_auth::password::PasswordSignIn,
     /// Open `?wait=` long-polls per user.
     pub(crate) waits: crate::limits::UserSlots,
     /// Open console event streams per user.
@@ -115,49 +107,6 @@ impl std::fmt::Debug for Airlock {
             .field("store", &self.store)
             .finish()
     }
-}
-
-/// The prefix of every API key, so leaked keys are easy to scan for.
-pub const KEY_PREFIX: &str = "alk_";
-
-/// Hashes an API key for storage and lookup. Keys are 256 random bits, so a
-/// fast hash is enough: there is nothing to brute-force.
-pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-/// Makes a new API key: `(secret, stored record)`.
-pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let secret = format!(
-        "{KEY_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    );
-    let id = format!("key_{}", &hash_key(&secret)[..16]);
-    let record = ApiKeyRecord {
-        id,
-        hash: hash_key(&secret),
-        user,
-        role,
-        created_at: airlock_store::time::now(),
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    };
-    (secret, record)
-}
-
-/// Stores a new API key and records its creation. Returns the secret, which
-/// is shown once and never stored.
-pub async fn create_api_key(
-    store: &Store,
-    user: UserName,
-    role: Role,
-    actor: &str,
-) -> Result<String, StoreError> {
-    let (secret, _) = create_api_key_with(store, user, role, None, actor).await?;
-    Ok(secret)
 }
 
 /// What `Airlock::start` hands back for the background tasks to drive.
@@ -196,12 +145,7 @@ impl Airlock {
             key_uses: Default::default(),
             oidc: Default::default(),
             bound: std::sync::OnceLock::new(),
-            sign_in_locks: Default::default(),
-            password_checks: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-            )),
-            sign_in_sources: Default::default(),
-            sign_in_refusals: Default::default(),
+            passwords: Default::default(),
             waits: Default::default(),
             streams: Default::default(),
             sessions_ended: tokio::sync::broadcast::channel(64).0,
@@ -294,9 +238,15 @@ impl Airlock {
     }
 
     /// Looks up the caller behind a bearer key, in the store, on every
-    /// call: a revoked or expired key is refused at once (see `api_keys`).
+    /// call: a revoked or expired key is refused at once (see
+    /// `airlock_auth::api_keys`).
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, ApiError> {
-        api_keys::authenticate(&self.store, &self.key_uses, bearer).await
+        let key = airlock_auth::api_keys::authenticate(&self.store, &self.key_uses, bearer).await?;
+        Ok(Caller {
+            user: key.user,
+            role: key.role,
+            key_id: key.id,
+        })
     }
 
     pub(crate) fn policy_dir(&self) -> PathBuf {

@@ -5,7 +5,6 @@
 //! event stream; the only script is `assets/app.js`.
 
 mod charts;
-pub(crate) mod oidc;
 mod pages;
 mod session;
 mod simulate;
@@ -28,6 +27,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::StreamExt as _;
+
+use airlock_auth::oidc;
 
 use crate::{Airlock, ApiError};
 use pages::Viewer;
@@ -235,7 +236,7 @@ async fn oidc_start(State(airlock): State<AppState>) -> Page {
     };
     let start = oidc::start(&airlock.oidc, cfg, &airlock.public_url())
         .await
-        .map_err(|e| fail(None, e))?;
+        .map_err(|e| fail(None, e.into()))?;
     let mut cookie = format!(
         "{}={}; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=600",
         oidc::FLOW_COOKIE,
@@ -301,7 +302,7 @@ async fn oidc_callback(
     .await
     {
         Ok(identity) => identity,
-        Err(e) => return Err(refused("?".into(), e).await),
+        Err(e) => return Err(refused("?".into(), e.into()).await),
     };
     let email = identity.email;
     let user = config

@@ -12,19 +12,60 @@ use openidconnect::{
     EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
 };
 
-use crate::config::OidcConfig;
-use crate::ApiError;
+use airlock_core::{AuditKind, GroupName, NewAuditRecord, UserName};
+use airlock_store::time::now;
+use airlock_store::{Store, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::tokens::same_secret;
+use crate::AuthError;
+
+/// `[web.oidc]`: sign-in with an OpenID Connect provider (authorization
+/// code flow with PKCE). People are matched to `[[users]]` by the ID
+/// token's `email` claim, which the provider must mark verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; its discovery document is read from
+    /// `ISSUER/.well-known/openid-configuration` at the first sign-in.
+    pub issuer: String,
+    /// This console's client id at the provider.
+    pub client_id: String,
+    /// The client secret, for confidential clients (sent with HTTP Basic
+    /// authentication). PKCE is used either way.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Where the provider sends people back. Default
+    /// `PUBLIC_URL/login/oidc/callback`; register it at the provider.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// The sign-in button's label. Default "Sign in with single sign-on".
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Take the user's groups from this claim of the ID token (a list of
+    /// names) at each sign-in, replacing the `groups` of their `[[users]]`
+    /// entry on every node until the next sign-in reports others. Unset:
+    /// groups come from the config only.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Accept an email the provider does not mark as verified. Anyone who
+    /// can set an unverified address at the provider could then sign in as
+    /// the Airlock user with that address. Default false.
+    #[serde(default)]
+    pub danger_accept_unverified_email: bool,
+}
 
 /// The cookie that carries the flow's secrets between the two redirects.
-pub(crate) const FLOW_COOKIE: &str = "airlock_oidc";
+pub const FLOW_COOKIE: &str = "airlock_oidc";
 /// Where the provider sends people back.
-pub(crate) const CALLBACK_PATH: &str = "/login/oidc/callback";
+pub const CALLBACK_PATH: &str = "/login/oidc/callback";
 
 /// The provider's metadata, read at the first sign-in and again whenever
 /// the configured issuer changes (a reload cutting over to another
 /// provider takes effect at once).
 #[derive(Default)]
-pub(crate) struct Discovery(tokio::sync::Mutex<Option<(String, CoreProviderMetadata)>>);
+pub struct Discovery(tokio::sync::Mutex<Option<(String, CoreProviderMetadata)>>);
 
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,21 +73,21 @@ impl std::fmt::Debug for Discovery {
     }
 }
 
-fn http() -> Result<openidconnect::reqwest::Client, ApiError> {
+fn http() -> Result<openidconnect::reqwest::Client, AuthError> {
     openidconnect::reqwest::Client::builder()
         // Following redirects would open the token request to SSRF.
         .redirect(openidconnect::reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(10))
         .build()
-        .map_err(|e| ApiError::Upstream(format!("HTTP client: {e}")))
+        .map_err(|e| AuthError::Upstream(format!("HTTP client: {e}")))
 }
 
-fn upstream(what: &str) -> impl Fn(String) -> ApiError + '_ {
-    move |e| ApiError::Upstream(format!("single sign-on: {what}: {e}"))
+fn upstream(what: &str) -> impl Fn(String) -> AuthError + '_ {
+    move |e| AuthError::Upstream(format!("single sign-on: {what}: {e}"))
 }
 
 impl Discovery {
-    async fn metadata(&self, cfg: &OidcConfig) -> Result<CoreProviderMetadata, ApiError> {
+    async fn metadata(&self, cfg: &OidcConfig) -> Result<CoreProviderMetadata, AuthError> {
         let mut cached = self.0.lock().await;
         if let Some((issuer, meta)) = cached.as_ref() {
             if *issuer == cfg.issuer {
@@ -64,12 +105,12 @@ impl Discovery {
 }
 
 /// The redirect to the provider and the cookie value to set.
-pub(crate) struct Start {
-    pub(crate) url: String,
-    pub(crate) cookie: String,
+pub struct Start {
+    pub url: String,
+    pub cookie: String,
 }
 
-fn redirect_url(cfg: &OidcConfig, public_url: &str) -> Result<RedirectUrl, ApiError> {
+fn redirect_url(cfg: &OidcConfig, public_url: &str) -> Result<RedirectUrl, AuthError> {
     let url = cfg
         .redirect_url
         .clone()
@@ -92,7 +133,7 @@ async fn client(
     discovery: &Discovery,
     cfg: &OidcConfig,
     public_url: &str,
-) -> Result<Client, ApiError> {
+) -> Result<Client, AuthError> {
     let meta = discovery.metadata(cfg).await?;
     Ok(CoreClient::from_provider_metadata(
         meta,
@@ -103,11 +144,11 @@ async fn client(
 }
 
 /// Begins a sign-in: where to send the browser, and what to remember.
-pub(crate) async fn start(
+pub async fn start(
     discovery: &Discovery,
     cfg: &OidcConfig,
     public_url: &str,
-) -> Result<Start, ApiError> {
+) -> Result<Start, AuthError> {
     let client = client(discovery, cfg, public_url).await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, state, nonce) = client
@@ -132,12 +173,12 @@ pub(crate) async fn start(
 
 /// Who the provider says signed in.
 #[derive(Debug)]
-pub(crate) struct Identity {
+pub struct Identity {
     /// Their verified email.
-    pub(crate) email: String,
+    pub email: String,
     /// Their groups, when `groups_claim` is configured (empty if the ID
     /// token lacks the claim).
-    pub(crate) groups: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
 }
 
 /// A claim of an ID token whose signature was already verified: its
@@ -156,24 +197,24 @@ fn verified_claim(id_token: &impl serde::Serialize, name: &str) -> Option<serde_
 /// Finishes a sign-in: checks the state, exchanges the code (with the
 /// PKCE verifier), verifies the ID token (signature, issuer, audience,
 /// expiry, nonce) and returns who it names.
-pub(crate) async fn finish(
+pub async fn finish(
     discovery: &Discovery,
     cfg: &OidcConfig,
     public_url: &str,
     flow_cookie: &str,
     state: &str,
     code: &str,
-) -> Result<Identity, ApiError> {
+) -> Result<Identity, AuthError> {
     let mut parts = flow_cookie.splitn(3, '~');
     let (Some(expected), Some(nonce), Some(verifier)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(ApiError::forbidden(
-            "the sign-in flow expired or was not started here; try again",
+        return Err(AuthError::Refused(
+            "the sign-in flow expired or was not started here; try again".into(),
         ));
     };
-    if !super::session::same_secret(state, expected) {
-        return Err(ApiError::forbidden(
-            "the provider's answer does not belong to this sign-in (state mismatch)",
+    if !same_secret(state, expected) {
+        return Err(AuthError::Refused(
+            "the provider's answer does not belong to this sign-in (state mismatch)".into(),
         ));
     }
     let client = client(discovery, cfg, public_url).await?;
@@ -189,7 +230,7 @@ pub(crate) async fn finish(
         .ok_or_else(|| upstream("token response")("no ID token".into()))?;
     let claims = id_token
         .claims(&client.id_token_verifier(), &Nonce::new(nonce.to_owned()))
-        .map_err(|e| ApiError::forbidden(format!("the ID token does not verify: {e}")))?;
+        .map_err(|e| AuthError::Refused(format!("the ID token does not verify: {e}")))?;
     // Many providers put the email in the ID token; others only at the
     // userinfo endpoint, which answers for the same subject or not at all.
     let (email, verified) = match claims.email() {
@@ -205,14 +246,14 @@ pub(crate) async fn finish(
                 .await
                 .map_err(|e| upstream("userinfo")(format!("{e:?}")))?;
             let email = info.email().ok_or_else(|| {
-                ApiError::forbidden("the provider sent no email for this account")
+                AuthError::Refused("the provider sent no email for this account".into())
             })?;
             (email.as_str().to_owned(), info.email_verified())
         }
     };
     if verified != Some(true) && !cfg.danger_accept_unverified_email {
-        return Err(ApiError::forbidden(
-            "the provider has not verified this account's email",
+        return Err(AuthError::Refused(
+            "the provider has not verified this account's email".into(),
         ));
     }
     let groups = cfg
@@ -227,4 +268,49 @@ pub(crate) async fn finish(
             _ => Vec::new(),
         });
     Ok(Identity { email, groups })
+}
+
+/// Records the groups single sign-on reported for `user` if they differ
+/// from `current` (those in force); every node then rebuilds its
+/// directory. Names that are not valid group names are dropped (and
+/// logged).
+pub async fn sync_groups(
+    store: &Store,
+    user: &UserName,
+    claimed: &[String],
+    current: Vec<GroupName>,
+) -> Result<(), AuthError> {
+    let mut groups: Vec<GroupName> = claimed
+        .iter()
+        .filter_map(|g| match GroupName::parse(g) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(group = %g, error = %e, "ignoring a group from single sign-on");
+                None
+            }
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    if current == groups {
+        return Ok(());
+    }
+    let (user, t) = (user.clone(), now());
+    store
+        .write(move |tx| {
+            tx.set_synced_groups(&user, &groups, t)?;
+            tx.append_audit(
+                NewAuditRecord {
+                    kind: AuditKind::GroupsSynced,
+                    actor: "oidc".into(),
+                    subject: user.to_string(),
+                    details: json!({"groups": groups, "previous": current}),
+                },
+                t,
+            )?;
+            tx.directory_changed();
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(AuthError::Audit)
 }

@@ -18,11 +18,57 @@ use std::sync::Mutex;
 
 use airlock_core::{AuditKind, KeyLifetime, NewAuditRecord, UserName};
 use airlock_store::{ApiKeyRecord, KeyRefusal, KeyRevocation, Role, Store, StoreError};
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use rand::RngCore;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
-use super::{hash_key, new_api_key, Caller, KEY_PREFIX};
-use crate::ApiError;
+use crate::AuthError;
+
+/// The prefix of every API key, so leaked keys are easy to scan for.
+pub const KEY_PREFIX: &str = "alk_";
+
+/// Hashes an API key (or a session secret) for storage and lookup. Keys are
+/// 256 random bits, so a fast hash is enough: there is nothing to
+/// brute-force.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Makes a new API key: `(secret, stored record)`.
+pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let secret = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let id = format!("key_{}", &hash_key(&secret)[..16]);
+    let record = ApiKeyRecord {
+        id,
+        hash: hash_key(&secret),
+        user,
+        role,
+        created_at: airlock_store::time::now(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    (secret, record)
+}
+
+/// Stores a new API key and records its creation. Returns the secret, which
+/// is shown once and never stored.
+pub async fn create_api_key(
+    store: &Store,
+    user: UserName,
+    role: Role,
+    actor: &str,
+) -> Result<String, StoreError> {
+    let (secret, _) = create_api_key_with(store, user, role, None, actor).await?;
+    Ok(secret)
+}
 
 /// How stale a key's `last_used_at` may get before a use rewrites it: the
 /// granularity of "last used".
@@ -98,32 +144,33 @@ pub async fn revoke_api_key(
         .await
 }
 
-/// Checks a bearer key against the store: unknown, revoked and expired
-/// keys are refused. Any store failure is an error, never a pass.
-pub(crate) async fn authenticate(
+/// Checks a bearer key against the store and returns its record: unknown,
+/// revoked and expired keys are refused. Any store failure is an error,
+/// never a pass.
+pub async fn authenticate(
     store: &Store,
     uses: &KeyUses,
     bearer: &str,
-) -> Result<Caller, ApiError> {
+) -> Result<ApiKeyRecord, AuthError> {
     if !bearer.starts_with(KEY_PREFIX) || bearer.len() > 128 {
-        return Err(ApiError::Unauthenticated);
+        return Err(AuthError::Unauthenticated);
     }
     let hash = hash_key(bearer);
     let record = store.read_single(move |r| r.api_key_by_hash(&hash)).await?;
     let Some(record) = record else {
-        return Err(ApiError::Unauthenticated);
+        return Err(AuthError::Unauthenticated);
     };
     let now = airlock_store::time::now();
     match record.refusal(now) {
         Some(KeyRefusal::Revoked(at)) => {
-            return Err(ApiError::KeyRefused(format!(
+            return Err(AuthError::KeyRefused(format!(
                 "this API key ({}) was revoked at {}",
                 record.id,
                 airlock_store::time::fmt(at)
             )))
         }
         Some(KeyRefusal::Expired(at)) => {
-            return Err(ApiError::KeyRefused(format!(
+            return Err(AuthError::KeyRefused(format!(
                 "this API key ({}) expired at {}",
                 record.id,
                 airlock_store::time::fmt(at)
@@ -132,17 +179,13 @@ pub(crate) async fn authenticate(
         None => {}
     }
     uses.note(store, &record, now);
-    Ok(Caller {
-        user: record.user,
-        role: record.role,
-        key_id: record.id,
-    })
+    Ok(record)
 }
 
 /// When this node last asked the store to record each key's use, so that a
 /// busy key costs one small write a minute, not one per request.
 #[derive(Debug, Default)]
-pub(crate) struct KeyUses {
+pub struct KeyUses {
     asked: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 

@@ -1,0 +1,286 @@
+//! The outbox worker: claims due messages one at a time under a lease,
+//! hands each to its channel, and records the outcome: delivered, retried
+//! later with back-off, or failed (at once when the error is permanent,
+//! else after `max_attempts`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_store::time::now;
+use airlock_store::{OutboxMessage, StoreError};
+
+use crate::channel::{Channel, Delivered, DeliveryError};
+use crate::config::NotifyConfig;
+use crate::discord::Discord;
+use crate::email::Email;
+use crate::host::{Host, Outcome};
+use crate::outbox::message_id;
+use crate::slack::Slack;
+use crate::webhook::Webhook;
+
+/// Seconds to wait before attempt `n + 1` after `n` failures: 1, 2, 4, …
+/// capped at an hour.
+fn backoff(failures: u32) -> chrono::Duration {
+    chrono::Duration::seconds(1i64 << failures.min(12)).min(chrono::Duration::hours(1))
+}
+
+/// Messages taken per claim. One: its lease must cover its own sending
+/// only, or a slow batch would outlive the lease and another node would
+/// send the rest again.
+const BATCH: u32 = 1;
+/// HTTP calls one message may need (a Discord DM takes two, a Slack
+/// update one per channel), for the lease.
+const CALLS_PER_MESSAGE: u32 = 4;
+
+/// Delivers the outbox: at once after a change (any node's), and every
+/// second for retries coming due. Runs until the process ends.
+pub async fn run<H: Host + 'static>(host: Arc<H>) {
+    let http = match reqwest::Client::builder()
+        // A receiver's redirect is not followed: that would let it point
+        // Airlock at any URL (SSRF).
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notifications stay queued");
+            return;
+        }
+    };
+    let mut events = host.store().subscribe();
+    loop {
+        // Nothing configured (now: a reload may add a channel): no store work.
+        if !host.settings().any_channel() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+            continue;
+        }
+        match deliver_due(&*host, &http).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    }
+}
+
+/// Sends one message through the channel its target names, as configured
+/// now.
+async fn send(
+    host: &dyn Host,
+    http: &reqwest::Client,
+    config: &NotifyConfig,
+    msg: &OutboxMessage,
+    timeout: Duration,
+) -> Result<Delivered, DeliveryError> {
+    let gone = |what: &str| {
+        Err(DeliveryError::Permanent(format!(
+            "{what} is no longer configured"
+        )))
+    };
+    if msg.target.starts_with("discord:") {
+        match &config.discord {
+            Some(cfg) => {
+                Discord {
+                    http,
+                    cfg,
+                    host,
+                    timeout,
+                }
+                .deliver(msg)
+                .await
+            }
+            None => gone("Discord"),
+        }
+    } else if msg.target.starts_with("slack:") {
+        match &config.slack {
+            Some(cfg) => {
+                Slack {
+                    http,
+                    cfg,
+                    host,
+                    timeout,
+                }
+                .deliver(msg)
+                .await
+            }
+            None => gone("Slack"),
+        }
+    } else if msg.target.starts_with("mailto:") {
+        match &config.email {
+            Some(cfg) => Email { cfg, timeout }.deliver(msg).await,
+            None => gone("email"),
+        }
+    } else {
+        match config.webhooks.iter().find(|h| h.url == msg.target) {
+            Some(hook) => {
+                Webhook {
+                    http,
+                    hook,
+                    timeout,
+                }
+                .deliver(msg)
+                .await
+            }
+            None => gone("this webhook"),
+        }
+    }
+}
+
+/// One delivery round: claims due messages, sends them, records the
+/// outcomes. Returns how many were claimed.
+pub async fn deliver_due(host: &dyn Host, http: &reqwest::Client) -> Result<usize, StoreError> {
+    let config = host.settings();
+    let store = host.store();
+    let timeout = Duration::from_secs(config.delivery_timeout_seconds.max(1));
+    let t = now();
+    // Only this attempt may record the outcome of what it claims.
+    let claim = message_id();
+    let lease = t
+        + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
+        + chrono::Duration::seconds(5);
+    let due = store
+        .write({
+            let claim = claim.clone();
+            move |tx| tx.claim_outbox(t, lease, BATCH, &claim)
+        })
+        .await?;
+    let claimed = due.len();
+    for msg in due {
+        let result = send(host, http, &config, &msg, timeout).await;
+        let (id, c) = (msg.id.clone(), claim.clone());
+        let (outcome, kept) = match result {
+            Ok(Delivered) => {
+                let kept = store
+                    .write(move |tx| tx.outbox_delivered(&id, now(), &c))
+                    .await?;
+                (Outcome::Delivered, kept)
+            }
+            Err(e) => {
+                let give_up = e.is_permanent() || msg.attempts + 1 >= config.max_attempts;
+                let next = now() + backoff(msg.attempts);
+                let why = e.to_string();
+                tracing::warn!(message = %msg.id, target = %msg.target, error = %why, give_up, "webhook delivery failed");
+                let kept = store
+                    .write(move |tx| tx.outbox_attempt_failed(&id, &why, next, give_up, &c))
+                    .await?;
+                (
+                    if give_up {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Retry
+                    },
+                    kept,
+                )
+            }
+        };
+        if !kept {
+            // The lease lapsed and another attempt owns the message now;
+            // its outcome is the one recorded.
+            tracing::warn!(message = %msg.id, "outbox lease lost before the outcome was recorded");
+        }
+        host.observe(outcome);
+    }
+    Ok(claimed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::WebhookConfig;
+    use crate::host::Platform;
+    use airlock_core::{Request, RequestId};
+    use airlock_store::Store;
+    use serde_json::Value;
+
+    /// A service with only a store and a `[notify]` section.
+    struct Fake {
+        store: Store,
+        settings: NotifyConfig,
+        outcomes: std::sync::Mutex<Vec<Outcome>>,
+    }
+
+    impl Host for Fake {
+        fn store(&self) -> &Store {
+            &self.store
+        }
+        fn settings(&self) -> NotifyConfig {
+            self.settings.clone()
+        }
+        fn view(&self, _: &Request) -> Result<Value, DeliveryError> {
+            Err(DeliveryError::Permanent("no views here".into()))
+        }
+        fn link(&self, id: RequestId) -> String {
+            format!("http://airlock.invalid/requests/{id}")
+        }
+        fn chat_id(&self, _: Platform, _: &str) -> Option<String> {
+            None
+        }
+        fn observe(&self, outcome: Outcome) {
+            self.outcomes.lock().unwrap().push(outcome);
+        }
+    }
+
+    /// A transient failure (nobody listening) is retried later; a permanent
+    /// one (Slack no longer configured) is marked failed at its first
+    /// attempt, whatever `max_attempts` says.
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_permanent_ones_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
+        // A port nothing listens on: the connection is refused.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        drop(listener);
+        let settings = NotifyConfig {
+            webhooks: vec![WebhookConfig {
+                url: url.clone(),
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                events: Vec::new(),
+            }],
+            max_attempts: 10,
+            ..NotifyConfig::default()
+        };
+        store
+            .write(move |tx| {
+                crate::outbox::queue(tx, url, "request.created", serde_json::json!({}))?;
+                crate::outbox::queue(
+                    tx,
+                    "slack:update".into(),
+                    "request.reviewed",
+                    serde_json::json!({}),
+                )
+            })
+            .await
+            .unwrap();
+        let host = Fake {
+            store,
+            settings,
+            outcomes: Default::default(),
+        };
+        let http = reqwest::Client::new();
+        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
+        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
+        let mut outcomes = host.outcomes.lock().unwrap().clone();
+        outcomes.sort_by_key(|o| o.as_str());
+        assert_eq!(outcomes, [Outcome::Failed, Outcome::Retry]);
+        let all = host.store.read(|r| r.outbox_list(None, 10)).await.unwrap();
+        let slack = all.iter().find(|m| m.target == "slack:update").unwrap();
+        assert_eq!(slack.status, "failed");
+        assert_eq!(slack.attempts, 1);
+        assert_eq!(
+            slack.last_error.as_deref(),
+            Some("Slack is no longer configured")
+        );
+        let hook = all.iter().find(|m| m.target != "slack:update").unwrap();
+        assert_eq!(hook.status, "pending");
+        assert_eq!(hook.attempts, 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), chrono::Duration::seconds(1));
+        assert_eq!(backoff(3), chrono::Duration::seconds(8));
+        assert_eq!(backoff(30), chrono::Duration::hours(1));
+    }
+}
