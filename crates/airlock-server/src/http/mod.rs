@@ -1,5 +1,5 @@
-//! The HTTP API v1: routes, authentication, and the one place where every
-//! error becomes a JSON response.
+//! The HTTP API v1: routes and authentication; every error becomes a JSON
+//! response in `respond`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +11,7 @@ use airlock_api::{
 };
 use airlock_core::{GrantId, RequestId, RequestStatus};
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
-};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +22,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub mod listen;
+mod respond;
+
+use respond::ApiJson;
 
 pub use listen::raise_open_file_limit;
 
@@ -32,46 +32,6 @@ use crate::service::{CheckBody, CompleteBody, ConsumeBody};
 use crate::{Airlock, ApiError, Caller};
 
 type AppState = Arc<Airlock>;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(code = %self.code(), error = %self, "request failed");
-        }
-        let mut res = (status, Json(self.body())).into_response();
-        if let ApiError::RateLimited {
-            retry_after_seconds,
-        } = self
-        {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
-        }
-        res
-    }
-}
-
-/// A JSON body whose every rejection (syntax, fields, size, type) is an
-/// [`ApiError`], so clients always get the contract's error shape.
-struct ApiJson<T>(T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::TooLarge)
-            }
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
-            Err(e) => Err(ApiError::BadRequest(e.body_text())),
-        }
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller
 where

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use airlock_core::{RequestId, UserName, Verdict};
-use airlock_notify::discord::{allowed_mentions, markdown_text, MAX_VALUE};
+use airlock_notify::discord::allowed_mentions;
 use airlock_store::time::now;
 use airlock_store::Role;
 use axum::body::Bytes;
@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{json, Value};
 
-use crate::{Airlock, ApiError, Caller};
+use crate::{Airlock, Caller};
 
 type AppState = Arc<Airlock>;
 
@@ -70,11 +70,6 @@ fn private(text: &str) -> Response {
         .into_response()
 }
 
-fn refusal(e: &ApiError) -> String {
-    // Error messages can quote what someone wrote.
-    format!("Not done: {}", markdown_text(&e.to_string(), MAX_VALUE))
-}
-
 async fn interactions(
     State(airlock): State<AppState>,
     headers: HeaderMap,
@@ -116,7 +111,7 @@ async fn interactions(
     match fresh {
         Ok(true) => {}
         Ok(false) => return private("Already handled."),
-        Err(e) => return private(&refusal(&e.into())),
+        Err(e) => return private(&super::respond::discord(&e.into())),
     }
     let discord_user = i["member"]["user"]["id"]
         .as_str()
@@ -142,11 +137,11 @@ async fn interactions(
         {
             // Acknowledged; the message is updated from the outbox.
             Ok(_) => Json(json!({"type": 6})).into_response(),
-            Err(e) => private(&refusal(&e)),
+            Err(e) => private(&super::respond::discord(&e)),
         },
         (Some(3), "deny") => {
             if let Err(e) = airlock.may_review(&caller, id).await {
-                return private(&refusal(&e));
+                return private(&super::respond::discord(&e));
             }
             Json(json!({"type": 9, "data": {
                 "custom_id": format!("deny:{id}"),
@@ -167,7 +162,7 @@ async fn interactions(
                 .await
             {
                 Ok(_) => private("Denied."),
-                Err(e) => private(&refusal(&e)),
+                Err(e) => private(&super::respond::discord(&e)),
             }
         }
         _ => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),

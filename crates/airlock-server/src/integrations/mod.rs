@@ -4,4 +4,5 @@
 //! calls the same service methods as every other channel.
 
 pub(crate) mod discord;
+mod respond;
 pub(crate) mod slack;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::{RequestId, UserName, Verdict};
-use airlock_notify::slack::mrkdwn_text;
 use airlock_store::Role;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,7 +17,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::{Airlock, ApiError, Caller};
+use crate::{Airlock, Caller};
 
 type AppState = Arc<Airlock>;
 
@@ -134,13 +133,13 @@ async fn interactions(
                     .await
                 {
                     Ok(_) => StatusCode::OK.into_response(),
-                    Err(e) => ephemeral(&payload, &refusal(&e)).await,
+                    Err(e) => ephemeral(&payload, &super::respond::slack(&e)).await,
                 },
                 Some("deny") => {
                     // A deny needs a reason: ask for it in a dialog, checking
                     // first that this person may deny at all.
                     if let Err(e) = airlock.may_review(&caller, id).await {
-                        return ephemeral(&payload, &refusal(&e)).await;
+                        return ephemeral(&payload, &super::respond::slack(&e)).await;
                     }
                     let modal = json!({
                         "trigger_id": payload["trigger_id"],
@@ -187,18 +186,13 @@ async fn interactions(
                 // An empty 200 closes the dialog.
                 Ok(_) => StatusCode::OK.into_response(),
                 Err(e) => {
-                    Json(json!({"response_action": "errors", "errors": {"reason": refusal(&e)}}))
+                    Json(json!({"response_action": "errors", "errors": {"reason": super::respond::slack(&e)}}))
                         .into_response()
                 }
             }
         }
         _ => refuse(StatusCode::BAD_REQUEST, "unsupported interaction"),
     }
-}
-
-fn refusal(e: &ApiError) -> String {
-    // Error messages can quote what someone wrote.
-    format!("Not done: {}", mrkdwn_text(&e.to_string()))
 }
 
 /// Tells only the person who clicked, through the interaction's

@@ -6,6 +6,7 @@
 
 mod charts;
 mod pages;
+mod respond;
 mod session;
 mod simulate;
 
@@ -32,6 +33,7 @@ use airlock_auth::oidc;
 
 use crate::{Airlock, ApiError};
 use pages::Viewer;
+use respond::{fail, Refusal};
 use session::{
     cookie, random_token, same_secret, set_cookie, WebUser, LOGIN_CSRF_COOKIE, SESSION_COOKIE,
 };
@@ -63,45 +65,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/policy/simulate", post(simulate))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(style))
-}
-
-/// Why a console request was not served, turned into a response in one
-/// place: the sign-in page for a page view without a session, otherwise an
-/// error page with the status the API would use.
-enum Refusal {
-    SignIn,
-    Failed {
-        /// Who was signed in (name, CSRF token), for the page frame.
-        viewer: Option<(String, String)>,
-        error: ApiError,
-    },
-}
-
-fn fail(user: Option<&WebUser>, error: ApiError) -> Refusal {
-    Refusal::Failed {
-        viewer: user.map(|u| (u.caller.user.to_string(), u.csrf.clone())),
-        error,
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let (viewer, e) = match self {
-            Refusal::SignIn => return Redirect::to("/login").into_response(),
-            Refusal::Failed { viewer, error } => (viewer, error),
-        };
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(code = %e.code(), error = %e, "console request failed");
-        }
-        let v = viewer.as_ref().map(|(user, csrf)| Viewer { user, csrf });
-        let title = if status == StatusCode::NOT_FOUND {
-            "Not found"
-        } else {
-            "Not done"
-        };
-        (status, pages::error(v.as_ref(), title, &e.to_string())).into_response()
-    }
 }
 
 type Page = Result<Response, Refusal>;
