@@ -5,7 +5,7 @@ use airlock_core::request::GrantRecord;
 use airlock_core::{Action, Fingerprint, GrantId, RequestId, UserName};
 use chrono::{DateTime, Utc};
 
-use super::{corrupt, requests, RequestRows};
+use super::corrupt;
 use crate::model::{ConsumeOutcome, GrantRow};
 use crate::StoreError;
 
@@ -143,14 +143,4 @@ pub(crate) fn consume<T: GrantRows + ?Sized>(
         None => ConsumeOutcome::Unknown,
         Some(state) => state.refusal(),
     })
-}
-
-pub(crate) fn insert<T: RequestRows + GrantRows + ?Sized>(
-    tx: &mut T,
-    id: &RequestId,
-    fp: &Fingerprint,
-    grant: &GrantRecord,
-) -> Result<(), StoreError> {
-    let req = requests::get(tx, id)?.ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
-    tx.insert_grant_row(id, fp, grant, &req.action)
 }

@@ -198,7 +198,7 @@ impl<T: Rows> WriteTx for T {
         fp: &Fingerprint,
         grant: &GrantRecord,
     ) -> Result<(), StoreError> {
-        grants::insert(self, id, fp, grant)
+        requests::insert_grant(self, id, fp, grant)
     }
 
     fn consume_grant(

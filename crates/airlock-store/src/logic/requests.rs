@@ -269,3 +269,15 @@ pub(crate) fn raise_requirement<T: RequestRows + ?Sized>(
     }
     Ok(raised)
 }
+
+/// Issues the grant of a request: the grant row carries the request's
+/// action, read in the same transaction.
+pub(crate) fn insert_grant<T: RequestRows + GrantRows + ?Sized>(
+    tx: &mut T,
+    id: &RequestId,
+    fp: &Fingerprint,
+    grant: &airlock_core::request::GrantRecord,
+) -> Result<(), StoreError> {
+    let req = get(tx, id)?.ok_or_else(|| StoreError::Db(format!("no request {id}")))?;
+    tx.insert_grant_row(id, fp, grant, &req.action)
+}
