@@ -46,6 +46,8 @@ CEDAR
   cat >"$d/airlock.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
+checks_per_second_per_key = 1000000
+check_burst_per_key = 1000000
 data_dir = "$DIR/shared"
 [storage]
 url = "$URL"
