@@ -61,6 +61,23 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// Whether records of this kind belong to a request or its grant; only
+    /// these are filed under one (the `request_id` column).
+    pub fn is_about_requests(self) -> bool {
+        matches!(
+            self,
+            Self::Decision
+                | Self::RequestCreated
+                | Self::Review
+                | Self::RequestState
+                | Self::GrantIssued
+                | Self::GrantConsumed
+                | Self::GrantRefused
+                | Self::GrantCompleted
+                | Self::RequirementRaised
+        )
+    }
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -156,6 +173,11 @@ impl NewAuditRecord {
     /// `context`, `detail`), so no caller can file a record under someone
     /// else's request.
     pub fn request_id(&self) -> Option<&str> {
+        if !self.kind.is_about_requests() {
+            // Their subject can be text a caller typed (a user name at
+            // sign-in), which could look like a request id.
+            return None;
+        }
         if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
             return Some(&self.subject);
         }
@@ -511,6 +533,31 @@ mod tests {
         // And a float that would not survive a parse keeps its exact text.
         let d = RecordedJson::from_stored(r#"{"n":9376.0323511051380}"#.into()).unwrap();
         assert_eq!(d.get(), r#"{"n":9376.0323511051380}"#);
+    }
+
+    #[test]
+    fn only_request_records_are_filed_under_a_request() {
+        let rec = |kind, subject: &str, details| NewAuditRecord {
+            kind,
+            actor: "x".into(),
+            subject: subject.into(),
+            details,
+        };
+        let id = "req_01a21552-c916-76b1-b1d4-7e13c514b076";
+        assert_eq!(rec(AuditKind::Review, id, json!({})).request_id(), Some(id));
+        assert_eq!(
+            rec(AuditKind::GrantConsumed, "grt_x", json!({"request": id})).request_id(),
+            Some(id)
+        );
+        // A sign-in's subject is the name someone typed.
+        assert_eq!(
+            rec(AuditKind::SignInFailed, id, json!({})).request_id(),
+            None
+        );
+        assert_eq!(
+            rec(AuditKind::SignInLocked, id, json!({"request": id})).request_id(),
+            None
+        );
     }
 
     #[test]

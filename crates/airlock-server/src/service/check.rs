@@ -11,6 +11,8 @@ use airlock_store::StoreError;
 use chrono::{Datelike, Timelike};
 use serde_json::{json, Map, Value};
 
+use airlock_api::ErrorCode;
+
 use super::notify;
 use super::{Airlock, Caller};
 use crate::ApiError;
@@ -152,6 +154,9 @@ impl Airlock {
                         .first()
                         .map(|t| t.policy_id.clone())
                         .unwrap_or_default();
+                    // The decision is on record with why nothing was asked.
+                    details["refused"] = json!(ErrorCode::ReasonRequired);
+                    self.record_decision(actor, details, t).await?;
                     return Err(ApiError::ReasonRequired(p));
                 }
                 let decision_details = details;
@@ -194,6 +199,18 @@ impl Airlock {
                                 // racing checks cannot overshoot the cap.
                                 let pending = tx.count_pending(&request.action.principal)?;
                                 if pending >= i64::from(max_pending) {
+                                    // On record, with why no request was made.
+                                    let mut d = decision_details;
+                                    d["refused"] = json!(ErrorCode::TooManyPending);
+                                    tx.append_audit(
+                                        NewAuditRecord {
+                                            kind: AuditKind::Decision,
+                                            actor,
+                                            subject: String::new(),
+                                            details: d,
+                                        },
+                                        t,
+                                    )?;
                                     return Ok(None);
                                 }
                                 tx.insert_request(&request)?;

@@ -66,12 +66,29 @@ impl Airlock {
         // as it is described now (a million rows where ten were approved
         // needs the approvals a million rows needs).
         let mut action = body.action;
-        self.screen_facts(caller, &mut action)?;
         let loaded = self.loaded.load_full();
-        let context = self.context_for(&action, &loaded.engine, peer).await?;
+        let context = match self.screen_facts(caller, &mut action) {
+            Ok(()) => self.context_for(&action, &loaded.engine, peer).await,
+            Err(e) => Err(e),
+        };
+        let context = match context {
+            Ok(c) => c,
+            Err(e) => {
+                // Refused before the grant was looked at: still on record.
+                self.refuse(
+                    caller,
+                    Some(claims.jti),
+                    e.code(),
+                    &e.to_string(),
+                    fingerprint.to_string(),
+                )
+                .await?;
+                return Err(e);
+            }
+        };
         let now_needs = match loaded.engine.decide(&action, context.clone()) {
-            Ok(Decision::Allow { .. }) => Ok(Vec::new()),
-            Ok(Decision::ApprovalRequired { requirement, .. }) => Ok(requirement.thresholds),
+            Ok(Decision::Allow { .. }) => Ok(None),
+            Ok(Decision::ApprovalRequired { requirement, .. }) => Ok(Some(requirement)),
             Ok(Decision::Deny { message, .. }) => Err(format!(
                 "policy denies this action as it is described now: {message}"
             )),
@@ -101,13 +118,13 @@ impl Airlock {
             .store
             .write(move |tx| {
                 let Some(row) = tx.get_grant(&gid)? else {
-                    return refuse_in(tx, &actor, gid, ErrorCode::InvalidGrant, "unknown grant".into(), t);
+                    return refuse_in(tx, &actor, None, gid, ErrorCode::InvalidGrant, "unknown grant".into(), t);
                 };
                 let Some(req) = tx.get_request(&row.request_id)? else {
-                    return refuse_in(tx, &actor, gid, ErrorCode::InvalidGrant, "unknown request".into(), t);
+                    return refuse_in(tx, &actor, None, gid, ErrorCode::InvalidGrant, "unknown request".into(), t);
                 };
                 if req.status == RequestStatus::Revoked || row.grant.revoked {
-                    return refuse_in(tx, &actor, gid, ErrorCode::GrantRevoked, "the grant was revoked".into(), t);
+                    return refuse_in(tx, &actor, Some(req.id), gid, ErrorCode::GrantRevoked, "the grant was revoked".into(), t);
                 }
                 if !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
                     // A reviewer left an approver group since approving:
@@ -115,21 +132,42 @@ impl Airlock {
                     return refuse_in(
                         tx,
                         &actor,
+                        Some(req.id),
                         gid,
                         ErrorCode::GrantRevoked,
                         "the approvals no longer meet the policy: an approver has left their group".into(),
                         t,
                     );
                 }
-                if !req.meets(&now_needs, |u, g| loaded.directory.is_member(u, g)) {
-                    return refuse_in(
-                        tx,
-                        &actor,
-                        gid,
-                        ErrorCode::ActionMismatch,
-                        "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers)".into(),
-                        t,
-                    );
+                if let Some(now) = &now_needs {
+                    if !req.meets(&now.thresholds, |u, g| loaded.directory.is_member(u, g)) {
+                        return refuse_in(
+                            tx,
+                            &actor,
+                            Some(req.id),
+                            gid,
+                            ErrorCode::ActionMismatch,
+                            "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers)".into(),
+                            t,
+                        );
+                    }
+                    // The grant's own terms must be no looser than what
+                    // policy asks now: uses, lifetime, and a reason.
+                    let terms = &req.requirement;
+                    if now.max_uses < terms.max_uses
+                        || now.grant_ttl < terms.grant_ttl
+                        || (now.reason_required && req.reason.is_none())
+                    {
+                        return refuse_in(
+                            tx,
+                            &actor,
+                            Some(req.id),
+                            gid,
+                            ErrorCode::ActionMismatch,
+                            "the grant is looser than what policy requires for this action as it is described now (fewer uses, a shorter lifetime, or a reason)".into(),
+                            t,
+                        );
+                    }
                 }
                 let outcome = tx.consume_grant(&gid, t)?;
                 let (code, message) = match outcome {
@@ -161,7 +199,7 @@ impl Airlock {
                     ConsumeOutcome::Expired => (ErrorCode::GrantExpired, "the grant has expired".to_owned()),
                     ConsumeOutcome::Unknown => (ErrorCode::InvalidGrant, "unknown grant".to_owned()),
                 };
-                refuse_in(tx, &actor, gid, code, message, t)
+                refuse_in(tx, &actor, Some(req.id), gid, code, message, t)
             })
             .await?;
         match result {
@@ -248,6 +286,7 @@ type Refused = Result<Result<(airlock_core::RequestId, u32), (ErrorCode, String)
 fn refuse_in(
     tx: &mut dyn airlock_store::WriteTx,
     actor: &str,
+    request: Option<airlock_core::RequestId>,
     gid: GrantId,
     code: ErrorCode,
     message: String,
@@ -258,7 +297,12 @@ fn refuse_in(
             kind: AuditKind::GrantRefused,
             actor: actor.to_owned(),
             subject: gid.to_string(),
-            details: json!({"code": code, "message": &message}),
+            // Filed under its request when it is known, so the refusal is
+            // in the request's history.
+            details: match request {
+                Some(r) => json!({"code": code, "message": &message, "request": r.to_string()}),
+                None => json!({"code": code, "message": &message}),
+            },
         },
         t,
     )

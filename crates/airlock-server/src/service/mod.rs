@@ -242,6 +242,11 @@ impl Airlock {
     /// `airlock_auth::api_keys`).
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, ApiError> {
         let key = airlock_auth::api_keys::authenticate(&self.store, &self.key_uses, bearer).await?;
+        // A user removed from the configuration keeps no access through a
+        // key made for them (enforcer keys name a service, not a person).
+        if key.role != Role::Enforcer && !self.loaded.load().directory.contains(&key.user) {
+            return Err(ApiError::Unauthenticated);
+        }
         Ok(Caller {
             user: key.user,
             role: key.role,

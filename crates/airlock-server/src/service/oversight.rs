@@ -11,10 +11,15 @@ use crate::ApiError;
 impl Airlock {
     /// Who may read the audit log and the outbox, and retry notifications:
     /// admin keys, and members of `[web] auditor_groups` (from the console
-    /// or with their own key). The API and the console used to disagree.
+    /// or with their own `user` key; never an enforcer key). The API and the console used to disagree.
     pub fn may_oversee(&self, caller: &Caller) -> bool {
         if caller.is_admin() {
             return true;
+        }
+        // An enforcer key acts for others (a proxy, a gateway): its user
+        // being in an auditor group must not open the whole log to it.
+        if caller.role != airlock_store::Role::User {
+            return false;
         }
         let loaded = self.loaded.load();
         self.config

@@ -32,37 +32,47 @@ pub struct RequestPage {
     pub next: Option<Cursor>,
 }
 
+/// Most records of one request shown at once (its history, its decisions):
+/// the newest, so a flood of re-checks cannot push the latest out.
+const HISTORY: u32 = 500;
+
 impl Airlock {
-    /// A request's history (its records and its grant's), oldest first.
-    /// Takes the request itself, which only `get_request` hands out after
-    /// checking the caller may see it.
+    /// A request's history (its records and its grant's), oldest first:
+    /// the newest `HISTORY` records filed under it (by the request column,
+    /// which only request records fill, so nothing a caller types can join
+    /// it). Takes the request itself, which only `get_request` hands out
+    /// after checking the caller may see it.
     pub async fn request_history(&self, req: &Request) -> Result<Vec<AuditRecord>, ApiError> {
-        let subjects = std::iter::once(req.id.to_string())
-            .chain(req.grant.as_ref().map(|g| g.grant_id.to_string()))
-            .collect::<Vec<_>>();
-        Ok(self
-            .store
-            .read(move |r| {
-                let mut out = Vec::new();
-                for s in &subjects {
-                    out.extend(r.audit_about(s, 500)?);
-                }
-                out.sort_by_key(|a| a.seq);
-                Ok(out)
-            })
-            .await?)
+        self.filed_under(req, None).await
     }
 
-    /// Every decision that led to a request, oldest first, each with the
-    /// context it was decided on: a check that found the request pending
-    /// adds its own, so approvers see every description of the action, not
-    /// only the first.
+    async fn filed_under(
+        &self,
+        req: &Request,
+        kind: Option<AuditKind>,
+    ) -> Result<Vec<AuditRecord>, ApiError> {
+        let filter = airlock_store::AuditFilter {
+            request: Some(req.id.to_string()),
+            kind: kind.map(|k| k.as_str().to_owned()),
+            ..Default::default()
+        };
+        let mut records = self
+            .store
+            .read(move |r| r.audit_search(&filter, HISTORY))
+            .await?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Every decision that led to a request (the newest `HISTORY`), oldest
+    /// first, each with the context it was decided on: a check that found
+    /// the request pending adds its own, so approvers see every description
+    /// of the action, not only the first.
     pub async fn decisions_about(&self, req: &Request) -> Result<Vec<DecisionView>, ApiError> {
         Ok(self
-            .request_history(req)
+            .filed_under(req, Some(AuditKind::Decision))
             .await?
             .into_iter()
-            .filter(|a| a.kind == AuditKind::Decision.as_str())
             .map(|a| {
                 let d = a.details.value();
                 DecisionView {

@@ -157,6 +157,8 @@ CREATE TABLE interactions_seen (
 -- `request` it put at the top of the details), never from caller text.
 ALTER TABLE audit ADD COLUMN request_id TEXT;
 UPDATE audit SET request_id = CASE
+    WHEN kind NOT IN ('decision', 'request_created', 'review', 'request_state', 'grant_issued',
+                     'grant_consumed', 'grant_refused', 'grant_completed') THEN NULL
     WHEN subject LIKE 'req\_%' ESCAPE '\' THEN subject
     WHEN json_valid(details) AND json_type(details, '$.request') = 'text'
         THEN json_extract(details, '$.request')

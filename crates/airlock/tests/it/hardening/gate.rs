@@ -437,6 +437,107 @@ async fn namespaced_resource_types_are_kept_whole(db: Db) {
     );
 }
 
+const USES: &str = r#"
+@id("small-export")
+@approvers("leads")
+@max_uses("5")
+permit(principal, action == Action::"export", resource)
+when { context.rows < 1000 };
+
+@id("large-export")
+@approvers("leads")
+permit(principal, action == Action::"export", resource)
+when { context.rows >= 1000 };
+"#;
+
+async fn a_grant_keeps_no_looser_terms_than_policy_asks_now(db: Db) {
+    // The same approvers either way, but a large export gets one use, not
+    // five: a grant approved for ten rows must not carry it.
+    let s = start_policy(&db, USES, "", LEADS);
+    let (alice, lena, enforcer) = (
+        s.key("alice", "user"),
+        s.key("lena", "user"),
+        s.key("proxy", "enforcer"),
+    );
+    let (_, r) = s.post(&alice, "/v1/check", rows_export(10)).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (_, r) = s.review(&lena, &id, "approve").await;
+    assert_eq!(r["status"], "approved", "{r}");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let token = r["grant"]["token"].as_str().unwrap().to_owned();
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": rows_export(1_000_000)}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("action_mismatch")),
+        "{r}"
+    );
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": rows_export(10)}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    // Both consumptions, refused and spent, are in the request's history.
+    let (_, a) = s
+        .get(&s.key("admin", "admin"), "/v1/audit?limit=10000")
+        .await;
+    let refused = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "grant_refused" && r["details"]["request"] == id.as_str())
+        .count();
+    assert_eq!(refused, 1);
+}
+
+async fn keys_of_removed_users_and_enforcers_in_auditor_groups_are_refused(db: Db) {
+    let s = Server::start_extra(&db, POLICIES, "[web]\nauditor_groups = [\"security\"]\n");
+    let (alice, bob, bob_enforcer) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("bob", "enforcer"),
+    );
+    // An auditor's own key reads the log; an enforcer key never does.
+    assert_eq!(s.get(&bob, "/v1/audit").await.0, 200);
+    assert_eq!(s.get(&bob_enforcer, "/v1/audit").await.0, 403);
+    // alice leaves the configuration: her key stops working.
+    assert_eq!(s.get(&alice, "/v1/requests").await.0, 200);
+    s.set_users(&format!(
+        "{}\n[web]\nauditor_groups = [\"security\"]\n",
+        USERS
+            .replace(
+                "name = \"alice\"\ngroups = [\"engineering\"]",
+                "name = \"alicia\"\ngroups = [\"engineering\"]"
+            )
+            .replace(
+                "email = \"alice@example.com\"\nslack_id = \"U0ALICE\"\ndiscord_id = \"D0ALICE\"",
+                ""
+            )
+    ));
+    Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = 200;
+    for _ in 0..100 {
+        status = s.get(&alice, "/v1/requests").await.0;
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401);
+    assert_eq!(s.get(&bob, "/v1/requests").await.0, 200);
+}
+
 #[test]
 fn a_policy_asking_for_step_up_does_not_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -464,4 +565,6 @@ on_both_stores!(
     trusted_facts_come_from_trusted_callers,
     numbers_bind_exactly_and_never_break_the_chain,
     namespaced_resource_types_are_kept_whole,
+    a_grant_keeps_no_looser_terms_than_policy_asks_now,
+    keys_of_removed_users_and_enforcers_in_auditor_groups_are_refused,
 );
