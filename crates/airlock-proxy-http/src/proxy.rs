@@ -1,0 +1,789 @@
+//! One proxy listener: identify the end user, match the route, check, hold,
+//! forward once, scan the response. Every error on the way refuses the
+//! request; nothing here forwards by default.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_api::{CheckBody, CheckResponse, ErrorBody, ErrorCode, Outcome, RequestView};
+use airlock_client::{ClientError, Enforcer, Entry, Gate};
+use airlock_core::action::Resource;
+use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use airlock_dlp::Scanner;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{json, Map};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::config::{HttpProxyConfig, ResponseDlp, RouteConfig};
+use crate::route::{ambiguous_path, Routes};
+use crate::scan::{self, Counts};
+use crate::ProxyError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the proxy sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The header carrying the end user's API key; never forwarded.
+pub const TOKEN_HEADER: &str = "airlock-token";
+/// The header naming a held request on a retry; never forwarded.
+pub const REQUEST_HEADER: &str = "airlock-request";
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A matched request's action, owned (it outlives the match when the
+/// forwarding of a consumed grant runs on its own task).
+#[derive(Debug, Clone)]
+struct Target {
+    route: RouteConfig,
+    action: ActionName,
+    resource: Resource,
+}
+
+/// One HTTP proxy: its routes, its gate, its upstream.
+pub struct Proxy {
+    cfg: HttpProxyConfig,
+    routes: Routes,
+    enforcer: Enforcer<Arc<dyn Gate>>,
+    upstream: String,
+    upstream_authority: HeaderValue,
+    principal_header: Option<HeaderName>,
+    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    scanner: Scanner,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("name", &self.cfg.name)
+            .field("listen", &self.cfg.listen)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Body> {
+    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
+    let mut res = Response::new(full(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A gate's refusal as the end user sees it: the API's 4xx refusals pass
+/// through (action_mismatch, grant_spent, …); the proxy's own key being
+/// refused, or Airlock failing or unreachable, is 503 — never a forward.
+fn gate_error(e: ClientError) -> Response<Body> {
+    match e {
+        ClientError::Api {
+            status,
+            code,
+            message,
+        } if (400..500).contains(&status) && status != 401 => refuse(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            code,
+            message,
+        ),
+        ClientError::NoToken => refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::GrantSpent,
+            "this request's grant is no longer available",
+        ),
+        other => {
+            tracing::warn!(error = %other, "proxy: asking Airlock failed");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::UpstreamUnavailable,
+                "Airlock could not decide this request; it was not forwarded",
+            )
+        }
+    }
+}
+
+fn take_header(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let v = headers.remove(name)?;
+    // A second copy must not survive to the upstream either.
+    while headers.remove(name).is_some() {}
+    v.to_str().ok().map(|s| s.trim().to_owned())
+}
+
+impl Proxy {
+    /// A proxy for `cfg`, asking `gate` (whose identity must be an
+    /// enforcer's). Routes, the upstream and the detectors are checked here.
+    pub fn new(cfg: HttpProxyConfig, gate: Arc<dyn Gate>) -> Result<Arc<Self>, ProxyError> {
+        let bad = |m: String| ProxyError::Config(format!("proxies.http {:?}: {m}", cfg.name));
+        let routes = Routes::compile(&cfg.routes)?;
+        let uri: Uri = cfg
+            .upstream
+            .parse()
+            .map_err(|e| bad(format!("upstream {:?}: {e}", cfg.upstream)))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(format!(
+                "upstream {:?} must be an http:// URL",
+                cfg.upstream
+            )));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| bad(format!("upstream {:?} has no host", cfg.upstream)))?
+            .to_string();
+        let upstream_authority = HeaderValue::from_str(&authority)
+            .map_err(|e| bad(format!("upstream host {authority:?}: {e}")))?;
+        let principal_header = cfg
+            .principal_header
+            .as_deref()
+            .map(|h| {
+                HeaderName::from_bytes(h.trim().as_bytes())
+                    .map_err(|e| bad(format!("principal_header {h:?}: {e}")))
+            })
+            .transpose()?;
+        let scanner = Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        Ok(Arc::new(Self {
+            upstream: format!("http://{authority}"),
+            upstream_authority,
+            principal_header,
+            routes,
+            enforcer: Enforcer::new(gate),
+            client,
+            scanner,
+            cfg,
+        }))
+    }
+
+    /// The proxy's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        TcpListener::bind(self.cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Listen {
+                name: self.cfg.name.clone(),
+                addr: self.cfg.listen,
+                source,
+            })
+    }
+
+    /// Serves connections from `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(proxy = %self.cfg.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request, start to end.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let token = take_header(&mut parts.headers, TOKEN_HEADER);
+        let resume = take_header(&mut parts.headers, REQUEST_HEADER);
+        let principal = match self.identify(&parts.headers, token).await {
+            Ok(p) => p,
+            Err(res) => return res,
+        };
+        let path = parts.uri.path().to_owned();
+        if ambiguous_path(&path) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the path has dot segments or encoded separators; refused rather than guessed",
+            );
+        }
+        let Some(m) = self.routes.find(parts.method.as_str(), &path) else {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("no route of proxy {:?} matches this request", self.cfg.name),
+            );
+        };
+        let target = Target {
+            route: m.route.config.clone(),
+            action: m.route.action.clone(),
+            resource: Resource {
+                kind: m.kind,
+                id: m.id,
+                attrs: Map::new(),
+            },
+        };
+        let body = match Limited::new(body, self.cfg.max_body_bytes as usize)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "request bodies are limited to {} bytes",
+                        self.cfg.max_body_bytes
+                    ),
+                )
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "the request body could not be read",
+                )
+            }
+        };
+        if target.route.danger_forward_unchecked {
+            return self.forward(parts, body, peer, &target, &principal).await.0;
+        }
+        let check = self.check_body(&principal, &parts, &body, &target, peer);
+        if let Some(id) = resume {
+            return self.resume(&id, check, parts, body, peer, target).await;
+        }
+        match self.enforcer.check(&check).await {
+            Err(e) => gate_error(e),
+            Ok(CheckResponse::Allow { .. }) => {
+                self.forward(parts, body, peer, &target, &principal).await.0
+            }
+            Ok(CheckResponse::Deny { message, .. }) => {
+                refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+            }
+            Ok(CheckResponse::ApprovalRequired { request, .. }) => {
+                self.hold(*request, check, parts, body, peer, target).await
+            }
+        }
+    }
+
+    /// Who the end user is: the trusted front proxy's header when one is
+    /// configured and present, else the owner of the `Airlock-Token` key.
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        token: Option<String>,
+    ) -> Result<UserName, Response<Body>> {
+        let no_identity = |m: &str| refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, m);
+        if let Some(h) = &self.principal_header {
+            if let Some(v) = headers.get(h) {
+                return v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| UserName::parse(s.trim()).ok())
+                    .ok_or_else(|| no_identity("the principal header does not name a user"));
+            }
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(no_identity(
+                "send your Airlock API key in the Airlock-Token header",
+            ));
+        };
+        match self.enforcer.gate().whoami(&token).await {
+            Ok(w) => Ok(w.user),
+            Err(ClientError::Api { status: 401, .. }) => {
+                Err(no_identity("the Airlock-Token key is unknown or revoked"))
+            }
+            Err(e) => Err(gate_error(e)),
+        }
+    }
+
+    /// The action a request is: params bind what it does (method, path,
+    /// query, body hash); context carries what the proxy saw.
+    fn check_body(
+        &self,
+        principal: &UserName,
+        parts: &Parts,
+        body: &Bytes,
+        target: &Target,
+        peer: SocketAddr,
+    ) -> CheckBody {
+        let path = parts.uri.path();
+        let mut params = BTreeMap::new();
+        params.insert("method".into(), json!(parts.method.as_str()));
+        params.insert("path".into(), json!(path));
+        params.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
+        params.insert(
+            "body_sha256".into(),
+            json!(hex::encode(Sha256::digest(body))),
+        );
+        let mut context = Map::new();
+        context.insert("bytes".into(), json!(body.len() as u64));
+        if let Some(ct) = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            context.insert("content_type".into(), json!(ct));
+        }
+        let last = path.rsplit('/').next().unwrap_or("");
+        if let Some((stem, ext)) = last.rsplit_once('.') {
+            if !stem.is_empty() && !ext.is_empty() {
+                context.insert("extension".into(), json!(ext.to_ascii_lowercase()));
+            }
+        }
+        context.insert("source_ip".into(), json!(peer.ip().to_string()));
+        context.insert("proxy".into(), json!(self.cfg.name));
+        CheckBody {
+            principal: Some(principal.clone()),
+            action: target.action.clone(),
+            resource: target.resource.clone(),
+            params,
+            context,
+            reason: None,
+        }
+    }
+
+    /// A retry naming a held request: only the identical request may use
+    /// it.
+    async fn resume(
+        self: Arc<Self>,
+        id: &str,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        let Ok(id) = RequestId::parse(id) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "Airlock-Request is not a request id",
+            );
+        };
+        let view = match self.enforcer.gate().request(id, None).await {
+            Ok(v) => v,
+            Err(e) => return gate_error(e),
+        };
+        let Some(principal) = check.principal.clone() else {
+            return refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "no principal");
+        };
+        let action = Action {
+            principal,
+            action: check.action.clone(),
+            resource: check.resource.clone(),
+            params: check.params.clone(),
+            context: Map::new(),
+        };
+        if action.fingerprint() != view.fingerprint {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::ActionMismatch,
+                format!("this is not the request {id} was opened for"),
+            );
+        }
+        if view.status == RequestStatus::Pending {
+            self.hold(view, check, parts, body, peer, target).await
+        } else {
+            self.use_grant(view, check, parts, body, peer, target).await
+        }
+    }
+
+    /// Holds a pending request up to `hold_seconds`, woken by its decision
+    /// (the gate's wait), then uses the grant or answers 202. Dropping this
+    /// future (the client went away) cancels nothing: the request stays
+    /// pending for a retry.
+    async fn hold(
+        self: Arc<Self>,
+        view: RequestView,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        let hold = Duration::from_secs(self.cfg.hold_seconds);
+        let mut waiter = self.enforcer.waiter(view);
+        let decided = tokio::time::timeout(hold, async {
+            while !waiter.decided() {
+                waiter.poll().await?;
+            }
+            Ok::<_, ClientError>(())
+        })
+        .await;
+        match decided {
+            Err(_held) => return self.accepted(waiter.into_current()),
+            Ok(Err(e)) => return gate_error(e),
+            Ok(Ok(())) => {}
+        }
+        let view = waiter.into_current();
+        self.use_grant(view, check, parts, body, peer, target).await
+    }
+
+    /// 202: still pending; how to come back.
+    fn accepted(&self, mut view: RequestView) -> Response<Body> {
+        // The view comes from an enforcer's gate; a token must never reach
+        // the end user through the proxy.
+        view.grant = None;
+        let id = view.id.to_string();
+        let body = serde_json::to_vec(&json!({ "request": view })).unwrap_or_default();
+        let mut res = Response::new(full(Bytes::from(body)));
+        *res.status_mut() = StatusCode::ACCEPTED;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(HeaderName::from_static(REQUEST_HEADER), v);
+        }
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.cfg.retry_after_seconds),
+        );
+        res
+    }
+
+    /// A decided request: approved → consume one use for exactly this
+    /// request, forward it once, complete with the upstream's status.
+    async fn use_grant(
+        self: Arc<Self>,
+        view: RequestView,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        match view.status {
+            RequestStatus::Approved | RequestStatus::Completed => {}
+            other => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!("request {} is {other}; not forwarded", view.id),
+                )
+            }
+        }
+        let grant = match self.enforcer.consume(&view, &check).await {
+            Ok(g) => g,
+            Err(e) => return gate_error(e),
+        };
+        // The use is spent: forward and complete on a task of its own, so
+        // a client going away now cannot leave a consumed grant unreported.
+        // The task ends with the upstream's answer (bounded by its timeout).
+        let this = self.clone();
+        let principal = view.principal.clone();
+        let task = tokio::spawn(async move {
+            let (res, counts) = this.forward(parts, body, peer, &target, &principal).await;
+            this.complete(grant.grant_id, res.status(), counts).await;
+            res
+        });
+        task.await.unwrap_or_else(|_| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UpstreamUnavailable,
+                "forwarding failed",
+            )
+        })
+    }
+
+    async fn complete(&self, grant: GrantId, status: StatusCode, counts: Option<Counts>) {
+        let outcome = if status.is_success() || status.is_redirection() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let mut detail = Map::new();
+        detail.insert("status".into(), json!(status.as_u16()));
+        if let Some(c) = counts {
+            detail.insert("dlp".into(), json!(c));
+        }
+        if let Err(e) = self.enforcer.complete(grant, outcome, detail).await {
+            tracing::warn!(error = %e, grant = %grant, "proxy: completing the grant failed");
+        }
+    }
+
+    /// Sends the request upstream and the answer back through DLP; the
+    /// finding counts when the route scans.
+    async fn forward(
+        &self,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: &Target,
+        principal: &UserName,
+    ) -> (Response<Body>, Option<Counts>) {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("{}{pq}", self.upstream);
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method;
+        *req.uri_mut() = match uri.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return (
+                    refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "bad path"),
+                    None,
+                )
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.insert(header::HOST, self.upstream_authority.clone());
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.append(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        *req.headers_mut() = headers;
+        let timeout = Duration::from_secs(self.cfg.upstream_timeout_seconds);
+        let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = %self.cfg.name, error = %e, "upstream failed");
+                return (
+                    refuse(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::UpstreamUnavailable,
+                        "the upstream service did not answer",
+                    ),
+                    None,
+                );
+            }
+            Err(_) => {
+                return (
+                    refuse(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ErrorCode::UpstreamUnavailable,
+                        "the upstream service took too long",
+                    ),
+                    None,
+                )
+            }
+        };
+        self.respond(res, target, principal).await
+    }
+
+    /// The upstream's answer as it may leave: as is (DLP off, or a type
+    /// not scanned), or decoded, scanned, and reported, masked or withheld.
+    async fn respond(
+        &self,
+        res: Response<Incoming>,
+        target: &Target,
+        principal: &UserName,
+    ) -> (Response<Body>, Option<Counts>) {
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let mode = target.route.response_dlp;
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if mode == ResponseDlp::Off || !scan::scannable(ct) {
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            return (Response::from_parts(parts, body), None);
+        }
+        let max = self.cfg.max_scan_bytes;
+        let raw = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let why = if e.is::<http_body_util::LengthLimitError>() {
+                    format!("the response is larger than max_scan_bytes ({max})")
+                } else {
+                    "the upstream's response body broke off".to_owned()
+                };
+                return (unscannable(why), None);
+            }
+        };
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let decoded = match scan::decode(&raw, encoding, max) {
+            Ok(d) => d,
+            Err(e) => return (unscannable(e.to_string()), None),
+        };
+        let (out, counts) = match mode {
+            ResponseDlp::Mask => {
+                let (masked, counts) = scan::mask(&self.scanner, &decoded);
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts.headers.remove(header::ETAG);
+                parts.headers.remove(header::ACCEPT_RANGES);
+                (masked, counts)
+            }
+            _ => (raw, scan::count(&self.scanner, &decoded)),
+        };
+        let total: u64 = counts.values().sum();
+        tracing::info!(proxy = %self.cfg.name, action = %target.action, findings = ?counts, "response scanned");
+        if mode == ResponseDlp::Block && total > 0 {
+            return (
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the response was withheld: it contains {}",
+                        describe(&counts)
+                    ),
+                ),
+                Some(counts),
+            );
+        }
+        if let Some(action) = &target.route.response_action {
+            if let Some(refusal) = self
+                .decide_response(action, target, principal, &counts)
+                .await
+            {
+                return (refusal, Some(counts));
+            }
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
+        (Response::from_parts(parts, full(out)), Some(counts))
+    }
+
+    /// The second decision, on what the response contains: allowed → it
+    /// leaves; approved within the hold → it leaves, the grant consumed and
+    /// completed; anything else → refused (the body is not kept for a
+    /// retry).
+    async fn decide_response(
+        &self,
+        action: &str,
+        target: &Target,
+        principal: &UserName,
+        counts: &Counts,
+    ) -> Option<Response<Body>> {
+        let Ok(action) = ActionName::parse(action) else {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "bad response_action",
+            ));
+        };
+        let mut context = Map::new();
+        context.insert("dlp".into(), json!(counts));
+        context.insert("proxy".into(), json!(self.cfg.name));
+        let check = CheckBody {
+            principal: Some(principal.clone()),
+            action,
+            resource: target.resource.clone(),
+            params: BTreeMap::new(),
+            context,
+            reason: None,
+        };
+        let hold = Duration::from_secs(self.cfg.hold_seconds);
+        match self.enforcer.enter(&check, hold).await {
+            Ok(Entry::Allowed { .. }) => None,
+            Ok(Entry::Granted { grant, .. }) => {
+                let mut detail = Map::new();
+                detail.insert("dlp".into(), json!(counts));
+                if let Err(e) = self
+                    .enforcer
+                    .complete(grant.grant_id, Outcome::Success, detail)
+                    .await
+                {
+                    tracing::warn!(error = %e, "proxy: completing the response grant failed");
+                }
+                None
+            }
+            Ok(Entry::Denied { message, .. }) => Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("the response was withheld: {message}"),
+            )),
+            Ok(Entry::Held { request }) | Ok(Entry::NotApproved { request }) => Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!(
+                    "the response was withheld: it needs approval (request {}, {}, {})",
+                    request.id, request.status, request.url
+                ),
+            )),
+            Err(e) => Some(gate_error(e)),
+        }
+    }
+}
+
+/// A response that could not be scanned is refused, never passed.
+fn unscannable(why: String) -> Response<Body> {
+    refuse(
+        StatusCode::BAD_GATEWAY,
+        ErrorCode::UpstreamUnavailable,
+        format!("the response could not be scanned and was withheld: {why}"),
+    )
+}
+
+fn describe(counts: &Counts) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        while headers.remove(h).is_some() {}
+    }
+}
