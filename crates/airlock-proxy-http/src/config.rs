@@ -72,9 +72,10 @@ pub struct HttpProxyConfig {
     /// SHA-256). Default 16 MiB; larger → 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
-    /// The largest response body scanned, after decoding; a response that
-    /// decodes to more on a route with DLP is refused (502), never passed
-    /// unscanned. Default 64 MiB.
+    /// The largest response body read whole to scan (routes with `block`
+    /// or `response_action`), before and after decoding; a larger one is
+    /// refused (502), never passed unscanned. `report` and `mask` stream
+    /// and are not capped. Default 64 MiB.
     #[serde(default = "default_max_scan")]
     pub max_scan_bytes: u64,
     /// How long the upstream may take to answer. Default 60.

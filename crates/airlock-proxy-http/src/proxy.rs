@@ -54,6 +54,37 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The finding counts of a response: none (not scanned), known now
+/// (buffered), or once the streamed body has gone through.
+enum Counted {
+    None,
+    Now(Counts),
+    Later(tokio::sync::oneshot::Receiver<Counts>),
+}
+
+/// A response body fed by the task that scans it.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+/// What a streamed, masked response accumulates before it is sent on.
+const STREAM_FLUSH: usize = 64 << 10;
+/// Compressed bytes decoded at a time: deflate and brotli expand at most
+/// about 1000:1, so one step yields about a MiB at most.
+const DECODE_STEP: usize = 1024;
+
 /// A matched request's action, owned (it outlives the match when the
 /// forwarding of a consumed grant runs on its own task).
 #[derive(Debug, Clone)]
@@ -517,8 +548,21 @@ impl Proxy {
         let this = self.clone();
         let principal = view.principal.clone();
         let task = tokio::spawn(async move {
-            let (res, counts) = this.forward(parts, body, peer, &target, &principal).await;
-            this.complete(grant.grant_id, res.status(), counts).await;
+            let (res, counted) = this.forward(parts, body, peer, &target, &principal).await;
+            let status = res.status();
+            match counted {
+                Counted::None => this.complete(grant.grant_id, status, None).await,
+                Counted::Now(c) => this.complete(grant.grant_id, status, Some(c)).await,
+                // Streamed: completed when the body has gone through (or
+                // the client left), with what was found.
+                Counted::Later(rx) => {
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        let counts = rx.await.ok();
+                        this.complete(grant.grant_id, status, counts).await;
+                    });
+                }
+            }
             res
         });
         task.await.unwrap_or_else(|_| {
@@ -549,13 +593,13 @@ impl Proxy {
     /// Sends the request upstream and the answer back through DLP; the
     /// finding counts when the route scans.
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         parts: Parts,
         body: Bytes,
         peer: SocketAddr,
         target: &Target,
         principal: &UserName,
-    ) -> (Response<Body>, Option<Counts>) {
+    ) -> (Response<Body>, Counted) {
         let pq = parts
             .uri
             .path_and_query()
@@ -569,7 +613,7 @@ impl Proxy {
             Err(_) => {
                 return (
                     refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "bad path"),
-                    None,
+                    Counted::None,
                 )
             }
         };
@@ -591,7 +635,7 @@ impl Proxy {
                         ErrorCode::UpstreamUnavailable,
                         "the upstream service did not answer",
                     ),
-                    None,
+                    Counted::None,
                 );
             }
             Err(_) => {
@@ -601,7 +645,7 @@ impl Proxy {
                         ErrorCode::UpstreamUnavailable,
                         "the upstream service took too long",
                     ),
-                    None,
+                    Counted::None,
                 )
             }
         };
@@ -611,11 +655,11 @@ impl Proxy {
     /// The upstream's answer as it may leave: as is (DLP off, or a type
     /// not scanned), or decoded, scanned, and reported, masked or withheld.
     async fn respond(
-        &self,
+        self: &Arc<Self>,
         res: Response<Incoming>,
         target: &Target,
         principal: &UserName,
-    ) -> (Response<Body>, Option<Counts>) {
+    ) -> (Response<Body>, Counted) {
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let mode = target.route.response_dlp;
@@ -625,7 +669,33 @@ impl Proxy {
             .and_then(|v| v.to_str().ok());
         if mode == ResponseDlp::Off || !scan::scannable(ct) {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-            return (Response::from_parts(parts, body), None);
+            return (Response::from_parts(parts, body), Counted::None);
+        }
+        // Report and mask need no verdict before the body leaves: they
+        // stream, scanning as it goes, in bounded memory, whatever the size.
+        // Block and a decision on the response must see it all first.
+        if matches!(mode, ResponseDlp::Report | ResponseDlp::Mask)
+            && target.route.response_action.is_none()
+        {
+            let encoding = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            if let Some(decoder) = scan::StreamDecoder::new(encoding) {
+                let mask = mode == ResponseDlp::Mask;
+                if mask {
+                    for h in [
+                        header::CONTENT_ENCODING,
+                        header::CONTENT_LENGTH,
+                        header::ETAG,
+                        header::ACCEPT_RANGES,
+                    ] {
+                        parts.headers.remove(h);
+                    }
+                }
+                let (body, counts) = self.stream_scanned(body, decoder, mask, target);
+                return (Response::from_parts(parts, body), Counted::Later(counts));
+            }
         }
         let max = self.cfg.max_scan_bytes;
         let raw = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
@@ -639,7 +709,7 @@ impl Proxy {
                 } else {
                     "the upstream's response body broke off".to_owned()
                 };
-                return (unscannable(why), None);
+                return (unscannable(why), Counted::None);
             }
         };
         let encoding = parts
@@ -648,7 +718,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok());
         let decoded = match scan::decode(&raw, encoding, max) {
             Ok(d) => d,
-            Err(e) => return (unscannable(e.to_string()), None),
+            Err(e) => return (unscannable(e.to_string()), Counted::None),
         };
         let (out, counts) = match mode {
             ResponseDlp::Mask => {
@@ -672,7 +742,7 @@ impl Proxy {
                         describe(&counts)
                     ),
                 ),
-                Some(counts),
+                Counted::Now(counts),
             );
         }
         if let Some(action) = &target.route.response_action {
@@ -680,14 +750,94 @@ impl Proxy {
                 .decide_response(action, target, principal, &counts)
                 .await
             {
-                return (refusal, Some(counts));
+                return (refusal, Counted::Now(counts));
             }
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
-        (Response::from_parts(parts, full(out)), Some(counts))
+        (Response::from_parts(parts, full(out)), Counted::Now(counts))
+    }
+
+    /// Scans a body as it streams to the client, on a task of its own:
+    /// decoded a small step at a time, masked (or passed as it came, for
+    /// report), sent on in bounded pieces; the counts when it ends. A body
+    /// that breaks off or does not decode ends the response with an error
+    /// (what was sent was already masked).
+    fn stream_scanned(
+        self: &Arc<Self>,
+        mut body: Incoming,
+        mut decoder: scan::StreamDecoder,
+        mask: bool,
+        target: &Target,
+    ) -> (Body, tokio::sync::oneshot::Receiver<Counts>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+        let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let action = target.action.clone();
+        tokio::spawn(async move {
+            let mut ms = this.scanner.mask_stream();
+            let mut findings = Vec::new();
+            let mut out = Vec::new();
+            let mut failed: Option<String> = None;
+            'body: while let Some(frame) = body.frame().await {
+                let data = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => d,
+                        Err(_trailers) => continue,
+                    },
+                    Err(e) => {
+                        failed = Some(format!("the upstream's body broke off: {e}"));
+                        break;
+                    }
+                };
+                for step in data.chunks(DECODE_STEP) {
+                    let decoded = match decoder.push(step) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break 'body;
+                        }
+                    };
+                    findings.extend(ms.feed(&decoded, &mut out));
+                    if !mask {
+                        out.clear();
+                    } else if out.len() >= STREAM_FLUSH
+                        && tx
+                            .send(Ok(Bytes::from(std::mem::take(&mut out))))
+                            .await
+                            .is_err()
+                    {
+                        break 'body; // the client left
+                    }
+                }
+                if !mask && tx.send(Ok(data)).await.is_err() {
+                    break;
+                }
+            }
+            if failed.is_none() {
+                match decoder.finish() {
+                    Ok(rest) => findings.extend(ms.feed(&rest, &mut out)),
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            findings.extend(ms.finish(&mut out));
+            match failed {
+                Some(why) => {
+                    tracing::warn!(proxy = %this.cfg.name, error = %why, "streamed response ended early");
+                    let _ = tx.send(Err(why.into())).await;
+                }
+                None if mask && !out.is_empty() => {
+                    let _ = tx.send(Ok(Bytes::from(out))).await;
+                }
+                None => {}
+            }
+            let counts = airlock_dlp::counts(&findings);
+            tracing::info!(proxy = %this.cfg.name, action = %action, findings = ?counts, "response scanned");
+            let _ = counts_tx.send(counts);
+        });
+        (ChannelBody(rx).boxed_unsync(), counts_rx)
     }
 
     /// The second decision, on what the response contains: allowed → it
