@@ -247,10 +247,16 @@ impl Proxy {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1, and HTTP/2 with prior knowledge (h2c); TLS is
+                // terminated in front.
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
+                    .header_read_timeout(HEADER_TIMEOUT);
+                builder.http2().timer(TokioTimer::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "proxy connection ended");
                 }

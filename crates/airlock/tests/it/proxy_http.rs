@@ -330,7 +330,24 @@ async fn allow_deny_no_route_no_identity(db: Db) {
         curl(&alice, &format!("{p}/exports/secret.csv")).await,
         "403"
     );
-    assert_eq!(up.hits().len(), 2);
+    // HTTP/2 (prior knowledge): the same answers.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code} %{http_version}", "-H"])
+        .arg(format!("Airlock-Token: {alice}"))
+        .arg(format!("{p}/exports/public.csv"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+    assert_eq!(up.hits().len(), 3);
 }
 
 /// Held past hold_seconds → 202 with Airlock-Request and Retry-After, the
@@ -478,7 +495,7 @@ async fn client_gone_while_held_cancels_nothing(db: Db) {
 /// key in `[proxy] token` is refused at start.
 async fn standalone_proxy_against_a_running_server(db: Db) {
     let up = Upstream::start().await;
-    let s = Server::start_with(&db, PROXY_POLICIES);
+    let mut s = Server::start_with(&db, PROXY_POLICIES);
     let alice = s.key("alice", "user");
     let bob = s.key("bob", "user");
     let enforcer = s.key("gatekeeper", "enforcer");
@@ -550,6 +567,17 @@ async fn standalone_proxy_against_a_running_server(db: Db) {
         .hits()
         .iter()
         .all(|h| h.headers.iter().all(|(k, _)| k != "airlock-token")));
+
+    // Airlock gone: fail closed, 503, nothing forwarded.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let (st, _, body) = get(&format!("{p}/exports/public.csv"), Some(&alice), None).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (503, "upstream_unavailable"),
+        "{body}"
+    );
+    assert_eq!(up.hits().len(), 2);
 }
 
 struct Standalone(Child);
@@ -591,7 +619,8 @@ async fn gzip_response_is_decoded_and_resized(db: Db) {
 /// which must see it all before answering, the same body is withheld (502),
 /// never passed unscanned.
 async fn large_bodies_stream_through_mask_and_are_withheld_by_block(db: Db) {
-    let (s, _up, p) = with_proxy_extra(&db, 1, "max_scan_bytes = 1048576").await;
+    let (s, up, p) =
+        with_proxy_extra(&db, 1, "max_scan_bytes = 1048576\nmax_body_bytes = 4096").await;
     let alice = s.key("alice", "user");
     let want = "name,email,card\n".len() + "bob,nobody,none\n".len() * (8 << 16);
     for path in ["big/public.big", "gzbig/public.big"] {
@@ -617,6 +646,23 @@ async fn large_bodies_stream_through_mask_and_are_withheld_by_block(db: Db) {
     // A denied large download is refused before the upstream is asked.
     let (st, _, _) = get(&format!("{p}/big/secret.big"), Some(&alice), None).await;
     assert_eq!(st, 403);
+    // A request body over max_body_bytes: 413, not forwarded.
+    let hits = up.hits().len();
+    let big = "x".repeat(8192);
+    let (st, _, body) = send(
+        reqwest::Method::POST,
+        &format!("{p}/upload/a"),
+        Some(&alice),
+        None,
+        &big,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert_eq!(up.hits().len(), hits);
 }
 
 /// With `principal_header`, a trusted front proxy names the user: the
