@@ -78,6 +78,13 @@ pub struct HttpProxyConfig {
     /// and are not capped. Default 64 MiB.
     #[serde(default = "default_max_scan")]
     pub max_scan_bytes: u64,
+    /// With `response_action`: how many first lines of the masked body go
+    /// into that decision's `context.preview`, so approvers see what would
+    /// leave. Masked, but whatever the detectors miss is then in the
+    /// request, its audit records and its notifications: opt in. Default 0
+    /// (none).
+    #[serde(default = "default_preview_lines")]
+    pub response_preview_lines: usize,
     /// How long the upstream may take to answer. Default 60.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_seconds: u64,
@@ -101,6 +108,9 @@ fn default_max_body() -> u64 {
 }
 fn default_max_scan() -> u64 {
     64 << 20
+}
+fn default_preview_lines() -> usize {
+    0
 }
 fn default_upstream_timeout() -> u64 {
     60

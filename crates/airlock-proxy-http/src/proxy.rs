@@ -752,8 +752,18 @@ impl Proxy {
             );
         }
         if let Some(action) = &target.route.response_action {
+            // What the approver sees of what would leave: the first lines
+            // of the masked body, never the raw one.
+            let preview = if self.cfg.response_preview_lines == 0 {
+                Vec::new()
+            } else if mode == ResponseDlp::Mask {
+                preview_lines(&out, self.cfg.response_preview_lines)
+            } else {
+                let (masked, _) = scan::mask(&self.scanner, &decoded);
+                preview_lines(&masked, self.cfg.response_preview_lines)
+            };
             if let Some(refusal) = self
-                .decide_response(action, target, principal, &counts)
+                .decide_response(action, target, principal, &counts, preview, decoded.len())
                 .await
             {
                 return (refusal, Counted::Now(counts));
@@ -856,6 +866,8 @@ impl Proxy {
         target: &Target,
         principal: &UserName,
         counts: &Counts,
+        preview: Vec<String>,
+        bytes: usize,
     ) -> Option<Response<Body>> {
         let Ok(action) = ActionName::parse(action) else {
             return Some(refuse(
@@ -867,6 +879,10 @@ impl Proxy {
         let mut context = Map::new();
         context.insert("dlp".into(), json!(counts));
         context.insert("proxy".into(), json!(self.cfg.name));
+        context.insert("bytes".into(), json!(bytes as u64));
+        if !preview.is_empty() {
+            context.insert("preview".into(), json!(preview));
+        }
         let check = CheckBody {
             principal: Some(principal.clone()),
             action,
@@ -915,6 +931,20 @@ fn unscannable(why: String) -> Response<Body> {
         ErrorCode::UpstreamUnavailable,
         format!("the response could not be scanned and was withheld: {why}"),
     )
+}
+
+/// Up to `n` first lines of `masked`, each cut to a bounded length (cut
+/// after masking, so a cut never reveals part of a finding).
+fn preview_lines(masked: &[u8], n: usize) -> Vec<String> {
+    const MAX_LINE: usize = 160;
+    String::from_utf8_lossy(masked)
+        .lines()
+        .take(n)
+        .map(|l| match l.char_indices().nth(MAX_LINE) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_owned(),
+        })
+        .collect()
 }
 
 fn describe(counts: &Counts) -> String {

@@ -32,6 +32,13 @@ permit(principal, action == Action::"download", resource == File::"open");
 
 @id("public-responses")
 permit(principal, action == Action::"download.response", resource == File::"public");
+
+@id("reviewed-files")
+permit(principal, action == Action::"download", resource == File::"reviewed");
+
+@id("reviewed-responses")
+@approvers("security")
+permit(principal, action == Action::"download.response", resource == File::"reviewed");
 "#;
 
 /// The planted values DLP must find: an email and a card passing Luhn.
@@ -730,7 +737,49 @@ async fn response_action_decides_on_the_response(db: Db) {
     assert!(!a.to_string().contains(EMAIL) && !a.to_string().contains(CARD));
 }
 
+/// A response policy that asks for approval: the approver's request
+/// carries the finding counts and a preview of the first lines of the
+/// masked body (opt-in: `response_preview_lines`); approved while held,
+/// the response leaves.
+async fn response_approval_shows_a_masked_preview(db: Db) {
+    let (s, _up, p) = with_proxy_extra(&db, 1, "response_preview_lines = 5").await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/checked/reviewed.csv");
+    let (st, _, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("needs approval"), "{body}");
+    let id = first_pending(&s, &bob).await;
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["action"], "download.response", "{r}");
+    assert!(r["context"]["dlp"].is_object(), "{r}");
+    assert_eq!(r["context"]["preview"][0], "name,email,card", "{r}");
+    assert!(r["context"]["preview"][1]
+        .as_str()
+        .unwrap()
+        .starts_with("ann,"));
+}
+
+/// A response held for approval and approved while held leaves, its grant
+/// consumed and completed.
+async fn response_approved_while_held_leaves(db: Db) {
+    let (s2, up2, p2) = with_proxy(&db, 30).await;
+    let (alice2, bob2) = (s2.key("alice", "user"), s2.key("bob", "user"));
+    let url2 = format!("{p2}/checked/reviewed.csv");
+    let held = tokio::spawn(async move { get(&url2, Some(&alice2), None).await });
+    let id2 = first_pending(&s2, &bob2).await;
+    s2.review(&bob2, &id2, "approve").await;
+    let (st, _, body) = held.await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(body.starts_with("name,email,card"));
+    assert_eq!(up2.hits().len(), 1);
+    let (_, r) = s2.get(&bob2, &format!("/v1/requests/{id2}")).await;
+    assert_eq!(r["status"], "completed", "{r}");
+}
+
 on_both_stores!(
+    response_approval_shows_a_masked_preview,
+    response_approved_while_held_leaves,
     principal_header_names_the_user,
     response_action_decides_on_the_response,
     allow_deny_no_route_no_identity,
