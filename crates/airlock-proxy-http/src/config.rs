@@ -157,3 +157,67 @@ pub enum ResponseDlp {
     /// Scanned; any finding → 403 instead of the body.
     Block,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[proxy]
+server_url = "http://127.0.0.1:8080"
+token = "ak_secret"
+
+[[proxies.http]]
+name = "files"
+listen = "127.0.0.1:8181"
+upstream = "http://127.0.0.1:9000"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/exports/{name}.csv"
+action = "download"
+resource = "File:{name}"
+response_dlp = "mask"
+"#;
+
+    /// The contract's example loads with its defaults; the key never shows
+    /// in Debug output.
+    #[test]
+    fn the_contract_example_loads() {
+        let cfg: StandaloneConfig = toml::from_str(FILE).unwrap();
+        let p = &cfg.proxies.http[0];
+        assert_eq!(p.hold_seconds, 20);
+        assert_eq!(p.principal_header, None);
+        assert_eq!(p.response_preview_lines, 0);
+        assert_eq!(p.routes[0].response_dlp, ResponseDlp::Mask);
+        assert!(!p.routes[0].danger_forward_unchecked);
+        assert!(!format!("{cfg:?}").contains("ak_secret"));
+    }
+
+    /// A misspelt key anywhere is a load error, not a silently open door.
+    #[test]
+    fn unknown_keys_are_refused() {
+        for (from, to) in [
+            ("hold_seconds", "hold_secs"),
+            (
+                "response_dlp = \"mask\"",
+                "response_dlp = \"mask\"\ndlp = \"mask\"",
+            ),
+            ("response_dlp = \"mask\"", "response_dlp = \"maybe\""),
+            ("token =", "tokn ="),
+        ] {
+            let text = FILE.replacen(from, to, 1).replace(
+                "upstream = ",
+                if from == "hold_seconds" {
+                    "hold_secs = 3\nupstream = "
+                } else {
+                    "upstream = "
+                },
+            );
+            assert!(
+                toml::from_str::<StandaloneConfig>(&text).is_err(),
+                "{from} → {to}"
+            );
+        }
+    }
+}
