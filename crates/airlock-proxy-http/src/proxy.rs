@@ -797,7 +797,18 @@ impl Proxy {
             let mut findings = Vec::new();
             let mut out = Vec::new();
             let mut failed: Option<String> = None;
-            'body: while let Some(frame) = body.frame().await {
+            // A stalled upstream or a client that stops reading ends the
+            // stream after this long, so the task cannot linger.
+            let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
+            'body: loop {
+                let frame = match tokio::time::timeout(stall, body.frame()).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = Some("the upstream's body stalled".to_owned());
+                        break;
+                    }
+                };
                 let data = match frame {
                     Ok(f) => match f.into_data() {
                         Ok(d) => d,
@@ -821,14 +832,14 @@ impl Proxy {
                         out.clear();
                     } else if out.len() >= STREAM_FLUSH
                         && tx
-                            .send(Ok(Bytes::from(std::mem::take(&mut out))))
+                            .send_timeout(Ok(Bytes::from(std::mem::take(&mut out))), stall)
                             .await
                             .is_err()
                     {
                         break 'body; // the client left
                     }
                 }
-                if !mask && tx.send(Ok(data)).await.is_err() {
+                if !mask && tx.send_timeout(Ok(data), stall).await.is_err() {
                     break;
                 }
             }
@@ -842,10 +853,10 @@ impl Proxy {
             match failed {
                 Some(why) => {
                     tracing::warn!(proxy = %this.cfg.name, error = %why, "streamed response ended early");
-                    let _ = tx.send(Err(why.into())).await;
+                    let _ = tx.send_timeout(Err(why.into()), stall).await;
                 }
                 None if mask && !out.is_empty() => {
-                    let _ = tx.send(Ok(Bytes::from(out))).await;
+                    let _ = tx.send_timeout(Ok(Bytes::from(out)), stall).await;
                 }
                 None => {}
             }
