@@ -85,6 +85,11 @@ pub struct HttpProxyConfig {
     /// (none).
     #[serde(default = "default_preview_lines")]
     pub response_preview_lines: usize,
+    /// How long a client may take to send its request headers, and then its
+    /// body; slower → the connection is closed (headers) or 408 (body).
+    /// Default 30.
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout_seconds: u64,
     /// How long the upstream may take to answer. Default 60.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_seconds: u64,
@@ -111,6 +116,9 @@ fn default_max_scan() -> u64 {
 }
 fn default_preview_lines() -> usize {
     0
+}
+fn default_client_timeout() -> u64 {
+    30
 }
 fn default_upstream_timeout() -> u64 {
     60

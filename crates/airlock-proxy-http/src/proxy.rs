@@ -39,8 +39,6 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub const TOKEN_HEADER: &str = "airlock-token";
 /// The header naming a held request on a retry; never forwarded.
 pub const REQUEST_HEADER: &str = "airlock-request";
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -242,6 +240,7 @@ impl Proxy {
                 }
             };
             let this = self.clone();
+            let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
@@ -254,7 +253,7 @@ impl Proxy {
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT);
+                    .header_read_timeout(header_timeout);
                 builder.http2().timer(TokioTimer::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
@@ -301,10 +300,16 @@ impl Proxy {
                 attrs: Map::new(),
             },
         };
-        let body = match Limited::new(body, self.cfg.max_body_bytes as usize)
-            .collect()
-            .await
-        {
+        let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+        let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
+        let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "the request body did not arrive in time",
+            );
+        };
+        let body = match read {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return refuse(

@@ -777,7 +777,40 @@ async fn response_approved_while_held_leaves(db: Db) {
     assert_eq!(r["status"], "completed", "{r}");
 }
 
+/// Slow clients: a request header that never ends gets the connection
+/// closed, a body that stops arriving gets 408, each after
+/// `client_timeout_seconds`; neither reaches the upstream.
+async fn slow_clients_time_out(db: Db) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, up, p) = with_proxy_extra(&db, 1, "client_timeout_seconds = 1").await;
+    let alice = s.key("alice", "user");
+    let addr = p.trim_start_matches("http://").to_owned();
+
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /exports/public.csv HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a half-sent header kept the connection open");
+
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /upload/a HTTP/1.1\r\nHost: x\r\nAirlock-Token: {alice}\r\nContent-Length: 100\r\n\r\nabc"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(up.hits().is_empty());
+}
+
 on_both_stores!(
+    slow_clients_time_out,
     response_approval_shows_a_masked_preview,
     response_approved_while_held_leaves,
     principal_header_names_the_user,
@@ -834,8 +867,17 @@ async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
     let (st, _, _) = get(&url, Some(&alice), Some(&id)).await;
     assert_eq!(st, 200);
     assert_eq!(up.hits().len(), 5);
-    let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
-    let text = a.to_string();
+    // The streamed body's counts complete the grant once it has gone
+    // through: allow that a moment.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+        text = a.to_string();
+        if text.contains("\"credit_card\":1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         text.contains("\"credit_card\":1"),
         "no counts in the audit log"
