@@ -115,3 +115,14 @@ mod tests {
         }
     }
 }
+
+/// What `GET /v1/whoami` answers: the calling key's user and role. An
+/// enforcement point asks it with its end user's key, to learn whom to
+/// check for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoamiResponse {
+    /// The key's user.
+    pub user: UserName,
+    /// The key's role: `user`, `enforcer` or `admin`.
+    pub role: String,
+}

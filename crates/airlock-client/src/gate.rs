@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    RequestView,
+    RequestView, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 
@@ -41,6 +41,17 @@ pub trait Gate: Send + Sync {
         grant: GrantId,
         body: &CompleteBody,
     ) -> Result<CompleteResponse, ClientError>;
+
+    /// Whose key `key` is (`GET /v1/whoami` called with that key): how a
+    /// proxy learns which user an `Airlock-Token` names before checking
+    /// on their behalf. A gate that cannot tell refuses, so nobody is
+    /// taken for somebody.
+    async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+        let _ = key;
+        Err(ClientError::Config(
+            "this gate cannot tell whose key this is".into(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -67,5 +78,8 @@ impl<G: Gate + ?Sized> Gate for std::sync::Arc<G> {
         body: &CompleteBody,
     ) -> Result<CompleteResponse, ClientError> {
         (**self).complete(grant, body).await
+    }
+    async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+        (**self).whoami(key).await
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    ErrorBody, ErrorCode, ReasonBody, RequestList, RequestView, ReviewBody,
+    ErrorBody, ErrorCode, ReasonBody, RequestList, RequestView, ReviewBody, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 use serde::de::DeserializeOwned;
@@ -63,10 +63,21 @@ impl Client {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
+        self.call_as(&self.token, method, path, body, timeout).await
+    }
+
+    async fn call_as<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .timeout(timeout);
         if let Some(b) = body {
             req = req.json(b);
@@ -128,6 +139,19 @@ impl Client {
     /// `POST path` with `body`, untyped.
     pub async fn post_value(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.post(path, body).await
+    }
+
+    /// `GET /v1/whoami` as the key `key` (not this client's own): whose it
+    /// is.
+    pub async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+        self.call_as(
+            key,
+            reqwest::Method::GET,
+            "/v1/whoami",
+            None::<&()>,
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     /// `POST /v1/check`.
@@ -226,5 +250,9 @@ impl Gate for Client {
         body: &CompleteBody,
     ) -> Result<CompleteResponse, ClientError> {
         Client::complete(self, &grant, body).await
+    }
+
+    async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+        Client::whoami(self, key).await
     }
 }

@@ -132,7 +132,9 @@ fn enforcement_side_depends_on_no_store_server_or_keys() {
     let metadata: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (bad, found) = violations(&metadata);
     assert!(
-        found.contains(&"airlock-api".to_owned()) && found.contains(&"airlock-client".to_owned()),
+        found.contains(&"airlock-api".to_owned())
+            && found.contains(&"airlock-client".to_owned())
+            && found.contains(&"airlock-proxy-http".to_owned()),
         "the rule checked nothing: enforcement-side crates found: {found:?}"
     );
     assert!(

@@ -14,6 +14,7 @@ pub use airlock_auth::oidc::OidcConfig;
 pub use airlock_notify::config::{
     DiscordConfig, EmailConfig, NotifyConfig, SlackConfig, WebhookConfig,
 };
+pub use airlock_proxy_http::{HttpProxyConfig, ProxiesConfig, ProxyClientConfig};
 
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,14 @@ pub struct Config {
     /// sections are accepted (so configs load) but not yet delivered.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// `[[proxies.http]]`: HTTP reverse proxies `airlock serve` runs
+    /// itself, asking the service in process (see `airlock_proxy_http`).
+    #[serde(default)]
+    pub proxies: ProxiesConfig,
+    /// `[proxy]`: where `airlock proxy` finds the server and its enforcer
+    /// key when it runs this file's proxies alone; `airlock serve` ignores it.
+    #[serde(default)]
+    pub proxy: Option<ProxyClientConfig>,
     /// The folder the file was read from; relative paths resolve here.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -13,6 +13,7 @@ pub mod http;
 mod integrations;
 mod limits;
 mod metrics;
+pub mod proxies;
 pub mod quickstart;
 pub mod service;
 mod web;

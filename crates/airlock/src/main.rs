@@ -4,6 +4,7 @@
 
 mod admin;
 mod client;
+mod proxy;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,6 +35,13 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Run the `[[proxies.http]]` of FILE alone, asking the server named
+    /// in its `[proxy]` section with that section's enforcer key.
+    Proxy {
+        /// A file with `[proxy]` (server_url, token) and `[[proxies.http]]`.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Manage API keys.
     Keys {
@@ -188,6 +196,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve::run(config).await,
+            Command::Proxy { config } => proxy::run(&config).await,
             Command::Keys {
                 command:
                     KeysCommand::Create {

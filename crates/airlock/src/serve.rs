@@ -29,8 +29,12 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     airlock.set_bound(addr);
     background::spawn(&airlock, bg);
+    let proxies = airlock_server::proxies::spawn(&airlock).await?;
     let url = format!("http://{addr}");
     say(format!("Airlock listening on {url}"));
+    for (name, at) in &proxies {
+        say(format!("  proxy {name} listening on http://{at}"));
+    }
     println!(
         "  config: {}  policy version: {}",
         config_path.display(),

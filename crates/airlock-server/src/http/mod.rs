@@ -72,6 +72,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/grants/{id}/complete", post(complete))
         .route("/v1/audit", get(audit))
         .route("/v1/keys", get(keys))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/outbox", get(outbox))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/healthz", get(healthz))
@@ -324,6 +325,15 @@ async fn outbox_retry(
 ) -> Result<Json<Value>, ApiError> {
     airlock.retry_outbox(&caller, id.clone()).await?;
     Ok(Json(json!({"id": id, "status": "pending"})))
+}
+
+/// The calling key's user and role: how a proxy holding an enforcer key
+/// learns whom an end user's `Airlock-Token` names.
+async fn whoami(caller: Caller) -> Json<airlock_api::WhoamiResponse> {
+    Json(airlock_api::WhoamiResponse {
+        user: caller.user,
+        role: caller.role.as_str().to_owned(),
+    })
 }
 
 async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    RequestView,
+    RequestView, WhoamiResponse,
 };
 use airlock_client::{ClientError, Gate};
 use airlock_core::{GrantId, RequestId};
@@ -106,6 +106,14 @@ impl Gate for LocalGate {
         Ok(CompleteResponse {
             grant_id: grant,
             completed: true,
+        })
+    }
+
+    async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+        let caller = self.airlock.authenticate(key).await.map_err(refused)?;
+        Ok(WhoamiResponse {
+            user: caller.user,
+            role: caller.role.as_str().to_owned(),
         })
     }
 }

@@ -17,5 +17,6 @@ mod hardening;
 mod nodes;
 mod notify;
 mod policy;
+mod proxy_http;
 mod requests;
 mod sso;

@@ -1,0 +1,42 @@
+//! Airlock's HTTP reverse proxy: puts Airlock in the data path in front of
+//! an internal HTTP service. Each request is matched to a route (method and
+//! path template → action on a `TYPE:ID` resource), checked for its end
+//! user through a [`airlock_client::Gate`] with an enforcer's identity,
+//! and then forwarded (allow), refused (deny, no route, no identity) or
+//! held until approved; an approved request is forwarded exactly once, its
+//! grant consumed first and completed with the upstream's status. Responses
+//! can be scanned with `airlock-dlp` (report, mask, block).
+//!
+//! It runs inside `airlock serve` (over the service's in-process gate) or
+//! alone (`airlock proxy`, over [`airlock_client::Client`] with an enforcer
+//! key); either way it holds no signing key and no database credentials.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod proxy;
+mod route;
+mod scan;
+
+pub use config::{
+    HttpProxyConfig, ProxiesConfig, ProxyClientConfig, ResponseDlp, RouteConfig, StandaloneConfig,
+};
+pub use proxy::Proxy;
+
+/// What can stop a proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The settings are wrong.
+    #[error("proxy config: {0}")]
+    Config(String),
+    /// The listener could not be bound.
+    #[error("proxy {name}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The proxy.
+        name: String,
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,991 @@
+//! One proxy listener: identify the end user, match the route, check, hold,
+//! forward once, scan the response. Every error on the way refuses the
+//! request; nothing here forwards by default.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_api::{CheckBody, CheckResponse, ErrorBody, ErrorCode, Outcome, RequestView};
+use airlock_client::{ClientError, Enforcer, Entry, Gate};
+use airlock_core::action::Resource;
+use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use airlock_dlp::Scanner;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{json, Map};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::config::{HttpProxyConfig, ResponseDlp, RouteConfig};
+use crate::route::{ambiguous_path, Routes};
+use crate::scan::{self, Counts};
+use crate::ProxyError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the proxy sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The header carrying the end user's API key; never forwarded.
+pub const TOKEN_HEADER: &str = "airlock-token";
+/// The header naming a held request on a retry; never forwarded.
+pub const REQUEST_HEADER: &str = "airlock-request";
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The finding counts of a response: none (not scanned), known now
+/// (buffered), or once the streamed body has gone through.
+enum Counted {
+    None,
+    Now(Counts),
+    Later(tokio::sync::oneshot::Receiver<Counts>),
+}
+
+/// A response body fed by the task that scans it.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+/// What a streamed, masked response accumulates before it is sent on.
+const STREAM_FLUSH: usize = 64 << 10;
+/// Compressed bytes decoded at a time: deflate and brotli expand at most
+/// about 1000:1, so one step yields about a MiB at most.
+const DECODE_STEP: usize = 1024;
+
+/// A matched request's action, owned (it outlives the match when the
+/// forwarding of a consumed grant runs on its own task).
+#[derive(Debug, Clone)]
+struct Target {
+    route: RouteConfig,
+    action: ActionName,
+    resource: Resource,
+}
+
+/// One HTTP proxy: its routes, its gate, its upstream.
+pub struct Proxy {
+    cfg: HttpProxyConfig,
+    routes: Routes,
+    enforcer: Enforcer<Arc<dyn Gate>>,
+    upstream: String,
+    upstream_authority: HeaderValue,
+    principal_header: Option<HeaderName>,
+    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    scanner: Scanner,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("name", &self.cfg.name)
+            .field("listen", &self.cfg.listen)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Body> {
+    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
+    let mut res = Response::new(full(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A gate's refusal as the end user sees it: the API's 4xx refusals pass
+/// through (action_mismatch, grant_spent, …); the proxy's own key being
+/// refused, or Airlock failing or unreachable, is 503 — never a forward.
+fn gate_error(e: ClientError) -> Response<Body> {
+    match e {
+        ClientError::Api {
+            status,
+            code,
+            message,
+        } if (400..500).contains(&status) && status != 401 => refuse(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            code,
+            message,
+        ),
+        ClientError::NoToken => refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::GrantSpent,
+            "this request's grant is no longer available",
+        ),
+        other => {
+            tracing::warn!(error = %other, "proxy: asking Airlock failed");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::UpstreamUnavailable,
+                "Airlock could not decide this request; it was not forwarded",
+            )
+        }
+    }
+}
+
+fn take_header(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let v = headers.remove(name)?;
+    // A second copy must not survive to the upstream either.
+    while headers.remove(name).is_some() {}
+    v.to_str().ok().map(|s| s.trim().to_owned())
+}
+
+impl Proxy {
+    /// A proxy for `cfg`, asking `gate` (whose identity must be an
+    /// enforcer's). Routes, the upstream and the detectors are checked here.
+    pub fn new(cfg: HttpProxyConfig, gate: Arc<dyn Gate>) -> Result<Arc<Self>, ProxyError> {
+        let bad = |m: String| ProxyError::Config(format!("proxies.http {:?}: {m}", cfg.name));
+        let routes = Routes::compile(&cfg.routes)?;
+        let uri: Uri = cfg
+            .upstream
+            .parse()
+            .map_err(|e| bad(format!("upstream {:?}: {e}", cfg.upstream)))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(format!(
+                "upstream {:?} must be an http:// URL",
+                cfg.upstream
+            )));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| bad(format!("upstream {:?} has no host", cfg.upstream)))?
+            .to_string();
+        let upstream_authority = HeaderValue::from_str(&authority)
+            .map_err(|e| bad(format!("upstream host {authority:?}: {e}")))?;
+        let principal_header = cfg
+            .principal_header
+            .as_deref()
+            .map(|h| {
+                HeaderName::from_bytes(h.trim().as_bytes())
+                    .map_err(|e| bad(format!("principal_header {h:?}: {e}")))
+            })
+            .transpose()?;
+        let scanner = Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        Ok(Arc::new(Self {
+            upstream: format!("http://{authority}"),
+            upstream_authority,
+            principal_header,
+            routes,
+            enforcer: Enforcer::new(gate),
+            client,
+            scanner,
+            cfg,
+        }))
+    }
+
+    /// The proxy's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        TcpListener::bind(self.cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Listen {
+                name: self.cfg.name.clone(),
+                addr: self.cfg.listen,
+                source,
+            })
+    }
+
+    /// Serves connections from `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(proxy = %self.cfg.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                });
+                // HTTP/1.1, and HTTP/2 with prior knowledge (h2c); TLS is
+                // terminated in front.
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder.http2().timer(TokioTimer::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request, start to end.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let token = take_header(&mut parts.headers, TOKEN_HEADER);
+        let resume = take_header(&mut parts.headers, REQUEST_HEADER);
+        let principal = match self.identify(&parts.headers, token).await {
+            Ok(p) => p,
+            Err(res) => return res,
+        };
+        let path = parts.uri.path().to_owned();
+        if ambiguous_path(&path) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the path has dot segments or encoded separators; refused rather than guessed",
+            );
+        }
+        let Some(m) = self.routes.find(parts.method.as_str(), &path) else {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("no route of proxy {:?} matches this request", self.cfg.name),
+            );
+        };
+        let target = Target {
+            route: m.route.config.clone(),
+            action: m.route.action.clone(),
+            resource: Resource {
+                kind: m.kind,
+                id: m.id,
+                attrs: Map::new(),
+            },
+        };
+        let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+        let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
+        let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "the request body did not arrive in time",
+            );
+        };
+        let body = match read {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "request bodies are limited to {} bytes",
+                        self.cfg.max_body_bytes
+                    ),
+                )
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "the request body could not be read",
+                )
+            }
+        };
+        if target.route.danger_forward_unchecked {
+            return self.forward(parts, body, peer, &target, &principal).await.0;
+        }
+        let check = self.check_body(&principal, &parts, &body, &target, peer);
+        if let Some(id) = resume {
+            return self.resume(&id, check, parts, body, peer, target).await;
+        }
+        match self.enforcer.check(&check).await {
+            Err(e) => gate_error(e),
+            Ok(CheckResponse::Allow { .. }) => {
+                self.forward(parts, body, peer, &target, &principal).await.0
+            }
+            Ok(CheckResponse::Deny { message, .. }) => {
+                refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+            }
+            Ok(CheckResponse::ApprovalRequired { request, .. }) => {
+                self.hold(*request, check, parts, body, peer, target).await
+            }
+        }
+    }
+
+    /// Who the end user is: the trusted front proxy's header when one is
+    /// configured and present, else the owner of the `Airlock-Token` key.
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        token: Option<String>,
+    ) -> Result<UserName, Response<Body>> {
+        let no_identity = |m: &str| refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, m);
+        if let Some(h) = &self.principal_header {
+            if let Some(v) = headers.get(h) {
+                return v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| UserName::parse(s.trim()).ok())
+                    .ok_or_else(|| no_identity("the principal header does not name a user"));
+            }
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(no_identity(
+                "send your Airlock API key in the Airlock-Token header",
+            ));
+        };
+        match self.enforcer.gate().whoami(&token).await {
+            Ok(w) => Ok(w.user),
+            Err(ClientError::Api { status: 401, .. }) => {
+                Err(no_identity("the Airlock-Token key is unknown or revoked"))
+            }
+            Err(e) => Err(gate_error(e)),
+        }
+    }
+
+    /// The action a request is: params bind what it does (method, path,
+    /// query, body hash); context carries what the proxy saw.
+    fn check_body(
+        &self,
+        principal: &UserName,
+        parts: &Parts,
+        body: &Bytes,
+        target: &Target,
+        peer: SocketAddr,
+    ) -> CheckBody {
+        let path = parts.uri.path();
+        let mut params = BTreeMap::new();
+        params.insert("method".into(), json!(parts.method.as_str()));
+        params.insert("path".into(), json!(path));
+        params.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
+        params.insert(
+            "body_sha256".into(),
+            json!(hex::encode(Sha256::digest(body))),
+        );
+        let mut context = Map::new();
+        context.insert("bytes".into(), json!(body.len() as u64));
+        if let Some(ct) = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            context.insert("content_type".into(), json!(ct));
+        }
+        let last = path.rsplit('/').next().unwrap_or("");
+        if let Some((stem, ext)) = last.rsplit_once('.') {
+            if !stem.is_empty() && !ext.is_empty() {
+                context.insert("extension".into(), json!(ext.to_ascii_lowercase()));
+            }
+        }
+        context.insert("source_ip".into(), json!(peer.ip().to_string()));
+        context.insert("proxy".into(), json!(self.cfg.name));
+        CheckBody {
+            principal: Some(principal.clone()),
+            action: target.action.clone(),
+            resource: target.resource.clone(),
+            params,
+            context,
+            reason: None,
+        }
+    }
+
+    /// A retry naming a held request: only the identical request may use
+    /// it.
+    async fn resume(
+        self: Arc<Self>,
+        id: &str,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        let Ok(id) = RequestId::parse(id) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "Airlock-Request is not a request id",
+            );
+        };
+        let view = match self.enforcer.gate().request(id, None).await {
+            Ok(v) => v,
+            Err(e) => return gate_error(e),
+        };
+        let Some(principal) = check.principal.clone() else {
+            return refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "no principal");
+        };
+        let action = Action {
+            principal,
+            action: check.action.clone(),
+            resource: check.resource.clone(),
+            params: check.params.clone(),
+            context: Map::new(),
+        };
+        if action.fingerprint() != view.fingerprint {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::ActionMismatch,
+                format!("this is not the request {id} was opened for"),
+            );
+        }
+        if view.status == RequestStatus::Pending {
+            self.hold(view, check, parts, body, peer, target).await
+        } else {
+            self.use_grant(view, check, parts, body, peer, target).await
+        }
+    }
+
+    /// Holds a pending request up to `hold_seconds`, woken by its decision
+    /// (the gate's wait), then uses the grant or answers 202. Dropping this
+    /// future (the client went away) cancels nothing: the request stays
+    /// pending for a retry.
+    async fn hold(
+        self: Arc<Self>,
+        view: RequestView,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        let hold = Duration::from_secs(self.cfg.hold_seconds);
+        let mut waiter = self.enforcer.waiter(view);
+        let decided = tokio::time::timeout(hold, async {
+            while !waiter.decided() {
+                waiter.poll().await?;
+            }
+            Ok::<_, ClientError>(())
+        })
+        .await;
+        match decided {
+            Err(_held) => return self.accepted(waiter.into_current()),
+            Ok(Err(e)) => return gate_error(e),
+            Ok(Ok(())) => {}
+        }
+        let view = waiter.into_current();
+        self.use_grant(view, check, parts, body, peer, target).await
+    }
+
+    /// 202: still pending; how to come back.
+    fn accepted(&self, mut view: RequestView) -> Response<Body> {
+        // The view comes from an enforcer's gate; a token must never reach
+        // the end user through the proxy.
+        view.grant = None;
+        let id = view.id.to_string();
+        let body = serde_json::to_vec(&json!({ "request": view })).unwrap_or_default();
+        let mut res = Response::new(full(Bytes::from(body)));
+        *res.status_mut() = StatusCode::ACCEPTED;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(HeaderName::from_static(REQUEST_HEADER), v);
+        }
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.cfg.retry_after_seconds),
+        );
+        res
+    }
+
+    /// A decided request: approved → consume one use for exactly this
+    /// request, forward it once, complete with the upstream's status.
+    async fn use_grant(
+        self: Arc<Self>,
+        view: RequestView,
+        check: CheckBody,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: Target,
+    ) -> Response<Body> {
+        match view.status {
+            RequestStatus::Approved | RequestStatus::Completed => {}
+            other => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!("request {} is {other}; not forwarded", view.id),
+                )
+            }
+        }
+        let grant = match self.enforcer.consume(&view, &check).await {
+            Ok(g) => g,
+            Err(e) => return gate_error(e),
+        };
+        // The use is spent: forward and complete on a task of its own, so
+        // a client going away now cannot leave a consumed grant unreported.
+        // The task ends with the upstream's answer (bounded by its timeout).
+        let this = self.clone();
+        let principal = view.principal.clone();
+        let task = tokio::spawn(async move {
+            let (res, counted) = this.forward(parts, body, peer, &target, &principal).await;
+            let status = res.status();
+            match counted {
+                Counted::None => this.complete(grant.grant_id, status, None).await,
+                Counted::Now(c) => this.complete(grant.grant_id, status, Some(c)).await,
+                // Streamed: completed when the body has gone through (or
+                // the client left), with what was found.
+                Counted::Later(rx) => {
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        let counts = rx.await.ok();
+                        this.complete(grant.grant_id, status, counts).await;
+                    });
+                }
+            }
+            res
+        });
+        task.await.unwrap_or_else(|_| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UpstreamUnavailable,
+                "forwarding failed",
+            )
+        })
+    }
+
+    async fn complete(&self, grant: GrantId, status: StatusCode, counts: Option<Counts>) {
+        let outcome = if status.is_success() || status.is_redirection() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let mut detail = Map::new();
+        detail.insert("status".into(), json!(status.as_u16()));
+        if let Some(c) = counts {
+            detail.insert("dlp".into(), json!(c));
+        }
+        if let Err(e) = self.enforcer.complete(grant, outcome, detail).await {
+            tracing::warn!(error = %e, grant = %grant, "proxy: completing the grant failed");
+        }
+    }
+
+    /// Sends the request upstream and the answer back through DLP; the
+    /// finding counts when the route scans.
+    async fn forward(
+        self: &Arc<Self>,
+        parts: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        target: &Target,
+        principal: &UserName,
+    ) -> (Response<Body>, Counted) {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("{}{pq}", self.upstream);
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method;
+        *req.uri_mut() = match uri.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return (
+                    refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "bad path"),
+                    Counted::None,
+                )
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.insert(header::HOST, self.upstream_authority.clone());
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.append(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        *req.headers_mut() = headers;
+        let timeout = Duration::from_secs(self.cfg.upstream_timeout_seconds);
+        let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = %self.cfg.name, error = %e, "upstream failed");
+                return (
+                    refuse(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::UpstreamUnavailable,
+                        "the upstream service did not answer",
+                    ),
+                    Counted::None,
+                );
+            }
+            Err(_) => {
+                return (
+                    refuse(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ErrorCode::UpstreamUnavailable,
+                        "the upstream service took too long",
+                    ),
+                    Counted::None,
+                )
+            }
+        };
+        self.respond(res, target, principal).await
+    }
+
+    /// The upstream's answer as it may leave: as is (DLP off, or a type
+    /// not scanned), or decoded, scanned, and reported, masked or withheld.
+    async fn respond(
+        self: &Arc<Self>,
+        res: Response<Incoming>,
+        target: &Target,
+        principal: &UserName,
+    ) -> (Response<Body>, Counted) {
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let mode = target.route.response_dlp;
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if mode == ResponseDlp::Off || !scan::scannable(ct) {
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            return (Response::from_parts(parts, body), Counted::None);
+        }
+        // Report and mask need no verdict before the body leaves: they
+        // stream, scanning as it goes, in bounded memory, whatever the size.
+        // Block and a decision on the response must see it all first.
+        if matches!(mode, ResponseDlp::Report | ResponseDlp::Mask)
+            && target.route.response_action.is_none()
+        {
+            let encoding = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            if let Some(decoder) = scan::StreamDecoder::new(encoding) {
+                let mask = mode == ResponseDlp::Mask;
+                if mask {
+                    for h in [
+                        header::CONTENT_ENCODING,
+                        header::CONTENT_LENGTH,
+                        header::ETAG,
+                        header::ACCEPT_RANGES,
+                    ] {
+                        parts.headers.remove(h);
+                    }
+                }
+                let (body, counts) = self.stream_scanned(body, decoder, mask, target);
+                return (Response::from_parts(parts, body), Counted::Later(counts));
+            }
+        }
+        let max = self.cfg.max_scan_bytes;
+        let raw = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let why = if e.is::<http_body_util::LengthLimitError>() {
+                    format!("the response is larger than max_scan_bytes ({max})")
+                } else {
+                    "the upstream's response body broke off".to_owned()
+                };
+                return (unscannable(why), Counted::None);
+            }
+        };
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let decoded = match scan::decode(&raw, encoding, max) {
+            Ok(d) => d,
+            Err(e) => return (unscannable(e.to_string()), Counted::None),
+        };
+        let (out, counts) = match mode {
+            ResponseDlp::Mask => {
+                let (masked, counts) = scan::mask(&self.scanner, &decoded);
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts.headers.remove(header::ETAG);
+                parts.headers.remove(header::ACCEPT_RANGES);
+                (masked, counts)
+            }
+            _ => (raw, scan::count(&self.scanner, &decoded)),
+        };
+        let total: u64 = counts.values().sum();
+        tracing::info!(proxy = %self.cfg.name, action = %target.action, findings = ?counts, "response scanned");
+        if mode == ResponseDlp::Block && total > 0 {
+            return (
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the response was withheld: it contains {}",
+                        describe(&counts)
+                    ),
+                ),
+                Counted::Now(counts),
+            );
+        }
+        if let Some(action) = &target.route.response_action {
+            // What the approver sees of what would leave: the first lines
+            // of the masked body, never the raw one.
+            let preview = if self.cfg.response_preview_lines == 0 {
+                Vec::new()
+            } else if mode == ResponseDlp::Mask {
+                preview_lines(&out, self.cfg.response_preview_lines)
+            } else {
+                let (masked, _) = scan::mask(&self.scanner, &decoded);
+                preview_lines(&masked, self.cfg.response_preview_lines)
+            };
+            if let Some(refusal) = self
+                .decide_response(action, target, principal, &counts, preview, decoded.len())
+                .await
+            {
+                return (refusal, Counted::Now(counts));
+            }
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
+        (Response::from_parts(parts, full(out)), Counted::Now(counts))
+    }
+
+    /// Scans a body as it streams to the client, on a task of its own:
+    /// decoded a small step at a time, masked (or passed as it came, for
+    /// report), sent on in bounded pieces; the counts when it ends. A body
+    /// that breaks off or does not decode ends the response with an error
+    /// (what was sent was already masked).
+    fn stream_scanned(
+        self: &Arc<Self>,
+        mut body: Incoming,
+        mut decoder: scan::StreamDecoder,
+        mask: bool,
+        target: &Target,
+    ) -> (Body, tokio::sync::oneshot::Receiver<Counts>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+        let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let action = target.action.clone();
+        tokio::spawn(async move {
+            let mut ms = this.scanner.mask_stream();
+            let mut findings = Vec::new();
+            let mut out = Vec::new();
+            let mut failed: Option<String> = None;
+            // A stalled upstream or a client that stops reading ends the
+            // stream after this long, so the task cannot linger.
+            let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
+            'body: loop {
+                let frame = match tokio::time::timeout(stall, body.frame()).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = Some("the upstream's body stalled".to_owned());
+                        break;
+                    }
+                };
+                let data = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => d,
+                        Err(_trailers) => continue,
+                    },
+                    Err(e) => {
+                        failed = Some(format!("the upstream's body broke off: {e}"));
+                        break;
+                    }
+                };
+                for step in data.chunks(DECODE_STEP) {
+                    let decoded = match decoder.push(step) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break 'body;
+                        }
+                    };
+                    findings.extend(ms.feed(&decoded, &mut out));
+                    if !mask {
+                        out.clear();
+                    } else if out.len() >= STREAM_FLUSH
+                        && tx
+                            .send_timeout(Ok(Bytes::from(std::mem::take(&mut out))), stall)
+                            .await
+                            .is_err()
+                    {
+                        break 'body; // the client left
+                    }
+                }
+                if !mask && tx.send_timeout(Ok(data), stall).await.is_err() {
+                    break;
+                }
+            }
+            if failed.is_none() {
+                match decoder.finish() {
+                    Ok(rest) => findings.extend(ms.feed(&rest, &mut out)),
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            findings.extend(ms.finish(&mut out));
+            match failed {
+                Some(why) => {
+                    tracing::warn!(proxy = %this.cfg.name, error = %why, "streamed response ended early");
+                    let _ = tx.send_timeout(Err(why.into()), stall).await;
+                }
+                None if mask && !out.is_empty() => {
+                    let _ = tx.send_timeout(Ok(Bytes::from(out)), stall).await;
+                }
+                None => {}
+            }
+            let counts = airlock_dlp::counts(&findings);
+            tracing::info!(proxy = %this.cfg.name, action = %action, findings = ?counts, "response scanned");
+            let _ = counts_tx.send(counts);
+        });
+        (ChannelBody(rx).boxed_unsync(), counts_rx)
+    }
+
+    /// The second decision, on what the response contains: allowed → it
+    /// leaves; approved within the hold → it leaves, the grant consumed and
+    /// completed; anything else → refused (the body is not kept for a
+    /// retry).
+    async fn decide_response(
+        &self,
+        action: &str,
+        target: &Target,
+        principal: &UserName,
+        counts: &Counts,
+        preview: Vec<String>,
+        bytes: usize,
+    ) -> Option<Response<Body>> {
+        let Ok(action) = ActionName::parse(action) else {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "bad response_action",
+            ));
+        };
+        let mut context = Map::new();
+        context.insert("dlp".into(), json!(counts));
+        context.insert("proxy".into(), json!(self.cfg.name));
+        context.insert("bytes".into(), json!(bytes as u64));
+        if !preview.is_empty() {
+            context.insert("preview".into(), json!(preview));
+        }
+        let check = CheckBody {
+            principal: Some(principal.clone()),
+            action,
+            resource: target.resource.clone(),
+            params: BTreeMap::new(),
+            context,
+            reason: None,
+        };
+        let hold = Duration::from_secs(self.cfg.hold_seconds);
+        match self.enforcer.enter(&check, hold).await {
+            Ok(Entry::Allowed { .. }) => None,
+            Ok(Entry::Granted { grant, .. }) => {
+                let mut detail = Map::new();
+                detail.insert("dlp".into(), json!(counts));
+                if let Err(e) = self
+                    .enforcer
+                    .complete(grant.grant_id, Outcome::Success, detail)
+                    .await
+                {
+                    tracing::warn!(error = %e, "proxy: completing the response grant failed");
+                }
+                None
+            }
+            Ok(Entry::Denied { message, .. }) => Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("the response was withheld: {message}"),
+            )),
+            Ok(Entry::Held { request }) | Ok(Entry::NotApproved { request }) => Some(refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!(
+                    "the response was withheld: it needs approval (request {}, {}, {})",
+                    request.id, request.status, request.url
+                ),
+            )),
+            Err(e) => Some(gate_error(e)),
+        }
+    }
+}
+
+/// A response that could not be scanned is refused, never passed.
+fn unscannable(why: String) -> Response<Body> {
+    refuse(
+        StatusCode::BAD_GATEWAY,
+        ErrorCode::UpstreamUnavailable,
+        format!("the response could not be scanned and was withheld: {why}"),
+    )
+}
+
+/// Up to `n` first lines of `masked`, each cut to a bounded length (cut
+/// after masking, so a cut never reveals part of a finding).
+fn preview_lines(masked: &[u8], n: usize) -> Vec<String> {
+    const MAX_LINE: usize = 160;
+    String::from_utf8_lossy(masked)
+        .lines()
+        .take(n)
+        .map(|l| match l.char_indices().nth(MAX_LINE) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+fn describe(counts: &Counts) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        while headers.remove(h).is_some() {}
+    }
+}

@@ -1,0 +1,294 @@
+//! Routes: a method and a path template with captures, compiled once, that
+//! turn a request into an action on a `TYPE:ID` resource.
+
+use std::collections::BTreeMap;
+
+use airlock_core::action::parse_type_id;
+use airlock_core::action::{ResourceId, ResourceType};
+use airlock_core::ActionName;
+
+use crate::config::RouteConfig;
+use crate::ProxyError;
+
+/// One piece of a path segment.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Lit(String),
+    Cap(String),
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    method: Option<String>,
+    segments: Vec<Vec<Part>>,
+    /// The action checked.
+    pub action: ActionName,
+    resource: String,
+    /// The route's settings.
+    pub config: RouteConfig,
+}
+
+/// A request matched to a route: the action and resource it is.
+#[derive(Debug, Clone)]
+pub struct Matched<'a> {
+    /// The route.
+    pub route: &'a Route,
+    /// Resource type.
+    pub kind: ResourceType,
+    /// Resource id.
+    pub id: ResourceId,
+}
+
+fn parse_segment(seg: &str, names: &mut Vec<String>) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = seg;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            None => {
+                if rest.contains('}') {
+                    return Err(format!("unbalanced '}}' in {seg:?}"));
+                }
+                parts.push(Part::Lit(rest.to_owned()));
+                rest = "";
+            }
+            Some(i) => {
+                if i > 0 {
+                    let lit = &rest[..i];
+                    if lit.contains('}') {
+                        return Err(format!("unbalanced '}}' in {seg:?}"));
+                    }
+                    parts.push(Part::Lit(lit.to_owned()));
+                }
+                let after = &rest[i + 1..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed '{{' in {seg:?}"))?;
+                let name = &after[..end];
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("bad capture name {name:?}"));
+                }
+                if matches!(parts.last(), Some(Part::Cap(_))) {
+                    return Err(format!("two captures side by side in {seg:?}"));
+                }
+                if names.iter().any(|n| n == name) {
+                    return Err(format!("capture {name:?} appears twice"));
+                }
+                names.push(name.to_owned());
+                parts.push(Part::Cap(name.to_owned()));
+                rest = &after[end + 1..];
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// Matches `text` against `parts`, filling `caps`; a capture takes one or
+/// more characters (shortest first, so a literal after it anchors it).
+fn match_parts(parts: &[Part], text: &str, caps: &mut BTreeMap<String, String>) -> bool {
+    match parts.split_first() {
+        None => text.is_empty(),
+        Some((Part::Lit(l), rest)) => {
+            text.starts_with(l.as_str()) && match_parts(rest, &text[l.len()..], caps)
+        }
+        Some((Part::Cap(name), rest)) => {
+            for i in (1..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                if match_parts(rest, &text[i..], caps) {
+                    caps.insert(name.clone(), text[..i].to_owned());
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+impl Route {
+    /// Compiles a route, checking that its action and resource can be
+    /// built from its captures.
+    pub fn compile(config: &RouteConfig) -> Result<Self, ProxyError> {
+        let bad = |m: String| ProxyError::Config(format!("route {:?}: {m}", config.path));
+        let method = match config.method.trim() {
+            "*" => None,
+            m if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => {
+                Some(m.to_ascii_uppercase())
+            }
+            m => return Err(bad(format!("method {m:?} is not a method or \"*\""))),
+        };
+        let Some(path) = config.path.strip_prefix('/') else {
+            return Err(bad("path must start with '/'".into()));
+        };
+        let mut names = Vec::new();
+        let segments = path
+            .split('/')
+            .map(|s| parse_segment(s, &mut names))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let action = ActionName::parse(&config.action).map_err(|e| bad(e.to_string()))?;
+        // Every capture the resource names must exist.
+        let mut used = Vec::new();
+        parse_segment(&config.resource, &mut used).map_err(bad)?;
+        if let Some(u) = used.iter().find(|u| !names.contains(u)) {
+            return Err(bad(format!(
+                "resource uses {{{u}}}, which the path does not capture"
+            )));
+        }
+        if let Some(r) = &config.response_action {
+            ActionName::parse(r).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(Self {
+            method,
+            segments,
+            action,
+            resource: config.resource.clone(),
+            config: config.clone(),
+        })
+    }
+
+    /// Whether `method` and `path` (the raw, still percent-encoded path)
+    /// match; the captures if so.
+    fn captures(&self, method: &str, path: &str) -> Option<BTreeMap<String, String>> {
+        if let Some(m) = &self.method {
+            if !m.eq_ignore_ascii_case(method) {
+                return None;
+            }
+        }
+        let path = path.strip_prefix('/')?;
+        let segs: Vec<&str> = path.split('/').collect();
+        if segs.len() != self.segments.len() {
+            return None;
+        }
+        let mut caps = BTreeMap::new();
+        for (parts, seg) in self.segments.iter().zip(segs) {
+            if !match_parts(parts, seg, &mut caps) {
+                return None;
+            }
+        }
+        Some(caps)
+    }
+
+    fn resource_for(&self, caps: &BTreeMap<String, String>) -> Option<(ResourceType, ResourceId)> {
+        let mut out = String::new();
+        let mut rest = self.resource.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let end = after.find('}')?;
+            out.push_str(caps.get(&after[..end])?);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        parse_type_id(&out).ok()
+    }
+}
+
+/// The routes of one proxy, in order.
+#[derive(Debug, Clone)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// Compiles every route.
+    pub fn compile(configs: &[RouteConfig]) -> Result<Self, ProxyError> {
+        configs
+            .iter()
+            .map(Route::compile)
+            .collect::<Result<_, _>>()
+            .map(Routes)
+    }
+
+    /// The first route that matches, with its resource. A route whose
+    /// resource cannot be built from this path (an id Airlock refuses) does
+    /// not match: the request is refused rather than checked as something
+    /// else.
+    pub fn find(&self, method: &str, path: &str) -> Option<Matched<'_>> {
+        for route in &self.0 {
+            if let Some(caps) = route.captures(method, path) {
+                let (kind, id) = route.resource_for(&caps)?;
+                return Some(Matched { route, kind, id });
+            }
+        }
+        None
+    }
+}
+
+/// Paths the upstream could read as something else than what was
+/// matched: dot segments, encoded separators and dots, back-slashes. They
+/// are refused before matching rather than normalised, so the proxy and the
+/// upstream cannot disagree on which file is meant.
+pub fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains('\\')
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%00")
+        || path.split('/').any(|s| s == "." || s == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: &str, path: &str, resource: &str) -> RouteConfig {
+        RouteConfig {
+            method: method.into(),
+            path: path.into(),
+            action: "download".into(),
+            resource: resource.into(),
+            response_dlp: Default::default(),
+            response_action: None,
+            danger_forward_unchecked: false,
+        }
+    }
+
+    #[test]
+    fn templates_capture_and_build_the_resource() {
+        let r = Routes::compile(&[
+            route("GET", "/exports/{name}.csv", "File:{name}"),
+            route("*", "/t/{schema}/{table}", "Table:{schema}.{table}"),
+        ])
+        .unwrap();
+        let m = r.find("GET", "/exports/customers.csv").unwrap();
+        assert_eq!((m.kind.as_str(), m.id.as_str()), ("File", "customers"));
+        let m = r.find("get", "/exports/a.b.csv").unwrap();
+        assert_eq!(m.id.as_str(), "a.b");
+        assert!(r.find("POST", "/exports/customers.csv").is_none());
+        assert!(r.find("GET", "/exports/.csv").is_none());
+        assert!(r.find("GET", "/exports/x.json").is_none());
+        assert!(r.find("GET", "/exports/x.csv/more").is_none());
+        let m = r.find("DELETE", "/t/prod/orders").unwrap();
+        assert_eq!((m.kind.as_str(), m.id.as_str()), ("Table", "prod.orders"));
+    }
+
+    #[test]
+    fn bad_routes_are_refused_at_load() {
+        for (m, p, res) in [
+            ("GET", "exports", "File:x"),
+            ("GET", "/e/{a}{b}", "File:{a}"),
+            ("GET", "/e/{a}", "File:{b}"),
+            ("G T", "/e/{a}", "File:{a}"),
+            ("GET", "/e/{a", "File:{a}"),
+            ("GET", "/e/{a}/{a}", "File:{a}"),
+        ] {
+            assert!(
+                Routes::compile(&[route(m, p, res)]).is_err(),
+                "{m} {p} {res}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_spotted() {
+        for p in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a%2Fb",
+            "/a\\b",
+            "/a%5cb",
+        ] {
+            assert!(ambiguous_path(p), "{p}");
+        }
+        assert!(!ambiguous_path("/exports/a.b.csv"));
+    }
+}

@@ -1,0 +1,290 @@
+//! Response DLP: decode the body (gzip, deflate, br; bounded, so a small
+//! compressed body cannot expand past the cap), scan it with `airlock-dlp`,
+//! and report, mask or withhold what it finds. Only counts by type leave
+//! this module, never the values.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use airlock_dlp::Scanner;
+use bytes::Bytes;
+
+/// Why a body could not be scanned; the response is then refused, never
+/// passed unscanned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScanError {
+    /// Decoded (or still encoded) it is larger than the cap.
+    #[error("the response is larger than max_scan_bytes ({0}) once decoded")]
+    TooLarge(u64),
+    /// A `Content-Encoding` this proxy cannot decode.
+    #[error("the response's content-encoding {0:?} cannot be decoded for scanning")]
+    Encoding(String),
+    /// The body does not decode as its encoding says.
+    #[error("the response body does not decode as {0}")]
+    Corrupt(String),
+}
+
+/// Whether a response of this `Content-Type` is scanned: text, JSON, CSV,
+/// XML, NDJSON, and bodies that do not say (a missing type is scanned
+/// rather than trusted).
+pub fn scannable(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.is_empty()
+        || mime.starts_with("text/")
+        || mime.ends_with("+json")
+        || mime.ends_with("+xml")
+        || matches!(
+            mime.as_str(),
+            "application/json"
+                | "application/xml"
+                | "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/csv"
+                | "application/javascript"
+                | "application/x-www-form-urlencoded"
+        )
+}
+
+/// Reads at most `max` bytes from `r`; more is an error.
+fn bounded(r: impl Read, max: u64, what: &str) -> Result<Vec<u8>, ScanError> {
+    let mut out = Vec::new();
+    r.take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|_| ScanError::Corrupt(what.to_owned()))?;
+    if out.len() as u64 > max {
+        return Err(ScanError::TooLarge(max));
+    }
+    Ok(out)
+}
+
+/// Undoes `Content-Encoding` (a comma list, applied in order, so undone in
+/// reverse), refusing anything that decodes to more than `max` bytes.
+pub fn decode(body: &[u8], encoding: Option<&str>, max: u64) -> Result<Vec<u8>, ScanError> {
+    let mut data = body.to_vec();
+    let codings: Vec<String> = encoding
+        .unwrap_or("")
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    for coding in codings.iter().rev() {
+        data = match coding.as_str() {
+            "identity" => data,
+            "gzip" | "x-gzip" => {
+                bounded(flate2::read::MultiGzDecoder::new(&data[..]), max, "gzip")?
+            }
+            "deflate" => {
+                // Servers send zlib-wrapped (as the RFC says) or raw deflate.
+                match bounded(flate2::read::ZlibDecoder::new(&data[..]), max, "deflate") {
+                    Ok(d) => d,
+                    Err(ScanError::TooLarge(m)) => return Err(ScanError::TooLarge(m)),
+                    Err(_) => {
+                        bounded(flate2::read::DeflateDecoder::new(&data[..]), max, "deflate")?
+                    }
+                }
+            }
+            "br" => bounded(brotli::Decompressor::new(&data[..], 8192), max, "br")?,
+            other => return Err(ScanError::Encoding(other.to_owned())),
+        };
+    }
+    if data.len() as u64 > max {
+        return Err(ScanError::TooLarge(max));
+    }
+    Ok(data)
+}
+
+/// Counts by type.
+pub type Counts = BTreeMap<String, u64>;
+
+/// A decoder fed chunk by chunk, for responses scanned as they stream
+/// (memory stays bounded by the chunks, whatever the body's size).
+pub enum StreamDecoder {
+    /// No encoding.
+    Identity,
+    /// `gzip`.
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+    /// `deflate` (zlib-wrapped, as RFC 9110 says).
+    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    /// `br`.
+    Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+}
+
+impl StreamDecoder {
+    /// A decoder for one `Content-Encoding`; `None` when it cannot stream
+    /// (several codings, or one this proxy does not know).
+    pub fn new(encoding: Option<&str>) -> Option<Self> {
+        let coding = encoding.unwrap_or("").trim().to_ascii_lowercase();
+        Some(match coding.as_str() {
+            "" | "identity" => Self::Identity,
+            "gzip" | "x-gzip" => Self::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
+            "deflate" => Self::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
+            "br" => Self::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192))),
+            _ => return None,
+        })
+    }
+
+    /// Decodes the next chunk; what came out. Callers feed small slices
+    /// (deflate and brotli expand a byte into at most about a kilobyte), so
+    /// what one call returns stays bounded.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, ScanError> {
+        use std::io::Write;
+        let corrupt = |w: &str| ScanError::Corrupt(w.to_owned());
+        Ok(match self {
+            Self::Identity => chunk.to_vec(),
+            Self::Gzip(d) => {
+                d.write_all(chunk).map_err(|_| corrupt("gzip"))?;
+                std::mem::take(d.get_mut())
+            }
+            Self::Deflate(d) => {
+                d.write_all(chunk).map_err(|_| corrupt("deflate"))?;
+                std::mem::take(d.get_mut())
+            }
+            Self::Br(d) => {
+                d.write_all(chunk).map_err(|_| corrupt("br"))?;
+                std::mem::take(d.get_mut())
+            }
+        })
+    }
+
+    /// Ends the stream; what was still inside. A truncated body is an error.
+    pub fn finish(&mut self) -> Result<Vec<u8>, ScanError> {
+        let corrupt = |w: &str| ScanError::Corrupt(w.to_owned());
+        Ok(match self {
+            Self::Identity => Vec::new(),
+            Self::Gzip(d) => {
+                d.try_finish().map_err(|_| corrupt("gzip"))?;
+                std::mem::take(d.get_mut())
+            }
+            Self::Deflate(d) => {
+                d.try_finish().map_err(|_| corrupt("deflate"))?;
+                std::mem::take(d.get_mut())
+            }
+            Self::Br(d) => {
+                d.close().map_err(|_| corrupt("br"))?;
+                std::mem::take(d.get_mut())
+            }
+        })
+    }
+}
+
+/// Scans `decoded`; the counts.
+pub fn count(scanner: &Scanner, decoded: &[u8]) -> Counts {
+    airlock_dlp::counts(&scanner.scan(decoded))
+}
+
+/// Masks `decoded` in place (streaming through the scanner's window); the
+/// masked bytes and the counts.
+pub fn mask(scanner: &Scanner, decoded: &[u8]) -> (Bytes, Counts) {
+    let mut out = Vec::with_capacity(decoded.len());
+    let mut stream = scanner.mask_stream();
+    let mut findings = Vec::new();
+    for chunk in decoded.chunks(64 * 1024) {
+        findings.extend(stream.feed(chunk, &mut out));
+    }
+    findings.extend(stream.finish(&mut out));
+    (Bytes::from(out), airlock_dlp::counts(&findings))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn decodes_gzip_deflate_and_br() {
+        let text = b"name,email\nann,ann@example.com\n".repeat(10);
+        assert_eq!(decode(&gzip(&text), Some("gzip"), 1 << 20).unwrap(), text);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Default::default());
+        z.write_all(&text).unwrap();
+        assert_eq!(
+            decode(&z.finish().unwrap(), Some("deflate"), 1 << 20).unwrap(),
+            text
+        );
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
+        raw.write_all(&text).unwrap();
+        assert_eq!(
+            decode(&raw.finish().unwrap(), Some("deflate"), 1 << 20).unwrap(),
+            text
+        );
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&text).unwrap();
+        }
+        assert_eq!(decode(&br, Some("br"), 1 << 20).unwrap(), text);
+        assert_eq!(decode(&text, None, 1 << 20).unwrap(), text);
+    }
+
+    /// A few KiB of gzip that expand to 100 MiB are refused at the cap, not
+    /// decoded whole.
+    #[test]
+    fn decompression_bombs_are_refused() {
+        let bomb = gzip(&vec![b'a'; 100 << 20]);
+        assert!(bomb.len() < 200 << 10);
+        assert_eq!(
+            decode(&bomb, Some("gzip"), 1 << 20),
+            Err(ScanError::TooLarge(1 << 20))
+        );
+        assert!(matches!(
+            decode(b"x", Some("compress"), 1 << 20),
+            Err(ScanError::Encoding(_))
+        ));
+        assert!(matches!(
+            decode(b"not gzip", Some("gzip"), 1 << 20),
+            Err(ScanError::Corrupt(_))
+        ));
+    }
+
+    /// Fed in small chunks, the streaming decoder gives back the same
+    /// bytes as decoding whole, holding only what each chunk yields.
+    #[test]
+    fn stream_decoder_decodes_chunk_by_chunk() {
+        let text = b"id,email\n1,someone@example.com\n".repeat(5000);
+        let gz = gzip(&text);
+        let mut d = StreamDecoder::new(Some("gzip")).unwrap();
+        let mut out = Vec::new();
+        for c in gz.chunks(100) {
+            let piece = d.push(c).unwrap();
+            // deflate expands at most ~1032:1: feeding small slices bounds
+            // what one push can produce.
+            assert!(piece.len() <= 1032 * 100 + (32 << 10), "{}", piece.len());
+            out.extend(piece);
+        }
+        out.extend(d.finish().unwrap());
+        assert_eq!(out, text);
+        let mut d = StreamDecoder::new(Some("gzip")).unwrap();
+        d.push(&gz[..gz.len() / 2]).unwrap();
+        assert!(d.finish().is_err(), "a truncated body is an error");
+        assert!(StreamDecoder::new(Some("gzip, br")).is_none());
+        assert!(StreamDecoder::new(None).is_some());
+    }
+
+    #[test]
+    fn text_types_are_scanned_and_binary_ones_not() {
+        for ct in [
+            None,
+            Some("text/csv; charset=utf-8"),
+            Some("application/json"),
+            Some("application/x-ndjson"),
+            Some("application/problem+json"),
+            Some("application/xml"),
+        ] {
+            assert!(scannable(ct), "{ct:?}");
+        }
+        assert!(!scannable(Some("image/png")));
+    }
+}

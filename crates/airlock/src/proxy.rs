@@ -1,0 +1,66 @@
+//! `airlock proxy --config FILE`: the file's HTTP proxies, alone, asking a
+//! remote server over HTTP with an enforcer key. No store, no signing key.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_client::{Client, Gate};
+use airlock_proxy_http::{Proxy, StandaloneConfig};
+use anyhow::Context;
+
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: StandaloneConfig =
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    if cfg.proxies.http.is_empty() {
+        anyhow::bail!("{}: no [[proxies.http]] to run", path.display());
+    }
+    let client = Client::new(&cfg.proxy.server_url, &cfg.proxy.token)?;
+    // The key must be an enforcer's: with a user key every check on behalf
+    // of someone else would be refused, so say so now rather than per request.
+    let me = client
+        .whoami(&cfg.proxy.token)
+        .await
+        .context("asking the server who [proxy] token is")?;
+    if me.role != "enforcer" {
+        anyhow::bail!(
+            "[proxy] token belongs to {} with role {}; a proxy needs an enforcer key",
+            me.user.as_str(),
+            me.role
+        );
+    }
+    let gate: Arc<dyn Gate> = Arc::new(client);
+    let mut tasks = Vec::new();
+    for p in cfg.proxies.http {
+        let proxy = Proxy::new(p, gate.clone())?;
+        let listener = proxy.bind().await?;
+        println!(
+            "proxy {} listening on http://{}",
+            proxy.name(),
+            listener.local_addr()?
+        );
+        tasks.push(tokio::spawn(proxy.serve(listener)));
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated() => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}

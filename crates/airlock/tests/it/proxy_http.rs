@@ -1,0 +1,889 @@
+//! The HTTP proxy (`[[proxies.http]]`, `airlock proxy`): a real upstream
+//! behind a real proxy, inside `airlock serve` and alone, driven with
+//! reqwest and curl: allow, deny, no route, no identity, each hold path,
+//! header stripping and response DLP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const PROXY_POLICIES: &str = r#"
+@id("public-files")
+permit(principal, action == Action::"download", resource == File::"public");
+
+@id("no-secrets")
+forbid(principal, action == Action::"download", resource == File::"secret");
+
+@id("customer-files")
+@approvers("security")
+permit(principal, action == Action::"download", resource == File::"customers");
+
+@id("uploads")
+@approvers("security")
+permit(principal, action == Action::"upload", resource);
+
+@id("open-data")
+permit(principal, action == Action::"download", resource == File::"open");
+
+@id("public-responses")
+permit(principal, action == Action::"download.response", resource == File::"public");
+
+@id("reviewed-files")
+permit(principal, action == Action::"download", resource == File::"reviewed");
+
+@id("reviewed-responses")
+@approvers("security")
+permit(principal, action == Action::"download.response", resource == File::"reviewed");
+"#;
+
+/// The planted values DLP must find: an email and a card passing Luhn.
+const EMAIL: &str = "ann.lee@example.com";
+const CARD: &str = "4111111111111111";
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+struct Hit {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A real HTTP service behind the proxy that records every request it
+/// gets. `/gz/...` answers gzip-encoded; everything else plain CSV with the
+/// planted values.
+struct Upstream {
+    addr: std::net::SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let seen = hits.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+                seen.lock().unwrap().push(Hit {
+                    method: parts.method.to_string(),
+                    path: parts.uri.to_string(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect(),
+                    body,
+                });
+                let mut csv = format!("name,email,card\nann,{EMAIL},{CARD}\n");
+                if parts.uri.path().contains("big") {
+                    // 8 MiB: more than the scan cap the streaming test sets.
+                    csv = format!("name,email,card\n{}", "bob,nobody,none\n".repeat(8 << 16));
+                }
+                if parts.uri.path().contains("gz") {
+                    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                    e.write_all(csv.as_bytes()).unwrap();
+                    axum::response::Response::builder()
+                        .header("content-type", "text/csv")
+                        .header("content-encoding", "gzip")
+                        .body(axum::body::Body::from(e.finish().unwrap()))
+                        .unwrap()
+                } else {
+                    axum::response::Response::builder()
+                        .header("content-type", "text/csv")
+                        .body(axum::body::Body::from(csv))
+                        .unwrap()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Upstream { addr, hits }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `[[proxies.http]]` named `files` on `port` in front of `up`.
+fn proxy_toml(port: u16, up: &Upstream, hold: u64) -> String {
+    format!(
+        r#"
+[[proxies.http]]
+name = "files"
+listen = "127.0.0.1:{port}"
+upstream = "http://{up}"
+hold_seconds = {hold}
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/exports/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+
+[[proxies.http.routes]]
+method = "POST"
+path = "/upload/{{name}}"
+action = "upload"
+resource = "Doc:{{name}}"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/masked/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "mask"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/gz/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "mask"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/blocked/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "block"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/reported/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "report"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/checked/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "report"
+response_action = "download.response"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/{{kind}}/{{name}}.big"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "mask"
+
+[[proxies.http.routes]]
+method = "GET"
+path = "/{{kind}}/{{name}}.bigblock"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "block"
+"#,
+        up = up.addr
+    )
+}
+
+/// A server running the proxy in process; the proxy's base URL.
+async fn with_proxy(db: &Db, hold: u64) -> (Server, Upstream, String) {
+    with_proxy_extra(db, hold, "").await
+}
+
+/// The same, with `extra` settings on the proxy.
+async fn with_proxy_extra(db: &Db, hold: u64, extra: &str) -> (Server, Upstream, String) {
+    let up = Upstream::start().await;
+    let port = free_port();
+    let cfg =
+        proxy_toml(port, &up, hold).replacen("hold_seconds", &format!("{extra}\nhold_seconds"), 1);
+    let s = Server::start_extra(db, PROXY_POLICIES, &cfg);
+    (s, up, format!("http://127.0.0.1:{port}"))
+}
+
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    request: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("x-custom", "kept")
+        .body(body.to_owned());
+    if let Some(t) = token {
+        req = req.header("Airlock-Token", t);
+    }
+    if let Some(r) = request {
+        req = req.header("Airlock-Request", r);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.text().await.unwrap())
+}
+
+async fn get(
+    url: &str,
+    token: Option<&str>,
+    request: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    send(reqwest::Method::GET, url, token, request, "").await
+}
+
+/// curl's status code for a GET with `Airlock-Token: key`.
+async fn curl(key: &str, url: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+        ])
+        .arg(format!("Airlock-Token: {key}"))
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+/// Allow forwards (and the Airlock-Token header never reaches the
+/// upstream, other headers do); deny, no route, no identity and an unknown
+/// key are refused and the upstream sees none of them; curl sees the same.
+async fn allow_deny_no_route_no_identity(db: Db) {
+    let (s, up, p) = with_proxy(&db, 1).await;
+    let alice = s.key("alice", "user");
+    // How a proxy learns whose key an Airlock-Token is.
+    let (st, me) = s.get(&alice, "/v1/whoami").await;
+    assert_eq!(
+        (st, me["user"].as_str(), me["role"].as_str()),
+        (200, Some("alice"), Some("user"))
+    );
+
+    let (st, _, body) = get(&format!("{p}/exports/public.csv?x=1"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(EMAIL));
+    let hits = up.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].path, "/exports/public.csv?x=1");
+    assert!(hits[0]
+        .headers
+        .iter()
+        .all(|(k, v)| k != "airlock-token" && !v.contains(&alice)));
+    assert!(hits[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-custom" && v == "kept"));
+
+    let (st, _, body) = get(&format!("{p}/exports/secret.csv"), Some(&alice), None).await;
+    assert_eq!((st, code(&body).as_str()), (403, "forbidden"), "{body}");
+    let (st, _, body) = get(&format!("{p}/elsewhere/public.csv"), Some(&alice), None).await;
+    assert_eq!((st, code(&body).as_str()), (403, "forbidden"), "{body}");
+    let (st, _, body) = send(
+        reqwest::Method::DELETE,
+        &format!("{p}/exports/public.csv"),
+        Some(&alice),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    let (st, _, body) = get(&format!("{p}/exports/public.csv"), None, None).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (401, "unauthenticated"),
+        "{body}"
+    );
+    let (st, _, body) = get(
+        &format!("{p}/exports/public.csv"),
+        Some("ak_not_a_key"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _, body) = get(&format!("{p}/exports/..%2Fpublic.csv"), Some(&alice), None).await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(up.hits().len(), 1, "refused requests reached the upstream");
+
+    // curl, HTTP/1.1, the same door (run off this thread: the upstream
+    // answers on this test's runtime).
+    assert_eq!(
+        curl(&alice, &format!("{p}/exports/public.csv")).await,
+        "200"
+    );
+    assert_eq!(
+        curl(&alice, &format!("{p}/exports/secret.csv")).await,
+        "403"
+    );
+    // HTTP/2 (prior knowledge): the same answers.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code} %{http_version}", "-H"])
+        .arg(format!("Airlock-Token: {alice}"))
+        .arg(format!("{p}/exports/public.csv"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+    assert_eq!(up.hits().len(), 3);
+}
+
+/// Held past hold_seconds → 202 with Airlock-Request and Retry-After, the
+/// upstream untouched; approved, the same request with Airlock-Request is
+/// forwarded once, the grant completed with the upstream's status; again →
+/// 403 grant_spent.
+async fn held_then_approved_is_forwarded_once(db: Db) {
+    let (s, up, p) = with_proxy(&db, 1).await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/exports/customers.csv");
+
+    let (st, h, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202, "{body}");
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    assert!(h.contains_key("retry-after"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["request"]["id"], id.as_str());
+    assert_eq!(v["request"]["principal"], "alice");
+    assert_eq!(v["request"]["resource"]["id"], "customers");
+    assert!(v["request"]["grant"].is_null());
+    assert!(up.hits().is_empty());
+
+    // Still pending: held again, 202 again, same request.
+    let (st, h, _) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 202);
+    assert_eq!(h["airlock-request"].to_str().unwrap(), id);
+    assert!(up.hits().is_empty());
+
+    let (st, r) = s.review(&bob, &id, "approve").await;
+    assert_eq!(st, 200, "{r}");
+    let (st, _, body) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("ann"));
+    assert_eq!(up.hits().len(), 1);
+    assert!(up.hits()[0]
+        .headers
+        .iter()
+        .all(|(k, _)| k != "airlock-request" && k != "airlock-token"));
+
+    let (st, _, body) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!((st, code(&body).as_str()), (403, "grant_spent"), "{body}");
+    assert_eq!(up.hits().len(), 1);
+
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let admin = s.key("admin", "admin");
+    // Completed with the upstream's status.
+    let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+    assert!(a.to_string().contains("\"status\":200"), "{a}");
+}
+
+/// With the request's id, anything changed (body, path, another user) is
+/// refused with action_mismatch and never forwarded; the original still
+/// goes through.
+async fn changed_request_is_action_mismatch(db: Db) {
+    let (s, up, p) = with_proxy(&db, 1).await;
+    let alice = s.key("alice", "user");
+    let mallory = s.key("mallory", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/upload/report");
+
+    let (st, h, body) = send(reqwest::Method::POST, &url, Some(&alice), None, "rows=10").await;
+    assert_eq!(st, 202, "{body}");
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+
+    for (who, path, body) in [
+        (&alice, url.clone(), "rows=10000"),
+        (&alice, format!("{p}/upload/other"), "rows=10"),
+        (&alice, format!("{url}?all=1"), "rows=10"),
+        (&mallory, url.clone(), "rows=10"),
+    ] {
+        let (st, _, b) = send(reqwest::Method::POST, &path, Some(who), Some(&id), body).await;
+        assert_eq!(
+            (st, code(&b).as_str()),
+            (403, "action_mismatch"),
+            "{path} {body}: {b}"
+        );
+    }
+    assert!(up.hits().is_empty());
+    let (st, _, b) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(&alice),
+        Some(&id),
+        "rows=10",
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let hits = up.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].method.as_str(), hits[0].body.as_slice()),
+        ("POST", &b"rows=10"[..])
+    );
+}
+
+/// An approval that arrives while the request is held wakes it: the held
+/// request itself is forwarded, well before hold_seconds.
+async fn approval_within_the_hold_forwards_the_held_request(db: Db) {
+    let (s, up, p) = with_proxy(&db, 30).await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/exports/customers.csv");
+    let started = Instant::now();
+    let held = tokio::spawn(async move { get(&url, Some(&alice), None).await });
+    let id = first_pending(&s, &bob).await;
+    assert!(up.hits().is_empty());
+    s.review(&bob, &id, "approve").await;
+    let (st, _, body) = held.await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(up.hits().len(), 1);
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "completed", "{r}");
+}
+
+/// A client that gives up while held cancels nothing: the request stays
+/// pending, and once approved the retry with its id is forwarded.
+async fn client_gone_while_held_cancels_nothing(db: Db) {
+    let (s, up, p) = with_proxy(&db, 30).await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/exports/customers.csv");
+    let gone = reqwest::Client::new()
+        .get(&url)
+        .header("Airlock-Token", &alice)
+        .timeout(Duration::from_millis(700))
+        .send()
+        .await;
+    assert!(gone.is_err());
+    let id = first_pending(&s, &bob).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "pending", "{r}");
+    s.review(&bob, &id, "approve").await;
+    let (st, _, body) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(up.hits().len(), 1);
+}
+
+/// `airlock proxy --config FILE` alone against a running server, with an
+/// enforcer key over HTTP: the same allow, deny, hold and resume; a user
+/// key in `[proxy] token` is refused at start.
+async fn standalone_proxy_against_a_running_server(db: Db) {
+    let up = Upstream::start().await;
+    let mut s = Server::start_with(&db, PROXY_POLICIES);
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let enforcer = s.key("gatekeeper", "enforcer");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nserver_url = {:?}\ntoken = {alice:?}\n{}",
+            s.url,
+            proxy_toml(port, &up, 1)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enforcer"));
+
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nserver_url = {:?}\ntoken = {enforcer:?}\n{}",
+            s.url,
+            proxy_toml(port, &up, 1)
+        ),
+    )
+    .unwrap();
+    let mut child = Standalone(
+        Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let p = line
+        .trim()
+        .strip_prefix("proxy files listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+
+    let (st, _, body) = get(&format!("{p}/exports/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, _) = get(&format!("{p}/exports/secret.csv"), Some(&alice), None).await;
+    assert_eq!(st, 403);
+    let (st, _, _) = get(&format!("{p}/exports/public.csv"), Some("nope"), None).await;
+    assert_eq!(st, 401);
+    let url = format!("{p}/exports/customers.csv");
+    let (st, h, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202, "{body}");
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (st, _, body) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, _) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 403);
+    assert_eq!(up.hits().len(), 2);
+    assert!(up
+        .hits()
+        .iter()
+        .all(|h| h.headers.iter().all(|(k, _)| k != "airlock-token")));
+
+    // Airlock gone: fail closed, 503, nothing forwarded.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let (st, _, body) = get(&format!("{p}/exports/public.csv"), Some(&alice), None).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (503, "upstream_unavailable"),
+        "{body}"
+    );
+    assert_eq!(up.hits().len(), 2);
+}
+
+struct Standalone(Child);
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gzip-encoded response on a masking route is decoded, scanned and sent
+/// as identity with its Content-Length recomputed (works with any
+/// detectors, including none).
+async fn gzip_response_is_decoded_and_resized(db: Db) {
+    let (s, _up, p) = with_proxy(&db, 1).await;
+    let alice = s.key("alice", "user");
+    let res = reqwest::Client::new()
+        .get(format!("{p}/gz/public.csv"))
+        .header("Airlock-Token", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.headers().get("content-encoding").is_none());
+    let len = res
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+    let body = res.bytes().await.unwrap();
+    if let Some(len) = len {
+        assert_eq!(body.len(), len);
+    }
+    assert!(String::from_utf8_lossy(&body).starts_with("name,email,card\n"));
+}
+
+/// Mask streams: an 8 MiB body (plain or gzip) on a masking route goes
+/// through whole although `max_scan_bytes` is 1 MiB; on a blocking route,
+/// which must see it all before answering, the same body is withheld (502),
+/// never passed unscanned.
+async fn large_bodies_stream_through_mask_and_are_withheld_by_block(db: Db) {
+    let (s, up, p) =
+        with_proxy_extra(&db, 1, "max_scan_bytes = 1048576\nmax_body_bytes = 4096").await;
+    let alice = s.key("alice", "user");
+    let want = "name,email,card\n".len() + "bob,nobody,none\n".len() * (8 << 16);
+    for path in ["big/public.big", "gzbig/public.big"] {
+        let res = reqwest::Client::new()
+            .get(format!("{p}/{path}"))
+            .header("Airlock-Token", &alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        assert!(res.headers().get("content-encoding").is_none());
+        let body = res.bytes().await.unwrap();
+        assert_eq!(body.len(), want, "{path}");
+        assert!(body.ends_with(b"bob,nobody,none\n"));
+    }
+    let (st, _, body) = get(&format!("{p}/big/public.bigblock"), Some(&alice), None).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (502, "upstream_unavailable"),
+        "{body}"
+    );
+    assert!(body.contains("max_scan_bytes"), "{body}");
+    // A denied large download is refused before the upstream is asked.
+    let (st, _, _) = get(&format!("{p}/big/secret.big"), Some(&alice), None).await;
+    assert_eq!(st, 403);
+    // A request body over max_body_bytes: 413, not forwarded.
+    let hits = up.hits().len();
+    let big = "x".repeat(8192);
+    let (st, _, body) = send(
+        reqwest::Method::POST,
+        &format!("{p}/upload/a"),
+        Some(&alice),
+        None,
+        &big,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert_eq!(up.hits().len(), hits);
+}
+
+/// With `principal_header`, a trusted front proxy names the user: the
+/// check is for that user (no key needed); without either → 401.
+async fn principal_header_names_the_user(db: Db) {
+    let (s, up, p) = with_proxy_extra(&db, 1, "principal_header = \"x-remote-user\"").await;
+    let bob = s.key("bob", "user");
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{p}/exports/customers.csv"))
+        .header("x-remote-user", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["request"]["principal"], "alice", "{v}");
+    let id = v["request"]["id"].as_str().unwrap().to_owned();
+    let res = client
+        .get(format!("{p}/exports/public.csv"))
+        .header("x-remote-user", "not a user!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let (st, _, _) = get(&format!("{p}/exports/public.csv"), None, None).await;
+    assert_eq!(st, 401);
+    // Another user naming alice's request is a mismatch.
+    s.review(&bob, &id, "approve").await;
+    let res = client
+        .get(format!("{p}/exports/customers.csv"))
+        .header("x-remote-user", "carol")
+        .header("Airlock-Request", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    let res = client
+        .get(format!("{p}/exports/customers.csv"))
+        .header("x-remote-user", "alice")
+        .header("Airlock-Request", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(up.hits().len(), 1);
+}
+
+/// `response_action`: the response is decided on as its own action with
+/// the finding counts in `context.dlp`; a response policy does not permit
+/// is withheld (403) although the request itself was allowed.
+async fn response_action_decides_on_the_response(db: Db) {
+    let (s, up, p) = with_proxy(&db, 1).await;
+    let alice = s.key("alice", "user");
+    let (st, _, body) = get(&format!("{p}/checked/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, body) = get(&format!("{p}/checked/open.csv"), Some(&alice), None).await;
+    assert_eq!((st, code(&body).as_str()), (403, "forbidden"), "{body}");
+    assert!(body.contains("withheld"), "{body}");
+    assert!(!body.contains(EMAIL));
+    assert_eq!(up.hits().len(), 2);
+    let admin = s.key("admin", "admin");
+    let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+    assert!(a.to_string().contains("download.response"));
+    assert!(!a.to_string().contains(EMAIL) && !a.to_string().contains(CARD));
+}
+
+/// A response policy that asks for approval: the approver's request
+/// carries the finding counts and a preview of the first lines of the
+/// masked body (opt-in: `response_preview_lines`); approved while held,
+/// the response leaves.
+async fn response_approval_shows_a_masked_preview(db: Db) {
+    let (s, _up, p) = with_proxy_extra(&db, 1, "response_preview_lines = 5").await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/checked/reviewed.csv");
+    let (st, _, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("needs approval"), "{body}");
+    let id = first_pending(&s, &bob).await;
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["action"], "download.response", "{r}");
+    assert!(r["context"]["dlp"].is_object(), "{r}");
+    assert_eq!(r["context"]["preview"][0], "name,email,card", "{r}");
+    assert!(r["context"]["preview"][1]
+        .as_str()
+        .unwrap()
+        .starts_with("ann,"));
+}
+
+/// A response held for approval and approved while held leaves, its grant
+/// consumed and completed.
+async fn response_approved_while_held_leaves(db: Db) {
+    let (s2, up2, p2) = with_proxy(&db, 30).await;
+    let (alice2, bob2) = (s2.key("alice", "user"), s2.key("bob", "user"));
+    let url2 = format!("{p2}/checked/reviewed.csv");
+    let held = tokio::spawn(async move { get(&url2, Some(&alice2), None).await });
+    let id2 = first_pending(&s2, &bob2).await;
+    s2.review(&bob2, &id2, "approve").await;
+    let (st, _, body) = held.await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(body.starts_with("name,email,card"));
+    assert_eq!(up2.hits().len(), 1);
+    let (_, r) = s2.get(&bob2, &format!("/v1/requests/{id2}")).await;
+    assert_eq!(r["status"], "completed", "{r}");
+}
+
+/// Slow clients: a request header that never ends gets the connection
+/// closed, a body that stops arriving gets 408, each after
+/// `client_timeout_seconds`; neither reaches the upstream.
+async fn slow_clients_time_out(db: Db) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, up, p) = with_proxy_extra(&db, 1, "client_timeout_seconds = 1").await;
+    let alice = s.key("alice", "user");
+    let addr = p.trim_start_matches("http://").to_owned();
+
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /exports/public.csv HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a half-sent header kept the connection open");
+
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /upload/a HTTP/1.1\r\nHost: x\r\nAirlock-Token: {alice}\r\nContent-Length: 100\r\n\r\nabc"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(up.hits().is_empty());
+}
+
+on_both_stores!(
+    slow_clients_time_out,
+    response_approval_shows_a_masked_preview,
+    response_approved_while_held_leaves,
+    principal_header_names_the_user,
+    response_action_decides_on_the_response,
+    allow_deny_no_route_no_identity,
+    held_then_approved_is_forwarded_once,
+    changed_request_is_action_mismatch,
+    approval_within_the_hold_forwards_the_held_request,
+    client_gone_while_held_cancels_nothing,
+    standalone_proxy_against_a_running_server,
+    gzip_response_is_decoded_and_resized,
+    large_bodies_stream_through_mask_and_are_withheld_by_block,
+);
+
+/// Response DLP with the real detectors (`email`, `credit_card`): mask
+/// replaces the planted values (the card keeps its last 4), block answers
+/// 403 naming counts only, report passes the body, and no audit record
+/// holds a raw value. Needs airlock-dlp's detectors (issue 11 item 5):
+/// run with `--ignored` once they are merged.
+#[tokio::test]
+#[ignore = "needs airlock-dlp's email and credit_card detectors (issue 11 item 5)"]
+async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
+    let (s, up, p) = with_proxy(&Db::Sqlite, 1).await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let admin = s.key("admin", "admin");
+
+    let (st, _, body) = get(&format!("{p}/masked/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains(EMAIL) && !body.contains(CARD), "{body}");
+    assert!(body.contains("1111"), "{body}");
+    let (st, _, body) = get(&format!("{p}/gz/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200);
+    assert!(!body.contains(EMAIL) && !body.contains(CARD), "{body}");
+
+    let (st, _, body) = get(&format!("{p}/blocked/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body.contains("credit_card") && body.contains("email"),
+        "{body}"
+    );
+    assert!(!body.contains(EMAIL) && !body.contains(CARD));
+
+    let (st, _, body) = get(&format!("{p}/reported/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200);
+    assert!(body.contains(EMAIL));
+
+    // Held, approved, forwarded: the completion carries the counts.
+    let url = format!("{p}/reported/customers.csv");
+    let (st, h, _) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202);
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (st, _, _) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 200);
+    assert_eq!(up.hits().len(), 5);
+    // The streamed body's counts complete the grant once it has gone
+    // through: allow that a moment.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+        text = a.to_string();
+        if text.contains("\"credit_card\":1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("\"credit_card\":1"),
+        "no counts in the audit log"
+    );
+    assert!(
+        !text.contains(EMAIL) && !text.contains(CARD),
+        "a raw finding in the audit log"
+    );
+}
