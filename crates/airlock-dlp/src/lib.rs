@@ -145,6 +145,13 @@ pub struct Dictionary {
     pub words: Vec<String>,
 }
 
+/// The raw patterns of the built-in detectors, before validation (for
+/// benchmarks that run the same patterns through another tool).
+#[doc(hidden)]
+pub fn builtin_patterns() -> Vec<&'static str> {
+    detectors::BUILTINS.iter().map(|(_, p)| *p).collect()
+}
+
 /// Why a scanner could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DlpError {
@@ -179,9 +186,10 @@ pub struct Scanner {
     /// one pass over the bytes finds the leftmost candidate of any type.
     regex: Regex,
     pats: Vec<Pat>,
-    /// Pattern ids of the configured detectors (tried when a built-in
-    /// candidate at the same start fails its check).
-    custom_ids: Vec<usize>,
+    /// By pattern id: the patterns tried, anchored at the same start, when
+    /// a candidate fails its check (the detector's fallbacks, then every
+    /// configured detector).
+    fallbacks: Vec<Vec<usize>>,
 }
 
 fn parse(pattern: &str, unicode: bool) -> Result<Hir, String> {
@@ -266,11 +274,26 @@ impl Scanner {
             )
             .build_many_from_hir(&hirs)
             .map_err(|e| DlpError::Config(e.to_string()))?;
+        let fallbacks = pats
+            .iter()
+            .map(|p| match p {
+                Pat::Builtin(d) => d
+                    .fallbacks()
+                    .iter()
+                    .filter_map(|f| {
+                        pats.iter()
+                            .position(|p| matches!(p, Pat::Builtin(x) if x == f))
+                    })
+                    .chain(custom_ids.iter().copied())
+                    .collect(),
+                Pat::Custom(_) => Vec::new(),
+            })
+            .collect();
         Ok(Self {
             config: config.clone(),
             regex,
             pats,
-            custom_ids,
+            fallbacks,
         })
     }
 
@@ -317,25 +340,15 @@ impl Scanner {
         m: Match,
     ) -> (Option<(usize, usize, Kind)>, usize) {
         let start = m.start();
+        // A finding can reach past its match (a PEM block to its END line):
+        // the scan goes on after both, so nothing inside it is reported.
         if let Some(f) = self.check(m.pattern().as_usize(), buf, m.start(), m.end(), ahead) {
-            return (Some(f), m.end());
+            let resume = m.end().max(f.1);
+            return (Some(f), resume);
         }
         // The automaton reports one pattern per start; give the others
         // that may start here a chance.
-        let fallbacks: Vec<usize> = match &self.pats[m.pattern().as_usize()] {
-            Pat::Builtin(d) => d
-                .fallbacks()
-                .iter()
-                .filter_map(|f| {
-                    self.pats
-                        .iter()
-                        .position(|p| matches!(p, Pat::Builtin(x) if x == f))
-                })
-                .chain(self.custom_ids.iter().copied())
-                .collect(),
-            Pat::Custom(_) => Vec::new(),
-        };
-        for id in fallbacks {
+        for &id in &self.fallbacks[m.pattern().as_usize()] {
             let Some(pid) = PatternID::new(id).ok() else {
                 continue;
             };
@@ -344,7 +357,8 @@ impl Scanner {
                 .anchored(Anchored::Pattern(pid));
             if let Some(m2) = self.regex.search_with(cache, &input) {
                 if let Some(f) = self.check(id, buf, m2.start(), m2.end(), ahead) {
-                    return (Some(f), m2.end());
+                    let resume = m2.end().max(f.1);
+                    return (Some(f), resume);
                 }
             }
         }

@@ -167,6 +167,16 @@ fn the_most_specific_type_wins() {
         found(&s, "5555-5555-5555-4444"),
         one("credit_card", "5555-5555-5555-4444")
     );
+    // Nothing inside a private key block is reported on its own.
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n{}\n{}\n-----END PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+        cat(&["AK", "IA", "IOSFODNN7EXAMPL2"]),
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"
+    );
+    assert_eq!(found(&s, &format!("{pem}\n")), one("private_key", &pem));
+    let (out, _) = masked(&s, pem.as_bytes(), &[10, 100]);
+    assert_eq!(out.len(), pem.len());
     // A URL's password is reported, not an email inside it.
     assert_eq!(
         found(&s, "https://bob:pw1234@mail.example.com"),
