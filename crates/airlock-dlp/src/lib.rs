@@ -340,10 +340,12 @@ impl Scanner {
         m: Match,
     ) -> (Option<(usize, usize, Kind)>, usize) {
         let start = m.start();
-        // A finding can reach past its match (a PEM block to its END line):
-        // the scan goes on after both, so nothing inside it is reported.
+        // The scan goes on at the finding's end: past the match for a PEM
+        // block (nothing inside the key is reported on its own), before it
+        // where the validator cut a greedy match short (an IBAN followed
+        // by an upper-case word).
         if let Some(f) = self.check(m.pattern().as_usize(), buf, m.start(), m.end(), ahead) {
-            let resume = m.end().max(f.1);
+            let resume = f.1.max(start + 1);
             return (Some(f), resume);
         }
         // The automaton reports one pattern per start; give the others
@@ -357,7 +359,7 @@ impl Scanner {
                 .anchored(Anchored::Pattern(pid));
             if let Some(m2) = self.regex.search_with(cache, &input) {
                 if let Some(f) = self.check(id, buf, m2.start(), m2.end(), ahead) {
-                    let resume = m2.end().max(f.1);
+                    let resume = f.1.max(start + 1);
                     return (Some(f), resume);
                 }
             }

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use airlock_dlp::{Config, Scanner};
 use anyhow::{anyhow, Context};
 use serde::Deserialize;
-use serde_json::json;
 
 /// Bytes read at a time: large enough that the scanner's re-scanned window
 /// (8 KiB) is a small share of each read, small enough to bound memory.
@@ -42,6 +41,11 @@ pub fn scan(json: bool, config: Option<&Path>, files: &[PathBuf]) -> anyhow::Res
     let mut chunk = vec![0u8; READ_CHUNK];
     for path in files {
         let name = path.to_string_lossy();
+        let shown = if json {
+            serde_json::Value::from(name.as_ref()).to_string()
+        } else {
+            airlock_core::display::visible(&name).to_string()
+        };
         let result = (|| -> std::io::Result<()> {
             let mut file = File::open(path)?;
             let mut stream = scanner.stream();
@@ -51,11 +55,11 @@ pub fn scan(json: bool, config: Option<&Path>, files: &[PathBuf]) -> anyhow::Res
                     break;
                 }
                 for f in stream.feed(&chunk[..n]) {
-                    print_finding(&mut out, json, &name, &f)?;
+                    print_finding(&mut out, json, &shown, &f)?;
                 }
             }
             for f in stream.finish() {
-                print_finding(&mut out, json, &name, &f)?;
+                print_finding(&mut out, json, &shown, &f)?;
             }
             Ok(())
         })();
@@ -76,6 +80,9 @@ pub fn scan(json: bool, config: Option<&Path>, files: &[PathBuf]) -> anyhow::Res
     })
 }
 
+/// One finding, as a line. The file name is escaped once per file (as a
+/// JSON string, or with hidden characters made visible), not per finding:
+/// a dense file has millions of findings.
 fn print_finding(
     out: &mut impl Write,
     json: bool,
@@ -83,16 +90,14 @@ fn print_finding(
     f: &airlock_dlp::Finding,
 ) -> std::io::Result<()> {
     if json {
-        let line = json!({"file": file, "start": f.start, "end": f.end, "type": f.kind.as_str()});
-        writeln!(out, "{line}")
-    } else {
+        // `file` is already a JSON string literal; the type is a detector
+        // name (letters, digits, `_`), which needs no escaping.
         writeln!(
             out,
-            "{}:{}-{}: {}",
-            airlock_core::display::visible(file),
-            f.start,
-            f.end,
-            f.kind
+            r#"{{"file":{file},"start":{},"end":{},"type":"{}"}}"#,
+            f.start, f.end, f.kind
         )
+    } else {
+        writeln!(out, "{file}:{}-{}: {}", f.start, f.end, f.kind)
     }
 }
