@@ -489,6 +489,22 @@ impl W {
                 self.rng.below(5000)
             );
             self.t(&text);
+            if self.rng.chance(10) {
+                // Look-alikes no validator can tell apart: a four-part
+                // firmware version and a part number shaped like a phone
+                // number. Counted against ipv4 and phone precision.
+                let text = format!(
+                    "{ts} INFO firmware {}.{}.{}.{} installed, part SKU {}-{}-{}-B\n",
+                    self.rng.range(1, 12),
+                    self.rng.below(10),
+                    self.rng.below(10),
+                    self.rng.range(1, 99),
+                    self.rng.range(201, 989),
+                    self.rng.range(200, 999),
+                    self.rng.digits(4)
+                );
+                self.t(&text);
+            }
             if self.rng.chance(20) {
                 let text = format!("{ts} WARN auth failed for user ");
                 self.t(&text);

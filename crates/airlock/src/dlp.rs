@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 /// Bytes read at a time: large enough that the scanner's re-scanned window
 /// (8 KiB) is a small share of each read, small enough to bound memory.
-const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 256 << 10;
 
 /// The `[dlp]` table of a configuration file; the rest is not this
 /// command's business (and need not be valid for it).
