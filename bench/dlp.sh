@@ -12,14 +12,14 @@ command -v hyperfine >/dev/null || apt-get install -y hyperfine >/dev/null || tr
 cargo build --release -p airlock --bin airlock -p airlock-dlp --example dlp_corpus >/dev/null
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN="$TARGET/release/airlock"
-CORPUS="${DLP_CORPUS:-$TARGET/dlp-corpus-${MB}mb.txt}"
-if [ ! -s "$CORPUS" ]; then
-  "$TARGET/release/examples/dlp_corpus" "$CORPUS" "$MB"
-fi
 ARGS=()
 while IFS= read -r p; do ARGS+=(-e "(?-u)$p"); done < <("$TARGET/release/examples/dlp_corpus" --patterns)
-DIR=$(mktemp -d)
+# The corpora live in a scratch folder removed at exit (they are cheap to
+# regenerate, and disks here are shared).
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/dlp-bench.XXXXXX")
 trap 'rm -rf "$DIR"' EXIT
+CORPUS="$DIR/dense.txt"
+"$TARGET/release/examples/dlp_corpus" "$CORPUS" "$MB"
 echo "$(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg); rg: $(rg --version | head -1); patterns: $((${#ARGS[@]} / 2))"
 
 measure() {
@@ -62,10 +62,9 @@ PY
 
 measure "$CORPUS" "dense: the generated corpus (a finding every ~80 bytes)"
 # Sparse: this repository's own tracked text files, repeated to the same size.
-SPARSE="$TARGET/dlp-sparse-${MB}mb.txt"
-if [ ! -s "$SPARSE" ]; then
-  git ls-files -z | grep -zvE '\.(png|ico|woff2?|gz)$' | xargs -0 cat >"$DIR/src.txt"
-  : >"$SPARSE"
-  while [ "$(stat -c %s "$SPARSE")" -lt $((MB << 20)) ]; do cat "$DIR/src.txt" >>"$SPARSE"; done
-fi
+rm -f "$CORPUS"
+SPARSE="$DIR/sparse.txt"
+git ls-files -z | grep -zvE '\.(png|ico|woff2?|gz)$' | xargs -0 cat >"$DIR/src.txt"
+: >"$SPARSE"
+while [ "$(stat -c %s "$SPARSE")" -lt $((MB << 20)) ]; do cat "$DIR/src.txt" >>"$SPARSE"; done
 measure "$SPARSE" "sparse: source code and docs"
