@@ -442,3 +442,43 @@ fn precision_and_recall_per_type_on_the_generated_corpus() {
     assert_eq!(table.len(), 15, "every built-in type is planted: {table:?}");
     assert!(failures.is_empty(), "below 0.95: {failures:?}");
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_keep_their_length() {
+    // Corpus fragments cut at random places, glued with random bytes
+    // (invalid UTF-8 included), through random chunk sizes.
+    let s = scanner();
+    let doc = corpus::generate(5, 200_000);
+    let mut rng = 0xDEAD_BEEF_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut input = Vec::new();
+    while input.len() < 300_000 {
+        let at = (next() % doc.bytes.len() as u64) as usize;
+        let len = (next() % 3000) as usize;
+        input.extend_from_slice(&doc.bytes[at..(at + len).min(doc.bytes.len())]);
+        for _ in 0..(next() % 20) {
+            input.push(next() as u8);
+        }
+    }
+    let whole = s.scan(&input);
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    loop {
+        at += (next() % 5000) as usize + 1;
+        if at >= input.len() {
+            break;
+        }
+        cuts.push(at);
+    }
+    let (out, found) = masked(&s, &input, &cuts);
+    assert_eq!(out.len(), input.len());
+    assert_eq!(found, whole);
+    for w in found.windows(2) {
+        assert!(w[0].end <= w[1].start, "overlap {w:?}");
+    }
+}
