@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use regex_automata::meta::{Cache, Regex};
+use regex_automata::meta::Regex;
 use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::{Anchored, Input, Match, PatternID};
 use regex_syntax::hir::Hir;
@@ -184,6 +184,9 @@ pub struct Scanner {
     config: Config,
     /// Every pattern (built-in first, then configured) in one automaton:
     /// one pass over the bytes finds the leftmost candidate of any type.
+    /// Its search caches (the lazily built DFA states, up to 8 MiB each)
+    /// live in the regex's own pool, so streams share warm states instead
+    /// of each rebuilding them, and a stream itself holds only its window.
     regex: Regex,
     pats: Vec<Pat>,
     /// By pattern id: the patterns tried, anchored at the same start, when
@@ -309,7 +312,6 @@ impl Scanner {
     pub fn stream(&self) -> Stream<'_> {
         Stream {
             scanner: self,
-            cache: self.regex.create_cache(),
             buf: Vec::new(),
             base: 0,
             pos: 0,
@@ -332,13 +334,7 @@ impl Scanner {
 
     /// Decides the candidate `m`: a finding (its span) or not, and where
     /// the scan goes on.
-    fn decide(
-        &self,
-        cache: &mut Cache,
-        buf: &[u8],
-        ahead: usize,
-        m: Match,
-    ) -> (Option<(usize, usize, Kind)>, usize) {
+    fn decide(&self, buf: &[u8], ahead: usize, m: Match) -> (Option<(usize, usize, Kind)>, usize) {
         let start = m.start();
         // The scan goes on at the finding's end: past the match for a PEM
         // block (nothing inside the key is reported on its own), before it
@@ -357,7 +353,7 @@ impl Scanner {
             let input = Input::new(buf)
                 .range(start..buf.len())
                 .anchored(Anchored::Pattern(pid));
-            if let Some(m2) = self.regex.search_with(cache, &input) {
+            if let Some(m2) = self.regex.search(&input) {
                 if let Some(f) = self.check(id, buf, m2.start(), m2.end(), ahead) {
                     let resume = f.1.max(start + 1);
                     return (Some(f), resume);
@@ -397,7 +393,6 @@ impl Scanner {
 #[derive(Debug)]
 pub struct Stream<'a> {
     scanner: &'a Scanner,
-    cache: Cache,
     /// The bytes kept: some look-back, then what is not yet decided.
     buf: Vec<u8>,
     /// Stream offset of `buf[0]`.
@@ -439,7 +434,7 @@ impl Stream<'_> {
         let ahead = if last { self.buf.len() } else { usize::MAX };
         while self.pos < limit {
             let input = Input::new(&self.buf).range(self.pos..self.buf.len());
-            let Some(m) = self.scanner.regex.search_with(&mut self.cache, &input) else {
+            let Some(m) = self.scanner.regex.search(&input) else {
                 self.pos = limit;
                 break;
             };
@@ -448,7 +443,7 @@ impl Stream<'_> {
                 break;
             }
             let ahead = ahead.min(m.start() + WINDOW);
-            let (found, resume) = self.scanner.decide(&mut self.cache, &self.buf, ahead, m);
+            let (found, resume) = self.scanner.decide(&self.buf, ahead, m);
             if let Some((s, e, kind)) = found {
                 out.push(Finding {
                     start: self.base + s as u64,
