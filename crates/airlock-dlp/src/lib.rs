@@ -12,7 +12,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use regex_automata::meta::Regex;
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::{Anchored, Input, Match, PatternID};
+use regex_syntax::hir::Hir;
 use serde::Deserialize;
+
+#[doc(hidden)]
+pub mod corpus;
+mod detectors;
+#[cfg(test)]
+mod tests;
 
 /// What a finding is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,6 +145,13 @@ pub struct Dictionary {
     pub words: Vec<String>,
 }
 
+/// The raw patterns of the built-in detectors, before validation (for
+/// benchmarks that run the same patterns through another tool).
+#[doc(hidden)]
+pub fn builtin_patterns() -> Vec<&'static str> {
+    detectors::BUILTINS.iter().map(|(_, p)| *p).collect()
+}
+
 /// Why a scanner could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DlpError {
@@ -143,17 +160,143 @@ pub enum DlpError {
     Config(String),
 }
 
+/// The longest finding (and the longest match any pattern may have) in
+/// bytes, and so the most a stream holds back: enough for a 4096-bit RSA
+/// key in PEM (about 3.3 KiB) with room to spare. A match longer than this
+/// is not a finding (so the result does not depend on how the stream was
+/// cut); a configured pattern that would match more is cut off here.
+pub const WINDOW: usize = 8 * 1024;
+
+/// Bytes kept before the scan position so validators can look back at a
+/// keyword or at the byte before a match.
+const LOOKBACK: usize = 64;
+
+/// What a pattern of the automaton stands for.
+#[derive(Debug, Clone)]
+enum Pat {
+    Builtin(detectors::Det),
+    Custom(Kind),
+}
+
 /// The detectors, compiled once; cheap to share (`Arc`) between requests.
 #[derive(Debug)]
 pub struct Scanner {
     config: Config,
+    /// Every pattern (built-in first, then configured) in one automaton:
+    /// one pass over the bytes finds the leftmost candidate of any type.
+    /// Its search caches (the lazily built DFA states, up to 8 MiB each)
+    /// live in the regex's own pool, so streams share warm states instead
+    /// of each rebuilding them, and a stream itself holds only its window.
+    regex: Regex,
+    pats: Vec<Pat>,
+    /// By pattern id: the patterns tried, anchored at the same start, when
+    /// a candidate fails its check (the detector's fallbacks, then every
+    /// configured detector).
+    fallbacks: Vec<Vec<usize>>,
+}
+
+fn parse(pattern: &str, unicode: bool) -> Result<Hir, String> {
+    regex_syntax::ParserBuilder::new()
+        .unicode(unicode)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .map_err(|e| e.to_string())
+}
+
+fn valid_name(name: &str) -> Result<(), DlpError> {
+    let builtin = detectors::BUILTINS
+        .iter()
+        .any(|(d, _)| d.kind().as_str() == name);
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(DlpError::Config(format!(
+            "detector name {name:?}: use letters, digits and _"
+        )));
+    }
+    if builtin {
+        return Err(DlpError::Config(format!(
+            "detector name {name:?} is a built-in type"
+        )));
+    }
+    Ok(())
 }
 
 impl Scanner {
     /// Compiles the built-in detectors and the configured ones.
     pub fn new(config: &Config) -> Result<Self, DlpError> {
+        let mut hirs = Vec::new();
+        let mut pats = Vec::new();
+        for (det, pattern) in detectors::BUILTINS {
+            hirs.push(
+                parse(pattern, false)
+                    .map_err(|e| DlpError::Config(format!("built-in {det:?}: {e}")))?,
+            );
+            pats.push(Pat::Builtin(*det));
+        }
+        let mut custom_ids = Vec::new();
+        for p in &config.patterns {
+            valid_name(&p.name)?;
+            let hir = parse(&p.regex, true)
+                .map_err(|e| DlpError::Config(format!("pattern {}: {e}", p.name)))?;
+            if hir.properties().minimum_len().unwrap_or(0) == 0 {
+                return Err(DlpError::Config(format!(
+                    "pattern {}: can match nothing (an empty match)",
+                    p.name
+                )));
+            }
+            custom_ids.push(hirs.len());
+            hirs.push(hir);
+            pats.push(Pat::Custom(Kind::Custom(p.name.clone())));
+        }
+        for d in &config.dictionaries {
+            valid_name(&d.name)?;
+            let words: Vec<String> = d
+                .words
+                .iter()
+                .filter(|w| !w.trim().is_empty())
+                .map(|w| regex_syntax::escape(w.trim()))
+                .collect();
+            if words.is_empty() {
+                return Err(DlpError::Config(format!("dictionary {}: no words", d.name)));
+            }
+            // ASCII word boundaries: a Unicode one would push the automaton
+            // off its fast path on every non-ASCII byte.
+            let pattern = format!(r"(?i)(?-u:\b)(?:{})(?-u:\b)", words.join("|"));
+            let hir = parse(&pattern, true)
+                .map_err(|e| DlpError::Config(format!("dictionary {}: {e}", d.name)))?;
+            custom_ids.push(hirs.len());
+            hirs.push(hir);
+            pats.push(Pat::Custom(Kind::Custom(d.name.clone())));
+        }
+        let regex = Regex::builder()
+            .configure(
+                Regex::config()
+                    .utf8_empty(false)
+                    .which_captures(WhichCaptures::Implicit)
+                    .hybrid_cache_capacity(8 * 1024 * 1024),
+            )
+            .build_many_from_hir(&hirs)
+            .map_err(|e| DlpError::Config(e.to_string()))?;
+        let fallbacks = pats
+            .iter()
+            .map(|p| match p {
+                Pat::Builtin(d) => d
+                    .fallbacks()
+                    .iter()
+                    .filter_map(|f| {
+                        pats.iter()
+                            .position(|p| matches!(p, Pat::Builtin(x) if x == f))
+                    })
+                    .chain(custom_ids.iter().copied())
+                    .collect(),
+                Pat::Custom(_) => Vec::new(),
+            })
+            .collect();
         Ok(Self {
             config: config.clone(),
+            regex,
+            pats,
+            fallbacks,
         })
     }
 
@@ -169,15 +312,18 @@ impl Scanner {
     pub fn stream(&self) -> Stream<'_> {
         Stream {
             scanner: self,
-            offset: 0,
+            buf: Vec::new(),
+            base: 0,
+            pos: 0,
         }
     }
 
     /// A masking stream: feed chunks, get the masked bytes out (held back
-    /// by at most a bounded window) and the findings.
+    /// by at most [`WINDOW`] bytes) and the findings.
     pub fn mask_stream(&self) -> MaskStream<'_> {
         MaskStream {
             inner: self.stream(),
+            emitted: 0,
         }
     }
 
@@ -185,45 +331,217 @@ impl Scanner {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Decides the candidate `m`: a finding (its span) or not, and where
+    /// the scan goes on.
+    fn decide(&self, buf: &[u8], ahead: usize, m: Match) -> (Option<(usize, usize, Kind)>, usize) {
+        let start = m.start();
+        // The scan goes on at the finding's end: past the match for a PEM
+        // block (nothing inside the key is reported on its own), before it
+        // where the validator cut a greedy match short (an IBAN followed
+        // by an upper-case word).
+        if let Some(f) = self.check(m.pattern().as_usize(), buf, m.start(), m.end(), ahead) {
+            let resume = f.1.max(start + 1);
+            return (Some(f), resume);
+        }
+        // The automaton reports one pattern per start; give the others
+        // that may start here a chance.
+        for &id in &self.fallbacks[m.pattern().as_usize()] {
+            let Some(pid) = PatternID::new(id).ok() else {
+                continue;
+            };
+            let input = Input::new(buf)
+                .range(start..buf.len())
+                .anchored(Anchored::Pattern(pid));
+            if let Some(m2) = self.regex.search(&input) {
+                if let Some(f) = self.check(id, buf, m2.start(), m2.end(), ahead) {
+                    let resume = f.1.max(start + 1);
+                    return (Some(f), resume);
+                }
+            }
+        }
+        // A too-long match resumes one byte on, so the outcome does not
+        // depend on where the stream was cut; a rejected one is consumed.
+        let resume = if m.len() > WINDOW { start + 1 } else { m.end() };
+        (None, resume)
+    }
+
+    fn check(
+        &self,
+        id: usize,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        ahead: usize,
+    ) -> Option<(usize, usize, Kind)> {
+        if end - start > WINDOW {
+            return None;
+        }
+        match &self.pats[id] {
+            Pat::Builtin(d) => d
+                .validate(buf, start, end, ahead)
+                .map(|(s, e)| (s, e, d.kind())),
+            Pat::Custom(k) => Some((start, end, k.clone())),
+        }
+    }
 }
 
-/// A scan in progress over one stream of bytes; memory is bounded whatever
-/// the stream's length.
+/// A scan in progress over one stream of bytes. It holds at most
+/// [`WINDOW`] + 64 bytes besides the chunk being fed, whatever the stream's
+/// length; a value cut across chunks is found once, with its absolute
+/// offsets.
 #[derive(Debug)]
 pub struct Stream<'a> {
-    #[allow(dead_code)]
     scanner: &'a Scanner,
-    offset: u64,
+    /// The bytes kept: some look-back, then what is not yet decided.
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Index in `buf` where the next finding may start.
+    pos: usize,
 }
 
 impl Stream<'_> {
     /// Scans the next chunk; returns the findings that are complete.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Finding> {
-        self.offset += chunk.len() as u64;
-        Vec::new()
+        self.buf.extend_from_slice(chunk);
+        let out = self.advance(false);
+        self.trim();
+        out
     }
 
     /// Ends the stream; returns the findings still held.
-    pub fn finish(self) -> Vec<Finding> {
-        Vec::new()
+    pub fn finish(mut self) -> Vec<Finding> {
+        self.advance(true)
+    }
+
+    /// Stream offset up to which everything is decided: no finding still to
+    /// come starts before it.
+    fn decided(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn advance(&mut self, last: bool) -> Vec<Finding> {
+        let mut out = Vec::new();
+        // A match starting before `limit` cannot be changed by bytes still
+        // to come: every match fits in WINDOW bytes, and one more byte
+        // settles a trailing word boundary.
+        let limit = if last {
+            self.buf.len()
+        } else {
+            self.buf.len().saturating_sub(WINDOW + 1)
+        };
+        let ahead = if last { self.buf.len() } else { usize::MAX };
+        while self.pos < limit {
+            let input = Input::new(&self.buf).range(self.pos..self.buf.len());
+            let Some(m) = self.scanner.regex.search(&input) else {
+                self.pos = limit;
+                break;
+            };
+            if m.start() >= limit {
+                self.pos = limit;
+                break;
+            }
+            let ahead = ahead.min(m.start() + WINDOW);
+            let (found, resume) = self.scanner.decide(&self.buf, ahead, m);
+            if let Some((s, e, kind)) = found {
+                out.push(Finding {
+                    start: self.base + s as u64,
+                    end: self.base + e as u64,
+                    kind,
+                });
+            }
+            self.pos = resume.max(self.pos + 1);
+        }
+        out
+    }
+
+    fn trim(&mut self) {
+        let drop = self.pos.saturating_sub(LOOKBACK);
+        if drop > 0 {
+            self.buf.drain(..drop);
+            self.base += drop as u64;
+            self.pos -= drop;
+        }
     }
 }
 
-/// A masking scan in progress.
+/// A masking scan in progress: writes the stream back out with every
+/// finding replaced in place by the same number of bytes (`X` for digits,
+/// `*` otherwise; line breaks kept, punctuation kept in personal data, the
+/// last 4 digits of a card number kept), holding back at most [`WINDOW`] + 1 bytes.
 #[derive(Debug)]
 pub struct MaskStream<'a> {
     inner: Stream<'a>,
+    /// Stream offset up to which the bytes have been written out.
+    emitted: u64,
 }
 
 impl MaskStream<'_> {
     /// Scans and masks the next chunk, appending what is certain to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding> {
-        out.extend_from_slice(chunk);
-        self.inner.feed(chunk)
+        self.inner.buf.extend_from_slice(chunk);
+        let found = self.inner.advance(false);
+        self.emit(&found, out);
+        self.inner.trim();
+        found
     }
 
     /// Ends the stream, appending what was held back.
-    pub fn finish(self, _out: &mut Vec<u8>) -> Vec<Finding> {
-        self.inner.finish()
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Vec<Finding> {
+        let found = self.inner.advance(true);
+        self.emit(&found, out);
+        let rel = (self.emitted - self.inner.base) as usize;
+        out.extend_from_slice(&self.inner.buf[rel..]);
+        found
+    }
+
+    /// Writes out the bytes up to the decided offset, masking `found` (all
+    /// of which lie in that range).
+    fn emit(&mut self, found: &[Finding], out: &mut Vec<u8>) {
+        let base = self.inner.base;
+        let upto = self.inner.decided();
+        for f in found {
+            let (a, b) = ((self.emitted - base) as usize, (f.start - base) as usize);
+            out.extend_from_slice(&self.inner.buf[a..b]);
+            let value = &self.inner.buf[b..(f.end - base) as usize];
+            mask_into(value, &f.kind, out);
+            self.emitted = f.end;
+        }
+        let (a, b) = ((self.emitted - base) as usize, (upto - base) as usize);
+        if b > a {
+            out.extend_from_slice(&self.inner.buf[a..b]);
+            self.emitted = upto;
+        }
+    }
+}
+
+fn mask_into(value: &[u8], kind: &Kind, out: &mut Vec<u8>) {
+    // Cards keep their last 4 digits, as on a receipt.
+    let keep_from = if *kind == Kind::CreditCard {
+        value
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_ascii_digit())
+            .rev()
+            .nth(3)
+            .map_or(value.len(), |(i, _)| i)
+    } else {
+        value.len()
+    };
+    // Personal data keeps its punctuation (the shape is not the value);
+    // secrets are masked whole, punctuation included.
+    let keep_punct = matches!(
+        kind,
+        Kind::Email | Kind::CreditCard | Kind::UsSsn | Kind::Phone | Kind::Iban | Kind::Ipv4
+    );
+    for (i, &b) in value.iter().enumerate() {
+        out.push(match b {
+            _ if i >= keep_from => b,
+            b'\n' | b'\r' => b,
+            b'0'..=b'9' => b'X',
+            _ if keep_punct && (b.is_ascii_punctuation() || b == b' ') => b,
+            _ => b'*',
+        });
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod client;
+mod dlp;
 mod proxy;
 mod serve;
 
@@ -78,6 +79,33 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Find personal data and secrets in files.
+    Dlp {
+        #[command(subcommand)]
+        command: DlpCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlpCommand {
+    /// Scan files (streaming, in bounded memory) and print one line per
+    /// finding: `FILE:START-END: TYPE`, or with --json one object
+    /// `{"file", "start", "end", "type"}` per line; offsets are in bytes,
+    /// values are never printed. Exits 0 whether or not anything was found;
+    /// 2 if a file could not be read (the others are still scanned) or the
+    /// config is invalid.
+    Scan {
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Add the custom detectors of this file's `[dlp]` table
+        /// (`[[dlp.patterns]]`, `[[dlp.dictionaries]]`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -240,6 +268,18 @@ fn main() -> ExitCode {
             Command::Users {
                 command: UsersCommand::SetPassword { config, user },
             } => admin::users_set_password(&config, &user).await,
+            Command::Dlp {
+                command:
+                    DlpCommand::Scan {
+                        json,
+                        config,
+                        files,
+                    },
+            } => {
+                // Plain blocking file reads: off the async threads.
+                tokio::task::spawn_blocking(move || dlp::scan(json, config.as_deref(), &files))
+                    .await?
+            }
         }
     });
     match result {

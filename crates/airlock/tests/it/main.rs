@@ -12,6 +12,7 @@ mod audit;
 mod chat;
 mod cli;
 mod console;
+mod dlp;
 mod grants;
 mod hardening;
 mod nodes;

@@ -828,10 +828,8 @@ on_both_stores!(
 /// Response DLP with the real detectors (`email`, `credit_card`): mask
 /// replaces the planted values (the card keeps its last 4), block answers
 /// 403 naming counts only, report passes the body, and no audit record
-/// holds a raw value. Needs airlock-dlp's detectors (issue 11 item 5):
-/// run with `--ignored` once they are merged.
+/// holds a raw value.
 #[tokio::test]
-#[ignore = "needs airlock-dlp's email and credit_card detectors (issue 11 item 5)"]
 async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
     let (s, up, p) = with_proxy(&Db::Sqlite, 1).await;
     let alice = s.key("alice", "user");
