@@ -197,8 +197,12 @@ impl Proxy {
             })
             .transpose()?;
         let scanner = Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?;
+        // Small writes (a masked body goes out in pieces) must not wait for
+        // the peer's delayed ACK: no Nagle on either side.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build_http::<Full<Bytes>>();
+            .build::<_, Full<Bytes>>(connector);
         Ok(Arc::new(Self {
             upstream: format!("http://{authority}"),
             upstream_authority,
@@ -239,6 +243,9 @@ impl Proxy {
                     continue;
                 }
             };
+            // A response streamed in pieces would otherwise stall ~40 ms on
+            // Nagle and the client's delayed ACK.
+            let _ = stream.set_nodelay(true);
             let this = self.clone();
             let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
             tokio::spawn(async move {
