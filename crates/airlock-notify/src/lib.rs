@@ -27,5 +27,5 @@ pub mod worker;
 pub use channel::{Channel, Delivered, DeliveryError};
 pub use email::Mail;
 pub use host::{Host, Outcome, Platform};
-pub use outbox::{emit, grant_data, request_data, Notifier};
+pub use outbox::{emit, Notifier};
 pub use worker::{deliver_due, run};

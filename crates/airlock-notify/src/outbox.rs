@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use airlock_core::{Request, RequestId};
 use airlock_store::time::{fmt, now};
 use airlock_store::{OutboxMessage, StoreError, WriteTx};
 use serde_json::{json, Value};
@@ -157,26 +156,4 @@ pub fn emit(
         queue(tx, hook.url.clone(), event, payload)?;
     }
     Ok(())
-}
-
-/// What a request event says about it.
-pub fn request_data(req: &Request, status: &str, by: Option<&str>) -> Value {
-    json!({
-        "request": req.id.to_string(),
-        "status": status,
-        "principal": req.action.principal.as_str(),
-        "action": req.action.action.as_str(),
-        "resource": {"type": req.action.resource.kind.as_str(), "id": req.action.resource.id.as_str()},
-        "reason": req.reason,
-        "by": by,
-    })
-}
-
-/// What a grant event says.
-pub fn grant_data(request: RequestId, grant: &str, extra: Value) -> Value {
-    let mut v = json!({"request": request.to_string(), "grant": grant});
-    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    v
 }

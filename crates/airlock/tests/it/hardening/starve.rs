@@ -1,8 +1,7 @@
 //! Nobody can starve the gate: stalled connections, floods of requests and
 //! floods of checks leave everyone else served (issue 9, item 8).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -33,33 +32,12 @@ fn start_with_server(db: &Db, server_extra: &str) -> Server {
         url = db.url(),
     );
     std::fs::write(dir.path().join("airlock.toml"), cfg).unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -S -n 1024 && exec \"$0\" serve --config \"$1\"")
         .arg(BIN)
-        .arg(dir.path().join("airlock.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let url = line
-        .trim()
-        .strip_prefix("Airlock listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server {
-        child,
-        url,
-        dir,
-        http: reqwest::Client::new(),
-        db: db.clone(),
-        data,
-        checkpoint_every: 1,
-    }
+        .arg(dir.path().join("airlock.toml"));
+    Server::serve_with(cmd, dir, db, 1, &data)
 }
 
 fn addr(s: &Server) -> String {

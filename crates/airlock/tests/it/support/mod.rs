@@ -240,9 +240,22 @@ impl Server {
         checkpoint_every: u64,
         data: &Path,
     ) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("airlock.toml"))
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(dir.path().join("airlock.toml"));
+        Self::serve_with(cmd, dir, db, checkpoint_every, data)
+    }
+
+    /// Starts `cmd` (which runs `airlock serve` on the config in `dir`)
+    /// and waits for the address it listens on.
+    pub(crate) fn serve_with(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        db: &Db,
+        checkpoint_every: u64,
+        data: &Path,
+    ) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
