@@ -12,6 +12,10 @@ pub struct ProxiesConfig {
     /// `[[proxies.http]]`: HTTP reverse proxies.
     #[serde(default)]
     pub http: Vec<HttpProxyConfig>,
+    /// `[[proxies.authz]]`: authorization endpoints for front proxies
+    /// already in place (Envoy `ext_authz`, nginx `auth_request`).
+    #[serde(default)]
+    pub authz: Vec<AuthzConfig>,
 }
 
 /// `[proxy]`: how a proxy running alone (`airlock proxy`) reaches Airlock.
@@ -124,6 +128,48 @@ fn default_upstream_timeout() -> u64 {
     60
 }
 
+/// `[[proxies.authz]]`: one listener answering a front proxy's question
+/// "may this request pass?" — Envoy's `ext_authz` HTTP service under
+/// `/envoy/`, nginx's `auth_request` at `/nginx`. The front forwards; this
+/// decides, holds, and consumes the grant of an approved request when it
+/// says yes. It trusts what the front states (the client's address, the
+/// original method and URI, a `principal_header`): listen where only the
+/// front can reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// A name for logs and the audit log (letters, digits, `_ - .`).
+    pub name: String,
+    /// Address to listen on (loopback, or a network only the front reaches).
+    pub listen: SocketAddr,
+    /// How long a request needing approval is held before answering
+    /// "held". Keep it below the front's timeout for this call. Default 20.
+    #[serde(default = "default_hold")]
+    pub hold_seconds: u64,
+    /// `Retry-After` on a held answer. Default 5.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_seconds: u64,
+    /// A header set by the front that names the end user (e.g. after its
+    /// own sign-in); the front must remove it from what clients send.
+    #[serde(default)]
+    pub principal_header: Option<String>,
+    /// The largest request body Envoy may send along (`with_request_body`
+    /// must allow at least this much). Default 1 MiB; larger → 413.
+    #[serde(default = "default_authz_body")]
+    pub max_body_bytes: u64,
+    /// How long the front may take to send its question. Default 30.
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout_seconds: u64,
+    /// `[[proxies.authz.routes]]`, as for `[[proxies.http]]`; responses are
+    /// not seen here, so `response_dlp` must stay `off`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_authz_body() -> u64 {
+    1 << 20
+}
+
 /// `[[proxies.http.routes]]`: which requests are which action.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +195,12 @@ pub struct RouteConfig {
     /// the proxy to a plain reverse proxy for these paths.
     #[serde(default)]
     pub danger_forward_unchecked: bool,
+    /// For `[[proxies.authz]]` behind nginx, which never shows the body to
+    /// an `auth_request`: let a request with a body be decided without it
+    /// (its `params.body_sha256` is then `"unseen"`), so an approval covers
+    /// any body. Without it such requests are refused.
+    #[serde(default)]
+    pub danger_body_unseen: bool,
 }
 
 /// `response_dlp`.

@@ -12,15 +12,21 @@
 //! key); either way it holds no signing key and no database credentials.
 #![forbid(unsafe_code)]
 
+mod authz;
 pub mod config;
+mod door;
 mod proxy;
+mod respond;
 mod route;
 mod scan;
 
+pub use authz::Authz;
 pub use config::{
-    HttpProxyConfig, ProxiesConfig, ProxyClientConfig, ResponseDlp, RouteConfig, StandaloneConfig,
+    AuthzConfig, HttpProxyConfig, ProxiesConfig, ProxyClientConfig, ResponseDlp, RouteConfig,
+    StandaloneConfig,
 };
 pub use proxy::Proxy;
+pub use respond::Body;
 
 /// What can stop a proxy from starting.
 #[derive(Debug, thiserror::Error)]

@@ -8,13 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_api::{CheckBody, CheckResponse, ErrorBody, ErrorCode, Outcome, RequestView};
-use airlock_client::{ClientError, Enforcer, Entry, Gate};
-use airlock_core::action::Resource;
-use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use airlock_api::{CheckBody, ErrorCode, Outcome, RequestView};
+use airlock_client::{Entry, Gate};
+use airlock_core::{ActionName, GrantId, UserName};
 use airlock_dlp::Scanner;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,17 +21,13 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Map};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::config::{HttpProxyConfig, ResponseDlp, RouteConfig};
-use crate::route::{ambiguous_path, Routes};
+use crate::config::{HttpProxyConfig, ResponseDlp};
+use crate::door::{Door, Facts, Target, Verdict};
+use crate::respond::{full, gate_error, json_response, refuse, Body, BoxError};
 use crate::scan::{self, Counts};
 use crate::ProxyError;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the proxy sends.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The header carrying the end user's API key; never forwarded.
 pub const TOKEN_HEADER: &str = "airlock-token";
@@ -83,23 +77,12 @@ const STREAM_FLUSH: usize = 64 << 10;
 /// about 1000:1, so one step yields about a MiB at most.
 const DECODE_STEP: usize = 1024;
 
-/// A matched request's action, owned (it outlives the match when the
-/// forwarding of a consumed grant runs on its own task).
-#[derive(Debug, Clone)]
-struct Target {
-    route: RouteConfig,
-    action: ActionName,
-    resource: Resource,
-}
-
 /// One HTTP proxy: its routes, its gate, its upstream.
 pub struct Proxy {
     cfg: HttpProxyConfig,
-    routes: Routes,
-    enforcer: Enforcer<Arc<dyn Gate>>,
+    door: Door,
     upstream: String,
     upstream_authority: HeaderValue,
-    principal_header: Option<HeaderName>,
     client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
     scanner: Scanner,
 }
@@ -114,52 +97,7 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Body> {
-    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
-    let mut res = Response::new(full(Bytes::from(body)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
-}
-
-fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A gate's refusal as the end user sees it: the API's 4xx refusals pass
-/// through (action_mismatch, grant_spent, …); the proxy's own key being
-/// refused, or Airlock failing or unreachable, is 503 — never a forward.
-fn gate_error(e: ClientError) -> Response<Body> {
-    match e {
-        ClientError::Api {
-            status,
-            code,
-            message,
-        } if (400..500).contains(&status) && status != 401 => refuse(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-            code,
-            message,
-        ),
-        ClientError::NoToken => refuse(
-            StatusCode::FORBIDDEN,
-            ErrorCode::GrantSpent,
-            "this request's grant is no longer available",
-        ),
-        other => {
-            tracing::warn!(error = %other, "proxy: asking Airlock failed");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::UpstreamUnavailable,
-                "Airlock could not decide this request; it was not forwarded",
-            )
-        }
-    }
-}
-
-fn take_header(headers: &mut HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn take_header(headers: &mut HeaderMap, name: &str) -> Option<String> {
     let v = headers.remove(name)?;
     // A second copy must not survive to the upstream either.
     while headers.remove(name).is_some() {}
@@ -171,7 +109,13 @@ impl Proxy {
     /// enforcer's). Routes, the upstream and the detectors are checked here.
     pub fn new(cfg: HttpProxyConfig, gate: Arc<dyn Gate>) -> Result<Arc<Self>, ProxyError> {
         let bad = |m: String| ProxyError::Config(format!("proxies.http {:?}: {m}", cfg.name));
-        let routes = Routes::compile(&cfg.routes)?;
+        let door = Door::new(
+            &format!("proxy {}", cfg.name),
+            &cfg.routes,
+            cfg.principal_header.as_deref(),
+            cfg.hold_seconds,
+            gate,
+        )?;
         let uri: Uri = cfg
             .upstream
             .parse()
@@ -188,14 +132,6 @@ impl Proxy {
             .to_string();
         let upstream_authority = HeaderValue::from_str(&authority)
             .map_err(|e| bad(format!("upstream host {authority:?}: {e}")))?;
-        let principal_header = cfg
-            .principal_header
-            .as_deref()
-            .map(|h| {
-                HeaderName::from_bytes(h.trim().as_bytes())
-                    .map_err(|e| bad(format!("principal_header {h:?}: {e}")))
-            })
-            .transpose()?;
         let scanner = Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?;
         // Small writes (a masked body goes out in pieces) must not wait for
         // the peer's delayed ACK: no Nagle on either side.
@@ -206,9 +142,7 @@ impl Proxy {
         Ok(Arc::new(Self {
             upstream: format!("http://{authority}"),
             upstream_authority,
-            principal_header,
-            routes,
-            enforcer: Enforcer::new(gate),
+            door,
             client,
             scanner,
             cfg,
@@ -279,33 +213,13 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let token = take_header(&mut parts.headers, TOKEN_HEADER);
         let resume = take_header(&mut parts.headers, REQUEST_HEADER);
-        let principal = match self.identify(&parts.headers, token).await {
+        let principal = match self.door.identify(&parts.headers, token).await {
             Ok(p) => p,
-            Err(res) => return res,
+            Err(r) => return r.into_response(),
         };
-        let path = parts.uri.path().to_owned();
-        if ambiguous_path(&path) {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "the path has dot segments or encoded separators; refused rather than guessed",
-            );
-        }
-        let Some(m) = self.routes.find(parts.method.as_str(), &path) else {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                ErrorCode::Forbidden,
-                format!("no route of proxy {:?} matches this request", self.cfg.name),
-            );
-        };
-        let target = Target {
-            route: m.route.config.clone(),
-            action: m.route.action.clone(),
-            resource: Resource {
-                kind: m.kind,
-                id: m.id,
-                attrs: Map::new(),
-            },
+        let target = match self.door.route(parts.method.as_str(), parts.uri.path()) {
+            Ok(t) => t,
+            Err(r) => return r.into_response(),
         };
         let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
         let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
@@ -339,192 +253,39 @@ impl Proxy {
         if target.route.danger_forward_unchecked {
             return self.forward(parts, body, peer, &target, &principal).await.0;
         }
-        let check = self.check_body(&principal, &parts, &body, &target, peer);
-        if let Some(id) = resume {
-            return self.resume(&id, check, parts, body, peer, target).await;
-        }
-        match self.enforcer.check(&check).await {
-            Err(e) => gate_error(e),
-            Ok(CheckResponse::Allow { .. }) => {
-                self.forward(parts, body, peer, &target, &principal).await.0
-            }
-            Ok(CheckResponse::Deny { message, .. }) => {
-                refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
-            }
-            Ok(CheckResponse::ApprovalRequired { request, .. }) => {
-                self.hold(*request, check, parts, body, peer, target).await
-            }
-        }
-    }
-
-    /// Who the end user is: the trusted front proxy's header when one is
-    /// configured and present, else the owner of the `Airlock-Token` key.
-    async fn identify(
-        &self,
-        headers: &HeaderMap,
-        token: Option<String>,
-    ) -> Result<UserName, Response<Body>> {
-        let no_identity = |m: &str| refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, m);
-        if let Some(h) = &self.principal_header {
-            if let Some(v) = headers.get(h) {
-                return v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| UserName::parse(s.trim()).ok())
-                    .ok_or_else(|| no_identity("the principal header does not name a user"));
-            }
-        }
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(no_identity(
-                "send your Airlock API key in the Airlock-Token header",
-            ));
+        let facts = Facts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            body: Some(&body),
+            source_ip: Some(peer.ip()),
         };
-        match self.enforcer.gate().whoami(&token).await {
-            Ok(w) => Ok(w.user),
-            Err(ClientError::Api { status: 401, .. }) => {
-                Err(no_identity("the Airlock-Token key is unknown or revoked"))
-            }
-            Err(e) => Err(gate_error(e)),
-        }
-    }
-
-    /// The action a request is: params bind what it does (method, path,
-    /// query, body hash); context carries what the proxy saw.
-    fn check_body(
-        &self,
-        principal: &UserName,
-        parts: &Parts,
-        body: &Bytes,
-        target: &Target,
-        peer: SocketAddr,
-    ) -> CheckBody {
-        let path = parts.uri.path();
-        let mut params = BTreeMap::new();
-        params.insert("method".into(), json!(parts.method.as_str()));
-        params.insert("path".into(), json!(path));
-        params.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
-        params.insert(
-            "body_sha256".into(),
-            json!(hex::encode(Sha256::digest(body))),
-        );
-        let mut context = Map::new();
-        context.insert("bytes".into(), json!(body.len() as u64));
-        if let Some(ct) = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-        {
-            context.insert("content_type".into(), json!(ct));
-        }
-        let last = path.rsplit('/').next().unwrap_or("");
-        if let Some((stem, ext)) = last.rsplit_once('.') {
-            if !stem.is_empty() && !ext.is_empty() {
-                context.insert("extension".into(), json!(ext.to_ascii_lowercase()));
+        match self.door.decide(&principal, &target, &facts, resume).await {
+            Verdict::Refused(r) => r.into_response(),
+            Verdict::Held(view) => self.accepted(*view),
+            Verdict::Pass {
+                principal,
+                grant: None,
+            } => self.forward(parts, body, peer, &target, &principal).await.0,
+            Verdict::Pass {
+                principal,
+                grant: Some(grant),
+            } => {
+                self.forward_once(grant, principal, parts, body, peer, target)
+                    .await
             }
         }
-        context.insert("source_ip".into(), json!(peer.ip().to_string()));
-        context.insert("proxy".into(), json!(self.cfg.name));
-        CheckBody {
-            principal: Some(principal.clone()),
-            action: target.action.clone(),
-            resource: target.resource.clone(),
-            params,
-            context,
-            reason: None,
-        }
-    }
-
-    /// A retry naming a held request: only the identical request may use
-    /// it.
-    async fn resume(
-        self: Arc<Self>,
-        id: &str,
-        check: CheckBody,
-        parts: Parts,
-        body: Bytes,
-        peer: SocketAddr,
-        target: Target,
-    ) -> Response<Body> {
-        let Ok(id) = RequestId::parse(id) else {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "Airlock-Request is not a request id",
-            );
-        };
-        let view = match self.enforcer.gate().request(id, None).await {
-            Ok(v) => v,
-            Err(e) => return gate_error(e),
-        };
-        let Some(principal) = check.principal.clone() else {
-            return refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "no principal");
-        };
-        let action = Action {
-            principal,
-            action: check.action.clone(),
-            resource: check.resource.clone(),
-            params: check.params.clone(),
-            context: Map::new(),
-        };
-        if action.fingerprint() != view.fingerprint {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                ErrorCode::ActionMismatch,
-                format!("this is not the request {id} was opened for"),
-            );
-        }
-        if view.status == RequestStatus::Pending {
-            self.hold(view, check, parts, body, peer, target).await
-        } else {
-            self.use_grant(view, check, parts, body, peer, target).await
-        }
-    }
-
-    /// Holds a pending request up to `hold_seconds`, woken by its decision
-    /// (the gate's wait), then uses the grant or answers 202. Dropping this
-    /// future (the client went away) cancels nothing: the request stays
-    /// pending for a retry.
-    async fn hold(
-        self: Arc<Self>,
-        view: RequestView,
-        check: CheckBody,
-        parts: Parts,
-        body: Bytes,
-        peer: SocketAddr,
-        target: Target,
-    ) -> Response<Body> {
-        let hold = Duration::from_secs(self.cfg.hold_seconds);
-        let mut waiter = self.enforcer.waiter(view);
-        let decided = tokio::time::timeout(hold, async {
-            while !waiter.decided() {
-                waiter.poll().await?;
-            }
-            Ok::<_, ClientError>(())
-        })
-        .await;
-        match decided {
-            Err(_held) => return self.accepted(waiter.into_current()),
-            Ok(Err(e)) => return gate_error(e),
-            Ok(Ok(())) => {}
-        }
-        let view = waiter.into_current();
-        self.use_grant(view, check, parts, body, peer, target).await
     }
 
     /// 202: still pending; how to come back.
-    fn accepted(&self, mut view: RequestView) -> Response<Body> {
-        // The view comes from an enforcer's gate; a token must never reach
-        // the end user through the proxy.
-        view.grant = None;
+    fn accepted(&self, view: RequestView) -> Response<Body> {
         let id = view.id.to_string();
-        let body = serde_json::to_vec(&json!({ "request": view })).unwrap_or_default();
-        let mut res = Response::new(full(Bytes::from(body)));
-        *res.status_mut() = StatusCode::ACCEPTED;
+        let mut res = json_response(StatusCode::ACCEPTED, &json!({ "request": view }));
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if let Ok(v) = HeaderValue::from_str(&id) {
             h.insert(HeaderName::from_static(REQUEST_HEADER), v);
         }
@@ -535,49 +296,34 @@ impl Proxy {
         res
     }
 
-    /// A decided request: approved → consume one use for exactly this
-    /// request, forward it once, complete with the upstream's status.
-    async fn use_grant(
+    /// An approved request whose grant's one use is consumed: forward it
+    /// and complete with the upstream's status.
+    async fn forward_once(
         self: Arc<Self>,
-        view: RequestView,
-        check: CheckBody,
+        grant: GrantId,
+        principal: UserName,
         parts: Parts,
         body: Bytes,
         peer: SocketAddr,
         target: Target,
     ) -> Response<Body> {
-        match view.status {
-            RequestStatus::Approved | RequestStatus::Completed => {}
-            other => {
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::Forbidden,
-                    format!("request {} is {other}; not forwarded", view.id),
-                )
-            }
-        }
-        let grant = match self.enforcer.consume(&view, &check).await {
-            Ok(g) => g,
-            Err(e) => return gate_error(e),
-        };
         // The use is spent: forward and complete on a task of its own, so
         // a client going away now cannot leave a consumed grant unreported.
         // The task ends with the upstream's answer (bounded by its timeout).
         let this = self.clone();
-        let principal = view.principal.clone();
         let task = tokio::spawn(async move {
             let (res, counted) = this.forward(parts, body, peer, &target, &principal).await;
             let status = res.status();
             match counted {
-                Counted::None => this.complete(grant.grant_id, status, None).await,
-                Counted::Now(c) => this.complete(grant.grant_id, status, Some(c)).await,
+                Counted::None => this.complete(grant, status, None).await,
+                Counted::Now(c) => this.complete(grant, status, Some(c)).await,
                 // Streamed: completed when the body has gone through (or
                 // the client left), with what was found.
                 Counted::Later(rx) => {
                     let this = this.clone();
                     tokio::spawn(async move {
                         let counts = rx.await.ok();
-                        this.complete(grant.grant_id, status, counts).await;
+                        this.complete(grant, status, counts).await;
                     });
                 }
             }
@@ -603,7 +349,7 @@ impl Proxy {
         if let Some(c) = counts {
             detail.insert("dlp".into(), json!(c));
         }
-        if let Err(e) = self.enforcer.complete(grant, outcome, detail).await {
+        if let Err(e) = self.door.enforcer().complete(grant, outcome, detail).await {
             tracing::warn!(error = %e, grant = %grant, "proxy: completing the grant failed");
         }
     }
@@ -915,13 +661,14 @@ impl Proxy {
             reason: None,
         };
         let hold = Duration::from_secs(self.cfg.hold_seconds);
-        match self.enforcer.enter(&check, hold).await {
+        match self.door.enforcer().enter(&check, hold).await {
             Ok(Entry::Allowed { .. }) => None,
             Ok(Entry::Granted { grant, .. }) => {
                 let mut detail = Map::new();
                 detail.insert("dlp".into(), json!(counts));
                 if let Err(e) = self
-                    .enforcer
+                    .door
+                    .enforcer()
                     .complete(grant.grant_id, Outcome::Success, detail)
                     .await
                 {
@@ -942,7 +689,7 @@ impl Proxy {
                     request.id, request.status, request.url
                 ),
             )),
-            Err(e) => Some(gate_error(e)),
+            Err(e) => Some(gate_error(e).into_response()),
         }
     }
 }

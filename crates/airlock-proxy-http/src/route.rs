@@ -238,6 +238,7 @@ mod tests {
             response_dlp: Default::default(),
             response_action: None,
             danger_forward_unchecked: false,
+            danger_body_unseen: false,
         }
     }
 

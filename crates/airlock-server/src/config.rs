@@ -53,8 +53,9 @@ pub struct Config {
     /// sections are accepted (so configs load) but not yet delivered.
     #[serde(default)]
     pub notify: NotifyConfig,
-    /// `[[proxies.http]]`: HTTP reverse proxies `airlock serve` runs
-    /// itself, asking the service in process (see `airlock_proxy_http`).
+    /// `[[proxies.http]]` (HTTP reverse proxies) and `[[proxies.authz]]`
+    /// (authorization endpoints for Envoy and nginx) that `airlock serve`
+    /// runs itself, asking the service in process (see `airlock_proxy_http`).
     #[serde(default)]
     pub proxies: ProxiesConfig,
     /// `[proxy]`: where `airlock proxy` finds the server and its enforcer

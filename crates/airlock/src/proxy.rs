@@ -1,12 +1,13 @@
-//! `airlock proxy --config FILE`: the file's HTTP proxies, alone, asking a
-//! remote server over HTTP with an enforcer key. No store, no signing key.
+//! `airlock proxy --config FILE`: the file's HTTP proxies and authorization
+//! endpoints, alone, asking a remote server over HTTP with an enforcer key.
+//! No store, no signing key.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use airlock_client::{Client, Gate};
-use airlock_proxy_http::{Proxy, StandaloneConfig};
+use airlock_proxy_http::{Authz, Proxy, StandaloneConfig};
 use anyhow::Context;
 
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -14,8 +15,11 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg: StandaloneConfig =
         toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-    if cfg.proxies.http.is_empty() {
-        anyhow::bail!("{}: no [[proxies.http]] to run", path.display());
+    if cfg.proxies.http.is_empty() && cfg.proxies.authz.is_empty() {
+        anyhow::bail!(
+            "{}: no [[proxies.http]] or [[proxies.authz]] to run",
+            path.display()
+        );
     }
     let client = Client::new(&cfg.proxy.server_url, &cfg.proxy.token)?;
     // The key must be an enforcer's: with a user key every check on behalf
@@ -42,6 +46,16 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             listener.local_addr()?
         );
         tasks.push(tokio::spawn(proxy.serve(listener)));
+    }
+    for a in cfg.proxies.authz {
+        let authz = Authz::new(a, gate.clone())?;
+        let listener = authz.bind().await?;
+        println!(
+            "authz {} listening on http://{}",
+            authz.name(),
+            listener.local_addr()?
+        );
+        tasks.push(tokio::spawn(authz.serve(listener)));
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

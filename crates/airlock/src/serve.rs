@@ -33,7 +33,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let url = format!("http://{addr}");
     say(format!("Airlock listening on {url}"));
     for (name, at) in &proxies {
-        say(format!("  proxy {name} listening on http://{at}"));
+        say(format!("  {name} listening on http://{at}"));
     }
     println!(
         "  config: {}  policy version: {}",

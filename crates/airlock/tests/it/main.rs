@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod audit;
+mod authz;
 mod chat;
 mod cli;
 mod console;

@@ -42,28 +42,28 @@ permit(principal, action == Action::"download.response", resource == File::"revi
 "#;
 
 /// The planted values DLP must find: an email and a card passing Luhn.
-const EMAIL: &str = "ann.lee@example.com";
-const CARD: &str = "4111111111111111";
+pub(crate) const EMAIL: &str = "ann.lee@example.com";
+pub(crate) const CARD: &str = "4111111111111111";
 
 /// What the upstream saw of one request.
 #[derive(Clone, Debug)]
-struct Hit {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Hit {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A real HTTP service behind the proxy that records every request it
 /// gets. `/gz/...` answers gzip-encoded; everything else plain CSV with the
 /// planted values.
-struct Upstream {
-    addr: std::net::SocketAddr,
+pub(crate) struct Upstream {
+    pub addr: std::net::SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
 impl Upstream {
-    async fn start() -> Upstream {
+    pub async fn start() -> Upstream {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let seen = hits.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -108,12 +108,12 @@ impl Upstream {
         Upstream { addr, hits }
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -212,7 +212,7 @@ async fn with_proxy_extra(db: &Db, hold: u64, extra: &str) -> (Server, Upstream,
     (s, up, format!("http://127.0.0.1:{port}"))
 }
 
-async fn send(
+pub(crate) async fn send(
     method: reqwest::Method,
     url: &str,
     token: Option<&str>,
@@ -235,7 +235,7 @@ async fn send(
     (status, headers, res.text().await.unwrap())
 }
 
-async fn get(
+pub(crate) async fn get(
     url: &str,
     token: Option<&str>,
     request: Option<&str>,
@@ -264,7 +264,7 @@ async fn curl(key: &str, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn code(body: &str) -> String {
+pub(crate) fn code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     v["error"]["code"].as_str().unwrap_or("").to_owned()
 }
@@ -587,7 +587,7 @@ async fn standalone_proxy_against_a_running_server(db: Db) {
     assert_eq!(up.hits().len(), 2);
 }
 
-struct Standalone(Child);
+pub(crate) struct Standalone(pub Child);
 
 impl Drop for Standalone {
     fn drop(&mut self) {

@@ -1,0 +1,336 @@
+//! The decision at the door, shared by every front that asks Airlock about
+//! an HTTP request: who the end user is, which route it matches, what
+//! Airlock says, the hold, and the one use of an approved grant. It answers
+//! with a [`Verdict`]; how a verdict reads on the wire is each front's
+//! business (the reverse proxy forwards, an authorization endpoint answers
+//! its front proxy).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_api::{CheckBody, CheckResponse, ErrorCode, RequestView};
+use airlock_client::{ClientError, Enforcer, Gate};
+use airlock_core::action::Resource;
+use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName};
+use hyper::StatusCode;
+use serde_json::{json, Map};
+use sha2::{Digest, Sha256};
+
+use crate::config::RouteConfig;
+use crate::respond::{gate_error, Refusal};
+use crate::route::{ambiguous_path, Routes};
+use crate::ProxyError;
+
+/// A matched request's action, owned (it outlives the match when the
+/// forwarding of a consumed grant runs on its own task).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub route: RouteConfig,
+    pub action: ActionName,
+    pub resource: Resource,
+}
+
+/// What a request is, as the front saw it.
+pub(crate) struct Facts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub content_type: Option<&'a str>,
+    /// The body, or `None` where the front never shows it (nginx).
+    pub body: Option<&'a Bytes>,
+    /// The end user's address, where the front knows it.
+    pub source_ip: Option<IpAddr>,
+}
+
+/// The door's answer.
+pub(crate) enum Verdict {
+    /// Let it through: allowed, or approved and the grant's one use
+    /// consumed for exactly this request (`grant`, to be completed).
+    Pass {
+        principal: UserName,
+        grant: Option<GrantId>,
+    },
+    /// Still pending when the hold ran out: come back with its id.
+    Held(Box<RequestView>),
+    /// Not let through.
+    Refused(Refusal),
+}
+
+impl From<Refusal> for Verdict {
+    fn from(r: Refusal) -> Self {
+        Verdict::Refused(r)
+    }
+}
+
+/// One front's routes and its way to Airlock.
+pub(crate) struct Door {
+    name: String,
+    routes: Routes,
+    enforcer: Enforcer<Arc<dyn Gate>>,
+    principal_header: Option<HeaderName>,
+    hold: Duration,
+}
+
+impl Door {
+    pub fn new(
+        name: &str,
+        routes: &[RouteConfig],
+        principal_header: Option<&str>,
+        hold_seconds: u64,
+        gate: Arc<dyn Gate>,
+    ) -> Result<Self, ProxyError> {
+        let principal_header = principal_header
+            .map(|h| {
+                HeaderName::from_bytes(h.trim().as_bytes()).map_err(|e| {
+                    ProxyError::Config(format!("{name:?}: principal_header {h:?}: {e}"))
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            name: name.to_owned(),
+            routes: Routes::compile(routes)?,
+            enforcer: Enforcer::new(gate),
+            principal_header,
+            hold: Duration::from_secs(hold_seconds),
+        })
+    }
+
+    pub fn enforcer(&self) -> &Enforcer<Arc<dyn Gate>> {
+        &self.enforcer
+    }
+
+    /// Who the end user is: the trusted front proxy's header when one is
+    /// configured and present, else the owner of the `Airlock-Token` key.
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        token: Option<String>,
+    ) -> Result<UserName, Refusal> {
+        let no_identity =
+            |m: &str| Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, m);
+        if let Some(h) = &self.principal_header {
+            if let Some(v) = headers.get(h) {
+                return v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| UserName::parse(s.trim()).ok())
+                    .ok_or_else(|| no_identity("the principal header does not name a user"));
+            }
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(no_identity(
+                "send your Airlock API key in the Airlock-Token header",
+            ));
+        };
+        match self.enforcer.gate().whoami(&token).await {
+            Ok(w) => Ok(w.user),
+            Err(ClientError::Api { status: 401, .. }) => {
+                Err(no_identity("the Airlock-Token key is unknown or revoked"))
+            }
+            Err(e) => Err(gate_error(e)),
+        }
+    }
+
+    /// The route a request matches, as the action it is; none → refused.
+    pub fn route(&self, method: &str, path: &str) -> Result<Target, Refusal> {
+        if ambiguous_path(path) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the path has dot segments or encoded separators; refused rather than guessed",
+            ));
+        }
+        let Some(m) = self.routes.find(method, path) else {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("no route of {:?} matches this request", self.name),
+            ));
+        };
+        Ok(Target {
+            route: m.route.config.clone(),
+            action: m.route.action.clone(),
+            resource: Resource {
+                kind: m.kind,
+                id: m.id,
+                attrs: Map::new(),
+            },
+        })
+    }
+
+    /// Asks Airlock about this request and, when it needs approval, holds
+    /// it; `resume` is the `Airlock-Request` of a retry.
+    pub async fn decide(
+        &self,
+        principal: &UserName,
+        target: &Target,
+        facts: &Facts<'_>,
+        resume: Option<String>,
+    ) -> Verdict {
+        if facts.body.is_none() && !target.route.danger_body_unseen {
+            return Refusal::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!(
+                    "{} cannot show Airlock this request's body, so an approval could not \
+                     bind it; refused (a route may set danger_body_unseen)",
+                    self.name
+                ),
+            )
+            .into();
+        }
+        let check = self.check_body(principal, facts, target);
+        if let Some(id) = resume {
+            return self.resume(&id, check).await;
+        }
+        match self.enforcer.check(&check).await {
+            Err(e) => gate_error(e).into(),
+            Ok(CheckResponse::Allow { .. }) => Verdict::Pass {
+                principal: principal.clone(),
+                grant: None,
+            },
+            Ok(CheckResponse::Deny { message, .. }) => {
+                Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message).into()
+            }
+            Ok(CheckResponse::ApprovalRequired { request, .. }) => self.hold(*request, check).await,
+        }
+    }
+
+    /// The action a request is: params bind what it does (method, path,
+    /// query, body hash); context carries what the front saw.
+    fn check_body(&self, principal: &UserName, facts: &Facts<'_>, target: &Target) -> CheckBody {
+        let mut params = BTreeMap::new();
+        params.insert("method".into(), json!(facts.method));
+        params.insert("path".into(), json!(facts.path));
+        params.insert("query".into(), json!(facts.query));
+        let mut context = Map::new();
+        match facts.body {
+            Some(body) => {
+                params.insert(
+                    "body_sha256".into(),
+                    json!(hex::encode(Sha256::digest(body))),
+                );
+                context.insert("bytes".into(), json!(body.len() as u64));
+            }
+            None => {
+                params.insert("body_sha256".into(), json!("unseen"));
+            }
+        }
+        if let Some(ct) = facts.content_type {
+            context.insert("content_type".into(), json!(ct));
+        }
+        let last = facts.path.rsplit('/').next().unwrap_or("");
+        if let Some((stem, ext)) = last.rsplit_once('.') {
+            if !stem.is_empty() && !ext.is_empty() {
+                context.insert("extension".into(), json!(ext.to_ascii_lowercase()));
+            }
+        }
+        if let Some(ip) = facts.source_ip {
+            context.insert("source_ip".into(), json!(ip.to_string()));
+        }
+        context.insert("proxy".into(), json!(self.name));
+        CheckBody {
+            principal: Some(principal.clone()),
+            action: target.action.clone(),
+            resource: target.resource.clone(),
+            params,
+            context,
+            reason: None,
+        }
+    }
+
+    /// A retry naming a held request: only the identical request may use
+    /// it.
+    async fn resume(&self, id: &str, check: CheckBody) -> Verdict {
+        let Ok(id) = RequestId::parse(id) else {
+            return Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "Airlock-Request is not a request id",
+            )
+            .into();
+        };
+        let view = match self.enforcer.gate().request(id, None).await {
+            Ok(v) => v,
+            Err(e) => return gate_error(e).into(),
+        };
+        let Some(principal) = check.principal.clone() else {
+            return Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "no principal")
+                .into();
+        };
+        let action = Action {
+            principal,
+            action: check.action.clone(),
+            resource: check.resource.clone(),
+            params: check.params.clone(),
+            context: Map::new(),
+        };
+        if action.fingerprint() != view.fingerprint {
+            return Refusal::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::ActionMismatch,
+                format!("this is not the request {id} was opened for"),
+            )
+            .into();
+        }
+        if view.status == RequestStatus::Pending {
+            self.hold(view, check).await
+        } else {
+            self.use_grant(view, check).await
+        }
+    }
+
+    /// Holds a pending request up to the hold, woken by its decision (the
+    /// gate's wait), then uses the grant or answers held. Dropping this
+    /// future (the client went away) cancels nothing: the request stays
+    /// pending for a retry.
+    async fn hold(&self, view: RequestView, check: CheckBody) -> Verdict {
+        let mut waiter = self.enforcer.waiter(view);
+        let decided = tokio::time::timeout(self.hold, async {
+            while !waiter.decided() {
+                waiter.poll().await?;
+            }
+            Ok::<_, ClientError>(())
+        })
+        .await;
+        match decided {
+            Err(_held) => {
+                let mut view = waiter.into_current();
+                // The view comes from an enforcer's gate; a token must never
+                // reach the end user.
+                view.grant = None;
+                Verdict::Held(Box::new(view))
+            }
+            Ok(Err(e)) => gate_error(e).into(),
+            Ok(Ok(())) => self.use_grant(waiter.into_current(), check).await,
+        }
+    }
+
+    /// A decided request: approved → one use consumed for exactly this
+    /// request; anything else → refused.
+    async fn use_grant(&self, view: RequestView, check: CheckBody) -> Verdict {
+        match view.status {
+            // Spent ones too: the gate answers `grant_spent`, which says why.
+            RequestStatus::Approved | RequestStatus::Consumed | RequestStatus::Completed => {}
+            other => {
+                return Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!("request {} is {other}; not forwarded", view.id),
+                )
+                .into()
+            }
+        }
+        match self.enforcer.consume(&view, &check).await {
+            Ok(g) => Verdict::Pass {
+                principal: view.principal,
+                grant: Some(g.grant_id),
+            },
+            Err(e) => gate_error(e).into(),
+        }
+    }
+}
