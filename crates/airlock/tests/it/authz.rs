@@ -546,6 +546,69 @@ async fn nginx_fails_closed(db: Db) {
     fails_closed_when_airlock_is_gone(&db, Front::Nginx).await;
 }
 
+/// `airlock proxy --config FILE` runs `[[proxies.authz]]` alone against a
+/// remote server with an enforcer key: nginx in front, the same loop.
+async fn standalone_authz_behind_nginx(db: Db) {
+    let up = Upstream::start().await;
+    let s = Server::start_with(&db, POLICIES);
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let enforcer = s.key("gatekeeper", "enforcer");
+    let authz = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authz.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nserver_url = {:?}\ntoken = {enforcer:?}\n{}",
+            s.url,
+            authz_toml(authz)
+        ),
+    )
+    .unwrap();
+    let mut child = Standalone(
+        Command::new(BIN)
+            .args(["proxy", "--config"])
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with("authz front listening on http://"),
+        "{line:?}"
+    );
+    let port = free_port();
+    let _nginx = start_nginx(dir.path(), port, authz, up.addr.port());
+    listening(port, "nginx").await;
+    let p = format!("http://127.0.0.1:{port}");
+
+    let (st, _, body) = get(&format!("{p}/exports/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, _) = get(&format!("{p}/exports/secret.csv"), Some(&alice), None).await;
+    assert_eq!(st, 403);
+    let url = format!("{p}/exports/customers.csv");
+    let (st, h, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202, "{body}");
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let (st, _, body) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _, _) = get(&url, Some(&alice), Some(&id)).await;
+    assert_eq!(st, 403);
+    assert_eq!(up.hits().len(), 2);
+    let admin = s.key("admin", "admin");
+    let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+    assert!(a.to_string().contains("\"actor\":\"gatekeeper\""), "{a}");
+}
+
 async fn envoy_ext_authz(db: Db) {
     the_loop_through(&db, Front::Envoy).await;
 }
@@ -561,4 +624,5 @@ on_both_stores!(
     nginx_refuses_what_it_cannot_show,
     envoy_fails_closed,
     nginx_fails_closed,
+    standalone_authz_behind_nginx,
 );
