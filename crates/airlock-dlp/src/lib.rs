@@ -21,6 +21,9 @@ use serde::Deserialize;
 #[doc(hidden)]
 pub mod corpus;
 mod detectors;
+mod parallel;
+
+pub use parallel::{Emit, ReadAt};
 #[cfg(test)]
 mod tests;
 
@@ -310,11 +313,22 @@ impl Scanner {
 
     /// A stream: feed chunks, get findings as soon as they are certain.
     pub fn stream(&self) -> Stream<'_> {
+        self.stream_at(0, &[])
+    }
+
+    /// A stream over the part of a larger input that starts at offset
+    /// `start`; `before` holds the bytes just before it (the last
+    /// [`LOOKBACK`] are kept: validators and word boundaries look back).
+    /// Findings have offsets in the whole input.
+    pub(crate) fn stream_at(&self, start: u64, before: &[u8]) -> Stream<'_> {
+        let before = &before[before.len().saturating_sub(LOOKBACK)..];
         Stream {
             scanner: self,
-            buf: Vec::new(),
-            base: 0,
-            pos: 0,
+            buf: before.to_vec(),
+            base: start.saturating_sub(before.len() as u64),
+            pos: before.len(),
+            returned: 0,
+            trace: None,
         }
     }
 
@@ -399,6 +413,11 @@ pub struct Stream<'a> {
     base: u64,
     /// Index in `buf` where the next finding may start.
     pos: usize,
+    /// Findings returned so far.
+    returned: usize,
+    /// When set, the candidates decided in a range of offsets are recorded
+    /// (see `parallel`).
+    trace: Option<parallel::Trace>,
 }
 
 impl Stream<'_> {
@@ -443,8 +462,12 @@ impl Stream<'_> {
                 break;
             }
             let ahead = ahead.min(m.start() + WINDOW);
+            if let Some(t) = &mut self.trace {
+                t.record(self.base + m.start() as u64, self.returned);
+            }
             let (found, resume) = self.scanner.decide(&self.buf, ahead, m);
             if let Some((s, e, kind)) = found {
+                self.returned += 1;
                 out.push(Finding {
                     start: self.base + s as u64,
                     end: self.base + e as u64,

@@ -482,3 +482,60 @@ fn arbitrary_bytes_never_panic_and_keep_their_length() {
         assert!(w[0].end <= w[1].start, "overlap {w:?}");
     }
 }
+
+/// Scanned on several threads, the corpus gives exactly the findings of
+/// one sequential scan, wherever the cuts fall (many cuts, some inside
+/// findings, segments under two windows long) — and the scans always
+/// agree near their cut, so going on alone is not what makes it so. A
+/// sparse input with no candidate near a cut goes on alone, and still
+/// agrees.
+#[test]
+fn parallel_scan_equals_the_sequential_one() {
+    let s = scanner();
+    let run = |input: &[u8], threads: usize| {
+        let mut found = Vec::new();
+        let joined = s
+            .scan_segments(input, input.len() as u64, threads, &mut |f| {
+                found.push(f);
+                Ok(())
+            })
+            .unwrap();
+        (found, joined)
+    };
+    let doc = corpus::generate(31, 400_000);
+    let bytes = &doc.bytes[..];
+    let sequential = s.scan(bytes);
+    assert!(sequential.len() > 1000);
+    for threads in [1, 2, 3, 7, 16, 30] {
+        assert_eq!(
+            run(bytes, threads),
+            (sequential.clone(), true),
+            "{threads} threads"
+        );
+    }
+    let mut shifted = b"x".repeat(777).to_vec();
+    shifted.extend_from_slice(bytes);
+    assert_eq!(run(&shifted, 5), (s.scan(&shifted), true));
+    // The public entry point: small inputs stay on one thread.
+    let mut found = Vec::new();
+    s.scan_parallel(bytes, bytes.len() as u64, 4, &mut |f| {
+        found.push(f);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(found, sequential);
+    // Long stretches with nothing to find: no join near the cut, so the
+    // first scan goes on alone, with the same result.
+    let mut sparse = b"plain words and nothing else. ".repeat(200_000);
+    sparse.extend_from_slice(b" mail ann.lee@example.com now");
+    let expected = s.scan(&sparse);
+    assert_eq!(expected.len(), 1);
+    assert_eq!(run(&sparse, 2), (expected, false));
+    // A failing sink stops the scan with its error.
+    let err = s
+        .scan_segments(bytes, bytes.len() as u64, 3, &mut |_| {
+            Err(std::io::Error::other("sink full"))
+        })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "sink full");
+}

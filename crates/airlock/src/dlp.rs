@@ -14,6 +14,23 @@ use serde::Deserialize;
 /// (8 KiB) is a small share of each read, small enough to bound memory.
 const READ_CHUNK: usize = 256 << 10;
 
+/// Files up to this size are scanned on every core (the first segment's
+/// findings are printed as found, the others' held until their segment is
+/// joined); larger ones stream on one thread, so memory stays bounded
+/// whatever the size.
+const PARALLEL_MAX: u64 = 1 << 30;
+
+/// A file read at offsets, for the parallel scan.
+#[cfg(unix)]
+struct FileAt(File);
+
+#[cfg(unix)]
+impl airlock_dlp::ReadAt for FileAt {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.0, buf, offset)
+    }
+}
+
 /// The `[dlp]` table of a configuration file; the rest is not this
 /// command's business (and need not be valid for it).
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -48,6 +65,18 @@ pub fn scan(json: bool, config: Option<&Path>, files: &[PathBuf]) -> anyhow::Res
         };
         let result = (|| -> std::io::Result<()> {
             let mut file = File::open(path)?;
+            #[cfg(unix)]
+            {
+                // Only a regular file has a length to cut (a pipe streams).
+                let meta = file.metadata()?;
+                let len = meta.len();
+                if meta.is_file() && len <= PARALLEL_MAX {
+                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    return scanner.scan_parallel(&FileAt(file), len, threads, &mut |f| {
+                        print_finding(&mut out, json, &shown, &f)
+                    });
+                }
+            }
             let mut stream = scanner.stream();
             loop {
                 let n = file.read(&mut chunk)?;

@@ -126,3 +126,43 @@ fn dlp_scan_text_output_custom_detectors_and_unreadable_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pattern x"));
 }
+
+/// A large regular file is scanned on every core; a pipe streams on one
+/// thread. Both print the same findings, the same offsets, in order (the
+/// generated corpus is dense, so findings straddle the threads' cuts).
+#[test]
+fn dlp_scan_of_a_large_file_matches_the_streamed_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.txt");
+    let doc = airlock_dlp::corpus::generate(5, 12 << 20);
+    std::fs::write(&file, &doc.bytes).unwrap();
+    let (code, whole, err) = scan(&["--json", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(whole.len() > 10_000);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat {} | {BIN} dlp scan --json /dev/stdin",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let streamed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let spans = |v: &[Value]| -> Vec<(u64, u64, String)> {
+        v.iter()
+            .map(|f| {
+                (
+                    f["start"].as_u64().unwrap(),
+                    f["end"].as_u64().unwrap(),
+                    f["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(spans(&whole), spans(&streamed));
+}
