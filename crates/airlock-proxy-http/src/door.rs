@@ -32,6 +32,8 @@ pub(crate) struct Target {
     pub route: RouteConfig,
     pub action: ActionName,
     pub resource: Resource,
+    /// `Airlock-Response-Request` of a retry: the response held before.
+    pub response_resume: Option<String>,
 }
 
 /// What a request is, as the front saw it.
@@ -159,6 +161,7 @@ impl Door {
                 id: m.id,
                 attrs: Map::new(),
             },
+            response_resume: None,
         })
     }
 

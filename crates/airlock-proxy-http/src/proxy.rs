@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{CheckBody, ErrorCode, Outcome, RequestView};
-use airlock_client::{Entry, Gate};
-use airlock_core::{ActionName, GrantId, UserName};
+use airlock_client::{ClientError, Entry, Gate};
+use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
 use airlock_dlp::Scanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,6 +21,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Map};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::config::{HttpProxyConfig, ResponseDlp};
@@ -33,6 +34,8 @@ use crate::ProxyError;
 pub const TOKEN_HEADER: &str = "airlock-token";
 /// The header naming a held request on a retry; never forwarded.
 pub const REQUEST_HEADER: &str = "airlock-request";
+/// On a 202 for a response held for approval: the request to approve.
+pub const RESPONSE_REQUEST_HEADER: &str = "airlock-response-request";
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -217,10 +220,11 @@ impl Proxy {
             Ok(p) => p,
             Err(r) => return r.into_response(),
         };
-        let target = match self.door.route(parts.method.as_str(), parts.uri.path()) {
+        let mut target = match self.door.route(parts.method.as_str(), parts.uri.path()) {
             Ok(t) => t,
             Err(r) => return r.into_response(),
         };
+        target.response_resume = take_header(&mut parts.headers, RESPONSE_REQUEST_HEADER);
         let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
         let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
         let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
@@ -521,7 +525,7 @@ impl Proxy {
                 preview_lines(&masked, self.cfg.response_preview_lines)
             };
             if let Some(refusal) = self
-                .decide_response(action, target, principal, &counts, preview, decoded.len())
+                .decide_response(action, target, principal, &counts, preview, &decoded)
                 .await
             {
                 return (refusal, Counted::Now(counts));
@@ -625,10 +629,14 @@ impl Proxy {
         (ChannelBody(rx).boxed_unsync(), counts_rx)
     }
 
-    /// The second decision, on what the response contains: allowed → it
-    /// leaves; approved within the hold → it leaves, the grant consumed and
-    /// completed; anything else → refused (the body is not kept for a
-    /// retry).
+    /// The second decision, on what the response contains, bound to it
+    /// (params: the decoded body's SHA-256 and the counts), so an approval
+    /// lets exactly the response the approver was shown leave, once:
+    /// allowed → it leaves; approved within the hold → it leaves, the grant
+    /// consumed and completed; still pending → 202 naming the request in
+    /// `Airlock-Response-Request` (the body is not kept: the same request
+    /// sent again with that header once approved gets the same response
+    /// through, a changed one asks anew); denied → 403.
     async fn decide_response(
         &self,
         action: &str,
@@ -636,7 +644,7 @@ impl Proxy {
         principal: &UserName,
         counts: &Counts,
         preview: Vec<String>,
-        bytes: usize,
+        decoded: &[u8],
     ) -> Option<Response<Body>> {
         let Ok(action) = ActionName::parse(action) else {
             return Some(refuse(
@@ -648,20 +656,30 @@ impl Proxy {
         let mut context = Map::new();
         context.insert("dlp".into(), json!(counts));
         context.insert("proxy".into(), json!(self.cfg.name));
-        context.insert("bytes".into(), json!(bytes as u64));
+        context.insert("bytes".into(), json!(decoded.len() as u64));
         if !preview.is_empty() {
             context.insert("preview".into(), json!(preview));
         }
+        let mut params = BTreeMap::new();
+        params.insert(
+            "body_sha256".into(),
+            json!(hex::encode(Sha256::digest(decoded))),
+        );
+        params.insert("dlp".into(), json!(counts));
         let check = CheckBody {
             principal: Some(principal.clone()),
             action,
             resource: target.resource.clone(),
-            params: BTreeMap::new(),
+            params,
             context,
             reason: None,
         };
         let hold = Duration::from_secs(self.cfg.hold_seconds);
-        match self.door.enforcer().enter(&check, hold).await {
+        let entry = match target.response_resume.as_deref() {
+            Some(id) => self.resume_response(id, &check, hold).await,
+            None => self.door.enforcer().enter(&check, hold).await,
+        };
+        match entry {
             Ok(Entry::Allowed { .. }) => None,
             Ok(Entry::Granted { grant, .. }) => {
                 let mut detail = Map::new();
@@ -681,15 +699,89 @@ impl Proxy {
                 ErrorCode::Forbidden,
                 format!("the response was withheld: {message}"),
             )),
-            Ok(Entry::Held { request }) | Ok(Entry::NotApproved { request }) => Some(refuse(
+            Ok(Entry::Held { mut request }) => {
+                request.grant = None;
+                let id = request.id.to_string();
+                let mut res = json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({ "request": request, "withheld": "response" }),
+                );
+                let h = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    h.insert(HeaderName::from_static(RESPONSE_REQUEST_HEADER), v);
+                }
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(self.cfg.retry_after_seconds),
+                );
+                Some(res)
+            }
+            Ok(Entry::NotApproved { request }) => Some(refuse(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 format!(
-                    "the response was withheld: it needs approval (request {}, {}, {})",
-                    request.id, request.status, request.url
+                    "the response was withheld: request {} is {}",
+                    request.id, request.status
                 ),
             )),
             Err(e) => Some(gate_error(e).into_response()),
+        }
+    }
+
+    /// A retry naming the response held before: the same response (same
+    /// body hash and counts) waits for, then uses, that request's grant; a
+    /// response that changed is decided anew.
+    async fn resume_response(
+        &self,
+        id: &str,
+        check: &CheckBody,
+        hold: Duration,
+    ) -> Result<Entry, ClientError> {
+        let enforcer = self.door.enforcer();
+        let Ok(id) = RequestId::parse(id) else {
+            return enforcer.enter(check, hold).await;
+        };
+        let view = enforcer.gate().request(id, None).await?;
+        let same = check.principal.clone().is_some_and(|principal| {
+            Action {
+                principal,
+                action: check.action.clone(),
+                resource: check.resource.clone(),
+                params: check.params.clone(),
+                context: Map::new(),
+            }
+            .fingerprint()
+                == view.fingerprint
+        });
+        if !same {
+            return enforcer.enter(check, hold).await;
+        }
+        let mut waiter = enforcer.waiter(view);
+        let decided = tokio::time::timeout(hold, async {
+            while !waiter.decided() {
+                waiter.poll().await?;
+            }
+            Ok::<_, ClientError>(())
+        })
+        .await;
+        let view = waiter.into_current();
+        match decided {
+            Err(_held) => Ok(Entry::Held {
+                request: Box::new(view),
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => match view.status {
+                RequestStatus::Approved | RequestStatus::Consumed | RequestStatus::Completed => {
+                    let grant = enforcer.consume(&view, check).await?;
+                    Ok(Entry::Granted {
+                        request: Box::new(view),
+                        grant,
+                    })
+                }
+                _ => Ok(Entry::NotApproved {
+                    request: Box::new(view),
+                }),
+            },
         }
     }
 }

@@ -739,25 +739,69 @@ async fn response_action_decides_on_the_response(db: Db) {
 
 /// A response policy that asks for approval: the approver's request
 /// carries the finding counts and a preview of the first lines of the
-/// masked body (opt-in: `response_preview_lines`); approved while held,
-/// the response leaves.
+/// masked body (opt-in: `response_preview_lines`); the client gets 202
+/// naming it in `Airlock-Response-Request`. The approval is bound to that
+/// response (its SHA-256 and counts): the same request sent again with
+/// that header once approved gets it through, once; the next time asks
+/// anew.
 async fn response_approval_shows_a_masked_preview(db: Db) {
-    let (s, _up, p) = with_proxy_extra(&db, 1, "response_preview_lines = 5").await;
+    let (s, up, p) = with_proxy_extra(&db, 1, "response_preview_lines = 5").await;
     let alice = s.key("alice", "user");
     let bob = s.key("bob", "user");
     let url = format!("{p}/checked/reviewed.csv");
-    let (st, _, body) = get(&url, Some(&alice), None).await;
-    assert_eq!(st, 403, "{body}");
-    assert!(body.contains("needs approval"), "{body}");
-    let id = first_pending(&s, &bob).await;
+    let (st, h, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202, "{body}");
+    assert!(!body.contains(EMAIL) && !body.contains(CARD), "{body}");
+    let id = h["airlock-response-request"].to_str().unwrap().to_owned();
+    assert!(h.contains_key("retry-after"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["request"]["id"].as_str(), v["withheld"].as_str()),
+        (Some(id.as_str()), Some("response")),
+        "{body}"
+    );
+    assert!(v["request"]["grant"].is_null());
+    assert_eq!(first_pending(&s, &bob).await, id);
     let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
     assert_eq!(r["action"], "download.response", "{r}");
     assert!(r["context"]["dlp"].is_object(), "{r}");
+    assert_eq!(r["params"]["dlp"], r["context"]["dlp"], "{r}");
+    assert_eq!(r["params"]["body_sha256"].as_str().map(str::len), Some(64));
     assert_eq!(r["context"]["preview"][0], "name,email,card", "{r}");
     assert!(r["context"]["preview"][1]
         .as_str()
         .unwrap()
         .starts_with("ann,"));
+
+    let (st, _) = s.review(&bob, &id, "approve").await;
+    assert_eq!(st, 200);
+    let again = |resume: Option<String>| {
+        let (url, alice) = (url.clone(), alice.clone());
+        async move {
+            let mut req = reqwest::Client::new()
+                .get(&url)
+                .header("Airlock-Token", &alice);
+            if let Some(id) = resume {
+                req = req.header("Airlock-Response-Request", id);
+            }
+            let res = req.send().await.unwrap();
+            let st = res.status().as_u16();
+            let h = res.headers().clone();
+            (st, h, res.text().await.unwrap())
+        }
+    };
+    let (st, _, body) = again(Some(id.clone())).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(EMAIL), "report mode leaves the body as it is");
+    let (_, r) = s.get(&bob, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    // Spent: naming it again is refused; without it, held anew.
+    let (st, _, body) = again(Some(id.clone())).await;
+    assert_eq!((st, code(&body).as_str()), (403, "grant_spent"), "{body}");
+    let (st, h, _) = again(None).await;
+    assert_eq!(st, 202);
+    assert_ne!(h["airlock-response-request"].to_str().unwrap(), id);
+    assert_eq!(up.hits().len(), 4);
 }
 
 /// A response held for approval and approved while held leaves, its grant
