@@ -79,6 +79,7 @@ groups = ["engineering"]
 name = "plain"
 listen = "127.0.0.1:19003"
 upstream = "http://127.0.0.1:19001"
+checks_per_second_per_user = 0   # one user drives the whole load
 [[proxies.http.routes]]
 method = "GET"
 path = "/exports/{name}.csv"
@@ -90,6 +91,7 @@ response_dlp = "off"
 name = "masked"
 listen = "127.0.0.1:19004"
 upstream = "http://127.0.0.1:19001"
+checks_per_second_per_user = 0   # one user drives the whole load
 [[proxies.http.routes]]
 method = "GET"
 path = "/exports/{name}.csv"

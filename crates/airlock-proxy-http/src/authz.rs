@@ -113,6 +113,7 @@ impl Authz {
             &cfg.routes,
             cfg.principal_header.as_deref(),
             cfg.hold_seconds,
+            cfg.checks_per_second_per_user,
             gate,
         )?;
         Ok(Arc::new(Self { cfg, door }))
@@ -136,7 +137,13 @@ impl Authz {
 
     /// Serves connections from `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let places = Arc::new(tokio::sync::Semaphore::new(self.cfg.max_connections.max(1)));
         loop {
+            // A place first: when all are taken, new connections wait in the
+            // listen queue rather than take the files the process needs.
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -149,6 +156,7 @@ impl Authz {
             let this = self.clone();
             let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
             tokio::spawn(async move {
+                let _place = place;
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req).await) }

@@ -97,6 +97,16 @@ pub struct HttpProxyConfig {
     /// How long the upstream may take to answer. Default 60.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_seconds: u64,
+    /// Checks one end user may cause per second (burst the same); more →
+    /// 429 `rate_limited`, so one user flooding this listener cannot crowd
+    /// out the others behind it (the server limits this listener's own key
+    /// as a whole). 0: no per-user limit. Default 100.
+    #[serde(default = "default_per_user")]
+    pub checks_per_second_per_user: u32,
+    /// Connections served at once; more wait in the listen queue.
+    /// Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Extra detectors (`[proxies.http.dlp]`: `patterns`, `dictionaries`),
     /// as in `airlock_dlp::Config`.
     #[serde(default)]
@@ -160,10 +170,27 @@ pub struct AuthzConfig {
     /// How long the front may take to send its question. Default 30.
     #[serde(default = "default_client_timeout")]
     pub client_timeout_seconds: u64,
+    /// Checks one end user may cause per second (burst the same); more →
+    /// 429 `rate_limited`, so one user flooding this listener cannot crowd
+    /// out the others behind it (the server limits this listener's own key
+    /// as a whole). 0: no per-user limit. Default 100.
+    #[serde(default = "default_per_user")]
+    pub checks_per_second_per_user: u32,
+    /// Connections served at once; more wait in the listen queue.
+    /// Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// `[[proxies.authz.routes]]`, as for `[[proxies.http]]`; responses are
     /// not seen here, so `response_dlp` must stay `off`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+fn default_per_user() -> u32 {
+    100
+}
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_authz_body() -> u64 {

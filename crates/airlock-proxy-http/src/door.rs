@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use airlock_client::{ClientError, Enforcer, Gate};
 use airlock_core::action::Resource;
 use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
 use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota};
 use hyper::header::{HeaderMap, HeaderName};
 use hyper::StatusCode;
 use serde_json::{json, Map};
@@ -75,7 +77,11 @@ pub(crate) struct Door {
     enforcer: Enforcer<Arc<dyn Gate>>,
     principal_header: Option<HeaderName>,
     hold: Duration,
+    per_user: Option<DefaultKeyedRateLimiter<UserName>>,
 }
+
+/// Users whose allowance is remembered before the idle ones are dropped.
+const MAX_USERS: usize = 10_000;
 
 impl Door {
     pub fn new(
@@ -83,6 +89,7 @@ impl Door {
         routes: &[RouteConfig],
         principal_header: Option<&str>,
         hold_seconds: u64,
+        checks_per_second_per_user: u32,
         gate: Arc<dyn Gate>,
     ) -> Result<Self, ProxyError> {
         let principal_header = principal_header
@@ -98,6 +105,8 @@ impl Door {
             enforcer: Enforcer::new(gate),
             principal_header,
             hold: Duration::from_secs(hold_seconds),
+            per_user: NonZeroU32::new(checks_per_second_per_user)
+                .map(|n| DefaultKeyedRateLimiter::keyed(Quota::per_second(n))),
         })
     }
 
@@ -174,6 +183,22 @@ impl Door {
         facts: &Facts<'_>,
         resume: Option<String>,
     ) -> Verdict {
+        if let Some(limiter) = &self.per_user {
+            if limiter.len() >= MAX_USERS {
+                limiter.retain_recent();
+            }
+            if limiter.check_key(principal).is_err() {
+                return Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{principal} sent more requests through {} than it allows per second",
+                        self.name
+                    ),
+                )
+                .into();
+            }
+        }
         if facts.body.is_none() && !target.route.danger_body_unseen {
             return Refusal::new(
                 StatusCode::FORBIDDEN,

@@ -821,6 +821,30 @@ async fn response_approved_while_held_leaves(db: Db) {
     assert_eq!(r["status"], "completed", "{r}");
 }
 
+/// One user flooding the proxy is held to `checks_per_second_per_user`
+/// (429 `rate_limited`, never forwarded); another user behind the same
+/// proxy is not slowed by it.
+async fn one_user_cannot_crowd_out_the_others(db: Db) {
+    let (s, up, p) = with_proxy_extra(&db, 1, "checks_per_second_per_user = 2").await;
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/exports/public.csv");
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (st, _, body) = get(&url, Some(&alice), None).await;
+        if st == 429 {
+            assert_eq!(code(&body), "rate_limited", "{body}");
+        }
+        statuses.push(st);
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(passed >= 2, "{statuses:?}");
+    assert_eq!(up.hits().len(), passed);
+    let (st, _, body) = get(&url, Some(&bob), None).await;
+    assert_eq!(st, 200, "{body}");
+}
+
 /// Slow clients: a request header that never ends gets the connection
 /// closed, a body that stops arriving gets 408, each after
 /// `client_timeout_seconds`; neither reaches the upstream.
@@ -854,6 +878,7 @@ async fn slow_clients_time_out(db: Db) {
 }
 
 on_both_stores!(
+    one_user_cannot_crowd_out_the_others,
     slow_clients_time_out,
     response_approval_shows_a_masked_preview,
     response_approved_while_held_leaves,
