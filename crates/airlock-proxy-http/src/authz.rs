@@ -109,7 +109,8 @@ impl Authz {
             )));
         }
         let door = Door::new(
-            &format!("authz {}", cfg.name),
+            "authz",
+            &cfg.name,
             &cfg.routes,
             cfg.principal_header.as_deref(),
             cfg.hold_seconds,

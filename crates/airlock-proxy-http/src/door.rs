@@ -72,6 +72,9 @@ impl From<Refusal> for Verdict {
 
 /// One front's routes and its way to Airlock.
 pub(crate) struct Door {
+    /// The listener's kind and name, for messages: `proxy files`.
+    label: String,
+    /// Its name, for `context.proxy`: `files`.
     name: String,
     routes: Routes,
     enforcer: Enforcer<Arc<dyn Gate>>,
@@ -85,6 +88,7 @@ const MAX_USERS: usize = 10_000;
 
 impl Door {
     pub fn new(
+        kind: &str,
         name: &str,
         routes: &[RouteConfig],
         principal_header: Option<&str>,
@@ -95,11 +99,12 @@ impl Door {
         let principal_header = principal_header
             .map(|h| {
                 HeaderName::from_bytes(h.trim().as_bytes()).map_err(|e| {
-                    ProxyError::Config(format!("{name:?}: principal_header {h:?}: {e}"))
+                    ProxyError::Config(format!("{kind} {name:?}: principal_header {h:?}: {e}"))
                 })
             })
             .transpose()?;
         Ok(Self {
+            label: format!("{kind} {name}"),
             name: name.to_owned(),
             routes: Routes::compile(routes)?,
             enforcer: Enforcer::new(gate),
@@ -159,7 +164,7 @@ impl Door {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
-                format!("no route of {:?} matches this request", self.name),
+                format!("no route of {} matches this request", self.label),
             ));
         };
         Ok(Target {
@@ -193,7 +198,7 @@ impl Door {
                     ErrorCode::RateLimited,
                     format!(
                         "{principal} sent more requests through {} than it allows per second",
-                        self.name
+                        self.label
                     ),
                 )
                 .into();
@@ -206,7 +211,7 @@ impl Door {
                 format!(
                     "{} cannot show Airlock this request's body, so an approval could not \
                      bind it; refused (a route may set danger_body_unseen)",
-                    self.name
+                    self.label
                 ),
             )
             .into();

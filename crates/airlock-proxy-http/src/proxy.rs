@@ -113,7 +113,8 @@ impl Proxy {
     pub fn new(cfg: HttpProxyConfig, gate: Arc<dyn Gate>) -> Result<Arc<Self>, ProxyError> {
         let bad = |m: String| ProxyError::Config(format!("proxies.http {:?}: {m}", cfg.name));
         let door = Door::new(
-            &format!("proxy {}", cfg.name),
+            "proxy",
+            &cfg.name,
             &cfg.routes,
             cfg.principal_header.as_deref(),
             cfg.hold_seconds,

@@ -405,6 +405,8 @@ async fn held_then_approved_is_forwarded_once(db: Db) {
     // Completed with the upstream's status.
     let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
     assert!(a.to_string().contains("\"status\":200"), "{a}");
+    // Policies see the proxy's name as configured.
+    assert!(a.to_string().contains("\"proxy\":\"files\""), "{a}");
 }
 
 /// With the request's id, anything changed (body, path, another user) is
