@@ -52,8 +52,8 @@ const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// nginx's description of the original request.
 const NGINX_METHOD: &str = "x-airlock-method";
 const NGINX_URI: &str = "x-airlock-uri";
-/// `LENGTH:TRANSFER-ENCODING` of the original request: nginx's
-/// `$content_length:$http_transfer_encoding`, Envoy's
+/// `LENGTH:TRANSFER-ENCODING[:PROTOCOL]` of the original request: nginx's
+/// `$content_length:$http_transfer_encoding:$server_protocol`, Envoy's
 /// `%REQ(content-length)%:%REQ(transfer-encoding)%`.
 const NGINX_BODY: &str = "x-airlock-body";
 /// In an answer to nginx: `pass`, `held`, `unauthenticated` or `refused`.
@@ -191,7 +191,19 @@ impl Authz {
                 "ask at /envoy/… (Envoy ext_authz) or /nginx (nginx auth_request)",
             );
         };
-        let verdict = self.ask(front, req).await;
+        // On a task of its own: if the front gives up on this call after a
+        // grant's use was consumed, the use is still recorded as released
+        // (the task ends with the hold at the latest).
+        let this = self.clone();
+        let asked = tokio::spawn(async move { this.ask(front, req).await });
+        let verdict = asked.await.unwrap_or_else(|_| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::UpstreamUnavailable,
+                "the decision failed; nothing was let through",
+            )
+            .into()
+        });
         self.answer(front, verdict)
     }
 
@@ -434,8 +446,13 @@ fn envoy_question(parts: &hyper::http::request::Parts) -> Result<Question, Refus
         // sent — or that `with_request_body` is missing, which the
         // `X-Airlock-Body` Envoy adds (the original Content-Length) tells.
         None => match h.get(NGINX_BODY).and_then(|v| v.to_str().ok()) {
-            Some(b) if body_declared(b) => BodyIs::Unseen,
-            _ => BodyIs::Empty,
+            Some(b) if body_declared(b, parts.method.as_str()) => BodyIs::Unseen,
+            Some(_) => BodyIs::Empty,
+            None => {
+                return Err(bad_question(
+                    "Envoy must add X-Airlock-Body (see docs/PROXIES.md)",
+                ))
+            }
         },
     };
     Ok(Question {
@@ -446,15 +463,24 @@ fn envoy_question(parts: &hyper::http::request::Parts) -> Result<Question, Refus
     })
 }
 
-/// Whether a `LENGTH:TRANSFER-ENCODING` description declares a body.
-fn body_declared(description: &str) -> bool {
-    match description.split_once(':') {
-        Some((length, coding)) => {
-            !coding.trim().is_empty() || !matches!(length.trim(), "" | "0" | "-")
-        }
+/// Whether a `LENGTH:TRANSFER-ENCODING[:PROTOCOL]` description of a
+/// `method` request declares a body. Over HTTP/2 and HTTP/3 a body may come
+/// with neither (nginx's `$content_length` is then empty): there, only a GET
+/// or HEAD without a length is taken as bodiless.
+fn body_declared(description: &str, method: &str) -> bool {
+    let mut fields = description.splitn(3, ':');
+    let (Some(length), Some(coding)) = (fields.next(), fields.next()) else {
         // Not the form asked for: assume the worst.
-        None => true,
+        return true;
+    };
+    let (length, coding) = (length.trim(), coding.trim());
+    if !coding.is_empty() || !matches!(length, "" | "0" | "-") {
+        return true;
     }
+    let http1 = fields
+        .next()
+        .is_none_or(|p| p.trim().starts_with("HTTP/1") || p.trim().is_empty());
+    length.is_empty() && !http1 && !matches!(method, "GET" | "HEAD")
 }
 
 fn nginx_question(h: &HeaderMap) -> Result<Question, Refusal> {
@@ -473,12 +499,12 @@ fn nginx_question(h: &HeaderMap) -> Result<Question, Refusal> {
         .parse()
         .map_err(|_| bad_question("X-Airlock-Uri is not a request URI"))?;
     let described = get(NGINX_BODY)?;
-    if !described.contains(':') {
+    if described.split(':').count() != 3 {
         return Err(bad_question(
-            "X-Airlock-Body is not LENGTH:TRANSFER-ENCODING",
+            "X-Airlock-Body is not LENGTH:TRANSFER-ENCODING:PROTOCOL",
         ));
     }
-    let body = if body_declared(described) {
+    let body = if body_declared(described, method) {
         BodyIs::Unseen
     } else {
         BodyIs::Empty
@@ -494,4 +520,34 @@ fn nginx_question(h: &HeaderMap) -> Result<Question, Refusal> {
         query: uri.query().unwrap_or("").to_owned(),
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_declared;
+
+    /// Which descriptions declare a body: a length or a coding always; no
+    /// length over HTTP/2 or HTTP/3 for anything but GET and HEAD; a
+    /// malformed one always.
+    #[test]
+    fn body_declared_reads_the_description() {
+        for (d, m, want) in [
+            (":", "GET", false),
+            (":", "POST", false),
+            ("0:", "POST", false),
+            ("-:", "POST", false),
+            ("5:", "GET", true),
+            (":chunked", "POST", true),
+            (":chunked:HTTP/1.1", "POST", true),
+            ("::HTTP/1.1", "POST", false),
+            ("::HTTP/2.0", "POST", true),
+            ("::HTTP/3.0", "PUT", true),
+            ("::HTTP/2.0", "GET", false),
+            ("::HTTP/2.0", "HEAD", false),
+            ("0::HTTP/2.0", "POST", false),
+            ("garbage", "GET", true),
+        ] {
+            assert_eq!(body_declared(d, m), want, "{d:?} {m}");
+        }
+    }
 }

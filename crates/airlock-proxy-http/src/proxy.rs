@@ -708,12 +708,16 @@ impl Proxy {
                 ErrorCode::Forbidden,
                 format!("the response was withheld: {message}"),
             )),
-            Ok(Entry::Held { mut request }) => {
-                request.grant = None;
+            Ok(Entry::Held { request }) => {
                 let id = request.id.to_string();
+                // Only how to come back: the request's params and context
+                // describe the withheld response (its preview among them).
                 let mut res = json_response(
                     StatusCode::ACCEPTED,
-                    &json!({ "request": request, "withheld": "response" }),
+                    &json!({
+                        "request": { "id": id, "status": request.status, "url": request.url },
+                        "withheld": "response",
+                    }),
                 );
                 let h = res.headers_mut();
                 if let Ok(v) = HeaderValue::from_str(&id) {

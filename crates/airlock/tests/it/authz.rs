@@ -196,7 +196,7 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Airlock-Method $request_method;
       proxy_set_header X-Airlock-Uri $request_uri;
-      proxy_set_header X-Airlock-Body "$content_length:$http_transfer_encoding";
+      proxy_set_header X-Airlock-Body "$content_length:$http_transfer_encoding:$server_protocol";
       proxy_set_header X-Airlock-Source-Ip $remote_addr;
       proxy_read_timeout 60s;
     }}
@@ -518,6 +518,37 @@ async fn nginx_refuses_what_it_cannot_show(db: Db) {
         .unwrap();
     assert_eq!(res.status().as_u16(), 500);
     assert_eq!(res.headers()["airlock-outcome"], "error");
+    // An Envoy question that says nothing of the body (neither
+    // with_request_body nor X-Airlock-Body): an error, not "no body".
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{authz}/envoy/upload/report"))
+        .header("Airlock-Token", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 500);
+    // nginx over HTTP/2 would send no length for a body: a POST so
+    // described counts as having one.
+    let res = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{authz}/nginx"))
+        .header("Airlock-Token", &alice)
+        .header("X-Airlock-Method", "POST")
+        .header("X-Airlock-Uri", "/notes/x")
+        .header("X-Airlock-Body", "::HTTP/2.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "a danger_body_unseen route");
+    let res = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{authz}/nginx"))
+        .header("Airlock-Token", &alice)
+        .header("X-Airlock-Method", "POST")
+        .header("X-Airlock-Uri", "/upload/x")
+        .header("X-Airlock-Body", "::HTTP/2.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
 }
 
 /// Airlock gone: the front fails closed, nothing reaches the service.
