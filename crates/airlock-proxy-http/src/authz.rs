@@ -52,6 +52,8 @@ const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// nginx's description of the original request.
 const NGINX_METHOD: &str = "x-airlock-method";
 const NGINX_URI: &str = "x-airlock-uri";
+/// nginx's `$host`: the service asked for, bound in params.
+const NGINX_HOST: &str = "x-airlock-host";
 /// `LENGTH:TRANSFER-ENCODING[:PROTOCOL]` of the original request: nginx's
 /// `$content_length:$http_transfer_encoding:$server_protocol`, Envoy's
 /// `%REQ(content-length)%:%REQ(transfer-encoding)%`.
@@ -251,6 +253,7 @@ impl Authz {
                 .and_then(|v| v.to_str().ok()),
             body: body.as_ref(),
             source_ip: source_ip(&parts.headers),
+            host: question.host.as_deref(),
         };
         let verdict = self.door.decide(&principal, &target, &facts, resume).await;
         if let Verdict::Pass {
@@ -422,6 +425,7 @@ struct Question {
     method: String,
     path: String,
     query: String,
+    host: Option<String>,
     body: BodyIs,
 }
 
@@ -459,6 +463,11 @@ fn envoy_question(parts: &hyper::http::request::Parts) -> Result<Question, Refus
         method: parts.method.as_str().to_owned(),
         path: path.to_owned(),
         query: parts.uri.query().unwrap_or("").to_owned(),
+        // Envoy asks with the original request's authority.
+        host: h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         body,
     })
 }
@@ -518,6 +527,10 @@ fn nginx_question(h: &HeaderMap) -> Result<Question, Refusal> {
         method: method.to_owned(),
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or("").to_owned(),
+        host: h
+            .get(NGINX_HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         body,
     })
 }

@@ -48,6 +48,10 @@ pub(crate) struct Facts<'a> {
     pub body: Option<&'a Bytes>,
     /// The end user's address, where the front knows it.
     pub source_ip: Option<IpAddr>,
+    /// The service's host name, where one listener serves several
+    /// (authz fronts): bound in params, so an approval for one service does
+    /// not pass on another.
+    pub host: Option<&'a str>,
 }
 
 /// The door's answer.
@@ -240,6 +244,9 @@ impl Door {
         params.insert("method".into(), json!(facts.method));
         params.insert("path".into(), json!(facts.path));
         params.insert("query".into(), json!(facts.query));
+        if let Some(host) = facts.host {
+            params.insert("host".into(), json!(host.to_ascii_lowercase()));
+        }
         let mut context = Map::new();
         match facts.body {
             Some(body) => {

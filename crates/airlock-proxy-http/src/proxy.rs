@@ -276,6 +276,8 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok()),
             body: Some(&body),
             source_ip: Some(peer.ip()),
+            // One upstream per listener: the path says it all.
+            host: None,
         };
         match self.door.decide(&principal, &target, &facts, resume).await {
             Verdict::Refused(r) => r.into_response(),

@@ -196,6 +196,7 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Airlock-Method $request_method;
       proxy_set_header X-Airlock-Uri $request_uri;
+      proxy_set_header X-Airlock-Host $host;
       proxy_set_header X-Airlock-Body "$content_length:$http_transfer_encoding:$server_protocol";
       proxy_set_header X-Airlock-Source-Ip $remote_addr;
       proxy_read_timeout 60s;
@@ -393,6 +394,22 @@ async fn the_loop_through(db: &Db, front: Front) {
     assert_eq!(st, 200, "{r}");
     // Another path with the id: not the approved request.
     let (st, _, body) = get(&format!("{url}?all=1"), Some(&alice), Some(&id)).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (403, "action_mismatch"),
+        "{front:?}: {body}"
+    );
+    // The same path on another service behind the same front: not it.
+    let res = reqwest::Client::new()
+        .get(&url)
+        .header("Host", "billing.internal")
+        .header("Airlock-Token", &alice)
+        .header("Airlock-Request", &id)
+        .send()
+        .await
+        .unwrap();
+    let st = res.status().as_u16();
+    let body = res.text().await.unwrap();
     assert_eq!(
         (st, code(&body).as_str()),
         (403, "action_mismatch"),
