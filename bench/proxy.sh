@@ -2,8 +2,10 @@
 # The HTTP proxy side by side, in one run (issue 11): the same 4 KiB CSV
 # fetched directly from an nginx origin, through nginx as a reverse proxy
 # (one worker per core), and through Airlock's proxy on the allow path with
-# DLP off and with `response_dlp = "mask"`. Every request through Airlock is
-# identified (whoami), decided and durably audited before it is forwarded.
+# DLP off and with `response_dlp = "mask"`, and through nginx asking
+# Airlock's authz endpoint (`auth_request`, docs/PROXIES.md). Every request
+# through Airlock is identified (whoami), decided and durably audited before
+# it is forwarded.
 # Usage: bench/proxy.sh [seconds] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +57,31 @@ http {
       proxy_set_header Connection "";
     }
   }
+  # nginx in front, asking Airlock's [[proxies.authz]] (docs/PROXIES.md).
+  upstream airlock_authz { server 127.0.0.1:19005; keepalive 64; }
+  server {
+    listen 127.0.0.1:19006;
+    location / {
+      auth_request /_airlock;
+      proxy_set_header Airlock-Token "";
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location = /_airlock {
+      internal;
+      proxy_pass http://airlock_authz/nginx;
+      proxy_http_version 1.1;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Airlock-Method \$request_method;
+      proxy_set_header X-Airlock-Uri \$request_uri;
+      proxy_set_header X-Airlock-Host \$host;
+      proxy_set_header X-Airlock-Body "\$content_length:\$http_transfer_encoding:\$server_protocol";
+      proxy_set_header X-Airlock-Source-Ip \$remote_addr;
+    }
+  }
 }
 NGINX
 "$NGINX" -p "$DIR" -c "$DIR/nginx.conf"
@@ -87,6 +114,16 @@ action = "download"
 resource = "File:{name}"
 response_dlp = "off"
 
+[[proxies.authz]]
+name = "front"
+listen = "127.0.0.1:19005"
+checks_per_second_per_user = 0
+[[proxies.authz.routes]]
+method = "GET"
+path = "/exports/{name}.csv"
+action = "download"
+resource = "File:{name}"
+
 [[proxies.http]]
 name = "masked"
 listen = "127.0.0.1:19004"
@@ -118,4 +155,5 @@ run "direct (nginx origin)" http://127.0.0.1:19001/exports/report.csv
 run "nginx reverse proxy" http://127.0.0.1:19002/exports/report.csv
 run "airlock proxy, DLP off" http://127.0.0.1:19003/exports/report.csv -H "Airlock-Token: $KEY"
 run "airlock proxy, DLP mask" http://127.0.0.1:19004/exports/report.csv -H "Airlock-Token: $KEY"
+run "nginx + airlock auth_request" http://127.0.0.1:19006/exports/report.csv -H "Airlock-Token: $KEY"
 echo "audit records: $(sqlite3 "$DIR/airlock/airlock.db" 'select count(*) from audit' 2>/dev/null || echo '?')"
