@@ -14,7 +14,6 @@
 //! `Airlock-Outcome` and `Airlock-Body` headers let its `error_page`
 //! locations answer 202 or the error (docs/PROXIES.md has both configs).
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Map};
 use tokio::net::TcpListener;
 
@@ -35,7 +33,7 @@ use crate::config::{AuthzConfig, ResponseDlp};
 use crate::door::{Door, Facts, Verdict};
 use crate::proxy::{take_header, REQUEST_HEADER, TOKEN_HEADER};
 use crate::respond::{json_response, refuse, Body, Refusal};
-use crate::ProxyError;
+use crate::{listen, ProxyError};
 
 /// Where Envoy's questions arrive (its `path_prefix`).
 pub const ENVOY_PREFIX: &str = "/envoy";
@@ -129,54 +127,17 @@ impl Authz {
 
     /// Binds the configured address.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
-        TcpListener::bind(self.cfg.listen)
-            .await
-            .map_err(|source| ProxyError::Listen {
-                name: self.cfg.name.clone(),
-                addr: self.cfg.listen,
-                source,
-            })
+        listen::bind(&self.cfg.name, self.cfg.listen).await
     }
 
     /// Serves connections from `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let places = Arc::new(tokio::sync::Semaphore::new(self.cfg.max_connections.max(1)));
-        loop {
-            // A place first: when all are taken, new connections wait in the
-            // listen queue rather than take the files the process needs.
-            let Ok(place) = places.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, _peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(authz = %self.cfg.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
-            tokio::spawn(async move {
-                let _place = place;
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                builder.http2().timer(TokioTimer::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "authz connection ended");
-                }
-            });
-        }
+        let (name, max) = (self.cfg.name.clone(), self.cfg.max_connections);
+        let timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+        listen::serve(listener, &name, max, timeout, move |req, _peer| {
+            self.clone().handle(req)
+        })
+        .await
     }
 
     /// One question, start to end.

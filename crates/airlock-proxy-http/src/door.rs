@@ -298,18 +298,7 @@ impl Door {
             Ok(v) => v,
             Err(e) => return gate_error(e).into(),
         };
-        let Some(principal) = check.principal.clone() else {
-            return Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "no principal")
-                .into();
-        };
-        let action = Action {
-            principal,
-            action: check.action.clone(),
-            resource: check.resource.clone(),
-            params: check.params.clone(),
-            context: Map::new(),
-        };
-        if action.fingerprint() != view.fingerprint {
+        if !same_action(&check, &view) {
             return Refusal::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::ActionMismatch,
@@ -329,24 +318,15 @@ impl Door {
     /// future (the client went away) cancels nothing: the request stays
     /// pending for a retry.
     async fn hold(&self, view: RequestView, check: CheckBody) -> Verdict {
-        let mut waiter = self.enforcer.waiter(view);
-        let decided = tokio::time::timeout(self.hold, async {
-            while !waiter.decided() {
-                waiter.poll().await?;
-            }
-            Ok::<_, ClientError>(())
-        })
-        .await;
-        match decided {
-            Err(_held) => {
-                let mut view = waiter.into_current();
+        match wait(&self.enforcer, view, self.hold).await {
+            Ok(Waited::Held(mut view)) => {
                 // The view comes from an enforcer's gate; a token must never
                 // reach the end user.
                 view.grant = None;
                 Verdict::Held(Box::new(view))
             }
-            Ok(Err(e)) => gate_error(e).into(),
-            Ok(Ok(())) => self.use_grant(waiter.into_current(), check).await,
+            Ok(Waited::Decided(view)) => self.use_grant(view, check).await,
+            Err(e) => gate_error(e).into(),
         }
     }
 
@@ -372,5 +352,51 @@ impl Door {
             },
             Err(e) => gate_error(e).into(),
         }
+    }
+}
+
+/// Whether `check` is the action `view` was opened for (its fingerprint:
+/// principal, action, resource, params).
+pub(crate) fn same_action(check: &CheckBody, view: &RequestView) -> bool {
+    check.principal.clone().is_some_and(|principal| {
+        Action {
+            principal,
+            action: check.action.clone(),
+            resource: check.resource.clone(),
+            params: check.params.clone(),
+            context: Map::new(),
+        }
+        .fingerprint()
+            == view.fingerprint
+    })
+}
+
+/// A request after waiting for its decision.
+pub(crate) enum Waited {
+    /// Decided (any way) within the hold.
+    Decided(RequestView),
+    /// Still pending when the hold ran out, as last seen.
+    Held(RequestView),
+}
+
+/// Waits up to `hold` for `view` to be decided, woken by the decision (the
+/// gate's wait). Dropping this future cancels nothing.
+pub(crate) async fn wait(
+    enforcer: &Enforcer<Arc<dyn Gate>>,
+    view: RequestView,
+    hold: Duration,
+) -> Result<Waited, ClientError> {
+    let mut waiter = enforcer.waiter(view);
+    let decided = tokio::time::timeout(hold, async {
+        while !waiter.decided() {
+            waiter.poll().await?;
+        }
+        Ok::<_, ClientError>(())
+    })
+    .await;
+    match decided {
+        Err(_held) => Ok(Waited::Held(waiter.into_current())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok(Waited::Decided(waiter.into_current())),
     }
 }

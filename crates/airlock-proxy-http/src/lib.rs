@@ -15,6 +15,7 @@
 mod authz;
 pub mod config;
 mod door;
+mod listen;
 mod proxy;
 mod respond;
 mod route;

@@ -3,14 +3,13 @@
 //! request; nothing here forwards by default.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{CheckBody, ErrorCode, Outcome, RequestView};
 use airlock_client::{ClientError, Entry, Gate};
-use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use airlock_core::{ActionName, GrantId, RequestId, RequestStatus, UserName};
 use airlock_dlp::Scanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,16 +18,16 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::config::{HttpProxyConfig, ResponseDlp};
-use crate::door::{Door, Facts, Target, Verdict};
+use crate::door::{same_action, wait, Door, Facts, Target, Verdict, Waited};
 use crate::respond::{full, gate_error, json_response, refuse, Body, BoxError};
 use crate::scan::{self, Counts};
-use crate::ProxyError;
+use crate::{listen, ProxyError};
 
 /// The header carrying the end user's API key; never forwarded.
 pub const TOKEN_HEADER: &str = "airlock-token";
@@ -161,59 +160,17 @@ impl Proxy {
 
     /// Binds the configured address.
     pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
-        TcpListener::bind(self.cfg.listen)
-            .await
-            .map_err(|source| ProxyError::Listen {
-                name: self.cfg.name.clone(),
-                addr: self.cfg.listen,
-                source,
-            })
+        listen::bind(&self.cfg.name, self.cfg.listen).await
     }
 
     /// Serves connections from `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let places = Arc::new(tokio::sync::Semaphore::new(self.cfg.max_connections.max(1)));
-        loop {
-            // A place first: when all are taken, new connections wait in the
-            // listen queue rather than take the files the process needs.
-            let Ok(place) = places.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(proxy = %self.cfg.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // A response streamed in pieces would otherwise stall ~40 ms on
-            // Nagle and the client's delayed ACK.
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let header_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
-            tokio::spawn(async move {
-                let _place = place;
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                });
-                // HTTP/1.1, and HTTP/2 with prior knowledge (h2c); TLS is
-                // terminated in front.
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                builder.http2().timer(TokioTimer::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "proxy connection ended");
-                }
-            });
-        }
+        let (name, max) = (self.cfg.name.clone(), self.cfg.max_connections);
+        let timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+        listen::serve(listener, &name, max, timeout, move |req, peer| {
+            self.clone().handle(req, peer)
+        })
+        .await
     }
 
     /// One request, start to end.
@@ -757,35 +714,14 @@ impl Proxy {
             return enforcer.enter(check, hold).await;
         };
         let view = enforcer.gate().request(id, None).await?;
-        let same = check.principal.clone().is_some_and(|principal| {
-            Action {
-                principal,
-                action: check.action.clone(),
-                resource: check.resource.clone(),
-                params: check.params.clone(),
-                context: Map::new(),
-            }
-            .fingerprint()
-                == view.fingerprint
-        });
-        if !same {
+        if !same_action(check, &view) {
             return enforcer.enter(check, hold).await;
         }
-        let mut waiter = enforcer.waiter(view);
-        let decided = tokio::time::timeout(hold, async {
-            while !waiter.decided() {
-                waiter.poll().await?;
-            }
-            Ok::<_, ClientError>(())
-        })
-        .await;
-        let view = waiter.into_current();
-        match decided {
-            Err(_held) => Ok(Entry::Held {
+        match wait(enforcer, view, hold).await? {
+            Waited::Held(view) => Ok(Entry::Held {
                 request: Box::new(view),
             }),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => match view.status {
+            Waited::Decided(view) => match view.status {
                 RequestStatus::Approved | RequestStatus::Consumed | RequestStatus::Completed => {
                     let grant = enforcer.consume(&view, check).await?;
                     Ok(Entry::Granted {
