@@ -126,3 +126,29 @@ pub struct WhoamiResponse {
     /// The key's role: `user`, `enforcer` or `admin`.
     pub role: String,
 }
+
+/// `POST /v1/auth/scram` (enforcer keys): checks a SCRAM-SHA-256 proof a
+/// database client made with one of `user`'s API keys, so the PostgreSQL
+/// proxy can log the user in without holding any verifier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScramLoginBody {
+    /// Who is logging in (the startup message's `user`).
+    pub user: UserName,
+    /// RFC 5802's AuthMessage: client-first-bare, server-first and
+    /// client-final-without-proof, comma-separated.
+    pub auth_message: String,
+    /// The client's proof, base64.
+    pub proof: String,
+}
+
+/// A proof that passed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScramLoginResponse {
+    /// The user logged in.
+    pub user: UserName,
+    /// The public id of the key the proof was made with.
+    pub key: String,
+    /// The server signature for the client's `v=`, base64.
+    pub server_signature: String,
+}

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use airlock_core::scram::{self, Verifier};
 use airlock_core::{AuditKind, KeyLifetime, NewAuditRecord, UserName};
 use airlock_store::{ApiKeyRecord, KeyRefusal, KeyRevocation, Role, Store, StoreError};
 use base64::Engine as _;
@@ -45,6 +46,9 @@ pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     );
     let id = format!("key_{}", &hash_key(&secret)[..16]);
+    // Enforcer keys name a service, which never opens a database session
+    // as itself through the proxy.
+    let scram = (role != Role::Enforcer).then(|| Verifier::derive(&user, &secret).to_string());
     let record = ApiKeyRecord {
         id,
         hash: hash_key(&secret),
@@ -54,6 +58,7 @@ pub fn new_api_key(user: UserName, role: Role) -> (String, ApiKeyRecord) {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        scram,
     };
     (secret, record)
 }
@@ -180,6 +185,40 @@ pub async fn authenticate(
     }
     uses.note(store, &record, now);
     Ok(record)
+}
+
+/// Checks a SCRAM-SHA-256 proof made with one of `user`'s live keys (the
+/// PostgreSQL proxy's login): the key it was made with and the server
+/// signature proving Airlock knew the verifier. Unknown users, revoked,
+/// expired and verifier-less keys, and wrong proofs are all one
+/// `Unauthenticated`; a store failure is an error, never a pass.
+pub async fn scram_login(
+    store: &Store,
+    uses: &KeyUses,
+    user: &UserName,
+    auth_message: &[u8],
+    proof: &[u8],
+) -> Result<(ApiKeyRecord, [u8; 32]), AuthError> {
+    let who = user.clone();
+    let keys = store.read_single(move |r| r.api_keys_of(&who)).await?;
+    let now = airlock_store::time::now();
+    let salt = scram::salt(user);
+    for key in keys {
+        if key.role == Role::Enforcer || key.refusal(now).is_some() {
+            continue;
+        }
+        let Some(v) = key.scram.as_deref().and_then(Verifier::parse) else {
+            continue;
+        };
+        if !v.uses_salt(&salt, scram::ITERATIONS) {
+            continue;
+        }
+        if let Some(signature) = v.check(auth_message, proof) {
+            uses.note(store, &key, now);
+            return Ok((key, signature));
+        }
+    }
+    Err(AuthError::Unauthenticated)
 }
 
 /// When this node last asked the store to record each key's use, so that a

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    RequestView, WhoamiResponse,
+    RequestView, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 
@@ -52,6 +52,16 @@ pub trait Gate: Send + Sync {
             "this gate cannot tell whose key this is".into(),
         ))
     }
+
+    /// Checks a database client's SCRAM proof (`POST /v1/auth/scram`): how
+    /// the PostgreSQL proxy logs a user in without holding verifiers. A
+    /// gate that cannot tell refuses.
+    async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
+        let _ = body;
+        Err(ClientError::Config(
+            "this gate cannot check SCRAM proofs".into(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -81,5 +91,8 @@ impl<G: Gate + ?Sized> Gate for std::sync::Arc<G> {
     }
     async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
         (**self).whoami(key).await
+    }
+    async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
+        (**self).scram_login(body).await
     }
 }

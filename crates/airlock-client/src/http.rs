@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    ErrorBody, ErrorCode, ReasonBody, RequestList, RequestView, ReviewBody, WhoamiResponse,
+    ErrorBody, ErrorCode, ReasonBody, RequestList, RequestView, ReviewBody, ScramLoginBody,
+    ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 use serde::de::DeserializeOwned;
@@ -254,5 +255,9 @@ impl Gate for Client {
 
     async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
         Client::whoami(self, key).await
+    }
+
+    async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
+        self.post("/v1/auth/scram", body).await
     }
 }

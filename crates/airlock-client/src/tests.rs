@@ -134,7 +134,8 @@ fn enforcement_side_depends_on_no_store_server_or_keys() {
     assert!(
         found.contains(&"airlock-api".to_owned())
             && found.contains(&"airlock-client".to_owned())
-            && found.contains(&"airlock-proxy-http".to_owned()),
+            && found.contains(&"airlock-proxy-http".to_owned())
+            && found.contains(&"airlock-proxy-pg".to_owned()),
         "the rule checked nothing: enforcement-side crates found: {found:?}"
     );
     assert!(

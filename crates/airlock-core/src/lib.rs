@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod names;
 pub mod request;
+pub mod scram;
 pub mod ttl;
 
 pub use action::{Action, Fingerprint, Resource};

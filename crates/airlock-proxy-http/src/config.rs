@@ -5,19 +5,6 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-/// `[proxies]`: the enforcement points a config declares.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxiesConfig {
-    /// `[[proxies.http]]`: HTTP reverse proxies.
-    #[serde(default)]
-    pub http: Vec<HttpProxyConfig>,
-    /// `[[proxies.authz]]`: authorization endpoints for front proxies
-    /// already in place (Envoy `ext_authz`, nginx `auth_request`).
-    #[serde(default)]
-    pub authz: Vec<AuthzConfig>,
-}
-
 /// `[proxy]`: how a proxy running alone (`airlock proxy`) reaches Airlock.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,18 +22,6 @@ impl std::fmt::Debug for ProxyClientConfig {
             .field("server_url", &self.server_url)
             .finish()
     }
-}
-
-/// The file `airlock proxy --config FILE` reads: `[proxy]` and
-/// `[[proxies.http]]`, nothing else.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StandaloneConfig {
-    /// Where Airlock is and the enforcer key.
-    pub proxy: ProxyClientConfig,
-    /// The listeners.
-    #[serde(default)]
-    pub proxies: ProxiesConfig,
 }
 
 /// `[[proxies.http]]`: one listener in front of one upstream.
@@ -248,6 +223,21 @@ pub enum ResponseDlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape of `airlock proxy`'s file, as far as this crate's part.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StandaloneConfig {
+        #[allow(dead_code)]
+        proxy: ProxyClientConfig,
+        proxies: Proxies,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Proxies {
+        http: Vec<HttpProxyConfig>,
+    }
 
     const FILE: &str = r#"
 [proxy]

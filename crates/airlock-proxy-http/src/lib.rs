@@ -22,10 +22,7 @@ mod route;
 mod scan;
 
 pub use authz::Authz;
-pub use config::{
-    AuthzConfig, HttpProxyConfig, ProxiesConfig, ProxyClientConfig, ResponseDlp, RouteConfig,
-    StandaloneConfig,
-};
+pub use config::{AuthzConfig, HttpProxyConfig, ProxyClientConfig, ResponseDlp, RouteConfig};
 pub use proxy::Proxy;
 pub use respond::Body;
 

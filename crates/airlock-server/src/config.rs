@@ -14,7 +14,43 @@ pub use airlock_auth::oidc::OidcConfig;
 pub use airlock_notify::config::{
     DiscordConfig, EmailConfig, NotifyConfig, SlackConfig, WebhookConfig,
 };
-pub use airlock_proxy_http::{HttpProxyConfig, ProxiesConfig, ProxyClientConfig};
+pub use airlock_proxy_http::{AuthzConfig, HttpProxyConfig, ProxyClientConfig};
+pub use airlock_proxy_pg::PgProxyConfig;
+
+/// `[proxies]`: the enforcement points a config declares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxiesConfig {
+    /// `[[proxies.http]]`: HTTP reverse proxies.
+    #[serde(default)]
+    pub http: Vec<HttpProxyConfig>,
+    /// `[[proxies.authz]]`: authorization endpoints for front proxies
+    /// already in place (Envoy `ext_authz`, nginx `auth_request`).
+    #[serde(default)]
+    pub authz: Vec<AuthzConfig>,
+    /// `[[proxies.postgres]]`: PostgreSQL wire proxies.
+    #[serde(default)]
+    pub postgres: Vec<PgProxyConfig>,
+}
+
+impl ProxiesConfig {
+    /// Whether it declares nothing.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.authz.is_empty() && self.postgres.is_empty()
+    }
+}
+
+/// The file `airlock proxy --config FILE` reads: `[proxy]` and
+/// `[proxies]`, nothing else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandaloneConfig {
+    /// Where Airlock is and the enforcer key.
+    pub proxy: ProxyClientConfig,
+    /// The listeners.
+    #[serde(default)]
+    pub proxies: ProxiesConfig,
+}
 
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +89,11 @@ pub struct Config {
     /// sections are accepted (so configs load) but not yet delivered.
     #[serde(default)]
     pub notify: NotifyConfig,
-    /// `[[proxies.http]]` (HTTP reverse proxies) and `[[proxies.authz]]`
-    /// (authorization endpoints for Envoy and nginx) that `airlock serve`
-    /// runs itself, asking the service in process (see `airlock_proxy_http`).
+    /// `[[proxies.http]]` (HTTP reverse proxies), `[[proxies.authz]]`
+    /// (authorization endpoints for Envoy and nginx) and
+    /// `[[proxies.postgres]]` (PostgreSQL wire proxies) that `airlock serve`
+    /// runs itself, asking the service in process (see `airlock_proxy_http`
+    /// and `airlock_proxy_pg`).
     #[serde(default)]
     pub proxies: ProxiesConfig,
     /// `[proxy]`: where `airlock proxy` finds the server and its enforcer

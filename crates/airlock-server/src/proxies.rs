@@ -1,7 +1,8 @@
-//! The `[[proxies.http]]` and `[[proxies.authz]]` listeners `airlock serve`
-//! runs itself: each asks the service in process (`LocalGate`, no network
-//! hop) as an enforcer identity of its own, `proxy.NAME` or `authz.NAME`,
-//! which the audit log records by key id `proxy:NAME` or `authz:NAME`.
+//! The `[[proxies.http]]`, `[[proxies.authz]]` and `[[proxies.postgres]]`
+//! listeners `airlock serve` runs itself: each asks the service in process
+//! (`LocalGate`, no network hop) as an enforcer identity of its own,
+//! `proxy.NAME`, `authz.NAME` or `postgres.NAME`, which the audit log
+//! records by key id `proxy:NAME`, `authz:NAME` or `postgres:NAME`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use airlock_client::Gate;
 use airlock_core::UserName;
 use airlock_proxy_http::{Authz, Proxy, ProxyError};
+use airlock_proxy_pg::PgProxy;
 use airlock_store::Role;
 use tokio::net::TcpListener;
 
@@ -39,6 +41,19 @@ pub async fn spawn(airlock: &Arc<Airlock>) -> Result<Vec<(String, SocketAddr)>, 
             bound(&listener, authz.name())?,
         ));
         tokio::spawn(authz.serve(listener));
+    }
+    for cfg in proxies.postgres {
+        let pg = PgProxy::new(cfg.clone(), gate(airlock, "postgres", &cfg.name)?)
+            .map_err(|e| ProxyError::Config(e.to_string()))?;
+        let listener = pg
+            .bind()
+            .await
+            .map_err(|e| ProxyError::Config(e.to_string()))?;
+        started.push((
+            format!("postgres {}", pg.name()),
+            bound(&listener, pg.name())?,
+        ));
+        tokio::spawn(pg.serve(listener));
     }
     Ok(started)
 }

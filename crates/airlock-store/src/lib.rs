@@ -80,6 +80,8 @@ pub trait ReadTx {
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Every API key, revoked and expired ones included, oldest first.
     fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// `user`'s API keys, revoked and expired ones included, oldest first.
+    fn api_keys_of(&mut self, user: &UserName) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Groups taken from single sign-on, by user, replacing the config's.

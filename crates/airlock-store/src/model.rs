@@ -63,6 +63,11 @@ pub struct ApiKeyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked; a revoked key is kept, for the audit trail.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's SCRAM-SHA-256 verifier (PostgreSQL's
+    /// `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`), so the key can be a
+    /// database password at the PostgreSQL proxy; `None` for keys made
+    /// before verifiers were kept.
+    pub scram: Option<String>,
     /// When it last authenticated a request, to within about a minute: it
     /// is written at most once a minute per key and node, off the request
     /// path.

@@ -792,6 +792,7 @@ fn api_key(id: &str, role: crate::Role, expires_in: Option<i64>) -> crate::ApiKe
         expires_at: expires_in.map(|s| t + chrono::Duration::seconds(s)),
         revoked_at: None,
         last_used_at: None,
+        scram: Some(format!("SCRAM-SHA-256$4096:c2FsdA==$verifier-of-{id}")),
     }
 }
 
@@ -855,6 +856,15 @@ async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
     // Oldest first, every field as written.
     let listed = store.read(|r| r.list_api_keys()).await.unwrap();
     assert_eq!(listed, vec![old.clone(), live.clone()]);
+    let alice = airlock_core::UserName::parse("alice").unwrap();
+    let bob = airlock_core::UserName::parse("bob").unwrap();
+    let of_alice = store.read(move |r| r.api_keys_of(&alice)).await.unwrap();
+    assert_eq!(of_alice, vec![old.clone(), live.clone()], "with verifiers");
+    assert!(store
+        .read(move |r| r.api_keys_of(&bob))
+        .await
+        .unwrap()
+        .is_empty());
     let t = now();
     assert_eq!(live.refusal(t), None);
     assert!(matches!(old.refusal(t), Some(KeyRefusal::Expired(at)) if Some(at) == old.expires_at));

@@ -1,5 +1,5 @@
-//! `airlock proxy --config FILE`: the file's HTTP proxies and authorization
-//! endpoints, alone, asking a remote server over HTTP with an enforcer key.
+//! `airlock proxy --config FILE`: the file's HTTP proxies, authorization
+//! endpoints and PostgreSQL proxies, alone, asking a remote server over HTTP with an enforcer key.
 //! No store, no signing key.
 
 use std::path::Path;
@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use airlock_client::{Client, Gate};
-use airlock_proxy_http::{Authz, Proxy, StandaloneConfig};
+use airlock_proxy_http::{Authz, Proxy};
+use airlock_proxy_pg::PgProxy;
+use airlock_server::config::StandaloneConfig;
 use anyhow::Context;
 
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -15,9 +17,9 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg: StandaloneConfig =
         toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-    if cfg.proxies.http.is_empty() && cfg.proxies.authz.is_empty() {
+    if cfg.proxies.is_empty() {
         anyhow::bail!(
-            "{}: no [[proxies.http]] or [[proxies.authz]] to run",
+            "{}: no [[proxies.http]], [[proxies.authz]] or [[proxies.postgres]] to run",
             path.display()
         );
     }
@@ -56,6 +58,16 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             listener.local_addr()?
         );
         tasks.push(tokio::spawn(authz.serve(listener)));
+    }
+    for p in cfg.proxies.postgres {
+        let pg = PgProxy::new(p, gate.clone())?;
+        let listener = pg.bind().await?;
+        println!(
+            "postgres {} listening on {}",
+            pg.name(),
+            listener.local_addr()?
+        );
+        tasks.push(tokio::spawn(pg.serve(listener)));
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -33,7 +33,12 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let url = format!("http://{addr}");
     say(format!("Airlock listening on {url}"));
     for (name, at) in &proxies {
-        say(format!("  {name} listening on http://{at}"));
+        let scheme = if name.starts_with("postgres ") {
+            "postgres"
+        } else {
+            "http"
+        };
+        say(format!("  {name} listening on {scheme}://{at}"));
     }
     println!(
         "  config: {}  policy version: {}",

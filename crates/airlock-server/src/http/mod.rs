@@ -73,6 +73,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/keys", get(keys))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/auth/scram", post(scram_login))
         .route("/v1/outbox", get(outbox))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/healthz", get(healthz))
@@ -334,6 +335,16 @@ async fn whoami(caller: Caller) -> Json<airlock_api::WhoamiResponse> {
         user: caller.user,
         role: caller.role.as_str().to_owned(),
     })
+}
+
+/// Checks a database client's SCRAM proof (enforcer keys: the PostgreSQL
+/// proxy).
+async fn scram_login(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<airlock_api::ScramLoginBody>,
+) -> Result<Json<airlock_api::ScramLoginResponse>, ApiError> {
+    Ok(Json(airlock.scram_login(&caller, body).await?))
 }
 
 async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {

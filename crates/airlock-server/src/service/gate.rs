@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    RequestView, WhoamiResponse,
+    RequestView, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
 };
 use airlock_client::{ClientError, Gate};
 use airlock_core::{GrantId, RequestId};
@@ -107,6 +107,13 @@ impl Gate for LocalGate {
             grant_id: grant,
             completed: true,
         })
+    }
+
+    async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
+        self.airlock
+            .scram_login(&self.caller, body.clone())
+            .await
+            .map_err(refused)
     }
 
     async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {

@@ -254,6 +254,44 @@ impl Airlock {
         })
     }
 
+    /// Checks a database client's SCRAM proof for `body.user` (the
+    /// PostgreSQL proxy's login, asked by an enforcer key): which live key
+    /// it was made with, and the signature that proves Airlock back.
+    pub async fn scram_login(
+        &self,
+        caller: &Caller,
+        body: airlock_api::ScramLoginBody,
+    ) -> Result<airlock_api::ScramLoginResponse, ApiError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        if caller.role != Role::Enforcer {
+            return Err(ApiError::forbidden(
+                "only enforcer keys log database clients in",
+            ));
+        }
+        // Removed users keep no access through their keys, as in
+        // `authenticate`.
+        if !self.loaded.load().directory.contains(&body.user) {
+            return Err(ApiError::Unauthenticated);
+        }
+        let proof = b64
+            .decode(body.proof.as_bytes())
+            .map_err(|_| ApiError::BadRequest("proof is not base64".into()))?;
+        let (key, signature) = airlock_auth::api_keys::scram_login(
+            &self.store,
+            &self.key_uses,
+            &body.user,
+            body.auth_message.as_bytes(),
+            &proof,
+        )
+        .await?;
+        Ok(airlock_api::ScramLoginResponse {
+            user: key.user,
+            key: key.id,
+            server_signature: b64.encode(signature),
+        })
+    }
+
     pub(crate) fn policy_dir(&self) -> PathBuf {
         self.config.load().policy_dir()
     }

@@ -18,6 +18,7 @@ pub(crate) struct ApiKeyRow {
     pub(crate) expires_at: Option<DateTime<Utc>>,
     pub(crate) revoked_at: Option<DateTime<Utc>>,
     pub(crate) last_used_at: Option<DateTime<Utc>>,
+    pub(crate) scram: Option<String>,
 }
 
 impl ApiKeyRow {
@@ -32,6 +33,7 @@ impl ApiKeyRow {
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
             last_used_at: self.last_used_at,
+            scram: self.scram,
         })
     }
 }
@@ -42,6 +44,8 @@ pub(crate) trait KeyRows {
     fn api_key_row(&mut self, hash: &str) -> Result<Option<ApiKeyRow>, StoreError>;
     /// Every key, oldest first.
     fn api_key_rows(&mut self) -> Result<Vec<ApiKeyRow>, StoreError>;
+    /// `user`'s keys, oldest first.
+    fn api_key_rows_of(&mut self, user: &str) -> Result<Vec<ApiKeyRow>, StoreError>;
     /// See [`crate::WriteTx::insert_api_key`].
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     /// Marks the key revoked at `at` unless it already is; false if
@@ -69,6 +73,16 @@ pub(crate) fn by_hash<T: KeyRows + ?Sized>(
     tx.api_key_row(hash)?
         .map(ApiKeyRow::into_record)
         .transpose()
+}
+
+pub(crate) fn of_user<T: KeyRows + ?Sized>(
+    tx: &mut T,
+    user: &UserName,
+) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    tx.api_key_rows_of(user.as_str())?
+        .into_iter()
+        .map(ApiKeyRow::into_record)
+        .collect()
 }
 
 pub(crate) fn list<T: KeyRows + ?Sized>(tx: &mut T) -> Result<Vec<ApiKeyRecord>, StoreError> {

@@ -133,6 +133,10 @@ impl<T: Rows> ReadTx for T {
         keys::list(self)
     }
 
+    fn api_keys_of(&mut self, user: &UserName) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        keys::of_user(self, user)
+    }
+
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         sessions::get(self, id_hash)
     }

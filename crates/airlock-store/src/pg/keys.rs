@@ -18,14 +18,22 @@ fn api_key_row(r: &Row) -> Result<ApiKeyRow, StoreError> {
         expires_at: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
         last_used_at: r.try_get(7)?,
+        scram: r.try_get(8)?,
     })
+}
+
+/// The columns [`api_key_row`] reads, as a literal (statements are cached
+/// by `&'static str`).
+macro_rules! api_key_cols {
+    () => {
+        "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at, scram"
+    };
 }
 
 impl KeyRows for Tx<'_> {
     fn api_key_row(&mut self, hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         let row = self.query_opt(
-            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
-             FROM api_keys WHERE hash = $1",
+            concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE hash = $1"),
             &[&hash],
         )?;
         row.as_ref().map(api_key_row).transpose()
@@ -33,17 +41,32 @@ impl KeyRows for Tx<'_> {
 
     fn api_key_rows(&mut self) -> Result<Vec<ApiKeyRow>, StoreError> {
         let rows = self.query(
-            "SELECT id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at
-             FROM api_keys ORDER BY created_at, id",
+            concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys ORDER BY created_at, id"
+            ),
             &[],
+        )?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    fn api_key_rows_of(&mut self, user: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let rows = self.query(
+            concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys WHERE user_name = $1 ORDER BY created_at, id"
+            ),
+            &[&user],
         )?;
         rows.iter().map(api_key_row).collect()
     }
 
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at, scram)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &key.id,
                 &key.hash,
@@ -53,6 +76,7 @@ impl KeyRows for Tx<'_> {
                 &key.expires_at,
                 &key.revoked_at,
                 &key.last_used_at,
+                &key.scram,
             ],
         )?;
         Ok(())

@@ -189,6 +189,11 @@ FROM requests r,
      jsonb_array_elements_text(t.value -> 'groups') g(name)
 ON CONFLICT DO NOTHING;
 "#,
+    r#"
+-- A SCRAM-SHA-256 verifier per API key, so a key can be the password of
+-- a PostgreSQL session at the proxy (the key itself is never stored).
+ALTER TABLE api_keys ADD COLUMN scram text;
+"#,
 ];
 
 /// The newest schema version this build knows.

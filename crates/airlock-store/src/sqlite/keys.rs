@@ -10,7 +10,7 @@ use crate::time::{fmt, parse};
 use crate::StoreError;
 
 const API_KEY_COLS: &str =
-    "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at";
+    "id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at, scram";
 
 fn api_key_row(r: &Row<'_>) -> Result<ApiKeyRow, StoreError> {
     Ok(ApiKeyRow {
@@ -22,6 +22,7 @@ fn api_key_row(r: &Row<'_>) -> Result<ApiKeyRow, StoreError> {
         expires_at: opt_time(r.get(5)?)?,
         revoked_at: opt_time(r.get(6)?)?,
         last_used_at: opt_time(r.get(7)?)?,
+        scram: r.get(8)?,
     })
 }
 
@@ -46,11 +47,23 @@ impl KeyRows for Tx<'_> {
         Ok(out)
     }
 
+    fn api_key_rows_of(&mut self, user: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE user_name = ?1 ORDER BY created_at, id"
+        ))?;
+        let mut rows = st.query([user])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(api_key_row(row)?);
+        }
+        Ok(out)
+    }
+
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_keys (id, hash, user_name, role, created_at, expires_at, revoked_at, last_used_at, scram)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 key.id,
@@ -61,6 +74,7 @@ impl KeyRows for Tx<'_> {
                 key.expires_at.map(fmt),
                 key.revoked_at.map(fmt),
                 key.last_used_at.map(fmt),
+                key.scram,
             ])?;
         Ok(())
     }

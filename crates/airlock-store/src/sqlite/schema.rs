@@ -186,6 +186,11 @@ SELECT r.id, g.value
 FROM requests r, json_each(r.requirement_json, '$.thresholds') t, json_each(t.value, '$.groups') g;
 CREATE INDEX requests_by_created ON requests (created_at, id);
 "#,
+    r#"
+-- A SCRAM-SHA-256 verifier per API key, so a key can be the password of
+-- a PostgreSQL session at the proxy (the key itself is never stored).
+ALTER TABLE api_keys ADD COLUMN scram TEXT;
+"#,
 ];
 
 /// The newest schema version this build knows.

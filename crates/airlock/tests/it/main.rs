@@ -20,5 +20,6 @@ mod nodes;
 mod notify;
 mod policy;
 mod proxy_http;
+mod proxy_pg;
 mod requests;
 mod sso;

@@ -1,0 +1,486 @@
+//! What a statement does, read with PostgreSQL's own grammar (`pg_query`,
+//! libpg_query): its kind, every table it reads or writes and how, whether
+//! its UPDATE or DELETE has a WHERE, and the functions it calls.
+//!
+//! Tables are found by walking the whole parse tree for every relation it
+//! names (any object shaped like a `RangeVar`), not by a list of the node
+//! kinds a walker knows: a subquery hidden in an expression, a CTE or a
+//! function argument is seen all the same. A name that might be a CTE is
+//! still taken as a table (decided, not skipped: a CTE named after the
+//! table it hides must not hide it). Unqualified names are taken to be in
+//! `public`; the session cannot move the search path (see
+//! [`Refusal::SearchPath`]).
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// An action name for each statement kind (PRODUCT.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// `sql.select`.
+    Select,
+    /// `sql.insert`.
+    Insert,
+    /// `sql.update`.
+    Update,
+    /// `sql.delete` (TRUNCATE too: it deletes every row).
+    Delete,
+    /// `sql.ddl`.
+    Ddl,
+    /// `sql.copy_out`.
+    CopyOut,
+    /// `sql.copy_in`.
+    CopyIn,
+    /// `sql.other`.
+    Other,
+}
+
+impl Access {
+    /// The action's name.
+    pub fn action(self) -> &'static str {
+        match self {
+            Access::Select => "sql.select",
+            Access::Insert => "sql.insert",
+            Access::Update => "sql.update",
+            Access::Delete => "sql.delete",
+            Access::Ddl => "sql.ddl",
+            Access::CopyOut => "sql.copy_out",
+            Access::CopyIn => "sql.copy_in",
+            Access::Other => "sql.other",
+        }
+    }
+
+    /// The statement kind in `context.statement`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Access::Select => "select",
+            Access::Insert => "insert",
+            Access::Update => "update",
+            Access::Delete => "delete",
+            Access::Ddl => "ddl",
+            Access::CopyOut => "copy_out",
+            Access::CopyIn => "copy_in",
+            Access::Other => "other",
+        }
+    }
+}
+
+/// One statement of a query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Its exact text, as sent.
+    pub text: String,
+    /// What the statement as a whole is.
+    pub kind: Access,
+    /// Each table touched and how (`schema.name`); one decision each. A
+    /// table both read and written appears once per way.
+    pub tables: BTreeSet<(Access, String)>,
+    /// For UPDATE and DELETE: whether every one of them has a WHERE.
+    pub has_where: bool,
+    /// Functions called, as written (`schema.name` where qualified).
+    pub functions: BTreeSet<String>,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT and the like: they read and
+    /// write nothing, so they pass undecided.
+    pub transaction_control: bool,
+    /// Returns rows to the client (for result DLP).
+    pub returns_rows: bool,
+}
+
+/// Why a query string is refused before any decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// PostgreSQL's grammar does not accept it.
+    #[error("Airlock could not parse this statement ({0}); refused")]
+    Unparseable(String),
+    /// It would change where unqualified names resolve, which would make
+    /// the tables Airlock decides differ from those the server reads.
+    #[error("changing search_path is refused at Airlock's proxy: qualify table names instead")]
+    SearchPath,
+    /// An empty query string.
+    #[error("empty query")]
+    Empty,
+}
+
+/// Splits `sql` into statements and classifies each.
+pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
+    let parsed = pg_query::parse(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
+    let mut out = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let tree = serde_json::to_value(node)
+            .map_err(|e| Refusal::Unparseable(format!("parse tree: {e}")))?;
+        out.push(statement(sql, raw.stmt_location, raw.stmt_len, &tree)?);
+    }
+    if out.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    Ok(out)
+}
+
+/// The statement's text: PostgreSQL gives its byte offset and length (0 =
+/// to the end).
+fn text_of(sql: &str, location: i32, len: i32) -> String {
+    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+    let end = match usize::try_from(len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(n) => (start + n).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql).trim().to_owned()
+}
+
+fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Statement, Refusal> {
+    let (top, body) = match tree.as_object().and_then(|o| o.iter().next()) {
+        Some((k, v)) => (k.as_str(), v),
+        None => return Err(Refusal::Unparseable("empty parse tree".into())),
+    };
+    let mut st = Statement {
+        text: text_of(sql, location, len),
+        kind: Access::Other,
+        tables: BTreeSet::new(),
+        has_where: true,
+        functions: BTreeSet::new(),
+        transaction_control: false,
+        returns_rows: false,
+    };
+    // EXPLAIN ANALYZE runs its statement: an EXPLAIN is what it explains.
+    let explain = top == "ExplainStmt";
+    let (top, body) = if explain {
+        let query = body.get("query").map(|q| q.get("node").unwrap_or(q));
+        match query
+            .and_then(|q| q.as_object())
+            .and_then(|o| o.iter().next())
+        {
+            Some((k, v)) => (k.as_str(), v),
+            None => (top, body),
+        }
+    } else {
+        (top, body)
+    };
+    st.kind = match top {
+        "SelectStmt" if body.get("into_clause").is_some_and(|v| !v.is_null()) => Access::Ddl,
+        "SelectStmt" => Access::Select,
+        "InsertStmt" => Access::Insert,
+        "UpdateStmt" => Access::Update,
+        "DeleteStmt" | "TruncateStmt" => Access::Delete,
+        "MergeStmt" => Access::Update,
+        "CopyStmt" => {
+            if body
+                .get("is_from")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                Access::CopyIn
+            } else {
+                Access::CopyOut
+            }
+        }
+        "TransactionStmt" => {
+            st.transaction_control = true;
+            Access::Other
+        }
+        "VariableSetStmt" => {
+            let name = body.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.eq_ignore_ascii_case("search_path") {
+                return Err(Refusal::SearchPath);
+            }
+            Access::Other
+        }
+        "VariableShowStmt" | "DoStmt" | "CallStmt" | "PrepareStmt" | "ExecuteStmt"
+        | "DeallocateStmt" | "ListenStmt" | "NotifyStmt" | "UnlistenStmt" | "DiscardStmt"
+        | "FetchStmt" | "ClosePortalStmt" | "DeclareCursorStmt" | "LoadStmt" | "CheckPointStmt"
+        | "VacuumStmt" | "LockStmt" | "ConstraintsSetStmt" | "PlanStmt" => Access::Other,
+        _ => Access::Ddl,
+    };
+    st.returns_rows = matches!(top, "SelectStmt" | "VariableShowStmt" | "FetchStmt")
+        || explain
+        || body
+            .get("returning_list")
+            .and_then(Value::as_array)
+            .is_some_and(|l| !l.is_empty());
+    let mut walk = Walk {
+        st: &mut st,
+        refused: None,
+    };
+    walk.node(top, body, None);
+    if let Some(r) = walk.refused {
+        return Err(r);
+    }
+    if top == "DropStmt" {
+        drop_targets(body, &mut st.tables);
+    }
+    Ok(st)
+}
+
+struct Walk<'a> {
+    st: &'a mut Statement,
+    refused: Option<Refusal>,
+}
+
+impl Walk<'_> {
+    /// Visits a tagged node (`kind` is its type name) and everything below.
+    /// `target` is how a relation met directly in this node's `relation`
+    /// field is accessed.
+    fn node(&mut self, kind: &str, body: &Value, _parent: Option<Access>) {
+        let write = match kind {
+            "InsertStmt" => Some(Access::Insert),
+            "UpdateStmt" | "MergeStmt" => Some(Access::Update),
+            "DeleteStmt" => Some(Access::Delete),
+            "TruncateStmt" => Some(Access::Delete),
+            "CopyStmt" => Some(self.st.kind),
+            _ => None,
+        };
+        if matches!(kind, "UpdateStmt" | "DeleteStmt")
+            && body.get("where_clause").is_none_or(Value::is_null)
+        {
+            self.st.has_where = false;
+        }
+        if kind == "TruncateStmt" {
+            self.st.has_where = false;
+        }
+        if kind == "FuncCall" {
+            let name = names(body.get("funcname"));
+            let bare = name.rsplit('.').next().unwrap_or("");
+            if bare.eq_ignore_ascii_case("set_config") {
+                self.refused = Some(Refusal::SearchPath);
+            }
+            self.st.functions.insert(name);
+        }
+        let Some(obj) = body.as_object() else {
+            return;
+        };
+        for (field, v) in obj {
+            // The relation a DML statement or COPY writes (or reads, for
+            // COPY TO).
+            if field == "relation" && write.is_some() {
+                if let Some(t) = range_var(v) {
+                    self.st.tables.insert((write.unwrap_or(Access::Other), t));
+                    continue;
+                }
+            }
+            if kind == "TruncateStmt" && field == "relations" {
+                for r in v.as_array().into_iter().flatten() {
+                    if let Some(t) = r.get("node").and_then(range_var) {
+                        self.st.tables.insert((Access::Delete, t));
+                    }
+                }
+                continue;
+            }
+            self.value(v);
+        }
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| self.value(i)),
+            Value::Object(o) => {
+                if let Some(t) = range_var(v) {
+                    let how = match self.st.kind {
+                        Access::Ddl => Access::Ddl,
+                        _ => Access::Select,
+                    };
+                    self.st.tables.insert((how, t));
+                    return;
+                }
+                // A tagged node: `{"SelectStmt": {…}}`.
+                if o.len() == 1 {
+                    if let Some((k, inner)) = o.iter().next() {
+                        if k.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                            self.node(k, inner, None);
+                            return;
+                        }
+                    }
+                }
+                for inner in o.values() {
+                    self.value(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `schema.name` of a relation, if `v` is one: the only object in the tree
+/// with both `relname` and `relpersistence`.
+fn range_var(v: &Value) -> Option<String> {
+    let v = v.get("RangeVar").unwrap_or(v);
+    let rel = v.get("relname")?.as_str()?;
+    v.get("relpersistence")?;
+    let schema = v
+        .get("schemaname")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("public");
+    Some(format!("{schema}.{rel}"))
+}
+
+/// A dotted name from a list of `String` nodes.
+fn names(list: Option<&Value>) -> String {
+    list.and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("node")?.get("String")?.get("sval")?.as_str())
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .unwrap_or_default()
+}
+
+/// DROP TABLE/VIEW/… names its objects as lists of strings, not relations.
+fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
+    use pg_query::protobuf::ObjectType as O;
+    let kind = body.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
+    let relation_like = [
+        O::ObjectTable,
+        O::ObjectView,
+        O::ObjectMatview,
+        O::ObjectForeignTable,
+        O::ObjectSequence,
+        O::ObjectIndex,
+    ]
+    .iter()
+    .any(|o| *o as i64 == kind);
+    if !relation_like {
+        return;
+    }
+    for o in body
+        .get("objects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let n = names(
+            o.get("node")
+                .and_then(|n| n.get("List"))
+                .and_then(|l| l.get("items")),
+        );
+        if n.is_empty() {
+            continue;
+        }
+        let qualified = if n.contains('.') {
+            n
+        } else {
+            format!("public.{n}")
+        };
+        tables.insert((Access::Ddl, qualified));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut v = classify(sql).unwrap();
+        assert_eq!(v.len(), 1, "{sql}");
+        v.remove(0)
+    }
+
+    fn tables(s: &Statement) -> Vec<(&'static str, &str)> {
+        s.tables
+            .iter()
+            .map(|(a, t)| (a.action(), t.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn kinds_tables_and_where() {
+        let s = one("SELECT * FROM customers c JOIN sales.orders o ON o.c = c.id");
+        assert_eq!(s.kind, Access::Select);
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.select", "public.customers"),
+                ("sql.select", "sales.orders")
+            ]
+        );
+        let s = one("UPDATE accounts SET balance = 0");
+        assert_eq!(s.kind, Access::Update);
+        assert!(!s.has_where);
+        assert_eq!(tables(&s), vec![("sql.update", "public.accounts")]);
+        let s = one("DELETE FROM accounts WHERE id = $1");
+        assert!(s.has_where);
+        let s = one("INSERT INTO audit_copy SELECT * FROM secrets");
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.select", "public.secrets"),
+                ("sql.insert", "public.audit_copy")
+            ]
+        );
+        let s = one("TRUNCATE t1, s.t2");
+        assert_eq!(s.kind, Access::Delete);
+        assert!(!s.has_where);
+        assert_eq!(
+            tables(&s),
+            vec![("sql.delete", "public.t1"), ("sql.delete", "s.t2")]
+        );
+        let s = one("DROP TABLE customers");
+        assert_eq!(s.kind, Access::Ddl);
+        assert_eq!(tables(&s), vec![("sql.ddl", "public.customers")]);
+        let s = one("CREATE TABLE x AS SELECT * FROM customers");
+        assert_eq!(s.kind, Access::Ddl);
+        assert!(tables(&s).contains(&("sql.ddl", "public.customers")));
+        let s = one("COPY customers TO STDOUT");
+        assert_eq!(tables(&s), vec![("sql.copy_out", "public.customers")]);
+        let s = one("COPY customers (id, email) FROM STDIN");
+        assert_eq!(tables(&s), vec![("sql.copy_in", "public.customers")]);
+        let s = one("BEGIN");
+        assert!(s.transaction_control);
+        let s = one("SELECT 1");
+        assert!(s.tables.is_empty());
+        assert!(s.returns_rows);
+    }
+
+    /// What an ordinary user would try first to hide a table.
+    #[test]
+    fn tables_hidden_in_expressions_ctes_and_explain_are_found() {
+        let s = one("SELECT (SELECT ssn FROM people LIMIT 1), upper('x')");
+        assert_eq!(tables(&s), vec![("sql.select", "public.people")]);
+        assert!(s.functions.contains("upper"));
+        let s = one("WITH people AS (SELECT * FROM people) SELECT * FROM people");
+        assert_eq!(tables(&s), vec![("sql.select", "public.people")]);
+        let s = one("WITH gone AS (DELETE FROM accounts RETURNING *) SELECT * FROM gone");
+        assert!(tables(&s).contains(&("sql.delete", "public.accounts")));
+        assert!(!s.has_where);
+        let s = one("EXPLAIN ANALYZE DELETE FROM accounts");
+        assert_eq!(s.kind, Access::Delete);
+        assert_eq!(tables(&s), vec![("sql.delete", "public.accounts")]);
+        let s = one("SELECT * FROM t WHERE id IN (SELECT id FROM s.hidden WHERE x = ANY(ARRAY(SELECT 1 FROM deep)))");
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.select", "public.deep"),
+                ("sql.select", "public.t"),
+                ("sql.select", "s.hidden")
+            ]
+        );
+    }
+
+    #[test]
+    fn several_statements_keep_their_own_text() {
+        let v = classify("SELECT 1; UPDATE t SET a = 1 WHERE b = 2 ;select 3").unwrap();
+        let texts: Vec<_> = v.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec!["SELECT 1", "UPDATE t SET a = 1 WHERE b = 2", "select 3"]
+        );
+    }
+
+    #[test]
+    fn unparseable_and_search_path_changes_are_refused() {
+        assert!(matches!(classify("SELEC 1"), Err(Refusal::Unparseable(_))));
+        assert_eq!(
+            classify("SET search_path = secret"),
+            Err(Refusal::SearchPath)
+        );
+        assert_eq!(
+            classify("SELECT set_config('search_path', 'secret', false)"),
+            Err(Refusal::SearchPath)
+        );
+        assert_eq!(classify(" ; "), Err(Refusal::Empty));
+    }
+}

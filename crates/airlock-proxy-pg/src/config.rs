@@ -1,0 +1,86 @@
+//! The `[[proxies.postgres]]` settings: where the proxy listens, how it
+//! reaches the database, how long it holds a statement, and what it does to
+//! result rows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// What is done to result rows (`response_dlp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowsDlp {
+    /// Not scanned.
+    #[default]
+    Off,
+    /// Scanned; findings (counts by type) recorded and in the result's
+    /// decision.
+    Report,
+    /// Scanned; each finding replaced in place before the row leaves.
+    Mask,
+    /// Scanned; a result with any finding is refused (ERROR `AL003`).
+    Block,
+}
+
+/// `[[proxies.postgres]]`: one listener in front of one database server.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgProxyConfig {
+    /// A name for logs and the audit log (letters, digits, `_ - .`).
+    pub name: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// How Airlock connects to the database:
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=disable|require|verify-full]`.
+    /// The database in the URL is the only one clients reach; the user
+    /// and password are Airlock's, never the client's.
+    pub upstream: String,
+    /// How long a statement needing approval is held before ERROR `AL001`.
+    /// Default 20.
+    #[serde(default = "default_hold")]
+    pub hold_seconds: u64,
+    /// What is done to result rows. Default `off`.
+    #[serde(default)]
+    pub response_dlp: RowsDlp,
+    /// Certificate chain (PEM) offered to clients that ask for TLS; with
+    /// `tls_key`. Without them, TLS requests are declined and clients fall
+    /// back to plain text or give up, as their `sslmode` says.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that the upstream's certificate must chain to
+    /// when the upstream URL asks for TLS (`sslmode=require` or
+    /// `verify-full`: both verify here). Default: the system's roots are
+    /// not used; without this file, an upstream asking for TLS is an error.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Sessions served at once; more are refused with `too_many_connections`.
+    /// Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Extra detectors for result rows (`[proxies.postgres.dlp]`), as in
+    /// `airlock_dlp::Config`.
+    #[serde(default)]
+    pub dlp: airlock_dlp::Config,
+}
+
+impl std::fmt::Debug for PgProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The upstream URL may carry Airlock's database password.
+        f.debug_struct("PgProxyConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_hold() -> u64 {
+    20
+}
+
+fn default_max_connections() -> usize {
+    256
+}

@@ -1,0 +1,351 @@
+//! The decision on a statement: one check per table it touches (or one on
+//! the database, for a statement that names none), all of which must pass;
+//! a hold while any needs approval; and the grants' single use, consumed
+//! before the statement is sent. A statement held past `hold_seconds` is
+//! remembered by its fingerprint, so running the identical statement again
+//! after approval uses that approval (and nothing else does).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_api::{CheckBody, CheckResponse, RequestView};
+use airlock_client::{ClientError, Enforcer, Gate};
+use airlock_core::action::{Resource, ResourceId, ResourceType};
+use airlock_core::{Action, ActionName, Fingerprint, GrantId, RequestId, RequestStatus, UserName};
+use serde_json::{json, Map, Value};
+
+use crate::classify::{Access, Statement};
+
+/// SQLSTATE of a statement still held for approval.
+pub const HELD: &str = "AL001";
+/// SQLSTATE of a statement denied (by policy or by people).
+pub const DENIED: &str = "AL002";
+/// SQLSTATE of a result withheld by DLP (`response_dlp = "block"`).
+pub const BLOCKED: &str = "AL003";
+/// SQLSTATE when Airlock could not decide (it fails closed).
+pub const UNDECIDED: &str = "AL000";
+
+/// How a statement (or a batch of them) fared.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send it: allowed, or approved with each grant's use consumed.
+    Pass {
+        /// Grants consumed for it, to complete once it ran.
+        grants: Vec<GrantId>,
+    },
+    /// Do not send it: an `ErrorResponse` with this SQLSTATE and message.
+    Refused {
+        /// `AL001`, `AL002`, `AL000`, or PostgreSQL's own.
+        code: &'static str,
+        /// For the client.
+        message: String,
+    },
+}
+
+impl Outcome {
+    fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        Outcome::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Held requests remembered, at most.
+const MAX_HELD: usize = 10_000;
+
+/// One proxy's way to decide statements.
+pub struct Decider {
+    name: String,
+    database: String,
+    enforcer: Enforcer<Arc<dyn Gate>>,
+    hold: Duration,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_fp: HashMap<Fingerprint, RequestId>,
+    order: VecDeque<Fingerprint>,
+}
+
+impl Held {
+    fn insert(&mut self, fp: Fingerprint, id: RequestId) {
+        if self.by_fp.insert(fp, id).is_none() {
+            self.order.push_back(fp);
+        }
+        while self.order.len() > MAX_HELD {
+            if let Some(old) = self.order.pop_front() {
+                self.by_fp.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, fp: &Fingerprint) {
+        if self.by_fp.remove(fp).is_some() {
+            self.order.retain(|f| f != fp);
+        }
+    }
+}
+
+/// What the session knows when a statement is decided.
+pub struct Session<'a> {
+    /// The end user.
+    pub principal: &'a UserName,
+    /// Whether a transaction block is open.
+    pub in_transaction: bool,
+    /// The client's address.
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+impl Decider {
+    /// A decider for the proxy `name` in front of `database`.
+    pub fn new(name: &str, database: &str, gate: Arc<dyn Gate>, hold: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            database: database.to_owned(),
+            enforcer: Enforcer::new(gate),
+            hold,
+            held: Mutex::new(Held::default()),
+        }
+    }
+
+    /// The enforcer, for completing grants and logging users in.
+    pub fn enforcer(&self) -> &Enforcer<Arc<dyn Gate>> {
+        &self.enforcer
+    }
+
+    /// The checks a statement needs: one per (access, table), or one on
+    /// the database when it names no table. Transaction control needs none.
+    /// A table name Airlock cannot use as a resource id (too long,
+    /// control characters) refuses the statement.
+    pub fn checks(
+        &self,
+        s: &Session<'_>,
+        st: &Statement,
+        parameters: &[Value],
+    ) -> Result<Vec<CheckBody>, String> {
+        if st.transaction_control {
+            return Ok(Vec::new());
+        }
+        let mut params = BTreeMap::new();
+        params.insert("sql".to_owned(), json!(st.text));
+        params.insert("parameters".to_owned(), json!(parameters));
+        let tables: Vec<&str> = st.tables.iter().map(|(_, t)| t.as_str()).collect();
+        let mut context = Map::new();
+        context.insert("statement".into(), json!(st.kind.kind()));
+        context.insert("tables".into(), json!(tables));
+        context.insert("has_where".into(), json!(st.has_where));
+        context.insert("in_transaction".into(), json!(s.in_transaction));
+        context.insert("functions".into(), json!(st.functions));
+        context.insert("database".into(), json!(self.database));
+        context.insert("proxy".into(), json!(self.name));
+        if let Some(ip) = s.source_ip {
+            context.insert("source_ip".into(), json!(ip.to_string()));
+        }
+        let targets: Vec<(Access, &str, &str)> = if st.tables.is_empty() {
+            vec![(st.kind, "Database", self.database.as_str())]
+        } else {
+            st.tables
+                .iter()
+                .map(|(a, t)| (*a, "Table", t.as_str()))
+                .collect()
+        };
+        targets
+            .into_iter()
+            .map(|(access, kind, id)| {
+                let resource = Resource {
+                    kind: ResourceType::parse(kind).map_err(|e| e.to_string())?,
+                    id: ResourceId::parse(id).map_err(|e| format!("table {id:?}: {e}"))?,
+                    attrs: Map::new(),
+                };
+                Ok(CheckBody {
+                    principal: Some(s.principal.clone()),
+                    action: ActionName::parse(access.action()).map_err(|e| e.to_string())?,
+                    resource,
+                    params: params.clone(),
+                    context: context.clone(),
+                    reason: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Decides every check of a statement or batch: all must pass. While
+    /// any needs approval, `notice` is told each request at once and the
+    /// batch is held, up to the hold, for all of them.
+    pub async fn decide(
+        &self,
+        checks: Vec<CheckBody>,
+        notice: &mut (dyn FnMut(&RequestView) + Send),
+    ) -> Outcome {
+        let mut approved: Vec<(RequestView, CheckBody)> = Vec::new();
+        let mut pending: Vec<(RequestView, CheckBody)> = Vec::new();
+        for check in checks {
+            let fp = fingerprint(&check);
+            let known = fp.as_ref().and_then(|fp| self.held_id(fp));
+            if let Some(id) = known {
+                match self.enforcer.gate().request(id, None).await {
+                    Ok(v) if v.status == RequestStatus::Approved => {
+                        approved.push((v, check));
+                        continue;
+                    }
+                    Ok(v) if v.status == RequestStatus::Pending => {
+                        pending.push((v, check));
+                        continue;
+                    }
+                    // Spent, denied, expired: this run is a new question.
+                    Ok(_) | Err(ClientError::Api { status: 404, .. }) => {
+                        if let Some(fp) = &fp {
+                            self.forget(fp);
+                        }
+                    }
+                    Err(e) => return undecided(e),
+                }
+            }
+            match self.enforcer.check(&check).await {
+                Err(e) => return undecided(e),
+                Ok(CheckResponse::Allow { .. }) => {}
+                Ok(CheckResponse::Deny { message, .. }) => {
+                    return Outcome::refused(
+                        DENIED,
+                        format!(
+                            "Airlock denied {} on {}: {message}",
+                            check.action,
+                            show(&check.resource)
+                        ),
+                    )
+                }
+                Ok(CheckResponse::ApprovalRequired { request, .. }) => {
+                    if let Some(fp) = &fp {
+                        self.remember(*fp, request.id);
+                    }
+                    pending.push((*request, check));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            for (view, _) in &pending {
+                notice(view);
+            }
+            let deadline = tokio::time::Instant::now() + self.hold;
+            let mut still = Vec::new();
+            for (view, check) in pending {
+                let id = view.id;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut waiter = self.enforcer.waiter(view);
+                let r = tokio::time::timeout(left, async {
+                    while !waiter.decided() {
+                        waiter.poll().await?;
+                    }
+                    Ok::<_, ClientError>(())
+                })
+                .await;
+                let view = waiter.into_current();
+                match r {
+                    Err(_) => still.push(view),
+                    Ok(Err(e)) => return undecided(e),
+                    Ok(Ok(())) if view.status == RequestStatus::Approved => {
+                        approved.push((view, check))
+                    }
+                    Ok(Ok(())) => {
+                        return Outcome::refused(
+                            DENIED,
+                            format!(
+                                "request {id} was {}; the statement was not run",
+                                view.status
+                            ),
+                        )
+                    }
+                }
+            }
+            if !still.is_empty() {
+                let list: Vec<String> = still
+                    .iter()
+                    .map(|v| format!("{} ({})", v.id, v.url))
+                    .collect();
+                return Outcome::refused(
+                    HELD,
+                    format!(
+                        "held for approval: request {}; run the same statement again once it is approved",
+                        list.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut grants = Vec::new();
+        for (view, check) in approved {
+            if let Some(fp) = fingerprint(&check) {
+                self.forget(&fp);
+            }
+            match self.enforcer.consume(&view, &check).await {
+                Ok(g) => grants.push(g.grant_id),
+                Err(e) => {
+                    return Outcome::refused(
+                        DENIED,
+                        format!("the approval of request {} cannot be used: {e}", view.id),
+                    )
+                }
+            }
+        }
+        Outcome::Pass { grants }
+    }
+
+    fn held_id(&self, fp: &Fingerprint) -> Option<RequestId> {
+        self.held.lock().ok()?.by_fp.get(fp).copied()
+    }
+
+    fn remember(&self, fp: Fingerprint, id: RequestId) {
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(fp, id);
+        }
+    }
+
+    fn forget(&self, fp: &Fingerprint) {
+        if let Ok(mut h) = self.held.lock() {
+            h.remove(fp);
+        }
+    }
+}
+
+fn undecided(e: ClientError) -> Outcome {
+    tracing::warn!(error = %e, "Airlock could not decide a statement; refused");
+    Outcome::refused(
+        UNDECIDED,
+        format!("Airlock could not decide this statement ({e}); refused"),
+    )
+}
+
+fn show(r: &Resource) -> String {
+    format!("{}:{}", r.kind, r.id)
+}
+
+/// The check's fingerprint: what an approval binds (principal, action,
+/// resource, params).
+fn fingerprint(check: &CheckBody) -> Option<Fingerprint> {
+    Some(
+        Action {
+            principal: check.principal.clone()?,
+            action: check.action.clone(),
+            resource: check.resource.clone(),
+            params: check.params.clone(),
+            context: Map::new(),
+        }
+        .fingerprint(),
+    )
+}
+
+/// A bound parameter as params bind it: text as text, NULL as null, and
+/// binary or non-UTF-8 values as `{"base64": …}`.
+pub fn parameter(value: Option<&[u8]>, format: i16) -> Value {
+    use base64::Engine as _;
+    match value {
+        None => Value::Null,
+        Some(v) if format == 0 => match std::str::from_utf8(v) {
+            Ok(s) => json!(s),
+            Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(v)}),
+        },
+        Some(v) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(v)}),
+    }
+}

@@ -1,0 +1,1024 @@
+//! One client session: startup (TLS if asked and offered), the client's
+//! SCRAM login, Airlock's own login upstream, then the loop that decides
+//! every statement before the server sees it.
+//!
+//! Two halves run at once. The reader (this task) reads the client's
+//! messages, decides simple queries whole and extended-protocol batches at
+//! `Sync` or `Flush` (when bound values are known), and forwards what
+//! passes. The writer relays the server's replies to the client, scanning
+//! rows, and writes Airlock's own replies (notices, refusals) in their
+//! place in the stream: each forwarded `Sync`/`Query` and each refusal is a
+//! [`Cmd`] in one ordered queue, matched to the server's `ReadyForQuery`
+//! messages in turn. A refusal sends the server a bare `Sync` and answers
+//! the client with the error and that `Sync`'s `ReadyForQuery`, so the
+//! transaction status the client sees is the server's own, and a refused
+//! statement inside `BEGIN` leaves the transaction open and usable.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_api::{ErrorCode, Outcome as GrantOutcome};
+use airlock_client::ClientError;
+use airlock_core::{GrantId, UserName};
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::auth::{self, ScramServer, Step, UpstreamLogin};
+use crate::classify::{self, Statement};
+use crate::codec::{self, build, Frame, Startup};
+use crate::config::RowsDlp;
+use crate::decide::{self, Outcome, Session};
+use crate::{Shared, Upstream};
+
+/// Anything a session talks over: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The connection failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client or server broke the protocol.
+    #[error("protocol: {0}")]
+    Codec(#[from] codec::CodecError),
+    /// A login failed.
+    #[error("{0}")]
+    Login(#[from] auth::LoginError),
+    /// Refused and told (the message already went to the client).
+    #[error("{0}")]
+    Refused(String),
+    /// Took too long.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// How long a client has from connecting to being logged in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting and logging in upstream may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The startup parameters passed on to the server; the rest (`options`,
+/// which could set `search_path` or `role`, and anything unknown) are not.
+const PASSED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+
+async fn read_more(
+    io: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<bool, SessionError> {
+    Ok(io.read_buf(buf).await? > 0)
+}
+
+async fn read_frame(
+    io: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, SessionError> {
+    loop {
+        if let Some(f) = codec::frame(buf)? {
+            return Ok(Some(f));
+        }
+        if !read_more(io, buf).await? {
+            return Ok(None);
+        }
+    }
+}
+
+async fn refuse(io: &mut (impl AsyncWrite + Unpin), code: &str, message: String) -> SessionError {
+    let _ = io.write_all(&build::fatal(code, &message)).await;
+    let _ = io.flush().await;
+    SessionError::Refused(message)
+}
+
+/// Serves one client connection to its end.
+pub async fn run(
+    shared: Arc<Shared>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<(), SessionError> {
+    let _ = tcp.set_nodelay(true);
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&shared, Box::new(tcp), peer));
+    let Ok(logged) = login.await else {
+        return Err(SessionError::Timeout);
+    };
+    let Some(mut s) = logged? else {
+        return Ok(());
+    };
+    let upstream = tokio::time::timeout(
+        UPSTREAM_TIMEOUT,
+        connect_upstream(&shared.upstream, &s.params),
+    );
+    let (up, up_buf, greeting, key) = match upstream.await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            tracing::warn!(proxy = %shared.name, error = %e, "upstream login failed");
+            return Err(refuse(
+                &mut s.io,
+                "08006",
+                "Airlock could not connect to the database".into(),
+            )
+            .await);
+        }
+        Err(_) => {
+            return Err(refuse(
+                &mut s.io,
+                "08006",
+                "the database did not answer in time".into(),
+            )
+            .await)
+        }
+    };
+    for m in &greeting {
+        s.io.write_all(m).await?;
+    }
+    s.io.flush().await?;
+    let cancel = Arc::new(Notify::new());
+    if let Some(k) = key {
+        shared.register_cancel(k, cancel.clone());
+    }
+    let r = relay(&shared, s, up, up_buf, cancel, peer).await;
+    if let Some(k) = key {
+        shared.unregister_cancel(k);
+    }
+    r
+}
+
+struct LoggedIn {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    user: UserName,
+    params: Vec<(String, String)>,
+}
+
+async fn login(
+    shared: &Shared,
+    mut io: Box<dyn Io>,
+    peer: SocketAddr,
+) -> Result<Option<LoggedIn>, SessionError> {
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut tls = false;
+    let startup = loop {
+        let s = loop {
+            if let Some(s) = codec::startup(&mut buf)? {
+                break s;
+            }
+            if !read_more(&mut io, &mut buf).await? {
+                return Ok(None);
+            }
+        };
+        match s {
+            Startup::Ssl if !tls => {
+                match &shared.tls {
+                    Some(acceptor) => {
+                        // Bytes sent after SSLRequest before the handshake
+                        // would be read as if inside TLS (CVE-2021-23214).
+                        if !buf.is_empty() {
+                            return Err(SessionError::Refused("data after SSLRequest".into()));
+                        }
+                        io.write_all(b"S").await?;
+                        io.flush().await?;
+                        io = Box::new(acceptor.accept(io).await?);
+                        tls = true;
+                    }
+                    None => {
+                        io.write_all(b"N").await?;
+                        io.flush().await?;
+                    }
+                }
+            }
+            Startup::GssEnc => {
+                io.write_all(b"N").await?;
+                io.flush().await?;
+            }
+            Startup::Cancel { pid, secret } => {
+                shared.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            Startup::Ssl => return Err(SessionError::Refused("SSLRequest inside TLS".into())),
+            s @ Startup::Session { .. } => break s,
+        }
+    };
+    let Startup::Session { params } = startup else {
+        return Ok(None);
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        return Err(refuse(
+            &mut io,
+            "28000",
+            "replication connections are not served by Airlock's proxy".into(),
+        )
+        .await);
+    }
+    let Some(user) = get("user").and_then(|u| UserName::parse(u).ok()) else {
+        return Err(refuse(
+            &mut io,
+            "28000",
+            "the user name is not an Airlock user name".into(),
+        )
+        .await);
+    };
+    let database = get("database").unwrap_or(user.as_str());
+    if database != shared.upstream.database {
+        let m = format!(
+            "database \"{database}\" is not served here; this proxy serves \"{}\"",
+            shared.upstream.database
+        );
+        return Err(refuse(&mut io, "3D000", m).await);
+    }
+    let failed = |user: &UserName| format!("password authentication failed for user \"{user}\"");
+    io.write_all(&auth::offer()).await?;
+    io.flush().await?;
+    let Some(first) = read_frame(&mut io, &mut buf).await? else {
+        return Ok(None);
+    };
+    if first.tag != b'p' {
+        return Err(refuse(&mut io, "08P01", "expected a SASL initial response".into()).await);
+    }
+    let (server, reply) = match ScramServer::start(user.clone(), first.body()) {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(&mut io, "28000", e.to_string()).await),
+    };
+    io.write_all(&reply).await?;
+    io.flush().await?;
+    let Some(fin) = read_frame(&mut io, &mut buf).await? else {
+        return Ok(None);
+    };
+    if fin.tag != b'p' {
+        return Err(refuse(&mut io, "08P01", "expected a SASL response".into()).await);
+    }
+    let body = match server.finish(&fin.body()) {
+        Ok(b) => b,
+        Err(_) => return Err(refuse(&mut io, "28P01", failed(&user)).await),
+    };
+    match shared.decider.enforcer().gate().scram_login(&body).await {
+        Ok(ok) => {
+            for m in auth::accepted(&ok.server_signature) {
+                io.write_all(&m).await?;
+            }
+            tracing::info!(proxy = %shared.name, user = %user, key = %ok.key, %peer, tls, "database session opened");
+        }
+        Err(ClientError::Api { status: 401, .. }) => {
+            return Err(refuse(&mut io, "28P01", failed(&user)).await);
+        }
+        Err(e) => {
+            tracing::warn!(proxy = %shared.name, error = %e, "could not check a login");
+            return Err(refuse(
+                &mut io,
+                "28000",
+                "Airlock could not check this login; refused".into(),
+            )
+            .await);
+        }
+    }
+    let passed = params
+        .into_iter()
+        .filter(|(k, _)| PASSED_PARAMS.contains(&k.as_str()))
+        .collect();
+    Ok(Some(LoggedIn {
+        io,
+        buf,
+        user,
+        params: passed,
+    }))
+}
+
+/// Connects and logs in upstream; the messages to pass on to the client
+/// (`ParameterStatus`…, `BackendKeyData`, `ReadyForQuery`) and the cancel
+/// key.
+async fn connect_upstream(
+    up: &Upstream,
+    client_params: &[(String, String)],
+) -> Result<(Box<dyn Io>, BytesMut, Vec<Bytes>, Option<(i32, i32)>), SessionError> {
+    let tcp = tokio::net::TcpStream::connect((up.host.as_str(), up.port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let mut io: Box<dyn Io> = Box::new(tcp);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    if let Some((connector, name)) = &up.tls {
+        io.write_all(&build::ssl_request()).await?;
+        io.flush().await?;
+        let mut answer = [0u8; 1];
+        io.read_exact(&mut answer).await?;
+        if answer[0] != b'S' {
+            return Err(auth::LoginError::Upstream("the database refused TLS".into()).into());
+        }
+        io = Box::new(connector.connect(name.clone(), io).await?);
+    }
+    let search_path = "-c search_path=public";
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", up.user.as_str()),
+        ("database", up.database.as_str()),
+        ("options", search_path),
+    ];
+    for (k, v) in client_params {
+        params.push((k.as_str(), v.as_str()));
+    }
+    io.write_all(&build::startup(&params)).await?;
+    io.flush().await?;
+    let mut login = UpstreamLogin::new(up.user.clone(), up.password.clone());
+    let mut greeting = Vec::new();
+    let mut key = None;
+    loop {
+        let Some(f) = read_frame(&mut io, &mut buf).await? else {
+            return Err(
+                auth::LoginError::Upstream("the database closed the connection".into()).into(),
+            );
+        };
+        match f.tag {
+            b'R' => match login.step(f.body())? {
+                Step::Send(m) => {
+                    io.write_all(&m).await?;
+                    io.flush().await?;
+                }
+                Step::Wait | Step::Done => {}
+            },
+            b'E' => {
+                let fields = codec::fields(f.body()).unwrap_or_default();
+                let msg = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'M')
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                return Err(auth::LoginError::Upstream(msg).into());
+            }
+            b'K' => {
+                key = Some(codec::backend_key(f.body())?);
+                greeting.push(f.raw);
+            }
+            b'Z' => {
+                greeting.push(f.raw);
+                return Ok((io, buf, greeting, key));
+            }
+            _ => greeting.push(f.raw),
+        }
+    }
+}
+
+/// What the writer does at its turn in the reply stream.
+enum Cmd {
+    /// A forwarded `Sync` or `Query`: relay up to and including its
+    /// `ReadyForQuery`, then report how it went.
+    Pass(Option<oneshot::Sender<Report>>),
+    /// A refusal: relay up to the `ReadyForQuery` of the `Sync` sent in its
+    /// place, write `error` instead, then that `ReadyForQuery` if `ready`.
+    Refuse { error: Bytes, ready: bool },
+    /// Airlock's own message (a notice), written at its turn.
+    Local(Bytes),
+}
+
+/// How a forwarded batch went, for completing its grants.
+#[derive(Debug, Default)]
+struct Report {
+    error: Option<String>,
+    rows: u64,
+    dlp: BTreeMap<String, u64>,
+}
+
+/// Prepared statements and portals as the server knows them.
+#[derive(Clone, Default)]
+struct Names {
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, (String, Vec<Value>)>,
+}
+
+#[derive(Clone)]
+struct Prepared {
+    classified: Result<Arc<Vec<Statement>>, classify::Refusal>,
+}
+
+async fn relay(
+    shared: &Arc<Shared>,
+    client: LoggedIn,
+    up: Box<dyn Io>,
+    up_buf: BytesMut,
+    cancel: Arc<Notify>,
+    peer: SocketAddr,
+) -> Result<(), SessionError> {
+    let LoggedIn {
+        io, mut buf, user, ..
+    } = client;
+    let (mut client_rd, client_wr) = tokio::io::split(io);
+    let (up_rd, mut up_wr) = tokio::io::split(up);
+    let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
+    let status = Arc::new(AtomicU8::new(b'I'));
+    let writer = tokio::spawn(write_replies(
+        shared.clone(),
+        client_wr,
+        up_rd,
+        up_buf,
+        rx,
+        status.clone(),
+    ));
+    let mut names = Names::default();
+    let mut batch: Vec<Frame> = Vec::new();
+    let mut before: Option<Names> = None;
+    // After a refusal at `Flush`, the server-side batch is over; the
+    // client's messages up to its `Sync` are skipped, as PostgreSQL would.
+    let mut skipping = false;
+    let result = loop {
+        let f = match read_frame(&mut client_rd, &mut buf).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if skipping {
+            if f.tag == b'S' {
+                skipping = false;
+                let ready = build::ready(status.load(Ordering::Relaxed));
+                let _ = tx.send(Cmd::Local(ready));
+            }
+            continue;
+        }
+        let session = Session {
+            principal: &user,
+            in_transaction: status.load(Ordering::Relaxed) != b'I',
+            source_ip: Some(peer.ip()),
+        };
+        match f.tag {
+            b'Q' => {
+                let sql = codec::query(f.body())?;
+                let outcome = match classify::classify(&sql) {
+                    Err(classify::Refusal::Empty) => Outcome::Pass { grants: Vec::new() },
+                    Err(r) => refusal_of(&r),
+                    Ok(statements) => {
+                        if statements.iter().any(sql_level_prepare) {
+                            sql_prepare_refused()
+                        } else {
+                            let mut checks = Vec::new();
+                            let mut bad = None;
+                            for st in &statements {
+                                match shared.decider.checks(&session, st, &[]) {
+                                    Ok(c) => checks.extend(c),
+                                    Err(e) => bad = Some(e),
+                                }
+                            }
+                            match bad {
+                                Some(e) => Outcome::Refused {
+                                    code: "42602",
+                                    message: e,
+                                },
+                                None => decide(shared, &tx, checks, &cancel).await,
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, vec![f.raw], true).await {
+                    break Err(e);
+                }
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                if before.is_none() {
+                    before = Some(names.clone());
+                }
+                match f.tag {
+                    b'P' => {
+                        let p = codec::parse(f.body())?;
+                        let classified = classify::classify(&p.sql).map(Arc::new);
+                        names.statements.insert(p.name, Prepared { classified });
+                    }
+                    b'B' => {
+                        let b = codec::bind(f.body())?;
+                        let values = b
+                            .values
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| decide::parameter(v.as_deref(), b.format(i)))
+                            .collect();
+                        names.portals.insert(b.portal, (b.statement, values));
+                    }
+                    b'C' => {
+                        let (kind, name) = codec::target(f.body(), "Close")?;
+                        if kind == b'S' {
+                            names.statements.remove(&name);
+                        } else {
+                            names.portals.remove(&name);
+                        }
+                    }
+                    _ => {}
+                }
+                batch.push(f);
+            }
+            b'S' | b'H' => {
+                let sync = f.tag == b'S';
+                let outcome = decide_batch(shared, &tx, &session, &names, &batch, &cancel).await;
+                let refused = matches!(outcome, Outcome::Refused { .. });
+                let mut frames: Vec<Bytes> = batch.drain(..).map(|f| f.raw).collect();
+                frames.push(f.raw);
+                if refused {
+                    if let Some(b) = before.take() {
+                        names = b;
+                    }
+                    skipping = !sync;
+                }
+                if sync || refused {
+                    before = None;
+                }
+                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, frames, sync).await {
+                    break Err(e);
+                }
+            }
+            // COPY data from the client: its statement was decided.
+            b'd' | b'c' | b'f' => {
+                if let Err(e) = up_wr.write_all(&f.raw).await {
+                    break Err(e.into());
+                }
+            }
+            b'X' => {
+                let _ = up_wr.write_all(&f.raw).await;
+                break Ok(());
+            }
+            b'F' => {
+                // The function-call sub-protocol calls any function by OID,
+                // past every statement decision.
+                let outcome = Outcome::Refused {
+                    code: "0A000",
+                    message: "the function-call protocol is not served by Airlock's proxy".into(),
+                };
+                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, Vec::new(), true).await {
+                    break Err(e);
+                }
+            }
+            other => {
+                break Err(SessionError::Refused(format!(
+                    "unexpected message type {:?}",
+                    other as char
+                )))
+            }
+        }
+        if let Err(e) = up_wr.flush().await {
+            break Err(e.into());
+        }
+    };
+    let _ = up_wr.shutdown().await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// `PREPARE` and `EXECUTE` in SQL would let one decision (at PREPARE) stand
+/// for any number of runs; the protocol's own prepared statements are
+/// decided at each execution instead.
+fn sql_level_prepare(st: &Statement) -> bool {
+    let t = st.text.trim_start();
+    let word: String = t.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    word.eq_ignore_ascii_case("prepare") || word.eq_ignore_ascii_case("execute")
+}
+
+fn sql_prepare_refused() -> Outcome {
+    Outcome::Refused {
+        code: "0A000",
+        message: "SQL PREPARE and EXECUTE are not served by Airlock's proxy (each run must be decided); use your driver's prepared statements".into(),
+    }
+}
+
+fn refusal_of(r: &classify::Refusal) -> Outcome {
+    let code = match r {
+        classify::Refusal::Unparseable(_) => "42601",
+        classify::Refusal::SearchPath => "42501",
+        classify::Refusal::Empty => "42601",
+    };
+    Outcome::Refused {
+        code,
+        message: r.to_string(),
+    }
+}
+
+/// Decides an extended-protocol batch: every `Execute` in it, with its
+/// bound values; a `Parse` of text Airlock cannot read refuses the batch.
+async fn decide_batch(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<Cmd>,
+    session: &Session<'_>,
+    names: &Names,
+    batch: &[Frame],
+    cancel: &Notify,
+) -> Outcome {
+    let mut checks = Vec::new();
+    for f in batch {
+        match f.tag {
+            b'P' => {
+                let Ok(p) = codec::parse(f.body()) else {
+                    continue;
+                };
+                if let Some(Prepared { classified: Err(r) }) = names.statements.get(&p.name) {
+                    return refusal_of(r);
+                }
+                if let Some(Prepared {
+                    classified: Ok(sts),
+                }) = names.statements.get(&p.name)
+                {
+                    if sts.iter().any(sql_level_prepare) {
+                        return sql_prepare_refused();
+                    }
+                }
+            }
+            b'E' => {
+                let Ok(portal) = codec::execute(f.body()) else {
+                    continue;
+                };
+                let Some((statement, values)) = names.portals.get(&portal) else {
+                    // The server answers an unknown portal with its own
+                    // error; nothing runs.
+                    continue;
+                };
+                let Some(prepared) = names.statements.get(statement) else {
+                    continue;
+                };
+                let statements = match &prepared.classified {
+                    Ok(s) => s,
+                    Err(r) => return refusal_of(r),
+                };
+                for st in statements.iter() {
+                    match shared.decider.checks(session, st, values) {
+                        Ok(c) => checks.extend(c),
+                        Err(e) => {
+                            return Outcome::Refused {
+                                code: "42602",
+                                message: e,
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if checks.is_empty() {
+        return Outcome::Pass { grants: Vec::new() };
+    }
+    decide(shared, tx, checks, cancel).await
+}
+
+/// Decides, telling the client about holds at once; a cancel request from
+/// the client ends a hold.
+async fn decide(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<Cmd>,
+    checks: Vec<airlock_api::CheckBody>,
+    cancel: &Notify,
+) -> Outcome {
+    let mut notice = |v: &airlock_api::RequestView| {
+        let m = format!(
+            "Airlock: {} on {}:{} needs approval: request {} {} (waiting up to {}s)",
+            v.action,
+            v.resource.kind,
+            v.resource.id,
+            v.id,
+            v.url,
+            shared.hold.as_secs()
+        );
+        let _ = tx.send(Cmd::Local(build::notice(&m)));
+    };
+    tokio::select! {
+        o = shared.decider.decide(checks, &mut notice) => o,
+        () = cancel.notified() => Outcome::Refused {
+            code: "57014",
+            message: "canceling statement due to user request (the hold ended; the request stays open)".into(),
+        },
+    }
+}
+
+/// Sends what passed (and queues its reply), or refuses in its place.
+async fn send(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<Cmd>,
+    up: &mut (impl AsyncWrite + Unpin),
+    outcome: Outcome,
+    frames: Vec<Bytes>,
+    expects_ready: bool,
+) -> Result<(), SessionError> {
+    let closed = || SessionError::Refused("the session's writer stopped".into());
+    match outcome {
+        Outcome::Pass { grants } => {
+            let report = if grants.is_empty() || !expects_ready {
+                None
+            } else {
+                let (rtx, rrx) = oneshot::channel();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let report = rrx.await.ok();
+                    complete(&shared, grants, report).await;
+                });
+                Some(rtx)
+            };
+            if expects_ready {
+                tx.send(Cmd::Pass(report)).map_err(|_| closed())?;
+            }
+            for f in frames {
+                up.write_all(&f).await?;
+            }
+        }
+        Outcome::Refused { code, message } => {
+            let error = build::error(code, &message);
+            tx.send(Cmd::Refuse {
+                error,
+                ready: expects_ready,
+            })
+            .map_err(|_| closed())?;
+            up.write_all(&build::sync()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reports each consumed grant's use once the statement ran.
+async fn complete(shared: &Shared, grants: Vec<GrantId>, report: Option<Report>) {
+    let (outcome, detail) = match report {
+        Some(r) => {
+            let mut d = Map::new();
+            d.insert("released_to".into(), json!("postgres"));
+            d.insert("rows".into(), json!(r.rows));
+            if !r.dlp.is_empty() {
+                d.insert("dlp".into(), json!(r.dlp));
+            }
+            match r.error {
+                Some(e) => {
+                    d.insert("error".into(), json!(e));
+                    (GrantOutcome::Failure, d)
+                }
+                None => (GrantOutcome::Success, d),
+            }
+        }
+        None => {
+            let mut d = Map::new();
+            d.insert(
+                "error".into(),
+                json!("the session ended before the statement finished"),
+            );
+            (GrantOutcome::Failure, d)
+        }
+    };
+    for g in grants {
+        if let Err(e) = shared
+            .decider
+            .enforcer()
+            .complete(g, outcome, detail.clone())
+            .await
+        {
+            if e.code() != Some(ErrorCode::WrongState) {
+                tracing::warn!(grant = %g, error = %e, "could not complete a grant");
+            }
+        }
+    }
+}
+
+/// Relays the server's replies to the client, in order with Airlock's own.
+async fn write_replies(
+    shared: Arc<Shared>,
+    mut client: impl AsyncWrite + Unpin,
+    mut up: impl AsyncRead + Unpin,
+    mut buf: BytesMut,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    status: Arc<AtomicU8>,
+) -> Result<(), SessionError> {
+    let mut queue: VecDeque<Cmd> = VecDeque::new();
+    let mut report = Report::default();
+    let mut rows = Rows::new(&shared);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut open = true;
+    loop {
+        while let Some(Cmd::Local(_)) = queue.front() {
+            if let Some(Cmd::Local(m)) = queue.pop_front() {
+                out.extend_from_slice(&m);
+            }
+        }
+        if !out.is_empty() {
+            client.write_all(&out).await?;
+            client.flush().await?;
+            out.clear();
+        }
+        tokio::select! {
+            cmd = rx.recv(), if open => match cmd {
+                Some(c) => queue.push_back(c),
+                None => open = false,
+            },
+            n = up.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                while let Some(f) = codec::frame(&mut buf)? {
+                    match f.tag {
+                        b'Z' => {
+                            let s = codec::ready_status(&f.body())?;
+                            status.store(s, Ordering::Relaxed);
+                            while let Ok(c) = rx.try_recv() {
+                                queue.push_back(c);
+                            }
+                            match queue.pop_front() {
+                                Some(Cmd::Pass(tx)) => {
+                                    out.extend_from_slice(&f.raw);
+                                    let r = std::mem::take(&mut report);
+                                    if let Some(tx) = tx {
+                                        let _ = tx.send(r);
+                                    }
+                                }
+                                Some(Cmd::Refuse { error, ready }) => {
+                                    report = Report::default();
+                                    out.extend_from_slice(&error);
+                                    if ready {
+                                        out.extend_from_slice(&f.raw);
+                                    }
+                                }
+                                Some(Cmd::Local(m)) => {
+                                    // Not reachable: locals are written as
+                                    // soon as they reach the front.
+                                    out.extend_from_slice(&m);
+                                    out.extend_from_slice(&f.raw);
+                                }
+                                None => out.extend_from_slice(&f.raw),
+                            }
+                            while let Some(Cmd::Local(_)) = queue.front() {
+                                if let Some(Cmd::Local(m)) = queue.pop_front() {
+                                    out.extend_from_slice(&m);
+                                }
+                            }
+                        }
+                        b'E' => {
+                            let fields = codec::fields(f.body()).unwrap_or_default();
+                            report.error = fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| m.clone());
+                            rows.end();
+                            out.extend_from_slice(&f.raw);
+                        }
+                        b'T' => {
+                            rows.describe(f.body());
+                            out.extend_from_slice(&f.raw);
+                        }
+                        b'D' => {
+                            report.rows += 1;
+                            rows.row(f, &mut report, &mut out);
+                        }
+                        b'd' => rows.copy_data(f, &mut report, &mut out),
+                        b'C' | b'I' | b's' => {
+                            if !rows.withheld() {
+                                out.extend_from_slice(&f.raw);
+                            }
+                            rows.end();
+                        }
+                        _ => out.extend_from_slice(&f.raw),
+                    }
+                    if out.len() > 64 * 1024 {
+                        client.write_all(&out).await?;
+                        out.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// DLP on result rows and COPY OUT data, per result set.
+struct Rows {
+    mode: RowsDlp,
+    scanner: Option<Arc<airlock_dlp::Scanner>>,
+    /// Which columns are text Airlock may read and rewrite.
+    text: Vec<bool>,
+    /// Under `block`, a finding withholds the rest of this result.
+    blocked: bool,
+}
+
+/// Type OIDs whose binary form is their text (text, varchar, bpchar,
+/// name, json, unknown).
+const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 705];
+
+impl Rows {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            mode: shared.rows_dlp,
+            scanner: shared.scanner.clone(),
+            text: Vec::new(),
+            blocked: false,
+        }
+    }
+
+    fn describe(&mut self, body: Bytes) {
+        self.blocked = false;
+        self.text = codec::row_description(body)
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| f.format == 0 || TEXT_TYPES.contains(&f.type_oid))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+
+    fn withheld(&self) -> bool {
+        self.blocked
+    }
+
+    fn end(&mut self) {
+        self.blocked = false;
+    }
+
+    fn row(&mut self, f: Frame, report: &mut Report, out: &mut BytesMut) {
+        if self.blocked {
+            return;
+        }
+        let Some(scanner) = self.scanner.clone().filter(|_| self.mode != RowsDlp::Off) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let Ok(mut values) = codec::data_row(f.body()) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let mut changed = false;
+        for (i, v) in values.iter_mut().enumerate() {
+            if !self.text.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let Some(bytes) = v else { continue };
+            let (masked, findings) = scan(&scanner, bytes, self.mode == RowsDlp::Mask);
+            if findings.is_empty() {
+                continue;
+            }
+            for (k, n) in airlock_dlp::counts(&findings) {
+                *report.dlp.entry(k).or_insert(0) += n;
+            }
+            match self.mode {
+                RowsDlp::Block => {
+                    self.blocked = true;
+                    out.extend_from_slice(&build::error(
+                        decide::BLOCKED,
+                        "Airlock withheld the rest of this result: it holds personal data or secrets",
+                    ));
+                    return;
+                }
+                RowsDlp::Mask => {
+                    *v = Some(masked);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            out.extend_from_slice(&build::data_row(&values));
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+
+    fn copy_data(&mut self, f: Frame, report: &mut Report, out: &mut BytesMut) {
+        if self.blocked {
+            return;
+        }
+        let Some(scanner) = self.scanner.clone().filter(|_| self.mode != RowsDlp::Off) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let body = f.body();
+        let (masked, findings) = scan(&scanner, &body, self.mode == RowsDlp::Mask);
+        if findings.is_empty() {
+            out.extend_from_slice(&f.raw);
+            return;
+        }
+        for (k, n) in airlock_dlp::counts(&findings) {
+            *report.dlp.entry(k).or_insert(0) += n;
+        }
+        match self.mode {
+            RowsDlp::Block => {
+                self.blocked = true;
+                out.extend_from_slice(&build::error(
+                    decide::BLOCKED,
+                    "Airlock withheld the rest of this COPY: it holds personal data or secrets",
+                ));
+            }
+            RowsDlp::Mask => {
+                let mut m = BytesMut::with_capacity(masked.len() + 5);
+                m.extend_from_slice(b"d");
+                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
+                m.extend_from_slice(&masked);
+                out.extend_from_slice(&m);
+            }
+            _ => out.extend_from_slice(&f.raw),
+        }
+    }
+}
+
+/// Scans one value; with `mask`, also the value with each finding masked.
+fn scan(
+    scanner: &airlock_dlp::Scanner,
+    value: &[u8],
+    mask: bool,
+) -> (Bytes, Vec<airlock_dlp::Finding>) {
+    if !mask {
+        return (Bytes::new(), scanner.scan(value));
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut stream = scanner.mask_stream();
+    let mut findings = stream.feed(value, &mut out);
+    findings.extend(stream.finish(&mut out));
+    (Bytes::from(out), findings)
+}

@@ -1,0 +1,678 @@
+//! The PostgreSQL proxy (`[[proxies.postgres]]`, `airlock proxy`): the
+//! real server on this machine behind the real proxy, driven by real
+//! clients: `psql` (simple protocol, `\copy`, TLS), `tokio-postgres`
+//! (extended protocol, prepared statements, pipelining, cancel) and
+//! `pgbench`. Needs `AIRLOCK_TEST_POSTGRES` (the database holding the
+//! proxied tables); skipped without it, like the store's PostgreSQL tests.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use airlock_store::testing::TestDb;
+use serde_json::Value;
+
+use crate::proxy_http::{free_port, CARD, EMAIL};
+use crate::support::*;
+
+const SQL_POLICIES: &str = r#"
+@id("read-orders")
+permit(principal, action == Action::"sql.select", resource == Table::"public.orders");
+
+@id("write-orders")
+permit(principal, action in [Action::"sql.insert", Action::"sql.update", Action::"sql.copy_out", Action::"sql.copy_in"], resource == Table::"public.orders")
+when { context.has_where };
+
+@id("read-contacts")
+permit(principal, action == Action::"sql.select", resource == Table::"public.contacts");
+
+@id("delete-orders")
+@approvers("security")
+permit(principal, action == Action::"sql.delete", resource == Table::"public.orders");
+
+@id("no-secrets")
+forbid(principal, action, resource == Table::"public.secrets");
+
+@id("database")
+permit(principal, action in [Action::"sql.select", Action::"sql.other"], resource is Database);
+
+@id("bench")
+permit(principal, action == Action::"sql.select", resource)
+when { [Table::"public.pgbench_accounts", Table::"public.pgbench_branches"].contains(resource) };
+"#;
+
+/// A fresh database with the proxied tables: orders (1..=5), contacts
+/// (with the planted email and card), secrets.
+fn data() -> Option<TestDb> {
+    let db = TestDb::create()?;
+    db.execute(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount int, note text);
+         INSERT INTO orders SELECT g, g * 10, 'n' || g FROM generate_series(1, 5) g;
+         CREATE TABLE contacts (id int, email text, card text);
+         INSERT INTO contacts VALUES (1, '{EMAIL}', '{CARD}');
+         CREATE TABLE secrets (x text);
+         INSERT INTO secrets VALUES ('the crown jewels');"
+    ));
+    Some(db)
+}
+
+fn database_of(db: &TestDb) -> String {
+    db.url()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// `[[proxies.postgres]]` named `prod` on `port` in front of `db`.
+fn pg_toml(port: u16, db: &TestDb, hold: u64, extra: &str) -> String {
+    format!(
+        "[[proxies.postgres]]\nname = \"prod\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nhold_seconds = {hold}\n{extra}\n",
+        db.url()
+    )
+}
+
+struct Pg {
+    server: Server,
+    db: TestDb,
+    port: u16,
+}
+
+impl Pg {
+    fn start(store: &Db, hold: u64, extra: &str) -> Option<Pg> {
+        let db = data()?;
+        let port = free_port();
+        let server = Server::start_extra(store, SQL_POLICIES, &pg_toml(port, &db, hold, extra));
+        Some(Pg { server, db, port })
+    }
+
+    fn url(&self, user: &str, key: &str) -> String {
+        format!(
+            "postgres://{user}:{key}@127.0.0.1:{}/{}?sslmode=disable",
+            self.port,
+            database_of(&self.db)
+        )
+    }
+
+    async fn connect(
+        &self,
+        user: &str,
+        key: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.url(user, key), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.db.query_i64(sql)
+    }
+}
+
+/// psql's output and status for `-c` commands.
+fn psql(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-v", "VERBOSITY=verbose"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no code: {e}"))
+}
+
+/// The id of alice's one pending request.
+async fn pending_of(s: &Server, admin: &str) -> Vec<String> {
+    let (_, v) = s.get(admin, "/v1/requests?status=pending").await;
+    v["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// psql, simple protocol: allowed reads run; a denied table is `AL002`
+/// and the next command on the same connection still works; a statement
+/// that cannot be parsed is refused; a query of several statements where
+/// one is denied runs none of them; `\copy` out and in are decided as
+/// `sql.copy_out`/`sql.copy_in`; and a wrong key never reaches the server.
+async fn psql_simple_protocol_copy_and_refusals(store: Db) {
+    let Some(pg) = Pg::start(&store, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let url = pg.url("alice", &alice);
+
+    let (ok, out, err) = psql(&url, &["-c", "SELECT id FROM orders ORDER BY id"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(" 5"), "{out}");
+
+    // One session: refused, then more work; the refusal names its policy.
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SELECT * FROM secrets",
+            "-c",
+            "SELEC oops",
+            "-c",
+            "SELECT count(*) AS n FROM orders",
+        ],
+    );
+    let _ = ok; // psql answers for the last command only
+    assert!(err.contains("AL002") && err.contains("no-secrets"), "{err}");
+    assert!(err.contains("42601"), "unparseable: {err}");
+    assert!(out.contains("5"), "the session went on: {out}");
+    assert!(!out.contains("crown jewels"));
+
+    // Several statements in one query: nothing partial.
+    let (ok, _, err) = psql(
+        &url,
+        &[
+            "-c",
+            "UPDATE orders SET note = 'x' WHERE id = 1; SELECT * FROM secrets",
+        ],
+    );
+    assert!(!ok && err.contains("AL002"), "{err}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE note = 'x'"), 0);
+    // A WHERE-less UPDATE is not what write-orders permits.
+    let (ok, _, err) = psql(&url, &["-c", "UPDATE orders SET note = 'all'"]);
+    assert!(!ok && err.contains("AL002"), "{err}");
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE note = 'all'"),
+        0
+    );
+    // Moving the search path would make Airlock decide other tables than
+    // the server reads.
+    let (ok, _, err) = psql(&url, &["-c", "SET search_path = secret_schema"]);
+    assert!(!ok && err.contains("search_path"), "{err}");
+    let (ok, _, err) = psql(&url, &["-c", "PREPARE p AS DELETE FROM orders"]);
+    assert!(!ok && err.contains("PREPARE"), "{err}");
+
+    // \copy: out is sql.copy_out on orders, in is sql.copy_in (only where
+    // policies say: write-orders wants has_where, which COPY has).
+    let (ok, out, err) = psql(&url, &["-c", "\\copy orders TO STDOUT"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("n3"), "{out}");
+    let (ok, _, err) = psql(&url, &["-c", "\\copy secrets TO STDOUT"]);
+    assert!(!ok && err.contains("AL002"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.tsv");
+    std::fs::write(&file, "100\t1000\tcopied\n101\t1010\tcopied\n").unwrap();
+    let (ok, _, err) = psql(
+        &url,
+        &["-c", &format!("\\copy orders FROM '{}'", file.display())],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE note = 'copied'"),
+        2
+    );
+
+    // Wrong key, unknown user, someone else's key: refused by Airlock.
+    let bob = pg.server.key("bob", "user");
+    for (user, key) in [
+        ("alice", "alk_wrong"),
+        ("nobody", alice.as_str()),
+        ("alice", bob.as_str()),
+    ] {
+        let Err(e) = pg.connect(user, key).await else {
+            panic!("{user} logged in with a wrong key")
+        };
+        assert_eq!(sqlstate(&e), "28P01", "{user}: {e}");
+    }
+    // An enforcer's key is not a database password.
+    let enforcer = pg.server.key("svc", "enforcer");
+    assert!(pg.connect("svc", &enforcer).await.is_err());
+}
+
+/// Wrong credentials never reach the database: against an upstream
+/// nobody listens on, a bad login is `28P01` (Airlock said no before
+/// connecting) while a good one fails connecting (`08006`).
+#[tokio::test]
+async fn wrong_credentials_never_reach_the_server() {
+    let port = free_port();
+    let dead = free_port();
+    let cfg = format!(
+        "[[proxies.postgres]]\nname = \"prod\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"postgres://postgres@127.0.0.1:{dead}/test\"\n"
+    );
+    let s = Server::start_extra(&Db::Sqlite, SQL_POLICIES, &cfg);
+    let alice = s.key("alice", "user");
+    let url = |k: &str| format!("postgres://alice:{k}@127.0.0.1:{port}/test?sslmode=disable");
+    let bad = tokio_postgres::connect(&url("alk_wrong"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(sqlstate(&bad), "28P01", "{bad}");
+    let good = tokio_postgres::connect(&url(&alice), tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(sqlstate(&good), "08006", "{good}");
+    // Another database than the one served: refused at once.
+    let other = format!("postgres://alice:{alice}@127.0.0.1:{port}/postgres?sslmode=disable");
+    let e = tokio_postgres::connect(&other, tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(sqlstate(&e), "3D000", "{e}");
+}
+
+/// tokio-postgres, extended protocol: parameters are bound into the
+/// decision (the same prepared statement is allowed for one value set,
+/// refused for the other), prepared statements are decided at each
+/// execution, pipelined queries all come back in order, a refusal inside
+/// BEGIN leaves the transaction open and usable, and the session goes on.
+async fn extended_protocol_parameters_pipelining_and_transactions(store: Db) {
+    let Some(pg) = Pg::start(&store, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let c = pg.connect("alice", &alice).await.unwrap();
+
+    let st = c
+        .prepare("SELECT note FROM orders WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let row = c.query_one(&st, &[&id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("n{id}"));
+    }
+    // Pipelined: several executions in flight at once.
+    let (a, b, d) = tokio::join!(
+        c.query_one(&st, &[&4i32]),
+        c.query(
+            "SELECT id FROM orders WHERE amount > $1 ORDER BY id",
+            &[&20i32]
+        ),
+        c.query_one(&st, &[&5i32]),
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "n4");
+    assert_eq!(b.unwrap().len(), 3);
+    assert_eq!(d.unwrap().get::<_, String>(0), "n5");
+
+    // Denied with parameters; the connection goes on.
+    let e = c
+        .query("SELECT * FROM secrets WHERE x = $1", &[&"a"])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "AL002", "{e}");
+    assert_eq!(c.query(&st, &[&1i32]).await.unwrap().len(), 1);
+    // Unparseable at Parse.
+    let e = c.prepare("SELEC $1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42601", "{e}");
+
+    // Held inside a transaction: the transaction stays usable.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO orders VALUES ($1, 1, 'in-tx')", &[&50i32])
+        .await
+        .unwrap();
+    let e = c
+        .execute("DELETE FROM orders WHERE id = $1", &[&2i32])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "AL001", "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("req_"), "{message}");
+    c.execute("INSERT INTO orders VALUES ($1, 1, 'in-tx')", &[&51i32])
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE note = 'in-tx'"),
+        2
+    );
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE id = 2"),
+        1,
+        "the held delete ran"
+    );
+
+    // The held DELETE's params bind its values: approved for id 2, it runs
+    // once for id 2; id 3 is another question.
+    let admin = pg.server.key("admin", "admin");
+    let bob = pg.server.key("bob", "user");
+    let pending = pending_of(&pg.server, &admin).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let (_, view) = pg
+        .server
+        .get(&admin, &format!("/v1/requests/{}", pending[0]))
+        .await;
+    // tokio-postgres binds int4 in binary: 2 is 00 00 00 02.
+    assert_eq!(
+        view["params"]["parameters"],
+        serde_json::json!([{"base64": "AAAAAg=="}])
+    );
+    assert_eq!(view["params"]["sql"], "DELETE FROM orders WHERE id = $1");
+    assert_eq!(view["context"]["in_transaction"], Value::Bool(true));
+    assert_eq!(view["resource"]["id"], "public.orders");
+    pg.server.review(&bob, &pending[0], "approve").await;
+    let e = c
+        .execute("DELETE FROM orders WHERE id = $1", &[&3i32])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "AL001");
+    assert_eq!(
+        c.execute("DELETE FROM orders WHERE id = $1", &[&2i32])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE id IN (2, 3)"),
+        1
+    );
+    let (_, after) = pg
+        .server
+        .get(&admin, &format!("/v1/requests/{}", pending[0]))
+        .await;
+    assert_eq!(after["status"], "completed", "{after}");
+    // Spent: the identical statement is a new question.
+    let e = c
+        .execute("DELETE FROM orders WHERE id = $1", &[&2i32])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "AL001");
+}
+
+/// The hold: a NOTICE names the request at once, an approval given
+/// meanwhile runs the statement (once), a denial is `AL002` and nothing
+/// reaches the server, and a cancel request ends a hold promptly.
+async fn holds_notice_approval_denial_and_cancel(store: Db) {
+    let Some(pg) = Pg::start(&store, 30, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let bob = pg.server.key("bob", "user");
+    let admin = pg.server.key("admin", "admin");
+    let url = pg.url("alice", &alice);
+
+    let held = {
+        let url = url.clone();
+        std::thread::spawn(move || psql(&url, &["-c", "DELETE FROM orders WHERE id = 4"]))
+    };
+    let id = loop {
+        if let Some(id) = pending_of(&pg.server, &admin).await.pop() {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pg.server.review(&bob, &id, "approve").await;
+    let (ok, out, err) = held.join().unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("NOTICE") && err.contains(&id), "{err}");
+    assert!(out.is_empty() || out.contains("DELETE"), "{out}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 4"), 0);
+
+    // Denied while held.
+    let held = {
+        let url = url.clone();
+        std::thread::spawn(move || psql(&url, &["-c", "DELETE FROM orders WHERE id = 5"]))
+    };
+    let id = loop {
+        if let Some(id) = pending_of(&pg.server, &admin).await.pop() {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pg.server.review(&bob, &id, "deny").await;
+    let (ok, _, err) = held.join().unwrap();
+    assert!(!ok && err.contains("AL002"), "{err}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 5"), 1);
+
+    // Cancel ends the hold.
+    let c = pg.connect("alice", &alice).await.unwrap();
+    let token = c.cancel_token();
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { c.execute("DELETE FROM orders WHERE id = 1", &[]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = run.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel did not end the hold"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+}
+
+/// Result rows through DLP: `mask` replaces the planted email and card
+/// (keeping the card's last 4) in simple and extended results and COPY.
+#[tokio::test]
+async fn result_rows_are_masked() {
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "response_dlp = \"mask\"") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let (ok, out, err) = psql(
+        &pg.url("alice", &alice),
+        &["-c", "SELECT email, card FROM contacts"],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains(EMAIL) && !out.contains(CARD), "{out}");
+    assert!(out.contains("1111"), "{out}");
+    let c = pg.connect("alice", &alice).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT email, card, id FROM contacts WHERE id = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    let email: String = row.get(0);
+    assert!(
+        !email.contains("ann.lee") && email.len() == EMAIL.len(),
+        "{email}"
+    );
+    assert_eq!(row.get::<_, i32>(2), 1, "non-text columns pass untouched");
+}
+
+/// TLS: a client asking for it gets it (psql sslmode=require), and one
+/// not asking is served in plain text when no certificate is configured
+/// (SSL negotiation answered 'N').
+#[tokio::test]
+async fn ssl_negotiation() {
+    let Some(db) = data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let port = free_port();
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let s = Server::start_extra(&Db::Sqlite, SQL_POLICIES, &pg_toml(port, &db, 1, &extra));
+    let alice = s.key("alice", "user");
+    let base = format!(
+        "postgres://alice:{alice}@127.0.0.1:{port}/{}",
+        database_of(&db)
+    );
+    let (ok, out, err) = psql(
+        &format!("{base}?sslmode=require"),
+        &[
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "\\conninfo",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("SSL connection"), "{out}");
+
+    // Without a certificate: 'N', then plain text for sslmode=prefer.
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let k = pg.server.key("alice", "user");
+    let prefer = pg
+        .url("alice", &k)
+        .replace("sslmode=disable", "sslmode=prefer");
+    let (ok, out, err) = psql(&prefer, &["-c", "\\conninfo"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("SSL connection"), "{out}");
+    let require = pg
+        .url("alice", &k)
+        .replace("sslmode=disable", "sslmode=require");
+    let (ok, _, _) = psql(&require, &["-c", "SELECT 1"]);
+    assert!(!ok, "TLS was required and none is offered");
+}
+
+/// pgbench through the proxy, every statement decided: simple, extended
+/// and prepared protocols run to the end without a failed transaction.
+#[tokio::test]
+async fn pgbench_runs_through_the_proxy() {
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let db = database_of(&pg.db);
+    let init = Command::new("pgbench")
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for mode in ["simple", "extended", "prepared"] {
+        let out = Command::new("pgbench")
+            .args([
+                "-S",
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "2",
+                "-t",
+                "20",
+                "-h",
+                "127.0.0.1",
+                "-p",
+            ])
+            .arg(pg.port.to_string())
+            .args(["-U", "alice", &db])
+            .env("PGPASSWORD", &alice)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("processed: 40/40"), "{mode}: {text}");
+    }
+}
+
+/// `airlock proxy --config FILE` runs `[[proxies.postgres]]` alone against
+/// the server with an enforcer key: logins and decisions go over HTTP.
+#[tokio::test]
+async fn standalone_proxy_decides_over_http() {
+    let Some(db) = data() else { return };
+    let s = Server::start_with(&Db::Sqlite, SQL_POLICIES);
+    let enforcer = s.key("pgproxy", "enforcer");
+    let alice = s.key("alice", "user");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nserver_url = \"{}\"\ntoken = \"{enforcer}\"\n\n{}",
+            s.url,
+            pg_toml(port, &db, 1, "")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("postgres prod listening"), "{line}");
+    let url = format!(
+        "postgres://alice:{alice}@127.0.0.1:{port}/{}?sslmode=disable",
+        database_of(&db)
+    );
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SELECT count(*) FROM orders",
+            "-c",
+            "SELECT * FROM secrets",
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.contains('5'), "{out}{err}");
+    assert!(!ok && err.contains("AL002"), "{err}");
+    let admin = s.key("admin", "admin");
+    let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
+    assert!(
+        audit.to_string().contains("public.secrets"),
+        "the denial is on record"
+    );
+}
+
+on_both_stores!(
+    psql_simple_protocol_copy_and_refusals,
+    extended_protocol_parameters_pipelining_and_transactions,
+    holds_notice_approval_denial_and_cancel,
+);
