@@ -210,6 +210,8 @@ pub struct Bind {
     pub formats: Vec<i16>,
     /// Each parameter's value; `None` is SQL NULL.
     pub values: Vec<Option<Bytes>>,
+    /// Each result column's format, as [`Bind::format`] applies them.
+    pub result_formats: Vec<i16>,
 }
 
 /// Reads a `Bind` body.
@@ -237,22 +239,34 @@ pub fn bind(body: Bytes) -> Result<Bind, CodecError> {
         }
         values.push(Some(b.split_to(len)));
     }
+    let nr = count(i16_(&mut b, W)?, W)?;
+    let mut result_formats = Vec::with_capacity(nr.min(b.remaining() / 2));
+    for _ in 0..nr {
+        result_formats.push(i16_(&mut b, W)?);
+    }
     Ok(Bind {
         portal,
         statement,
         formats,
         values,
+        result_formats,
     })
+}
+
+/// Format `i` of a list of format codes, as PostgreSQL applies them: none
+/// → all text, one → all that one, else each its own.
+pub fn format_at(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
+    }
 }
 
 impl Bind {
     /// The format of parameter `i`.
     pub fn format(&self, i: usize) -> i16 {
-        match self.formats.len() {
-            0 => 0,
-            1 => self.formats[0],
-            _ => self.formats.get(i).copied().unwrap_or(0),
-        }
+        format_at(&self.formats, i)
     }
 }
 
@@ -623,8 +637,10 @@ mod tests {
         b.put_i32(2);
         b.put_slice(b"42");
         b.put_i32(-1);
-        b.put_i16(0);
+        b.put_i16(1);
+        b.put_i16(1);
         let bound = bind(b.clone().freeze()).unwrap();
+        assert_eq!(bound.result_formats, vec![1]);
         assert_eq!(bound.portal, "p1");
         assert_eq!(bound.statement, "s1");
         assert_eq!(bound.values, vec![Some(Bytes::from_static(b"42")), None]);

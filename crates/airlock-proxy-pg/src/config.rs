@@ -43,6 +43,33 @@ pub struct PgProxyConfig {
     /// What is done to result rows. Default `off`.
     #[serde(default)]
     pub response_dlp: RowsDlp,
+    /// Result columns masked whole, by name (case-insensitive), whatever
+    /// DLP finds: `["ssn", "card_number"]`. Where a result's columns cannot
+    /// be told, it is withheld rather than sent unmasked.
+    #[serde(default)]
+    pub mask_columns: Vec<String>,
+    /// Rows one result may return; more → the rest withheld with ERROR
+    /// `AL003`. Default: no cap.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// Decide each result set before it leaves: the action (e.g.
+    /// `sql.result`) on each table the statement read, params binding the
+    /// statement and the result's SHA-256, context `rows`, `dlp` (counts by
+    /// type), `columns` and, with `result_preview_rows`, `preview`. Allow →
+    /// released; deny → `AL002`; approval → held like a statement (the
+    /// identical result on a re-run uses the approval once). Results are
+    /// buffered whole for this, up to `max_result_bytes`. Default: none.
+    #[serde(default)]
+    pub result_action: Option<String>,
+    /// The largest result buffered for `result_action`; larger → `AL003`.
+    /// Default 64 MiB.
+    #[serde(default = "default_max_result_bytes")]
+    pub max_result_bytes: u64,
+    /// With `result_action`: how many first rows, masked, go into the
+    /// decision's `context.preview` for approvers. Whatever the detectors
+    /// miss is then in the request and its records: opt in. Default 0.
+    #[serde(default)]
+    pub result_preview_rows: usize,
     /// Certificate chain (PEM) offered to clients that ask for TLS; with
     /// `tls_key`. Without them, TLS requests are declined and clients fall
     /// back to plain text or give up, as their `sslmode` says.
@@ -79,6 +106,10 @@ impl std::fmt::Debug for PgProxyConfig {
 
 fn default_hold() -> u64 {
     20
+}
+
+fn default_max_result_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_max_connections() -> usize {

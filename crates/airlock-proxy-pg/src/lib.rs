@@ -19,6 +19,7 @@ pub mod classify;
 pub mod codec;
 pub mod config;
 mod decide;
+mod results;
 mod session;
 mod tls;
 
@@ -78,8 +79,8 @@ pub(crate) struct Shared {
     decider: decide::Decider,
     hold: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    rows_dlp: RowsDlp,
-    scanner: Option<Arc<airlock_dlp::Scanner>>,
+    rules: Arc<results::Rules>,
+    result_action: Option<airlock_core::ActionName>,
     /// Open sessions by the cancel key their client was given.
     cancels: Mutex<HashMap<(i32, i32), Arc<Notify>>>,
 }
@@ -139,12 +140,29 @@ impl PgProxy {
             (None, None) => None,
             _ => return Err(bad("tls_cert and tls_key go together".into())),
         };
-        let scanner = match cfg.response_dlp {
-            RowsDlp::Off => None,
+        let result_action = cfg
+            .result_action
+            .as_deref()
+            .map(|a| {
+                airlock_core::ActionName::parse(a).map_err(|e| bad(format!("result_action: {e}")))
+            })
+            .transpose()?;
+        // The preview for approvers is masked whatever the mode, so a
+        // result decision needs the scanner too.
+        let scanner = match (cfg.response_dlp, &result_action) {
+            (RowsDlp::Off, None) => None,
             _ => Some(Arc::new(
                 airlock_dlp::Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?,
             )),
         };
+        let rules = Arc::new(results::Rules {
+            mode: cfg.response_dlp,
+            scanner,
+            mask_columns: cfg.mask_columns.clone(),
+            max_rows: cfg.max_rows,
+            max_result_bytes: cfg.max_result_bytes,
+            preview_rows: cfg.result_preview_rows,
+        });
         let hold = Duration::from_secs(cfg.hold_seconds);
         let decider = decide::Decider::new(&cfg.name, &upstream.database, gate, hold);
         Ok(Self {
@@ -154,8 +172,8 @@ impl PgProxy {
                 decider,
                 hold,
                 tls: acceptor,
-                rows_dlp: cfg.response_dlp,
-                scanner,
+                rules,
+                result_action,
                 cancels: Mutex::new(HashMap::new()),
             }),
             listen: cfg.listen,

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::auth::{self, ScramServer, Step, UpstreamLogin};
 use crate::classify::{self, Statement};
 use crate::codec::{self, build, Frame, Startup};
-use crate::config::RowsDlp;
 use crate::decide::{self, Outcome, Session};
+use crate::results::{Plan, Results, RowOut};
 use crate::{Shared, Upstream};
 
 /// Anything a session talks over: plain TCP or TLS.
@@ -369,8 +369,11 @@ async fn connect_upstream(
 /// What the writer does at its turn in the reply stream.
 enum Cmd {
     /// A forwarded `Sync` or `Query`: relay up to and including its
-    /// `ReadyForQuery`, then report how it went.
-    Pass(Option<oneshot::Sender<Report>>),
+    /// `ReadyForQuery` (results as `plan` says), then report how it went.
+    Pass {
+        report: Option<oneshot::Sender<Report>>,
+        plan: Plan,
+    },
     /// A refusal: relay up to the `ReadyForQuery` of the `Sync` sent in its
     /// place, write `error` instead, then that `ReadyForQuery` if `ready`.
     Refuse { error: Bytes, ready: bool },
@@ -390,7 +393,8 @@ struct Report {
 #[derive(Clone, Default)]
 struct Names {
     statements: HashMap<String, Prepared>,
-    portals: HashMap<String, (String, Vec<Value>)>,
+    /// Portal → its statement, bound values and result formats.
+    portals: HashMap<String, (String, Vec<Value>, Vec<i16>)>,
 }
 
 #[derive(Clone)]
@@ -423,7 +427,6 @@ async fn relay(
     ));
     let mut names = Names::default();
     let mut batch: Vec<Frame> = Vec::new();
-    let mut before: Option<Names> = None;
     // After a refusal at `Flush`, the server-side batch is over; the
     // client's messages up to its `Sync` are skipped, as PostgreSQL would.
     let mut skipping = false;
@@ -449,6 +452,7 @@ async fn relay(
         match f.tag {
             b'Q' => {
                 let sql = codec::query(f.body())?;
+                let mut plan = Plan::default();
                 let outcome = match classify::classify(&sql) {
                     Err(classify::Refusal::Empty) => Outcome::Pass { grants: Vec::new() },
                     Err(r) => refusal_of(&r),
@@ -459,7 +463,7 @@ async fn relay(
                             let mut checks = Vec::new();
                             let mut bad = None;
                             for st in &statements {
-                                match shared.decider.checks(&session, st, &[]) {
+                                match statement_checks(shared, &session, st, &[], &mut plan) {
                                     Ok(c) => checks.extend(c),
                                     Err(e) => bad = Some(e),
                                 }
@@ -474,58 +478,31 @@ async fn relay(
                         }
                     }
                 };
-                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, vec![f.raw], true).await {
+                if let Err(e) =
+                    send(shared, &tx, &mut up_wr, outcome, plan, vec![f.raw], true).await
+                {
                     break Err(e);
                 }
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => {
-                if before.is_none() {
-                    before = Some(names.clone());
-                }
-                match f.tag {
-                    b'P' => {
-                        let p = codec::parse(f.body())?;
-                        let classified = classify::classify(&p.sql).map(Arc::new);
-                        names.statements.insert(p.name, Prepared { classified });
-                    }
-                    b'B' => {
-                        let b = codec::bind(f.body())?;
-                        let values = b
-                            .values
-                            .iter()
-                            .enumerate()
-                            .map(|(i, v)| decide::parameter(v.as_deref(), b.format(i)))
-                            .collect();
-                        names.portals.insert(b.portal, (b.statement, values));
-                    }
-                    b'C' => {
-                        let (kind, name) = codec::target(f.body(), "Close")?;
-                        if kind == b'S' {
-                            names.statements.remove(&name);
-                        } else {
-                            names.portals.remove(&name);
-                        }
-                    }
-                    _ => {}
-                }
-                batch.push(f);
-            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => batch.push(f),
             b'S' | b'H' => {
                 let sync = f.tag == b'S';
-                let outcome = decide_batch(shared, &tx, &session, &names, &batch, &cancel).await;
+                let mut next = names.clone();
+                let decided =
+                    decide_batch(shared, &tx, &session, &mut next, &batch, sync, &cancel).await;
+                let (outcome, plan) = match decided {
+                    Ok(x) => x,
+                    Err(e) => break Err(e),
+                };
                 let refused = matches!(outcome, Outcome::Refused { .. });
                 let mut frames: Vec<Bytes> = batch.drain(..).map(|f| f.raw).collect();
                 frames.push(f.raw);
                 if refused {
-                    if let Some(b) = before.take() {
-                        names = b;
-                    }
                     skipping = !sync;
+                } else {
+                    names = next;
                 }
-                if sync || refused {
-                    before = None;
-                }
-                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, frames, sync).await {
+                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, plan, frames, sync).await {
                     break Err(e);
                 }
             }
@@ -546,7 +523,17 @@ async fn relay(
                     code: "0A000",
                     message: "the function-call protocol is not served by Airlock's proxy".into(),
                 };
-                if let Err(e) = send(shared, &tx, &mut up_wr, outcome, Vec::new(), true).await {
+                if let Err(e) = send(
+                    shared,
+                    &tx,
+                    &mut up_wr,
+                    outcome,
+                    Plan::default(),
+                    Vec::new(),
+                    true,
+                )
+                .await
+                {
                     break Err(e);
                 }
             }
@@ -596,58 +583,91 @@ fn refusal_of(r: &classify::Refusal) -> Outcome {
 }
 
 /// Decides an extended-protocol batch: every `Execute` in it, with its
-/// bound values; a `Parse` of text Airlock cannot read refuses the batch.
+/// bound values, against the statement its portal had at that point (the
+/// batch is replayed in order on `names`, so re-parsing a name later in the
+/// batch cannot change what an earlier `Execute` is decided as); a `Parse`
+/// of text Airlock cannot read refuses the batch. `names` is left as the
+/// server will know it if the batch is sent; the plan tells the writer
+/// which statement each result comes from.
 async fn decide_batch(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Cmd>,
     session: &Session<'_>,
-    names: &Names,
+    names: &mut Names,
     batch: &[Frame],
+    sync: bool,
     cancel: &Notify,
-) -> Outcome {
+) -> Result<(Outcome, Plan), SessionError> {
     let mut checks = Vec::new();
+    let mut plan = Plan::default();
     for f in batch {
         match f.tag {
             b'P' => {
-                let Ok(p) = codec::parse(f.body()) else {
-                    continue;
-                };
-                if let Some(Prepared { classified: Err(r) }) = names.statements.get(&p.name) {
-                    return refusal_of(r);
-                }
-                if let Some(Prepared {
-                    classified: Ok(sts),
-                }) = names.statements.get(&p.name)
-                {
-                    if sts.iter().any(sql_level_prepare) {
-                        return sql_prepare_refused();
+                let p = codec::parse(f.body())?;
+                let classified = classify::classify(&p.sql).map(Arc::new);
+                match &classified {
+                    Err(classify::Refusal::Empty) => {}
+                    Err(r) => return Ok((refusal_of(r), plan)),
+                    Ok(sts) if sts.iter().any(sql_level_prepare) => {
+                        return Ok((sql_prepare_refused(), plan))
                     }
+                    Ok(_) => {}
+                }
+                names.statements.insert(p.name, Prepared { classified });
+            }
+            b'B' => {
+                let b = codec::bind(f.body())?;
+                let values = b
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| decide::parameter(v.as_deref(), b.format(i)))
+                    .collect();
+                names
+                    .portals
+                    .insert(b.portal, (b.statement, values, b.result_formats));
+            }
+            b'C' => {
+                let (kind, name) = codec::target(f.body(), "Close")?;
+                if kind == b'S' {
+                    names.statements.remove(&name);
+                } else {
+                    names.portals.remove(&name);
+                }
+            }
+            b'D' => {
+                let (kind, name) = codec::target(f.body(), "Describe")?;
+                if kind == b'S' {
+                    plan.describes.push(name);
                 }
             }
             b'E' => {
-                let Ok(portal) = codec::execute(f.body()) else {
-                    continue;
-                };
-                let Some((statement, values)) = names.portals.get(&portal) else {
+                let portal = codec::execute(f.body())?;
+                let Some((statement, values, formats)) = names.portals.get(&portal) else {
                     // The server answers an unknown portal with its own
                     // error; nothing runs.
+                    plan.executes.push((String::new(), Vec::new()));
                     continue;
                 };
+                plan.executes.push((statement.clone(), formats.clone()));
                 let Some(prepared) = names.statements.get(statement) else {
                     continue;
                 };
                 let statements = match &prepared.classified {
-                    Ok(s) => s,
-                    Err(r) => return refusal_of(r),
+                    Ok(s) => s.clone(),
+                    Err(classify::Refusal::Empty) => continue,
+                    Err(r) => return Ok((refusal_of(r), plan)),
                 };
+                let values = values.clone();
                 for st in statements.iter() {
-                    match shared.decider.checks(session, st, values) {
+                    match statement_checks(shared, session, st, &values, &mut plan) {
                         Ok(c) => checks.extend(c),
                         Err(e) => {
-                            return Outcome::Refused {
+                            let refused = Outcome::Refused {
                                 code: "42602",
                                 message: e,
-                            }
+                            };
+                            return Ok((refused, plan));
                         }
                     }
                 }
@@ -655,10 +675,46 @@ async fn decide_batch(
             _ => {}
         }
     }
-    if checks.is_empty() {
-        return Outcome::Pass { grants: Vec::new() };
+    if !sync && !plan.executes.is_empty() && shared.result_action.is_some() {
+        // Results are decided as a batch's replies come back, which the
+        // writer matches to batches by their `ReadyForQuery`; a `Flush`
+        // has none.
+        let refused = Outcome::Refused {
+            code: "0A000",
+            message: "with result decisions, Airlock runs statements at Sync, not Flush".into(),
+        };
+        return Ok((refused, plan));
     }
-    decide(shared, tx, checks, cancel).await
+    if checks.is_empty() {
+        return Ok((Outcome::Pass { grants: Vec::new() }, plan));
+    }
+    Ok((decide(shared, tx, checks, cancel).await, plan))
+}
+
+/// A statement's checks; with `result_action`, the checks on its results
+/// go into the plan.
+fn statement_checks(
+    shared: &Shared,
+    session: &Session<'_>,
+    st: &Statement,
+    values: &[Value],
+    plan: &mut Plan,
+) -> Result<Vec<airlock_api::CheckBody>, String> {
+    let checks = shared.decider.checks(session, st, values)?;
+    if let (Some(action), true) = (&shared.result_action, st.returns_rows) {
+        for c in &checks {
+            let mut r = c.clone();
+            r.action = action.clone();
+            if !plan
+                .result_checks
+                .iter()
+                .any(|x| x.resource == r.resource && x.params == r.params)
+            {
+                plan.result_checks.push(r);
+            }
+        }
+    }
+    Ok(checks)
 }
 
 /// Decides, telling the client about holds at once; a cancel request from
@@ -669,17 +725,9 @@ async fn decide(
     checks: Vec<airlock_api::CheckBody>,
     cancel: &Notify,
 ) -> Outcome {
+    let hold = shared.hold.as_secs();
     let mut notice = |v: &airlock_api::RequestView| {
-        let m = format!(
-            "Airlock: {} on {}:{} needs approval: request {} {} (waiting up to {}s)",
-            v.action,
-            v.resource.kind,
-            v.resource.id,
-            v.id,
-            v.url,
-            shared.hold.as_secs()
-        );
-        let _ = tx.send(Cmd::Local(build::notice(&m)));
+        let _ = tx.send(Cmd::Local(build::notice(&hold_notice(v, hold))));
     };
     tokio::select! {
         o = shared.decider.decide(checks, &mut notice) => o,
@@ -696,6 +744,7 @@ async fn send(
     tx: &mpsc::UnboundedSender<Cmd>,
     up: &mut (impl AsyncWrite + Unpin),
     outcome: Outcome,
+    plan: Plan,
     frames: Vec<Bytes>,
     expects_ready: bool,
 ) -> Result<(), SessionError> {
@@ -714,7 +763,7 @@ async fn send(
                 Some(rtx)
             };
             if expects_ready {
-                tx.send(Cmd::Pass(report)).map_err(|_| closed())?;
+                tx.send(Cmd::Pass { report, plan }).map_err(|_| closed())?;
             }
             for f in frames {
                 up.write_all(&f).await?;
@@ -785,9 +834,12 @@ async fn write_replies(
 ) -> Result<(), SessionError> {
     let mut queue: VecDeque<Cmd> = VecDeque::new();
     let mut report = Report::default();
-    let mut rows = Rows::new(&shared);
+    let mut results = Results::new(shared.rules.clone());
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut open = true;
+    // The plan of the batch whose replies are coming (the first `Pass` in
+    // the queue); taken when that batch's replies begin.
+    let mut planned = false;
     loop {
         while let Some(Cmd::Local(_)) = queue.front() {
             if let Some(Cmd::Local(m)) = queue.pop_front() {
@@ -809,15 +861,34 @@ async fn write_replies(
                     return Ok(());
                 }
                 while let Some(f) = codec::frame(&mut buf)? {
+                    if !planned {
+                        while let Ok(c) = rx.try_recv() {
+                            queue.push_back(c);
+                        }
+                        // Replies to a forwarded batch always find its
+                        // command queued (it is sent before the batch);
+                        // with none, this is an asynchronous message
+                        // (a notification) and plans nothing.
+                        let plan = queue.iter().find_map(|c| match c {
+                            Cmd::Pass { plan, .. } => Some(plan.clone()),
+                            Cmd::Refuse { .. } => Some(Plan::default()),
+                            Cmd::Local(_) => None,
+                        });
+                        if let Some(plan) = plan {
+                            results.begin(plan);
+                            planned = true;
+                        }
+                    }
                     match f.tag {
                         b'Z' => {
+                            planned = false;
                             let s = codec::ready_status(&f.body())?;
                             status.store(s, Ordering::Relaxed);
                             while let Ok(c) = rx.try_recv() {
                                 queue.push_back(c);
                             }
                             match queue.pop_front() {
-                                Some(Cmd::Pass(tx)) => {
+                                Some(Cmd::Pass { report: tx, .. }) => {
                                     out.extend_from_slice(&f.raw);
                                     let r = std::mem::take(&mut report);
                                     if let Some(tx) = tx {
@@ -848,23 +919,79 @@ async fn write_replies(
                         b'E' => {
                             let fields = codec::fields(f.body()).unwrap_or_default();
                             report.error = fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| m.clone());
-                            rows.end();
+                            // Rows held for a decision never leave after an
+                            // error.
+                            results.held = None;
+                            results.end_result();
+                            out.extend_from_slice(&f.raw);
+                        }
+                        b't' => {
+                            results.parameter_description();
                             out.extend_from_slice(&f.raw);
                         }
                         b'T' => {
-                            rows.describe(f.body());
+                            results.describe(Some(f.body()));
+                            out.extend_from_slice(&f.raw);
+                        }
+                        b'n' => {
+                            results.describe(None);
                             out.extend_from_slice(&f.raw);
                         }
                         b'D' => {
                             report.rows += 1;
-                            rows.row(f, &mut report, &mut out);
+                            match results.row(f, &mut report.dlp) {
+                                RowOut::Send(frame) if results.decided() => {
+                                    if let Some(stop) = results.hold(frame) {
+                                        out.extend_from_slice(&stop);
+                                    }
+                                }
+                                RowOut::Send(frame) => out.extend_from_slice(&frame),
+                                RowOut::Stop(error) => {
+                                    // Whatever was held for a decision goes
+                                    // nowhere once the result is cut.
+                                    results.held = None;
+                                    out.extend_from_slice(&error);
+                                }
+                                RowOut::Drop => {}
+                            }
                         }
-                        b'd' => rows.copy_data(f, &mut report, &mut out),
+                        b'd' => match results.copy_data(f, &mut report.dlp) {
+                            RowOut::Send(frame) | RowOut::Stop(frame) => out.extend_from_slice(&frame),
+                            RowOut::Drop => {}
+                        },
                         b'C' | b'I' | b's' => {
-                            if !rows.withheld() {
+                            if let Some(held) = results.held.take() {
+                                // Decided whole before any of it leaves.
+                                if !out.is_empty() {
+                                    client.write_all(&out).await?;
+                                    client.flush().await?;
+                                    out.clear();
+                                }
+                                let checks = results.result_checks(&held);
+                                match decide_result(&shared, checks, &mut client).await? {
+                                    Outcome::Pass { grants } => {
+                                        for frame in &held.frames {
+                                            out.extend_from_slice(frame);
+                                        }
+                                        out.extend_from_slice(&f.raw);
+                                        if !grants.is_empty() {
+                                            let shared = shared.clone();
+                                            let r = Report {
+                                                error: None,
+                                                rows: held.rows,
+                                                dlp: held.dlp.clone(),
+                                            };
+                                            tokio::spawn(async move { complete(&shared, grants, Some(r)).await });
+                                        }
+                                    }
+                                    Outcome::Refused { code, message } => {
+                                        out.extend_from_slice(&build::error(code, &message));
+                                    }
+                                }
+                            } else if !results.stopped() {
                                 out.extend_from_slice(&f.raw);
                             }
-                            rows.end();
+                            results.end_result();
                         }
                         _ => out.extend_from_slice(&f.raw),
                     }
@@ -878,147 +1005,34 @@ async fn write_replies(
     }
 }
 
-/// DLP on result rows and COPY OUT data, per result set.
-struct Rows {
-    mode: RowsDlp,
-    scanner: Option<Arc<airlock_dlp::Scanner>>,
-    /// Which columns are text Airlock may read and rewrite.
-    text: Vec<bool>,
-    /// Under `block`, a finding withholds the rest of this result.
-    blocked: bool,
-}
-
-/// Type OIDs whose binary form is their text (text, varchar, bpchar,
-/// name, json, unknown).
-const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 705];
-
-impl Rows {
-    fn new(shared: &Shared) -> Self {
-        Self {
-            mode: shared.rows_dlp,
-            scanner: shared.scanner.clone(),
-            text: Vec::new(),
-            blocked: false,
-        }
-    }
-
-    fn describe(&mut self, body: Bytes) {
-        self.blocked = false;
-        self.text = codec::row_description(body)
-            .map(|fields| {
-                fields
-                    .iter()
-                    .map(|f| f.format == 0 || TEXT_TYPES.contains(&f.type_oid))
-                    .collect()
-            })
-            .unwrap_or_default();
-    }
-
-    fn withheld(&self) -> bool {
-        self.blocked
-    }
-
-    fn end(&mut self) {
-        self.blocked = false;
-    }
-
-    fn row(&mut self, f: Frame, report: &mut Report, out: &mut BytesMut) {
-        if self.blocked {
-            return;
-        }
-        let Some(scanner) = self.scanner.clone().filter(|_| self.mode != RowsDlp::Off) else {
-            out.extend_from_slice(&f.raw);
-            return;
-        };
-        let Ok(mut values) = codec::data_row(f.body()) else {
-            out.extend_from_slice(&f.raw);
-            return;
-        };
-        let mut changed = false;
-        for (i, v) in values.iter_mut().enumerate() {
-            if !self.text.get(i).copied().unwrap_or(true) {
-                continue;
+/// Decides a held result, passing hold notices to the client as they come.
+async fn decide_result(
+    shared: &Shared,
+    checks: Vec<airlock_api::CheckBody>,
+    client: &mut (impl AsyncWrite + Unpin),
+) -> Result<Outcome, SessionError> {
+    let (ntx, mut nrx) = mpsc::unbounded_channel::<Bytes>();
+    let hold = shared.hold.as_secs();
+    let mut notice = |v: &airlock_api::RequestView| {
+        let _ = ntx.send(build::notice(&hold_notice(v, hold)));
+    };
+    let decided = shared.decider.decide(checks, &mut notice);
+    tokio::pin!(decided);
+    loop {
+        tokio::select! {
+            o = &mut decided => return Ok(o),
+            Some(m) = nrx.recv() => {
+                client.write_all(&m).await?;
+                client.flush().await?;
             }
-            let Some(bytes) = v else { continue };
-            let (masked, findings) = scan(&scanner, bytes, self.mode == RowsDlp::Mask);
-            if findings.is_empty() {
-                continue;
-            }
-            for (k, n) in airlock_dlp::counts(&findings) {
-                *report.dlp.entry(k).or_insert(0) += n;
-            }
-            match self.mode {
-                RowsDlp::Block => {
-                    self.blocked = true;
-                    out.extend_from_slice(&build::error(
-                        decide::BLOCKED,
-                        "Airlock withheld the rest of this result: it holds personal data or secrets",
-                    ));
-                    return;
-                }
-                RowsDlp::Mask => {
-                    *v = Some(masked);
-                    changed = true;
-                }
-                _ => {}
-            }
-        }
-        if changed {
-            out.extend_from_slice(&build::data_row(&values));
-        } else {
-            out.extend_from_slice(&f.raw);
-        }
-    }
-
-    fn copy_data(&mut self, f: Frame, report: &mut Report, out: &mut BytesMut) {
-        if self.blocked {
-            return;
-        }
-        let Some(scanner) = self.scanner.clone().filter(|_| self.mode != RowsDlp::Off) else {
-            out.extend_from_slice(&f.raw);
-            return;
-        };
-        let body = f.body();
-        let (masked, findings) = scan(&scanner, &body, self.mode == RowsDlp::Mask);
-        if findings.is_empty() {
-            out.extend_from_slice(&f.raw);
-            return;
-        }
-        for (k, n) in airlock_dlp::counts(&findings) {
-            *report.dlp.entry(k).or_insert(0) += n;
-        }
-        match self.mode {
-            RowsDlp::Block => {
-                self.blocked = true;
-                out.extend_from_slice(&build::error(
-                    decide::BLOCKED,
-                    "Airlock withheld the rest of this COPY: it holds personal data or secrets",
-                ));
-            }
-            RowsDlp::Mask => {
-                let mut m = BytesMut::with_capacity(masked.len() + 5);
-                m.extend_from_slice(b"d");
-                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
-                m.extend_from_slice(&masked);
-                out.extend_from_slice(&m);
-            }
-            _ => out.extend_from_slice(&f.raw),
         }
     }
 }
 
-/// Scans one value; with `mask`, also the value with each finding masked.
-fn scan(
-    scanner: &airlock_dlp::Scanner,
-    value: &[u8],
-    mask: bool,
-) -> (Bytes, Vec<airlock_dlp::Finding>) {
-    if !mask {
-        return (Bytes::new(), scanner.scan(value));
-    }
-    let mut out = Vec::with_capacity(value.len());
-    let mut stream = scanner.mask_stream();
-    let mut findings = stream.feed(value, &mut out);
-    findings.extend(stream.finish(&mut out));
-    (Bytes::from(out), findings)
+/// The NOTICE sent at once when something is held.
+fn hold_notice(v: &airlock_api::RequestView, hold: u64) -> String {
+    format!(
+        "Airlock: {} on {}:{} needs approval: request {} {} (waiting up to {hold}s)",
+        v.action, v.resource.kind, v.resource.id, v.id, v.url
+    )
 }

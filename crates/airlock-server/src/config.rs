@@ -163,6 +163,7 @@ pub struct ServerConfig {
     pub max_pending_per_principal: NonZeroU32,
     /// Checks one API key may make per second, on average; over it,
     /// `POST /v1/check` answers 429 `rate_limited` with `Retry-After`.
+    /// An enforcer key (a proxy) is counted per end user it checks for.
     /// Each node counts its own. Default 200.
     #[serde(default = "default_checks_per_second")]
     pub checks_per_second_per_key: NonZeroU32,

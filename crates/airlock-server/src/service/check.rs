@@ -78,7 +78,6 @@ impl Airlock {
                 cfg.server.check_burst_per_key,
             )
         };
-        self.check_limiter.check(&caller.key_id, rate, burst)?;
         let principal = match body.principal {
             Some(p) if p != caller.user && !caller.is_enforcer() => {
                 return Err(ApiError::forbidden(format!(
@@ -88,6 +87,14 @@ impl Airlock {
             Some(p) => p,
             None => caller.user.clone(),
         };
+        // An enforcer checks for everyone behind its proxy: its allowance
+        // is counted per end user, so one of them cannot use it up for all.
+        if caller.is_enforcer() {
+            let key = format!("{}\u{0}{}", caller.key_id, principal.as_str());
+            self.check_limiter.check(&key, rate, burst)?;
+        } else {
+            self.check_limiter.check(&caller.key_id, rate, burst)?;
+        }
         let reason = body.reason.filter(|r| !r.trim().is_empty());
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
             return Err(ApiError::BadRequest(format!(

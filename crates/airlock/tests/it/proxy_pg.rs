@@ -35,6 +35,13 @@ forbid(principal, action, resource == Table::"public.secrets");
 @id("database")
 permit(principal, action in [Action::"sql.select", Action::"sql.other"], resource is Database);
 
+@id("order-results")
+permit(principal, action == Action::"sql.result", resource == Table::"public.orders");
+
+@id("contact-results")
+@approvers("security")
+permit(principal, action == Action::"sql.result", resource == Table::"public.contacts");
+
 @id("bench")
 permit(principal, action == Action::"sql.select", resource)
 when { [Table::"public.pgbench_accounts", Table::"public.pgbench_branches"].contains(resource) };
@@ -379,11 +386,18 @@ async fn extended_protocol_parameters_pipelining_and_transactions(store: Db) {
         pg.count("SELECT count(*) FROM orders WHERE id IN (2, 3)"),
         1
     );
-    let (_, after) = pg
-        .server
-        .get(&admin, &format!("/v1/requests/{}", pending[0]))
-        .await;
+    // Completed once the server's answer went by (on its own task).
+    let mut after = Value::Null;
+    for _ in 0..50 {
+        let path = format!("/v1/requests/{}", pending[0]);
+        after = pg.server.get(&admin, &path).await.1;
+        if after["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(after["status"], "completed", "{after}");
+    assert_eq!(after["grant"]["outcome"], "success", "{after}");
     // Spent: the identical statement is a new question.
     let e = c
         .execute("DELETE FROM orders WHERE id = $1", &[&2i32])
@@ -671,7 +685,233 @@ async fn standalone_proxy_decides_over_http() {
     );
 }
 
+/// Results decided before they leave (`result_action`): orders' results
+/// are allowed, contacts' need approval — held with a NOTICE, the request
+/// carrying the row count, DLP counts and a masked preview (never the raw
+/// values); approved, the identical result on a re-run is released once.
+/// `mask_columns` hides a column by name; `max_rows` cuts a result.
+#[tokio::test]
+async fn results_are_decided_masked_by_column_and_capped() {
+    let extra = "result_action = \"sql.result\"\nresult_preview_rows = 1\nmask_columns = [\"note\"]\nmax_rows = 3";
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, extra) else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let bob = pg.server.key("bob", "user");
+    let admin = pg.server.key("admin", "admin");
+    let url = pg.url("alice", &alice);
+
+    // Allowed result, note masked by name, cut after 3 rows.
+    let (_, out, err) = psql(&url, &["-c", "SELECT id, note FROM orders ORDER BY id"]);
+    assert!(err.contains("AL003") && err.contains("max_rows"), "{err}");
+    assert!(!out.contains("n1"), "{out}");
+    let (ok, out, err) = psql(
+        &url,
+        &[
+            "-c",
+            "SELECT id, note FROM orders WHERE id <= 2 ORDER BY id",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("****") && !out.contains("n1"), "{out}");
+
+    // The contacts' result is held: the statement ran, its rows did not
+    // leave.
+    let (ok, out, err) = psql(&url, &["-c", "SELECT email, card FROM contacts"]);
+    assert!(
+        !ok && err.contains("AL001") && err.contains("sql.result"),
+        "{err}"
+    );
+    assert!(!out.contains(EMAIL), "{out}");
+    let pending = pending_of(&pg.server, &admin).await;
+    assert_eq!(pending.len(), 1);
+    let (_, view) = pg
+        .server
+        .get(&admin, &format!("/v1/requests/{}", pending[0]))
+        .await;
+    assert_eq!(view["action"], "sql.result");
+    assert_eq!(view["context"]["rows"], 1);
+    assert_eq!(view["context"]["dlp"]["email"], 1, "{view}");
+    assert_eq!(view["context"]["dlp"]["credit_card"], 1, "{view}");
+    assert_eq!(
+        view["context"]["columns"],
+        serde_json::json!(["email", "card"])
+    );
+    let text = view.to_string();
+    assert!(
+        !text.contains(EMAIL) && !text.contains(CARD),
+        "a raw value in the request: {text}"
+    );
+    assert!(
+        text.contains("1111"),
+        "the preview keeps the card's last 4: {text}"
+    );
+    assert!(view["params"]["result_sha256"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+
+    pg.server.review(&bob, &pending[0], "approve").await;
+    let (ok, out, err) = psql(&url, &["-c", "SELECT email, card FROM contacts"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(EMAIL), "approved, released as it is: {out}");
+    // Used: the next identical result is a new question.
+    let (ok, _, err) = psql(&url, &["-c", "SELECT email, card FROM contacts"]);
+    assert!(!ok && err.contains("AL001"), "{err}");
+}
+
+/// Re-parsing the unnamed statement later in the same pipelined batch
+/// cannot change what an earlier `Execute` is decided as: a raw client
+/// sends Parse(DELETE) Bind Execute Parse(SELECT 1) Bind Execute Sync;
+/// the DELETE is held, nothing of the batch runs, and the session goes on.
+async fn a_batch_is_decided_in_order(store: Db) {
+    let Some(pg) = Pg::start(&store, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let mut c = raw::Conn::login(pg.port, "alice", &alice, &database_of(&pg.db)).await;
+    let mut batch = Vec::new();
+    batch.extend(raw::parse("", "DELETE FROM orders WHERE id = 1"));
+    batch.extend(raw::bind_execute());
+    batch.extend(raw::parse("", "SELECT 1"));
+    batch.extend(raw::bind_execute());
+    batch.extend(raw::sync());
+    let replies = c.roundtrip(&batch).await;
+    let codes: Vec<String> = replies.iter().filter_map(raw::error_code).collect();
+    assert_eq!(codes, vec!["AL001".to_owned()], "{replies:?}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+    // The session goes on.
+    let mut again = Vec::new();
+    again.extend(raw::parse("", "SELECT id FROM orders WHERE id = 2"));
+    again.extend(raw::bind_execute());
+    again.extend(raw::sync());
+    let replies = c.roundtrip(&again).await;
+    assert!(replies.iter().any(|(t, _)| *t == b'D'), "{replies:?}");
+    assert!(
+        replies.iter().all(|r| raw::error_code(r).is_none()),
+        "{replies:?}"
+    );
+}
+
+/// A minimal protocol-3 client, to send what drivers would not.
+mod raw {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub struct Conn {
+        tcp: TcpStream,
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'P', &b)
+    }
+
+    pub fn bind_execute() -> Vec<u8> {
+        let mut b = vec![0u8, 0u8];
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        let mut out = msg(b'B', &b);
+        let mut e = vec![0u8];
+        e.extend_from_slice(&0i32.to_be_bytes());
+        out.extend(msg(b'E', &e));
+        out
+    }
+
+    pub fn sync() -> Vec<u8> {
+        msg(b'S', &[])
+    }
+
+    pub fn error_code((tag, body): &(u8, Vec<u8>)) -> Option<String> {
+        if *tag != b'E' {
+            return None;
+        }
+        body.split(|b| *b == 0)
+            .find_map(|f| f.strip_prefix(b"C"))
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+    }
+
+    impl Conn {
+        async fn read(&mut self) -> (u8, Vec<u8>) {
+            let tag = self.tcp.read_u8().await.unwrap();
+            let len = self.tcp.read_i32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            self.tcp.read_exact(&mut body).await.unwrap();
+            (tag, body)
+        }
+
+        pub async fn login(port: u16, user: &str, key: &str, db: &str) -> Conn {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut b = Vec::new();
+            b.extend_from_slice(&196_608i32.to_be_bytes());
+            for (k, v) in [("user", user), ("database", db)] {
+                b.extend_from_slice(k.as_bytes());
+                b.push(0);
+                b.extend_from_slice(v.as_bytes());
+                b.push(0);
+            }
+            b.push(0);
+            let mut startup = ((b.len() + 4) as i32).to_be_bytes().to_vec();
+            startup.extend(b);
+            tcp.write_all(&startup).await.unwrap();
+            let mut c = Conn { tcp };
+            let mut scram = ScramSha256::new(key.as_bytes(), ChannelBinding::unsupported());
+            loop {
+                let (tag, body) = c.read().await;
+                match (
+                    tag,
+                    body.get(..4)
+                        .map(|c| i32::from_be_bytes(c.try_into().unwrap())),
+                ) {
+                    (b'R', Some(10)) => {
+                        let mut m = b"SCRAM-SHA-256\0".to_vec();
+                        m.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+                        m.extend_from_slice(scram.message());
+                        c.tcp.write_all(&msg(b'p', &m)).await.unwrap();
+                    }
+                    (b'R', Some(11)) => {
+                        scram.update(&body[4..]).unwrap();
+                        c.tcp.write_all(&msg(b'p', scram.message())).await.unwrap();
+                    }
+                    (b'R', Some(12)) => scram.finish(&body[4..]).unwrap(),
+                    (b'Z', _) => return c,
+                    (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Sends `bytes` and reads replies up to `ReadyForQuery`.
+        pub async fn roundtrip(&mut self, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+            self.tcp.write_all(bytes).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let m = self.read().await;
+                let done = m.0 == b'Z';
+                out.push(m);
+                if done {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
 on_both_stores!(
+    a_batch_is_decided_in_order,
     psql_simple_protocol_copy_and_refusals,
     extended_protocol_parameters_pipelining_and_transactions,
     holds_notice_approval_denial_and_cancel,

@@ -372,4 +372,34 @@ async fn checks_are_rate_limited_per_key() {
     // Nor is alice for long.
     tokio::time::sleep(Duration::from_secs(retry)).await;
     assert_eq!(check(alice).await.status().as_u16(), 200);
+
+    // An enforcer (a proxy) is counted per end user: alice flooding the
+    // proxy does not stop bob behind the same proxy.
+    let proxy = s.key("gateway", "enforcer");
+    let on_behalf = |who: &'static str| {
+        let http = s.http.clone();
+        let url = format!("{}/v1/check", s.url);
+        let proxy = proxy.clone();
+        async move {
+            let mut body = check_body("read", "orders");
+            body["principal"] = json!(who);
+            http.post(url)
+                .bearer_auth(proxy)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut limited = false;
+    for _ in 0..10 {
+        if on_behalf("alice").await == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the enforcer's checks for alice are limited");
+    assert_eq!(on_behalf("bob").await, 200, "bob is not held back by alice");
 }

@@ -1,0 +1,419 @@
+//! What leaves in result rows: each result set's columns (from its row
+//! description, or the statement's, learned from the server's answers to
+//! `Describe`), DLP on text columns (report, mask, block), whole columns
+//! masked by name, a cap on rows, and, with `result_action`, the result
+//! held back whole until Airlock decides on it (rows and DLP counts in
+//! context, the result's SHA-256 bound in params, a masked preview for the
+//! approver where configured).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use airlock_api::CheckBody;
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, build, Field, Frame};
+use crate::config::RowsDlp;
+use crate::decide;
+
+/// Type OIDs whose binary form is their text (text, varchar, bpchar,
+/// name, json, unknown).
+const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 705];
+
+/// What a result-set policy needs, fixed per proxy.
+pub(crate) struct Rules {
+    pub mode: RowsDlp,
+    pub scanner: Option<Arc<airlock_dlp::Scanner>>,
+    pub mask_columns: Vec<String>,
+    pub max_rows: Option<u64>,
+    pub max_result_bytes: u64,
+    pub preview_rows: usize,
+}
+
+/// What the reader tells the writer about a forwarded batch, so the
+/// writer can tell which statement each result set comes from.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Plan {
+    /// Statement names of the batch's `Describe 'S'`, in order.
+    pub describes: Vec<String>,
+    /// For each `Execute`, its statement and result formats.
+    pub executes: Vec<(String, Vec<i16>)>,
+    /// With `result_action`: the checks of the statements whose results
+    /// are decided (action set to the result action).
+    pub result_checks: Vec<CheckBody>,
+}
+
+/// A column as the writer treats it.
+#[derive(Clone)]
+struct Column {
+    name: String,
+    /// Airlock may read and rewrite it as text.
+    text: bool,
+}
+
+/// What one row became.
+pub(crate) enum RowOut {
+    /// Send this frame (the row, masked or as it came).
+    Send(Bytes),
+    /// Send this error instead, and nothing more of this result.
+    Stop(Bytes),
+    /// Nothing (the rest of a stopped result).
+    Drop,
+}
+
+/// A result set held back for its decision.
+#[derive(Default)]
+pub(crate) struct Held {
+    pub frames: Vec<Bytes>,
+    pub bytes: u64,
+    pub rows: u64,
+    pub dlp: BTreeMap<String, u64>,
+    pub sha: Sha256,
+    pub preview: Vec<Vec<Value>>,
+}
+
+/// One session's result sets, as they go by.
+pub(crate) struct Results {
+    rules: Arc<Rules>,
+    /// Statement descriptions learned from `Describe 'S'` answers.
+    statements: HashMap<String, Vec<Field>>,
+    plan: Plan,
+    describe_at: usize,
+    execute_at: usize,
+    /// The next `RowDescription` answers a statement `Describe`.
+    statement_describe: bool,
+    /// The current result's columns, if known.
+    columns: Option<Vec<Column>>,
+    /// Rows of the current result so far.
+    rows: u64,
+    /// DLP counts of the current result so far.
+    dlp: BTreeMap<String, u64>,
+    stopped: bool,
+    /// The current result, held for its decision.
+    pub held: Option<Held>,
+}
+
+impl Results {
+    pub fn new(rules: Arc<Rules>) -> Self {
+        Self {
+            rules,
+            statements: HashMap::new(),
+            plan: Plan::default(),
+            describe_at: 0,
+            execute_at: 0,
+            statement_describe: false,
+            columns: None,
+            rows: 0,
+            dlp: BTreeMap::new(),
+            stopped: false,
+            held: None,
+        }
+    }
+
+    /// A new batch's plan (at the previous batch's `ReadyForQuery`).
+    pub fn begin(&mut self, plan: Plan) {
+        self.plan = plan;
+        self.describe_at = 0;
+        self.execute_at = 0;
+        self.statement_describe = false;
+        self.end_result();
+    }
+
+    /// Whether results of this batch are decided before they leave.
+    pub fn decided(&self) -> bool {
+        !self.plan.result_checks.is_empty()
+    }
+
+    /// `ParameterDescription`: a statement `Describe` is being answered.
+    pub fn parameter_description(&mut self) {
+        self.statement_describe = true;
+    }
+
+    /// `RowDescription` or `NoData` (`fields` None).
+    pub fn describe(&mut self, body: Option<Bytes>) {
+        let fields = body.and_then(|b| codec::row_description(b).ok());
+        if self.statement_describe {
+            self.statement_describe = false;
+            if let Some(name) = self.plan.describes.get(self.describe_at).cloned() {
+                self.describe_at += 1;
+                match fields {
+                    Some(f) => {
+                        self.statements.insert(name, f);
+                    }
+                    None => {
+                        self.statements.remove(&name);
+                    }
+                }
+            }
+            return;
+        }
+        self.columns = fields.map(|f| {
+            f.iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    text: c.format == 0 || TEXT_TYPES.contains(&c.type_oid),
+                })
+                .collect()
+        });
+    }
+
+    /// The current result's columns: its own description, else its
+    /// statement's with the formats its `Bind` asked for.
+    fn columns(&mut self) -> Option<&[Column]> {
+        if self.columns.is_none() {
+            let (stmt, formats) = self.plan.executes.get(self.execute_at)?;
+            let fields = self.statements.get(stmt)?;
+            self.columns = Some(
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let format = codec::format_at(formats, i);
+                        Column {
+                            name: f.name.clone(),
+                            text: format == 0 || TEXT_TYPES.contains(&f.type_oid),
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        self.columns.as_deref()
+    }
+
+    /// The end of a result set (`CommandComplete`, `PortalSuspended`,
+    /// `EmptyQueryResponse`, or an error).
+    pub fn end_result(&mut self) {
+        if !self.plan.executes.is_empty() {
+            self.execute_at += 1;
+        }
+        self.columns = None;
+        self.rows = 0;
+        self.dlp.clear();
+        self.stopped = false;
+    }
+
+    /// Whether the current result was cut (its `CommandComplete` withheld).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The column names of the current result, for the decision's context.
+    pub fn column_names(&mut self) -> Vec<String> {
+        self.columns()
+            .map(|c| c.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts findings into the batch's report and the current result's.
+    fn count(&mut self, batch: &mut BTreeMap<String, u64>, findings: &[airlock_dlp::Finding]) {
+        for (k, n) in airlock_dlp::counts(findings) {
+            *self.dlp.entry(k.clone()).or_insert(0) += n;
+            *batch.entry(k).or_insert(0) += n;
+        }
+    }
+
+    fn stop(&mut self, code: &str, message: &str) -> RowOut {
+        self.stopped = true;
+        RowOut::Stop(build::error(code, message))
+    }
+
+    /// One `DataRow`: counted, scanned, masked or stopped.
+    pub fn row(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> RowOut {
+        if self.stopped {
+            return RowOut::Drop;
+        }
+        self.rows += 1;
+        let rules = self.rules.clone();
+        if rules.max_rows.is_some_and(|m| self.rows > m) {
+            let m = rules.max_rows.unwrap_or(0);
+            return self.stop(
+                decide::BLOCKED,
+                &format!("Airlock cut this result at {m} rows (max_rows)"),
+            );
+        }
+        // A result decision counts findings whatever the mode: they are
+        // what it is decided on.
+        let scanning = rules.scanner.is_some() && (rules.mode != RowsDlp::Off || self.decided());
+        if !scanning && rules.mask_columns.is_empty() {
+            return RowOut::Send(f.raw);
+        }
+        let Ok(mut values) = codec::data_row(f.body()) else {
+            return self.stop(decide::BLOCKED, "Airlock could not read a result row");
+        };
+        let columns = self.columns().map(<[Column]>::to_vec);
+        if !rules.mask_columns.is_empty() && columns.is_none() {
+            // Which column is which is unknown: masking by name cannot be
+            // done, so nothing is released.
+            return self.stop(
+                decide::BLOCKED,
+                "Airlock cannot tell this result's columns, so it cannot mask them; describe the statement first",
+            );
+        }
+        let mut changed = false;
+        for (i, v) in values.iter_mut().enumerate() {
+            let col = columns.as_ref().and_then(|c| c.get(i));
+            let Some(bytes) = v.as_ref() else { continue };
+            let masked_by_name = col.filter(|c| {
+                rules
+                    .mask_columns
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&c.name))
+            });
+            if let Some(c) = masked_by_name {
+                // Text becomes `****` (its length hidden too); a binary
+                // value cannot be rewritten as text, so it becomes NULL.
+                *v = c.text.then(|| Bytes::from_static(b"****"));
+                changed = true;
+                continue;
+            }
+            // Unknown columns are scanned: better a masked number than a
+            // leaked address.
+            if !scanning || col.is_some_and(|c| !c.text) {
+                continue;
+            }
+            let Some(scanner) = rules.scanner.as_deref() else {
+                continue;
+            };
+            let (masked, findings) = scan(scanner, bytes, rules.mode == RowsDlp::Mask);
+            if findings.is_empty() {
+                continue;
+            }
+            self.count(dlp, &findings);
+            match rules.mode {
+                RowsDlp::Block => return self.stop(
+                    decide::BLOCKED,
+                    "Airlock withheld the rest of this result: it holds personal data or secrets",
+                ),
+                RowsDlp::Mask => {
+                    *v = Some(masked);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            RowOut::Send(build::data_row(&values))
+        } else {
+            RowOut::Send(f.raw)
+        }
+    }
+
+    /// COPY OUT data: scanned as text.
+    pub fn copy_data(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> RowOut {
+        if self.stopped {
+            return RowOut::Drop;
+        }
+        let rules = self.rules.clone();
+        let Some(scanner) = rules
+            .scanner
+            .as_deref()
+            .filter(|_| rules.mode != RowsDlp::Off)
+        else {
+            return RowOut::Send(f.raw);
+        };
+        let (masked, findings) = scan(scanner, &f.body(), rules.mode == RowsDlp::Mask);
+        if findings.is_empty() {
+            return RowOut::Send(f.raw);
+        }
+        self.count(dlp, &findings);
+        match rules.mode {
+            RowsDlp::Block => self.stop(
+                decide::BLOCKED,
+                "Airlock withheld the rest of this COPY: it holds personal data or secrets",
+            ),
+            RowsDlp::Mask => {
+                let mut m = BytesMut::with_capacity(masked.len() + 5);
+                m.extend_from_slice(b"d");
+                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
+                m.extend_from_slice(&masked);
+                RowOut::Send(m.freeze())
+            }
+            _ => RowOut::Send(f.raw),
+        }
+    }
+
+    /// Adds a row that is going out to the held result (with
+    /// `result_action`); too large → the result is stopped.
+    pub fn hold(&mut self, frame: Bytes) -> Option<Bytes> {
+        let rules = self.rules.clone();
+        let held = self.held.get_or_insert_with(Held::default);
+        held.bytes += frame.len() as u64;
+        held.rows += 1;
+        held.dlp = self.dlp.clone();
+        held.sha.update(&frame);
+        if held.preview.len() < rules.preview_rows {
+            held.preview.push(preview_row(&frame, &rules));
+        }
+        held.frames.push(frame);
+        if held.bytes > rules.max_result_bytes {
+            self.held = None;
+            self.stopped = true;
+            return Some(build::error(
+                decide::BLOCKED,
+                "this result is larger than max_result_bytes, so Airlock cannot decide on it whole; refused",
+            ));
+        }
+        None
+    }
+
+    /// The checks on the held result: the plan's result checks with the
+    /// result bound in params and described in context.
+    pub fn result_checks(&mut self, held: &Held) -> Vec<CheckBody> {
+        let sha = hex::encode(held.sha.clone().finalize());
+        let columns = self.column_names();
+        self.plan
+            .result_checks
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.params.insert("result_sha256".into(), json!(sha));
+                c.context.insert("rows".into(), json!(held.rows));
+                c.context.insert("dlp".into(), json!(held.dlp));
+                c.context.insert("columns".into(), json!(columns));
+                if !held.preview.is_empty() {
+                    c.context.insert("preview".into(), json!(held.preview));
+                }
+                c
+            })
+            .collect()
+    }
+}
+
+/// A row for the approver's preview: every text value masked, whatever
+/// the mode.
+fn preview_row(frame: &Bytes, rules: &Rules) -> Vec<Value> {
+    let Ok(values) = codec::data_row(frame.slice(5..)) else {
+        return Vec::new();
+    };
+    values
+        .iter()
+        .map(|v| match v {
+            None => Value::Null,
+            Some(b) => {
+                let masked = match rules.scanner.as_deref() {
+                    Some(s) => scan(s, b, true).0,
+                    None => b.clone(),
+                };
+                json!(String::from_utf8_lossy(&masked))
+            }
+        })
+        .collect()
+}
+
+/// Scans one value; with `mask`, also the value with each finding masked.
+fn scan(
+    scanner: &airlock_dlp::Scanner,
+    value: &[u8],
+    mask: bool,
+) -> (Bytes, Vec<airlock_dlp::Finding>) {
+    if !mask {
+        return (Bytes::new(), scanner.scan(value));
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut stream = scanner.mask_stream();
+    let mut findings = stream.feed(value, &mut out);
+    findings.extend(stream.finish(&mut out));
+    (Bytes::from(out), findings)
+}
