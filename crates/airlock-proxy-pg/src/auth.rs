@@ -281,4 +281,50 @@ mod tests {
         )
         .is_err());
     }
+
+    /// Airlock's own login upstream, against a SCRAM server (this module's,
+    /// with a verifier of the password): the proof passes and the server's
+    /// final signature is checked; a wrong signature fails the login.
+    #[test]
+    fn the_upstream_login_speaks_scram_and_checks_the_server() {
+        let user = UserName::parse("airlock").unwrap();
+        let verifier = scram::Verifier::derive(&user, "db-secret");
+        for forge in [false, true] {
+            let mut login = UpstreamLogin::new("airlock".into(), Some("db-secret".into()));
+            let Step::Send(first) = login
+                .step(build::auth(10, b"SCRAM-SHA-256\0\0").slice(5..))
+                .unwrap()
+            else {
+                panic!("no initial response")
+            };
+            let (server, cont) = ScramServer::start(user.clone(), first.slice(5..)).unwrap();
+            let Step::Send(fin) = login.step(cont.slice(5..)).unwrap() else {
+                panic!("no final response")
+            };
+            let body = server.finish(&fin[5..]).unwrap();
+            let proof = B64.decode(&body.proof).unwrap();
+            let sig = verifier
+                .check(body.auth_message.as_bytes(), &proof)
+                .expect("the proof passes");
+            let sig = if forge { [0u8; 32] } else { sig };
+            let done = login.step(accepted(&B64.encode(sig))[0].slice(5..));
+            assert_eq!(done.is_ok(), !forge, "forged: {forge}");
+        }
+        // MD5 and cleartext when asked, a password required for either.
+        let mut login = UpstreamLogin::new("airlock".into(), Some("pw".into()));
+        assert!(matches!(
+            login.step(build::auth(3, b"").slice(5..)),
+            Ok(Step::Send(_))
+        ));
+        assert!(matches!(
+            login.step(build::auth(5, b"salt").slice(5..)),
+            Ok(Step::Send(_))
+        ));
+        let mut none = UpstreamLogin::new("airlock".into(), None);
+        assert!(none.step(build::auth(3, b"").slice(5..)).is_err());
+        assert!(
+            none.step(build::auth(7, b"").slice(5..)).is_err(),
+            "GSSAPI is not spoken"
+        );
+    }
 }
