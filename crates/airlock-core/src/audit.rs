@@ -349,6 +349,42 @@ impl AuditRecord {
             ) == self.hash
     }
 
+    /// The record as one line of an export (`records.jsonl`, without the
+    /// newline): a JSON object with its fields in sorted order and
+    /// `details` as its stored bytes. This is leaf `seq - 1` of the log's
+    /// Merkle tree (RFC 6962), so what an auditor reads is what was proved.
+    pub fn export_line(&self) -> String {
+        let mut buf = Vec::with_capacity(320 + self.details.get().len());
+        let field = |buf: &mut Vec<u8>, name: &str, v: &str| {
+            canonical_json(&Value::String(name.to_owned()), buf);
+            buf.push(b':');
+            canonical_json(&Value::String(v.to_owned()), buf);
+        };
+        buf.push(b'{');
+        field(&mut buf, "actor", &self.actor);
+        buf.extend_from_slice(b",\"details\":");
+        buf.extend_from_slice(self.details.get().as_bytes());
+        buf.push(b',');
+        field(&mut buf, "hash", &self.hash.to_string());
+        buf.push(b',');
+        field(&mut buf, "kind", &self.kind);
+        buf.push(b',');
+        field(&mut buf, "prev_hash", &self.prev_hash.to_string());
+        buf.extend_from_slice(format!(",\"seq\":{},", self.seq).as_bytes());
+        field(&mut buf, "subject", &self.subject);
+        buf.push(b',');
+        field(&mut buf, "ts", &self.ts);
+        buf.push(b'}');
+        // Local invariant: only serde_json's encodings of strings and the
+        // stored (valid JSON) details joined with ASCII punctuation.
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// This record's Merkle leaf hash: SHA-256(0x00 ‖ export line).
+    pub fn leaf_hash(&self) -> crate::merkle::Hash {
+        crate::merkle::leaf_hash(self.export_line().as_bytes())
+    }
+
     /// Recomputes this record's hash from its content.
     pub fn computed_hash(&self) -> ChainHash {
         chain_hash(

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod display;
 pub mod error;
 pub mod ids;
+pub mod merkle;
 pub mod names;
 pub mod request;
 pub mod scram;

@@ -32,6 +32,9 @@ pub(crate) struct Effects {
     /// lock by the first append, so later appends skip the read. `None`
     /// means "read it".
     pub(crate) head: Option<(i64, ChainHash)>,
+    /// The Merkle tree's frontier as of the batch's last append (as
+    /// `head`: read by the first append, kept after).
+    pub(crate) frontier: Option<Vec<(u32, u64, airlock_core::merkle::Hash)>>,
     /// What the batch changed.
     pub(crate) announced: Announced,
 }
@@ -144,6 +147,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
             }
         }
         let before = effects.head;
+        let frontier_before = effects.frontier.clone();
         let announced = (
             effects.announced.requests.len(),
             effects.announced.directory,
@@ -156,6 +160,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
             // The job's appends are undone; so is what it did to the head
             // and what it would have announced.
             effects.head = before;
+            effects.frontier = frontier_before;
             effects.announced.requests.truncate(announced.0);
             effects.announced.directory = announced.1;
         }

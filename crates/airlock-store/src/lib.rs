@@ -80,6 +80,14 @@ pub trait ReadTx {
     fn api_key_by_hash(&mut self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Every API key, revoked and expired ones included, oldest first.
     fn list_api_keys(&mut self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// The audit Merkle tree's perfect subtree `(level, index)`, if stored.
+    fn audit_tree_node(
+        &mut self,
+        level: u32,
+        index: u64,
+    ) -> Result<Option<airlock_core::merkle::Hash>, StoreError>;
+    /// How many records the audit Merkle tree holds.
+    fn audit_tree_size(&mut self) -> Result<u64, StoreError>;
     /// `user`'s API keys, revoked and expired ones included, oldest first.
     fn api_keys_of(&mut self, user: &UserName) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.

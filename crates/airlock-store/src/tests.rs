@@ -81,6 +81,7 @@ both_backends!(
     a_revocation_is_seen_by_the_next_read_everywhere,
     key_use_is_recorded_and_never_moves_back,
     raising_a_decided_request_changes_nothing,
+    the_merkle_tree_grows_with_the_log_and_catches_up,
 );
 
 fn request(principal: &str) -> Request {
@@ -758,14 +759,14 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
             let conn = rusqlite::Connection::open(d.path().join("db/airlock.db")).unwrap();
             conn.execute_batch(
                 "DROP TABLE request_groups; DROP INDEX requests_by_created;
-                 ALTER TABLE api_keys DROP COLUMN scram;
-                 UPDATE schema_version SET version = version - 2;",
+                 ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes;
+                 UPDATE schema_version SET version = version - 3;",
             )
             .unwrap();
         }
         Home::Db(db) => db.execute(
             "DROP TABLE request_groups; ALTER TABLE api_keys DROP COLUMN scram;
-             UPDATE airlock_schema_version SET version = version - 2",
+             DROP TABLE audit_nodes; UPDATE airlock_schema_version SET version = version - 3",
         ),
     }
     let store = home.open();
@@ -1021,4 +1022,77 @@ async fn key_lookup_cost() {
             );
         }
     }
+}
+
+/// The audit Merkle tree is extended in the same transaction as each
+/// append, on two nodes at once and across batches with a failing job; its
+/// stored nodes give the same tree heads as a tree built from the records'
+/// export lines; and a log whose tree is missing (written before the tree
+/// was kept) gets it on the next append.
+async fn the_merkle_tree_grows_with_the_log_and_catches_up(home: &Home) {
+    use airlock_core::merkle;
+    let a = home.open();
+    let b = second_node(home, &a);
+    let mut tasks = Vec::new();
+    for i in 0..37 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(move |tx| {
+                    tx.append_audit(audit(AuditKind::Decision), now())?;
+                    if i % 5 == 0 {
+                        // Undone with its job: the tree must not keep it.
+                        tx.append_audit(audit(AuditKind::Decision), now())?;
+                        return Err(StoreError::Db("caller failed".into()));
+                    }
+                    Ok(())
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let check = |store: Store| async move {
+        let records = store.read(|r| r.audit_after(0, 10_000)).await.unwrap();
+        let mut mem = merkle::MemoryTree::new();
+        for r in &records {
+            mem.push(merkle::leaf_hash(r.export_line().as_bytes()));
+        }
+        let n = records.len() as u64;
+        let size = store.read(|r| r.audit_tree_size()).await.unwrap();
+        assert_eq!(size, n);
+        let roots = store
+            .read(move |r| {
+                let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+                Ok::<_, StoreError>(
+                    (1..=n)
+                        .map(|s| merkle::root(&mut nodes, s).unwrap())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .unwrap();
+        for (s, got) in (1..=n).zip(roots) {
+            assert_eq!(got, merkle::root(&mut mem, s).unwrap(), "size {s}");
+        }
+        n
+    };
+    let n = check(a.clone()).await;
+    assert!(n >= 29, "{n}");
+
+    // A log from before the tree: the next append builds it whole.
+    match home {
+        Home::Dir(d) => {
+            let conn = rusqlite::Connection::open(d.path().join("db/airlock.db")).unwrap();
+            conn.execute("DELETE FROM audit_nodes", []).unwrap();
+        }
+        Home::Db(db) => db.execute("DELETE FROM audit_nodes"),
+    }
+    let fresh = home.open();
+    fresh
+        .write(|tx| tx.append_audit(audit(AuditKind::Decision), now()))
+        .await
+        .unwrap();
+    assert_eq!(check(fresh).await, n + 1);
 }

@@ -2,7 +2,7 @@
 //! across a batch's appends, so only its first append reads it), and its
 //! rows and checkpoints read back.
 
-use airlock_core::{AuditRecord, ChainHash, NewAuditRecord, RecordedJson};
+use airlock_core::{merkle, AuditRecord, ChainHash, NewAuditRecord, RecordedJson};
 use airlock_keys::Checkpoint;
 use chrono::{DateTime, Utc};
 
@@ -69,6 +69,15 @@ pub(crate) trait AuditRows {
     ) -> Result<(), StoreError>;
     /// Every checkpoint, oldest first.
     fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError>;
+    /// A perfect subtree's hash (hex), if stored.
+    fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError>;
+    /// How many leaves the stored tree has.
+    fn tree_leaves(&mut self) -> Result<u64, StoreError>;
+    /// Stores perfect subtrees' hashes.
+    fn insert_tree_nodes(
+        &mut self,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) -> Result<(), StoreError>;
     /// See [`crate::WriteTx::insert_checkpoint`].
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
 }
@@ -116,8 +125,78 @@ pub(crate) fn append<T: Rows + ?Sized>(
     let request = rec.request_id().map(str::to_owned);
     let record = AuditRecord::link(seq, prev, fmt(ts), rec);
     tx.insert_audit_row(&record, request.as_deref())?;
+    let index = u64::try_from(record.seq - 1).map_err(corrupt)?;
+    let mut frontier = match tx.effects().and_then(|e| e.frontier.take()) {
+        Some(f) => f,
+        None => frontier(tx, index)?,
+    };
+    let made = merkle::append(&mut frontier, index, record.leaf_hash());
+    tx.insert_tree_nodes(&made)?;
     if let Some(e) = tx.effects() {
         e.head = Some((record.seq, record.hash));
+        e.frontier = Some(frontier);
     }
     Ok(record)
+}
+
+/// A perfect subtree's hash.
+pub(crate) fn tree_node<T: AuditRows + ?Sized>(
+    tx: &mut T,
+    level: u32,
+    index: u64,
+) -> Result<Option<merkle::Hash>, StoreError> {
+    tx.tree_node_row(level, index)?
+        .map(|h| {
+            let bytes = hex::decode(&h).map_err(corrupt)?;
+            merkle::Hash::try_from(bytes.as_slice()).map_err(corrupt)
+        })
+        .transpose()
+}
+
+/// The frontier of the tree of `size` leaves, bringing the stored tree up
+/// to `size` first: a log from before the tree was kept gets its leaves
+/// added here, once, a page at a time.
+fn frontier<T: Rows + ?Sized>(
+    tx: &mut T,
+    size: u64,
+) -> Result<Vec<(u32, u64, merkle::Hash)>, StoreError> {
+    let have = tx.tree_leaves()?;
+    if have > size {
+        return Err(corrupt(format!(
+            "the Merkle tree has {have} leaves but the log only {size} records"
+        )));
+    }
+    let load = |tx: &mut T, n: u64| -> Result<Vec<(u32, u64, merkle::Hash)>, StoreError> {
+        merkle::frontier_positions(n)
+            .into_iter()
+            .map(|(level, index)| {
+                let h = tree_node(tx, level, index)?
+                    .ok_or_else(|| corrupt(format!("Merkle node {level}/{index} is missing")))?;
+                Ok((level, index, h))
+            })
+            .collect()
+    };
+    let mut f = load(tx, have)?;
+    let mut next = have;
+    while next < size {
+        let rows = tx.audit_rows_after(i64::try_from(next).map_err(corrupt)?, 1000)?;
+        if rows.is_empty() {
+            break;
+        }
+        for rec in records(rows)? {
+            let index = u64::try_from(rec.seq - 1).map_err(corrupt)?;
+            if index != next || index >= size {
+                break;
+            }
+            let made = merkle::append(&mut f, index, rec.leaf_hash());
+            tx.insert_tree_nodes(&made)?;
+            next += 1;
+        }
+    }
+    if next != size {
+        return Err(corrupt(format!(
+            "the Merkle tree could not be brought to {size} leaves (stopped at {next})"
+        )));
+    }
+    Ok(f)
 }

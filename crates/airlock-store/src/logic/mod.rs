@@ -137,6 +137,18 @@ impl<T: Rows> ReadTx for T {
         keys::of_user(self, user)
     }
 
+    fn audit_tree_node(
+        &mut self,
+        level: u32,
+        index: u64,
+    ) -> Result<Option<airlock_core::merkle::Hash>, StoreError> {
+        audit::tree_node(self, level, index)
+    }
+
+    fn audit_tree_size(&mut self) -> Result<u64, StoreError> {
+        self.tree_leaves()
+    }
+
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         sessions::get(self, id_hash)
     }

@@ -96,6 +96,36 @@ impl AuditRows for Tx<'_> {
         Ok(())
     }
 
+    fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT hash FROM audit_nodes WHERE level = $1 AND idx = $2",
+            &[&(level as i32), &(index as i64)],
+        )?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    fn tree_leaves(&mut self) -> Result<u64, StoreError> {
+        let row = self.query_opt("SELECT MAX(idx) FROM audit_nodes WHERE level = 0", &[])?;
+        let n: Option<i64> = match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        };
+        Ok(n.map_or(0, |n| n as u64 + 1))
+    }
+
+    fn insert_tree_nodes(
+        &mut self,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) -> Result<(), StoreError> {
+        for (level, index, hash) in nodes {
+            self.execute(
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3)",
+                &[&(*level as i32), &(*index as i64), &hex::encode(hash)],
+            )?;
+        }
+        Ok(())
+    }
+
     fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
         let rows = self.query(
             "SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq",

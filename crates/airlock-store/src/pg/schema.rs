@@ -194,6 +194,17 @@ ON CONFLICT DO NOTHING;
 -- a PostgreSQL session at the proxy (the key itself is never stored).
 ALTER TABLE api_keys ADD COLUMN scram text;
 "#,
+    r#"
+-- The audit log's RFC 6962 Merkle tree: the hash of every perfect subtree
+-- (2^level records from index·2^level), kept as records are appended, so
+-- a proof reads O(log n) rows. Level 0 holds each record's leaf hash.
+CREATE TABLE audit_nodes (
+    level integer NOT NULL,
+    idx bigint NOT NULL,
+    hash text NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -110,6 +110,35 @@ impl AuditRows for Tx<'_> {
         Ok(())
     }
 
+    fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")?
+            .query_row(params![level, index as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn tree_leaves(&mut self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(idx) FROM audit_nodes WHERE level = 0")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n.map_or(0, |n| n as u64 + 1))
+    }
+
+    fn insert_tree_nodes(
+        &mut self,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, index, hash) in nodes {
+            st.execute(params![level, *index as i64, hex::encode(hash)])?;
+        }
+        Ok(())
+    }
+
     fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
         let mut st = self
             .conn

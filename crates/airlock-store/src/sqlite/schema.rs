@@ -191,6 +191,17 @@ CREATE INDEX requests_by_created ON requests (created_at, id);
 -- a PostgreSQL session at the proxy (the key itself is never stored).
 ALTER TABLE api_keys ADD COLUMN scram TEXT;
 "#,
+    r#"
+-- The audit log's RFC 6962 Merkle tree: the hash of every perfect subtree
+-- (2^level records from index·2^level), kept as records are appended, so
+-- a proof reads O(log n) rows. Level 0 holds each record's leaf hash.
+CREATE TABLE audit_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+"#,
 ];
 
 /// The newest schema version this build knows.
