@@ -80,7 +80,7 @@ fn split(n: u64) -> u64 {
 /// MTH(D[a:b]) from perfect subtrees.
 fn subtree(nodes: &mut dyn Nodes, a: u64, b: u64) -> Result<Hash, ProofError> {
     let n = b - a;
-    if n.is_power_of_two() && a % n == 0 {
+    if n.is_power_of_two() && a.is_multiple_of(n) {
         return need(nodes, n.trailing_zeros(), a >> n.trailing_zeros());
     }
     let k = split(n);
@@ -339,7 +339,7 @@ impl MemoryTree {
         let mut level = 0;
         loop {
             let len = self.levels[level].len();
-            if len % 2 != 0 {
+            if !len.is_multiple_of(2) {
                 break;
             }
             let parent = node_hash(&self.levels[level][len - 2], &self.levels[level][len - 1]);
