@@ -97,13 +97,75 @@ pub enum Refusal {
     /// the tables Airlock decides differ from those the server reads.
     #[error("changing search_path is refused at Airlock's proxy: qualify table names instead")]
     SearchPath,
+    /// A construct that would run SQL Airlock cannot see, or make the
+    /// server read text or tables differently from Airlock.
+    #[error(
+        "{0} is not served by Airlock's proxy (it would run or read what Airlock cannot decide)"
+    )]
+    NotServed(String),
     /// An empty query string.
     #[error("empty query")]
     Empty,
 }
 
+/// The longest query text parsed.
+const MAX_SQL: usize = 1024 * 1024;
+
+/// Built-in functions that run SQL given as text, read whole tables or
+/// schemas by name, or reach files and large objects: what they read is
+/// invisible to a per-table decision.
+const UNSEEN_READERS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "query_to_xmlschema",
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+    "table_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xml_and_xmlschema",
+    "schema_to_xmlschema",
+    "database_to_xml",
+    "database_to_xml_and_xmlschema",
+    "database_to_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
+    "dblink",
+    "dblink_exec",
+    "dblink_open",
+    "dblink_fetch",
+    "dblink_send_query",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "lo_import",
+    "lo_export",
+    "lo_get",
+    "loread",
+    "lo_open",
+    "lo_from_bytea",
+    "lo_put",
+];
+
+/// Settings that change how the server reads the text Airlock parsed
+/// (encoding, string escapes) or which tables names resolve to.
+const PINNED_SETTINGS: &[&str] = &[
+    "search_path",
+    "client_encoding",
+    "standard_conforming_strings",
+    "session_authorization",
+];
+
 /// Splits `sql` into statements and classifies each.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
+    // The parse tree of a huge statement costs many times its size.
+    if sql.len() > MAX_SQL {
+        return Err(Refusal::NotServed(format!(
+            "a statement longer than {} KiB",
+            MAX_SQL / 1024
+        )));
+    }
     let parsed = pg_query::parse(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {
@@ -166,6 +228,20 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
         "UpdateStmt" => Access::Update,
         "DeleteStmt" | "TruncateStmt" => Access::Delete,
         "MergeStmt" => Access::Update,
+        "CopyStmt"
+            if body
+                .get("is_program")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                || body
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| !f.is_empty()) =>
+        {
+            return Err(Refusal::NotServed(
+                "COPY to or from a server file or program".into(),
+            ))
+        }
         "CopyStmt" => {
             if body
                 .get("is_from")
@@ -185,6 +261,11 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
             let name = body.get("name").and_then(Value::as_str).unwrap_or("");
             if name.eq_ignore_ascii_case("search_path") {
                 return Err(Refusal::SearchPath);
+            }
+            // `SET NAMES` is `client_encoding`; `RESET ALL` resets them all
+            // (to the values Airlock pinned at startup, which is harmless).
+            if PINNED_SETTINGS.iter().any(|p| name.eq_ignore_ascii_case(p)) {
+                return Err(Refusal::NotServed(format!("SET {name}")));
             }
             Access::Other
         }
@@ -210,6 +291,19 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     }
     if top == "DropStmt" {
         drop_targets(body, &mut st.tables);
+    }
+    // Writing the catalogs (`UPDATE pg_settings …` sets a setting) changes
+    // the server under Airlock's feet.
+    let catalog = |t: &str| {
+        let (schema, name) = t.split_once('.').unwrap_or(("", t));
+        schema == "pg_catalog" || schema == "information_schema" || name.starts_with("pg_")
+    };
+    if st
+        .tables
+        .iter()
+        .any(|(a, t)| *a != Access::Select && catalog(t))
+    {
+        return Err(Refusal::NotServed("writing the system catalogs".into()));
     }
     Ok(st)
 }
@@ -242,11 +336,26 @@ impl Walk<'_> {
         }
         if kind == "FuncCall" {
             let name = names(body.get("funcname"));
-            let bare = name.rsplit('.').next().unwrap_or("");
-            if bare.eq_ignore_ascii_case("set_config") {
+            let bare = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+            if bare == "set_config" {
                 self.refused = Some(Refusal::SearchPath);
             }
+            if UNSEEN_READERS.contains(&bare.as_str()) {
+                self.refused = Some(Refusal::NotServed(format!("{bare}()")));
+            }
             self.st.functions.insert(name);
+        }
+        match kind {
+            // SQL-level PREPARE/EXECUTE: one decision for any number of
+            // runs, and EXECUTE reaches the protocol's prepared statements
+            // by name. DO runs PL/pgSQL Airlock cannot read.
+            "PrepareStmt" | "ExecuteStmt" => {
+                self.refused = Some(Refusal::NotServed(
+                    "SQL PREPARE/EXECUTE (use your driver's prepared statements)".into(),
+                ));
+            }
+            "DoStmt" => self.refused = Some(Refusal::NotServed("DO".into())),
+            _ => {}
         }
         let Some(obj) = body.as_object() else {
             return;
@@ -482,5 +591,43 @@ mod tests {
             Err(Refusal::SearchPath)
         );
         assert_eq!(classify(" ; "), Err(Refusal::Empty));
+    }
+
+    /// What an attacker reaches for once tables are decided: SQL run from
+    /// text, prepared statements reached by name, settings that change how
+    /// the server reads the text, server files, and the catalogs.
+    #[test]
+    fn constructs_that_hide_what_runs_are_refused() {
+        for sql in [
+            "EXECUTE s",
+            "/**/EXECUTE s",
+            "EXPLAIN ANALYZE EXECUTE s",
+            "CREATE TABLE loot AS EXECUTE s",
+            "PREPARE p AS DELETE FROM orders",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "SELECT query_to_xml('select * from secrets', true, false, '')",
+            "SELECT database_to_xml(true, false, '')",
+            "SELECT pg_catalog.table_to_xml('secrets', true, false, '')",
+            "SELECT * FROM ts_stat('select v from docs')",
+            "SET client_encoding = 'GBK'",
+            "SET NAMES 'GBK'",
+            "SET standard_conforming_strings = off",
+            "SET SESSION AUTHORIZATION other",
+            "COPY orders TO '/tmp/x'",
+            "COPY orders FROM PROGRAM 'id'",
+            "UPDATE pg_settings SET setting = 'hr' WHERE name = 'search_path'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'y'",
+        ] {
+            assert!(
+                matches!(
+                    classify(sql),
+                    Err(Refusal::NotServed(_) | Refusal::SearchPath)
+                ),
+                "{sql}: {:?}",
+                classify(sql)
+            );
+        }
+        // Reading the catalogs stays possible (psql's \d does it).
+        assert!(classify("SELECT relname FROM pg_class").is_ok());
     }
 }

@@ -556,6 +556,47 @@ pub mod build {
         })
     }
 
+    /// `Close` of a statement (`S`) or portal (`P`).
+    pub fn close(kind: u8, name: &str) -> Bytes {
+        tagged(b'C', |o| {
+            o.put_u8(kind);
+            put_cstr(o, name);
+        })
+    }
+
+    /// `Describe` of a statement (`S`) or portal (`P`).
+    pub fn describe(kind: u8, name: &str) -> Bytes {
+        tagged(b'D', |o| {
+            o.put_u8(kind);
+            put_cstr(o, name);
+        })
+    }
+
+    /// The message `tag` with `body`'s first `skip` strings replaced by
+    /// `name` (Parse's statement name, Execute's portal name).
+    pub fn rename(tag: u8, name: &str, body: Bytes, skip: usize) -> Result<Bytes, CodecError> {
+        let mut rest = body;
+        for _ in 0..skip {
+            cstr(&mut rest, "rename")?;
+        }
+        Ok(tagged(tag, |o| {
+            put_cstr(o, name);
+            o.put_slice(&rest);
+        }))
+    }
+
+    /// `Bind` with its portal and statement names replaced.
+    pub fn bind_renamed(portal: &str, statement: &str, body: Bytes) -> Result<Bytes, CodecError> {
+        let mut rest = body;
+        cstr(&mut rest, "Bind")?;
+        cstr(&mut rest, "Bind")?;
+        Ok(tagged(b'B', |o| {
+            put_cstr(o, portal);
+            put_cstr(o, statement);
+            o.put_slice(&rest);
+        }))
+    }
+
     /// `Sync`.
     pub fn sync() -> Bytes {
         tagged(b'S', |_| {})

@@ -43,6 +43,20 @@ pub(crate) struct Plan {
     /// With `result_action`: the checks of the statements whose results
     /// are decided (action set to the result action).
     pub result_checks: Vec<CheckBody>,
+    /// For each Parse, Bind and Close sent, in order: whether Airlock added
+    /// it (its one-message reply is not the client's and is dropped).
+    pub simple: Vec<bool>,
+}
+
+impl Plan {
+    /// This plan followed by `next` (a batch sent after a `Flush`, whose
+    /// replies continue the same stream up to one `ReadyForQuery`).
+    pub fn extend(&mut self, next: Plan) {
+        self.describes.extend(next.describes);
+        self.executes.extend(next.executes);
+        self.result_checks.extend(next.result_checks);
+        self.simple.extend(next.simple);
+    }
 }
 
 /// A column as the writer treats it.
@@ -82,6 +96,7 @@ pub(crate) struct Results {
     plan: Plan,
     describe_at: usize,
     execute_at: usize,
+    simple_at: usize,
     /// The next `RowDescription` answers a statement `Describe`.
     statement_describe: bool,
     /// The current result's columns, if known.
@@ -103,6 +118,7 @@ impl Results {
             plan: Plan::default(),
             describe_at: 0,
             execute_at: 0,
+            simple_at: 0,
             statement_describe: false,
             columns: None,
             rows: 0,
@@ -117,8 +133,27 @@ impl Results {
         self.plan = plan;
         self.describe_at = 0;
         self.execute_at = 0;
+        self.simple_at = 0;
         self.statement_describe = false;
         self.end_result();
+    }
+
+    /// More of the same stream's plan (a batch after a `Flush`).
+    pub fn extend(&mut self, plan: Plan) {
+        self.plan.extend(plan);
+    }
+
+    /// A ParseComplete, BindComplete or CloseComplete: whether it answers
+    /// a message Airlock added (and is dropped).
+    pub fn added_reply(&mut self) -> bool {
+        let added = self
+            .plan
+            .simple
+            .get(self.simple_at)
+            .copied()
+            .unwrap_or(false);
+        self.simple_at += 1;
+        added
     }
 
     /// Whether results of this batch are decided before they leave.
@@ -268,9 +303,10 @@ impl Results {
                 changed = true;
                 continue;
             }
-            // Unknown columns are scanned: better a masked number than a
-            // leaked address.
-            if !scanning || col.is_some_and(|c| !c.text) {
+            // Every value is scanned, binary ones too (`email::bytea` in
+            // binary format is the address's bytes); masking keeps the
+            // length, so a binary value keeps its shape.
+            if !scanning {
                 continue;
             }
             let Some(scanner) = rules.scanner.as_deref() else {
@@ -297,6 +333,41 @@ impl Results {
             RowOut::Send(build::data_row(&values))
         } else {
             RowOut::Send(f.raw)
+        }
+    }
+
+    /// An error, notice or notification from the server: its text can
+    /// carry a value (`invalid input syntax for type integer: "123-45-…"`).
+    /// Masked under `mask`, replaced under `block`, counted otherwise.
+    pub fn scrub_message(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> Bytes {
+        let rules = self.rules.clone();
+        let Some(scanner) = rules
+            .scanner
+            .as_deref()
+            .filter(|_| rules.mode != RowsDlp::Off)
+        else {
+            return f.raw;
+        };
+        let body = f.body();
+        let (masked, findings) = scan(scanner, &body, rules.mode == RowsDlp::Mask);
+        if findings.is_empty() {
+            return f.raw;
+        }
+        self.count(dlp, &findings);
+        match rules.mode {
+            RowsDlp::Block if f.tag == b'E' => build::error(
+                decide::BLOCKED,
+                "Airlock withheld the server's error message: it holds personal data or secrets",
+            ),
+            RowsDlp::Block => Bytes::new(),
+            RowsDlp::Mask => {
+                let mut m = BytesMut::with_capacity(masked.len() + 5);
+                m.extend_from_slice(&[f.tag]);
+                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
+                m.extend_from_slice(&masked);
+                m.freeze()
+            }
+            _ => f.raw,
         }
     }
 

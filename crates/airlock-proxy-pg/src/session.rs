@@ -75,6 +75,40 @@ const PASSED_PARAMS: &[&str] = &[
     "extra_float_digits",
 ];
 
+/// Encodings whose multibyte characters can end in `\\` or `'` (0x5c,
+/// 0x27): the server would read a string literal differently from the
+/// UTF-8 that libpg_query parses.
+fn unsafe_encoding(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        n.as_str(),
+        "SJIS"
+            | "SHIFTJIS"
+            | "MSKANJI"
+            | "BIG5"
+            | "GBK"
+            | "GB18030"
+            | "UHC"
+            | "JOHAB"
+            | "WIN932"
+            | "WIN936"
+            | "WIN949"
+            | "WIN950"
+            | "CP932"
+            | "CP936"
+            | "CP949"
+            | "CP950"
+            | "WINDOWS932"
+            | "WINDOWS936"
+            | "WINDOWS949"
+            | "WINDOWS950"
+    )
+}
+
 async fn read_more(
     io: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
@@ -222,6 +256,10 @@ async fn login(
         )
         .await);
     }
+    if get("client_encoding").is_some_and(unsafe_encoding) {
+        let m = "this client encoding can hide quotes and backslashes inside characters; use UTF8";
+        return Err(refuse(&mut io, "22023", m.into()).await);
+    }
     let Some(user) = get("user").and_then(|u| UserName::parse(u).ok()) else {
         return Err(refuse(
             &mut io,
@@ -264,6 +302,9 @@ async fn login(
         Err(_) => return Err(refuse(&mut io, "28P01", failed(&user)).await),
     };
     match shared.decider.enforcer().gate().scram_login(&body).await {
+        Ok(ok) if ok.user != user => {
+            return Err(refuse(&mut io, "28P01", failed(&user)).await);
+        }
         Ok(ok) => {
             for m in auth::accepted(&ok.server_signature) {
                 io.write_all(&m).await?;
@@ -316,7 +357,9 @@ async fn connect_upstream(
         }
         io = Box::new(connector.connect(name.clone(), io).await?);
     }
-    let search_path = "-c search_path=public";
+    // Pinned so the server reads text as Airlock parsed it: unqualified
+    // names in `public`, backslashes in plain strings as plain characters.
+    let search_path = "-c search_path=public -c standard_conforming_strings=on";
     let mut params: Vec<(&str, &str)> = vec![
         ("user", up.user.as_str()),
         ("database", up.database.as_str()),
@@ -373,6 +416,11 @@ enum Cmd {
     Pass {
         report: Option<oneshot::Sender<Report>>,
         plan: Plan,
+        /// Ends with `Sync` (one `ReadyForQuery` answers it); a `Flush`
+        /// batch's replies run on into the next batch's.
+        ready: bool,
+        /// Its plan already went to the writer's results.
+        planned: bool,
     },
     /// A refusal: relay up to the `ReadyForQuery` of the `Sync` sent in its
     /// place, write `error` instead, then that `ReadyForQuery` if `ready`.
@@ -389,17 +437,45 @@ struct Report {
     dlp: BTreeMap<String, u64>,
 }
 
-/// Prepared statements and portals as the server knows them.
+/// The client's prepared statements and portals, each under a name of the
+/// proxy's choosing on the server (`al<n>`, never reused). The client's
+/// names never reach the server: a message the server skipped after an
+/// error (a `Close`, a re-`Parse`) cannot leave the proxy deciding one
+/// statement while the server runs another under the same name, since
+/// every `Parse` makes a new server name and a name the proxy does not
+/// know is refused.
 #[derive(Clone, Default)]
 struct Names {
-    statements: HashMap<String, Prepared>,
-    /// Portal → its statement, bound values and result formats.
-    portals: HashMap<String, (String, Vec<Value>, Vec<i16>)>,
+    /// Client statement name → server name and what it is.
+    statements: HashMap<String, (String, Classified)>,
+    /// Client portal name → server name, what its statement was when
+    /// bound, the bound values and the result formats.
+    portals: HashMap<String, Portal>,
+    next: u64,
 }
 
+type Classified = Result<Arc<Vec<Statement>>, classify::Refusal>;
+
 #[derive(Clone)]
-struct Prepared {
-    classified: Result<Arc<Vec<Statement>>, classify::Refusal>,
+struct Portal {
+    server: String,
+    statement: String,
+    classified: Classified,
+    values: Vec<Value>,
+    formats: Vec<i16>,
+}
+
+/// The most statements and portals one session may hold.
+const MAX_NAMES: usize = 10_000;
+/// The most messages and bytes one batch (up to `Sync`) may hold.
+const MAX_BATCH_FRAMES: usize = 10_000;
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+impl Names {
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("al{}", self.next)
+    }
 }
 
 async fn relay(
@@ -427,6 +503,7 @@ async fn relay(
     ));
     let mut names = Names::default();
     let mut batch: Vec<Frame> = Vec::new();
+    let mut batch_bytes = 0usize;
     // After a refusal at `Flush`, the server-side batch is over; the
     // client's messages up to its `Sync` are skipped, as PostgreSQL would.
     let mut skipping = false;
@@ -457,24 +534,20 @@ async fn relay(
                     Err(classify::Refusal::Empty) => Outcome::Pass { grants: Vec::new() },
                     Err(r) => refusal_of(&r),
                     Ok(statements) => {
-                        if statements.iter().any(sql_level_prepare) {
-                            sql_prepare_refused()
-                        } else {
-                            let mut checks = Vec::new();
-                            let mut bad = None;
-                            for st in &statements {
-                                match statement_checks(shared, &session, st, &[], &mut plan) {
-                                    Ok(c) => checks.extend(c),
-                                    Err(e) => bad = Some(e),
-                                }
+                        let mut checks = Vec::new();
+                        let mut bad = None;
+                        for st in &statements {
+                            match statement_checks(shared, &session, st, &[], &mut plan) {
+                                Ok(c) => checks.extend(c),
+                                Err(e) => bad = Some(e),
                             }
-                            match bad {
-                                Some(e) => Outcome::Refused {
-                                    code: "42602",
-                                    message: e,
-                                },
-                                None => decide(shared, &tx, checks, &cancel).await,
-                            }
+                        }
+                        match bad {
+                            Some(e) => Outcome::Refused {
+                                code: "42602",
+                                message: e,
+                            },
+                            None => decide(shared, &tx, checks, &cancel).await,
                         }
                     }
                 };
@@ -484,19 +557,30 @@ async fn relay(
                     break Err(e);
                 }
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => batch.push(f),
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                batch_bytes += f.raw.len();
+                batch.push(f);
+                if batch.len() > MAX_BATCH_FRAMES || batch_bytes > MAX_BATCH_BYTES {
+                    let _ = tx.send(Cmd::Local(build::fatal(
+                        "54000",
+                        "too many messages before Sync for Airlock's proxy",
+                    )));
+                    break Err(SessionError::Refused("batch too large".into()));
+                }
+            }
             b'S' | b'H' => {
                 let sync = f.tag == b'S';
                 let mut next = names.clone();
                 let decided =
                     decide_batch(shared, &tx, &session, &mut next, &batch, sync, &cancel).await;
-                let (outcome, plan) = match decided {
+                let (outcome, plan, mut frames) = match decided {
                     Ok(x) => x,
                     Err(e) => break Err(e),
                 };
-                let refused = matches!(outcome, Outcome::Refused { .. });
-                let mut frames: Vec<Bytes> = batch.drain(..).map(|f| f.raw).collect();
+                batch.clear();
+                batch_bytes = 0;
                 frames.push(f.raw);
+                let refused = matches!(outcome, Outcome::Refused { .. });
                 if refused {
                     skipping = !sync;
                 } else {
@@ -554,26 +638,11 @@ async fn relay(
     result
 }
 
-/// `PREPARE` and `EXECUTE` in SQL would let one decision (at PREPARE) stand
-/// for any number of runs; the protocol's own prepared statements are
-/// decided at each execution instead.
-fn sql_level_prepare(st: &Statement) -> bool {
-    let t = st.text.trim_start();
-    let word: String = t.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
-    word.eq_ignore_ascii_case("prepare") || word.eq_ignore_ascii_case("execute")
-}
-
-fn sql_prepare_refused() -> Outcome {
-    Outcome::Refused {
-        code: "0A000",
-        message: "SQL PREPARE and EXECUTE are not served by Airlock's proxy (each run must be decided); use your driver's prepared statements".into(),
-    }
-}
-
 fn refusal_of(r: &classify::Refusal) -> Outcome {
     let code = match r {
         classify::Refusal::Unparseable(_) => "42601",
         classify::Refusal::SearchPath => "42501",
+        classify::Refusal::NotServed(_) => "0A000",
         classify::Refusal::Empty => "42601",
     };
     Outcome::Refused {
@@ -583,12 +652,11 @@ fn refusal_of(r: &classify::Refusal) -> Outcome {
 }
 
 /// Decides an extended-protocol batch: every `Execute` in it, with its
-/// bound values, against the statement its portal had at that point (the
-/// batch is replayed in order on `names`, so re-parsing a name later in the
-/// batch cannot change what an earlier `Execute` is decided as); a `Parse`
-/// of text Airlock cannot read refuses the batch. `names` is left as the
-/// server will know it if the batch is sent; the plan tells the writer
-/// which statement each result comes from.
+/// bound values, against what its portal's statement was when it was bound
+/// (the batch is replayed in order on `names`). Statement and portal names
+/// are rewritten to the server's (see [`Names`]); a name the proxy does
+/// not know, or text Airlock cannot read, refuses the batch. Returns the
+/// outcome, the plan for the writer and the frames to send.
 async fn decide_batch(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Cmd>,
@@ -597,98 +665,156 @@ async fn decide_batch(
     batch: &[Frame],
     sync: bool,
     cancel: &Notify,
-) -> Result<(Outcome, Plan), SessionError> {
+) -> Result<(Outcome, Plan, Vec<Bytes>), SessionError> {
     let mut checks = Vec::new();
     let mut plan = Plan::default();
+    let mut out: Vec<Bytes> = Vec::with_capacity(batch.len() + 1);
+    let refuse = |code: &'static str, message: String, plan: Plan| {
+        Ok((Outcome::Refused { code, message }, plan, Vec::new()))
+    };
     for f in batch {
         match f.tag {
             b'P' => {
                 let p = codec::parse(f.body())?;
                 let classified = classify::classify(&p.sql).map(Arc::new);
                 match &classified {
-                    Err(classify::Refusal::Empty) => {}
-                    Err(r) => return Ok((refusal_of(r), plan)),
-                    Ok(sts) if sts.iter().any(sql_level_prepare) => {
-                        return Ok((sql_prepare_refused(), plan))
-                    }
-                    Ok(_) => {}
+                    Err(classify::Refusal::Empty) | Ok(_) => {}
+                    Err(r) => return Ok((refusal_of(r), plan, Vec::new())),
                 }
-                names.statements.insert(p.name, Prepared { classified });
+                if !p.name.is_empty() && names.statements.contains_key(&p.name) {
+                    let m = format!("prepared statement \"{}\" already exists", p.name);
+                    return refuse("42P05", m, plan);
+                }
+                if names.statements.len() >= MAX_NAMES {
+                    return refuse(
+                        "54000",
+                        "too many prepared statements in this session".into(),
+                        plan,
+                    );
+                }
+                let server = names.fresh();
+                if let Some((old, _)) = names
+                    .statements
+                    .insert(p.name.clone(), (server.clone(), classified))
+                {
+                    // The unnamed statement replaced: its server copy goes.
+                    out.push(codec::build::close(b'S', &old));
+                    plan.simple.push(true);
+                }
+                out.push(codec::build::rename(b'P', &server, f.body(), 1)?);
+                plan.simple.push(false);
             }
             b'B' => {
                 let b = codec::bind(f.body())?;
+                let Some((server_stmt, classified)) = names.statements.get(&b.statement).cloned()
+                else {
+                    let m = format!("prepared statement \"{}\" does not exist", b.statement);
+                    return refuse("26000", m, plan);
+                };
+                if !b.portal.is_empty() && names.portals.contains_key(&b.portal) {
+                    return refuse(
+                        "42P03",
+                        format!("portal \"{}\" already exists", b.portal),
+                        plan,
+                    );
+                }
+                if names.portals.len() >= MAX_NAMES {
+                    return refuse("54000", "too many portals in this session".into(), plan);
+                }
                 let values = b
                     .values
                     .iter()
                     .enumerate()
                     .map(|(i, v)| decide::parameter(v.as_deref(), b.format(i)))
                     .collect();
-                names
-                    .portals
-                    .insert(b.portal, (b.statement, values, b.result_formats));
-            }
-            b'C' => {
-                let (kind, name) = codec::target(f.body(), "Close")?;
-                if kind == b'S' {
-                    names.statements.remove(&name);
-                } else {
-                    names.portals.remove(&name);
+                let server = names.fresh();
+                let portal = Portal {
+                    server: server.clone(),
+                    statement: server_stmt.clone(),
+                    classified,
+                    values,
+                    formats: b.result_formats.clone(),
+                };
+                if let Some(old) = names.portals.insert(b.portal.clone(), portal) {
+                    out.push(codec::build::close(b'P', &old.server));
+                    plan.simple.push(true);
                 }
+                out.push(codec::build::bind_renamed(&server, &server_stmt, f.body())?);
+                plan.simple.push(false);
             }
-            b'D' => {
-                let (kind, name) = codec::target(f.body(), "Describe")?;
-                if kind == b'S' {
-                    plan.describes.push(name);
+            b'C' | b'D' => {
+                let what = if f.tag == b'C' { "Close" } else { "Describe" };
+                let (kind, name) = codec::target(f.body(), what)?;
+                let server = if kind == b'S' {
+                    names.statements.get(&name).map(|(s, _)| s.clone())
+                } else {
+                    names.portals.get(&name).map(|p| p.server.clone())
+                };
+                let server = match (server, f.tag) {
+                    (Some(s), _) => s,
+                    // Closing what does not exist is no error in
+                    // PostgreSQL: a name never used says so.
+                    (None, b'C') => "al0".to_owned(),
+                    (None, _) if kind == b'S' => {
+                        return refuse(
+                            "26000",
+                            format!("prepared statement \"{name}\" does not exist"),
+                            plan,
+                        )
+                    }
+                    (None, _) => {
+                        return refuse("34000", format!("portal \"{name}\" does not exist"), plan)
+                    }
+                };
+                if f.tag == b'C' {
+                    if kind == b'S' {
+                        names.statements.remove(&name);
+                    } else {
+                        names.portals.remove(&name);
+                    }
+                } else if kind == b'S' {
+                    plan.describes.push(server.clone());
+                }
+                if f.tag == b'C' {
+                    out.push(codec::build::close(kind, &server));
+                    plan.simple.push(false);
+                } else {
+                    out.push(codec::build::describe(kind, &server));
                 }
             }
             b'E' => {
                 let portal = codec::execute(f.body())?;
-                let Some((statement, values, formats)) = names.portals.get(&portal) else {
-                    // The server answers an unknown portal with its own
-                    // error; nothing runs.
-                    plan.executes.push((String::new(), Vec::new()));
-                    continue;
+                let Some(p) = names.portals.get(&portal).cloned() else {
+                    return refuse("34000", format!("portal \"{portal}\" does not exist"), plan);
                 };
-                plan.executes.push((statement.clone(), formats.clone()));
-                let Some(prepared) = names.statements.get(statement) else {
-                    continue;
-                };
-                let statements = match &prepared.classified {
+                plan.executes.push((p.statement.clone(), p.formats.clone()));
+                let statements = match &p.classified {
                     Ok(s) => s.clone(),
-                    Err(classify::Refusal::Empty) => continue,
-                    Err(r) => return Ok((refusal_of(r), plan)),
+                    Err(classify::Refusal::Empty) => Arc::new(Vec::new()),
+                    Err(r) => return Ok((refusal_of(r), plan, Vec::new())),
                 };
-                let values = values.clone();
                 for st in statements.iter() {
-                    match statement_checks(shared, session, st, &values, &mut plan) {
+                    match statement_checks(shared, session, st, &p.values, &mut plan) {
                         Ok(c) => checks.extend(c),
-                        Err(e) => {
-                            let refused = Outcome::Refused {
-                                code: "42602",
-                                message: e,
-                            };
-                            return Ok((refused, plan));
-                        }
+                        Err(e) => return refuse("42602", e, plan),
                     }
                 }
+                out.push(codec::build::rename(b'E', &p.server, f.body(), 1)?);
             }
-            _ => {}
+            _ => out.push(f.raw.clone()),
         }
     }
     if !sync && !plan.executes.is_empty() && shared.result_action.is_some() {
         // Results are decided as a batch's replies come back, which the
         // writer matches to batches by their `ReadyForQuery`; a `Flush`
         // has none.
-        let refused = Outcome::Refused {
-            code: "0A000",
-            message: "with result decisions, Airlock runs statements at Sync, not Flush".into(),
-        };
-        return Ok((refused, plan));
+        let m = "with result decisions, Airlock runs statements at Sync, not Flush".into();
+        return refuse("0A000", m, plan);
     }
     if checks.is_empty() {
-        return Ok((Outcome::Pass { grants: Vec::new() }, plan));
+        return Ok((Outcome::Pass { grants: Vec::new() }, plan, out));
     }
-    Ok((decide(shared, tx, checks, cancel).await, plan))
+    Ok((decide(shared, tx, checks, cancel).await, plan, out))
 }
 
 /// A statement's checks; with `result_action`, the checks on its results
@@ -762,9 +888,13 @@ async fn send(
                 });
                 Some(rtx)
             };
-            if expects_ready {
-                tx.send(Cmd::Pass { report, plan }).map_err(|_| closed())?;
-            }
+            let pass = Cmd::Pass {
+                report,
+                plan,
+                ready: expects_ready,
+                planned: false,
+            };
+            tx.send(pass).map_err(|_| closed())?;
             for f in frames {
                 up.write_all(&f).await?;
             }
@@ -840,6 +970,7 @@ async fn write_replies(
     // The plan of the batch whose replies are coming (the first `Pass` in
     // the queue); taken when that batch's replies begin.
     let mut planned = false;
+    let mut chain_open = false;
     loop {
         while let Some(Cmd::Local(_)) = queue.front() {
             if let Some(Cmd::Local(m)) = queue.pop_front() {
@@ -861,23 +992,48 @@ async fn write_replies(
                     return Ok(());
                 }
                 while let Some(f) = codec::frame(&mut buf)? {
-                    if !planned {
-                        while let Ok(c) = rx.try_recv() {
-                            queue.push_back(c);
+                    while let Ok(c) = rx.try_recv() {
+                        queue.push_back(c);
+                    }
+                    // Replies to a forwarded batch always find its command
+                    // queued (it is sent before the batch); with none, this
+                    // is an asynchronous message (a notification) and plans
+                    // nothing. Batches sent after a `Flush` continue the
+                    // same stream: their plans are added as they come.
+                    if !planned || chain_open {
+                        let mut found = false;
+                        for c in queue.iter_mut() {
+                            match c {
+                                Cmd::Pass { plan, ready, planned: done, .. } if !*done => {
+                                    *done = true;
+                                    let plan = std::mem::take(plan);
+                                    if planned {
+                                        results.extend(plan);
+                                    } else {
+                                        results.begin(plan);
+                                        planned = true;
+                                    }
+                                    found = true;
+                                    chain_open = !*ready;
+                                    if *ready {
+                                        break;
+                                    }
+                                }
+                                Cmd::Refuse { .. } if !planned => {
+                                    results.begin(Plan::default());
+                                    planned = true;
+                                    found = true;
+                                    chain_open = false;
+                                    break;
+                                }
+                                Cmd::Refuse { .. } => {
+                                    chain_open = false;
+                                    break;
+                                }
+                                _ => {}
+                            }
                         }
-                        // Replies to a forwarded batch always find its
-                        // command queued (it is sent before the batch);
-                        // with none, this is an asynchronous message
-                        // (a notification) and plans nothing.
-                        let plan = queue.iter().find_map(|c| match c {
-                            Cmd::Pass { plan, .. } => Some(plan.clone()),
-                            Cmd::Refuse { .. } => Some(Plan::default()),
-                            Cmd::Local(_) => None,
-                        });
-                        if let Some(plan) = plan {
-                            results.begin(plan);
-                            planned = true;
-                        }
+                        let _ = found;
                     }
                     match f.tag {
                         b'Z' => {
@@ -887,6 +1043,17 @@ async fn write_replies(
                             while let Ok(c) = rx.try_recv() {
                                 queue.push_back(c);
                             }
+                            // Passes of `Flush` batches end with this
+                            // `ReadyForQuery` too; they report nothing.
+                            while matches!(
+                                queue.front(),
+                                Some(Cmd::Pass { ready: false, .. }) | Some(Cmd::Local(_))
+                            ) {
+                                if let Some(Cmd::Local(m)) = queue.pop_front() {
+                                    out.extend_from_slice(&m);
+                                }
+                            }
+                            chain_open = false;
                             match queue.pop_front() {
                                 Some(Cmd::Pass { report: tx, .. }) => {
                                     out.extend_from_slice(&f.raw);
@@ -923,7 +1090,15 @@ async fn write_replies(
                             // error.
                             results.held = None;
                             results.end_result();
-                            out.extend_from_slice(&f.raw);
+                            out.extend_from_slice(&results.scrub_message(f, &mut report.dlp));
+                        }
+                        b'N' | b'A' => {
+                            out.extend_from_slice(&results.scrub_message(f, &mut report.dlp));
+                        }
+                        b'1' | b'2' | b'3' => {
+                            if !results.added_reply() {
+                                out.extend_from_slice(&f.raw);
+                            }
                         }
                         b't' => {
                             results.parameter_description();
@@ -935,6 +1110,28 @@ async fn write_replies(
                         }
                         b'n' => {
                             results.describe(None);
+                            out.extend_from_slice(&f.raw);
+                        }
+                        b'S' => {
+                            // A setting Airlock pinned, changed anyway (a
+                            // function, a role default): end the session
+                            // rather than parse text the server reads
+                            // differently.
+                            let body = f.body();
+                            let mut parts = body.split(|b| *b == 0);
+                            let name = parts.next().unwrap_or_default();
+                            let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                            let moved = (name == b"standard_conforming_strings" && value != "on")
+                                || (name == b"client_encoding" && unsafe_encoding(&value));
+                            if moved {
+                                out.extend_from_slice(&build::fatal(
+                                    "55000",
+                                    "a setting Airlock's proxy pins was changed; the session ends",
+                                ));
+                                client.write_all(&out).await?;
+                                client.flush().await?;
+                                return Err(SessionError::Refused("pinned setting changed".into()));
+                            }
                             out.extend_from_slice(&f.raw);
                         }
                         b'D' => {

@@ -209,6 +209,18 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     assert!(!ok && err.contains("search_path"), "{err}");
     let (ok, _, err) = psql(&url, &["-c", "PREPARE p AS DELETE FROM orders"]);
     assert!(!ok && err.contains("PREPARE"), "{err}");
+    // Text the server would read differently, and SQL run from text.
+    let (ok, _, err) = psql(&url, &["-c", "SET standard_conforming_strings = off"]);
+    assert!(!ok && err.contains("0A000"), "{err}");
+    let sql = "SELECT query_to_xml('select * from secrets', true, false, '')";
+    let (ok, out, err) = psql(&url, &["-c", sql]);
+    assert!(
+        !ok && err.contains("0A000") && !out.contains("crown"),
+        "{err}"
+    );
+    let gbk = url.replace("sslmode=disable", "sslmode=disable&client_encoding=GBK");
+    let (ok, _, err) = psql(&gbk, &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("UTF8"), "{err}");
 
     // \copy: out is sql.copy_out on orders, in is sql.copy_in (only where
     // policies say: write-orders wants has_where, which COPY has).
@@ -790,6 +802,68 @@ async fn a_batch_is_decided_in_order(store: Db) {
         replies.iter().all(|r| raw::error_code(r).is_none()),
         "{replies:?}"
     );
+
+    let secret = |replies: &[(u8, Vec<u8>)]| {
+        replies
+            .iter()
+            .any(|(t, b)| *t == b'D' && String::from_utf8_lossy(b).contains("crown"))
+    };
+    // A Close the server skips after an error cannot leave the proxy
+    // deciding one statement while the server runs another: "s" is
+    // prepared (no Execute, nothing decided), then an error skips its
+    // Close on the server; binding "s" afterwards is refused by the proxy.
+    let mut b1 = raw::parse("s", "SELECT * FROM secrets");
+    b1.extend(raw::sync());
+    c.roundtrip(&b1).await;
+    let mut b2 = raw::execute("nope");
+    b2.extend(raw::close(b'S', "s"));
+    b2.extend(raw::parse("s", "SELECT 1"));
+    b2.extend(raw::sync());
+    c.roundtrip(&b2).await;
+    let mut b3 = raw::bind("", "s");
+    b3.extend(raw::execute(""));
+    b3.extend(raw::sync());
+    let replies = c.roundtrip(&b3).await;
+    assert!(!secret(&replies), "the secret came out: {replies:?}");
+    // A portal keeps what it was bound to: re-parsing the unnamed
+    // statement after Bind does not change what Execute is decided as.
+    let mut b4 = raw::parse("", "SELECT * FROM secrets");
+    b4.extend(raw::bind("p", ""));
+    b4.extend(raw::parse("", "SELECT 1"));
+    b4.extend(raw::execute("p"));
+    b4.extend(raw::sync());
+    let replies = c.roundtrip(&b4).await;
+    let codes: Vec<String> = replies.iter().filter_map(raw::error_code).collect();
+    assert_eq!(codes, vec!["AL002".to_owned()], "{replies:?}");
+    assert!(!secret(&replies));
+    // SQL EXECUTE of a protocol-prepared statement, however dressed.
+    let mut b5 = raw::parse("t", "SELECT * FROM secrets");
+    b5.extend(raw::sync());
+    c.roundtrip(&b5).await;
+    for q in [
+        "/**/EXECUTE t",
+        "EXPLAIN ANALYZE EXECUTE t",
+        "CREATE TABLE loot AS EXECUTE t",
+    ] {
+        let replies = c.roundtrip(&raw::query(q)).await;
+        let codes: Vec<String> = replies.iter().filter_map(raw::error_code).collect();
+        assert_eq!(codes, vec!["0A000".to_owned()], "{q}: {replies:?}");
+        assert!(!secret(&replies));
+    }
+    // Re-parsing the unnamed statement many times: the replies the client
+    // gets are exactly its own (Airlock's clean-up is not seen).
+    let mut many = Vec::new();
+    for i in 0..3 {
+        many.extend(raw::parse(
+            "",
+            &format!("SELECT id FROM orders WHERE id = {}", i + 2),
+        ));
+        many.extend(raw::bind_execute());
+    }
+    many.extend(raw::sync());
+    let replies = c.roundtrip(&many).await;
+    let tags: String = replies.iter().map(|(t, _)| *t as char).collect();
+    assert_eq!(tags, "12DC12DC12DCZ", "{replies:?}");
 }
 
 /// A minimal protocol-3 client, to send what drivers would not.
@@ -833,6 +907,38 @@ mod raw {
 
     pub fn sync() -> Vec<u8> {
         msg(b'S', &[])
+    }
+
+    pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        for n in [portal, statement] {
+            b.extend_from_slice(n.as_bytes());
+            b.push(0);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'B', &b)
+    }
+
+    pub fn execute(portal: &str) -> Vec<u8> {
+        let mut e = portal.as_bytes().to_vec();
+        e.push(0);
+        e.extend_from_slice(&0i32.to_be_bytes());
+        msg(b'E', &e)
+    }
+
+    pub fn close(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        msg(b'C', &b)
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        msg(b'Q', &b)
     }
 
     pub fn error_code((tag, body): &(u8, Vec<u8>)) -> Option<String> {
