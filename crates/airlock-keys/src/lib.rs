@@ -7,7 +7,9 @@
 mod checkpoint;
 mod grant;
 mod keyring;
+mod note;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use grant::{GrantClaims, GrantError};
 pub use keyring::{KeyError, Keyring, PublicKey, PublicKeys};
+pub use note::{key_hash, open_note, NoteError, TreeHead};

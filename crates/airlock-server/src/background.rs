@@ -7,7 +7,8 @@ use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::{AuditKind, NewAuditRecord, RequestId, RequestStatus};
+use airlock_core::{merkle, AuditKind, NewAuditRecord, RequestId, RequestStatus};
+use airlock_keys::TreeHead;
 use airlock_policy::PolicyEngine;
 use airlock_store::time::{fmt, now};
 use airlock_store::{StoreError, StoreEvent};
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::service::{Airlock, Background, Loaded};
+use crate::witness;
 
 /// Starts every background task.
 pub fn spawn(airlock: &Arc<Airlock>, bg: Background) {
@@ -144,24 +146,54 @@ async fn run_checkpoints(airlock: Arc<Airlock>) {
     }
 }
 
-/// Signs the current chain head and stores the checkpoint. Returns its seq.
+/// Signs the current chain head and the Merkle tree of the log, stores
+/// both checkpoints, and writes the tree's note to every witness folder.
+/// Returns the head's seq.
 pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     let keys = airlock.keys.clone();
-    airlock
+    let origin = airlock.config.load().audit_origin();
+    let (seq, note) = airlock
         .store
         .write(move |tx| {
             let (seq, hash) = tx.audit_head()?;
             if seq == 0 {
-                return Ok(0);
+                return Ok::<_, StoreError>((0, None));
             }
-            if tx.checkpoints()?.last().is_some_and(|c| c.seq == seq) {
-                return Ok(seq);
+            if tx.checkpoints()?.last().is_none_or(|c| c.seq != seq) {
+                let cp = keys.sign_checkpoint(seq, hash, fmt(now()));
+                tx.insert_checkpoint(&cp)?;
             }
-            let cp = keys.sign_checkpoint(seq, hash, fmt(now()));
-            tx.insert_checkpoint(&cp)?;
-            Ok(seq)
+            let size = tx.audit_tree_size()?;
+            let last = tx.audit_notes()?.last().map_or(0, |(s, _)| *s);
+            let size_i = i64::try_from(size).unwrap_or(i64::MAX);
+            if size == 0 || size_i <= last {
+                return Ok((seq, None));
+            }
+            let root = {
+                let mut nodes = |l: u32, i: u64| tx.audit_tree_node(l, i).ok().flatten();
+                merkle::root(&mut nodes, size)
+                    .map_err(|e| StoreError::Corrupt(format!("audit tree: {e}")))?
+            };
+            let note = keys.sign_note(&TreeHead {
+                origin: origin.clone(),
+                size,
+                root,
+            });
+            tx.insert_audit_note(size_i, &note)?;
+            Ok((seq, Some((origin, size, note))))
         })
-        .await
+        .await?;
+    if let Some((origin, size, note)) = note {
+        for dir in airlock.config.load().witness_dirs() {
+            if let Err(e) = witness::write(&dir, &origin, size, &note) {
+                // A witness folder out of reach never blocks the log: the
+                // note is in the store, and the next checkpoint writes the
+                // newest one (which proves everything before it).
+                tracing::warn!(dir = %dir.display(), error = %e, "could not write a checkpoint to a witness folder");
+            }
+        }
+    }
+    Ok(seq)
 }
 
 /// Rebuilds the directory (and the policy entities built from it) when

@@ -407,18 +407,45 @@ fn default_auditors() -> Vec<GroupName> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Seconds between signed checkpoints of the chain head (one is also
-    /// signed at shutdown). Default 60.
+    /// Seconds between signed checkpoints of the chain head and of the
+    /// Merkle tree (one is also signed at shutdown). Default 60.
     #[serde(default = "default_checkpoint")]
     pub checkpoint_interval_seconds: u64,
+    /// The log's name in its checkpoints (C2SP `tlog-checkpoint` origin
+    /// line and signature key name), e.g. `airlock.example.com/audit`.
+    /// Default: the host of `server.public_url` followed by `/audit`.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Folders every tree checkpoint is also written to, one file per
+    /// checkpoint, never overwritten (`ORIGIN-SIZE.note`): put them where
+    /// the database's owner cannot rewrite them (another host, a WORM
+    /// bucket mount). `airlock audit verify --config` checks the log
+    /// against every note found there. One path or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub witness_dir: Vec<PathBuf>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_interval_seconds: default_checkpoint(),
+            origin: None,
+            witness_dir: Vec::new(),
         }
     }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn default_checkpoint() -> u64 {
@@ -510,6 +537,30 @@ impl Config {
             }
         }
         self.base_dir.join("data")
+    }
+
+    /// The audit log's origin in its checkpoints.
+    pub fn audit_origin(&self) -> String {
+        if let Some(o) = &self.audit.origin {
+            return o.trim().to_owned();
+        }
+        let url = self.public_url();
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("airlock");
+        format!("{host}/audit")
+    }
+
+    /// The witness folders, resolved.
+    pub fn witness_dirs(&self) -> Vec<PathBuf> {
+        self.audit
+            .witness_dir
+            .iter()
+            .map(|d| self.base_dir.join(d))
+            .collect()
     }
 
     /// The URL in links.

@@ -17,6 +17,7 @@ pub mod proxies;
 pub mod quickstart;
 pub mod service;
 mod web;
+pub mod witness;
 
 pub use config::Config;
 pub use error::ApiError;

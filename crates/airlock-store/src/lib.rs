@@ -88,6 +88,9 @@ pub trait ReadTx {
     ) -> Result<Option<airlock_core::merkle::Hash>, StoreError>;
     /// How many records the audit Merkle tree holds.
     fn audit_tree_size(&mut self) -> Result<u64, StoreError>;
+    /// Every signed checkpoint of the tree `(size, C2SP note)`, smallest
+    /// first.
+    fn audit_notes(&mut self) -> Result<Vec<(i64, String)>, StoreError>;
     /// `user`'s API keys, revoked and expired ones included, oldest first.
     fn api_keys_of(&mut self, user: &UserName) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// A live-or-not web session by the hash of its cookie.
@@ -195,6 +198,8 @@ pub trait WriteTx: ReadTx {
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// Stores a signed checkpoint of the tree at `size`.
+    fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError>;
     /// Stores a new web session, dropping expired ones.
     fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the groups single sign-on reported for a user.

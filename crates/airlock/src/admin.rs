@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use airlock_core::{KeyLifetime, UserName};
-use airlock_keys::{Keyring, PublicKey};
+use airlock_keys::Keyring;
 use airlock_policy::{Directory, PolicyEngine};
 use airlock_server::{service, Config};
 use airlock_store::{verify_chain, KeyRevocation, ReadOnlyStore, Role, Store};
@@ -159,7 +159,7 @@ pub fn audit_verify(
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let key = match public_key {
-        Some(k) => PublicKey::parse(k)?,
+        Some(k) => crate::audit::public_key(k)?,
         None => {
             Keyring::load_public(&cfg.data_dir().join("keys"))
                 .context("reading the audit public key (or pass --public-key)")?
@@ -169,17 +169,27 @@ pub fn audit_verify(
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let found = db.read(move |r| verify_chain(r, &key))?;
     let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);
-    let broken = found.broken.map(|(seq, why)| Broken { seq, why });
+    let mut broken = found.broken.map(|(seq, why)| Broken { seq, why });
+    // The Merkle tree against every checkpoint in the store and in the
+    // witness folders: a log shorter than, or diverging from, any of them
+    // fails, naming it.
+    let mut tree_checkpoints = 0;
+    if broken.is_none() {
+        match crate::audit::verify_tree(&cfg, &key)? {
+            Ok(check) => tree_checkpoints = check.checkpoints(),
+            Err(why) => broken = Some(Broken { seq: head + 1, why }),
+        }
+    }
     match broken {
         None => {
             if out.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp})
+                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints})
                 );
             } else {
                 println!(
-                    "audit log verified: {head} records, {n_cp} signed checkpoints, head {hash}"
+                    "audit log verified: {head} records, {n_cp} signed checkpoints, {tree_checkpoints} tree checkpoints, head {hash}"
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod client;
 mod dlp;
 mod proxy;
@@ -150,17 +151,47 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Exit 0 if the whole log verifies; otherwise name the first bad record.
+    /// Exit 0 if the whole log verifies (chain, Merkle tree, every signed
+    /// checkpoint in the store and the witness folders); otherwise say
+    /// what failed. With --dir, an export, with no database and no config.
     Verify {
-        /// The configuration file.
-        #[arg(long)]
-        config: PathBuf,
-        /// Verify checkpoints with this audit public key (PASERK or hex)
-        /// instead of the key file in the data directory.
+        /// The configuration file (the deployment's database).
+        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// An export folder (`airlock audit export`).
+        #[arg(long, requires = "public_key")]
+        dir: Option<PathBuf>,
+        /// The audit public key: a file holding it, or the key (PASERK or
+        /// hex). With --config, instead of the key file in the data
+        /// directory.
         #[arg(long)]
         public_key: Option<String>,
         #[command(flatten)]
         out: Output,
+    },
+    /// Write the log for an auditor: DIR/records.jsonl (one line per
+    /// record, each a Merkle leaf), DIR/checkpoints/ (the signed tree
+    /// checkpoints), DIR/public-key.
+    Export {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// `jsonl` (the verifiable export) or `ocsf` (OCSF events for a
+        /// SIEM, in records.ocsf.jsonl).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+    /// Print an inclusion proof of record SEQ in the newest checkpoint.
+    Prove {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The record's sequence number.
+        #[arg(long)]
+        seq: u64,
     },
 }
 
@@ -248,17 +279,35 @@ fn main() -> ExitCode {
                 command:
                     AuditCommand::Verify {
                         config,
+                        dir,
                         public_key,
                         out,
                     },
             } => {
                 // Off the async threads: the PostgreSQL driver runs its own
                 // event loop.
-                tokio::task::spawn_blocking(move || {
-                    admin::audit_verify(&config, public_key.as_deref(), out)
+                tokio::task::spawn_blocking(move || match (config, dir) {
+                    (_, Some(dir)) => {
+                        audit::verify_dir(&dir, public_key.as_deref().unwrap_or(""), out)
+                    }
+                    (Some(config), None) => {
+                        admin::audit_verify(&config, public_key.as_deref(), out)
+                    }
+                    (None, None) => anyhow::bail!("--config or --dir"),
                 })
                 .await?
             }
+            Command::Audit {
+                command:
+                    AuditCommand::Export {
+                        config,
+                        out,
+                        format,
+                    },
+            } => tokio::task::spawn_blocking(move || audit::export(&config, &out, &format)).await?,
+            Command::Audit {
+                command: AuditCommand::Prove { config, seq },
+            } => tokio::task::spawn_blocking(move || audit::prove(&config, seq)).await?,
             Command::Policy {
                 command: PolicyCommand::Validate { dir, config },
             } => admin::policy_validate(&dir, config.as_deref()),

@@ -71,6 +71,9 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/grants/consume", post(consume))
         .route("/v1/grants/{id}/complete", post(complete))
         .route("/v1/audit", get(audit))
+        .route("/v1/audit/checkpoint", get(audit_checkpoint))
+        .route("/v1/audit/proof/inclusion", get(audit_inclusion))
+        .route("/v1/audit/proof/consistency", get(audit_consistency))
         .route("/v1/keys", get(keys))
         .route("/v1/whoami", get(whoami))
         .route("/v1/auth/scram", post(scram_login))
@@ -286,6 +289,59 @@ async fn audit(
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let records = airlock.audit_after(&caller, after, limit).await?;
     Ok(Json(json!({"records": records})))
+}
+
+/// The newest signed checkpoint of the log's Merkle tree, as the C2SP
+/// note itself (text/plain); 404 before the first.
+async fn audit_checkpoint(
+    State(airlock): State<AppState>,
+    _caller: Caller,
+) -> Result<Response, ApiError> {
+    match airlock.audit_checkpoint().await? {
+        Some(note) => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            note,
+        )
+            .into_response()),
+        None => Err(ApiError::NotFound(
+            "no checkpoint has been signed yet".into(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    seq: u64,
+    size: Option<u64>,
+}
+
+async fn audit_inclusion(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(airlock.audit_inclusion(&caller, q.seq, q.size).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+async fn audit_consistency(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        airlock.audit_consistency(&caller, q.from, q.to).await?,
+    ))
 }
 
 #[derive(Deserialize)]

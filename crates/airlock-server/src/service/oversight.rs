@@ -1,9 +1,9 @@
 //! Reading the audit log and the notification outbox, and retrying a
 //! failed notification: one rule for who may, whichever channel asks.
 
-use airlock_core::{AuditKind, AuditRecord, NewAuditRecord, Request};
+use airlock_core::{merkle, AuditKind, AuditRecord, NewAuditRecord, Request};
 use airlock_store::{AuditFilter, OutboxMessage, StatusFilter, Verification};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Airlock, Caller};
 use crate::ApiError;
@@ -38,6 +38,89 @@ impl Airlock {
                 "the audit log and notifications are for admin keys and members of [web] auditor_groups",
             ))
         }
+    }
+
+    /// The newest signed tree checkpoint (a C2SP note), if any. Any key
+    /// may read it: it says only how long the log is and its root.
+    pub async fn audit_checkpoint(&self) -> Result<Option<String>, ApiError> {
+        let notes = self.store.read(|r| r.audit_notes()).await?;
+        Ok(notes.into_iter().last().map(|(_, n)| n))
+    }
+
+    /// An inclusion proof of record `seq` in the tree of `size` records
+    /// (default: the newest checkpoint's size).
+    pub async fn audit_inclusion(
+        &self,
+        caller: &Caller,
+        seq: u64,
+        size: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        self.oversee(caller)?;
+        let out = self
+            .store
+            .read(move |r| {
+                let size = match size {
+                    Some(s) => s,
+                    None => latest_size(r)?,
+                };
+                let have = r.audit_tree_size()?;
+                if seq == 0 || seq > size || size > have {
+                    return Ok(Err(format!(
+                        "need 1 <= seq <= size <= {have}; got seq {seq}, size {size}"
+                    )));
+                }
+                let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+                let proof = merkle::inclusion_proof(&mut nodes, seq - 1, size);
+                let root = merkle::root(&mut nodes, size);
+                let leaf = nodes(0, seq - 1);
+                Ok(match (proof, root, leaf) {
+                    (Ok(p), Ok(root), Some(leaf)) => Ok(json!({
+                        "seq": seq, "size": size, "leaf_index": seq - 1,
+                        "leaf_hash": b64(&leaf), "root": b64(&root),
+                        "proof": p.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+                    })),
+                    _ => Err("the tree is incomplete".to_owned()),
+                })
+            })
+            .await?;
+        out.map_err(ApiError::BadRequest)
+    }
+
+    /// A consistency proof between the trees of `from` and `to` records.
+    pub async fn audit_consistency(
+        &self,
+        caller: &Caller,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        self.oversee(caller)?;
+        let out = self
+            .store
+            .read(move |r| {
+                let to = match to {
+                    Some(t) => t,
+                    None => latest_size(r)?,
+                };
+                let have = r.audit_tree_size()?;
+                if from == 0 || from > to || to > have {
+                    return Ok(Err(format!(
+                        "need 1 <= from <= to <= {have}; got from {from}, to {to}"
+                    )));
+                }
+                let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+                let proof = merkle::consistency_proof(&mut nodes, from, to);
+                let old = merkle::root(&mut nodes, from);
+                let new = merkle::root(&mut nodes, to);
+                Ok(match (proof, old, new) {
+                    (Ok(p), Ok(old), Ok(new)) => Ok(json!({
+                        "from": from, "to": to, "from_root": b64(&old), "to_root": b64(&new),
+                        "proof": p.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+                    })),
+                    _ => Err("the tree is incomplete".to_owned()),
+                })
+            })
+            .await?;
+        out.map_err(ApiError::BadRequest)
     }
 
     /// Records after `after`, oldest first.
@@ -158,5 +241,18 @@ impl Airlock {
                 Ok(found.into_iter().max_by_key(|a| a.seq))
             })
             .await?)
+    }
+}
+
+fn b64(h: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(h)
+}
+
+/// The newest checkpoint's size, or the whole tree when none is signed yet.
+fn latest_size(r: &mut dyn airlock_store::ReadTx) -> Result<u64, airlock_store::StoreError> {
+    match r.audit_notes()?.last() {
+        Some((s, _)) => Ok(u64::try_from(*s).unwrap_or(0)),
+        None => r.audit_tree_size(),
     }
 }

@@ -73,6 +73,10 @@ pub(crate) trait AuditRows {
     fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError>;
     /// How many leaves the stored tree has.
     fn tree_leaves(&mut self) -> Result<u64, StoreError>;
+    /// Every signed tree checkpoint `(size, note)`, smallest first.
+    fn note_rows(&mut self) -> Result<Vec<(i64, String)>, StoreError>;
+    /// See [`crate::WriteTx::insert_audit_note`].
+    fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError>;
     /// Stores perfect subtrees' hashes.
     fn insert_tree_nodes(
         &mut self,

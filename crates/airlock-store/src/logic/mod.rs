@@ -149,6 +149,10 @@ impl<T: Rows> ReadTx for T {
         self.tree_leaves()
     }
 
+    fn audit_notes(&mut self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.note_rows()
+    }
+
     fn session(&mut self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         sessions::get(self, id_hash)
     }
@@ -169,6 +173,7 @@ impl<T: Rows> WriteTx for T {
         SessionRows::set_password_hash(user: &UserName, hash: &str, at: DateTime<Utc>) -> ();
         SessionRows::delete_session(id_hash: &str) -> bool;
         AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();
+        AuditRows::insert_audit_note(size: i64, note: &str) -> ();
         ChatRows::save_chat_message(request: &RequestId, provider: &str, channel: &str, ts: &str) -> ();
         ChatRows::first_seen(source: &str, id: &str, at: DateTime<Utc>) -> bool;
         OutboxRows::enqueue(msg: &OutboxMessage) -> ();

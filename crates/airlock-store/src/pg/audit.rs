@@ -113,6 +113,21 @@ impl AuditRows for Tx<'_> {
         Ok(n.map_or(0, |n| n as u64 + 1))
     }
 
+    fn note_rows(&mut self) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = self.query("SELECT size, note FROM audit_notes ORDER BY size", &[])?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO audit_notes (size, note) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&size, &note],
+        )?;
+        Ok(())
+    }
+
     fn insert_tree_nodes(
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],

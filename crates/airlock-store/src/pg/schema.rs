@@ -204,6 +204,11 @@ CREATE TABLE audit_nodes (
     hash text NOT NULL,
     PRIMARY KEY (level, idx)
 );
+-- Signed checkpoints of the tree (C2SP signed notes), by tree size.
+CREATE TABLE audit_notes (
+    size bigint PRIMARY KEY,
+    note text NOT NULL
+);
 "#,
 ];
 

@@ -126,6 +126,23 @@ impl AuditRows for Tx<'_> {
         Ok(n.map_or(0, |n| n as u64 + 1))
     }
 
+    fn note_rows(&mut self) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT size, note FROM audit_notes ORDER BY size")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_notes (size, note) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![size, note])?;
+        Ok(())
+    }
+
     fn insert_tree_nodes(
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],

@@ -201,6 +201,11 @@ CREATE TABLE audit_nodes (
     hash TEXT NOT NULL,
     PRIMARY KEY (level, idx)
 );
+-- Signed checkpoints of the tree (C2SP signed notes), by tree size.
+CREATE TABLE audit_notes (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
 "#,
 ];
 

@@ -1,0 +1,315 @@
+//! `airlock audit export | verify | prove`: the audit log as an auditor
+//! gets it (one line per record, the tree checkpoints, the public key),
+//! checked with no database and no config, and the Merkle tree checked
+//! against every checkpoint found in the store and in the witness folders.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use airlock_core::merkle::{self, MemoryTree};
+use airlock_core::{AuditRecord, ChainVerifier};
+use airlock_keys::{open_note, Keyring, PublicKey};
+use airlock_server::{witness, Config};
+use airlock_store::ReadOnlyStore;
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::Output;
+
+/// The chain and the tree of a log, built one record at a time, and the
+/// checkpoints checked against them.
+#[derive(Default)]
+pub struct LogCheck {
+    chain: ChainVerifier,
+    tree: MemoryTree,
+    records: u64,
+    checkpoints: usize,
+}
+
+impl LogCheck {
+    /// How many checkpoints were checked.
+    pub fn checkpoints(&self) -> usize {
+        self.checkpoints
+    }
+
+    /// One record, as its export line.
+    pub fn push_line(&mut self, line: &str) -> Result<(), String> {
+        let n = self.records + 1;
+        let rec: AuditRecord =
+            serde_json::from_str(line).map_err(|e| format!("record {n}: not a record ({e})"))?;
+        if rec.export_line() != line {
+            return Err(format!(
+                "record {n}: not in export form (changed or re-encoded)"
+            ));
+        }
+        self.chain.push(&rec).map_err(|e| e.to_string())?;
+        self.tree.push(merkle::leaf_hash(line.as_bytes()));
+        self.records += 1;
+        Ok(())
+    }
+
+    /// A checkpoint note, named `label` in messages: signed by `key`, not
+    /// longer than the log, and the log's tree of that size has its root.
+    pub fn check_note(&mut self, label: &str, note: &str, key: &PublicKey) -> Result<(), String> {
+        let head = open_note(note, key).map_err(|e| format!("checkpoint {label}: {e}"))?;
+        if head.size > self.records {
+            return Err(format!(
+                "checkpoint {label} (size {}) covers more than the log's {} records: records were cut off or an older copy restored",
+                head.size, self.records
+            ));
+        }
+        let root = merkle::root(&mut self.tree, head.size).map_err(|e| e.to_string())?;
+        if root != head.root {
+            return Err(format!(
+                "the log diverges from checkpoint {label} (size {}): a record up to there was changed",
+                head.size
+            ));
+        }
+        self.checkpoints += 1;
+        Ok(())
+    }
+}
+
+fn report(out: &Output, check: &LogCheck, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => {
+            let root = merkle::root(&mut check.tree.clone(), check.records)
+                .map(hex::encode)
+                .unwrap_or_default();
+            if out.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "records": check.records, "checkpoints": check.checkpoints, "root": root})
+                );
+            } else {
+                println!(
+                    "audit log verified: {} records, chain and Merkle tree, {} tree checkpoints, root {root}",
+                    check.records, check.checkpoints
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            if out.json {
+                println!("{}", json!({"ok": false, "error": why}));
+            } else {
+                eprintln!("audit log FAILED verification: {why}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `airlock audit verify --dir DIR --public-key FILE`: an export, with no
+/// database and no config.
+pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode> {
+    let key = public_key(key)?;
+    let mut check = LogCheck::default();
+    let file = std::fs::File::open(dir.join("records.jsonl"))
+        .with_context(|| format!("reading {}/records.jsonl", dir.display()))?;
+    let result = (|| {
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            check.push_line(&line)?;
+        }
+        let notes = witness::read_all(&dir.join("checkpoints")).unwrap_or_default();
+        for (path, note) in notes {
+            let label = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check.check_note(&label, &note, &key)?;
+        }
+        Ok(())
+    })();
+    Ok(report(&out, &check, result))
+}
+
+/// `--public-key`: a file holding the key, or the key itself (PASERK or
+/// hex).
+pub fn public_key(arg: &str) -> anyhow::Result<PublicKey> {
+    let path = Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        arg.to_owned()
+    };
+    PublicKey::parse(&text).context("--public-key")
+}
+
+/// The tree part of `airlock audit verify --config`: the records from the
+/// database, checked against the checkpoints in the store and in every
+/// witness folder.
+pub fn verify_tree(cfg: &Config, key: &PublicKey) -> anyhow::Result<Result<LogCheck, String>> {
+    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let (lines, notes) = db.read(|r| {
+        let mut lines = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = r.audit_after(after, 10_000)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            lines.extend(page.iter().map(AuditRecord::export_line));
+        }
+        Ok::<_, airlock_store::StoreError>((lines, r.audit_notes()?))
+    })?;
+    let mut check = LogCheck::default();
+    let result = (|| {
+        for line in &lines {
+            check.push_line(line)?;
+        }
+        for (size, note) in &notes {
+            check.check_note(&format!("in the store at size {size}"), note, key)?;
+        }
+        for dir in cfg.witness_dirs() {
+            let found = witness::read_all(&dir)
+                .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
+            for (path, note) in found {
+                check.check_note(&path.display().to_string(), &note, key)?;
+            }
+        }
+        Ok(())
+    })();
+    Ok(result.map(|()| check))
+}
+
+/// `airlock audit export --config FILE --out DIR`.
+pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let key = Keyring::load_public(&cfg.data_dir().join("keys"))
+        .context("reading the audit public key")?
+        .audit;
+    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    std::fs::create_dir_all(dir.join("checkpoints"))?;
+    let name = match format {
+        "jsonl" => "records.jsonl",
+        "ocsf" => "records.ocsf.jsonl",
+        other => bail!("--format {other:?}: jsonl or ocsf"),
+    };
+    let mut w = BufWriter::new(std::fs::File::create(dir.join(name))?);
+    let mut after = 0;
+    let mut n = 0u64;
+    loop {
+        let page = db.read(move |r| r.audit_after(after, 10_000))?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for rec in &page {
+            let line = match format {
+                "ocsf" => ocsf(rec).to_string(),
+                _ => rec.export_line(),
+            };
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")?;
+            n += 1;
+        }
+    }
+    w.flush()?;
+    let notes = db.read(|r| r.audit_notes())?;
+    let origin = cfg.audit_origin();
+    for (size, note) in &notes {
+        let path = dir
+            .join("checkpoints")
+            .join(witness::file_name(&origin, *size as u64));
+        std::fs::write(path, note)?;
+    }
+    std::fs::write(dir.join("public-key"), format!("{}\n", key.paserk()))?;
+    eprintln!(
+        "exported {n} records and {} checkpoints to {} (verify: airlock audit verify --dir {} --public-key {}/public-key)",
+        notes.len(),
+        dir.display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A record as an OCSF event: Authorization (3003) for decisions and
+/// reviews, API Activity (6003) for the rest.
+fn ocsf(rec: &AuditRecord) -> serde_json::Value {
+    let details = rec.details.value();
+    let authz = matches!(
+        rec.kind.as_str(),
+        "decision" | "review" | "grant_consumed" | "grant_refused"
+    );
+    let (class_uid, class_name, category_uid) = if authz {
+        (3003, "Authorization", 3)
+    } else {
+        (6003, "API Activity", 6)
+    };
+    let time = chrono::DateTime::parse_from_rfc3339(&rec.ts)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    let outcome = details
+        .get("outcome")
+        .and_then(|o| o.as_str())
+        .unwrap_or("");
+    let (status_id, status) = match outcome {
+        "allow" => (1, "Success"),
+        "deny" => (2, "Failure"),
+        _ => (0, "Unknown"),
+    };
+    json!({
+        "class_uid": class_uid, "class_name": class_name, "category_uid": category_uid,
+        "activity_id": 99, "activity_name": rec.kind,
+        "type_uid": class_uid * 100 + 99,
+        "severity_id": 1, "time": time, "status_id": status_id, "status": status,
+        "actor": {"user": {"name": rec.actor}},
+        "api": {"operation": rec.kind},
+        "resources": details.get("resource").map(|r| vec![r.clone()]).unwrap_or_default(),
+        "message": format!("{} {}", rec.kind, rec.subject),
+        "metadata": {
+            "product": {"name": "Airlock", "vendor_name": "Airlock"},
+            "version": "1.1.0",
+            "uid": rec.hash.to_string(),
+            "sequence": rec.seq,
+        },
+        "unmapped": {"subject": rec.subject, "details": details, "prev_hash": rec.prev_hash.to_string()},
+    })
+}
+
+/// `airlock audit prove --config FILE --seq N`: an inclusion proof of
+/// record N in the newest checkpoint, with the record and the note, for a
+/// third party to check.
+pub fn prove(config: &Path, seq: u64) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let out = db.read(move |r| {
+        let Some((size, note)) = r.audit_notes()?.last().cloned() else {
+            return Ok(Err("no checkpoint has been signed yet".to_owned()));
+        };
+        let size = u64::try_from(size).unwrap_or(0);
+        if seq == 0 || seq > size {
+            return Ok(Err(format!(
+                "record {seq} is not in the newest checkpoint (size {size})"
+            )));
+        }
+        let rec = r
+            .audit_after(i64::try_from(seq - 1).unwrap_or(0), 1)?
+            .into_iter()
+            .next();
+        let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+        let proof = merkle::inclusion_proof(&mut nodes, seq - 1, size);
+        Ok::<_, airlock_store::StoreError>(match (rec, proof) {
+            (Some(rec), Ok(p)) => Ok((rec.export_line(), p, size, note)),
+            _ => Err("the tree is incomplete".to_owned()),
+        })
+    })?;
+    let (line, proof, size, note) = match out {
+        Ok(x) => x,
+        Err(e) => bail!(e),
+    };
+    let b64 = |h: &merkle::Hash| base64::engine::general_purpose::STANDARD.encode(h);
+    println!(
+        "{}",
+        json!({
+            "seq": seq, "leaf_index": seq - 1, "size": size,
+            "record": line,
+            "leaf_hash": b64(&merkle::leaf_hash(line.as_bytes())),
+            "proof": proof.iter().map(b64).collect::<Vec<_>>(),
+            "checkpoint": note,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
