@@ -58,6 +58,10 @@ pub enum AuditKind {
     RequirementRaised,
     /// A failed notification was put back in line.
     NotificationRetried,
+    /// A node started and found records after the last signed checkpoint
+    /// (it, or another node, stopped without signing one): the gap is on
+    /// record, naming the last checkpoints found.
+    Resumed,
 }
 
 impl AuditKind {
@@ -102,6 +106,7 @@ impl AuditKind {
             Self::GroupsSynced => "groups_synced",
             Self::RequirementRaised => "requirement_raised",
             Self::NotificationRetried => "notification_retried",
+            Self::Resumed => "resumed",
         }
     }
 }

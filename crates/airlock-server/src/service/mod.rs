@@ -160,6 +160,11 @@ impl Airlock {
         airlock
             .store
             .write(move |tx| {
+                // Records after the last signed checkpoint, before this
+                // start writes any: a stop that signed nothing (a crash, a
+                // kill), here or on another node.
+                let (head, _) = tx.audit_head()?;
+                let checkpoint = tx.checkpoints()?.last().map_or(0, |c| c.seq);
                 // Every node of a deployment must sign with the same keys,
                 // or grants minted here fail elsewhere and checkpoints
                 // signed here fail verification.
@@ -183,6 +188,22 @@ impl Airlock {
                             actor: "system".into(),
                             subject: format!("{k}-signing-key"),
                             details: json!({"kind": "signing", "use": k}),
+                        },
+                        now,
+                    )?;
+                }
+                if head > checkpoint {
+                    let tree = tx.audit_notes()?.last().map_or(0, |(size, _)| *size);
+                    tx.append_audit(
+                        NewAuditRecord {
+                            kind: AuditKind::Resumed,
+                            actor: "system".into(),
+                            subject: String::new(),
+                            details: json!({
+                                "head": head,
+                                "last_checkpoint": checkpoint,
+                                "last_tree_checkpoint": tree,
+                            }),
                         },
                         now,
                     )?;

@@ -193,6 +193,30 @@ fn stop(s: &mut Server) {
     assert!(s.child.wait().unwrap().success());
 }
 
+/// A node killed without signing a checkpoint records the gap when it
+/// starts again.
+#[tokio::test]
+async fn a_start_after_an_unclean_stop_records_the_gap() {
+    let mut s = Server::start_opts(&Db::Sqlite, POLICIES, 3600);
+    let alice = s.key("alice", "user");
+    s.post(
+        &alice,
+        "/v1/check",
+        json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+    )
+    .await;
+    s.restart(); // SIGKILL: nothing signed
+    let gap = s.sql_i64("SELECT COUNT(*) FROM audit WHERE kind = 'resumed'");
+    assert_eq!(
+        gap,
+        1,
+        "{}",
+        s.sql_text("SELECT group_concat(seq || ':' || kind || ':' || details, ' | ') FROM audit")
+    );
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
 /// Audit you can prove: tree checkpoints as C2SP notes in the store and a
 /// witness folder; inclusion and consistency proofs that check against
 /// the note with the RFC 6962 verifier; an export verified with no
@@ -305,6 +329,11 @@ async fn the_log_is_provable_offline_and_witnessed() {
     for _ in 0..5 {
         s.post(&alice, "/v1/check", check()).await;
     }
+    // The restart after a clean stop records no gap.
+    assert_eq!(
+        s.sql_i64("SELECT COUNT(*) FROM audit WHERE kind = 'resumed'"),
+        0
+    );
     let head2 = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
     let (_, size2) = note_of_at_least(witness.path(), head2).await;
     let (st, con) = s
@@ -357,6 +386,33 @@ async fn the_log_is_provable_offline_and_witnessed() {
     };
     let (code, out) = verify_dir(&e);
     assert_eq!(code, 0, "the intact export: {out}");
+    // The same records as OCSF events.
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        e.to_str().unwrap(),
+        "--format",
+        "ocsf",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(e.join("records.ocsf.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events.len() as u64,
+        s.sql_i64("SELECT COUNT(*) FROM audit") as u64
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["class_uid"] == 3003 && e["activity_name"] == "decision"));
+    assert!(events
+        .iter()
+        .all(|e| e["metadata"]["uid"].as_str().is_some_and(|h| h.len() == 64)));
     let lines: Vec<String> = std::fs::read_to_string(e.join("records.jsonl"))
         .unwrap()
         .lines()
