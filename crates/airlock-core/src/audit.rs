@@ -484,6 +484,33 @@ impl ChainVerifier {
         Ok(())
     }
 
+    /// Checks the next record when its content was checked elsewhere
+    /// (`content_ok`: [`AuditRecord::content_matches`], computed in
+    /// parallel by a verifier of many records).
+    pub fn push_checked(
+        &mut self,
+        seq: i64,
+        prev_hash: ChainHash,
+        hash: ChainHash,
+        content_ok: bool,
+    ) -> Result<(), ChainError> {
+        if seq != self.expect_seq {
+            return Err(ChainError::Gap {
+                seq: self.expect_seq,
+                found: seq,
+            });
+        }
+        if prev_hash != self.prev {
+            return Err(ChainError::BrokenLink { seq });
+        }
+        if !content_ok {
+            return Err(ChainError::Altered { seq });
+        }
+        self.prev = hash;
+        self.expect_seq += 1;
+        Ok(())
+    }
+
     /// The last verified sequence number (0 before any).
     pub fn head_seq(&self) -> i64 {
         self.expect_seq - 1

@@ -183,6 +183,7 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             Ok((seq, Some((origin, size, note))))
         })
         .await?;
+    send_to_witnesses(airlock).await;
     if let Some((origin, size, note)) = note {
         for dir in airlock.config.load().witness_dirs() {
             if let Err(e) = witness::write(&dir, &origin, size, &note) {
@@ -194,6 +195,38 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
         }
     }
     Ok(seq)
+}
+
+/// Brings every C2SP witness up to the newest tree checkpoint, with the
+/// consistency proof from what it last acknowledged. A witness that is
+/// down or refuses is logged and tried again at the next interval; the log
+/// never waits for it.
+async fn send_to_witnesses(airlock: &Airlock) {
+    let urls = airlock.config.load().audit.witness_url.clone();
+    if urls.is_empty() {
+        return;
+    }
+    let latest = match airlock.store.read(|r| r.audit_notes()).await {
+        Ok(notes) => notes.into_iter().last(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the newest checkpoint for the witnesses");
+            return;
+        }
+    };
+    let Some((size, note)) = latest else { return };
+    let size = u64::try_from(size).unwrap_or(0);
+    let http = reqwest::Client::new();
+    for url in urls {
+        if airlock.witnessed.size(&url) == size {
+            continue;
+        }
+        match witness::send(&http, &airlock.witnessed, &url, size, &note, &airlock.store).await {
+            Ok(_) => tracing::info!(%url, size, "witness cosigned the audit checkpoint"),
+            Err(e) => {
+                tracing::warn!(%url, size, error = %e, "a witness did not take the audit checkpoint")
+            }
+        }
+    }
 }
 
 /// Rebuilds the directory (and the policy entities built from it) when

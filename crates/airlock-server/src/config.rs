@@ -423,6 +423,26 @@ pub struct AuditConfig {
     /// against every note found there. One path or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub witness_dir: Vec<PathBuf>,
+    /// C2SP witnesses (`tlog-witness`) each tree checkpoint is sent to:
+    /// `POST URL/add-checkpoint` with the consistency proof from the last
+    /// size that witness acknowledged. A witness that is down never holds
+    /// up the log; it is sent the newest checkpoint at every interval until
+    /// it acknowledges it. One URL or a list.
+    #[serde(default, deserialize_with = "one_or_many_urls")]
+    pub witness_url: Vec<String>,
+}
+
+fn one_or_many_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for AuditConfig {
@@ -431,6 +451,7 @@ impl Default for AuditConfig {
             checkpoint_interval_seconds: default_checkpoint(),
             origin: None,
             witness_dir: Vec::new(),
+            witness_url: Vec::new(),
         }
     }
 }

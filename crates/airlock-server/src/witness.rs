@@ -1,4 +1,4 @@
-//! Witness folders: every tree checkpoint is written as a file of its own,
+//! Witnesses. Folders: every tree checkpoint is written as a file of its own,
 //! never overwritten, to each `[audit] witness_dir`, and read back by
 //! `airlock audit verify --config`. A folder the database's owner cannot
 //! rewrite keeps a log from being cut short or rolled back unnoticed.
@@ -63,4 +63,120 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What each C2SP witness (`witness_url`) last acknowledged, by URL, in
+/// memory: unknown after a restart, which the witness corrects with 409
+/// and its size.
+#[derive(Debug, Default)]
+pub struct Witnessed {
+    sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// Why a witness did not take a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// Unreachable or failing.
+    #[error("{0}")]
+    Transport(String),
+    /// It answered something else than the protocol allows.
+    #[error("answered {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// What it said.
+        body: String,
+    },
+}
+
+impl Witnessed {
+    /// The size `url` last acknowledged (0: none known).
+    pub fn size(&self, url: &str) -> u64 {
+        self.sizes
+            .lock()
+            .map(|m| m.get(url).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn set(&self, url: &str, size: u64) {
+        if let Ok(mut m) = self.sizes.lock() {
+            m.insert(url.to_owned(), size);
+        }
+    }
+}
+
+/// The body of a C2SP `add-checkpoint` request.
+pub fn add_checkpoint_body(old: u64, proof: &[[u8; 32]], note: &str) -> String {
+    use base64::Engine as _;
+    let mut body = format!("old {old}\n");
+    for h in proof {
+        body.push_str(&base64::engine::general_purpose::STANDARD.encode(h));
+        body.push('\n');
+    }
+    body.push('\n');
+    body.push_str(note);
+    body
+}
+
+/// Sends `note` (a checkpoint of `size`) to the witness at `url`, with the
+/// consistency proof (from `store`) from what it last acknowledged; on
+/// 409 (it knows another size) once more from the size it names. Returns
+/// its cosignature lines.
+pub async fn send(
+    http: &reqwest::Client,
+    witnessed: &Witnessed,
+    url: &str,
+    size: u64,
+    note: &str,
+    store: &airlock_store::Store,
+) -> Result<String, WitnessError> {
+    let endpoint = format!("{}/add-checkpoint", url.trim_end_matches('/'));
+    let mut old = witnessed.size(url);
+    for _ in 0..2 {
+        if old > size {
+            return Err(WitnessError::Refused {
+                status: 409,
+                body: format!("the witness has seen {old} records; this log has {size}"),
+            });
+        }
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            store
+                .read(move |r| {
+                    let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+                    Ok::<_, airlock_store::StoreError>(
+                        airlock_core::merkle::consistency_proof(&mut nodes, old, size).ok(),
+                    )
+                })
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| WitnessError::Transport("no consistency proof".into()))?
+        };
+        let res = http
+            .post(&endpoint)
+            .body(add_checkpoint_body(old, &proof, note))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| WitnessError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap_or_default();
+        match status {
+            200 => {
+                witnessed.set(url, size);
+                return Ok(body);
+            }
+            409 => match body.trim().parse::<u64>() {
+                Ok(theirs) => old = theirs,
+                Err(_) => return Err(WitnessError::Refused { status, body }),
+            },
+            _ => return Err(WitnessError::Refused { status, body }),
+        }
+    }
+    Err(WitnessError::Refused {
+        status: 409,
+        body: "the witness's size kept changing".into(),
+    })
 }

@@ -99,6 +99,8 @@ pub struct Airlock {
     bound: std::sync::OnceLock<String>,
     /// Checks per key per second.
     check_limiter: limits::CheckLimiter,
+    /// What each C2SP witness last acknowledged.
+    pub(crate) witnessed: crate::witness::Witnessed,
 }
 
 impl std::fmt::Debug for Airlock {
@@ -150,6 +152,7 @@ impl Airlock {
             streams: Default::default(),
             sessions_ended: tokio::sync::broadcast::channel(64).0,
             check_limiter: Default::default(),
+            witnessed: Default::default(),
         });
         let now = airlock_store::time::now();
         let created: Vec<String> = created.into_iter().map(String::from).collect();

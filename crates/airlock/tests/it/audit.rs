@@ -496,3 +496,144 @@ async fn the_log_is_provable_offline_and_witnessed() {
         "{out}"
     );
 }
+
+/// A C2SP witness (`tlog-witness` `add-checkpoint`) for the test: it
+/// checks each checkpoint's signature with the log's key and the
+/// consistency proof from the size it last saw, answers 409 with its size
+/// when the log's idea of it is wrong, and can be taken down.
+struct TestWitness {
+    url: String,
+    state: std::sync::Arc<std::sync::Mutex<(u64, airlock_core::merkle::Hash, bool)>>,
+}
+
+impl TestWitness {
+    async fn start(key: airlock_keys::PublicKey) -> TestWitness {
+        use airlock_core::merkle;
+        use base64::Engine as _;
+        let state = std::sync::Arc::new(std::sync::Mutex::new((0u64, [0u8; 32], true)));
+        let st = state.clone();
+        let app = axum::Router::new().route(
+            "/add-checkpoint",
+            axum::routing::post(move |body: String| {
+                let st = st.clone();
+                async move {
+                    let mut s = st.lock().unwrap();
+                    if !s.2 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
+                    }
+                    let (head, note) = body.split_once("\n\n").unwrap();
+                    let mut lines = head.lines();
+                    let old: u64 = lines
+                        .next()
+                        .unwrap()
+                        .strip_prefix("old ")
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let proof: Vec<merkle::Hash> = lines
+                        .map(|l| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(l)
+                                .unwrap()
+                                .try_into()
+                                .unwrap()
+                        })
+                        .collect();
+                    let Ok(new) = airlock_keys::open_note(note, &key) else {
+                        return (axum::http::StatusCode::FORBIDDEN, "bad signature".into());
+                    };
+                    if old != s.0 {
+                        return (axum::http::StatusCode::CONFLICT, s.0.to_string());
+                    }
+                    if old > 0
+                        && merkle::verify_consistency(old, new.size, &s.1, &new.root, &proof)
+                            .is_err()
+                    {
+                        return (
+                            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                            "inconsistent".into(),
+                        );
+                    }
+                    *s = (new.size, new.root, true);
+                    (
+                        axum::http::StatusCode::OK,
+                        "\u{2014} witness.test AAAA\n".into(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TestWitness { url, state }
+    }
+
+    fn size(&self) -> u64 {
+        self.state.lock().unwrap().0
+    }
+
+    fn up(&self, up: bool) {
+        self.state.lock().unwrap().2 = up;
+    }
+
+    async fn reaches(&self, size: u64) {
+        for _ in 0..100 {
+            if self.size() >= size {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the witness saw {} of {size} records", self.size());
+    }
+}
+
+/// Checkpoints go to a C2SP witness with consistency proofs it checks; a
+/// witness that is down holds nothing up (decisions go on), and gets the
+/// newest checkpoint, proved consistent with what it saw, once it is back;
+/// after a restart the log learns the witness's size from its 409.
+#[tokio::test]
+async fn checkpoints_reach_a_witness_that_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+    // The keys exist before the witness is told which one to trust.
+    let (keys, _) = airlock_keys::Keyring::load_or_create(&data.join("keys")).unwrap();
+    let w = TestWitness::start(keys.public().audit).await;
+    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let cfg = dir.path().join("airlock.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "checkpoint_interval_seconds = 1\n",
+        &format!(
+            "checkpoint_interval_seconds = 1\nwitness_url = \"{}\"\n",
+            w.url
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let alice = s.key("alice", "user");
+    let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    s.post(&alice, "/v1/check", check()).await;
+    w.reaches(s.sql_i64("SELECT MAX(seq) FROM audit") as u64)
+        .await;
+
+    w.up(false);
+    for _ in 0..3 {
+        let (st, _) = s.post(&alice, "/v1/check", check()).await;
+        assert_eq!(st, 200, "a witness that is down holds nothing up");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = w.size();
+    w.up(true);
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
+    w.reaches(head).await;
+    assert!(w.size() > seen);
+
+    // A restart forgets what the witness saw; its 409 says.
+    stop(&mut s);
+    s.restart();
+    s.post(&alice, "/v1/check", check()).await;
+    w.reaches(s.sql_i64("SELECT MAX(seq) FROM audit") as u64)
+        .await;
+}
