@@ -330,7 +330,7 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_json_string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is deterministic; reuse it. Writing a
     // &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
