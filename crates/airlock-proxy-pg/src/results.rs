@@ -38,8 +38,9 @@ pub(crate) struct Rules {
 pub(crate) struct Plan {
     /// Statement names of the batch's `Describe 'S'`, in order.
     pub describes: Vec<String>,
-    /// For each `Execute`, its statement and result formats.
-    pub executes: Vec<(String, Vec<i16>)>,
+    /// For each `Execute`, its portal's and statement's server names and
+    /// its result formats.
+    pub executes: Vec<(String, String, Vec<i16>)>,
     /// With `result_action`: the checks of the statements whose results
     /// are decided (action set to the result action).
     pub result_checks: Vec<CheckBody>,
@@ -103,6 +104,8 @@ pub(crate) struct Results {
     columns: Option<Vec<Column>>,
     /// Rows of the current result so far.
     rows: u64,
+    /// Rows already sent by portals suspended at an `Execute` row limit.
+    suspended: HashMap<String, u64>,
     /// DLP counts of the current result so far.
     dlp: BTreeMap<String, u64>,
     stopped: bool,
@@ -122,6 +125,7 @@ impl Results {
             statement_describe: false,
             columns: None,
             rows: 0,
+            suspended: HashMap::new(),
             dlp: BTreeMap::new(),
             stopped: false,
             held: None,
@@ -135,7 +139,12 @@ impl Results {
         self.execute_at = 0;
         self.simple_at = 0;
         self.statement_describe = false;
-        self.end_result();
+        // The per-result state, as a new batch's first result finds it
+        // (not `end_result`, which would count an Execute of this batch).
+        self.columns = None;
+        self.rows = 0;
+        self.dlp.clear();
+        self.stopped = false;
     }
 
     /// More of the same stream's plan (a batch after a `Flush`).
@@ -198,7 +207,7 @@ impl Results {
     /// statement's with the formats its `Bind` asked for.
     fn columns(&mut self) -> Option<&[Column]> {
         if self.columns.is_none() {
-            let (stmt, formats) = self.plan.executes.get(self.execute_at)?;
+            let (_, stmt, formats) = self.plan.executes.get(self.execute_at)?;
             let fields = self.statements.get(stmt)?;
             self.columns = Some(
                 fields
@@ -220,6 +229,22 @@ impl Results {
     /// The end of a result set (`CommandComplete`, `PortalSuspended`,
     /// `EmptyQueryResponse`, or an error).
     pub fn end_result(&mut self) {
+        self.end_result_of(false);
+    }
+
+    /// The end of a result set; `suspended`: its portal stopped at the
+    /// row limit of its `Execute` and may go on (`PortalSuspended`), so
+    /// its rows keep counting towards `max_rows` across executions.
+    pub fn end_result_of(&mut self, suspended: bool) {
+        if let Some((portal, _, _)) = self.plan.executes.get(self.execute_at) {
+            if suspended {
+                // A portal cut short stays cut for the rest of its rows.
+                let rows = if self.stopped { u64::MAX } else { self.rows };
+                self.suspended.insert(portal.clone(), rows);
+            } else {
+                self.suspended.remove(portal);
+            }
+        }
         if !self.plan.executes.is_empty() {
             self.execute_at += 1;
         }
@@ -258,6 +283,16 @@ impl Results {
     pub fn row(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> RowOut {
         if self.stopped {
             return RowOut::Drop;
+        }
+        if self.rows == 0 {
+            // A portal that was suspended goes on counting.
+            if let Some((portal, _, _)) = self.plan.executes.get(self.execute_at) {
+                self.rows = self.suspended.get(portal).copied().unwrap_or(0);
+            }
+            if self.rows == u64::MAX {
+                self.stopped = true;
+                return RowOut::Drop;
+            }
         }
         self.rows += 1;
         let rules = self.rules.clone();

@@ -787,7 +787,8 @@ async fn decide_batch(
                 let Some(p) = names.portals.get(&portal).cloned() else {
                     return refuse("34000", format!("portal \"{portal}\" does not exist"), plan);
                 };
-                plan.executes.push((p.statement.clone(), p.formats.clone()));
+                plan.executes
+                    .push((p.server.clone(), p.statement.clone(), p.formats.clone()));
                 let statements = match &p.classified {
                     Ok(s) => s.clone(),
                     Err(classify::Refusal::Empty) => Arc::new(Vec::new()),
@@ -1188,7 +1189,7 @@ async fn write_replies(
                             } else if !results.stopped() {
                                 out.extend_from_slice(&f.raw);
                             }
-                            results.end_result();
+                            results.end_result_of(f.tag == b's');
                         }
                         _ => out.extend_from_slice(&f.raw),
                     }

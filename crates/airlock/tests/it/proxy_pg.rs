@@ -727,6 +727,16 @@ async fn results_are_decided_masked_by_column_and_capped() {
     assert!(ok, "{err}");
     assert!(out.contains("****") && !out.contains("n1"), "{out}");
 
+    // The same over the extended protocol (columns learned from the
+    // statement's Describe; the int column binary, untouched).
+    let c = pg.connect("alice", &alice).await.unwrap();
+    let row = c
+        .query_one("SELECT id, note FROM orders WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "****");
+
     // The contacts' result is held: the statement ran, its rows did not
     // leave.
     let (ok, out, err) = psql(&url, &["-c", "SELECT email, card FROM contacts"]);
@@ -866,6 +876,28 @@ async fn a_batch_is_decided_in_order(store: Db) {
     assert_eq!(tags, "12DC12DC12DCZ", "{replies:?}");
 }
 
+/// `max_rows` counts a portal's rows across the executions it is
+/// suspended between (`Execute` with a row limit), not per chunk.
+#[tokio::test]
+async fn max_rows_holds_across_a_suspended_portal() {
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "max_rows = 3") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let mut c = raw::Conn::login(pg.port, "alice", &alice, &database_of(&pg.db)).await;
+    let mut b = raw::parse("", "SELECT id FROM orders ORDER BY id");
+    b.extend(raw::bind("p", ""));
+    for _ in 0..3 {
+        b.extend(raw::execute_n("p", 2));
+    }
+    b.extend(raw::sync());
+    let replies = c.roundtrip(&b).await;
+    let rows = replies.iter().filter(|(t, _)| *t == b'D').count();
+    assert_eq!(rows, 3, "{replies:?}");
+    let codes: Vec<String> = replies.iter().filter_map(raw::error_code).collect();
+    assert_eq!(codes, vec!["AL003".to_owned()], "{replies:?}");
+}
+
 /// A minimal protocol-3 client, to send what drivers would not.
 mod raw {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -925,6 +957,13 @@ mod raw {
         let mut e = portal.as_bytes().to_vec();
         e.push(0);
         e.extend_from_slice(&0i32.to_be_bytes());
+        msg(b'E', &e)
+    }
+
+    pub fn execute_n(portal: &str, rows: i32) -> Vec<u8> {
+        let mut e = portal.as_bytes().to_vec();
+        e.push(0);
+        e.extend_from_slice(&rows.to_be_bytes());
         msg(b'E', &e)
     }
 
