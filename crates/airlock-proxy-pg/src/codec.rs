@@ -448,6 +448,12 @@ pub mod build {
         })
     }
 
+    /// The message `tag` with `body` as it is (a rewritten copy of one
+    /// received).
+    pub fn message(tag: u8, body: &[u8]) -> Bytes {
+        tagged(tag, |o| o.put_slice(body))
+    }
+
     /// An `ErrorResponse`.
     pub fn error(code: &str, message: &str) -> Bytes {
         message_fields(b'E', "ERROR", code, message, None)

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use airlock_api::CheckBody;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -395,13 +395,7 @@ impl Results {
                 "Airlock withheld the server's error message: it holds personal data or secrets",
             ),
             RowsDlp::Block => Bytes::new(),
-            RowsDlp::Mask => {
-                let mut m = BytesMut::with_capacity(masked.len() + 5);
-                m.extend_from_slice(&[f.tag]);
-                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
-                m.extend_from_slice(&masked);
-                m.freeze()
-            }
+            RowsDlp::Mask => build::message(f.tag, &masked),
             _ => f.raw,
         }
     }
@@ -429,13 +423,7 @@ impl Results {
                 decide::BLOCKED,
                 "Airlock withheld the rest of this COPY: it holds personal data or secrets",
             ),
-            RowsDlp::Mask => {
-                let mut m = BytesMut::with_capacity(masked.len() + 5);
-                m.extend_from_slice(b"d");
-                m.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
-                m.extend_from_slice(&masked);
-                RowOut::Send(m.freeze())
-            }
+            RowsDlp::Mask => RowOut::Send(build::message(b'd', &masked)),
             _ => RowOut::Send(f.raw),
         }
     }

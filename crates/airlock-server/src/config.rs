@@ -428,21 +428,8 @@ pub struct AuditConfig {
     /// size that witness acknowledged. A witness that is down never holds
     /// up the log; it is sent the newest checkpoint at every interval until
     /// it acknowledges it. One URL or a list.
-    #[serde(default, deserialize_with = "one_or_many_urls")]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub witness_url: Vec<String>,
-}
-
-fn one_or_many_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(p) => vec![p],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 impl Default for AuditConfig {
@@ -456,12 +443,17 @@ impl Default for AuditConfig {
     }
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+/// A setting that takes one value or a list of them.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(PathBuf),
-        Many(Vec<PathBuf>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(p) => vec![p],
