@@ -682,6 +682,39 @@ channel = "C0APPROVALS"
         ));
     }
 
+    /// The contract's `[[proxies.postgres]]` example loads with its
+    /// defaults; `[audit]` takes one witness folder or a list, and names
+    /// the log after `public_url` unless told.
+    #[test]
+    fn postgres_proxies_and_witnesses_load() {
+        let text = r#"
+[server]
+public_url = "https://airlock.example.com:8443/"
+
+[audit]
+witness_dir = "/mnt/witness"
+witness_url = ["https://w1.example", "https://w2.example"]
+
+[[proxies.postgres]]
+name = "prod"
+listen = "127.0.0.1:6543"
+upstream = "postgres://postgres@127.0.0.1:5432/test"
+hold_seconds = 20
+response_dlp = "mask"
+"#;
+        let c = Config::parse(text, Path::new("/etc/airlock")).unwrap();
+        let pg = &c.proxies.postgres[0];
+        assert_eq!(pg.hold_seconds, 20);
+        assert_eq!(pg.response_dlp, airlock_proxy_pg::RowsDlp::Mask);
+        assert_eq!(pg.max_rows, None);
+        assert!(pg.result_action.is_none() && pg.mask_columns.is_empty());
+        assert_eq!(c.witness_dirs(), vec![PathBuf::from("/mnt/witness")]);
+        assert_eq!(c.audit.witness_url.len(), 2);
+        assert_eq!(c.audit_origin(), "airlock.example.com:8443/audit");
+        let bad = text.replace("hold_seconds", "hold_secs");
+        assert!(Config::parse(&bad, Path::new(".")).is_err());
+    }
+
     #[test]
     fn identities_belong_to_one_user() {
         let two = |field: &str, a: &str, b: &str| {
