@@ -58,6 +58,9 @@ pub enum AuditKind {
     RequirementRaised,
     /// A failed notification was put back in line.
     NotificationRetried,
+    /// A signing key was replaced (the old public key is kept, so what it
+    /// signed still verifies).
+    KeyRotated,
     /// A node started and found records after the last signed checkpoint
     /// (it, or another node, stopped without signing one): the gap is on
     /// record, naming the last checkpoints found.
@@ -107,6 +110,7 @@ impl AuditKind {
             Self::RequirementRaised => "requirement_raised",
             Self::NotificationRetried => "notification_retried",
             Self::Resumed => "resumed",
+            Self::KeyRotated => "key_rotated",
         }
     }
 }

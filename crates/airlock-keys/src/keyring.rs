@@ -91,6 +91,53 @@ impl Keyring {
         })
     }
 
+    /// Replaces the audit signing key in `dir` with a new one and keeps
+    /// the old public half as `audit-retired-<id>.pub`, so checkpoints it
+    /// signed still verify. Returns `(old, new)`. Every node must be given
+    /// the new key file before it starts again.
+    pub fn rotate_audit(dir: &Path) -> Result<(PublicKey, PublicKey), KeyError> {
+        let path = dir.join("audit-signing.key");
+        let (old, origin) = load_or_create_key(&path)?;
+        if origin == Origin::Created {
+            return Err(KeyError::Io {
+                path,
+                source: std::io::Error::other("there was no audit key to rotate"),
+            });
+        }
+        let old = PublicKey(old.verifying_key());
+        let retired = dir.join(format!("audit-retired-{}.pub", old.id()));
+        fs::write(&retired, format!("{}\n", old.paserk())).map_err(io(&retired))?;
+        // The new key goes in beside, then over the old one in one rename,
+        // so a crash leaves one whole key file, old or new.
+        let staged = dir.join("audit-signing.key.new");
+        let _ = fs::remove_file(&staged);
+        let (new, _) = load_or_create_key(&staged)?;
+        fs::rename(&staged, &path).map_err(io(&path))?;
+        Ok((old, PublicKey(new.verifying_key())))
+    }
+
+    /// Every audit public key of `dir`: the current one first, then the
+    /// retired ones (`audit-retired-*.pub`), for verifying checkpoints
+    /// signed before a rotation.
+    pub fn audit_keys(dir: &Path) -> Result<Vec<PublicKey>, KeyError> {
+        let mut keys = vec![Self::load_public(dir)?.audit];
+        let mut retired: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("audit-retired-") && n.ends_with(".pub"))
+            })
+            .collect();
+        retired.sort();
+        for p in retired {
+            let text = fs::read_to_string(&p).map_err(io(&p))?;
+            keys.push(PublicKey::parse(&text)?);
+        }
+        Ok(keys)
+    }
+
     /// Fresh keys in memory, for tests and benchmarks.
     pub fn ephemeral() -> Self {
         let mut rng = rand::rngs::OsRng;

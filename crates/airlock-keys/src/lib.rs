@@ -12,4 +12,4 @@ mod note;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use grant::{GrantClaims, GrantError};
 pub use keyring::{KeyError, Keyring, PublicKey, PublicKeys};
-pub use note::{key_hash, open_note, NoteError, TreeHead};
+pub use note::{key_hash, open_note, open_note_any, NoteError, TreeHead};

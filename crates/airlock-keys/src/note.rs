@@ -68,6 +68,19 @@ impl Keyring {
     }
 }
 
+/// [`open_note`] with any of `keys` (the current audit key and those it
+/// replaced).
+pub fn open_note_any(note: &str, keys: &[PublicKey]) -> Result<TreeHead, NoteError> {
+    let mut last = NoteError::Malformed("no key to check it with");
+    for k in keys {
+        match open_note(note, k) {
+            Ok(head) => return Ok(head),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Reads a checkpoint note and checks its signature by `key` (named by the
 /// note's own origin). Other signatures (a witness's cosignature) are
 /// allowed and ignored.

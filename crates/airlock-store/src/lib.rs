@@ -261,6 +261,14 @@ pub trait WriteTx: ReadTx {
     /// Ends a web session; false if there was none.
     fn delete_session(&mut self, id_hash: &str) -> Result<bool, StoreError>;
     /// Registers the public key of a signing purpose (first node to start).
+    /// Registers `public` as the deployment's `purpose` key, replacing
+    /// the one registered (a rotation).
+    fn replace_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     fn insert_signing_key(
         &mut self,
         purpose: &str,

@@ -23,7 +23,8 @@ pub struct Verification {
 }
 
 /// Walks the whole log in pages and checks it against `key`.
-pub fn verify_chain(r: &mut dyn ReadTx, key: &PublicKey) -> Result<Verification, StoreError> {
+pub fn verify_chain(r: &mut dyn ReadTx, keys: &[PublicKey]) -> Result<Verification, StoreError> {
+    let signed = |cp: &Checkpoint| keys.iter().any(|k| cp.verify(k).is_ok());
     let checkpoints: BTreeMap<i64, Checkpoint> =
         r.checkpoints()?.into_iter().map(|c| (c.seq, c)).collect();
     let mut v = ChainVerifier::default();
@@ -38,7 +39,7 @@ pub fn verify_chain(r: &mut dyn ReadTx, key: &PublicKey) -> Result<Verification,
                 break 'walk Some((e.seq(), e.to_string()));
             }
             if let Some(cp) = checkpoints.get(&rec.seq) {
-                if cp.verify(key).is_err() {
+                if !signed(cp) {
                     break 'walk Some((cp.seq, bad_signature(cp.seq)));
                 }
                 if cp.hash != rec.hash {
@@ -68,7 +69,7 @@ pub fn verify_chain(r: &mut dyn ReadTx, key: &PublicKey) -> Result<Verification,
         .or_else(|| {
             checkpoints
                 .values()
-                .find(|cp| cp.seq <= head && cp.verify(key).is_err())
+                .find(|cp| cp.seq <= head && !signed(cp))
                 .map(|cp| (cp.seq, bad_signature(cp.seq)))
         });
     Ok(Verification {

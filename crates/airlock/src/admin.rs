@@ -146,6 +146,50 @@ pub async fn keys_revoke(config: &Path, key_id: &str) -> anyhow::Result<ExitCode
     }
 }
 
+/// `airlock keys rotate-audit`: a new audit signing key, the old public
+/// half kept beside it, the deployment's registry updated and the rotation
+/// recorded, in one transaction.
+pub async fn keys_rotate_audit(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let dir = cfg.data_dir().join("keys");
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let (old, new) = Keyring::rotate_audit(&dir)?;
+    let (old_id, new_id) = (old.id(), new.id());
+    let result = store
+        .write(move |tx| {
+            let now = airlock_store::time::now();
+            tx.replace_signing_key("audit", &new.paserk(), now)?;
+            tx.replace_signing_key(&format!("audit-retired-{}", old.id()), &old.paserk(), now)?;
+            tx.append_audit(
+                airlock_core::NewAuditRecord {
+                    kind: airlock_core::AuditKind::KeyRotated,
+                    actor: "cli".into(),
+                    subject: "audit-signing-key".into(),
+                    details: json!({
+                        "use": "audit",
+                        "old": old.id(), "old_public": old.paserk(),
+                        "new": new.id(), "new_public": new.paserk(),
+                    }),
+                },
+                now,
+            )?;
+            Ok::<_, airlock_store::StoreError>(())
+        })
+        .await;
+    if let Err(e) = result {
+        bail!(
+            "the new audit key is in {} but the database was not updated ({e}); run the command again once the database is reachable",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "rotated the audit key: {old_id} → {new_id}; the old public key stays in {} so what it signed verifies. Copy {}/audit-signing.key to every node, then restart them.",
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Why the log failed, with the first bad sequence number.
 struct Broken {
     seq: i64,
@@ -158,16 +202,14 @@ pub fn audit_verify(
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let key = match public_key {
-        Some(k) => crate::audit::public_key(k)?,
-        None => {
-            Keyring::load_public(&cfg.data_dir().join("keys"))
-                .context("reading the audit public key (or pass --public-key)")?
-                .audit
-        }
+    let keys = match public_key {
+        Some(k) => crate::audit::public_keys(k)?,
+        None => Keyring::audit_keys(&cfg.data_dir().join("keys"))
+            .context("reading the audit public keys (or pass --public-key)")?,
     };
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
-    let found = db.read(move |r| verify_chain(r, &key))?;
+    let chain_keys = keys.clone();
+    let found = db.read(move |r| verify_chain(r, &chain_keys))?;
     let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);
     let mut broken = found.broken.map(|(seq, why)| Broken { seq, why });
     // The Merkle tree against every checkpoint in the store and in the
@@ -175,7 +217,7 @@ pub fn audit_verify(
     // fails, naming it.
     let mut tree_checkpoints = 0;
     if broken.is_none() {
-        match crate::audit::verify_tree(&cfg, &key)? {
+        match crate::audit::verify_tree(&cfg, &keys)? {
             Ok(check) => tree_checkpoints = check.checkpoints(),
             Err(why) => broken = Some(Broken { seq: head + 1, why }),
         }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use airlock_core::merkle::{self, MemoryTree};
 use airlock_core::{AuditRecord, ChainVerifier};
-use airlock_keys::{open_note, Keyring, PublicKey};
+use airlock_keys::{open_note_any, Keyring, PublicKey};
 use airlock_server::{witness, Config};
 use airlock_store::ReadOnlyStore;
 use anyhow::{bail, Context};
@@ -85,8 +85,13 @@ impl LogCheck {
 
     /// A checkpoint note, named `label` in messages: signed by `key`, not
     /// longer than the log, and the log's tree of that size has its root.
-    pub fn check_note(&mut self, label: &str, note: &str, key: &PublicKey) -> Result<(), String> {
-        let head = open_note(note, key).map_err(|e| format!("checkpoint {label}: {e}"))?;
+    pub fn check_note(
+        &mut self,
+        label: &str,
+        note: &str,
+        keys: &[PublicKey],
+    ) -> Result<(), String> {
+        let head = open_note_any(note, keys).map_err(|e| format!("checkpoint {label}: {e}"))?;
         if head.size > self.records {
             return Err(format!(
                 "checkpoint {label} (size {}) covers more than the log's {} records: records were cut off or an older copy restored",
@@ -164,7 +169,7 @@ fn report(out: &Output, check: &LogCheck, result: Result<(), String>) -> ExitCod
 /// `airlock audit verify --dir DIR --public-key FILE`: an export, with no
 /// database and no config.
 pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode> {
-    let key = public_key(key)?;
+    let keys = public_keys(key)?;
     let mut check = LogCheck::default();
     let file = std::fs::File::open(dir.join("records.jsonl"))
         .with_context(|| format!("reading {}/records.jsonl", dir.display()))?;
@@ -202,29 +207,37 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            check.check_note(&label, &note, &key)?;
+            check.check_note(&label, &note, &keys)?;
         }
         Ok(())
     })();
     Ok(report(&out, &check, result))
 }
 
-/// `--public-key`: a file holding the key, or the key itself (PASERK or
-/// hex).
-pub fn public_key(arg: &str) -> anyhow::Result<PublicKey> {
+/// `--public-key`: a file holding the keys (one per line: the current
+/// audit key, then those it replaced), or one key itself (PASERK or hex).
+pub fn public_keys(arg: &str) -> anyhow::Result<Vec<PublicKey>> {
     let path = Path::new(arg);
     let text = if path.is_file() {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     } else {
         arg.to_owned()
     };
-    PublicKey::parse(&text).context("--public-key")
+    let keys = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| PublicKey::parse(l).context("--public-key"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("--public-key: no key");
+    }
+    Ok(keys)
 }
 
 /// The tree part of `airlock audit verify --config`: the records from the
 /// database, checked against the checkpoints in the store and in every
 /// witness folder.
-pub fn verify_tree(cfg: &Config, key: &PublicKey) -> anyhow::Result<Result<LogCheck, String>> {
+pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<LogCheck, String>> {
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (lines, notes) = db.read(|r| {
         let mut lines = Vec::new();
@@ -243,13 +256,13 @@ pub fn verify_tree(cfg: &Config, key: &PublicKey) -> anyhow::Result<Result<LogCh
             check.push_lines(batch)?;
         }
         for (size, note) in &notes {
-            check.check_note(&format!("in the store at size {size}"), note, key)?;
+            check.check_note(&format!("in the store at size {size}"), note, keys)?;
         }
         for dir in cfg.witness_dirs() {
             let found = witness::read_all(&dir)
                 .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
             for (path, note) in found {
-                check.check_note(&path.display().to_string(), &note, key)?;
+                check.check_note(&path.display().to_string(), &note, keys)?;
             }
         }
         Ok(())
@@ -260,9 +273,8 @@ pub fn verify_tree(cfg: &Config, key: &PublicKey) -> anyhow::Result<Result<LogCh
 /// `airlock audit export --config FILE --out DIR`.
 pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let key = Keyring::load_public(&cfg.data_dir().join("keys"))
-        .context("reading the audit public key")?
-        .audit;
+    let keys = Keyring::audit_keys(&cfg.data_dir().join("keys"))
+        .context("reading the audit public keys")?;
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     std::fs::create_dir_all(dir.join("checkpoints"))?;
     let name = match format {
@@ -296,7 +308,10 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
             .join(witness::file_name(&origin, *size as u64));
         std::fs::write(path, note)?;
     }
-    std::fs::write(dir.join("public-key"), format!("{}\n", key.paserk()))?;
+    // The current key first, then those it replaced: checkpoints signed
+    // before a rotation verify too.
+    let keys_text: String = keys.iter().map(|k| format!("{}\n", k.paserk())).collect();
+    std::fs::write(dir.join("public-key"), keys_text)?;
     eprintln!(
         "exported {n} records and {} checkpoints to {} (verify: airlock audit verify --dir {} --public-key {}/public-key)",
         notes.len(),

@@ -147,6 +147,15 @@ enum KeysCommand {
         /// The key's id (`key_…`, as `keys list` shows it).
         key_id: String,
     },
+    /// Replace the audit signing key (checkpoints are signed with the new
+    /// one from the next start; the old public key is kept so what it
+    /// signed still verifies). Recorded as `key_rotated`. Give every node
+    /// the new key file before it starts again.
+    RotateAudit {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +280,9 @@ fn main() -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Revoke { config, key_id },
             } => admin::keys_revoke(&config, &key_id).await,
+            Command::Keys {
+                command: KeysCommand::RotateAudit { config },
+            } => admin::keys_rotate_audit(&config).await,
             Command::Check(args) => client::check(args).await,
             Command::Run(args) => client::run(args).await,
             Command::Requests { command } => client::requests(command).await,

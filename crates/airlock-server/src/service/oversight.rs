@@ -147,13 +147,18 @@ impl Airlock {
         verify: bool,
     ) -> Result<(Vec<AuditRecord>, Option<Verification>), ApiError> {
         self.oversee(caller)?;
-        let key = self.public_keys().audit;
+        // The current audit key and those it replaced (checkpoints signed
+        // before a rotation); the current one alone if the folder cannot
+        // be read.
+        let dir = self.config.load().data_dir().join("keys");
+        let keys = airlock_keys::Keyring::audit_keys(&dir)
+            .unwrap_or_else(|_| vec![self.public_keys().audit]);
         Ok(self
             .store
             .read(move |r| {
                 let records = r.audit_search(&filter, limit)?;
                 let found = if verify {
-                    Some(airlock_store::verify_chain(r, &key)?)
+                    Some(airlock_store::verify_chain(r, &keys)?)
                 } else {
                     None
                 };

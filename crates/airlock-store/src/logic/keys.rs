@@ -57,6 +57,13 @@ pub(crate) trait KeyRows {
     fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError>;
     /// See [`crate::ReadTx::signing_key`].
     fn signing_key(&mut self, purpose: &str) -> Result<Option<String>, StoreError>;
+    /// See [`crate::WriteTx::replace_signing_key`].
+    fn replace_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// See [`crate::WriteTx::insert_signing_key`].
     fn insert_signing_key(
         &mut self,

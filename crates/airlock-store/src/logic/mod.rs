@@ -170,6 +170,7 @@ impl<T: Rows> WriteTx for T {
         KeyRows::insert_api_key(key: &ApiKeyRecord) -> ();
         KeyRows::touch_api_keys(ids: &[String], at: DateTime<Utc>) -> ();
         KeyRows::insert_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
+        KeyRows::replace_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
         SessionRows::set_password_hash(user: &UserName, hash: &str, at: DateTime<Utc>) -> ();
         SessionRows::delete_session(id_hash: &str) -> bool;
         AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();

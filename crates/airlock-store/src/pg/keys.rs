@@ -112,6 +112,20 @@ impl KeyRows for Tx<'_> {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
+    fn replace_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (purpose) DO UPDATE SET public_key = excluded.public_key, created_at = excluded.created_at",
+            &[&purpose, &public, &at],
+        )?;
+        Ok(())
+    }
+
     fn insert_signing_key(
         &mut self,
         purpose: &str,

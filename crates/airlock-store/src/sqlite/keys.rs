@@ -118,6 +118,21 @@ impl KeyRows for Tx<'_> {
             .optional()?)
     }
 
+    fn replace_signing_key(
+        &mut self,
+        purpose: &str,
+        public: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO signing_keys (purpose, public_key, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (purpose) DO UPDATE SET public_key = excluded.public_key, created_at = excluded.created_at",
+            )?
+            .execute(params![purpose, public, fmt(at)])?;
+        Ok(())
+    }
+
     fn insert_signing_key(
         &mut self,
         purpose: &str,

@@ -637,3 +637,65 @@ async fn checkpoints_reach_a_witness_that_was_down() {
     w.reaches(s.sql_i64("SELECT MAX(seq) FROM audit") as u64)
         .await;
 }
+
+/// The audit key rotates: the rotation is on record, checkpoints signed
+/// before it still verify (live and exported), and the new key alone
+/// does not vouch for them.
+#[tokio::test]
+async fn the_audit_key_rotates_and_old_checkpoints_still_verify() {
+    let mut s = Server::start(&Db::Sqlite);
+    let alice = s.key("alice", "user");
+    let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    s.post(&alice, "/v1/check", check()).await;
+    stop(&mut s);
+    let cfg = s.config().to_str().unwrap().to_owned();
+    let (code, out) = airlock(&["keys", "rotate-audit", "--config", &cfg]);
+    assert_eq!(code, 0, "{out}");
+    s.restart();
+    s.post(&alice, "/v1/check", check()).await;
+    stop(&mut s);
+    assert_eq!(
+        s.sql_i64("SELECT COUNT(*) FROM audit WHERE kind = 'key_rotated'"),
+        1
+    );
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+
+    let export = tempfile::tempdir().unwrap();
+    let e = export.path().join("x");
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        &cfg,
+        "--out",
+        e.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let keys = std::fs::read_to_string(e.join("public-key")).unwrap();
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    let key = e.join("public-key");
+    let (code, out) = airlock(&[
+        "audit",
+        "verify",
+        "--dir",
+        e.to_str().unwrap(),
+        "--public-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let newest = export.path().join("newest.key");
+    std::fs::write(&newest, keys.lines().next().unwrap()).unwrap();
+    let (code, out) = airlock(&[
+        "audit",
+        "verify",
+        "--dir",
+        e.to_str().unwrap(),
+        "--public-key",
+        newest.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code, 1,
+        "old checkpoints verified with the new key alone: {out}"
+    );
+}
