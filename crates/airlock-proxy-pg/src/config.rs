@@ -88,6 +88,12 @@ pub struct PgProxyConfig {
     /// Default 256.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address may have logging in at once; more
+    /// are refused (`53300`) until those finish or time out (30 s), so
+    /// connections that never log in cannot hold every place. Size it for
+    /// the largest pool that connects from one host. Default 64.
+    #[serde(default = "default_logins_per_address")]
+    pub max_logins_per_address: usize,
     /// Extra detectors for result rows (`[proxies.postgres.dlp]`), as in
     /// `airlock_dlp::Config`.
     #[serde(default)]
@@ -110,6 +116,10 @@ fn default_hold() -> u64 {
 
 fn default_max_result_bytes() -> u64 {
     64 * 1024 * 1024
+}
+
+fn default_logins_per_address() -> usize {
+    64
 }
 
 fn default_max_connections() -> usize {

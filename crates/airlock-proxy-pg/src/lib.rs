@@ -83,9 +83,43 @@ pub(crate) struct Shared {
     result_action: Option<airlock_core::ActionName>,
     /// Open sessions by the cancel key their client was given.
     cancels: Mutex<HashMap<(i32, i32), Arc<Notify>>>,
+    /// Connections still logging in, by client address: one address cannot
+    /// hold every place with connections that never log in.
+    logging_in: Mutex<HashMap<std::net::IpAddr, usize>>,
+    max_logins_per_address: usize,
+}
+
+/// A place among an address's connections logging in, given back on drop.
+pub(crate) struct LoginSlot<'a> {
+    shared: &'a Shared,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for LoginSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.logging_in.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
+    /// A place for one more connection from `ip` to log in, if it has one.
+    pub(crate) fn login_slot(&self, ip: std::net::IpAddr) -> Option<LoginSlot<'_>> {
+        let mut m = self.logging_in.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max_logins_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(LoginSlot { shared: self, ip })
+    }
+
     fn register_cancel(&self, key: (i32, i32), n: Arc<Notify>) {
         if let Ok(mut m) = self.cancels.lock() {
             m.insert(key, n);
@@ -175,6 +209,8 @@ impl PgProxy {
                 rules,
                 result_action,
                 cancels: Mutex::new(HashMap::new()),
+                logging_in: Mutex::new(HashMap::new()),
+                max_logins_per_address: cfg.max_logins_per_address.max(1),
             }),
             listen: cfg.listen,
             max_connections: cfg.max_connections.max(1),

@@ -143,8 +143,15 @@ pub async fn run(
     peer: SocketAddr,
 ) -> Result<(), SessionError> {
     let _ = tcp.set_nodelay(true);
+    let Some(slot) = shared.login_slot(peer.ip()) else {
+        let mut tcp = tcp;
+        let m = "too many connections from this address are logging in at once";
+        return Err(refuse(&mut tcp, "53300", m.into()).await);
+    };
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&shared, Box::new(tcp), peer));
-    let Ok(logged) = login.await else {
+    let logged = login.await;
+    drop(slot);
+    let Ok(logged) = logged else {
         return Err(SessionError::Timeout);
     };
     let Some(mut s) = logged? else {

@@ -898,6 +898,40 @@ async fn max_rows_holds_across_a_suspended_portal() {
     assert_eq!(codes, vec!["AL003".to_owned()], "{replies:?}");
 }
 
+/// Connections that never log in cannot take every place: one address
+/// gets at most `max_logins_per_address` (here 8) logging in at once; a
+/// logged-in client is unaffected.
+#[tokio::test]
+async fn idle_logins_from_one_address_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "max_logins_per_address = 8") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ninth = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), ninth.read_to_end(&mut answer)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).contains("53300"),
+        "{answer:?}"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = pg.connect("alice", &alice).await.unwrap();
+    assert_eq!(c.query("SELECT 1", &[]).await.unwrap().len(), 1);
+}
+
 /// A minimal protocol-3 client, to send what drivers would not.
 mod raw {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
