@@ -152,3 +152,22 @@ pub struct ScramLoginResponse {
     /// The server signature for the client's `v=`, base64.
     pub server_signature: String,
 }
+
+/// `POST /v1/auth/key` (enforcer keys): whether `user`'s key `key` may
+/// still be used, so a proxy ends sessions opened with a key revoked or
+/// expired since.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLiveBody {
+    /// Whose key.
+    pub user: UserName,
+    /// Its public id (`key_…`).
+    pub key: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyLiveResponse {
+    /// False once the key is revoked, expired or its user removed.
+    pub live: bool,
+}

@@ -15,7 +15,10 @@ pub mod request;
 pub mod time;
 pub mod webhook;
 
-pub use check::{CheckBody, CheckResponse, ScramLoginBody, ScramLoginResponse, WhoamiResponse};
+pub use check::{
+    CheckBody, CheckResponse, KeyLiveBody, KeyLiveResponse, ScramLoginBody, ScramLoginResponse,
+    WhoamiResponse,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use grant::{CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, Outcome};
 pub use request::{

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    RequestView, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
+    KeyLiveBody, KeyLiveResponse, RequestView, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 
@@ -62,6 +62,13 @@ pub trait Gate: Send + Sync {
             "this gate cannot check SCRAM proofs".into(),
         ))
     }
+
+    /// Whether a user's key may still be used (`POST /v1/auth/key`). A
+    /// gate that cannot tell refuses.
+    async fn key_live(&self, body: &KeyLiveBody) -> Result<KeyLiveResponse, ClientError> {
+        let _ = body;
+        Err(ClientError::Config("this gate cannot check keys".into()))
+    }
 }
 
 #[async_trait::async_trait]
@@ -94,5 +101,8 @@ impl<G: Gate + ?Sized> Gate for std::sync::Arc<G> {
     }
     async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
         (**self).scram_login(body).await
+    }
+    async fn key_live(&self, body: &KeyLiveBody) -> Result<KeyLiveResponse, ClientError> {
+        (**self).key_live(body).await
     }
 }

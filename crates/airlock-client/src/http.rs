@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    ErrorBody, ErrorCode, ReasonBody, RequestList, RequestView, ReviewBody, ScramLoginBody,
-    ScramLoginResponse, WhoamiResponse,
+    ErrorBody, ErrorCode, KeyLiveBody, KeyLiveResponse, ReasonBody, RequestList, RequestView,
+    ReviewBody, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 use serde::de::DeserializeOwned;
@@ -259,5 +259,9 @@ impl Gate for Client {
 
     async fn scram_login(&self, body: &ScramLoginBody) -> Result<ScramLoginResponse, ClientError> {
         self.post("/v1/auth/scram", body).await
+    }
+
+    async fn key_live(&self, body: &KeyLiveBody) -> Result<KeyLiveResponse, ClientError> {
+        self.post("/v1/auth/key", body).await
     }
 }

@@ -200,6 +200,8 @@ struct LoggedIn {
     io: Box<dyn Io>,
     buf: BytesMut,
     user: UserName,
+    /// The public id of the key the user logged in with.
+    key: String,
     params: Vec<(String, String)>,
 }
 
@@ -308,7 +310,7 @@ async fn login(
         Ok(b) => b,
         Err(_) => return Err(refuse(&mut io, "28P01", failed(&user)).await),
     };
-    match shared.decider.enforcer().gate().scram_login(&body).await {
+    let key = match shared.decider.enforcer().gate().scram_login(&body).await {
         Ok(ok) if ok.user != user => {
             return Err(refuse(&mut io, "28P01", failed(&user)).await);
         }
@@ -317,6 +319,7 @@ async fn login(
                 io.write_all(&m).await?;
             }
             tracing::info!(proxy = %shared.name, user = %user, key = %ok.key, %peer, tls, "database session opened");
+            ok.key
         }
         Err(ClientError::Api { status: 401, .. }) => {
             return Err(refuse(&mut io, "28P01", failed(&user)).await);
@@ -330,7 +333,7 @@ async fn login(
             )
             .await);
         }
-    }
+    };
     let passed = params
         .into_iter()
         .filter(|(k, _)| PASSED_PARAMS.contains(&k.as_str()))
@@ -339,6 +342,7 @@ async fn login(
         io,
         buf,
         user,
+        key,
         params: passed,
     }))
 }
@@ -494,8 +498,13 @@ async fn relay(
     peer: SocketAddr,
 ) -> Result<(), SessionError> {
     let LoggedIn {
-        io, mut buf, user, ..
+        io,
+        mut buf,
+        user,
+        key,
+        ..
     } = client;
+    let mut key_checked = tokio::time::Instant::now();
     let (mut client_rd, client_wr) = tokio::io::split(io);
     let (up_rd, mut up_wr) = tokio::io::split(up);
     let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
@@ -535,6 +544,9 @@ async fn relay(
         };
         match f.tag {
             b'Q' => {
+                if let Err(e) = still_live(shared, &tx, &user, &key, &mut key_checked).await {
+                    break Err(e);
+                }
                 let sql = codec::query(f.body())?;
                 let mut plan = Plan::default();
                 let outcome = match classify::classify(&sql) {
@@ -576,6 +588,9 @@ async fn relay(
                 }
             }
             b'S' | b'H' => {
+                if let Err(e) = still_live(shared, &tx, &user, &key, &mut key_checked).await {
+                    break Err(e);
+                }
                 let sync = f.tag == b'S';
                 let mut next = names.clone();
                 let decided =
@@ -823,6 +838,44 @@ async fn decide_batch(
         return Ok((Outcome::Pass { grants: Vec::new() }, plan, out));
     }
     Ok((decide(shared, tx, checks, cancel).await, plan, out))
+}
+
+/// How often an open session's key is checked again.
+const KEY_RECHECK: Duration = Duration::from_secs(2);
+
+/// Ends the session if the key it logged in with was revoked or expired
+/// (or its user removed) since: checked again before a statement at most
+/// every [`KEY_RECHECK`]. A key that cannot be checked ends it too.
+async fn still_live(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Cmd>,
+    user: &UserName,
+    key: &str,
+    checked: &mut tokio::time::Instant,
+) -> Result<(), SessionError> {
+    if checked.elapsed() < KEY_RECHECK {
+        return Ok(());
+    }
+    let body = airlock_api::KeyLiveBody {
+        user: user.clone(),
+        key: key.to_owned(),
+    };
+    match shared.decider.enforcer().gate().key_live(&body).await {
+        Ok(r) if r.live => {
+            *checked = tokio::time::Instant::now();
+            Ok(())
+        }
+        outcome => {
+            let why = match outcome {
+                Err(e) => {
+                    format!("Airlock could not check this session's key ({e}); the session ends")
+                }
+                Ok(_) => format!("the key {key} was revoked or expired; the session ends"),
+            };
+            let _ = tx.send(Cmd::Local(build::fatal("28000", &why)));
+            Err(SessionError::Refused(why))
+        }
+    }
 }
 
 /// A statement's checks; with `result_action`, the checks on its results

@@ -77,6 +77,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/keys", get(keys))
         .route("/v1/whoami", get(whoami))
         .route("/v1/auth/scram", post(scram_login))
+        .route("/v1/auth/key", post(key_live))
         .route("/v1/outbox", get(outbox))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
         .route("/healthz", get(healthz))
@@ -401,6 +402,15 @@ async fn scram_login(
     ApiJson(body): ApiJson<airlock_api::ScramLoginBody>,
 ) -> Result<Json<airlock_api::ScramLoginResponse>, ApiError> {
     Ok(Json(airlock.scram_login(&caller, body).await?))
+}
+
+/// Whether a user's key may still be used (enforcer keys).
+async fn key_live(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<airlock_api::KeyLiveBody>,
+) -> Result<Json<airlock_api::KeyLiveResponse>, ApiError> {
+    Ok(Json(airlock.key_live(&caller, body).await?))
 }
 
 async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {

@@ -116,6 +116,16 @@ impl Gate for LocalGate {
             .map_err(refused)
     }
 
+    async fn key_live(
+        &self,
+        body: &airlock_api::KeyLiveBody,
+    ) -> Result<airlock_api::KeyLiveResponse, ClientError> {
+        self.airlock
+            .key_live(&self.caller, body.clone())
+            .await
+            .map_err(refused)
+    }
+
     async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
         let caller = self.airlock.authenticate(key).await.map_err(refused)?;
         Ok(WhoamiResponse {

@@ -316,6 +316,33 @@ impl Airlock {
         })
     }
 
+    /// Whether `body.user`'s key `body.key` may still be used (enforcer
+    /// keys: the PostgreSQL proxy re-checks the key of each open session).
+    pub async fn key_live(
+        &self,
+        caller: &Caller,
+        body: airlock_api::KeyLiveBody,
+    ) -> Result<airlock_api::KeyLiveResponse, ApiError> {
+        if caller.role != Role::Enforcer {
+            return Err(ApiError::forbidden(
+                "only enforcer keys ask about other keys",
+            ));
+        }
+        if !self.loaded.load().directory.contains(&body.user) {
+            return Ok(airlock_api::KeyLiveResponse { live: false });
+        }
+        let user = body.user.clone();
+        let keys = self
+            .store
+            .read_single(move |r| r.api_keys_of(&user))
+            .await?;
+        let now = airlock_store::time::now();
+        let live = keys
+            .iter()
+            .any(|k| k.id == body.key && k.role != Role::Enforcer && k.refusal(now).is_none());
+        Ok(airlock_api::KeyLiveResponse { live })
+    }
+
     pub(crate) fn policy_dir(&self) -> PathBuf {
         self.config.load().policy_dir()
     }

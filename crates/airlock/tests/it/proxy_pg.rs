@@ -932,6 +932,51 @@ async fn idle_logins_from_one_address_are_capped() {
     assert_eq!(c.query("SELECT 1", &[]).await.unwrap().len(), 1);
 }
 
+/// A key revoked while its session is open ends that session (at the
+/// next statement, within seconds); the statement never reaches the
+/// server.
+#[tokio::test]
+async fn a_revoked_key_ends_its_open_sessions() {
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let c = pg.connect("alice", &alice).await.unwrap();
+    assert_eq!(
+        c.query("SELECT id FROM orders", &[]).await.unwrap().len(),
+        5
+    );
+    // A key's public id is `key_` and the first 16 hex digits of its SHA-256.
+    let id = format!(
+        "key_{}",
+        &hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
+            sha2::Sha256::default(),
+            alice.as_bytes()
+        )))[..16]
+    );
+    let out = Command::new(BIN)
+        .args(["keys", "revoke", "--config"])
+        .arg(pg.server.config())
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = c
+        .query("DELETE FROM orders WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.code().is_some_and(|c| c.code() == "28000") || e.is_closed(),
+        "{e:?}"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM orders"), 5);
+}
+
 /// A minimal protocol-3 client, to send what drivers would not.
 mod raw {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
