@@ -421,8 +421,20 @@ fn range_var(v: &Value) -> Option<String> {
         .get("schemaname")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .unwrap_or("public");
+        .unwrap_or_else(|| unqualified_schema(rel));
     Some(format!("{schema}.{rel}"))
+}
+
+/// Where an unqualified name resolves with the search path the proxy pins
+/// (`public`): `pg_catalog` comes first implicitly, and only its relations
+/// are named `pg_…` (a user table named so would be shadowed by a catalog
+/// one of the same name, or decided as the catalog's — the stricter way).
+fn unqualified_schema(rel: &str) -> &'static str {
+    if rel.starts_with("pg_") {
+        "pg_catalog"
+    } else {
+        "public"
+    }
 }
 
 /// A dotted name from a list of `String` nodes.
@@ -472,7 +484,7 @@ fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
         let qualified = if n.contains('.') {
             n
         } else {
-            format!("public.{n}")
+            format!("{}.{n}", unqualified_schema(&n))
         };
         tables.insert((Access::Ddl, qualified));
     }
@@ -627,7 +639,9 @@ mod tests {
                 classify(sql)
             );
         }
-        // Reading the catalogs stays possible (psql's \d does it).
-        assert!(classify("SELECT relname FROM pg_class").is_ok());
+        // Reading the catalogs stays possible (psql's \d does it), decided
+        // on the catalog's own name.
+        let s = one("SELECT relname FROM pg_class");
+        assert_eq!(tables(&s), vec![("sql.select", "pg_catalog.pg_class")]);
     }
 }

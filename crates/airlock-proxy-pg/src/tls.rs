@@ -38,8 +38,13 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAccep
 
 /// Reads `upstream` (URL or key=value form, as libpq takes it).
 pub(crate) fn upstream(cfg: &PgProxyConfig) -> Result<Upstream, String> {
-    let pg =
-        tokio_postgres::Config::from_str(&cfg.upstream).map_err(|e| format!("upstream: {e}"))?;
+    // libpq's verify-ca and verify-full are not tokio-postgres's words;
+    // every mode that asks for TLS verifies here anyway.
+    let url = cfg
+        .upstream
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let pg = tokio_postgres::Config::from_str(&url).map_err(|e| format!("upstream: {e}"))?;
     let host = match pg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(_) => return Err("upstream: only TCP hosts are supported".into()),

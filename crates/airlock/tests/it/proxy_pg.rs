@@ -42,6 +42,9 @@ permit(principal, action == Action::"sql.result", resource == Table::"public.ord
 @approvers("security")
 permit(principal, action == Action::"sql.result", resource == Table::"public.contacts");
 
+@id("catalog")
+permit(principal, action == Action::"sql.select", resource == Table::"pg_catalog.pg_stat_ssl");
+
 @id("bench")
 permit(principal, action == Action::"sql.select", resource)
 when { [Table::"public.pgbench_accounts", Table::"public.pgbench_branches"].contains(resource) };
@@ -975,6 +978,257 @@ async fn a_revoked_key_ends_its_open_sessions() {
         "{e:?}"
     );
     assert_eq!(pg.count("SELECT count(*) FROM orders"), 5);
+}
+
+/// A PostgreSQL server of the test's own, asking for SCRAM-SHA-256 and
+/// serving TLS with a certificate made here: what Airlock's upstream login
+/// is tested against (the machine's server trusts everyone). Needs root
+/// (to run initdb as `postgres`); `None` otherwise.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    const PASSWORD: &'static str = "airlock-db-pass";
+
+    fn start() -> Option<PrivatePg> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()?;
+        if !Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()?
+            .stdout
+            .starts_with(b"0")
+        {
+            eprintln!("skipped: initdb runs as postgres, which needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let chown = |p: &std::path::Path| {
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(p)
+                .status()
+                .unwrap();
+        };
+        std::fs::write(d.join("pw"), format!("{}\n", Self::PASSWORD)).unwrap();
+        chown(d);
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .arg("-D")
+            .arg(d.join("data"))
+            .args([
+                "-U",
+                "airlock",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--pwfile",
+            ])
+            .arg(d.join("pw"))
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        // A CA, and the server's certificate signed by it (a self-signed
+        // certificate cannot be both, and rustls tells them apart).
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "data/server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "data/server.crt",
+        ]);
+        Command::new("chmod")
+            .arg("600")
+            .arg(d.join("data/server.key"))
+            .status()
+            .unwrap();
+        chown(d);
+        // TLS or nothing: a session that works proves the login was over
+        // TLS.
+        std::fs::write(
+            d.join("data/pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        chown(d);
+        let port = free_port();
+        let started = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(d.join("data"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c ssl=on -c listen_addresses=127.0.0.1",
+                d.display()
+            ))
+            .arg("-l")
+            .arg(d.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        Some(PrivatePg { dir, bin, port })
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Airlock logs in upstream with its own credentials by SCRAM-SHA-256
+/// over TLS verified against `upstream_ca` (a real server demanding
+/// both); a wrong password or a certificate from another CA fails the
+/// session (08006) and nothing runs.
+#[tokio::test]
+async fn upstream_login_is_scram_over_verified_tls() {
+    let Some(db) = PrivatePg::start() else {
+        return;
+    };
+    let other_ca = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(other_ca.path().join("k.pem"))
+        .arg("-out")
+        .arg(other_ca.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let proxy = |name: &str, port: u16, password: &str, ca: &std::path::Path| {
+        format!(
+            "[[proxies.postgres]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"postgres://airlock:{password}@127.0.0.1:{}/postgres?sslmode=verify-full\"\nupstream_ca = {:?}\n",
+            db.port,
+            ca.display().to_string()
+        )
+    };
+    let (good, bad_pw, bad_ca) = (free_port(), free_port(), free_port());
+    let cfg = format!(
+        "{}{}{}",
+        proxy("good", good, PrivatePg::PASSWORD, &db.ca()),
+        proxy("badpw", bad_pw, "wrong", &db.ca()),
+        proxy(
+            "badca",
+            bad_ca,
+            PrivatePg::PASSWORD,
+            &other_ca.path().join("ca.pem")
+        )
+    );
+    let s = Server::start_extra(&Db::Sqlite, SQL_POLICIES, &cfg);
+    let alice = s.key("alice", "user");
+    let url =
+        |port: u16| format!("postgres://alice:{alice}@127.0.0.1:{port}/postgres?sslmode=disable");
+    let (ok, out, err) = psql(
+        &url(good),
+        &[
+            "-At",
+            "-c",
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "airlock|t", "Airlock's own login, over TLS");
+    for port in [bad_pw, bad_ca] {
+        let (ok, _, err) = psql(&url(port), &["-c", "SELECT 1"]);
+        assert!(
+            !ok && err.contains("could not connect to the database"),
+            "{port}: {err}"
+        );
+    }
 }
 
 /// A minimal protocol-3 client, to send what drivers would not.
