@@ -183,7 +183,9 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             Ok((seq, Some((origin, size, note))))
         })
         .await?;
-    send_to_witnesses(airlock).await;
+    // Bounded: a witness that hangs must not hold up the next checkpoint
+    // or a shutdown; what it missed goes at the next interval.
+    let _ = tokio::time::timeout(WITNESS_ROUND, send_to_witnesses(airlock)).await;
     if let Some((origin, size, note)) = note {
         for dir in airlock.config.load().witness_dirs() {
             if let Err(e) = witness::write(&dir, &origin, size, &note) {
@@ -196,6 +198,9 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     }
     Ok(seq)
 }
+
+/// The longest one round of sending checkpoints to witnesses may take.
+const WITNESS_ROUND: Duration = Duration::from_secs(5);
 
 /// Brings every C2SP witness up to the newest tree checkpoint, with the
 /// consistency proof from what it last acknowledged. A witness that is
