@@ -226,7 +226,27 @@ async fn send_to_witnesses(airlock: &Airlock) {
             continue;
         }
         match witness::send(&http, &airlock.witnessed, &url, size, &note, &airlock.store).await {
-            Ok(_) => tracing::info!(%url, size, "witness cosigned the audit checkpoint"),
+            Ok(body) => {
+                tracing::info!(%url, size, "witness cosigned the audit checkpoint");
+                // Its cosignature lines join the stored note (C2SP notes
+                // carry any number of signatures; verifiers skip the ones
+                // they do not know).
+                let lines: String = body
+                    .lines()
+                    .filter(|l| l.starts_with("\u{2014} "))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if !lines.is_empty() {
+                    let size = i64::try_from(size).unwrap_or(i64::MAX);
+                    let stored = airlock
+                        .store
+                        .write(move |tx| tx.cosign_audit_note(size, &lines))
+                        .await;
+                    if let Err(e) = stored {
+                        tracing::warn!(error = %e, "could not keep a witness's cosignature");
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(%url, size, error = %e, "a witness did not take the audit checkpoint")
             }

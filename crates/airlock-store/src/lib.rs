@@ -200,6 +200,9 @@ pub trait WriteTx: ReadTx {
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
     /// Stores a signed checkpoint of the tree at `size`.
     fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError>;
+    /// Appends a witness's cosignature lines to the checkpoint at `size`
+    /// (once: lines already there are not added again).
+    fn cosign_audit_note(&mut self, size: i64, lines: &str) -> Result<(), StoreError>;
     /// Stores a new web session, dropping expired ones.
     fn insert_session(&mut self, s: &SessionRecord, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the groups single sign-on reported for a user.

@@ -77,6 +77,8 @@ pub(crate) trait AuditRows {
     fn note_rows(&mut self) -> Result<Vec<(i64, String)>, StoreError>;
     /// See [`crate::WriteTx::insert_audit_note`].
     fn insert_audit_note(&mut self, size: i64, note: &str) -> Result<(), StoreError>;
+    /// See [`crate::WriteTx::cosign_audit_note`].
+    fn cosign_audit_note(&mut self, size: i64, lines: &str) -> Result<(), StoreError>;
     /// Stores perfect subtrees' hashes.
     fn insert_tree_nodes(
         &mut self,

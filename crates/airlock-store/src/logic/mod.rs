@@ -175,6 +175,7 @@ impl<T: Rows> WriteTx for T {
         SessionRows::delete_session(id_hash: &str) -> bool;
         AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();
         AuditRows::insert_audit_note(size: i64, note: &str) -> ();
+        AuditRows::cosign_audit_note(size: i64, lines: &str) -> ();
         ChatRows::save_chat_message(request: &RequestId, provider: &str, channel: &str, ts: &str) -> ();
         ChatRows::first_seen(source: &str, id: &str, at: DateTime<Utc>) -> bool;
         OutboxRows::enqueue(msg: &OutboxMessage) -> ();

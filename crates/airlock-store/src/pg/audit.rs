@@ -128,6 +128,14 @@ impl AuditRows for Tx<'_> {
         Ok(())
     }
 
+    fn cosign_audit_note(&mut self, size: i64, lines: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE audit_notes SET note = note || $2 WHERE size = $1 AND strpos(note, $2) = 0",
+            &[&size, &lines],
+        )?;
+        Ok(())
+    }
+
     fn insert_tree_nodes(
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],

@@ -629,6 +629,25 @@ async fn checkpoints_reach_a_witness_that_was_down() {
     let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
     w.reaches(head).await;
     assert!(w.size() > seen);
+    // The witness's cosignature is kept with the checkpoint.
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = s
+            .http
+            .get(format!("{}/v1/audit/checkpoint", s.url))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if served.contains("\u{2014} witness.test AAAA") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served.contains("\u{2014} witness.test AAAA"), "{served}");
 
     // A restart forgets what the witness saw; its 409 says.
     stop(&mut s);
