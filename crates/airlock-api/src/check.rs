@@ -116,6 +116,23 @@ mod tests {
     }
 }
 
+impl CheckBody {
+    /// What an approval of this action binds (principal, action, resource,
+    /// params; never context), or `None` without a principal.
+    pub fn fingerprint(&self) -> Option<airlock_core::Fingerprint> {
+        Some(
+            airlock_core::Action {
+                principal: self.principal.clone()?,
+                action: self.action.clone(),
+                resource: self.resource.clone(),
+                params: self.params.clone(),
+                context: Map::new(),
+            }
+            .fingerprint(),
+        )
+    }
+}
+
 /// What `GET /v1/whoami` answers: the calling key's user and role. An
 /// enforcement point asks it with its end user's key, to learn whom to
 /// check for.

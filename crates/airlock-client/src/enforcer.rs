@@ -129,6 +129,25 @@ impl<G: Gate> Enforcer<G> {
         self.gate.cancel(request.id).await
     }
 
+    /// Waits up to `hold` for `request` to be decided, woken by the
+    /// decision (the gate's wait). Dropping this future cancels nothing:
+    /// the request stays as it is.
+    pub async fn wait(&self, request: RequestView, hold: Duration) -> Result<Waited, ClientError> {
+        let mut waiter = self.waiter(request);
+        let decided = tokio::time::timeout(hold, async {
+            while !waiter.decided() {
+                waiter.poll().await?;
+            }
+            Ok::<_, ClientError>(())
+        })
+        .await;
+        match decided {
+            Err(_held) => Ok(Waited::Held(waiter.into_current())),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(Waited::Decided(waiter.into_current())),
+        }
+    }
+
     /// Steps 1 to 3 at once, for an enforcement point that holds its caller
     /// at most `hold`: the [`Entry`] says whether to perform the action.
     pub async fn enter(&self, body: &CheckBody, hold: Duration) -> Result<Entry, ClientError> {
@@ -139,23 +158,14 @@ impl<G: Gate> Enforcer<G> {
             } => return Ok(Entry::Denied { policies, message }),
             CheckResponse::ApprovalRequired { request, .. } => *request,
         };
-        let mut waiter = self.waiter(request);
-        let decided = tokio::time::timeout(hold, async {
-            while !waiter.decided() {
-                waiter.poll().await?;
-            }
-            Ok::<_, ClientError>(())
-        })
-        .await;
-        match decided {
-            Ok(r) => r?,
-            Err(_elapsed) => {
+        let request = match self.wait(request, hold).await? {
+            Waited::Held(request) => {
                 return Ok(Entry::Held {
-                    request: Box::new(waiter.into_current()),
+                    request: Box::new(request),
                 })
             }
-        }
-        let request = waiter.into_current();
+            Waited::Decided(request) => request,
+        };
         if request.status != RequestStatus::Approved {
             return Ok(Entry::NotApproved {
                 request: Box::new(request),
@@ -167,6 +177,15 @@ impl<G: Gate> Enforcer<G> {
             grant,
         })
     }
+}
+
+/// A request after [`Enforcer::wait`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Waited {
+    /// Decided (any way) within the hold.
+    Decided(RequestView),
+    /// Still pending when the hold ran out, as last seen.
+    Held(RequestView),
 }
 
 /// Waits for one request's decision, a poll at a time.

@@ -19,7 +19,7 @@ mod error;
 mod gate;
 mod http;
 
-pub use enforcer::{Enforcer, Entry, Waiter};
+pub use enforcer::{Enforcer, Entry, Waited, Waiter};
 pub use error::ClientError;
 pub use gate::Gate;
 pub use http::Client;

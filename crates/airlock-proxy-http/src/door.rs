@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{CheckBody, CheckResponse, ErrorCode, RequestView};
-use airlock_client::{ClientError, Enforcer, Gate};
+use airlock_client::{ClientError, Enforcer, Gate, Waited};
 use airlock_core::action::Resource;
-use airlock_core::{Action, ActionName, GrantId, RequestId, RequestStatus, UserName};
+use airlock_core::{ActionName, GrantId, RequestId, RequestStatus, UserName};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use hyper::header::{HeaderMap, HeaderName};
@@ -318,7 +318,7 @@ impl Door {
     /// future (the client went away) cancels nothing: the request stays
     /// pending for a retry.
     async fn hold(&self, view: RequestView, check: CheckBody) -> Verdict {
-        match wait(&self.enforcer, view, self.hold).await {
+        match self.enforcer.wait(view, self.hold).await {
             Ok(Waited::Held(mut view)) => {
                 // The view comes from an enforcer's gate; a token must never
                 // reach the end user.
@@ -358,45 +358,5 @@ impl Door {
 /// Whether `check` is the action `view` was opened for (its fingerprint:
 /// principal, action, resource, params).
 pub(crate) fn same_action(check: &CheckBody, view: &RequestView) -> bool {
-    check.principal.clone().is_some_and(|principal| {
-        Action {
-            principal,
-            action: check.action.clone(),
-            resource: check.resource.clone(),
-            params: check.params.clone(),
-            context: Map::new(),
-        }
-        .fingerprint()
-            == view.fingerprint
-    })
-}
-
-/// A request after waiting for its decision.
-pub(crate) enum Waited {
-    /// Decided (any way) within the hold.
-    Decided(RequestView),
-    /// Still pending when the hold ran out, as last seen.
-    Held(RequestView),
-}
-
-/// Waits up to `hold` for `view` to be decided, woken by the decision (the
-/// gate's wait). Dropping this future cancels nothing.
-pub(crate) async fn wait(
-    enforcer: &Enforcer<Arc<dyn Gate>>,
-    view: RequestView,
-    hold: Duration,
-) -> Result<Waited, ClientError> {
-    let mut waiter = enforcer.waiter(view);
-    let decided = tokio::time::timeout(hold, async {
-        while !waiter.decided() {
-            waiter.poll().await?;
-        }
-        Ok::<_, ClientError>(())
-    })
-    .await;
-    match decided {
-        Err(_held) => Ok(Waited::Held(waiter.into_current())),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(())) => Ok(Waited::Decided(waiter.into_current())),
-    }
+    check.fingerprint() == Some(view.fingerprint)
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{CheckBody, ErrorCode, Outcome, RequestView};
-use airlock_client::{ClientError, Entry, Gate};
+use airlock_client::{ClientError, Entry, Gate, Waited};
 use airlock_core::{ActionName, GrantId, RequestId, RequestStatus, UserName};
 use airlock_dlp::Scanner;
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::config::{HttpProxyConfig, ResponseDlp};
-use crate::door::{same_action, wait, Door, Facts, Target, Verdict, Waited};
+use crate::door::{same_action, Door, Facts, Target, Verdict};
 use crate::respond::{full, gate_error, json_response, refuse, Body, BoxError};
 use crate::scan::{self, Counts};
 use crate::{listen, ProxyError};
@@ -717,7 +717,7 @@ impl Proxy {
         if !same_action(check, &view) {
             return enforcer.enter(check, hold).await;
         }
-        match wait(enforcer, view, hold).await? {
+        match enforcer.wait(view, hold).await? {
             Waited::Held(view) => Ok(Entry::Held {
                 request: Box::new(view),
             }),

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_api::{CheckBody, CheckResponse, RequestView};
-use airlock_client::{ClientError, Enforcer, Gate};
+use airlock_client::{ClientError, Enforcer, Gate, Waited};
 use airlock_core::action::{Resource, ResourceId, ResourceType};
-use airlock_core::{Action, ActionName, Fingerprint, GrantId, RequestId, RequestStatus, UserName};
+use airlock_core::{ActionName, Fingerprint, GrantId, RequestId, RequestStatus, UserName};
 use serde_json::{json, Map, Value};
 
 use crate::classify::{Access, Statement};
@@ -183,7 +183,7 @@ impl Decider {
         let mut approved: Vec<(RequestView, CheckBody)> = Vec::new();
         let mut pending: Vec<(RequestView, CheckBody)> = Vec::new();
         for check in checks {
-            let fp = fingerprint(&check);
+            let fp = check.fingerprint();
             let known = fp.as_ref().and_then(|fp| self.held_id(fp));
             if let Some(id) = known {
                 match self.enforcer.gate().request(id, None).await {
@@ -234,22 +234,13 @@ impl Decider {
             for (view, check) in pending {
                 let id = view.id;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let mut waiter = self.enforcer.waiter(view);
-                let r = tokio::time::timeout(left, async {
-                    while !waiter.decided() {
-                        waiter.poll().await?;
-                    }
-                    Ok::<_, ClientError>(())
-                })
-                .await;
-                let view = waiter.into_current();
-                match r {
-                    Err(_) => still.push(view),
-                    Ok(Err(e)) => return undecided(e),
-                    Ok(Ok(())) if view.status == RequestStatus::Approved => {
+                match self.enforcer.wait(view, left).await {
+                    Ok(Waited::Held(view)) => still.push(view),
+                    Err(e) => return undecided(e),
+                    Ok(Waited::Decided(view)) if view.status == RequestStatus::Approved => {
                         approved.push((view, check))
                     }
-                    Ok(Ok(())) => {
+                    Ok(Waited::Decided(view)) => {
                         return Outcome::refused(
                             DENIED,
                             format!(
@@ -276,7 +267,7 @@ impl Decider {
         }
         let mut grants = Vec::new();
         for (view, check) in approved {
-            if let Some(fp) = fingerprint(&check) {
+            if let Some(fp) = check.fingerprint() {
                 self.forget(&fp);
             }
             match self.enforcer.consume(&view, &check).await {
@@ -319,21 +310,6 @@ fn undecided(e: ClientError) -> Outcome {
 
 fn show(r: &Resource) -> String {
     format!("{}:{}", r.kind, r.id)
-}
-
-/// The check's fingerprint: what an approval binds (principal, action,
-/// resource, params).
-fn fingerprint(check: &CheckBody) -> Option<Fingerprint> {
-    Some(
-        Action {
-            principal: check.principal.clone()?,
-            action: check.action.clone(),
-            resource: check.resource.clone(),
-            params: check.params.clone(),
-            context: Map::new(),
-        }
-        .fingerprint(),
-    )
 }
 
 /// A bound parameter as params bind it: text as text, NULL as null, and

@@ -22,6 +22,15 @@ use crate::decide;
 /// name, json, unknown).
 const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 705];
 
+impl Rules {
+    /// The scanner, when `response_dlp` is not `off`.
+    fn active_scanner(&self) -> Option<&airlock_dlp::Scanner> {
+        self.scanner
+            .as_deref()
+            .filter(|_| self.mode != RowsDlp::Off)
+    }
+}
+
 /// What a result-set policy needs, fixed per proxy.
 pub(crate) struct Rules {
     pub mode: RowsDlp,
@@ -376,11 +385,7 @@ impl Results {
     /// Masked under `mask`, replaced under `block`, counted otherwise.
     pub fn scrub_message(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> Bytes {
         let rules = self.rules.clone();
-        let Some(scanner) = rules
-            .scanner
-            .as_deref()
-            .filter(|_| rules.mode != RowsDlp::Off)
-        else {
+        let Some(scanner) = rules.active_scanner() else {
             return f.raw;
         };
         let body = f.body();
@@ -406,11 +411,7 @@ impl Results {
             return RowOut::Drop;
         }
         let rules = self.rules.clone();
-        let Some(scanner) = rules
-            .scanner
-            .as_deref()
-            .filter(|_| rules.mode != RowsDlp::Off)
-        else {
+        let Some(scanner) = rules.active_scanner() else {
             return RowOut::Send(f.raw);
         };
         let (masked, findings) = scan(scanner, &f.body(), rules.mode == RowsDlp::Mask);
