@@ -36,7 +36,7 @@ with open(path, "w") as f:
 PY
 SIZE=$(du -h "$DIR/x/records.jsonl" | cut -f1)
 t0=$(date +%s.%N)
-"$BIN" audit verify --dir "$DIR/x" --public-key "$DIR/x/public-key"
+${PERF:-} "$BIN" audit verify --dir "$DIR/x" --public-key "$DIR/x/public-key"
 t1=$(date +%s.%N)
 sha256sum "$DIR/x/records.jsonl" >/dev/null
 t2=$(date +%s.%N)

@@ -290,6 +290,82 @@ impl<'de> Deserialize<'de> for RecordedJson {
     }
 }
 
+/// What [`AuditRecord::read_export_line`] found in a line whose content
+/// matches its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportedLine {
+    /// The record's sequence number.
+    pub seq: i64,
+    /// Its link to the record before.
+    pub prev_hash: ChainHash,
+    /// Its own hash, checked against its content.
+    pub hash: ChainHash,
+}
+
+/// An export line's fields, borrowed from it (escaped strings fail here).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineFields<'a> {
+    actor: &'a str,
+    #[serde(borrow)]
+    details: &'a RawValue,
+    hash: &'a str,
+    kind: &'a str,
+    prev_hash: &'a str,
+    seq: i64,
+    subject: &'a str,
+    ts: &'a str,
+}
+
+/// A cursor over an export line, matching its expected pieces in order.
+struct Layout<'a> {
+    rest: &'a [u8],
+}
+
+impl Layout<'_> {
+    fn eat(&mut self, piece: &[u8]) -> bool {
+        match self.rest.strip_prefix(piece) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// 64 lower-case hex digits (the export form) as a hash.
+fn lower_hex_hash(s: &str) -> Option<ChainHash> {
+    const fn table() -> [u8; 256] {
+        let mut t = [0xff_u8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    }
+    const DIGIT: [u8; 256] = table();
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let (hi, lo) = (DIGIT[usize::from(pair[0])], DIGIT[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *o = hi << 4 | lo;
+    }
+    // Any digit outside 0-9a-f set the high bits.
+    (bad & 0xf0 == 0).then_some(ChainHash(out))
+}
+
 /// A record in the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -419,6 +495,73 @@ impl AuditRecord {
         // Local invariant: only serde_json's encodings of strings and the
         // stored (valid JSON) details joined with ASCII punctuation.
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// What an export line says about itself, read in place: its links and
+    /// whether its content hashes to its `hash`. `None` unless the line is
+    /// in export form with no escaped strings and its content matches; the
+    /// caller then parses it as a record, which names what is wrong (or
+    /// accepts a record from before details were stored canonically).
+    /// Offline verification reads every line this way: nothing is copied
+    /// or re-encoded, and the chain hash is taken over the line's own bytes
+    /// with the two hash fields left out.
+    pub fn read_export_line(line: &str) -> Option<ExportedLine> {
+        let f: LineFields<'_> = serde_json::from_str(line).ok()?;
+        // The line must be exactly what `export_line` writes for these
+        // fields. Strings read without copying had no escapes, so their
+        // JSON encoding is their bytes between quotes.
+        let mut seq = [0u8; 20];
+        let seq_len = {
+            let mut w = std::io::Cursor::new(&mut seq[..]);
+            std::io::Write::write_fmt(&mut w, format_args!("{}", f.seq)).ok()?;
+            usize::try_from(w.position()).ok()?
+        };
+        let mut at = Layout {
+            rest: line.as_bytes(),
+        };
+        let details = f.details.get().as_bytes();
+        let ok = at.eat(b"{\"actor\":\"")
+            && at.eat(f.actor.as_bytes())
+            && at.eat(b"\",\"details\":")
+            && at.eat(details)
+            && at.eat(b",\"hash\":\"")
+            && at.eat(f.hash.as_bytes())
+            && at.eat(b"\",\"kind\":\"")
+            && at.eat(f.kind.as_bytes())
+            && at.eat(b"\",\"prev_hash\":\"")
+            && at.eat(f.prev_hash.as_bytes())
+            && at.eat(b"\",\"seq\":")
+            && at.eat(&seq[..seq_len])
+            && at.eat(b",\"subject\":\"")
+            && at.eat(f.subject.as_bytes())
+            && at.eat(b"\",\"ts\":\"")
+            && at.eat(f.ts.as_bytes())
+            && at.eat(b"\"}")
+            && at.rest.is_empty();
+        if !ok {
+            return None;
+        }
+        let hash = lower_hex_hash(f.hash)?;
+        let prev_hash = lower_hex_hash(f.prev_hash)?;
+        // `{"actor":…,"details":D` ‖ `,"kind":…` ‖ `,"seq":…}`: the
+        // canonical body `chain_hash` builds, cut from the line.
+        let b = line.as_bytes();
+        let details_end = 22 + f.actor.len() + details.len();
+        let kind_start = details_end + 74;
+        let kind_end = kind_start + 10 + f.kind.len();
+        let computed: [u8; 32] = Sha256::new()
+            .chain_update(b"airlock-audit-v1\0")
+            .chain_update(prev_hash.0)
+            .chain_update(b.get(..details_end)?)
+            .chain_update(b.get(kind_start..kind_end)?)
+            .chain_update(b.get(kind_end + 79..)?)
+            .finalize()
+            .into();
+        (computed == hash.0).then_some(ExportedLine {
+            seq: f.seq,
+            prev_hash,
+            hash,
+        })
     }
 
     /// This record's Merkle leaf hash: SHA-256(0x00 ‖ export line).
@@ -582,6 +725,82 @@ mod tests {
             ));
         }
         out
+    }
+
+    #[test]
+    fn an_export_line_read_in_place_agrees_with_the_record() {
+        let mut prev = (0, ChainHash::GENESIS);
+        let cases = [
+            (
+                "alice",
+                "",
+                json!({"n": 1, "nested": {"a": [1, 2.5, null, true]}}),
+            ),
+            ("bjørn ✓", "req_01", json!({"text": "ünïcödé \u{2028}"})),
+            ("key:abc", "", json!([])),
+            ("system", "grant_x", json!("plain")),
+        ];
+        for (actor, subject, details) in cases {
+            let rec = AuditRecord::link(
+                prev.0,
+                prev.1,
+                "2026-11-26T08:00:00.000Z".into(),
+                NewAuditRecord {
+                    kind: AuditKind::Decision,
+                    actor: actor.into(),
+                    subject: subject.into(),
+                    details,
+                },
+            );
+            let line = rec.export_line();
+            let read = AuditRecord::read_export_line(&line);
+            assert_eq!(
+                read,
+                Some(ExportedLine {
+                    seq: rec.seq,
+                    prev_hash: rec.prev_hash,
+                    hash: rec.hash
+                }),
+                "{line}"
+            );
+            prev = (rec.seq, rec.hash);
+
+            // Anything else is left to the full parse: a changed byte, a
+            // re-encoding, upper-case hex, an extra field.
+            let changed = [
+                line.replacen("2026", "2027", 1),
+                line.replacen("\"actor\":", "\"actor\": ", 1),
+                line.replacen(
+                    &rec.hash.to_string(),
+                    &rec.hash.to_string().to_uppercase(),
+                    1,
+                ),
+                line.replacen('{', "{\"x\":1,", 1),
+                line.replacen(
+                    &format!("\"seq\":{}", rec.seq),
+                    &format!("\"seq\":{}", rec.seq + 1),
+                    1,
+                ),
+            ];
+            for bad in changed {
+                assert_ne!(bad, line);
+                assert_eq!(AuditRecord::read_export_line(&bad), None, "{bad}");
+            }
+        }
+        // An escaped string is valid but is not read in place.
+        let rec = AuditRecord::link(
+            0,
+            ChainHash::GENESIS,
+            "2026-11-26T08:00:00.000Z".into(),
+            NewAuditRecord {
+                kind: AuditKind::Decision,
+                actor: "a\"b".into(),
+                subject: String::new(),
+                details: json!({}),
+            },
+        );
+        assert!(rec.content_matches());
+        assert_eq!(AuditRecord::read_export_line(&rec.export_line()), None);
     }
 
     fn verify(records: &[AuditRecord]) -> Result<i64, ChainError> {

@@ -19,7 +19,8 @@ pub mod ttl;
 
 pub use action::{Action, Fingerprint, Resource};
 pub use audit::{
-    AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, NewAuditRecord, RecordedJson,
+    AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, ExportedLine, NewAuditRecord,
+    RecordedJson,
 };
 pub use decision::{Decision, Requirement, Threshold};
 pub use error::ParseError;

@@ -317,8 +317,47 @@ pub fn append(
     made
 }
 
-/// A whole tree in memory, from its leaf hashes: for verifying an export
-/// and for tests.
+/// The right edge of a tree: one hash per perfect subtree it ends with,
+/// enough to append and to give the root, in O(log n) memory. What an
+/// offline verifier keeps while it streams a log of any length.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    size: u64,
+    /// (level, hash), largest subtree first.
+    nodes: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(level, left)) = self.nodes.last() {
+            if level != node.0 {
+                break;
+            }
+            self.nodes.pop();
+            node = (level + 1, node_hash(&left, &node.1));
+        }
+        self.nodes.push(node);
+        self.size += 1;
+    }
+
+    /// How many leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the tree of every leaf pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.nodes.iter().rev();
+        let Some(&(_, last)) = it.next() else {
+            return empty_root();
+        };
+        it.fold(last, |right, (_, left)| node_hash(left, &right))
+    }
+}
+
+/// A whole tree in memory, from its leaf hashes: for proofs in tests.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryTree {
     levels: Vec<Vec<Hash>>,
@@ -370,6 +409,26 @@ impl Nodes for MemoryTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frontier_has_the_root_of_the_whole_tree() {
+        let mut whole = MemoryTree::new();
+        let mut edge = Frontier::default();
+        assert_eq!(edge.root(), empty_root());
+        for i in 0..300u32 {
+            let leaf = leaf_hash(&i.to_be_bytes());
+            whole.push(leaf);
+            edge.push(leaf);
+            assert_eq!(edge.size(), u64::from(i) + 1);
+            assert_eq!(
+                Ok(edge.root()),
+                root(&mut whole, edge.size()),
+                "size {}",
+                i + 1
+            );
+            assert!(edge.nodes.len() <= 9);
+        }
+    }
 
     /// The eight leaves of the RFC 6962 reference vectors (certificate
     /// transparency's `merkle_tree_test`, transparency-dev's `testonly`).

@@ -3,11 +3,12 @@
 //! checked with no database and no config, and the Merkle tree checked
 //! against every checkpoint found in the store and in the witness folders.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_core::merkle::{self, MemoryTree};
+use airlock_core::merkle::{self, Frontier};
 use airlock_core::{AuditRecord, ChainVerifier};
 use airlock_keys::{open_note_any, Keyring, PublicKey};
 use airlock_server::{witness, Config};
@@ -18,49 +19,105 @@ use serde_json::json;
 
 use crate::Output;
 
-/// Lines checked at once (in parallel) by a verifier.
-const BATCH: usize = 65_536;
-/// Bytes of an export read at once.
+/// Bytes of an export read, and checked in parallel, at once.
 const CHUNK: usize = 16 * 1024 * 1024;
 
 /// The chain and the tree of a log, built one record at a time, and the
-/// checkpoints checked against them.
+/// checkpoints checked against them. The checkpoints are opened first, so
+/// the tree is kept only as its right edge and its root taken at each
+/// size a checkpoint names: memory stays small for a log of any length.
 #[derive(Default)]
 pub struct LogCheck {
     chain: ChainVerifier,
-    tree: MemoryTree,
+    tree: Frontier,
     records: u64,
-    checkpoints: usize,
+    /// Every checkpoint, by the size it covers: its label and root.
+    heads: BTreeMap<u64, Vec<(String, merkle::Hash)>>,
+    /// The log's root at each of those sizes, once reached.
+    roots: BTreeMap<u64, merkle::Hash>,
+    /// The next size in `heads` not yet reached.
+    next_size: Option<u64>,
+    /// One list of checked lines per thread, kept between chunks so a
+    /// large log does not map fresh memory for every chunk.
+    scratch: Vec<Vec<Checked>>,
 }
 
 impl LogCheck {
-    /// How many checkpoints were checked.
-    pub fn checkpoints(&self) -> usize {
-        self.checkpoints
+    /// A check against these checkpoint notes (label, note), each of which
+    /// must be signed by one of `keys`.
+    pub fn new(notes: &[(String, String)], keys: &[PublicKey]) -> Result<Self, String> {
+        let mut heads: BTreeMap<u64, Vec<(String, merkle::Hash)>> = BTreeMap::new();
+        for (label, note) in notes {
+            let head = open_note_any(note, keys).map_err(|e| format!("checkpoint {label}: {e}"))?;
+            heads
+                .entry(head.size)
+                .or_default()
+                .push((label.clone(), head.root));
+        }
+        let mut check = Self {
+            heads,
+            ..Self::default()
+        };
+        check.take_roots();
+        Ok(check)
     }
 
-    /// Records, as export lines, in order. What each line says about
-    /// itself (it parses, is in export form, hashes to its `hash`, and its
-    /// leaf hash) is worked out on every core at once; only the links
-    /// between records and the tree are walked in order.
-    pub fn push_lines<S: AsRef<str> + Sync>(&mut self, lines: &[S]) -> Result<(), String> {
+    /// How many checkpoints there are.
+    pub fn checkpoints(&self) -> usize {
+        self.heads.values().map(Vec::len).sum()
+    }
+
+    /// Keeps the root if a checkpoint covers exactly the records so far.
+    fn take_roots(&mut self) {
+        if self.heads.contains_key(&self.records) {
+            self.roots.insert(self.records, self.tree.root());
+        }
+        self.next_size = self
+            .heads
+            .range(self.records + 1..)
+            .next()
+            .map(|(size, _)| *size);
+    }
+
+    /// Records, as export lines ending in `\n`, in order. What each line
+    /// says about itself (it parses, is in export form, hashes to its
+    /// `hash`, and its leaf hash) is worked out on every core at once, each
+    /// taking a run of whole lines; only the links between records and the
+    /// tree are walked in order.
+    pub fn push_text(&mut self, text: &str) -> Result<(), String> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(16);
-        let chunk = lines.len().div_ceil(threads).max(1);
-        let first = self.records;
-        let checked: Vec<Vec<Result<Checked, String>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = lines
-                .chunks(chunk)
-                .enumerate()
-                .map(|(i, part)| {
+        let mut parts = Vec::with_capacity(threads);
+        let mut rest = text;
+        for left in (1..=threads).rev() {
+            let want = rest.len() / left;
+            let cut = match rest.as_bytes().get(want..) {
+                Some(after) if left > 1 => after
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(rest.len(), |p| want + p + 1),
+                _ => rest.len(),
+            };
+            let (part, after) = rest.split_at(cut);
+            parts.push(part);
+            rest = after;
+        }
+        self.scratch.resize_with(threads, Vec::new);
+        let failed: Vec<Option<String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .zip(self.scratch.iter_mut())
+                .map(|(part, out)| {
                     scope.spawn(move || {
-                        part.iter()
-                            .enumerate()
-                            .map(|(j, l)| {
-                                check_line(first + (i * chunk + j) as u64 + 1, l.as_ref())
-                            })
-                            .collect()
+                        out.clear();
+                        for line in part.lines() {
+                            match check_line(line) {
+                                Ok(c) => out.push(c),
+                                Err(e) => return Some(e),
+                            }
+                        }
+                        None
                     })
                 })
                 .collect();
@@ -68,44 +125,59 @@ impl LogCheck {
                 .into_iter()
                 .map(|h| {
                     h.join()
-                        .unwrap_or_else(|_| vec![Err("a verifier thread failed".to_owned())])
+                        .unwrap_or_else(|_| Some("a verifier thread failed".to_owned()))
                 })
                 .collect()
         });
-        for c in checked.into_iter().flatten() {
-            let c = c?;
-            self.chain
-                .push_checked(c.seq, c.prev, c.hash, c.content_ok)
-                .map_err(|e| e.to_string())?;
-            self.tree.push(c.leaf);
-            self.records += 1;
+        let scratch = std::mem::take(&mut self.scratch);
+        let walked = self.walk(&scratch, failed);
+        self.scratch = scratch;
+        walked
+    }
+
+    /// The in-order part: links, tree, and the first failure.
+    fn walk(
+        &mut self,
+        checked: &[Vec<Checked>],
+        failed: Vec<Option<String>>,
+    ) -> Result<(), String> {
+        for (done, failed) in checked.iter().zip(failed) {
+            for c in done {
+                self.chain
+                    .push_checked(c.seq, c.prev, c.hash, c.content_ok)
+                    .map_err(|e| e.to_string())?;
+                self.tree.push(c.leaf);
+                self.records += 1;
+                if self.next_size == Some(self.records) {
+                    self.take_roots();
+                }
+            }
+            // A thread stops at its first bad line: it is the next record.
+            if let Some(why) = failed {
+                return Err(format!("record {}: {why}", self.records + 1));
+            }
         }
         Ok(())
     }
 
-    /// A checkpoint note, named `label` in messages: signed by `key`, not
-    /// longer than the log, and the log's tree of that size has its root.
-    pub fn check_note(
-        &mut self,
-        label: &str,
-        note: &str,
-        keys: &[PublicKey],
-    ) -> Result<(), String> {
-        let head = open_note_any(note, keys).map_err(|e| format!("checkpoint {label}: {e}"))?;
-        if head.size > self.records {
-            return Err(format!(
-                "checkpoint {label} (size {}) covers more than the log's {} records: records were cut off or an older copy restored",
-                head.size, self.records
-            ));
+    /// After the last record: every checkpoint covers no more than the log
+    /// and has the log's root at its size.
+    pub fn finish(&self) -> Result<(), String> {
+        for (size, heads) in &self.heads {
+            for (label, root) in heads {
+                let Some(ours) = self.roots.get(size) else {
+                    return Err(format!(
+                        "checkpoint {label} (size {size}) covers more than the log's {} records: records were cut off or an older copy restored",
+                        self.records
+                    ));
+                };
+                if ours != root {
+                    return Err(format!(
+                        "the log diverges from checkpoint {label} (size {size}): a record up to there was changed"
+                    ));
+                }
+            }
         }
-        let root = merkle::root(&mut self.tree, head.size).map_err(|e| e.to_string())?;
-        if root != head.root {
-            return Err(format!(
-                "the log diverges from checkpoint {label} (size {}): a record up to there was changed",
-                head.size
-            ));
-        }
-        self.checkpoints += 1;
         Ok(())
     }
 }
@@ -119,13 +191,21 @@ struct Checked {
     leaf: merkle::Hash,
 }
 
-fn check_line(n: u64, line: &str) -> Result<Checked, String> {
-    let rec: AuditRecord =
-        serde_json::from_str(line).map_err(|e| format!("record {n}: not a record ({e})"))?;
+fn check_line(line: &str) -> Result<Checked, String> {
+    if let Some(read) = AuditRecord::read_export_line(line) {
+        return Ok(Checked {
+            seq: read.seq,
+            prev: read.prev_hash,
+            hash: read.hash,
+            content_ok: true,
+            leaf: merkle::leaf_hash(line.as_bytes()),
+        });
+    }
+    // Not the common case: say what is wrong, or accept a record written
+    // before details were stored canonically.
+    let rec: AuditRecord = serde_json::from_str(line).map_err(|e| format!("not a record ({e})"))?;
     if rec.export_line() != line {
-        return Err(format!(
-            "record {n}: not in export form (changed or re-encoded)"
-        ));
+        return Err("not in export form (changed or re-encoded)".to_owned());
     }
     Ok(Checked {
         seq: rec.seq,
@@ -139,18 +219,17 @@ fn check_line(n: u64, line: &str) -> Result<Checked, String> {
 fn report(out: &Output, check: &LogCheck, result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => {
-            let root = merkle::root(&mut check.tree.clone(), check.records)
-                .map(hex::encode)
-                .unwrap_or_default();
+            let root = hex::encode(check.tree.root());
+            let checkpoints = check.checkpoints();
             if out.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "records": check.records, "checkpoints": check.checkpoints, "root": root})
+                    json!({"ok": true, "records": check.records, "checkpoints": checkpoints, "root": root})
                 );
             } else {
                 println!(
-                    "audit log verified: {} records, chain and Merkle tree, {} tree checkpoints, root {root}",
-                    check.records, check.checkpoints
+                    "audit log verified: {} records, chain and Merkle tree, {checkpoints} tree checkpoints, root {root}",
+                    check.records
                 );
             }
             ExitCode::SUCCESS
@@ -170,10 +249,22 @@ fn report(out: &Output, check: &LogCheck, result: Result<(), String>) -> ExitCod
 /// database and no config.
 pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode> {
     let keys = public_keys(key)?;
-    let mut check = LogCheck::default();
     let file = std::fs::File::open(dir.join("records.jsonl"))
         .with_context(|| format!("reading {}/records.jsonl", dir.display()))?;
+    let notes: Vec<(String, String)> = witness::read_all(&dir.join("checkpoints"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(path, note)| {
+            let label = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (label, note)
+        })
+        .collect();
+    let mut check = LogCheck::default();
     let result = (|| {
+        check = LogCheck::new(&notes, &keys)?;
         // Read in large chunks and check the whole lines in each as slices
         // of it: no allocation per line.
         let mut file = file;
@@ -195,21 +286,10 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
             };
             let text = std::str::from_utf8(&buf[..end])
                 .map_err(|_| format!("record {}: not UTF-8", check.records + 1))?;
-            let lines: Vec<&str> = text.lines().collect();
-            for batch in lines.chunks(BATCH) {
-                check.push_lines(batch)?;
-            }
+            check.push_text(text)?;
             buf.drain(..end);
         }
-        let notes = witness::read_all(&dir.join("checkpoints")).unwrap_or_default();
-        for (path, note) in notes {
-            let label = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            check.check_note(&label, &note, &keys)?;
-        }
-        Ok(())
+        check.finish()
     })();
     Ok(report(&out, &check, result))
 }
@@ -239,35 +319,44 @@ pub fn public_keys(arg: &str) -> anyhow::Result<Vec<PublicKey>> {
 /// witness folder.
 pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<LogCheck, String>> {
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
-    let (lines, notes) = db.read(|r| {
-        let mut lines = Vec::new();
+    let (chunks, notes) = db.read(|r| {
+        let mut chunks = Vec::new();
         let mut after = 0;
         loop {
             let page = r.audit_after(after, 10_000)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            lines.extend(page.iter().map(AuditRecord::export_line));
+            let mut text = String::new();
+            for rec in &page {
+                text.push_str(&rec.export_line());
+                text.push('\n');
+            }
+            chunks.push(text);
         }
-        Ok::<_, airlock_store::StoreError>((lines, r.audit_notes()?))
+        Ok::<_, airlock_store::StoreError>((chunks, r.audit_notes()?))
     })?;
-    let mut check = LogCheck::default();
     let result = (|| {
-        for batch in lines.chunks(BATCH) {
-            check.push_lines(batch)?;
-        }
-        for (size, note) in &notes {
-            check.check_note(&format!("in the store at size {size}"), note, keys)?;
-        }
+        let mut labelled: Vec<(String, String)> = notes
+            .into_iter()
+            .map(|(size, note)| (format!("in the store at size {size}"), note))
+            .collect();
         for dir in cfg.witness_dirs() {
             let found = witness::read_all(&dir)
                 .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
-            for (path, note) in found {
-                check.check_note(&path.display().to_string(), &note, keys)?;
-            }
+            labelled.extend(
+                found
+                    .into_iter()
+                    .map(|(path, note)| (path.display().to_string(), note)),
+            );
         }
-        Ok(())
+        let mut check = LogCheck::new(&labelled, keys)?;
+        for text in &chunks {
+            check.push_text(text)?;
+        }
+        check.finish()?;
+        Ok(check)
     })();
-    Ok(result.map(|()| check))
+    Ok(result)
 }
 
 /// `airlock audit export --config FILE --out DIR`.
