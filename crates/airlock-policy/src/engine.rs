@@ -280,6 +280,20 @@ impl PolicyEngine {
         &self.set
     }
 
+    /// The limits on context facts set by the policies named `ids` (their
+    /// `@id`, as a decision lists them), for showing an approver which
+    /// line a request crossed.
+    pub fn context_limits(&self, ids: &[String]) -> Vec<crate::limits::ContextLimit> {
+        self.set
+            .policies()
+            .filter(|p| {
+                let id = p.annotation("id").unwrap_or(p.id().as_ref());
+                ids.iter().any(|i| i == id)
+            })
+            .flat_map(crate::limits::context_limits)
+            .collect()
+    }
+
     /// A resource's attributes from `entities.json`, as JSON, if it is
     /// listed there (these win over what a caller sends).
     pub fn resource_attrs(&self, kind: &str, id: &str) -> Option<serde_json::Value> {

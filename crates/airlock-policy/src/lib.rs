@@ -11,6 +11,7 @@ mod annotations;
 pub mod cases;
 mod engine;
 mod error;
+pub mod limits;
 mod locate;
 
 pub use annotations::Approval;
