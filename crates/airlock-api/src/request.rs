@@ -53,6 +53,11 @@ pub struct RequestView {
     pub expires_at: DateTime<Utc>,
     /// Its page in the console.
     pub url: String,
+    /// How long the grant will live once issued (`10m`): what approving
+    /// hands out, shown at the button.
+    pub grant_ttl: String,
+    /// How many uses the grant will have.
+    pub max_uses: u32,
     /// The grant, once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantView>,
@@ -87,6 +92,8 @@ impl RequestView {
             created_at: req.created_at,
             expires_at: req.expires_at,
             url,
+            grant_ttl: req.requirement.grant_ttl.to_string(),
+            max_uses: req.requirement.max_uses.get(),
             grant: req.grant.as_ref().map(|g| GrantView::new(g, token)),
             decisions: None,
         }
@@ -123,6 +130,13 @@ pub struct ThresholdView {
 }
 
 impl ThresholdView {
+    /// Whether enough people may approve to meet the quorum. A request
+    /// with a threshold that cannot be met waits until it expires unless
+    /// an admin adds approvers, so it is flagged wherever it is shown.
+    pub fn can_be_met(&self) -> bool {
+        self.eligible.len() as u64 >= u64::from(self.quorum)
+    }
+
     /// A threshold with its progress and eligible approvers.
     pub fn new(t: &Threshold, approvals: u32, eligible: Vec<UserName>) -> Self {
         Self {

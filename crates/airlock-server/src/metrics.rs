@@ -17,6 +17,7 @@ pub(crate) struct Metrics {
     decisions: Family<Vec<(String, String)>, Counter>,
     latency: Histogram,
     pending: Gauge,
+    unapprovable: Gauge,
     notifications: Family<Vec<(String, String)>, Counter>,
 }
 
@@ -38,6 +39,12 @@ impl Metrics {
             "Requests waiting for approval",
             pending.clone(),
         );
+        let unapprovable = Gauge::default();
+        registry.register(
+            "unapprovable_requests",
+            "Pending requests with a threshold fewer people may approve than its quorum: they can only expire",
+            unapprovable.clone(),
+        );
         let notifications = Family::<Vec<(String, String)>, Counter>::default();
         registry.register(
             "notification_attempts",
@@ -49,6 +56,7 @@ impl Metrics {
             decisions,
             latency,
             pending,
+            unapprovable,
             notifications,
         }
     }
@@ -66,8 +74,9 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn render(&self, pending: i64) -> String {
+    pub(crate) fn render(&self, pending: i64, unapprovable: i64) -> String {
         self.pending.set(pending);
+        self.unapprovable.set(unapprovable);
         let mut out = String::new();
         if let Ok(r) = self.registry.lock() {
             if encode(&mut out, &r).is_err() {

@@ -547,6 +547,23 @@ fn print_request(req: &RequestView) {
     }
     println!("  approvals: {}", progress(req));
     if req.status == RequestStatus::Pending {
+        for t in req.thresholds.iter().filter(|t| !t.can_be_met()) {
+            let groups: Vec<_> = t.groups.iter().map(|g| visible(g.as_str())).collect();
+            println!(
+                "  WARNING: nobody can approve this: {} needs {} approval(s) but has {} member(s) who may give one; an admin must add approvers or change the policy",
+                groups.join(" or "),
+                t.quorum,
+                t.eligible.len()
+            );
+        }
+        if req.max_uses > 0 {
+            println!(
+                "  on approval: {} gets {} use(s), valid {}",
+                visible(req.principal.as_str()),
+                req.max_uses,
+                visible(&req.grant_ttl)
+            );
+        }
         println!(
             "  expires: {} ({})",
             airlock_client::api::time::fmt(req.expires_at),

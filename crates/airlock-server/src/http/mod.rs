@@ -456,12 +456,16 @@ async fn metrics(State(airlock): State<AppState>) -> Response {
         .read(|r| r.count_status(RequestStatus::Pending))
         .await
         .unwrap_or(-1);
+    let unapprovable = airlock
+        .unapprovable_pending(1000)
+        .await
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        airlock.metrics.render(pending),
+        airlock.metrics.render(pending, unapprovable),
     )
         .into_response()
 }

@@ -60,6 +60,16 @@ enum Fate {
     Raised,
 }
 
+/// Context facts Airlock computes itself; a caller's value is dropped
+/// (an enforcer key may pass its end user's `source_ip`).
+const COMPUTED_CONTEXT: [&str; 5] = [
+    "source_ip",
+    "local_hour",
+    "weekday",
+    "sensitive_actions_last_hour",
+    "granted_before",
+];
+
 impl Airlock {
     /// Decides an action, records the decision, and creates (or returns
     /// the pending) request when approval is required.
@@ -352,6 +362,23 @@ impl Airlock {
     /// computes are dropped (the connection's address stands for
     /// `source_ip`), and its claims of trusted facts are refused, so a user
     /// cannot talk their way past a network `forbid` or a row limit.
+    /// Whether a context fact (`rows`, `dlp.card`) was checked: computed
+    /// by Airlock, or trusted (`[policy] trusted_context`, so only an
+    /// enforcer key can have stated it). Anything else is the caller's
+    /// word, and the console says so.
+    pub fn fact_is_checked(&self, fact: &str) -> bool {
+        let top = fact.split('.').next().unwrap_or(fact);
+        COMPUTED_CONTEXT.contains(&top)
+            || top == "country"
+            || self
+                .config
+                .load()
+                .policy
+                .trusted_context
+                .iter()
+                .any(|t| t == top)
+    }
+
     pub(crate) fn screen_facts(
         &self,
         caller: &Caller,
@@ -362,13 +389,7 @@ impl Airlock {
         if caller.is_enforcer() {
             return Ok(());
         }
-        for computed in [
-            "source_ip",
-            "local_hour",
-            "weekday",
-            "sensitive_actions_last_hour",
-            "granted_before",
-        ] {
+        for computed in COMPUTED_CONTEXT {
             action.context.remove(computed);
         }
         let config = self.config.load();

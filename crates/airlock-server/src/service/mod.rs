@@ -30,7 +30,7 @@ pub use airlock_auth::api_keys::{
 pub use check::{CheckBody, CheckOutcome};
 pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
-pub use requests::{RequestPage, MAX_PAGE};
+pub use requests::{InboxShow, RequestPage, MAX_PAGE};
 pub(crate) use view::threshold_view;
 
 use crate::config::Config;

@@ -23,6 +23,17 @@ const MAX_REVIEW_REASON: usize = 2000;
 /// The most requests one page of a listing holds.
 pub const MAX_PAGE: u32 = 1000;
 
+/// Which requests the console's inbox shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxShow {
+    /// Pending, for the viewer to review.
+    Waiting,
+    /// Those the viewer reviewed.
+    Reviewed,
+    /// Decided ones.
+    Decided,
+}
+
 /// One page of a listing of requests.
 #[derive(Debug)]
 pub struct RequestPage {
@@ -106,6 +117,8 @@ impl Airlock {
         caller.is_admin()
             || caller.is_enforcer()
             || req.action.principal == caller.user
+            // Auditors read every request in the audit log already.
+            || self.may_oversee(caller)
             || req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g))
     }
 
@@ -200,6 +213,80 @@ impl Airlock {
         page.requests
             .retain(|r| r.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g)));
         Ok(page)
+    }
+
+    /// What the console's inbox lists for `caller`: pending requests they
+    /// may review, every pending request for auditors (`[web]
+    /// auditor_groups`), the requests they reviewed, or the decided ones
+    /// they may see. Pending ones soonest to expire first.
+    pub async fn console_inbox(
+        &self,
+        caller: &Caller,
+        show: InboxShow,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<RequestPage, ApiError> {
+        let everything = self.may_oversee(caller);
+        let mut page = match show {
+            InboxShow::Waiting if !everything => self.inbox(caller, limit, after).await?,
+            InboxShow::Waiting => {
+                self.list_visible(
+                    caller,
+                    vec![RequestStatus::Pending],
+                    false,
+                    false,
+                    limit,
+                    after,
+                )
+                .await?
+            }
+            InboxShow::Reviewed | InboxShow::Decided => {
+                let statuses = match show {
+                    InboxShow::Decided => RequestStatus::ALL
+                        .iter()
+                        .copied()
+                        .filter(|s| *s != RequestStatus::Pending)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let mut page = self
+                    .list_visible(caller, statuses, !everything, false, limit, after)
+                    .await?;
+                if show == InboxShow::Reviewed {
+                    page.requests
+                        .retain(|r| r.reviews.iter().any(|rv| rv.reviewer == caller.user));
+                }
+                page
+            }
+        };
+        if show == InboxShow::Waiting {
+            page.requests.sort_by_key(|r| r.expires_at);
+        }
+        Ok(page)
+    }
+
+    /// How many pending requests (of the oldest `limit`) have a threshold
+    /// nobody can meet: fewer people may approve than its quorum. For
+    /// `/metrics`, so admins are alerted to requests that will only expire.
+    pub async fn unapprovable_pending(&self, limit: u32) -> Result<usize, ApiError> {
+        let filter = StatusFilter {
+            statuses: vec![RequestStatus::Pending],
+            ..Default::default()
+        };
+        let pending = self
+            .store
+            .read(move |r| r.list_requests(&filter, limit))
+            .await?;
+        let loaded = self.loaded.load();
+        Ok(pending
+            .iter()
+            .filter(|req| {
+                req.requirement.thresholds.iter().any(|t| {
+                    !super::view::threshold_view(&loaded.directory, t, 0, &req.action.principal)
+                        .can_be_met()
+                })
+            })
+            .count())
     }
 
     /// The filter runs in the store's query, before the limit, so requests
