@@ -8,6 +8,7 @@ mod charts;
 mod pages;
 mod respond;
 mod session;
+mod show;
 mod simulate;
 
 use std::convert::Infallible;
@@ -53,8 +54,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/mine", get(mine))
         .route("/mine/rows", get(mine_rows))
         .route("/requests/{id}", get(request_page))
-        .route("/requests/{id}/status", get(request_status))
+        .route("/requests/{id}/state", get(request_state))
         .route("/requests/{id}/review", post(review))
+        .route("/requests/{id}/revoke", post(revoke))
         .route("/events", get(events))
         .route("/overview", get(overview))
         .route("/audit", get(audit))
@@ -69,10 +71,11 @@ pub(crate) fn routes() -> Router<AppState> {
 
 type Page = Result<Response, Refusal>;
 
-fn viewer(u: &WebUser) -> Viewer<'_> {
+fn viewer<'a>(airlock: &Airlock, u: &'a WebUser) -> Viewer<'a> {
     Viewer {
         user: u.caller.user.as_str(),
         csrf: &u.csrf,
+        auditor: airlock.may_oversee(&u.caller),
     }
 }
 
@@ -340,19 +343,37 @@ fn shown(airlock: &Airlock, req: &airlock_core::Request, _user: &WebUser) -> Val
 /// How many requests one inbox page shows; older ones are a link away.
 const INBOX_PAGE: u32 = 100;
 
-/// `?after=` on the inbox: the page that follows.
-#[derive(Deserialize, Default)]
-struct PageQuery {
-    after: Option<String>,
+/// A request as an inbox card: its view, its facts on one line, and the
+/// viewer's own verdict if they gave one.
+fn card(airlock: &Airlock, req: &airlock_core::Request, user: &WebUser) -> pages::Card {
+    let request = shown(airlock, req, user);
+    let facts = request_facts(airlock, req, &request);
+    pages::Card {
+        facts: show::facts_line(&facts),
+        reviewed_by_me: req
+            .reviews
+            .iter()
+            .find(|rv| rv.reviewer == user.caller.user)
+            .map(|rv| pages::past(rv.verdict.as_str()).to_owned()),
+        request,
+    }
 }
 
-/// The inbox's requests (filtered by who may review them in the store's
-/// query) and the cursor of the next page, if any.
+/// The facts policy looked at, with the limits the request's policies
+/// set on them.
+fn request_facts(airlock: &Airlock, req: &airlock_core::Request, view: &Value) -> Vec<show::Fact> {
+    let limits = airlock.loaded.load().engine.context_limits(&req.policies);
+    let attrs = airlock.resource_attrs(&req.action.resource);
+    show::facts(view, &attrs, &limits, &|f| airlock.fact_is_checked(f))
+}
+
+/// The inbox's cards (the service decides what the viewer may see; the
+/// typed filters narrow it) and the cursor of the next page, if any.
 async fn inbox_list(
     airlock: &Airlock,
     user: &WebUser,
-    q: &PageQuery,
-) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    q: &pages::InboxQuery,
+) -> Result<(Vec<pages::Card>, Option<String>), ApiError> {
     let after = match q.after.as_deref() {
         None | Some("") => None,
         Some(a) => Some(
@@ -360,28 +381,40 @@ async fn inbox_list(
                 .ok_or_else(|| ApiError::BadRequest(format!("after {a:?} is not a page cursor")))?,
         ),
     };
-    let page = airlock.inbox(&user.caller, INBOX_PAGE, after).await?;
-    Ok((
-        page.requests
-            .iter()
-            .map(|r| shown(airlock, r, user))
-            .collect(),
-        page.next.map(|c| c.to_string()),
-    ))
+    let show = match q.show.as_str() {
+        "" | "waiting" => crate::service::InboxShow::Waiting,
+        "reviewed" => crate::service::InboxShow::Reviewed,
+        "decided" => crate::service::InboxShow::Decided,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "show {other:?}: waiting, reviewed or decided"
+            )))
+        }
+    };
+    let page = airlock
+        .console_inbox(&user.caller, show, INBOX_PAGE, after)
+        .await?;
+    let cards = page
+        .requests
+        .iter()
+        .map(|r| card(airlock, r, user))
+        .filter(|c| q.keeps(&c.request))
+        .collect();
+    Ok((cards, page.next.map(|c| c.to_string())))
 }
 
 async fn inbox(
     State(airlock): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<pages::InboxQuery>,
 ) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
     match inbox_list(&airlock, &user, &q).await {
-        Ok((list, next)) => Ok(pages::inbox(
-            &viewer(&user),
-            &list,
+        Ok((cards, next)) => Ok(pages::inbox(
+            &viewer(&airlock, &user),
+            &cards,
+            &q,
             next.as_deref(),
-            q.after.as_deref(),
             chrono::Utc::now(),
         )
         .into_response()),
@@ -392,12 +425,12 @@ async fn inbox(
 async fn inbox_rows(
     State(airlock): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<pages::InboxQuery>,
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
     match inbox_list(&airlock, &user, &q).await {
-        Ok((list, next)) => {
-            Ok(pages::inbox_rows(&list, next.as_deref(), chrono::Utc::now()).into_response())
+        Ok((cards, next)) => {
+            Ok(pages::inbox_rows(&cards, &q, next.as_deref(), chrono::Utc::now()).into_response())
         }
         Err(e) => Err(fail(Some(&user), e)),
     }
@@ -411,7 +444,9 @@ async fn mine_list(airlock: &Airlock, user: &WebUser) -> Result<Vec<Value>, ApiE
 async fn mine(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
     match mine_list(&airlock, &user).await {
-        Ok(list) => Ok(pages::mine(&viewer(&user), &list, chrono::Utc::now()).into_response()),
+        Ok(list) => {
+            Ok(pages::mine(&viewer(&airlock, &user), &list, chrono::Utc::now()).into_response())
+        }
         Err(e) => Err(fail(Some(&user), e)),
     }
 }
@@ -428,10 +463,18 @@ fn request_id(s: &str) -> Result<RequestId, ApiError> {
     RequestId::parse(s).map_err(|_| ApiError::NotFound(format!("no request {s}")))
 }
 
+/// `?done=approve` after a review: the page confirms it.
+#[derive(Deserialize, Default)]
+struct DoneQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
 async fn request_page(
     State(airlock): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<DoneQuery>,
 ) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
     let page = async {
@@ -442,17 +485,65 @@ async fn request_page(
             .iter()
             .map(|a| serde_json::to_value(a).unwrap_or_default())
             .collect();
-        let loaded = airlock.loaded.load();
-        let can_review = req.status == RequestStatus::Pending
-            && req.action.principal != user.caller.user
-            && req.eligible_reviewer(&user.caller.user, |u, g| loaded.directory.is_member(u, g));
+        let me = &user.caller.user;
+        let may = {
+            let loaded = airlock.loaded.load();
+            let member = |u: &airlock_core::UserName, g: &airlock_core::GroupName| {
+                loaded.directory.is_member(u, g)
+            };
+            pages::Allowed {
+                // Once reviewed, the form gives way to each approver's state.
+                review: req.status == RequestStatus::Pending
+                    && req.eligible_reviewer(me, member)
+                    && !req.reviews.iter().any(|rv| rv.reviewer == *me),
+                // The same rule as the service's revoke (approvers of the
+                // request; admin keys are not console users).
+                revoke: req.status == RequestStatus::Approved
+                    && req
+                        .requirement
+                        .thresholds
+                        .iter()
+                        .any(|t| t.groups.iter().any(|g| member(me, g))),
+            }
+        };
+        let view = shown(&airlock, &req, &user);
+        let facts = request_facts(&airlock, &req, &view);
         let attrs = airlock.resource_attrs(&req.action.resource);
+        let preview_checked = airlock.fact_is_checked("preview");
+        // After a review: what happens next, and the next request waiting.
+        let (verdict, next) = match q.done.as_deref() {
+            Some(v @ ("approve" | "deny")) => {
+                let waiting = airlock
+                    .console_inbox(
+                        &user.caller,
+                        crate::service::InboxShow::Waiting,
+                        INBOX_PAGE,
+                        None,
+                    )
+                    .await?;
+                let next = waiting
+                    .requests
+                    .iter()
+                    .find(|r| r.id != req.id && !r.reviews.iter().any(|rv| rv.reviewer == *me))
+                    .map(|r| r.id.to_string());
+                (Some(v), next)
+            }
+            _ => (None, None),
+        };
+        let done = verdict.map(|v| pages::Done {
+            verdict: v,
+            what_next: after_review(&view),
+            next: next.as_deref(),
+        });
         Ok::<Markup, ApiError>(pages::request(
-            &viewer(&user),
-            &shown(&airlock, &req, &user),
+            &viewer(&airlock, &user),
+            &view,
             &attrs,
+            &facts,
+            preview_checked,
             &history,
-            can_review,
+            may,
+            done,
             chrono::Utc::now(),
         ))
     };
@@ -462,21 +553,51 @@ async fn request_page(
     }
 }
 
-async fn request_status(
+/// What happens now that the viewer reviewed, in words.
+fn after_review(view: &Value) -> String {
+    let who = view["principal"].as_str().unwrap_or("");
+    match view["status"].as_str().unwrap_or("") {
+        "approved" | "consumed" | "completed" => format!(
+            "Every threshold is met: {who} has a grant for exactly this action, valid {}; {who}'s waiting command or client goes ahead.",
+            view["grant_ttl"].as_str().unwrap_or("")
+        ),
+        "denied" => format!("The request is denied; {who} is told your reason."),
+        "pending" => {
+            let missing: Vec<String> = view["thresholds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["approvals"].as_u64() < t["quorum"].as_u64())
+                .map(|t| {
+                    let left = t["quorum"].as_u64().unwrap_or(1) - t["approvals"].as_u64().unwrap_or(0);
+                    let groups: Vec<&str> = t["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+                    format!("{left} more from {}", groups.join(" or "))
+                })
+                .collect();
+            format!("It still needs {}; {who} waits.", missing.join(" and "))
+        }
+        other => format!("The request is {other}."),
+    }
+}
+
+/// The live part of a request page (status, thresholds, approvers).
+async fn request_state(
     State(airlock): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
-    let status = async {
+    let state = async {
         let req = airlock
             .get_request(&user.caller, request_id(&id)?, None)
             .await?;
-        // Reviews count too: the page reloads when either changes.
-        Ok::<_, ApiError>(format!("{} {}", req.status, req.reviews.len()))
+        Ok::<_, ApiError>(pages::request_state(
+            &shown(&airlock, &req, &user),
+            chrono::Utc::now(),
+        ))
     };
-    match status.await {
-        Ok(s) => Ok(s.into_response()),
+    match state.await {
+        Ok(m) => Ok(m.into_response()),
         Err(e) => Err(fail(Some(&user), e)),
     }
 }
@@ -512,6 +633,37 @@ async fn review(
         airlock
             .review(&user.caller, id, verdict, reason, "web")
             .await?;
+        Ok((id, verdict))
+    };
+    match done.await {
+        Ok((id, verdict)) => {
+            Ok(Redirect::to(&format!("/requests/{id}?done={}", verdict.as_str())).into_response())
+        }
+        Err(e) => Err(fail(Some(&user), e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Revokes an approved request's grant (approvers of the request).
+async fn revoke(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RevokeForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let done = async {
+        let id = request_id(&id)?;
+        let reason = Some(form.reason).filter(|r| !r.trim().is_empty());
+        airlock.revoke(&user.caller, id, reason).await?;
         Ok(id)
     };
     match done.await {
@@ -598,7 +750,7 @@ async fn overview(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let now = chrono::Utc::now();
     let decided = all.iter().filter_map(charts::decision_seconds).count();
     Ok(pages::overview(
-        &viewer(&user),
+        &viewer(&airlock, &user),
         everyone,
         charts::requests_per_day(&all, now, 14),
         charts::time_to_decision(&all),
@@ -676,7 +828,7 @@ async fn audit(
             broken: Some((0, "not verified".into())),
         },
     };
-    Ok(pages::audit(&viewer(&user), &q, &records, &chain, AUDIT_PAGE).into_response())
+    Ok(pages::audit(&viewer(&airlock, &user), &q, &records, &chain, AUDIT_PAGE).into_response())
 }
 
 async fn audit_export(
@@ -723,7 +875,7 @@ async fn notifications(State(airlock): State<AppState>, headers: HeaderMap) -> P
         Ok::<_, ApiError>((failed, waiting))
     };
     let (failed, waiting) = lists.await.map_err(|e| fail(Some(&user), e))?;
-    Ok(pages::notifications(&viewer(&user), &failed, waiting).into_response())
+    Ok(pages::notifications(&viewer(&airlock, &user), &failed, waiting).into_response())
 }
 
 async fn notification_retry(
@@ -763,7 +915,7 @@ async fn policy_page(
         .map_err(|e| fail(Some(user), e))?;
     let last = last.map(|a| serde_json::to_value(a).unwrap_or_default());
     Ok(pages::policy(
-        &viewer(user),
+        &viewer(airlock, user),
         !is_auditor(airlock, user),
         loaded.engine.version(),
         &policies,

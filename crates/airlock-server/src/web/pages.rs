@@ -10,31 +10,54 @@ use serde_json::Value;
 pub(crate) struct Viewer<'a> {
     pub(crate) user: &'a str,
     pub(crate) csrf: &'a str,
+    /// A member of `[web] auditor_groups`: sees every request, the audit
+    /// log and the notifications; others are not shown links they could
+    /// not open.
+    pub(crate) auditor: bool,
 }
 
-/// The page frame: header, navigation, sign-out form.
+/// The navigation: (path, label, for auditors only).
+const NAV: [(&str, &str, bool); 6] = [
+    ("/inbox", "Inbox", false),
+    ("/mine", "My requests", false),
+    ("/overview", "Overview", false),
+    ("/policy", "Policies", false),
+    ("/audit", "Audit", true),
+    ("/notifications", "Notifications", true),
+];
+
+/// The page frame: skip link, header, navigation (the current page
+/// marked), sign-out form.
 pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> Markup {
+    // Titles begin with the page's name ("(3) Inbox", "Audit log").
+    let name =
+        title.trim_start_matches(|c: char| c == '(' || c == ')' || c.is_ascii_digit() || c == ' ');
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
                 title { (title) " · Airlock" }
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/app.js" defer {}
             }
             body {
+                a.skip href="#main" { "Skip to content" }
                 header {
                     a.brand href="/" { "Airlock" }
                     @if let Some(v) = viewer {
                         nav aria-label="Main" {
-                            a href="/inbox" { "Inbox" }
-                            a href="/mine" { "My requests" }
-                            a href="/overview" { "Overview" }
-                            a href="/policy" { "Policies" }
-                            a href="/audit" { "Audit" }
-                            a href="/notifications" { "Notifications" }
+                            @for (path, label, auditors) in NAV {
+                                @if !auditors || v.auditor {
+                                    @if name.starts_with(label) {
+                                        a href=(path) aria-current="page" { (label) }
+                                    } @else {
+                                        a href=(path) { (label) }
+                                    }
+                                }
+                            }
                         }
                         form.signout method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(v.csrf);
@@ -43,7 +66,7 @@ pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> 
                         }
                     }
                 }
-                main { (body) }
+                main #main tabindex="-1" { (body) }
             }
         }
     }
@@ -110,17 +133,17 @@ const HIDDEN_TITLE: &str = "Contains hidden or control characters (shown as \\u{
 /// Characters the console marks: those that hide themselves or change how
 /// the text around them reads. Newlines and tabs are only white space in
 /// HTML, so they are not marked.
-fn marked(c: char) -> bool {
+pub(crate) fn is_marked(c: char) -> bool {
     display::is_hidden(c) && !matches!(c, '\n' | '\t')
 }
 
 fn json_marked(v: &Value) -> bool {
     match v {
-        Value::String(s) => s.chars().any(marked),
+        Value::String(s) => s.chars().any(is_marked),
         Value::Array(a) => a.iter().any(json_marked),
         Value::Object(o) => o
             .iter()
-            .any(|(k, v)| k.chars().any(marked) || json_marked(v)),
+            .any(|(k, v)| k.chars().any(is_marked) || json_marked(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
@@ -129,14 +152,14 @@ fn json_marked(v: &Value) -> bool {
 /// and, if it holds characters that hide themselves or reorder the text
 /// around them (a right-to-left override makes `report`+RLO+`fdp.exe` read
 /// "reportexe.pdf"), marked, with each such character shown as its escape.
-fn untrusted(s: &str) -> Markup {
+pub(crate) fn untrusted(s: &str) -> Markup {
     html! {
-        @if s.chars().any(marked) {
+        @if s.chars().any(is_marked) {
             mark.suspicious title=(HIDDEN_TITLE) {
                 @for p in display::pieces(s) {
                     @match p {
                         Piece::Text(t) => (t),
-                        Piece::Hidden(c) if !marked(c) => (c),
+                        Piece::Hidden(c) if !is_marked(c) => (c),
                         Piece::Hidden(c) => span.hidden-char { (display::escape_char(c)) },
                     }
                 }
@@ -162,6 +185,11 @@ fn untrusted_json(v: &Value) -> Markup {
     }
 }
 
+/// JSON on one line, hidden characters as escapes.
+pub(crate) fn compact(v: &Value) -> String {
+    display::json_compact(v)
+}
+
 /// The same, on one line (the audit explorer's details).
 fn untrusted_json_line(v: &Value) -> Markup {
     html! {
@@ -173,7 +201,7 @@ fn untrusted_json_line(v: &Value) -> Markup {
     }
 }
 
-fn resource(v: &Value) -> String {
+pub(crate) fn resource(v: &Value) -> String {
     format!(
         "{}:{}",
         v["resource"]["type"].as_str().unwrap_or(""),
@@ -181,13 +209,117 @@ fn resource(v: &Value) -> String {
     )
 }
 
-/// "security 1/2 (bob, carol)" for each threshold.
+/// A time as a `<time>` element: UTC in the text, the browser's local time
+/// once the script runs.
+pub(crate) fn time(at: &str) -> Markup {
+    html! { time datetime=(at) data-local="1" { (at.replace('T', " ").trim_end_matches('Z')) " UTC" } }
+}
+
+/// Time left until `expires`, ticking in the browser.
+fn countdown(expires: &str, now: DateTime<Utc>) -> Markup {
+    html! { time.countdown datetime=(expires) data-countdown="1" { (time_left(expires, now)) } }
+}
+
+/// Thresholds that cannot be met: fewer people may approve than the
+/// quorum asks. Such a request waits until it expires unless an admin adds
+/// approvers, so it is flagged wherever it is shown.
+pub(crate) fn unmeetable(r: &Value) -> Vec<String> {
+    r["thresholds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            let eligible = t["eligible"].as_array().map_or(0, Vec::len) as u64;
+            eligible < t["quorum"].as_u64().unwrap_or(1)
+        })
+        .map(|t| {
+            let groups = names(&t["groups"], " or ");
+            let n = t["eligible"].as_array().map_or(0, Vec::len);
+            let q = t["quorum"].as_u64().unwrap_or(1);
+            format!("{groups} needs {q} approval(s) but has {n} member(s) who may give one")
+        })
+        .collect()
+}
+
+fn names(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The inbox's filters, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub(crate) struct InboxQuery {
+    /// A page cursor.
+    #[serde(default)]
+    pub(crate) after: Option<String>,
+    /// `waiting` (default), `reviewed` (by me) or `decided`.
+    #[serde(default)]
+    pub(crate) show: String,
+    #[serde(default)]
+    pub(crate) requester: String,
+    #[serde(default)]
+    pub(crate) action: String,
+    #[serde(default)]
+    pub(crate) resource: String,
+    #[serde(default)]
+    pub(crate) group: String,
+}
+
+impl InboxQuery {
+    /// Whether `r` passes the typed filters (requester, action, resource
+    /// part, approver group).
+    pub(crate) fn keeps(&self, r: &Value) -> bool {
+        fn typed(s: &str) -> Option<&str> {
+            Some(s.trim()).filter(|s| !s.is_empty())
+        }
+        typed(&self.requester).is_none_or(|u| r["principal"] == u)
+            && typed(&self.action).is_none_or(|a| r["action"] == a)
+            && typed(&self.resource).is_none_or(|x| resource(r).contains(x))
+            && typed(&self.group).is_none_or(|g| {
+                r["thresholds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["groups"].as_array().into_iter().flatten().any(|n| n == g))
+            })
+    }
+
+    /// The filters as a query string (without the cursor).
+    pub(crate) fn query_string(&self) -> String {
+        [
+            ("show", &self.show),
+            ("requester", &self.requester),
+            ("action", &self.action),
+            ("resource", &self.resource),
+            ("group", &self.group),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| format!("{k}={}", url_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+/// One inbox card as the viewer sees it: the request, its one-line facts,
+/// and whether the viewer already reviewed it.
+pub(crate) struct Card {
+    pub(crate) request: Value,
+    pub(crate) facts: String,
+    pub(crate) reviewed_by_me: Option<String>,
+}
+
+/// "security 1/2" for each threshold, met ones marked.
 fn thresholds(v: &Value) -> Markup {
     html! {
         ul.thresholds {
             @for t in v["thresholds"].as_array().into_iter().flatten() {
-                @let groups = t["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect::<Vec<_>>().join(" or ");
-                @let eligible = t["eligible"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect::<Vec<_>>().join(", ");
+                @let groups = names(&t["groups"], " or ");
+                @let eligible = names(&t["eligible"], ", ");
                 @let (n, q) = (t["approvals"].as_u64().unwrap_or(0), t["quorum"].as_u64().unwrap_or(1));
                 li class=(if n >= q { "met" } else { "missing" }) {
                     progress value=(n) max=(q) aria-label=(format!("{groups}: {n} of {q} approvals")) {}
@@ -199,61 +331,107 @@ fn thresholds(v: &Value) -> Markup {
     }
 }
 
-/// The rows of the inbox: what the viewer may review now.
-pub(crate) fn inbox_rows(requests: &[Value], next: Option<&str>, now: DateTime<Utc>) -> Markup {
+/// The rows of the inbox, with the count the tab title shows.
+pub(crate) fn inbox_rows(
+    cards: &[Card],
+    q: &InboxQuery,
+    next: Option<&str>,
+    now: DateTime<Utc>,
+) -> Markup {
+    let waiting = cards
+        .iter()
+        .filter(|c| c.request["status"] == "pending" && c.reviewed_by_me.is_none())
+        .count();
     html! {
-        (inbox_list(requests, now))
-        @if let Some(next) = next {
-            p.more { a href=(format!("/inbox?after={next}")) { "Older requests →" } }
-        }
-    }
-}
-
-fn inbox_list(requests: &[Value], now: DateTime<Utc>) -> Markup {
-    html! {
-        @if requests.is_empty() {
-            p.empty { "Nothing waits for you." }
-        } @else {
-            ul.requests {
-                @for r in requests {
-                    li.request {
-                        a.title href=(format!("/requests/{}", r["id"].as_str().unwrap_or(""))) {
-                            strong { (r["principal"].as_str().unwrap_or("")) }
-                            " wants to " strong { (r["action"].as_str().unwrap_or("")) }
-                            " " code { (untrusted(&resource(r))) }
+        div.rows data-count=(waiting) {
+            @if cards.is_empty() {
+                p.empty { "Nothing waits for you." }
+            } @else {
+                ul.requests {
+                    @for c in cards {
+                        @let r = &c.request;
+                        @let id = r["id"].as_str().unwrap_or("");
+                        @let status = r["status"].as_str().unwrap_or("");
+                        li.request data-href=(format!("/requests/{id}")) {
+                            a.title href=(format!("/requests/{id}")) {
+                                strong { (r["principal"].as_str().unwrap_or("")) }
+                                " wants to " strong { (r["action"].as_str().unwrap_or("")) }
+                                " " code { (untrusted(&resource(r))) }
+                            }
+                            @if !c.facts.is_empty() { p.facts { (untrusted(&c.facts)) } }
+                            @if let Some(reason) = r["reason"].as_str() {
+                                p.reason { "“" (untrusted(reason)) "”" }
+                            }
+                            (thresholds(r))
+                            p.meta {
+                                @if status == "pending" { (countdown(r["expires_at"].as_str().unwrap_or(""), now)) }
+                                @else { span class=(format!("status {status}")) { (status) } }
+                                @if let Some(v) = &c.reviewed_by_me { " · " span.mine { "you " (v) } }
+                                @if status == "pending" && !unmeetable(r).is_empty() {
+                                    " · " strong.flag { "⚠ nobody can approve this" }
+                                }
+                            }
                         }
-                        @if let Some(reason) = r["reason"].as_str() {
-                            p.reason { "“" (untrusted(reason)) "”" }
-                        }
-                        (thresholds(r))
-                        p.muted { (time_left(r["expires_at"].as_str().unwrap_or(""), now)) }
                     }
                 }
+            }
+            @if let Some(next) = next {
+                p.more { a href=(format!("/inbox?after={next}&{}", q.query_string())) { "Older requests →" } }
             }
         }
     }
 }
 
-/// The inbox page, which refreshes its list when requests change.
+/// The inbox: filters, then cards sorted by time left, refreshed live.
 pub(crate) fn inbox(
     viewer: &Viewer<'_>,
-    requests: &[Value],
+    cards: &[Card],
+    q: &InboxQuery,
     next: Option<&str>,
-    after: Option<&str>,
     now: DateTime<Utc>,
 ) -> Markup {
-    // A later page refreshes itself, not the first one.
-    let live = match after {
-        Some(a) => format!("/inbox/rows?after={a}"),
-        None => "/inbox/rows".to_owned(),
+    let qs = q.query_string();
+    let live = match q.after.as_deref() {
+        Some(a) => format!("/inbox/rows?after={a}&{qs}"),
+        None => format!("/inbox/rows?{qs}"),
+    };
+    let waiting = cards
+        .iter()
+        .filter(|c| c.request["status"] == "pending" && c.reviewed_by_me.is_none())
+        .count();
+    let title = if waiting > 0 {
+        format!("({waiting}) Inbox")
+    } else {
+        "Inbox".to_owned()
+    };
+    let heading = match q.show.as_str() {
+        "reviewed" => "Reviewed by you",
+        "decided" => "Decided",
+        _ if viewer.auditor => "Every pending request",
+        _ => "Waiting for your review",
     };
     layout(
-        "Inbox",
+        &title,
         Some(viewer),
         html! {
-            h1 { "Waiting for your review" }
-            @if after.is_some() { p { a href="/inbox" { "← Newest" } } }
-            div #live data-live=(live) aria-live="polite" { (inbox_rows(requests, next, now)) }
+            h1 { (heading) }
+            form.filters method="get" action="/inbox" role="search" aria-label="Filter requests" {
+                label { "Show "
+                    select name="show" {
+                        option value="" selected[q.show.is_empty()] { "Waiting" }
+                        option value="reviewed" selected[q.show == "reviewed"] { "Reviewed by me" }
+                        option value="decided" selected[q.show == "decided"] { "Decided" }
+                    }
+                }
+                label { "Requester " input name="requester" value=(q.requester) size="10"; }
+                label { "Action " input name="action" value=(q.action) size="10"; }
+                label { "Resource " input name="resource" value=(q.resource) size="14"; }
+                label { "Group " input name="group" value=(q.group) size="10"; }
+                button type="submit" { "Filter" }
+            }
+            p.muted.keys { "Keys: " kbd { "j" } "/" kbd { "k" } " move, " kbd { "Enter" } " opens; on a request " kbd { "a" } " approves, " kbd { "d" } " denies (each asks first)." }
+            @if q.after.is_some() { p { a href="/inbox" { "← Newest" } } }
+            div #live data-live=(live) aria-live="polite" { (inbox_rows(cards, q, next, now)) }
         },
     )
 }
@@ -264,18 +442,20 @@ pub(crate) fn mine_rows(requests: &[Value], now: DateTime<Utc>) -> Markup {
         @if requests.is_empty() {
             p.empty { "You have asked for nothing yet." }
         } @else {
-            table {
-                thead { tr { th { "Request" } th { "Status" } th { "Grant" } } }
-                tbody {
-                    @for r in requests {
-                        tr {
-                            td {
-                                a href=(format!("/requests/{}", r["id"].as_str().unwrap_or(""))) {
-                                    (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
+            div.scroll {
+                table {
+                    thead { tr { th { "Request" } th { "Status" } th { "Grant" } } }
+                    tbody {
+                        @for r in requests {
+                            tr {
+                                td {
+                                    a href=(format!("/requests/{}", r["id"].as_str().unwrap_or(""))) {
+                                        (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
+                                    }
                                 }
+                                td { span class=(format!("status {}", r["status"].as_str().unwrap_or(""))) { (r["status"].as_str().unwrap_or("")) } }
+                                td { (grant_state(r, now)) }
                             }
-                            td { span class=(format!("status {}", r["status"].as_str().unwrap_or(""))) { (r["status"].as_str().unwrap_or("")) } }
-                            td { (grant_state(r, now)) }
                         }
                     }
                 }
@@ -291,7 +471,7 @@ fn grant_state(r: &Value, now: DateTime<Utc>) -> Markup {
             @let (uses, max) = (g["uses"].as_u64().unwrap_or(0), g["max_uses"].as_u64().unwrap_or(1));
             @if g["revoked"].as_bool() == Some(true) { "revoked" }
             @else if uses >= max { "used " (uses) "/" (max) @if let Some(o) = g["outcome"].as_str() { " · " (o) } }
-            @else { "ready, " (uses) "/" (max) " used · " (time_left(g["expires_at"].as_str().unwrap_or(""), now)) }
+            @else { "ready, " (uses) "/" (max) " used · " (countdown(g["expires_at"].as_str().unwrap_or(""), now)) }
         } @else { "—" }
     }
 }
@@ -308,54 +488,272 @@ pub(crate) fn mine(viewer: &Viewer<'_>, requests: &[Value], now: DateTime<Utc>) 
     )
 }
 
-/// Everything an approver needs to judge one request, and the buttons if
-/// they may review it.
+/// A verdict as done: `approved`, `denied`.
+pub(crate) fn past(verdict: &str) -> &str {
+    match verdict {
+        "approve" => "approved",
+        "deny" => "denied",
+        other => other,
+    }
+}
+
+/// "one use" or "3 uses".
+fn uses(n: u64) -> String {
+    if n == 1 {
+        "one use".into()
+    } else {
+        format!("{n} uses")
+    }
+}
+
+/// What approving does, said at the button: "Approve → 1 of 2 from
+/// security; when all are met alice gets one use, valid 10m".
+pub(crate) fn consequence(r: &Value, me: &str) -> String {
+    let ts: Vec<&Value> = r["thresholds"].as_array().into_iter().flatten().collect();
+    let mine: Vec<String> = ts
+        .iter()
+        .filter(|t| {
+            t["eligible"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|u| u == me)
+        })
+        .map(|t| {
+            let (n, q) = (
+                t["approvals"].as_u64().unwrap_or(0),
+                t["quorum"].as_u64().unwrap_or(1),
+            );
+            format!(
+                "{} of {q} from {}",
+                (n + 1).min(q),
+                names(&t["groups"], " or ")
+            )
+        })
+        .collect();
+    let all_met_after = ts.iter().all(|t| {
+        let (n, q) = (
+            t["approvals"].as_u64().unwrap_or(0),
+            t["quorum"].as_u64().unwrap_or(1),
+        );
+        let counts = t["eligible"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|u| u == me);
+        n + u64::from(counts) >= q
+    });
+    let who = r["principal"].as_str().unwrap_or("");
+    let grant = format!(
+        "{who} gets {}, valid {}",
+        uses(r["max_uses"].as_u64().unwrap_or(1)),
+        r["grant_ttl"].as_str().unwrap_or("")
+    );
+    let then = if all_met_after {
+        format!("that meets every threshold: {grant}, at once")
+    } else {
+        format!("when all are met {grant}")
+    };
+    format!("Approve → {}; {then}", mine.join(", "))
+}
+
+/// Each approver's state: who approved or denied (when, where, why) and
+/// who may still.
+fn approver_states(r: &Value) -> Markup {
+    let reviews: Vec<&Value> = r["reviews"].as_array().into_iter().flatten().collect();
+    let mut eligible: Vec<&str> = r["thresholds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["eligible"].as_array().into_iter().flatten())
+        .filter_map(|u| u.as_str())
+        .collect();
+    eligible.sort_unstable();
+    eligible.dedup();
+    let pending = r["status"] == "pending";
+    html! {
+        ul.approvers {
+            @for rv in &reviews {
+                li class=(rv["verdict"].as_str().unwrap_or("")) {
+                    strong { (rv["reviewer"].as_str().unwrap_or("")) } " "
+                    (past(rv["verdict"].as_str().unwrap_or(""))) " via " (rv["channel"].as_str().unwrap_or(""))
+                    " at " (time(rv["at"].as_str().unwrap_or("")))
+                    @if let Some(why) = rv["reason"].as_str() { ": “" (untrusted(why)) "”" }
+                }
+            }
+            @for u in eligible.iter().filter(|u| !reviews.iter().any(|rv| rv["reviewer"] == **u)) {
+                li.waiting { strong { (u) } @if pending { " has not reviewed yet" } @else { " did not review" } }
+            }
+        }
+    }
+}
+
+/// The outcome of a decided request in words.
+fn outcome(r: &Value) -> Markup {
+    let status = r["status"].as_str().unwrap_or("");
+    let denial = r["reviews"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|rv| rv["verdict"] == "deny");
+    html! {
+        @match status {
+            "approved" => { "Approved. " (grant_words(r)) },
+            "consumed" | "completed" => { "Approved and used. " (grant_words(r)) },
+            "denied" => {
+                "Denied"
+                @if let Some(d) = denial {
+                    " by " (d["reviewer"].as_str().unwrap_or(""))
+                    @if let Some(why) = d["reason"].as_str() { ": “" (untrusted(why)) "”" }
+                }
+                "."
+            },
+            "expired" => { "Expired: nobody decided in time, or the grant was not used in time." },
+            "cancelled" => { "Cancelled by the requester." },
+            "revoked" => { "Revoked: the grant can no longer be used." },
+            _ => { (status) },
+        }
+    }
+}
+
+fn grant_words(r: &Value) -> Markup {
+    let g = &r["grant"];
+    html! {
+        @if g.is_object() {
+            "Grant: " (g["uses"].as_u64().unwrap_or(0)) " of " (g["max_uses"].as_u64().unwrap_or(1)) " use(s) spent"
+            @if let Some(o) = g["outcome"].as_str() { ", outcome " (o) }
+            @if g["revoked"].as_bool() == Some(true) { ", revoked" }
+            ", valid until " (time(g["expires_at"].as_str().unwrap_or(""))) "."
+        }
+    }
+}
+
+/// The part of a request page that changes while it is open: status,
+/// thresholds, each approver's state, the grant. Replaced in place, so a
+/// reason being typed and the keyboard focus (both outside it) survive.
+pub(crate) fn request_state(r: &Value, now: DateTime<Utc>) -> Markup {
+    let status = r["status"].as_str().unwrap_or("");
+    let reviewers: Vec<&str> = r["reviews"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|rv| rv["reviewer"].as_str())
+        .collect();
+    html! {
+        div.state data-status=(status) data-reviewers=(reviewers.join(" ")) {
+            p.statusline {
+                span class=(format!("status {status}")) { (status) }
+                @if status == "pending" {
+                    " · " (countdown(r["expires_at"].as_str().unwrap_or(""), now)) " to decide"
+                } @else {
+                    " · " (outcome(r))
+                }
+            }
+            (thresholds(r))
+            (approver_states(r))
+        }
+    }
+}
+
+/// Everything an approver needs to judge one request, risk first: the
+/// action as a person reads it, the facts policy used and the limits they
+/// crossed, the masked preview; then the thresholds and the buttons with
+/// what pressing them does; then the raw params and the history.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn request(
     viewer: &Viewer<'_>,
     r: &Value,
     attrs: &Value,
+    facts: &[super::show::Fact],
+    preview_checked: bool,
     history: &[Value],
-    can_review: bool,
+    may: Allowed,
+    done: Option<Done<'_>>,
     now: DateTime<Utc>,
 ) -> Markup {
     let id = r["id"].as_str().unwrap_or("");
+    let status = r["status"].as_str().unwrap_or("");
+    let blocked = unmeetable(r);
     layout(
         &format!("Request {id}"),
         Some(viewer),
         html! {
+            @if let Some(d) = &done {
+                div.done role="status" {
+                    p { strong { "You " (past(d.verdict)) " this request." } " " (d.what_next) }
+                    p {
+                        @if let Some(next) = d.next { a.next href=(format!("/requests/{next}")) { "Next request waiting for you →" } }
+                        @else { "Nothing else waits for you. " a href="/inbox" { "Back to the inbox" } }
+                    }
+                }
+            }
             h1 {
                 (r["principal"].as_str().unwrap_or("")) " wants to "
                 (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
             }
-            p { span class=(format!("status {}", r["status"].as_str().unwrap_or(""))) { (r["status"].as_str().unwrap_or("")) }
-                " · " (time_left(r["expires_at"].as_str().unwrap_or(""), now)) " · " code.muted { (id) } }
-            @if let Some(reason) = r["reason"].as_str() { p.reason { "Reason: “" (untrusted(reason)) "”" } }
-            section {
-                h2 { "Thresholds" }
-                (thresholds(r))
-                p.muted { "Required by policies: " (r["policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", ")) }
+            @if let Some(reason) = r["reason"].as_str() { p.reason { "Reason given: “" (untrusted(reason)) "”" } }
+            @if status == "pending" && !blocked.is_empty() {
+                div.error role="alert" {
+                    p { "⚠ Nobody can approve this request as things stand: " (blocked.join("; ")) "." }
+                    p { "An admin must add approvers to the group or change the policy; otherwise it expires." }
+                }
             }
-            @if can_review {
-                section.review {
+            section.risk aria-labelledby="what" {
+                h2 #what { "What would happen" }
+                (super::show::action(r))
+                h2 { "What policy looked at" }
+                (super::show::facts_list(facts))
+                @if let Some(p) = super::show::preview(r) {
+                    @if preview_checked {
+                        h2 { "Masked preview of what would leave" }
+                        p.muted { "The first rows as the enforcement point saw them, with personal data and secrets masked." }
+                    } @else {
+                        h2 { "Preview stated by the caller" }
+                        p.error { "Not checked: `preview` is not a trusted fact ([policy] trusted_context), so the caller could have written anything here." }
+                    }
+                    (p)
+                }
+            }
+            section aria-labelledby="approvals" {
+                h2 #approvals { "Approvals" }
+                div #state data-live=(format!("/requests/{id}/state")) aria-live="polite" { (request_state(r, now)) }
+            }
+            @if may.review {
+                section.review #review {
                     h2 { "Your review" }
-                    form method="post" action=(format!("/requests/{id}/review")) {
+                    form #review-form method="post" action=(format!("/requests/{id}/review")) {
                         input type="hidden" name="csrf" value=(viewer.csrf);
+                        p.consequence #consequence { (consequence(r, viewer.user)) }
                         label for="reason" { "Reason (required to deny)" }
                         textarea id="reason" name="reason" rows="3" maxlength="2000" {}
+                        p.error #reason-needed role="alert" hidden { "Say why you deny: the requester reads it." }
                         div.buttons {
-                            button.approve type="submit" name="verdict" value="approve" { "Approve" }
+                            button.approve type="submit" name="verdict" value="approve" aria-describedby="consequence" { "Approve" }
                             button.deny type="submit" name="verdict" value="deny" { "Deny" }
                         }
+                        p.muted.decided-note hidden { "This request was decided while the page was open; your review was not sent." }
                     }
                 }
             }
-            section {
-                h2 { "The exact action" }
+            @if may.revoke {
+                section.revoke {
+                    h2 { "Revoke" }
+                    form method="post" action=(format!("/requests/{id}/revoke")) {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        p.muted { "Revoking ends the grant now: no use left is accepted, on any node." }
+                        label for="revoke-reason" { "Reason" }
+                        input #revoke-reason name="reason" maxlength="2000";
+                        div.buttons { button.deny type="submit" { "Revoke" } }
+                    }
+                }
+            }
+            details.raw {
+                summary { "Params, attributes and context as sent" }
                 dl {
-                    dt { "Principal" } dd { (r["principal"].as_str().unwrap_or("")) }
-                    dt { "Action" } dd { (r["action"].as_str().unwrap_or("")) }
-                    dt { "Resource" } dd { code { (untrusted(&resource(r))) } }
                     dt { "Fingerprint" } dd { code { (r["fingerprint"].as_str().unwrap_or("")) } }
+                    dt { "Request" } dd { code { (id) } }
+                    dt { "Asked" } dd { (time(r["created_at"].as_str().unwrap_or(""))) }
+                    dt { "Policies" } dd { (names(&r["policies"], ", ")) }
                 }
                 h3 { "Params" }
                 (untrusted_json(&r["params"]))
@@ -365,43 +763,41 @@ pub(crate) fn request(
                 (untrusted_json(&r["context"]))
             }
             section {
-                h2 { "Reviews" }
-                @if r["reviews"].as_array().is_none_or(|a| a.is_empty()) { p.muted { "None yet." } }
-                ul {
-                    @for rv in r["reviews"].as_array().into_iter().flatten() {
-                        li {
-                            strong { (rv["reviewer"].as_str().unwrap_or("")) } " "
-                            (rv["verdict"].as_str().unwrap_or("")) " via " (rv["channel"].as_str().unwrap_or(""))
-                            " at " (rv["at"].as_str().unwrap_or(""))
-                            @if let Some(why) = rv["reason"].as_str() { ": “" (untrusted(why)) "”" }
-                        }
-                    }
-                }
-                @if r["grant"].is_object() { p { "Grant: " (grant_state(r, now)) } }
-            }
-            section {
                 h2 { "History" }
                 ol.history {
                     @for h in history {
                         li {
-                            code { "#" (h["seq"].as_i64().unwrap_or(0)) } " " (h["ts"].as_str().unwrap_or("")) " "
+                            code { "#" (h["seq"].as_i64().unwrap_or(0)) } " " (time(h["ts"].as_str().unwrap_or(""))) " "
                             strong { (h["kind"].as_str().unwrap_or("")) } " by " (h["actor"].as_str().unwrap_or(""))
                             @if let Some(to) = h["details"]["to"].as_str() { " → " (to) }
                             // Every description of the action that led here,
                             // so a raised requirement shows what raised it.
                             @if h["kind"] == "decision" && h["details"]["context"].is_object() {
-                                (untrusted_json(&h["details"]["context"]))
+                                details { summary { "context" } (untrusted_json(&h["details"]["context"])) }
                             }
                             @if h["kind"] == "requirement_raised" {
-                                " — now needs: " (h["details"]["thresholds"].as_array().into_iter().flatten().map(|t| format!("{} × {}", t["quorum"], t["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect::<Vec<_>>().join("/"))).collect::<Vec<_>>().join(", "))
+                                " — now needs: " (h["details"]["thresholds"].as_array().into_iter().flatten().map(|t| format!("{} × {}", t["quorum"], names(&t["groups"], "/"))).collect::<Vec<_>>().join(", "))
                             }
                         }
                     }
                 }
             }
-            div #live data-live=(format!("/requests/{id}/status")) data-reload="1" hidden { (r["status"].as_str().unwrap_or("")) }
         },
     )
+}
+
+/// What the viewer may do on a request page.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Allowed {
+    pub(crate) review: bool,
+    pub(crate) revoke: bool,
+}
+
+/// The confirmation after a review.
+pub(crate) struct Done<'a> {
+    pub(crate) verdict: &'a str,
+    pub(crate) what_next: String,
+    pub(crate) next: Option<&'a str>,
 }
 
 /// The audit explorer's filter values, as typed.

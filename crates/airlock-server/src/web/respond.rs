@@ -38,7 +38,12 @@ impl IntoResponse for Refusal {
         if status.is_server_error() {
             tracing::error!(code = %e.code(), error = %e, "console request failed");
         }
-        let v = viewer.as_ref().map(|(user, csrf)| Viewer { user, csrf });
+        let v = viewer.as_ref().map(|(user, csrf)| Viewer {
+            user,
+            csrf,
+            // An error page links only what everyone may open.
+            auditor: false,
+        });
         let title = if status == StatusCode::NOT_FOUND {
             "Not found"
         } else {

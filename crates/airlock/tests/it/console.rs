@@ -157,7 +157,7 @@ async fn console_approve_in_a_real_browser_lets_a_waiting_run_go_ahead() {
         )
         .await;
     let id = r["request"]["id"].as_str().unwrap().to_owned();
-    let phone = driver.browser(390, 844).await;
+    let phone = driver.phone().await;
     sign_in(&phone, &s.url, "alice", "alice's long password").await;
     phone
         .goto(&format!("{}/requests/{id}", s.url))
@@ -504,4 +504,428 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
     let (_, page) = get(&bob_cookie, "/audit").await;
     assert!(page.contains("Chain broken at record 3"), "{page}");
     s.child.kill().unwrap();
+}
+
+const RISK_POLICIES: &str = r#"
+@id("reads")
+permit(principal, action == Action::"read", resource);
+
+@id("big-exports")
+@approvers("security")
+@quorum("2")
+@grant_ttl("10m")
+permit(principal, action == Action::"export", resource)
+when { context has rows && context.rows > 10000 };
+
+@id("orphaned")
+@approvers("data-owners")
+permit(principal, action == Action::"purge", resource);
+"#;
+
+/// Whether the page scrolls sideways.
+async fn scrolls_sideways(b: &fantoccini::Client) -> bool {
+    let w = b
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    w[0].as_u64().unwrap() > w[1].as_u64().unwrap()
+}
+
+async fn js(b: &fantoccini::Client, script: &str) -> Value {
+    b.execute(script, vec![]).await.unwrap()
+}
+
+async fn wait_for_text(b: &fantoccini::Client, css: &str, text: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(e) = b.find(fantoccini::Locator::Css(css)).await {
+            last = e.text().await.unwrap_or_default();
+            if last.contains(text) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} never showed {text:?}; last: {last}");
+}
+
+/// Issue 14: an approver sees the risk before the buttons, what approving
+/// does, live updates that keep a typed reason, a deny without a reason
+/// caught on the page, a confirmation with the next request, outcomes
+/// instead of countdowns, Revoke, the request nobody can approve flagged
+/// (console and CLI), triage (order, title count, filters, keys), every
+/// pending request for auditors, and no sideways scroll at 390 px.
+#[tokio::test]
+async fn console_shows_the_risk_first_and_keeps_work_while_live() {
+    use fantoccini::Locator;
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        RISK_POLICIES,
+        "[web]\nauditor_groups = [\"security\"]\n",
+    );
+    let (alice, carol) = (s.key("alice", "user"), s.key("carol", "user"));
+    set_password(&s, "bob", "bob's long password");
+    set_password(&s, "mallory", "mallory's long password");
+    let ask = |resource: &str, action: &str, sql: &str, rows: u64| {
+        json!({
+            "action": action, "resource": {"type": "Table", "id": resource},
+            "params": {"sql": sql}, "context": {"rows": rows}, "reason": "quarterly numbers",
+        })
+    };
+    let (_, big) = s
+        .post(
+            &alice,
+            "/v1/check",
+            ask(
+                "orders",
+                "export",
+                "select * from orders where region = 'eu'",
+                2_000_000,
+            ),
+        )
+        .await;
+    let big = big["request"]["id"].as_str().unwrap().to_owned();
+    let (_, orphan) = s
+        .post(
+            &alice,
+            "/v1/check",
+            ask("tmp", "purge", "delete from tmp", 5),
+        )
+        .await;
+    let orphan = orphan["request"]["id"].as_str().unwrap().to_owned();
+    let (_, small) = s
+        .post(
+            &alice,
+            "/v1/check",
+            ask("users", "export", "select id from users", 50_000),
+        )
+        .await;
+    let small = small["request"]["id"].as_str().unwrap().to_owned();
+
+    // The CLI flags the request nobody can approve.
+    let out = Command::new(BIN)
+        .args(["requests", "show", &orphan])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &alice)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nobody can approve this: data-owners needs 1 approval(s) but has 0"),
+        "{text}"
+    );
+
+    // And /metrics counts it, for admins' alerts.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("airlock_unapprovable_requests 1"),
+        "{metrics}"
+    );
+
+    let b = driver.browser(1280, 900).await;
+    sign_in(&b, &s.url, "bob", "bob's long password").await;
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("html[data-live-ready]"))
+        .await
+        .unwrap();
+    // Inbox: every pending request for an auditor, key facts on one line,
+    // the orphan flagged, the count in the tab title.
+    let cards = wait_for_text(&b, "ul.requests", "2,000,000").await;
+    assert!(cards.contains("rows: 2,000,000 (limit 10,000)"), "{cards}");
+    assert!(cards.contains("rows: 50,000 (limit 10,000)"), "{cards}");
+    assert!(cards.contains("nobody can approve this"), "{cards}");
+    assert!(b.title().await.unwrap().starts_with("(3) Inbox"));
+    assert_eq!(
+        js(
+            &b,
+            "return document.querySelector('nav a[aria-current=page]').textContent"
+        )
+        .await,
+        "Inbox"
+    );
+    // Filters.
+    b.goto(&format!("{}/inbox?action=purge", s.url))
+        .await
+        .unwrap();
+    let only = wait_for_text(&b, "ul.requests", "purge").await;
+    assert!(!only.contains("export"), "{only}");
+    // Keys: j focuses the first card, Enter opens it.
+    b.goto(&format!("{}/inbox", s.url)).await.unwrap();
+    wait_for_text(&b, "ul.requests", "2,000,000").await;
+    let body = b.find(Locator::Css("body")).await.unwrap();
+    body.send_keys("j").await.unwrap();
+    let focused = js(&b, "return document.activeElement.getAttribute('href')").await;
+    assert!(
+        focused.as_str().unwrap().starts_with("/requests/req_"),
+        "{focused}"
+    );
+
+    // The request page: the risk before the buttons.
+    b.goto(&format!("{}/requests/{big}", s.url)).await.unwrap();
+    let page = b.source().await.unwrap();
+    let (risk, button) = (
+        page.find("class=\"risk\"").unwrap(),
+        page.find("class=\"approve\"").unwrap(),
+    );
+    assert!(risk < button, "facts come before the buttons");
+    assert!(
+        page.contains("<span class=\"kw\">SELECT</span>"),
+        "SQL highlighted"
+    );
+    assert!(page.contains("limit 10,000, crossed"), "the limit crossed");
+    let consequence = b
+        .find(Locator::Css("#consequence"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        consequence,
+        "Approve → 1 of 2 from security; when all are met alice gets one use, valid 10m"
+    );
+    std::fs::write(
+        screenshot_dir().join("request-risk.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // A typed reason and the focus survive a live update.
+    let reason = b.find(Locator::Css("textarea[name=reason]")).await.unwrap();
+    reason.send_keys("checked the ticket").await.unwrap();
+    let (st, r) = s.review(&carol, &big, "approve").await;
+    assert_eq!(st, 200, "{r}");
+    wait_for_text(&b, "#state", "carol approved").await;
+    assert_eq!(
+        js(
+            &b,
+            "return [document.activeElement.id, document.getElementById('reason').value]"
+        )
+        .await,
+        json!(["reason", "checked the ticket"])
+    );
+
+    // Deny without a reason is caught on the page.
+    reason.clear().await.unwrap();
+    b.find(Locator::Css("button.deny"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        js(&b, "return document.getElementById('reason-needed').hidden").await,
+        json!(false)
+    );
+    assert!(b.current_url().await.unwrap().path().ends_with(&big));
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{big}")).await;
+    assert_eq!(r["reviews"].as_array().unwrap().len(), 1, "nothing sent");
+
+    // Approve: a confirmation, what happens next, the next request.
+    reason.send_keys("checked the ticket").await.unwrap();
+    b.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for_text(&b, ".done", "You approved").await;
+    assert!(
+        done.contains("alice has a grant for exactly this action, valid 10m"),
+        "{done}"
+    );
+    let next = b.find(Locator::Css("a.next")).await.unwrap();
+    let next_href = next.attr("href").await.unwrap().unwrap();
+    assert!(
+        next_href.ends_with(&small) || next_href.ends_with(&orphan),
+        "{next_href}"
+    );
+    // Decided: the outcome, not a countdown; no form; Revoke offered.
+    let state = b
+        .find(Locator::Css("#state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        state.contains("Approved.") && !state.contains("left"),
+        "{state}"
+    );
+    assert!(b.find(Locator::Css("button.approve")).await.is_err());
+    b.find(Locator::Css("section.revoke button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&b, "#state", "Revoked").await;
+
+    // a approves (after asking) from the keyboard.
+    b.goto(&format!("{}/requests/{small}", s.url))
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("html[data-live-ready]"))
+        .await
+        .unwrap();
+    b.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("a")
+        .await
+        .unwrap();
+    let asked = b.get_alert_text().await.unwrap();
+    assert!(asked.contains("Approve →"), "{asked}");
+    b.accept_alert().await.unwrap();
+    wait_for_text(&b, ".done", "You approved").await;
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{small}")).await;
+    assert_eq!(r["reviews"][0]["reviewer"], "bob");
+
+    // Reviewed by me, and decided.
+    b.goto(&format!("{}/inbox?show=reviewed", s.url))
+        .await
+        .unwrap();
+    let reviewed = b
+        .find(Locator::Css("#live"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        reviewed.contains("Table:orders")
+            && reviewed.contains("Table:users")
+            && !reviewed.contains("Table:tmp"),
+        "{reviewed}"
+    );
+    assert!(reviewed.contains("you approved"), "{reviewed}");
+    b.goto(&format!("{}/inbox?show=decided", s.url))
+        .await
+        .unwrap();
+    let decided = b
+        .find(Locator::Css("#live"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        decided.contains("Table:orders")
+            && decided.contains("revoked")
+            && !decided.contains("Table:users"),
+        "{decided}"
+    );
+    // Borders and the focus ring stand out at 3:1 or more.
+    let ratios = js(
+        &b,
+        r#"function lum(c) {
+             var v = c.match(/\d+/g).slice(0, 3).map(function (x) {
+               x = x / 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+             return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; }
+           function ratio(a, b) { var x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); }
+           var bg = getComputedStyle(document.body).backgroundColor;
+           var card = document.querySelector('li.request');
+           var link = card.querySelector('a.title');
+           link.focus();
+           return [ratio(getComputedStyle(card).borderTopColor, bg),
+                   ratio(getComputedStyle(link).outlineColor, bg)];"#,
+    )
+    .await;
+    for r in ratios.as_array().unwrap() {
+        assert!(r.as_f64().unwrap() >= 3.0, "contrast {ratios}");
+    }
+
+    // The orphan is flagged on its page.
+    b.goto(&format!("{}/requests/{orphan}", s.url))
+        .await
+        .unwrap();
+    wait_for_text(&b, "div.error", "Nobody can approve this request").await;
+    b.close().await.unwrap();
+
+    // 390 px: no page scrolls sideways.
+    let phone = driver.phone().await;
+    sign_in(&phone, &s.url, "bob", "bob's long password").await;
+    assert_eq!(js(&phone, "return window.innerWidth").await, 390);
+    for path in [
+        "/inbox".to_owned(),
+        format!("/requests/{big}"),
+        format!("/requests/{small}"),
+        format!("/requests/{orphan}"),
+        "/inbox?show=decided".to_owned(),
+        "/mine".to_owned(),
+        "/overview".to_owned(),
+        "/policy".to_owned(),
+        "/audit".to_owned(),
+        "/notifications".to_owned(),
+    ] {
+        phone.goto(&format!("{}{path}", s.url)).await.unwrap();
+        assert!(
+            !scrolls_sideways(&phone).await,
+            "{path} scrolls sideways at 390 px"
+        );
+        if path.starts_with("/requests/") || path == "/inbox" {
+            let name = format!(
+                "phone-{}.png",
+                path.trim_start_matches('/').replace('/', "-")
+            );
+            std::fs::write(
+                screenshot_dir().join(name),
+                phone.screenshot().await.unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    phone.close().await.unwrap();
+
+    // Dark mode follows the system.
+    let dark = driver.dark().await;
+    sign_in(&dark, &s.url, "bob", "bob's long password").await;
+    assert_eq!(
+        js(&dark, "return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.body).backgroundColor]").await,
+        json!([true, "rgb(13, 17, 23)"])
+    );
+    dark.close().await.unwrap();
+
+    // Someone who is not an auditor is not shown links they cannot open,
+    // and is told in plain words where they reach one.
+    let m = driver.browser(1280, 900).await;
+    sign_in(&m, &s.url, "mallory", "mallory's long password").await;
+    let nav = m
+        .find(Locator::Css("nav"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !nav.contains("Audit") && !nav.contains("Notifications"),
+        "{nav}"
+    );
+    m.goto(&format!("{}/audit", s.url)).await.unwrap();
+    let refusal = m
+        .find(Locator::Css("p.error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refusal.contains("auditor_groups"), "{refusal}");
+    m.close().await.unwrap();
 }

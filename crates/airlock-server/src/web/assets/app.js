@@ -1,10 +1,61 @@
-// Airlock console: live updates. The server sends a bare "changed" event
-// (no data) when any request changes; each live region re-fetches its own
-// fragment, which the server renders and escapes. Nothing else runs here.
+// Airlock console: live updates, ticking times, keyboard triage. The server
+// sends a bare "changed" event (no data) when any request changes; each live
+// region re-fetches its own fragment, which the server renders and escapes.
+// Regions never contain a form, so a reason being typed and the keyboard
+// focus survive every update.
 (function () {
   "use strict";
+  var me = (document.querySelector(".who") || {}).textContent || "";
+
+  // Times: the browser's local time, and countdowns that tick.
+  function pad(n) { return n < 10 ? "0" + n : "" + n; }
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (t) {
+      var d = new Date(t.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      t.title = t.getAttribute("datetime");
+      t.textContent = d.toLocaleString();
+    });
+  }
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("time[data-countdown]").forEach(function (t) {
+      var left = Math.floor((new Date(t.getAttribute("datetime")) - now) / 1000);
+      if (isNaN(left)) return;
+      if (left <= 0) { t.textContent = "expired"; return; }
+      var h = Math.floor(left / 3600), m = Math.floor(left / 60) % 60, s = left % 60;
+      t.textContent = h > 0 ? h + "h" + pad(m) + "m left" : m + "m" + pad(s) + "s left";
+    });
+  }
+  localTimes(document);
+  tick();
+  setInterval(tick, 1000);
+
+  // The inbox's count in the tab title.
+  function title() {
+    var rows = document.querySelector(".rows[data-count]");
+    if (!rows) return;
+    var n = +rows.getAttribute("data-count");
+    document.title = document.title.replace(/^\(\d+\) /, "");
+    if (n > 0) document.title = "(" + n + ") " + document.title;
+  }
+
+  // A request page: when the request is decided, or the viewer reviewed it
+  // elsewhere, the form stops offering buttons (its text is kept).
+  function formState() {
+    var state = document.querySelector("#state .state");
+    var form = document.getElementById("review-form");
+    if (!state || !form) return;
+    var decided = state.getAttribute("data-status") !== "pending";
+    var reviewed = (" " + state.getAttribute("data-reviewers") + " ").indexOf(" " + me + " ") >= 0;
+    if (decided || reviewed) {
+      form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+      var note = form.querySelector(".decided-note");
+      if (note) note.hidden = false;
+    }
+  }
+
   var regions = document.querySelectorAll("[data-live]");
-  if (!regions.length || !window.EventSource) return;
   var pending = null;
   function refresh() {
     pending = null;
@@ -13,19 +64,70 @@
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
           if (html === null) return;
-          if (el.hasAttribute("data-reload")) {
-            if (html.trim() !== el.textContent.trim()) window.location.reload();
-          } else {
-            el.innerHTML = html;
+          var selected = document.activeElement && el.contains(document.activeElement)
+            ? document.activeElement.getAttribute("href") : null;
+          el.innerHTML = html;
+          localTimes(el);
+          tick();
+          title();
+          formState();
+          if (selected) {
+            var again = el.querySelector('a[href="' + selected + '"]');
+            if (again) again.focus();
           }
         })
         .catch(function () {});
     });
   }
-  var events = new EventSource("/events");
-  events.addEventListener("changed", function () {
-    // Bursts of changes refresh once.
-    if (!pending) pending = setTimeout(refresh, 100);
+  if (regions.length && window.EventSource) {
+    var events = new EventSource("/events");
+    events.addEventListener("changed", function () {
+      // Bursts of changes refresh once.
+      if (!pending) pending = setTimeout(refresh, 100);
+    });
+  }
+  title();
+  formState();
+
+  // Deny needs a reason: caught here, before the server refuses it.
+  var form = document.getElementById("review-form");
+  var reason = document.getElementById("reason");
+  function needReason() {
+    var warn = document.getElementById("reason-needed");
+    if (warn) warn.hidden = false;
+    if (reason) { reason.setAttribute("aria-invalid", "true"); reason.focus(); }
+  }
+  if (form) {
+    form.addEventListener("submit", function (e) {
+      var b = e.submitter;
+      if (b && b.value === "deny" && reason && !reason.value.trim()) {
+        e.preventDefault();
+        needReason();
+      }
+    });
+  }
+
+  // Keys: j/k move through the inbox, a/d approve or deny (after asking).
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    var t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
+    if (e.key === "j" || e.key === "k") {
+      var links = Array.prototype.slice.call(document.querySelectorAll("li.request a.title"));
+      if (!links.length) return;
+      var at = links.indexOf(document.activeElement);
+      var next = e.key === "j" ? Math.min(at + 1, links.length - 1) : Math.max(at - 1, 0);
+      links[next].focus();
+      e.preventDefault();
+    } else if ((e.key === "a" || e.key === "d") && form) {
+      var approve = e.key === "a";
+      var button = form.querySelector(approve ? "button.approve" : "button.deny");
+      if (!button || button.disabled) return;
+      e.preventDefault();
+      if (!approve && reason && !reason.value.trim()) { needReason(); return; }
+      var said = (document.getElementById("consequence") || {}).textContent || "";
+      if (window.confirm(approve ? said + "\n\nApprove?" : "Deny this request?")) button.click();
+    }
   });
   document.documentElement.setAttribute("data-live-ready", "1");
 })();

@@ -83,15 +83,38 @@ impl Driver {
     }
 
     pub(crate) async fn browser(&self, width: u32, height: u32) -> fantoccini::Client {
+        self.connect(json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     format!("--window-size={width},{height}")],
+        }))
+        .await
+    }
+
+    /// A phone: a 390 × 844 CSS-pixel viewport at 3× (a window cannot be
+    /// made narrower than 500 px, so the device is emulated).
+    pub(crate) async fn phone(&self) -> fantoccini::Client {
+        self.connect(json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            "mobileEmulation": {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3.0}},
+        }))
+        .await
+    }
+
+    /// A desktop window whose system asks for dark pages.
+    pub(crate) async fn dark(&self) -> fantoccini::Client {
+        self.connect(json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900", "--blink-settings=preferredColorScheme=0"],
+        }))
+        .await
+    }
+
+    async fn connect(&self, chrome: serde_json::Value) -> fantoccini::Client {
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--window-size={width},{height}")],
-            }),
-        );
+        caps.insert("goog:chromeOptions".into(), chrome);
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
