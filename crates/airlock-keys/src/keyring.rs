@@ -242,7 +242,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -260,6 +260,13 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
 }
 
 fn load_or_create_key(path: &Path) -> Result<(SigningKey, Origin), KeyError> {
+    let (seed, origin) = load_or_create_seed(path)?;
+    Ok((SigningKey::from_bytes(&seed), origin))
+}
+
+/// 32 random bytes kept in `path` as hex, owner-only: an Ed25519 seed or a
+/// symmetric key. Made if missing, never overwritten.
+pub(crate) fn load_or_create_seed(path: &Path) -> Result<(Zeroizing<[u8; 32]>, Origin), KeyError> {
     match fs::read_to_string(path) {
         Ok(text) => {
             check_private(path)?;
@@ -267,11 +274,12 @@ fn load_or_create_key(path: &Path) -> Result<(SigningKey, Origin), KeyError> {
             let mut seed = Zeroizing::new([0u8; 32]);
             hex::decode_to_slice(text.trim(), seed.as_mut())
                 .map_err(|_| KeyError::Malformed(path.to_owned()))?;
-            Ok((SigningKey::from_bytes(&seed), Origin::Loaded))
+            Ok((seed, Origin::Loaded))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let text = Zeroizing::new(format!("{}\n", hex::encode(key.to_bytes())));
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+            let text = Zeroizing::new(format!("{}\n", hex::encode(seed.as_ref())));
             let mut opts = fs::OpenOptions::new();
             // create_new: two nodes starting at once never overwrite a key
             // the other already handed out grants under.
@@ -285,9 +293,11 @@ fn load_or_create_key(path: &Path) -> Result<(SigningKey, Origin), KeyError> {
                 Ok(mut f) => {
                     f.write_all(text.as_bytes()).map_err(io(path))?;
                     f.sync_all().map_err(io(path))?;
-                    Ok((key, Origin::Created))
+                    Ok((seed, Origin::Created))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_seed(path)
+                }
                 Err(e) => Err(io(path)(e)),
             }
         }

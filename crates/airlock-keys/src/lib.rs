@@ -8,8 +8,10 @@ mod checkpoint;
 mod grant;
 mod keyring;
 mod note;
+mod secretbox;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use grant::{GrantClaims, GrantError};
 pub use keyring::{KeyError, Keyring, PublicKey, PublicKeys};
 pub use note::{key_hash, open_note, open_note_any, NoteError, TreeHead};
+pub use secretbox::{SealError, SecretBox};
