@@ -24,6 +24,10 @@ pub enum ErrorCode {
     SelfReview,
     /// 403: the reviewer is in no group the request asks.
     NotEligible,
+    /// 403: this approval needs a fresh step-up proof (a TOTP code): none
+    /// was given, it was wrong or already used, or the reviewer has not
+    /// enrolled. The message says which and what to do.
+    StepUpRequired,
     /// 403: the grant has expired.
     GrantExpired,
     /// 403: every use of the grant is spent.
@@ -64,7 +68,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order above.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::BadRequest,
         Self::ReasonRequired,
         Self::UntrustedContext,
@@ -72,6 +76,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::SelfReview,
         Self::NotEligible,
+        Self::StepUpRequired,
         Self::GrantExpired,
         Self::GrantSpent,
         Self::GrantRevoked,
@@ -101,6 +106,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::SelfReview => "self_review",
             Self::NotEligible => "not_eligible",
+            Self::StepUpRequired => "step_up_required",
             Self::GrantExpired => "grant_expired",
             Self::GrantSpent => "grant_spent",
             Self::GrantRevoked => "grant_revoked",

@@ -55,9 +55,14 @@ pub struct RequestView {
     pub url: String,
     /// How long the grant will live once issued (`10m`): what approving
     /// hands out, shown at the button.
+    #[serde(default)]
     pub grant_ttl: String,
     /// How many uses the grant will have.
+    #[serde(default)]
     pub max_uses: u32,
+    /// The step-up an approval needs (`totp`), if policy asks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<String>,
     /// The grant, once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantView>,
@@ -94,6 +99,7 @@ impl RequestView {
             url,
             grant_ttl: req.requirement.grant_ttl.to_string(),
             max_uses: req.requirement.max_uses.get(),
+            step_up: req.requirement.step_up.clone(),
             grant: req.grant.as_ref().map(|g| GrantView::new(g, token)),
             decisions: None,
         }
@@ -275,6 +281,10 @@ pub struct ReviewBody {
     /// Which channel the reviewer used (`api` unless a client says `cli`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<ReviewChannel>,
+    /// A current TOTP code, for an approval whose policy asks
+    /// `@step_up("totp")`. Accepted once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
 
 /// The optional body of `POST /v1/requests/{id}/revoke`.
@@ -367,7 +377,7 @@ mod tests {
                 r#""thresholds":[{{"groups":["security"],"quorum":1,"approvals":1,"policy_id":"p1","eligible":["bob"]}}],"#,
                 r#""reviews":[{{"reviewer":"bob","verdict":"approve","reason":null,"channel":"cli","at":"2023-11-14T22:13:21.000Z"}}],"#,
                 r#""created_at":"2023-11-14T22:13:20.000Z","expires_at":"2023-11-14T23:13:20.000Z","#,
-                r#""url":"http://x/requests/req_0190a3c4-0000-7000-8000-000000000001","#,
+                r#""url":"http://x/requests/req_0190a3c4-0000-7000-8000-000000000001","grant_ttl":"10m","max_uses":1,"#,
                 r#""grant":{{"grant_id":"grt_0190a3c4-0000-7000-8000-000000000002","expires_at":"2023-11-14T22:23:20.000Z","#,
                 r#""max_uses":1,"uses":0,"revoked":false,"outcome":null,"token":"tok"}}}}"#
             ),

@@ -5,8 +5,8 @@
 //! keeps guessing slow (per-address limits, per-name lockout); `oidc` is
 //! single sign-on with OpenID Connect; `tokens` holds the random secrets
 //! and their comparison; `limits` the per-node limiters sign-in uses.
-//! Step-up (a fresh proof of identity before a sensitive review) will live
-//! here too, as `step_up`.
+//! `totp` is step-up: a fresh one-time code before an approval that asks
+//! for it.
 //!
 //! Nothing here speaks HTTP: the server's console turns these into
 //! cookies, redirects and pages, and its API turns [`AuthError`] into
@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod password;
 pub mod sessions;
 pub mod tokens;
+pub mod totp;
 
 use airlock_store::StoreError;
 

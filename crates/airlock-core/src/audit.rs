@@ -65,6 +65,8 @@ pub enum AuditKind {
     /// (it, or another node, stopped without signing one): the gap is on
     /// record, naming the last checkpoints found.
     Resumed,
+    /// A user's TOTP authenticator was enrolled (or replaced).
+    TotpEnrolled,
 }
 
 impl AuditKind {
@@ -111,6 +113,7 @@ impl AuditKind {
             Self::NotificationRetried => "notification_retried",
             Self::Resumed => "resumed",
             Self::KeyRotated => "key_rotated",
+            Self::TotpEnrolled => "totp_enrolled",
         }
     }
 }

@@ -61,6 +61,7 @@ pub(crate) fn parse<'a>(
     annotations: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<Option<Approval>, String> {
     let mut groups = None;
+    let mut step_up: Option<String> = None;
     let mut quorum = None;
     let mut request_ttl = None;
     let mut grant_ttl = None;
@@ -115,13 +116,14 @@ pub(crate) fn parse<'a>(
                 }
             },
             "step_up" => match value {
-                // Step-up is not enforced yet: a plain approval would
+                "totp" => step_up = Some(value.to_owned()),
+                // WebAuthn is not enforced yet: a plain approval would
                 // satisfy it, so a policy asking for it must not load
                 // rather than promise more than it enforces.
-                "totp" | "webauthn" => {
+                "webauthn" => {
                     return Err(format!(
-                        "@step_up({value:?}) is not enforced by this release of Airlock; \
-                         remove it or keep this policy out of the policy directory"
+                        "@step_up({value:?}) is not enforced by this release of Airlock \
+                         (\"totp\" is); remove it or keep this policy out of the policy directory"
                     ))
                 }
                 _ => {
@@ -148,7 +150,7 @@ pub(crate) fn parse<'a>(
             grant_ttl,
             max_uses,
             reason_required,
-            step_up: None,
+            step_up,
         })),
         None => match seen_airlock.first() {
             // Without @approvers this permit allows outright; an approval

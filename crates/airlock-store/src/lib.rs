@@ -111,6 +111,8 @@ pub trait ReadTx {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// A user's password hash, if one is set.
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
+    /// A user's sealed TOTP secret, if they enrolled.
+    fn totp_secret(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
     /// How many requests of `principal` are pending.
@@ -194,6 +196,13 @@ pub trait WriteTx: ReadTx {
         &mut self,
         user: &UserName,
         hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Sets a user's sealed TOTP secret (replacing an earlier enrolment).
+    fn set_totp_secret(
+        &mut self,
+        user: &UserName,
+        sealed: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.

@@ -289,6 +289,42 @@ pub fn policy_test(file: &Path) -> anyhow::Result<ExitCode> {
 /// Shortest password accepted for the web console.
 const MIN_PASSWORD: usize = 8;
 
+/// `airlock users totp enroll`: a fresh TOTP secret for a user, sealed in
+/// the store, and its otpauth URI printed for their authenticator.
+pub async fn users_totp_enroll(config: &Path, user: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let user = UserName::parse(user)?;
+    if !cfg.users.iter().any(|u| u.name == user) {
+        bail!("{user} is not among the [[users]] of {}", config.display());
+    }
+    let secrets = airlock_keys::SecretBox::load_or_create(&cfg.data_dir().join("keys"))
+        .context("reading the secrets key")?;
+    let secret = airlock_auth::totp::new_secret();
+    let uri = airlock_auth::totp::uri(&secret, user.as_str())?;
+    let sealed = secrets.seal(&secret, user.as_str());
+    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let name = user.clone();
+    store
+        .write(move |tx| {
+            let t = airlock_store::time::now();
+            tx.set_totp_secret(&name, &sealed, t)?;
+            tx.append_audit(
+                airlock_core::NewAuditRecord {
+                    kind: airlock_core::AuditKind::TotpEnrolled,
+                    actor: "cli".into(),
+                    subject: name.to_string(),
+                    details: json!({"user": name.as_str()}),
+                },
+                t,
+            )?;
+            Ok::<_, airlock_store::StoreError>(())
+        })
+        .await?;
+    println!("{uri}");
+    eprintln!("TOTP enrolled for {user}: add the URI above to their authenticator app (it replaces any earlier enrolment)");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<ExitCode> {
     use std::io::Read;
 

@@ -183,13 +183,18 @@ pub enum RequestsCommand {
         #[command(flatten)]
         out: Output,
     },
-    /// Approve a request.
+    /// Approve a request. When its policy asks `@step_up("totp")`, the
+    /// current code from your authenticator is asked for (or give it with
+    /// `--totp`).
     Approve {
         /// Request id.
         id: String,
         /// Why.
         #[arg(long)]
         reason: Option<String>,
+        /// A current TOTP code, for an approval that needs step-up.
+        #[arg(long)]
+        totp: Option<String>,
         #[command(flatten)]
         conn: Conn,
         #[command(flatten)]
@@ -584,6 +589,17 @@ fn print_request(req: &RequestView) {
     }
 }
 
+/// Asks for the current TOTP code on standard error, reading one line
+/// from standard input.
+fn prompt_totp() -> anyhow::Result<String> {
+    use std::io::Write;
+    eprint!("this approval needs step-up: the current code from your authenticator: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
 /// The server's pages of requests, followed until `max` are in hand or
 /// none are left.
 async fn list_pages(
@@ -636,25 +652,35 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
         RequestsCommand::Approve {
             id,
             reason,
+            totp,
             conn,
             out,
+        } => {
+            let c = connect(conn)?;
+            let mut totp = totp.clone();
+            if totp.is_none() && c.get_request(id, None).await?.step_up.as_deref() == Some("totp") {
+                totp = Some(prompt_totp()?);
+            }
+            let body = ReviewBody {
+                verdict: Verdict::Approve,
+                reason: reason.clone(),
+                channel: Some(ReviewChannel::Cli),
+                totp,
+            };
+            (out, Shown::One(Box::new(c.review(id, &body).await?)))
         }
-        | RequestsCommand::Deny {
+        RequestsCommand::Deny {
             id,
             reason,
             conn,
             out,
         } => {
-            let verdict = if matches!(cmd, RequestsCommand::Approve { .. }) {
-                Verdict::Approve
-            } else {
-                Verdict::Deny
-            };
             let c = connect(conn)?;
             let body = ReviewBody {
-                verdict,
+                verdict: Verdict::Deny,
                 reason: reason.clone(),
                 channel: Some(ReviewChannel::Cli),
+                totp: None,
             };
             (out, Shown::One(Box::new(c.review(id, &body).await?)))
         }

@@ -232,6 +232,25 @@ enum UsersCommand {
         #[arg(long)]
         user: String,
     },
+    /// TOTP step-up for approvals.
+    Totp {
+        #[command(subcommand)]
+        command: TotpCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TotpCommand {
+    /// Enrol a user's authenticator: prints the otpauth:// URI to add to
+    /// it (replacing an earlier enrolment). The secret is stored sealed.
+    Enroll {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 /// `--json` for commands a script would parse.
@@ -329,6 +348,12 @@ fn main() -> ExitCode {
             Command::Users {
                 command: UsersCommand::SetPassword { config, user },
             } => admin::users_set_password(&config, &user).await,
+            Command::Users {
+                command:
+                    UsersCommand::Totp {
+                        command: TotpCommand::Enroll { config, user },
+                    },
+            } => admin::users_totp_enroll(&config, &user).await,
             Command::Dlp {
                 command:
                     DlpCommand::Scan {

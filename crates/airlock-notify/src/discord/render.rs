@@ -143,8 +143,15 @@ pub fn render(
     content.push('\n');
     content.push_str(&last);
     let components = if view["status"] == "pending" {
+        // An approval that needs step-up is made in the console, where the
+        // code is asked: a link button (style 5) opens it.
+        let approve = if view["step_up"].is_string() {
+            json!({"type": 2, "style": 5, "label": "Approve in the console (step-up)", "url": link})
+        } else {
+            json!({"type": 2, "style": 3, "label": "Approve", "custom_id": format!("approve:{id}")})
+        };
         json!([{"type": 1, "components": [
-            {"type": 2, "style": 3, "label": "Approve", "custom_id": format!("approve:{id}")},
+            approve,
             {"type": 2, "style": 4, "label": "Deny", "custom_id": format!("deny:{id}")},
         ]}])
     } else {
@@ -159,6 +166,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_step_up_approval_opens_the_console() {
+        let link = "https://airlock.example/requests/req_x";
+        let mut view = json!({"id": "req_x", "status": "pending", "principal": "alice", "action": "export",
+            "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": []});
+        let ids = |_: &str| None;
+        let (_, components, _) = render(&view, &ids, link);
+        assert_eq!(components[0]["components"][0]["custom_id"], "approve:req_x");
+        view["step_up"] = json!("totp");
+        let (_, components, _) = render(&view, &ids, link);
+        let approve = &components[0]["components"][0];
+        assert_eq!(
+            (approve["style"].as_u64(), approve["url"].as_str()),
+            (Some(5), Some(link))
+        );
+        assert!(approve.get("custom_id").is_none());
+        assert_eq!(components[0]["components"][1]["custom_id"], "deny:req_x");
+    }
 
     #[test]
     fn what_requesters_and_reviewers_write_is_inert_in_discord() {

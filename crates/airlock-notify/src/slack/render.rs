@@ -126,10 +126,18 @@ pub fn render(
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": reviews.join(" · ")}]}));
     }
     if status == "pending" {
+        // An approval that needs step-up is made in the console, where the
+        // code is asked: the button opens it instead of approving here.
+        let approve = if view["step_up"].is_string() {
+            json!({"type": "button", "action_id": "open_console", "style": "primary", "url": link,
+                   "text": {"type": "plain_text", "text": "Approve in the console (step-up)"}})
+        } else {
+            json!({"type": "button", "action_id": "approve", "style": "primary", "value": id,
+                   "text": {"type": "plain_text", "text": "Approve"}})
+        };
         blocks.push(
             json!({"type": "actions", "block_id": "review", "elements": [
-                {"type": "button", "action_id": "approve", "style": "primary", "value": id,
-                 "text": {"type": "plain_text", "text": "Approve"}},
+                approve,
                 {"type": "button", "action_id": "deny", "style": "danger", "value": id,
                  "text": {"type": "plain_text", "text": "Deny"}},
             ]}),
@@ -165,6 +173,38 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|v| texts(v, out)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn a_step_up_approval_opens_the_console() {
+        let link = "https://airlock.example/requests/req_x";
+        let mut view = json!({"id": "req_x", "status": "pending", "principal": "alice", "action": "export",
+            "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": []});
+        let ids = |_: &str| None;
+        let (_, blocks) = render(&view, &ids, link);
+        let actions = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap()
+            .clone();
+        assert_eq!(actions["elements"][0]["action_id"], "approve");
+        view["step_up"] = json!("totp");
+        let (_, blocks) = render(&view, &ids, link);
+        let actions = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap()
+            .clone();
+        assert_eq!(actions["elements"][0]["url"], link);
+        assert_eq!(actions["elements"][0]["action_id"], "open_console");
+        assert_eq!(
+            actions["elements"][1]["action_id"], "deny",
+            "deny needs no code"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ async fn interactions(
     };
     match (i["type"].as_u64(), verb) {
         (Some(3), "approve") => match airlock
-            .review(&caller, id, Verdict::Approve, None, "discord")
+            .review(&caller, id, Verdict::Approve, None, "discord", None)
             .await
         {
             // Acknowledged; the message is updated from the outbox.
@@ -158,7 +158,7 @@ async fn interactions(
                 .as_str()
                 .map(str::to_owned);
             match airlock
-                .review(&caller, id, Verdict::Deny, reason, "discord")
+                .review(&caller, id, Verdict::Deny, reason, "discord", None)
                 .await
             {
                 Ok(_) => private("Denied."),

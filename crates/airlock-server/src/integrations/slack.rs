@@ -129,7 +129,7 @@ async fn interactions(
             };
             match action["action_id"].as_str() {
                 Some("approve") => match airlock
-                    .review(&caller, id, Verdict::Approve, None, "slack")
+                    .review(&caller, id, Verdict::Approve, None, "slack", None)
                     .await
                 {
                     Ok(_) => StatusCode::OK.into_response(),
@@ -180,7 +180,7 @@ async fn interactions(
                 return refuse(StatusCode::BAD_REQUEST, "no request in the dialog");
             };
             match airlock
-                .review(&caller, id, Verdict::Deny, reason, "slack")
+                .review(&caller, id, Verdict::Deny, reason, "slack", None)
                 .await
             {
                 // An empty 200 closes the dialog.

@@ -191,7 +191,7 @@ mod tests {
                         .unwrap();
                     if let Some(r) = page.requests.first() {
                         airlock
-                            .review(&dave, r.id, Verdict::Approve, None, "api")
+                            .review(&dave, r.id, Verdict::Approve, None, "api", None)
                             .await
                             .unwrap();
                         return r.id;

@@ -74,6 +74,8 @@ pub struct Loaded {
 pub struct Airlock {
     pub(crate) store: Store,
     pub(crate) keys: Arc<Keyring>,
+    /// Seals secrets kept at rest (TOTP seeds).
+    pub(crate) secrets: Arc<airlock_keys::SecretBox>,
     public: PublicKeys,
     pub(crate) loaded: ArcSwap<Loaded>,
     pub(crate) config: ArcSwap<Config>,
@@ -127,6 +129,8 @@ impl Airlock {
         let store = Store::open(config.storage.url.as_str(), &config.base_dir)?;
         let (keys, created) = Keyring::load_or_create(&config.data_dir().join("keys"))
             .map_err(|e| StartError::Keys(e.to_string()))?;
+        let secrets = airlock_keys::SecretBox::load_or_create(&config.data_dir().join("keys"))
+            .map_err(|e| StartError::Keys(e.to_string()))?;
         let synced = store.read(|r| r.synced_groups()).await?;
         let directory = config.directory_with(&synced);
         let engine = PolicyEngine::load(&config.policy_dir(), &directory)
@@ -138,6 +142,7 @@ impl Airlock {
         let airlock = Arc::new(Self {
             store,
             keys: Arc::new(keys),
+            secrets: Arc::new(secrets),
             public,
             loaded: ArcSwap::from_pointee(Loaded { engine, directory }),
             config: ArcSwap::from_pointee(config),

@@ -7,11 +7,12 @@ use airlock_api::DecisionView;
 use airlock_core::request::GrantRecord;
 use airlock_core::{
     AuditKind, AuditRecord, GrantId, NewAuditRecord, Request, RequestId, RequestStatus, Review,
-    Verdict,
+    UserName, Verdict,
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
 use airlock_store::{Cursor, StatusFilter, StoreEvent, Viewer, WriteTx};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -265,6 +266,54 @@ impl Airlock {
         Ok(page)
     }
 
+    /// Whether `caller` has enrolled a TOTP authenticator.
+    pub async fn totp_enrolled(&self, caller: &Caller) -> Result<bool, ApiError> {
+        let user = caller.user.clone();
+        Ok(self
+            .store
+            .read(move |r| r.totp_secret(&user))
+            .await?
+            .is_some())
+    }
+
+    /// Enrols a fresh TOTP secret for `caller` and returns its otpauth URI
+    /// (to be shown once). Replacing an enrolment needs a current code from
+    /// the old one, so a stolen session cannot swap in its own
+    /// authenticator.
+    pub async fn enroll_totp(
+        &self,
+        caller: &Caller,
+        current: Option<String>,
+    ) -> Result<String, ApiError> {
+        let user = caller.user.clone();
+        let secret = airlock_auth::totp::new_secret();
+        let uri = airlock_auth::totp::uri(&secret, user.as_str())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let sealed = self.secrets.seal(&secret, user.as_str());
+        let secrets = self.secrets.clone();
+        let page = format!("{}/account", self.public_url());
+        self.store
+            .write(move |tx| {
+                let t = now();
+                if tx.totp_secret(&user)?.is_some() {
+                    step_up_totp(tx, &secrets, &user, current.as_deref(), &page, t)?;
+                }
+                tx.set_totp_secret(&user, &sealed, t)?;
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::TotpEnrolled,
+                        actor: user.to_string(),
+                        subject: user.to_string(),
+                        details: json!({"user": user.as_str(), "channel": "web"}),
+                    },
+                    t,
+                )?;
+                Ok::<_, ApiError>(())
+            })
+            .await?;
+        Ok(uri)
+    }
+
     /// How many pending requests (of the oldest `limit`) have a threshold
     /// nobody can meet: fewer people may approve than its quorum. For
     /// `/metrics`, so admins are alerted to requests that will only expire.
@@ -351,6 +400,7 @@ impl Airlock {
         verdict: Verdict,
         reason: Option<String>,
         channel: &str,
+        totp: Option<String>,
     ) -> Result<Request, ApiError> {
         let reason = reason.filter(|r| !r.trim().is_empty());
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
@@ -363,6 +413,8 @@ impl Airlock {
         let channel = channel.to_owned();
         let hooks = self.hooks();
         let mail = self.mail();
+        let secrets = self.secrets.clone();
+        let console = self.public_url();
         let req = self
             .store
             .write(move |tx| {
@@ -389,6 +441,10 @@ impl Airlock {
                     // Past its TTL but the timer has not fired yet: it is
                     // expired, whatever the reviewer says.
                     return Err(ApiError::wrong_state("request has expired"));
+                }
+                // Step-up guards approving only: a deny lowers the risk.
+                if verdict == Verdict::Approve && req.requirement.step_up.as_deref() == Some("totp") {
+                    step_up_totp(tx, &secrets, &reviewer, totp.as_deref(), &format!("{console}/requests/{id}"), t)?;
                 }
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
                 if !tx.insert_review(&id, &review)? {
@@ -656,5 +712,54 @@ fn issue_grant(tx: &mut dyn WriteTx, req: &Request, directory: &Directory) -> Re
         },
         t,
     )?;
+    Ok(())
+}
+
+/// Checks a TOTP code for `reviewer`'s approval and spends it: a code is
+/// accepted once, on any node (its time step is recorded in the same
+/// transaction as the review). Every failure refuses the approval and says
+/// what to do; a secret that cannot be opened refuses too.
+fn step_up_totp<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    secrets: &airlock_keys::SecretBox,
+    reviewer: &UserName,
+    code: Option<&str>,
+    page: &str,
+    t: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let refuse = |message: String| ApiError::Forbidden {
+        code: airlock_api::ErrorCode::StepUpRequired,
+        message,
+    };
+    let Some(sealed) = tx.totp_secret(reviewer)? else {
+        return Err(refuse(format!(
+            "this approval needs a TOTP code and {reviewer} has not enrolled an authenticator: \
+             enrol on the console's Account page, or ask an admin to run \
+             `airlock users totp enroll --user {reviewer}`"
+        )));
+    };
+    let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Err(refuse(format!(
+            "this approval needs a fresh TOTP code from your authenticator: send \"totp\" with \
+             the review (API), answer the prompt (CLI), or approve in the console: {page}"
+        )));
+    };
+    let secret = secrets.open(&sealed, reviewer.as_str()).map_err(|_| {
+        refuse(format!(
+            "{reviewer}'s TOTP enrolment cannot be read on this node (its secrets.key differs \
+             from the one that sealed it); enrol again"
+        ))
+    })?;
+    let unix = u64::try_from(t.timestamp()).unwrap_or(0);
+    let Some(step) = airlock_auth::totp::step_of(&secret, reviewer.as_str(), code, unix) else {
+        return Err(refuse(
+            "the TOTP code is wrong or expired; enter the current one".into(),
+        ));
+    };
+    if !tx.first_seen("totp", &format!("{reviewer}:{step}"), t)? {
+        return Err(refuse(
+            "that TOTP code was already used; wait for the next one".into(),
+        ));
+    }
     Ok(())
 }

@@ -65,6 +65,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/notifications", get(notifications))
         .route("/notifications/{id}/retry", post(notification_retry))
         .route("/policy/simulate", post(simulate))
+        .route("/account", get(account))
+        .route("/account/totp", post(account_totp))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(style))
 }
@@ -610,6 +612,9 @@ struct ReviewForm {
     verdict: String,
     #[serde(default)]
     reason: String,
+    /// A TOTP code, when the request asks for step-up.
+    #[serde(default)]
+    totp: Option<String>,
 }
 
 async fn review(
@@ -631,7 +636,7 @@ async fn review(
             ));
         }
         airlock
-            .review(&user.caller, id, verdict, reason, "web")
+            .review(&user.caller, id, verdict, reason, "web", form.totp)
             .await?;
         Ok((id, verdict))
     };
@@ -955,6 +960,42 @@ async fn simulate(
     }
     let answer = airlock.simulate(&form).await;
     policy_page(&airlock, &user, &form, Some(answer)).await
+}
+
+/// The viewer's account: step-up enrolment.
+async fn account(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    let enrolled = airlock
+        .totp_enrolled(&user.caller)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(pages::account(&viewer(&airlock, &user), enrolled, None).into_response())
+}
+
+#[derive(Deserialize)]
+struct TotpForm {
+    #[serde(default)]
+    csrf: String,
+    /// A current code of the enrolment being replaced.
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// Enrols (or replaces) the viewer's authenticator and shows its QR code
+/// once.
+async fn account_totp(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<TotpForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let uri = airlock
+        .enroll_totp(&user.caller, form.code)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    let qr = airlock_auth::totp::qr_svg(&uri).unwrap_or_default();
+    Ok(pages::account(&viewer(&airlock, &user), true, Some((&uri, &qr))).into_response())
 }
 
 async fn script() -> Response {

@@ -17,13 +17,14 @@ pub(crate) struct Viewer<'a> {
 }
 
 /// The navigation: (path, label, for auditors only).
-const NAV: [(&str, &str, bool); 6] = [
+const NAV: [(&str, &str, bool); 7] = [
     ("/inbox", "Inbox", false),
     ("/mine", "My requests", false),
     ("/overview", "Overview", false),
     ("/policy", "Policies", false),
     ("/audit", "Audit", true),
     ("/notifications", "Notifications", true),
+    ("/account", "Account", false),
 ];
 
 /// The page frame: skip link, header, navigation (the current page
@@ -554,7 +555,12 @@ pub(crate) fn consequence(r: &Value, me: &str) -> String {
     } else {
         format!("when all are met {grant}")
     };
-    format!("Approve → {}; {then}", mine.join(", "))
+    let step_up = if r["step_up"] == "totp" {
+        " (needs a code from your authenticator)"
+    } else {
+        ""
+    };
+    format!("Approve → {}; {then}{step_up}", mine.join(", "))
 }
 
 /// Each approver's state: who approved or denied (when, where, why) and
@@ -726,6 +732,11 @@ pub(crate) fn request(
                         p.consequence #consequence { (consequence(r, viewer.user)) }
                         label for="reason" { "Reason (required to deny)" }
                         textarea id="reason" name="reason" rows="3" maxlength="2000" {}
+                        @if r["step_up"] == "totp" {
+                            label for="totp" { "Code from your authenticator (approving needs step-up; " a href="/account" { "enrol" } " if you have not)" }
+                            input #totp name="totp" inputmode="numeric" autocomplete="one-time-code" maxlength="6";
+                            p.error #totp-needed role="alert" hidden { "Enter the current code from your authenticator to approve." }
+                        }
                         p.error #reason-needed role="alert" hidden { "Say why you deny: the requester reads it." }
                         div.buttons {
                             button.approve type="submit" name="verdict" value="approve" aria-describedby="consequence" { "Approve" }
@@ -798,6 +809,43 @@ pub(crate) struct Done<'a> {
     pub(crate) verdict: &'a str,
     pub(crate) what_next: String,
     pub(crate) next: Option<&'a str>,
+}
+
+/// The account page: TOTP enrolment, and the QR code of a new one (shown
+/// once, right after enrolling).
+pub(crate) fn account(viewer: &Viewer<'_>, enrolled: bool, new: Option<(&str, &str)>) -> Markup {
+    layout(
+        "Account",
+        Some(viewer),
+        html! {
+            h1 { "Account" }
+            section {
+                h2 { "Step-up: authenticator app (TOTP)" }
+                p { "Approvals whose policy asks for step-up need a current six-digit code from your authenticator app as well as your session." }
+                @if let Some((uri, svg)) = new {
+                    div.done role="status" {
+                        p { strong { "Enrolled." } " Scan this code with your authenticator app now: it is shown only once." }
+                        div.qr { (maud::PreEscaped(svg)) }
+                        details { summary { "Or enter the key by hand" } p { code { (uri) } } }
+                    }
+                } @else if enrolled {
+                    p.verified { "An authenticator is enrolled." }
+                } @else {
+                    p.error { "No authenticator is enrolled: you cannot approve requests that ask for step-up until you enrol one." }
+                }
+                form.card method="post" action="/account/totp" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    @if enrolled && new.is_none() {
+                        label for="code" { "A current code from the authenticator you have now (to replace it)" }
+                        input #code name="code" inputmode="numeric" autocomplete="one-time-code" maxlength="6" required;
+                        button type="submit" { "Replace my authenticator" }
+                    } @else if new.is_none() {
+                        button type="submit" { "Enrol an authenticator" }
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// The audit explorer's filter values, as typed.

@@ -66,6 +66,7 @@ impl<T: Rows> ReadTx for T {
         OutboxRows::outbox_list(status: Option<&str>, limit: u32) -> Vec<OutboxMessage>;
         ChatRows::chat_messages(request: &RequestId, provider: &str) -> Vec<(String, String)>;
         SessionRows::password_hash(user: &UserName) -> Option<String>;
+        SessionRows::totp_secret(user: &UserName) -> Option<String>;
         RequestRows::count_status(status: RequestStatus) -> i64;
         RequestRows::count_pending(principal: &UserName) -> i64;
         RequestRows::count_requests_since(principal: &UserName, since: DateTime<Utc>) -> i64;
@@ -172,6 +173,7 @@ impl<T: Rows> WriteTx for T {
         KeyRows::insert_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
         KeyRows::replace_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
         SessionRows::set_password_hash(user: &UserName, hash: &str, at: DateTime<Utc>) -> ();
+        SessionRows::set_totp_secret(user: &UserName, sealed: &str, at: DateTime<Utc>) -> ();
         SessionRows::delete_session(id_hash: &str) -> bool;
         AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();
         AuditRows::insert_audit_note(size: i64, note: &str) -> ();

@@ -38,6 +38,15 @@ pub(crate) trait SessionRows {
         hash: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// See [`crate::ReadTx::totp_secret`].
+    fn totp_secret(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
+    /// See [`crate::WriteTx::set_totp_secret`].
+    fn set_totp_secret(
+        &mut self,
+        user: &UserName,
+        sealed: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Every user's synced groups, as `(user, JSON list)`, by user.
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError>;
     /// Stores a user's synced groups (a JSON list), replacing theirs.

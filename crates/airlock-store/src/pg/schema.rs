@@ -210,6 +210,15 @@ CREATE TABLE audit_notes (
     note text NOT NULL
 );
 "#,
+    r#"
+-- Each user's TOTP secret for step-up, sealed (XChaCha20-Poly1305 under
+-- the deployment's secrets.key, bound to the user): never stored in clear.
+CREATE TABLE totp_secrets (
+    user_name text PRIMARY KEY,
+    sealed text NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -75,6 +75,28 @@ impl SessionRows for Tx<'_> {
         Ok(())
     }
 
+    fn totp_secret(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT sealed FROM totp_secrets WHERE user_name = $1",
+            &[&user.as_str()],
+        )?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    fn set_totp_secret(
+        &mut self,
+        user: &UserName,
+        sealed: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO totp_secrets (user_name, sealed, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+            &[&user.as_str(), &sealed, &at],
+        )?;
+        Ok(())
+    }
+
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self.query(
             "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",

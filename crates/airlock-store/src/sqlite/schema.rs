@@ -207,6 +207,15 @@ CREATE TABLE audit_notes (
     note TEXT NOT NULL
 );
 "#,
+    r#"
+-- Each user's TOTP secret for step-up, sealed (XChaCha20-Poly1305 under
+-- the deployment's secrets.key, bound to the user): never stored in clear.
+CREATE TABLE totp_secrets (
+    user_name TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -86,6 +86,29 @@ impl SessionRows for Tx<'_> {
         Ok(())
     }
 
+    fn totp_secret(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT sealed FROM totp_secrets WHERE user_name = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_totp_secret(
+        &mut self,
+        user: &UserName,
+        sealed: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO totp_secrets (user_name, sealed, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+            )?
+            .execute(params![user.as_str(), sealed, fmt(at)])?;
+        Ok(())
+    }
+
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",

@@ -23,3 +23,4 @@ mod proxy_http;
 mod proxy_pg;
 mod requests;
 mod sso;
+mod stepup;

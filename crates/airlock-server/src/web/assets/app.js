@@ -104,6 +104,12 @@
         e.preventDefault();
         needReason();
       }
+      var code = document.getElementById("totp");
+      if (b && b.value === "approve" && code && !code.value.trim()) {
+        e.preventDefault();
+        document.getElementById("totp-needed").hidden = false;
+        code.focus();
+      }
     });
   }
 
@@ -125,6 +131,12 @@
       if (!button || button.disabled) return;
       e.preventDefault();
       if (!approve && reason && !reason.value.trim()) { needReason(); return; }
+      var totp = document.getElementById("totp");
+      if (approve && totp && !totp.value.trim()) {
+        document.getElementById("totp-needed").hidden = false;
+        totp.focus();
+        return;
+      }
       var said = (document.getElementById("consequence") || {}).textContent || "";
       if (window.confirm(approve ? said + "\n\nApprove?" : "Deny this request?")) button.click();
     }

@@ -1,0 +1,259 @@
+//! Step-up: `@step_up("totp")` approvals need a fresh code from the
+//! reviewer's authenticator on every channel, each code accepted once (on
+//! every node), the secret sealed at rest.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use totp_rs::TOTP;
+
+use crate::support::*;
+
+const STEP_UP_POLICIES: &str = r#"
+@id("reads")
+permit(principal, action == Action::"read", resource);
+
+@id("exports-need-a-code")
+@approvers("security")
+@step_up("totp")
+permit(principal, action == Action::"export", resource);
+"#;
+
+fn enroll(s: &Server, user: &str) -> (String, TOTP) {
+    let out = Command::new(BIN)
+        .args(["users", "totp", "enroll", "--config"])
+        .arg(s.config())
+        .args(["--user", user])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uri = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let totp = TOTP::from_url(&uri).unwrap();
+    (uri, totp)
+}
+
+/// The current code, once it is not one already spent (codes change every
+/// 30 s).
+async fn fresh(totp: &TOTP, spent: &[String]) -> String {
+    loop {
+        let c = totp.generate_current().unwrap();
+        if !spent.contains(&c) {
+            return c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+async fn ask(s: &Server, key: &str, table: &str) -> String {
+    let (st, r) = s
+        .post(
+            key,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": table}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["request"]["step_up"], "totp", "{r}");
+    r["request"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn approve(s: &Server, key: &str, id: &str, totp: Option<&str>) -> (u16, serde_json::Value) {
+    let mut body = json!({"verdict": "approve"});
+    if let Some(code) = totp {
+        body["totp"] = json!(code);
+    }
+    s.post(key, &format!("/v1/requests/{id}/reviews"), body)
+        .await
+}
+
+async fn a_code_is_needed_accepted_once_and_sealed(db: Db) {
+    let s = Server::start_with(&db, STEP_UP_POLICIES);
+    let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
+
+    // Not enrolled: told to enrol.
+    let first = ask(&s, &alice, "t1").await;
+    let (st, r) = approve(&s, &bob, &first, Some("123456")).await;
+    assert_eq!(st, 403, "{r}");
+    assert_eq!(r["error"]["code"], "step_up_required");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("enrol"),
+        "{r}"
+    );
+
+    let (uri, totp) = enroll(&s, "bob");
+    assert!(uri.starts_with("otpauth://totp/Airlock:bob?"), "{uri}");
+    // No code, a wrong code: refused, saying what to do; nothing recorded.
+    let (st, r) = approve(&s, &bob, &first, None).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("step_up_required")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/requests/"),
+        "the console link: {r}"
+    );
+    let code = totp.generate_current().unwrap();
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let (st, r) = approve(&s, &bob, &first, Some(&wrong)).await;
+    assert_eq!(st, 403, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("wrong"),
+        "{r}"
+    );
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{first}")).await;
+    assert!(r["reviews"].as_array().unwrap().is_empty(), "{r}");
+
+    // The current code approves, once.
+    let (st, r) = approve(&s, &bob, &first, Some(&code)).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "approved");
+    let second = ask(&s, &alice, "t2").await;
+    let (st, r) = approve(&s, &bob, &second, Some(&code)).await;
+    assert_eq!(st, 403, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{r}"
+    );
+    // A deny needs no code.
+    let (st, r) = s.review(&bob, &second, "deny").await;
+    assert_eq!(st, 200, "{r}");
+
+    // Another node of the deployment refuses the used code too.
+    let mut spent = vec![code.clone()];
+    if matches!(db, Db::Postgres(_)) {
+        let other = s.join();
+        let third = ask(&s, &alice, "t3").await;
+        let code = fresh(&totp, &spent).await;
+        spent.push(code.clone());
+        let fourth = ask(&other, &alice, "t4").await;
+        let (st, _) = approve(&s, &bob, &third, Some(&code)).await;
+        assert_eq!(st, 200);
+        let (st, r) = approve(&other, &bob, &fourth, Some(&code)).await;
+        assert_eq!(st, 403, "replayed on another node: {r}");
+    }
+
+    // The CLI asks for the code.
+    let fifth = ask(&s, &alice, "t5").await;
+    let next = fresh(&totp, &spent).await;
+    let mut child = Command::new(BIN)
+        .args(["requests", "approve", &fifth])
+        .env("AIRLOCK_URL", &s.url)
+        .env("AIRLOCK_TOKEN", &bob)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{next}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("authenticator"), "prompted: {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved"));
+
+    // The secret is sealed at rest: neither it nor its base32 is in the
+    // database file.
+    if matches!(db, Db::Sqlite) {
+        let raw = std::fs::read(s.dir.path().join("data/airlock.db")).unwrap();
+        let b32 = totp.get_secret_base32();
+        assert!(!raw.windows(b32.len()).any(|w| w == b32.as_bytes()));
+        assert!(!raw
+            .windows(totp.secret.len())
+            .any(|w| w == totp.secret.as_slice()));
+    }
+    let admin = s.key("admin", "admin");
+    assert!(s.audit_has(&admin, "totp_enrolled", "user", "bob").await);
+}
+
+on_both_stores!(a_code_is_needed_accepted_once_and_sealed);
+
+/// The console: a code field on step-up requests, and enrolment on the
+/// Account page (with its QR code), whose replacement needs a current code.
+#[tokio::test]
+async fn the_console_asks_for_the_code_and_enrols() {
+    let s = Server::start_with(&Db::Sqlite, STEP_UP_POLICIES);
+    let alice = s.key("alice", "user");
+    set_password(&s, "bob", "bob's long password");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (cookie, csrf) = http_sign_in(&http, &s.url, "bob", "bob's long password").await;
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        let req = http
+            .post(format!("{}{path}", s.url))
+            .header("cookie", format!("airlock_session={cookie}"))
+            .form(&form);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let get = |path: &str| {
+        let req = http
+            .get(format!("{}{path}", s.url))
+            .header("cookie", format!("airlock_session={cookie}"));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(get("/account")
+        .await
+        .contains("No authenticator is enrolled"));
+    let (st, page) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page.contains("<svg") && page.contains("otpauth://totp/Airlock:bob"),
+        "{page}"
+    );
+    let uri = page
+        .split("otpauth://")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .map(|u| format!("otpauth://{}", u.replace("&amp;", "&")))
+        .unwrap();
+    let totp = TOTP::from_url(&uri).unwrap();
+    // Replacing it needs a current code: a stolen session cannot swap in
+    // its own authenticator.
+    let (st, _) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
+    assert_eq!(st, 403);
+
+    let id = ask(&s, &alice, "t1").await;
+    let page = get(&format!("/requests/{id}")).await;
+    assert!(page.contains("name=\"totp\""), "a code field");
+    assert!(
+        page.contains("needs a code from your authenticator"),
+        "at the button"
+    );
+    let review = format!("/requests/{id}/review");
+    let (st, _) = post(
+        &review,
+        vec![("csrf", csrf.clone()), ("verdict", "approve".into())],
+    )
+    .await;
+    assert_eq!(st, 403, "no code");
+    let code = totp.generate_current().unwrap();
+    let (st, _) = post(
+        &review,
+        vec![
+            ("csrf", csrf.clone()),
+            ("verdict", "approve".into()),
+            ("totp", code),
+        ],
+    )
+    .await;
+    assert_eq!(st, 303);
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "approved");
+    assert_eq!(r["reviews"][0]["channel"], "web");
+}
