@@ -63,6 +63,12 @@ pub struct RequestView {
     /// The step-up an approval needs (`totp`), if policy asks one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up: Option<String>,
+    /// Granted at once by break-glass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breakglass: bool,
+    /// A break-glass use still waiting for its two reviews after the fact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review_required: bool,
     /// The grant, once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantView>,
@@ -100,6 +106,8 @@ impl RequestView {
             grant_ttl: req.requirement.grant_ttl.to_string(),
             max_uses: req.requirement.max_uses.get(),
             step_up: req.requirement.step_up.clone(),
+            breakglass: req.requirement.breakglass,
+            review_required: req.requirement.breakglass && req.reviews.len() < 2,
             grant: req.grant.as_ref().map(|g| GrantView::new(g, token)),
             decisions: None,
         }
@@ -332,6 +340,7 @@ mod tests {
                 max_uses: NonZeroU32::MIN,
                 reason_required: false,
                 step_up: None,
+                breakglass: false,
             },
             policies: vec!["p1".into()],
             reason: None,

@@ -160,6 +160,11 @@ impl Client {
         self.post("/v1/check", body).await
     }
 
+    /// `POST /v1/breakglass`: an immediate grant, reviewed after the fact.
+    pub async fn breakglass(&self, body: &CheckBody) -> Result<RequestView, ClientError> {
+        self.post("/v1/breakglass", body).await
+    }
+
     /// `GET /v1/requests/{id}`, waiting up to `wait` for a decision. `id` is
     /// taken as given (an unknown one is the server's 404).
     pub async fn get_request(

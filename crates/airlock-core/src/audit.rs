@@ -67,6 +67,9 @@ pub enum AuditKind {
     Resumed,
     /// A user's TOTP authenticator was enrolled (or replaced).
     TotpEnrolled,
+    /// Someone broke the glass: an immediate grant, to be reviewed after
+    /// the fact (severity high).
+    Breakglass,
 }
 
 impl AuditKind {
@@ -84,6 +87,7 @@ impl AuditKind {
                 | Self::GrantRefused
                 | Self::GrantCompleted
                 | Self::RequirementRaised
+                | Self::Breakglass
         )
     }
 
@@ -114,6 +118,7 @@ impl AuditKind {
             Self::Resumed => "resumed",
             Self::KeyRotated => "key_rotated",
             Self::TotpEnrolled => "totp_enrolled",
+            Self::Breakglass => "breakglass",
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct Requirement {
     /// Extra authentication the approvers must pass, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up: Option<String>,
+    /// Granted at once by break-glass, to be reviewed after the fact: its
+    /// grant stands without approvals (policy must still allow it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breakglass: bool,
 }
 
 impl Requirement {
@@ -150,6 +154,7 @@ mod tests {
             max_uses: NonZeroU32::MIN,
             reason_required: false,
             step_up: None,
+            breakglass: false,
         }
     }
 

@@ -105,6 +105,17 @@ fn emit_chat(
             queue(tx, format!("{prefix}:update"), event, request)?;
         }
         "request.reviewed" => queue(tx, format!("{prefix}:update"), event, request)?,
+        // Break-glass is alerted everywhere at once: every routed channel
+        // and the default one.
+        "request.breakglass" => {
+            let mut all: Vec<&str> = routes.values().map(String::as_str).collect();
+            all.push(default);
+            all.sort_unstable();
+            all.dedup();
+            for c in all {
+                queue(tx, format!("{prefix}:post:{c}"), event, request.clone())?;
+            }
+        }
         "request.decided" | "request.expired" | "request.cancelled" | "request.revoked" => {
             queue(tx, format!("{prefix}:update"), event, request.clone())?;
             if let Some(id) = data["principal"].as_str().and_then(|p| ids.get(p)) {

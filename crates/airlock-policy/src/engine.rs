@@ -396,6 +396,7 @@ impl PolicyEngine {
             max_uses: NonZeroU32::MIN,
             reason_required: false,
             step_up: None,
+            breakglass: false,
         };
         let mut first = true;
         for id in response.diagnostics().reason() {

@@ -82,6 +82,9 @@ pub struct Config {
     /// The web console.
     #[serde(default)]
     pub web: WebConfig,
+    /// Break-glass: who may take an immediate grant in an emergency.
+    #[serde(default)]
+    pub breakglass: BreakglassConfig,
     /// The people who ask and approve, and their groups.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -354,6 +357,34 @@ impl TryFrom<String> for TimeZone {
 }
 fn yes() -> bool {
     true
+}
+
+/// `[breakglass]`: an immediate grant in an emergency, for members of
+/// `groups`, with a reason, reviewed by two other people after the fact.
+/// Policy still decides: break-glass never opens what policy forbids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakglassConfig {
+    /// Groups whose members may break the glass. Default none: off.
+    #[serde(default)]
+    pub groups: Vec<GroupName>,
+    /// The longest a break-glass grant lives (shorter if policy's
+    /// `@grant_ttl` is). Default 15m.
+    #[serde(default = "default_breakglass_ttl")]
+    pub grant_ttl: airlock_core::Ttl,
+}
+
+impl Default for BreakglassConfig {
+    fn default() -> Self {
+        Self {
+            groups: Vec::new(),
+            grant_ttl: default_breakglass_ttl(),
+        }
+    }
+}
+
+fn default_breakglass_ttl() -> airlock_core::Ttl {
+    airlock_core::Ttl::minutes(15)
 }
 
 /// `[web]`: the console served at the server's root.

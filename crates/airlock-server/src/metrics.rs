@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     latency: Histogram,
     pending: Gauge,
     unapprovable: Gauge,
+    unreviewed_breakglass: Gauge,
     notifications: Family<Vec<(String, String)>, Counter>,
 }
 
@@ -45,6 +46,12 @@ impl Metrics {
             "Pending requests with a threshold fewer people may approve than its quorum: they can only expire",
             unapprovable.clone(),
         );
+        let unreviewed_breakglass = Gauge::default();
+        registry.register(
+            "breakglass_unreviewed",
+            "Break-glass uses still waiting for their two reviews after the fact",
+            unreviewed_breakglass.clone(),
+        );
         let notifications = Family::<Vec<(String, String)>, Counter>::default();
         registry.register(
             "notification_attempts",
@@ -57,6 +64,7 @@ impl Metrics {
             latency,
             pending,
             unapprovable,
+            unreviewed_breakglass,
             notifications,
         }
     }
@@ -74,9 +82,10 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn render(&self, pending: i64, unapprovable: i64) -> String {
+    pub(crate) fn render(&self, pending: i64, unapprovable: i64, breakglass: i64) -> String {
         self.pending.set(pending);
         self.unapprovable.set(unapprovable);
+        self.unreviewed_breakglass.set(breakglass);
         let mut out = String::new();
         if let Ok(r) = self.registry.lock() {
             if encode(&mut out, &r).is_err() {

@@ -107,6 +107,7 @@ fn request(principal: &str) -> Request {
             max_uses: NonZeroU32::MIN,
             reason_required: false,
             step_up: None,
+            breakglass: false,
         },
         policies: vec!["p".into()],
         reason: Some("because".into()),

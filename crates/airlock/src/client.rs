@@ -317,6 +317,26 @@ fn to_json(v: &impl serde::Serialize) -> anyhow::Result<String> {
     Ok(json_compact(&serde_json::to_value(v)?))
 }
 
+/// `airlock breakglass`: prints the request and, on the last line, the
+/// grant token (the action's holder presents it to consume).
+pub async fn breakglass(a: ActionArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.conn)?;
+    let body = check_body(&a, None)?;
+    let req = client.breakglass(&body).await?;
+    if a.out.json {
+        println!("{}", to_json(&req)?);
+    } else {
+        print_request(&req);
+        eprintln!(
+            "break-glass: granted at once; every channel was alerted and two others must review it"
+        );
+        if let Some(token) = req.grant.as_ref().and_then(|g| g.token.as_deref()) {
+            println!("{token}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn check(a: ActionArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&a.conn)?;
     let body = check_body(&a, None)?;
@@ -549,6 +569,17 @@ fn print_request(req: &RequestView) {
     }
     if let Some(r) = &req.reason {
         println!("  reason: {}", visible(r));
+    }
+    if req.breakglass {
+        println!(
+            "  BREAK-GLASS: granted at once without approvals; reviews after the fact: {} of 2{}",
+            req.reviews.len().min(2),
+            if req.review_required {
+                " (review required)"
+            } else {
+                ""
+            }
+        );
     }
     println!("  approvals: {}", progress(req));
     if req.status == RequestStatus::Pending {

@@ -52,6 +52,10 @@ enum Command {
     },
     /// Ask for a decision without running anything.
     Check(client::ActionArgs),
+    /// Break the glass: an immediate grant for your own action in an
+    /// emergency (members of [breakglass] groups; --reason required).
+    /// Policy still decides what it forbids; two others review it after.
+    Breakglass(client::ActionArgs),
     /// Ask, wait for approval, run COMMAND with a consumed grant, report
     /// its outcome, and exit with its exit code.
     Run(client::RunArgs),
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
                 command: KeysCommand::RotateAudit { config },
             } => admin::keys_rotate_audit(&config).await,
             Command::Check(args) => client::check(args).await,
+            Command::Breakglass(args) => client::breakglass(args).await,
             Command::Run(args) => client::run(args).await,
             Command::Requests { command } => client::requests(command).await,
             Command::Outbox { command } => client::outbox(command).await,

@@ -63,6 +63,7 @@ pub fn router(airlock: AppState) -> Router {
     let limit = airlock.config.load().server.max_body_bytes;
     Router::new()
         .route("/v1/check", post(check))
+        .route("/v1/breakglass", post(breakglass))
         .route("/v1/requests", get(list_requests))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/reviews", post(review))
@@ -129,6 +130,18 @@ async fn check(
 ) -> Result<Json<CheckResponse>, ApiError> {
     let out = airlock.check(&caller, body, Some(peer.ip())).await?;
     Ok(Json(airlock.check_answer(out, &caller)))
+}
+
+/// `POST /v1/breakglass`: the body of a check (with a reason) → REQUEST,
+/// approved at once, with its grant token for the caller.
+async fn breakglass(
+    State(airlock): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Json<RequestView>, ApiError> {
+    let req = airlock.breakglass(&caller, body, Some(peer.ip())).await?;
+    Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
 #[derive(Deserialize)]
@@ -460,12 +473,16 @@ async fn metrics(State(airlock): State<AppState>) -> Response {
         .unapprovable_pending(1000)
         .await
         .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let breakglass = airlock
+        .unreviewed_breakglass(1000)
+        .await
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        airlock.metrics.render(pending, unapprovable),
+        airlock.metrics.render(pending, unapprovable, breakglass),
     )
         .into_response()
 }

@@ -340,7 +340,7 @@ impl Airlock {
     }
 
     /// Appends the decision record; an error here means no answer but 503.
-    async fn record_decision(
+    pub(crate) async fn record_decision(
         &self,
         actor: String,
         details: Value,
@@ -358,10 +358,6 @@ impl Airlock {
             .map_err(ApiError::Audit)
     }
 
-    /// Who may state which facts: a `user` key's claims of facts Airlock
-    /// computes are dropped (the connection's address stands for
-    /// `source_ip`), and its claims of trusted facts are refused, so a user
-    /// cannot talk their way past a network `forbid` or a row limit.
     /// Whether a context fact (`rows`, `dlp.card`) was checked: computed
     /// by Airlock, or trusted (`[policy] trusted_context`, so only an
     /// enforcer key can have stated it). Anything else is the caller's
@@ -379,6 +375,10 @@ impl Airlock {
                 .any(|t| t == top)
     }
 
+    /// Who may state which facts: a `user` key's claims of facts Airlock
+    /// computes are dropped (the connection's address stands for
+    /// `source_ip`), and its claims of trusted facts are refused, so a user
+    /// cannot talk their way past a network `forbid` or a row limit.
     pub(crate) fn screen_facts(
         &self,
         caller: &Caller,

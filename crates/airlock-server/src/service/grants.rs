@@ -126,7 +126,10 @@ impl Airlock {
                 if req.status == RequestStatus::Revoked || row.grant.revoked {
                     return refuse_in(tx, &actor, Some(req.id), gid, ErrorCode::GrantRevoked, "the grant was revoked".into(), t);
                 }
-                if !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
+                // A break-glass grant stands without approvals (it is
+                // reviewed after the fact); policy still decided it above.
+                let breakglass = req.requirement.breakglass;
+                if !breakglass && !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
                     // A reviewer left an approver group since approving:
                     // their approval no longer counts.
                     return refuse_in(
@@ -140,7 +143,7 @@ impl Airlock {
                     );
                 }
                 if let Some(now) = &now_needs {
-                    if !req.meets(&now.thresholds, |u, g| loaded.directory.is_member(u, g)) {
+                    if !breakglass && !req.meets(&now.thresholds, |u, g| loaded.directory.is_member(u, g)) {
                         return refuse_in(
                             tx,
                             &actor,

@@ -2,6 +2,7 @@
 //! can ask of Airlock, with every rule enforced here so no channel can skip
 //! one.
 
+mod breakglass;
 mod check;
 mod gate;
 mod grants;

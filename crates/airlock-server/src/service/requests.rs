@@ -120,6 +120,7 @@ impl Airlock {
             || req.action.principal == caller.user
             // Auditors read every request in the audit log already.
             || self.may_oversee(caller)
+            || self.may_review_breakglass(caller, req)
             || req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g))
     }
 
@@ -228,6 +229,7 @@ impl Airlock {
         after: Option<Cursor>,
     ) -> Result<RequestPage, ApiError> {
         let everything = self.may_oversee(caller);
+        let first_page = after.is_none();
         let mut page = match show {
             InboxShow::Waiting if !everything => self.inbox(caller, limit, after).await?,
             InboxShow::Waiting => {
@@ -262,6 +264,29 @@ impl Airlock {
         };
         if show == InboxShow::Waiting {
             page.requests.sort_by_key(|r| r.expires_at);
+            // Break-glass uses waiting for the viewer's review after the
+            // fact come first, whatever page this is.
+            if first_page {
+                let decided: Vec<RequestStatus> = RequestStatus::ALL
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != RequestStatus::Pending)
+                    .collect();
+                let recent = self
+                    .list_visible(caller, decided, false, false, limit, None)
+                    .await?;
+                let mut first: Vec<Request> = recent
+                    .requests
+                    .into_iter()
+                    .filter(|r| {
+                        r.reviews.len() < super::breakglass::REVIEWS_AFTER
+                            && self.may_review_breakglass(caller, r)
+                            && !r.reviews.iter().any(|rv| rv.reviewer == caller.user)
+                    })
+                    .collect();
+                first.append(&mut page.requests);
+                page.requests = first;
+            }
         }
         Ok(page)
     }
@@ -415,6 +440,7 @@ impl Airlock {
         let mail = self.mail();
         let secrets = self.secrets.clone();
         let console = self.public_url();
+        let breakglass_groups = self.config.load().breakglass.groups.clone();
         let req = self
             .store
             .write(move |tx| {
@@ -427,6 +453,19 @@ impl Airlock {
                         code: airlock_api::ErrorCode::SelfReview,
                         message: "nobody may review their own request".into(),
                     });
+                }
+                if req.requirement.breakglass {
+                    // After the fact: approvers of the request or members
+                    // of the break-glass groups say whether it was right.
+                    let eligible = req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g))
+                        || breakglass_groups.iter().any(|g| loaded.directory.is_member(&reviewer, g));
+                    if !eligible {
+                        return Err(ApiError::Forbidden {
+                            code: airlock_api::ErrorCode::NotEligible,
+                            message: format!("{reviewer} may not review this break-glass use (approvers of it and [breakglass] groups may)"),
+                        });
+                    }
+                    return review_after_the_fact(tx, &req, &reviewer, verdict, reason.clone(), &channel, &hooks, t);
                 }
                 if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
                     return Err(ApiError::Forbidden {
@@ -679,7 +718,11 @@ pub(crate) fn transition(
     Ok(())
 }
 
-fn issue_grant(tx: &mut dyn WriteTx, req: &Request, directory: &Directory) -> Result<(), ApiError> {
+pub(crate) fn issue_grant(
+    tx: &mut dyn WriteTx,
+    req: &Request,
+    directory: &Directory,
+) -> Result<(), ApiError> {
     let t = now();
     let approvals = req.approvals(|u, g| directory.is_member(u, g));
     transition(
@@ -713,6 +756,69 @@ fn issue_grant(tx: &mut dyn WriteTx, req: &Request, directory: &Directory) -> Re
         t,
     )?;
     Ok(())
+}
+
+/// A review of a break-glass use after the fact: `approve` says it was
+/// right, `deny` flags it and revokes its grant if still live. Each is on
+/// record and alerted like any review.
+#[allow(clippy::too_many_arguments)]
+fn review_after_the_fact(
+    tx: &mut dyn WriteTx,
+    req: &Request,
+    reviewer: &UserName,
+    verdict: Verdict,
+    reason: Option<String>,
+    channel: &str,
+    hooks: &notify::Notifier,
+    t: DateTime<Utc>,
+) -> Result<Request, ApiError> {
+    if verdict == Verdict::Deny && reason.is_none() {
+        return Err(ApiError::BadRequest(
+            "say why you flag this break-glass use".into(),
+        ));
+    }
+    let review = Review {
+        reviewer: reviewer.clone(),
+        verdict,
+        reason: reason.clone(),
+        channel: channel.to_owned(),
+        at: t,
+    };
+    if !tx.insert_review(&req.id, &review)? {
+        return Err(ApiError::Conflict {
+            code: airlock_api::ErrorCode::AlreadyReviewed,
+            message: format!("{reviewer} already reviewed this break-glass use"),
+        });
+    }
+    tx.changed(req.id);
+    tx.append_audit(
+        NewAuditRecord {
+            kind: AuditKind::Review,
+            actor: reviewer.to_string(),
+            subject: req.id.to_string(),
+            details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel, "after_the_fact": true}),
+        },
+        t,
+    )?;
+    if verdict == Verdict::Deny && req.status == RequestStatus::Approved {
+        transition(
+            tx,
+            req,
+            RequestStatus::Revoked,
+            reviewer.as_str(),
+            json!({"reason": reason, "breakglass_flagged": true}),
+        )?;
+    }
+    let req = tx
+        .get_request(&req.id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no request {}", req.id)))?;
+    notify::emit(
+        tx,
+        hooks,
+        "request.reviewed",
+        notify::request_data(&req, req.status, Some(reviewer.as_str())),
+    )?;
+    Ok(req)
 }
 
 /// Checks a TOTP code for `reviewer`'s approval and spends it: a code is

@@ -65,6 +65,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/notifications", get(notifications))
         .route("/notifications/{id}/retry", post(notification_retry))
         .route("/policy/simulate", post(simulate))
+        .route("/breakglass", get(breakglass_form).post(breakglass))
         .route("/account", get(account))
         .route("/account/totp", post(account_totp))
         .route("/static/app.js", get(script))
@@ -78,6 +79,7 @@ fn viewer<'a>(airlock: &Airlock, u: &'a WebUser) -> Viewer<'a> {
         user: u.caller.user.as_str(),
         csrf: &u.csrf,
         auditor: airlock.may_oversee(&u.caller),
+        breakglass: airlock.may_break_glass(&u.caller),
     }
 }
 
@@ -495,9 +497,12 @@ async fn request_page(
             };
             pages::Allowed {
                 // Once reviewed, the form gives way to each approver's state.
-                review: req.status == RequestStatus::Pending
-                    && req.eligible_reviewer(me, member)
-                    && !req.reviews.iter().any(|rv| rv.reviewer == *me),
+                review: !req.reviews.iter().any(|rv| rv.reviewer == *me)
+                    && if req.requirement.breakglass {
+                        airlock.may_review_breakglass(&user.caller, &req)
+                    } else {
+                        req.status == RequestStatus::Pending && req.eligible_reviewer(me, member)
+                    },
                 // The same rule as the service's revoke (approvers of the
                 // request; admin keys are not console users).
                 revoke: req.status == RequestStatus::Approved
@@ -960,6 +965,47 @@ async fn simulate(
     }
     let answer = airlock.simulate(&form).await;
     policy_page(&airlock, &user, &form, Some(answer)).await
+}
+
+/// The break-glass page, for members of `[breakglass] groups` (others are
+/// told in plain words why not).
+async fn breakglass_form(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
+    let user = signed_in(&airlock, &headers, true).await?;
+    if !airlock.may_break_glass(&user.caller) {
+        return Err(fail(
+            Some(&user),
+            ApiError::forbidden("break-glass is for members of [breakglass] groups"),
+        ));
+    }
+    let form = pages::BreakglassForm::default();
+    Ok(pages::breakglass(&viewer(&airlock, &user), &form, None).into_response())
+}
+
+async fn breakglass(
+    State(airlock): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<pages::BreakglassForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let body = match simulate::breakglass_body(&form) {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                pages::breakglass(&viewer(&airlock, &user), &form, Some(&e)),
+            )
+                .into_response())
+        }
+    };
+    match airlock
+        .breakglass(&user.caller, body, Some(peer.ip()))
+        .await
+    {
+        Ok(req) => Ok(Redirect::to(&format!("/requests/{}", req.id)).into_response()),
+        Err(e) => Err(fail(Some(&user), e)),
+    }
 }
 
 /// The viewer's account: step-up enrolment.

@@ -14,9 +14,12 @@ pub(crate) struct Viewer<'a> {
     /// log and the notifications; others are not shown links they could
     /// not open.
     pub(crate) auditor: bool,
+    /// A member of `[breakglass] groups`: offered the break-glass page.
+    pub(crate) breakglass: bool,
 }
 
-/// The navigation: (path, label, for auditors only).
+/// The navigation: (path, label, for auditors only); "Break glass" is
+/// added for those who may.
 const NAV: [(&str, &str, bool); 7] = [
     ("/inbox", "Inbox", false),
     ("/mine", "My requests", false),
@@ -57,6 +60,13 @@ pub(crate) fn layout(title: &str, viewer: Option<&Viewer<'_>>, body: Markup) -> 
                                     } @else {
                                         a href=(path) { (label) }
                                     }
+                                }
+                            }
+                            @if v.breakglass {
+                                @if name.starts_with("Break glass") {
+                                    a.breakglass href="/breakglass" aria-current="page" { "Break glass" }
+                                } @else {
+                                    a.breakglass href="/breakglass" { "Break glass" }
                                 }
                             }
                         }
@@ -339,10 +349,7 @@ pub(crate) fn inbox_rows(
     next: Option<&str>,
     now: DateTime<Utc>,
 ) -> Markup {
-    let waiting = cards
-        .iter()
-        .filter(|c| c.request["status"] == "pending" && c.reviewed_by_me.is_none())
-        .count();
+    let waiting = waiting_for_me(cards);
     html! {
         div.rows data-count=(waiting) {
             @if cards.is_empty() {
@@ -354,6 +361,7 @@ pub(crate) fn inbox_rows(
                         @let id = r["id"].as_str().unwrap_or("");
                         @let status = r["status"].as_str().unwrap_or("");
                         li.request data-href=(format!("/requests/{id}")) {
+                            @if r["review_required"] == true { p.flag { "🚨 Break-glass: review after the fact" } }
                             a.title href=(format!("/requests/{id}")) {
                                 strong { (r["principal"].as_str().unwrap_or("")) }
                                 " wants to " strong { (r["action"].as_str().unwrap_or("")) }
@@ -383,6 +391,18 @@ pub(crate) fn inbox_rows(
     }
 }
 
+/// Cards that wait for the viewer: pending ones and break-glass uses to
+/// review after the fact, not yet reviewed by them.
+fn waiting_for_me(cards: &[Card]) -> usize {
+    cards
+        .iter()
+        .filter(|c| {
+            (c.request["status"] == "pending" || c.request["review_required"] == true)
+                && c.reviewed_by_me.is_none()
+        })
+        .count()
+}
+
 /// The inbox: filters, then cards sorted by time left, refreshed live.
 pub(crate) fn inbox(
     viewer: &Viewer<'_>,
@@ -396,10 +416,7 @@ pub(crate) fn inbox(
         Some(a) => format!("/inbox/rows?after={a}&{qs}"),
         None => format!("/inbox/rows?{qs}"),
     };
-    let waiting = cards
-        .iter()
-        .filter(|c| c.request["status"] == "pending" && c.reviewed_by_me.is_none())
-        .count();
+    let waiting = waiting_for_me(cards);
     let title = if waiting > 0 {
         format!("({waiting}) Inbox")
     } else {
@@ -510,6 +527,14 @@ fn uses(n: u64) -> String {
 /// What approving does, said at the button: "Approve → 1 of 2 from
 /// security; when all are met alice gets one use, valid 10m".
 pub(crate) fn consequence(r: &Value, me: &str) -> String {
+    if r["breakglass"] == true {
+        let n = r["reviews"].as_array().map_or(0, Vec::len);
+        return format!(
+            "Approve → confirms this break-glass use was justified ({} of 2 reviews after the fact); Deny flags it{}",
+            (n + 1).min(2),
+            if r["status"] == "approved" { " and revokes its grant now" } else { "" }
+        );
+    }
     let ts: Vec<&Value> = r["thresholds"].as_array().into_iter().flatten().collect();
     let mine: Vec<String> = ts
         .iter()
@@ -698,6 +723,14 @@ pub(crate) fn request(
                 (r["action"].as_str().unwrap_or("")) " " code { (untrusted(&resource(r))) }
             }
             @if let Some(reason) = r["reason"].as_str() { p.reason { "Reason given: “" (untrusted(reason)) "”" } }
+            @if r["breakglass"] == true {
+                div.error role="alert" {
+                    p { "🚨 Break-glass: " (r["principal"].as_str().unwrap_or("")) " took this grant at once, without approval." }
+                    @if r["review_required"] == true {
+                        p { "It needs two reviews after the fact (" (r["reviews"].as_array().map_or(0, Vec::len)) " so far): say whether it was justified." }
+                    }
+                }
+            }
             @if status == "pending" && !blocked.is_empty() {
                 div.error role="alert" {
                     p { "⚠ Nobody can approve this request as things stand: " (blocked.join("; ")) "." }
@@ -843,6 +876,50 @@ pub(crate) fn account(viewer: &Viewer<'_>, enrolled: bool, new: Option<(&str, &s
                         button type="submit" { "Enrol an authenticator" }
                     }
                 }
+            }
+        },
+    )
+}
+
+/// The break-glass form, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub(crate) struct BreakglassForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) action: String,
+    #[serde(default)]
+    pub(crate) resource: String,
+    #[serde(default)]
+    pub(crate) params: String,
+    #[serde(default)]
+    pub(crate) reason: String,
+}
+
+/// The break-glass page: what it does, in plain words, and the form.
+pub(crate) fn breakglass(
+    viewer: &Viewer<'_>,
+    form: &BreakglassForm,
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "Break glass",
+        Some(viewer),
+        html! {
+            h1 { "Break glass" }
+            p { "For an emergency that cannot wait for approval: you get a grant for exactly this action at once. Every channel is alerted now, the audit log records it at high severity, and two other people must review it afterwards. Policy still decides: what it forbids stays closed." }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form.card method="post" action="/breakglass" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                label for="bg-action" { "Action" }
+                input #bg-action name="action" value=(form.action) required placeholder="export";
+                label for="bg-resource" { "Resource (Type:id)" }
+                input #bg-resource name="resource" value=(form.resource) required placeholder="Table:prod.orders";
+                label for="bg-params" { "Params (JSON object, optional)" }
+                textarea #bg-params name="params" rows="2" { (form.params) }
+                label for="bg-reason" { "Why this cannot wait (required)" }
+                textarea #bg-reason name="reason" rows="3" maxlength="2000" required { (form.reason) }
+                div.buttons { button.deny type="submit" { "Break glass" } }
             }
         },
     )

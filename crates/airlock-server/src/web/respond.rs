@@ -43,6 +43,7 @@ impl IntoResponse for Refusal {
             csrf,
             // An error page links only what everyone may open.
             auditor: false,
+            breakglass: false,
         });
         let title = if status == StatusCode::NOT_FOUND {
             "Not found"

@@ -9,6 +9,21 @@ use super::pages::SimulateForm;
 use crate::service::threshold_view;
 use crate::Airlock;
 
+/// The break-glass form as a check's body (the caller's own action).
+pub(crate) fn breakglass_body(
+    form: &super::pages::BreakglassForm,
+) -> Result<airlock_api::CheckBody, String> {
+    let (kind, id) =
+        airlock_core::action::parse_type_id(form.resource.trim()).map_err(|e| e.to_string())?;
+    serde_json::from_value(json!({
+        "action": form.action.trim(),
+        "resource": {"type": kind.as_str(), "id": id.as_str()},
+        "params": object("params", &form.params)?,
+        "reason": form.reason,
+    }))
+    .map_err(|e| format!("not a valid action: {e}"))
+}
+
 fn object(field: &str, text: &str) -> Result<Map<String, Value>, String> {
     if text.trim().is_empty() {
         return Ok(Map::new());

@@ -10,6 +10,7 @@ mod support;
 mod api;
 mod audit;
 mod authz;
+mod breakglass;
 mod chat;
 mod cli;
 mod console;
