@@ -70,6 +70,8 @@ pub enum AuditKind {
     /// Someone broke the glass: an immediate grant, to be reviewed after
     /// the fact (severity high).
     Breakglass,
+    /// A user registered a WebAuthn security key or passkey.
+    WebauthnRegistered,
 }
 
 impl AuditKind {
@@ -119,6 +121,7 @@ impl AuditKind {
             Self::KeyRotated => "key_rotated",
             Self::TotpEnrolled => "totp_enrolled",
             Self::Breakglass => "breakglass",
+            Self::WebauthnRegistered => "webauthn_registered",
         }
     }
 }

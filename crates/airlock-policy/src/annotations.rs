@@ -116,16 +116,7 @@ pub(crate) fn parse<'a>(
                 }
             },
             "step_up" => match value {
-                "totp" => step_up = Some(value.to_owned()),
-                // WebAuthn is not enforced yet: a plain approval would
-                // satisfy it, so a policy asking for it must not load
-                // rather than promise more than it enforces.
-                "webauthn" => {
-                    return Err(format!(
-                        "@step_up({value:?}) is not enforced by this release of Airlock \
-                         (\"totp\" is); remove it or keep this policy out of the policy directory"
-                    ))
-                }
+                "totp" | "webauthn" => step_up = Some(value.to_owned()),
                 _ => {
                     return Err(format!(
                         "@step_up({value:?}) must be \"totp\" or \"webauthn\""

@@ -641,16 +641,17 @@ when { context.missing_field == 1 };
     }
 
     #[test]
-    fn step_up_is_refused_until_it_is_enforced() {
+    fn step_up_loads_only_for_the_methods_enforced() {
         // A plain approval must never satisfy a policy that asks for more:
-        // WebAuthn is not enforced yet; TOTP is, and loads.
-        let totp = "@id(\"pii-totp\")\n@approvers(\"security\")\n@step_up(\"totp\")\npermit(principal, action, resource);";
-        assert!(engine(totp).is_ok());
-        let method = "webauthn";
-        let text = format!("@id(\"pii-stepup\")\n@approvers(\"security\")\n@step_up(\"{method}\")\npermit(principal, action, resource);");
-        let err = engine(&text).unwrap_err().to_string();
+        // the methods enforced load, any other does not.
+        for method in ["totp", "webauthn"] {
+            let text = format!("@id(\"pii\")\n@approvers(\"security\")\n@step_up(\"{method}\")\npermit(principal, action, resource);");
+            assert!(engine(&text).is_ok(), "{method}");
+        }
+        let text = "@id(\"pii-stepup\")\n@approvers(\"security\")\n@step_up(\"sms\")\npermit(principal, action, resource);";
+        let err = engine(text).unwrap_err().to_string();
         assert!(err.contains("policy \"pii-stepup\""), "{err}");
-        assert!(err.contains("not enforced"), "{err}");
+        assert!(err.contains("must be \"totp\" or \"webauthn\""), "{err}");
     }
 
     #[test]

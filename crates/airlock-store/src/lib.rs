@@ -113,6 +113,8 @@ pub trait ReadTx {
     fn password_hash(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// A user's sealed TOTP secret, if they enrolled.
     fn totp_secret(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
+    /// A user's WebAuthn credentials (a JSON list), if they registered any.
+    fn webauthn_keys(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
     /// How many requests are in `status`.
     fn count_status(&mut self, status: RequestStatus) -> Result<i64, StoreError>;
     /// How many requests of `principal` are pending.
@@ -203,6 +205,13 @@ pub trait WriteTx: ReadTx {
         &mut self,
         user: &UserName,
         sealed: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Sets a user's WebAuthn credentials (the whole JSON list).
+    fn set_webauthn_keys(
+        &mut self,
+        user: &UserName,
+        passkeys: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint.

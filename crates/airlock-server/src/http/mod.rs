@@ -226,7 +226,17 @@ async fn review(
     let id = parse_request_id(&id)?;
     let channel = body.channel.unwrap_or(ReviewChannel::Api).as_str();
     let req = airlock
-        .review(&caller, id, body.verdict, body.reason, channel, body.totp)
+        .review(
+            &caller,
+            id,
+            body.verdict,
+            body.reason,
+            channel,
+            crate::service::StepUp {
+                totp: body.totp,
+                webauthn: None,
+            },
+        )
         .await?;
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }

@@ -132,7 +132,14 @@ async fn interactions(
     };
     match (i["type"].as_u64(), verb) {
         (Some(3), "approve") => match airlock
-            .review(&caller, id, Verdict::Approve, None, "discord", None)
+            .review(
+                &caller,
+                id,
+                Verdict::Approve,
+                None,
+                "discord",
+                Default::default(),
+            )
             .await
         {
             // Acknowledged; the message is updated from the outbox.
@@ -158,7 +165,14 @@ async fn interactions(
                 .as_str()
                 .map(str::to_owned);
             match airlock
-                .review(&caller, id, Verdict::Deny, reason, "discord", None)
+                .review(
+                    &caller,
+                    id,
+                    Verdict::Deny,
+                    reason,
+                    "discord",
+                    Default::default(),
+                )
                 .await
             {
                 Ok(_) => private("Denied."),

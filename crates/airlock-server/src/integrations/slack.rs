@@ -129,7 +129,14 @@ async fn interactions(
             };
             match action["action_id"].as_str() {
                 Some("approve") => match airlock
-                    .review(&caller, id, Verdict::Approve, None, "slack", None)
+                    .review(
+                        &caller,
+                        id,
+                        Verdict::Approve,
+                        None,
+                        "slack",
+                        Default::default(),
+                    )
                     .await
                 {
                     Ok(_) => StatusCode::OK.into_response(),
@@ -180,7 +187,7 @@ async fn interactions(
                 return refuse(StatusCode::BAD_REQUEST, "no request in the dialog");
             };
             match airlock
-                .review(&caller, id, Verdict::Deny, reason, "slack", None)
+                .review(&caller, id, Verdict::Deny, reason, "slack", Default::default())
                 .await
             {
                 // An empty 200 closes the dialog.

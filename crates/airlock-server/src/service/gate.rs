@@ -191,7 +191,14 @@ mod tests {
                         .unwrap();
                     if let Some(r) = page.requests.first() {
                         airlock
-                            .review(&dave, r.id, Verdict::Approve, None, "api", None)
+                            .review(
+                                &dave,
+                                r.id,
+                                Verdict::Approve,
+                                None,
+                                "api",
+                                Default::default(),
+                            )
                             .await
                             .unwrap();
                         return r.id;

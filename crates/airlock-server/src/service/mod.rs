@@ -11,6 +11,7 @@ pub(crate) mod notify;
 mod oversight;
 mod requests;
 mod view;
+mod webauthn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,8 +32,9 @@ pub use airlock_auth::api_keys::{
 pub use check::{CheckBody, CheckOutcome};
 pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
-pub use requests::{InboxShow, RequestPage, MAX_PAGE};
+pub use requests::{InboxShow, RequestPage, StepUp, MAX_PAGE};
 pub(crate) use view::threshold_view;
+pub use webauthn::WebauthnAnswer;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -24,6 +24,16 @@ const MAX_REVIEW_REASON: usize = 2000;
 /// The most requests one page of a listing holds.
 pub const MAX_PAGE: u32 = 1000;
 
+/// What a reviewer offers for step-up: a TOTP code (any channel) or a
+/// security key's answer (the console).
+#[derive(Debug, Clone, Default)]
+pub struct StepUp {
+    /// A current TOTP code.
+    pub totp: Option<String>,
+    /// A WebAuthn assertion and its sealed challenge.
+    pub webauthn: Option<super::WebauthnAnswer>,
+}
+
 /// Which requests the console's inbox shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxShow {
@@ -425,7 +435,7 @@ impl Airlock {
         verdict: Verdict,
         reason: Option<String>,
         channel: &str,
-        totp: Option<String>,
+        proof: StepUp,
     ) -> Result<Request, ApiError> {
         let reason = reason.filter(|r| !r.trim().is_empty());
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
@@ -441,6 +451,7 @@ impl Airlock {
         let secrets = self.secrets.clone();
         let console = self.public_url();
         let breakglass_groups = self.config.load().breakglass.groups.clone();
+        let checker = self.webauthn_checker().map_err(|e| e.to_string());
         let req = self
             .store
             .write(move |tx| {
@@ -482,8 +493,18 @@ impl Airlock {
                     return Err(ApiError::wrong_state("request has expired"));
                 }
                 // Step-up guards approving only: a deny lowers the risk.
-                if verdict == Verdict::Approve && req.requirement.step_up.as_deref() == Some("totp") {
-                    step_up_totp(tx, &secrets, &reviewer, totp.as_deref(), &format!("{console}/requests/{id}"), t)?;
+                if verdict == Verdict::Approve {
+                    let page = format!("{console}/requests/{id}");
+                    match req.requirement.step_up.as_deref() {
+                        None => {}
+                        Some("totp") => step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t)?,
+                        Some("webauthn") => {
+                            let (rp, sealer) = checker.as_ref().map_err(|e| ApiError::BadRequest(e.clone()))?;
+                            super::webauthn::step_up_webauthn(tx, rp, sealer, &reviewer, id, proof.webauthn.as_ref(), &page)?;
+                        }
+                        // Fails closed: a step-up this release does not know.
+                        Some(other) => return Err(ApiError::forbidden(format!("unknown step-up {other:?}"))),
+                    }
                 }
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
                 if !tx.insert_review(&id, &review)? {

@@ -68,6 +68,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/breakglass", get(breakglass_form).post(breakglass))
         .route("/account", get(account))
         .route("/account/totp", post(account_totp))
+        .route("/account/webauthn/start", post(webauthn_register_start))
+        .route("/account/webauthn/finish", post(webauthn_register_finish))
+        .route("/requests/{id}/webauthn", post(webauthn_challenge))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(style))
 }
@@ -620,6 +623,13 @@ struct ReviewForm {
     /// A TOTP code, when the request asks for step-up.
     #[serde(default)]
     totp: Option<String>,
+    /// A security key's answer (`PublicKeyCredential.toJSON()`), when the
+    /// request asks for WebAuthn.
+    #[serde(default)]
+    webauthn: Option<String>,
+    /// The sealed challenge it answers.
+    #[serde(default)]
+    webauthn_state: Option<String>,
 }
 
 async fn review(
@@ -641,7 +651,22 @@ async fn review(
             ));
         }
         airlock
-            .review(&user.caller, id, verdict, reason, "web", form.totp)
+            .review(
+                &user.caller,
+                id,
+                verdict,
+                reason,
+                "web",
+                crate::service::StepUp {
+                    totp: form.totp,
+                    webauthn: form.webauthn.filter(|c| !c.is_empty()).map(|credential| {
+                        crate::service::WebauthnAnswer {
+                            credential,
+                            state: form.webauthn_state.unwrap_or_default(),
+                        }
+                    }),
+                },
+            )
             .await?;
         Ok((id, verdict))
     };
@@ -1015,7 +1040,73 @@ async fn account(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
         .totp_enrolled(&user.caller)
         .await
         .map_err(|e| fail(Some(&user), e))?;
-    Ok(pages::account(&viewer(&airlock, &user), enrolled, None).into_response())
+    let keys = airlock
+        .webauthn_registered(&user.caller)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(pages::account(&viewer(&airlock, &user), enrolled, keys, None).into_response())
+}
+
+/// A ceremony's options and sealed state, as JSON for the page's script.
+fn ceremony(options: Value, state: String) -> Response {
+    axum::Json(serde_json::json!({"options": options, "state": state})).into_response()
+}
+
+/// Starts registering a security key (JSON for the page's script).
+async fn webauthn_register_start(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let (options, state) = airlock
+        .webauthn_register_start(&user.caller)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(ceremony(options, state))
+}
+
+#[derive(Deserialize)]
+struct WebauthnForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    state: String,
+}
+
+/// Finishes registering a security key.
+async fn webauthn_register_finish(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<WebauthnForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    airlock
+        .webauthn_register_finish(&user.caller, &form.credential, &form.state)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(Redirect::to("/account").into_response())
+}
+
+/// A security-key challenge for approving one request.
+async fn webauthn_challenge(
+    State(airlock): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Page {
+    let user = signed_in(&airlock, &headers, false).await?;
+    check_csrf(&user, &form.csrf)?;
+    let id = request_id(&id).map_err(|e| fail(Some(&user), e))?;
+    let (options, state) = airlock
+        .webauthn_challenge(&user.caller, id)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(ceremony(options, state))
 }
 
 #[derive(Deserialize)]
@@ -1041,7 +1132,11 @@ async fn account_totp(
         .await
         .map_err(|e| fail(Some(&user), e))?;
     let qr = airlock_auth::totp::qr_svg(&uri).unwrap_or_default();
-    Ok(pages::account(&viewer(&airlock, &user), true, Some((&uri, &qr))).into_response())
+    let keys = airlock
+        .webauthn_registered(&user.caller)
+        .await
+        .map_err(|e| fail(Some(&user), e))?;
+    Ok(pages::account(&viewer(&airlock, &user), true, keys, Some((&uri, &qr))).into_response())
 }
 
 async fn script() -> Response {

@@ -580,10 +580,10 @@ pub(crate) fn consequence(r: &Value, me: &str) -> String {
     } else {
         format!("when all are met {grant}")
     };
-    let step_up = if r["step_up"] == "totp" {
-        " (needs a code from your authenticator)"
-    } else {
-        ""
+    let step_up = match r["step_up"].as_str() {
+        Some("totp") => " (needs a code from your authenticator)",
+        Some("webauthn") => " (needs your security key)",
+        _ => "",
     };
     format!("Approve → {}; {then}{step_up}", mine.join(", "))
 }
@@ -760,8 +760,15 @@ pub(crate) fn request(
             @if may.review {
                 section.review #review {
                     h2 { "Your review" }
-                    form #review-form method="post" action=(format!("/requests/{id}/review")) {
+                    form #review-form method="post" action=(format!("/requests/{id}/review"))
+                        data-webauthn=[(r["step_up"] == "webauthn").then_some(format!("/requests/{id}/webauthn"))] {
                         input type="hidden" name="csrf" value=(viewer.csrf);
+                        @if r["step_up"] == "webauthn" {
+                            input type="hidden" name="webauthn" value="";
+                            input type="hidden" name="webauthn_state" value="";
+                            p.muted { "Approving asks for your security key (" a href="/account" { "register one" } " if you have not)." }
+                            p.error.webauthn-error role="alert" hidden {}
+                        }
                         p.consequence #consequence { (consequence(r, viewer.user)) }
                         label for="reason" { "Reason (required to deny)" }
                         textarea id="reason" name="reason" rows="3" maxlength="2000" {}
@@ -846,7 +853,12 @@ pub(crate) struct Done<'a> {
 
 /// The account page: TOTP enrolment, and the QR code of a new one (shown
 /// once, right after enrolling).
-pub(crate) fn account(viewer: &Viewer<'_>, enrolled: bool, new: Option<(&str, &str)>) -> Markup {
+pub(crate) fn account(
+    viewer: &Viewer<'_>,
+    enrolled: bool,
+    security_key: bool,
+    new: Option<(&str, &str)>,
+) -> Markup {
     layout(
         "Account",
         Some(viewer),
@@ -875,6 +887,22 @@ pub(crate) fn account(viewer: &Viewer<'_>, enrolled: bool, new: Option<(&str, &s
                     } @else if new.is_none() {
                         button type="submit" { "Enrol an authenticator" }
                     }
+                }
+            }
+            section {
+                h2 { "Step-up: security key or passkey (WebAuthn)" }
+                p { "Approvals whose policy asks for WebAuthn are made here in the console, with a touch of your security key." }
+                @if security_key {
+                    p.verified #webauthn-status { "A security key is registered." }
+                } @else {
+                    p.error #webauthn-status { "No security key is registered." }
+                }
+                form #webauthn-register method="post" action="/account/webauthn/finish" {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    input type="hidden" name="credential" value="";
+                    input type="hidden" name="state" value="";
+                    button type="submit" { "Register a security key" }
+                    p.error.webauthn-error role="alert" hidden {}
                 }
             }
         },

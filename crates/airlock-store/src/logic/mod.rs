@@ -67,6 +67,7 @@ impl<T: Rows> ReadTx for T {
         ChatRows::chat_messages(request: &RequestId, provider: &str) -> Vec<(String, String)>;
         SessionRows::password_hash(user: &UserName) -> Option<String>;
         SessionRows::totp_secret(user: &UserName) -> Option<String>;
+        SessionRows::webauthn_keys(user: &UserName) -> Option<String>;
         RequestRows::count_status(status: RequestStatus) -> i64;
         RequestRows::count_pending(principal: &UserName) -> i64;
         RequestRows::count_requests_since(principal: &UserName, since: DateTime<Utc>) -> i64;
@@ -174,6 +175,7 @@ impl<T: Rows> WriteTx for T {
         KeyRows::replace_signing_key(purpose: &str, public: &str, at: DateTime<Utc>) -> ();
         SessionRows::set_password_hash(user: &UserName, hash: &str, at: DateTime<Utc>) -> ();
         SessionRows::set_totp_secret(user: &UserName, sealed: &str, at: DateTime<Utc>) -> ();
+        SessionRows::set_webauthn_keys(user: &UserName, passkeys: &str, at: DateTime<Utc>) -> ();
         SessionRows::delete_session(id_hash: &str) -> bool;
         AuditRows::insert_checkpoint(cp: &Checkpoint) -> ();
         AuditRows::insert_audit_note(size: i64, note: &str) -> ();

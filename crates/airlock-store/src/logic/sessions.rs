@@ -47,6 +47,15 @@ pub(crate) trait SessionRows {
         sealed: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// See [`crate::ReadTx::webauthn_keys`].
+    fn webauthn_keys(&mut self, user: &UserName) -> Result<Option<String>, StoreError>;
+    /// See [`crate::WriteTx::set_webauthn_keys`].
+    fn set_webauthn_keys(
+        &mut self,
+        user: &UserName,
+        passkeys: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Every user's synced groups, as `(user, JSON list)`, by user.
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError>;
     /// Stores a user's synced groups (a JSON list), replacing theirs.

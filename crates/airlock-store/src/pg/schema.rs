@@ -219,6 +219,15 @@ CREATE TABLE totp_secrets (
     updated_at timestamptz NOT NULL
 );
 "#,
+    r#"
+-- Each user's WebAuthn credentials for step-up (webauthn-rs passkeys, as
+-- a JSON list: public keys and signature counters, nothing secret).
+CREATE TABLE webauthn_keys (
+    user_name text PRIMARY KEY,
+    passkeys text NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

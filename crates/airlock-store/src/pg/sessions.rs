@@ -97,6 +97,28 @@ impl SessionRows for Tx<'_> {
         Ok(())
     }
 
+    fn webauthn_keys(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        let row = self.query_opt(
+            "SELECT passkeys FROM webauthn_keys WHERE user_name = $1",
+            &[&user.as_str()],
+        )?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    fn set_webauthn_keys(
+        &mut self,
+        user: &UserName,
+        passkeys: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO webauthn_keys (user_name, passkeys, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_name) DO UPDATE SET passkeys = excluded.passkeys, updated_at = excluded.updated_at",
+            &[&user.as_str(), &passkeys, &at],
+        )?;
+        Ok(())
+    }
+
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self.query(
             "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",

@@ -216,6 +216,15 @@ CREATE TABLE totp_secrets (
     updated_at TEXT NOT NULL
 );
 "#,
+    r#"
+-- Each user's WebAuthn credentials for step-up (webauthn-rs passkeys, as
+-- a JSON list: public keys and signature counters, nothing secret).
+CREATE TABLE webauthn_keys (
+    user_name TEXT PRIMARY KEY,
+    passkeys TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

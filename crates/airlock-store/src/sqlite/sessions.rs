@@ -109,6 +109,29 @@ impl SessionRows for Tx<'_> {
         Ok(())
     }
 
+    fn webauthn_keys(&mut self, user: &UserName) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT passkeys FROM webauthn_keys WHERE user_name = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_webauthn_keys(
+        &mut self,
+        user: &UserName,
+        passkeys: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO webauthn_keys (user_name, passkeys, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_name) DO UPDATE SET passkeys = excluded.passkeys, updated_at = excluded.updated_at",
+            )?
+            .execute(params![user.as_str(), passkeys, fmt(at)])?;
+        Ok(())
+    }
+
     fn synced_group_rows(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT user_name, groups_json FROM synced_groups ORDER BY user_name",

@@ -257,3 +257,143 @@ async fn the_console_asks_for_the_code_and_enrols() {
     assert_eq!(r["status"], "approved");
     assert_eq!(r["reviews"][0]["channel"], "web");
 }
+
+/// Chromium's virtual authenticator (the WebDriver WebAuthn extension):
+/// a CTAP2 security key that always verifies its user.
+#[derive(Debug)]
+struct AddVirtualAuthenticator;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddVirtualAuthenticator {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/webauthn/authenticator",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({
+            "protocol": "ctap2", "transport": "usb", "hasResidentKey": true,
+            "hasUserVerification": true, "isUserConsenting": true, "isUserVerified": true,
+        });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+const WEBAUTHN_POLICIES: &str = r#"
+@id("exports-need-a-key")
+@approvers("security")
+@step_up("webauthn")
+permit(principal, action == Action::"export", resource);
+"#;
+
+/// `@step_up("webauthn")`: a security key registered on the Account page
+/// approves in the console (Chromium with a virtual authenticator); the
+/// API cannot approve without one.
+#[tokio::test]
+async fn a_security_key_approves_in_the_console() {
+    use fantoccini::Locator;
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    // WebAuthn needs a domain name or localhost, not an IP address: the
+    // console's public URL is http://localhost:PORT.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), WEBAUTHN_POLICIES).unwrap();
+    std::fs::write(
+        dir.path().join("airlock.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://localhost:{port}\"\ndata_dir = {:?}\n\n[storage]\nurl = \"sqlite://data/airlock.db\"\n\n[policy]\ndir = \"policies\"\n{USERS}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let base = format!("http://localhost:{port}");
+    let alice = s.key("alice", "user");
+    let bob_key = s.key("bob", "user");
+    set_password(&s, "bob", "bob's long password");
+
+    let b = driver.browser(1280, 900).await;
+    b.issue_cmd(AddVirtualAuthenticator).await.unwrap();
+    sign_in(&b, &base, "bob", "bob's long password").await;
+    b.goto(&format!("{base}/account")).await.unwrap();
+    b.find(Locator::Css("#webauthn-register button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(std::time::Duration::from_secs(15))
+        .for_element(Locator::XPath(
+            "//p[@id='webauthn-status' and contains(., 'A security key is registered')]",
+        ))
+        .await
+        .expect("the security key is registered");
+
+    let id = {
+        let (st, r) = s
+            .post(
+                &alice,
+                "/v1/check",
+                json!({"action": "export", "resource": {"type": "Table", "id": "t"}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["request"]["step_up"], "webauthn");
+        r["request"]["id"].as_str().unwrap().to_owned()
+    };
+    // The API cannot give what only a security key in the console can.
+    let (st, r) = approve(&s, &bob_key, &id, Some("123456")).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("step_up_required")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("console"),
+        "{r}"
+    );
+
+    b.goto(&format!("{base}/requests/{id}")).await.unwrap();
+    let said = b
+        .find(Locator::Css("#consequence"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(said.contains("needs your security key"), "{said}");
+    b.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(std::time::Duration::from_secs(15))
+        .for_element(Locator::Css(".done"))
+        .await
+        .expect("approved with the security key");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "approved", "{r}");
+    assert_eq!(r["reviews"][0]["channel"], "web");
+    let admin = s.key("admin", "admin");
+    assert!(
+        s.audit_has(&admin, "webauthn_registered", "user", "bob")
+            .await
+    );
+    b.close().await.unwrap();
+}

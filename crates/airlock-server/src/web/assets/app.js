@@ -113,6 +113,56 @@
     });
   }
 
+  // WebAuthn: the browser's ceremonies, with the server's options and a
+  // sealed state it checks the answer against.
+  function ceremony(url, csrf) {
+    return fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: "csrf=" + encodeURIComponent(csrf)
+    }).then(function (r) {
+      if (!r.ok) return r.text().then(function (t) {
+        var d = document.createElement("div"); d.innerHTML = t;
+        var e = d.querySelector(".error"); throw new Error(e ? e.textContent : "HTTP " + r.status);
+      });
+      return r.json();
+    });
+  }
+  function showError(form, e) {
+    var p = form.querySelector(".webauthn-error");
+    if (p) { p.hidden = false; p.textContent = e.message || String(e); }
+  }
+  var register = document.getElementById("webauthn-register");
+  if (register) {
+    register.addEventListener("submit", function (e) {
+      if (register.elements.credential.value) return;
+      e.preventDefault();
+      ceremony("/account/webauthn/start", register.elements.csrf.value).then(function (c) {
+        var opts = PublicKeyCredential.parseCreationOptionsFromJSON(c.options.publicKey);
+        return navigator.credentials.create({ publicKey: opts }).then(function (cred) {
+          register.elements.credential.value = JSON.stringify(cred.toJSON());
+          register.elements.state.value = c.state;
+          register.submit();
+        });
+      }).catch(function (err) { showError(register, err); });
+    });
+  }
+  if (form && form.hasAttribute("data-webauthn")) {
+    form.addEventListener("submit", function (e) {
+      var b = e.submitter;
+      if (!b || b.value !== "approve" || form.elements.webauthn.value) return;
+      e.preventDefault();
+      ceremony(form.getAttribute("data-webauthn"), form.elements.csrf.value).then(function (c) {
+        var opts = PublicKeyCredential.parseRequestOptionsFromJSON(c.options.publicKey);
+        return navigator.credentials.get({ publicKey: opts }).then(function (cred) {
+          form.elements.webauthn.value = JSON.stringify(cred.toJSON());
+          form.elements.webauthn_state.value = c.state;
+          form.requestSubmit(b);
+        });
+      }).catch(function (err) { showError(form, err); });
+    });
+  }
+
   // Keys: j/k move through the inbox, a/d approve or deny (after asking).
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;

@@ -538,14 +538,14 @@ async fn keys_of_removed_users_and_enforcers_in_auditor_groups_are_refused(db: D
     assert_eq!(s.get(&bob, "/v1/requests").await.0, 200);
 }
 
-/// WebAuthn step-up is not enforced yet, so a policy asking for it does
-/// not load (TOTP is enforced: see `stepup`).
+/// A step-up this release does not enforce makes a policy fail to load
+/// (TOTP and WebAuthn are enforced: see `stepup`).
 #[test]
-fn a_policy_asking_for_webauthn_does_not_load() {
+fn a_policy_asking_for_an_unknown_step_up_does_not_load() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("pii.cedar"),
-        "@id(\"pii-export\")\n@approvers(\"security\")\n@step_up(\"webauthn\")\npermit(principal, action == Action::\"export\", resource);",
+        "@id(\"pii-export\")\n@approvers(\"security\")\n@step_up(\"sms\")\npermit(principal, action == Action::\"export\", resource);",
     )
     .unwrap();
     let out = Command::new(BIN)
