@@ -10,7 +10,7 @@ use airlock_core::{
 };
 use airlock_store::time::now;
 use airlock_store::Role;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::check::CheckBody;
 use super::notify;
@@ -106,19 +106,15 @@ impl Airlock {
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
-        let mut details = json!({
-            "outcome": decision.outcome(),
-            "principal": action.principal.as_str(),
-            "action": action.action.as_str(),
-            "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
-            "params": &action.params,
-            "context": Value::Object(context),
-            "fingerprint": fingerprint.to_string(),
-            "policies": decision.policies(),
-            "policy_version": loaded.engine.version(),
-            "key": &caller.key_id,
-            "breakglass": true,
-        });
+        let mut details = super::check::decision_details(
+            caller,
+            &action,
+            &fingerprint,
+            context,
+            &decision,
+            loaded.engine.version(),
+        );
+        details["breakglass"] = json!(true);
         let (policies, mut requirement) = match decision {
             Decision::Deny { message, .. } => {
                 details["refused"] = json!("forbidden");

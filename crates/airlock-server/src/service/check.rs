@@ -70,6 +70,34 @@ const COMPUTED_CONTEXT: [&str; 5] = [
     "granted_before",
 ];
 
+/// A decision record's details: one shape for every outcome and every
+/// way in (a check, break-glass), built from the decision.
+pub(crate) fn decision_details(
+    caller: &Caller,
+    action: &Action,
+    fingerprint: &airlock_core::Fingerprint,
+    context: Map<String, Value>,
+    decision: &Decision,
+    policy_version: &str,
+) -> Value {
+    let mut details = json!({
+        "outcome": decision.outcome(),
+        "principal": action.principal.as_str(),
+        "action": action.action.as_str(),
+        "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
+        "params": &action.params,
+        "context": Value::Object(context),
+        "fingerprint": fingerprint.to_string(),
+        "policies": decision.policies(),
+        "policy_version": policy_version,
+        "key": &caller.key_id,
+    });
+    if let Decision::Deny { message, .. } = decision {
+        details["message"] = json!(message);
+    }
+    details
+}
+
 impl Airlock {
     /// Decides an action, records the decision, and creates (or returns
     /// the pending) request when approval is required.
@@ -128,22 +156,14 @@ impl Airlock {
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
-        // One record shape for every outcome; built once, from the decision.
-        let mut details = json!({
-            "outcome": decision.outcome(),
-            "principal": action.principal.as_str(),
-            "action": action.action.as_str(),
-            "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
-            "params": &action.params,
-            "context": Value::Object(context),
-            "fingerprint": fingerprint.to_string(),
-            "policies": decision.policies(),
-            "policy_version": loaded.engine.version(),
-            "key": &caller.key_id,
-        });
-        if let Decision::Deny { message, .. } = &decision {
-            details["message"] = json!(message);
-        }
+        let mut details = decision_details(
+            caller,
+            &action,
+            &fingerprint,
+            context,
+            &decision,
+            loaded.engine.version(),
+        );
 
         let outcome = match decision {
             Decision::Allow { policies } => {

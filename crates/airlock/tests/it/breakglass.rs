@@ -43,16 +43,9 @@ fn action(verb: &str, table: &str) -> Value {
 }
 
 async fn metric(s: &Server, name: &str) -> String {
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
+    s.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| l.starts_with(name))
         .unwrap_or_default()
         .to_owned()

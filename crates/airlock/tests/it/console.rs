@@ -622,15 +622,7 @@ async fn console_shows_the_risk_first_and_keeps_work_while_live() {
     );
 
     // And /metrics counts it, for admins' alerts.
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("airlock_unapprovable_requests 1"),
         "{metrics}"

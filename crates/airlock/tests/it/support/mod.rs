@@ -390,6 +390,18 @@ impl Server {
         .await
     }
 
+    /// `/metrics`, as text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the audit log holds a record of `kind` with `field == value`.
     pub(crate) async fn audit_has(
         &self,
