@@ -85,9 +85,15 @@ pub fn render(
         view["resource"]["type"].as_str().unwrap_or(""),
         view["resource"]["id"].as_str().unwrap_or(""),
     );
+    // Break-glass is said first: it was granted without approval.
+    let alarm = if view["breakglass"] == true {
+        "🚨 **BREAK-GLASS** (granted at once; review it after the fact): "
+    } else {
+        ""
+    };
     let mut lines = vec![
         format!(
-            "{} wants to **{}** `{}`",
+            "{alarm}{} wants to **{}** `{}`",
             who(view["principal"].as_str().unwrap_or("")),
             field(&view["action"]),
             markdown_code(&resource, MAX_VALUE),
@@ -184,6 +190,10 @@ mod tests {
         );
         assert!(approve.get("custom_id").is_none());
         assert_eq!(components[0]["components"][1]["custom_id"], "deny:req_x");
+        let bg = json!({"id": "req_x", "status": "approved", "principal": "oscar", "action": "export",
+            "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": [], "breakglass": true});
+        let (content, _, _) = render(&bg, &ids, link);
+        assert!(content.starts_with("🚨 **BREAK-GLASS**"), "{content}");
     }
 
     #[test]

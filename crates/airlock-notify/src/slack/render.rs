@@ -60,8 +60,14 @@ pub fn render(
         view["resource"]["type"].as_str().unwrap_or(""),
         view["resource"]["id"].as_str().unwrap_or(""),
     );
+    // Break-glass is said first: it was granted without approval.
+    let alarm = if view["breakglass"] == true {
+        ":rotating_light: *BREAK-GLASS* (granted at once; review it after the fact): "
+    } else {
+        ""
+    };
     let headline = format!(
-        "{} wants to *{}* `{}`",
+        "{alarm}{} wants to *{}* `{}`",
         who(view["principal"].as_str().unwrap_or("")),
         field(&view["action"]),
         mrkdwn_code(&resource, MAX_VALUE),
@@ -149,7 +155,12 @@ pub fn render(
     // The notification's text: the headline without the bold marks (and
     // only those: the resource is shown as written).
     let text = format!(
-        "{} wants to {} `{}` — {status}",
+        "{}{} wants to {} `{}` — {status}",
+        if alarm.is_empty() {
+            ""
+        } else {
+            "BREAK-GLASS: "
+        },
         who(view["principal"].as_str().unwrap_or("")),
         field(&view["action"]),
         mrkdwn_code(&resource, MAX_VALUE),
@@ -205,6 +216,12 @@ mod tests {
             actions["elements"][1]["action_id"], "deny",
             "deny needs no code"
         );
+        // Break-glass is said first.
+        let bg = json!({"id": "req_x", "status": "approved", "principal": "oscar", "action": "export",
+            "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": [], "breakglass": true});
+        let (text, blocks) = render(&bg, &ids, link);
+        assert!(text.starts_with("BREAK-GLASS: "), "{text}");
+        assert!(blocks.to_string().contains("*BREAK-GLASS*"), "{blocks}");
     }
 
     #[test]

@@ -254,3 +254,32 @@ async fn the_console_breaks_the_glass_and_shows_it_first() {
         "{page}"
     );
 }
+
+/// Every chat channel is alerted at once: the default one and every
+/// routed one, with the alarm said first.
+#[tokio::test]
+async fn breaking_the_glass_is_posted_in_every_channel() {
+    let slack = FakeSlack::start();
+    let extra = format!(
+        "[[users]]\nname = \"oscar\"\ngroups = [\"oncall\"]\n\n[breakglass]\ngroups = [\"oncall\"]\n\n[notify.slack]\napi_url = \"{}/api\"\nbot_token = \"xoxb-test\"\nsigning_secret = \"{SLACK_SECRET}\"\nchannel = \"C0APPROVALS\"\nroutes = {{ security = \"C0SEC\", data-owners = \"C0DATA\" }}\n",
+        slack.base
+    );
+    let s = Server::start_extra(&Db::Sqlite, POLICIES, &extra);
+    let oscar = s.key("oscar", "user");
+    let (st, r) = s
+        .post(&oscar, "/v1/breakglass", action("export", "orders"))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    for channel in ["C0APPROVALS", "C0SEC", "C0DATA"] {
+        let posted = slack
+            .wait("api/chat.postMessage", |v| v["channel"] == channel)
+            .await;
+        assert!(
+            posted["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("BREAK-GLASS"),
+            "{channel}: {posted}"
+        );
+    }
+}
