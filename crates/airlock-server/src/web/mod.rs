@@ -1033,6 +1033,25 @@ async fn breakglass(
     }
 }
 
+/// How recent a sign-in must be to add a second factor.
+const FRESH_SIGN_IN: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Adding a second factor (a first TOTP enrolment, a security key) needs a
+/// sign-in from the last ten minutes: a session stolen earlier cannot enrol
+/// an authenticator of its own and then pass step-up with it.
+fn recent_sign_in(user: &WebUser) -> Result<(), Refusal> {
+    if chrono::Utc::now() - user.signed_in_at <= FRESH_SIGN_IN {
+        Ok(())
+    } else {
+        Err(fail(
+            Some(user),
+            ApiError::forbidden(
+                "adding a second factor needs a recent sign-in: sign out, sign in again, and add it within 10 minutes",
+            ),
+        ))
+    }
+}
+
 /// The viewer's account: step-up enrolment.
 async fn account(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
     let user = signed_in(&airlock, &headers, true).await?;
@@ -1060,6 +1079,7 @@ async fn webauthn_register_start(
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
     check_csrf(&user, &form.csrf)?;
+    recent_sign_in(&user)?;
     let (options, state) = airlock
         .webauthn_register_start(&user.caller)
         .await
@@ -1085,6 +1105,7 @@ async fn webauthn_register_finish(
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
     check_csrf(&user, &form.csrf)?;
+    recent_sign_in(&user)?;
     airlock
         .webauthn_register_finish(&user.caller, &form.credential, &form.state)
         .await
@@ -1127,6 +1148,11 @@ async fn account_totp(
 ) -> Page {
     let user = signed_in(&airlock, &headers, false).await?;
     check_csrf(&user, &form.csrf)?;
+    // Replacing an enrolment proves possession with a current code; a
+    // first one leans on a recent sign-in.
+    if form.code.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        recent_sign_in(&user)?;
+    }
     let uri = airlock
         .enroll_totp(&user.caller, form.code)
         .await

@@ -49,6 +49,9 @@ pub(crate) struct WebUser {
     pub(crate) caller: Caller,
     pub(crate) csrf: String,
     pub(crate) id_hash: String,
+    /// When this session signed in: adding a second factor needs a recent
+    /// one, so a stolen older session cannot enrol its own.
+    pub(crate) signed_in_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Airlock {
@@ -75,6 +78,7 @@ impl Airlock {
             },
             csrf: s.csrf,
             id_hash,
+            signed_in_at: s.created_at,
         }))
     }
 

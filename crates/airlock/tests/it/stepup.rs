@@ -210,6 +210,24 @@ async fn the_console_asks_for_the_code_and_enrols() {
     assert!(get("/account")
         .await
         .contains("No authenticator is enrolled"));
+    // A session that signed in long ago cannot add a second factor (a
+    // stolen one would enrol its own).
+    let db = rusqlite::Connection::open(s.dir.path().join("data/airlock.db")).unwrap();
+    let signed_in: String = db
+        .query_row("SELECT created_at FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE sessions SET created_at = '2026-01-01T00:00:00.000Z'",
+        [],
+    )
+    .unwrap();
+    let (st, page) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
+    assert_eq!(st, 403, "{page}");
+    assert!(page.contains("recent sign-in"), "{page}");
+    let (st, _) = post("/account/webauthn/start", vec![("csrf", csrf.clone())]).await;
+    assert_eq!(st, 403);
+    db.execute("UPDATE sessions SET created_at = ?1", [&signed_in])
+        .unwrap();
     let (st, page) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
     assert_eq!(st, 200, "{page}");
     assert!(
