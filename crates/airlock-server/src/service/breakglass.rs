@@ -54,7 +54,7 @@ impl Airlock {
     }
 
     /// Breaks the glass for `caller`'s own action: decided by policy (a
-    /// deny stays a deny; an action policy allows needs no break-glass),
+    /// deny stays a deny),
     /// then granted at once, without approvals, for at most `[breakglass]
     /// grant_ttl`, and left `approved` with `breakglass` set until two
     /// others have reviewed it.
@@ -123,11 +123,20 @@ impl Airlock {
                     "policy denies this action, and break-glass never opens what policy denies: {message}"
                 )));
             }
-            Decision::Allow { .. } => {
-                return Err(ApiError::wrong_state(
-                    "policy allows this action without approval: no break-glass is needed",
-                ))
-            }
+            // Allowed outright: break-glass adds nothing policy would not
+            // give, but the grant and its review after are what was asked.
+            Decision::Allow { policies } => (
+                policies,
+                airlock_core::Requirement {
+                    thresholds: Vec::new(),
+                    request_ttl: config.breakglass.grant_ttl,
+                    grant_ttl: config.breakglass.grant_ttl,
+                    max_uses: std::num::NonZeroU32::MIN,
+                    reason_required: false,
+                    step_up: None,
+                    breakglass: true,
+                },
+            ),
             Decision::ApprovalRequired {
                 policies,
                 requirement,
