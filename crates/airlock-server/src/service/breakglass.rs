@@ -96,13 +96,7 @@ impl Airlock {
             params: body.params,
             context: body.context,
         };
-        self.screen_facts(caller, &mut action)?;
-        let loaded = self.loaded.load_full();
-        let context = self.context_for(&action, &loaded.engine, peer).await?;
-        let decision = loaded
-            .engine
-            .decide(&action, context.clone())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (loaded, context, decision) = self.screen_and_decide(caller, &mut action, peer).await?;
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();

@@ -146,13 +146,7 @@ impl Airlock {
             params: body.params,
             context: body.context,
         };
-        self.screen_facts(caller, &mut action)?;
-        let loaded = self.loaded.load_full();
-        let context = self.context_for(&action, &loaded.engine, peer).await?;
-        let decision = loaded
-            .engine
-            .decide(&action, context.clone())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (loaded, context, decision) = self.screen_and_decide(caller, &mut action, peer).await?;
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
@@ -360,6 +354,25 @@ impl Airlock {
     }
 
     /// Appends the decision record; an error here means no answer but 503.
+    /// What a check and break-glass do first: the caller's facts
+    /// screened, the context computed, and the action decided by the
+    /// policies loaded now (returned with them).
+    pub(crate) async fn screen_and_decide(
+        &self,
+        caller: &Caller,
+        action: &mut Action,
+        peer: Option<IpAddr>,
+    ) -> Result<(std::sync::Arc<super::Loaded>, Map<String, Value>, Decision), ApiError> {
+        self.screen_facts(caller, action)?;
+        let loaded = self.loaded.load_full();
+        let context = self.context_for(action, &loaded.engine, peer).await?;
+        let decision = loaded
+            .engine
+            .decide(action, context.clone())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok((loaded, context, decision))
+    }
+
     pub(crate) async fn record_decision(
         &self,
         actor: String,
