@@ -38,10 +38,16 @@ fn totp(secret: &[u8], user: &str) -> Result<TOTP, TotpError> {
     .map_err(|e| TotpError(e.to_string()))
 }
 
-/// `otpauth://totp/Airlock:USER?secret=…&issuer=Airlock` (SHA-1, six
-/// digits, 30 s: the defaults every app assumes).
+/// `otpauth://totp/Airlock:USER?secret=…&issuer=Airlock&algorithm=SHA1&digits=6&period=30`:
+/// the defaults every app assumes, written out for parsers that do not.
 pub fn uri(secret: &[u8], user: &str) -> Result<String, TotpError> {
-    Ok(totp(secret, user)?.get_url())
+    let mut uri = totp(secret, user)?.get_url();
+    for (key, value) in [("algorithm", "SHA1"), ("digits", "6"), ("period", "30")] {
+        if !uri.contains(&format!("{key}=")) {
+            uri.push_str(&format!("&{key}={value}"));
+        }
+    }
+    Ok(uri)
 }
 
 /// The URI as a QR code, an SVG image.
@@ -100,6 +106,9 @@ mod tests {
         let u = uri(&new_secret(), "alice").unwrap();
         assert!(u.starts_with("otpauth://totp/Airlock:alice?secret="), "{u}");
         assert!(u.contains("issuer=Airlock"), "{u}");
+        for p in ["algorithm=SHA1", "digits=6", "period=30"] {
+            assert_eq!(u.matches(p).count(), 1, "{u}");
+        }
         assert!(qr_svg(&u).unwrap().starts_with("<?xml"));
     }
 }
