@@ -79,10 +79,7 @@ impl Airlock {
     ) -> Result<(Value, String), ApiError> {
         let rp = self.relying_party()?;
         let user = caller.user.clone();
-        let known = {
-            let u = user.clone();
-            passkeys(self.store.read(move |r| r.webauthn_keys(&u)).await?)?
-        };
+        let known = self.passkeys_of(&user).await?;
         let exclude = known.iter().map(|p| p.cred_id().clone()).collect();
         // A stable, opaque handle per user name.
         let digest = Sha256::digest(user.as_str().as_bytes());
@@ -148,8 +145,13 @@ impl Airlock {
 
     /// Whether `caller` registered a security key.
     pub async fn webauthn_registered(&self, caller: &Caller) -> Result<bool, ApiError> {
-        let user = caller.user.clone();
-        Ok(!passkeys(self.store.read(move |r| r.webauthn_keys(&user)).await?)?.is_empty())
+        Ok(!self.passkeys_of(&caller.user).await?.is_empty())
+    }
+
+    /// `user`'s registered credentials.
+    async fn passkeys_of(&self, user: &UserName) -> Result<Vec<Passkey>, ApiError> {
+        let u = user.clone();
+        passkeys(self.store.read(move |r| r.webauthn_keys(&u)).await?)
     }
 
     /// A challenge for approving request `id` with a security key.
@@ -160,10 +162,7 @@ impl Airlock {
     ) -> Result<(Value, String), ApiError> {
         let rp = self.relying_party()?;
         let user = caller.user.clone();
-        let known = {
-            let u = user.clone();
-            passkeys(self.store.read(move |r| r.webauthn_keys(&u)).await?)?
-        };
+        let known = self.passkeys_of(&user).await?;
         if known.is_empty() {
             return Err(refuse(format!(
                 "this approval needs a security key and {user} has registered none: register one on the console's Account page"

@@ -239,9 +239,11 @@ pub(crate) fn unmeetable(r: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        // The API's one rule for it; a threshold that does not read back
+        // is flagged rather than passed over.
         .filter(|t| {
-            let eligible = t["eligible"].as_array().map_or(0, Vec::len) as u64;
-            eligible < t["quorum"].as_u64().unwrap_or(1)
+            serde_json::from_value::<airlock_api::ThresholdView>((*t).clone())
+                .map_or(true, |t| !t.can_be_met())
         })
         .map(|t| {
             let groups = names(&t["groups"], " or ");
