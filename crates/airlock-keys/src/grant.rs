@@ -91,6 +91,72 @@ impl GrantClaims {
 mod tests {
     use super::*;
 
+    /// PASETO's official v4.public vectors (paseto-standard/test-vectors,
+    /// v4.json): one key pair, 4-S-1 (no footer, no implicit assertion) and
+    /// 4-S-3 (both).
+    mod vectors {
+        pub const PUBLIC: &str = "1eb9dbbbbc047c03fd70604e0071f0987e16b28b757225c11f00415d0e20b1a2";
+        pub const SECRET: &str = "b4cbfb43df4ce210727d953e4a713307fa19bb7d9f85041438d9e11b942a37741eb9dbbbbc047c03fd70604e0071f0987e16b28b757225c11f00415d0e20b1a2";
+        pub const S1: &str = "v4.public.eyJkYXRhIjoidGhpcyBpcyBhIHNpZ25lZCBtZXNzYWdlIiwiZXhwIjoiMjAyMi0wMS0wMVQwMDowMDowMCswMDowMCJ9bg_XBBzds8lTZShVlwwKSgeKpLT3yukTw6JUz3W4h_ExsQV-P0V54zemZDcAxFaSeef1QlXEFtkqxT1ciiQEDA";
+        pub const S3: &str = "v4.public.eyJkYXRhIjoidGhpcyBpcyBhIHNpZ25lZCBtZXNzYWdlIiwiZXhwIjoiMjAyMi0wMS0wMVQwMDowMDowMCswMDowMCJ9NPWciuD3d0o5eXJXG5pJy-DiVEoyPYWs1YSTwWHNJq6DZD3je5gf-0M4JR9ipdUSJbIovzmBECeaWmaqcaP0DQ.eyJraWQiOiJ6VmhNaVBCUDlmUmYyc25FY1Q3Z0ZUaW9lQTlDT2NOeTlEZmdMMVc2MGhhTiJ9";
+        pub const PAYLOAD: &str =
+            r#"{"data":"this is a signed message","exp":"2022-01-01T00:00:00+00:00"}"#;
+        pub const FOOTER: &[u8] = br#"{"kid":"zVhMiPBP9fRf2snEcT7gFTioeA9COcNy9DfgL1W60haN"}"#;
+        pub const IMPLICIT: &[u8] = br#"{"test-vector":"4-S-3"}"#;
+    }
+
+    /// The signing Airlock's grants rest on gives exactly the official
+    /// tokens (Ed25519 is deterministic) and verifies them.
+    #[test]
+    fn paseto_v4_public_known_answers() {
+        use vectors::*;
+        let sk = AsymmetricSecretKey::<V4>::from(&hex::decode(SECRET).unwrap()).unwrap();
+        let pk = AsymmetricPublicKey::<V4>::from(&hex::decode(PUBLIC).unwrap()).unwrap();
+        let s1 = PublicToken::sign(&sk, PAYLOAD.as_bytes(), None, None).unwrap();
+        assert_eq!(s1, S1);
+        let s3 = PublicToken::sign(&sk, PAYLOAD.as_bytes(), Some(FOOTER), Some(IMPLICIT)).unwrap();
+        assert_eq!(s3, S3);
+        let t = UntrustedToken::<Public, V4>::try_from(S3).unwrap();
+        let trusted = PublicToken::verify(&pk, &t, Some(FOOTER), Some(IMPLICIT)).unwrap();
+        assert_eq!(trusted.payload(), PAYLOAD);
+        // The same token under another implicit assertion, or another
+        // footer, is refused: the assertion is what tags a signature's
+        // purpose, and Airlock's grants use their own.
+        assert!(PublicToken::verify(&pk, &t, Some(FOOTER), Some(b"airlock-grant-v1")).is_err());
+        assert!(PublicToken::verify(&pk, &t, Some(b"{}"), Some(IMPLICIT)).is_err());
+    }
+
+    /// Tokens that are sound PASETO but not Airlock grants are `Invalid`:
+    /// the official vectors (no grant purpose), one signed with the grant
+    /// purpose but carrying a footer, and one whose payload is no grant.
+    #[test]
+    fn official_vectors_are_not_grants() {
+        use vectors::*;
+        let key: [u8; 32] = hex::decode(PUBLIC).unwrap().try_into().unwrap();
+        let ours = PublicKey(ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap());
+        let at = DateTime::parse_from_rfc3339("2021-06-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(GrantClaims::verify(&ours, S1, at), Err(GrantError::Invalid));
+        assert_eq!(GrantClaims::verify(&ours, S3, at), Err(GrantError::Invalid));
+        let sk = AsymmetricSecretKey::<V4>::from(&hex::decode(SECRET).unwrap()).unwrap();
+        let not_claims =
+            PublicToken::sign(&sk, PAYLOAD.as_bytes(), None, Some(super::IMPLICIT)).unwrap();
+        assert_eq!(
+            GrantClaims::verify(&ours, &not_claims, at),
+            Err(GrantError::Invalid)
+        );
+        let c = claims(600);
+        let payload = serde_json::to_vec(&c).unwrap();
+        let footed = PublicToken::sign(&sk, &payload, Some(b"x"), Some(super::IMPLICIT)).unwrap();
+        assert_eq!(
+            GrantClaims::verify(&ours, &footed, Utc::now()),
+            Err(GrantError::Invalid)
+        );
+        let plain = PublicToken::sign(&sk, &payload, None, Some(super::IMPLICIT)).unwrap();
+        assert_eq!(GrantClaims::verify(&ours, &plain, Utc::now()), Ok(c));
+    }
+
     fn claims(exp_in: i64) -> GrantClaims {
         let now = Utc::now();
         GrantClaims {

@@ -103,42 +103,86 @@ pub fn open_note(note: &str, key: &PublicKey) -> Result<TreeHead, NoteError> {
         .and_then(|r| B64.decode(r).ok())
         .and_then(|r| r.try_into().ok())
         .ok_or(NoteError::Malformed("no root hash"))?;
-    let want = key_hash(origin, key);
-    for line in sigs.lines() {
-        let Some(rest) = line.strip_prefix("\u{2014} ") else {
-            continue;
-        };
-        let Some((name, blob)) = rest.split_once(' ') else {
-            continue;
-        };
-        if name != origin {
-            continue;
-        }
-        let Ok(blob) = B64.decode(blob) else { continue };
-        if blob.len() != 68 || blob[..4] != want {
-            continue;
-        }
-        let Ok(sig) = <[u8; 64]>::try_from(&blob[4..]) else {
-            continue;
-        };
-        if key
-            .0
-            .verify(text.as_bytes(), &Signature::from_bytes(&sig))
-            .is_ok()
-        {
-            return Ok(TreeHead {
-                origin: origin.to_owned(),
-                size,
-                root,
-            });
-        }
+    if signed_by(&text, sigs, origin, key) {
+        return Ok(TreeHead {
+            origin: origin.to_owned(),
+            size,
+            root,
+        });
     }
     Err(NoteError::Unsigned(origin.to_owned()))
+}
+
+/// Whether one of the signature lines `sigs` is `name`'s Ed25519 signature
+/// by `key` over `text` (any signed note, checkpoint or not).
+fn signed_by(text: &str, sigs: &str, name: &str, key: &PublicKey) -> bool {
+    let want = key_hash(name, key);
+    sigs.lines().any(|line| {
+        let Some((n, blob)) = line
+            .strip_prefix("\u{2014} ")
+            .and_then(|r| r.split_once(' '))
+        else {
+            return false;
+        };
+        let Ok(blob) = B64.decode(blob) else {
+            return false;
+        };
+        if n != name || blob.len() != 68 || blob[..4] != want {
+            return false;
+        }
+        let Ok(sig) = <[u8; 64]>::try_from(&blob[4..]) else {
+            return false;
+        };
+        key.0
+            .verify(text.as_bytes(), &Signature::from_bytes(&sig))
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example of Go's `golang.org/x/mod/sumdb/note` (and of C2SP
+    /// signed-note): PeterNeumann's key, whose key hash is c74f20a3, and
+    /// the signature over the two-line text.
+    #[test]
+    fn signed_note_known_answer() {
+        let vkey = "ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let raw = B64.decode(vkey).unwrap();
+        assert_eq!(raw[0], 0x01, "type Ed25519");
+        let key: [u8; 32] = raw[1..].try_into().unwrap();
+        let key = PublicKey(ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap());
+        assert_eq!(hex::encode(key_hash("PeterNeumann", &key)), "c74f20a3");
+        let text = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+        let sigs = "\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+        assert!(signed_by(text, sigs, "PeterNeumann", &key));
+        // Any change to the text, the name or the key hash is refused.
+        assert!(!signed_by(
+            &text.replace("cryptography", "cryptographY"),
+            sigs,
+            "PeterNeumann",
+            &key
+        ));
+        assert!(!signed_by(
+            text,
+            &sigs.replace("PeterNeumann", "PeterNeuman"),
+            "PeterNeuman",
+            &key
+        ));
+        assert!(!signed_by(
+            text,
+            &sigs.replace("x08go", "x08gp"),
+            "PeterNeumann",
+            &key
+        ));
+        assert!(!signed_by(
+            text,
+            sigs,
+            "PeterNeumann",
+            &Keyring::ephemeral().public().audit
+        ));
+    }
 
     #[test]
     fn a_note_round_trips_and_every_change_is_refused() {

@@ -2,6 +2,7 @@
 //! each routed channel), its updates, and the requester's direct message
 //! with the outcome, through the REST API with the bot token.
 
+pub mod interaction;
 mod render;
 
 use std::time::Duration;

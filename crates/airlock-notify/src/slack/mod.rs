@@ -2,6 +2,7 @@
 //! updates, and the requester's direct message with the outcome, through
 //! the Web API with the bot token.
 
+pub mod interaction;
 mod render;
 
 use std::time::Duration;

@@ -70,4 +70,45 @@ mod tests {
         .unwrap();
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
+
+    /// What a receiver checks with the reference verifier: what Airlock
+    /// signs now passes; a stale timestamp, another body, another id and
+    /// another secret do not.
+    #[test]
+    fn receivers_refuse_forged_and_stale() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"type":"request.decided"}"#;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let headers = |id: &str, ts: i64, sig: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(standardwebhooks::HEADER_WEBHOOK_ID, id.parse().unwrap());
+            h.insert(
+                standardwebhooks::HEADER_WEBHOOK_TIMESTAMP,
+                ts.to_string().parse().unwrap(),
+            );
+            h.insert(
+                standardwebhooks::HEADER_WEBHOOK_SIGNATURE,
+                sig.parse().unwrap(),
+            );
+            h
+        };
+        let receiver = standardwebhooks::Webhook::new(secret).unwrap();
+        let sig = sign(secret, "msg_1", now, body).unwrap();
+        assert!(receiver.verify(body, &headers("msg_1", now, &sig)).is_ok());
+        let stale = sign(secret, "msg_1", now - 600, body).unwrap();
+        assert!(receiver
+            .verify(body, &headers("msg_1", now - 600, &stale))
+            .is_err());
+        assert!(receiver
+            .verify(b"{}", &headers("msg_1", now, &sig))
+            .is_err());
+        assert!(receiver.verify(body, &headers("msg_2", now, &sig)).is_err());
+        let other = sign("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "msg_1", now, body).unwrap();
+        assert!(receiver
+            .verify(body, &headers("msg_1", now, &other))
+            .is_err());
+    }
 }

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use airlock_core::{RequestId, UserName, Verdict};
+use airlock_core::{UserName, Verdict};
 use airlock_notify::discord::allowed_mentions;
+use airlock_notify::discord::interaction::{Ask, Interaction};
 use airlock_store::time::now;
 use airlock_store::Role;
 use axum::body::Bytes;
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::{Airlock, Caller};
 
@@ -28,14 +29,25 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/integrations/discord/interactions", post(interactions))
 }
 
+/// How far a callback's timestamp may be from now, either way. Discord
+/// signs the timestamp with the body; refusing old ones means a captured
+/// interaction cannot be played back later under another interaction id.
+const MAX_SKEW_SECONDS: i64 = 300;
+
 /// Checks Discord's signature: Ed25519 over `timestamp ‖ body` with the
-/// application's public key (hex), strictly (no malleable signatures).
+/// application's public key (hex), strictly (no malleable signatures), and
+/// that the timestamp (Unix seconds) is within five minutes of `now`.
 pub(crate) fn verify(
     public_key_hex: &str,
     timestamp: &str,
     signature_hex: &str,
     body: &[u8],
+    now: i64,
 ) -> Result<(), &'static str> {
+    let ts: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
+    if (now - ts).abs() > MAX_SKEW_SECONDS {
+        return Err("stale timestamp");
+    }
     let key: [u8; 32] = hex::decode(public_key_hex)
         .ok()
         .and_then(|k| k.try_into().ok())
@@ -91,19 +103,20 @@ async fn interactions(
         header("x-signature-timestamp"),
         header("x-signature-ed25519"),
         &body,
+        now().timestamp(),
     ) {
         tracing::warn!(why, "refused a Discord interaction");
         return (StatusCode::UNAUTHORIZED, why).into_response();
     }
-    let Ok(i) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+    let i = match Interaction::parse(&body) {
+        Ok(i) => i,
+        Err(why) => return (StatusCode::BAD_REQUEST, why.to_string()).into_response(),
     };
-    if i["type"] == 1 {
+    if i.ask == Ask::Ping {
         return Json(json!({"type": 1})).into_response(); // PING → PONG
     }
     // Discord retries; handle each interaction once, on any node.
-    let iid = i["id"].as_str().unwrap_or("").to_owned();
-    let t = now();
+    let (iid, t) = (i.id.clone(), now());
     let fresh = airlock
         .store
         .write(move |tx| tx.first_seen("discord", &iid, t))
@@ -113,25 +126,17 @@ async fn interactions(
         Ok(false) => return private("Already handled."),
         Err(e) => return private(&super::respond::discord(&e.into())),
     }
-    let discord_user = i["member"]["user"]["id"]
-        .as_str()
-        .or(i["user"]["id"].as_str())
-        .unwrap_or("");
-    let Some(user) = airlock.user_of_discord(discord_user) else {
+    let Some(user) = airlock.user_of_discord(&i.user) else {
         return private("You are not an Airlock user (no `discord_id` matches yours).");
     };
     let caller = Caller {
         user,
         role: Role::User,
-        key_id: format!("discord:{discord_user}"),
+        key_id: format!("discord:{}", i.user),
     };
-    let custom = i["data"]["custom_id"].as_str().unwrap_or("");
-    let (verb, rid) = custom.split_once(':').unwrap_or(("", ""));
-    let Ok(id) = RequestId::parse(rid) else {
-        return (StatusCode::BAD_REQUEST, "no request in the interaction").into_response();
-    };
-    match (i["type"].as_u64(), verb) {
-        (Some(3), "approve") => match airlock
+    match i.ask {
+        Ask::Ping => Json(json!({"type": 1})).into_response(),
+        Ask::Approve(id) => match airlock
             .review(
                 &caller,
                 id,
@@ -146,7 +151,7 @@ async fn interactions(
             Ok(_) => Json(json!({"type": 6})).into_response(),
             Err(e) => private(&super::respond::discord(&e)),
         },
-        (Some(3), "deny") => {
+        Ask::DenyDialog(id) => {
             if let Err(e) = airlock.may_review(&caller, id).await {
                 return private(&super::respond::discord(&e));
             }
@@ -160,10 +165,10 @@ async fn interactions(
             }}))
             .into_response()
         }
-        (Some(5), "deny") => {
-            let reason = i["data"]["components"][0]["components"][0]["value"]
-                .as_str()
-                .map(str::to_owned);
+        Ask::Deny {
+            request: id,
+            reason,
+        } => {
             match airlock
                 .review(
                     &caller,
@@ -179,6 +184,75 @@ async fn interactions(
                 Err(e) => private(&super::respond::discord(&e)),
             }
         }
-        _ => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8032's first test key; the signature made by an independent
+    /// implementation (Python's `cryptography`) over Discord's layout,
+    /// `timestamp ‖ body`.
+    const PUBLIC: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+    const TS: &str = "1764147600";
+    const BODY: &str = r#"{"type":1,"id":"1","application_id":"2","token":"t","version":1}"#;
+    const SIG: &str = "246c412a3bc65771865cc35df9b73db1856543af5172b6b3aa1eebf34c945a8335c49b84b12bacbbf7889ad861252e45b7ac40297b58989f20848c7bd011fa05";
+    const NOW: i64 = 1_764_147_600;
+
+    #[test]
+    fn signature_known_answer() {
+        assert_eq!(verify(PUBLIC, TS, SIG, BODY.as_bytes(), NOW), Ok(()));
+        assert_eq!(verify(PUBLIC, TS, SIG, BODY.as_bytes(), NOW + 300), Ok(()));
+    }
+
+    #[test]
+    fn forged_and_stale_are_refused() {
+        let refused = |key: &str, ts: &str, sig: &str, body: &str, now: i64| {
+            verify(key, ts, sig, body.as_bytes(), now).is_err()
+        };
+        // Stale either way, and no timestamp at all.
+        assert_eq!(
+            verify(PUBLIC, TS, SIG, BODY.as_bytes(), NOW + 301),
+            Err("stale timestamp")
+        );
+        assert!(refused(PUBLIC, TS, SIG, BODY, NOW - 301));
+        assert!(refused(PUBLIC, "", SIG, BODY, NOW));
+        // Another body, another timestamp (signed over both), another key.
+        assert!(refused(
+            PUBLIC,
+            TS,
+            SIG,
+            &BODY.replace("\"t\"", "\"u\""),
+            NOW
+        ));
+        assert!(refused(PUBLIC, "1764147601", SIG, BODY, NOW));
+        let other = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        assert!(refused(other, TS, SIG, BODY, NOW));
+        // One bit of the signature flipped; a truncated one; not hex.
+        let mut flipped = hex::decode(SIG).unwrap();
+        flipped[10] ^= 1;
+        assert!(refused(PUBLIC, TS, &hex::encode(flipped), BODY, NOW));
+        assert!(refused(PUBLIC, TS, &SIG[..126], BODY, NOW));
+        assert!(refused(PUBLIC, TS, &"zz".repeat(64), BODY, NOW));
+        // The malleable twin (S + L, the group order): plain Ed25519 might
+        // take it, strict verification does not.
+        let mut twin = hex::decode(SIG).unwrap();
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(twin[32 + i]) + u16::from(l[i]) + carry;
+            twin[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        assert!(refused(PUBLIC, TS, &hex::encode(twin), BODY, NOW));
+        // A small-order public key (the identity) with an all-zero-ish
+        // signature: the classic forgery against lax verifiers.
+        let identity = format!("01{}", "00".repeat(31));
+        let weak = format!("01{}{}", "00".repeat(31), "00".repeat(32));
+        assert!(refused(&identity, TS, &weak, BODY, NOW));
     }
 }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::{RequestId, UserName, Verdict};
+use airlock_core::{UserName, Verdict};
+use airlock_notify::slack::interaction::{Ask, Interaction};
 use airlock_store::Role;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha256;
 
 use crate::{Airlock, Caller};
@@ -100,94 +101,74 @@ async fn interactions(
         tracing::warn!(why, "refused a Slack callback");
         return refuse(StatusCode::UNAUTHORIZED, why);
     }
-    let payload: Option<Value> =
-        url_form_payload(&body).and_then(|p| serde_json::from_str(&p).ok());
-    let Some(payload) = payload else {
-        return refuse(StatusCode::BAD_REQUEST, "no payload");
+    let i = match Interaction::parse(&body) {
+        Ok(i) => i,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why.to_string()),
     };
-    let slack_user = payload["user"]["id"].as_str().unwrap_or("");
-    let Some(user) = airlock.user_of_slack(slack_user) else {
-        return ephemeral(
-            &payload,
-            "You are not an Airlock user (no `slack_id` matches yours).",
-        )
-        .await;
+    let answer = |text: String| ephemeral(i.response_url.clone(), text);
+    let Some(user) = airlock.user_of_slack(&i.user) else {
+        return answer("You are not an Airlock user (no `slack_id` matches yours).".into()).await;
     };
     let caller = Caller {
         user,
         role: Role::User,
-        key_id: format!("slack:{slack_user}"),
+        key_id: format!("slack:{}", i.user),
     };
-    match payload["type"].as_str() {
-        Some("block_actions") => {
-            let action = &payload["actions"][0];
-            let Some(id) = action["value"]
-                .as_str()
-                .and_then(|v| RequestId::parse(v).ok())
-            else {
-                return refuse(StatusCode::BAD_REQUEST, "no request in the action");
-            };
-            match action["action_id"].as_str() {
-                Some("approve") => match airlock
-                    .review(
-                        &caller,
-                        id,
-                        Verdict::Approve,
-                        None,
-                        "slack",
-                        Default::default(),
-                    )
-                    .await
-                {
-                    Ok(_) => StatusCode::OK.into_response(),
-                    Err(e) => ephemeral(&payload, &super::respond::slack(&e)).await,
-                },
-                Some("deny") => {
-                    // A deny needs a reason: ask for it in a dialog, checking
-                    // first that this person may deny at all.
-                    if let Err(e) = airlock.may_review(&caller, id).await {
-                        return ephemeral(&payload, &super::respond::slack(&e)).await;
-                    }
-                    let modal = json!({
-                        "trigger_id": payload["trigger_id"],
-                        "view": {
-                            "type": "modal", "callback_id": "deny", "private_metadata": id.to_string(),
-                            "title": {"type": "plain_text", "text": "Deny request"},
-                            "submit": {"type": "plain_text", "text": "Deny"},
-                            "blocks": [{"type": "input", "block_id": "reason",
-                                "label": {"type": "plain_text", "text": "Why? The requester reads it."},
-                                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": true}}],
-                        }
-                    });
-                    let http = reqwest::Client::new();
-                    match airlock_notify::slack::call(
-                        &http,
-                        cfg,
-                        "views.open",
-                        &modal,
-                        Duration::from_secs(3),
-                    )
-                    .await
-                    {
-                        Ok(_) => StatusCode::OK.into_response(),
-                        Err(e) => refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
-                    }
+    match &i.ask {
+        Ask::Approve(id) => match airlock
+            .review(
+                &caller,
+                *id,
+                Verdict::Approve,
+                None,
+                "slack",
+                Default::default(),
+            )
+            .await
+        {
+            Ok(_) => StatusCode::OK.into_response(),
+            Err(e) => answer(super::respond::slack(&e)).await,
+        },
+        Ask::DenyDialog {
+            request: id,
+            trigger_id,
+        } => {
+            // A deny needs a reason: ask for it in a dialog, checking
+            // first that this person may deny at all.
+            if let Err(e) = airlock.may_review(&caller, *id).await {
+                return answer(super::respond::slack(&e)).await;
+            }
+            let modal = json!({
+                "trigger_id": trigger_id,
+                "view": {
+                    "type": "modal", "callback_id": "deny", "private_metadata": id.to_string(),
+                    "title": {"type": "plain_text", "text": "Deny request"},
+                    "submit": {"type": "plain_text", "text": "Deny"},
+                    "blocks": [{"type": "input", "block_id": "reason",
+                        "label": {"type": "plain_text", "text": "Why? The requester reads it."},
+                        "element": {"type": "plain_text_input", "action_id": "reason", "multiline": true}}],
                 }
-                _ => refuse(StatusCode::BAD_REQUEST, "unknown action"),
+            });
+            let http = reqwest::Client::new();
+            match airlock_notify::slack::call(
+                &http,
+                cfg,
+                "views.open",
+                &modal,
+                Duration::from_secs(3),
+            )
+            .await
+            {
+                Ok(_) => StatusCode::OK.into_response(),
+                Err(e) => refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
             }
         }
-        Some("view_submission") if payload["view"]["callback_id"] == "deny" => {
-            let id = payload["view"]["private_metadata"]
-                .as_str()
-                .and_then(|v| RequestId::parse(v).ok());
-            let reason = payload["view"]["state"]["values"]["reason"]["reason"]["value"]
-                .as_str()
-                .map(str::to_owned);
-            let Some(id) = id else {
-                return refuse(StatusCode::BAD_REQUEST, "no request in the dialog");
-            };
+        Ask::Deny {
+            request: id,
+            reason,
+        } => {
             match airlock
-                .review(&caller, id, Verdict::Deny, reason, "slack", Default::default())
+                .review(&caller, *id, Verdict::Deny, reason.clone(), "slack", Default::default())
                 .await
             {
                 // An empty 200 closes the dialog.
@@ -198,16 +179,15 @@ async fn interactions(
                 }
             }
         }
-        _ => refuse(StatusCode::BAD_REQUEST, "unsupported interaction"),
     }
 }
 
 /// Tells only the person who clicked, through the interaction's
 /// `response_url`.
-async fn ephemeral(payload: &Value, text: &str) -> Response {
-    if let Some(url) = payload["response_url"].as_str() {
+async fn ephemeral(response_url: Option<String>, text: String) -> Response {
+    if let Some(url) = response_url {
         let sent = reqwest::Client::new()
-            .post(url)
+            .post(&url)
             .timeout(Duration::from_secs(3))
             .json(&json!({"response_type": "ephemeral", "replace_original": false, "text": text}))
             .send()
@@ -217,41 +197,6 @@ async fn ephemeral(payload: &Value, text: &str) -> Response {
         }
     }
     StatusCode::OK.into_response()
-}
-
-/// The `payload` field of an `application/x-www-form-urlencoded` body.
-fn url_form_payload(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "payload").then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -299,13 +244,5 @@ mod tests {
             1_531_420_618
         )
         .is_err());
-    }
-
-    #[test]
-    fn payload_is_url_decoded() {
-        assert_eq!(
-            url_form_payload(b"a=1&payload=%7B%22x%22%3A+1%7D").as_deref(),
-            Some("{\"x\": 1}")
-        );
     }
 }
