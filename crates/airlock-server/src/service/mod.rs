@@ -7,6 +7,8 @@ mod check;
 mod gate;
 mod grants;
 mod limits;
+#[cfg(test)]
+mod model;
 pub(crate) mod notify;
 mod oversight;
 mod requests;
