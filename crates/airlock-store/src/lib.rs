@@ -186,6 +186,9 @@ pub trait WriteTx: ReadTx {
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError>;
     /// Marks the grant revoked.
     fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;
+    /// A write that changes nothing, committed like any other: whether
+    /// this node can record anything now (health).
+    fn probe_write(&mut self) -> Result<(), StoreError>;
     /// Stores an API key (its hash only).
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     /// Marks an API key revoked at `at`, keeping its row.

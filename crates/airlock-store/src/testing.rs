@@ -63,10 +63,16 @@ fn run_off_runtime<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) ->
 impl TestDb {
     /// Makes a new empty database, or `None` when PostgreSQL tests are
     /// skipped. Panics (failing the test) if the server cannot be reached.
-    #[allow(clippy::panic)]
     pub fn create() -> Option<Self> {
+        Some(Self::create_on(&admin_url()?))
+    }
+
+    /// Makes a new empty database on the server `admin` (a URL with a
+    /// database it can connect to), such as a cluster a test runs itself.
+    #[allow(clippy::panic)]
+    pub fn create_on(admin: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let admin = admin_url()?;
+        let admin = admin.to_owned();
         let name = format!(
             "airlock_test_{}_{}_{}",
             std::process::id(),
@@ -86,7 +92,7 @@ impl TestDb {
             c.batch_execute(&format!("CREATE DATABASE {n}"))
                 .unwrap_or_else(|e| panic!("CREATE DATABASE {n}: {e:?}"));
         });
-        Some(Self { admin, name, url })
+        Self { admin, name, url }
     }
 
     /// The URL for `[storage] url`.

@@ -444,7 +444,17 @@ async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn healthz(State(airlock): State<AppState>) -> Response {
-    let store = tokio::time::timeout(HEALTH_TIMEOUT, airlock.store().read(|r| r.audit_head()))
+    // Healthy means able to record: reads can work where writes cannot (a
+    // read-only database after a failover, a full disk), so a write that
+    // changes nothing is committed too, through the same writer as every
+    // decision (a stuck writer shows as no answer).
+    let store = airlock.store().clone();
+    let probe = async move {
+        let head = store.read(|r| r.audit_head()).await?;
+        store.write(|tx| tx.probe_write()).await?;
+        Ok::<_, airlock_store::StoreError>(head)
+    };
+    let store = tokio::time::timeout(HEALTH_TIMEOUT, probe)
         .await
         .unwrap_or_else(|_| {
             Err(airlock_store::StoreError::Db(format!(

@@ -49,6 +49,9 @@ pub(crate) trait Rows:
 {
     /// The batch this transaction writes in; `None` when it only reads.
     fn effects(&mut self) -> Option<&mut Effects>;
+    /// Rewrites the schema version row with its own value: a write that
+    /// changes nothing.
+    fn probe_write(&mut self) -> Result<(), StoreError>;
 }
 
 /// Methods that are one backend query each, forwarded as they are to the
@@ -165,6 +168,10 @@ impl<T: Rows> ReadTx for T {
 }
 
 impl<T: Rows> WriteTx for T {
+    fn probe_write(&mut self) -> Result<(), StoreError> {
+        Rows::probe_write(self)
+    }
+
     forward! {
         RequestRows::insert_review(id: &RequestId, review: &Review) -> bool;
         GrantRows::complete_grant(id: &GrantId, outcome: &str) -> bool;

@@ -534,6 +534,11 @@ impl Rows for Tx<'_> {
     fn effects(&mut self) -> Option<&mut Effects> {
         self.effects.as_deref_mut()
     }
+
+    fn probe_write(&mut self) -> Result<(), StoreError> {
+        self.execute("UPDATE airlock_schema_version SET version = version", &[])?;
+        Ok(())
+    }
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];

@@ -179,6 +179,13 @@ impl Rows for Tx<'_> {
     fn effects(&mut self) -> Option<&mut Effects> {
         self.effects.as_deref_mut()
     }
+
+    fn probe_write(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE schema_version SET version = version")?
+            .execute([])?;
+        Ok(())
+    }
 }
 
 /// A stored time that may be missing.

@@ -15,6 +15,7 @@ mod chat;
 mod cli;
 mod console;
 mod dlp;
+mod faults;
 mod grants;
 mod hardening;
 mod nodes;
