@@ -14,6 +14,7 @@ mod breakglass;
 mod chat;
 mod cli;
 mod console;
+mod crash;
 mod dlp;
 mod faults;
 mod grants;
