@@ -25,6 +25,7 @@ pub use authz::Authz;
 pub use config::{AuthzConfig, HttpProxyConfig, ProxyClientConfig, ResponseDlp, RouteConfig};
 pub use proxy::Proxy;
 pub use respond::Body;
+pub use route::{ambiguous_path, Matched, Route, Routes};
 
 /// What can stop a proxy from starting.
 #[derive(Debug, thiserror::Error)]
