@@ -9,12 +9,14 @@ use airlock_core::decision::{DEFAULT_GRANT_TTL, DEFAULT_REQUEST_TTL};
 use airlock_core::{Action, Decision, GroupName, Requirement, Threshold, UserName};
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode, Validator,
+    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::annotations::{self, Approval};
+use crate::index::PolicyIndex;
 use crate::locate::statement_lines;
 use crate::{DecideError, LoadError};
 
@@ -114,6 +116,11 @@ impl PolicySource {
 #[derive(Debug)]
 pub struct PolicyEngine {
     set: PolicySet,
+    /// `set` split by the action and resource type policies name.
+    index: PolicyIndex,
+    /// Entity type names parsed once (Cedar parses a type name as source
+    /// text): `User`, `Action`, and every type policies or entities name.
+    type_names: HashMap<String, EntityTypeName>,
     approvals: HashMap<PolicyId, Approval>,
     base: Entities,
     schema: Option<Schema>,
@@ -246,8 +253,18 @@ impl PolicyEngine {
             .into_iter()
             .filter(|k| text.contains(k))
             .collect();
+        let index = PolicyIndex::build(&set).map_err(|e| LoadError::Validation(e.to_string()))?;
+        let type_names = ["User", "Action", "Group"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(index.type_names().map(str::to_owned))
+            .chain(base.iter().map(|e| e.uid().type_name().to_string()))
+            .filter_map(|t| Some((t.clone(), EntityTypeName::from_str(&t).ok()?)))
+            .collect();
         Ok(Self {
             set,
+            index,
+            type_names,
             approvals,
             base,
             schema,
@@ -316,15 +333,38 @@ impl PolicyEngine {
         action: &Action,
         context: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
-        let principal = uid("User", action.principal.as_str());
-        let verb = uid("Action", action.action.as_str());
-        let resource = uid(action.resource.kind.as_str(), action.resource.id.as_str());
+        let set = self
+            .index
+            .for_request(action.action.as_str(), action.resource.kind.as_str());
+        self.decide_over(set, action, context)
+    }
 
-        let context = Context::from_json_value(
-            Value::Object(context),
-            self.schema.as_ref().map(|s| (s, &verb)),
-        )
-        .map_err(|e| DecideError::Context(e.to_string()))?;
+    /// [`PolicyEngine::decide`] over the policies in `set`.
+    fn decide_over(
+        &self,
+        set: &PolicySet,
+        action: &Action,
+        context: Map<String, Value>,
+    ) -> Result<Decision, DecideError> {
+        let principal = self.uid("User", action.principal.as_str());
+        let verb = self.uid("Action", action.action.as_str());
+        let resource = self.uid(action.resource.kind.as_str(), action.resource.id.as_str());
+
+        // Without a schema, plain JSON values become Cedar values directly;
+        // anything else goes through Cedar's JSON reading, which knows the
+        // schema's types and names what is wrong.
+        let direct = match &self.schema {
+            None => direct_context(&context),
+            Some(_) => None,
+        };
+        let context = match direct {
+            Some(c) => c,
+            None => Context::from_json_value(
+                Value::Object(context),
+                self.schema.as_ref().map(|s| (s, &verb)),
+            )
+            .map_err(|e| DecideError::Context(e.to_string()))?,
+        };
 
         let request = Request::new(
             principal,
@@ -338,8 +378,7 @@ impl PolicyEngine {
         // Attributes the administrator put in entities.json win over what
         // the caller claims, so a caller cannot strip a resource's tags.
         let response = if self.base.get(&resource).is_some() || action.resource.attrs.is_empty() {
-            self.authorizer
-                .is_authorized(&request, &self.set, &self.base)
+            self.authorizer.is_authorized(&request, set, &self.base)
         } else {
             let entity = Entity::from_json_value(
                 serde_json::json!({
@@ -355,15 +394,16 @@ impl PolicyEngine {
                 .clone()
                 .add_entities([entity], self.schema.as_ref())
                 .map_err(|e| DecideError::Attrs(e.to_string()))?;
-            self.authorizer
-                .is_authorized(&request, &self.set, &entities)
+            self.authorizer.is_authorized(&request, set, &entities)
         };
 
-        let errors: Vec<String> = response
+        let mut errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
+        // Sorted: the message must not depend on the evaluator's order.
+        errors.sort();
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
@@ -437,6 +477,44 @@ impl PolicyEngine {
             requirement,
         })
     }
+}
+
+impl PolicyEngine {
+    /// [`uid`], with the type name parsed at load when it is known.
+    fn uid(&self, kind: &str, id: &str) -> EntityUid {
+        match self.type_names.get(kind) {
+            Some(t) => EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id)),
+            None => uid(kind, id),
+        }
+    }
+}
+
+/// The context as Cedar values, built directly, when every value is plain
+/// JSON that Cedar reads as itself: strings, booleans, integers, arrays,
+/// and objects without Cedar's escapes (`__entity`, `__extn`, `__expr`).
+/// `None` otherwise (nulls, fractions, escapes), for Cedar's own reading.
+fn direct_context(map: &Map<String, Value>) -> Option<Context> {
+    fn expr(v: &Value) -> Option<RestrictedExpression> {
+        Some(match v {
+            Value::Bool(b) => RestrictedExpression::new_bool(*b),
+            Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
+            Value::String(s) => RestrictedExpression::new_string(s.clone()),
+            Value::Array(a) => {
+                RestrictedExpression::new_set(a.iter().map(expr).collect::<Option<Vec<_>>>()?)
+            }
+            Value::Object(o) => {
+                if ["__entity", "__extn", "__expr"].iter().any(|k| o.contains_key(*k)) {
+                    return None;
+                }
+                RestrictedExpression::new_record(pairs(o)?).ok()?
+            }
+            Value::Null => return None,
+        })
+    }
+    fn pairs(o: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpression)>> {
+        o.iter().map(|(k, v)| Some((k.clone(), expr(v)?))).collect()
+    }
+    Context::from_pairs(pairs(map)?).ok()
 }
 
 fn uid(kind: &str, id: &str) -> EntityUid {
@@ -732,5 +810,127 @@ action export appliesTo { principal: User, resource: Table, context: { local_hou
             PolicyEngine::from_source(&src(typo), &directory()),
             Err(LoadError::Validation(_))
         ));
+    }
+
+    /// The indexed decision is the whole set's: the same outcome, reasons,
+    /// requirement and error message, on random principals, actions,
+    /// resources (with attributes or from entities.json) and contexts,
+    /// over policies that use every kind of scope, conditions that fail,
+    /// and forbids.
+    #[test]
+    fn indexed_decisions_equal_the_whole_sets() {
+        use proptest::prelude::*;
+        const MIXED: &str = r#"
+@id("read") permit(principal, action == Action::"read", resource);
+@id("export-table") @approvers("security") @quorum("2")
+permit(principal, action == Action::"export", resource is Table)
+when { context has rows && context.rows > 100 };
+@id("export-small") permit(principal, action == Action::"export", resource is Table)
+when { context has rows && context.rows <= 100 };
+@id("export-file") @approvers("security") @grant_ttl("5m")
+permit(principal, action == Action::"export", resource == File::"report");
+@id("eng-any") @approvers("engineering") @max_uses("3")
+permit(principal in Group::"engineering", action in [Action::"wipe", Action::"export"], resource);
+@id("no-secrets") forbid(principal, action, resource is Table)
+when { resource has tags && resource.tags.contains("secret") };
+@id("night") forbid(principal, action == Action::"export", resource)
+when { context.local_hour >= 22 };
+@id("broken") permit(principal, action == Action::"poke", resource is File)
+when { context.missing_field == 1 };
+@id("any") @approvers("security") @reason("required")
+permit(principal, action, resource in Folder::"shared");
+"#;
+        let src = PolicySource {
+            policies: vec![(PathBuf::from("policies/mixed.cedar"), MIXED.to_owned())],
+            entities: Some(
+                r#"[{"uid": {"type": "Table", "id": "prod.secrets"}, "attrs": {"tags": ["secret"]}, "parents": []},
+                    {"uid": {"type": "File", "id": "in-shared"}, "attrs": {}, "parents": [{"type": "Folder", "id": "shared"}]}]"#
+                    .to_owned(),
+            ),
+            ..Default::default()
+        };
+        let e = PolicyEngine::from_source(&src, &directory()).unwrap();
+        let strategy = (
+            prop::sample::select(vec!["alice", "bob", "mallory"]),
+            prop::sample::select(vec!["read", "export", "wipe", "poke", "other"]),
+            prop::sample::select(vec!["Table", "File", "Folder", "Doc"]),
+            prop::sample::select(vec!["prod.secrets", "report", "in-shared", "shared", "x"]),
+            prop::option::of(prop::sample::subsequence(vec!["secret", "pii"], 0..=2)),
+            prop::option::of(0i64..1000),
+            prop::option::of(0i64..24),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(
+            proptest::test_runner::Config { cases: 2000, failure_persistence: None, ..Default::default() },
+        );
+        runner
+            .run(&strategy, |(p, verb, ty, id, tags, rows, hour)| {
+                let mut resource = json!({"type": ty, "id": id});
+                if let Some(tags) = tags {
+                    resource["attrs"] = json!({"tags": tags});
+                }
+                let a: Action = serde_json::from_value(
+                    json!({"principal": p, "action": verb, "resource": resource}),
+                )
+                .unwrap();
+                let mut c = Map::new();
+                if let Some(r) = rows {
+                    c.insert("rows".into(), json!(r));
+                }
+                if let Some(h) = hour {
+                    c.insert("local_hour".into(), json!(h));
+                }
+                let indexed = e.decide(&a, c.clone()).map_err(|e| e.to_string());
+                let whole = e.decide_over(&e.set, &a, c).map_err(|e| e.to_string());
+                prop_assert_eq!(indexed, whole);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// A context built directly is the one Cedar's JSON reading builds,
+    /// on random nested values; what the direct way does not take (nulls,
+    /// fractions, escapes) goes Cedar's way.
+    #[test]
+    fn direct_contexts_equal_cedars_json_reading() {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            Just(json!(1.5)),
+            Just(Value::Null),
+            "[a-z_]{0,8}".prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["a", "b", "rows", "__entity", "__extn", "type", "id"]),
+                    inner,
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            ]
+        });
+        let mut runner = proptest::test_runner::TestRunner::new(
+            proptest::test_runner::Config { cases: 3000, failure_persistence: None, ..Default::default() },
+        );
+        runner
+            .run(
+                &prop::collection::btree_map("[a-z]{1,6}", value, 0..5),
+                |m| {
+                    let map: Map<String, Value> = m.into_iter().collect();
+                    if let Some(direct) = direct_context(&map) {
+                        let cedar = Context::from_json_value(Value::Object(map.clone()), None);
+                        prop_assert!(cedar.is_ok(), "{map:?}: Cedar refuses what was built directly");
+                        let cedar = cedar.unwrap();
+                        for k in map.keys() {
+                            prop_assert!(direct.get(k).is_some(), "{k} missing");
+                            prop_assert_eq!(direct.get(k), cedar.get(k), "{}", k);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 }

@@ -11,6 +11,7 @@ mod annotations;
 pub mod cases;
 mod engine;
 mod error;
+mod index;
 pub mod limits;
 mod locate;
 
