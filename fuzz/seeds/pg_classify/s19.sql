@@ -1,0 +1,1 @@
+SELECT * FROM orders, LATERAL (SELECT * FROM items WHERE items.order_id = orders.id) x

@@ -1,0 +1,1 @@
+select a.id, b.name from public.users a join accounts b on a.id = b.user_id limit 10

@@ -1,0 +1,1 @@
+INSERT INTO audit (id, body) VALUES (1, 'x') RETURNING id

@@ -1,0 +1,1 @@
+UPDATE customers SET email = NULL WHERE created_at < now() - interval '1 day'

@@ -1,0 +1,1 @@
+DELETE FROM sessions USING users WHERE sessions.user_id = users.id AND users.banned

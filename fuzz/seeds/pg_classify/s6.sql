@@ -1,0 +1,1 @@
+WITH recent AS (SELECT * FROM orders WHERE ts > now()) SELECT count(*) FROM recent
