@@ -356,7 +356,16 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Store {
     backend: Arc<dyn Backend>,
     events: EventSender,
+    /// Reads running at once. Each runs on a blocking thread with a
+    /// connection of its own: a thousand long-polls re-reading at the same
+    /// moment would otherwise start hundreds of threads and connections.
+    reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many reads run at once, per node: more than the cores, so a slow
+/// read does not hold the others up, few enough to keep threads and
+/// connections (and their memory) bounded.
+const MAX_CONCURRENT_READS: usize = 8;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -376,7 +385,11 @@ impl Store {
             Location::Sqlite(path) => Arc::new(SqliteBackend::open(&path, events.clone())?),
             Location::Postgres(url) => Arc::new(PostgresBackend::open(&url, events.clone())?),
         };
-        Ok(Self { backend, events })
+        Ok(Self {
+            backend,
+            events,
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
+        })
     }
 
     /// Waiters subscribe here to hear of committed changes.
@@ -428,6 +441,8 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        // Held until the read answers; the semaphore is never closed.
+        let _turn = self.reads.acquire().await.map_err(|_| StoreError::WriterGone)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
@@ -443,6 +458,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        let _turn = self.reads.acquire().await.map_err(|_| StoreError::WriterGone)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read_single(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
