@@ -503,7 +503,10 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
                 RestrictedExpression::new_set(a.iter().map(expr).collect::<Option<Vec<_>>>()?)
             }
             Value::Object(o) => {
-                if ["__entity", "__extn", "__expr"].iter().any(|k| o.contains_key(*k)) {
+                if ["__entity", "__extn", "__expr"]
+                    .iter()
+                    .any(|k| o.contains_key(*k))
+                {
                     return None;
                 }
                 RestrictedExpression::new_record(pairs(o)?).ok()?
@@ -859,9 +862,11 @@ permit(principal, action, resource in Folder::"shared");
             prop::option::of(0i64..1000),
             prop::option::of(0i64..24),
         );
-        let mut runner = proptest::test_runner::TestRunner::new(
-            proptest::test_runner::Config { cases: 2000, failure_persistence: None, ..Default::default() },
-        );
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 2000,
+            failure_persistence: None,
+            ..Default::default()
+        });
         runner
             .run(&strategy, |(p, verb, ty, id, tags, rows, hour)| {
                 let mut resource = json!({"type": ty, "id": id});
@@ -904,16 +909,22 @@ permit(principal, action, resource in Folder::"shared");
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
-                    prop::sample::select(vec!["a", "b", "rows", "__entity", "__extn", "type", "id"]),
+                    prop::sample::select(vec![
+                        "a", "b", "rows", "__entity", "__extn", "type", "id"
+                    ]),
                     inner,
                     0..4,
                 )
-                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
             ]
         });
-        let mut runner = proptest::test_runner::TestRunner::new(
-            proptest::test_runner::Config { cases: 3000, failure_persistence: None, ..Default::default() },
-        );
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 3000,
+            failure_persistence: None,
+            ..Default::default()
+        });
         runner
             .run(
                 &prop::collection::btree_map("[a-z]{1,6}", value, 0..5),
@@ -921,7 +932,10 @@ permit(principal, action, resource in Folder::"shared");
                     let map: Map<String, Value> = m.into_iter().collect();
                     if let Some(direct) = direct_context(&map) {
                         let cedar = Context::from_json_value(Value::Object(map.clone()), None);
-                        prop_assert!(cedar.is_ok(), "{map:?}: Cedar refuses what was built directly");
+                        prop_assert!(
+                            cedar.is_ok(),
+                            "{map:?}: Cedar refuses what was built directly"
+                        );
                         let cedar = cedar.unwrap();
                         for k in map.keys() {
                             prop_assert!(direct.get(k).is_some(), "{k} missing");

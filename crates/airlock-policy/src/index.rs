@@ -134,10 +134,19 @@ mod tests {
             ids(index.for_request("export", "Table")),
             ["policy1", "policy3", "policy4"]
         );
-        assert_eq!(ids(index.for_request("export", "File")), ["policy2", "policy4"]);
+        assert_eq!(
+            ids(index.for_request("export", "File")),
+            ["policy2", "policy4"]
+        );
         assert_eq!(ids(index.for_request("export", "Other")), ["policy4"]);
-        assert_eq!(ids(index.for_request("read", "Table")), ["policy0", "policy3", "policy4"]);
-        assert_eq!(ids(index.for_request("wipe", "Table")), ["policy3", "policy4"]);
+        assert_eq!(
+            ids(index.for_request("read", "Table")),
+            ["policy0", "policy3", "policy4"]
+        );
+        assert_eq!(
+            ids(index.for_request("wipe", "Table")),
+            ["policy3", "policy4"]
+        );
         assert_eq!(ids(index.for_request("wipe", "Other")), ["policy4"]);
     }
 }

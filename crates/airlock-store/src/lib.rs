@@ -442,7 +442,11 @@ impl Store {
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         // Held until the read answers; the semaphore is never closed.
-        let _turn = self.reads.acquire().await.map_err(|_| StoreError::WriterGone)?;
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
@@ -458,7 +462,11 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let _turn = self.reads.acquire().await.map_err(|_| StoreError::WriterGone)?;
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.backend.read_single(Box::new(move |r| {
             let _ = tx.send(r.and_then(f));
