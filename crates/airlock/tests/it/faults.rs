@@ -37,6 +37,20 @@ async fn timed(s: &Server, key: &str, path: &str, body: Value) -> (u16, Value, D
     (st, v, t.elapsed())
 }
 
+/// Checks on `s` until one is allowed (for up to 10 s), remembering it:
+/// whether the node recovered by itself.
+async fn until_allowed(s: &Server, key: &str, kept: &mut Vec<i64>) -> bool {
+    for _ in 0..100 {
+        let (st, v, _) = timed(s, key, "/v1/check", read_t()).await;
+        if st == 200 {
+            kept.push(v["audit_seq"].as_i64().unwrap());
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn run(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -131,17 +145,10 @@ async fn sqlite_full_disk_refuses_then_recovers() {
     let (st, v) = s.review(&carol, &id, "approve").await;
     assert_eq!(st, 503, "no grant while the audit cannot be written: {v}");
     std::fs::remove_file(&filler).unwrap();
-    let mut recovered = false;
-    for _ in 0..100 {
-        let (st, v, _) = timed(&s, &alice, "/v1/check", read_t()).await;
-        if st == 200 {
-            kept.push(v["audit_seq"].as_i64().unwrap());
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "recovers without a restart once there is space");
+    assert!(
+        until_allowed(&s, &alice, &mut kept).await,
+        "recovers without a restart once there is space"
+    );
     let (st, r) = s.review(&carol, &id, "approve").await;
     assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
 
@@ -284,18 +291,11 @@ async fn postgres_stopped_and_started_again_refuses_then_recovers() {
     assert_eq!(st, 503, "no grant without the database: {v}");
 
     assert!(pg.ctl("start"));
-    let mut recovered = 0;
-    for _ in 0..100 {
-        let (st, v, _) = timed(&s, &alice, "/v1/check", read_t()).await;
-        let (st2, _, _) = timed(&other, &alice, "/v1/check", read_t()).await;
-        if st == 200 && st2 == 200 {
-            kept.push(v["audit_seq"].as_i64().unwrap());
-            recovered += 1;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(recovered, 1, "both nodes recover without a restart");
+    assert!(
+        until_allowed(&s, &alice, &mut kept).await
+            && until_allowed(&other, &alice, &mut kept).await,
+        "both nodes recover without a restart"
+    );
 
     // Read-only, as after a failover to a standby: reads work, writes not.
     let admin_sql = |sql: &str| db_handle.execute(sql);
@@ -327,17 +327,10 @@ async fn postgres_stopped_and_started_again_refuses_then_recovers() {
     assert_eq!(st, 503, "no grant on a read-only database: {v}");
     admin_sql("ALTER SYSTEM RESET default_transaction_read_only");
     admin_sql("SELECT pg_reload_conf()");
-    let mut recovered = false;
-    for _ in 0..100 {
-        let (st, v, _) = timed(&s, &alice, "/v1/check", read_t()).await;
-        if st == 200 {
-            kept.push(v["audit_seq"].as_i64().unwrap());
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "recovers without a restart once writable");
+    assert!(
+        until_allowed(&s, &alice, &mut kept).await,
+        "recovers without a restart once writable"
+    );
     let (st, h) = s.get(&alice, "/healthz").await;
     assert_eq!(st, 200, "{h}");
 
