@@ -253,7 +253,7 @@ impl PolicyEngine {
             .into_iter()
             .filter(|k| text.contains(k))
             .collect();
-        let index = PolicyIndex::build(&set).map_err(|e| LoadError::Validation(e.to_string()))?;
+        let index = PolicyIndex::build(&set).map_err(LoadError::Validation)?;
         let type_names = ["User", "Action", "Group"]
             .into_iter()
             .map(str::to_owned)

@@ -50,8 +50,9 @@ fn type_of(p: &Policy) -> Option<String> {
 }
 
 impl PolicyIndex {
-    /// Splits `set`.
-    pub(crate) fn build(set: &PolicySet) -> Result<Self, PolicySetError> {
+    /// Splits `set`. Fails only if Cedar refuses a subset of a set it
+    /// already took (its message).
+    pub(crate) fn build(set: &PolicySet) -> Result<Self, String> {
         let scoped: Vec<(Option<String>, Option<String>, &Policy)> = set
             .policies()
             .map(|p| (action_of(p), type_of(p), p))
@@ -61,7 +62,7 @@ impl PolicyIndex {
         if (actions.len() + 1) * (types.len() + 1) > MAX_SUBSETS {
             types.clear();
         }
-        let by_type = |action: Option<&String>| -> Result<ByType, PolicySetError> {
+        let by_type = |action: Option<&String>| -> Result<ByType, String> {
             let subset = |ty: Option<&String>| {
                 PolicySet::from_policies(
                     scoped
@@ -74,12 +75,13 @@ impl PolicyIndex {
                         })
                         .map(|(_, _, p)| (*p).clone()),
                 )
+                .map_err(|e: PolicySetError| e.to_string())
             };
             Ok(ByType {
                 types: types
                     .iter()
                     .map(|t| Ok(((*t).clone(), subset(Some(t))?)))
-                    .collect::<Result<_, PolicySetError>>()?,
+                    .collect::<Result<_, String>>()?,
                 other: subset(None)?,
             })
         };
@@ -87,7 +89,7 @@ impl PolicyIndex {
             actions: actions
                 .iter()
                 .map(|a| Ok(((*a).clone(), by_type(Some(a))?)))
-                .collect::<Result<_, PolicySetError>>()?,
+                .collect::<Result<_, String>>()?,
             other: by_type(None)?,
         })
     }
