@@ -71,7 +71,7 @@ kill $SPID 2>/dev/null || true
 echo "max RSS under load (waits + checks): $(( $(cat "$DIR/maxrss") / 1024 )) MB"
 wait $WPID || true
 cat "$DIR/waiters"
-sleep 3
+sleep 12
 echo "after: RSS $(( $(rss) / 1024 )) MB, $(fds) fds (idle $IDLE_FDS), $(threads) threads (idle $IDLE_THREADS)"
 grep -E "Non-2xx|Socket errors" "$DIR/wrk" || echo "wrk: no errors"
 echo "audit records: $(sqlite3 "$DIR/airlock.db" 'select count(*) from audit' 2>/dev/null || echo '?')"
