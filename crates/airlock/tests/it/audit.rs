@@ -225,14 +225,7 @@ async fn a_start_after_an_unclean_stop_records_the_gap() {
 #[tokio::test]
 async fn the_log_is_provable_offline_and_witnessed() {
     use airlock_core::merkle;
-    use base64::Engine as _;
-    let b64 = |s: &str| -> merkle::Hash {
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .unwrap()
-            .try_into()
-            .unwrap()
-    };
+    let b64 = b64_hash;
     let witness = tempfile::tempdir().unwrap();
     let mut s = witnessed(witness.path());
     let alice = s.key("alice", "user");
@@ -272,12 +265,7 @@ async fn the_log_is_provable_offline_and_witnessed() {
     ]);
     assert_eq!(code, 0, "{out}");
     let p: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let proof: Vec<merkle::Hash> = p["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| b64(h.as_str().unwrap()))
-        .collect();
+    let proof = proof_hashes(&p);
     let leaf = merkle::leaf_hash(p["record"].as_str().unwrap().as_bytes());
     let psize = p["size"].as_u64().unwrap();
     let (proot_note, _) = (p["checkpoint"].as_str().unwrap().to_owned(), ());
@@ -290,12 +278,7 @@ async fn the_log_is_provable_offline_and_witnessed() {
         )
         .await;
     assert_eq!(st, 200, "{inc}");
-    let proof: Vec<merkle::Hash> = inc["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| b64(h.as_str().unwrap()))
-        .collect();
+    let proof = proof_hashes(&inc);
     merkle::verify_inclusion(
         &b64(inc["leaf_hash"].as_str().unwrap()),
         1,
@@ -343,12 +326,7 @@ async fn the_log_is_provable_offline_and_witnessed() {
         )
         .await;
     assert_eq!(st, 200, "{con}");
-    let proof: Vec<merkle::Hash> = con["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| b64(h.as_str().unwrap()))
-        .collect();
+    let proof = proof_hashes(&con);
     merkle::verify_consistency(
         size,
         size2,

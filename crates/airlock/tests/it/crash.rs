@@ -174,16 +174,7 @@ async fn checkpoint(s: &Server, admin: &str) -> Option<(u64, merkle::Hash)> {
     let note = r.text().await.ok()?;
     let mut lines = note.lines().skip(1);
     let size = lines.next()?.parse().ok()?;
-    Some((size, b64(lines.next()?)))
-}
-
-fn b64(s: &str) -> merkle::Hash {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap()
-        .try_into()
-        .unwrap()
+    Some((size, b64_hash(lines.next()?)))
 }
 
 /// After a restart: everything in `acked` is there, no grant consumes
@@ -274,12 +265,7 @@ async fn check_after(s: &Server, keys: &Keys, acked: &Acked, before: Option<(u64
             )
             .await;
         assert_eq!(st, 200, "{p}");
-        let proof: Vec<merkle::Hash> = p["proof"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| b64(h.as_str().unwrap()))
-            .collect();
+        let proof = proof_hashes(&p);
         merkle::verify_consistency(old, new, &old_root, &new_root, &proof).unwrap_or_else(|e| {
             panic!("the log before the kill is not a prefix of the log after: {e:?}")
         });

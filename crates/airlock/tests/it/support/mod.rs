@@ -529,3 +529,23 @@ pub(crate) async fn audit_about(s: &Server, admin: &str, subject: &str) -> Vec<V
         .cloned()
         .collect()
 }
+
+/// A Merkle hash from its base64 (checkpoints, proofs).
+pub(crate) fn b64_hash(s: &str) -> airlock_core::merkle::Hash {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// The `proof` list of an inclusion or consistency proof answer.
+pub(crate) fn proof_hashes(answer: &Value) -> Vec<airlock_core::merkle::Hash> {
+    answer["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| b64_hash(h.as_str().unwrap()))
+        .collect()
+}
