@@ -43,10 +43,10 @@ impl Announced {
     /// Tells this process's waiters, once the batch committed.
     pub(crate) fn send_here(self, events: &EventSender) {
         for id in self.requests {
-            let _ = events.send(StoreEvent::Changed { id, remote: false });
+            events.send(StoreEvent::Changed { id, remote: false });
         }
         if self.directory {
-            let _ = events.send(StoreEvent::DirectoryChanged);
+            events.send(StoreEvent::DirectoryChanged);
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod batch;
 mod error;
+mod events;
 mod logic;
 mod model;
 mod pg;
@@ -24,6 +25,7 @@ mod verify;
 use std::sync::Arc;
 
 pub use error::StoreError;
+pub use events::{EventSender, Watch};
 pub use model::{
     ApiKeyRecord, AuditFilter, ConsumeOutcome, Cursor, GrantRow, KeyRefusal, KeyRevocation,
     OutboxMessage, Role, SessionRecord, StatusFilter, Viewer,
@@ -323,9 +325,6 @@ pub enum StoreEvent {
     DirectoryChanged,
 }
 
-/// Where backends send [`StoreEvent`]s.
-pub type EventSender = broadcast::Sender<StoreEvent>;
-
 /// What the writer runs: a closure over a write transaction (or the reason
 /// there is none), answering whether to keep its changes and with a
 /// continuation that receives the commit's result.
@@ -380,7 +379,7 @@ impl Store {
     /// `base`) or `postgres://…` / `postgresql://…`, migrating its schema.
     /// Blocks while it connects: call it at start-up.
     pub fn open(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
-        let (events, _) = broadcast::channel(4096);
+        let events = EventSender::default();
         let backend: Arc<dyn Backend> = match Location::parse(url, base)? {
             Location::Sqlite(path) => Arc::new(SqliteBackend::open(&path, events.clone())?),
             Location::Postgres(url) => Arc::new(PostgresBackend::open(&url, events.clone())?),
@@ -395,6 +394,12 @@ impl Store {
     /// Waiters subscribe here to hear of committed changes.
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    /// One request's changes from now on (see [`EventSender::watch`]): a
+    /// long-poll wakes for its own request only.
+    pub fn watch(&self, id: RequestId) -> Watch {
+        self.events.watch(id)
     }
 
     /// `sqlite` or `postgres`.

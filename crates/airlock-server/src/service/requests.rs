@@ -11,10 +11,9 @@ use airlock_core::{
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
-use airlock_store::{Cursor, StatusFilter, StoreEvent, Viewer, WriteTx};
+use airlock_store::{Cursor, StatusFilter, Viewer, WriteTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{notify, Airlock, Caller};
 use crate::ApiError;
@@ -151,9 +150,9 @@ impl Airlock {
         id: RequestId,
         wait: Option<Duration>,
     ) -> Result<Request, ApiError> {
-        // Subscribe before reading, so a change between the read and the
-        // wait is not missed. Changes made on other nodes arrive here too.
-        let mut events = self.store.subscribe();
+        // Watch before reading, so a change between the read and the wait
+        // is not missed. Changes made on other nodes arrive here too.
+        let mut changes = self.store.watch(id);
         let req = self.load_visible(caller, id).await?;
         let Some(wait) = wait else { return Ok(req) };
         if req.status != RequestStatus::Pending {
@@ -174,16 +173,15 @@ impl Airlock {
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return self.load_visible(caller, id).await,
-                Ok(Ok(StoreEvent::Changed { id: changed, .. })) if changed != id => continue,
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {
-                    let req = self.load_visible(caller, id).await?;
-                    if req.status != RequestStatus::Pending {
-                        return Ok(req);
-                    }
-                }
-                Ok(Err(RecvError::Closed)) => return self.load_visible(caller, id).await,
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return self.load_visible(caller, id).await;
+            }
+            let req = self.load_visible(caller, id).await?;
+            if req.status != RequestStatus::Pending {
+                return Ok(req);
             }
         }
     }

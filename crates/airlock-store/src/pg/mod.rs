@@ -487,7 +487,7 @@ fn listen_loop(config: postgres::Config, events: EventSender, node: String, stop
             continue;
         }
         backoff = Duration::from_millis(100);
-        let _ = events.send(StoreEvent::Resync);
+        events.send(StoreEvent::Resync);
         while !stop.load(Ordering::Relaxed) && conn.usable() {
             let mut notes = conn.client.notifications();
             let mut iter = notes.timeout_iter(Duration::from_secs(1));
@@ -515,9 +515,9 @@ fn relay(payload: &str, node: &str, events: &EventSender) {
     }
     for token in ids.split(',') {
         if token == DIRECTORY_TOKEN {
-            let _ = events.send(StoreEvent::DirectoryChanged);
+            events.send(StoreEvent::DirectoryChanged);
         } else if let Ok(id) = RequestId::parse(token) {
-            let _ = events.send(StoreEvent::Changed { id, remote: true });
+            events.send(StoreEvent::Changed { id, remote: true });
         }
     }
 }
