@@ -203,6 +203,40 @@ pub struct AuditFilter {
     pub until: Option<String>,
 }
 
+impl AuditFilter {
+    /// The filter as a `WHERE` clause on the `audit` table naming only the
+    /// fields that are set, with their values in order; `mark(n)` writes
+    /// the n-th placeholder (1-based). One fixed statement with
+    /// `(?3 IS NULL OR request_id = ?3)` hid the index from SQLite's
+    /// planner, so every request's history (read on each `?wait` answer)
+    /// scanned the whole log.
+    pub(crate) fn where_clause(&self, mark: impl Fn(usize) -> String) -> (String, Vec<&str>) {
+        let fields = [
+            ("actor = ", &self.actor),
+            ("kind = ", &self.kind),
+            ("request_id = ", &self.request),
+            ("subject = ", &self.subject),
+            ("ts >= ", &self.since),
+            ("ts < ", &self.until),
+        ];
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for (condition, value) in fields {
+            if let Some(v) = value {
+                values.push(v.as_str());
+                sql.push_str(if values.len() == 1 {
+                    " WHERE "
+                } else {
+                    " AND "
+                });
+                sql.push_str(condition);
+                sql.push_str(&mark(values.len()));
+            }
+        }
+        (sql, values)
+    }
+}
+
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]
 pub struct StatusFilter {
@@ -268,5 +302,32 @@ impl Cursor {
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}_{}", self.created_at.timestamp_millis(), self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_filter_names_only_what_is_set() {
+        let none = AuditFilter::default();
+        assert_eq!(
+            none.where_clause(|n| format!("?{n}")),
+            (String::new(), vec![])
+        );
+        let f = AuditFilter {
+            request: Some("req_1".into()),
+            kind: Some("decision".into()),
+            until: Some("2026".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.where_clause(|n| format!("${n}")),
+            (
+                " WHERE kind = $1 AND request_id = $2 AND ts < $3".to_owned(),
+                vec!["decision", "req_1", "2026"]
+            )
+        );
     }
 }

@@ -46,25 +46,19 @@ impl AuditRows for Tx<'_> {
         f: &AuditFilter,
         limit: u32,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let none: Option<String> = None;
-        let rows = self.query(
-            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR kind = $2)
-               AND ($3::text IS NULL OR request_id = $3) AND $4::text IS NULL
-               AND ($5::text IS NULL OR ts >= $5) AND ($6::text IS NULL OR ts < $6)
-               AND ($8::text IS NULL OR subject = $8)
-             ORDER BY seq DESC LIMIT $7",
-            &[
-                &f.actor,
-                &f.kind,
-                &f.request,
-                &none,
-                &f.since,
-                &f.until,
-                &i64::from(limit),
-                &f.subject,
-            ],
-        )?;
+        let (conditions, values) = f.where_clause(|n| format!("${n}"));
+        let limit = i64::from(limit);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        params.push(&limit);
+        let sql = format!(
+            "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit{conditions}
+             ORDER BY seq DESC LIMIT ${}",
+            params.len()
+        );
+        let rows = self.query(&sql, &params)?;
         rows.iter().map(audit_row).collect()
     }
 

@@ -129,7 +129,7 @@ impl Drop for PostgresBackend {
 /// session: each query is parsed once per connection, not once per call.
 struct Conn {
     client: Client,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
     /// The writing node's id, named in its announcements.
     node: String,
     /// When it went back to the pool: a connection idle for long may have
@@ -525,7 +525,7 @@ fn relay(payload: &str, node: &str, events: &EventSender) {
 /// Queries over one connection inside a transaction.
 struct Tx<'a> {
     client: &'a mut Client,
-    statements: &'a mut HashMap<&'static str, Statement>,
+    statements: &'a mut HashMap<String, Statement>,
     /// The batch it writes in; `None` when it only reads.
     effects: Option<&'a mut Effects>,
 }
@@ -544,16 +544,19 @@ impl Rows for Tx<'_> {
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 impl Tx<'_> {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+    /// A prepared statement, prepared once per connection. Statements
+    /// built at run time (audit searches) come in a few dozen shapes at
+    /// most, so the cache stays small.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
-    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
         let st = self.statement(sql)?;
         Ok(self.client.query(&st, params)?)
     }

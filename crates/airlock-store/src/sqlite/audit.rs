@@ -56,25 +56,13 @@ impl AuditRows for Tx<'_> {
         f: &AuditFilter,
         limit: u32,
     ) -> Result<Vec<AuditRow>, StoreError> {
+        let (conditions, mut values) = f.where_clause(|n| format!("?{n}"));
+        let limit = limit.to_string();
+        let n = values.len() + 1;
+        values.push(&limit);
         self.audit_rows(
-            &format!(
-                "SELECT {AUDIT_COLS} FROM audit
-                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR kind = ?2)
-                   AND (?3 IS NULL OR request_id = ?3) AND ?4 IS NULL
-                   AND (?5 IS NULL OR ts >= ?5) AND (?6 IS NULL OR ts < ?6)
-                   AND (?8 IS NULL OR subject = ?8)
-                 ORDER BY seq DESC LIMIT ?7"
-            ),
-            params![
-                f.actor,
-                f.kind,
-                f.request,
-                None::<String>,
-                f.since,
-                f.until,
-                limit,
-                f.subject
-            ],
+            &format!("SELECT {AUDIT_COLS} FROM audit{conditions} ORDER BY seq DESC LIMIT ?{n}"),
+            rusqlite::params_from_iter(values),
         )
     }
 
@@ -185,5 +173,46 @@ impl AuditRows for Tx<'_> {
             .prepare_cached("INSERT OR REPLACE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![cp.seq, cp.hash.to_string(), cp.ts, cp.signature])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A request's history is read on every `?wait` answer: it must go
+    /// through the index, not scan a log of millions of records.
+    #[test]
+    fn a_requests_history_is_read_through_the_index() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::sqlite::schema::migrate(&mut conn).unwrap();
+        for kind in [None, Some("decision".to_owned())] {
+            let f = AuditFilter {
+                request: Some("req_x".into()),
+                kind,
+                ..Default::default()
+            };
+            let (conditions, mut values) = f.where_clause(|n| format!("?{n}"));
+            let n = values.len() + 1;
+            values.push("10");
+            let plan: Vec<String> = conn
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT {AUDIT_COLS} FROM audit{conditions} \
+                     ORDER BY seq DESC LIMIT ?{n}"
+                ))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("USING INDEX audit_by_request")),
+                "{plan:?}"
+            );
+        }
     }
 }
