@@ -90,6 +90,40 @@ enum Command {
         #[command(subcommand)]
         command: DlpCommand,
     },
+    /// Print a shell completion script (see the README for where to put
+    /// it).
+    Completions {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `airlock man > airlock.1`.
+    Man,
+}
+
+/// Commands that only print what the argument parser knows: no runtime,
+/// no logging.
+fn describe(command: &Command) -> Option<ExitCode> {
+    use std::io::Write;
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    // Written to memory first: clap_complete panics when its writer fails
+    // (a closed pipe, as with `| head`); stdout's errors are ours to report.
+    let mut text = Vec::new();
+    let rendered = match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "airlock", &mut text);
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(cli).render(&mut text),
+        _ => return None,
+    };
+    let written = rendered.and_then(|()| std::io::stdout().lock().write_all(&text));
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            ExitCode::from(2)
+        }
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +301,9 @@ pub struct Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = describe(&cli.command) {
+        return code;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -371,6 +408,8 @@ fn main() -> ExitCode {
                 tokio::task::spawn_blocking(move || dlp::scan(json, config.as_deref(), &files))
                     .await?
             }
+            // Answered by `describe` before the runtime starts.
+            Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

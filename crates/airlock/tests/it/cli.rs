@@ -183,3 +183,37 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     assert!(!set("alice", "short\n").status.success());
     assert!(!set("nobody", "long enough password\n").status.success());
 }
+
+#[test]
+fn completions_and_man_page_describe_every_command() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _airlock"), "{bash}");
+    for sub in ["serve", "requests", "policy", "completions", "man"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    // The script is one bash accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("airlock.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(checked.success(), "bash -n refused the completion script");
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef airlock"));
+    assert!(run(&["completions", "fish"]).contains("complete -c airlock"));
+    let man = run(&["man"]);
+    assert!(man.contains(".TH airlock 1"), "{man}");
+    assert!(man.contains("serve") && man.contains("breakglass"), "{man}");
+    let refused = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "an unknown shell is refused");
+}
