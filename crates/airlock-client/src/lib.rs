@@ -9,6 +9,31 @@
 //! - [`Enforcer`]: check → wait for the decision → consume the grant →
 //!   report the outcome, over any [`Gate`].
 //!
+//! Ask, wait for approval, run once, report (the README's example; kept
+//! here so it compiles):
+//!
+//! ```no_run
+//! # async fn export(token: String, sql: String) -> Result<(), Box<dyn std::error::Error>> {
+//! # fn run_export(_sql: &str) -> Result<(), std::io::Error> { Ok(()) }
+//! use airlock_client::{api::{CheckBody, Outcome}, Client, Enforcer, Entry};
+//!
+//! let airlock = Enforcer::new(Client::new("http://127.0.0.1:8080", &token)?);
+//! let body: CheckBody = serde_json::from_value(serde_json::json!({
+//!     "action": "export", "resource": {"type": "Table", "id": "prod.customers"}, "params": {"sql": sql},
+//! }))?;
+//! match airlock.enter(&body, std::time::Duration::from_secs(600)).await? {
+//!     Entry::Allowed { .. } => run_export(&sql)?,
+//!     Entry::Granted { grant, .. } => {
+//!         let ran = run_export(&sql);
+//!         let outcome = if ran.is_ok() { Outcome::Success } else { Outcome::Failure };
+//!         airlock.complete(grant.grant_id, outcome, Default::default()).await?;
+//!         ran?
+//!     }
+//!     other => return Err(format!("not approved: {other:?}").into()),
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! An enforcement point holds no signing key and no database credentials:
 //! this crate depends on no store, server, key, auth or notification crate,
 //! and a test below checks it from `cargo metadata`.
