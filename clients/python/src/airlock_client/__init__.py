@@ -198,7 +198,8 @@ class Airlock:
         reason: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Iterator[Permit]:
-        """Check, wait for approval (up to `timeout` seconds), consume the
+        """Check, wait for approval (up to `timeout` seconds; None: one
+        long-poll, as long as the server allows), consume the
         grant, run the block once, and report its outcome: `success`, or
         `failure` when the block raises (the exception goes on).
 
