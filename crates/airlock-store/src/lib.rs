@@ -361,10 +361,14 @@ pub struct Store {
     reads: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many reads run at once, per node: more than the cores, so a slow
-/// read does not hold the others up, few enough to keep threads and
-/// connections (and their memory) bounded.
+/// How many reads run at once, per node, on either backend: more than the
+/// cores, so a slow read does not hold the others up, few enough to keep
+/// threads and connections (and their memory) bounded; on PostgreSQL, so
+/// a burst of requests cannot exhaust the server's `max_connections` for
+/// every node.
 const MAX_CONCURRENT_READS: usize = 8;
+/// How long a read waits for a turn before failing (503, never an answer).
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -446,17 +450,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        // Held until the read answers; the semaphore is never closed.
-        let _turn = self
-            .reads
-            .acquire()
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.backend.read(Box::new(move |r| {
-            let _ = tx.send(r.and_then(f));
-        }))?;
-        rx.await.unwrap_or(Err(StoreError::WriterGone))
+        self.read_with(|b, job| b.read(job), f).await
     }
 
     /// Like [`Store::read`], for an `f` that makes exactly one query (an
@@ -467,15 +461,29 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let _turn = self
-            .reads
-            .acquire()
+        self.read_with(|b, job| b.read_single(job), f).await
+    }
+
+    /// Takes one of the read turns (waiting at most [`READ_WAIT`]), then
+    /// hands `f` to the backend with `start` and waits for its answer.
+    async fn read_with<R: Send + 'static>(
+        &self,
+        start: impl FnOnce(&dyn Backend, ReadJob) -> Result<(), StoreError>,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        // Held until the read answers. Too long a wait is an error (503),
+        // never an answer; the semaphore is never closed.
+        let _turn = tokio::time::timeout(READ_WAIT, self.reads.acquire())
             .await
+            .map_err(|_| StoreError::Db("too many reads at once on this node".into()))?
             .map_err(|_| StoreError::WriterGone)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.backend.read_single(Box::new(move |r| {
-            let _ = tx.send(r.and_then(f));
-        }))?;
+        start(
+            self.backend.as_ref(),
+            Box::new(move |r| {
+                let _ = tx.send(r.and_then(f));
+            }),
+        )?;
         rx.await.unwrap_or(Err(StoreError::WriterGone))
     }
 }

@@ -44,53 +44,6 @@ const MAX_PAYLOAD: usize = 7000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reader connections kept open.
 const POOL: usize = 8;
-/// Most reads one node runs at once, so most reader connections it holds
-/// (idle ones aside): every API request reads its key, and without a bound a
-/// burst of requests would open a connection each and exhaust the server's
-/// `max_connections` for every node.
-const MAX_READERS: usize = 16;
-/// How long a read waits for a turn before failing (503, never an answer).
-const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Counts the reads running on this node, up to [`MAX_READERS`].
-#[derive(Debug, Default)]
-struct ReadTurns {
-    running: Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-/// A running read's turn; given back when dropped.
-struct Turn<'a>(&'a ReadTurns);
-
-impl ReadTurns {
-    fn take(&self) -> Result<Turn<'_>, StoreError> {
-        let busy = || StoreError::Db("too many reads at once on this node".into());
-        let mut running = self.running.lock().map_err(|_| busy())?;
-        let deadline = Instant::now() + READ_WAIT;
-        while *running >= MAX_READERS {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(busy());
-            }
-            running = self
-                .freed
-                .wait_timeout(running, left)
-                .map_err(|_| busy())?
-                .0;
-        }
-        *running += 1;
-        Ok(Turn(self))
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut running) = self.0.running.lock() {
-            *running = running.saturating_sub(1);
-        }
-        self.0.freed.notify_one();
-    }
-}
 /// A pooled connection used more recently than this runs single-query
 /// reads without `BEGIN`; an older one goes through `begin`, which
 /// replaces it if it died while idle.
@@ -107,7 +60,6 @@ const SESSION_OPTIONS: &str =
 pub struct PostgresBackend {
     jobs: batch::Queue,
     readers: Arc<Mutex<Vec<Conn>>>,
-    turns: Arc<ReadTurns>,
     config: postgres::Config,
     stop: Arc<AtomicBool>,
 }
@@ -252,7 +204,6 @@ impl PostgresBackend {
         Ok(Self {
             jobs: batch::Queue::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
-            turns: Arc::default(),
             config,
             stop,
         })
@@ -331,12 +282,7 @@ impl Backend for PostgresBackend {
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
         let pool = self.readers.clone();
         let config = self.config.clone();
-        let turns = self.turns.clone();
         batch::blocking(move || {
-            let _turn = match turns.take() {
-                Ok(t) => t,
-                Err(e) => return job(Err(e)),
-            };
             let mut slot = pool.lock().ok().and_then(|mut p| p.pop());
             if let Err(e) = begin(&mut slot, &config, BEGIN_READ) {
                 return job(Err(e));
@@ -364,12 +310,7 @@ impl Backend for PostgresBackend {
             return self.read(job);
         };
         let pool = self.readers.clone();
-        let turns = self.turns.clone();
         batch::blocking(move || {
-            let _turn = match turns.take() {
-                Ok(t) => t,
-                Err(e) => return job(Err(e)),
-            };
             // Autocommit: the one query is its own transaction. A
             // connection that died since its last use fails this read (an
             // error, never an answer) and is dropped.
