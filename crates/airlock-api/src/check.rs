@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::RequestView;
 
 /// The body of `POST /v1/check`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     /// Who; defaults to the key's user. Only enforcer keys may name another.
@@ -32,7 +32,7 @@ pub struct CheckBody {
 }
 
 /// What a check answers, told apart by `decision`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum CheckResponse {
     /// Allowed outright.
@@ -136,7 +136,7 @@ impl CheckBody {
 /// What `GET /v1/whoami` answers: the calling key's user and role. An
 /// enforcement point asks it with its end user's key, to learn whom to
 /// check for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoamiResponse {
     /// The key's user.
     pub user: UserName,
@@ -147,7 +147,7 @@ pub struct WhoamiResponse {
 /// `POST /v1/auth/scram` (enforcer keys): checks a SCRAM-SHA-256 proof a
 /// database client made with one of `user`'s API keys, so the PostgreSQL
 /// proxy can log the user in without holding any verifier.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScramLoginBody {
     /// Who is logging in (the startup message's `user`).
@@ -160,7 +160,7 @@ pub struct ScramLoginBody {
 }
 
 /// A proof that passed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScramLoginResponse {
     /// The user logged in.
     pub user: UserName,
@@ -173,7 +173,7 @@ pub struct ScramLoginResponse {
 /// `POST /v1/auth/key` (enforcer keys): whether `user`'s key `key` may
 /// still be used, so a proxy ends sessions opened with a key revoked or
 /// expired since.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyLiveBody {
     /// Whose key.
@@ -183,7 +183,7 @@ pub struct KeyLiveBody {
 }
 
 /// The answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyLiveResponse {
     /// False once the key is revoked, expired or its user removed.
     pub live: bool,

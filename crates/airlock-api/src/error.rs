@@ -96,6 +96,34 @@ impl ErrorCode {
         Self::Unknown,
     ];
 
+    /// The HTTP status the code is always sent with: the one place that
+    /// says so, for the server's responses and for the API document.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest | Self::ReasonRequired | Self::UntrustedContext => 400,
+            Self::Unauthenticated => 401,
+            Self::Forbidden
+            | Self::SelfReview
+            | Self::NotEligible
+            | Self::StepUpRequired
+            | Self::GrantExpired
+            | Self::GrantSpent
+            | Self::GrantRevoked
+            | Self::ActionMismatch
+            | Self::InvalidGrant => 403,
+            Self::NotFound => 404,
+            Self::WrongState | Self::AlreadyReviewed => 409,
+            Self::PayloadTooLarge => 413,
+            Self::TooManyPending
+            | Self::RateLimited
+            | Self::TooManyWaits
+            | Self::TooManyAttempts => 429,
+            Self::UpstreamUnavailable => 502,
+            Self::StorageUnavailable | Self::AuditUnavailable => 503,
+            Self::Unknown => 500,
+        }
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -128,6 +156,28 @@ impl ErrorCode {
     }
 }
 
+/// The codes the server sends (not `unknown`, which only clients make).
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "Machine-readable; each code is always sent with the same status. \
+                 New codes may be added: treat one you do not know by its status.",
+            ))
+            .enum_values(Some(
+                Self::ALL
+                    .iter()
+                    .filter(|c| **c != Self::Unknown)
+                    .map(|c| c.as_str()),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -135,14 +185,14 @@ impl fmt::Display for ErrorCode {
 }
 
 /// `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The code for programs, the message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable.
     pub code: ErrorCode,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The body of `POST /v1/grants/consume`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeBody {
     /// The grant token.
@@ -16,7 +16,7 @@ pub struct ConsumeBody {
 }
 
 /// What consuming answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsumeResponse {
     /// The grant one use of which was spent.
     pub grant_id: GrantId,
@@ -25,7 +25,7 @@ pub struct ConsumeResponse {
 }
 
 /// How a consumed use of a grant went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The action succeeded.
@@ -45,7 +45,7 @@ impl Outcome {
 }
 
 /// The body of `POST /v1/grants/{id}/complete`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     /// `success` or `failure`.
@@ -56,7 +56,7 @@ pub struct CompleteBody {
 }
 
 /// What completing answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompleteResponse {
     /// The grant.
     pub grant_id: GrantId,

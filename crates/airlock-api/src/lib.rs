@@ -11,6 +11,7 @@
 pub mod check;
 pub mod error;
 pub mod grant;
+pub mod oversight;
 pub mod request;
 pub mod time;
 pub mod webhook;
@@ -21,6 +22,10 @@ pub use check::{
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use grant::{CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, Outcome};
+pub use oversight::{
+    AuditPage, ConsistencyProof, InclusionProof, KeySet, OutboxList, OutboxRetried, OutboxView,
+    PublicKeyView,
+};
 pub use request::{
     DecisionView, GrantView, ReasonBody, RequestList, RequestView, ReviewBody, ReviewChannel,
     ReviewView, ThresholdView,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The contract's REQUEST object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestView {
     /// The request's id.
     pub id: RequestId,
@@ -47,9 +47,11 @@ pub struct RequestView {
     pub reviews: Vec<ReviewView>,
     /// When it was asked.
     #[serde(with = "crate::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// When it stops waiting.
     #[serde(with = "crate::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
     /// Its page in the console.
     pub url: String,
@@ -129,7 +131,7 @@ impl RequestView {
 
 /// One threshold as shown: its groups and quorum, the approvals so far,
 /// and who may approve (everyone in the groups but the requester).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ThresholdView {
     /// Members of any of these groups are eligible.
     pub groups: Vec<GroupName>,
@@ -164,7 +166,7 @@ impl ThresholdView {
 }
 
 /// One review as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReviewView {
     /// Who reviewed.
     pub reviewer: UserName,
@@ -176,6 +178,7 @@ pub struct ReviewView {
     pub channel: String,
     /// When.
     #[serde(with = "crate::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
 }
 
@@ -192,12 +195,13 @@ impl From<&airlock_core::Review> for ReviewView {
 }
 
 /// An approved request's grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantView {
     /// The grant's id.
     pub grant_id: GrantId,
     /// When it stops being usable.
     #[serde(with = "crate::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
     /// How many uses it has.
     pub max_uses: u32,
@@ -231,7 +235,7 @@ impl GrantView {
 /// One decision recorded about a request, as the audit log holds it.
 /// Fields are shown as recorded, so records written by older versions
 /// show as they were.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionView {
     /// The audit record.
     pub seq: i64,
@@ -249,7 +253,7 @@ pub struct DecisionView {
 
 /// `GET /v1/requests`: one page, and the cursor of the next (`null` on
 /// the last page).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestList {
     /// Newest first.
     pub requests: Vec<RequestView>,
@@ -258,7 +262,7 @@ pub struct RequestList {
 }
 
 /// Where a review was given through the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewChannel {
     /// A program (the default).
@@ -278,7 +282,7 @@ impl ReviewChannel {
 }
 
 /// The body of `POST /v1/requests/{id}/reviews`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewBody {
     /// `approve` or `deny`.
@@ -296,7 +300,7 @@ pub struct ReviewBody {
 }
 
 /// The optional body of `POST /v1/requests/{id}/revoke`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     /// Why.

@@ -22,6 +22,32 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::
         .map_err(serde::de::Error::custom)
 }
 
+/// For `#[serde(default, with = "airlock_api::time::option")]` on an
+/// `Option<DateTime<Utc>>` field (`null` when none).
+pub mod option {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `null`, or the time as [`super::fmt`] writes it.
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::fmt(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// `null` or any RFC 3339 time, as UTC.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

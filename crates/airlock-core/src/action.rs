@@ -138,7 +138,7 @@ pub fn parse_type_id(s: &str) -> Result<(ResourceType, ResourceId), ParseError> 
 }
 
 /// What the action is performed on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
     /// Entity type, e.g. `Table`.
@@ -157,7 +157,7 @@ pub struct Resource {
 }
 
 /// One action as an enforcement point describes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     /// Who performs it.
@@ -335,6 +335,45 @@ pub(crate) fn write_json_string(s: &str, out: &mut Vec<u8>) {
     // &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
+
+impl utoipa::PartialSchema for ResourceType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::string(
+            "An entity type name, like `Table` or `Db::Table`.",
+            Some("^[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*$"),
+            1,
+            128,
+        )
+    }
+}
+
+impl utoipa::ToSchema for ResourceType {}
+
+impl utoipa::PartialSchema for ResourceId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::string(
+            "A resource's id: any text without control characters.",
+            Some("^[^\\x00-\\x1f\\x7f-\\x9f]+$"),
+            1,
+            MAX_RESOURCE_ID,
+        )
+    }
+}
+
+impl utoipa::ToSchema for ResourceId {}
+
+impl utoipa::PartialSchema for Fingerprint {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::string(
+            "SHA-256 of the action's canonical form (principal, action, resource, params), hex.",
+            Some("^[0-9a-fA-F]{64}$"),
+            64,
+            64,
+        )
+    }
+}
+
+impl utoipa::ToSchema for Fingerprint {}
 
 /// SHA-256 fingerprint of an action.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -377,8 +377,24 @@ fn lower_hex_hash(s: &str) -> Option<ChainHash> {
     (bad & 0xf0 == 0).then_some(ChainHash(out))
 }
 
+impl utoipa::PartialSchema for ChainHash {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::string("A SHA-256 hash, hex.", Some("^[0-9a-f]{64}$"), 64, 64)
+    }
+}
+
+impl utoipa::ToSchema for ChainHash {}
+
+impl utoipa::PartialSchema for RecordedJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::free_object("The record's details, exactly as stored and hashed.")
+    }
+}
+
+impl utoipa::ToSchema for RecordedJson {}
+
 /// A record in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// 1, 2, 3, … with no gaps.
     pub seq: i64,

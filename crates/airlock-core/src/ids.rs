@@ -63,6 +63,22 @@ macro_rules! id_type {
                 write!(f, "{}{}", $prefix, self.0.as_hyphenated())
             }
         }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::schema::string(
+                    concat!("A ", $what, ": `", $prefix, "` and a UUID."),
+                    Some(concat!(
+                        "^", $prefix,
+                        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+                    )),
+                    40,
+                    40,
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {}
     };
 }
 

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod merkle;
 pub mod names;
 pub mod request;
+mod schema;
 pub mod scram;
 pub mod ttl;
 

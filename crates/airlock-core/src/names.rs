@@ -79,8 +79,24 @@ macro_rules! name_type {
                 f.write_str(&self.0)
             }
         }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::schema::string(
+                    concat!("A ", $what, ": ASCII letters, digits and `_ - . @ +`."),
+                    Some(NAME_PATTERN),
+                    1,
+                    MAX_NAME,
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {}
     };
 }
+
+/// [`check_name`]'s alphabet and length, as the API document states it.
+const NAME_PATTERN: &str = "^[A-Za-z0-9_.@+-]{1,128}$";
 
 name_type!(
     /// A user (principal) name, such as `alice`.

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 /// Why keys could not be loaded or created. The server does not start.
@@ -187,6 +186,11 @@ impl PublicKey {
         )
     }
 
+    /// The key's 32 bytes, hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
     /// A short id: the first 8 bytes of the key, in hex.
     pub fn id(&self) -> String {
         key_id(&self.0)
@@ -200,35 +204,6 @@ pub struct PublicKeys {
     pub grant: PublicKey,
     /// Verifies audit checkpoints.
     pub audit: PublicKey,
-}
-
-#[derive(Serialize)]
-struct KeyJson {
-    kid: String,
-    #[serde(rename = "use")]
-    usage: &'static str,
-    alg: &'static str,
-    paserk: String,
-    public_key_hex: String,
-}
-
-impl PublicKeys {
-    /// `{"keys": [...]}` for `/v1/keys`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let k = |usage, alg, key: &PublicKey| KeyJson {
-            kid: key.id(),
-            usage,
-            alg,
-            paserk: key.paserk(),
-            public_key_hex: hex::encode(key.0.as_bytes()),
-        };
-        serde_json::json!({
-            "keys": [
-                k("grant", "v4.public", &self.grant),
-                k("audit", "ed25519", &self.audit),
-            ]
-        })
-    }
 }
 
 fn key_id(k: &VerifyingKey) -> String {

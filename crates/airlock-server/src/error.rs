@@ -114,23 +114,9 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status.
+    /// The HTTP status: the code's (see [`ErrorCode::status`]).
     pub fn status(&self) -> u16 {
-        match self {
-            ApiError::BadRequest(_)
-            | ApiError::ReasonRequired(_)
-            | ApiError::UntrustedContext(_) => 400,
-            ApiError::Unauthenticated | ApiError::KeyRefused(_) => 401,
-            ApiError::Forbidden { .. } | ApiError::Grant { .. } => 403,
-            ApiError::NotFound(_) => 404,
-            ApiError::Conflict { .. } => 409,
-            ApiError::TooLarge => 413,
-            ApiError::TooMany { .. }
-            | ApiError::TooManyPending { .. }
-            | ApiError::RateLimited { .. } => 429,
-            ApiError::Storage(_) | ApiError::Audit(_) => 503,
-            ApiError::Upstream(_) => 502,
-        }
+        self.code().status()
     }
 
     /// The machine-readable code: the one place a failure is given one.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{
-    CheckResponse, CompleteResponse, ConsumeResponse, ReasonBody, RequestList, RequestView,
-    ReviewBody, ReviewChannel,
+    AuditPage, CheckResponse, CompleteResponse, ConsistencyProof, ConsumeResponse, InclusionProof,
+    KeySet, OutboxList, OutboxRetried, OutboxView, PublicKeyView, ReasonBody, RequestList,
+    RequestView, ReviewBody, ReviewChannel,
 };
 use airlock_core::{GrantId, RequestId, RequestStatus};
 use axum::body::Bytes;
@@ -19,9 +20,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 pub mod listen;
+mod openapi;
 mod respond;
 
 use respond::ApiJson;
@@ -61,6 +63,23 @@ fn parse_request_id(s: &str) -> Result<RequestId, ApiError> {
 /// Builds the router.
 pub fn router(airlock: AppState) -> Router {
     let limit = airlock.config.load().server.max_body_bytes;
+    v1().route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
+        .merge(crate::integrations::slack::routes())
+        .merge(crate::integrations::discord::routes())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::BadRequest("method not allowed on this endpoint".into())
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(airlock)
+}
+
+/// The API v1, every route of which the document at `/v1/openapi.json`
+/// describes (a test holds the two together).
+fn v1() -> Router<AppState> {
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/breakglass", post(breakglass))
@@ -81,18 +100,7 @@ pub fn router(airlock: AppState) -> Router {
         .route("/v1/auth/key", post(key_live))
         .route("/v1/outbox", get(outbox))
         .route("/v1/outbox/{id}/retry", post(outbox_retry))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .merge(crate::web::routes())
-        .merge(crate::integrations::slack::routes())
-        .merge(crate::integrations::discord::routes())
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async {
-            ApiError::BadRequest("method not allowed on this endpoint".into())
-        })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(security_headers))
-        .with_state(airlock)
+        .route("/v1/openapi.json", get(openapi::document))
 }
 
 /// What the console's pages may load: only this origin's script and
@@ -122,6 +130,15 @@ async fn security_headers(mut res: Response) -> Response {
     res
 }
 
+#[utoipa::path(post, path = "/v1/check", tag = "decide",
+    summary = "Decide an action: allow, deny, or hold it for approval",
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "The decision, told apart by `decision`", body = CheckResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 413, response = openapi::Error413),
+        (status = 429, response = openapi::Error429), (status = 503, response = openapi::Error503),
+    ))]
 async fn check(
     State(airlock): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -132,6 +149,15 @@ async fn check(
     Ok(Json(airlock.check_answer(out, &caller)))
 }
 
+#[utoipa::path(post, path = "/v1/breakglass", tag = "decide",
+    summary = "Break glass: approve an action at once, for review after the fact",
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "The request, approved, with its grant token", body = RequestView),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 413, response = openapi::Error413),
+        (status = 429, response = openapi::Error429), (status = 503, response = openapi::Error503),
+    ))]
 /// `POST /v1/breakglass`: the body of a check (with a reason) → REQUEST,
 /// approved at once, with its grant token for the caller.
 async fn breakglass(
@@ -144,12 +170,24 @@ async fn breakglass(
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct WaitQuery {
+    /// Seconds to wait for a decision before answering (at most
+    /// `[server] max_wait_seconds`); answers at once when absent.
     wait: Option<f64>,
 }
 
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests",
+    summary = "Read a request; with `wait`, long-poll until it is decided",
+    params(("id" = String, Path, description = "The request's id (`req_…`)"), WaitQuery),
+    responses(
+        (status = 200, description = "The request, with every description it was decided on", body = RequestView),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 404, response = openapi::Error404), (status = 429, response = openapi::Error429),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn get_request(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -173,15 +211,26 @@ async fn get_request(
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Comma-separated statuses (`pending,approved`), or `all` (default).
     status: Option<String>,
+    /// At most this many (default 100).
     limit: Option<u32>,
     /// The `next` of the previous page.
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/requests", tag = "requests",
+    summary = "List the requests the caller may see, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of requests", body = RequestList),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn list_requests(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -217,6 +266,17 @@ async fn list_requests(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/requests/{id}/reviews", tag = "requests",
+    summary = "Approve or deny a request",
+    params(("id" = String, Path, description = "The request's id (`req_…`)")),
+    request_body = ReviewBody,
+    responses(
+        (status = 200, description = "The request after the review", body = RequestView),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 404, response = openapi::Error404),
+        (status = 409, response = openapi::Error409), (status = 413, response = openapi::Error413),
+        (status = 429, response = openapi::Error429), (status = 503, response = openapi::Error503),
+    ))]
 async fn review(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -248,6 +308,15 @@ fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiE
     serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests",
+    summary = "Withdraw one's own pending request",
+    params(("id" = String, Path, description = "The request's id (`req_…`)")),
+    responses(
+        (status = 200, description = "The request, cancelled", body = RequestView),
+        (status = 401, response = openapi::Error401), (status = 403, response = openapi::Error403),
+        (status = 404, response = openapi::Error404), (status = 409, response = openapi::Error409),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn cancel(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -258,6 +327,17 @@ async fn cancel(
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
+#[utoipa::path(post, path = "/v1/requests/{id}/revoke", tag = "requests",
+    summary = "Kill an approved request's grant",
+    params(("id" = String, Path, description = "The request's id (`req_…`)")),
+    request_body(content = Option<ReasonBody>, description = "Optional; an empty body is no reason"),
+    responses(
+        (status = 200, description = "The request, revoked", body = RequestView),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 404, response = openapi::Error404),
+        (status = 409, response = openapi::Error409), (status = 413, response = openapi::Error413),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn revoke(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -270,6 +350,16 @@ async fn revoke(
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
+#[utoipa::path(post, path = "/v1/grants/consume", tag = "grants",
+    summary = "Spend one use of a grant on exactly the action it was approved for",
+    request_body = ConsumeBody,
+    responses(
+        (status = 200, description = "One use spent", body = ConsumeResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 404, response = openapi::Error404),
+        (status = 409, response = openapi::Error409), (status = 413, response = openapi::Error413),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn consume(
     State(airlock): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -283,6 +373,17 @@ async fn consume(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/grants/{id}/complete", tag = "grants",
+    summary = "Report how a consumed use went",
+    params(("id" = String, Path, description = "The grant's id (`grt_…`)")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "On record", body = CompleteResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 404, response = openapi::Error404),
+        (status = 409, response = openapi::Error409), (status = 413, response = openapi::Error413),
+        (status = 503, response = openapi::Error503),
+    ))]
 async fn complete(
     State(airlock): State<AppState>,
     caller: Caller,
@@ -297,24 +398,42 @@ async fn complete(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
+    /// Records after this `seq` (default 0: from the first).
     after: Option<i64>,
+    /// At most this many, 1 to 10000 (default 100).
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    summary = "Read the audit log, oldest first (admins and auditors)",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of records", body = AuditPage),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 503, response = openapi::Error503),
+    ))]
 async fn audit(
     State(airlock): State<AppState>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let records = airlock.audit_after(&caller, after, limit).await?;
-    Ok(Json(json!({"records": records})))
+    Ok(Json(AuditPage { records }))
 }
 
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit",
+    summary = "The newest signed checkpoint of the log's Merkle tree (a C2SP signed note)",
+    responses(
+        (status = 200, description = "The note", content_type = "text/plain", body = String),
+        (status = 401, response = openapi::Error401), (status = 404, response = openapi::Error404),
+        (status = 503, response = openapi::Error503),
+    ))]
 /// The newest signed checkpoint of the log's Merkle tree, as the C2SP
 /// note itself (text/plain); 404 before the first.
 async fn audit_checkpoint(
@@ -336,78 +455,130 @@ async fn audit_checkpoint(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InclusionQuery {
+    /// The record.
     seq: u64,
+    /// The tree's size (default: the newest checkpoint's).
     size: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit",
+    summary = "Prove a record is in a checkpointed tree (admins and auditors)",
+    params(InclusionQuery),
+    responses(
+        (status = 200, description = "The proof", body = InclusionProof),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 503, response = openapi::Error503),
+    ))]
 async fn audit_inclusion(
     State(airlock): State<AppState>,
     caller: Caller,
     Query(q): Query<InclusionQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InclusionProof>, ApiError> {
     Ok(Json(airlock.audit_inclusion(&caller, q.seq, q.size).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ConsistencyQuery {
+    /// The older tree's size.
     from: u64,
+    /// The newer tree's size (default: the newest checkpoint's).
     to: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit",
+    summary = "Prove a newer tree extends an older one (admins and auditors)",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "The proof", body = ConsistencyProof),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 503, response = openapi::Error503),
+    ))]
 async fn audit_consistency(
     State(airlock): State<AppState>,
     caller: Caller,
     Query(q): Query<ConsistencyQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConsistencyProof>, ApiError> {
     Ok(Json(
         airlock.audit_consistency(&caller, q.from, q.to).await?,
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OutboxQuery {
+    /// `pending`, `delivered` or `failed` (default: all).
     status: Option<String>,
+    /// At most this many, 1 to 10000 (default 100).
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/outbox", tag = "notifications",
+    summary = "Notifications: delivered, waiting, failed (admins and auditors)",
+    params(OutboxQuery),
+    responses(
+        (status = 200, description = "The messages", body = OutboxList),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 503, response = openapi::Error503),
+    ))]
 /// Notifications in the outbox (admin): what was delivered, what waits,
 /// and what failed for good.
 async fn outbox(
     State(airlock): State<AppState>,
     caller: Caller,
     Query(q): Query<OutboxQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutboxList>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let messages = airlock.outbox_list(&caller, q.status, limit).await?;
-    let list: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id, "target": m.target, "event": m.event, "status": m.status,
-                "attempts": m.attempts, "last_error": m.last_error,
-                "next_attempt_at": airlock_store::time::fmt(m.next_attempt_at),
-                "created_at": airlock_store::time::fmt(m.created_at),
-                "delivered_at": m.delivered_at.map(airlock_store::time::fmt),
-            })
+    let messages = messages
+        .into_iter()
+        .map(|m| OutboxView {
+            id: m.id,
+            target: m.target,
+            event: m.event,
+            status: m.status,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            next_attempt_at: m.next_attempt_at,
+            created_at: m.created_at,
+            delivered_at: m.delivered_at,
         })
         .collect();
-    Ok(Json(json!({"messages": list})))
+    Ok(Json(OutboxList { messages }))
 }
 
+#[utoipa::path(post, path = "/v1/outbox/{id}/retry", tag = "notifications",
+    summary = "Put a failed notification back in line (admins and auditors)",
+    params(("id" = String, Path, description = "The message's id")),
+    responses(
+        (status = 200, description = "Back in line", body = OutboxRetried),
+        (status = 401, response = openapi::Error401), (status = 403, response = openapi::Error403),
+        (status = 409, response = openapi::Error409), (status = 503, response = openapi::Error503),
+    ))]
 /// Puts a failed notification back in line (admin).
 async fn outbox_retry(
     State(airlock): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutboxRetried>, ApiError> {
     airlock.retry_outbox(&caller, id.clone()).await?;
-    Ok(Json(json!({"id": id, "status": "pending"})))
+    Ok(Json(OutboxRetried {
+        id,
+        status: "pending".to_owned(),
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/whoami", tag = "keys",
+    summary = "The calling key's user and role",
+    responses(
+        (status = 200, description = "Who", body = airlock_api::WhoamiResponse),
+        (status = 401, response = openapi::Error401), (status = 503, response = openapi::Error503),
+    ))]
 /// The calling key's user and role: how a proxy holding an enforcer key
 /// learns whom an end user's `Airlock-Token` names.
 async fn whoami(caller: Caller) -> Json<airlock_api::WhoamiResponse> {
@@ -417,6 +588,15 @@ async fn whoami(caller: Caller) -> Json<airlock_api::WhoamiResponse> {
     })
 }
 
+#[utoipa::path(post, path = "/v1/auth/scram", tag = "keys",
+    summary = "Check a database client's SCRAM-SHA-256 proof (enforcer keys)",
+    request_body = airlock_api::ScramLoginBody,
+    responses(
+        (status = 200, description = "The proof passed", body = airlock_api::ScramLoginResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 413, response = openapi::Error413),
+        (status = 429, response = openapi::Error429), (status = 503, response = openapi::Error503),
+    ))]
 /// Checks a database client's SCRAM proof (enforcer keys: the PostgreSQL
 /// proxy).
 async fn scram_login(
@@ -427,6 +607,15 @@ async fn scram_login(
     Ok(Json(airlock.scram_login(&caller, body).await?))
 }
 
+#[utoipa::path(post, path = "/v1/auth/key", tag = "keys",
+    summary = "Whether a user's key may still be used (enforcer keys)",
+    request_body = airlock_api::KeyLiveBody,
+    responses(
+        (status = 200, description = "The answer", body = airlock_api::KeyLiveResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 413, response = openapi::Error413),
+        (status = 503, response = openapi::Error503),
+    ))]
 /// Whether a user's key may still be used (enforcer keys).
 async fn key_live(
     State(airlock): State<AppState>,
@@ -436,8 +625,27 @@ async fn key_live(
     Ok(Json(airlock.key_live(&caller, body).await?))
 }
 
-async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<Value> {
-    Json(airlock.public_keys().to_json())
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    summary = "The public keys that verify grant tokens and audit checkpoints",
+    responses(
+        (status = 200, description = "The keys", body = KeySet),
+        (status = 401, response = openapi::Error401), (status = 503, response = openapi::Error503),
+    ))]
+async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<KeySet> {
+    let keys = airlock.public_keys();
+    let view = |usage: &str, alg: &str, key: &airlock_keys::PublicKey| PublicKeyView {
+        kid: key.id(),
+        usage: usage.to_owned(),
+        alg: alg.to_owned(),
+        paserk: key.paserk(),
+        public_key_hex: key.hex(),
+    };
+    Json(KeySet {
+        keys: vec![
+            view("grant", "v4.public", &keys.grant),
+            view("audit", "ed25519", &keys.audit),
+        ],
+    })
 }
 
 /// How long `/healthz` waits for the store before calling it unavailable.

@@ -1,9 +1,10 @@
 //! Reading the audit log and the notification outbox, and retrying a
 //! failed notification: one rule for who may, whichever channel asks.
 
+use airlock_api::{ConsistencyProof, InclusionProof};
 use airlock_core::{merkle, AuditKind, AuditRecord, NewAuditRecord, Request};
 use airlock_store::{AuditFilter, OutboxMessage, StatusFilter, Verification};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{Airlock, Caller};
 use crate::ApiError;
@@ -54,7 +55,7 @@ impl Airlock {
         caller: &Caller,
         seq: u64,
         size: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<InclusionProof, ApiError> {
         self.oversee(caller)?;
         let out = self
             .store
@@ -74,11 +75,14 @@ impl Airlock {
                 let root = merkle::root(&mut nodes, size);
                 let leaf = nodes(0, seq - 1);
                 Ok(match (proof, root, leaf) {
-                    (Ok(p), Ok(root), Some(leaf)) => Ok(json!({
-                        "seq": seq, "size": size, "leaf_index": seq - 1,
-                        "leaf_hash": b64(&leaf), "root": b64(&root),
-                        "proof": p.iter().map(|h| b64(h)).collect::<Vec<_>>(),
-                    })),
+                    (Ok(p), Ok(root), Some(leaf)) => Ok(InclusionProof {
+                        seq,
+                        size,
+                        leaf_index: seq - 1,
+                        leaf_hash: b64(&leaf),
+                        root: b64(&root),
+                        proof: p.iter().map(|h| b64(h)).collect(),
+                    }),
                     _ => Err("the tree is incomplete".to_owned()),
                 })
             })
@@ -92,7 +96,7 @@ impl Airlock {
         caller: &Caller,
         from: u64,
         to: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ConsistencyProof, ApiError> {
         self.oversee(caller)?;
         let out = self
             .store
@@ -112,10 +116,13 @@ impl Airlock {
                 let old = merkle::root(&mut nodes, from);
                 let new = merkle::root(&mut nodes, to);
                 Ok(match (proof, old, new) {
-                    (Ok(p), Ok(old), Ok(new)) => Ok(json!({
-                        "from": from, "to": to, "from_root": b64(&old), "to_root": b64(&new),
-                        "proof": p.iter().map(|h| b64(h)).collect::<Vec<_>>(),
-                    })),
+                    (Ok(p), Ok(old), Ok(new)) => Ok(ConsistencyProof {
+                        from,
+                        to,
+                        from_root: b64(&old),
+                        to_root: b64(&new),
+                        proof: p.iter().map(|h| b64(h)).collect(),
+                    }),
                     _ => Err("the tree is incomplete".to_owned()),
                 })
             })
