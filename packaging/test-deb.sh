@@ -22,7 +22,7 @@ getent passwd airlock >/dev/null || { echo "no airlock user" >&2; exit 1; }
 # The config is the service's to read, not everyone's.
 perms=$(stat -c '%a %U:%G' /etc/airlock/airlock.toml)
 [ "$perms" = "640 root:airlock" ] || { echo "airlock.toml is $perms, want 640 root:airlock" >&2; exit 1; }
-as_root setpriv --reuid=airlock --regid=airlock --clear-groups --init-groups \
+as_root setpriv --reuid=airlock --regid=airlock --init-groups \
   /usr/bin/airlock policy validate /etc/airlock/policies --config /etc/airlock/airlock.toml
 grep -q '^ProtectSystem=strict' /usr/lib/systemd/system/airlock.service
 grep -q '^NoNewPrivileges=yes' /usr/lib/systemd/system/airlock.service
