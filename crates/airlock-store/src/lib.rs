@@ -184,7 +184,8 @@ pub trait WriteTx: ReadTx {
         id: &GrantId,
         now: DateTime<Utc>,
     ) -> Result<ConsumeOutcome, StoreError>;
-    /// Records an outcome; false if no use was consumed or it is closed.
+    /// Records the outcome of one consumed use; false if every consumed
+    /// use has reported already (or none was consumed) or it is closed.
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError>;
     /// Marks the grant revoked.
     fn revoke_grant(&mut self, id: &GrantId) -> Result<(), StoreError>;

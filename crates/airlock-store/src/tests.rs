@@ -762,14 +762,16 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
                 "DROP TABLE request_groups; DROP INDEX requests_by_created;
                  ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes; DROP TABLE audit_notes;
                  DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
-                 UPDATE schema_version SET version = version - 5;",
+                 ALTER TABLE grants DROP COLUMN completions;
+                 UPDATE schema_version SET version = version - 6;",
             )
             .unwrap();
         }
         Home::Db(db) => db.execute(
             "DROP TABLE request_groups; ALTER TABLE api_keys DROP COLUMN scram;
              DROP TABLE audit_nodes; DROP TABLE audit_notes; DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
-             UPDATE airlock_schema_version SET version = version - 5",
+             ALTER TABLE grants DROP COLUMN completions;
+             UPDATE airlock_schema_version SET version = version - 6",
         ),
     }
     let store = home.open();

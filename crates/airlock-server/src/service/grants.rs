@@ -253,7 +253,7 @@ impl Airlock {
                     return Err(ApiError::forbidden("only the grant's principal or an enforcer key may complete it"));
                 }
                 if !tx.complete_grant(&gid, body.outcome.as_str())? {
-                    return Err(ApiError::wrong_state("nothing to complete: no use consumed, or already completed"));
+                    return Err(ApiError::wrong_state("nothing to complete: every consumed use has reported its outcome already, or none was consumed"));
                 }
                 tx.append_audit(
                     NewAuditRecord {

@@ -175,6 +175,8 @@ struct Model {
     token: Option<String>,
     grant: Option<airlock_core::GrantId>,
     uses: u32,
+    /// Consumed uses that reported their outcome (one report each).
+    completions: u32,
     revoked: bool,
     closed: bool,
     transitions: Vec<(RequestStatus, RequestStatus)>,
@@ -270,10 +272,11 @@ fn predict(m: &Model, op: &Op, due: bool) -> (Answer, Model) {
             }
         }
         Op::Complete { .. } => {
-            if m.uses == 0 || m.closed {
+            if m.completions >= m.uses || m.closed {
                 Err(ErrorCode::WrongState)
             } else {
-                m.closed = m.uses >= m.max_uses;
+                m.completions += 1;
+                m.closed = m.completions >= m.max_uses;
                 if m.closed && m.status == Consumed {
                     m.become_(Completed);
                 }
@@ -369,6 +372,7 @@ impl Harness {
             token: None,
             grant: None,
             uses: 0,
+            completions: 0,
             revoked: false,
             closed: false,
             transitions: Vec::new(),
@@ -564,6 +568,13 @@ impl Harness {
             .count();
         prop_assert_eq!(consumed as u32, m.uses);
         prop_assert!(m.uses <= m.max_uses);
+        // One outcome on record per consumed use at most.
+        let completed = records
+            .iter()
+            .filter(|r| r.kind == AuditKind::GrantCompleted.as_str())
+            .count();
+        prop_assert_eq!(completed as u32, m.completions);
+        prop_assert!(m.completions <= m.uses);
         let reviews = records
             .iter()
             .filter(|r| r.kind == AuditKind::Review.as_str() && r.subject == m.id.to_string())

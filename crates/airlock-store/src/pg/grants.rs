@@ -104,8 +104,12 @@ impl GrantRows for Tx<'_> {
 
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
         let n = self.execute(
-            "UPDATE grants SET outcome = $2, completed = (uses >= max_uses)
-             WHERE id = $1 AND uses > 0 AND NOT completed",
+            // Each consumed use reports once; the grant closes when its
+            // last use has. (The right-hand sides read the row before the
+            // update.)
+            "UPDATE grants SET outcome = $2, completions = completions + 1,
+             completed = (completions + 1 >= max_uses)
+             WHERE id = $1 AND completions < uses AND NOT completed",
             &[&id.to_string(), &outcome],
         )?;
         Ok(n == 1)

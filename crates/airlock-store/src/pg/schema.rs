@@ -228,6 +228,14 @@ CREATE TABLE webauthn_keys (
     updated_at timestamptz NOT NULL
 );
 "#,
+    r#"
+-- One `complete` per consumed use: how many uses reported their outcome.
+-- Grants from before this count every consumed use as reported once an
+-- outcome was recorded (a late report of an old use is refused, never a
+-- second one accepted).
+ALTER TABLE grants ADD COLUMN completions integer NOT NULL DEFAULT 0;
+UPDATE grants SET completions = uses WHERE outcome IS NOT NULL;
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -105,13 +105,14 @@ impl GrantRows for Tx<'_> {
     }
 
     fn complete_grant(&mut self, id: &GrantId, outcome: &str) -> Result<bool, StoreError> {
-        // The grant closes when its last use reports; earlier uses of a
-        // multi-use grant only record their outcome.
+        // Each consumed use reports once; the grant closes when its last
+        // use has. (The right-hand sides read the row before the update.)
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE grants SET outcome = ?2, completed = CASE WHEN uses >= max_uses THEN 1 ELSE 0 END
-                 WHERE id = ?1 AND uses > 0 AND completed = 0",
+                "UPDATE grants SET outcome = ?2, completions = completions + 1,
+                 completed = CASE WHEN completions + 1 >= max_uses THEN 1 ELSE 0 END
+                 WHERE id = ?1 AND completions < uses AND completed = 0",
             )?
             .execute(params![id.to_string(), outcome])?;
         Ok(n == 1)

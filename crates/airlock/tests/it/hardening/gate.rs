@@ -498,6 +498,64 @@ async fn a_grant_keeps_no_looser_terms_than_policy_asks_now(db: Db) {
     assert_eq!(refused, 1);
 }
 
+async fn each_use_of_a_grant_reports_its_outcome_once(db: Db) {
+    // A five-use grant: one `complete` per consumed use, never more, so
+    // the outcomes on record are one per action that ran.
+    let s = start_policy(&db, USES, "", LEADS);
+    let (alice, lena) = (s.key("alice", "user"), s.key("lena", "user"));
+    let (_, r) = s.post(&alice, "/v1/check", rows_export(10)).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    s.review(&lena, &id, "approve").await;
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let token = r["grant"]["token"].as_str().unwrap().to_owned();
+    let gid = r["grant"]["grant_id"].as_str().unwrap().to_owned();
+    let complete = |outcome: &'static str| {
+        let (s, alice, gid) = (&s, &alice, &gid);
+        async move {
+            s.post(
+                alice,
+                &format!("/v1/grants/{gid}/complete"),
+                json!({"outcome": outcome}),
+            )
+            .await
+        }
+    };
+    let (st, r) = complete("success").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (409, Some("wrong_state")),
+        "nothing consumed yet: {r}"
+    );
+    for used in 1..=2 {
+        let (st, r) = s
+            .post(
+                &alice,
+                "/v1/grants/consume",
+                json!({"token": token, "action": rows_export(10)}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        let (st, r) = complete("success").await;
+        assert_eq!(st, 200, "use {used}: {r}");
+        let (st, r) = complete("failure").await;
+        assert_eq!(
+            (st, r["error"]["code"].as_str()),
+            (409, Some("wrong_state")),
+            "use {used} completed twice: {r}"
+        );
+    }
+    let (_, a) = s
+        .get(&s.key("admin", "admin"), "/v1/audit?limit=10000")
+        .await;
+    let completed = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "grant_completed" && r["subject"] == gid.as_str())
+        .count();
+    assert_eq!(completed, 2);
+}
+
 async fn keys_of_removed_users_and_enforcers_in_auditor_groups_are_refused(db: Db) {
     let s = Server::start_extra(&db, POLICIES, "[web]\nauditor_groups = [\"security\"]\n");
     let (alice, bob, bob_enforcer) = (
@@ -568,5 +626,6 @@ on_both_stores!(
     numbers_bind_exactly_and_never_break_the_chain,
     namespaced_resource_types_are_kept_whole,
     a_grant_keeps_no_looser_terms_than_policy_asks_now,
+    each_use_of_a_grant_reports_its_outcome_once,
     keys_of_removed_users_and_enforcers_in_auditor_groups_are_refused,
 );
