@@ -205,9 +205,11 @@ async fn get_request(
         }
         None => None,
     };
-    let req = airlock.get_request(&caller, id, wait).await?;
+    let (req, decisions) = airlock
+        .get_request_with_decisions(&caller, id, wait)
+        .await?;
     let mut v = airlock.request_view_with_token(&req, &caller);
-    v.decisions = Some(airlock.decisions_about(&req).await?);
+    v.decisions = Some(decisions);
     Ok(Json(v))
 }
 

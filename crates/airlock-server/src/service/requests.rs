@@ -85,29 +85,6 @@ impl Airlock {
         Ok(records)
     }
 
-    /// Every decision that led to a request (the newest `HISTORY`), oldest
-    /// first, each with the context it was decided on: a check that found
-    /// the request pending adds its own, so approvers see every description
-    /// of the action, not only the first.
-    pub async fn decisions_about(&self, req: &Request) -> Result<Vec<DecisionView>, ApiError> {
-        Ok(self
-            .filed_under(req, Some(AuditKind::Decision))
-            .await?
-            .into_iter()
-            .map(|a| {
-                let d = a.details.value();
-                DecisionView {
-                    seq: a.seq,
-                    at: a.ts,
-                    by: a.actor,
-                    outcome: d["outcome"].clone(),
-                    policies: d["policies"].clone(),
-                    context: d["context"].clone(),
-                }
-            })
-            .collect())
-    }
-
     /// The caller's own requests, newest first.
     pub async fn my_requests(&self, caller: &Caller, limit: u32) -> Result<Vec<Request>, ApiError> {
         let filter = StatusFilter {
@@ -133,10 +110,34 @@ impl Airlock {
             || req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g))
     }
 
-    async fn load_visible(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
-        let req = self.store.read(move |r| r.get_request(&id)).await?;
+    /// The request if the caller may see it, and (when `decisions`) the
+    /// decisions filed under it, read together: one trip to the store.
+    async fn load_visible_with(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        decisions: bool,
+    ) -> Result<(Request, Vec<DecisionView>), ApiError> {
+        let (req, records) = self
+            .store
+            .read(move |r| {
+                let Some(req) = r.get_request(&id)? else {
+                    return Ok((None, Vec::new()));
+                };
+                let records = if decisions {
+                    r.audit_search(&decisions_filter(id), HISTORY)?
+                } else {
+                    Vec::new()
+                };
+                Ok((Some(req), records))
+            })
+            .await?;
         match req {
-            Some(req) if self.may_see(caller, &req) => Ok(req),
+            Some(req) if self.may_see(caller, &req) => {
+                let mut records = records;
+                records.reverse();
+                Ok((req, decision_views(records)))
+            }
             // Not visible is reported as absent, so ids cannot be probed.
             _ => Err(ApiError::NotFound(format!("no request {id}"))),
         }
@@ -150,13 +151,37 @@ impl Airlock {
         id: RequestId,
         wait: Option<Duration>,
     ) -> Result<Request, ApiError> {
+        Ok(self.get_request_with(caller, id, wait, false).await?.0)
+    }
+
+    /// [`Airlock::get_request`] with the request's decisions (the API's
+    /// view of one request), read in the same trip to the store as the
+    /// request: a waiter woken by an approval reads once, not twice.
+    pub async fn get_request_with_decisions(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        wait: Option<Duration>,
+    ) -> Result<(Request, Vec<DecisionView>), ApiError> {
+        self.get_request_with(caller, id, wait, true).await
+    }
+
+    async fn get_request_with(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        wait: Option<Duration>,
+        decisions: bool,
+    ) -> Result<(Request, Vec<DecisionView>), ApiError> {
         // Watch before reading, so a change between the read and the wait
         // is not missed. Changes made on other nodes arrive here too.
         let mut changes = self.store.watch(id);
-        let req = self.load_visible(caller, id).await?;
-        let Some(wait) = wait else { return Ok(req) };
+        let (req, seen) = self.load_visible_with(caller, id, decisions).await?;
+        let Some(wait) = wait else {
+            return Ok((req, seen));
+        };
         if req.status != RequestStatus::Pending {
-            return Ok(req);
+            return Ok((req, seen));
         }
         // Each open wait holds a task, a connection and a subscription: a
         // user gets a bounded number, so one cannot crowd out the rest.
@@ -177,11 +202,11 @@ impl Airlock {
                 .await
                 .is_err()
             {
-                return self.load_visible(caller, id).await;
+                return self.load_visible_with(caller, id, decisions).await;
             }
-            let req = self.load_visible(caller, id).await?;
+            let (req, seen) = self.load_visible_with(caller, id, decisions).await?;
             if req.status != RequestStatus::Pending {
-                return Ok(req);
+                return Ok((req, seen));
             }
         }
     }
@@ -887,4 +912,34 @@ fn step_up_totp<T: WriteTx + ?Sized>(
         ));
     }
     Ok(())
+}
+
+/// Which audit records are a request's decisions.
+fn decisions_filter(id: RequestId) -> airlock_store::AuditFilter {
+    airlock_store::AuditFilter {
+        request: Some(id.to_string()),
+        kind: Some(AuditKind::Decision.as_str().to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Every decision that led to a request (the newest `HISTORY`), oldest
+/// first, each with the context it was decided on: a check that found the
+/// request pending adds its own, so approvers see every description of the
+/// action, not only the first.
+fn decision_views(records: Vec<AuditRecord>) -> Vec<DecisionView> {
+    records
+        .into_iter()
+        .map(|a| {
+            let d = a.details.value();
+            DecisionView {
+                seq: a.seq,
+                at: a.ts,
+                by: a.actor,
+                outcome: d["outcome"].clone(),
+                policies: d["policies"].clone(),
+                context: d["context"].clone(),
+            }
+        })
+        .collect()
 }
