@@ -64,25 +64,8 @@ impl Airlock {
     /// it). Takes the request itself, which only `get_request` hands out
     /// after checking the caller may see it.
     pub async fn request_history(&self, req: &Request) -> Result<Vec<AuditRecord>, ApiError> {
-        self.filed_under(req, None).await
-    }
-
-    async fn filed_under(
-        &self,
-        req: &Request,
-        kind: Option<AuditKind>,
-    ) -> Result<Vec<AuditRecord>, ApiError> {
-        let filter = airlock_store::AuditFilter {
-            request: Some(req.id.to_string()),
-            kind: kind.map(|k| k.as_str().to_owned()),
-            ..Default::default()
-        };
-        let mut records = self
-            .store
-            .read(move |r| r.audit_search(&filter, HISTORY))
-            .await?;
-        records.reverse();
-        Ok(records)
+        let id = req.id;
+        Ok(self.store.read(move |r| filed_under(r, id, None)).await?)
     }
 
     /// The caller's own requests, newest first.
@@ -110,13 +93,14 @@ impl Airlock {
             || req.eligible_reviewer(&caller.user, |u, g| loaded.directory.is_member(u, g))
     }
 
-    /// The request if the caller may see it, and (when `decisions`) the
-    /// decisions filed under it, read together: one trip to the store.
+    /// The request if the caller may see it, and the decisions filed under
+    /// it when `decisions` says so for its status, read together: one trip
+    /// to the store.
     async fn load_visible_with(
         &self,
         caller: &Caller,
         id: RequestId,
-        decisions: bool,
+        decisions: impl FnOnce(RequestStatus) -> bool + Send + 'static,
     ) -> Result<(Request, Vec<DecisionView>), ApiError> {
         let (req, records) = self
             .store
@@ -124,8 +108,8 @@ impl Airlock {
                 let Some(req) = r.get_request(&id)? else {
                     return Ok((None, Vec::new()));
                 };
-                let records = if decisions {
-                    r.audit_search(&decisions_filter(id), HISTORY)?
+                let records = if decisions(req.status) {
+                    filed_under(r, id, Some(AuditKind::Decision))?
                 } else {
                     Vec::new()
                 };
@@ -133,11 +117,7 @@ impl Airlock {
             })
             .await?;
         match req {
-            Some(req) if self.may_see(caller, &req) => {
-                let mut records = records;
-                records.reverse();
-                Ok((req, decision_views(records)))
-            }
+            Some(req) if self.may_see(caller, &req) => Ok((req, decision_views(records))),
             // Not visible is reported as absent, so ids cannot be probed.
             _ => Err(ApiError::NotFound(format!("no request {id}"))),
         }
@@ -174,9 +154,16 @@ impl Airlock {
         decisions: bool,
     ) -> Result<(Request, Vec<DecisionView>), ApiError> {
         // Watch before reading, so a change between the read and the wait
-        // is not missed. Changes made on other nodes arrive here too.
+        // is not missed. Changes made on other nodes arrive here too. The
+        // decisions are read only with the request that is answered: not
+        // while it stays pending and the wait goes on.
         let mut changes = self.store.watch(id);
-        let (req, seen) = self.load_visible_with(caller, id, decisions).await?;
+        let waits = wait.is_some();
+        let (req, seen) = self
+            .load_visible_with(caller, id, move |s| {
+                decisions && !(waits && s == RequestStatus::Pending)
+            })
+            .await?;
         let Some(wait) = wait else {
             return Ok((req, seen));
         };
@@ -202,9 +189,13 @@ impl Airlock {
                 .await
                 .is_err()
             {
-                return self.load_visible_with(caller, id, decisions).await;
+                return self.load_visible_with(caller, id, move |_| decisions).await;
             }
-            let (req, seen) = self.load_visible_with(caller, id, decisions).await?;
+            let (req, seen) = self
+                .load_visible_with(caller, id, move |s| {
+                    decisions && s != RequestStatus::Pending
+                })
+                .await?;
             if req.status != RequestStatus::Pending {
                 return Ok((req, seen));
             }
@@ -914,13 +905,22 @@ fn step_up_totp<T: WriteTx + ?Sized>(
     Ok(())
 }
 
-/// Which audit records are a request's decisions.
-fn decisions_filter(id: RequestId) -> airlock_store::AuditFilter {
-    airlock_store::AuditFilter {
+/// The newest `HISTORY` records filed under request `id` (of `kind`, if
+/// given), oldest first: by the request column, which only request records
+/// fill, so nothing a caller types can join it.
+fn filed_under(
+    r: &mut dyn airlock_store::ReadTx,
+    id: RequestId,
+    kind: Option<AuditKind>,
+) -> Result<Vec<AuditRecord>, airlock_store::StoreError> {
+    let filter = airlock_store::AuditFilter {
         request: Some(id.to_string()),
-        kind: Some(AuditKind::Decision.as_str().to_owned()),
+        kind: kind.map(|k| k.as_str().to_owned()),
         ..Default::default()
-    }
+    };
+    let mut records = r.audit_search(&filter, HISTORY)?;
+    records.reverse();
+    Ok(records)
 }
 
 /// Every decision that led to a request (the newest `HISTORY`), oldest
