@@ -8,14 +8,14 @@ use std::str::FromStr;
 use airlock_core::decision::{DEFAULT_GRANT_TTL, DEFAULT_REQUEST_TTL};
 use airlock_core::{Action, Decision, GroupName, Requirement, Threshold, UserName};
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    Context, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::annotations::{self, Approval};
+use crate::compiled::Verdict;
 use crate::index::PolicyIndex;
 use crate::locate::statement_lines;
 use crate::{DecideError, LoadError};
@@ -124,7 +124,6 @@ pub struct PolicyEngine {
     approvals: HashMap<PolicyId, Approval>,
     base: Entities,
     schema: Option<Schema>,
-    authorizer: Authorizer,
     version: String,
     policy_count: usize,
     /// Which of [`COSTLY_CONTEXT`] some policy mentions, found once at load.
@@ -268,7 +267,6 @@ impl PolicyEngine {
             approvals,
             base,
             schema,
-            authorizer: Authorizer::new(),
             version: hex::encode(&digest[..8]),
             policy_count,
             mentioned,
@@ -336,13 +334,15 @@ impl PolicyEngine {
         let set = self
             .index
             .for_request(action.action.as_str(), action.resource.kind.as_str());
-        self.decide_over(set, action, context)
+        self.decide_over(|r, e| set.authorize(r, e), action, context)
     }
 
-    /// [`PolicyEngine::decide`] over the policies in `set`.
+    /// [`PolicyEngine::decide`], with `authorize` saying what the policies
+    /// decide about a request (the indexed, prepared set; in a test, Cedar's
+    /// authorizer over the whole set).
     fn decide_over(
         &self,
-        set: &PolicySet,
+        authorize: impl FnOnce(&Request, &Entities) -> Verdict,
         action: &Action,
         context: Map<String, Value>,
     ) -> Result<Decision, DecideError> {
@@ -377,8 +377,8 @@ impl PolicyEngine {
 
         // Attributes the administrator put in entities.json win over what
         // the caller claims, so a caller cannot strip a resource's tags.
-        let response = if self.base.get(&resource).is_some() || action.resource.attrs.is_empty() {
-            self.authorizer.is_authorized(&request, set, &self.base)
+        let verdict = if self.base.get(&resource).is_some() || action.resource.attrs.is_empty() {
+            authorize(&request, &self.base)
         } else {
             let entity = Entity::from_json_value(
                 serde_json::json!({
@@ -394,21 +394,13 @@ impl PolicyEngine {
                 .clone()
                 .add_entities([entity], self.schema.as_ref())
                 .map_err(|e| DecideError::Attrs(e.to_string()))?;
-            self.authorizer.is_authorized(&request, set, &entities)
+            authorize(&request, &entities)
         };
 
-        let mut errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
+        let mut errors = verdict.errors;
         // Sorted: the message must not depend on the evaluator's order.
         errors.sort();
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
+        let mut policies: Vec<String> = verdict.reasons.iter().map(ToString::to_string).collect();
         policies.sort();
         if !errors.is_empty() {
             return Ok(Decision::Deny {
@@ -419,7 +411,7 @@ impl PolicyEngine {
                 ),
             });
         }
-        if response.decision() == CedarDecision::Deny {
+        if !verdict.allow {
             let message = if policies.is_empty() {
                 "no policy permits this action".to_owned()
             } else {
@@ -439,7 +431,7 @@ impl PolicyEngine {
             breakglass: false,
         };
         let mut first = true;
-        for id in response.diagnostics().reason() {
+        for id in &verdict.reasons {
             let Some(a) = self.approvals.get(id) else {
                 continue;
             };
@@ -582,6 +574,7 @@ fn build_entities(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cedar_policy::Authorizer;
     use serde_json::json;
 
     const POLICIES: &str = r#"
@@ -885,7 +878,13 @@ permit(principal, action, resource in Folder::"shared");
                     c.insert("local_hour".into(), json!(h));
                 }
                 let indexed = e.decide(&a, c.clone()).map_err(|e| e.to_string());
-                let whole = e.decide_over(&e.set, &a, c).map_err(|e| e.to_string());
+                let whole = e
+                    .decide_over(
+                        |r, es| Verdict::of(&Authorizer::new().is_authorized(r, &e.set, es)),
+                        &a,
+                        c,
+                    )
+                    .map_err(|e| e.to_string());
                 prop_assert_eq!(indexed, whole);
                 Ok(())
             })

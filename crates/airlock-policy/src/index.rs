@@ -12,6 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{ActionConstraint, Policy, PolicySet, PolicySetError, ResourceConstraint};
 
+use crate::compiled::CompiledSet;
+
 /// Beyond this many (action × resource type) subsets, index by action
 /// only: the subsets share their policies, but each is a set of its own.
 const MAX_SUBSETS: usize = 4096;
@@ -19,9 +21,9 @@ const MAX_SUBSETS: usize = 4096;
 /// The subsets for one action (or for every action no policy names).
 #[derive(Debug)]
 struct ByType {
-    types: HashMap<String, PolicySet>,
+    types: HashMap<String, CompiledSet>,
     /// For resource types no policy names.
-    other: PolicySet,
+    other: CompiledSet,
 }
 
 /// The policy set split by what a request's scope can match.
@@ -75,6 +77,7 @@ impl PolicyIndex {
                         })
                         .map(|(_, _, p)| (*p).clone()),
                 )
+                .map(|set| CompiledSet::new(&set))
                 .map_err(|e: PolicySetError| e.to_string())
             };
             Ok(ByType {
@@ -101,7 +104,7 @@ impl PolicyIndex {
 
     /// The policies that can apply to `action` on a resource of type
     /// `resource_type`.
-    pub(crate) fn for_request(&self, action: &str, resource_type: &str) -> &PolicySet {
+    pub(crate) fn for_request(&self, action: &str, resource_type: &str) -> &CompiledSet {
         let by = self.actions.get(action).unwrap_or(&self.other);
         by.types.get(resource_type).unwrap_or(&by.other)
     }
@@ -113,8 +116,8 @@ mod tests {
 
     use super::*;
 
-    fn ids(set: &PolicySet) -> Vec<String> {
-        let mut v: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+    fn ids(set: &CompiledSet) -> Vec<String> {
+        let mut v: Vec<String> = set.ids().map(ToString::to_string).collect();
         v.sort();
         v
     }

@@ -9,6 +9,7 @@
 
 mod annotations;
 pub mod cases;
+mod compiled;
 mod engine;
 mod error;
 mod index;
