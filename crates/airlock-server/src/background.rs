@@ -361,11 +361,7 @@ pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
                 details: json!({"version": version, "previous": previous, "policies": count, "trigger": trigger}),
             };
             // Serve the new set only once its loading is on record.
-            match airlock
-                .store
-                .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
-                .await
-            {
+            match airlock.store.append_audit(rec, t).await.map(|_| ()) {
                 Ok(()) => {
                     airlock.loaded.store(Arc::new(Loaded { engine, directory }));
                     airlock.config.store(config);
@@ -390,11 +386,7 @@ async fn record_failure(airlock: &Airlock, trigger: &str, error: String) {
         subject: String::new(),
         details: json!({"error": error, "serving": airlock.policy_version(), "trigger": trigger}),
     };
-    if let Err(e) = airlock
-        .store
-        .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
-        .await
-    {
+    if let Err(e) = airlock.store.append_audit(rec, t).await.map(|_| ()) {
         tracing::error!(error = %e, "cannot record the failed reload");
     }
 }

@@ -1,5 +1,6 @@
 //! The group commit both backends share: a batch of jobs in one
-//! transaction, each job in a savepoint so a failing one rolls back alone,
+//! transaction, each job in a savepoint so a failing one rolls back alone
+//! (but plain audit appends, which can only fail with the whole batch),
 //! one commit, then every caller answered with the commit's result.
 
 use std::panic::AssertUnwindSafe;
@@ -109,7 +110,7 @@ pub(crate) fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), StoreErr
 /// Answers every job with `e` without running it.
 pub(crate) fn fail_all(batch: Vec<Job>, e: &StoreError) {
     for job in batch {
-        let (_, reply) = job(Err(e.clone()));
+        let (_, reply) = (job.run)(Err(e.clone()));
         reply(Err(e.clone()));
     }
 }
@@ -130,18 +131,21 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
     for job in batch {
         if let Some(e) = &broken {
             // The transaction is unusable; answer without running.
-            let (_, reply) = job(Err(e.clone()));
+            let (_, reply) = (job.run)(Err(e.clone()));
             replies.push(reply);
             continue;
         }
-        if savepoints {
+        // A job without a savepoint runs inside the one still open (the
+        // previous job's, released later) or the transaction itself.
+        let savepoint = savepoints && job.savepoint;
+        if savepoint {
             let start = match pending_end.take() {
                 Some(end) => format!("{end}; SAVEPOINT job"),
                 None => "SAVEPOINT job".to_owned(),
             };
             if let Err(e) = conn.exec(&start) {
                 broken = Some(e.clone());
-                let (_, reply) = job(Err(e));
+                let (_, reply) = (job.run)(Err(e));
                 replies.push(reply);
                 continue;
             }
@@ -153,7 +157,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
             effects.announced.directory,
         );
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            conn.with_tx(&mut effects, |tx| job(Ok(tx)))
+            conn.with_tx(&mut effects, |tx| (job.run)(Ok(tx)))
         }));
         let keep = matches!(&outcome, Ok((true, _)));
         if !keep {
@@ -164,16 +168,21 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
             effects.announced.requests.truncate(announced.0);
             effects.announced.directory = announced.1;
         }
-        let end = match (savepoints, keep) {
-            (true, true) => {
+        let end = match (savepoints, savepoint, keep) {
+            (true, true, true) => {
                 pending_end = Some("RELEASE SAVEPOINT job");
                 Ok(())
             }
             // Undone now: the job's statements must not stay in effect
             // while the next one runs.
-            (true, false) => conn.exec("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
-            (false, true) => Ok(()),
-            (false, false) => {
+            (true, true, false) => conn.exec("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+            (true, false, true) | (false, _, true) => Ok(()),
+            // Nothing can undo this job alone: the batch fails, every job
+            // in it is answered with an error, nothing is committed.
+            (true, false, false) => Err(StoreError::Db(
+                "a write in this batch failed, so none of the batch was committed".into(),
+            )),
+            (false, _, false) => {
                 rolled_back = true;
                 conn.exec("ROLLBACK")
             }

@@ -66,6 +66,7 @@ both_backends!(
     hundred_racing_consumers_one_wins,
     consume_says_why_not,
     failed_job_rolls_back_alone,
+    appends_without_savepoints_commit_whole_or_not_at_all,
     refuses_newer_schema,
     password_hashes_are_replaced,
     commits_are_announced_rollbacks_are_not,
@@ -279,6 +280,103 @@ async fn failed_job_rolls_back_alone(home: &Home) {
     a.await.unwrap().unwrap();
     let records = store.read(|r| r.audit_after(0, 100)).await.unwrap();
     assert_eq!(records.len(), 1);
+}
+
+/// Runs `sql` on the store's database from outside the store.
+fn run_sql(home: &Home, sqlite: &str, postgres: &str) {
+    match home {
+        Home::Dir(d) => rusqlite::Connection::open(d.path().join("db/airlock.db"))
+            .unwrap()
+            .execute_batch(sqlite)
+            .unwrap(),
+        Home::Db(db) => db.execute(postgres),
+    }
+}
+
+/// Audit appends run without a savepoint of their own ([`Store::append_audit`]),
+/// beside jobs that have one. When an append fails half-way (its record
+/// stored, its tree leaf refused), nothing of its batch is committed: every
+/// append that was answered `Ok` is stored as answered, none that failed
+/// is, and the chain and the tree stay whole.
+async fn appends_without_savepoints_commit_whole_or_not_at_all(home: &Home) {
+    let store = home.open();
+    // The sixth record's leaf cannot be stored: its row is inserted first.
+    run_sql(
+        home,
+        "CREATE TRIGGER no_leaf_5 BEFORE INSERT ON audit_nodes
+         WHEN NEW.level = 0 AND NEW.idx = 5 BEGIN SELECT RAISE(ABORT, 'no leaf 5'); END;",
+        "CREATE FUNCTION no_leaf_5() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.level = 0 AND NEW.idx = 5 THEN RAISE EXCEPTION 'no leaf 5'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER no_leaf_5 BEFORE INSERT ON audit_nodes
+         FOR EACH ROW EXECUTE FUNCTION no_leaf_5();",
+    );
+    let round = |n: usize| {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 4 == 3 {
+                    // A job with a savepoint, failing alone after its append.
+                    let r = store
+                        .write(|tx| {
+                            tx.append_audit(audit(AuditKind::Decision), now())?;
+                            Err::<(), _>(StoreError::Db("caller failed".into()))
+                        })
+                        .await;
+                    assert!(r.is_err());
+                    None
+                } else {
+                    store
+                        .append_audit(audit(AuditKind::Decision), now())
+                        .await
+                        .ok()
+                }
+            }));
+        }
+        tasks
+    };
+    let mut answered = Vec::new();
+    for t in round(40) {
+        answered.extend(t.await.unwrap());
+    }
+    assert!(answered.len() < 30, "appends past the fifth must fail");
+    run_sql(
+        home,
+        "DROP TRIGGER no_leaf_5;",
+        "DROP TRIGGER no_leaf_5 ON audit_nodes; DROP FUNCTION no_leaf_5();",
+    );
+    for t in round(12) {
+        answered.extend(t.await.unwrap());
+    }
+
+    let stored = store.read(|r| r.audit_after(0, 1000)).await.unwrap();
+    let mut v = ChainVerifier::default();
+    for r in &stored {
+        v.push(r).unwrap();
+    }
+    answered.sort_by_key(|r| r.seq);
+    assert_eq!(
+        stored.iter().map(|r| (r.seq, r.hash)).collect::<Vec<_>>(),
+        answered.iter().map(|r| (r.seq, r.hash)).collect::<Vec<_>>(),
+        "what is stored is exactly what was answered Ok"
+    );
+    assert!(
+        stored.len() > 5,
+        "the appends after the trigger went through"
+    );
+    let size = store.read(|r| r.audit_tree_size()).await.unwrap();
+    assert_eq!(size, stored.len() as u64);
+    for r in &stored {
+        let leaf = store
+            .read({
+                let i = (r.seq - 1) as u64;
+                move |t| t.audit_tree_node(0, i)
+            })
+            .await
+            .unwrap();
+        assert_eq!(leaf, Some(r.leaf_hash()), "leaf of record {}", r.seq);
+    }
 }
 
 async fn refuses_newer_schema(home: &Home) {

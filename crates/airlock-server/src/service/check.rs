@@ -386,8 +386,9 @@ impl Airlock {
             details,
         };
         self.store
-            .write(move |tx| tx.append_audit(rec, t).map(|r| r.seq))
+            .append_audit(rec, t)
             .await
+            .map(|r| r.seq)
             .map_err(ApiError::Audit)
     }
 

@@ -227,8 +227,9 @@ impl Airlock {
         };
         let t = now();
         self.store
-            .write(move |tx| tx.append_audit(rec, t).map(|_| ()))
+            .append_audit(rec, t)
             .await
+            .map(|_| ())
             .map_err(ApiError::Audit)
     }
 

@@ -84,6 +84,18 @@ pub(crate) trait AuditRows {
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError>;
+    /// Stores a linked record and the perfect subtrees its leaf completed.
+    /// Two inserts by default; PostgreSQL makes them one statement, so an
+    /// append costs one round trip instead of one per row.
+    fn insert_audit_row_with_nodes(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) -> Result<(), StoreError> {
+        self.insert_audit_row(record, request)?;
+        self.insert_tree_nodes(nodes)
+    }
     /// See [`crate::WriteTx::insert_checkpoint`].
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
 }
@@ -130,14 +142,13 @@ pub(crate) fn append<T: Rows + ?Sized>(
     };
     let request = rec.request_id().map(str::to_owned);
     let record = AuditRecord::link(seq, prev, fmt(ts), rec);
-    tx.insert_audit_row(&record, request.as_deref())?;
     let index = u64::try_from(record.seq - 1).map_err(corrupt)?;
     let mut frontier = match tx.effects().and_then(|e| e.frontier.take()) {
         Some(f) => f,
         None => frontier(tx, index)?,
     };
     let made = merkle::append(&mut frontier, index, record.leaf_hash());
-    tx.insert_tree_nodes(&made)?;
+    tx.insert_audit_row_with_nodes(&record, request.as_deref(), &made)?;
     if let Some(e) = tx.effects() {
         e.head = Some((record.seq, record.hash));
         e.frontier = Some(frontier);

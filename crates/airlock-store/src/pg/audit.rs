@@ -134,12 +134,45 @@ impl AuditRows for Tx<'_> {
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError> {
-        for (level, index, hash) in nodes {
-            self.execute(
-                "INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3)",
-                &[&(*level as i32), &(*index as i64), &hex::encode(hash)],
-            )?;
-        }
+        let (levels, indexes, hashes) = node_columns(nodes);
+        self.execute(
+            "INSERT INTO audit_nodes (level, idx, hash)
+             SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[])",
+            &[&levels, &indexes, &hashes],
+        )?;
+        Ok(())
+    }
+
+    fn insert_audit_row_with_nodes(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) -> Result<(), StoreError> {
+        let (levels, indexes, hashes) = node_columns(nodes);
+        // A data-modifying WITH runs whether or not the outer statement
+        // reads it: both inserts, one round trip.
+        self.execute(
+            "WITH record AS (
+                 INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
+             INSERT INTO audit_nodes (level, idx, hash)
+             SELECT * FROM unnest($10::int[], $11::bigint[], $12::text[])",
+            &[
+                &record.seq,
+                &record.ts,
+                &record.kind,
+                &record.actor,
+                &record.subject,
+                &record.details.get(),
+                &record.prev_hash.to_string(),
+                &record.hash.to_string(),
+                &request,
+                &levels,
+                &indexes,
+                &hashes,
+            ],
+        )?;
         Ok(())
     }
 
@@ -168,4 +201,19 @@ impl AuditRows for Tx<'_> {
         )?;
         Ok(())
     }
+}
+
+/// Tree nodes as the three arrays `unnest` takes.
+fn node_columns(
+    nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+) -> (Vec<i32>, Vec<i64>, Vec<String>) {
+    let mut levels = Vec::with_capacity(nodes.len());
+    let mut indexes = Vec::with_capacity(nodes.len());
+    let mut hashes = Vec::with_capacity(nodes.len());
+    for (level, index, hash) in nodes {
+        levels.push(*level as i32);
+        indexes.push(*index as i64);
+        hashes.push(hex::encode(hash));
+    }
+    (levels, indexes, hashes)
 }
