@@ -61,7 +61,17 @@ pub(crate) trait BatchConn {
     /// appends to `effects.head` and records announced changes in
     /// `effects.announced`.
     fn with_tx<R>(&mut self, effects: &mut Effects, f: impl FnOnce(&mut dyn WriteTx) -> R) -> R;
-    /// Last words before COMMIT (PostgreSQL queues its notifications).
+    /// Sends what the connection holds back (PostgreSQL stages audit
+    /// appends to send them together); before a job's savepoint, so a
+    /// rollback to it cannot undo earlier jobs' appends.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Drops what the connection holds back: the job that made it rolled
+    /// back, or the batch ended.
+    fn discard_staged(&mut self) {}
+    /// Last words before COMMIT (PostgreSQL sends its staged appends and
+    /// queues its notifications).
     fn before_commit(&mut self, _changed: &Announced) -> Result<(), StoreError> {
         Ok(())
     }
@@ -139,6 +149,12 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
         // previous job's, released later) or the transaction itself.
         let savepoint = savepoints && job.savepoint;
         if savepoint {
+            if let Err(e) = conn.flush() {
+                broken = Some(e.clone());
+                let (_, reply) = (job.run)(Err(e));
+                replies.push(reply);
+                continue;
+            }
             let start = match pending_end.take() {
                 Some(end) => format!("{end}; SAVEPOINT job"),
                 None => "SAVEPOINT job".to_owned(),
@@ -161,6 +177,9 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
         }));
         let keep = matches!(&outcome, Ok((true, _)));
         if !keep {
+            // Appends it staged and never sent go with it (what it sent
+            // goes with its savepoint).
+            conn.discard_staged();
             // The job's appends are undone; so is what it did to the head
             // and what it would have announced.
             effects.head = before;
@@ -207,6 +226,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
                 .and_then(|()| conn.exec("COMMIT")),
         }
     };
+    conn.discard_staged();
     if let Err(e) = &result {
         let _ = conn.exec("ROLLBACK");
         tracing::error!(error = %e, "storage batch failed; nothing in it was committed");

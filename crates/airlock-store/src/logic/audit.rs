@@ -71,6 +71,17 @@ pub(crate) trait AuditRows {
     fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError>;
     /// A perfect subtree's hash (hex), if stored.
     fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError>;
+    /// Several perfect subtrees' hashes (hex), in the order asked. One
+    /// query per node by default; PostgreSQL asks for them all at once.
+    fn tree_node_rows(
+        &mut self,
+        positions: &[(u32, u64)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        positions
+            .iter()
+            .map(|&(level, index)| self.tree_node_row(level, index))
+            .collect()
+    }
     /// How many leaves the stored tree has.
     fn tree_leaves(&mut self) -> Result<u64, StoreError>;
     /// Every signed tree checkpoint `(size, note)`, smallest first.
@@ -156,6 +167,12 @@ pub(crate) fn append<T: Rows + ?Sized>(
     Ok(record)
 }
 
+/// A stored node's hash, from hex.
+fn node_hash(h: &str) -> Result<merkle::Hash, StoreError> {
+    let bytes = hex::decode(h).map_err(corrupt)?;
+    merkle::Hash::try_from(bytes.as_slice()).map_err(corrupt)
+}
+
 /// A perfect subtree's hash.
 pub(crate) fn tree_node<T: AuditRows + ?Sized>(
     tx: &mut T,
@@ -163,10 +180,7 @@ pub(crate) fn tree_node<T: AuditRows + ?Sized>(
     index: u64,
 ) -> Result<Option<merkle::Hash>, StoreError> {
     tx.tree_node_row(level, index)?
-        .map(|h| {
-            let bytes = hex::decode(&h).map_err(corrupt)?;
-            merkle::Hash::try_from(bytes.as_slice()).map_err(corrupt)
-        })
+        .map(|h| node_hash(&h))
         .transpose()
 }
 
@@ -184,12 +198,18 @@ fn frontier<T: Rows + ?Sized>(
         )));
     }
     let load = |tx: &mut T, n: u64| -> Result<Vec<(u32, u64, merkle::Hash)>, StoreError> {
-        merkle::frontier_positions(n)
+        let positions = merkle::frontier_positions(n);
+        let hashes = tx.tree_node_rows(&positions)?;
+        if hashes.len() != positions.len() {
+            return Err(corrupt("the Merkle frontier read came back short"));
+        }
+        positions
             .into_iter()
-            .map(|(level, index)| {
-                let h = tree_node(tx, level, index)?
-                    .ok_or_else(|| corrupt(format!("Merkle node {level}/{index} is missing")))?;
-                Ok((level, index, h))
+            .zip(hashes)
+            .map(|((level, index), h)| {
+                let h =
+                    h.ok_or_else(|| corrupt(format!("Merkle node {level}/{index} is missing")))?;
+                Ok((level, index, node_hash(&h)?))
             })
             .collect()
     };

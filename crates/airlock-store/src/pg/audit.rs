@@ -22,6 +22,90 @@ fn audit_row(r: &Row) -> Result<AuditRow, StoreError> {
     })
 }
 
+/// Audit records and tree nodes appended in a batch and not yet sent:
+/// they go to the database in one statement, before the next statement of
+/// any kind on the connection and before COMMIT, so an append costs no
+/// round trip of its own. The batch runner sends them before a job's
+/// savepoint and drops them when that job rolls back.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    seq: Vec<i64>,
+    ts: Vec<String>,
+    kind: Vec<String>,
+    actor: Vec<String>,
+    subject: Vec<String>,
+    details: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+    request: Vec<Option<String>>,
+    levels: Vec<i32>,
+    indexes: Vec<i64>,
+    node_hashes: Vec<String>,
+}
+
+impl Staged {
+    fn push(
+        &mut self,
+        record: &AuditRecord,
+        request: Option<&str>,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
+    ) {
+        self.seq.push(record.seq);
+        self.ts.push(record.ts.clone());
+        self.kind.push(record.kind.clone());
+        self.actor.push(record.actor.clone());
+        self.subject.push(record.subject.clone());
+        self.details.push(record.details.get().to_owned());
+        self.prev_hash.push(record.prev_hash.to_string());
+        self.hash.push(record.hash.to_string());
+        self.request.push(request.map(str::to_owned));
+        let (levels, indexes, hashes) = node_columns(nodes);
+        self.levels.extend(levels);
+        self.indexes.extend(indexes);
+        self.node_hashes.extend(hashes);
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl Tx<'_> {
+    /// Sends the staged appends, if any (see [`Staged`]).
+    pub(super) fn flush_staged(&mut self) -> Result<(), StoreError> {
+        if self.staged.seq.is_empty() {
+            return Ok(());
+        }
+        // Taken first: the statement below must not flush again.
+        let s = std::mem::take(self.staged);
+        // A data-modifying WITH runs whether or not the outer statement
+        // reads it: records and nodes, one round trip.
+        self.execute(
+            "WITH records AS (
+                 INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[]))
+             INSERT INTO audit_nodes (level, idx, hash)
+             SELECT * FROM unnest($10::int[], $11::bigint[], $12::text[])",
+            &[
+                &s.seq,
+                &s.ts,
+                &s.kind,
+                &s.actor,
+                &s.subject,
+                &s.details,
+                &s.prev_hash,
+                &s.hash,
+                &s.request,
+                &s.levels,
+                &s.indexes,
+                &s.node_hashes,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
 impl AuditRows for Tx<'_> {
     fn audit_rows_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let rows = self.query(
@@ -98,6 +182,23 @@ impl AuditRows for Tx<'_> {
         row.map(|r| Ok(r.try_get(0)?)).transpose()
     }
 
+    fn tree_node_rows(
+        &mut self,
+        positions: &[(u32, u64)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let levels: Vec<i32> = positions.iter().map(|p| p.0 as i32).collect();
+        let indexes: Vec<i64> = positions.iter().map(|p| p.1 as i64).collect();
+        // One primary-key lookup per position, in the order asked (a join
+        // lets the planner hash the whole table).
+        let rows = self.query(
+            "SELECT (SELECT n.hash FROM audit_nodes n WHERE n.level = want.level AND n.idx = want.idx)
+             FROM unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS want(level, idx, ord)
+             ORDER BY want.ord",
+            &[&levels, &indexes],
+        )?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     fn tree_leaves(&mut self) -> Result<u64, StoreError> {
         let row = self.query_opt("SELECT MAX(idx) FROM audit_nodes WHERE level = 0", &[])?;
         let n: Option<i64> = match row {
@@ -149,30 +250,7 @@ impl AuditRows for Tx<'_> {
         request: Option<&str>,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError> {
-        let (levels, indexes, hashes) = node_columns(nodes);
-        // A data-modifying WITH runs whether or not the outer statement
-        // reads it: both inserts, one round trip.
-        self.execute(
-            "WITH record AS (
-                 INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
-             INSERT INTO audit_nodes (level, idx, hash)
-             SELECT * FROM unnest($10::int[], $11::bigint[], $12::text[])",
-            &[
-                &record.seq,
-                &record.ts,
-                &record.kind,
-                &record.actor,
-                &record.subject,
-                &record.details.get(),
-                &record.prev_hash.to_string(),
-                &record.hash.to_string(),
-                &request,
-                &levels,
-                &indexes,
-                &hashes,
-            ],
-        )?;
+        self.staged.push(record, request, nodes);
         Ok(())
     }
 

@@ -82,6 +82,8 @@ impl Drop for PostgresBackend {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Audit appends not yet sent (see [`audit::Staged`]).
+    staged: audit::Staged,
     /// The writing node's id, named in its announcements.
     node: String,
     /// When it went back to the pool: a connection idle for long may have
@@ -96,6 +98,7 @@ impl Conn {
                 StoreError::Db(format!("cannot connect to PostgreSQL: {}", describe(&e)))
             })?,
             statements: HashMap::new(),
+            staged: audit::Staged::default(),
             node: String::new(),
             idle_since: Instant::now(),
         })
@@ -110,6 +113,7 @@ impl Conn {
         Tx {
             client: &mut self.client,
             statements: &mut self.statements,
+            staged: &mut self.staged,
             effects,
         }
     }
@@ -371,7 +375,16 @@ impl BatchConn for Conn {
         f(&mut self.tx(Some(effects)))
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.tx(None).flush_staged()
+    }
+
+    fn discard_staged(&mut self) {
+        self.staged.clear();
+    }
+
     fn before_commit(&mut self, changed: &Announced) -> Result<(), StoreError> {
+        self.flush()?;
         let node = self.node.clone();
         announce(self, &node, changed)
     }
@@ -467,6 +480,9 @@ fn relay(payload: &str, node: &str, events: &EventSender) {
 struct Tx<'a> {
     client: &'a mut Client,
     statements: &'a mut HashMap<String, Statement>,
+    /// Appends staged in this batch: sent before any other statement runs
+    /// on the connection, so every query sees them.
+    staged: &'a mut audit::Staged,
     /// The batch it writes in; `None` when it only reads.
     effects: Option<&'a mut Effects>,
 }
@@ -498,6 +514,7 @@ impl Tx<'_> {
     }
 
     fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.flush_staged()?;
         let st = self.statement(sql)?;
         Ok(self.client.query(&st, params)?)
     }
@@ -507,16 +524,19 @@ impl Tx<'_> {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
+        self.flush_staged()?;
         let st = self.statement(sql)?;
         Ok(self.client.query_opt(&st, params)?)
     }
 
     fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> Result<Row, StoreError> {
+        self.flush_staged()?;
         let st = self.statement(sql)?;
         Ok(self.client.query_one(&st, params)?)
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        self.flush_staged()?;
         let st = self.statement(sql)?;
         Ok(self.client.execute(&st, params)?)
     }
