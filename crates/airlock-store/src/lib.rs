@@ -328,7 +328,8 @@ pub enum StoreEvent {
 
 /// What the writer runs: a closure over a write transaction (or the reason
 /// there is none), answering whether to keep its changes and with a
-/// continuation that receives the commit's result.
+/// continuation that receives the commit's result; and whether it needs a
+/// savepoint.
 pub struct Job {
     run: JobFn,
     /// Whether the job runs in a savepoint of its own, so that it can fail

@@ -60,12 +60,14 @@ pub(crate) trait AuditRows {
     ) -> Result<Vec<AuditRow>, StoreError>;
     /// The last record's `(seq, hash)`, if there is one.
     fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError>;
-    /// Stores a linked record; `request` fills the column listings by
-    /// request search.
+    /// Stores a linked record and the perfect subtrees its leaf completed;
+    /// `request` fills the column listings by request search. PostgreSQL
+    /// stages it, to send a batch's appends as one statement.
     fn insert_audit_row(
         &mut self,
         record: &AuditRecord,
         request: Option<&str>,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError>;
     /// Every checkpoint, oldest first.
     fn checkpoint_rows(&mut self) -> Result<Vec<CheckpointRow>, StoreError>;
@@ -95,18 +97,6 @@ pub(crate) trait AuditRows {
         &mut self,
         nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError>;
-    /// Stores a linked record and the perfect subtrees its leaf completed.
-    /// Two inserts by default; PostgreSQL makes them one statement, so an
-    /// append costs one round trip instead of one per row.
-    fn insert_audit_row_with_nodes(
-        &mut self,
-        record: &AuditRecord,
-        request: Option<&str>,
-        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
-    ) -> Result<(), StoreError> {
-        self.insert_audit_row(record, request)?;
-        self.insert_tree_nodes(nodes)
-    }
     /// See [`crate::WriteTx::insert_checkpoint`].
     fn insert_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
 }
@@ -159,7 +149,7 @@ pub(crate) fn append<T: Rows + ?Sized>(
         None => frontier(tx, index)?,
     };
     let made = merkle::append(&mut frontier, index, record.leaf_hash());
-    tx.insert_audit_row_with_nodes(&record, request.as_deref(), &made)?;
+    tx.insert_audit_row(&record, request.as_deref(), &made)?;
     if let Some(e) = tx.effects() {
         e.head = Some((record.seq, record.hash));
         e.frontier = Some(frontier);

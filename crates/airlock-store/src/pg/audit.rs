@@ -151,29 +151,6 @@ impl AuditRows for Tx<'_> {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
-    fn insert_audit_row(
-        &mut self,
-        record: &AuditRecord,
-        request: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &record.seq,
-                &record.ts,
-                &record.kind,
-                &record.actor,
-                &record.subject,
-                &record.details.get(),
-                &record.prev_hash.to_string(),
-                &record.hash.to_string(),
-                &request,
-            ],
-        )?;
-        Ok(())
-    }
-
     fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError> {
         let row = self.query_opt(
             "SELECT hash FROM audit_nodes WHERE level = $1 AND idx = $2",
@@ -244,7 +221,7 @@ impl AuditRows for Tx<'_> {
         Ok(())
     }
 
-    fn insert_audit_row_with_nodes(
+    fn insert_audit_row(
         &mut self,
         record: &AuditRecord,
         request: Option<&str>,

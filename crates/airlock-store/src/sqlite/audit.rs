@@ -78,6 +78,7 @@ impl AuditRows for Tx<'_> {
         &mut self,
         record: &AuditRecord,
         request: Option<&str>,
+        nodes: &[(u32, u64, airlock_core::merkle::Hash)],
     ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
@@ -95,7 +96,7 @@ impl AuditRows for Tx<'_> {
                 record.hash.to_string(),
                 request,
             ])?;
-        Ok(())
+        self.insert_tree_nodes(nodes)
     }
 
     fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError> {
