@@ -493,8 +493,9 @@ impl Store {
 
     /// Like [`Store::read`], for an `f` that makes exactly one query (an
     /// API key lookup on every request): on PostgreSQL it runs without
-    /// an explicit transaction, one round trip instead of three. Several
-    /// queries in `f` would each see their own snapshot.
+    /// an explicit transaction, one round trip instead of three; on SQLite
+    /// on the calling thread, with no hand-off to a blocking thread and
+    /// back. Several queries in `f` would each see their own snapshot.
     pub async fn read_single<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
