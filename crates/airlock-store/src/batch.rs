@@ -38,7 +38,20 @@ pub(crate) struct Effects {
     pub(crate) frontier: Option<Vec<(u32, u64, airlock_core::merkle::Hash)>>,
     /// What the batch changed.
     pub(crate) announced: Announced,
+    /// The chain as this writer last committed it (see [`Chain`]).
+    pub(crate) known: Chain,
 }
+
+/// The chain as a writer last committed it: its head `(seq, hash)` and the
+/// Merkle frontier at that head, kept from one batch to the next. A batch's
+/// first append still reads the head under the write lock, and takes this
+/// frontier only when that head is the one kept; after another node's or
+/// process's appends it reads the frontier again. Equal heads mean equal
+/// logs (each hash covers all before it), so equal trees.
+pub(crate) type Chain = Option<(
+    (i64, ChainHash),
+    Vec<(u32, u64, airlock_core::merkle::Hash)>,
+)>;
 
 impl Announced {
     /// Tells this process's waiters, once the batch committed.
@@ -127,13 +140,16 @@ pub(crate) fn fail_all(batch: Vec<Job>, e: &StoreError) {
 
 /// Runs a batch in the transaction the caller began on `conn`, ends it,
 /// and answers every job. Returns what it changed if it committed.
-pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
+pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>, chain: &mut Chain) -> Announced {
     // One job needs no savepoint: if it fails, the whole transaction goes.
     let savepoints = batch.len() > 1;
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut broken: Option<StoreError> = None;
     let mut rolled_back = false;
-    let mut effects = Effects::default();
+    let mut effects = Effects {
+        known: chain.take(),
+        ..Effects::default()
+    };
     // How the previous job's savepoint ends, sent together with the next
     // job's SAVEPOINT (or before COMMIT): one round trip fewer per job on
     // a networked database.
@@ -227,6 +243,14 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>) -> Announced {
         }
     };
     conn.discard_staged();
+    // Kept only as committed: after a failed commit the next batch reads
+    // the chain afresh.
+    if result.is_ok() {
+        *chain = match (effects.head, effects.frontier.take()) {
+            (Some(head), Some(frontier)) if !rolled_back => Some((head, frontier)),
+            _ => effects.known.take(),
+        };
+    }
     if let Err(e) = &result {
         let _ = conn.exec("ROLLBACK");
         tracing::error!(error = %e, "storage batch failed; nothing in it was committed");

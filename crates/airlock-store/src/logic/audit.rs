@@ -144,7 +144,16 @@ pub(crate) fn append<T: Rows + ?Sized>(
     let request = rec.request_id().map(str::to_owned);
     let record = AuditRecord::link(seq, prev, fmt(ts), rec);
     let index = u64::try_from(record.seq - 1).map_err(corrupt)?;
-    let mut frontier = match tx.effects().and_then(|e| e.frontier.take()) {
+    let kept = |e: &mut crate::batch::Effects| {
+        e.known
+            .as_ref()
+            .filter(|(h, _)| *h == (seq, prev))
+            .map(|(_, f)| f.clone())
+    };
+    let mut frontier = match tx
+        .effects()
+        .and_then(|e| e.frontier.take().or_else(|| kept(e)))
+    {
         Some(f) => f,
         None => frontier(tx, index)?,
     };

@@ -349,6 +349,7 @@ fn writer_loop(
 ) {
     // Every batch, on every node, holds this lock until it commits.
     let begin_write = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
+    let mut chain = None;
     while let Some(batch) = batch::next_batch(&rx) {
         // A lost connection is re-made on the next batch, so a node
         // recovers by itself when the database comes back.
@@ -362,7 +363,7 @@ fn writer_loop(
             continue;
         };
         c.node.clone_from(&node);
-        batch::run(c, batch).send_here(&events);
+        batch::run(c, batch, &mut chain).send_here(&events);
     }
 }
 

@@ -174,6 +174,7 @@ impl Backend for SqliteBackend {
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
+    let mut chain = None;
     while let Some(batch) = batch::next_batch(&rx) {
         // IMMEDIATE takes the write lock now, so the audit head read by the
         // first append cannot be overtaken by another process.
@@ -183,7 +184,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
             fail_all(batch, &e);
             continue;
         }
-        batch::run(&mut conn, batch).send_here(&events);
+        batch::run(&mut conn, batch, &mut chain).send_here(&events);
     }
 }
 
