@@ -67,6 +67,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("airlock_allow", |b| {
         b.iter(|| std::hint::black_box(engine.decide(&allow, context.clone()).unwrap()))
     });
+    // As the server decides it: with the caller's address as `source_ip`.
+    let mut served = context.clone();
+    served.insert(
+        "source_ip".into(),
+        json!({"__extn": {"fn": "ip", "arg": "10.1.2.3"}}),
+    );
+    g.bench_function("airlock_allow_with_source_ip", |b| {
+        b.iter(|| std::hint::black_box(engine.decide(&allow, served.clone()).unwrap()))
+    });
     g.bench_function("airlock_approval_required", |b| {
         b.iter(|| std::hint::black_box(engine.decide(&pii, context.clone()).unwrap()))
     });
