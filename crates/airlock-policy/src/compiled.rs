@@ -34,9 +34,9 @@ struct Ready {
     effect: Effect,
     /// Scope and clauses as one expression (`ast::Policy::condition`).
     condition: ast::Expr,
-    /// The policy itself, for its slot values (a template-linked policy's
-    /// condition refers to them).
-    policy: ast::Policy,
+    /// The policy's slot values (a template-linked policy's condition
+    /// refers to them).
+    env: ast::SlotEnv,
 }
 
 /// A policy set whose conditions are built.
@@ -66,7 +66,7 @@ impl CompiledSet {
                         id: p.id().clone(),
                         effect: policy.effect(),
                         condition: policy.condition(),
-                        policy: policy.clone(),
+                        env: policy.env().clone(),
                     }
                 })
                 .collect(),
@@ -91,7 +91,7 @@ impl CompiledSet {
         let mut forbids = Vec::new();
         let mut errors = Vec::new();
         for p in &self.policies {
-            match eval.interpret(&p.condition, p.policy.env()) {
+            match eval.interpret(&p.condition, &p.env) {
                 Ok(v) => match v.value_kind() {
                     ValueKind::Lit(Literal::Bool(true)) => match p.effect {
                         Effect::Permit => permits.push(p.id.clone()),

@@ -43,6 +43,23 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// An idle reader connection from the pool, or a new one.
+fn take_reader(pool: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connection, StoreError> {
+    match pool.lock().ok().and_then(|mut p| p.pop()) {
+        Some(c) => Ok(c),
+        None => open_conn(path),
+    }
+}
+
+/// Back to the pool, which keeps at most eight idle.
+fn return_reader(pool: &Mutex<Vec<Connection>>, conn: Connection) {
+    if let Ok(mut p) = pool.lock() {
+        if p.len() < 8 {
+            p.push(conn);
+        }
+    }
+}
+
 impl SqliteBackend {
     /// Opens (creating if needed) the database at `path`, migrates it, and
     /// starts the writer thread, which announces commits on `events`.
@@ -110,13 +127,9 @@ impl Backend for SqliteBackend {
         let pool = self.readers.clone();
         let path = self.path.clone();
         batch::blocking(move || {
-            let conn = pool.lock().ok().and_then(|mut p| p.pop());
-            let mut conn = match conn {
-                Some(c) => c,
-                None => match open_conn(&path) {
-                    Ok(c) => c,
-                    Err(e) => return job(Err(e)),
-                },
+            let mut conn = match take_reader(&pool, &path) {
+                Ok(c) => c,
+                Err(e) => return job(Err(e)),
             };
             match conn.transaction() {
                 Ok(tx) => {
@@ -128,11 +141,7 @@ impl Backend for SqliteBackend {
                 }
                 Err(e) => job(Err(e.into())),
             }
-            if let Ok(mut p) = pool.lock() {
-                if p.len() < 8 {
-                    p.push(conn);
-                }
-            }
+            return_reader(&pool, conn);
         })
     }
 
@@ -145,25 +154,15 @@ impl Backend for SqliteBackend {
     /// What can still block the caller: a page not in memory, and the rare
     /// moment a WAL reader must wait (bounded by the busy timeout).
     fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
-        let conn = self.readers.lock().ok().and_then(|mut p| p.pop());
-        let conn = match conn {
-            Some(c) => c,
-            None => match open_conn(&self.path) {
-                Ok(c) => c,
-                Err(e) => {
-                    job(Err(e));
-                    return Ok(());
-                }
-            },
-        };
-        job(Ok(&mut Tx {
-            conn: &conn,
-            effects: None,
-        }));
-        if let Ok(mut p) = self.readers.lock() {
-            if p.len() < 8 {
-                p.push(conn);
+        match take_reader(&self.readers, &self.path) {
+            Ok(conn) => {
+                job(Ok(&mut Tx {
+                    conn: &conn,
+                    effects: None,
+                }));
+                return_reader(&self.readers, conn);
             }
+            Err(e) => job(Err(e)),
         }
         Ok(())
     }
