@@ -536,6 +536,9 @@ static IP_FUNCTION: std::sync::LazyLock<Option<cedar_policy_core::ast::Name>> =
     std::sync::LazyLock::new(|| cedar_policy_core::ast::Name::parse_unqualified_name("ip").ok());
 
 /// `ip("…")`, the expression `new_ip` builds, with the name parsed once.
+/// The conversion from Cedar's core expression is `#[doc(hidden)]` in
+/// `cedar-policy`: it holds because both crates are pinned to one release
+/// (`Cargo.toml`), and the test below compares it with `new_ip`.
 fn ip_call(address: &str) -> RestrictedExpression {
     use cedar_policy_core::ast::RestrictedExpr;
     match IP_FUNCTION.as_ref() {
