@@ -298,18 +298,18 @@ impl Action {
 pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            // Sorted as pairs: looking each key up again would hash it
+            // (serde_json's map keeps insertion order, in a hash map).
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, inner)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 write_json_string(k, out);
                 out.push(b':');
-                if let Some(inner) = map.get(k) {
-                    canonical_json(inner, out);
-                }
+                canonical_json(inner, out);
             }
             out.push(b'}');
         }
