@@ -9,7 +9,7 @@ use airlock_core::decision::{DEFAULT_GRANT_TTL, DEFAULT_REQUEST_TTL};
 use airlock_core::{Action, Decision, GroupName, Requirement, Threshold, UserName};
 use cedar_policy::{
     Context, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Request, Schema, ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -489,17 +489,19 @@ impl PolicyEngine {
 /// (nulls, fractions, other escapes), for Cedar's own reading, which is
 /// several times slower (it tries each JSON form Cedar knows in turn).
 fn direct_context(map: &Map<String, Value>) -> Option<Context> {
-    fn expr(v: &Value) -> Option<RestrictedExpression> {
+    use cedar_policy_core::ast::{self, PartialValue, ValueKind};
+    use cedar_policy_core::extensions::Extensions;
+    fn value(v: &Value) -> Option<ast::Value> {
         Some(match v {
-            Value::Bool(b) => RestrictedExpression::new_bool(*b),
-            Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
-            Value::String(s) => RestrictedExpression::new_string(s.clone()),
+            Value::Bool(b) => ast::Value::from(*b),
+            Value::Number(n) => ast::Value::from(n.as_i64()?),
+            Value::String(s) => ast::Value::from(s.as_str()),
             Value::Array(a) => {
-                RestrictedExpression::new_set(a.iter().map(expr).collect::<Option<Vec<_>>>()?)
+                ast::Value::set(a.iter().map(value).collect::<Option<Vec<_>>>()?, None)
             }
             Value::Object(o) => {
                 if let Some(ip) = ip_escape(o) {
-                    return Some(ip_call(ip));
+                    return ip_value(ip);
                 }
                 if ["__entity", "__extn", "__expr"]
                     .iter()
@@ -507,7 +509,7 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
                 {
                     return None;
                 }
-                RestrictedExpression::new_record(pairs(o)?).ok()?
+                record(o)?
             }
             Value::Null => return None,
         })
@@ -522,10 +524,37 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
             _ => None,
         }
     }
-    fn pairs(o: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpression)>> {
-        o.iter().map(|(k, v)| Some((k.clone(), expr(v)?))).collect()
+    /// What Cedar's `ip` function makes of `address` (`None` when it
+    /// refuses it: Cedar's own reading then reports why).
+    fn ip_value(address: &str) -> Option<ast::Value> {
+        let name = IP_FUNCTION.as_ref()?;
+        match Extensions::all_available()
+            .func(name)
+            .ok()?
+            .call(&[ast::Value::from(address)])
+            .ok()?
+        {
+            PartialValue::Value(v) => Some(v),
+            PartialValue::Residual(_) => None,
+        }
     }
-    Context::from_pairs(pairs(map)?).ok()
+    fn record(o: &Map<String, Value>) -> Option<ast::Value> {
+        let pairs = o
+            .iter()
+            .map(|(k, v)| Some((k.as_str(), value(v)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(ast::Value::record(pairs, None))
+    }
+    // Cedar's `from_pairs` builds an expression of the record and evaluates
+    // it; the values are built here as that evaluation would make them
+    // (the property test below holds them to Cedar's JSON reading). The
+    // conversion from Cedar's core context is `#[doc(hidden)]` in
+    // `cedar-policy`, as `ip_call`'s is: both crates are pinned to one
+    // release.
+    match record(map)?.value_kind() {
+        ValueKind::Record(fields) => Some(Context::from(ast::Context::Value(fields.clone()))),
+        _ => None,
+    }
 }
 
 /// The name of Cedar's `ip` extension function, parsed once: Cedar's own
@@ -534,22 +563,6 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
 /// of the server's CPU on the allow path (docs/PERFORMANCE.md).
 static IP_FUNCTION: std::sync::LazyLock<Option<cedar_policy_core::ast::Name>> =
     std::sync::LazyLock::new(|| cedar_policy_core::ast::Name::parse_unqualified_name("ip").ok());
-
-/// `ip("…")`, the expression `new_ip` builds, with the name parsed once.
-/// The conversion from Cedar's core expression is `#[doc(hidden)]` in
-/// `cedar-policy`: it holds because both crates are pinned to one release
-/// (`Cargo.toml`), and the test below compares it with `new_ip`.
-fn ip_call(address: &str) -> RestrictedExpression {
-    use cedar_policy_core::ast::RestrictedExpr;
-    match IP_FUNCTION.as_ref() {
-        Some(name) => RestrictedExpression::from(RestrictedExpr::call_extension_fn(
-            name.clone(),
-            [RestrictedExpr::val(address)],
-        )),
-        // "ip" is a valid name (a unit test says so); Cedar's way is right too.
-        None => RestrictedExpression::new_ip(address),
-    }
-}
 
 fn uid(kind: &str, id: &str) -> EntityUid {
     // Resource types are checked by `ResourceType::parse` and the others are
@@ -613,7 +626,7 @@ fn build_entities(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cedar_policy::Authorizer;
+    use cedar_policy::{Authorizer, RestrictedExpression};
     use serde_json::json;
 
     const POLICIES: &str = r#"
@@ -678,16 +691,27 @@ when { context.missing_field == 1 };
         assert!(EntityTypeName::from_str("Airlock::Invalid").is_ok());
     }
 
-    /// The name parsed once is Cedar's: the call it builds is `new_ip`'s.
+    /// The name parsed once is Cedar's: the value its function makes is
+    /// the one `new_ip` evaluates to, and what it refuses is left to Cedar.
     #[test]
-    fn the_ip_function_name_parses_and_builds_cedars_call() {
+    fn the_ip_function_name_parses_and_makes_cedars_values() {
         assert!(IP_FUNCTION.is_some());
-        for a in ["10.0.0.1", "::1", "not-an-ip"] {
-            assert_eq!(
-                ip_call(a).as_ref(),
-                RestrictedExpression::new_ip(a).as_ref()
-            );
+        for a in ["10.0.0.1", "::1", "192.168.0.0/16"] {
+            let map = json!({"source_ip": {"__extn": {"fn": "ip", "arg": a}}});
+            let Value::Object(map) = map else {
+                unreachable!()
+            };
+            let direct = direct_context(&map).expect("built directly");
+            let cedar =
+                Context::from_pairs([("source_ip".to_owned(), RestrictedExpression::new_ip(a))])
+                    .unwrap();
+            assert_eq!(direct.get("source_ip"), cedar.get("source_ip"), "{a}");
         }
+        let map = json!({"source_ip": {"__extn": {"fn": "ip", "arg": "not-an-ip"}}});
+        let Value::Object(map) = map else {
+            unreachable!()
+        };
+        assert!(direct_context(&map).is_none());
     }
 
     #[test]
