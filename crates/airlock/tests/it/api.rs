@@ -40,6 +40,34 @@ async fn http_errors_follow_the_contract(db: Db) {
         )
         .await;
     assert_eq!(st, 400);
+    // A body that does not read says where, however it is read.
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": 7}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("resource.id"), "{r}");
+    for (content_type, status) in [
+        ("application/json; charset=utf-8", 200),
+        ("Application/JSON", 200),
+        ("application/problem+json", 200),
+        ("text/plain", 400),
+    ] {
+        let res = s
+            .http
+            .post(format!("{}/v1/check", s.url))
+            .bearer_auth(&alice)
+            .header("content-type", content_type)
+            .body(read.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{content_type}");
+    }
     let big = json!({"action": "read", "resource": {"type": "Table", "id": "t"}, "params": {"x": "a".repeat(70_000)}});
     let (st, r) = s.post(&alice, "/v1/check", big).await;
     assert_eq!(
