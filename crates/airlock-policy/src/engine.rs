@@ -549,8 +549,8 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
     // it; the values are built here as that evaluation would make them
     // (the property test below holds them to Cedar's JSON reading). The
     // conversion from Cedar's core context is `#[doc(hidden)]` in
-    // `cedar-policy`, as `ip_call`'s is: both crates are pinned to one
-    // release.
+    // `cedar-policy`: it holds because both crates are pinned to one
+    // release (`Cargo.toml`).
     match record(map)?.value_kind() {
         ValueKind::Record(fields) => Some(Context::from(ast::Context::Value(fields.clone()))),
         _ => None,
