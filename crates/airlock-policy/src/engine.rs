@@ -490,7 +490,6 @@ impl PolicyEngine {
 /// several times slower (it tries each JSON form Cedar knows in turn).
 fn direct_context(map: &Map<String, Value>) -> Option<Context> {
     use cedar_policy_core::ast::{self, PartialValue, ValueKind};
-    use cedar_policy_core::extensions::Extensions;
     fn value(v: &Value) -> Option<ast::Value> {
         Some(match v {
             Value::Bool(b) => ast::Value::from(*b),
@@ -527,10 +526,8 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
     /// What Cedar's `ip` function makes of `address` (`None` when it
     /// refuses it: Cedar's own reading then reports why).
     fn ip_value(address: &str) -> Option<ast::Value> {
-        let name = IP_FUNCTION.as_ref()?;
-        match Extensions::all_available()
-            .func(name)
-            .ok()?
+        match IP_FUNCTION
+            .as_ref()?
             .call(&[ast::Value::from(address)])
             .ok()?
         {
@@ -557,12 +554,18 @@ fn direct_context(map: &Map<String, Value>) -> Option<Context> {
     }
 }
 
-/// The name of Cedar's `ip` extension function, parsed once: Cedar's own
-/// `RestrictedExpression::new_ip` parses it with the policy grammar on every
-/// call, which builds a lexer (and its regex cache) each time; that was 8%
-/// of the server's CPU on the allow path (docs/PERFORMANCE.md).
-static IP_FUNCTION: std::sync::LazyLock<Option<cedar_policy_core::ast::Name>> =
-    std::sync::LazyLock::new(|| cedar_policy_core::ast::Name::parse_unqualified_name("ip").ok());
+/// Cedar's `ip` extension function, looked up once: Cedar's own
+/// `RestrictedExpression::new_ip` parses its name with the policy grammar on
+/// every call, which builds a lexer (and its regex cache) each time; that
+/// was 8% of the server's CPU on the allow path (docs/PERFORMANCE.md).
+static IP_FUNCTION: std::sync::LazyLock<
+    Option<&'static cedar_policy_core::ast::ExtensionFunction>,
+> = std::sync::LazyLock::new(|| {
+    let name = cedar_policy_core::ast::Name::parse_unqualified_name("ip").ok()?;
+    cedar_policy_core::extensions::Extensions::all_available()
+        .func(&name)
+        .ok()
+});
 
 fn uid(kind: &str, id: &str) -> EntityUid {
     // Resource types are checked by `ResourceType::parse` and the others are
