@@ -281,14 +281,26 @@ impl Action {
         // Domain separation so a fingerprint can never collide with another
         // hash Airlock computes over similar bytes.
         buf.extend_from_slice(b"airlock-fingerprint-v1\0");
-        let bound = serde_json::json!({
-            "principal": self.principal.as_str(),
-            "action": self.action.as_str(),
-            "resource_type": self.resource.kind.as_str(),
-            "resource_id": self.resource.id.as_str(),
-            "params": &self.params,
-        });
-        canonical_json(&bound, &mut buf);
+        // Fields in sorted order: canonical JSON with no `Value` built.
+        #[derive(Serialize)]
+        struct Bound<'a> {
+            action: &'a str,
+            params: CanonicalMembers<'a>,
+            principal: &'a str,
+            resource_id: &'a str,
+            resource_type: &'a str,
+        }
+        // Local invariant: a struct of strings and a Value serializes.
+        let _ = serde_json::to_writer(
+            &mut buf,
+            &Bound {
+                action: self.action.as_str(),
+                params: CanonicalMembers(&self.params),
+                principal: self.principal.as_str(),
+                resource_id: self.resource.id.as_str(),
+                resource_type: self.resource.kind.as_str(),
+            },
+        );
         Fingerprint(Sha256::digest(&buf).into())
     }
 }
@@ -296,36 +308,67 @@ impl Action {
 /// Writes `v` as JSON with object keys sorted and no white space, so equal
 /// values always produce equal bytes whatever map order a dependency enables.
 pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            // Sorted as pairs: looking each key up again would hash it
-            // (serde_json's map keeps insertion order, in a hash map).
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, inner)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+    // Writing into a Vec cannot fail, and every Value serializes.
+    let _ = serde_json::to_writer(out, &Canonical(v));
+}
+
+/// A value that serializes canonically (the bytes [`canonical_json`]
+/// writes, through serde_json): object members sorted by key, bytewise,
+/// arrays in order, strings and numbers as serde_json writes them. A
+/// struct whose fields are declared in sorted order, with its free-form
+/// values behind `Canonical`, serializes canonically too, with no
+/// `Value` built first (see `audit::Details::from_sorted`).
+pub struct Canonical<'a>(pub &'a Value);
+
+/// An object (a check's context) that serializes canonically.
+pub struct CanonicalObject<'a>(pub &'a Map<String, Value>);
+
+/// Members already in key order (a check's params) whose values
+/// serialize canonically.
+pub struct CanonicalMembers<'a>(pub &'a BTreeMap<String, Value>);
+
+impl Serialize for CanonicalObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Sorted as pairs: looking each key up again would hash it
+        // (serde_json's map keeps insertion order, in a hash map).
+        let mut entries: Vec<(&String, &Value)> = self.0.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        members(entries.into_iter(), s)
+    }
+}
+
+impl Serialize for CanonicalMembers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        members(self.0.iter(), s)
+    }
+}
+
+/// An object of these members, in this order, values canonical.
+fn members<'a, S: serde::Serializer>(
+    entries: impl ExactSizeIterator<Item = (&'a String, &'a Value)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(entries.len()))?;
+    for (k, v) in entries {
+        m.serialize_entry(k, &Canonical(v))?;
+    }
+    m.end()
+}
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.0 {
+            Value::Object(map) => CanonicalObject(map).serialize(s),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Canonical(v))?;
                 }
-                write_json_string(k, out);
-                out.push(b':');
-                canonical_json(inner, out);
+                seq.end()
             }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(b']');
-        }
-        Value::String(s) => write_json_string(s, out),
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
+            other => other.serialize(s),
         }
     }
 }
