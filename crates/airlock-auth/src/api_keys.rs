@@ -105,7 +105,7 @@ pub async fn create_api_key_with(
                     kind: AuditKind::KeyCreated,
                     actor,
                     subject: record.id.clone(),
-                    details,
+                    details: details.into(),
                 },
                 record.created_at,
             )?;
@@ -139,7 +139,7 @@ pub async fn revoke_api_key(
                         kind: AuditKind::KeyRevoked,
                         actor,
                         subject: id,
-                        details: json!({}),
+                        details: json!({}).into(),
                     },
                     at,
                 )?;

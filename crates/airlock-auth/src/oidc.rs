@@ -304,7 +304,7 @@ pub async fn sync_groups(
                     kind: AuditKind::GroupsSynced,
                     actor: "oidc".into(),
                     subject: user.to_string(),
-                    details: json!({"groups": groups, "previous": current}),
+                    details: json!({"groups": groups, "previous": current}).into(),
                 },
                 t,
             )?;

@@ -112,7 +112,8 @@ impl PasswordSignIn {
                                     "method": "password",
                                     "why": "too many attempts from this address",
                                     "source": source.to_string(),
-                                }),
+                                })
+                                .into(),
                             },
                             t,
                         )
@@ -151,7 +152,7 @@ impl PasswordSignIn {
                             kind: AuditKind::SignInLocked,
                             actor: "web".into(),
                             subject: shown,
-                            details: json!({"method": "password"}),
+                            details: json!({"method": "password"}).into(),
                         },
                         t,
                     )

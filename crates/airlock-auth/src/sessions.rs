@@ -60,7 +60,7 @@ pub async fn start(
                     kind: AuditKind::SignIn,
                     actor: user.to_string(),
                     subject: user.to_string(),
-                    details: json!({"method": method, "session": &session.id_hash[..12]}),
+                    details: json!({"method": method, "session": &session.id_hash[..12]}).into(),
                 },
                 t,
             )?;
@@ -86,7 +86,7 @@ pub async fn refused(
                     kind: AuditKind::SignInFailed,
                     actor: "web".into(),
                     subject: who,
-                    details: json!({"method": method, "why": why}),
+                    details: json!({"method": method, "why": why}).into(),
                 },
                 t,
             )
@@ -109,7 +109,7 @@ pub async fn end(store: &Store, id_hash: &str, who: &UserName) -> Result<(), Aut
                     kind: AuditKind::SignOut,
                     actor: who.clone(),
                     subject: who,
-                    details: json!({"session": &h[..12]}),
+                    details: json!({"session": &h[..12]}).into(),
                 },
                 t,
             )?;

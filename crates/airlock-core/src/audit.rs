@@ -214,7 +214,7 @@ pub struct NewAuditRecord {
     /// What it happened to (request or grant id), or empty.
     pub subject: String,
     /// Everything else, as JSON. Never holds a key or a grant token.
-    pub details: Value,
+    pub details: Details,
 }
 
 impl NewAuditRecord {
@@ -232,48 +232,98 @@ impl NewAuditRecord {
         if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
             return Some(&self.subject);
         }
-        self.details.get("request").and_then(Value::as_str)
+        self.details.request.as_deref()
+    }
+}
+
+/// A new record's details, already canonical: made where the record is
+/// made (a request's own task), so the store's one writer only links and
+/// stores the text. Carries the `request` member at its top, if any, for
+/// [`NewAuditRecord::request_id`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Details {
+    text: RecordedJson,
+    request: Option<String>,
+}
+
+impl Details {
+    /// The canonical text of `value`, which serializes canonically (see
+    /// [`crate::action::Canonical`]): a struct with its fields declared in
+    /// sorted order and its free-form values behind `Canonical`, written
+    /// with no `Value` built. `request` is the value of its top-level
+    /// `request` member, if it has one. A test per such type holds its
+    /// text to [`RecordedJson::canonical`] of its value.
+    pub fn from_sorted<T: Serialize>(value: &T, request: Option<String>) -> Self {
+        let mut buf = Vec::with_capacity(512);
+        // Local invariant: the types given here serialize (strings,
+        // numbers and JSON values), and writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut buf, value);
+        Self {
+            text: RecordedJson::trusted(buf),
+            request,
+        }
+    }
+
+    /// The canonical text.
+    pub fn text(&self) -> &RecordedJson {
+        &self.text
+    }
+}
+
+impl From<Value> for Details {
+    fn from(v: Value) -> Self {
+        Self {
+            request: v.get("request").and_then(Value::as_str).map(str::to_owned),
+            text: RecordedJson::canonical(&v),
+        }
     }
 }
 
 /// A record's details exactly as stored: canonical JSON text (keys sorted,
 /// no white space). The chain hashes these bytes, so what verifies is what
 /// is stored, never a re-encoding of a parsed value.
+///
+/// Always valid JSON: text from a store is checked as it is read, and
+/// canonical text is serde_json's own output, so it is not parsed again.
 #[derive(Clone)]
-pub struct RecordedJson(Box<RawValue>);
+pub struct RecordedJson(Box<str>);
 
 impl RecordedJson {
     /// The canonical text of `v`.
     pub fn canonical(v: &Value) -> Self {
         let mut buf = Vec::with_capacity(128);
         canonical_json(v, &mut buf);
-        // Local invariant: canonical_json only joins serde_json's own
-        // encodings of strings and numbers with JSON punctuation, so the
-        // bytes are UTF-8 and valid JSON.
-        #[allow(clippy::expect_used)]
-        let raw = String::from_utf8(buf)
-            .ok()
-            .and_then(|t| RawValue::from_string(t).ok())
-            .expect("canonical JSON is valid JSON");
-        Self(raw)
+        Self::trusted(buf)
+    }
+
+    /// Bytes serde_json wrote for a value: UTF-8 and valid JSON.
+    fn trusted(buf: Vec<u8>) -> Self {
+        // Local invariant: serde_json writes UTF-8; the fallback (an
+        // empty object) is never taken, and would fail the chain's
+        // verification rather than pass anything.
+        Self(
+            String::from_utf8(buf)
+                .unwrap_or_else(|_| "{}".to_owned())
+                .into_boxed_str(),
+        )
     }
 
     /// Text read back from a store, kept byte for byte. Refused if it is
     /// not JSON at all.
     pub fn from_stored(text: String) -> Result<Self, ParseError> {
         RawValue::from_string(text)
-            .map(Self)
+            .map(|raw| Self(raw.into()))
             .map_err(|e| ParseError::new("audit details", e.to_string()))
     }
 
     /// The stored text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// The details as a value, for display and filters.
     pub fn value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
     }
 }
 
@@ -291,13 +341,16 @@ impl fmt::Debug for RecordedJson {
 
 impl Serialize for RecordedJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        // Embedded as JSON, not as a string: checked again here, where a
+        // record is shown, not where it is made.
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for RecordedJson {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(d).map(Self)
+        Box::<RawValue>::deserialize(d).map(|raw| Self(raw.into()))
     }
 }
 
@@ -455,7 +508,7 @@ impl AuditRecord {
     pub fn link(prev_seq: i64, prev: ChainHash, ts: String, rec: NewAuditRecord) -> AuditRecord {
         let seq = prev_seq + 1;
         let kind = rec.kind.as_str().to_owned();
-        let details = RecordedJson::canonical(&rec.details);
+        let details = rec.details.text;
         let hash = chain_hash(&prev, seq, &ts, &kind, &rec.actor, &rec.subject, &details);
         AuditRecord {
             seq,
@@ -747,7 +800,7 @@ mod tests {
                     kind: AuditKind::Decision,
                     actor: "alice".into(),
                     subject: String::new(),
-                    details: json!({"n": i}),
+                    details: json!({"n": i}).into(),
                 },
             ));
         }
@@ -776,7 +829,7 @@ mod tests {
                     kind: AuditKind::Decision,
                     actor: actor.into(),
                     subject: subject.into(),
-                    details,
+                    details: details.into(),
                 },
             );
             let line = rec.export_line();
@@ -823,7 +876,7 @@ mod tests {
                 kind: AuditKind::Decision,
                 actor: "a\"b".into(),
                 subject: String::new(),
-                details: json!({}),
+                details: json!({}).into(),
             },
         );
         assert!(rec.content_matches());
@@ -887,11 +940,11 @@ mod tests {
 
     #[test]
     fn only_request_records_are_filed_under_a_request() {
-        let rec = |kind, subject: &str, details| NewAuditRecord {
+        let rec = |kind, subject: &str, details: Value| NewAuditRecord {
             kind,
             actor: "x".into(),
             subject: subject.into(),
-            details,
+            details: details.into(),
         };
         let id = "req_01a21552-c916-76b1-b1d4-7e13c514b076";
         assert_eq!(rec(AuditKind::Review, id, json!({})).request_id(), Some(id));

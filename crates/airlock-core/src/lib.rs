@@ -20,8 +20,8 @@ pub mod ttl;
 
 pub use action::{Action, Fingerprint, Resource};
 pub use audit::{
-    AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, ExportedLine, NewAuditRecord,
-    RecordedJson,
+    AuditKind, AuditRecord, ChainError, ChainHash, ChainVerifier, Details, ExportedLine,
+    NewAuditRecord, RecordedJson,
 };
 pub use decision::{Decision, Requirement, Threshold};
 pub use error::ParseError;

@@ -358,7 +358,7 @@ pub async fn reload(airlock: &Airlock, trigger: &str, reread_config: bool) {
                 kind: AuditKind::PolicyLoaded,
                 actor: "system".into(),
                 subject: String::new(),
-                details: json!({"version": version, "previous": previous, "policies": count, "trigger": trigger}),
+                details: json!({"version": version, "previous": previous, "policies": count, "trigger": trigger}).into(),
             };
             // Serve the new set only once its loading is on record.
             match airlock.store.append_audit(rec, t).await.map(|_| ()) {
@@ -384,7 +384,8 @@ async fn record_failure(airlock: &Airlock, trigger: &str, error: String) {
         kind: AuditKind::PolicyReloadFailed,
         actor: "system".into(),
         subject: String::new(),
-        details: json!({"error": error, "serving": airlock.policy_version(), "trigger": trigger}),
+        details: json!({"error": error, "serving": airlock.policy_version(), "trigger": trigger})
+            .into(),
     };
     if let Err(e) = airlock.store.append_audit(rec, t).await.map(|_| ()) {
         tracing::error!(error = %e, "cannot record the failed reload");

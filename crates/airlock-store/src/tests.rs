@@ -124,7 +124,7 @@ fn audit(kind: AuditKind) -> NewAuditRecord {
         kind,
         actor: "alice".into(),
         subject: String::new(),
-        details: json!({"x": 1}),
+        details: json!({"x": 1}).into(),
     }
 }
 
@@ -631,7 +631,7 @@ async fn audit_search_filters(home: &Home) {
                         kind,
                         actor: actor.into(),
                         subject: subject.into(),
-                        details,
+                        details: details.into(),
                     },
                     t,
                 )?;

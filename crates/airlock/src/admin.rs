@@ -169,7 +169,8 @@ pub async fn keys_rotate_audit(config: &Path) -> anyhow::Result<ExitCode> {
                         "use": "audit",
                         "old": old.id(), "old_public": old.paserk(),
                         "new": new.id(), "new_public": new.paserk(),
-                    }),
+                    })
+                    .into(),
                 },
                 now,
             )?;
@@ -313,7 +314,7 @@ pub async fn users_totp_enroll(config: &Path, user: &str) -> anyhow::Result<Exit
                     kind: airlock_core::AuditKind::TotpEnrolled,
                     actor: "cli".into(),
                     subject: name.to_string(),
-                    details: json!({"user": name.as_str()}),
+                    details: json!({"user": name.as_str()}).into(),
                 },
                 t,
             )?;
@@ -358,7 +359,7 @@ pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<Exi
                     kind: airlock_core::AuditKind::PasswordSet,
                     actor: "cli".into(),
                     subject: name.to_string(),
-                    details: json!({"user": name.as_str(), "scheme": "argon2id"}),
+                    details: json!({"user": name.as_str(), "scheme": "argon2id"}).into(),
                 },
                 t,
             )?;

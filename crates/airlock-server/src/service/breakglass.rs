@@ -100,7 +100,7 @@ impl Airlock {
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
-        let mut details = super::check::decision_details(
+        let mut details = super::check::DecisionDetails::new(
             caller,
             &action,
             &fingerprint,
@@ -108,11 +108,11 @@ impl Airlock {
             &decision,
             loaded.engine.version(),
         );
-        details["breakglass"] = json!(true);
+        details.breakglass = Some(true);
         let (policies, mut requirement) = match decision {
             Decision::Deny { message, .. } => {
-                details["refused"] = json!("forbidden");
-                self.record_decision(actor, details, t).await?;
+                details.refused = Some(airlock_api::ErrorCode::Forbidden);
+                self.record_decision(actor, &details, t).await?;
                 return Err(ApiError::forbidden(format!(
                     "policy denies this action, and break-glass never opens what policy denies: {message}"
                 )));
@@ -159,13 +159,13 @@ impl Airlock {
             .write(move |tx| {
                 tx.insert_request(&request)?;
                 let mut d = details;
-                d["request"] = json!(id.to_string());
+                d.request = Some(id.to_string());
                 tx.append_audit(
                     NewAuditRecord {
                         kind: AuditKind::Decision,
                         actor: actor.clone(),
                         subject: id.to_string(),
-                        details: d,
+                        details: d.details(),
                     },
                     t,
                 )?;
@@ -180,7 +180,8 @@ impl Airlock {
                             "grant_ttl": request.requirement.grant_ttl,
                             "thresholds_skipped": &request.requirement.thresholds,
                             "review_required": REVIEWS_AFTER,
-                        }),
+                        })
+                        .into(),
                     },
                     t,
                 )?;

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
+use airlock_core::audit::Details;
 use airlock_core::{
     Action, AuditKind, Decision, NewAuditRecord, Request, RequestId, RequestStatus,
 };
@@ -71,31 +72,98 @@ const COMPUTED_CONTEXT: [&str; 5] = [
 ];
 
 /// A decision record's details: one shape for every outcome and every
-/// way in (a check, break-glass), built from the decision.
-pub(crate) fn decision_details(
-    caller: &Caller,
-    action: &Action,
-    fingerprint: &airlock_core::Fingerprint,
+/// way in (a check, break-glass), built from the decision. Its fields are
+/// declared in sorted order and its free-form values (params, context)
+/// serialize canonically, so the record's canonical text is written from
+/// it directly, with no JSON value built and sorted on the way
+/// (`decision_details_are_canonical` holds it to the canonical form).
+#[derive(serde::Serialize)]
+pub(crate) struct DecisionDetails {
+    action: String,
+    /// Asked for as break-glass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) breakglass: Option<bool>,
+    #[serde(serialize_with = "canonical_object")]
     context: Map<String, Value>,
-    decision: &Decision,
-    policy_version: &str,
-) -> Value {
-    let mut details = json!({
-        "outcome": decision.outcome(),
-        "principal": action.principal.as_str(),
-        "action": action.action.as_str(),
-        "resource": {"type": action.resource.kind.as_str(), "id": action.resource.id.as_str()},
-        "params": &action.params,
-        "context": Value::Object(context),
-        "fingerprint": fingerprint.to_string(),
-        "policies": decision.policies(),
-        "policy_version": policy_version,
-        "key": &caller.key_id,
-    });
-    if let Decision::Deny { message, .. } = decision {
-        details["message"] = json!(message);
+    /// Whether the request named was pending already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) existing_request: Option<bool>,
+    fingerprint: String,
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    outcome: &'static str,
+    #[serde(serialize_with = "canonical_members")]
+    params: std::collections::BTreeMap<String, Value>,
+    policies: Vec<String>,
+    policy_version: String,
+    principal: String,
+    /// Why nothing was asked, or nothing was granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) refused: Option<ErrorCode>,
+    /// The approval request it made or found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) request: Option<String>,
+    resource: DecidedResource,
+}
+
+/// The resource in a decision record (`id`, then `type`: sorted).
+#[derive(serde::Serialize)]
+struct DecidedResource {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn canonical_object<S: serde::Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&airlock_core::action::CanonicalObject(m), s)
+}
+
+fn canonical_members<S: serde::Serializer>(
+    m: &std::collections::BTreeMap<String, Value>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&airlock_core::action::CanonicalMembers(m), s)
+}
+
+impl DecisionDetails {
+    pub(crate) fn new(
+        caller: &Caller,
+        action: &Action,
+        fingerprint: &airlock_core::Fingerprint,
+        context: Map<String, Value>,
+        decision: &Decision,
+        policy_version: &str,
+    ) -> Self {
+        Self {
+            action: action.action.as_str().to_owned(),
+            breakglass: None,
+            context,
+            existing_request: None,
+            fingerprint: fingerprint.to_string(),
+            key: caller.key_id.clone(),
+            message: match decision {
+                Decision::Deny { message, .. } => Some(message.clone()),
+                _ => None,
+            },
+            outcome: decision.outcome(),
+            params: action.params.clone(),
+            policies: decision.policies().to_vec(),
+            policy_version: policy_version.to_owned(),
+            principal: action.principal.as_str().to_owned(),
+            refused: None,
+            request: None,
+            resource: DecidedResource {
+                id: action.resource.id.as_str().to_owned(),
+                kind: action.resource.kind.as_str().to_owned(),
+            },
+        }
     }
-    details
+
+    /// The record's details, canonical.
+    pub(crate) fn details(&self) -> Details {
+        Details::from_sorted(self, self.request.clone())
+    }
 }
 
 impl Airlock {
@@ -150,7 +218,7 @@ impl Airlock {
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
-        let mut details = decision_details(
+        let mut details = DecisionDetails::new(
             caller,
             &action,
             &fingerprint,
@@ -161,14 +229,14 @@ impl Airlock {
 
         let outcome = match decision {
             Decision::Allow { policies } => {
-                let audit_seq = self.record_decision(actor, details, t).await?;
+                let audit_seq = self.record_decision(actor, &details, t).await?;
                 CheckOutcome::Allow {
                     policies,
                     audit_seq,
                 }
             }
             Decision::Deny { policies, message } => {
-                let audit_seq = self.record_decision(actor, details, t).await?;
+                let audit_seq = self.record_decision(actor, &details, t).await?;
                 CheckOutcome::Deny {
                     policies,
                     message,
@@ -186,8 +254,8 @@ impl Airlock {
                         .map(|t| t.policy_id.clone())
                         .unwrap_or_default();
                     // The decision is on record with why nothing was asked.
-                    details["refused"] = json!(ErrorCode::ReasonRequired);
-                    self.record_decision(actor, details, t).await?;
+                    details.refused = Some(ErrorCode::ReasonRequired);
+                    self.record_decision(actor, &details, t).await?;
                     return Err(ApiError::ReasonRequired(p));
                 }
                 let decision_details = details;
@@ -232,13 +300,13 @@ impl Airlock {
                                 if pending >= i64::from(max_pending) {
                                     // On record, with why no request was made.
                                     let mut d = decision_details;
-                                    d["refused"] = json!(ErrorCode::TooManyPending);
+                                    d.refused = Some(ErrorCode::TooManyPending);
                                     tx.append_audit(
                                         NewAuditRecord {
                                             kind: AuditKind::Decision,
                                             actor,
                                             subject: String::new(),
-                                            details: d,
+                                            details: d.details(),
                                         },
                                         t,
                                     )?;
@@ -266,16 +334,14 @@ impl Airlock {
                             }
                         }
                         let mut d = decision_details;
-                        if let Some(o) = d.as_object_mut() {
-                            o.insert("request".into(), json!(req.id.to_string()));
-                            o.insert("existing_request".into(), json!(!created));
-                        }
+                        d.request = Some(req.id.to_string());
+                        d.existing_request = Some(!created);
                         tx.append_audit(
                             NewAuditRecord {
                                 kind: AuditKind::Decision,
                                 actor: actor.clone(),
                                 subject: req.id.to_string(),
-                                details: d,
+                                details: d.details(),
                             },
                             t,
                         )?;
@@ -290,7 +356,8 @@ impl Airlock {
                                         "grant_ttl": req.requirement.grant_ttl,
                                         "max_uses": req.requirement.max_uses,
                                         "policies": &req.policies,
-                                    }),
+                                    })
+                                    .into(),
                                 },
                                 t,
                             )?;
@@ -311,7 +378,8 @@ impl Airlock {
                                         "thresholds": &req.requirement.thresholds,
                                         "expires_at": airlock_store::time::fmt(req.expires_at),
                                         "reason": &req.reason,
-                                    }),
+                                    })
+                                    .into(),
                                 },
                                 t,
                             )?;
@@ -376,14 +444,14 @@ impl Airlock {
     pub(crate) async fn record_decision(
         &self,
         actor: String,
-        details: Value,
+        details: &DecisionDetails,
         t: chrono::DateTime<chrono::Utc>,
     ) -> Result<i64, ApiError> {
         let rec = NewAuditRecord {
             kind: AuditKind::Decision,
             actor,
             subject: String::new(),
-            details,
+            details: details.details(),
         };
         self.store
             .append_audit(rec, t)
@@ -505,5 +573,96 @@ impl Airlock {
             ctx.remove("granted_before");
         }
         Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::{Caller, DecisionDetails};
+    use airlock_api::ErrorCode;
+    use airlock_core::{Action, Decision, RecordedJson};
+
+    /// JSON values as callers send them: nested, with keys that sort
+    /// differently as bytes and as text, escapes and whole numbers.
+    fn value() -> impl Strategy<Value = Value> {
+        let key = prop::sample::select(vec!["a", "B", "é", "a\"b", "z", "10", "9", "", "_"]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            // Only exact numbers are bound and recorded.
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..4).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The decision record is written from typed fields, not through
+        /// a sorted JSON value: it must be exactly the canonical text of
+        /// its own value (the chain hashes these bytes), on every outcome
+        /// and with every optional member.
+        #[test]
+        fn decision_details_are_canonical(
+            params in prop::collection::btree_map("[a-z\u{e9}]{0,3}", value(), 0..4),
+            context in prop::collection::vec(("[a-zA-Z_]{0,4}", value()), 0..5),
+            outcome in 0..3u8,
+            extras in any::<(bool, bool, bool, bool)>(),
+        ) {
+            let action: Action = serde_json::from_value(json!({
+                "principal": "alice", "action": "export",
+                "resource": {"type": "Table", "id": "cust\"omers"},
+                "params": params,
+            })).unwrap();
+            let decision = match outcome {
+                0 => Decision::Allow { policies: vec!["p1".into(), "p0".into()] },
+                1 => Decision::Deny { policies: vec![], message: "no \u{e9}".into() },
+                _ => Decision::ApprovalRequired {
+                    policies: vec!["p".into()],
+                    requirement: airlock_core::Requirement {
+                        thresholds: vec![],
+                        request_ttl: airlock_core::decision::DEFAULT_REQUEST_TTL,
+                        grant_ttl: airlock_core::decision::DEFAULT_GRANT_TTL,
+                        max_uses: std::num::NonZeroU32::MIN,
+                        reason_required: false,
+                        step_up: None,
+                        breakglass: false,
+                    },
+                },
+            };
+            let caller = Caller {
+                user: airlock_core::UserName::parse("alice").unwrap(),
+                role: airlock_store::Role::User,
+                key_id: "key_1".into(),
+            };
+            let context: Map<String, Value> = context.into_iter().collect();
+            let mut d = DecisionDetails::new(
+                &caller, &action, &action.fingerprint(), context, &decision, "v1",
+            );
+            if extras.0 { d.breakglass = Some(true); }
+            if extras.1 { d.refused = Some(ErrorCode::ReasonRequired); }
+            if extras.2 { d.request = Some("req_1".into()); }
+            if extras.3 { d.existing_request = Some(false); }
+            let written = d.details();
+            let value = serde_json::to_value(&d).unwrap();
+            let canonical = RecordedJson::canonical(&value);
+            prop_assert_eq!(written.text().get(), canonical.get());
+            prop_assert_eq!(
+                &airlock_core::Details::from(value.clone()),
+                &written,
+                "the request it names is the one in its text"
+            );
+            prop_assert_eq!(&value["params"], &json!(action.params));
+        }
     }
 }

@@ -180,7 +180,7 @@ impl Airlock {
                                 kind: AuditKind::GrantConsumed,
                                 actor: actor.clone(),
                                 subject: gid.to_string(),
-                                details: json!({"request": req.id.to_string(), "uses_left": uses_left, "key": key, "context": Value::Object(context)}),
+                                details: json!({"request": req.id.to_string(), "uses_left": uses_left, "key": key, "context": Value::Object(context)}).into(),
                             },
                             t,
                         )?;
@@ -223,7 +223,9 @@ impl Airlock {
             kind: AuditKind::GrantRefused,
             actor: caller.user.to_string(),
             subject: grant.map(|g| g.to_string()).unwrap_or_default(),
-            details: json!({"code": code, "message": message, "fingerprint": fp, "key": caller.key_id}),
+            details:
+                json!({"code": code, "message": message, "fingerprint": fp, "key": caller.key_id})
+                    .into(),
         };
         let t = now();
         self.store
@@ -261,7 +263,7 @@ impl Airlock {
                         kind: AuditKind::GrantCompleted,
                         actor: caller.user.to_string(),
                         subject: gid.to_string(),
-                        details: json!({"request": row.request_id.to_string(), "outcome": body.outcome, "detail": body.detail}),
+                        details: json!({"request": row.request_id.to_string(), "outcome": body.outcome, "detail": body.detail}).into(),
                     },
                     t,
                 )?;
@@ -306,7 +308,8 @@ fn refuse_in(
             details: match request {
                 Some(r) => json!({"code": code, "message": &message, "request": r.to_string()}),
                 None => json!({"code": code, "message": &message}),
-            },
+            }
+            .into(),
         },
         t,
     )

@@ -200,7 +200,7 @@ impl Airlock {
                             kind: AuditKind::KeyCreated,
                             actor: "system".into(),
                             subject: format!("{k}-signing-key"),
-                            details: json!({"kind": "signing", "use": k}),
+                            details: json!({"kind": "signing", "use": k}).into(),
                         },
                         now,
                     )?;
@@ -216,7 +216,8 @@ impl Airlock {
                                 "head": head,
                                 "last_checkpoint": checkpoint,
                                 "last_tree_checkpoint": tree,
-                            }),
+                            })
+                            .into(),
                         },
                         now,
                     )?;
@@ -226,7 +227,8 @@ impl Airlock {
                         kind: AuditKind::PolicyLoaded,
                         actor: "system".into(),
                         subject: String::new(),
-                        details: json!({"version": version, "policies": count, "trigger": "start"}),
+                        details: json!({"version": version, "policies": count, "trigger": "start"})
+                            .into(),
                     },
                     now,
                 )?;

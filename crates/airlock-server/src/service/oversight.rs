@@ -206,7 +206,7 @@ impl Airlock {
                         kind: AuditKind::NotificationRetried,
                         actor,
                         subject: id,
-                        details: json!({"key": key}),
+                        details: json!({"key": key}).into(),
                     },
                     t,
                 )?;

@@ -353,7 +353,7 @@ impl Airlock {
                         kind: AuditKind::TotpEnrolled,
                         actor: user.to_string(),
                         subject: user.to_string(),
-                        details: json!({"user": user.as_str(), "channel": "web"}),
+                        details: json!({"user": user.as_str(), "channel": "web"}).into(),
                     },
                     t,
                 )?;
@@ -533,7 +533,7 @@ impl Airlock {
                         kind: AuditKind::Review,
                         actor: reviewer.to_string(),
                         subject: id.to_string(),
-                        details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel}),
+                        details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel}).into(),
                     },
                     t,
                 )?;
@@ -746,7 +746,7 @@ pub(crate) fn transition(
             kind: AuditKind::RequestState,
             actor: actor.to_owned(),
             subject: req.id.to_string(),
-            details: d,
+            details: d.into(),
         },
         t,
     )?;
@@ -786,7 +786,8 @@ pub(crate) fn issue_grant(
                 "fingerprint": req.fingerprint.to_string(),
                 "expires_at": fmt(grant.expires_at),
                 "max_uses": grant.max_uses,
-            }),
+            })
+            .into(),
         },
         t,
     )?;
@@ -831,7 +832,7 @@ fn review_after_the_fact(
             kind: AuditKind::Review,
             actor: reviewer.to_string(),
             subject: req.id.to_string(),
-            details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel, "after_the_fact": true}),
+            details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel, "after_the_fact": true}).into(),
         },
         t,
     )?;

@@ -134,7 +134,7 @@ impl Airlock {
                         kind: AuditKind::WebauthnRegistered,
                         actor: user.to_string(),
                         subject: user.to_string(),
-                        details: json!({"user": user.as_str(), "credentials": all.len()}),
+                        details: json!({"user": user.as_str(), "credentials": all.len()}).into(),
                     },
                     t,
                 )?;
