@@ -11,7 +11,8 @@
 //! commit, during which a revoked key still works; a cache validated
 //! against a counter in the database costs the same round trip as the
 //! lookup it saves. The lookup is one read on the unique index of key
-//! hashes (one round trip on PostgreSQL: see `Store::read_single`).
+//! hashes (one round trip on PostgreSQL, from the request's own task: see
+//! `Store::api_key_by_hash`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -161,7 +162,7 @@ pub async fn authenticate(
         return Err(AuthError::Unauthenticated);
     }
     let hash = hash_key(bearer);
-    let record = store.read_single(move |r| r.api_key_by_hash(&hash)).await?;
+    let record = store.api_key_by_hash(hash).await?;
     let Some(record) = record else {
         return Err(AuthError::Unauthenticated);
     };

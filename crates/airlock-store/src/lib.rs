@@ -357,9 +357,20 @@ pub trait Backend: Send + Sync + 'static {
     fn read_single(&self, job: ReadJob) -> Result<(), StoreError> {
         self.read(job)
     }
+    /// The API key with this hash, looked up without leaving the async
+    /// runtime, where the backend can; `None` sends the lookup through
+    /// [`Backend::read_single`].
+    fn api_key_by_hash(&self, _hash: String) -> Option<KeyLookup> {
+        None
+    }
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 }
+
+/// An API key lookup under way (see [`Backend::api_key_by_hash`]).
+pub type KeyLookup = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<ApiKeyRecord>, StoreError>> + Send>,
+>;
 
 /// The store the service uses: cheap to clone.
 #[derive(Clone)]
@@ -491,8 +502,8 @@ impl Store {
         self.read_with(|b, job| b.read(job), f).await
     }
 
-    /// Like [`Store::read`], for an `f` that makes exactly one query (an
-    /// API key lookup on every request): on PostgreSQL it runs without
+    /// Like [`Store::read`], for an `f` that makes exactly one query (a
+    /// user's keys, say): on PostgreSQL it runs without
     /// an explicit transaction, one round trip instead of three; on SQLite
     /// on the calling thread, with no hand-off to a blocking thread and
     /// back. Several queries in `f` would each see their own snapshot.
@@ -503,19 +514,51 @@ impl Store {
         self.read_with(|b, job| b.read_single(job), f).await
     }
 
-    /// Takes one of the read turns (waiting at most [`READ_WAIT`]), then
-    /// hands `f` to the backend with `start` and waits for its answer.
+    /// The API key with this hash (what authentication asks on every
+    /// request): on PostgreSQL one prepared query on an async connection,
+    /// on the caller's task; elsewhere as [`Store::read_single`].
+    pub async fn api_key_by_hash(&self, hash: String) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let _turn = self.read_turn().await?;
+        match self.backend.api_key_by_hash(hash.clone()) {
+            Some(lookup) => lookup.await,
+            None => {
+                self.read_now(
+                    |b, job| b.read_single(job),
+                    move |r| r.api_key_by_hash(&hash),
+                )
+                .await
+            }
+        }
+    }
+
+    /// One of the read turns, waiting at most [`READ_WAIT`]. Held until
+    /// the read answers. Too long a wait is an error (503), never an
+    /// answer; the semaphore is never closed.
+    async fn read_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        tokio::time::timeout(READ_WAIT, self.reads.acquire())
+            .await
+            .map_err(|_| StoreError::Db("too many reads at once on this node".into()))?
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Takes one of the read turns, then hands `f` to the backend with
+    /// `start` and waits for its answer.
     async fn read_with<R: Send + 'static>(
         &self,
         start: impl FnOnce(&dyn Backend, ReadJob) -> Result<(), StoreError>,
         f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        // Held until the read answers. Too long a wait is an error (503),
-        // never an answer; the semaphore is never closed.
-        let _turn = tokio::time::timeout(READ_WAIT, self.reads.acquire())
-            .await
-            .map_err(|_| StoreError::Db("too many reads at once on this node".into()))?
-            .map_err(|_| StoreError::WriterGone)?;
+        let _turn = self.read_turn().await?;
+        self.read_now(start, f).await
+    }
+
+    /// Hands `f` to the backend with `start` (the caller holds a read
+    /// turn) and waits for its answer.
+    async fn read_now<R: Send + 'static>(
+        &self,
+        start: impl FnOnce(&dyn Backend, ReadJob) -> Result<(), StoreError>,
+        f: impl FnOnce(&mut dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         start(
             self.backend.as_ref(),

@@ -159,6 +159,30 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Stops the test database taking connections and cuts those named
+    /// `application_name`: the server gone, as those clients see it.
+    #[allow(clippy::panic)]
+    pub fn shut_out(&self, application_name: &str) {
+        let (admin, name, app) = (
+            self.admin.clone(),
+            self.name.clone(),
+            application_name.to_owned(),
+        );
+        run_off_runtime(move || {
+            let mut c = Client::connect(&admin, NoTls).unwrap_or_else(|e| panic!("{e}"));
+            c.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = $2",
+                &[&app, &name],
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        });
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin, name) = (self.admin.clone(), self.name.clone());

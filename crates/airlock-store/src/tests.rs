@@ -1029,28 +1029,75 @@ async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
 
 /// A key revoked through one store (another node, or the CLI as another
 /// process on the same SQLite file) is refused by the very next lookup
-/// through any other, as authentication makes it (`read_single`, on a
-/// connection just used): nothing is cached below the service.
+/// through any other, as authentication makes it (`api_key_by_hash`, on
+/// a connection just used; and `read_single`): nothing is cached below
+/// the service.
 async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
     let a = home.open();
     let b = home.open();
     let k = api_key("key_shared", crate::Role::User, None);
     a.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
     let seen = a
-        .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
+        .api_key_by_hash("hash-of-key_shared".into())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(seen.revoked_at, None);
+    assert_eq!(seen.user.as_str(), "alice");
+    assert_eq!(
+        a.api_key_by_hash("hash-of-key_nope".into()).await.unwrap(),
+        None
+    );
     b.write(|tx| tx.revoke_api_key("key_shared", now()))
         .await
         .unwrap();
+    let seen = a
+        .api_key_by_hash("hash-of-key_shared".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked_at.is_some());
     let seen = a
         .read_single(|r| r.api_key_by_hash("hash-of-key_shared"))
         .await
         .unwrap()
         .unwrap();
     assert!(seen.revoked_at.is_some());
+}
+
+/// PostgreSQL's key lookups run on async connections of their own: one
+/// the server cut while it sat in the pool (a restart, a network drop) is
+/// replaced without failing the lookup, and a server that cannot be
+/// reached is an error, never "no such key".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_lookup_connection_is_replaced_and_no_server_is_an_error() {
+    let Some(db) = TestDb::create() else { return };
+    let home = Home::Db(db);
+    let store = home.open();
+    let k = api_key("key_cut", crate::Role::User, None);
+    store.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+    assert!(store
+        .api_key_by_hash("hash-of-key_cut".into())
+        .await
+        .unwrap()
+        .is_some());
+    let Home::Db(db) = &home else { unreachable!() };
+    let cut = db.query_i64(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'airlock-keys' AND datname = current_database()",
+    );
+    assert!(cut >= 1, "the lookup has a connection of its own");
+    for _ in 0..3 {
+        let seen = store.api_key_by_hash("hash-of-key_cut".into()).await;
+        assert!(matches!(seen, Ok(Some(_))), "{seen:?}");
+    }
+
+    // The database stops taking connections and the pooled one is cut:
+    // the lookup cannot be made, which is an error (a 503 upstream),
+    // never "no such key" nor the key as last seen.
+    db.shut_out("airlock-keys");
+    let seen = store.api_key_by_hash("hash-of-key_cut".into()).await;
+    assert!(matches!(seen, Err(StoreError::Db(_))), "{seen:?}");
 }
 
 async fn key_use_is_recorded_and_never_moves_back(home: &Home) {

@@ -22,7 +22,7 @@ pub(crate) struct ApiKeyRow {
 }
 
 impl ApiKeyRow {
-    fn into_record(self) -> Result<ApiKeyRecord, StoreError> {
+    pub(crate) fn into_record(self) -> Result<ApiKeyRecord, StoreError> {
         let role = self.role;
         Ok(ApiKeyRecord {
             id: self.id,

@@ -8,7 +8,7 @@ use crate::logic::{ApiKeyRow, KeyRows};
 use crate::model::ApiKeyRecord;
 use crate::StoreError;
 
-fn api_key_row(r: &Row) -> Result<ApiKeyRow, StoreError> {
+pub(super) fn api_key_row(r: &Row) -> Result<ApiKeyRow, StoreError> {
     Ok(ApiKeyRow {
         id: r.try_get(0)?,
         hash: r.try_get(1)?,
@@ -30,12 +30,14 @@ macro_rules! api_key_cols {
     };
 }
 
+/// A key by its hash: what authentication asks on every request (here,
+/// and on the async connections of [`super::lookup`]).
+pub(super) const BY_HASH: &str =
+    concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE hash = $1");
+
 impl KeyRows for Tx<'_> {
     fn api_key_row(&mut self, hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        let row = self.query_opt(
-            concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE hash = $1"),
-            &[&hash],
-        )?;
+        let row = self.query_opt(BY_HASH, &[&hash])?;
         row.as_ref().map(api_key_row).transpose()
     }
 

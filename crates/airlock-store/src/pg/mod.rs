@@ -15,6 +15,7 @@ mod audit;
 mod chat;
 mod grants;
 mod keys;
+mod lookup;
 mod outbox;
 mod requests;
 mod schema;
@@ -61,6 +62,8 @@ pub struct PostgresBackend {
     jobs: batch::Queue,
     readers: Arc<Mutex<Vec<Conn>>>,
     config: postgres::Config,
+    /// Key lookups, on async connections.
+    lookup: Arc<lookup::Lookup>,
     stop: Arc<AtomicBool>,
 }
 
@@ -142,7 +145,12 @@ impl From<postgres::Error> for StoreError {
 
 /// Parses a URL into a driver config with Airlock's session settings.
 fn config_for(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+    async_config_for(url).map(postgres::Config::from)
+}
+
+/// The same settings, for the async connections of [`lookup`].
+fn async_config_for(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| {
         StoreError::Unsupported(format!("storage url: {}", describe(&e)))
     })?;
     let options = match config.get_options() {
@@ -176,7 +184,8 @@ impl PostgresBackend {
     /// Connects, migrates the schema, and starts the writer and listener
     /// threads. Commits of this node and others are announced on `events`.
     pub fn open(url: &str, events: EventSender) -> Result<Self, StoreError> {
-        let config = config_for(url)?;
+        let async_config = async_config_for(url)?;
+        let config = postgres::Config::from(async_config.clone());
         let writer = {
             let config = config.clone();
             off_runtime(move || {
@@ -209,6 +218,7 @@ impl PostgresBackend {
             jobs: batch::Queue::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             config,
+            lookup: lookup::Lookup::new(async_config),
             stop,
         })
     }
@@ -321,6 +331,10 @@ impl Backend for PostgresBackend {
             job(Ok(&mut conn.tx(None)));
             give_back(&pool, conn);
         })
+    }
+
+    fn api_key_by_hash(&self, hash: String) -> Option<crate::KeyLookup> {
+        Some(Box::pin(self.lookup.clone().by_hash(hash)))
     }
 
     fn kind(&self) -> &'static str {
