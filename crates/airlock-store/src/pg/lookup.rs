@@ -52,7 +52,7 @@ impl Lookup {
                     self.give_back(conn);
                     return to_record(row);
                 }
-                Err(e) if !conn.client.is_closed() => return Err(e.into()),
+                Err(e) if !lost(&e, &conn.client) => return Err(e.into()),
                 Err(_) => {}
             }
         }
@@ -100,6 +100,21 @@ impl Lookup {
         let by_hash = client.prepare(BY_HASH).await?;
         Ok(Conn { client, by_hash })
     }
+}
+
+/// Whether the connection is gone (not the query refused): closed, or
+/// ended by the server with a FATAL or PANIC error, which can arrive
+/// before the client sees its connection close.
+fn lost(e: &tokio_postgres::Error, client: &Client) -> bool {
+    use tokio_postgres::error::Severity;
+    e.is_closed()
+        || client.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            )
+        })
 }
 
 fn to_record(row: Option<tokio_postgres::Row>) -> Result<Option<ApiKeyRecord>, StoreError> {
