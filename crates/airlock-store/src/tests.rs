@@ -304,7 +304,7 @@ async fn appends_without_savepoints_commit_whole_or_not_at_all(home: &Home) {
     run_sql(
         home,
         "CREATE TRIGGER no_leaf_5 BEFORE INSERT ON audit_nodes
-         WHEN NEW.level = 0 AND NEW.idx = 5 BEGIN SELECT RAISE(ABORT, 'no leaf 5'); END;",
+         WHEN NEW.pos = 10 BEGIN SELECT RAISE(ABORT, 'no leaf 5'); END;",
         "CREATE FUNCTION no_leaf_5() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.level = 0 AND NEW.idx = 5 THEN RAISE EXCEPTION 'no leaf 5'; END IF;
          RETURN NEW; END $$;
@@ -880,7 +880,7 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
                  ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes; DROP TABLE audit_notes;
                  DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
                  ALTER TABLE grants DROP COLUMN completions;
-                 UPDATE schema_version SET version = version - 6;",
+                 UPDATE schema_version SET version = version - 7;",
             )
             .unwrap();
         }
@@ -888,7 +888,7 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
             "DROP TABLE request_groups; ALTER TABLE api_keys DROP COLUMN scram;
              DROP TABLE audit_nodes; DROP TABLE audit_notes; DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
              ALTER TABLE grants DROP COLUMN completions;
-             UPDATE airlock_schema_version SET version = version - 6",
+             UPDATE airlock_schema_version SET version = version - 7",
         ),
     }
     let store = home.open();

@@ -119,7 +119,7 @@ impl AuditRows for Tx<'_> {
     fn audit_rows_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let rows = self.query(
             "SELECT seq, ts, kind, actor, subject, details, prev_hash, hash FROM audit
-             WHERE subject = $1 ORDER BY seq LIMIT $2",
+             WHERE subject = $1 AND subject <> '' ORDER BY seq LIMIT $2",
             &[&subject, &i64::from(limit)],
         )?;
         rows.iter().map(audit_row).collect()

@@ -1,15 +1,34 @@
 //! The audit chain and its checkpoints: SQLite's SQL and row reading.
 
-use airlock_core::AuditRecord;
+use airlock_core::{merkle, AuditRecord};
 use airlock_keys::Checkpoint;
 use rusqlite::{params, OptionalExtension};
 
 use super::Tx;
-use crate::logic::{AuditRow, AuditRows, CheckpointRow};
+use crate::logic::{corrupt, AuditRow, AuditRows, CheckpointRow};
 use crate::model::AuditFilter;
 use crate::StoreError;
 
 const AUDIT_COLS: &str = "seq, ts, kind, actor, subject, details, prev_hash, hash";
+
+/// A subject's records, oldest first: `subject <> ''` lets the planner use
+/// the subject index, which leaves out records without one.
+fn about_sql() -> String {
+    format!(
+        "SELECT {AUDIT_COLS} FROM audit WHERE subject = ?1 AND subject <> '' ORDER BY seq LIMIT ?2"
+    )
+}
+
+/// A perfect subtree's key in `audit_nodes`: its in-order position.
+fn position(level: u32, index: u64) -> Result<i64, StoreError> {
+    merkle::in_order_position(level, index)
+        .and_then(|p| i64::try_from(p).ok())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "Merkle node {level}/{index} is past the tree's size"
+            ))
+        })
+}
 
 impl Tx<'_> {
     fn audit_rows(
@@ -45,10 +64,7 @@ impl AuditRows for Tx<'_> {
     }
 
     fn audit_rows_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
-        self.audit_rows(
-            &format!("SELECT {AUDIT_COLS} FROM audit WHERE subject = ?1 ORDER BY seq LIMIT ?2"),
-            params![subject, limit],
-        )
+        self.audit_rows(&about_sql(), params![subject, limit])
     }
 
     fn audit_rows_matching(
@@ -102,17 +118,26 @@ impl AuditRows for Tx<'_> {
     fn tree_node_row(&mut self, level: u32, index: u64) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")?
-            .query_row(params![level, index as i64], |r| r.get(0))
+            .prepare_cached("SELECT hash FROM audit_nodes WHERE pos = ?1")?
+            .query_row(params![position(level, index)?], |r| r.get(0))
             .optional()?)
     }
 
     fn tree_leaves(&mut self) -> Result<u64, StoreError> {
-        let n: Option<i64> = self
+        let last: Option<i64> = self
             .conn
-            .prepare_cached("SELECT MAX(idx) FROM audit_nodes WHERE level = 0")?
+            .prepare_cached("SELECT MAX(pos) FROM audit_nodes")?
             .query_row([], |r| r.get(0))?;
-        Ok(n.map_or(0, |n| n as u64 + 1))
+        last.map_or(Ok(0), |last| {
+            u64::try_from(last)
+                .ok()
+                .and_then(merkle::leaves_below)
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "the Merkle tree's last node is at {last}, not at a leaf"
+                    ))
+                })
+        })
     }
 
     fn note_rows(&mut self) -> Result<Vec<(i64, String)>, StoreError> {
@@ -147,9 +172,9 @@ impl AuditRows for Tx<'_> {
     ) -> Result<(), StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+            .prepare_cached("INSERT INTO audit_nodes (pos, hash) VALUES (?1, ?2)")?;
         for (level, index, hash) in nodes {
-            st.execute(params![level, *index as i64, hex::encode(hash)])?;
+            st.execute(params![position(*level, *index)?, hex::encode(hash)])?;
         }
         Ok(())
     }
@@ -213,6 +238,43 @@ mod tests {
                 plan.iter()
                     .any(|p| p.contains("USING INDEX audit_by_request")),
                 "{plan:?}"
+            );
+        }
+    }
+
+    /// The subject index leaves decisions out (they have no subject), so a
+    /// subject's records are found through it only when the query says
+    /// the subject is not empty.
+    #[test]
+    fn a_subjects_records_are_read_through_the_partial_index() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::sqlite::schema::migrate(&mut conn).unwrap();
+        let f = AuditFilter {
+            subject: Some("grt_x".into()),
+            ..Default::default()
+        };
+        let (conditions, values) = f.where_clause(|n| format!("?{n}"));
+        let queries = [
+            (
+                format!("SELECT {AUDIT_COLS} FROM audit{conditions} ORDER BY seq DESC LIMIT 10"),
+                values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            ),
+            (about_sql(), vec!["grt_x".to_owned(), "10".to_owned()]),
+        ];
+        for (sql, values) in queries {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("USING INDEX audit_by_subject")),
+                "{sql}: {plan:?}"
             );
         }
     }

@@ -233,6 +233,28 @@ CREATE TABLE webauthn_keys (
 ALTER TABLE grants ADD COLUMN completions INTEGER NOT NULL DEFAULT 0;
 UPDATE grants SET completions = uses WHERE outcome IS NOT NULL;
 "#,
+    r#"
+-- Fewer pages written per commit (issue 17): a commit of one decision
+-- wrote 6.7 WAL frames of 4 KiB. The tree's nodes are now keyed by their
+-- in-order position (node (level, idx) at idx * 2^(level+1) + 2^level - 1,
+-- airlock_core::merkle::in_order_position): one B-tree, each append's new
+-- nodes at its right edge, where (level, idx) made a table and its key's
+-- index, each written at one place per level. Records without a subject
+-- (decisions) or without a request leave those two indexes alone: they
+-- are only ever searched for one subject or one request.
+CREATE TABLE audit_nodes_in_order (
+    pos INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_nodes_in_order (pos, hash)
+    SELECT (idx << (level + 1)) + (1 << level) - 1, hash FROM audit_nodes;
+DROP TABLE audit_nodes;
+ALTER TABLE audit_nodes_in_order RENAME TO audit_nodes;
+DROP INDEX audit_by_subject;
+CREATE INDEX audit_by_subject ON audit (subject) WHERE subject <> '';
+DROP INDEX audit_by_request;
+CREATE INDEX audit_by_request ON audit (request_id) WHERE request_id IS NOT NULL;
+"#,
 ];
 
 /// The newest schema version this build knows.
@@ -240,6 +262,11 @@ pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`CURRENT`], refusing one that is newer.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, CURRENT)
+}
+
+/// Brings the database to `target` (tests start from older versions).
+fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row(
@@ -253,7 +280,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: CURRENT,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    let upto = usize::try_from(target).unwrap_or(0);
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(upto)
+        .skip(found as usize)
+    {
         tx.execute_batch(sql)?;
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
@@ -263,4 +296,54 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use airlock_core::merkle;
+    use rusqlite::params;
+
+    use super::{migrate, migrate_to, CURRENT};
+    use crate::logic::AuditRows;
+    use crate::sqlite::Tx;
+
+    /// The migration that keys the tree's nodes by in-order position
+    /// computes in SQL what `merkle::in_order_position` computes in Rust:
+    /// every node of a tree stored the old way is found the new way.
+    #[test]
+    fn tree_nodes_stored_by_level_and_index_are_found_by_position_after_migrating() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, CURRENT - 1).unwrap();
+        let mut frontier = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..37u64 {
+            nodes.extend(merkle::append(
+                &mut frontier,
+                i,
+                merkle::leaf_hash(&i.to_be_bytes()),
+            ));
+        }
+        for (level, index, hash) in &nodes {
+            conn.execute(
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+                params![level, *index as i64, hex::encode(hash)],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let mut tx = Tx {
+            conn: &conn,
+            effects: None,
+        };
+        assert_eq!(tx.tree_leaves().unwrap(), 37);
+        for (level, index, hash) in &nodes {
+            assert_eq!(
+                tx.tree_node_row(*level, *index).unwrap(),
+                Some(hex::encode(hash)),
+                "{level}/{index}"
+            );
+        }
+        assert_eq!(tx.tree_node_row(0, 37).unwrap(), None);
+    }
 }
