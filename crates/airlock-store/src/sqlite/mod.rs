@@ -98,6 +98,9 @@ impl SqliteBackend {
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Read only, so never migrated here: a file of another version
+        // would be read with the wrong queries.
+        schema::check_version(&conn)?;
         Ok(ReadOnly { conn })
     }
 }

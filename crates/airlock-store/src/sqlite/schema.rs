@@ -265,6 +265,31 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     migrate_to(conn, CURRENT)
 }
 
+/// Refuses a database at another version than this build's, for readers
+/// that cannot migrate it.
+pub(crate) fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let found: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| StoreError::Db(format!("not an Airlock database: {e}")))?;
+    if found > CURRENT {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: CURRENT,
+        });
+    }
+    if found < CURRENT {
+        return Err(StoreError::Db(format!(
+            "the database is at schema version {found} and this build reads version {CURRENT}: \
+             start `airlock serve` on it once to migrate it"
+        )));
+    }
+    Ok(())
+}
+
 /// Brings the database to `target` (tests start from older versions).
 fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
@@ -345,5 +370,25 @@ mod tests {
             );
         }
         assert_eq!(tx.tree_node_row(0, 37).unwrap(), None);
+    }
+
+    /// Offline readers never migrate, so they refuse a file of another
+    /// version with a clear error rather than read it with the wrong
+    /// queries.
+    #[test]
+    fn a_reader_refuses_a_database_of_another_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        migrate_to(&mut conn, CURRENT - 1).unwrap();
+        drop(conn);
+        let err = crate::sqlite::SqliteBackend::read_only(&path)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("start `airlock serve`"), "{err}");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        drop(conn);
+        assert!(crate::sqlite::SqliteBackend::read_only(&path).is_ok());
     }
 }
