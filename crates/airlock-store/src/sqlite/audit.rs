@@ -207,6 +207,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// SQLite's plan for `sql` with these values, one line per step.
+    fn plan(conn: &rusqlite::Connection, sql: &str, values: Vec<String>) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A request's history is read on every `?wait` answer: it must go
     /// through the index, not scan a log of millions of records.
     #[test]
@@ -219,21 +231,15 @@ mod tests {
                 kind,
                 ..Default::default()
             };
-            let (conditions, mut values) = f.where_clause(|n| format!("?{n}"));
+            let (conditions, values) = f.where_clause(|n| format!("?{n}"));
             let n = values.len() + 1;
-            values.push("10");
-            let plan: Vec<String> = conn
-                .prepare(&format!(
-                    "EXPLAIN QUERY PLAN SELECT {AUDIT_COLS} FROM audit{conditions} \
-                     ORDER BY seq DESC LIMIT ?{n}"
-                ))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(values), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let mut values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            values.push("10".into());
+            let plan = plan(
+                &conn,
+                &format!("SELECT {AUDIT_COLS} FROM audit{conditions} ORDER BY seq DESC LIMIT ?{n}"),
+                values,
+            );
             assert!(
                 plan.iter()
                     .any(|p| p.contains("USING INDEX audit_by_request")),
@@ -262,15 +268,7 @@ mod tests {
             (about_sql(), vec!["grt_x".to_owned(), "10".to_owned()]),
         ];
         for (sql, values) in queries {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(values), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = plan(&conn, &sql, values);
             assert!(
                 plan.iter()
                     .any(|p| p.contains("USING INDEX audit_by_subject")),
