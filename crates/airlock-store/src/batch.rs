@@ -5,7 +5,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Mutex;
 
 use airlock_core::{ChainHash, RequestId};
 
@@ -90,21 +89,20 @@ pub(crate) trait BatchConn {
     }
 }
 
-/// The writer's queue, as the store's callers see it.
-pub(crate) struct Queue(Mutex<Sender<Job>>);
+/// The writer's queue, as the store's callers see it. `Sender` is `Sync`
+/// (since Rust 1.72), so callers on every worker send without a lock of
+/// their own: a lock here was taken by every write and contended at 64
+/// connections.
+pub(crate) struct Queue(Sender<Job>);
 
 impl Queue {
     pub(crate) fn new(tx: Sender<Job>) -> Self {
-        Self(Mutex::new(tx))
+        Self(tx)
     }
 
     /// Queues a job; fails if the writer thread is gone.
     pub(crate) fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .map_err(|_| StoreError::WriterGone)?
-            .send(job)
-            .map_err(|_| StoreError::WriterGone)
+        self.0.send(job).map_err(|_| StoreError::WriterGone)
     }
 }
 
