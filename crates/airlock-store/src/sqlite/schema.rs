@@ -265,22 +265,29 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     migrate_to(conn, CURRENT)
 }
 
-/// Refuses a database at another version than this build's, for readers
-/// that cannot migrate it.
-pub(crate) fn check_version(conn: &Connection) -> Result<(), StoreError> {
-    let found: i64 = conn
-        .query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| StoreError::Db(format!("not an Airlock database: {e}")))?;
+/// The database's schema version, refused if newer than this build's.
+fn known_version(conn: &Connection) -> Result<i64, StoreError> {
+    let found: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
     if found > CURRENT {
         return Err(StoreError::SchemaTooNew {
             found,
             known: CURRENT,
         });
     }
+    Ok(found)
+}
+
+/// Refuses a database at another version than this build's, for readers
+/// that cannot migrate it.
+pub(crate) fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let found = known_version(conn).map_err(|e| match e {
+        StoreError::SchemaTooNew { .. } => e,
+        e => StoreError::Db(format!("not an Airlock database: {e}")),
+    })?;
     if found < CURRENT {
         return Err(StoreError::Db(format!(
             "the database is at schema version {found} and this build reads version {CURRENT}: \
@@ -294,17 +301,7 @@ pub(crate) fn check_version(conn: &Connection) -> Result<(), StoreError> {
 fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let found: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-        [],
-        |r| r.get(0),
-    )?;
-    if found > CURRENT {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            known: CURRENT,
-        });
-    }
+    let found = known_version(&tx)?;
     let upto = usize::try_from(target).unwrap_or(0);
     for (i, sql) in MIGRATIONS
         .iter()
