@@ -20,6 +20,7 @@ mod readonly;
 mod sqlite;
 pub mod testing;
 pub mod time;
+mod upgrade;
 mod verify;
 
 use std::sync::Arc;

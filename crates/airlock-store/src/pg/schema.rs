@@ -270,6 +270,7 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
             known: CURRENT,
         });
     }
+    let upgrade = crate::upgrade::Upgrade::start("PostgreSQL", found, CURRENT);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.batch_execute(sql)?;
         tx.execute("DELETE FROM airlock_schema_version", &[])?;
@@ -279,5 +280,6 @@ pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
         )?;
     }
     tx.commit()?;
+    upgrade.done();
     Ok(())
 }

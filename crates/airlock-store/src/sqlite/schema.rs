@@ -303,6 +303,7 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found = known_version(&tx)?;
     let upto = usize::try_from(target).unwrap_or(0);
+    let upgrade = crate::upgrade::Upgrade::start("SQLite", found, target);
     for (i, sql) in MIGRATIONS
         .iter()
         .enumerate()
@@ -317,6 +318,7 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
         )?;
     }
     tx.commit()?;
+    upgrade.done();
     Ok(())
 }
 
@@ -367,6 +369,48 @@ mod tests {
             );
         }
         assert_eq!(tx.tree_node_row(0, 37).unwrap(), None);
+    }
+
+    /// Upgrading an existing database says so in the log, when it starts
+    /// and when it is done (the server answers nothing meanwhile);
+    /// creating a new one, or opening a current one, says nothing.
+    #[test]
+    fn an_upgrade_is_announced_and_a_new_database_is_not() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logged = |f: &mut dyn FnMut()| {
+            let log = Log::default();
+            let sink = log.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || sink.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(subscriber, f);
+            let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+            text
+        };
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let created = logged(&mut || migrate_to(&mut conn, CURRENT - 1).unwrap());
+        assert_eq!(created, "", "creating a database is not an upgrade");
+        let upgraded = logged(&mut || migrate(&mut conn).unwrap());
+        assert!(
+            upgraded.contains("upgrading the SQLite database's schema")
+                && upgraded.contains(&format!("from={}", CURRENT - 1))
+                && upgraded.contains(&format!("to={CURRENT}")),
+            "{upgraded}"
+        );
+        assert!(upgraded.contains("schema is upgraded"), "{upgraded}");
+        let again = logged(&mut || migrate(&mut conn).unwrap());
+        assert_eq!(again, "", "a current database is not upgraded");
     }
 
     /// Offline readers never migrate, so they refuse a file of another
