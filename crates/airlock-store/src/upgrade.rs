@@ -1,6 +1,6 @@
 //! What an operator sees while a database's schema is upgraded: the
 //! server answers nothing until it is done, which on a large audit log
-//! takes seconds (about 7 s per million records for SQLite's version 16,
+//! takes seconds (about 5 s per million records for SQLite's version 16,
 //! docs/PERFORMANCE.md), so a silent start would look like a hang.
 
 use std::time::Instant;
