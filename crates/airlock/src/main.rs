@@ -9,6 +9,7 @@ mod dlp;
 mod proxy;
 mod serve;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -306,6 +307,9 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes help a person at a terminal and garble a log file
+        // or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

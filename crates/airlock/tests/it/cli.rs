@@ -74,6 +74,40 @@ async fn airlock_run_waits_runs_and_exits_with_the_command_code(db: Db) {
     assert!(!Path::new("should-not-exist").exists());
 }
 
+/// The server's log, sent to a file as a supervisor would, holds plain
+/// text: no terminal colour codes around its levels and fields.
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let log = dir.path().join("airlock.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("airlock.toml"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("Airlock listening on "), "{line}");
+    // A graceful stop is logged.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" INFO "), "{text:?}");
+    assert!(text.contains("shutting down"), "{text:?}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}
+
 #[test]
 fn quickstart_starts_with_no_config() {
     let dir = tempfile::tempdir().unwrap();
