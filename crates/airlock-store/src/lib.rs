@@ -13,6 +13,7 @@
 mod batch;
 mod error;
 mod events;
+mod keycache;
 mod logic;
 mod model;
 mod pg;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use events::{EventSender, Watch};
+pub use keycache::{KeyCache, Lookup, Ticket};
 pub use model::{
     ApiKeyRecord, AuditFilter, ConsumeOutcome, Cursor, GrantRow, KeyRefusal, KeyRevocation,
     OutboxMessage, Role, SessionRecord, StatusFilter, Viewer,
@@ -364,6 +366,12 @@ pub trait Backend: Send + Sync + 'static {
     fn api_key_by_hash(&self, _hash: String) -> Option<KeyLookup> {
         None
     }
+    /// API keys this process may answer for from memory; `None` where
+    /// every lookup asks the database (several nodes on PostgreSQL, which
+    /// cannot hear another node's revocation before its next lookup).
+    fn key_cache(&self) -> Option<&KeyCache> {
+        None
+    }
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 }
@@ -516,20 +524,34 @@ impl Store {
     }
 
     /// The API key with this hash (what authentication asks on every
-    /// request): on PostgreSQL one prepared query on an async connection,
-    /// on the caller's task; elsewhere as [`Store::read_single`].
+    /// request): on SQLite from memory while no process revoked a key
+    /// (see [`KeyCache`]); on PostgreSQL one prepared query on an async
+    /// connection, on the caller's task; elsewhere as
+    /// [`Store::read_single`].
     pub async fn api_key_by_hash(&self, hash: String) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let _turn = self.read_turn().await?;
-        match self.backend.api_key_by_hash(hash.clone()) {
-            Some(lookup) => lookup.await,
-            None => {
-                self.read_now(
-                    |b, job| b.read_single(job),
-                    move |r| r.api_key_by_hash(&hash),
-                )
-                .await
+        let cache = self.backend.key_cache();
+        let ticket = match cache.map(|c| c.get(&hash)) {
+            Some(Lookup::Hit(record)) => return Ok(Some(record)),
+            Some(Lookup::Miss(ticket)) => Some(ticket),
+            None => None,
+        };
+        let found = {
+            let _turn = self.read_turn().await?;
+            match self.backend.api_key_by_hash(hash.clone()) {
+                Some(lookup) => lookup.await?,
+                None => {
+                    self.read_now(
+                        |b, job| b.read_single(job),
+                        move |r| r.api_key_by_hash(&hash),
+                    )
+                    .await?
+                }
             }
+        };
+        if let (Some(cache), Some(ticket), Some(record)) = (cache, ticket, &found) {
+            cache.keep(ticket, record);
         }
+        Ok(found)
     }
 
     /// One of the read turns, waiting at most [`READ_WAIT`]. Held until

@@ -880,7 +880,7 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
                  ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes; DROP TABLE audit_notes;
                  DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
                  ALTER TABLE grants DROP COLUMN completions;
-                 UPDATE schema_version SET version = version - 7;",
+                 UPDATE schema_version SET version = 9;",
             )
             .unwrap();
         }
@@ -1063,6 +1063,65 @@ async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
         .unwrap()
         .unwrap();
     assert!(seen.revoked_at.is_some());
+}
+
+/// On SQLite a key is answered from memory (the database changed behind
+/// the store's back, by hand, is not seen) until any process revokes any
+/// key through a store: then the next lookup everywhere asks the
+/// database again. A revocation that fails, so changed nothing, still
+/// empties every memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_keys_are_answered_from_memory_until_any_revocation() {
+    let home = Home::sqlite();
+    let Home::Dir(dir) = &home else {
+        unreachable!()
+    };
+    let a = home.open();
+    let b = home.open();
+    for id in ["key_kept", "key_other"] {
+        let k = api_key(id, crate::Role::User, None);
+        a.write(move |tx| tx.insert_api_key(&k)).await.unwrap();
+    }
+    let lookup = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .api_key_by_hash("hash-of-key_kept".into())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(lookup(&a).await.revoked_at, None);
+    let by_hand = rusqlite::Connection::open(dir.path().join("db/airlock.db")).unwrap();
+    by_hand
+        .execute(
+            "UPDATE api_keys SET revoked_at = '2026-01-01T00:00:00Z' WHERE id = 'key_kept'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(lookup(&a).await.revoked_at, None, "answered from memory");
+    assert!(lookup(&b).await.revoked_at.is_some(), "b never kept it");
+    b.write(|tx| tx.revoke_api_key("key_other", now()))
+        .await
+        .unwrap();
+    assert!(lookup(&a).await.revoked_at.is_some());
+
+    by_hand
+        .execute(
+            "UPDATE api_keys SET revoked_at = NULL WHERE id = 'key_kept'",
+            [],
+        )
+        .unwrap();
+    assert!(lookup(&a).await.revoked_at.is_some(), "kept again");
+    // Revoking a key that does not exist changes no row, and still tells
+    // every process to ask again.
+    let unknown = b
+        .write(|tx| tx.revoke_api_key("key_nope", now()))
+        .await
+        .unwrap();
+    assert_eq!(unknown, crate::KeyRevocation::Unknown);
+    assert_eq!(lookup(&a).await.revoked_at, None);
 }
 
 /// PostgreSQL's key lookups run on async connections of their own: one

@@ -80,6 +80,12 @@ impl KeyRows for Tx<'_> {
     }
 
     fn mark_key_revoked(&mut self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        // Announced before the change, so no process keeps the key live
+        // from here on (see `crate::keycache`); a revocation that cannot
+        // be announced is not made.
+        self.revocations
+            .ok_or_else(|| StoreError::Db("a key revoked outside the writer".into()))?
+            .begin()?;
         let n = self
             .conn
             .prepare_cached(

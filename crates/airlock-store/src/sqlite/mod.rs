@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
 use crate::batch::{self, fail_all, BatchConn, Effects};
+use crate::keycache::{KeyCache, Revocations};
 use crate::logic::Rows;
 use crate::time::parse;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, WriteTx};
@@ -32,6 +33,8 @@ pub struct SqliteBackend {
     jobs: batch::Queue,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    /// API keys answered from memory until any process revokes one.
+    keys: Arc<KeyCache>,
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
@@ -73,8 +76,19 @@ impl SqliteBackend {
                     .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
             }
         }
-        let mut writer = open_conn(path)?;
-        schema::migrate(&mut writer)?;
+        let mut conn = open_conn(path)?;
+        schema::migrate(&mut conn)?;
+        let revocations = Revocations::open(path)?;
+        {
+            let lock = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            revocations.reset_under_write_lock()?;
+            lock.commit()?;
+        }
+        let keys = Arc::new(KeyCache::new(revocations));
+        let writer = Writer {
+            conn,
+            keys: keys.clone(),
+        };
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("airlock-sqlite-writer".into())
@@ -84,6 +98,7 @@ impl SqliteBackend {
             jobs: batch::Queue::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_owned(),
+            keys,
         })
     }
 
@@ -120,6 +135,7 @@ impl ReadOnly {
         f(&mut Tx {
             conn: &tx,
             effects: None,
+            revocations: None,
         })
     }
 }
@@ -142,6 +158,7 @@ impl Backend for SqliteBackend {
                     job(Ok(&mut Tx {
                         conn: &tx,
                         effects: None,
+                        revocations: None,
                     }));
                     drop(tx);
                 }
@@ -165,6 +182,7 @@ impl Backend for SqliteBackend {
                 job(Ok(&mut Tx {
                     conn: &conn,
                     effects: None,
+                    revocations: None,
                 }));
                 return_reader(&self.readers, conn);
             }
@@ -173,41 +191,55 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn key_cache(&self) -> Option<&KeyCache> {
+        Some(&self.keys)
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Job>, events: EventSender) {
+/// The writer thread's connection, and the cache its revocations empty.
+struct Writer {
+    conn: Connection,
+    keys: Arc<KeyCache>,
+}
+
+fn writer_loop(mut writer: Writer, rx: Receiver<Job>, events: EventSender) {
     let mut chain = None;
     while let Some(batch) = batch::next_batch(&rx) {
         // IMMEDIATE takes the write lock now, so the audit head read by the
         // first append cannot be overtaken by another process.
-        if let Err(e) = conn.exec("BEGIN IMMEDIATE") {
+        if let Err(e) = writer.exec("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin storage transaction");
             fail_all(batch, &e);
             continue;
         }
-        batch::run(&mut conn, batch, &mut chain).send_here(&events);
+        let announced = batch::run(&mut writer, batch, &mut chain);
+        // Committed or rolled back: revocations it began are over.
+        writer.keys.revocations().end_begun();
+        announced.send_here(&events);
     }
 }
 
-impl BatchConn for Connection {
+impl BatchConn for Writer {
     /// Each statement prepared once and kept: these few (`BEGIN
     /// IMMEDIATE`, savepoints, `COMMIT`) run for every batch, and SQLite's
     /// parser showed in a one-connection profile when they were parsed
     /// each time.
     fn exec(&mut self, sql: &str) -> Result<(), StoreError> {
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            self.prepare_cached(statement)?.execute([])?;
+            self.conn.prepare_cached(statement)?.execute([])?;
         }
         Ok(())
     }
 
     fn with_tx<R>(&mut self, effects: &mut Effects, f: impl FnOnce(&mut dyn WriteTx) -> R) -> R {
         f(&mut Tx {
-            conn: self,
+            conn: &self.conn,
             effects: Some(effects),
+            revocations: Some(self.keys.revocations()),
         })
     }
 }
@@ -217,6 +249,9 @@ struct Tx<'a> {
     conn: &'a Connection,
     /// The batch it writes in; `None` when it only reads.
     effects: Option<&'a mut Effects>,
+    /// Where a revocation is announced to other processes' key caches;
+    /// `None` when it only reads.
+    revocations: Option<&'a Revocations>,
 }
 
 impl Rows for Tx<'_> {
