@@ -390,6 +390,9 @@ pub struct Store {
     /// connection of its own: a thousand long-polls re-reading at the same
     /// moment would otherwise start hundreds of threads and connections.
     reads: Arc<tokio::sync::Semaphore>,
+    /// The writer's last failure to commit, until an audit append commits
+    /// (see [`Store::recent_write_failure`]).
+    write_failure: Arc<std::sync::Mutex<Option<(std::time::Instant, StoreError)>>>,
 }
 
 /// How many reads run at once, per node, on either backend: more than the
@@ -423,6 +426,7 @@ impl Store {
             backend,
             events,
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
+            write_failure: Arc::default(),
         })
     }
 
@@ -454,7 +458,27 @@ impl Store {
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f, true, false).await
+    }
+
+    /// Commits a write that changes nothing (`/healthz`). Its failure is
+    /// remembered as any write's; its success clears nothing, since a
+    /// one-page write can fit where the records of a decision do not (a
+    /// nearly full disk).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        self.submit(|tx| tx.probe_write(), true, false).await
+    }
+
+    /// Why the writer last failed to commit, if that was within `within`
+    /// and no [`Store::append_audit`] (the decisions' path) committed
+    /// since: a node whose decisions are being refused is not healthy,
+    /// even when a smaller write goes through.
+    pub fn recent_write_failure(&self, within: std::time::Duration) -> Option<StoreError> {
+        let failure = self.write_failure.lock().ok()?;
+        match &*failure {
+            Some((at, e)) if at.elapsed() <= within => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Appends `rec` to the audit chain, in the writer's next batch; the
@@ -466,20 +490,35 @@ impl Store {
         rec: NewAuditRecord,
         ts: DateTime<Utc>,
     ) -> Result<AuditRecord, StoreError> {
-        self.submit(move |tx| tx.append_audit(rec, ts), false).await
+        self.submit(move |tx| tx.append_audit(rec, ts), false, true)
+            .await
     }
 
-    /// Queues `f` for the writer; see [`Job`].
+    /// Queues `f` for the writer; see [`Job`]. A batch that failed to
+    /// commit is remembered for [`Store::recent_write_failure`], and
+    /// forgotten when one committed a job that `proves_health`.
     async fn submit<R, E>(
         &self,
         f: impl FnOnce(&mut dyn WriteTx) -> Result<R, E> + Send + 'static,
         savepoint: bool,
+        proves_health: bool,
     ) -> Result<R, E>
     where
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let failure = self.write_failure.clone();
+        let note = move |commit: &Result<(), StoreError>| {
+            let Ok(mut failure) = failure.lock() else {
+                return;
+            };
+            match commit {
+                Err(e) => *failure = Some((std::time::Instant::now(), e.clone())),
+                Ok(()) if proves_health && failure.is_some() => *failure = None,
+                Ok(()) => {}
+            }
+        };
         let run = Box::new(move |wtx: Result<&mut dyn WriteTx, StoreError>| {
             let result = match wtx {
                 Ok(wtx) => f(wtx),
@@ -487,6 +526,7 @@ impl Store {
             };
             let keep = result.is_ok();
             let reply: Reply = Box::new(move |commit| {
+                note(&commit);
                 let out = match (result, commit) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
@@ -496,9 +536,12 @@ impl Store {
             });
             (keep, reply)
         });
-        self.backend
-            .submit(Job { run, savepoint })
-            .map_err(E::from)?;
+        if let Err(e) = self.backend.submit(Job { run, savepoint }) {
+            if let Ok(mut failure) = self.write_failure.lock() {
+                *failure = Some((std::time::Instant::now(), e.clone()));
+            }
+            return Err(E::from(e));
+        }
         rx.await
             .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
     }

@@ -1030,8 +1030,8 @@ async fn api_keys_are_listed_revoked_once_and_expire(home: &Home) {
 /// A key revoked through one store (another node, or the CLI as another
 /// process on the same SQLite file) is refused by the very next lookup
 /// through any other, as authentication makes it (`api_key_by_hash`, on
-/// a connection just used; and `read_single`): nothing is cached below
-/// the service.
+/// a connection just used, after the key was kept in memory on SQLite;
+/// and `read_single`).
 async fn a_revocation_is_seen_by_the_next_read_everywhere(home: &Home) {
     let a = home.open();
     let b = home.open();
@@ -1122,6 +1122,44 @@ async fn on_sqlite_keys_are_answered_from_memory_until_any_revocation() {
         .unwrap();
     assert_eq!(unknown, crate::KeyRevocation::Unknown);
     assert_eq!(lookup(&a).await.revoked_at, None);
+}
+
+/// A commit that failed is remembered until a decision's record (an
+/// `append_audit`) commits: a probe write that goes through does not
+/// clear it, since it is smaller than what decisions write (`/healthz`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_remembered_until_an_audit_append_commits() {
+    let home = Home::sqlite();
+    let Home::Dir(dir) = &home else {
+        unreachable!()
+    };
+    let store = home.open();
+    let minute = std::time::Duration::from_secs(60);
+    store.probe_write().await.unwrap();
+    assert!(store.recent_write_failure(minute).is_none());
+    // Another process holds the write lock past the busy timeout.
+    let other = rusqlite::Connection::open(dir.path().join("db/airlock.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(store
+        .append_audit(audit(AuditKind::Decision), now())
+        .await
+        .is_err());
+    let failure = store.recent_write_failure(minute).expect("remembered");
+    assert!(failure.to_string().contains("locked"), "{failure}");
+    assert!(store
+        .recent_write_failure(std::time::Duration::ZERO)
+        .is_none());
+    other.execute_batch("ROLLBACK").unwrap();
+    store.probe_write().await.unwrap();
+    assert!(
+        store.recent_write_failure(minute).is_some(),
+        "a probe proves nothing"
+    );
+    store
+        .append_audit(audit(AuditKind::Decision), now())
+        .await
+        .unwrap();
+    assert!(store.recent_write_failure(minute).is_none());
 }
 
 /// PostgreSQL's key lookups run on async connections of their own: one

@@ -661,17 +661,28 @@ async fn keys(State(airlock): State<AppState>, _caller: Caller) -> Json<KeySet> 
 
 /// How long `/healthz` waits for the store before calling it unavailable.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a failed commit keeps `/healthz` unavailable when nothing but
+/// its probe has been written since: long enough to outlast a load
+/// balancer's probe interval, short enough that a node taken out of
+/// rotation (so sent no decisions to prove it recovered) is tried again.
+const HEALTH_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn healthz(State(airlock): State<AppState>) -> Response {
     // Healthy means able to record: reads can work where writes cannot (a
     // read-only database after a failover, a full disk), so a write that
     // changes nothing is committed too, through the same writer as every
-    // decision (a stuck writer shows as no answer).
+    // decision (a stuck writer shows as no answer). That one-page write
+    // can fit where a decision's records do not (a nearly full disk), so a
+    // commit that failed lately, with no commit of real work since, also
+    // makes the node unhealthy.
     let store = airlock.store().clone();
     let probe = async move {
         let head = store.read(|r| r.audit_head()).await?;
-        store.write(|tx| tx.probe_write()).await?;
-        Ok::<_, airlock_store::StoreError>(head)
+        store.probe_write().await?;
+        match store.recent_write_failure(HEALTH_MEMORY) {
+            Some(e) => Err(e),
+            None => Ok::<_, airlock_store::StoreError>(head),
+        }
     };
     let store = tokio::time::timeout(HEALTH_TIMEOUT, probe)
         .await

@@ -144,11 +144,15 @@ async fn sqlite_full_disk_refuses_then_recovers() {
     );
     let (st, v) = s.review(&carol, &id, "approve").await;
     assert_eq!(st, 503, "no grant while the audit cannot be written: {v}");
+    let (st, h) = s.get(&alice, "/healthz").await;
+    assert_eq!(st, 503, "health says nothing can be written: {h}");
     std::fs::remove_file(&filler).unwrap();
     assert!(
         until_allowed(&s, &alice, &mut kept).await,
         "recovers without a restart once there is space"
     );
+    let (st, h) = s.get(&alice, "/healthz").await;
+    assert_eq!(st, 200, "{h}");
     let (st, r) = s.review(&carol, &id, "approve").await;
     assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
 
