@@ -116,13 +116,18 @@ impl Revocations {
         if self.file.metadata().ok()?.nlink() == 0 {
             return None;
         }
+        self.counters().ok()
+    }
+
+    /// The counters as the file holds them.
+    fn counters(&self) -> std::io::Result<Counters> {
         let mut b = [0u8; 16];
         match self.file.read_exact_at(&mut b, 0) {
-            Ok(()) => Some(Counters::from_bytes(b)),
+            Ok(()) => Ok(Counters::from_bytes(b)),
             // A file just created is empty: nothing was ever revoked
             // through it, and generation 0 is as good as any.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(Counters::default()),
-            Err(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Counters::default()),
+            Err(e) => Err(e),
         }
     }
 
@@ -130,16 +135,10 @@ impl Revocations {
     fn change(&self, f: impl FnOnce(Counters) -> Counters) -> Result<(), StoreError> {
         let failed = |e: std::io::Error| StoreError::Db(format!("revocations file: {e}"));
         self.file.lock().map_err(failed)?;
-        let result = (|| {
-            let mut b = [0u8; 16];
-            let now = match self.file.read_exact_at(&mut b, 0) {
-                Ok(()) => Counters::from_bytes(b),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Counters::default(),
-                Err(e) => return Err(e),
-            };
-            self.file.write_all_at(&f(now).to_bytes(), 0)
-        })()
-        .map_err(failed);
+        let result = self
+            .counters()
+            .and_then(|now| self.file.write_all_at(&f(now).to_bytes(), 0))
+            .map_err(failed);
         // Closing the file would release the lock as well; it stays open.
         let _ = self.file.unlock();
         result
@@ -295,15 +294,22 @@ mod tests {
         matches!(cache.get(hash), Lookup::Hit(_))
     }
 
+    /// A folder with a database's revocations file, this process's cache
+    /// of it, and another process's handle on it.
+    fn two_processes() -> (tempfile::TempDir, KeyCache, Revocations) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("airlock.db");
+        let here = KeyCache::new(Revocations::open(&db).unwrap());
+        let there = Revocations::open(&db).unwrap();
+        (dir, here, there)
+    }
+
     /// Two processes on one database: each revocation, begun or ended in
     /// either, empties the other's memory, and nothing is kept while one
     /// is in progress.
     #[test]
     fn a_revocation_anywhere_empties_every_memory_and_none_is_kept_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("airlock.db");
-        let here = KeyCache::new(Revocations::open(&db).unwrap());
-        let there = Revocations::open(&db).unwrap();
+        let (_dir, here, there) = two_processes();
         fill(&here, "a");
         assert!(hit(&here, "a"));
         there.begin().unwrap();
@@ -320,10 +326,7 @@ mod tests {
     /// even when no lookup saw the change in between.
     #[test]
     fn an_answer_from_before_a_revocation_is_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("airlock.db");
-        let here = KeyCache::new(Revocations::open(&db).unwrap());
-        let there = Revocations::open(&db).unwrap();
+        let (_dir, here, there) = two_processes();
         // No lookup between: the answer is kept, and the next lookup
         // empties the memory.
         let Lookup::Miss(before) = here.get("a") else {
@@ -349,10 +352,8 @@ mod tests {
     /// (made under SQLite's write lock) turns it on again.
     #[test]
     fn a_revocation_left_in_progress_turns_memory_off_until_a_reset() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, here, died) = two_processes();
         let db = dir.path().join("airlock.db");
-        let here = KeyCache::new(Revocations::open(&db).unwrap());
-        let died = Revocations::open(&db).unwrap();
         died.begin().unwrap();
         drop(died);
         fill(&here, "a");
@@ -369,9 +370,7 @@ mod tests {
     /// longer hear revocations, so it asks the database every time.
     #[test]
     fn a_deleted_or_replaced_file_turns_memory_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("airlock.db");
-        let here = KeyCache::new(Revocations::open(&db).unwrap());
+        let (dir, here, _) = two_processes();
         fill(&here, "a");
         assert!(hit(&here, "a"));
         std::fs::remove_file(dir.path().join("airlock.db-revocations")).unwrap();
