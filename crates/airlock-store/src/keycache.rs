@@ -93,6 +93,10 @@ pub(crate) struct Revocations {
 impl Revocations {
     /// Opens (creating if needed) the file beside the database at `db`.
     pub(crate) fn open(db: &Path) -> Result<Self, StoreError> {
+        // Every process must find the same file, as SQLite finds the same
+        // `-wal` through a symbolic link to the database; a database not
+        // made yet is named as given.
+        let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
         let mut name = db.as_os_str().to_owned();
         name.push("-revocations");
         let path = std::path::PathBuf::from(name);
@@ -378,6 +382,22 @@ mod tests {
         std::fs::write(dir.path().join("airlock.db-revocations"), [0u8; 16]).unwrap();
         fill(&here, "a");
         assert!(!hit(&here, "a"));
+    }
+
+    /// A process that names the database through a symbolic link hears
+    /// the same revocations.
+    #[test]
+    fn a_database_named_through_a_link_shares_its_revocations() {
+        let (dir, here, _) = two_processes();
+        let db = dir.path().join("airlock.db");
+        std::fs::write(&db, b"").unwrap();
+        let linked = dir.path().join("linked.db");
+        std::os::unix::fs::symlink(&db, &linked).unwrap();
+        let there = Revocations::open(&linked).unwrap();
+        fill(&here, "a");
+        there.begin().unwrap();
+        assert!(!hit(&here, "a"));
+        assert!(!dir.path().join("linked.db-revocations").exists());
     }
 
     /// A revocation that cannot be announced fails, rather than go unseen
