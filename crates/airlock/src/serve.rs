@@ -21,6 +21,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     // would run out long before the connection cap.
     http::raise_open_file_limit();
     let config = Config::load(&config_path)?;
+    let shutdown = shutdown_signal();
     let listen = config.server.listen;
     let (airlock, bg) = Airlock::start(config).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -40,18 +41,18 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         };
         say(format!("  {name} listening on {scheme}://{at}"));
     }
-    println!(
+    say(format!(
         "  config: {}  policy version: {}",
         config_path.display(),
         airlock.policy_version()
-    );
+    ));
     if let Some(dir) = quick {
         let creds = quickstart::credentials(&dir, airlock.store())
             .await
             .map_err(anyhow::Error::msg)?;
         print_quickstart(&url, &creds);
     }
-    http::serve(airlock, listener, shutdown_signal()).await?;
+    http::serve(airlock, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -70,8 +71,9 @@ fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
         "  AIRLOCK_URL={url} AIRLOCK_TOKEN={} \\",
         key("alice")
     ));
-    println!(
+    say(
         "    airlock run --action export --resource Table:prod.orders --context rows=50000 \\"
+            .to_owned(),
     );
     say("    --reason \"monthly report\" -- echo exported 50000 rows".to_owned());
     say(String::new());
@@ -84,36 +86,48 @@ fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
     say("  airlock requests list".to_owned());
     say("  airlock requests approve <REQUEST_ID> --reason \"ok for the report\"".to_owned());
     say(String::new());
-    println!(
+    say(format!(
         "Other keys: bob={} carol={} erin={}",
         key("bob"),
         key("carol"),
         key("erin")
-    );
+    ));
     say("Policies: .airlock/policies/quickstart.cedar (reloaded when you save them)".to_owned());
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C, as a future that ends the server gracefully. The
+/// handlers are installed when this is called, not when the future is
+/// first polled: called before the server says it listens, a supervisor's
+/// SIGTERM right after that line stops it gracefully instead of killing
+/// it by the signal's default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }
 
 /// Prints a line; a closed stdout (a supervisor that stopped reading) must

@@ -92,20 +92,78 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     assert!(line.starts_with("Airlock listening on "), "{line}");
-    // A graceful stop is logged.
+    // A graceful stop is logged (SIGTERM right after the first line: the
+    // handler is in place before it is printed).
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {text:?}");
     assert!(text.contains(" INFO "), "{text:?}");
     assert!(text.contains("shutting down"), "{text:?}");
     assert!(!text.contains('\u{1b}'), "{text:?}");
+    drop(stdout);
+}
+
+/// A supervisor that does not read the server's standard output (closed
+/// before the server starts): the lines it prints are lost, and the
+/// server serves all the same, then stops gracefully.
+#[test]
+fn a_server_whose_stdout_is_closed_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("airlock.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let log = dir.path().join("airlock.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(writer)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            c.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            healthy = answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200");
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(healthy, "{status}: {text}");
+    assert!(status.success(), "{status}: {text}");
 }
 
 #[test]
