@@ -12,6 +12,8 @@ use airlock_proxy_pg::PgProxy;
 use airlock_server::config::StandaloneConfig;
 use anyhow::Context;
 
+use crate::serve::{say, shutdown_signal};
+
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -23,6 +25,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    let shutdown = shutdown_signal();
     let client = Client::new(&cfg.proxy.server_url, &cfg.proxy.token)?;
     // The key must be an enforcer's: with a user key every check on behalf
     // of someone else would be refused, so say so now rather than per request.
@@ -42,51 +45,36 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     for p in cfg.proxies.http {
         let proxy = Proxy::new(p, gate.clone())?;
         let listener = proxy.bind().await?;
-        println!(
+        say(format!(
             "proxy {} listening on http://{}",
             proxy.name(),
             listener.local_addr()?
-        );
+        ));
         tasks.push(tokio::spawn(proxy.serve(listener)));
     }
     for a in cfg.proxies.authz {
         let authz = Authz::new(a, gate.clone())?;
         let listener = authz.bind().await?;
-        println!(
+        say(format!(
             "authz {} listening on http://{}",
             authz.name(),
             listener.local_addr()?
-        );
+        ));
         tasks.push(tokio::spawn(authz.serve(listener)));
     }
     for p in cfg.proxies.postgres {
         let pg = PgProxy::new(p, gate.clone())?;
         let listener = pg.bind().await?;
-        println!(
+        say(format!(
             "postgres {} listening on {}",
             pg.name(),
             listener.local_addr()?
-        );
+        ));
         tasks.push(tokio::spawn(pg.serve(listener)));
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated() => {}
-    }
+    shutdown.await;
     for t in tasks {
         t.abort();
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            term.recv().await;
-            return;
-        }
-    }
-    std::future::pending::<()>().await
 }

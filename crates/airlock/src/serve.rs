@@ -100,7 +100,7 @@ fn print_quickstart(url: &str, creds: &quickstart::Credentials) {
 /// first polled: called before the server says it listens, a supervisor's
 /// SIGTERM right after that line stops it gracefully instead of killing
 /// it by the signal's default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let signals = {
         use tokio::signal::unix::{signal, SignalKind};
@@ -132,6 +132,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 /// Prints a line; a closed stdout (a supervisor that stopped reading) must
 /// not take the server down.
-fn say(line: String) {
+pub(crate) fn say(line: String) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
