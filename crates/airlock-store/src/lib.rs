@@ -392,7 +392,25 @@ pub struct Store {
     reads: Arc<tokio::sync::Semaphore>,
     /// The writer's last failure to commit, until an audit append commits
     /// (see [`Store::recent_write_failure`]).
-    write_failure: Arc<std::sync::Mutex<Option<(std::time::Instant, StoreError)>>>,
+    write_failure: Arc<WriteFailure>,
+}
+
+/// When and why the writer last failed to commit. Read through a poisoned
+/// lock: what it holds is a plain value, and losing it would report a
+/// failing node healthy.
+#[derive(Debug, Default)]
+struct WriteFailure(std::sync::Mutex<Option<(std::time::Instant, StoreError)>>);
+
+impl WriteFailure {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, StoreError)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failed(&self, e: &StoreError) {
+        *self.last() = Some((std::time::Instant::now(), e.clone()));
+    }
 }
 
 /// How many reads run at once, per node, on either backend: more than the
@@ -474,8 +492,7 @@ impl Store {
     /// since: a node whose decisions are being refused is not healthy,
     /// even when a smaller write goes through.
     pub fn recent_write_failure(&self, within: std::time::Duration) -> Option<StoreError> {
-        let failure = self.write_failure.lock().ok()?;
-        match &*failure {
+        match &*self.write_failure.last() {
             Some((at, e)) if at.elapsed() <= within => Some(e.clone()),
             _ => None,
         }
@@ -509,15 +526,10 @@ impl Store {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let failure = self.write_failure.clone();
-        let note = move |commit: &Result<(), StoreError>| {
-            let Ok(mut failure) = failure.lock() else {
-                return;
-            };
-            match commit {
-                Err(e) => *failure = Some((std::time::Instant::now(), e.clone())),
-                Ok(()) if proves_health && failure.is_some() => *failure = None,
-                Ok(()) => {}
-            }
+        let note = move |commit: &Result<(), StoreError>| match commit {
+            Err(e) => failure.failed(e),
+            Ok(()) if proves_health => *failure.last() = None,
+            Ok(()) => {}
         };
         let run = Box::new(move |wtx: Result<&mut dyn WriteTx, StoreError>| {
             let result = match wtx {
@@ -537,9 +549,7 @@ impl Store {
             (keep, reply)
         });
         if let Err(e) = self.backend.submit(Job { run, savepoint }) {
-            if let Ok(mut failure) = self.write_failure.lock() {
-                *failure = Some((std::time::Instant::now(), e.clone()));
-            }
+            self.write_failure.failed(&e);
             return Err(E::from(e));
         }
         rx.await
