@@ -138,12 +138,8 @@ async fn the_chain_head_is_signed_at_shutdown(db: Db) {
 
 /// A server whose config writes tree checkpoints to `witness` too.
 fn witnessed(witness: &std::path::Path) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, cfg) = sqlite_config();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
-    let cfg = dir.path().join("airlock.toml");
     let text = std::fs::read_to_string(&cfg).unwrap().replacen(
         "checkpoint_interval_seconds = 1\n",
         &format!(

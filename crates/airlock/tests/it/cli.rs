@@ -74,19 +74,25 @@ async fn airlock_run_waits_runs_and_exits_with_the_command_code(db: Db) {
     assert!(!Path::new("should-not-exist").exists());
 }
 
+/// Sends SIGTERM, waits for the exit, and reads the log.
+fn terminate(mut child: std::process::Child, log: &Path) -> (std::process::ExitStatus, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status, std::fs::read_to_string(log).unwrap())
+}
+
 /// The server's log, sent to a file as a supervisor would, holds plain
 /// text: no terminal colour codes around its levels and fields.
 #[test]
 fn a_log_written_to_a_file_has_no_colour_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let (dir, cfg) = sqlite_config();
     let log = dir.path().join("airlock.log");
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
-        .arg(dir.path().join("airlock.toml"))
+        .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -97,12 +103,7 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
     assert!(line.starts_with("Airlock listening on "), "{line}");
     // A graceful stop is logged (SIGTERM right after the first line: the
     // handler is in place before it is printed).
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let (status, text) = terminate(child, &log);
     assert!(status.success(), "{status}: {text:?}");
     assert!(text.contains(" INFO "), "{text:?}");
     assert!(text.contains("shutting down"), "{text:?}");
@@ -115,17 +116,12 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
 /// server serves all the same, then stops gracefully.
 #[test]
 fn a_server_whose_stdout_is_closed_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let (dir, cfg) = sqlite_config();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let cfg = dir.path().join("airlock.toml");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -156,12 +152,7 @@ fn a_server_whose_stdout_is_closed_serves() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let (status, text) = terminate(child, &log);
     assert!(healthy, "{status}: {text}");
     assert!(status.success(), "{status}: {text}");
 }

@@ -147,6 +147,18 @@ impl Drop for Server {
 
 /// Where a node keeps its signing keys: its own folder, or the first
 /// node's, which every node of a deployment shares.
+/// A folder with a SQLite server's policies and config (its data in
+/// `data/`), and the config's path, to edit before starting it.
+pub(crate) fn sqlite_config() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let cfg = dir.path().join("airlock.toml");
+    (dir, cfg)
+}
+
 pub(crate) fn write_config(
     dir: &Path,
     db: &Db,
