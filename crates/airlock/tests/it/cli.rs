@@ -157,6 +157,44 @@ fn a_server_whose_stdout_is_closed_serves() {
     assert!(status.success(), "{status}: {text}");
 }
 
+/// SQLite syncs the database and its WAL with `fdatasync`, never
+/// `fsync`, which would also flush the WAL's new mtime (a file system
+/// journal commit on every SQLite commit). The bundled SQLite uses
+/// `fsync` unless built with `HAVE_FDATASYNC` (`.cargo/config.toml`).
+#[test]
+fn sqlite_syncs_its_files_with_fdatasync() {
+    let (dir, cfg) = sqlite_config();
+    let trace = dir.path().join("trace");
+    // `keys create` makes the database, migrates it and commits a key and
+    // its audit record: every kind of sync a commit makes.
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(BIN)
+        .args(["keys", "create", "--user", "alice", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("strace (./test installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let syncs: Vec<&str> = text.lines().filter(|l| l.contains("airlock.db")).collect();
+    assert!(
+        syncs
+            .iter()
+            .any(|l| l.contains("fdatasync(") && l.contains("airlock.db-wal")),
+        "{text}"
+    );
+    let fsyncs: Vec<&&str> = syncs
+        .iter()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|c| c.starts_with("fsync("))
+        })
+        .collect();
+    assert!(fsyncs.is_empty(), "{fsyncs:?}");
+}
+
 #[test]
 fn quickstart_starts_with_no_config() {
     let dir = tempfile::tempdir().unwrap();
