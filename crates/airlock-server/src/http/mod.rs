@@ -12,7 +12,7 @@ use airlock_api::{
 };
 use airlock_core::{GrantId, RequestId, RequestStatus};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ pub mod listen;
 mod openapi;
 mod respond;
 
-use respond::ApiJson;
+use respond::{ApiJson, ApiQuery};
 
 pub use listen::raise_open_file_limit;
 
@@ -201,7 +201,7 @@ async fn get_request(
     State(airlock): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
     let max = airlock.config.load().server.max_wait_seconds as f64;
@@ -245,7 +245,7 @@ struct ListQuery {
 async fn list_requests(
     State(airlock): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<RequestList>, ApiError> {
     let statuses = match q.status.as_deref() {
         None | Some("") | Some("all") => Vec::new(),
@@ -312,6 +312,11 @@ async fn review(
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
 
+/// A body with nothing in it: empty, or `{}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
 fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -324,7 +329,7 @@ fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiE
     params(("id" = String, Path, description = "The request's id (`req_…`)")),
     responses(
         (status = 200, description = "The request, cancelled", body = RequestView),
-        (status = 401, response = openapi::Error401), (status = 403, response = openapi::Error403),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401), (status = 403, response = openapi::Error403),
         (status = 404, response = openapi::Error404), (status = 409, response = openapi::Error409),
         (status = 503, response = openapi::Error503),
     ))]
@@ -332,8 +337,12 @@ async fn cancel(
     State(airlock): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&id)?;
+    // Nothing to say, but a body that says something is refused like any
+    // other unknown field, so a client's typo is not silently ignored.
+    let NoFields {} = optional_body(&body)?;
     let req = airlock.cancel(&caller, id).await?;
     Ok(Json(airlock.request_view_with_token(&req, &caller)))
 }
@@ -430,7 +439,7 @@ struct AuditQuery {
 async fn audit(
     State(airlock): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
@@ -487,7 +496,7 @@ struct InclusionQuery {
 async fn audit_inclusion(
     State(airlock): State<AppState>,
     caller: Caller,
-    Query(q): Query<InclusionQuery>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> Result<Json<InclusionProof>, ApiError> {
     Ok(Json(airlock.audit_inclusion(&caller, q.seq, q.size).await?))
 }
@@ -513,7 +522,7 @@ struct ConsistencyQuery {
 async fn audit_consistency(
     State(airlock): State<AppState>,
     caller: Caller,
-    Query(q): Query<ConsistencyQuery>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
     Ok(Json(
         airlock.audit_consistency(&caller, q.from, q.to).await?,
@@ -542,7 +551,7 @@ struct OutboxQuery {
 async fn outbox(
     State(airlock): State<AppState>,
     caller: Caller,
-    Query(q): Query<OutboxQuery>,
+    ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<OutboxList>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let messages = airlock.outbox_list(&caller, q.status, limit).await?;

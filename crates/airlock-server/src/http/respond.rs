@@ -1,10 +1,12 @@
 //! Where every API error becomes a response: the one place that turns a
 //! [`ApiError`] into a status, the contract's JSON error body and headers,
-//! and every rejection of a JSON body into an [`ApiError`].
+//! and every rejection of a JSON body or a query string into an
+//! [`ApiError`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -72,6 +74,21 @@ fn plainly_json(headers: &HeaderMap) -> bool {
             v.eq_ignore_ascii_case("application/json")
                 || v.eq_ignore_ascii_case("application/json; charset=utf-8")
         })
+}
+
+/// A query string whose every rejection (a value that does not parse, an
+/// unknown parameter) is an [`ApiError`], as [`ApiJson`] is for bodies.
+pub(super) struct ApiQuery<T>(pub(super) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
 }
 
 fn rejected(e: JsonRejection) -> ApiError {

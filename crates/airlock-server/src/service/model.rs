@@ -225,7 +225,10 @@ fn predict(m: &Model, op: &Op, due: bool) -> (Answer, Model) {
             }
         }
         Op::Cancel { by, .. } => {
-            if by != Who::Alice {
+            if by == Who::Mallory {
+                // Not hers to see: absent, as for a read.
+                Err(ErrorCode::NotFound)
+            } else if by != Who::Alice {
                 Err(ErrorCode::Forbidden)
             } else if m.status.can_become(Cancelled) {
                 m.become_(Cancelled);
@@ -235,7 +238,9 @@ fn predict(m: &Model, op: &Op, due: bool) -> (Answer, Model) {
             }
         }
         Op::Revoke { by, .. } => {
-            if !(by.approver() || by == Who::Root) {
+            if by == Who::Mallory {
+                Err(ErrorCode::NotFound)
+            } else if !(by.approver() || by == Who::Root) {
                 Err(ErrorCode::Forbidden)
             } else if m.status.can_become(Revoked) {
                 m.become_(Revoked);

@@ -123,6 +123,16 @@ impl Airlock {
         }
     }
 
+    /// 404 unless the caller may see the request: a change refused to
+    /// someone who may not even read it is refused as a read is, so ids
+    /// cannot be probed through it. Who may make the change is decided
+    /// again inside the change's transaction.
+    async fn must_see(&self, caller: &Caller, id: RequestId) -> Result<(), ApiError> {
+        self.load_visible_with(caller, id, |_| false)
+            .await
+            .map(drop)
+    }
+
     /// One request; with `wait`, answers as soon as it leaves `pending` or
     /// when the wait is over, woken by the event of its change.
     pub async fn get_request(
@@ -598,6 +608,7 @@ impl Airlock {
 
     /// The requester withdraws a pending request.
     pub async fn cancel(&self, caller: &Caller, id: RequestId) -> Result<Request, ApiError> {
+        self.must_see(caller, id).await?;
         let user = caller.user.clone();
         let hooks = self.hooks();
         let req = self
@@ -632,6 +643,7 @@ impl Airlock {
         id: RequestId,
         reason: Option<String>,
     ) -> Result<Request, ApiError> {
+        self.must_see(caller, id).await?;
         let loaded = self.loaded.load_full();
         let caller = caller.clone();
         let hooks = self.hooks();

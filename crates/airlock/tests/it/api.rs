@@ -125,3 +125,78 @@ async fn http_errors_follow_the_contract(db: Db) {
         "{m}"
     );
 }
+
+/// A query value that does not parse is bad input like any other: the
+/// contract's JSON error body, never axum's plain text.
+#[tokio::test]
+async fn a_query_value_that_does_not_parse_gets_the_error_body() {
+    let s = Server::start(&Db::Sqlite);
+    let (alice, admin) = (s.key("alice", "user"), s.key("admin", "admin"));
+    let export = json!({"action": "export", "resource": {"type": "Table", "id": "t"}});
+    let (_, r) = s.post(&alice, "/v1/check", export).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    for (key, path) in [
+        (&alice, format!("/v1/requests/{id}?wait=abc")),
+        (&alice, "/v1/requests?limit=abc".to_owned()),
+        (&admin, "/v1/audit?after=abc".to_owned()),
+        (&admin, "/v1/audit?limit=-1".to_owned()),
+        (&admin, "/v1/audit/proof/inclusion?seq=abc".to_owned()),
+    ] {
+        let res = s
+            .http
+            .get(format!("{}{path}", s.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{path}");
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
+}
+
+/// Cancel refuses a body that says something, as every other endpoint
+/// refuses unknown fields; cancel and revoke answer 404, as a read does,
+/// to someone who may not see the request, so ids cannot be probed.
+#[tokio::test]
+async fn cancel_and_revoke_refuse_as_reads_do() {
+    let s = Server::start(&Db::Sqlite);
+    let (alice, mallory) = (s.key("alice", "user"), s.key("mallory", "user"));
+    let bob = s.key("bob", "user");
+    let export = json!({"action": "export", "resource": {"type": "Table", "id": "t"}});
+    let (_, r) = s.post(&alice, "/v1/check", export).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let cancel = format!("/v1/requests/{id}/cancel");
+    let (st, r) = s.post(&alice, &cancel, json!({"bogus": 1})).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{r}"
+    );
+    let (st, _) = s.get(&mallory, &format!("/v1/requests/{id}")).await;
+    assert_eq!(st, 404);
+    let (st, r) = s.post(&mallory, &cancel, json!({})).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{r}"
+    );
+    let revoke = format!("/v1/requests/{id}/revoke");
+    let (st, r) = s.post(&mallory, &revoke, json!({})).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{r}"
+    );
+    // Bob may see it (he may review it), so his cancel is refused as his.
+    let (st, r) = s.post(&bob, &cancel, json!({})).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{r}"
+    );
+    let (st, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("pending")));
+    let (st, r) = s.post(&alice, &cancel, json!({})).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("cancelled")), "{r}");
+}

@@ -273,8 +273,14 @@ async fn revoke_cancel_and_reason_required(db: Db) {
         s.key("mallory", "user"),
     );
     let (id, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    // Mallory may not even see it: absent to her, as for a read. Alice
+    // sees it but is no approver.
     let (st, _) = s
         .post(&mallory, &format!("/v1/requests/{id}/revoke"), json!({}))
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = s
+        .post(&alice, &format!("/v1/requests/{id}/revoke"), json!({}))
         .await;
     assert_eq!(st, 403);
     let (st, r) = s
