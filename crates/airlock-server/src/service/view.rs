@@ -27,18 +27,22 @@ pub(crate) fn threshold_view(
 }
 
 impl Airlock {
-    /// A resource's attributes as decisions see them: the caller's, with
-    /// `entities.json` winning.
+    /// A resource's attributes as decisions see them: those in
+    /// `entities.json` for a resource listed there (the policy engine
+    /// ignores what a caller claims about it), else the caller's.
     pub fn resource_attrs(&self, res: &airlock_core::Resource) -> Value {
-        let mut attrs = res.attrs.clone();
+        Value::Object(self.decided_attrs(res))
+    }
+
+    fn decided_attrs(&self, res: &airlock_core::Resource) -> serde_json::Map<String, Value> {
         let loaded = self.loaded.load();
-        if let Some(Value::Object(known)) = loaded
+        match loaded
             .engine
             .resource_attrs(res.kind.as_str(), res.id.as_str())
         {
-            attrs.extend(known);
+            Some(Value::Object(known)) => known,
+            _ => res.attrs.clone(),
         }
-        Value::Object(attrs)
     }
 
     /// The contract's REQUEST object, with `token` in its grant if given:
@@ -56,7 +60,11 @@ impl Airlock {
             .map(|(t, n)| threshold_view(directory, t, n, &req.action.principal))
             .collect();
         let url = format!("{}/requests/{}", self.public_url(), req.id);
-        RequestView::new(req, thresholds, url, token)
+        let mut view = RequestView::new(req, thresholds, url, token);
+        // An approver reading the API or the CLI sees what the decision
+        // saw, as the console shows it: not a claim policy ignored.
+        view.resource.attrs = self.decided_attrs(&req.action.resource);
+        view
     }
 
     /// Mints the grant token of `req` for `caller`, if they may hold it: the

@@ -200,3 +200,61 @@ async fn cancel_and_revoke_refuse_as_reads_do() {
     let (st, r) = s.post(&alice, &cancel, json!({})).await;
     assert_eq!((st, r["status"].as_str()), (200, Some("cancelled")), "{r}");
 }
+
+/// REQUEST shows a resource's attributes as the decision saw them: those
+/// in `entities.json` for a resource listed there, not a caller's claim
+/// that policy ignored (what an approver reading the API or CLI decides
+/// on).
+#[tokio::test]
+async fn a_request_shows_the_attributes_the_decision_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/main.cedar"),
+        r#"
+@id("prod-config")
+@approvers("security")
+permit(principal, action == Action::"override", resource)
+when { resource has env && resource.env == "production" };
+
+@id("other-config")
+permit(principal, action == Action::"override", resource)
+unless { resource has env && resource.env == "production" };
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/entities.json"),
+        r#"[{"uid": {"type": "Config", "id": "payments.yaml"}, "attrs": {"env": "production"}, "parents": []}]"#,
+    )
+    .unwrap();
+    write_config(dir.path(), &Db::Sqlite, USERS, 1, &data);
+    let s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let alice = s.key("alice", "user");
+    let claim = json!({"action": "override",
+        "resource": {"type": "Config", "id": "payments.yaml", "attrs": {"env": "staging", "extra": 1}}});
+    let (st, r) = s.post(&alice, "/v1/check", claim).await;
+    assert_eq!(
+        (st, r["decision"].as_str()),
+        (200, Some("approval_required")),
+        "{r}"
+    );
+    assert_eq!(
+        r["request"]["resource"]["attrs"],
+        json!({"env": "production"}),
+        "{r}"
+    );
+    let id = r["request"]["id"].as_str().unwrap();
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["resource"]["attrs"], json!({"env": "production"}), "{r}");
+    // A resource not listed there is decided on the caller's attributes.
+    let other = json!({"action": "override",
+        "resource": {"type": "Config", "id": "other.yaml", "attrs": {"env": "production"}}});
+    let (_, r) = s.post(&alice, "/v1/check", other).await;
+    assert_eq!(
+        r["request"]["resource"]["attrs"],
+        json!({"env": "production"}),
+        "{r}"
+    );
+}
