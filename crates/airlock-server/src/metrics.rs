@@ -1,5 +1,6 @@
 //! Prometheus metrics: decisions by outcome, decision latency, pending
-//! requests (read from the store at scrape time, so every node agrees).
+//! requests (read from the store at scrape time, so every node agrees),
+//! in OpenMetrics or in Prometheus's classic text format.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -93,5 +94,74 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text, for
+/// scrapers that do not ask for OpenMetrics: a counter's family is named
+/// after its `_total` sample, and the OpenMetrics-only lines (`# UNIT`,
+/// `# EOF`) are left out. Samples are the same in both.
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.observe_notification("sent");
+        let open = m.render(3, 0, 0);
+        assert!(
+            open.contains("# TYPE airlock_notification_attempts counter"),
+            "{open}"
+        );
+        assert!(open.trim_end().ends_with("# EOF"), "{open}");
+        let text = prometheus_text(&open);
+        assert!(
+            text.contains("# TYPE airlock_notification_attempts_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP airlock_notification_attempts_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("airlock_notification_attempts_total{outcome=\"sent\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE airlock_pending_requests gauge\nairlock_pending_requests 3\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every sample is kept.
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&open), samples(&text));
     }
 }

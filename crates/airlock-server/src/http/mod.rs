@@ -722,7 +722,9 @@ async fn healthz(State(airlock): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(airlock): State<AppState>) -> Response {
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
+/// does), Prometheus's classic text format to everyone else.
+async fn metrics(State(airlock): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let pending = airlock
         .store()
         .read(|r| r.count_status(RequestStatus::Pending))
@@ -736,14 +738,31 @@ async fn metrics(State(airlock): State<AppState>) -> Response {
         .unreviewed_breakglass(1000)
         .await
         .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        airlock.metrics.render(pending, unapprovable, breakglass),
-    )
-        .into_response()
+    let open = airlock.metrics.render(pending, unapprovable, breakglass);
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            open,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::prometheus_text(&open),
+        )
+            .into_response()
+    }
 }
 
 /// Serves until `shutdown` resolves, then signs a final checkpoint.

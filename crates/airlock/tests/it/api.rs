@@ -258,3 +258,33 @@ unless { resource has env && resource.env == "production" };
         "{r}"
     );
 }
+
+/// `/metrics` is Prometheus text (the contract) unless the scraper asks
+/// for OpenMetrics, as Prometheus does.
+#[tokio::test]
+async fn metrics_are_prometheus_text_unless_openmetrics_is_asked_for() {
+    let s = Server::start(&Db::Sqlite);
+    for (accept, want) in [
+        (None, "text/plain; version=0.0.4"),
+        (Some("*/*"), "text/plain; version=0.0.4"),
+        (
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+            "application/openmetrics-text",
+        ),
+    ] {
+        let mut req = s.http.get(format!("{}/metrics", s.url));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let res = req.send().await.unwrap();
+        let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(want), "{accept:?}: {ct}");
+        let text = res.text().await.unwrap();
+        assert!(text.contains("airlock_pending_requests 0"), "{text}");
+        assert_eq!(
+            text.contains("# EOF"),
+            want.starts_with("application/"),
+            "{text}"
+        );
+    }
+}
