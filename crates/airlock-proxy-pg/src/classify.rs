@@ -130,6 +130,7 @@ const UNSEEN_READERS: &[&str] = &[
     "cursor_to_xml",
     "cursor_to_xmlschema",
     "ts_stat",
+    "ts_rewrite",
     "dblink",
     "dblink_exec",
     "dblink_open",
@@ -227,7 +228,14 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
         "InsertStmt" => Access::Insert,
         "UpdateStmt" => Access::Update,
         "DeleteStmt" | "TruncateStmt" => Access::Delete,
-        "MergeStmt" => Access::Update,
+        // Named after the worst of what its WHEN clauses write.
+        "MergeStmt" => {
+            let writes = merge_writes(body);
+            [Access::Delete, Access::Update, Access::Insert]
+                .into_iter()
+                .find(|a| writes.contains(a))
+                .unwrap_or(Access::Update)
+        }
         "CopyStmt"
             if body
                 .get("is_program")
@@ -318,13 +326,38 @@ impl Walk<'_> {
     /// `target` is how a relation met directly in this node's `relation`
     /// field is accessed.
     fn node(&mut self, kind: &str, body: &Value, _parent: Option<Access>) {
-        let write = match kind {
-            "InsertStmt" => Some(Access::Insert),
-            "UpdateStmt" | "MergeStmt" => Some(Access::Update),
-            "DeleteStmt" => Some(Access::Delete),
-            "TruncateStmt" => Some(Access::Delete),
-            "CopyStmt" => Some(self.st.kind),
-            _ => None,
+        // How the relation in this node's `relation` field is written. A
+        // MERGE writes what its WHEN clauses say, and an upsert's DO
+        // UPDATE updates: each is decided as the write it is.
+        let writes: Vec<Access> = match kind {
+            "InsertStmt" => {
+                let mut w = vec![Access::Insert];
+                if let Some(update) = upsert_update(body) {
+                    w.push(Access::Update);
+                    if update.get("where_clause").is_none_or(Value::is_null) {
+                        self.st.has_where = false;
+                    }
+                }
+                w
+            }
+            "UpdateStmt" => vec![Access::Update],
+            "MergeStmt" => {
+                let w = merge_writes(body);
+                // Its ON is a join, not a WHERE: every row can match.
+                if w.iter()
+                    .any(|a| matches!(a, Access::Update | Access::Delete))
+                {
+                    self.st.has_where = false;
+                }
+                if w.is_empty() {
+                    vec![Access::Update]
+                } else {
+                    w
+                }
+            }
+            "DeleteStmt" | "TruncateStmt" => vec![Access::Delete],
+            "CopyStmt" => vec![self.st.kind],
+            _ => Vec::new(),
         };
         if matches!(kind, "UpdateStmt" | "DeleteStmt")
             && body.get("where_clause").is_none_or(Value::is_null)
@@ -363,9 +396,11 @@ impl Walk<'_> {
         for (field, v) in obj {
             // The relation a DML statement or COPY writes (or reads, for
             // COPY TO).
-            if field == "relation" && write.is_some() {
+            if field == "relation" && !writes.is_empty() {
                 if let Some(t) = range_var(v) {
-                    self.st.tables.insert((write.unwrap_or(Access::Other), t));
+                    for w in &writes {
+                        self.st.tables.insert((*w, t.clone()));
+                    }
                     continue;
                 }
             }
@@ -409,6 +444,44 @@ impl Walk<'_> {
             _ => {}
         }
     }
+}
+
+/// What a MERGE's WHEN clauses write (`DO NOTHING` writes nothing).
+fn merge_writes(body: &Value) -> Vec<Access> {
+    use pg_query::protobuf::CmdType;
+    let mut out = Vec::new();
+    for clause in body
+        .get("merge_when_clauses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let clause = clause.get("node").unwrap_or(clause);
+        let clause = clause.get("MergeWhenClause").unwrap_or(clause);
+        let cmd = clause.get("command_type").and_then(Value::as_i64);
+        let access = match cmd {
+            Some(c) if c == CmdType::CmdDelete as i64 => Access::Delete,
+            Some(c) if c == CmdType::CmdUpdate as i64 => Access::Update,
+            Some(c) if c == CmdType::CmdInsert as i64 => Access::Insert,
+            Some(c) if c == CmdType::CmdNothing as i64 => continue,
+            // A command this parser's version does not name: the worst.
+            _ => Access::Delete,
+        };
+        if !out.contains(&access) {
+            out.push(access);
+        }
+    }
+    out
+}
+
+/// An INSERT's `ON CONFLICT … DO UPDATE` clause, if it has one.
+fn upsert_update(body: &Value) -> Option<&Value> {
+    use pg_query::protobuf::OnConflictAction;
+    let clause = body.get("on_conflict_clause")?;
+    let clause = clause.get("OnConflictClause").unwrap_or(clause);
+    (clause.get("action").and_then(Value::as_i64)
+        == Some(OnConflictAction::OnconflictUpdate as i64))
+    .then_some(clause)
 }
 
 /// `schema.name` of a relation, if `v` is one: the only object in the tree
@@ -556,6 +629,62 @@ mod tests {
         assert!(s.returns_rows);
     }
 
+    /// Writes that hide inside other statements: MERGE's WHEN clauses
+    /// (its ON is a join, not a WHERE) and an upsert's DO UPDATE are
+    /// decided as the deletes, updates and inserts they are.
+    #[test]
+    fn merge_and_upsert_are_decided_as_what_they_write() {
+        let s = one("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE");
+        assert_eq!(s.kind, Access::Delete);
+        assert!(!s.has_where);
+        assert!(
+            tables(&s).contains(&("sql.delete", "public.orders")),
+            "{s:?}"
+        );
+        let s = one("MERGE INTO orders o USING src s ON o.id = s.id \
+             WHEN MATCHED AND s.gone THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET note = s.note \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.note)");
+        assert_eq!(s.kind, Access::Delete);
+        assert!(!s.has_where);
+        for write in ["sql.delete", "sql.update", "sql.insert"] {
+            assert!(
+                tables(&s).contains(&(write, "public.orders")),
+                "{write}: {s:?}"
+            );
+        }
+        assert!(tables(&s).contains(&("sql.select", "public.src")), "{s:?}");
+        let s = one("MERGE INTO orders o USING src s ON o.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id)");
+        assert_eq!(s.kind, Access::Insert);
+        assert!(!tables(&s)
+            .iter()
+            .any(|(a, _)| *a == "sql.update" || *a == "sql.delete"));
+
+        let s = one(
+            "INSERT INTO orders SELECT id, 'x' FROM orders ON CONFLICT (id) DO UPDATE SET note = 'x'",
+        );
+        assert!(
+            tables(&s).contains(&("sql.update", "public.orders")),
+            "{s:?}"
+        );
+        assert!(
+            tables(&s).contains(&("sql.insert", "public.orders")),
+            "{s:?}"
+        );
+        assert!(!s.has_where);
+        let s = one(
+            "INSERT INTO orders VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET note = 'x' WHERE orders.id = 1",
+        );
+        assert!(
+            tables(&s).contains(&("sql.update", "public.orders")),
+            "{s:?}"
+        );
+        assert!(s.has_where);
+        let s = one("INSERT INTO orders VALUES (1, 'x') ON CONFLICT DO NOTHING");
+        assert_eq!(tables(&s), vec![("sql.insert", "public.orders")]);
+        assert!(s.has_where);
+    }
+
     /// What an ordinary user would try first to hide a table.
     #[test]
     fn tables_hidden_in_expressions_ctes_and_explain_are_found() {
@@ -621,6 +750,7 @@ mod tests {
             "SELECT database_to_xml(true, false, '')",
             "SELECT pg_catalog.table_to_xml('secrets', true, false, '')",
             "SELECT * FROM ts_stat('select v from docs')",
+            "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, v::tsquery from secrets')",
             "SET client_encoding = 'GBK'",
             "SET NAMES 'GBK'",
             "SET standard_conforming_strings = off",

@@ -206,6 +206,28 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
         pg.count("SELECT count(*) FROM orders WHERE note = 'all'"),
         0
     );
+    // Nor are the writes hidden in a MERGE (its ON is a join, not a
+    // WHERE) or in an upsert's DO UPDATE.
+    for sql in [
+        "MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN UPDATE SET note = 'all'",
+        "INSERT INTO orders SELECT id, 0, 'all' FROM orders ON CONFLICT (id) DO UPDATE SET note = 'all'",
+    ] {
+        let (ok, _, err) = psql(&url, &["-c", sql]);
+        assert!(!ok && err.contains("AL002"), "{sql}: {err}");
+    }
+    let (ok, _, err) = psql(
+        &url,
+        &[
+            "-c",
+            "MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
+        ],
+    );
+    assert!(!ok && err.contains("AL00"), "{err}");
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE note = 'all'"),
+        0
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM orders"), 5);
     // Moving the search path would make Airlock decide other tables than
     // the server reads.
     let (ok, _, err) = psql(&url, &["-c", "SET search_path = secret_schema"]);
