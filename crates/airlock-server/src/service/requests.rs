@@ -856,6 +856,10 @@ fn review_after_the_fact(
             reviewer.as_str(),
             json!({"reason": reason, "breakglass_flagged": true}),
         )?;
+        // As a revoke does: the grant shows revoked, not only the request.
+        if let Some(g) = &req.grant {
+            tx.revoke_grant(&g.grant_id)?;
+        }
     }
     let req = tx
         .get_request(&req.id)?

@@ -166,6 +166,7 @@ async fn breaking_the_glass_grants_at_once_and_is_reviewed_after(db: Db) {
     let (st, r) = s.review(&bob, &second, "deny").await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["status"], "revoked");
+    assert_eq!(r["grant"]["revoked"], true, "{r}");
     let (_, audit) = s.get(&admin, "/v1/audit?limit=1000").await;
     assert!(audit["records"]
         .as_array()
