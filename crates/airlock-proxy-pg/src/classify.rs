@@ -149,6 +149,53 @@ const UNSEEN_READERS: &[&str] = &[
     "lo_put",
 ];
 
+/// Built-in functions that change the server's state (sessions, settings,
+/// replication, WAL, statistics, sequences, large objects) from what
+/// parses as a tableless SELECT: no per-table decision sees what they do.
+const STATE_CHANGERS: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_switch_wal",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_create_restore_point",
+    "pg_promote",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_replication_origin_advance",
+    "pg_replication_origin_session_setup",
+    "pg_replication_origin_xact_setup",
+    "pg_import_system_collations",
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_slru",
+    "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_replication_slot",
+    "pg_stat_reset_subscription_stats",
+    "pg_log_backend_memory_contexts",
+    "setval",
+    "lo_create",
+    "lo_creat",
+    "lo_unlink",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+];
+
 /// Settings that change how the server reads the text Airlock parsed
 /// (encoding, string escapes) or which tables names resolve to.
 const PINNED_SETTINGS: &[&str] = &[
@@ -373,7 +420,7 @@ impl Walk<'_> {
             if bare == "set_config" {
                 self.refused = Some(Refusal::SearchPath);
             }
-            if UNSEEN_READERS.contains(&bare.as_str()) {
+            if UNSEEN_READERS.contains(&bare.as_str()) || STATE_CHANGERS.contains(&bare.as_str()) {
                 self.refused = Some(Refusal::NotServed(format!("{bare}()")));
             }
             self.st.functions.insert(name);
@@ -751,6 +798,11 @@ mod tests {
             "SELECT pg_catalog.table_to_xml('secrets', true, false, '')",
             "SELECT * FROM ts_stat('select v from docs')",
             "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, v::tsquery from secrets')",
+            "SELECT pg_terminate_backend(42)",
+            "SELECT pg_catalog.pg_reload_conf()",
+            "SELECT setval('s1', 100)",
+            "SELECT lo_create(0)",
+            "SELECT * FROM orders WHERE pg_stat_reset() IS NULL",
             "SET client_encoding = 'GBK'",
             "SET NAMES 'GBK'",
             "SET standard_conforming_strings = off",

@@ -237,6 +237,9 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     // Text the server would read differently, and SQL run from text.
     let (ok, _, err) = psql(&url, &["-c", "SET standard_conforming_strings = off"]);
     assert!(!ok && err.contains("0A000"), "{err}");
+    // A tableless SELECT that changes the server's state.
+    let (ok, _, err) = psql(&url, &["-c", "SELECT pg_stat_reset()"]);
+    assert!(!ok && err.contains("0A000"), "{err}");
     let sql = "SELECT query_to_xml('select * from secrets', true, false, '')";
     let (ok, out, err) = psql(&url, &["-c", sql]);
     assert!(
