@@ -521,14 +521,20 @@ fn merge_writes(body: &Value) -> Vec<Access> {
     out
 }
 
-/// An INSERT's `ON CONFLICT … DO UPDATE` clause, if it has one.
+/// An INSERT's `ON CONFLICT … DO UPDATE` clause, if it has one. A clause
+/// whose action is not a known "no update" counts as one, as an unknown
+/// MERGE command counts as the worst: an unreadable tree never narrows
+/// what is decided.
 fn upsert_update(body: &Value) -> Option<&Value> {
     use pg_query::protobuf::OnConflictAction;
-    let clause = body.get("on_conflict_clause")?;
+    let clause = body.get("on_conflict_clause").filter(|c| !c.is_null())?;
     let clause = clause.get("OnConflictClause").unwrap_or(clause);
-    (clause.get("action").and_then(Value::as_i64)
-        == Some(OnConflictAction::OnconflictUpdate as i64))
-    .then_some(clause)
+    let action = clause.get("action").and_then(Value::as_i64);
+    let no_update = [
+        OnConflictAction::OnconflictNone as i64,
+        OnConflictAction::OnconflictNothing as i64,
+    ];
+    (!action.is_some_and(|a| no_update.contains(&a))).then_some(clause)
 }
 
 /// `schema.name` of a relation, if `v` is one: the only object in the tree

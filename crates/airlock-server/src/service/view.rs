@@ -41,7 +41,9 @@ impl Airlock {
             .resource_attrs(res.kind.as_str(), res.id.as_str())
         {
             Some(Value::Object(known)) => known,
-            _ => res.attrs.clone(),
+            // Listed with no attributes: the caller's are still ignored.
+            Some(_) => serde_json::Map::new(),
+            None => res.attrs.clone(),
         }
     }
 
