@@ -87,6 +87,10 @@ pub(crate) trait BatchConn {
     fn before_commit(&mut self, _changed: &Announced) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The transaction is over, committed or rolled back; called before
+    /// any job is answered, so a caller that goes on after its write sees
+    /// what ending it changed (SQLite's key revocations end here).
+    fn ended(&mut self) {}
 }
 
 /// The writer's queue, as the store's callers see it. `Sender` is `Sync`
@@ -253,6 +257,7 @@ pub(crate) fn run(conn: &mut impl BatchConn, batch: Vec<Job>, chain: &mut Chain)
         let _ = conn.exec("ROLLBACK");
         tracing::error!(error = %e, "storage batch failed; nothing in it was committed");
     }
+    conn.ended();
     for reply in replies {
         reply(result.clone());
     }

@@ -217,8 +217,6 @@ fn writer_loop(mut writer: Writer, rx: Receiver<Job>, events: EventSender) {
             continue;
         }
         let announced = batch::run(&mut writer, batch, &mut chain);
-        // Committed or rolled back: revocations it began are over.
-        writer.keys.revocations().end_begun();
         announced.send_here(&events);
     }
 }
@@ -241,6 +239,13 @@ impl BatchConn for Writer {
             effects: Some(effects),
             revocations: Some(self.keys.revocations()),
         })
+    }
+
+    /// Revocations the batch began are over: ended before their callers
+    /// hear back, or a lookup just after `airlock keys revoke` returns
+    /// would find one still in progress and keep nothing.
+    fn ended(&mut self) {
+        self.keys.revocations().end_begun();
     }
 }
 
