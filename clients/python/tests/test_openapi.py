@@ -158,6 +158,13 @@ def test_real_answers_match_the_document(server, document):
     live = c.check("POST", "/v1/auth/key", "/v1/auth/key", enforcer,
                    {"user": "alice", "key": "key_nope"}, status=200)
     assert live["live"] is False
+    findings = {"principal": "alice", "proxy": "files", "disposition": "masked",
+                "targets": [{"action": "download", "resource": table}],
+                "decisions": [1], "counts": {"email": 2}}
+    c.check("POST", "/v1/audit/findings", "/v1/audit/findings", alice, findings, status=403)
+    c.check("POST", "/v1/audit/findings", "/v1/audit/findings", enforcer,
+            {**findings, "counts": {"email": 0}}, status=400)
+    c.check("POST", "/v1/audit/findings", "/v1/audit/findings", enforcer, findings, status=200)
     c.check("POST", "/v1/auth/scram", "/v1/auth/scram", enforcer,
             {"user": "alice", "auth_message": "n=alice,r=x,r=xy,s=c2FsdA==,i=4096,c=biws,r=xy",
              "proof": "cHJvb2Y="})

@@ -1,7 +1,11 @@
 //! Spending a grant (`POST /v1/grants/consume`) and reporting what the
-//! action did (`POST /v1/grants/{id}/complete`).
+//! action did (`POST /v1/grants/{id}/complete`, and for actions no grant
+//! covers, what DLP found in their answers: `POST /v1/audit/findings`).
 
-use airlock_core::{Action, GrantId};
+use std::collections::BTreeMap;
+
+use airlock_core::action::Resource;
+use airlock_core::{Action, ActionName, GrantId, UserName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -62,6 +66,70 @@ pub struct CompleteResponse {
     pub grant_id: GrantId,
     /// Always `true`: a refusal is an error.
     pub completed: bool,
+}
+
+/// What became of a response or result in which DLP found something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// It left as it was (`response_dlp = "report"`).
+    Passed,
+    /// It left with every finding replaced (`mask`).
+    Masked,
+    /// It did not leave (`block`).
+    Withheld,
+}
+
+impl Disposition {
+    /// The name recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Masked => "masked",
+            Self::Withheld => "withheld",
+        }
+    }
+}
+
+/// One action whose answer was scanned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindingsTarget {
+    /// The action, as checked.
+    pub action: ActionName,
+    /// Its resource, as checked (attributes are not recorded).
+    pub resource: Resource,
+}
+
+/// The body of `POST /v1/audit/findings` (enforcer keys): what DLP found
+/// in an answer that no grant covers (an allowed request, an allowed
+/// statement), so the finding counts reach the audit log. Counts by type,
+/// never values. Findings in the answer to a granted use are reported
+/// with its completion instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindingsBody {
+    /// Whose request it answered.
+    pub principal: UserName,
+    /// The proxy that scanned it.
+    pub proxy: String,
+    /// The actions it answered (one per table for a SQL statement).
+    pub targets: Vec<FindingsTarget>,
+    /// The audit records of the decisions that let them through, where
+    /// known.
+    #[serde(default)]
+    pub decisions: Vec<i64>,
+    /// What became of it.
+    pub disposition: Disposition,
+    /// Findings by type.
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// What reporting findings answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FindingsResponse {
+    /// The audit record written.
+    pub audit_seq: i64,
 }
 
 #[cfg(test)]

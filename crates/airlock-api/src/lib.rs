@@ -21,7 +21,10 @@ pub use check::{
     WhoamiResponse,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use grant::{CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, Outcome};
+pub use grant::{
+    CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, Disposition, FindingsBody,
+    FindingsResponse, FindingsTarget, Outcome,
+};
 pub use oversight::{
     AuditPage, ConsistencyProof, InclusionProof, KeySet, OutboxList, OutboxRetried, OutboxView,
     PublicKeyView,

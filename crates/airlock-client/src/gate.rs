@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    KeyLiveBody, KeyLiveResponse, RequestView, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
+    FindingsBody, FindingsResponse, KeyLiveBody, KeyLiveResponse, RequestView, ScramLoginBody,
+    ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 
@@ -69,6 +70,15 @@ pub trait Gate: Send + Sync {
         let _ = body;
         Err(ClientError::Config("this gate cannot check keys".into()))
     }
+
+    /// Puts what DLP found in an answer no grant covers on the audit
+    /// record (`POST /v1/audit/findings`). A gate that cannot refuses.
+    async fn report_findings(&self, body: &FindingsBody) -> Result<FindingsResponse, ClientError> {
+        let _ = body;
+        Err(ClientError::Config(
+            "this gate cannot record findings".into(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -104,5 +114,8 @@ impl<G: Gate + ?Sized> Gate for std::sync::Arc<G> {
     }
     async fn key_live(&self, body: &KeyLiveBody) -> Result<KeyLiveResponse, ClientError> {
         (**self).key_live(body).await
+    }
+    async fn report_findings(&self, body: &FindingsBody) -> Result<FindingsResponse, ClientError> {
+        (**self).report_findings(body).await
     }
 }

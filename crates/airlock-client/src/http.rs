@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use airlock_api::{
     CheckBody, CheckResponse, CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse,
-    ErrorBody, ErrorCode, KeyLiveBody, KeyLiveResponse, ReasonBody, RequestList, RequestView,
-    ReviewBody, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
+    ErrorBody, ErrorCode, FindingsBody, FindingsResponse, KeyLiveBody, KeyLiveResponse, ReasonBody,
+    RequestList, RequestView, ReviewBody, ScramLoginBody, ScramLoginResponse, WhoamiResponse,
 };
 use airlock_core::{GrantId, RequestId};
 use serde::de::DeserializeOwned;
@@ -268,5 +268,9 @@ impl Gate for Client {
 
     async fn key_live(&self, body: &KeyLiveBody) -> Result<KeyLiveResponse, ClientError> {
         self.post("/v1/auth/key", body).await
+    }
+
+    async fn report_findings(&self, body: &FindingsBody) -> Result<FindingsResponse, ClientError> {
+        self.post("/v1/audit/findings", body).await
     }
 }

@@ -72,9 +72,44 @@ pub enum AuditKind {
     Breakglass,
     /// A user registered a WebAuthn security key or passkey.
     WebauthnRegistered,
+    /// A proxy's DLP found personal data or secrets in an answer no grant
+    /// covers (an allowed request or statement): counts by type, and what
+    /// became of the answer.
+    DlpFindings,
 }
 
 impl AuditKind {
+    /// Every kind, for lists that offer them (the console's audit filter).
+    pub const ALL: &'static [AuditKind] = &[
+        Self::Decision,
+        Self::RequestCreated,
+        Self::Review,
+        Self::RequestState,
+        Self::GrantIssued,
+        Self::GrantConsumed,
+        Self::GrantRefused,
+        Self::GrantCompleted,
+        Self::PolicyLoaded,
+        Self::PolicyReloadFailed,
+        Self::KeyCreated,
+        Self::KeyRevoked,
+        Self::ServerStarted,
+        Self::PasswordSet,
+        Self::SignIn,
+        Self::SignInFailed,
+        Self::SignInLocked,
+        Self::SignOut,
+        Self::GroupsSynced,
+        Self::RequirementRaised,
+        Self::NotificationRetried,
+        Self::Resumed,
+        Self::KeyRotated,
+        Self::TotpEnrolled,
+        Self::Breakglass,
+        Self::WebauthnRegistered,
+        Self::DlpFindings,
+    ];
+
     /// Whether records of this kind belong to a request or its grant; only
     /// these are filed under one (the `request_id` column).
     pub fn is_about_requests(self) -> bool {
@@ -122,6 +157,7 @@ impl AuditKind {
             Self::TotpEnrolled => "totp_enrolled",
             Self::Breakglass => "breakglass",
             Self::WebauthnRegistered => "webauthn_registered",
+            Self::DlpFindings => "dlp_findings",
         }
     }
 }
@@ -784,6 +820,46 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `AuditKind::ALL` lists every kind once: the match below stops
+    /// compiling when a kind is added, and its numbers must then be those
+    /// of `ALL`'s entries.
+    #[test]
+    fn all_lists_every_kind_once() {
+        fn number(k: AuditKind) -> usize {
+            match k {
+                AuditKind::Decision => 0,
+                AuditKind::RequestCreated => 1,
+                AuditKind::Review => 2,
+                AuditKind::RequestState => 3,
+                AuditKind::GrantIssued => 4,
+                AuditKind::GrantConsumed => 5,
+                AuditKind::GrantRefused => 6,
+                AuditKind::GrantCompleted => 7,
+                AuditKind::PolicyLoaded => 8,
+                AuditKind::PolicyReloadFailed => 9,
+                AuditKind::KeyCreated => 10,
+                AuditKind::KeyRevoked => 11,
+                AuditKind::ServerStarted => 12,
+                AuditKind::PasswordSet => 13,
+                AuditKind::SignIn => 14,
+                AuditKind::SignInFailed => 15,
+                AuditKind::SignInLocked => 16,
+                AuditKind::SignOut => 17,
+                AuditKind::GroupsSynced => 18,
+                AuditKind::RequirementRaised => 19,
+                AuditKind::NotificationRetried => 20,
+                AuditKind::Resumed => 21,
+                AuditKind::KeyRotated => 22,
+                AuditKind::TotpEnrolled => 23,
+                AuditKind::Breakglass => 24,
+                AuditKind::WebauthnRegistered => 25,
+                AuditKind::DlpFindings => 26,
+            }
+        }
+        let numbers: Vec<usize> = AuditKind::ALL.iter().map(|k| number(*k)).collect();
+        assert_eq!(numbers, (0..27).collect::<Vec<_>>());
+    }
     use serde_json::json;
 
     fn chain(n: i64) -> Vec<AuditRecord> {

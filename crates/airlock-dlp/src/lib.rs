@@ -211,9 +211,14 @@ fn valid_name(name: &str) -> Result<(), DlpError> {
     let builtin = detectors::BUILTINS
         .iter()
         .any(|(d, _)| d.kind().as_str() == name);
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    // Names travel in audit records and policy context, where the server
+    // takes finding types of at most 64 such characters.
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(DlpError::Config(format!(
-            "detector name {name:?}: use letters, digits and _"
+            "detector name {name:?}: use 1 to 64 letters, digits and _"
         )));
     }
     if builtin {

@@ -194,6 +194,7 @@ impl Authz {
             return Verdict::Pass {
                 principal,
                 grant: None,
+                decision: None,
             };
         }
         let body = match question.body {

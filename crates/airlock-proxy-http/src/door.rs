@@ -61,6 +61,8 @@ pub(crate) enum Verdict {
     Pass {
         principal: UserName,
         grant: Option<GrantId>,
+        /// The audit record of the decision that allowed it, if one did.
+        decision: Option<i64>,
     },
     /// Still pending when the hold ran out: come back with its id.
     Held(Box<RequestView>),
@@ -226,9 +228,10 @@ impl Door {
         }
         match self.enforcer.check(&check).await {
             Err(e) => gate_error(e).into(),
-            Ok(CheckResponse::Allow { .. }) => Verdict::Pass {
+            Ok(CheckResponse::Allow { audit_seq, .. }) => Verdict::Pass {
                 principal: principal.clone(),
                 grant: None,
+                decision: Some(audit_seq),
             },
             Ok(CheckResponse::Deny { message, .. }) => {
                 Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message).into()
@@ -349,6 +352,7 @@ impl Door {
             Ok(g) => Verdict::Pass {
                 principal: view.principal,
                 grant: Some(g.grant_id),
+                decision: None,
             },
             Err(e) => gate_error(e).into(),
         }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_api::{CheckBody, ErrorCode, Outcome, RequestView};
+use airlock_api::{
+    CheckBody, Disposition, ErrorCode, FindingsBody, FindingsTarget, Outcome, RequestView,
+};
 use airlock_client::{ClientError, Entry, Gate, Waited};
 use airlock_core::{ActionName, GrantId, RequestId, RequestStatus, UserName};
 use airlock_dlp::Scanner;
@@ -49,11 +51,25 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// The finding counts of a response: none (not scanned), known now
-/// (buffered), or once the streamed body has gone through.
+/// (buffered), or once the streamed body has gone through; with what became
+/// of it, or `None` where the counts are on record already (a decision on
+/// the response withheld it, or the response's grant was completed with
+/// them).
 enum Counted {
     None,
-    Now(Counts),
-    Later(tokio::sync::oneshot::Receiver<Counts>),
+    Now(Counts, Option<Disposition>),
+    Later(tokio::sync::oneshot::Receiver<Counts>, Disposition),
+}
+
+/// How the decision on a response went.
+enum ResponseFate {
+    /// Allowed: it leaves.
+    Allowed,
+    /// Approved, and that grant's one use consumed and completed (with the
+    /// counts): it leaves.
+    Granted,
+    /// It does not leave: this answer goes instead.
+    Withheld(Response<Body>),
 }
 
 /// A response body fed by the task that scans it.
@@ -221,7 +237,8 @@ impl Proxy {
             }
         };
         if target.route.danger_forward_unchecked {
-            return self.forward(parts, body, peer, &target, &principal).await.0;
+            let sent = self.forward(parts, body, peer, &target, &principal).await;
+            return self.record_findings(sent, &target, &principal, None).await;
         }
         let facts = Facts {
             method: parts.method.as_str(),
@@ -242,10 +259,16 @@ impl Proxy {
             Verdict::Pass {
                 principal,
                 grant: None,
-            } => self.forward(parts, body, peer, &target, &principal).await.0,
+                decision,
+            } => {
+                let sent = self.forward(parts, body, peer, &target, &principal).await;
+                self.record_findings(sent, &target, &principal, decision)
+                    .await
+            }
             Verdict::Pass {
                 principal,
                 grant: Some(grant),
+                ..
             } => {
                 self.forward_once(grant, principal, parts, body, peer, target)
                     .await
@@ -288,10 +311,10 @@ impl Proxy {
             let status = res.status();
             match counted {
                 Counted::None => this.complete(grant, status, None).await,
-                Counted::Now(c) => this.complete(grant, status, Some(c)).await,
+                Counted::Now(c, _) => this.complete(grant, status, Some(c)).await,
                 // Streamed: completed when the body has gone through (or
                 // the client left), with what was found.
-                Counted::Later(rx) => {
+                Counted::Later(rx, _) => {
                     let this = this.clone();
                     tokio::spawn(async move {
                         let counts = rx.await.ok();
@@ -308,6 +331,68 @@ impl Proxy {
                 "forwarding failed",
             )
         })
+    }
+
+    /// What DLP found in the answer to an allowed request, put on record
+    /// (a granted one's counts go with its completion instead). A buffered
+    /// answer is recorded before it leaves, and withheld if that fails, as
+    /// any action whose audit record cannot be written; a streamed one has
+    /// left by the time its counts are known, so a failure is logged.
+    async fn record_findings(
+        self: &Arc<Self>,
+        (res, counted): (Response<Body>, Counted),
+        target: &Target,
+        principal: &UserName,
+        decision: Option<i64>,
+    ) -> Response<Body> {
+        let report = |counts: Counts, disposition: Disposition| FindingsBody {
+            principal: principal.clone(),
+            proxy: self.cfg.name.clone(),
+            targets: vec![FindingsTarget {
+                action: target.action.clone(),
+                resource: target.resource.clone(),
+            }],
+            decisions: decision.into_iter().collect(),
+            disposition,
+            counts,
+        };
+        match counted {
+            Counted::None | Counted::Now(_, None) => res,
+            Counted::Now(counts, Some(_)) if counts.is_empty() => res,
+            Counted::Now(counts, Some(disposition)) => {
+                let gate = self.door.enforcer().gate();
+                match gate.report_findings(&report(counts, disposition)).await {
+                    Ok(_) => res,
+                    Err(e) => {
+                        tracing::error!(proxy = %self.cfg.name, error = %e, "cannot record DLP findings; the response is withheld");
+                        if disposition == Disposition::Withheld {
+                            return res;
+                        }
+                        refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ErrorCode::AuditUnavailable,
+                            "the response's DLP findings could not be recorded, so it was withheld",
+                        )
+                    }
+                }
+            }
+            Counted::Later(rx, disposition) => {
+                let this = self.clone();
+                let body = report(Counts::new(), disposition);
+                tokio::spawn(async move {
+                    let Ok(counts) = rx.await else { return };
+                    if counts.is_empty() {
+                        return;
+                    }
+                    let body = FindingsBody { counts, ..body };
+                    let gate = this.door.enforcer().gate();
+                    if let Err(e) = gate.report_findings(&body).await {
+                        tracing::error!(proxy = %this.cfg.name, error = %e, "cannot record the DLP findings of a streamed response");
+                    }
+                });
+                res
+            }
+        }
     }
 
     async fn complete(&self, grant: GrantId, status: StatusCode, counts: Option<Counts>) {
@@ -430,7 +515,15 @@ impl Proxy {
                     }
                 }
                 let (body, counts) = self.stream_scanned(body, decoder, mask, target);
-                return (Response::from_parts(parts, body), Counted::Later(counts));
+                let disposition = if mask {
+                    Disposition::Masked
+                } else {
+                    Disposition::Passed
+                };
+                return (
+                    Response::from_parts(parts, body),
+                    Counted::Later(counts, disposition),
+                );
             }
         }
         let max = self.cfg.max_scan_bytes;
@@ -478,9 +571,14 @@ impl Proxy {
                         describe(&counts)
                     ),
                 ),
-                Counted::Now(counts),
+                Counted::Now(counts, Some(Disposition::Withheld)),
             );
         }
+        let mut disposition = Some(if mode == ResponseDlp::Mask {
+            Disposition::Masked
+        } else {
+            Disposition::Passed
+        });
         if let Some(action) = &target.route.response_action {
             // What the approver sees of what would leave: the first lines
             // of the masked body, never the raw one.
@@ -492,18 +590,26 @@ impl Proxy {
                 let (masked, _) = scan::mask(&self.scanner, &decoded);
                 preview_lines(&masked, self.cfg.response_preview_lines)
             };
-            if let Some(refusal) = self
+            match self
                 .decide_response(action, target, principal, &counts, preview, &decoded)
                 .await
             {
-                return (refusal, Counted::Now(counts));
+                ResponseFate::Allowed => {}
+                // The response grant's completion holds the counts.
+                ResponseFate::Granted => disposition = None,
+                ResponseFate::Withheld(refusal) => {
+                    return (refusal, Counted::Now(counts, None));
+                }
             }
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
-        (Response::from_parts(parts, full(out)), Counted::Now(counts))
+        (
+            Response::from_parts(parts, full(out)),
+            Counted::Now(counts, disposition),
+        )
     }
 
     /// Scans a body as it streams to the client, on a task of its own:
@@ -613,9 +719,9 @@ impl Proxy {
         counts: &Counts,
         preview: Vec<String>,
         decoded: &[u8],
-    ) -> Option<Response<Body>> {
+    ) -> ResponseFate {
         let Ok(action) = ActionName::parse(action) else {
-            return Some(refuse(
+            return ResponseFate::Withheld(refuse(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 "bad response_action",
@@ -648,7 +754,7 @@ impl Proxy {
             None => self.door.enforcer().enter(&check, hold).await,
         };
         match entry {
-            Ok(Entry::Allowed { .. }) => None,
+            Ok(Entry::Allowed { .. }) => ResponseFate::Allowed,
             Ok(Entry::Granted { grant, .. }) => {
                 let mut detail = Map::new();
                 detail.insert("dlp".into(), json!(counts));
@@ -660,9 +766,9 @@ impl Proxy {
                 {
                     tracing::warn!(error = %e, "proxy: completing the response grant failed");
                 }
-                None
+                ResponseFate::Granted
             }
-            Ok(Entry::Denied { message, .. }) => Some(refuse(
+            Ok(Entry::Denied { message, .. }) => ResponseFate::Withheld(refuse(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 format!("the response was withheld: {message}"),
@@ -686,9 +792,9 @@ impl Proxy {
                     header::RETRY_AFTER,
                     HeaderValue::from(self.cfg.retry_after_seconds),
                 );
-                Some(res)
+                ResponseFate::Withheld(res)
             }
-            Ok(Entry::NotApproved { request }) => Some(refuse(
+            Ok(Entry::NotApproved { request }) => ResponseFate::Withheld(refuse(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 format!(
@@ -696,7 +802,7 @@ impl Proxy {
                     request.id, request.status
                 ),
             )),
-            Err(e) => Some(gate_error(e).into_response()),
+            Err(e) => ResponseFate::Withheld(gate_error(e).into_response()),
         }
     }
 
@@ -784,5 +890,188 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .chain(named.iter().map(String::as_str))
     {
         while headers.remove(h).is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use airlock_api::{
+        CompleteBody, CompleteResponse, ConsumeBody, ConsumeResponse, FindingsResponse,
+        WhoamiResponse,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A gate that allows every check, knows one key (alice's), and
+    /// records findings reports, or fails them.
+    struct AllowAll {
+        reports: Mutex<Vec<FindingsBody>>,
+        audit_down: bool,
+    }
+
+    fn unused() -> ClientError {
+        ClientError::Config("not used here".into())
+    }
+
+    #[async_trait::async_trait]
+    impl Gate for AllowAll {
+        async fn check(&self, _: &CheckBody) -> Result<airlock_api::CheckResponse, ClientError> {
+            Ok(airlock_api::CheckResponse::Allow {
+                policies: vec!["all".into()],
+                audit_seq: 7,
+            })
+        }
+        async fn request(
+            &self,
+            _: RequestId,
+            _: Option<Duration>,
+        ) -> Result<RequestView, ClientError> {
+            Err(unused())
+        }
+        async fn cancel(&self, _: RequestId) -> Result<RequestView, ClientError> {
+            Err(unused())
+        }
+        async fn consume(&self, _: &ConsumeBody) -> Result<ConsumeResponse, ClientError> {
+            Err(unused())
+        }
+        async fn complete(
+            &self,
+            _: GrantId,
+            _: &CompleteBody,
+        ) -> Result<CompleteResponse, ClientError> {
+            Err(unused())
+        }
+        async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
+            assert_eq!(key, "alice-key");
+            Ok(WhoamiResponse {
+                user: UserName::parse("alice").unwrap(),
+                role: "user".into(),
+            })
+        }
+        async fn report_findings(
+            &self,
+            body: &FindingsBody,
+        ) -> Result<FindingsResponse, ClientError> {
+            if self.audit_down {
+                return Err(ClientError::Api {
+                    status: 503,
+                    code: ErrorCode::AuditUnavailable,
+                    message: "the audit log cannot be written".into(),
+                });
+            }
+            self.reports.lock().unwrap().push(body.clone());
+            Ok(FindingsResponse { audit_seq: 8 })
+        }
+    }
+
+    const CARD: &str = "4111111111111111";
+
+    /// An upstream answering every request with one CSV row holding a card
+    /// number.
+    async fn upstream() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = c.read(&mut buf).await;
+                    let body = format!("name,card\nann,{CARD}\n");
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = c.write_all(head.as_bytes()).await;
+                    let _ = c.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy in front of `up` whose one route scans with `mode` and
+    /// decides the response as `download.response`; its address.
+    async fn proxy(up: SocketAddr, mode: &str, gate: Arc<AllowAll>) -> SocketAddr {
+        let cfg: HttpProxyConfig = toml::from_str(&format!(
+            r#"
+name = "files"
+listen = "127.0.0.1:0"
+upstream = "http://{up}"
+
+[[routes]]
+method = "GET"
+path = "/exports/{{name}}.csv"
+action = "download"
+resource = "File:{{name}}"
+response_dlp = "{mode}"
+response_action = "download.response"
+"#
+        ))
+        .unwrap();
+        let proxy = Proxy::new(cfg, gate).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(proxy.serve(listener));
+        addr
+    }
+
+    /// One GET as alice: the raw answer.
+    async fn get(proxy: SocketAddr) -> String {
+        let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        c.write_all(
+            b"GET /exports/people.csv HTTP/1.1\r\nhost: x\r\nairlock-token: alice-key\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// An allowed answer with findings is recorded before it leaves: the
+    /// record names the decision, the action and the counts; when the
+    /// record cannot be written the answer is withheld (503), as any
+    /// action whose audit fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn findings_are_recorded_before_an_allowed_answer_leaves() {
+        let up = upstream().await;
+        let gate = Arc::new(AllowAll {
+            reports: Mutex::default(),
+            audit_down: false,
+        });
+        let p = proxy(up, "report", gate.clone()).await;
+        let out = get(p).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(CARD), "report lets it leave as it was");
+        let reports = gate.reports.lock().unwrap().clone();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let r = &reports[0];
+        assert_eq!(r.principal.as_str(), "alice");
+        assert_eq!(r.disposition, Disposition::Passed);
+        assert_eq!(r.counts.get("credit_card"), Some(&1));
+        assert_eq!(r.decisions, vec![7]);
+        assert_eq!(r.targets[0].action.as_str(), "download");
+        assert_eq!(r.targets[0].resource.id.as_str(), "people");
+
+        let down = Arc::new(AllowAll {
+            reports: Mutex::default(),
+            audit_down: true,
+        });
+        for mode in ["report", "mask"] {
+            let p = proxy(up, mode, down.clone()).await;
+            let out = get(p).await;
+            assert!(out.starts_with("HTTP/1.1 503"), "{mode}: {out}");
+            assert!(out.contains("audit_unavailable"), "{mode}: {out}");
+            assert!(
+                !out.contains(CARD) && !out.contains("ann,"),
+                "{mode}: {out}"
+            );
+        }
     }
 }

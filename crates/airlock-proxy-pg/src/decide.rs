@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_api::{CheckBody, CheckResponse, RequestView};
+use airlock_api::{CheckBody, CheckResponse, FindingsTarget, RequestView};
 use airlock_client::{ClientError, Enforcer, Gate, Waited};
 use airlock_core::action::{Resource, ResourceId, ResourceType};
 use airlock_core::{ActionName, Fingerprint, GrantId, RequestId, RequestStatus, UserName};
@@ -33,6 +33,9 @@ pub enum Outcome {
     Pass {
         /// Grants consumed for it, to complete once it ran.
         grants: Vec<GrantId>,
+        /// What it was decided as, for the record of what DLP finds in
+        /// its results.
+        decided: Decided,
     },
     /// Do not send it: an `ErrorResponse` with this SQLSTATE and message.
     Refused {
@@ -43,7 +46,44 @@ pub enum Outcome {
     },
 }
 
+/// What a passed statement or batch was decided as: whose, each check's
+/// action and resource, and the audit records of the checks allowed
+/// outright.
+#[derive(Debug, Default, Clone)]
+pub struct Decided {
+    /// The session's user; `None` when nothing was checked.
+    pub principal: Option<UserName>,
+    /// Each check's action and resource.
+    pub targets: Vec<FindingsTarget>,
+    /// The allow decisions' audit records.
+    pub decisions: Vec<i64>,
+}
+
+impl Decided {
+    /// Adds `other`'s targets and decisions (a later batch whose replies
+    /// run on with these).
+    pub fn merge(&mut self, other: Decided) {
+        if self.principal.is_none() {
+            self.principal = other.principal;
+        }
+        for t in other.targets {
+            if !self.targets.contains(&t) {
+                self.targets.push(t);
+            }
+        }
+        self.decisions.extend(other.decisions);
+    }
+}
+
 impl Outcome {
+    /// Passed with nothing checked (an empty query, transaction control).
+    pub fn unchecked() -> Self {
+        Outcome::Pass {
+            grants: Vec::new(),
+            decided: Decided::default(),
+        }
+    }
+
     fn refused(code: &'static str, message: impl Into<String>) -> Self {
         Outcome::Refused {
             code,
@@ -182,7 +222,19 @@ impl Decider {
     ) -> Outcome {
         let mut approved: Vec<(RequestView, CheckBody)> = Vec::new();
         let mut pending: Vec<(RequestView, CheckBody)> = Vec::new();
+        let mut decided = Decided::default();
         for check in checks {
+            decided.principal = check.principal.clone();
+            let target = FindingsTarget {
+                action: check.action.clone(),
+                resource: Resource {
+                    attrs: Map::new(),
+                    ..check.resource.clone()
+                },
+            };
+            if !decided.targets.contains(&target) {
+                decided.targets.push(target);
+            }
             let fp = check.fingerprint();
             let known = fp.as_ref().and_then(|fp| self.held_id(fp));
             if let Some(id) = known {
@@ -206,7 +258,7 @@ impl Decider {
             }
             match self.enforcer.check(&check).await {
                 Err(e) => return undecided(e),
-                Ok(CheckResponse::Allow { .. }) => {}
+                Ok(CheckResponse::Allow { audit_seq, .. }) => decided.decisions.push(audit_seq),
                 Ok(CheckResponse::Deny { message, .. }) => {
                     return Outcome::refused(
                         DENIED,
@@ -280,7 +332,7 @@ impl Decider {
                 }
             }
         }
-        Outcome::Pass { grants }
+        Outcome::Pass { grants, decided }
     }
 
     fn held_id(&self, fp: &Fingerprint) -> Option<RequestId> {

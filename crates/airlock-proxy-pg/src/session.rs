@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_api::{ErrorCode, Outcome as GrantOutcome};
+use airlock_api::{Disposition, ErrorCode, FindingsBody, Outcome as GrantOutcome};
 use airlock_client::ClientError;
 use airlock_core::{GrantId, UserName};
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::auth::{self, ScramServer, Step, UpstreamLogin};
 use crate::classify::{self, Statement};
 use crate::codec::{self, build, Frame, Startup};
-use crate::decide::{self, Outcome, Session};
+use crate::config::RowsDlp;
+use crate::decide::{self, Decided, Outcome, Session};
 use crate::results::{Plan, Results, RowOut};
 use crate::{Shared, Upstream};
 
@@ -426,6 +427,9 @@ enum Cmd {
     /// `ReadyForQuery` (results as `plan` says), then report how it went.
     Pass {
         report: Option<oneshot::Sender<Report>>,
+        /// For a pass no grant covers, with DLP on: what it was decided as,
+        /// so what DLP finds in its replies goes on record.
+        findings: Option<Decided>,
         plan: Plan,
         /// Ends with `Sync` (one `ReadyForQuery` answers it); a `Flush`
         /// batch's replies run on into the next batch's.
@@ -550,7 +554,7 @@ async fn relay(
                 let sql = codec::query(f.body())?;
                 let mut plan = Plan::default();
                 let outcome = match classify::classify(&sql) {
-                    Err(classify::Refusal::Empty) => Outcome::Pass { grants: Vec::new() },
+                    Err(classify::Refusal::Empty) => Outcome::unchecked(),
                     Err(r) => refusal_of(&r),
                     Ok(statements) => {
                         let mut checks = Vec::new();
@@ -835,7 +839,7 @@ async fn decide_batch(
         return refuse("0A000", m, plan);
     }
     if checks.is_empty() {
-        return Ok((Outcome::Pass { grants: Vec::new() }, plan, out));
+        return Ok((Outcome::unchecked(), plan, out));
     }
     Ok((decide(shared, tx, checks, cancel).await, plan, out))
 }
@@ -937,7 +941,11 @@ async fn send(
 ) -> Result<(), SessionError> {
     let closed = || SessionError::Refused("the session's writer stopped".into());
     match outcome {
-        Outcome::Pass { grants } => {
+        Outcome::Pass { grants, decided } => {
+            let findings = (grants.is_empty()
+                && shared.rules.mode != RowsDlp::Off
+                && decided.principal.is_some())
+            .then_some(decided);
             let report = if grants.is_empty() || !expects_ready {
                 None
             } else {
@@ -951,6 +959,7 @@ async fn send(
             };
             let pass = Cmd::Pass {
                 report,
+                findings,
                 plan,
                 ready: expects_ready,
                 planned: false,
@@ -971,6 +980,85 @@ async fn send(
         }
     }
     Ok(())
+}
+
+/// Puts what DLP found in the replies to allowed statements on record, on
+/// a task of its own (a granted one's counts go with its completion). The
+/// rows have left by the time the counts are known (masked, under `mask`),
+/// so a failure is logged.
+fn record_findings(shared: &Arc<Shared>, decided: Decided, counts: BTreeMap<String, u64>) {
+    let Some(principal) = decided.principal else {
+        return;
+    };
+    if counts.is_empty() {
+        return;
+    }
+    let disposition = match shared.rules.mode {
+        RowsDlp::Mask => Disposition::Masked,
+        RowsDlp::Block => Disposition::Withheld,
+        RowsDlp::Report | RowsDlp::Off => Disposition::Passed,
+    };
+    let body = FindingsBody {
+        principal,
+        proxy: shared.name.clone(),
+        targets: decided.targets,
+        decisions: decided.decisions,
+        disposition,
+        counts,
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = shared
+            .decider
+            .enforcer()
+            .gate()
+            .report_findings(&body)
+            .await
+        {
+            tracing::error!(proxy = %shared.name, error = %e, "cannot record the DLP findings of a result");
+        }
+    });
+}
+
+/// What the writer holds between `ReadyForQuery`s that must not be lost
+/// when it stops: the commands whose replies are due, how the current
+/// batch is going, and what the passes whose replies have flowed were
+/// decided as.
+#[derive(Default)]
+struct Leaving {
+    queue: VecDeque<Cmd>,
+    report: Report,
+    seen: Decided,
+}
+
+impl Leaving {
+    /// The writer stopped (the client or the server went away, or an
+    /// error): what DLP found in replies that already left still goes on
+    /// record, under the passes still queued (one of them was in flight).
+    fn settle(mut self, shared: &Arc<Shared>) {
+        for c in self.queue.drain(..) {
+            if let Cmd::Pass {
+                findings: Some(d), ..
+            } = c
+            {
+                self.seen.merge(d);
+            }
+        }
+        record_findings(shared, self.seen, self.report.dlp);
+    }
+}
+
+/// Takes `part`'s counts out of `total`: findings on record elsewhere (a
+/// result's own decision or completion).
+fn subtract(total: &mut BTreeMap<String, u64>, part: &BTreeMap<String, u64>) {
+    for (k, n) in part {
+        if let Some(t) = total.get_mut(k) {
+            *t = t.saturating_sub(*n);
+            if *t == 0 {
+                total.remove(k);
+            }
+        }
+    }
 }
 
 /// Reports each consumed grant's use once the statement ran.
@@ -1014,17 +1102,37 @@ async fn complete(shared: &Shared, grants: Vec<GrantId>, report: Option<Report>)
     }
 }
 
-/// Relays the server's replies to the client, in order with Airlock's own.
+/// Relays the server's replies to the client, in order with Airlock's own;
+/// when it stops, for whatever reason, what DLP found in what left is put
+/// on record.
 async fn write_replies(
     shared: Arc<Shared>,
+    client: impl AsyncWrite + Unpin,
+    up: impl AsyncRead + Unpin,
+    buf: BytesMut,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    status: Arc<AtomicU8>,
+) -> Result<(), SessionError> {
+    let mut leaving = Leaving::default();
+    let ended = relay_replies(&shared, client, up, buf, rx, status, &mut leaving).await;
+    leaving.settle(&shared);
+    ended
+}
+
+async fn relay_replies(
+    shared: &Arc<Shared>,
     mut client: impl AsyncWrite + Unpin,
     mut up: impl AsyncRead + Unpin,
     mut buf: BytesMut,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     status: Arc<AtomicU8>,
+    leaving: &mut Leaving,
 ) -> Result<(), SessionError> {
-    let mut queue: VecDeque<Cmd> = VecDeque::new();
-    let mut report = Report::default();
+    let Leaving {
+        queue,
+        report,
+        seen,
+    } = leaving;
     let mut results = Results::new(shared.rules.clone());
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut open = true;
@@ -1105,26 +1213,35 @@ async fn write_replies(
                                 queue.push_back(c);
                             }
                             // Passes of `Flush` batches end with this
-                            // `ReadyForQuery` too; they report nothing.
+                            // `ReadyForQuery` too: what was found in their
+                            // replies counts with it.
                             while matches!(
                                 queue.front(),
                                 Some(Cmd::Pass { ready: false, .. }) | Some(Cmd::Local(_))
                             ) {
-                                if let Some(Cmd::Local(m)) = queue.pop_front() {
-                                    out.extend_from_slice(&m);
+                                match queue.pop_front() {
+                                    Some(Cmd::Local(m)) => out.extend_from_slice(&m),
+                                    Some(Cmd::Pass { findings: Some(d), .. }) => seen.merge(d),
+                                    _ => {}
                                 }
                             }
                             chain_open = false;
+                            let r = std::mem::take(report);
+                            let mut to_record = Some(r.dlp.clone());
                             match queue.pop_front() {
-                                Some(Cmd::Pass { report: tx, .. }) => {
+                                Some(Cmd::Pass { report: tx, findings, .. }) => {
                                     out.extend_from_slice(&f.raw);
-                                    let r = std::mem::take(&mut report);
+                                    if let Some(d) = findings {
+                                        seen.merge(d);
+                                    }
                                     if let Some(tx) = tx {
+                                        // The grants' completion carries
+                                        // the counts.
+                                        to_record = None;
                                         let _ = tx.send(r);
                                     }
                                 }
                                 Some(Cmd::Refuse { error, ready }) => {
-                                    report = Report::default();
                                     out.extend_from_slice(&error);
                                     if ready {
                                         out.extend_from_slice(&f.raw);
@@ -1137,6 +1254,10 @@ async fn write_replies(
                                     out.extend_from_slice(&f.raw);
                                 }
                                 None => out.extend_from_slice(&f.raw),
+                            }
+                            let decided = std::mem::take(seen);
+                            if let Some(counts) = to_record {
+                                record_findings(shared, decided, counts);
                             }
                             while let Some(Cmd::Local(_)) = queue.front() {
                                 if let Some(Cmd::Local(m)) = queue.pop_front() {
@@ -1226,13 +1347,16 @@ async fn write_replies(
                                     out.clear();
                                 }
                                 let checks = results.result_checks(&held);
-                                match decide_result(&shared, checks, &mut client).await? {
-                                    Outcome::Pass { grants } => {
+                                match decide_result(shared, checks, &mut client).await? {
+                                    Outcome::Pass { grants, .. } => {
                                         for frame in &held.frames {
                                             out.extend_from_slice(frame);
                                         }
                                         out.extend_from_slice(&f.raw);
                                         if !grants.is_empty() {
+                                            // On record with the result's
+                                            // grant.
+                                            subtract(&mut report.dlp, &held.dlp);
                                             let shared = shared.clone();
                                             let r = Report {
                                                 error: None,
@@ -1243,6 +1367,9 @@ async fn write_replies(
                                         }
                                     }
                                     Outcome::Refused { code, message } => {
+                                        // Withheld: the result's decision
+                                        // holds its counts.
+                                        subtract(&mut report.dlp, &held.dlp);
                                         out.extend_from_slice(&build::error(code, &message));
                                     }
                                 }

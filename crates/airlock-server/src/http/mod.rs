@@ -91,6 +91,7 @@ fn v1() -> Router<AppState> {
         .route("/v1/grants/consume", post(consume))
         .route("/v1/grants/{id}/complete", post(complete))
         .route("/v1/audit", get(audit))
+        .route("/v1/audit/findings", post(report_findings))
         .route("/v1/audit/checkpoint", get(audit_checkpoint))
         .route("/v1/audit/proof/inclusion", get(audit_inclusion))
         .route("/v1/audit/proof/consistency", get(audit_consistency))
@@ -643,6 +644,25 @@ async fn key_live(
     ApiJson(body): ApiJson<airlock_api::KeyLiveBody>,
 ) -> Result<Json<airlock_api::KeyLiveResponse>, ApiError> {
     Ok(Json(airlock.key_live(&caller, body).await?))
+}
+
+#[utoipa::path(post, path = "/v1/audit/findings", tag = "audit",
+    summary = "Record what DLP found in an answer no grant covers (enforcer keys)",
+    request_body = airlock_api::FindingsBody,
+    responses(
+        (status = 200, description = "On record", body = airlock_api::FindingsResponse),
+        (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
+        (status = 403, response = openapi::Error403), (status = 413, response = openapi::Error413),
+        (status = 503, response = openapi::Error503),
+    ))]
+/// Records a proxy's DLP findings (counts by type) in an answer to an
+/// allowed request or statement (enforcer keys).
+async fn report_findings(
+    State(airlock): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<airlock_api::FindingsBody>,
+) -> Result<Json<airlock_api::FindingsResponse>, ApiError> {
+    Ok(Json(airlock.report_findings(&caller, body).await?))
 }
 
 #[utoipa::path(get, path = "/v1/keys", tag = "keys",

@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         super::consume,
         super::complete,
         super::audit,
+        super::report_findings,
         super::audit_checkpoint,
         super::audit_inclusion,
         super::audit_consistency,

@@ -126,6 +126,16 @@ impl Gate for LocalGate {
             .map_err(refused)
     }
 
+    async fn report_findings(
+        &self,
+        body: &airlock_api::FindingsBody,
+    ) -> Result<airlock_api::FindingsResponse, ClientError> {
+        self.airlock
+            .report_findings(&self.caller, body.clone())
+            .await
+            .map_err(refused)
+    }
+
     async fn whoami(&self, key: &str) -> Result<WhoamiResponse, ClientError> {
         let caller = self.airlock.authenticate(key).await.map_err(refused)?;
         Ok(WhoamiResponse {

@@ -12,7 +12,7 @@ use super::requests::transition;
 use super::{notify, Airlock, Caller};
 use crate::ApiError;
 
-pub use airlock_api::{CompleteBody, ConsumeBody};
+pub use airlock_api::{CompleteBody, ConsumeBody, FindingsBody, FindingsResponse};
 
 impl Airlock {
     /// Spends one use of a grant for `action`. Verifies the token offline
@@ -287,6 +287,107 @@ impl Airlock {
     }
 }
 
+impl Airlock {
+    /// Puts on record what a proxy's DLP found in an answer no grant
+    /// covers (enforcer keys only: a user key could fill the log with
+    /// made-up findings). Counts by type only; a failed append is an error,
+    /// so a proxy that must record before it answers can refuse instead.
+    pub async fn report_findings(
+        &self,
+        caller: &Caller,
+        body: FindingsBody,
+    ) -> Result<FindingsResponse, ApiError> {
+        if !caller.is_enforcer() {
+            return Err(ApiError::forbidden(
+                "only enforcer keys report DLP findings",
+            ));
+        }
+        let details = findings_details(&body).map_err(ApiError::BadRequest)?;
+        let rec = NewAuditRecord {
+            kind: AuditKind::DlpFindings,
+            actor: caller.user.to_string(),
+            subject: body.principal.to_string(),
+            details: details.into(),
+        };
+        let written = self
+            .store
+            .append_audit(rec, now())
+            .await
+            .map_err(ApiError::Audit)?;
+        Ok(FindingsResponse {
+            audit_seq: written.seq,
+        })
+    }
+}
+
+/// Most targets and decisions one record keeps (a pipelined batch of SQL
+/// statements can name more; the rest are cut, and the record says so).
+const MAX_KEPT: usize = 64;
+/// Most finding types one report may name: far more than the detectors.
+const MAX_TYPES: usize = 256;
+
+/// A findings report as it is recorded, or why it is refused: only what a
+/// proxy could have sent (finding types named like detectors, positive
+/// counts), so the record carries counts by type and nothing else. Long
+/// lists of targets or decisions are cut rather than refused: the counts
+/// must reach the log.
+fn findings_details(body: &FindingsBody) -> Result<Value, String> {
+    let proxy_ok = !body.proxy.is_empty()
+        && body.proxy.len() <= 128
+        && body.proxy.bytes().all(|b| b.is_ascii_graphic());
+    if !proxy_ok {
+        return Err("proxy must be 1 to 128 printable characters".into());
+    }
+    if body.targets.is_empty() {
+        return Err("targets must name the action the answer was to".into());
+    }
+    if body.decisions.iter().any(|&d| d < 1) {
+        return Err("decisions are audit sequence numbers, from 1".into());
+    }
+    if body.counts.is_empty() || body.counts.len() > MAX_TYPES {
+        return Err(format!("counts must name 1 to {MAX_TYPES} finding types"));
+    }
+    for (kind, n) in &body.counts {
+        let named = !kind.is_empty()
+            && kind.len() <= 64
+            && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !named {
+            return Err(format!(
+                "{kind:?} is not a finding type (1 to 64 letters, digits or `_`)"
+            ));
+        }
+        if *n == 0 {
+            return Err(format!("the count of {kind} must be at least 1"));
+        }
+    }
+    let total = body.counts.values().fold(0u64, |a, n| a.saturating_add(*n));
+    let targets: Vec<Value> = body
+        .targets
+        .iter()
+        .take(MAX_KEPT)
+        .map(|t| {
+            json!({
+                "action": t.action,
+                "resource": {"type": t.resource.kind, "id": t.resource.id},
+            })
+        })
+        .collect();
+    let decisions: Vec<i64> = body.decisions.iter().copied().take(MAX_KEPT).collect();
+    let mut details = json!({
+        "principal": body.principal,
+        "proxy": body.proxy,
+        "targets": targets,
+        "decisions": decisions,
+        "disposition": body.disposition.as_str(),
+        "counts": body.counts,
+        "total": total,
+    });
+    if body.targets.len() > MAX_KEPT || body.decisions.len() > MAX_KEPT {
+        details["truncated"] = json!(true);
+    }
+    Ok(details)
+}
+
 type Refused = Result<Result<(airlock_core::RequestId, u32), (ErrorCode, String)>, ApiError>;
 
 fn refuse_in(
@@ -315,4 +416,65 @@ fn refuse_in(
     )
     .map_err(|e: StoreError| ApiError::Audit(e))?;
     Ok(Err((code, message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(counts: serde_json::Value) -> FindingsBody {
+        serde_json::from_value(json!({
+            "principal": "alice", "proxy": "files", "disposition": "masked",
+            "targets": [{"action": "download", "resource": {"type": "File", "id": "a.csv"}}],
+            "decisions": [3], "counts": counts,
+        }))
+        .unwrap()
+    }
+
+    /// A report is recorded as counts by type with their total; anything
+    /// that is not a finding type and a positive count is refused, so a
+    /// value cannot ride in as a type's name.
+    #[test]
+    fn findings_are_counts_by_type_only() {
+        let d = findings_details(&body(json!({"email": 2, "credit_card": 1}))).unwrap();
+        assert_eq!(d["total"], 3);
+        assert_eq!(d["disposition"], "masked");
+        assert_eq!(
+            d["targets"][0]["resource"],
+            json!({"type": "File", "id": "a.csv"})
+        );
+        for bad in [
+            json!({}),
+            json!({"email": 0}),
+            json!({"ann.lee@example.com": 1}),
+            json!({"4111 1111 1111 1111": 1}),
+            json!({"x".repeat(65): 1}),
+        ] {
+            assert!(findings_details(&body(bad.clone())).is_err(), "{bad}");
+        }
+        let mut b = body(json!({"email": 1}));
+        b.proxy = "files; DROP".into();
+        assert!(findings_details(&b).is_err());
+        b.proxy = "files".into();
+        let one = b.targets[0].clone();
+        b.targets = vec![one; 100];
+        b.decisions = (1..=100).collect();
+        let cut = findings_details(&b).unwrap();
+        assert_eq!(cut["targets"].as_array().unwrap().len(), MAX_KEPT);
+        assert_eq!(cut["decisions"].as_array().unwrap().len(), MAX_KEPT);
+        assert_eq!(cut["truncated"], true);
+        b.targets.clear();
+        assert!(findings_details(&b).is_err());
+        let mut b = body(json!({"email": 1}));
+        b.decisions = vec![0];
+        assert!(findings_details(&b).is_err());
+        assert!(
+            serde_json::from_value::<FindingsBody>(json!({
+                "principal": "alice", "proxy": "files", "disposition": "masked",
+                "targets": [], "counts": {"email": 1}, "values": ["ann.lee@example.com"],
+            }))
+            .is_err(),
+            "unknown fields are refused"
+        );
+    }
 }

@@ -1032,8 +1032,8 @@ pub(crate) fn audit(
                 label { "Actor " input name="actor" value=(q.actor); }
                 label { "Kind " input name="kind" value=(q.kind) list="kinds"; }
                 datalist #kinds {
-                    @for k in ["decision", "request_created", "review", "request_state", "grant_issued", "grant_consumed", "grant_refused", "grant_completed", "policy_loaded", "policy_reload_failed", "key_created", "key_revoked", "password_set", "sign_in", "sign_in_failed", "sign_out"] {
-                        option value=(k) {}
+                    @for k in airlock_core::AuditKind::ALL {
+                        option value=(k.as_str()) {}
                     }
                 }
                 label { "Request " input name="request" value=(q.request) placeholder="req_…"; }

@@ -577,6 +577,29 @@ async fn standalone_proxy_against_a_running_server(db: Db) {
         .iter()
         .all(|h| h.headers.iter().all(|(k, _)| k != "airlock-token")));
 
+    // What DLP finds in an allowed answer reaches the server's audit log
+    // under the proxy's enforcer key; a user key cannot write such records.
+    let (st, _, body) = get(&format!("{p}/blocked/public.csv"), Some(&alice), None).await;
+    assert_eq!(st, 403, "{body}");
+    let admin = s.key("admin", "admin");
+    let found = s.audit_of(&admin, "dlp_findings", 1).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["details"]["disposition"], "withheld");
+    assert_eq!(found[0]["details"]["counts"]["credit_card"], 1);
+    let report = serde_json::json!({
+        "principal": "bob", "proxy": "files", "disposition": "passed",
+        "targets": [{"action": "download", "resource": {"type": "File", "id": "x"}}],
+        "counts": {"email": 1},
+    });
+    let (st, body) = s.post(&alice, "/v1/audit/findings", report.clone()).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (st, body) = s.post(&enforcer, "/v1/audit/findings", report).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body["audit_seq"].as_i64().unwrap() > 0);
+
     // Airlock gone: fail closed, 503, nothing forwarded.
     s.child.kill().unwrap();
     s.child.wait().unwrap();
@@ -586,7 +609,7 @@ async fn standalone_proxy_against_a_running_server(db: Db) {
         (503, "upstream_unavailable"),
         "{body}"
     );
-    assert_eq!(up.hits().len(), 2);
+    assert_eq!(up.hits().len(), 3);
 }
 
 pub(crate) struct Standalone(pub Child);
@@ -927,6 +950,37 @@ async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
     assert_eq!(st, 200);
     assert!(body.contains(EMAIL));
 
+    // Each of those allowed answers is on record: who, through which
+    // proxy, what, the decision that let it through, counts by type and
+    // what became of it.
+    let found = s.audit_of(&admin, "dlp_findings", 4).await;
+    let mut fates: Vec<&str> = found
+        .iter()
+        .map(|r| r["details"]["disposition"].as_str().unwrap())
+        .collect();
+    fates.sort();
+    assert_eq!(
+        fates,
+        ["masked", "masked", "passed", "withheld"],
+        "{found:?}"
+    );
+    for r in &found {
+        let d = &r["details"];
+        assert_eq!(r["actor"], "proxy.files", "{r}");
+        assert_eq!(d["principal"], "alice", "{r}");
+        assert_eq!(d["proxy"], "files", "{r}");
+        assert_eq!(d["counts"]["credit_card"], 1, "{r}");
+        assert_eq!(d["counts"]["email"], 1, "{r}");
+        assert_eq!(d["total"], 2, "{r}");
+        assert_eq!(d["targets"][0]["action"], "download", "{r}");
+        assert_eq!(d["targets"][0]["resource"]["id"], "public", "{r}");
+        let seq = d["decisions"][0].as_i64().unwrap();
+        let (_, a) = s
+            .get(&admin, &format!("/v1/audit?after={}&limit=1", seq - 1))
+            .await;
+        assert_eq!(a["records"][0]["kind"], "decision", "{a}");
+    }
+
     // Held, approved, forwarded: the completion carries the counts.
     let url = format!("{p}/reported/customers.csv");
     let (st, h, _) = get(&url, Some(&alice), None).await;
@@ -938,19 +992,18 @@ async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
     assert_eq!(up.hits().len(), 5);
     // The streamed body's counts complete the grant once it has gone
     // through: allow that a moment.
-    let mut text = String::new();
-    for _ in 0..50 {
-        let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
-        text = a.to_string();
-        if text.contains("\"credit_card\":1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        text.contains("\"credit_card\":1"),
-        "no counts in the audit log"
+    let completed = s.audit_of(&admin, "grant_completed", 1).await;
+    assert_eq!(
+        completed[0]["details"]["detail"]["dlp"]["credit_card"], 1,
+        "no counts in the completion: {completed:?}"
     );
+    assert_eq!(
+        s.audit_of(&admin, "dlp_findings", 0).await.len(),
+        4,
+        "a granted answer's counts go with its completion, not a findings record"
+    );
+    let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
+    let text = a.to_string();
     assert!(
         !text.contains(EMAIL) && !text.contains(CARD),
         "a raw finding in the audit log"

@@ -522,6 +522,37 @@ async fn result_rows_are_masked() {
     assert!(ok, "{err}");
     assert!(!out.contains(EMAIL) && !out.contains(CARD), "{out}");
     assert!(out.contains("1111"), "{out}");
+    // What was found in the allowed statement's rows is on record, counts
+    // only, with the decision that let it run.
+    let admin = pg.server.key("admin", "admin");
+    let found = pg.server.audit_of(&admin, "dlp_findings", 1).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let d = &found[0]["details"];
+    assert_eq!(found[0]["actor"], "postgres.prod");
+    assert_eq!(d["principal"], "alice");
+    assert_eq!(d["disposition"], "masked");
+    assert_eq!(d["counts"]["email"], 1, "{d}");
+    assert_eq!(d["counts"]["credit_card"], 1, "{d}");
+    assert_eq!(d["targets"][0]["action"], "sql.select", "{d}");
+    assert_eq!(d["targets"][0]["resource"]["id"], "public.contacts", "{d}");
+    assert!(d["decisions"][0].as_i64().is_some(), "{d}");
+    let (_, a) = pg.server.get(&admin, "/v1/audit?limit=10000").await;
+    assert!(!a.to_string().contains(EMAIL) && !a.to_string().contains(CARD));
+    // Pipelined: rows sent after a Flush, with the Sync that ends them
+    // alone in a batch of its own, are on record too.
+    let mut raw = raw::Conn::login(pg.port, "alice", &alice, &database_of(&pg.db)).await;
+    let mut batch = raw::parse("", "SELECT email FROM contacts");
+    batch.extend(raw::bind_execute());
+    batch.extend(raw::flush());
+    raw.roundtrip_until(&batch, b'C').await;
+    let replies = raw.roundtrip(&raw::sync()).await;
+    assert!(replies.iter().all(|r| raw::error_code(r).is_none()));
+    let found = pg.server.audit_of(&admin, "dlp_findings", 2).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        found[1]["details"]["counts"],
+        serde_json::json!({"email": 1})
+    );
     let c = pg.connect("alice", &alice).await.unwrap();
     let row = c
         .query_one(
@@ -1295,6 +1326,10 @@ mod raw {
         out
     }
 
+    pub fn flush() -> Vec<u8> {
+        msg(b'H', &[])
+    }
+
     pub fn sync() -> Vec<u8> {
         msg(b'S', &[])
     }
@@ -1393,6 +1428,20 @@ mod raw {
                     (b'Z', _) => return c,
                     (b'E', _) => panic!("login failed: {}", String::from_utf8_lossy(&body)),
                     _ => {}
+                }
+            }
+        }
+
+        /// Sends `bytes` and reads replies up to the first of type `last`.
+        pub async fn roundtrip_until(&mut self, bytes: &[u8], last: u8) -> Vec<(u8, Vec<u8>)> {
+            self.tcp.write_all(bytes).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let m = self.read().await;
+                let done = m.0 == last;
+                out.push(m);
+                if done {
+                    return out;
                 }
             }
         }

@@ -437,6 +437,27 @@ impl Server {
         false
     }
 
+    /// The audit records of `kind`, once there are at least `n` (or after
+    /// ten seconds, however many there are).
+    pub(crate) async fn audit_of(&self, admin: &str, kind: &str, n: usize) -> Vec<Value> {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            let (_, a) = self.get(admin, "/v1/audit?limit=10000").await;
+            found = a["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["kind"] == kind)
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        found
+    }
+
     pub(crate) fn verify(&self) -> (i32, String) {
         let out = Command::new(BIN)
             .args(["audit", "verify", "--config"])
