@@ -172,6 +172,9 @@ impl Authz {
 
     async fn ask(&self, front: Front, req: Request<Incoming>) -> Verdict {
         let (mut parts, body) = req.into_parts();
+        if let Err(r) = self.door.screen(&parts.headers) {
+            return r.into();
+        }
         let token = take_header(&mut parts.headers, TOKEN_HEADER);
         let resume = take_header(&mut parts.headers, REQUEST_HEADER);
         let question = match front {

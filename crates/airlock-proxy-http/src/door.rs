@@ -23,6 +23,7 @@ use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 
 use crate::config::RouteConfig;
+use crate::proxy::{REQUEST_HEADER, RESPONSE_REQUEST_HEADER, TOKEN_HEADER};
 use crate::respond::{gate_error, Refusal};
 use crate::route::{ambiguous_path, Routes};
 use crate::ProxyError;
@@ -89,6 +90,13 @@ pub(crate) struct Door {
     per_user: Option<DefaultKeyedRateLimiter<UserName>>,
 }
 
+/// Headers some frameworks take as the request's real method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Users whose allowance is remembered before the idle ones are dropped.
 const MAX_USERS: usize = 10_000;
 
@@ -123,6 +131,31 @@ impl Door {
 
     pub fn enforcer(&self) -> &Enforcer<Arc<dyn Gate>> {
         &self.enforcer
+    }
+
+    /// Refuses what would let the upstream act on something other than
+    /// what Airlock decides: a method-override header (the upstream would
+    /// run DELETE where POST was decided), or two values of a header that
+    /// says who is asking or which approval to use (the proxy reads one,
+    /// the upstream may read the other).
+    pub fn screen(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m);
+        for h in METHOD_OVERRIDES {
+            if headers.contains_key(h) {
+                return Err(bad(format!(
+                    "{h} is refused: the method Airlock decides must be the one the service runs"
+                )));
+            }
+        }
+        let once = [TOKEN_HEADER, REQUEST_HEADER, RESPONSE_REQUEST_HEADER]
+            .into_iter()
+            .chain(self.principal_header.as_ref().map(HeaderName::as_str));
+        for h in once {
+            if headers.get_all(h).iter().nth(1).is_some() {
+                return Err(bad(format!("{h} is sent more than once")));
+            }
+        }
+        Ok(())
     }
 
     /// Who the end user is: the trusted front proxy's header when one is

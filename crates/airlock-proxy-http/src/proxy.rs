@@ -196,6 +196,9 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
+        if let Err(r) = self.door.screen(&parts.headers) {
+            return r.into_response();
+        }
         let token = take_header(&mut parts.headers, TOKEN_HEADER);
         let resume = take_header(&mut parts.headers, REQUEST_HEADER);
         let principal = match self.door.identify(&parts.headers, token).await {
@@ -488,9 +491,21 @@ impl Proxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        if mode == ResponseDlp::Off || !scan::scannable(ct) {
+        let unreadable = scan::unreadable_charset(ct);
+        let pass = |parts, body: Incoming| {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-            return (Response::from_parts(parts, body), Counted::None);
+            (Response::from_parts(parts, body), Counted::None)
+        };
+        if mode == ResponseDlp::Off || !scan::scannable(ct) {
+            return pass(parts, body);
+        }
+        if let Some(cs) = unreadable {
+            if mode != ResponseDlp::Report {
+                let why = format!("its charset {cs} cannot be scanned");
+                return (unscannable(why), Counted::None);
+            }
+            tracing::warn!(proxy = %self.cfg.name, action = %target.action, charset = %cs, "a response DLP cannot read passed unscanned (report)");
+            return pass(parts, body);
         }
         // Report and mask need no verdict before the body leaves: they
         // stream, scanning as it goes, in bounded memory, whatever the size.

@@ -133,8 +133,30 @@ impl Route {
                 "resource uses {{{u}}}, which the path does not capture"
             )));
         }
+        // The resource must be TYPE:ID once its captures are filled, and
+        // its type the route's own: a capture there would let the client
+        // choose what kind of thing policy thinks it is asking for.
+        let sample = used.iter().fold(config.resource.clone(), |r, u| {
+            r.replace(&format!("{{{u}}}"), "x")
+        });
+        let (kind, _) = parse_type_id(&sample)
+            .map_err(|e| bad(format!("resource {:?}: {e}", config.resource)))?;
+        if !config.resource.starts_with(&format!("{}:", kind.as_str())) {
+            return Err(bad(format!(
+                "resource {:?}: its type must be written out, not captured",
+                config.resource
+            )));
+        }
         if let Some(r) = &config.response_action {
             ActionName::parse(r).map_err(|e| bad(e.to_string()))?;
+            // A decision on the response needs its finding counts: with
+            // DLP off it would be skipped, and the response let through.
+            if config.response_dlp == crate::config::ResponseDlp::Off {
+                return Err(bad(
+                    "response_action needs response_dlp (report, mask or block), or it would never be decided"
+                        .into(),
+                ));
+            }
         }
         Ok(Self {
             method,
@@ -162,6 +184,18 @@ impl Route {
         for (parts, seg) in self.segments.iter().zip(segs) {
             if !match_parts(parts, seg, &mut caps) {
                 return None;
+            }
+        }
+        // The upstream decodes `%XX` before it looks the name up, so the
+        // resource is named decoded: `secre%74.csv` is `secret.csv` to
+        // policy as to the upstream, one id per resource. A capture that
+        // does not decode to text does not match.
+        for v in caps.values_mut() {
+            if v.contains('%') {
+                *v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .ok()?
+                    .into_owned();
             }
         }
         Some(caps)
@@ -212,12 +246,15 @@ impl Routes {
 }
 
 /// Paths the upstream could read as something else than what was
-/// matched: dot segments, encoded separators and dots, back-slashes. They
+/// matched: dot segments, encoded separators and dots, back-slashes, and
+/// `;` path parameters (servlet containers drop `;…` from a segment before
+/// they look it up, so `secret.csv;x` would be `secret.csv` there). They
 /// are refused before matching rather than normalised, so the proxy and the
 /// upstream cannot disagree on which file is meant.
 pub fn ambiguous_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     lower.contains('\\')
+        || lower.contains(';')
         || lower.contains("%2f")
         || lower.contains("%5c")
         || lower.contains("%2e")
@@ -261,6 +298,30 @@ mod tests {
         assert_eq!((m.kind.as_str(), m.id.as_str()), ("Table", "prod.orders"));
     }
 
+    /// A percent-encoded character names the resource the upstream will
+    /// serve: `secre%74` is `secret` (an encoded name cannot slip past a
+    /// policy on the plain one); what does not decode to text matches
+    /// nothing.
+    #[test]
+    fn captures_are_named_as_the_upstream_decodes_them() {
+        let r = Routes::compile(&[route("GET", "/exports/{name}.csv", "File:{name}")]).unwrap();
+        for p in ["/exports/secre%74.csv", "/exports/%73%65cret.csv"] {
+            assert_eq!(r.find("GET", p).unwrap().id.as_str(), "secret", "{p}");
+        }
+        assert_eq!(
+            r.find("GET", "/exports/q3%20report.csv")
+                .unwrap()
+                .id
+                .as_str(),
+            "q3 report"
+        );
+        assert!(r.find("GET", "/exports/%ff%fe.csv").is_none());
+        assert!(
+            r.find("GET", "/exports/%0a.csv").is_none(),
+            "control characters"
+        );
+    }
+
     #[test]
     fn bad_routes_are_refused_at_load() {
         for (m, p, res) in [
@@ -270,12 +331,23 @@ mod tests {
             ("G T", "/e/{a}", "File:{a}"),
             ("GET", "/e/{a", "File:{a}"),
             ("GET", "/e/{a}/{a}", "File:{a}"),
+            ("GET", "/e/{a}", "File"),
+            ("GET", "/e/{a}", ":{a}"),
+            ("GET", "/e/{a}", "File:"),
+            ("GET", "/e/{a}", "Bad Type:{a}"),
+            ("GET", "/e/{t}/{a}", "{t}:{a}"),
+            ("GET", "/e/{t}/{a}", "Db::{t}:{a}"),
         ] {
             assert!(
                 Routes::compile(&[route(m, p, res)]).is_err(),
                 "{m} {p} {res}"
             );
         }
+        let mut decided = route("GET", "/e/{a}", "File:{a}");
+        decided.response_action = Some("download.response".into());
+        assert!(Routes::compile(&[decided.clone()]).is_err(), "DLP off");
+        decided.response_dlp = crate::config::ResponseDlp::Report;
+        assert!(Routes::compile(&[decided]).is_ok());
     }
 
     #[test]
@@ -287,6 +359,8 @@ mod tests {
             "/a%2Fb",
             "/a\\b",
             "/a%5cb",
+            "/exports/secret.csv;x",
+            "/exports;x/secret.csv",
         ] {
             assert!(ambiguous_path(p), "{p}");
         }

@@ -25,8 +25,10 @@ pub enum ScanError {
 }
 
 /// Whether a response of this `Content-Type` is scanned: text, JSON, CSV,
-/// XML, NDJSON, and bodies that do not say (a missing type is scanned
-/// rather than trusted).
+/// XML, NDJSON, and bodies that do not say what they are: no type, or
+/// `application/octet-stream` (how many services label a data file for
+/// download; a type is the upstream's word, not proof of binary). Images,
+/// audio, video, fonts and archives pass unscanned.
 pub fn scannable(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
     let mime = ct
@@ -49,7 +51,29 @@ pub fn scannable(content_type: Option<&str>) -> bool {
                 | "application/csv"
                 | "application/javascript"
                 | "application/x-www-form-urlencoded"
+                | "application/octet-stream"
+                | "application/vnd.ms-excel"
+                | "application/x-csv"
         )
+}
+
+/// The declared charset of a text body the scanner cannot read as it
+/// comes: one not ASCII-compatible (UTF-16, UTF-32, UCS-2, UTF-7), in
+/// which an email or a card number is not the bytes the detectors look
+/// for. Such a body is withheld under `mask` and `block` rather than
+/// passed unscanned.
+pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
+    let ct = content_type?.to_ascii_lowercase();
+    let charset = ct.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k.trim() == "charset").then(|| v.trim().trim_matches('"').to_owned())
+    })?;
+    let unreadable = [
+        "utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "utf-7", "utf7",
+    ]
+    .iter()
+    .any(|p| charset.starts_with(p));
+    unreadable.then_some(charset)
 }
 
 /// Reads at most `max` bytes from `r`; more is an error.

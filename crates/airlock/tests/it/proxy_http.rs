@@ -86,6 +86,14 @@ impl Upstream {
                     // 8 MiB: more than the scan cap the streaming test sets.
                     csv = format!("name,email,card\n{}", "bob,nobody,none\n".repeat(8 << 16));
                 }
+                let query = parts.uri.query().unwrap_or("");
+                let label = if query.contains("octet") {
+                    "application/octet-stream"
+                } else if query.contains("utf16") {
+                    "text/csv; charset=utf-16"
+                } else {
+                    "text/csv"
+                };
                 if parts.uri.path().contains("gz") {
                     let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
                     e.write_all(csv.as_bytes()).unwrap();
@@ -96,7 +104,7 @@ impl Upstream {
                         .unwrap()
                 } else {
                     axum::response::Response::builder()
-                        .header("content-type", "text/csv")
+                        .header("content-type", label)
                         .body(axum::body::Body::from(csv))
                         .unwrap()
                 }
@@ -918,6 +926,67 @@ on_both_stores!(
     gzip_response_is_decoded_and_resized,
     large_bodies_stream_through_mask_and_are_withheld_by_block,
 );
+
+/// What an ordinary user key tries first at the door: a name spelt with
+/// `%XX` to slip past a policy on the plain one (decided as the name the
+/// upstream will serve), a `;` path parameter a servlet upstream would
+/// drop, a method override, a second Airlock-Token; and bodies whose label
+/// says little: `application/octet-stream` is scanned like text, a UTF-16
+/// body is withheld under mask (DLP cannot read it) and passes under
+/// report.
+#[tokio::test]
+async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
+    let (s, up, p) = with_proxy(&Db::Sqlite, 1).await;
+    let alice = s.key("alice", "user");
+    for url in ["/exports/secre%74.csv", "/exports/%73ecret.csv"] {
+        let (st, _, body) = get(&format!("{p}{url}"), Some(&alice), None).await;
+        assert_eq!(
+            (st, code(&body).as_str()),
+            (403, "forbidden"),
+            "{url}: {body}"
+        );
+    }
+    let (st, _, body) = get(&format!("{p}/exports/public.csv;x"), Some(&alice), None).await;
+    assert_eq!((st, code(&body).as_str()), (400, "bad_request"), "{body}");
+    let res = reqwest::Client::new()
+        .post(format!("{p}/upload/doc"))
+        .header("Airlock-Token", &alice)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let res = reqwest::Client::new()
+        .get(format!("{p}/exports/public.csv"))
+        .header("Airlock-Token", &alice)
+        .header("Airlock-Token", "another")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert!(up.hits().is_empty(), "{:?}", up.hits());
+    // Decided as the file the upstream serves: `publi%63` is `public`.
+    let (st, _, body) = get(&format!("{p}/exports/publi%63.csv"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+
+    let (st, _, body) = get(&format!("{p}/masked/public.csv?octet"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains(CARD) && !body.contains(EMAIL), "{body}");
+    let (st, _, body) = get(&format!("{p}/masked/public.csv?utf16"), Some(&alice), None).await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (502, "upstream_unavailable"),
+        "{body}"
+    );
+    let (st, _, body) = get(
+        &format!("{p}/reported/public.csv?utf16"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+}
 
 /// Response DLP with the real detectors (`email`, `credit_card`): mask
 /// replaces the planted values (the card keeps its last 4), block answers
