@@ -141,6 +141,7 @@ def test_real_answers_match_the_document(server, document):
     c.check("GET", "/v1/audit/proof/inclusion", "/v1/audit/proof/inclusion?seq=0&size=1", admin,
             status=400)
     c.check("GET", "/v1/outbox", "/v1/outbox", admin, status=200)
+    c.check("GET", "/v1/outbox", "/v1/outbox?status=bogus", admin, status=400)
     c.check("POST", "/v1/outbox/{id}/retry", "/v1/outbox/nope/retry", admin, status=409)
 
     # Errors every authenticated call shares.

@@ -129,12 +129,28 @@ pub struct WebhookConfig {
     /// The signing secret, `whsec_` and base64, as Standard Webhooks
     /// libraries expect it.
     pub secret: String,
-    /// Only these event types (`request.created`, `request.decided`,
-    /// `request.expired`, `request.cancelled`, `request.revoked`,
-    /// `grant.consumed`, `grant.completed`). Default: all.
+    /// Only these event types (`request.created`, `request.reviewed`,
+    /// `request.raised`, `request.decided`, `request.expired`,
+    /// `request.cancelled`, `request.revoked`, `request.breakglass`,
+    /// `grant.consumed`, `grant.completed`). Default: all. A name not in
+    /// this list is a load error, not a webhook that never fires.
     #[serde(default)]
     pub events: Vec<String>,
 }
+
+/// Every event type a webhook can be sent.
+pub const EVENT_TYPES: [&str; 10] = [
+    "request.created",
+    "request.reviewed",
+    "request.raised",
+    "request.decided",
+    "request.expired",
+    "request.cancelled",
+    "request.revoked",
+    "request.breakglass",
+    "grant.consumed",
+    "grant.completed",
+];
 
 impl NotifyConfig {
     /// Checks what the types cannot: secrets, addresses and URLs that
@@ -164,6 +180,13 @@ impl NotifyConfig {
                 return Err(format!(
                     "notify.webhooks secret for {} must be whsec_ followed by base64",
                     w.url
+                ));
+            }
+            if let Some(e) = w.events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+                return Err(format!(
+                    "notify.webhooks events for {}: {e:?} is not an event type ({})",
+                    w.url,
+                    EVENT_TYPES.join(", ")
                 ));
             }
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {

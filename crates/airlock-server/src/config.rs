@@ -38,6 +38,49 @@ impl ProxiesConfig {
     pub fn is_empty(&self) -> bool {
         self.http.is_empty() && self.authz.is_empty() && self.postgres.is_empty()
     }
+
+    /// Checks what the types cannot: each listener's name is its identity
+    /// in the audit log (`proxy.NAME`, key id `proxy:NAME`), so it must be
+    /// there and be its own; two listeners of a kind under one name would
+    /// be one actor in every record.
+    pub fn check(&self) -> Result<(), String> {
+        let kinds = [
+            (
+                "http",
+                self.http
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "authz",
+                self.authz.iter().map(|p| p.name.as_str()).collect(),
+            ),
+            (
+                "postgres",
+                self.postgres.iter().map(|p| p.name.as_str()).collect(),
+            ),
+        ];
+        for (kind, names) in kinds {
+            let mut seen = std::collections::BTreeSet::new();
+            for name in names {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                if !ok {
+                    return Err(format!(
+                        "proxies.{kind} name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`"
+                    ));
+                }
+                if !seen.insert(name) {
+                    return Err(format!("proxies.{kind} name {name:?} is used twice"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The file `airlock proxy --config FILE` reads: `[proxy]` and
@@ -557,6 +600,7 @@ impl Config {
             }
         }
         cfg.notify.check()?;
+        cfg.proxies.check()?;
         Ok(cfg)
     }
 
@@ -663,6 +707,18 @@ mod tests {
             ("[storage]\nurl = \"mysql://x\"\n", "mysql"),
             ("[storage]\nurl = \"sqlite://\"\n", "sqlite"),
             ("[policy]\ntimezone = \"Mars/Olympus\"\n", "Mars/Olympus"),
+            (
+                "[[notify.webhooks]]\nurl = \"http://h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"request.craeted\"]\n",
+                "request.craeted",
+            ),
+            (
+                "[[proxies.http]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://h\"\n[[proxies.http]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://h\"\n",
+                "used twice",
+            ),
+            (
+                "[[proxies.http]]\nname = \"\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://h\"\n",
+                "name \"\"",
+            ),
         ] {
             let err = Config::parse(text, base).unwrap_err();
             assert!(err.contains(says), "{text}: {err}");

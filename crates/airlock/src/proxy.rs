@@ -19,6 +19,9 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg: StandaloneConfig =
         toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    cfg.proxies
+        .check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if cfg.proxies.is_empty() {
         anyhow::bail!(
             "{}: no [[proxies.http]], [[proxies.authz]] or [[proxies.postgres]] to run",

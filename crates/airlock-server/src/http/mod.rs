@@ -555,6 +555,13 @@ async fn outbox(
     ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<OutboxList>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    if let Some(s) = q.status.as_deref() {
+        if !matches!(s, "pending" | "delivered" | "failed") {
+            return Err(ApiError::BadRequest(format!(
+                "status {s:?} is not pending, delivered or failed"
+            )));
+        }
+    }
     let messages = airlock.outbox_list(&caller, q.status, limit).await?;
     let messages = messages
         .into_iter()
