@@ -420,11 +420,17 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // An error can quote a server's answer, which can quote a
-            // requester's text.
-            eprintln!(
-                "airlock: {}",
-                airlock_core::display::visible(&format!("{e:#}"))
-            );
+            // requester's text: each line made visible (no terminal
+            // escapes), and lines after the first indented, so a config
+            // error's caret snippet reads as one and quoted text cannot
+            // pass for a line of ours.
+            let text = format!("{e:#}");
+            let lines: Vec<String> = text
+                .trim_end()
+                .lines()
+                .map(|l| airlock_core::display::visible(l).into_owned())
+                .collect();
+            eprintln!("airlock: {}", lines.join("\n    "));
             ExitCode::from(2)
         }
     }

@@ -305,6 +305,28 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     assert!(!set("nobody", "long enough password\n").status.success());
 }
 
+/// A config error reads as the TOML parser wrote it: the caret snippet on
+/// lines of its own (indented under the first), not `\n` escapes.
+#[test]
+fn a_config_error_shows_its_snippet_on_lines_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("airlock.toml");
+    std::fs::write(&file, "[server]\nlisten = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("\\n"), "{err}");
+    assert!(err.contains("\n    2 | listen = 5"), "{err}");
+    assert!(
+        err.lines().next().unwrap().starts_with("airlock: "),
+        "{err}"
+    );
+}
+
 #[test]
 fn completions_and_man_page_describe_every_command() {
     let run = |args: &[&str]| {
