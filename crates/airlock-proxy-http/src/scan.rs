@@ -134,10 +134,69 @@ pub enum StreamDecoder {
     Identity,
     /// `gzip`.
     Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
-    /// `deflate` (zlib-wrapped, as RFC 9110 says).
-    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    /// `deflate`: zlib-wrapped as RFC 9110 says, or raw as some servers
+    /// send it; told apart by the first two bytes.
+    Deflate(Inflate),
     /// `br`.
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+}
+
+/// A `deflate` body as far as it has come.
+pub enum Inflate {
+    /// Fewer than two bytes seen: which kind is not known yet.
+    Sniffing(Vec<u8>),
+    /// A zlib header came first.
+    Zlib(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    /// No zlib header: raw deflate.
+    Raw(Box<flate2::write::DeflateDecoder<Vec<u8>>>),
+}
+
+impl Inflate {
+    /// The decoder for a body starting with `head`: a zlib header is a
+    /// compression method of 8 and a check making the first two bytes a
+    /// multiple of 31 (RFC 1950); anything else is raw deflate.
+    fn for_head(head: &[u8]) -> Self {
+        let zlib = matches!(head, [cmf, flg, ..]
+            if cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0);
+        if zlib {
+            Self::Zlib(Box::new(flate2::write::ZlibDecoder::new(Vec::new())))
+        } else {
+            Self::Raw(Box::new(flate2::write::DeflateDecoder::new(Vec::new())))
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        if let Self::Sniffing(seen) = self {
+            seen.extend_from_slice(chunk);
+            if seen.len() < 2 {
+                return Ok(Vec::new());
+            }
+            let seen = std::mem::take(seen);
+            *self = Self::for_head(&seen);
+            return self.push(&seen);
+        }
+        match self {
+            Self::Sniffing(_) => Ok(Vec::new()),
+            Self::Zlib(d) => d.write_all(chunk).map(|()| std::mem::take(d.get_mut())),
+            Self::Raw(d) => d.write_all(chunk).map(|()| std::mem::take(d.get_mut())),
+        }
+    }
+
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        if let Self::Sniffing(seen) = self {
+            let seen = std::mem::take(seen);
+            *self = Self::for_head(&seen);
+            let mut out = self.push(&seen)?;
+            out.extend(self.finish()?);
+            return Ok(out);
+        }
+        match self {
+            Self::Sniffing(_) => Ok(Vec::new()),
+            Self::Zlib(d) => d.try_finish().map(|()| std::mem::take(d.get_mut())),
+            Self::Raw(d) => d.try_finish().map(|()| std::mem::take(d.get_mut())),
+        }
+    }
 }
 
 impl StreamDecoder {
@@ -148,7 +207,7 @@ impl StreamDecoder {
         Some(match coding.as_str() {
             "" | "identity" => Self::Identity,
             "gzip" | "x-gzip" => Self::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
-            "deflate" => Self::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
+            "deflate" => Self::Deflate(Inflate::Sniffing(Vec::new())),
             "br" => Self::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192))),
             _ => return None,
         })
@@ -166,10 +225,7 @@ impl StreamDecoder {
                 d.write_all(chunk).map_err(|_| corrupt("gzip"))?;
                 std::mem::take(d.get_mut())
             }
-            Self::Deflate(d) => {
-                d.write_all(chunk).map_err(|_| corrupt("deflate"))?;
-                std::mem::take(d.get_mut())
-            }
+            Self::Deflate(d) => d.push(chunk).map_err(|_| corrupt("deflate"))?,
             Self::Br(d) => {
                 d.write_all(chunk).map_err(|_| corrupt("br"))?;
                 std::mem::take(d.get_mut())
@@ -186,10 +242,7 @@ impl StreamDecoder {
                 d.try_finish().map_err(|_| corrupt("gzip"))?;
                 std::mem::take(d.get_mut())
             }
-            Self::Deflate(d) => {
-                d.try_finish().map_err(|_| corrupt("deflate"))?;
-                std::mem::take(d.get_mut())
-            }
+            Self::Deflate(d) => d.finish().map_err(|_| corrupt("deflate"))?,
             Self::Br(d) => {
                 d.close().map_err(|_| corrupt("br"))?;
                 std::mem::take(d.get_mut())
@@ -293,6 +346,20 @@ mod tests {
         let mut d = StreamDecoder::new(Some("gzip")).unwrap();
         d.push(&gz[..gz.len() / 2]).unwrap();
         assert!(d.finish().is_err(), "a truncated body is an error");
+        // deflate streams zlib-wrapped or raw, fed a byte at a time.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Default::default());
+        z.write_all(&text).unwrap();
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
+        raw.write_all(&text).unwrap();
+        for body in [z.finish().unwrap(), raw.finish().unwrap()] {
+            let mut d = StreamDecoder::new(Some("deflate")).unwrap();
+            let mut out = Vec::new();
+            for c in body.chunks(1) {
+                out.extend(d.push(c).unwrap());
+            }
+            out.extend(d.finish().unwrap());
+            assert_eq!(out, text);
+        }
         assert!(StreamDecoder::new(Some("gzip, br")).is_none());
         assert!(StreamDecoder::new(None).is_some());
     }
@@ -306,9 +373,25 @@ mod tests {
             Some("application/x-ndjson"),
             Some("application/problem+json"),
             Some("application/xml"),
+            Some("application/octet-stream"),
         ] {
             assert!(scannable(ct), "{ct:?}");
         }
         assert!(!scannable(Some("image/png")));
+        for ct in [
+            "text/csv; charset=UTF-16",
+            "text/plain;charset=\"utf-16le\"",
+            "application/json; charset=utf-32be",
+            "text/plain; charset=utf-7",
+        ] {
+            assert!(unreadable_charset(Some(ct)).is_some(), "{ct}");
+        }
+        for ct in [
+            "text/csv; charset=utf-8",
+            "text/plain; charset=iso-8859-1",
+            "text/csv",
+        ] {
+            assert_eq!(unreadable_charset(Some(ct)), None, "{ct}");
+        }
     }
 }
