@@ -284,8 +284,14 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
                     None => continue,
                 }
             };
-            let text = std::str::from_utf8(&buf[..end])
-                .map_err(|_| format!("record {}: not UTF-8", check.records + 1))?;
+            let text = std::str::from_utf8(&buf[..end]).map_err(|e| {
+                // The chunk holds many lines: name the one at fault.
+                let before = buf[..e.valid_up_to()]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count();
+                format!("record {}: not UTF-8", check.records + before as u64 + 1)
+            })?;
             check.push_text(text)?;
             buf.drain(..end);
         }

@@ -25,15 +25,20 @@ pub(crate) struct AuditRow {
 
 impl AuditRow {
     fn into_record(self) -> Result<AuditRecord, StoreError> {
+        // Named by its seq: whoever reads the error (`audit verify`) must
+        // learn which record is damaged.
+        let seq = self.seq;
+        let at =
+            |e: airlock_core::ParseError| StoreError::Corrupt(format!("audit record {seq}: {e}"));
         Ok(AuditRecord {
-            seq: self.seq,
+            seq,
             ts: self.ts,
             kind: self.kind,
             actor: self.actor,
             subject: self.subject,
-            details: RecordedJson::from_stored(self.details).map_err(corrupt)?,
-            prev_hash: ChainHash::parse(&self.prev_hash).map_err(corrupt)?,
-            hash: ChainHash::parse(&self.hash).map_err(corrupt)?,
+            details: RecordedJson::from_stored(self.details).map_err(at)?,
+            prev_hash: ChainHash::parse(&self.prev_hash).map_err(at)?,
+            hash: ChainHash::parse(&self.hash).map_err(at)?,
         })
     }
 }

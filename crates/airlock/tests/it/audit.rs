@@ -438,6 +438,20 @@ async fn the_log_is_provable_offline_and_witnessed() {
         let (code, out) = verify_dir(&d);
         assert_eq!(code, 1, "{name}: verified anyway: {out}");
     }
+    // A byte that is not UTF-8 in the fifth line is named as record 5.
+    let d = tampered("utf8", &|_| {});
+    let mut bytes = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        bytes.extend_from_slice(l.as_bytes());
+        if i == 4 {
+            bytes.push(0xff);
+        }
+        bytes.push(b'\n');
+    }
+    std::fs::write(d.join("records.jsonl"), bytes).unwrap();
+    let (code, out) = verify_dir(&d);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 5: not UTF-8"), "{out}");
     // A checkpoint of another log (another deployment's key) is refused.
     let other = tempfile::tempdir().unwrap();
     let mut o = witnessed(other.path());
@@ -469,6 +483,11 @@ async fn the_log_is_provable_offline_and_witnessed() {
         out.contains(&format!("{size2:020}.note")) || out.contains("cut off"),
         "{out}"
     );
+    // A record whose stored details do not read back is named by its seq.
+    s.sql("UPDATE audit SET details = '{' WHERE seq = 2");
+    let (code, out) = s.verify();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("audit record 2"), "{out}");
 }
 
 /// A C2SP witness (`tlog-witness` `add-checkpoint`) for the test: it
