@@ -73,6 +73,23 @@ pub fn router(airlock: AppState) -> Router {
             ApiError::BadRequest("method not allowed on this endpoint".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                // A body declared larger than the limit is refused before
+                // any of it is read: the limit alone only trips once that
+                // much has arrived, so a client declaring a huge body and
+                // sending a small one held the call until the read timeout.
+                let declared = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return ApiError::TooLarge.into_response();
+                }
+                next.run(req).await
+            },
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(airlock)
 }

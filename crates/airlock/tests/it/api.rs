@@ -74,6 +74,28 @@ async fn http_errors_follow_the_contract(db: Db) {
         (st, r["error"]["code"].as_str()),
         (413, Some("payload_too_large"))
     );
+    // Declared larger than the limit and never sent: refused at once, not
+    // held until the read times out (a hang fails the test).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = s.url.trim_start_matches("http://").to_owned();
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(
+            format!(
+                "POST /v1/check HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice}\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n{{}}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = vec![0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), c.read(&mut head))
+            .await
+            .expect("an answer, not a hang")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    }
     let (st, _) = s
         .get(
             &alice,
