@@ -31,8 +31,8 @@ impl airlock_dlp::ReadAt for FileAt {
     }
 }
 
-/// The `[dlp]` table of a configuration file; the rest is not this
-/// command's business (and need not be valid for it).
+/// The `[dlp]` table of a configuration file, which must be there; the
+/// rest is not this command's business (and need not be valid for it).
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -42,7 +42,12 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
         Some(v) => {
             Config::deserialize(v.clone()).with_context(|| format!("{}: [dlp]", path.display()))
         }
-        None => Ok(Config::default()),
+        // Asked for custom detectors and given none (a misspelt table):
+        // scanning with the built-ins alone would look like a clean file.
+        None => Err(anyhow!(
+            "{} has no [dlp] table: custom patterns and dictionaries go there",
+            path.display()
+        )),
     }
 }
 

@@ -125,6 +125,22 @@ fn dlp_scan_text_output_custom_detectors_and_unreadable_files() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pattern x"));
+
+    // Custom detectors asked for and none found (a misspelt table): an
+    // error, not a scan with the built-ins alone that looks clean.
+    std::fs::write(
+        &config,
+        "[dlpp]\n[[dlpp.patterns]]\nname = \"x\"\nregex = 'x'\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["dlp", "scan", "--config"])
+        .arg(&config)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [dlp] table"));
 }
 
 /// A large regular file is scanned on every core; a pipe streams on one
