@@ -185,6 +185,9 @@ impl Authz {
             Ok(q) => q,
             Err(r) => return r.into(),
         };
+        if let Err(r) = self.door.screen_query(&question.query) {
+            return r.into();
+        }
         let principal = match self.door.identify(&parts.headers, token).await {
             Ok(p) => p,
             Err(r) => return r.into(),

@@ -158,6 +158,24 @@ impl Door {
         Ok(())
     }
 
+    /// Refuses a `_method` query parameter, which some frameworks (Laravel,
+    /// Symfony) take as the request's real method, as the headers above.
+    pub fn screen_query(&self, query: &str) -> Result<(), Refusal> {
+        let overrides = query.split('&').any(|pair| {
+            pair.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+        });
+        if overrides {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "_method is refused: the method Airlock decides must be the one the service runs",
+            ));
+        }
+        Ok(())
+    }
+
     /// Who the end user is: the trusted front proxy's header when one is
     /// configured and present, else the owner of the `Airlock-Token` key.
     pub async fn identify(

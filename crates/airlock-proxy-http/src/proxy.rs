@@ -196,7 +196,11 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        if let Err(r) = self.door.screen(&parts.headers) {
+        let screened = self
+            .door
+            .screen(&parts.headers)
+            .and_then(|()| self.door.screen_query(parts.uri.query().unwrap_or("")));
+        if let Err(r) = screened {
             return r.into_response();
         }
         let token = take_header(&mut parts.headers, TOKEN_HEADER);
@@ -496,11 +500,18 @@ impl Proxy {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             (Response::from_parts(parts, body), Counted::None)
         };
+        // A route that decides its responses decides every one: what
+        // cannot be scanned cannot be decided, so it is withheld.
+        let decided = target.route.response_action.is_some();
         if mode == ResponseDlp::Off || !scan::scannable(ct) {
+            if decided && mode != ResponseDlp::Off {
+                let why = "its type is not scanned, and this route decides every response";
+                return (unscannable(why.into()), Counted::None);
+            }
             return pass(parts, body);
         }
         if let Some(cs) = unreadable {
-            if mode != ResponseDlp::Report {
+            if mode != ResponseDlp::Report || decided {
                 let why = format!("its charset {cs} cannot be scanned");
                 return (unscannable(why), Counted::None);
             }

@@ -24,7 +24,10 @@ pub struct Route {
     segments: Vec<Vec<Part>>,
     /// The action checked.
     pub action: ActionName,
-    resource: String,
+    /// The resource type, written out in the route (never from a capture).
+    kind: ResourceType,
+    /// The id template: what follows `TYPE:`, captures to fill.
+    id: String,
     /// The route's settings.
     pub config: RouteConfig,
 }
@@ -141,12 +144,13 @@ impl Route {
         });
         let (kind, _) = parse_type_id(&sample)
             .map_err(|e| bad(format!("resource {:?}: {e}", config.resource)))?;
-        if !config.resource.starts_with(&format!("{}:", kind.as_str())) {
+        let Some(id) = config.resource.strip_prefix(&format!("{}:", kind.as_str())) else {
             return Err(bad(format!(
                 "resource {:?}: its type must be written out, not captured",
                 config.resource
             )));
-        }
+        };
+        let id = id.to_owned();
         if let Some(r) = &config.response_action {
             ActionName::parse(r).map_err(|e| bad(e.to_string()))?;
             // A decision on the response needs its finding counts: with
@@ -162,7 +166,8 @@ impl Route {
             method,
             segments,
             action,
-            resource: config.resource.clone(),
+            kind,
+            id,
             config: config.clone(),
         })
     }
@@ -187,9 +192,10 @@ impl Route {
             }
         }
         // The upstream decodes `%XX` before it looks the name up, so the
-        // resource is named decoded: `secre%74.csv` is `secret.csv` to
-        // policy as to the upstream, one id per resource. A capture that
-        // does not decode to text does not match.
+        // resource is named decoded: `q3%20report` is `q3 report` to policy
+        // as to the upstream, one id per resource. (`ambiguous_path` has
+        // refused encodings that need no encoding and ones that do not
+        // decode to text, before any route was tried.)
         for v in caps.values_mut() {
             if v.contains('%') {
                 *v = percent_encoding::percent_decode_str(v)
@@ -201,9 +207,12 @@ impl Route {
         Some(caps)
     }
 
+    /// The resource: the route's own type, and the id with the captures
+    /// filled in. The id is never read for a type again, so a capture
+    /// holding `:` (`/exports/:Admin:x.csv`) stays part of the id.
     fn resource_for(&self, caps: &BTreeMap<String, String>) -> Option<(ResourceType, ResourceId)> {
         let mut out = String::new();
-        let mut rest = self.resource.as_str();
+        let mut rest = self.id.as_str();
         while let Some(i) = rest.find('{') {
             out.push_str(&rest[..i]);
             let after = &rest[i + 1..];
@@ -212,7 +221,7 @@ impl Route {
             rest = &after[end + 1..];
         }
         out.push_str(rest);
-        parse_type_id(&out).ok()
+        Some((self.kind.clone(), ResourceId::parse(&out).ok()?))
     }
 }
 
@@ -246,19 +255,39 @@ impl Routes {
 }
 
 /// Paths the upstream could read as something else than what was
-/// matched: dot segments, encoded separators and dots, back-slashes, and
-/// `;` path parameters (servlet containers drop `;…` from a segment before
-/// they look it up, so `secret.csv;x` would be `secret.csv` there). They
-/// are refused before matching rather than normalised, so the proxy and the
-/// upstream cannot disagree on which file is meant.
+/// matched: dot segments, encoded separators and dots, back-slashes, `;`
+/// path parameters (servlet containers drop `;…` from a segment before
+/// they look it up, so `secret.csv;x` would be `secret.csv` there),
+/// percent-encoded characters that never need encoding (`secre%74`: a
+/// route's literal parts are matched as sent, so `/exp%6frts/` would miss
+/// the route meant for it and could meet a catch-all), an encoded `%`
+/// (`%252e` is `%2e` to an upstream that decodes twice) or `;`, and
+/// encodings that do not decode to UTF-8. They are refused before matching
+/// rather than normalised, so the proxy and the upstream cannot disagree
+/// on which file is meant.
 pub fn ambiguous_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
+    let needless = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+    let bytes = path.as_bytes();
+    let encoded_needlessly = (0..bytes.len()).any(|i| {
+        bytes[i] == b'%'
+            && bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(needless)
+    });
     lower.contains('\\')
         || lower.contains(';')
         || lower.contains("%2f")
         || lower.contains("%5c")
-        || lower.contains("%2e")
+        || lower.contains("%25")
+        || lower.contains("%3b")
         || lower.contains("%00")
+        || encoded_needlessly
+        || percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
         || path.split('/').any(|s| s == "." || s == "..")
 }
 
@@ -299,23 +328,20 @@ mod tests {
     }
 
     /// A percent-encoded character names the resource the upstream will
-    /// serve: `secre%74` is `secret` (an encoded name cannot slip past a
-    /// policy on the plain one); what does not decode to text matches
+    /// serve (`q3%20report` is `q3 report`); a capture holding `:` stays
+    /// in the id, never choosing the type; control characters match
     /// nothing.
     #[test]
     fn captures_are_named_as_the_upstream_decodes_them() {
         let r = Routes::compile(&[route("GET", "/exports/{name}.csv", "File:{name}")]).unwrap();
-        for p in ["/exports/secre%74.csv", "/exports/%73%65cret.csv"] {
-            assert_eq!(r.find("GET", p).unwrap().id.as_str(), "secret", "{p}");
-        }
-        assert_eq!(
-            r.find("GET", "/exports/q3%20report.csv")
-                .unwrap()
-                .id
-                .as_str(),
-            "q3 report"
-        );
-        assert!(r.find("GET", "/exports/%ff%fe.csv").is_none());
+        let m = r.find("GET", "/exports/q3%20report.csv").unwrap();
+        assert_eq!(m.id.as_str(), "q3 report");
+        let m = r.find("GET", "/exports/caf%C3%A9.csv").unwrap();
+        assert_eq!(m.id.as_str(), "café");
+        let m = r.find("GET", "/exports/:Admin:secret.csv").unwrap();
+        assert_eq!((m.kind.as_str(), m.id.as_str()), ("File", ":Admin:secret"));
+        let m = r.find("GET", "/exports/%3AAdmin%3Asecret.csv").unwrap();
+        assert_eq!((m.kind.as_str(), m.id.as_str()), ("File", ":Admin:secret"));
         assert!(
             r.find("GET", "/exports/%0a.csv").is_none(),
             "control characters"
@@ -361,9 +387,18 @@ mod tests {
             "/a%5cb",
             "/exports/secret.csv;x",
             "/exports;x/secret.csv",
+            "/exports/secre%74.csv",
+            "/exp%6Frts/secret.csv",
+            "/exports/%252e%252e/x",
+            "/exports/a%3bx.csv",
+            "/exports/%ff%fe.csv",
+            "/exports/a%7e.csv",
         ] {
             assert!(ambiguous_path(p), "{p}");
         }
         assert!(!ambiguous_path("/exports/a.b.csv"));
+        assert!(!ambiguous_path("/exports/q3%20report.csv"));
+        assert!(!ambiguous_path("/exports/caf%C3%A9.csv"));
+        assert!(!ambiguous_path("/exports/%3Aa.csv"));
     }
 }

@@ -58,22 +58,24 @@ pub fn scannable(content_type: Option<&str>) -> bool {
 }
 
 /// The declared charset of a text body the scanner cannot read as it
-/// comes: one not ASCII-compatible (UTF-16, UTF-32, UCS-2, UTF-7), in
-/// which an email or a card number is not the bytes the detectors look
-/// for. Such a body is withheld under `mask` and `block` rather than
-/// passed unscanned.
+/// comes: any but UTF-8 and the ASCII-compatible single-byte sets
+/// (US-ASCII, ISO-8859-*, Windows-125x, KOI8), since in UTF-16, UTF-32,
+/// UTF-7 or EBCDIC an email or a card number is not the bytes the
+/// detectors look for. Such a body is withheld under `mask` and `block`
+/// rather than passed unscanned.
 pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
     let ct = content_type?.to_ascii_lowercase();
     let charset = ct.split(';').skip(1).find_map(|p| {
         let (k, v) = p.split_once('=')?;
         (k.trim() == "charset").then(|| v.trim().trim_matches('"').to_owned())
     })?;
-    let unreadable = [
-        "utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "utf-7", "utf7",
-    ]
-    .iter()
-    .any(|p| charset.starts_with(p));
-    unreadable.then_some(charset)
+    let readable = matches!(
+        charset.as_str(),
+        "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "latin-1"
+    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"]
+        .iter()
+        .any(|p| charset.starts_with(p));
+    (!readable).then_some(charset)
 }
 
 /// Reads at most `max` bytes from `r`; more is an error.
@@ -157,7 +159,7 @@ impl Inflate {
     /// multiple of 31 (RFC 1950); anything else is raw deflate.
     fn for_head(head: &[u8]) -> Self {
         let zlib = matches!(head, [cmf, flg, ..]
-            if cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0);
+            if cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0);
         if zlib {
             Self::Zlib(Box::new(flate2::write::ZlibDecoder::new(Vec::new())))
         } else {
@@ -386,9 +388,13 @@ mod tests {
         ] {
             assert!(unreadable_charset(Some(ct)).is_some(), "{ct}");
         }
+        for ct in ["text/plain; charset=cp037", "text/plain; charset=unicode"] {
+            assert!(unreadable_charset(Some(ct)).is_some(), "{ct}");
+        }
         for ct in [
             "text/csv; charset=utf-8",
             "text/plain; charset=iso-8859-1",
+            "text/plain; charset=windows-1252",
             "text/csv",
         ] {
             assert_eq!(unreadable_charset(Some(ct)), None, "{ct}");
