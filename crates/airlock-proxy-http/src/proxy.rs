@@ -495,7 +495,6 @@ impl Proxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let unreadable = scan::unreadable_charset(ct);
         let pass = |parts, body: Incoming| {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             (Response::from_parts(parts, body), Counted::None)
@@ -510,7 +509,7 @@ impl Proxy {
             }
             return pass(parts, body);
         }
-        if let Some(cs) = unreadable {
+        if let Some(cs) = scan::unreadable_charset(ct) {
             if mode != ResponseDlp::Report || decided {
                 let why = format!("its charset {cs} cannot be scanned");
                 return (unscannable(why), Counted::None);
@@ -541,14 +540,9 @@ impl Proxy {
                     }
                 }
                 let (body, counts) = self.stream_scanned(body, decoder, mask, target);
-                let disposition = if mask {
-                    Disposition::Masked
-                } else {
-                    Disposition::Passed
-                };
                 return (
                     Response::from_parts(parts, body),
-                    Counted::Later(counts, disposition),
+                    Counted::Later(counts, leaving(mode)),
                 );
             }
         }
@@ -600,11 +594,7 @@ impl Proxy {
                 Counted::Now(counts, Some(Disposition::Withheld)),
             );
         }
-        let mut disposition = Some(if mode == ResponseDlp::Mask {
-            Disposition::Masked
-        } else {
-            Disposition::Passed
-        });
+        let mut disposition = Some(leaving(mode));
         if let Some(action) = &target.route.response_action {
             // What the approver sees of what would leave: the first lines
             // of the masked body, never the raw one.
@@ -866,6 +856,15 @@ impl Proxy {
                 }),
             },
         }
+    }
+}
+
+/// How a scanned response leaves when nothing withholds it.
+fn leaving(mode: ResponseDlp) -> Disposition {
+    if mode == ResponseDlp::Mask {
+        Disposition::Masked
+    } else {
+        Disposition::Passed
     }
 }
 

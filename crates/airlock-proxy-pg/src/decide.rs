@@ -51,7 +51,8 @@ pub enum Outcome {
 /// outright.
 #[derive(Debug, Default, Clone)]
 pub struct Decided {
-    /// The session's user; `None` when nothing was checked.
+    /// The session's user; `None` when nothing was checked or rows are
+    /// not scanned (nothing to record).
     pub principal: Option<UserName>,
     /// Each check's action and resource.
     pub targets: Vec<FindingsTarget>,
@@ -102,6 +103,9 @@ pub struct Decider {
     enforcer: Enforcer<Arc<dyn Gate>>,
     hold: Duration,
     held: Mutex<Held>,
+    /// Whether result rows are scanned: only then is what a statement was
+    /// decided as kept (in [`Decided`]) for the findings record.
+    scans: bool,
 }
 
 #[derive(Default)]
@@ -141,8 +145,17 @@ pub struct Session<'a> {
 
 impl Decider {
     /// A decider for the proxy `name` in front of `database`.
-    pub fn new(name: &str, database: &str, gate: Arc<dyn Gate>, hold: Duration) -> Self {
+    /// `scans`: whether result rows go through DLP, so what a passed
+    /// statement was decided as must be kept for the findings record.
+    pub fn new(
+        name: &str,
+        database: &str,
+        gate: Arc<dyn Gate>,
+        hold: Duration,
+        scans: bool,
+    ) -> Self {
         Self {
+            scans,
             name: name.to_owned(),
             database: database.to_owned(),
             enforcer: Enforcer::new(gate),
@@ -224,16 +237,18 @@ impl Decider {
         let mut pending: Vec<(RequestView, CheckBody)> = Vec::new();
         let mut decided = Decided::default();
         for check in checks {
-            decided.principal = check.principal.clone();
-            let target = FindingsTarget {
-                action: check.action.clone(),
-                resource: Resource {
-                    attrs: Map::new(),
-                    ..check.resource.clone()
-                },
-            };
-            if !decided.targets.contains(&target) {
-                decided.targets.push(target);
+            if self.scans {
+                decided.principal = check.principal.clone();
+                let target = FindingsTarget {
+                    action: check.action.clone(),
+                    resource: Resource {
+                        attrs: Map::new(),
+                        ..check.resource.clone()
+                    },
+                };
+                if !decided.targets.contains(&target) {
+                    decided.targets.push(target);
+                }
             }
             let fp = check.fingerprint();
             let known = fp.as_ref().and_then(|fp| self.held_id(fp));

@@ -198,7 +198,8 @@ impl PgProxy {
             preview_rows: cfg.result_preview_rows,
         });
         let hold = Duration::from_secs(cfg.hold_seconds);
-        let decider = decide::Decider::new(&cfg.name, &upstream.database, gate, hold);
+        let scans = cfg.response_dlp != config::RowsDlp::Off;
+        let decider = decide::Decider::new(&cfg.name, &upstream.database, gate, hold, scans);
         Ok(Self {
             shared: Arc::new(Shared {
                 name: cfg.name.clone(),

@@ -942,10 +942,8 @@ async fn send(
     let closed = || SessionError::Refused("the session's writer stopped".into());
     match outcome {
         Outcome::Pass { grants, decided } => {
-            let findings = (grants.is_empty()
-                && shared.rules.mode != RowsDlp::Off
-                && decided.principal.is_some())
-            .then_some(decided);
+            // The decider names a principal only when rows are scanned.
+            let findings = (grants.is_empty() && decided.principal.is_some()).then_some(decided);
             let report = if grants.is_empty() || !expects_ready {
                 None
             } else {
@@ -1226,20 +1224,14 @@ async fn relay_replies(
                                 }
                             }
                             chain_open = false;
-                            let r = std::mem::take(report);
-                            let mut to_record = Some(r.dlp.clone());
+                            let mut completes = None;
                             match queue.pop_front() {
                                 Some(Cmd::Pass { report: tx, findings, .. }) => {
                                     out.extend_from_slice(&f.raw);
                                     if let Some(d) = findings {
                                         seen.merge(d);
                                     }
-                                    if let Some(tx) = tx {
-                                        // The grants' completion carries
-                                        // the counts.
-                                        to_record = None;
-                                        let _ = tx.send(r);
-                                    }
+                                    completes = tx;
                                 }
                                 Some(Cmd::Refuse { error, ready }) => {
                                     out.extend_from_slice(&error);
@@ -1255,9 +1247,14 @@ async fn relay_replies(
                                 }
                                 None => out.extend_from_slice(&f.raw),
                             }
+                            let r = std::mem::take(report);
                             let decided = std::mem::take(seen);
-                            if let Some(counts) = to_record {
-                                record_findings(shared, decided, counts);
+                            match completes {
+                                // The grants' completion carries the counts.
+                                Some(tx) => {
+                                    let _ = tx.send(r);
+                                }
+                                None => record_findings(shared, decided, r.dlp),
                             }
                             while let Some(Cmd::Local(_)) = queue.front() {
                                 if let Some(Cmd::Local(m)) = queue.pop_front() {

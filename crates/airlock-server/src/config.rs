@@ -44,39 +44,23 @@ impl ProxiesConfig {
     /// there and be its own; two listeners of a kind under one name would
     /// be one actor in every record.
     pub fn check(&self) -> Result<(), String> {
-        let kinds = [
-            (
-                "http",
-                self.http
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            (
-                "authz",
-                self.authz.iter().map(|p| p.name.as_str()).collect(),
-            ),
-            (
-                "postgres",
-                self.postgres.iter().map(|p| p.name.as_str()).collect(),
-            ),
-        ];
-        for (kind, names) in kinds {
-            let mut seen = std::collections::BTreeSet::new();
-            for name in names {
-                let ok = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-                if !ok {
-                    return Err(format!(
-                        "proxies.{kind} name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`"
-                    ));
-                }
-                if !seen.insert(name) {
-                    return Err(format!("proxies.{kind} name {name:?} is used twice"));
-                }
+        let names = (self.http.iter().map(|p| ("http", p.name.as_str())))
+            .chain(self.authz.iter().map(|p| ("authz", p.name.as_str())))
+            .chain(self.postgres.iter().map(|p| ("postgres", p.name.as_str())));
+        let mut seen = std::collections::BTreeSet::new();
+        for (kind, name) in names {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "proxies.{kind} name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`"
+                ));
+            }
+            if !seen.insert((kind, name)) {
+                return Err(format!("proxies.{kind} name {name:?} is used twice"));
             }
         }
         Ok(())

@@ -547,11 +547,32 @@ async fn audit_consistency(
     ))
 }
 
+/// The states of an outbox message.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum OutboxStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl OutboxStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct OutboxQuery {
-    /// `pending`, `delivered` or `failed` (default: all).
-    status: Option<String>,
+    /// `pending`, `delivered` or `failed` (default: all); anything else is
+    /// a 400.
+    #[param(inline)]
+    status: Option<OutboxStatus>,
     /// At most this many, 1 to 10000 (default 100).
     limit: Option<u32>,
 }
@@ -572,14 +593,8 @@ async fn outbox(
     ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<OutboxList>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    if let Some(s) = q.status.as_deref() {
-        if !matches!(s, "pending" | "delivered" | "failed") {
-            return Err(ApiError::BadRequest(format!(
-                "status {s:?} is not pending, delivered or failed"
-            )));
-        }
-    }
-    let messages = airlock.outbox_list(&caller, q.status, limit).await?;
+    let status = q.status.map(|s| s.as_str().to_owned());
+    let messages = airlock.outbox_list(&caller, status, limit).await?;
     let messages = messages
         .into_iter()
         .map(|m| OutboxView {
@@ -788,25 +803,18 @@ async fn metrics(State(airlock): State<AppState>, headers: axum::http::HeaderMap
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    if wants_openmetrics {
+    let (content_type, text) = if wants_openmetrics {
         (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             open,
         )
-            .into_response()
     } else {
         (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+            "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::prometheus_text(&open),
         )
-            .into_response()
-    }
+    };
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// Serves until `shutdown` resolves, then signs a final checkpoint.
