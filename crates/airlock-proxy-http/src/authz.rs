@@ -219,6 +219,7 @@ impl Authz {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok()),
+            headers: &parts.headers,
             body: body.as_ref(),
             source_ip: source_ip(&parts.headers),
             host: question.host.as_deref(),

@@ -17,8 +17,9 @@ use airlock_core::action::Resource;
 use airlock_core::{ActionName, GrantId, RequestId, RequestStatus, UserName};
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota};
-use hyper::header::{HeaderMap, HeaderName};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::StatusCode;
+use serde::de::IgnoredAny;
 use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 
@@ -47,6 +48,9 @@ pub(crate) struct Facts<'a> {
     pub content_type: Option<&'a str>,
     /// The body, or `None` where the front never shows it (nginx).
     pub body: Option<&'a Bytes>,
+    /// The request's headers as the upstream gets them (those in
+    /// [`BOUND_HEADERS`] are bound).
+    pub headers: &'a HeaderMap,
     /// The end user's address, where the front knows it.
     pub source_ip: Option<IpAddr>,
     /// The service's host name, where one listener serves several
@@ -95,6 +99,19 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+];
+
+/// Request headers bound with the request (`params.headers_sha256`):
+/// with the same method, path, query and body they still change what the
+/// upstream does, so a retry that changes one is another request. Whose
+/// credentials the service sees, how it reads the body, which part of a
+/// file it sends.
+const BOUND_HEADERS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::RANGE,
 ];
 
 /// Users whose allowance is remembered before the idle ones are dropped.
@@ -159,19 +176,41 @@ impl Door {
     }
 
     /// Refuses a `_method` query parameter, which some frameworks (Laravel,
-    /// Symfony) take as the request's real method, as the headers above.
+    /// Symfony) take as the request's real method, as the headers above;
+    /// its name is read decoded, as they read it.
     pub fn screen_query(&self, query: &str) -> Result<(), Refusal> {
-        let overrides = query.split('&').any(|pair| {
-            pair.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
-        });
+        if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| overrides_method(&k)) {
+            return Err(method_override_refused());
+        }
+        Ok(())
+    }
+
+    /// Refuses a body carrying `_method` where frameworks look for it: a
+    /// form's field (Rails, Laravel, Symfony), a multipart form's part, a
+    /// JSON object's key (Laravel reads JSON input as the form).
+    pub fn screen_body(&self, content_type: Option<&str>, body: &[u8]) -> Result<(), Refusal> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        let mime = content_type
+            .and_then(|ct| ct.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let overrides = if mime.is_empty() || mime == "application/x-www-form-urlencoded" {
+            form_urlencoded::parse(body).any(|(k, _)| overrides_method(&k))
+        } else if mime == "multipart/form-data" {
+            multipart_names(body).any(|n| overrides_method(&n))
+        } else if mime.ends_with("/json") || mime.ends_with("+json") {
+            // Keys decoded (a `\u005f` spelling is the same key); anything
+            // but an object has no keys a framework would read.
+            serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body)
+                .is_ok_and(|o| o.keys().any(|k| overrides_method(k)))
+        } else {
+            false
+        };
         if overrides {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "_method is refused: the method Airlock decides must be the one the service runs",
-            ));
+            return Err(method_override_refused());
         }
         Ok(())
     }
@@ -210,6 +249,16 @@ impl Door {
 
     /// The route a request matches, as the action it is; none → refused.
     pub fn route(&self, method: &str, path: &str) -> Result<Target, Refusal> {
+        // Methods are case-sensitive, and some services upper-case what
+        // they get: `delete` would run as DELETE where a policy on
+        // `params.method == "DELETE"` never saw it.
+        if method.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("the method {method:?} is not in upper case; refused rather than guessed"),
+            ));
+        }
         if ambiguous_path(path) {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -273,6 +322,11 @@ impl Door {
             )
             .into();
         }
+        if let Some(body) = facts.body {
+            if let Err(r) = self.screen_body(facts.content_type, body) {
+                return r.into();
+            }
+        }
         let check = self.check_body(principal, facts, target);
         if let Some(id) = resume {
             return self.resume(&id, check).await;
@@ -300,6 +354,9 @@ impl Door {
         params.insert("query".into(), json!(facts.query));
         if let Some(host) = facts.host {
             params.insert("host".into(), json!(host.to_ascii_lowercase()));
+        }
+        if let Some(digest) = bound_headers_digest(facts.headers) {
+            params.insert("headers_sha256".into(), json!(digest));
         }
         let mut context = Map::new();
         match facts.body {
@@ -410,8 +467,115 @@ impl Door {
     }
 }
 
+/// The SHA-256 of the [`BOUND_HEADERS`] a request carries (each name and
+/// value, length-prefixed, in that order), or `None` when it carries none,
+/// so a request without them has the params the contract names. Hashed,
+/// not copied: they hold credentials, and params are shown to approvers.
+fn bound_headers_digest(headers: &HeaderMap) -> Option<String> {
+    let mut hash = Sha256::new();
+    let mut any = false;
+    for name in &BOUND_HEADERS {
+        for value in headers.get_all(name) {
+            any = true;
+            for part in [name.as_str().as_bytes(), value.as_bytes()] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part);
+            }
+        }
+    }
+    any.then(|| hex::encode(hash.finalize()))
+}
+
+/// Whether a form, query or JSON name is one frameworks take as the
+/// request's method: `_method`, also as PHP reads `.method`, ` method`
+/// and `[method` (it turns those into `_`), and `_method[...]`.
+fn overrides_method(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(['_', '.', ' ', '[']) else {
+        return false;
+    };
+    rest.get(..6)
+        .is_some_and(|m| m.eq_ignore_ascii_case("method"))
+        && matches!(rest.as_bytes().get(6), None | Some(b'['))
+}
+
+/// The `name` of each part of a multipart form: every
+/// `Content-Disposition` line's, wherever it is (a file part's content
+/// too: refusing a look-alike costs less than missing a part).
+fn multipart_names(body: &[u8]) -> impl Iterator<Item = String> + '_ {
+    const PREFIX: &[u8] = b"content-disposition:";
+    body.split(|b| *b == b'\n').filter_map(|line| {
+        let head = line.get(..PREFIX.len())?;
+        if !head.eq_ignore_ascii_case(PREFIX) {
+            return None;
+        }
+        let rest = String::from_utf8_lossy(&line[PREFIX.len()..]).into_owned();
+        rest.split(';').find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("name")
+                .then(|| v.trim().trim_matches('"').to_owned())
+        })
+    })
+}
+
+fn method_override_refused() -> Refusal {
+    Refusal::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        "_method is refused: the method Airlock decides must be the one the service runs",
+    )
+}
+
 /// Whether `check` is the action `view` was opened for (its fingerprint:
 /// principal, action, resource, params).
 pub(crate) fn same_action(check: &CheckBody, view: &RequestView) -> bool {
     check.fingerprint() == Some(view.fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_overrides_are_spotted_however_spelt() {
+        for n in [
+            "_method",
+            "_METHOD",
+            ".method",
+            " method",
+            "[method",
+            "_method[x]",
+        ] {
+            assert!(overrides_method(n), "{n}");
+        }
+        for n in ["method", "_methods", "x_method", "_metho", ""] {
+            assert!(!overrides_method(n), "{n}");
+        }
+        let names: Vec<String> = multipart_names(
+            b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b\r\n\
+              content-disposition: form-data; filename=\"f\"; name=_method\r\n\r\nDELETE\r\n--b--",
+        )
+        .collect();
+        assert_eq!(names, ["a", "_method"]);
+    }
+
+    #[test]
+    fn bound_headers_change_the_digest_and_others_do_not() {
+        let mut h = HeaderMap::new();
+        h.insert("x-custom", "1".parse().unwrap());
+        assert_eq!(bound_headers_digest(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        let a = bound_headers_digest(&h);
+        h.insert("x-custom", "2".parse().unwrap());
+        assert_eq!(bound_headers_digest(&h), a);
+        h.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert_ne!(bound_headers_digest(&h), a);
+        // Moving bytes between a name and its value is another digest.
+        let mut x = HeaderMap::new();
+        x.insert(header::COOKIE, "ab".parse().unwrap());
+        let mut y = HeaderMap::new();
+        y.insert(header::COOKIE, "a".parse().unwrap());
+        y.append(header::COOKIE, "b".parse().unwrap());
+        assert_ne!(bound_headers_digest(&x), bound_headers_digest(&y));
+    }
 }

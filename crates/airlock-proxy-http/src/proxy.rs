@@ -255,6 +255,7 @@ impl Proxy {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok()),
+            headers: &parts.headers,
             body: Some(&body),
             source_ip: Some(peer.ip()),
             // One upstream per listener: the path says it all.
@@ -495,6 +496,7 @@ impl Proxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
+        let sniff = scan::Sniffer::new(ct);
         let pass = |parts, body: Incoming| {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             (Response::from_parts(parts, body), Counted::None)
@@ -539,7 +541,7 @@ impl Proxy {
                         parts.headers.remove(h);
                     }
                 }
-                let (body, counts) = self.stream_scanned(body, decoder, mask, target);
+                let (body, counts) = self.stream_scanned(body, decoder, sniff, mask, target);
                 return (
                     Response::from_parts(parts, body),
                     Counted::Later(counts, leaving(mode)),
@@ -569,6 +571,12 @@ impl Proxy {
             Ok(d) => d,
             Err(e) => return (unscannable(e.to_string()), Counted::None),
         };
+        if let Err(why) = { sniff }.push(&decoded) {
+            if mode != ResponseDlp::Report || decided {
+                return (unscannable(why.into()), Counted::None);
+            }
+            tracing::warn!(proxy = %self.cfg.name, action = %target.action, why, "a response DLP cannot read passed unscanned (report)");
+        }
         let (out, counts) = match mode {
             ResponseDlp::Mask => {
                 let (masked, counts) = scan::mask(&self.scanner, &decoded);
@@ -637,6 +645,7 @@ impl Proxy {
         self: &Arc<Self>,
         mut body: Incoming,
         mut decoder: scan::StreamDecoder,
+        sniff: scan::Sniffer,
         mask: bool,
         target: &Target,
     ) -> (Body, tokio::sync::oneshot::Receiver<Counts>) {
@@ -649,6 +658,8 @@ impl Proxy {
             let mut findings = Vec::new();
             let mut out = Vec::new();
             let mut failed: Option<String> = None;
+            // Until the body's start is seen to be readable.
+            let mut sniff = Some(sniff);
             // A stalled upstream or a client that stops reading ends the
             // stream after this long, so the task cannot linger.
             let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
@@ -679,6 +690,16 @@ impl Proxy {
                             break 'body;
                         }
                     };
+                    if let Some(Err(why)) = sniff.as_mut().map(|s| s.push(&decoded)) {
+                        sniff = None;
+                        if mask {
+                            // Nothing of it has been sent yet: the first
+                            // masked bytes leave at STREAM_FLUSH or the end.
+                            failed = Some(format!("it cannot be scanned: {why}"));
+                            break 'body;
+                        }
+                        tracing::warn!(proxy = %this.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
+                    }
                     findings.extend(ms.feed(&decoded, &mut out));
                     if !mask {
                         out.clear();

@@ -78,6 +78,62 @@ pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
     (!readable).then_some(charset)
 }
 
+/// Watches the start of a decoded body for text the detectors cannot read
+/// whatever its label says: a UTF-16 or UTF-32 byte order mark, or (for a
+/// type that says it is text) a NUL byte in its first
+/// [`Sniffer::WINDOW`] bytes, where UTF-16 without a mark puts one in
+/// every other byte. Bodies that do not say what they are may be binary,
+/// so a NUL there is not taken as a sign.
+#[derive(Debug)]
+pub struct Sniffer {
+    head: Vec<u8>,
+    seen: usize,
+    nul_means_unreadable: bool,
+}
+
+impl Sniffer {
+    /// How far into a body a NUL byte is looked for.
+    pub const WINDOW: usize = 1024;
+
+    pub fn new(content_type: Option<&str>) -> Self {
+        let mime = content_type
+            .and_then(|ct| ct.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        Self {
+            head: Vec::with_capacity(4),
+            seen: 0,
+            nul_means_unreadable: !mime.is_empty() && mime != "application/octet-stream",
+        }
+    }
+
+    /// Looks at the next decoded bytes; `Err` says why the body cannot be
+    /// scanned. Past the window it costs nothing.
+    pub fn push(&mut self, decoded: &[u8]) -> Result<(), &'static str> {
+        if self.seen >= Self::WINDOW {
+            return Ok(());
+        }
+        let take = decoded.len().min(Self::WINDOW - self.seen);
+        let window = &decoded[..take];
+        self.seen += take;
+        if self.head.len() < 4 {
+            let more = window.len().min(4 - self.head.len());
+            self.head.extend_from_slice(&window[..more]);
+            if self.head.starts_with(&[0xFE, 0xFF])
+                || self.head.starts_with(&[0xFF, 0xFE])
+                || self.head.starts_with(&[0, 0, 0xFE, 0xFF])
+            {
+                return Err("it starts with a UTF-16 or UTF-32 byte order mark");
+            }
+        }
+        if self.nul_means_unreadable && window.contains(&0) {
+            return Err("it holds NUL bytes, as UTF-16 or UTF-32 text does");
+        }
+        Ok(())
+    }
+}
+
 /// Reads at most `max` bytes from `r`; more is an error.
 fn bounded(r: impl Read, max: u64, what: &str) -> Result<Vec<u8>, ScanError> {
     let mut out = Vec::new();
@@ -399,5 +455,27 @@ mod tests {
         ] {
             assert_eq!(unreadable_charset(Some(ct)), None, "{ct}");
         }
+    }
+
+    #[test]
+    fn utf16_without_a_charset_is_spotted() {
+        let utf16: Vec<u8> = "name,email\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let mut bom = vec![0xFF, 0xFE];
+        bom.extend_from_slice(&utf16);
+        // A byte at a time: the mark spans pushes.
+        let mut s = Sniffer::new(Some("application/octet-stream"));
+        assert!(bom.chunks(1).any(|c| s.push(c).is_err()));
+        assert!(Sniffer::new(Some("text/csv")).push(&utf16).is_err());
+        // Unlabelled or octet-stream: a NUL may be binary.
+        assert!(Sniffer::new(None).push(&utf16).is_ok());
+        assert!(Sniffer::new(Some("text/csv"))
+            .push(b"a,b\n\xFF\xFE")
+            .is_ok());
+        let mut late = Sniffer::new(Some("text/csv"));
+        assert!(late.push(&vec![b'a'; Sniffer::WINDOW]).is_ok());
+        assert!(late.push(&utf16).is_ok());
     }
 }

@@ -102,6 +102,18 @@ impl Upstream {
                         .header("content-encoding", "gzip")
                         .body(axum::body::Body::from(e.finish().unwrap()))
                         .unwrap()
+                } else if query.contains("wide") || query.contains("bom") {
+                    // UTF-16LE saying nothing of it: a mark, or none.
+                    let mut wide: Vec<u8> = if query.contains("bom") {
+                        vec![0xFF, 0xFE]
+                    } else {
+                        Vec::new()
+                    };
+                    wide.extend(csv.encode_utf16().flat_map(u16::to_le_bytes));
+                    axum::response::Response::builder()
+                        .header("content-type", "text/csv")
+                        .body(axum::body::Body::from(wide))
+                        .unwrap()
                 } else {
                     axum::response::Response::builder()
                         .header("content-type", label)
@@ -444,6 +456,22 @@ async fn changed_request_is_action_mismatch(db: Db) {
             (403, "action_mismatch"),
             "{path} {body}: {b}"
         );
+    }
+    // The same request carrying the upstream's credentials of someone
+    // else, or asking for a part of it: another request.
+    for (h, v) in [("authorization", "Bearer other"), ("range", "bytes=0-1")] {
+        let res = reqwest::Client::new()
+            .post(&url)
+            .header("Airlock-Token", &alice)
+            .header("Airlock-Request", &id)
+            .header("x-custom", "kept")
+            .header(h, v)
+            .body("rows=10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 403, "{h}");
+        assert_eq!(code(&res.text().await.unwrap()), "action_mismatch", "{h}");
     }
     assert!(up.hits().is_empty());
     let (st, _, b) = send(
@@ -997,6 +1025,63 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
+    // UTF-16 labelled text/csv with no charset: withheld whether the body
+    // is masked as it streams or decided whole (block).
+    for url in ["/masked/public.csv?bom", "/blocked/public.csv?wide"] {
+        let res = reqwest::Client::new()
+            .get(format!("{p}{url}"))
+            .header("Airlock-Token", &alice)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.bytes().await.unwrap_or_default();
+        let wide_card: Vec<u8> = CARD.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(
+            !body.windows(wide_card.len()).any(|w| w == wide_card),
+            "{url}: {status} let the card out"
+        );
+        if url.starts_with("/blocked") {
+            assert_eq!(status, 502, "{url}");
+        }
+    }
+
+    // The method the service runs must be the one decided, however the
+    // request spells another: lower case, `_method` in the query as PHP
+    // decodes it, or in a form, a multipart form or a JSON body.
+    let res = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"get").unwrap(),
+            format!("{p}/exports/public.csv"),
+        )
+        .header("Airlock-Token", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    for q in ["%5Fmethod=DELETE", ".method=DELETE", "a=1&_METHOD=PUT"] {
+        let (st, _, body) = get(&format!("{p}/exports/public.csv?{q}"), Some(&alice), None).await;
+        assert_eq!((st, code(&body).as_str()), (400, "bad_request"), "{q}");
+    }
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", "a=1&%5Fmethod=DELETE"),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+        ("application/json", r#"{"a": 1, "_\u006dethod": "DELETE"}"#),
+    ] {
+        let res = reqwest::Client::new()
+            .post(format!("{p}/upload/doc"))
+            .header("Airlock-Token", &alice)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{ct}");
+    }
+    assert!(up.hits().iter().all(|h| !h.path.contains("upload")));
 }
 
 /// Response DLP with the real detectors (`email`, `credit_card`): mask
