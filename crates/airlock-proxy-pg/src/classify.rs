@@ -336,8 +336,18 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
             .get("returning_list")
             .and_then(Value::as_array)
             .is_some_and(|l| !l.is_empty());
+    // What naming a table does to it outside a DML statement's target:
+    // DDL changes it; LOCK and VACUUM/ANALYZE lock it (an ACCESS EXCLUSIVE
+    // lock stops every reader), so a permit to read it is not enough;
+    // anything else reads it.
+    let named = match top {
+        "LockStmt" | "VacuumStmt" => Access::Other,
+        _ if st.kind == Access::Ddl => Access::Ddl,
+        _ => Access::Select,
+    };
     let mut walk = Walk {
         st: &mut st,
+        named,
         refused: None,
     };
     walk.node(top, body, None);
@@ -365,6 +375,8 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
 
 struct Walk<'a> {
     st: &'a mut Statement,
+    /// How a table named anywhere but a DML statement's target is accessed.
+    named: Access,
     refused: Option<Refusal>,
 }
 
@@ -468,11 +480,7 @@ impl Walk<'_> {
             Value::Array(items) => items.iter().for_each(|i| self.value(i)),
             Value::Object(o) => {
                 if let Some(t) = range_var(v) {
-                    let how = match self.st.kind {
-                        Access::Ddl => Access::Ddl,
-                        _ => Access::Select,
-                    };
-                    self.st.tables.insert((how, t));
+                    self.st.tables.insert((self.named, t));
                     return;
                 }
                 // A tagged node: `{"SelectStmt": {…}}`.
@@ -631,6 +639,22 @@ mod tests {
             .iter()
             .map(|(a, t)| (a.action(), t.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn locking_a_table_is_not_reading_it() {
+        for sql in [
+            "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE",
+            "VACUUM FULL customers",
+            "ANALYZE customers",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind, Access::Other, "{sql}");
+            assert_eq!(tables(&s), vec![("sql.other", "public.customers")], "{sql}");
+        }
+        // A cursor reads what it declares.
+        let s = one("DECLARE c CURSOR FOR SELECT * FROM customers");
+        assert_eq!(tables(&s), vec![("sql.select", "public.customers")]);
     }
 
     #[test]
