@@ -177,7 +177,7 @@ impl PolicyEngine {
             text.push('\n');
             let parsed = PolicySet::from_str(source).map_err(|e| LoadError::Syntax {
                 path: path.clone(),
-                message: format!("{:?}", miette_free(&e)),
+                message: describe_syntax(&e, source),
             })?;
             let lines = statement_lines(source);
             let stem = path
@@ -585,12 +585,39 @@ fn unreachable_type() -> EntityTypeName {
     panic!("Airlock::Invalid must parse")
 }
 
-fn miette_free(e: &cedar_policy::ParseErrors) -> String {
-    // ParseErrors' Display is terse; list each error with its message.
+/// Each of Cedar's parse errors with where it is (`line L, column C`) and
+/// Cedar's hint, where it gives them: its Display says neither.
+fn describe_syntax(e: &cedar_policy::ParseErrors, source: &str) -> String {
+    use miette::Diagnostic;
     e.iter()
-        .map(|e| e.to_string())
+        .map(|err| {
+            let at = err
+                .labels()
+                .and_then(|mut labels| labels.next())
+                .map(|l| line_column(source, l.offset()));
+            let mut out = match at {
+                Some((line, column)) => format!("line {line}, column {column}: {err}"),
+                None => err.to_string(),
+            };
+            if let Some(help) = err.help() {
+                out.push_str(&format!(" ({help})"));
+            }
+            out
+        })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let mut cut = offset.min(source.len());
+    while !source.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let before = &source[..cut];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn build_entities(
@@ -613,6 +640,7 @@ fn build_entities(
     }
     let base = match json {
         Some(text) => {
+            check_entities_shape(text)?;
             Entities::from_json_str(text, schema).map_err(|e| LoadError::Entities(e.to_string()))?
         }
         None => Entities::empty(),
@@ -624,6 +652,34 @@ fn build_entities(
         .collect();
     base.add_entities(entities, schema)
         .map_err(|e| LoadError::Entities(e.to_string()))
+}
+
+/// Refuses an `entities.json` whose shape Cedar would take in part: a
+/// misspelt field (`"atrs"`) is ignored by Cedar's reader, so the entity's
+/// attributes would be missing and a policy on them (`resource.tags
+/// .contains("pii")`) would quietly stop applying.
+fn check_entities_shape(text: &str) -> Result<(), LoadError> {
+    const FIELDS: [&str; 4] = ["uid", "attrs", "parents", "tags"];
+    let bad = |m: String| LoadError::Entities(m);
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("entities.json is not JSON: {e}")))?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| bad("entities.json must be a JSON array of entities".into()))?;
+    for (i, entity) in list.iter().enumerate() {
+        let fields = entity
+            .as_object()
+            .ok_or_else(|| bad(format!("entities.json entity {i} is not an object")))?;
+        if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "entities.json entity {i}: unknown field {k:?} (fields: uid, attrs, parents, tags)"
+            )));
+        }
+        if !fields.contains_key("uid") {
+            return Err(bad(format!("entities.json entity {i} has no uid")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -831,6 +887,36 @@ when { context.missing_field == 1 };
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("policies/main.cedar"), "{err}");
+        let err =
+            engine("permit(principal, action, resource);\n\npermit(principal, action resource);")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("line 3, column "), "{err}");
+        assert_eq!(line_column("ab\ncé\nd", 7), (3, 1));
+        assert_eq!(line_column("ab\ncé", 6), (2, 3));
+        assert_eq!(line_column("ab\ncé", 5), (2, 2));
+    }
+
+    #[test]
+    fn misspelt_entity_fields_are_refused() {
+        for (json, says) in [
+            (
+                r#"[{"uid": {"type": "Table", "id": "t"}, "atrs": {}}]"#,
+                "entity 0: unknown field \"atrs\"",
+            ),
+            (r#"{"uid": {"type": "Table", "id": "t"}}"#, "JSON array"),
+            (r#"[{"attrs": {}}]"#, "entity 0 has no uid"),
+        ] {
+            let src = PolicySource {
+                policies: vec![(PathBuf::from("p.cedar"), POLICIES.to_owned())],
+                schema: None,
+                entities: Some(json.to_owned()),
+            };
+            let err = PolicyEngine::from_source(&src, &directory())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]
