@@ -94,11 +94,17 @@ pub(crate) struct Door {
     per_user: Option<DefaultKeyedRateLimiter<UserName>>,
 }
 
-/// Headers some frameworks take as the request's real method.
-const METHOD_OVERRIDES: [&str; 3] = [
+/// Headers some frameworks take as the request's real method, or (IIS,
+/// older Symfony and Zend) as its real path.
+const METHOD_OVERRIDES: [&str; 8] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+    "x-method",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// Request headers bound with the request (`params.headers_sha256`):
@@ -160,7 +166,8 @@ impl Door {
         for h in METHOD_OVERRIDES {
             if headers.contains_key(h) {
                 return Err(bad(format!(
-                    "{h} is refused: the method Airlock decides must be the one the service runs"
+                    "{h} is refused: the method and path Airlock decides must be the ones the \
+                     service runs"
                 )));
             }
         }
@@ -192,23 +199,17 @@ impl Door {
         if body.is_empty() {
             return Ok(());
         }
-        let mime = content_type
-            .and_then(|ct| ct.split(';').next())
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let overrides = if mime.is_empty() || mime == "application/x-www-form-urlencoded" {
-            form_urlencoded::parse(body).any(|(k, _)| overrides_method(&k))
-        } else if mime == "multipart/form-data" {
-            multipart_names(body).any(|n| overrides_method(&n))
-        } else if mime.ends_with("/json") || mime.ends_with("+json") {
+        // Frameworks cut the type at `;`, `,` or a space, each its own way:
+        // a type that so much as mentions a form or JSON is read as one.
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let form = ct.trim().is_empty() || ct.contains("x-www-form-urlencoded");
+        let overrides = (form && form_urlencoded::parse(body).any(|(k, _)| overrides_method(&k)))
+            || (ct.contains("multipart") && multipart_names(body).any(|n| overrides_method(&n)))
             // Keys decoded (a `\u005f` spelling is the same key); anything
             // but an object has no keys a framework would read.
-            serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body)
-                .is_ok_and(|o| o.keys().any(|k| overrides_method(k)))
-        } else {
-            false
-        };
+            || (ct.contains("json")
+                && serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body)
+                    .is_ok_and(|o| o.keys().any(|k| overrides_method(k))));
         if overrides {
             return Err(method_override_refused());
         }
@@ -487,34 +488,53 @@ fn bound_headers_digest(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether a form, query or JSON name is one frameworks take as the
-/// request's method: `_method`, also as PHP reads `.method`, ` method`
-/// and `[method` (it turns those into `_`), and `_method[...]`.
+/// request's method: `_method`, also as PHP reads a name (it cuts it at a
+/// NUL, drops leading spaces, and turns a leading `.`, ` ` or `[` into
+/// `_`), and `_method[...]`. Read with and without leading whitespace and
+/// control characters of any kind, in case another reader is looser still.
 fn overrides_method(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(['_', '.', ' ', '[']) else {
-        return false;
-    };
-    rest.get(..6)
-        .is_some_and(|m| m.eq_ignore_ascii_case("method"))
-        && matches!(rest.as_bytes().get(6), None | Some(b'['))
+    let name = name.split('\0').next().unwrap_or("");
+    let trimmed = name.trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
+    [name, trimmed].into_iter().any(|name| {
+        name.strip_prefix(['_', '.', ' ', '[']).is_some_and(|rest| {
+            rest.get(..6)
+                .is_some_and(|m| m.eq_ignore_ascii_case("method"))
+                && matches!(rest.as_bytes().get(6), None | Some(b'['))
+        })
+    })
 }
 
-/// The `name` of each part of a multipart form: every
-/// `Content-Disposition` line's, wherever it is (a file part's content
-/// too: refusing a look-alike costs less than missing a part).
+/// Every value a multipart form could name a part with: each `name`
+/// parameter anywhere in the body, quoted with `"` or `'` or not, so a
+/// second `name` on one line (PHP takes the last), a folded header line
+/// or a file's own content is read too (refusing a look-alike costs less
+/// than missing a part).
 fn multipart_names(body: &[u8]) -> impl Iterator<Item = String> + '_ {
-    const PREFIX: &[u8] = b"content-disposition:";
-    body.split(|b| *b == b'\n').filter_map(|line| {
-        let head = line.get(..PREFIX.len())?;
-        if !head.eq_ignore_ascii_case(PREFIX) {
+    let skip_space = |b: &[u8]| {
+        b.iter()
+            .position(|c| !c.is_ascii_whitespace())
+            .unwrap_or(b.len())
+    };
+    (0..body.len()).filter_map(move |i| {
+        let key = body.get(i..i + 4)?;
+        if !key.eq_ignore_ascii_case(b"name") {
             return None;
         }
-        let rest = String::from_utf8_lossy(&line[PREFIX.len()..]).into_owned();
-        rest.split(';').find_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("name")
-                .then(|| v.trim().trim_matches('"').to_owned())
-        })
+        let rest = body.get(i + 4..)?;
+        let rest = rest.get(skip_space(rest)..)?.strip_prefix(b"=")?;
+        let rest = rest.get(skip_space(rest)..)?;
+        let (quote, rest) = match rest.split_first() {
+            Some((q @ (b'"' | b'\''), tail)) => (Some(*q), tail),
+            _ => (None, rest),
+        };
+        let end = rest
+            .iter()
+            .position(|b| match quote {
+                Some(q) => *b == q || *b == b'\n',
+                None => *b == b';' || b.is_ascii_whitespace(),
+            })
+            .unwrap_or(rest.len());
+        Some(String::from_utf8_lossy(rest.get(..end)?).into_owned())
     })
 }
 
@@ -545,18 +565,23 @@ mod tests {
             " method",
             "[method",
             "_method[x]",
+            " _method",
+            "_method\0",
+            "_method\0x",
+            "\t_method",
         ] {
-            assert!(overrides_method(n), "{n}");
+            assert!(overrides_method(n), "{n:?}");
         }
         for n in ["method", "_methods", "x_method", "_metho", ""] {
             assert!(!overrides_method(n), "{n}");
         }
         let names: Vec<String> = multipart_names(
             b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b\r\n\
-              content-disposition: form-data; filename=\"f\"; name=_method\r\n\r\nDELETE\r\n--b--",
+              content-disposition: form-data; filename=\"f\"; name=_method\r\n\r\nDELETE\r\n--b\r\n\
+              Content-Disposition: form-data;\r\n NAME = '_method'\r\n\r\nx\r\n--b--",
         )
         .collect();
-        assert_eq!(names, ["a", "_method"]);
+        assert_eq!(names, ["a", "f", "_method", "_method"]);
     }
 
     #[test]

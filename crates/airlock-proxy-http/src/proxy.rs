@@ -496,7 +496,7 @@ impl Proxy {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let sniff = scan::Sniffer::new(ct);
+        let sniff = scan::Sniffer::default();
         let pass = |parts, body: Incoming| {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             (Response::from_parts(parts, body), Counted::None)

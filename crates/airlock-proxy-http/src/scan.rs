@@ -24,37 +24,36 @@ pub enum ScanError {
     Corrupt(String),
 }
 
-/// Whether a response of this `Content-Type` is scanned: text, JSON, CSV,
-/// XML, NDJSON, and bodies that do not say what they are: no type, or
-/// `application/octet-stream` (how many services label a data file for
-/// download; a type is the upstream's word, not proof of binary). Images,
-/// audio, video, fonts and archives pass unscanned.
+/// Whether a response of this `Content-Type` is scanned: everything but
+/// the media a scanner for text cannot read anyway (images, audio, video,
+/// fonts, archives, PDF). The type is the upstream's word, and often the
+/// client's choice (`Accept`): YAML, TOML, TSV, SQL, a misspelt or an
+/// unknown type are text as far as DLP is concerned, and binary that is
+/// scanned is caught by [`Sniffer`].
 pub fn scannable(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
     let mime = ct
-        .split(';')
+        .split([';', ','])
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    mime.is_empty()
-        || mime.starts_with("text/")
-        || mime.ends_with("+json")
-        || mime.ends_with("+xml")
-        || matches!(
-            mime.as_str(),
-            "application/json"
-                | "application/xml"
-                | "application/x-ndjson"
-                | "application/ndjson"
-                | "application/jsonl"
-                | "application/csv"
-                | "application/javascript"
-                | "application/x-www-form-urlencoded"
-                | "application/octet-stream"
-                | "application/vnd.ms-excel"
-                | "application/x-csv"
-        )
+    let media = ["image/", "audio/", "video/", "font/"];
+    let archives = [
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/x-7z-compressed",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/zstd",
+        "application/x-rar-compressed",
+        "application/vnd.rar",
+        "application/pdf",
+        "application/wasm",
+    ];
+    !(media.iter().any(|m| mime.starts_with(m)) || archives.contains(&mime.as_str()))
 }
 
 /// The declared charset of a text body the scanner cannot read as it
@@ -78,35 +77,21 @@ pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
     (!readable).then_some(charset)
 }
 
-/// Watches the start of a decoded body for text the detectors cannot read
-/// whatever its label says: a UTF-16 or UTF-32 byte order mark, or (for a
-/// type that says it is text) a NUL byte in its first
-/// [`Sniffer::WINDOW`] bytes, where UTF-16 without a mark puts one in
-/// every other byte. Bodies that do not say what they are may be binary,
-/// so a NUL there is not taken as a sign.
-#[derive(Debug)]
+/// Watches the start of a decoded body for what the detectors cannot
+/// read whatever its label says: a UTF-16 or UTF-32 byte order mark, or a
+/// NUL byte in its first [`Sniffer::WINDOW`] bytes, where UTF-16 without
+/// a mark puts one in every other byte, and binary (a compressed or
+/// encrypted file labelled `application/octet-stream`) has them too. Text
+/// never does.
+#[derive(Debug, Default)]
 pub struct Sniffer {
     head: Vec<u8>,
     seen: usize,
-    nul_means_unreadable: bool,
 }
 
 impl Sniffer {
     /// How far into a body a NUL byte is looked for.
     pub const WINDOW: usize = 1024;
-
-    pub fn new(content_type: Option<&str>) -> Self {
-        let mime = content_type
-            .and_then(|ct| ct.split(';').next())
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        Self {
-            head: Vec::with_capacity(4),
-            seen: 0,
-            nul_means_unreadable: !mime.is_empty() && mime != "application/octet-stream",
-        }
-    }
 
     /// Looks at the next decoded bytes; `Err` says why the body cannot be
     /// scanned. Past the window it costs nothing.
@@ -127,8 +112,8 @@ impl Sniffer {
                 return Err("it starts with a UTF-16 or UTF-32 byte order mark");
             }
         }
-        if self.nul_means_unreadable && window.contains(&0) {
-            return Err("it holds NUL bytes, as UTF-16 or UTF-32 text does");
+        if window.contains(&0) {
+            return Err("it holds NUL bytes: UTF-16, UTF-32 or binary");
         }
         Ok(())
     }
@@ -435,7 +420,24 @@ mod tests {
         ] {
             assert!(scannable(ct), "{ct:?}");
         }
-        assert!(!scannable(Some("image/png")));
+        for ct in [
+            "application/x-yaml",
+            "application/toml",
+            "text/tab-separated-values",
+            "textcsv",
+            "*/*",
+            "application/x-unknown",
+        ] {
+            assert!(scannable(Some(ct)), "{ct}");
+        }
+        for ct in [
+            "image/png",
+            "video/mp4",
+            "application/zip",
+            "application/pdf; x=1",
+        ] {
+            assert!(!scannable(Some(ct)), "{ct}");
+        }
         for ct in [
             "text/csv; charset=UTF-16",
             "text/plain;charset=\"utf-16le\"",
@@ -466,15 +468,11 @@ mod tests {
         let mut bom = vec![0xFF, 0xFE];
         bom.extend_from_slice(&utf16);
         // A byte at a time: the mark spans pushes.
-        let mut s = Sniffer::new(Some("application/octet-stream"));
+        let mut s = Sniffer::default();
         assert!(bom.chunks(1).any(|c| s.push(c).is_err()));
-        assert!(Sniffer::new(Some("text/csv")).push(&utf16).is_err());
-        // Unlabelled or octet-stream: a NUL may be binary.
-        assert!(Sniffer::new(None).push(&utf16).is_ok());
-        assert!(Sniffer::new(Some("text/csv"))
-            .push(b"a,b\n\xFF\xFE")
-            .is_ok());
-        let mut late = Sniffer::new(Some("text/csv"));
+        assert!(Sniffer::default().push(&utf16).is_err());
+        assert!(Sniffer::default().push(b"a,b\n\xFF\xFE").is_ok());
+        let mut late = Sniffer::default();
         assert!(late.push(&vec![b'a'; Sniffer::WINDOW]).is_ok());
         assert!(late.push(&utf16).is_ok());
     }

@@ -89,6 +89,8 @@ impl Upstream {
                 let query = parts.uri.query().unwrap_or("");
                 let label = if query.contains("octet") {
                     "application/octet-stream"
+                } else if query.contains("yaml") {
+                    "application/x-yaml"
                 } else if query.contains("utf16") {
                     "text/csv; charset=utf-16"
                 } else {
@@ -111,7 +113,7 @@ impl Upstream {
                     };
                     wide.extend(csv.encode_utf16().flat_map(u16::to_le_bytes));
                     axum::response::Response::builder()
-                        .header("content-type", "text/csv")
+                        .header("content-type", label.replace("; charset=utf-16", ""))
                         .body(axum::body::Body::from(wide))
                         .unwrap()
                 } else {
@@ -1025,9 +1027,14 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
-    // UTF-16 labelled text/csv with no charset: withheld whether the body
-    // is masked as it streams or decided whole (block).
-    for url in ["/masked/public.csv?bom", "/blocked/public.csv?wide"] {
+    // UTF-16 with no charset, labelled text/csv or octet-stream: withheld
+    // whether the body is masked as it streams (it breaks off before any
+    // of it leaves) or decided whole (block: 502).
+    for url in [
+        "/masked/public.csv?bom",
+        "/blocked/public.csv?wide",
+        "/blocked/public.csv?wide&octet",
+    ] {
         let res = reqwest::Client::new()
             .get(format!("{p}{url}"))
             .header("Airlock-Token", &alice)
@@ -1059,7 +1066,24 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);
-    for q in ["%5Fmethod=DELETE", ".method=DELETE", "a=1&_METHOD=PUT"] {
+    // A type the client can ask for and DLP knows no name of is text.
+    let (st, _, body) = get(&format!("{p}/masked/public.csv?yaml"), Some(&alice), None).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains(CARD) && !body.contains(EMAIL), "{body}");
+    let res = reqwest::Client::new()
+        .get(format!("{p}/exports/public.csv"))
+        .header("Airlock-Token", &alice)
+        .header("X-Original-URL", "/exports/secret.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    for q in [
+        "%5Fmethod=DELETE",
+        ".method=DELETE",
+        "a=1&_METHOD=PUT",
+        "_method%00=DELETE",
+    ] {
         let (st, _, body) = get(&format!("{p}/exports/public.csv?{q}"), Some(&alice), None).await;
         assert_eq!((st, code(&body).as_str()), (400, "bad_request"), "{q}");
     }
@@ -1070,6 +1094,19 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
             "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
         ),
         ("application/json", r#"{"a": 1, "_\u006dethod": "DELETE"}"#),
+        // As PHP reads them: a name cut at NUL, leading spaces dropped, a
+        // type cut at a comma, the last of two names, single quotes.
+        ("application/x-www-form-urlencoded", "_method%00x=DELETE"),
+        ("application/x-www-form-urlencoded", "+_method=DELETE"),
+        ("application/x-www-form-urlencoded,text/plain", "_method=DELETE"),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"a\"; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
     ] {
         let res = reqwest::Client::new()
             .post(format!("{p}/upload/doc"))
