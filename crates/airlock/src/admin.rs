@@ -30,7 +30,10 @@ pub async fn keys_create(
         .transpose()
         .context("--expires-in")?;
     if !cfg.users.iter().any(|u| u.name == user) && role != Role::Enforcer {
-        eprintln!("note: {user} is not among the config's [[users]]; they will be in no group");
+        eprintln!(
+            "note: {user} is not among the config's [[users]]: the server refuses this key \
+             until they are added there"
+        );
     }
     let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (key, record) =

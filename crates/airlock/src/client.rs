@@ -278,25 +278,39 @@ fn check_body(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Chec
         ),
         _ => bail!("give --resource TYPE:ID, or --type and --id"),
     };
+    // A key given twice is refused, not settled by the last one: the
+    // action asked about must be the one the user wrote.
+    let twice = |flag: &str, k: &str| anyhow!("--{flag} {k} is given more than once");
     let mut attrs = Map::new();
     for s in &a.attrs {
         let (k, v) = kv(s)?;
-        attrs.insert(k, json_or_text(v));
+        if attrs.insert(k.clone(), json_or_text(v)).is_some() {
+            bail!(twice("attr", &k));
+        }
     }
     let mut params = BTreeMap::new();
     for s in &a.params {
         let (k, v) = kv(s)?;
-        params.insert(k, Value::String(v.to_owned()));
+        if params
+            .insert(k.clone(), Value::String(v.to_owned()))
+            .is_some()
+        {
+            bail!(twice("param", &k));
+        }
     }
     if let Some(cmd) = command {
         // The exact command line binds the grant: approval for one command
         // cannot run another.
-        params.insert("command".to_owned(), json!(cmd));
+        if params.insert("command".to_owned(), json!(cmd)).is_some() {
+            bail!("--param command is the command line itself under `airlock run`");
+        }
     }
     let mut context = Map::new();
     for s in &a.context {
         let (k, v) = kv(s)?;
-        context.insert(k, json_or_text(v));
+        if context.insert(k.clone(), json_or_text(v)).is_some() {
+            bail!(twice("context", &k));
+        }
     }
     let principal = match &a.principal {
         Some(p) => Some(UserName::parse(p).map_err(|e| anyhow!("--principal: {e}"))?),

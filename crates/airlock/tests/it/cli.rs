@@ -307,6 +307,23 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
 
 /// A config error reads as the TOML parser wrote it: the caret snippet on
 /// lines of its own (indented under the first), not `\n` escapes.
+/// A key given twice is an error before anything is asked: the last one
+/// silently winning would ask about another action than the one written.
+#[test]
+fn a_param_given_twice_is_refused() {
+    for flag in ["--param", "--context", "--attr"] {
+        let out = Command::new(BIN)
+            .args(["check", "--url", "http://127.0.0.1:9", "--token", "k"])
+            .args(["--action", "export", "--resource", "Table:t"])
+            .args([flag, "a=1", flag, "a=2"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("given more than once"), "{flag}: {err}");
+    }
+}
+
 #[test]
 fn a_config_error_shows_its_snippet_on_lines_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
