@@ -78,6 +78,10 @@ pub enum Disposition {
     Masked,
     /// It did not leave (`block`).
     Withheld,
+    /// It left without being scanned: DLP cannot read it (a charset other
+    /// than UTF-8 and its kin, UTF-16, binary), and `report` lets such an
+    /// answer through; `counts` may then be empty.
+    Unscanned,
 }
 
 impl Disposition {
@@ -87,6 +91,7 @@ impl Disposition {
             Self::Passed => "passed",
             Self::Masked => "masked",
             Self::Withheld => "withheld",
+            Self::Unscanned => "unscanned",
         }
     }
 }

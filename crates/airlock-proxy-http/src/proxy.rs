@@ -58,7 +58,9 @@ const HOP_BY_HOP: [&str; 8] = [
 enum Counted {
     None,
     Now(Counts, Option<Disposition>),
-    Later(tokio::sync::oneshot::Receiver<Counts>, Disposition),
+    /// A streamed body's counts when it ends, and whether DLP could not
+    /// read it (it passed unscanned, under `report`).
+    Later(tokio::sync::oneshot::Receiver<(Counts, bool)>, Disposition),
 }
 
 /// How the decision on a response went.
@@ -318,15 +320,21 @@ impl Proxy {
             let (res, counted) = this.forward(parts, body, peer, &target, &principal).await;
             let status = res.status();
             match counted {
-                Counted::None => this.complete(grant, status, None).await,
-                Counted::Now(c, _) => this.complete(grant, status, Some(c)).await,
+                Counted::None => this.complete(grant, status, None, false).await,
+                Counted::Now(c, d) => {
+                    let unscanned = d == Some(Disposition::Unscanned);
+                    this.complete(grant, status, Some(c), unscanned).await
+                }
                 // Streamed: completed when the body has gone through (or
                 // the client left), with what was found.
                 Counted::Later(rx, _) => {
                     let this = this.clone();
                     tokio::spawn(async move {
-                        let counts = rx.await.ok();
-                        this.complete(grant, status, counts).await;
+                        let (counts, unscanned) = match rx.await {
+                            Ok((c, u)) => (Some(c), u),
+                            Err(_) => (None, false),
+                        };
+                        this.complete(grant, status, counts, unscanned).await;
                     });
                 }
             }
@@ -366,7 +374,9 @@ impl Proxy {
         };
         match counted {
             Counted::None | Counted::Now(_, None) => res,
-            Counted::Now(counts, Some(_)) if counts.is_empty() => res,
+            Counted::Now(counts, Some(d)) if counts.is_empty() && d != Disposition::Unscanned => {
+                res
+            }
             Counted::Now(counts, Some(disposition)) => {
                 let gate = self.door.enforcer().gate();
                 match gate.report_findings(&report(counts, disposition)).await {
@@ -388,11 +398,22 @@ impl Proxy {
                 let this = self.clone();
                 let body = report(Counts::new(), disposition);
                 tokio::spawn(async move {
-                    let Ok(counts) = rx.await else { return };
-                    if counts.is_empty() {
+                    let Ok((counts, unscanned)) = rx.await else {
+                        return;
+                    };
+                    if counts.is_empty() && !unscanned {
                         return;
                     }
-                    let body = FindingsBody { counts, ..body };
+                    let disposition = if unscanned {
+                        Disposition::Unscanned
+                    } else {
+                        body.disposition
+                    };
+                    let body = FindingsBody {
+                        counts,
+                        disposition,
+                        ..body
+                    };
                     let gate = this.door.enforcer().gate();
                     if let Err(e) = gate.report_findings(&body).await {
                         tracing::error!(proxy = %this.cfg.name, error = %e, "cannot record the DLP findings of a streamed response");
@@ -403,7 +424,13 @@ impl Proxy {
         }
     }
 
-    async fn complete(&self, grant: GrantId, status: StatusCode, counts: Option<Counts>) {
+    async fn complete(
+        &self,
+        grant: GrantId,
+        status: StatusCode,
+        counts: Option<Counts>,
+        unscanned: bool,
+    ) {
         let outcome = if status.is_success() || status.is_redirection() {
             Outcome::Success
         } else {
@@ -413,6 +440,9 @@ impl Proxy {
         detail.insert("status".into(), json!(status.as_u16()));
         if let Some(c) = counts {
             detail.insert("dlp".into(), json!(c));
+        }
+        if unscanned {
+            detail.insert("dlp_unscanned".into(), json!(true));
         }
         if let Err(e) = self.door.enforcer().complete(grant, outcome, detail).await {
             tracing::warn!(error = %e, grant = %grant, "proxy: completing the grant failed");
@@ -517,7 +547,11 @@ impl Proxy {
                 return (unscannable(why), Counted::None);
             }
             tracing::warn!(proxy = %self.cfg.name, action = %target.action, charset = %cs, "a response DLP cannot read passed unscanned (report)");
-            return pass(parts, body);
+            let (res, _) = pass(parts, body);
+            return (
+                res,
+                Counted::Now(Counts::new(), Some(Disposition::Unscanned)),
+            );
         }
         // Report and mask need no verdict before the body leaves: they
         // stream, scanning as it goes, in bounded memory, whatever the size.
@@ -571,7 +605,8 @@ impl Proxy {
             Ok(d) => d,
             Err(e) => return (unscannable(e.to_string()), Counted::None),
         };
-        if let Err(why) = { sniff }.push(&decoded) {
+        let unread = { sniff }.push(&decoded).err();
+        if let Some(why) = unread {
             if mode != ResponseDlp::Report || decided {
                 return (unscannable(why.into()), Counted::None);
             }
@@ -602,7 +637,11 @@ impl Proxy {
                 Counted::Now(counts, Some(Disposition::Withheld)),
             );
         }
-        let mut disposition = Some(leaving(mode));
+        let mut disposition = Some(if unread.is_some() {
+            Disposition::Unscanned
+        } else {
+            leaving(mode)
+        });
         if let Some(action) = &target.route.response_action {
             // What the approver sees of what would leave: the first lines
             // of the masked body, never the raw one.
@@ -648,7 +687,7 @@ impl Proxy {
         sniff: scan::Sniffer,
         mask: bool,
         target: &Target,
-    ) -> (Body, tokio::sync::oneshot::Receiver<Counts>) {
+    ) -> (Body, tokio::sync::oneshot::Receiver<(Counts, bool)>) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
         let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -660,6 +699,7 @@ impl Proxy {
             let mut failed: Option<String> = None;
             // Until the body's start is seen to be readable.
             let mut sniff = Some(sniff);
+            let mut unscanned = false;
             // A stalled upstream or a client that stops reading ends the
             // stream after this long, so the task cannot linger.
             let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
@@ -698,6 +738,7 @@ impl Proxy {
                             failed = Some(format!("it cannot be scanned: {why}"));
                             break 'body;
                         }
+                        unscanned = true;
                         tracing::warn!(proxy = %this.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
                     }
                     findings.extend(ms.feed(&decoded, &mut out));
@@ -735,7 +776,7 @@ impl Proxy {
             }
             let counts = airlock_dlp::counts(&findings);
             tracing::info!(proxy = %this.cfg.name, action = %action, findings = ?counts, "response scanned");
-            let _ = counts_tx.send(counts);
+            let _ = counts_tx.send((counts, unscanned));
         });
         (ChannelBody(rx).boxed_unsync(), counts_rx)
     }

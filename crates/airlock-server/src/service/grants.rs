@@ -1,7 +1,7 @@
 //! Execute: consuming a grant for exactly its action, and reporting the
 //! outcome. Refusals are recorded as faithfully as successes.
 
-use airlock_api::{ErrorCode, GrantEventData};
+use airlock_api::{Disposition, ErrorCode, GrantEventData};
 use airlock_core::{AuditKind, Decision, GrantId, NewAuditRecord, RequestStatus};
 use airlock_keys::{GrantClaims, GrantError};
 use airlock_store::time::now;
@@ -344,8 +344,12 @@ fn findings_details(body: &FindingsBody) -> Result<Value, String> {
     if body.decisions.iter().any(|&d| d < 1) {
         return Err("decisions are audit sequence numbers, from 1".into());
     }
-    if body.counts.is_empty() || body.counts.len() > MAX_TYPES {
-        return Err(format!("counts must name 1 to {MAX_TYPES} finding types"));
+    // An answer that left unscanned is worth a record with nothing found.
+    let least = usize::from(body.disposition != Disposition::Unscanned);
+    if body.counts.len() < least || body.counts.len() > MAX_TYPES {
+        return Err(format!(
+            "counts must name {least} to {MAX_TYPES} finding types"
+        ));
     }
     for (kind, n) in &body.counts {
         let named = !kind.is_empty()

@@ -1027,6 +1027,17 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
+    // What report lets through unread is on record as such: a declared
+    // charset, and a byte-order mark found as the body streamed.
+    let (st, _, _) = get(&format!("{p}/reported/public.csv?bom"), Some(&alice), None).await;
+    assert_eq!(st, 200);
+    let admin = s.key("admin", "admin");
+    let found = s.audit_of(&admin, "dlp_findings", 2).await;
+    let unscanned = found
+        .iter()
+        .filter(|r| r["details"]["disposition"] == "unscanned")
+        .count();
+    assert_eq!(unscanned, 2, "{found:?}");
     // UTF-16 with no charset, labelled text/csv or octet-stream: withheld
     // whether the body is masked as it streams (it breaks off before any
     // of it leaves) or decided whole (block: 502).
