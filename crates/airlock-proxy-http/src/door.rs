@@ -110,11 +110,14 @@ const METHOD_OVERRIDES: [&str; 8] = [
 /// Request headers bound with the request (`params.headers_sha256`):
 /// with the same method, path, query and body they still change what the
 /// upstream does, so a retry that changes one is another request. Whose
-/// credentials the service sees, how it reads the body, which part of a
-/// file it sends.
-const BOUND_HEADERS: [HeaderName; 5] = [
+/// credentials the service sees (the standard header, a cookie, the
+/// common API-key headers), how it reads the body, which part of a file
+/// it sends.
+const BOUND_HEADERS: [HeaderName; 7] = [
     header::AUTHORIZATION,
     header::COOKIE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-auth-token"),
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
     header::RANGE,

@@ -461,7 +461,11 @@ async fn changed_request_is_action_mismatch(db: Db) {
     }
     // The same request carrying the upstream's credentials of someone
     // else, or asking for a part of it: another request.
-    for (h, v) in [("authorization", "Bearer other"), ("range", "bytes=0-1")] {
+    for (h, v) in [
+        ("authorization", "Bearer other"),
+        ("range", "bytes=0-1"),
+        ("x-api-key", "other"),
+    ] {
         let res = reqwest::Client::new()
             .post(&url)
             .header("Airlock-Token", &alice)
