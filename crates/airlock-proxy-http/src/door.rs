@@ -123,6 +123,10 @@ const BOUND_HEADERS: [HeaderName; 7] = [
     header::RANGE,
 ];
 
+/// How large a compressed request body may grow when decoded to be
+/// screened; larger is refused.
+const MAX_SCREENED: u64 = 64 << 20;
+
 /// Users whose allowance is remembered before the idle ones are dropped.
 const MAX_USERS: usize = 10_000;
 
@@ -174,12 +178,30 @@ impl Door {
                 )));
             }
         }
-        let once = [TOKEN_HEADER, REQUEST_HEADER, RESPONSE_REQUEST_HEADER]
-            .into_iter()
-            .chain(self.principal_header.as_ref().map(HeaderName::as_str));
-        for h in once {
+        // Content-Type too: Apache joins two into one the framework reads
+        // as JSON where the first alone said text.
+        let once = [
+            TOKEN_HEADER,
+            REQUEST_HEADER,
+            RESPONSE_REQUEST_HEADER,
+            header::CONTENT_TYPE.as_str(),
+        ]
+        .into_iter()
+        .chain(self.principal_header.as_ref().map(HeaderName::as_str));
+        for h in once.clone() {
             if headers.get_all(h).iter().nth(1).is_some() {
                 return Err(bad(format!("{h} is sent more than once")));
+            }
+        }
+        // CGI-style servers (Puma, PHP-FPM behind some fronts) read
+        // `X_HTTP_Method_Override` as `X-HTTP-Method-Override`, and an
+        // `X_Airlock_User` as the principal header.
+        for name in headers.keys().filter(|n| n.as_str().contains('_')) {
+            let dashed = name.as_str().replace('_', "-");
+            if METHOD_OVERRIDES.contains(&dashed.as_str()) || once.clone().any(|h| h == dashed) {
+                return Err(bad(format!(
+                    "{name} is refused: with `_` read as `-` it is {dashed}"
+                )));
             }
         }
         Ok(())
@@ -198,16 +220,41 @@ impl Door {
     /// Refuses a body carrying `_method` where frameworks look for it: a
     /// form's field (Rails, Laravel, Symfony), a multipart form's part, a
     /// JSON object's key (Laravel reads JSON input as the form).
-    pub fn screen_body(&self, content_type: Option<&str>, body: &[u8]) -> Result<(), Refusal> {
+    /// The type and encoding are read from the raw headers (a byte past
+    /// ASCII must not hide the type), and a compressed body is screened
+    /// as its upstream may decompress it.
+    pub fn screen_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
         if body.is_empty() {
             return Ok(());
         }
+        let raw = |name| {
+            headers
+                .get(name)
+                .map(|v: &hyper::header::HeaderValue| String::from_utf8_lossy(v.as_bytes()))
+        };
+        let decoded;
+        let body = match raw(header::CONTENT_ENCODING) {
+            Some(enc) if !enc.trim().eq_ignore_ascii_case("identity") => {
+                decoded = crate::scan::decode(body, Some(&enc), MAX_SCREENED).map_err(|e| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadRequest,
+                        format!("the request body cannot be read to screen it: {e}"),
+                    )
+                })?;
+                &decoded[..]
+            }
+            _ => body,
+        };
         // Frameworks cut the type at `;`, `,` or a space, each its own way:
         // a type that so much as mentions a form or JSON is read as one.
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let ct = raw(header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let form = ct.trim().is_empty() || ct.contains("x-www-form-urlencoded");
         let overrides = (form && form_urlencoded::parse(body).any(|(k, _)| overrides_method(&k)))
-            || (ct.contains("multipart") && multipart_names(body).any(|n| overrides_method(&n)))
+            || (ct.contains("multipart")
+                && multipart_names(body).iter().any(|n| overrides_method(n)))
             // Keys decoded (a `\u005f` spelling is the same key); anything
             // but an object has no keys a framework would read.
             || (ct.contains("json")
@@ -327,7 +374,7 @@ impl Door {
             .into();
         }
         if let Some(body) = facts.body {
-            if let Err(r) = self.screen_body(facts.content_type, body) {
+            if let Err(r) = self.screen_body(facts.headers, body) {
                 return r.into();
             }
         }
@@ -498,47 +545,90 @@ fn bound_headers_digest(headers: &HeaderMap) -> Option<String> {
 fn overrides_method(name: &str) -> bool {
     let name = name.split('\0').next().unwrap_or("");
     let trimmed = name.trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
-    [name, trimmed].into_iter().any(|name| {
+    // Rack 2 drops leading brackets: `]_method`, `[_method]`.
+    let unbracketed = trimmed.trim_start_matches(['[', ']']);
+    [name, trimmed, unbracketed].into_iter().any(|name| {
         name.strip_prefix(['_', '.', ' ', '[']).is_some_and(|rest| {
             rest.get(..6)
                 .is_some_and(|m| m.eq_ignore_ascii_case("method"))
-                && matches!(rest.as_bytes().get(6), None | Some(b'['))
+                && matches!(rest.as_bytes().get(6), None | Some(b'[' | b']'))
         })
     })
 }
 
-/// Every value a multipart form could name a part with: each `name`
-/// parameter anywhere in the body, quoted with `"` or `'` or not, so a
-/// second `name` on one line (PHP takes the last), a folded header line
-/// or a file's own content is read too (refusing a look-alike costs less
-/// than missing a part).
-fn multipart_names(body: &[u8]) -> impl Iterator<Item = String> + '_ {
-    let skip_space = |b: &[u8]| {
-        b.iter()
-            .position(|c| !c.is_ascii_whitespace())
-            .unwrap_or(b.len())
-    };
-    (0..body.len()).filter_map(move |i| {
-        let key = body.get(i..i + 4)?;
-        if !key.eq_ignore_ascii_case(b"name") {
-            return None;
-        }
-        let rest = body.get(i + 4..)?;
-        let rest = rest.get(skip_space(rest)..)?.strip_prefix(b"=")?;
-        let rest = rest.get(skip_space(rest)..)?;
-        let (quote, rest) = match rest.split_first() {
-            Some((q @ (b'"' | b'\''), tail)) => (Some(*q), tail),
-            _ => (None, rest),
+/// Every value a multipart form could name a part with: each `name` or
+/// `content-id` parameter anywhere in the body (Rack names a part by its
+/// Content-ID), after `=` or `:`, quoted with `"` or `'` or not, read in a
+/// copy without line breaks and backslashes (PHP joins a header line
+/// with no `:` to the one before; Rack drops a backslash before any
+/// character). So a second `name` on one line (PHP takes the last), a
+/// folded header or a file's own content is read too: refusing a
+/// look-alike costs less than missing a part. One pass, and only the
+/// first bytes of each value: a body of `name=name=…` costs linear time.
+fn multipart_names(body: &[u8]) -> Vec<String> {
+    let flat: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\r' | b'\n' | b'\\'))
+        .collect();
+    // As sent too: there a line break ends an unquoted value.
+    let mut names = param_values(body);
+    names.extend(param_values(&flat));
+    names
+}
+
+/// The start of the value after each `name` or `content-id` key in `flat`.
+fn param_values(flat: &[u8]) -> Vec<String> {
+    /// Enough of a value to tell `_method` and its spellings.
+    const HEAD: usize = 32;
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < flat.len() {
+        let key_len = [&b"name"[..], &b"content-id"[..]]
+            .into_iter()
+            .find_map(|k| {
+                flat.get(i..i + k.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(k))
+                    .then_some(k.len())
+            });
+        let Some(key_len) = key_len else {
+            i += 1;
+            continue;
         };
-        let end = rest
+        i += key_len;
+        let mut j = i;
+        while flat.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
+            j += 1;
+        }
+        if !matches!(flat.get(j), Some(b'=' | b':')) {
+            continue;
+        }
+        j += 1;
+        while flat.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
+            j += 1;
+        }
+        let quote = match flat.get(j) {
+            Some(q @ (b'"' | b'\'')) => {
+                j += 1;
+                Some(*q)
+            }
+            _ => None,
+        };
+        let value: Vec<u8> = flat
+            .get(j..)
+            .unwrap_or_default()
             .iter()
-            .position(|b| match quote {
-                Some(q) => *b == q || *b == b'\n',
-                None => *b == b';' || b.is_ascii_whitespace(),
+            .take(HEAD)
+            .take_while(|b| match quote {
+                Some(q) => **b != q,
+                None => **b != b';' && !b.is_ascii_whitespace(),
             })
-            .unwrap_or(rest.len());
-        Some(String::from_utf8_lossy(rest.get(..end)?).into_owned())
-    })
+            .copied()
+            .collect();
+        names.push(String::from_utf8_lossy(&value).into_owned());
+        // Resume right after the key: a value may hold the next key.
+    }
+    names
 }
 
 fn method_override_refused() -> Refusal {
@@ -572,19 +662,27 @@ mod tests {
             "_method\0",
             "_method\0x",
             "\t_method",
+            "]_method",
+            "[_method]",
         ] {
             assert!(overrides_method(n), "{n:?}");
         }
         for n in ["method", "_methods", "x_method", "_metho", ""] {
             assert!(!overrides_method(n), "{n}");
         }
-        let names: Vec<String> = multipart_names(
+        let names = multipart_names(
             b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b\r\n\
               content-disposition: form-data; filename=\"f\"; name=_method\r\n\r\nDELETE\r\n--b\r\n\
               Content-Disposition: form-data;\r\n NAME = '_method'\r\n\r\nx\r\n--b--",
-        )
-        .collect();
-        assert_eq!(names, ["a", "f", "_method", "_method"]);
+        );
+        assert_eq!(names[..4], ["a", "f", "_method", "_method"]);
+        // Line breaks and backslashes dropped, Content-ID read, and a
+        // body of keys costs one pass each way.
+        let names = multipart_names(b"na\r\nme=\"\\_method\"; Content-ID: x");
+        assert!(names.iter().any(|n| n == "_method"), "{names:?}");
+        assert!(names.iter().any(|n| n == "x"), "{names:?}");
+        let many = b"name=".repeat(200_000);
+        assert_eq!(multipart_names(&many).len(), 400_000);
     }
 
     #[test]

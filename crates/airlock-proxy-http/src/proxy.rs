@@ -759,7 +759,19 @@ impl Proxy {
             }
             if failed.is_none() {
                 match decoder.finish() {
-                    Ok(rest) => findings.extend(ms.feed(&rest, &mut out)),
+                    // A small compressed body comes out only here: it is
+                    // looked at like every other step.
+                    Ok(rest) => match sniff.as_mut().map(|s| s.push(&rest)) {
+                        Some(Err(why)) if mask => {
+                            failed = Some(format!("it cannot be scanned: {why}"));
+                        }
+                        Some(Err(why)) => {
+                            unscanned = true;
+                            tracing::warn!(proxy = %this.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
+                            findings.extend(ms.feed(&rest, &mut out));
+                        }
+                        _ => findings.extend(ms.feed(&rest, &mut out)),
+                    },
                     Err(e) => failed = Some(e.to_string()),
                 }
             }

@@ -123,7 +123,7 @@ static_resources:
               failure_mode_allow: false
               with_request_body: {{ max_request_bytes: 1048576, allow_partial_message: true }}
               allowed_headers:
-                patterns: [{{ exact: airlock-token }}, {{ exact: airlock-request }}, {{ exact: content-type }}, {{ exact: content-encoding }}, {{ exact: authorization }}, {{ exact: cookie }}, {{ exact: x-api-key }}, {{ exact: x-auth-token }}, {{ exact: range }}, {{ exact: x-http-method-override }}, {{ exact: x-http-method }}, {{ exact: x-method-override }}]
+                patterns: [{{ exact: airlock-token }}, {{ exact: airlock-request }}, {{ exact: content-type }}, {{ exact: content-encoding }}, {{ exact: authorization }}, {{ exact: cookie }}, {{ exact: x-api-key }}, {{ exact: x-auth-token }}, {{ exact: range }}, {{ exact: x-http-method-override }}, {{ exact: x-http-method }}, {{ exact: x-method-override }}, {{ exact: x-original-method }}, {{ exact: x-forwarded-method }}, {{ exact: x-method }}, {{ exact: x-original-url }}, {{ exact: x-rewrite-url }}]
               http_service:
                 server_uri: {{ uri: "http://127.0.0.1:{authz}", cluster: airlock, timeout: 30s }}
                 path_prefix: /envoy

@@ -305,8 +305,6 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     assert!(!set("nobody", "long enough password\n").status.success());
 }
 
-/// A config error reads as the TOML parser wrote it: the caret snippet on
-/// lines of its own (indented under the first), not `\n` escapes.
 /// A key given twice is an error before anything is asked: the last one
 /// silently winning would ask about another action than the one written.
 #[test]
@@ -324,6 +322,8 @@ fn a_param_given_twice_is_refused() {
     }
 }
 
+/// A config error reads as the TOML parser wrote it: the caret snippet on
+/// lines of its own (indented under the first), not `\n` escapes.
 #[test]
 fn a_config_error_shows_its_snippet_on_lines_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
