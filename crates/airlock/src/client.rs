@@ -308,6 +308,11 @@ fn check_body(a: &ActionArgs, command: Option<&[String]>) -> anyhow::Result<Chec
     let mut context = Map::new();
     for s in &a.context {
         let (k, v) = kv(s)?;
+        // Said, not refused: an enforcer may pass its end user's address,
+        // and the server is where a user key's claim is dropped.
+        if airlock_server::service::COMPUTED_CONTEXT.contains(&k.as_str()) {
+            eprintln!("note: context {k} is computed by Airlock; a user key's value is dropped");
+        }
         if context.insert(k.clone(), json_or_text(v)).is_some() {
             bail!(twice("context", &k));
         }

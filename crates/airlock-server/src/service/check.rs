@@ -63,7 +63,7 @@ enum Fate {
 
 /// Context facts Airlock computes itself; a caller's value is dropped
 /// (an enforcer key may pass its end user's `source_ip`).
-const COMPUTED_CONTEXT: [&str; 5] = [
+pub const COMPUTED_CONTEXT: [&str; 5] = [
     "source_ip",
     "local_hour",
     "weekday",

@@ -31,7 +31,7 @@ pub use airlock_auth::api_keys::{
     create_api_key, create_api_key_with, hash_key, list_api_keys, new_api_key, revoke_api_key,
     KEY_PREFIX, LAST_USED_GRANULARITY,
 };
-pub use check::{CheckBody, CheckOutcome};
+pub use check::{CheckBody, CheckOutcome, COMPUTED_CONTEXT};
 pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
 pub use requests::{InboxShow, RequestPage, StepUp, MAX_PAGE};

@@ -305,10 +305,11 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     assert!(!set("nobody", "long enough password\n").status.success());
 }
 
-/// A key given twice is an error before anything is asked: the last one
-/// silently winning would ask about another action than the one written.
+/// A key given twice is an error before anything is asked (the last one
+/// silently winning would ask about another action than the one written),
+/// and a fact Airlock computes is named as such.
 #[test]
-fn a_param_given_twice_is_refused() {
+fn a_key_given_twice_is_refused_and_a_computed_fact_named() {
     for flag in ["--param", "--context", "--attr"] {
         let out = Command::new(BIN)
             .args(["check", "--url", "http://127.0.0.1:9", "--token", "k"])
@@ -320,6 +321,15 @@ fn a_param_given_twice_is_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("given more than once"), "{flag}: {err}");
     }
+    // A fact Airlock computes is said to be one, not silently dropped.
+    let out = Command::new(BIN)
+        .args(["check", "--url", "http://127.0.0.1:9", "--token", "k"])
+        .args(["--action", "export", "--resource", "Table:t"])
+        .args(["--context", "local_hour=3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local_hour is computed by Airlock"), "{err}");
 }
 
 /// A config error reads as the TOML parser wrote it: the caret snippet on
