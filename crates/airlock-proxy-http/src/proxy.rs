@@ -374,7 +374,11 @@ impl Proxy {
         };
         match counted {
             Counted::None | Counted::Now(_, None) => res,
-            Counted::Now(counts, Some(d)) if counts.is_empty() && d != Disposition::Unscanned => {
+            // Nothing found is worth a record only when nothing could be
+            // looked for: unread and let through, or unread and withheld.
+            Counted::Now(counts, Some(Disposition::Passed | Disposition::Masked))
+                if counts.is_empty() =>
+            {
                 res
             }
             Counted::Now(counts, Some(disposition)) => {
@@ -537,14 +541,14 @@ impl Proxy {
         if mode == ResponseDlp::Off || !scan::scannable(ct) {
             if decided && mode != ResponseDlp::Off {
                 let why = "its type is not scanned, and this route decides every response";
-                return (unscannable(why.into()), Counted::None);
+                return (unscannable(why.into()), withheld_unread());
             }
             return pass(parts, body);
         }
         if let Some(cs) = scan::unreadable_charset(ct) {
             if mode != ResponseDlp::Report || decided {
                 let why = format!("its charset {cs} cannot be scanned");
-                return (unscannable(why), Counted::None);
+                return (unscannable(why), withheld_unread());
             }
             tracing::warn!(proxy = %self.cfg.name, action = %target.action, charset = %cs, "a response DLP cannot read passed unscanned (report)");
             let (res, _) = pass(parts, body);
@@ -594,7 +598,7 @@ impl Proxy {
                 } else {
                     "the upstream's response body broke off".to_owned()
                 };
-                return (unscannable(why), Counted::None);
+                return (unscannable(why), withheld_unread());
             }
         };
         let encoding = parts
@@ -603,12 +607,12 @@ impl Proxy {
             .and_then(|v| v.to_str().ok());
         let decoded = match scan::decode(&raw, encoding, max) {
             Ok(d) => d,
-            Err(e) => return (unscannable(e.to_string()), Counted::None),
+            Err(e) => return (unscannable(e.to_string()), withheld_unread()),
         };
         let unread = { sniff }.push(&decoded).err();
         if let Some(why) = unread {
             if mode != ResponseDlp::Report || decided {
-                return (unscannable(why.into()), Counted::None);
+                return (unscannable(why.into()), withheld_unread());
             }
             tracing::warn!(proxy = %self.cfg.name, action = %target.action, why, "a response DLP cannot read passed unscanned (report)");
         }
@@ -943,6 +947,13 @@ fn leaving(mode: ResponseDlp) -> Disposition {
 }
 
 /// A response that could not be scanned is refused, never passed.
+/// What an answer withheld because DLP could not read it counts as: on
+/// record as withheld with nothing found, so the log does not read as if
+/// it left.
+fn withheld_unread() -> Counted {
+    Counted::Now(Counts::new(), Some(Disposition::Withheld))
+}
+
 fn unscannable(why: String) -> Response<Body> {
     refuse(
         StatusCode::BAD_GATEWAY,

@@ -344,8 +344,12 @@ fn findings_details(body: &FindingsBody) -> Result<Value, String> {
     if body.decisions.iter().any(|&d| d < 1) {
         return Err("decisions are audit sequence numbers, from 1".into());
     }
-    // An answer that left unscanned is worth a record with nothing found.
-    let least = usize::from(body.disposition != Disposition::Unscanned);
+    // An answer DLP could not read is worth a record with nothing found,
+    // whether it left (unscanned) or not (withheld).
+    let least = usize::from(!matches!(
+        body.disposition,
+        Disposition::Unscanned | Disposition::Withheld
+    ));
     if body.counts.len() < least || body.counts.len() > MAX_TYPES {
         return Err(format!(
             "counts must name {least} to {MAX_TYPES} finding types"

@@ -1036,13 +1036,23 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
     let (st, _, _) = get(&format!("{p}/reported/public.csv?bom"), Some(&alice), None).await;
     assert_eq!(st, 200);
     let admin = s.key("admin", "admin");
-    // The masked `?octet` answer above, and these two.
-    let found = s.audit_of(&admin, "dlp_findings", 3).await;
+    // The masked `?octet` answer above, the declared UTF-16 mask withheld,
+    // and these two.
+    let found = s.audit_of(&admin, "dlp_findings", 4).await;
     let unscanned = found
         .iter()
         .filter(|r| r["details"]["disposition"] == "unscanned")
         .count();
     assert_eq!(unscanned, 2, "{found:?}");
+    // And what mask withheld unread (the declared UTF-16 above) is on
+    // record as withheld, nothing found.
+    assert!(
+        found
+            .iter()
+            .any(|r| r["details"]["disposition"] == "withheld"
+                && r["details"]["counts"] == serde_json::json!({})),
+        "{found:?}"
+    );
     // UTF-16 with no charset, labelled text/csv or octet-stream: withheld
     // whether the body is masked as it streams (it breaks off before any
     // of it leaves) or decided whole (block: 502).
