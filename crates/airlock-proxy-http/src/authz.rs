@@ -215,10 +215,6 @@ impl Authz {
             method: &question.method,
             path: &question.path,
             query: &question.query,
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
             headers: &parts.headers,
             body: body.as_ref(),
             source_ip: source_ip(&parts.headers),

@@ -45,11 +45,10 @@ pub(crate) struct Facts<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
-    pub content_type: Option<&'a str>,
     /// The body, or `None` where the front never shows it (nginx).
     pub body: Option<&'a Bytes>,
     /// The request's headers as the upstream gets them (those in
-    /// [`BOUND_HEADERS`] are bound).
+    /// [`BOUND_HEADERS`] are bound; `Content-Type` is also context).
     pub headers: &'a HeaderMap,
     /// The end user's address, where the front knows it.
     pub source_ip: Option<IpAddr>,
@@ -422,7 +421,11 @@ impl Door {
                 params.insert("body_sha256".into(), json!("unseen"));
             }
         }
-        if let Some(ct) = facts.content_type {
+        if let Some(ct) = facts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
             context.insert("content_type".into(), json!(ct));
         }
         let last = facts.path.rsplit('/').next().unwrap_or("");

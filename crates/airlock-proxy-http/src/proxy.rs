@@ -253,10 +253,6 @@ impl Proxy {
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query().unwrap_or(""),
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
             headers: &parts.headers,
             body: Some(&body),
             source_ip: Some(peer.ip()),
