@@ -583,9 +583,53 @@ impl Config {
                 }
             }
         }
+        cfg.check_values()?;
         cfg.notify.check()?;
         cfg.proxies.check()?;
         Ok(cfg)
+    }
+
+    /// Checks values whose type admits mistakes that would load quietly
+    /// and then weaken or break something: a `trusted_context` entry
+    /// misspelt protects nothing (the fact it meant stays open to every
+    /// user key), a body limit of 0 refuses every call, a URL without its
+    /// scheme makes every link in every message a dead one.
+    fn check_values(&self) -> Result<(), String> {
+        if self.server.max_body_bytes == 0 {
+            return Err("server.max_body_bytes must be at least 1".into());
+        }
+        for entry in &self.policy.trusted_context {
+            let key_ok = !entry.is_empty()
+                && entry.len() <= 128
+                && entry
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+            if !key_ok && entry != TRUSTED_RESOURCE_ATTRS {
+                return Err(format!(
+                    "policy.trusted_context entry {entry:?} is neither a context key \
+                     (letters, digits, `_`, `-`) nor {TRUSTED_RESOURCE_ATTRS:?}"
+                ));
+            }
+        }
+        let urls = (self
+            .server
+            .public_url
+            .iter()
+            .map(|u| ("server.public_url", u)))
+        .chain(
+            self.audit
+                .witness_url
+                .iter()
+                .map(|u| ("audit.witness_url", u)),
+        );
+        for (what, url) in urls {
+            let ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(format!("{what} {url:?} is not an http:// or https:// URL"));
+            }
+        }
+        Ok(())
     }
 
     /// The policy folder, resolved.
@@ -703,12 +747,19 @@ mod tests {
                 "[[proxies.http]]\nname = \"\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://h\"\n",
                 "name \"\"",
             ),
+            ("[server]\nmax_body_bytes = 0\n", "max_body_bytes"),
+            ("[server]\npublic_url = \"airlock.example.com\"\n", "public_url"),
+            ("[server]\npublic_url = \"ftp://airlock.example.com\"\n", "public_url"),
+            ("[audit]\nwitness_url = [\"https://w1\", \"w2.example\"]\n", "w2.example"),
+            ("[policy]\ntrusted_context = [\"rows\", \"resource.attr\"]\n", "resource.attr"),
+            ("[policy]\ntrusted_context = [\"rows \"]\n", "\"rows \""),
+            ("[policy]\ntrusted_context = [\"\"]\n", "trusted_context"),
         ] {
             let err = Config::parse(text, base).unwrap_err();
             assert!(err.contains(says), "{text}: {err}");
         }
         let ok = Config::parse(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"postgres://u@h:5432/d\"\n[policy]\ntimezone = \"Europe/Paris\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"postgres://u@h:5432/d\"\n[policy]\ntimezone = \"Europe/Paris\"\ntrusted_context = [\"rows\", \"source-app\", \"resource.attrs\"]\n[audit]\nwitness_url = \"http://127.0.0.1:9/w\"\n",
             base,
         )
         .unwrap();
