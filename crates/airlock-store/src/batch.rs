@@ -123,6 +123,19 @@ pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
     Some(batch)
 }
 
+/// Takes what is queued, up to a batch, without waiting: empty when
+/// nothing is.
+pub(crate) fn take_queued(rx: &Receiver<Job>) -> Vec<Job> {
+    let mut batch = Vec::new();
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// Runs `f` on the runtime's blocking threads: reads block on their
 /// database.
 pub(crate) fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {

@@ -1130,6 +1130,71 @@ async fn on_sqlite_keys_are_answered_from_memory_until_any_revocation() {
     assert_eq!(lookup(&a).await.revoked_at, None);
 }
 
+/// On SQLite a write made in a quiet spell commits on the caller's own
+/// thread (no hand-off to the writer thread and back); under a burst the
+/// writer thread batches as before; either way every append answered is
+/// stored, chained and in the tree, in the order of its sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_quiet_write_commits_on_the_callers_thread() {
+    let home = Home::sqlite();
+    let store = home.open();
+    let mut answered = Vec::new();
+    let mut on_caller = 0;
+    for _ in 0..40 {
+        let caller = std::thread::current().id();
+        let (rec, ran_on) = store
+            .write(move |tx| {
+                let ran_on = std::thread::current().id();
+                tx.append_audit(audit(AuditKind::Decision), now())
+                    .map(|r| (r, ran_on))
+            })
+            .await
+            .unwrap();
+        on_caller += usize::from(ran_on == caller);
+        answered.push(rec);
+    }
+    assert!(
+        on_caller >= 20,
+        "after a quiet spell writes commit where they are made ({on_caller} of 40)"
+    );
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append_audit(audit(AuditKind::Decision), now())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            answered.push(t.await.unwrap());
+        }
+        // And quiet again between bursts.
+        for _ in 0..(20 * round) {
+            answered.push(
+                store
+                    .append_audit(audit(AuditKind::Decision), now())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let stored = store.read(|r| r.audit_after(0, 10_000)).await.unwrap();
+    let mut v = ChainVerifier::default();
+    for r in &stored {
+        v.push(r).unwrap();
+    }
+    answered.sort_by_key(|r| r.seq);
+    assert_eq!(
+        stored.iter().map(|r| (r.seq, r.hash)).collect::<Vec<_>>(),
+        answered.iter().map(|r| (r.seq, r.hash)).collect::<Vec<_>>(),
+    );
+    assert_tree_is_the_logs(&store, &stored).await;
+}
+
 /// A commit that failed is remembered until a decision's record (an
 /// `append_audit`) commits: a probe write that goes through does not
 /// clear it, since it is smaller than what decisions write (`/healthz`).

@@ -1,5 +1,6 @@
-//! The embedded SQLite backend: one writer thread that batches jobs into
-//! group-committed transactions, and a small pool of reader connections.
+//! The embedded SQLite backend: one writer connection that batches jobs
+//! into group-committed transactions, and a small pool of reader
+//! connections.
 
 mod audit;
 mod chat;
@@ -11,14 +12,15 @@ mod schema;
 mod sessions;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
-use crate::batch::{self, fail_all, BatchConn, Effects};
+use crate::batch::{self, fail_all, BatchConn, Chain, Effects};
 use crate::keycache::{KeyCache, Revocations};
 use crate::logic::Rows;
 use crate::time::parse;
@@ -31,6 +33,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 /// SQLite in one file, with WAL and full fsync on commit.
 pub struct SqliteBackend {
     jobs: batch::Queue,
+    /// The writer connection, run by a caller that finds it idle or by
+    /// the writer thread.
+    writer: Arc<Shared>,
+    /// Wakes the writer thread.
+    doorbell: Sender<()>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     /// API keys answered from memory until any process revokes one.
@@ -90,12 +97,26 @@ impl SqliteBackend {
             keys: keys.clone(),
         };
         let (tx, rx) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(WriterState {
+                writer,
+                rx,
+                chain: None,
+                events,
+            }),
+            queued: AtomicUsize::new(0),
+            singles: AtomicUsize::new(0),
+        });
+        let (doorbell, rings) = mpsc::channel::<()>();
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("airlock-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, events))
+            .spawn(move || writer_loop(&thread_shared, &rings))
             .map_err(|e| StoreError::Db(format!("cannot start writer: {e}")))?;
         Ok(Self {
             jobs: batch::Queue::new(tx),
+            writer: shared,
+            doorbell,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_owned(),
             keys,
@@ -141,8 +162,39 @@ impl ReadOnly {
 }
 
 impl Backend for SqliteBackend {
+    /// A job that finds nothing else queued and the writer idle runs here,
+    /// on the caller's thread, and commits before this returns: handing
+    /// it to the writer thread and its answer back cost two thread
+    /// wake-ups, on this VM most of what one connection's check paid
+    /// beyond its fsync (docs/PERFORMANCE.md). Under load the queue is
+    /// seldom empty and the writer thread batches as before, so callers'
+    /// threads are not held by commits they did not need to make.
     fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs.submit(job)
+        // Alone now, and the last batches were one job each: a quiet
+        // spell, not a gap between a busy writer's batches.
+        let alone = self.writer.queued.fetch_add(1, Ordering::SeqCst) == 0
+            && self.writer.singles.load(Ordering::Relaxed) >= QUIET_SINGLES;
+        if let Err(e) = self.jobs.submit(job) {
+            self.writer.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        if !alone {
+            return self.ring();
+        }
+        let mut state = match self.writer.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return self.ring(),
+        };
+        state.run_queued(&self.writer, 1);
+        // Jobs queued meanwhile found the writer busy and rang; these
+        // came after this batch was taken and before the lock was let go.
+        let more = self.writer.queued.load(Ordering::SeqCst) > 0;
+        drop(state);
+        if more {
+            self.ring()?;
+        }
+        Ok(())
     }
 
     fn read(&self, job: ReadJob) -> Result<(), StoreError> {
@@ -200,24 +252,91 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// The writer thread's connection, and the cache its revocations empty.
+impl SqliteBackend {
+    /// Wakes the writer thread to run what is queued. If it is gone (it
+    /// ends only with this backend, or by a panic), the caller runs the
+    /// queue itself, waiting for the lock: no job is left unanswered.
+    fn ring(&self) -> Result<(), StoreError> {
+        if self.doorbell.send(()).is_err() {
+            let mut state = self
+                .writer
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            state.run_queued(&self.writer, usize::MAX);
+        }
+        Ok(())
+    }
+}
+
+/// One-job batches in a row after which a caller that finds the writer
+/// idle commits its job itself: enough that a burst of load has passed.
+const QUIET_SINGLES: usize = 16;
+
+/// The writer's connection and queue, and how many jobs wait in it.
+struct Shared {
+    /// Held while a batch runs, by whichever thread runs it.
+    state: Mutex<WriterState>,
+    /// Jobs submitted and not yet taken: counted before a job is queued
+    /// and after it is taken, so it is never below the truth.
+    queued: AtomicUsize,
+    /// How many batches in a row held one job: fewer than
+    /// [`QUIET_SINGLES`] means callers have lately been queueing behind
+    /// each other, and the writer thread should batch them.
+    singles: AtomicUsize,
+}
+
+/// What running batches needs, kept from one batch to the next.
+struct WriterState {
+    writer: Writer,
+    rx: Receiver<Job>,
+    chain: Chain,
+    events: EventSender,
+}
+
+impl WriterState {
+    /// Runs queued jobs a batch at a time until none are left, or after
+    /// `batches` batches.
+    fn run_queued(&mut self, shared: &Shared, batches: usize) {
+        for _ in 0..batches {
+            let batch = batch::take_queued(&self.rx);
+            if batch.is_empty() {
+                return;
+            }
+            shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+            if batch.len() == 1 {
+                shared.singles.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.singles.store(0, Ordering::Relaxed);
+            }
+            // IMMEDIATE takes the write lock now, so the audit head read
+            // by the first append cannot be overtaken by another process.
+            if let Err(e) = self.writer.exec("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "cannot begin storage transaction");
+                fail_all(batch, &e);
+                continue;
+            }
+            let announced = batch::run(&mut self.writer, batch, &mut self.chain);
+            announced.send_here(&self.events);
+        }
+    }
+}
+
+/// The writer's connection, and the cache its revocations empty.
 struct Writer {
     conn: Connection,
     keys: Arc<KeyCache>,
 }
 
-fn writer_loop(mut writer: Writer, rx: Receiver<Job>, events: EventSender) {
-    let mut chain = None;
-    while let Some(batch) = batch::next_batch(&rx) {
-        // IMMEDIATE takes the write lock now, so the audit head read by the
-        // first append cannot be overtaken by another process.
-        if let Err(e) = writer.exec("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "cannot begin storage transaction");
-            fail_all(batch, &e);
-            continue;
-        }
-        let announced = batch::run(&mut writer, batch, &mut chain);
-        announced.send_here(&events);
+/// The writer thread: woken when a caller queued a job it did not run
+/// itself, it runs the queue until it is empty. It ends when the backend
+/// (the doorbell's sender) is dropped.
+fn writer_loop(shared: &Shared, rings: &Receiver<()>) {
+    while rings.recv().is_ok() {
+        // Rings while it ran are answered by this one pass.
+        while rings.try_recv().is_ok() {}
+        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.run_queued(shared, usize::MAX);
     }
 }
 
