@@ -343,7 +343,9 @@ pub struct PolicyConfig {
     /// Facts Airlock computes (`local_hour`, `weekday`, `source_ip`,
     /// `country`, `sensitive_actions_last_hour`, `granted_before`) are never
     /// taken from a `user` key whatever this says. Default empty: every
-    /// other fact is informative, from anyone.
+    /// other fact is informative, from anyone. Each entry is a context key
+    /// (letters, digits, `_`, `-`) or `resource.attrs`; anything else is
+    /// refused at load, since a misspelt entry would protect nothing.
     #[serde(default)]
     pub trusted_context: Vec<String>,
 }
