@@ -340,6 +340,10 @@ pub struct Job {
     /// only when the database does) costs a round trip less on PostgreSQL;
     /// if it fails, the whole batch fails with it.
     savepoint: bool,
+    /// Whether it may run on the caller's thread when the writer is idle
+    /// (SQLite). Not the health probe: a disk that hangs must leave
+    /// `/healthz` able to time out and answer.
+    here: bool,
 }
 /// A [`Job`]'s work.
 type JobFn = Box<dyn FnOnce(Result<&mut dyn WriteTx, StoreError>) -> (bool, Reply) + Send>;
@@ -476,7 +480,7 @@ impl Store {
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.submit(f, true, false).await
+        self.submit(f, true, false, true).await
     }
 
     /// Commits a write that changes nothing (`/healthz`). Its failure is
@@ -484,7 +488,7 @@ impl Store {
     /// one-page write can fit where the records of a decision do not (a
     /// nearly full disk).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.submit(|tx| tx.probe_write(), true, false).await
+        self.submit(|tx| tx.probe_write(), true, false, false).await
     }
 
     /// Why the writer last failed to commit, if that was within `within`
@@ -507,7 +511,7 @@ impl Store {
         rec: NewAuditRecord,
         ts: DateTime<Utc>,
     ) -> Result<AuditRecord, StoreError> {
-        self.submit(move |tx| tx.append_audit(rec, ts), false, true)
+        self.submit(move |tx| tx.append_audit(rec, ts), false, true, true)
             .await
     }
 
@@ -519,6 +523,7 @@ impl Store {
         f: impl FnOnce(&mut dyn WriteTx) -> Result<R, E> + Send + 'static,
         savepoint: bool,
         proves_health: bool,
+        here: bool,
     ) -> Result<R, E>
     where
         R: Send + 'static,
@@ -548,7 +553,11 @@ impl Store {
             });
             (keep, reply)
         });
-        if let Err(e) = self.backend.submit(Job { run, savepoint }) {
+        if let Err(e) = self.backend.submit(Job {
+            run,
+            savepoint,
+            here,
+        }) {
             self.write_failure.failed(&e);
             return Err(E::from(e));
         }

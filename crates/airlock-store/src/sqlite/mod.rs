@@ -11,10 +11,11 @@ mod requests;
 mod schema;
 mod sessions;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -162,37 +163,40 @@ impl ReadOnly {
 }
 
 impl Backend for SqliteBackend {
-    /// A job that finds nothing else queued and the writer idle runs here,
-    /// on the caller's thread, and commits before this returns: handing
-    /// it to the writer thread and its answer back cost two thread
-    /// wake-ups, on this VM most of what one connection's check paid
-    /// beyond its fsync (docs/PERFORMANCE.md). Under load the queue is
-    /// seldom empty and the writer thread batches as before, so callers'
-    /// threads are not held by commits they did not need to make.
+    /// A job that finds nothing else queued, the writer idle and SQLite's
+    /// write lock free runs here, on the caller's thread, and commits
+    /// before this returns: handing it to the writer thread and its answer
+    /// back cost two thread wake-ups, on this VM most of what one
+    /// connection's check paid beyond its fsync (docs/PERFORMANCE.md).
+    /// Under load the queue is seldom empty and the writer thread batches
+    /// as before; a lock held by another process is waited out there, not
+    /// here.
     fn submit(&self, job: Job) -> Result<(), StoreError> {
         // Alone now, and the last batches were one job each: a quiet
         // spell, not a gap between a busy writer's batches.
         let alone = self.writer.queued.fetch_add(1, Ordering::SeqCst) == 0
+            && job.here
             && self.writer.singles.load(Ordering::Relaxed) >= QUIET_SINGLES;
         if let Err(e) = self.jobs.submit(job) {
             self.writer.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(e);
         }
         if !alone {
-            return self.ring();
+            self.ring();
+            return Ok(());
         }
-        let mut state = match self.writer.state.try_lock() {
-            Ok(state) => state,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return self.ring(),
+        let Some(mut state) = self.writer.try_lock() else {
+            self.ring();
+            return Ok(());
         };
-        state.run_queued(&self.writer, 1);
-        // Jobs queued meanwhile found the writer busy and rang; these
-        // came after this batch was taken and before the lock was let go.
-        let more = self.writer.queued.load(Ordering::SeqCst) > 0;
+        let ran = state.run_here(&self.writer);
+        // Jobs queued meanwhile found the writer busy and rang, but those
+        // queued after this batch was taken and before the lock was let go
+        // may have found it free; and if the batch did not run, it waits.
+        let more = !ran || self.writer.queued.load(Ordering::SeqCst) > 0;
         drop(state);
         if more {
-            self.ring()?;
+            self.ring();
         }
         Ok(())
     }
@@ -254,18 +258,12 @@ impl Backend for SqliteBackend {
 
 impl SqliteBackend {
     /// Wakes the writer thread to run what is queued. If it is gone (it
-    /// ends only with this backend, or by a panic), the caller runs the
-    /// queue itself, waiting for the lock: no job is left unanswered.
-    fn ring(&self) -> Result<(), StoreError> {
+    /// ends only with this backend), the caller runs the queue itself,
+    /// waiting for the lock: no job is left unanswered.
+    fn ring(&self) {
         if self.doorbell.send(()).is_err() {
-            let mut state = self
-                .writer
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            state.run_queued(&self.writer, usize::MAX);
+            self.writer.lock().run_queued(&self.writer);
         }
-        Ok(())
     }
 }
 
@@ -294,21 +292,42 @@ struct WriterState {
     events: EventSender,
 }
 
+impl Shared {
+    /// The writer, waiting for it.
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => self.recover(poisoned),
+        }
+    }
+
+    /// The writer if no thread is running it.
+    fn try_lock(&self) -> Option<MutexGuard<'_, WriterState>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(self.recover(poisoned)),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// A thread panicked holding the writer (outside a job, which
+    /// `batch::run` catches): whatever it left open is undone before the
+    /// writer is used again.
+    fn recover<'a>(
+        &'a self,
+        poisoned: PoisonError<MutexGuard<'a, WriterState>>,
+    ) -> MutexGuard<'a, WriterState> {
+        self.state.clear_poison();
+        let mut state = poisoned.into_inner();
+        state.undo();
+        state
+    }
+}
+
 impl WriterState {
-    /// Runs queued jobs a batch at a time until none are left, or after
-    /// `batches` batches.
-    fn run_queued(&mut self, shared: &Shared, batches: usize) {
-        for _ in 0..batches {
-            let batch = batch::take_queued(&self.rx);
-            if batch.is_empty() {
-                return;
-            }
-            shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-            if batch.len() == 1 {
-                shared.singles.fetch_add(1, Ordering::Relaxed);
-            } else {
-                shared.singles.store(0, Ordering::Relaxed);
-            }
+    /// Runs queued jobs a batch at a time until none are left.
+    fn run_queued(&mut self, shared: &Shared) {
+        while let Some(batch) = self.take(shared) {
             // IMMEDIATE takes the write lock now, so the audit head read
             // by the first append cannot be overtaken by another process.
             if let Err(e) = self.writer.exec("BEGIN IMMEDIATE") {
@@ -316,9 +335,75 @@ impl WriterState {
                 fail_all(batch, &e);
                 continue;
             }
+            self.run_begun(batch);
+        }
+    }
+
+    /// Runs one batch on this (the caller's) thread if SQLite's write lock
+    /// is free now; `false` if another process holds it, for the writer
+    /// thread to wait out, so a caller's thread never waits on it.
+    fn run_here(&mut self, shared: &Shared) -> bool {
+        if self.writer.conn.busy_timeout(Duration::ZERO).is_err() {
+            return false;
+        }
+        let began = self.writer.exec("BEGIN IMMEDIATE");
+        if let Err(e) = self.writer.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::error!(error = %e, "cannot restore the writer's busy timeout");
+        }
+        if began.is_err() {
+            return false;
+        }
+        match self.take(shared) {
+            Some(batch) => self.run_begun(batch),
+            // The writer thread took it meanwhile.
+            None => {
+                if let Err(e) = self.writer.exec("ROLLBACK") {
+                    tracing::error!(error = %e, "cannot end an empty storage transaction");
+                    self.undo();
+                }
+            }
+        }
+        true
+    }
+
+    /// The next batch, if any job is queued, counted out of the queue.
+    fn take(&mut self, shared: &Shared) -> Option<Vec<Job>> {
+        let batch = batch::take_queued(&self.rx);
+        if batch.is_empty() {
+            return None;
+        }
+        shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+        if batch.len() == 1 {
+            shared.singles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.singles.store(0, Ordering::Relaxed);
+        }
+        Some(batch)
+    }
+
+    /// Runs a batch in the transaction begun for it. A panic outside its
+    /// jobs (which `batch::run` catches) leaves the transaction rolled
+    /// back and its callers answered with an error (their replies are
+    /// dropped), and the writer usable.
+    fn run_begun(&mut self, batch: Vec<Job>) {
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let announced = batch::run(&mut self.writer, batch, &mut self.chain);
             announced.send_here(&self.events);
+        }));
+        if ran.is_err() {
+            tracing::error!("the storage writer panicked; its batch was rolled back");
+            self.undo();
         }
+    }
+
+    /// Ends whatever transaction is open, and forgets the chain kept from
+    /// it: the next batch reads the head again.
+    fn undo(&mut self) {
+        if !self.writer.conn.is_autocommit() {
+            let _ = self.writer.exec("ROLLBACK");
+        }
+        self.writer.keys.revocations().end_begun();
+        self.chain = None;
     }
 }
 
@@ -335,8 +420,7 @@ fn writer_loop(shared: &Shared, rings: &Receiver<()>) {
     while rings.recv().is_ok() {
         // Rings while it ran are answered by this one pass.
         while rings.try_recv().is_ok() {}
-        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.run_queued(shared, usize::MAX);
+        shared.lock().run_queued(shared);
     }
 }
 
