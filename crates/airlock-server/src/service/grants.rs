@@ -309,11 +309,27 @@ impl Airlock {
             subject: body.principal.to_string(),
             details: details.into(),
         };
+        // The decisions it names are in the log already (a proxy names the
+        // ones it was answered); one past the head is made up. Read in the
+        // writer's transaction, whose head no one moves meanwhile.
+        let decisions = body.decisions.clone();
+        let ts = now();
         let written = self
             .store
-            .append_audit(rec, now())
+            .write(move |tx| {
+                let (head, _) = tx.audit_head().map_err(ApiError::Audit)?;
+                if let Some(d) = decisions.iter().find(|&&d| d > head) {
+                    return Err(ApiError::BadRequest(format!(
+                        "decision {d} is not in the audit log (its last record is {head})"
+                    )));
+                }
+                tx.append_audit(rec, ts).map_err(ApiError::Audit)
+            })
             .await
-            .map_err(ApiError::Audit)?;
+            .map_err(|e| match e {
+                ApiError::Storage(e) => ApiError::Audit(e),
+                e => e,
+            })?;
         Ok(FindingsResponse {
             audit_seq: written.seq,
         })

@@ -638,9 +638,29 @@ async fn standalone_proxy_against_a_running_server(db: Db) {
         (st, body["error"]["code"].as_str()),
         (403, Some("forbidden"))
     );
-    let (st, body) = s.post(&enforcer, "/v1/audit/findings", report).await;
+    let (st, body) = s
+        .post(&enforcer, "/v1/audit/findings", report.clone())
+        .await;
     assert_eq!(st, 200, "{body}");
-    assert!(body["audit_seq"].as_i64().unwrap() > 0);
+    let seq = body["audit_seq"].as_i64().unwrap();
+    assert!(seq > 0);
+    // A report may name decisions in the log, not ones past its head.
+    let mut named = report.clone();
+    named["decisions"] = serde_json::json!([seq]);
+    let (st, body) = s.post(&enforcer, "/v1/audit/findings", named).await;
+    assert_eq!(st, 200, "{body}");
+    let mut future = report;
+    future["decisions"] = serde_json::json!([seq, seq + 1000]);
+    let (st, body) = s.post(&enforcer, "/v1/audit/findings", future).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("decision {}", seq + 1000)));
 
     // Airlock gone: fail closed, 503, nothing forwarded.
     s.child.kill().unwrap();
