@@ -58,9 +58,32 @@ const HOP_BY_HOP: [&str; 8] = [
 enum Counted {
     None,
     Now(Counts, Option<Disposition>),
-    /// A streamed body's counts when it ends, and whether DLP could not
-    /// read it (it passed unscanned, under `report`).
-    Later(tokio::sync::oneshot::Receiver<(Counts, bool)>, Disposition),
+    /// A streamed body's counts when it ends, and how far DLP could read
+    /// it.
+    Later(
+        tokio::sync::oneshot::Receiver<(Counts, Reading)>,
+        Disposition,
+    ),
+}
+
+/// How far DLP could read a streamed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Read and scanned.
+    Read,
+    /// Unreadable, and let through unscanned (`report`).
+    Unscanned,
+    /// Unreadable, and withheld before any of it left.
+    Withheld,
+}
+
+/// What becomes of an answer DLP cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// Withheld: what cannot be read cannot be masked, blocked or decided.
+    Withhold,
+    /// Let through, unscanned and on record as such: the route only reports.
+    Pass,
 }
 
 /// How the decision on a response went.
@@ -316,21 +339,24 @@ impl Proxy {
             let (res, counted) = this.forward(parts, body, peer, &target, &principal).await;
             let status = res.status();
             match counted {
-                Counted::None => this.complete(grant, status, None, false).await,
+                Counted::None => this.complete(grant, status, None, Reading::Read).await,
                 Counted::Now(c, d) => {
-                    let unscanned = d == Some(Disposition::Unscanned);
-                    this.complete(grant, status, Some(c), unscanned).await
+                    let reading = match d {
+                        Some(Disposition::Unscanned) => Reading::Unscanned,
+                        _ => Reading::Read,
+                    };
+                    this.complete(grant, status, Some(c), reading).await
                 }
                 // Streamed: completed when the body has gone through (or
                 // the client left), with what was found.
                 Counted::Later(rx, _) => {
                     let this = this.clone();
                     tokio::spawn(async move {
-                        let (counts, unscanned) = match rx.await {
-                            Ok((c, u)) => (Some(c), u),
-                            Err(_) => (None, false),
+                        let (counts, reading) = match rx.await {
+                            Ok((c, r)) => (Some(c), r),
+                            Err(_) => (None, Reading::Read),
                         };
-                        this.complete(grant, status, counts, unscanned).await;
+                        this.complete(grant, status, counts, reading).await;
                     });
                 }
             }
@@ -398,16 +424,16 @@ impl Proxy {
                 let this = self.clone();
                 let body = report(Counts::new(), disposition);
                 tokio::spawn(async move {
-                    let Ok((counts, unscanned)) = rx.await else {
+                    let Ok((counts, reading)) = rx.await else {
                         return;
                     };
-                    if counts.is_empty() && !unscanned {
-                        return;
-                    }
-                    let disposition = if unscanned {
-                        Disposition::Unscanned
-                    } else {
-                        body.disposition
+                    let disposition = match reading {
+                        // Nothing found is worth a record only when
+                        // nothing could be looked for.
+                        Reading::Read if counts.is_empty() => return,
+                        Reading::Read => body.disposition,
+                        Reading::Unscanned => Disposition::Unscanned,
+                        Reading::Withheld => Disposition::Withheld,
                     };
                     let body = FindingsBody {
                         counts,
@@ -429,7 +455,7 @@ impl Proxy {
         grant: GrantId,
         status: StatusCode,
         counts: Option<Counts>,
-        unscanned: bool,
+        reading: Reading,
     ) {
         let outcome = if status.is_success() || status.is_redirection() {
             Outcome::Success
@@ -441,8 +467,14 @@ impl Proxy {
         if let Some(c) = counts {
             detail.insert("dlp".into(), json!(c));
         }
-        if unscanned {
-            detail.insert("dlp_unscanned".into(), json!(true));
+        match reading {
+            Reading::Read => {}
+            Reading::Unscanned => {
+                detail.insert("dlp_unscanned".into(), json!(true));
+            }
+            Reading::Withheld => {
+                detail.insert("dlp_withheld".into(), json!(true));
+            }
         }
         if let Err(e) = self.door.enforcer().complete(grant, outcome, detail).await {
             tracing::warn!(error = %e, grant = %grant, "proxy: completing the grant failed");
@@ -542,11 +574,10 @@ impl Proxy {
             return pass(parts, body);
         }
         if let Some(cs) = scan::unreadable_charset(ct) {
-            if mode != ResponseDlp::Report || decided {
-                let why = format!("its charset {cs} cannot be scanned");
+            let why = format!("its charset {cs} cannot be scanned");
+            if self.cannot_read(mode, decided, &target.action, &why) == Unread::Withhold {
                 return (unscannable(why), withheld_unread());
             }
-            tracing::warn!(proxy = %self.cfg.name, action = %target.action, charset = %cs, "a response DLP cannot read passed unscanned (report)");
             let (res, _) = pass(parts, body);
             return (
                 res,
@@ -607,10 +638,9 @@ impl Proxy {
         };
         let unread = { sniff }.push(&decoded).err();
         if let Some(why) = unread {
-            if mode != ResponseDlp::Report || decided {
+            if self.cannot_read(mode, decided, &target.action, why) == Unread::Withhold {
                 return (unscannable(why.into()), withheld_unread());
             }
-            tracing::warn!(proxy = %self.cfg.name, action = %target.action, why, "a response DLP cannot read passed unscanned (report)");
         }
         let (out, counts) = match mode {
             ResponseDlp::Mask => {
@@ -675,6 +705,23 @@ impl Proxy {
         )
     }
 
+    /// What becomes of an answer DLP cannot read (`why`): withheld, unless
+    /// the route only reports and decides nothing, where it leaves
+    /// unscanned, with a warning here and, by the caller, on record.
+    fn cannot_read(
+        &self,
+        mode: ResponseDlp,
+        decided: bool,
+        action: &impl std::fmt::Display,
+        why: &str,
+    ) -> Unread {
+        if mode != ResponseDlp::Report || decided {
+            return Unread::Withhold;
+        }
+        tracing::warn!(proxy = %self.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
+        Unread::Pass
+    }
+
     /// Scans a body as it streams to the client, on a task of its own:
     /// decoded a small step at a time, masked (or passed as it came, for
     /// report), sent on in bounded pieces; the counts when it ends. A body
@@ -687,7 +734,7 @@ impl Proxy {
         sniff: scan::Sniffer,
         mask: bool,
         target: &Target,
-    ) -> (Body, tokio::sync::oneshot::Receiver<(Counts, bool)>) {
+    ) -> (Body, tokio::sync::oneshot::Receiver<(Counts, Reading)>) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
         let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -699,7 +746,12 @@ impl Proxy {
             let mut failed: Option<String> = None;
             // Until the body's start is seen to be readable.
             let mut sniff = Some(sniff);
-            let mut unscanned = false;
+            let mut reading = Reading::Read;
+            let mode = if mask {
+                ResponseDlp::Mask
+            } else {
+                ResponseDlp::Report
+            };
             // A stalled upstream or a client that stops reading ends the
             // stream after this long, so the task cannot linger.
             let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
@@ -732,14 +784,14 @@ impl Proxy {
                     };
                     if let Some(Err(why)) = sniff.as_mut().map(|s| s.push(&decoded)) {
                         sniff = None;
-                        if mask {
+                        if this.cannot_read(mode, false, &action, why) == Unread::Withhold {
                             // Nothing of it has been sent yet: the first
                             // masked bytes leave at STREAM_FLUSH or the end.
                             failed = Some(format!("it cannot be scanned: {why}"));
+                            reading = Reading::Withheld;
                             break 'body;
                         }
-                        unscanned = true;
-                        tracing::warn!(proxy = %this.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
+                        reading = Reading::Unscanned;
                     }
                     findings.extend(ms.feed(&decoded, &mut out));
                     if !mask {
@@ -762,12 +814,14 @@ impl Proxy {
                     // A small compressed body comes out only here: it is
                     // looked at like every other step.
                     Ok(rest) => match sniff.as_mut().map(|s| s.push(&rest)) {
-                        Some(Err(why)) if mask => {
+                        Some(Err(why))
+                            if this.cannot_read(mode, false, &action, why) == Unread::Withhold =>
+                        {
                             failed = Some(format!("it cannot be scanned: {why}"));
+                            reading = Reading::Withheld;
                         }
-                        Some(Err(why)) => {
-                            unscanned = true;
-                            tracing::warn!(proxy = %this.cfg.name, action = %action, why, "a response DLP cannot read passed unscanned (report)");
+                        Some(Err(_)) => {
+                            reading = Reading::Unscanned;
                             findings.extend(ms.feed(&rest, &mut out));
                         }
                         _ => findings.extend(ms.feed(&rest, &mut out)),
@@ -788,7 +842,7 @@ impl Proxy {
             }
             let counts = airlock_dlp::counts(&findings);
             tracing::info!(proxy = %this.cfg.name, action = %action, findings = ?counts, "response scanned");
-            let _ = counts_tx.send((counts, unscanned));
+            let _ = counts_tx.send((counts, reading));
         });
         (ChannelBody(rx).boxed_unsync(), counts_rx)
     }

@@ -1106,6 +1106,17 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
             assert_eq!(status, 502, "{url}");
         }
     }
+    // Each of the three is on record as withheld with nothing found, the
+    // streamed one too (its record is written once its body has ended).
+    let found = s.audit_of(&admin, "dlp_findings", 7).await;
+    let withheld_unread = found
+        .iter()
+        .filter(|r| {
+            r["details"]["disposition"] == "withheld"
+                && r["details"]["counts"] == serde_json::json!({})
+        })
+        .count();
+    assert_eq!(withheld_unread, 4, "{found:?}");
 
     // The method the service runs must be the one decided, however the
     // request spells another: lower case, `_method` in the query as PHP
