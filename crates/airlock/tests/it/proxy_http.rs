@@ -1081,18 +1081,21 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
         "/blocked/public.csv?wide",
         "/blocked/public.csv?wide&octet",
     ] {
-        let res = reqwest::Client::new()
+        let sent = reqwest::Client::new()
             .get(format!("{p}{url}"))
             .header("Airlock-Token", &alice)
             .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let read = res.bytes().await;
+            .await;
+        let (status, read) = match sent {
+            Ok(res) => (res.status().as_u16(), res.bytes().await),
+            // The stream can break off before even the head is written.
+            Err(e) if url.starts_with("/masked") => (0, Err(e)),
+            Err(e) => panic!("{url}: {e}"),
+        };
         if url.starts_with("/masked") {
             // It breaks off before any of it leaves.
             assert!(
-                status == 200 && read.as_ref().map_or(true, |b| b.is_empty()),
+                matches!(status, 0 | 200) && read.as_ref().map_or(true, |b| b.is_empty()),
                 "{url}: {status}"
             );
         }
