@@ -609,7 +609,7 @@ impl Config {
             if !key_ok && entry != TRUSTED_RESOURCE_ATTRS {
                 return Err(format!(
                     "policy.trusted_context entry {entry:?} is neither a context key \
-                     (letters, digits, `_`, `-`) nor {TRUSTED_RESOURCE_ATTRS:?}"
+                     (1 to 128 letters, digits, `_`, `-`) nor {TRUSTED_RESOURCE_ATTRS:?}"
                 ));
             }
         }
@@ -625,11 +625,7 @@ impl Config {
                 .map(|u| ("audit.witness_url", u)),
         );
         for (what, url) in urls {
-            let ok = reqwest::Url::parse(url)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-            if !ok {
-                return Err(format!("{what} {url:?} is not an http:// or https:// URL"));
-            }
+            check_base_url(url).map_err(|why| format!("{what} {url:?}: {why}"))?;
         }
         Ok(())
     }
@@ -723,6 +719,29 @@ impl Config {
     }
 }
 
+/// A URL other URLs are made from by appending paths (`public_url`, a
+/// witness): used as written, so it must be written as it is read. A
+/// scheme in capitals or a space in front would pass a lenient parse and
+/// then fail the checks made on the text (`https://` decides whether
+/// cookies are `Secure`); a query, fragment or credentials would end up
+/// in the middle of every link, and credentials in signed checkpoints.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err("must start with https:// or http:// (in lower case)".into());
+    }
+    if !parsed.has_host() || url.chars().any(char::is_whitespace) {
+        return Err("must name a host, with no spaces".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || url.contains(['?', '#']) {
+        return Err("must have no query (`?`) or fragment (`#`)".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() || url.contains('@') {
+        return Err("must not hold a user name or password".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +771,13 @@ mod tests {
             ("[server]\nmax_body_bytes = 0\n", "max_body_bytes"),
             ("[server]\npublic_url = \"airlock.example.com\"\n", "public_url"),
             ("[server]\npublic_url = \"ftp://airlock.example.com\"\n", "public_url"),
+            ("[server]\npublic_url = \"HTTPS://X\"\n", "lower case"),
+            ("[server]\npublic_url = \" https://x\"\n", "public_url"),
+            ("[server]\npublic_url = \"https:/x\"\n", "https://"),
+            ("[server]\npublic_url = \"https://x?q=1\"\n", "query"),
+            ("[server]\npublic_url = \"https://x/#f\"\n", "fragment"),
+            ("[server]\npublic_url = \"https://u:p@x\"\n", "password"),
+            ("[server]\npublic_url = \"http://x:99999\"\n", "port"),
             ("[audit]\nwitness_url = [\"https://w1\", \"w2.example\"]\n", "w2.example"),
             ("[policy]\ntrusted_context = [\"rows\", \"resource.attr\"]\n", "resource.attr"),
             ("[policy]\ntrusted_context = [\"rows \"]\n", "\"rows \""),
