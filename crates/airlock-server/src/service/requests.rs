@@ -475,7 +475,6 @@ impl Airlock {
         let secrets = self.secrets.clone();
         let console = self.public_url();
         let breakglass_groups = self.config.load().breakglass.groups.clone();
-        let checker = self.webauthn_checker().map_err(|e| e.to_string());
         let req = self
             .store
             .write(move |tx| {
@@ -523,8 +522,8 @@ impl Airlock {
                         None => {}
                         Some("totp") => step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t)?,
                         Some("webauthn") => {
-                            let (rp, sealer) = checker.as_ref().map_err(|e| ApiError::BadRequest(e.clone()))?;
-                            super::webauthn::step_up_webauthn(tx, rp, sealer, &reviewer, id, proof.webauthn.as_ref(), &page)?;
+                            let rp = super::webauthn::relying_party(&console)?;
+                            super::webauthn::step_up_webauthn(tx, &rp, &secrets, &reviewer, id, proof.webauthn.as_ref(), &page)?;
                         }
                         // Fails closed: a step-up this release does not know.
                         Some(other) => return Err(ApiError::forbidden(format!("unknown step-up {other:?}"))),

@@ -59,16 +59,7 @@ impl Airlock {
     /// its host as the RP id. Browsers accept `localhost` and real domain
     /// names, not bare IP addresses.
     fn relying_party(&self) -> Result<Webauthn, ApiError> {
-        let origin = Url::parse(&self.public_url())
-            .map_err(|e| ApiError::BadRequest(format!("server.public_url: {e}")))?;
-        let host = origin.host_str().unwrap_or_default().to_owned();
-        WebauthnBuilder::new(&host, &origin)
-            .and_then(|b| b.rp_name("Airlock").build())
-            .map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "WebAuthn needs server.public_url on a domain name or localhost ({origin}): {e}"
-                ))
-            })
+        relying_party(&self.public_url())
     }
 
     /// Starts registering a security key: the browser's options and the
@@ -178,14 +169,23 @@ impl Airlock {
                 .seal(&state, &bound("approve", &user, Some(id))),
         ))
     }
+}
 
-    /// The relying party and sealing key a review's WebAuthn check needs
-    /// inside its transaction.
-    pub(crate) fn webauthn_checker(
-        &self,
-    ) -> Result<(Webauthn, std::sync::Arc<airlock_keys::SecretBox>), ApiError> {
-        Ok((self.relying_party()?, self.secrets.clone()))
-    }
+/// The relying party for the console at `public_url`, its host as the RP
+/// id. Built only where a security key is used: webauthn-rs logs an error
+/// for every origin it refuses (the quickstart's `127.0.0.1`), which every
+/// review made when it was built for each.
+pub(crate) fn relying_party(public_url: &str) -> Result<Webauthn, ApiError> {
+    let origin = Url::parse(public_url)
+        .map_err(|e| ApiError::BadRequest(format!("server.public_url: {e}")))?;
+    let host = origin.host_str().unwrap_or_default().to_owned();
+    WebauthnBuilder::new(&host, &origin)
+        .and_then(|b| b.rp_name("Airlock").build())
+        .map_err(|e| {
+            ApiError::BadRequest(format!(
+                "WebAuthn needs server.public_url on a domain name or localhost ({origin}): {e}"
+            ))
+        })
 }
 
 /// Checks `reviewer`'s WebAuthn answer for approving request `id`, inside
