@@ -262,9 +262,13 @@ impl Routes {
 /// route's literal parts are matched as sent, so `/exp%6frts/` would miss
 /// the route meant for it and could meet a catch-all), an encoded `%`
 /// (`%252e` is `%2e` to an upstream that decodes twice) or `;`, and
-/// encodings that do not decode to UTF-8. They are refused before matching
-/// rather than normalised, so the proxy and the upstream cannot disagree
-/// on which file is meant.
+/// encodings that do not decode to UTF-8, and characters that
+/// compatibility normalisation (NFKC, which some servers and file systems
+/// apply) or a best-fit mapping turns into a separator, a dot, `%` or
+/// `;` (`%EF%BC%8F`, a fullwidth solidus: `/admin／x` is one segment here
+/// and two there). They are refused before matching rather
+/// than normalised, so the proxy and the upstream cannot disagree on which
+/// file is meant.
 pub fn ambiguous_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     let needless = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
@@ -287,8 +291,20 @@ pub fn ambiguous_path(path: &str) -> bool {
         || encoded_needlessly
         || percent_encoding::percent_decode_str(path)
             .decode_utf8()
-            .is_err()
+            .map_or(true, |text| text.chars().any(reads_as_punctuation))
         || path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// A character outside ASCII that some upstream could read as a path's
+/// punctuation: NFKC turns the fullwidth and small forms into ASCII, and
+/// Windows' best-fit mapping turns these slashes into `/`.
+fn reads_as_punctuation(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    !c.is_ascii()
+        && (matches!(c, '\u{2215}' | '\u{2044}' | '\u{29F8}')
+            || std::iter::once(c)
+                .nfkc()
+                .any(|n| matches!(n, '/' | '\\' | '.' | '%' | ';' | '?' | '#')))
 }
 
 #[cfg(test)]
@@ -393,6 +409,12 @@ mod tests {
             "/exports/a%3bx.csv",
             "/exports/%ff%fe.csv",
             "/exports/a%7e.csv",
+            "/admin%EF%BC%8Fx",
+            "/exports/%EF%BC%8E%EF%BC%8E/x",
+            "/exports/a%EF%B9%92csv",
+            "/exports/a%E2%88%95b",
+            "/exports/a%EF%BC%BCb",
+            "/exports/a%EF%BC%85b",
         ] {
             assert!(ambiguous_path(p), "{p}");
         }
@@ -400,5 +422,8 @@ mod tests {
         assert!(!ambiguous_path("/exports/q3%20report.csv"));
         assert!(!ambiguous_path("/exports/caf%C3%A9.csv"));
         assert!(!ambiguous_path("/exports/%3Aa.csv"));
+        // Letters outside ASCII, fullwidth ones too, name files as before.
+        assert!(!ambiguous_path("/exports/%E8%A1%8C%E6%95%B0.csv"));
+        assert!(!ambiguous_path("/exports/%EF%BD%81.csv"));
     }
 }
