@@ -264,9 +264,8 @@ impl Routes {
 /// (`%252e` is `%2e` to an upstream that decodes twice) or `;`, and
 /// encodings that do not decode to UTF-8, and characters that
 /// compatibility normalisation (NFKC, which some servers and file systems
-/// apply) or a best-fit mapping turns into a separator, a dot, `%` or
-/// `;` (`%EF%BC%8F`, a fullwidth solidus: `/admin／x` is one segment here
-/// and two there). They are refused before matching rather
+/// apply) or a best-fit mapping turns into others (`%EF%BC%8F`, a
+/// fullwidth solidus: `/admin／x` is one segment here and two there). They are refused before matching rather
 /// than normalised, so the proxy and the upstream cannot disagree on which
 /// file is meant.
 pub fn ambiguous_path(path: &str) -> bool {
@@ -291,20 +290,24 @@ pub fn ambiguous_path(path: &str) -> bool {
         || encoded_needlessly
         || percent_encoding::percent_decode_str(path)
             .decode_utf8()
-            .map_or(true, |text| text.chars().any(reads_as_punctuation))
+            .map_or(true, |text| text.chars().any(reads_as_another))
         || path.split('/').any(|s| s == "." || s == "..")
 }
 
-/// A character outside ASCII that some upstream could read as a path's
-/// punctuation: NFKC turns the fullwidth and small forms into ASCII, and
-/// Windows' best-fit mapping turns these slashes into `/`.
-fn reads_as_punctuation(c: char) -> bool {
+/// A character outside ASCII that some upstream could read as another:
+/// one that compatibility normalisation (NFKC) changes (fullwidth and
+/// small forms, ligatures, `ſ`: `%EF%BD%93ecret.csv` is `secret.csv` to
+/// an upstream that normalises, and a forbid on `secret.csv` would not
+/// have seen it), and those Windows' best-fit code pages turn into `/` or
+/// `\` (the division and fraction slashes; `¥` and `₩` under the Japanese
+/// and Korean code pages, where a path of `..¥..¥x` climbs).
+fn reads_as_another(c: char) -> bool {
     use unicode_normalization::UnicodeNormalization;
     !c.is_ascii()
-        && (matches!(c, '\u{2215}' | '\u{2044}' | '\u{29F8}')
-            || std::iter::once(c)
-                .nfkc()
-                .any(|n| matches!(n, '/' | '\\' | '.' | '%' | ';' | '?' | '#')))
+        && (matches!(
+            c,
+            '\u{2215}' | '\u{2044}' | '\u{29F8}' | '\u{2216}' | '\u{00A5}' | '\u{20A9}'
+        ) || !std::iter::once(c).nfkc().eq(std::iter::once(c)))
 }
 
 #[cfg(test)]
@@ -415,6 +418,13 @@ mod tests {
             "/exports/a%E2%88%95b",
             "/exports/a%EF%BC%BCb",
             "/exports/a%EF%BC%85b",
+            "/exports/%EF%BD%93ecret.csv",
+            "/exports/%C5%BFecret.csv",
+            "/exports/%EF%AC%81le.csv",
+            "/exports/..%C2%A5..%C2%A5admin.cfg",
+            "/exports/a%E2%82%A9b",
+            "/exports/a%E2%88%96b",
+            "/exports/a%E2%80%A6b",
         ] {
             assert!(ambiguous_path(p), "{p}");
         }
@@ -422,8 +432,12 @@ mod tests {
         assert!(!ambiguous_path("/exports/q3%20report.csv"));
         assert!(!ambiguous_path("/exports/caf%C3%A9.csv"));
         assert!(!ambiguous_path("/exports/%3Aa.csv"));
-        // Letters outside ASCII, fullwidth ones too, name files as before.
+        // Letters outside ASCII that no normalisation changes name files
+        // as before; decomposed accents too (each character is its own NFKC).
         assert!(!ambiguous_path("/exports/%E8%A1%8C%E6%95%B0.csv"));
-        assert!(!ambiguous_path("/exports/%EF%BD%81.csv"));
+        assert!(!ambiguous_path("/exports/e%CC%81t%C3%A9.csv"));
+        assert!(!ambiguous_path(
+            "/exports/%D0%BE%D1%82%D1%87%D0%B5%D1%82.csv"
+        ));
     }
 }
