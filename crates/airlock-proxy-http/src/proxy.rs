@@ -343,6 +343,7 @@ impl Proxy {
                 Counted::Now(c, d) => {
                     let reading = match d {
                         Some(Disposition::Unscanned) => Reading::Unscanned,
+                        Some(Disposition::Withheld) => Reading::Withheld,
                         _ => Reading::Read,
                     };
                     this.complete(grant, status, Some(c), reading).await
