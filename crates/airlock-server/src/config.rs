@@ -736,7 +736,7 @@ fn check_base_url(url: &str) -> Result<(), String> {
     if parsed.query().is_some() || parsed.fragment().is_some() || url.contains(['?', '#']) {
         return Err("must have no query (`?`) or fragment (`#`)".into());
     }
-    if !parsed.username().is_empty() || parsed.password().is_some() || url.contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not hold a user name or password".into());
     }
     Ok(())
@@ -787,7 +787,7 @@ mod tests {
             assert!(err.contains(says), "{text}: {err}");
         }
         let ok = Config::parse(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"postgres://u@h:5432/d\"\n[policy]\ntimezone = \"Europe/Paris\"\ntrusted_context = [\"rows\", \"source-app\", \"resource.attrs\"]\n[audit]\nwitness_url = \"http://127.0.0.1:9/w\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://[::1]:8080/@team/\"\n[storage]\nurl = \"postgres://u@h:5432/d\"\n[policy]\ntimezone = \"Europe/Paris\"\ntrusted_context = [\"rows\", \"source-app\", \"resource.attrs\"]\n[audit]\nwitness_url = \"http://127.0.0.1:9/w\"\n",
             base,
         )
         .unwrap();
