@@ -458,7 +458,10 @@ impl Proxy {
         counts: Option<Counts>,
         reading: Reading,
     ) {
-        let outcome = if status.is_success() || status.is_redirection() {
+        // An answer withheld unread did not leave, whatever status its head
+        // already carried (a streamed one breaks off after a 200).
+        let delivered = reading != Reading::Withheld;
+        let outcome = if delivered && (status.is_success() || status.is_redirection()) {
             Outcome::Success
         } else {
             Outcome::Failure

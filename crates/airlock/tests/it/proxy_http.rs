@@ -1120,6 +1120,29 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
         })
         .count();
     assert_eq!(withheld_unread, 4, "{found:?}");
+    // Held, approved, forwarded once, and withheld unread as it streamed:
+    // the grant is completed as a failure that says so, not as delivered.
+    let bob = s.key("bob", "user");
+    let url = format!("{p}/masked/customers.csv?bom");
+    let (st, h, body) = get(&url, Some(&alice), None).await;
+    assert_eq!(st, 202, "{body}");
+    let id = h["airlock-request"].to_str().unwrap().to_owned();
+    s.review(&bob, &id, "approve").await;
+    let sent = reqwest::Client::new()
+        .get(&url)
+        .header("Airlock-Token", &alice)
+        .header("Airlock-Request", &id)
+        .send()
+        .await;
+    if let Ok(res) = sent {
+        let read = res.bytes().await;
+        assert!(read.map_or(true, |b| b.is_empty()), "it left");
+    }
+    let completed = s.audit_of(&admin, "grant_completed", 1).await;
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    let d = &completed[0]["details"];
+    assert_eq!(d["detail"]["dlp_withheld"], true, "{d}");
+    assert_eq!(d["outcome"], "failure", "{d}");
 
     // The method the service runs must be the one decided, however the
     // request spells another: lower case, `_method` in the query as PHP
