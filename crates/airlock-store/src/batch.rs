@@ -114,12 +114,7 @@ impl Queue {
 pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
+    fill(rx, &mut batch);
     Some(batch)
 }
 
@@ -127,13 +122,18 @@ pub(crate) fn next_batch(rx: &Receiver<Job>) -> Option<Vec<Job>> {
 /// nothing is.
 pub(crate) fn take_queued(rx: &Receiver<Job>) -> Vec<Job> {
     let mut batch = Vec::new();
+    fill(rx, &mut batch);
+    batch
+}
+
+/// Adds what is queued to `batch`, up to [`MAX_BATCH`], without waiting.
+fn fill(rx: &Receiver<Job>, batch: &mut Vec<Job>) {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
     }
-    batch
 }
 
 /// Runs `f` on the runtime's blocking threads: reads block on their
