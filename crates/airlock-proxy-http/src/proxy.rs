@@ -599,8 +599,7 @@ impl Proxy {
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok());
             if let Some(decoder) = scan::StreamDecoder::new(encoding) {
-                let mask = mode == ResponseDlp::Mask;
-                if mask {
+                if mode == ResponseDlp::Mask {
                     for h in [
                         header::CONTENT_ENCODING,
                         header::CONTENT_LENGTH,
@@ -610,7 +609,7 @@ impl Proxy {
                         parts.headers.remove(h);
                     }
                 }
-                let (body, counts) = self.stream_scanned(body, decoder, sniff, mask, target);
+                let (body, counts) = self.stream_scanned(body, decoder, sniff, mode, target);
                 return (
                     Response::from_parts(parts, body),
                     Counted::Later(counts, leaving(mode)),
@@ -736,9 +735,10 @@ impl Proxy {
         mut body: Incoming,
         mut decoder: scan::StreamDecoder,
         sniff: scan::Sniffer,
-        mask: bool,
+        mode: ResponseDlp,
         target: &Target,
     ) -> (Body, tokio::sync::oneshot::Receiver<(Counts, Reading)>) {
+        let mask = mode == ResponseDlp::Mask;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
         let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -751,11 +751,6 @@ impl Proxy {
             // Until the body's start is seen to be readable.
             let mut sniff = Some(sniff);
             let mut reading = Reading::Read;
-            let mode = if mask {
-                ResponseDlp::Mask
-            } else {
-                ResponseDlp::Report
-            };
             // A stalled upstream or a client that stops reading ends the
             // stream after this long, so the task cannot linger.
             let stall = Duration::from_secs(this.cfg.upstream_timeout_seconds);
@@ -1000,7 +995,6 @@ fn leaving(mode: ResponseDlp) -> Disposition {
     }
 }
 
-/// A response that could not be scanned is refused, never passed.
 /// What an answer withheld because DLP could not read it counts as: on
 /// record as withheld with nothing found, so the log does not read as if
 /// it left.
@@ -1008,6 +1002,7 @@ fn withheld_unread() -> Counted {
     Counted::Now(Counts::new(), Some(Disposition::Withheld))
 }
 
+/// A response that could not be scanned is refused, never passed.
 fn unscannable(why: String) -> Response<Body> {
     refuse(
         StatusCode::BAD_GATEWAY,
