@@ -439,9 +439,25 @@ impl Store {
     /// `base`) or `postgres://…` / `postgresql://…`, migrating its schema.
     /// Blocks while it connects: call it at start-up.
     pub fn open(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open_waiting(url, base, sqlite::BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`] for a one-shot command beside a running server: on
+    /// SQLite it waits its turn for the write lock for seconds, not half a
+    /// second, so `airlock keys revoke` does not fail because the server is
+    /// busy.
+    pub fn open_for_tool(url: &str, base: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open_waiting(url, base, sqlite::TOOL_BUSY_TIMEOUT)
+    }
+
+    fn open_waiting(
+        url: &str,
+        base: &std::path::Path,
+        busy: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let events = EventSender::default();
         let backend: Arc<dyn Backend> = match Location::parse(url, base)? {
-            Location::Sqlite(path) => Arc::new(SqliteBackend::open(&path, events.clone())?),
+            Location::Sqlite(path) => Arc::new(SqliteBackend::open(&path, events.clone(), busy)?),
             Location::Postgres(url) => Arc::new(PostgresBackend::open(&url, events.clone())?),
         };
         Ok(Self {

@@ -1216,6 +1216,32 @@ async fn on_sqlite_a_quiet_write_commits_on_the_callers_thread() {
     assert_stored_is_answered(&store, answered).await;
 }
 
+/// A one-shot command (`airlock keys revoke`) opened beside a busy server
+/// waits its turn for SQLite's write lock for seconds; the server's own
+/// writer gives up within a second, so its callers get a 503, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_tool_waits_its_turn_for_the_write_lock() {
+    let home = Home::sqlite();
+    let server = home.open();
+    let Home::Dir(d) = &home else { unreachable!() };
+    let tool = Store::open_for_tool("sqlite://db/airlock.db", d.path()).unwrap();
+    let by_hand = home.sqlite_by_hand();
+    by_hand.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        by_hand.execute_batch("COMMIT").unwrap();
+    });
+    let from_server = server.append_audit(audit(AuditKind::Decision), now()).await;
+    let from_tool = tool.append_audit(audit(AuditKind::Decision), now()).await;
+    release.join().unwrap();
+    assert!(
+        from_server.is_err(),
+        "the server's writer waited out a 1.5 s lock"
+    );
+    let rec = from_tool.expect("the tool waited for the lock");
+    assert_eq!(rec.seq, 1);
+}
+
 /// A commit that failed is remembered until a decision's record (an
 /// `append_audit`) commits: a probe write that goes through does not
 /// clear it, since it is smaller than what decisions write (`/healthz`).

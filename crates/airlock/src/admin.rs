@@ -35,7 +35,7 @@ pub async fn keys_create(
              until they are added there"
         );
     }
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (key, record) =
         service::create_api_key_with(&store, user.clone(), role, lifetime, "cli").await?;
     match record.expires_at {
@@ -61,7 +61,7 @@ fn when(t: Option<DateTime<Utc>>) -> String {
 
 pub async fn keys_list(config: &Path, out: Output) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let keys = service::list_api_keys(&store).await?;
     let now = airlock_store::time::now();
     if out.json {
@@ -129,7 +129,7 @@ pub async fn keys_list(config: &Path, out: Output) -> anyhow::Result<ExitCode> {
 
 pub async fn keys_revoke(config: &Path, key_id: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     match service::revoke_api_key(&store, key_id, "cli").await? {
         KeyRevocation::Revoked => {
             eprintln!("revoked {key_id}: every node refuses it from now on");
@@ -155,7 +155,7 @@ pub async fn keys_revoke(config: &Path, key_id: &str) -> anyhow::Result<ExitCode
 pub async fn keys_rotate_audit(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let dir = cfg.data_dir().join("keys");
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (old, new) = Keyring::rotate_audit(&dir)?;
     let (old_id, new_id) = (old.id(), new.id());
     let result = store
@@ -306,7 +306,7 @@ pub async fn users_totp_enroll(config: &Path, user: &str) -> anyhow::Result<Exit
     let secret = airlock_auth::totp::new_secret();
     let uri = airlock_auth::totp::uri(&secret, user.as_str())?;
     let sealed = secrets.seal(&secret, user.as_str());
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let name = user.clone();
     store
         .write(move |tx| {
@@ -351,7 +351,7 @@ pub async fn users_set_password(config: &Path, user: &str) -> anyhow::Result<Exi
     }
     let hash = airlock_auth::password::hash_password(password)
         .map_err(|e| anyhow!("hashing the password: {e}"))?;
-    let store = Store::open(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let name = user.clone();
     store
         .write(move |tx| {

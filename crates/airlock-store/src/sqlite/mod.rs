@@ -27,9 +27,16 @@ use crate::logic::Rows;
 use crate::time::parse;
 use crate::{Backend, EventSender, Job, ReadJob, ReadTx, StoreError, WriteTx};
 
-/// How long a writer waits for another process's lock before failing the
-/// batch: callers get an error in well under a second, never a hang.
-const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the server's writer waits for another process's lock before
+/// failing the batch: callers get an error in well under a second, never a
+/// hang.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a one-shot command (`airlock keys revoke` …) waits for the
+/// lock: a loaded server holds it most of the time, and SQLite's busy
+/// handler only polls, so half a second was sometimes not one free moment
+/// (6 of 151 `keys` runs failed under load). A person at a prompt can wait.
+pub(crate) const TOOL_BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// SQLite in one file, with WAL and full fsync on commit.
 pub struct SqliteBackend {
@@ -45,9 +52,9 @@ pub struct SqliteBackend {
     keys: Arc<KeyCache>,
 }
 
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+fn open_conn(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(busy)?;
     // rusqlite keeps 16 by default; the writer alone runs more distinct
     // statements than that, and one pushed out is parsed again.
     conn.set_prepared_statement_cache_capacity(64);
@@ -61,7 +68,7 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 fn take_reader(pool: &Mutex<Vec<Connection>>, path: &Path) -> Result<Connection, StoreError> {
     match pool.lock().ok().and_then(|mut p| p.pop()) {
         Some(c) => Ok(c),
-        None => open_conn(path),
+        None => open_conn(path, BUSY_TIMEOUT),
     }
 }
 
@@ -76,15 +83,16 @@ fn return_reader(pool: &Mutex<Vec<Connection>>, conn: Connection) {
 
 impl SqliteBackend {
     /// Opens (creating if needed) the database at `path`, migrates it, and
-    /// starts the writer thread, which announces commits on `events`.
-    pub fn open(path: &Path, events: EventSender) -> Result<Self, StoreError> {
+    /// starts the writer thread, which announces commits on `events`. The
+    /// writer waits up to `busy` for another process's write lock.
+    pub fn open(path: &Path, events: EventSender, busy: Duration) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
             }
         }
-        let mut conn = open_conn(path)?;
+        let mut conn = open_conn(path, busy)?;
         schema::migrate(&mut conn)?;
         let revocations = Revocations::open(path)?;
         {
@@ -96,6 +104,7 @@ impl SqliteBackend {
         let writer = Writer {
             conn,
             keys: keys.clone(),
+            busy,
         };
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
@@ -347,7 +356,7 @@ impl WriterState {
             return false;
         }
         let began = self.writer.exec("BEGIN IMMEDIATE");
-        if let Err(e) = self.writer.conn.busy_timeout(BUSY_TIMEOUT) {
+        if let Err(e) = self.writer.conn.busy_timeout(self.writer.busy) {
             tracing::error!(error = %e, "cannot restore the writer's busy timeout");
         }
         if began.is_err() {
@@ -411,6 +420,8 @@ impl WriterState {
 struct Writer {
     conn: Connection,
     keys: Arc<KeyCache>,
+    /// The connection's busy timeout, put back after an inline begin.
+    busy: Duration,
 }
 
 /// The writer thread: woken when a caller queued a job it did not run
