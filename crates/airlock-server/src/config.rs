@@ -627,6 +627,14 @@ impl Config {
         for (what, url) in urls {
             check_base_url(url).map_err(|why| format!("{what} {url:?}: {why}"))?;
         }
+        if let Some(d) = &self.notify.discord {
+            crate::integrations::discord::public_key(&d.application_public_key).map_err(|why| {
+                format!(
+                    "notify.discord.application_public_key: {why}; copy it from the Discord \
+                     application's General Information page"
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -881,6 +889,38 @@ response_dlp = "mask"
         let err = Config::parse(&two("discord_id", "D1", "D1"), Path::new(".")).unwrap_err();
         assert!(err.contains("discord_id"), "{err}");
         assert!(Config::parse(&two("slack_id", "U1", "U2"), Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn discord_needs_a_real_public_key() {
+        let section = |key: &str| {
+            format!("[notify.discord]\nbot_token = \"b\"\napplication_public_key = \"{key}\"\nchannel_id = \"C\"\n")
+        };
+        // A key Discord shows: the public half of an Ed25519 pair.
+        let good = hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .to_bytes(),
+        );
+        let load = |text: &str| Config::parse(text, Path::new("."));
+        assert!(load(&section(&good)).is_ok());
+        for bad in [
+            "",
+            "abc",
+            &good[..62],
+            &format!("{good}00"),
+            &"zz".repeat(32),
+        ] {
+            let err = load(&section(bad)).unwrap_err();
+            assert!(err.contains("application_public_key"), "{bad:?}: {err}");
+        }
+        // 32 bytes that are no point on the curve (about half of all).
+        let off_curve = (2..=u8::MAX)
+            .map(|b| [b; 32])
+            .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+            .unwrap();
+        let err = load(&section(&hex::encode(off_curve))).unwrap_err();
+        assert!(err.contains("not an Ed25519 public key"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,17 @@ const MAX_SKEW_SECONDS: i64 = 300;
 /// Checks Discord's signature: Ed25519 over `timestamp ‖ body` with the
 /// application's public key (hex), strictly (no malleable signatures), and
 /// that the timestamp (Unix seconds) is within five minutes of `now`.
+/// The application's public key as Discord shows it (64 hex digits), or
+/// why it is none: checked when the config loads, so a mistyped key is a
+/// start-up error rather than every interaction refused.
+pub(crate) fn public_key(hex_text: &str) -> Result<VerifyingKey, &'static str> {
+    let key: [u8; 32] = hex::decode(hex_text)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or("not 64 hex digits")?;
+    VerifyingKey::from_bytes(&key).map_err(|_| "not an Ed25519 public key")
+}
+
 pub(crate) fn verify(
     public_key_hex: &str,
     timestamp: &str,
@@ -48,11 +59,7 @@ pub(crate) fn verify(
     if (now - ts).abs() > MAX_SKEW_SECONDS {
         return Err("stale timestamp");
     }
-    let key: [u8; 32] = hex::decode(public_key_hex)
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or("bad public key")?;
-    let key = VerifyingKey::from_bytes(&key).map_err(|_| "bad public key")?;
+    let key = public_key(public_key_hex)?;
     let sig: [u8; 64] = hex::decode(signature_hex)
         .ok()
         .and_then(|s| s.try_into().ok())
