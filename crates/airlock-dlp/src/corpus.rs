@@ -617,6 +617,40 @@ impl W {
             self.t(&text);
         }
     }
+
+    /// A credentials file as JSON writers escape it: a service account's
+    /// key with its line breaks written `\n`, a database URL with its
+    /// slashes written `\/`, an address with `@` written `\u0040`; and
+    /// beside them a public key and password-less URLs, escaped alike.
+    fn credentials_json(&mut self) {
+        self.t("{\n  \"type\": \"service_account\",\n  \"private_key\": \"");
+        let label = *self.rng.pick(&["PRIVATE KEY", "RSA PRIVATE KEY"]);
+        let v = format!(
+            "-----BEGIN {label}-----\\n{}\\n-----END {label}-----",
+            self.pem_body().replace('\n', "\\n")
+        );
+        self.plant(Kind::PrivateKey, &v);
+        let text = format!(
+            "\\n\",\n  \"public_key\": \"-----BEGIN PUBLIC KEY-----\\n{}\\n-----END PUBLIC KEY-----\\n\",\n  \"client_email\": \"",
+            self.pem_body().replace('\n', "\\n")
+        );
+        self.t(&text);
+        let v = self.email();
+        let v = if self.rng.chance(50) {
+            v.replace('@', "\\u0040")
+        } else {
+            v
+        };
+        self.plant(Kind::Email, &v);
+        self.t("\",\n  \"database\": \"postgres:\\/\\/app:");
+        let pw = self.rng.chars_from(ALNUM, 16);
+        self.plant(Kind::UrlPassword, &pw);
+        let text = format!(
+            "@db{}.internal:5432\\/app\",\n  \"token_uri\": \"https:\\/\\/oauth2.example.com\\/token\",\n  \"replica\": \"postgres:\\/\\/readonly@replica.internal\\/app\"\n}}\n",
+            self.rng.below(10)
+        );
+        self.t(&text);
+    }
 }
 
 /// Generates at least `min_len` bytes of mixed documents from `seed`.
@@ -626,11 +660,12 @@ pub fn generate(seed: u64, min_len: usize) -> Doc {
         rng: Rng(seed | 1),
     };
     while w.doc.bytes.len() < min_len {
-        match w.rng.below(5) {
+        match w.rng.below(6) {
             0 => w.csv(),
             1 => w.json(),
             2 => w.log(),
             3 => w.email_msg(),
+            4 => w.credentials_json(),
             _ => w.config(),
         }
     }

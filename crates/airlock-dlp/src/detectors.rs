@@ -44,7 +44,7 @@ pub(crate) const BUILTINS: &[(Det, &str)] = &[
     ),
     (
         Det::UrlPassword,
-        r#"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:@/?#"'<>]+:[^\s@/?#"'<>]+@[A-Za-z0-9]"#,
+        r#"\b[A-Za-z][A-Za-z0-9+.-]*:(?://|\\/\\/)[^\s:@/?#"'<>]+:[^\s@/?#"'<>]+@[A-Za-z0-9]"#,
     ),
     (
         Det::Github,
@@ -81,7 +81,7 @@ pub(crate) const BUILTINS: &[(Det, &str)] = &[
     ),
     (
         Det::Email,
-        r"\b[A-Za-z0-9][A-Za-z0-9_.%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*\.)+[A-Za-z]{2,24}\b",
+        r"\b[A-Za-z0-9][A-Za-z0-9_.%+-]*(?:@|\\u0040)[A-Za-z0-9](?:[A-Za-z0-9-]*\.)+[A-Za-z]{2,24}\b",
     ),
 ];
 
@@ -205,7 +205,9 @@ impl Det {
                 ipv4(m).then_some((start, end))
             }
             // `scheme://user@host` is a URL's user, not an address.
-            Det::Email => (before(3) != b"://" && email(m)).then_some((start, end)),
+            Det::Email => {
+                (before(3) != b"://" && before(5) != b":\\/\\/" && email(m)).then_some((start, end))
+            }
         }
     }
 }
@@ -451,10 +453,18 @@ fn ipv4(m: &[u8]) -> bool {
 }
 
 fn email(m: &[u8]) -> bool {
-    let Some(at) = m.iter().position(|&b| b == b'@') else {
+    // The pattern's local part holds no `\`, so the first `@` or `\u0040`
+    // (a JSON string's escaped `@`) is the separator.
+    let Some((local, domain)) =
+        m.iter()
+            .position(|&b| b == b'@' || b == b'\\')
+            .map(|at| match m[at] {
+                b'@' => (&m[..at], &m[at + 1..]),
+                _ => (&m[..at], &m[(at + 6).min(m.len())..]),
+            })
+    else {
         return false;
     };
-    let (local, domain) = (&m[..at], &m[at + 1..]);
     // RFC 5321 limits; the pattern leaves them out so that the automaton
     // does not count (counted repetitions multiply its states).
     if local.len() > 64 || domain.len() > 253 {
@@ -500,7 +510,13 @@ fn jwt(m: &[u8]) -> bool {
 
 /// The password span inside `scheme://user:password@host`.
 fn url_password(m: &[u8]) -> Option<(usize, usize)> {
-    let scheme_end = m.windows(3).position(|w| w == b"://")? + 3;
+    // The scheme holds no `:`; `:\/\/` is `://` in a JSON string.
+    let colon = m.iter().position(|&b| b == b':')?;
+    let scheme_end = colon
+        + [&b"://"[..], b":\\/\\/"]
+            .iter()
+            .find(|sep| m[colon..].starts_with(sep))?
+            .len();
     let at = m.iter().rposition(|&b| b == b'@')?;
     let colon = scheme_end + m[scheme_end..at].iter().position(|&b| b == b':')?;
     let pw = &m[colon + 1..at];
@@ -536,10 +552,13 @@ fn private_key(hay: &[u8], start: usize, end: usize, ahead: usize) -> Option<(us
         .position(|w| w == needle.as_slice())?;
     let body = &rest[..at];
     let b64 = body.iter().filter(|b| is_b64(**b) || **b == b'=').count();
+    // `\` for a block inside a JSON string, its line breaks written `\n`:
+    // how a cloud service account's key file carries its private key.
     let ok = b64 >= 32
         && body.iter().all(|&b| {
             is_b64(b)
                 || b == b'='
+                || b == b'\\'
                 || b.is_ascii_whitespace()
                 || b == b':'
                 || b == b'-'

@@ -46,6 +46,38 @@ fn cat(parts: &[&str]) -> String {
     parts.concat()
 }
 
+/// What JSON writers escape inside strings hides nothing: a private key
+/// with its line breaks written `\n` (a cloud service account's key file),
+/// a URL with its slashes written `\/` (PHP's `json_encode`), an `@`
+/// written `\u0040`.
+#[test]
+fn secrets_inside_json_strings_are_found() {
+    let s = scanner();
+    let line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+    let pem = format!("-----BEGIN PRIVATE KEY-----\\n{line}\\n{line}\\n-----END PRIVATE KEY-----");
+    let doc =
+        format!("{{\"type\": \"service_account\", \"private_key\": \"{pem}\\n\", \"id\": \"1\"}}");
+    assert_eq!(found(&s, &doc), one("private_key", &pem));
+    assert_eq!(
+        found(
+            &s,
+            r#"{"db":"postgres:\/\/admin:s3cretPass@db.internal:5432\/app"}"#
+        ),
+        one("url_password", "s3cretPass")
+    );
+    assert_eq!(
+        found(&s, r#"{"to":"bob\u0040example.com"}"#),
+        one("email", r"bob\u0040example.com")
+    );
+    // The user of an escaped URL is not an address either.
+    assert_eq!(found(&s, r#"{"u":"https:\/\/bob@example.com\/x"}"#), vec![]);
+    // Masked in place, the JSON stays JSON of the same length.
+    let (out, _) = masked(&s, doc.as_bytes(), &[7, 50]);
+    assert_eq!(out.len(), doc.len());
+    assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+    assert!(!String::from_utf8_lossy(&out).contains(line));
+}
+
 #[test]
 fn each_type_is_found_with_its_offsets() {
     let s = scanner();
