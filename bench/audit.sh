@@ -15,12 +15,24 @@ BIN="$CARGO_TARGET_DIR/release/airlock"
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 mkdir -p "$DIR/x/checkpoints"
-# Any Ed25519 key will do for an export without checkpoints.
-echo "k4.public.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" >"$DIR/x/public-key"
-python3 - "$N" "$DIR/x/records.jsonl" <<'PY'
-import hashlib, json, sys
-n, path = int(sys.argv[1]), sys.argv[2]
+python3 -c 'import cryptography' 2>/dev/null || pip install -q cryptography
+# verify --dir wants the last record under a signed checkpoint: a fresh
+# Ed25519 key signs a C2SP note of the export's Merkle tree (RFC 6962).
+python3 - "$N" "$DIR/x" <<'PY'
+import base64, hashlib, json, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+n, out = int(sys.argv[1]), sys.argv[2]
+path = out + "/records.jsonl"
 prev = bytes(32)
+frontier = []  # (level, hash), largest subtree first
+def sha(*parts): return hashlib.sha256(b"".join(parts)).digest()
+def push(leaf):
+    node = (0, leaf)
+    while frontier and frontier[-1][0] == node[0]:
+        level, left = frontier.pop()
+        node = (level + 1, sha(b"\x01", left, node[1]))
+    frontier.append(node)
 def s(v): return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
 with open(path, "w") as f:
     for seq in range(1, n + 1):
@@ -32,7 +44,20 @@ with open(path, "w") as f:
         line = '{"actor":%s,"details":%s,"hash":%s,"kind":%s,"prev_hash":%s,"seq":%d,"subject":%s,"ts":%s}' % (
             s("alice"), details, s(h.hex()), s("decision"), s(prev.hex()), seq, s(""), s(ts))
         f.write(line + "\n")
+        push(sha(b"\x00", line.encode()))
         prev = h
+root = frontier[-1][1]
+for _, h in reversed(frontier[:-1]):
+    root = sha(b"\x01", h, root)
+key = Ed25519PrivateKey.generate()
+pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+b64u = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+open(out + "/public-key", "w").write("k4.public." + b64u(pub) + "\n")
+origin = "bench.example/audit"
+text = "%s\n%d\n%s\n" % (origin, n, base64.b64encode(root).decode())
+blob = sha(origin.encode(), b"\n\x01", pub)[:4] + key.sign(text.encode())
+note = text + "\n\u2014 %s %s\n" % (origin, base64.b64encode(blob).decode())
+open(out + "/checkpoints/bench.example_audit-%d.note" % n, "w").write(note)
 PY
 SIZE=$(du -h "$DIR/x/records.jsonl" | cut -f1)
 t0=$(date +%s.%N)

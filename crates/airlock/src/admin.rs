@@ -196,7 +196,9 @@ pub async fn keys_rotate_audit(config: &Path) -> anyhow::Result<ExitCode> {
 
 /// Why the log failed, with the first bad sequence number.
 struct Broken {
-    seq: i64,
+    /// The first record that fails, when one does (not for a checkpoint
+    /// the whole log disagrees with).
+    seq: Option<i64>,
     why: String,
 }
 
@@ -215,7 +217,10 @@ pub fn audit_verify(
     let chain_keys = keys.clone();
     let found = db.read(move |r| verify_chain(r, &chain_keys))?;
     let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);
-    let mut broken = found.broken.map(|(seq, why)| Broken { seq, why });
+    let mut broken = found.broken.map(|(seq, why)| Broken {
+        seq: Some(seq),
+        why,
+    });
     // The Merkle tree against every checkpoint in the store and in the
     // witness folders: a log shorter than, or diverging from, any of them
     // fails, naming it.
@@ -223,7 +228,8 @@ pub fn audit_verify(
     if broken.is_none() {
         match crate::audit::verify_tree(&cfg, &keys)? {
             Ok(check) => tree_checkpoints = check.checkpoints(),
-            Err(why) => broken = Some(Broken { seq: head + 1, why }),
+            // A checkpoint the log disagrees with names no one record.
+            Err(why) => broken = Some(Broken { seq: None, why }),
         }
     }
     match broken {
@@ -232,6 +238,13 @@ pub fn audit_verify(
                 println!(
                     "{}",
                     json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints})
+                );
+            } else if n_cp + tree_checkpoints == 0 && head > 0 {
+                // Consistent, but no signature vouches for it yet: say so
+                // rather than "verified" (the server signs one every
+                // `[audit] checkpoint_interval_seconds` and when it stops).
+                println!(
+                    "audit log chain verified: {head} records, head {hash}; no signed checkpoint yet, so nothing is proven to an outsider"
                 );
             } else {
                 println!(
@@ -247,10 +260,12 @@ pub fn audit_verify(
                     json!({"ok": false, "first_bad_seq": b.seq, "error": b.why})
                 );
             } else {
-                eprintln!(
-                    "audit log FAILED verification at record {}: {}",
-                    b.seq, b.why
-                );
+                match b.seq {
+                    Some(seq) => {
+                        eprintln!("audit log FAILED verification at record {seq}: {}", b.why)
+                    }
+                    None => eprintln!("audit log FAILED verification: {}", b.why),
+                }
             }
             Ok(ExitCode::from(1))
         }

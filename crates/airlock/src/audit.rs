@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use airlock_core::merkle::{self, Frontier};
 use airlock_core::{AuditRecord, ChainVerifier};
-use airlock_keys::{open_note_any, Keyring, PublicKey};
+use airlock_keys::{open_note_any, Keyring, PublicKey, TreeHead};
 use airlock_server::{witness, Config};
 use airlock_store::ReadOnlyStore;
 use anyhow::{bail, Context};
@@ -160,6 +160,25 @@ impl LogCheck {
         Ok(())
     }
 
+    /// The last record is under a signed checkpoint, and so, by the tree,
+    /// is every one before it. Records past the newest checkpoint, or a
+    /// log with none, are proven by nothing: whoever holds the file could
+    /// have appended or rewritten them, hash chain and all.
+    pub fn all_signed(&self) -> Result<(), String> {
+        match self.heads.keys().next_back() {
+            None => Err(format!(
+                "no signed checkpoint: nothing in the {} records is proven by the public key (`airlock audit export` signs one for the last record)",
+                self.records
+            )),
+            Some(&size) if size < self.records => Err(format!(
+                "records {} to {} are under no signed checkpoint (the newest covers {size}): anyone could have added them",
+                size + 1,
+                self.records
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// After the last record: every checkpoint covers no more than the log
     /// and has the log's root at its size.
     pub fn finish(&self) -> Result<(), String> {
@@ -295,7 +314,8 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
             check.push_text(text)?;
             buf.drain(..end);
         }
-        check.finish()
+        check.finish()?;
+        check.all_signed()
     })();
     Ok(report(&out, &check, result))
 }
@@ -306,6 +326,9 @@ pub fn public_keys(arg: &str) -> anyhow::Result<Vec<PublicKey>> {
     let path = Path::new(arg);
     let text = if path.is_file() {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else if PublicKey::parse(arg.trim()).is_err() {
+        // Most likely a mistyped path: say that, not why it is no key.
+        bail!("--public-key {arg}: no such file, and not a key (PASERK or 64 hex digits)");
     } else {
         arg.to_owned()
     };
@@ -380,14 +403,17 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     let mut w = BufWriter::new(std::fs::File::create(dir.join(name))?);
     let mut after = 0;
     let mut n = 0u64;
+    let mut tree = Frontier::default();
     loop {
         let page = db.read(move |r| r.audit_after(after, 10_000))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for rec in &page {
+            let line = rec.export_line();
+            tree.push(merkle::leaf_hash(line.as_bytes()));
             let line = match format {
                 "ocsf" => ocsf(rec).to_string(),
-                _ => rec.export_line(),
+                _ => line,
             };
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")?;
@@ -395,12 +421,33 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
         }
     }
     w.flush()?;
-    let notes = db.read(|r| r.audit_notes())?;
+    // A checkpoint the server signed after the records were read covers
+    // records not in the file: left out, or the export would not verify.
+    let mut notes: Vec<(u64, String)> = db
+        .read(|r| r.audit_notes())?
+        .into_iter()
+        .filter_map(|(size, note)| u64::try_from(size).ok().map(|s| (s, note)))
+        .filter(|(size, _)| *size <= n)
+        .collect();
     let origin = cfg.audit_origin();
+    // The records after the server's last checkpoint would otherwise be
+    // proven by nothing, and `verify --dir` refuses an unsigned tail (anyone
+    // could have appended it): the export signs the tree it wrote, with the
+    // log's own key, as the server would at its next interval.
+    if n > 0 && notes.last().is_none_or(|(size, _)| *size != n) {
+        let (keyring, _) = Keyring::load_or_create(&cfg.data_dir().join("keys"))
+            .context("reading the audit signing key to sign the export's checkpoint")?;
+        let note = keyring.sign_note(&TreeHead {
+            origin: origin.clone(),
+            size: n,
+            root: tree.root(),
+        });
+        notes.push((n, note));
+    }
     for (size, note) in &notes {
         let path = dir
             .join("checkpoints")
-            .join(witness::file_name(&origin, *size as u64));
+            .join(witness::file_name(&origin, *size));
         std::fs::write(path, note)?;
     }
     // The current key first, then those it replaced: checkpoints signed

@@ -152,6 +152,78 @@ fn witnessed(witness: &std::path::Path) -> Server {
     Server::serve(dir, &Db::Sqlite, 1, &data)
 }
 
+/// An export taken while the server runs, before its first checkpoint,
+/// signs the tree it wrote, so the outsider's check passes; checkpoints
+/// the server signs after the records were read are left out.
+#[tokio::test]
+async fn an_export_signs_what_no_checkpoint_covers_yet() {
+    let (dir, cfg) = sqlite_config();
+    let data = dir.path().join("data");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "checkpoint_interval_seconds = 1\n",
+        "checkpoint_interval_seconds = 3600\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let alice = s.key("alice", "user");
+    for _ in 0..3 {
+        s.post(
+            &alice,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    }
+    assert_eq!(s.sql_i64("SELECT COUNT(*) FROM audit_notes"), 0);
+    let (code, out) = airlock(&["audit", "verify", "--config", s.config().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no signed checkpoint yet"), "{out}");
+    let export = tempfile::tempdir().unwrap();
+    let e = export.path().join("x");
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        e.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let records = std::fs::read_to_string(e.join("records.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let notes: Vec<_> = std::fs::read_dir(e.join("checkpoints")).unwrap().collect();
+    assert_eq!(notes.len(), 1, "the export's own checkpoint");
+    let note = std::fs::read_to_string(notes[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(
+        note.lines().nth(1),
+        Some(records.to_string().as_str()),
+        "{note}"
+    );
+    let (code, out) = airlock(&[
+        "audit",
+        "verify",
+        "--dir",
+        e.to_str().unwrap(),
+        "--public-key",
+        e.join("public-key").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    // A public key that is a mistyped path says so.
+    let (code, out) = airlock(&[
+        "audit",
+        "verify",
+        "--dir",
+        e.to_str().unwrap(),
+        "--public-key",
+        "/nonexistent/public-key",
+    ]);
+    assert_ne!(code, 0);
+    assert!(out.contains("no such file"), "{out}");
+}
+
 fn airlock(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     let text = format!(
@@ -452,6 +524,28 @@ async fn the_log_is_provable_offline_and_witnessed() {
     let (code, out) = verify_dir(&d);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record 5: not UTF-8"), "{out}");
+    // Signatures taken away: nothing in the export is proven, however
+    // well the chain links.
+    let d = tampered("unsigned", &|_| {});
+    std::fs::remove_dir_all(d.join("checkpoints")).unwrap();
+    let (code, out) = verify_dir(&d);
+    assert_eq!(code, 1, "no checkpoint: {out}");
+    assert!(out.contains("no signed checkpoint"), "{out}");
+    // The newest checkpoint taken away: the records after the one before
+    // it are proven by nothing (anyone could have appended them).
+    let d = tampered("tail", &|_| {});
+    let mut notes: Vec<_> = std::fs::read_dir(d.join("checkpoints"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    notes.sort_by_key(|p| {
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        name.rsplit('-').next().unwrap().parse::<u64>().unwrap()
+    });
+    std::fs::remove_file(notes.last().unwrap()).unwrap();
+    let (code, out) = verify_dir(&d);
+    assert_eq!(code, 1, "an unsigned tail: {out}");
+    assert!(out.contains("signed checkpoint"), "{out}");
     // A checkpoint of another log (another deployment's key) is refused.
     let other = tempfile::tempdir().unwrap();
     let mut o = witnessed(other.path());
