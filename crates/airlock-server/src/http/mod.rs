@@ -43,17 +43,21 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let airlock: AppState = axum::extract::FromRef::from_ref(state);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthenticated)?;
-        airlock.authenticate(key.trim()).await
+        airlock.authenticate(bearer(&parts.headers)?).await
     }
+}
+
+/// The API key in `Authorization: Bearer KEY`.
+fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthenticated)?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(key.trim())
 }
 
 fn parse_request_id(s: &str) -> Result<RequestId, ApiError> {
@@ -218,6 +222,7 @@ struct WaitQuery {
 async fn get_request(
     State(airlock): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Json<RequestView>, ApiError> {
@@ -235,6 +240,11 @@ async fn get_request(
     let (req, decisions) = airlock
         .get_request_with_decisions(&caller, id, wait)
         .await?;
+    // A key revoked (or its user removed) while the call waited gets no
+    // answer, least of all the grant token the approval just issued.
+    if wait.is_some() {
+        airlock.authenticate(bearer(&headers)?).await?;
+    }
     let mut v = airlock.request_view_with_token(&req, &caller);
     v.decisions = Some(decisions);
     Ok(Json(v))

@@ -120,8 +120,51 @@ async fn keys_are_listed_and_a_revoked_key_is_refused_at_once(db: Db) {
     let (st, body) = s.get(&admin, "/v1/requests").await;
     assert_eq!(st, 200, "{body}");
 
+    // A long-poll opened before its key is revoked gets no answer after,
+    // least of all the grant token the approval issues meanwhile.
+    let alice2 = s.key("alice", "user");
+    let (bob, carol) = (s.key("bob", "user"), s.key("carol", "user"));
+    let (_, res) = s
+        .post(&alice2, "/v1/check", export("alice", "orders"))
+        .await;
+    let rid = res["request"]["id"].as_str().unwrap().to_owned();
+    let id2 = list_keys(&s)
+        .into_iter()
+        .find(|k| k["user"] == "alice" && k["active"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = s.config();
+    let poll = format!("/v1/requests/{rid}?wait=20");
+    let (polled, ()) = tokio::join!(s.get(&alice2, &poll), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["keys", "revoke", &id2, "--config"])
+                .arg(config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let (st, r) = s.review(&bob, &rid, "approve").await;
+        assert_eq!(st, 200, "{r}");
+        if r["status"] == "pending" {
+            let (st, r) = s.review(&carol, &rid, "approve").await;
+            assert_eq!(st, 200, "{r}");
+        }
+    });
+    let (st, body) = polled;
+    assert_eq!(st, 401, "the revoked key's long-poll answered: {body}");
+    assert!(body.get("grant").is_none(), "{body}");
+
     // Kept, marked revoked, and the revocation is in the audit log.
-    let k = listed(&s, "alice");
+    let k = list_keys(&s)
+        .into_iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
     assert!(k["revoked"].is_string(), "{k}");
     assert_eq!(k["active"], false);
     let records = audit_about(&s, &admin, &id).await;
