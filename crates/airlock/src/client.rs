@@ -529,7 +529,20 @@ async fn run_command(
     let code = match &status {
         Ok(s) => {
             detail.insert("exit_code".into(), json!(s.code()));
-            s.code().unwrap_or(128)
+            match s.code() {
+                Some(code) => code,
+                // Killed by a signal: the shell's 128 + N, and said, since
+                // the command itself printed nothing.
+                None => {
+                    let signal = std::os::unix::process::ExitStatusExt::signal(s);
+                    detail.insert("signal".into(), json!(signal));
+                    eprintln!(
+                        "airlock: {prog} was killed by signal {}",
+                        signal.map_or_else(|| "?".to_owned(), |n| n.to_string())
+                    );
+                    128 + signal.unwrap_or(0)
+                }
+            }
         }
         Err(e) => {
             detail.insert("error".into(), json!(e.to_string()));

@@ -72,6 +72,18 @@ async fn airlock_run_waits_runs_and_exits_with_the_command_code(db: Db) {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("denied by bob"));
     assert!(!Path::new("should-not-exist").exists());
+
+    // A command killed by a signal: the shell's 128 + N, and said.
+    let child = run(&["sh", "-c", "kill -TERM $$"]);
+    let id = first_pending(&s, &bob).await;
+    s.review(&bob, &id, "approve").await;
+    s.review(&carol, &id, "approve").await;
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(stderr.contains("killed by signal 15"), "{stderr}");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["grant"]["outcome"], "failure", "{r}");
 }
 
 /// Sends SIGTERM, waits for the exit, and reads the log.
