@@ -50,9 +50,11 @@ pub struct Approval {
 }
 
 fn positive(key: &str, v: &str) -> Result<NonZeroU32, String> {
-    v.trim()
-        .parse::<NonZeroU32>()
-        .map_err(|_| format!("@{key}({v:?}) must be a whole number of at least 1"))
+    // Digits only: `parse` alone takes `+2`, and a trim took ` 2`.
+    Some(v)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<NonZeroU32>().ok())
+        .ok_or_else(|| format!("@{key}({v:?}) must be a whole number of at least 1"))
 }
 
 /// Reads one policy's annotations. `is_permit` is false for `forbid`.
@@ -216,6 +218,9 @@ mod tests {
         for bad in [
             vec![("approvers", "security"), ("quorum", "0")],
             vec![("approvers", "security"), ("quorum", "two")],
+            vec![("approvers", "security"), ("quorum", " 2")],
+            vec![("approvers", "security"), ("quorum", "+2")],
+            vec![("approvers", "security"), ("max_uses", "3 ")],
             vec![("approvers", "sec urity")],
             vec![("approvers", "")],
             vec![("approvers", "security"), ("grant_ttl", "soon")],
