@@ -522,7 +522,7 @@ impl Airlock {
                         None => {}
                         Some("totp") => step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t)?,
                         Some("webauthn") => {
-                            let rp = super::webauthn::relying_party(&console)?;
+                            let rp = super::webauthn::approval_relying_party(&console)?;
                             super::webauthn::step_up_webauthn(tx, &rp, &secrets, &reviewer, id, proof.webauthn.as_ref(), &page)?;
                         }
                         // Fails closed: a step-up this release does not know.

@@ -188,6 +188,18 @@ pub(crate) fn relying_party(public_url: &str) -> Result<Webauthn, ApiError> {
         })
 }
 
+/// The relying party an approval with a security key needs. A server
+/// whose `public_url` no browser takes as an RP id (a bare IP address)
+/// cannot ask for a key at all: the approval is refused as a step-up not
+/// met (403 `step_up_required`), not blamed on the reviewer's input.
+pub(crate) fn approval_relying_party(public_url: &str) -> Result<Webauthn, ApiError> {
+    relying_party(public_url).map_err(|e| {
+        refuse(format!(
+            "this approval needs a security key, which this server cannot ask for: {e}"
+        ))
+    })
+}
+
 /// Checks `reviewer`'s WebAuthn answer for approving request `id`, inside
 /// the review's transaction, and keeps the credential's new counter (a
 /// cloned key shows up as a counter that goes back).

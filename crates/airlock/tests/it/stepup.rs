@@ -309,6 +309,47 @@ const WEBAUTHN_POLICIES: &str = r#"
 permit(principal, action == Action::"export", resource);
 "#;
 
+/// Browsers take no IP address as a WebAuthn RP id, so a server whose
+/// public URL is http://127.0.0.1:PORT cannot ask for a key: approving is
+/// refused as a step-up not met (403), not as the reviewer's bad input,
+/// and says why.
+#[tokio::test]
+async fn a_security_key_approval_on_a_server_at_an_ip_address_is_a_step_up_not_met() {
+    let s = Server::start_with(&Db::Sqlite, WEBAUTHN_POLICIES);
+    let alice = s.key("alice", "user");
+    let bob = s.key("bob", "user");
+    let id = ask_export(&s, &alice).await;
+    let (st, r) = approve(&s, &bob, &id, None).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("step_up_required")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot ask for"),
+        "{r}"
+    );
+    // A deny needs no step-up.
+    let (st, r) = s.review(&bob, &id, "deny").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("denied")), "{r}");
+}
+
+async fn ask_export(s: &Server, key: &str) -> String {
+    let (st, r) = s
+        .post(
+            key,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["request"]["step_up"], "webauthn");
+    r["request"]["id"].as_str().unwrap().to_owned()
+}
+
 /// `@step_up("webauthn")`: a security key registered on the Account page
 /// approves in the console (Chromium with a virtual authenticator); the
 /// API cannot approve without one.
