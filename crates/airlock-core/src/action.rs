@@ -225,51 +225,159 @@ impl Action {
 /// such values are sent as strings.
 pub mod exact {
     use std::collections::BTreeMap;
+    use std::fmt;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::de::{DeserializeSeed, Error, MapAccess, SeqAccess, Visitor};
+    use serde::Deserializer;
     use serde_json::{Map, Value};
 
-    /// The path of the first number in `v` that is not a 64-bit integer.
-    pub fn first_inexact(v: &Value) -> Option<String> {
-        match v {
-            Value::Number(n) if !(n.is_i64() || n.is_u64()) => Some(String::new()),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, x)| first_inexact(x).map(|p| format!("[{i}]{p}"))),
-            Value::Object(map) => map
-                .iter()
-                .find_map(|(k, x)| first_inexact(x).map(|p| format!(".{}{p}", k.escape_debug()))),
-            _ => None,
+    /// Reads one JSON value as it can be bound, in one pass: a number that
+    /// is not a 64-bit integer is refused, and so is a key given twice in
+    /// one object (parsers disagree on which of the two wins: serde_json
+    /// keeps the last, others the first, so the action approved and the
+    /// action another reader of the same bytes runs could differ). `path`
+    /// is where the value sits, for the error.
+    struct Exact<'p> {
+        path: &'p mut Vec<String>,
+    }
+
+    impl Exact<'_> {
+        fn at(&self) -> String {
+            self.path.concat()
         }
     }
 
-    fn check<E: serde::de::Error>(
-        entries: &mut dyn Iterator<Item = (&String, &Value)>,
-    ) -> Result<(), E> {
-        for (k, v) in entries {
-            if let Some(p) = first_inexact(v) {
-                return Err(E::custom(format!(
-                    "{}{p}: only whole numbers from -2^63 to 2^64-1 can be bound and recorded exactly; send other numbers as strings",
-                    k.escape_debug()
-                )));
+    impl<'de> DeserializeSeed<'de> for Exact<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Exact<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Value, E> {
+            Err(E::custom(format!(
+                "{}: only whole numbers from -2^63 to 2^64-1 can be bound and recorded exactly; send other numbers as strings",
+                self.at()
+            )))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            loop {
+                self.path.push(format!("[{}]", items.len()));
+                let item = seq.next_element_seed(Exact {
+                    path: &mut *self.path,
+                })?;
+                self.path.pop();
+                match item {
+                    Some(v) => items.push(v),
+                    None => return Ok(Value::Array(items)),
+                }
             }
         }
-        Ok(())
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut members = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let segment = match self.path.is_empty() {
+                    true => key.escape_debug().to_string(),
+                    false => format!(".{}", key.escape_debug()),
+                };
+                if members.contains_key(&key) {
+                    return Err(A::Error::custom(format!(
+                        "{}{segment}: the key is given twice; send it once",
+                        self.at()
+                    )));
+                }
+                self.path.push(segment);
+                let value = map.next_value_seed(Exact {
+                    path: &mut *self.path,
+                })?;
+                self.path.pop();
+                members.insert(key, value);
+            }
+            Ok(Value::Object(members))
+        }
     }
 
-    /// Deserializes a JSON object whose numbers are all exact.
+    /// Deserializes a JSON object whose numbers are all exact and whose
+    /// keys, at every depth, are each given once.
     pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
-        let m = Map::deserialize(d)?;
-        check(&mut m.iter())?;
-        Ok(m)
+        match (Exact {
+            path: &mut Vec::new(),
+        })
+        .deserialize(d)?
+        {
+            Value::Object(m) => Ok(m),
+            _ => Err(D::Error::custom("expected a JSON object")),
+        }
     }
 
     /// The same, into a sorted map.
     pub fn btree<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Value>, D::Error> {
-        let m = BTreeMap::<String, Value>::deserialize(d)?;
-        check(&mut m.iter())?;
-        Ok(m)
+        map(d).map(|m| m.into_iter().collect())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+        use super::*;
+
+        fn read(text: &str) -> Result<Map<String, Value>, String> {
+            map(&mut serde_json::Deserializer::from_str(text)).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn a_key_given_twice_is_refused_at_any_depth() {
+            assert_eq!(
+                read(r#"{"n": 1, "m": {"a": [1, {"b": true}]}}"#).unwrap()["m"]["a"][1]["b"],
+                true
+            );
+            let err = read(r#"{"n": 1, "n": 2}"#).unwrap_err();
+            assert!(err.contains("n: the key is given twice"), "{err}");
+            let err = read(r#"{"m": {"a": [0, {"b": 1, "b": 1}]}}"#).unwrap_err();
+            assert!(err.contains("m.a[1].b: the key is given twice"), "{err}");
+            // The same key in two objects is no repeat.
+            assert!(read(r#"{"a": {"k": 1}, "b": {"k": 1}}"#).is_ok());
+        }
+
+        #[test]
+        fn only_whole_numbers_are_exact() {
+            assert!(read(r#"{"n": -9223372036854775808, "m": 18446744073709551615}"#).is_ok());
+            for bad in [
+                r#"{"n": 1.5}"#,
+                r#"{"n": 18446744073709551616}"#,
+                r#"{"a": [1e3]}"#,
+            ] {
+                let err = read(bad).unwrap_err();
+                assert!(err.contains("only whole numbers"), "{bad}: {err}");
+            }
+            let err = read(r#"{"m": {"x": [0, 0.5]}}"#).unwrap_err();
+            assert!(err.starts_with("m.x[1]: only whole numbers"), "{err}");
+            assert!(read("[1]").is_err());
+        }
     }
 }
 

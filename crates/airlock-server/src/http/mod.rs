@@ -47,6 +47,15 @@ where
     }
 }
 
+/// A page's `limit` (default 100): 0 asks for nothing a page can hold, and
+/// is refused rather than read as 1. Larger than a page holds is cut to it.
+fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(100) {
+        0 => Err(ApiError::BadRequest("limit must be at least 1".into())),
+        n => Ok(n),
+    }
+}
+
 /// The API key in `Authorization: Bearer KEY`.
 fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
     let value = headers
@@ -292,7 +301,7 @@ async fn list_requests(
         ),
     };
     let page = airlock
-        .list_requests(&caller, statuses, q.limit.unwrap_or(100), after)
+        .list_requests(&caller, statuses, page_size(q.limit)?, after)
         .await?;
     let requests = page
         .requests
@@ -470,7 +479,12 @@ async fn audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let after = q.after.unwrap_or(0);
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    if after < 0 {
+        return Err(ApiError::BadRequest(format!(
+            "after {after}: a sequence number, 0 or more"
+        )));
+    }
+    let limit = page_size(q.limit)?.min(10_000);
     let records = airlock.audit_after(&caller, after, limit).await?;
     Ok(Json(AuditPage { records }))
 }

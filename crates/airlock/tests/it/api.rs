@@ -162,6 +162,10 @@ async fn a_query_value_that_does_not_parse_gets_the_error_body() {
         (&alice, "/v1/requests?limit=abc".to_owned()),
         (&admin, "/v1/audit?after=abc".to_owned()),
         (&admin, "/v1/audit?limit=-1".to_owned()),
+        // Out of range, not just unparsable: nothing is read as 1 or 0.
+        (&admin, "/v1/audit?limit=0".to_owned()),
+        (&admin, "/v1/audit?after=-1".to_owned()),
+        (&alice, "/v1/requests?status=all&limit=0".to_owned()),
         (&admin, "/v1/audit/proof/inclusion?seq=abc".to_owned()),
     ] {
         let res = s
@@ -174,6 +178,40 @@ async fn a_query_value_that_does_not_parse_gets_the_error_body() {
         assert_eq!(res.status().as_u16(), 400, "{path}");
         let body: Value = res.json().await.unwrap_or(Value::Null);
         assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
+}
+
+/// A key given twice in one object of params, context or resource
+/// attributes is bad input: which of the two counts depends on who parses
+/// the bytes, and the grant binds one of them.
+#[tokio::test]
+async fn a_key_given_twice_is_refused() {
+    let s = Server::start(&Db::Sqlite);
+    let alice = s.key("alice", "user");
+    for body in [
+        r#"{"action":"read","resource":{"type":"Table","id":"t"},"params":{"n":1,"n":2}}"#,
+        r#"{"action":"read","resource":{"type":"Table","id":"t"},"context":{"x":{"a":1,"a":2}}}"#,
+        r#"{"action":"read","resource":{"type":"Table","id":"t","attrs":{"o":[{"k":1,"k":1}]}}}"#,
+    ] {
+        let res = s
+            .http
+            .post(format!("{}/v1/check", s.url))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{body}");
+        let r: Value = res.json().await.unwrap();
+        assert_eq!(r["error"]["code"], "bad_request", "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("given twice"),
+            "{r}"
+        );
     }
 }
 
