@@ -111,7 +111,9 @@ impl Det {
     /// a phone number.
     pub(crate) fn fallbacks(self) -> &'static [Det] {
         match self {
-            Det::CreditCard | Det::Ssn => &[Det::Phone],
+            // `123-45-6789 4111…`: the greedy card match swallowed an SSN.
+            Det::CreditCard => &[Det::Ssn, Det::Phone],
+            Det::Ssn => &[Det::Phone],
             Det::Iban => &[Det::Email],
             _ => &[],
         }
@@ -177,15 +179,7 @@ impl Det {
                 ssn_parts(&m[0..3], &m[4..6], &m[7..11]).then_some((start, end))
             }
             Det::Iban => iban(m).map(|len| (start, start + len)),
-            Det::CreditCard => {
-                if dotted_neighbour(hay, start, end, b'.')
-                    || dotted_neighbour(hay, start, end, b'-')
-                    || before(1) == b"+"
-                {
-                    return None;
-                }
-                credit_card(m).then_some((start, end))
-            }
+            Det::CreditCard => card_within(hay, start, end),
             Det::Phone => {
                 if dotted_neighbour(hay, start, end, b'.')
                     || dotted_neighbour(hay, start, end, b'-')
@@ -259,6 +253,37 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
         sum += v;
     }
     sum.is_multiple_of(10)
+}
+
+/// The card number in a greedy match of digit groups: the whole match,
+/// or else the run of its groups with the most groups (leftmost first)
+/// that is one, so a row number before a card or an expiry and code after
+/// it (`1 4111111111111111`, `4111111111111111 12/27 123`) do not hide it.
+/// Groups are cut only at separators: a run of digits is never carved.
+fn card_within(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut i = start;
+    while i < end {
+        if hay[i].is_ascii_digit() {
+            let from = i;
+            while i < end && hay[i].is_ascii_digit() {
+                i += 1;
+            }
+            groups.push((from, i));
+        } else {
+            i += 1;
+        }
+    }
+    let n = groups.len();
+    (1..=n).rev().find_map(|len| {
+        (0..=n - len).find_map(|first| {
+            let (s, e) = (groups[first].0, groups[first + len - 1].1);
+            let apart = dotted_neighbour(hay, s, e, b'.')
+                || dotted_neighbour(hay, s, e, b'-')
+                || (s > 0 && hay[s - 1] == b'+');
+            (!apart && credit_card(&hay[s..e])).then_some((s, e))
+        })
+    })
 }
 
 fn credit_card(m: &[u8]) -> bool {

@@ -563,13 +563,26 @@ fn mask_into(value: &[u8], kind: &Kind, out: &mut Vec<u8>) {
         kind,
         Kind::Email | Kind::CreditCard | Kind::UsSsn | Kind::Phone | Kind::Iban | Kind::Ipv4
     );
-    for (i, &b) in value.iter().enumerate() {
+    let mut i = 0;
+    while i < value.len() {
+        let b = value[i];
+        // An `@` written `\u0040` in a JSON string is kept whole, as `@`
+        // is: a kept `\` before a masked `u` would be `\*`, no JSON escape.
+        if keep_punct && i < keep_from && value[i..].starts_with(b"\\u0040") {
+            out.extend_from_slice(b"\\u0040");
+            i += 6;
+            continue;
+        }
         out.push(match b {
             _ if i >= keep_from => b,
             b'\n' | b'\r' => b,
             b'0'..=b'9' => b'X',
+            // Any other `\` of personal data is masked too, for the same
+            // reason.
+            b'\\' => b'*',
             _ if keep_punct && (b.is_ascii_punctuation() || b == b' ') => b,
             _ => b'*',
         });
+        i += 1;
     }
 }

@@ -72,10 +72,21 @@ fn secrets_inside_json_strings_are_found() {
     // The user of an escaped URL is not an address either.
     assert_eq!(found(&s, r#"{"u":"https:\/\/bob@example.com\/x"}"#), vec![]);
     // Masked in place, the JSON stays JSON of the same length.
-    let (out, _) = masked(&s, doc.as_bytes(), &[7, 50]);
-    assert_eq!(out.len(), doc.len());
-    assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
-    assert!(!String::from_utf8_lossy(&out).contains(line));
+    let escaped = format!(
+        "{{\"k\": \"{pem}\", \"to\": \"bob\\u0040example.com\", \"db\": \"postgres:\\/\\/a:s3cretPass@db\"}}"
+    );
+    for doc in [&doc, &escaped] {
+        let (out, _) = masked(&s, doc.as_bytes(), &[7, 50]);
+        assert_eq!(out.len(), doc.len());
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&out).is_ok(),
+            "{text}"
+        );
+        for secret in [line, "bob", "s3cretPass"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
 }
 
 #[test]
@@ -151,6 +162,44 @@ fn each_type_is_found_with_its_offsets() {
     ];
     for (kind, text, value) in cases {
         assert_eq!(found(&s, &text), one(kind, value), "in {text:?}");
+    }
+}
+
+/// A greedy match of digit groups took the numbers around a card with
+/// it (a row number, an expiry and code, an SSN), failed Luhn as a whole,
+/// and the card went unreported: the card inside is found, and what the
+/// match swallowed is scanned on its own.
+#[test]
+fn a_card_beside_other_numbers_is_found() {
+    let s = scanner();
+    let card = |v: &str| ("credit_card".to_owned(), v.to_owned());
+    let ssn = |v: &str| ("us_ssn".to_owned(), v.to_owned());
+    for (text, want) in [
+        ("4111111111111111 12/27 123", vec![card("4111111111111111")]),
+        ("1 4111111111111111", vec![card("4111111111111111")]),
+        ("id 1 4111111111111111", vec![card("4111111111111111")]),
+        ("4111 1111 1111 1111 12", vec![card("4111 1111 1111 1111")]),
+        ("378282246310005 1", vec![card("378282246310005")]),
+        (
+            "5500 0000 0000 0004 99 items",
+            vec![card("5500 0000 0000 0004")],
+        ),
+        (
+            "4111 1111 1111 1111 123-45-6789",
+            vec![card("4111 1111 1111 1111"), ssn("123-45-6789")],
+        ),
+        (
+            "123-45-6789 4111 1111 1111 1111",
+            vec![ssn("123-45-6789"), card("4111 1111 1111 1111")],
+        ),
+    ] {
+        assert_eq!(found(&s, text), want, "{text}");
+        let (out, _) = masked(&s, text.as_bytes(), &[3]);
+        assert!(
+            !String::from_utf8_lossy(&out).contains("4111"),
+            "{text}: {}",
+            String::from_utf8_lossy(&out)
+        );
     }
 }
 
