@@ -28,11 +28,8 @@ fn object(field: &str, text: &str) -> Result<Map<String, Value>, String> {
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("{field} must be a JSON object")),
-        Err(e) => Err(format!("{field} is not JSON: {e}")),
-    }
+    // By the API's rules: break-glass grants from this form at once.
+    airlock_core::action::exact::map_from_str(text).map_err(|e| format!("{field}: {e}"))
 }
 
 impl Airlock {

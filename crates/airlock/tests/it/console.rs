@@ -379,7 +379,10 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
         &bob_cookie,
     )
     .await;
-    assert!(page.contains("context must be a JSON object"), "{page}");
+    assert!(
+        page.contains("context: invalid type: sequence, expected a JSON object"),
+        "{page}"
+    );
     let (st, _) = simulate(
         vec![
             ("principal", "alice"),
