@@ -57,7 +57,7 @@ origin = "bench.example/audit"
 text = "%s\n%d\n%s\n" % (origin, n, base64.b64encode(root).decode())
 blob = sha(origin.encode(), b"\n\x01", pub)[:4] + key.sign(text.encode())
 note = text + "\n\u2014 %s %s\n" % (origin, base64.b64encode(blob).decode())
-open(out + "/checkpoints/bench.example_audit-%d.note" % n, "w").write(note)
+open(out + "/checkpoints/bench.example_audit-%d.note" % n, "w", encoding="utf-8").write(note)
 PY
 SIZE=$(du -h "$DIR/x/records.jsonl" | cut -f1)
 t0=$(date +%s.%N)

@@ -76,15 +76,22 @@ impl Keyring {
     /// Reads the public halves of the keys in `dir` without creating any:
     /// for offline verification.
     pub fn load_public(dir: &Path) -> Result<PublicKeys, KeyError> {
-        let read = |name: &str| -> Result<PublicKey, KeyError> {
+        Ok(Self::load(dir)?.public())
+    }
+
+    /// Reads the keys in `dir` without creating any: for a tool that signs
+    /// with the keys a server made (`airlock audit export`), where a key
+    /// made on the spot would sign for a log it never kept.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let read = |name: &str| -> Result<SigningKey, KeyError> {
             let path = dir.join(name);
             let text = Zeroizing::new(fs::read_to_string(&path).map_err(io(&path))?);
             let mut seed = Zeroizing::new([0u8; 32]);
             hex::decode_to_slice(text.trim(), seed.as_mut())
                 .map_err(|_| KeyError::Malformed(path.clone()))?;
-            Ok(PublicKey(SigningKey::from_bytes(&seed).verifying_key()))
+            Ok(SigningKey::from_bytes(&seed))
         };
-        Ok(PublicKeys {
+        Ok(Self {
             grant: read("grant-signing.key")?,
             audit: read("audit-signing.key")?,
         })

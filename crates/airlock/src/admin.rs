@@ -237,7 +237,7 @@ pub fn audit_verify(
             if out.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints})
+                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints, "proven": head == 0 || n_cp + tree_checkpoints > 0})
                 );
             } else if n_cp + tree_checkpoints == 0 && head > 0 {
                 // Consistent, but no signature vouches for it yet: say so

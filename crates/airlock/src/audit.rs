@@ -166,6 +166,7 @@ impl LogCheck {
     /// have appended or rewritten them, hash chain and all.
     pub fn all_signed(&self) -> Result<(), String> {
         match self.heads.keys().next_back() {
+            None if self.records == 0 => Ok(()),
             None => Err(format!(
                 "no signed checkpoint: nothing in the {} records is proven by the public key (`airlock audit export` signs one for the last record)",
                 self.records
@@ -391,8 +392,8 @@ pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<Lo
 /// `airlock audit export --config FILE --out DIR`.
 pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let keys = Keyring::audit_keys(&cfg.data_dir().join("keys"))
-        .context("reading the audit public keys")?;
+    let keys_dir = cfg.data_dir().join("keys");
+    let keys = Keyring::audit_keys(&keys_dir).context("reading the audit public keys")?;
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     std::fs::create_dir_all(dir.join("checkpoints"))?;
     let name = match format {
@@ -400,49 +401,97 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
         "ocsf" => "records.ocsf.jsonl",
         other => bail!("--format {other:?}: jsonl or ocsf"),
     };
+    // The checkpoints first: records only grow, so each then covers no
+    // more than the records read after it, unless the log was cut.
+    let stored = db.read(|r| r.audit_notes())?;
+    let mut labelled: Vec<(String, String)> = stored
+        .iter()
+        .map(|(size, note)| (format!("in the store at size {size}"), note.clone()))
+        .collect();
+    for wdir in cfg.witness_dirs() {
+        let found = witness::read_all(&wdir)
+            .with_context(|| format!("witness folder {}", wdir.display()))?;
+        labelled.extend(
+            found
+                .into_iter()
+                .map(|(path, note)| (path.display().to_string(), note)),
+        );
+    }
+    // The records are checked as they are written, as `verify --config`
+    // would: the export signs nothing the log's own checks refuse.
+    let mut check = LogCheck::new(&labelled, &keys);
     let mut w = BufWriter::new(std::fs::File::create(dir.join(name))?);
     let mut after = 0;
     let mut n = 0u64;
-    let mut tree = Frontier::default();
+    let mut text = String::new();
     loop {
         let page = db.read(move |r| r.audit_after(after, 10_000))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
+        text.clear();
         for rec in &page {
-            let line = rec.export_line();
-            tree.push(merkle::leaf_hash(line.as_bytes()));
-            let line = match format {
-                "ocsf" => ocsf(rec).to_string(),
-                _ => line,
-            };
-            w.write_all(line.as_bytes())?;
-            w.write_all(b"\n")?;
+            text.push_str(&rec.export_line());
+            text.push('\n');
+            if format == "ocsf" {
+                w.write_all(ocsf(rec).to_string().as_bytes())?;
+                w.write_all(b"\n")?;
+            }
             n += 1;
+        }
+        if format == "jsonl" {
+            w.write_all(text.as_bytes())?;
+        }
+        if let Ok(c) = &mut check {
+            if let Err(why) = c.push_text(&text) {
+                check = Err(why);
+            }
         }
     }
     w.flush()?;
-    // A checkpoint the server signed after the records were read covers
-    // records not in the file: left out, or the export would not verify.
-    let mut notes: Vec<(u64, String)> = db
-        .read(|r| r.audit_notes())?
+    let verified = check.and_then(|c| {
+        c.finish()?;
+        Ok(c.tree.root())
+    });
+    let mut notes: Vec<(u64, String)> = stored
         .into_iter()
         .filter_map(|(size, note)| u64::try_from(size).ok().map(|s| (s, note)))
-        .filter(|(size, _)| *size <= n)
         .collect();
     let origin = cfg.audit_origin();
+    let mut refused = None;
     // The records after the server's last checkpoint would otherwise be
-    // proven by nothing, and `verify --dir` refuses an unsigned tail (anyone
-    // could have appended it): the export signs the tree it wrote, with the
-    // log's own key, as the server would at its next interval.
-    if n > 0 && notes.last().is_none_or(|(size, _)| *size != n) {
-        let (keyring, _) = Keyring::load_or_create(&cfg.data_dir().join("keys"))
-            .context("reading the audit signing key to sign the export's checkpoint")?;
-        let note = keyring.sign_note(&TreeHead {
-            origin: origin.clone(),
-            size: n,
-            root: tree.root(),
-        });
-        notes.push((n, note));
+    // proven by nothing, and `verify --dir` refuses an unsigned tail: the
+    // export signs the tree it wrote, with the log's own key, when that
+    // tree is the one the log itself keeps (the server signs the root of
+    // its stored tree, built as each record was appended) and the log
+    // passes its checks against every stored and witnessed checkpoint.
+    if format == "jsonl" && n > 0 && notes.last().is_none_or(|(size, _)| *size != n) {
+        let kept = db
+            .read(move |r| {
+                let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+                Ok(merkle::root(&mut nodes, n).ok())
+            })
+            .context("reading the log's own tree")?;
+        match verified {
+            Ok(root) if kept == Some(root) => {
+                let keyring = Keyring::load(&keys_dir)
+                    .context("reading the audit signing key to sign the export's checkpoint")?;
+                if keys.first() != Some(&keyring.public().audit) {
+                    bail!("the audit key changed while exporting; export again");
+                }
+                let note = keyring.sign_note(&TreeHead {
+                    origin: origin.clone(),
+                    size: n,
+                    root,
+                });
+                notes.push((n, note));
+            }
+            Ok(_) => {
+                refused = Some(format!(
+                    "the records do not hash to the log's own tree at size {n}: they were changed"
+                ))
+            }
+            Err(why) => refused = Some(why),
+        }
     }
     for (size, note) in &notes {
         let path = dir
@@ -461,6 +510,10 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
         dir.display(),
         dir.display()
     );
+    if let Some(why) = refused {
+        eprintln!("the log FAILED its checks, so no checkpoint was signed for this export: {why}");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

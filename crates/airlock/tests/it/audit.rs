@@ -211,6 +211,26 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
         e.join("public-key").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
+    // A record changed in the database: the export carries it, but signs
+    // no checkpoint over it, and says so.
+    s.sql("UPDATE audit SET actor = 'mallory' WHERE seq = 2");
+    let changed = export.path().join("changed");
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        changed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no checkpoint was signed"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(changed.join("checkpoints"))
+            .unwrap()
+            .count(),
+        0
+    );
     // A public key that is a mistyped path says so.
     let (code, out) = airlock(&[
         "audit",
