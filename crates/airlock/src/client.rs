@@ -534,7 +534,10 @@ async fn run_command(
                 // Killed by a signal: the shell's 128 + N, and said, since
                 // the command itself printed nothing.
                 None => {
+                    #[cfg(unix)]
                     let signal = std::os::unix::process::ExitStatusExt::signal(s);
+                    #[cfg(not(unix))]
+                    let signal: Option<i32> = None;
                     detail.insert("signal".into(), json!(signal));
                     eprintln!(
                         "airlock: {prog} was killed by signal {}",

@@ -250,10 +250,12 @@ async fn get_request(
         .get_request_with_decisions(&caller, id, wait)
         .await?;
     // A key revoked (or its user removed) while the call waited gets no
-    // answer, least of all the grant token the approval just issued.
-    if wait.is_some() {
-        airlock.authenticate(bearer(&headers)?).await?;
-    }
+    // answer, least of all the grant token the approval just issued; the
+    // answer is for the caller as they are now.
+    let caller = match wait {
+        Some(_) => airlock.authenticate(bearer(&headers)?).await?,
+        None => caller,
+    };
     let mut v = airlock.request_view_with_token(&req, &caller);
     v.decisions = Some(decisions);
     Ok(Json(v))
@@ -616,7 +618,7 @@ async fn outbox(
     caller: Caller,
     ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<OutboxList>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = page_size(q.limit)?.min(10_000);
     let status = q.status.map(|s| s.as_str().to_owned());
     let messages = airlock.outbox_list(&caller, status, limit).await?;
     let messages = messages

@@ -34,9 +34,6 @@ pub(crate) fn routes() -> Router<AppState> {
 /// interaction cannot be played back later under another interaction id.
 const MAX_SKEW_SECONDS: i64 = 300;
 
-/// Checks Discord's signature: Ed25519 over `timestamp ‖ body` with the
-/// application's public key (hex), strictly (no malleable signatures), and
-/// that the timestamp (Unix seconds) is within five minutes of `now`.
 /// The application's public key as Discord shows it (64 hex digits), or
 /// why it is none: checked when the config loads, so a mistyped key is a
 /// start-up error rather than every interaction refused.
@@ -48,6 +45,9 @@ pub(crate) fn public_key(hex_text: &str) -> Result<VerifyingKey, &'static str> {
     VerifyingKey::from_bytes(&key).map_err(|_| "not an Ed25519 public key")
 }
 
+/// Checks Discord's signature: Ed25519 over `timestamp ‖ body` with the
+/// application's public key (hex), strictly (no malleable signatures), and
+/// that the timestamp (Unix seconds) is within five minutes of `now`.
 pub(crate) fn verify(
     public_key_hex: &str,
     timestamp: &str,
