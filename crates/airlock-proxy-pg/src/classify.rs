@@ -76,7 +76,10 @@ pub struct Statement {
     /// Each table touched and how (`schema.name`); one decision each. A
     /// table both read and written appears once per way.
     pub tables: BTreeSet<(Access, String)>,
-    /// For UPDATE and DELETE: whether every one of them has a WHERE.
+    /// Whether every part that reads or writes a table's rows has a WHERE:
+    /// false for a SELECT from a table, UPDATE or DELETE without one, a
+    /// COPY of a whole table, an INSERT, a TRUNCATE, a MERGE that updates
+    /// or deletes; true for a statement that touches no rows.
     pub has_where: bool,
     /// Functions called, as written (`schema.name` where qualified).
     pub functions: BTreeSet<String>,
@@ -370,8 +373,29 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     {
         return Err(Refusal::NotServed("writing the system catalogs".into()));
     }
+    // The planner's statistics hold values of every analyzed table (its
+    // most common values, histogram bounds): reading them reads the tables
+    // under another name, past their own decisions.
+    if let Some((_, t)) = st.tables.iter().find(|(_, t)| {
+        let (schema, name) = t.split_once('.').unwrap_or(("", t));
+        schema == "pg_catalog" && STATISTICS.contains(&name)
+    }) {
+        return Err(Refusal::NotServed(format!(
+            "reading {t} (column statistics hold the values of other tables)"
+        )));
+    }
     Ok(st)
 }
+
+/// Catalog relations that hold sampled values of other tables.
+const STATISTICS: &[&str] = &[
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+];
 
 struct Walk<'a> {
     st: &'a mut Statement,
@@ -424,6 +448,24 @@ impl Walk<'_> {
             self.st.has_where = false;
         }
         if kind == "TruncateStmt" {
+            self.st.has_where = false;
+        }
+        // Read as written: a SELECT from a table without a WHERE, a COPY
+        // of a whole table and an INSERT have none either. (It was true for
+        // them, so "a full read needs approval unless `has_where`" let
+        // every full read through.)
+        let unfiltered = match kind {
+            "SelectStmt" => {
+                body.get("from_clause")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty())
+                    && body.get("where_clause").is_none_or(Value::is_null)
+            }
+            "CopyStmt" => body.get("relation").is_some_and(|r| !r.is_null()),
+            "InsertStmt" => true,
+            _ => false,
+        };
+        if unfiltered {
             self.st.has_where = false;
         }
         if kind == "FuncCall" {
@@ -674,6 +716,24 @@ mod tests {
         assert_eq!(tables(&s), vec![("sql.update", "public.accounts")]);
         let s = one("DELETE FROM accounts WHERE id = $1");
         assert!(s.has_where);
+        // Read as written, for reads, copies and inserts too.
+        for (sql, filtered) in [
+            ("SELECT * FROM secrets", false),
+            ("SELECT * FROM secrets WHERE id = 1", true),
+            ("SELECT * FROM a JOIN b ON a.id = b.id", false),
+            ("SELECT * FROM a WHERE id IN (SELECT id FROM b)", false),
+            (
+                "SELECT * FROM a WHERE id IN (SELECT id FROM b WHERE x)",
+                true,
+            ),
+            ("SELECT 1", true),
+            ("COPY secrets TO STDOUT", false),
+            ("COPY (SELECT * FROM secrets WHERE id = 1) TO STDOUT", true),
+            ("COPY logs (msg) FROM STDIN", false),
+            ("INSERT INTO logs (msg) VALUES ('a')", false),
+        ] {
+            assert_eq!(one(sql).has_where, filtered, "{sql}");
+        }
         let s = one("INSERT INTO audit_copy SELECT * FROM secrets");
         assert_eq!(
             tables(&s),
@@ -756,10 +816,12 @@ mod tests {
             tables(&s).contains(&("sql.update", "public.orders")),
             "{s:?}"
         );
-        assert!(s.has_where);
+        // The update part has a WHERE; the insert part, as every INSERT,
+        // has none.
+        assert!(!s.has_where);
         let s = one("INSERT INTO orders VALUES (1, 'x') ON CONFLICT DO NOTHING");
         assert_eq!(tables(&s), vec![("sql.insert", "public.orders")]);
-        assert!(s.has_where);
+        assert!(!s.has_where);
     }
 
     /// What an ordinary user would try first to hide a table.
@@ -830,6 +892,9 @@ mod tests {
             "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, v::tsquery from secrets')",
             "SELECT pg_terminate_backend(42)",
             "SELECT pg_catalog.pg_reload_conf()",
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'secrets'",
+            "SELECT stavalues1::text FROM pg_catalog.pg_statistic",
+            "SELECT * FROM public.t WHERE x IN (SELECT 1 FROM pg_stats_ext)",
             "SELECT setval('s1', 100)",
             "SELECT lo_create(0)",
             "SELECT * FROM orders WHERE pg_stat_reset() IS NULL",

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod binary;
 pub mod classify;
 pub mod codec;
 pub mod config;

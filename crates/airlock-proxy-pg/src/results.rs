@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::binary;
 use crate::codec::{self, build, Field, Frame};
 use crate::config::RowsDlp;
 use crate::decide;
@@ -75,6 +76,19 @@ struct Column {
     name: String,
     /// Airlock may read and rewrite it as text.
     text: bool,
+    /// Sent in binary, of a type holding numbers (its OID): read as the
+    /// decimal text a text-format client would get.
+    numbers: Option<u32>,
+}
+
+impl Column {
+    fn new(name: &str, type_oid: u32, format: i16) -> Self {
+        Column {
+            name: name.to_owned(),
+            text: format == 0 || TEXT_TYPES.contains(&type_oid),
+            numbers: (format != 0 && binary::holds_numbers(type_oid)).then_some(type_oid),
+        }
+    }
 }
 
 /// What one row became.
@@ -204,10 +218,7 @@ impl Results {
         }
         self.columns = fields.map(|f| {
             f.iter()
-                .map(|c| Column {
-                    name: c.name.clone(),
-                    text: c.format == 0 || TEXT_TYPES.contains(&c.type_oid),
-                })
+                .map(|c| Column::new(&c.name, c.type_oid, c.format))
                 .collect()
         });
     }
@@ -222,13 +233,7 @@ impl Results {
                 fields
                     .iter()
                     .enumerate()
-                    .map(|(i, f)| {
-                        let format = codec::format_at(formats, i);
-                        Column {
-                            name: f.name.clone(),
-                            text: format == 0 || TEXT_TYPES.contains(&f.type_oid),
-                        }
-                    })
+                    .map(|(i, f)| Column::new(&f.name, f.type_oid, codec::format_at(formats, i)))
                     .collect(),
             );
         }
@@ -356,6 +361,30 @@ impl Results {
             let Some(scanner) = rules.scanner.as_deref() else {
                 continue;
             };
+            // A number sent in binary (`card::bigint`, in an array or a
+            // record too) is scanned as the text a text-format client gets.
+            // It cannot be masked in place: under `mask` it becomes NULL.
+            if let Some(oid) = col.and_then(|c| c.numbers) {
+                let Some(text) = binary::numbers(oid, bytes) else {
+                    return self.stop(decide::BLOCKED, "Airlock could not read a result value");
+                };
+                let findings = scanner.scan(text.as_bytes());
+                if !findings.is_empty() {
+                    self.count(dlp, &findings);
+                    match rules.mode {
+                        RowsDlp::Block => return self.stop(
+                            decide::BLOCKED,
+                            "Airlock withheld the rest of this result: it holds personal data or secrets",
+                        ),
+                        RowsDlp::Mask => {
+                            *v = None;
+                            changed = true;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+            }
             let (masked, findings) = scan(scanner, bytes, rules.mode == RowsDlp::Mask);
             if findings.is_empty() {
                 continue;

@@ -19,7 +19,10 @@ const SQL_POLICIES: &str = r#"
 permit(principal, action == Action::"sql.select", resource == Table::"public.orders");
 
 @id("write-orders")
-permit(principal, action in [Action::"sql.insert", Action::"sql.update", Action::"sql.copy_out", Action::"sql.copy_in"], resource == Table::"public.orders")
+permit(principal, action in [Action::"sql.insert", Action::"sql.copy_out", Action::"sql.copy_in"], resource == Table::"public.orders");
+
+@id("update-orders")
+permit(principal, action == Action::"sql.update", resource == Table::"public.orders")
 when { context.has_where };
 
 @id("read-contacts")
@@ -199,7 +202,7 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     );
     assert!(!ok && err.contains("AL002"), "{err}");
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE note = 'x'"), 0);
-    // A WHERE-less UPDATE is not what write-orders permits.
+    // A WHERE-less UPDATE is not what update-orders permits.
     let (ok, _, err) = psql(&url, &["-c", "UPDATE orders SET note = 'all'"]);
     assert!(!ok && err.contains("AL002"), "{err}");
     assert_eq!(
@@ -251,7 +254,7 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     assert!(!ok && err.contains("UTF8"), "{err}");
 
     // \copy: out is sql.copy_out on orders, in is sql.copy_in (only where
-    // policies say: write-orders wants has_where, which COPY has).
+    // policies say: write-orders permits both).
     let (ok, out, err) = psql(&url, &["-c", "\\copy orders TO STDOUT"]);
     assert!(ok, "{err}");
     assert!(out.contains("n3"), "{out}");
@@ -567,6 +570,31 @@ async fn result_rows_are_masked() {
         "{email}"
     );
     assert_eq!(row.get::<_, i32>(2), 1, "non-text columns pass untouched");
+    // A card read as a number in binary (tokio-postgres asks for binary
+    // results), alone, in an array or in a record: read as the text a
+    // text-format client gets, and, since a number cannot be masked in
+    // place, sent as NULL.
+    let row = c
+        .query_one(
+            "SELECT card::bigint, card::numeric, ARRAY[card::bigint], id::bigint FROM contacts WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i64>>(0), None, "bigint");
+    assert_eq!(row.get::<_, Option<Vec<i64>>>(2), None, "bigint[]");
+    assert_eq!(
+        row.get::<_, Option<i64>>(3),
+        Some(1),
+        "numbers that are no card pass"
+    );
+    let found = pg.server.audit_of(&admin, "dlp_findings", 4).await;
+    assert!(
+        found
+            .iter()
+            .any(|f| f["details"]["counts"]["credit_card"] == 3),
+        "the bigint, the numeric and the array: {found:?}"
+    );
 }
 
 /// TLS: a client asking for it gets it (psql sslmode=require), and one

@@ -1,0 +1,247 @@
+//! Numbers in binary-format result values, written out as decimal text for
+//! DLP: a client that asks for `card::bigint` in binary gets eight bytes in
+//! which no scanner sees a card number.
+
+/// Type OIDs whose binary form holds numbers: int2, int4, int8, oid,
+/// float4, float8, numeric, money.
+const INT2: u32 = 21;
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+const OID: u32 = 26;
+const FLOAT4: u32 = 700;
+const FLOAT8: u32 = 701;
+const NUMERIC: u32 = 1700;
+const MONEY: u32 = 790;
+/// An anonymous record (`row(…)`), whose fields name their own types.
+const RECORD: u32 = 2249;
+
+/// Arrays of the above (and of records): their header names the element
+/// type, so one reader serves them all.
+const ARRAYS: &[u32] = &[1005, 1007, 1016, 1028, 1021, 1022, 1231, 791, 2287];
+
+/// How deep arrays of records of arrays are followed.
+const MAX_DEPTH: u8 = 8;
+
+/// Whether values of type `oid` in binary format can hold numbers this
+/// module reads.
+pub(crate) fn holds_numbers(oid: u32) -> bool {
+    matches!(
+        oid,
+        INT2 | INT4 | INT8 | OID | FLOAT4 | FLOAT8 | NUMERIC | MONEY | RECORD
+    ) || ARRAYS.contains(&oid)
+}
+
+/// The numbers in `value` (binary format, type `oid`), one per line, as
+/// PostgreSQL would print them; `None` when the bytes are not what the
+/// type says (the caller then withholds rather than guesses).
+pub(crate) fn numbers(oid: u32, value: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    read(oid, value, &mut out, 0)?;
+    Some(out)
+}
+
+fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let line = |out: &mut String, text: &str| {
+        out.push_str(text);
+        out.push('\n');
+    };
+    match oid {
+        INT2 => line(out, &i16::from_be_bytes(v.try_into().ok()?).to_string()),
+        INT4 => line(out, &i32::from_be_bytes(v.try_into().ok()?).to_string()),
+        INT8 | MONEY => line(out, &i64::from_be_bytes(v.try_into().ok()?).to_string()),
+        OID => line(out, &u32::from_be_bytes(v.try_into().ok()?).to_string()),
+        FLOAT4 => line(out, &f32::from_be_bytes(v.try_into().ok()?).to_string()),
+        FLOAT8 => line(out, &f64::from_be_bytes(v.try_into().ok()?).to_string()),
+        NUMERIC => line(out, &numeric(v)?),
+        RECORD => {
+            let mut r = Reader(v);
+            let fields = r.i32()?;
+            for _ in 0..fields {
+                let field_oid = r.u32()?;
+                if let Some(bytes) = r.value()? {
+                    if holds_numbers(field_oid) {
+                        read(field_oid, bytes, out, depth + 1)?;
+                    }
+                }
+            }
+        }
+        _ if ARRAYS.contains(&oid) => {
+            let mut r = Reader(v);
+            let dims = r.i32()?;
+            let _has_nulls = r.i32()?;
+            let element = r.u32()?;
+            let mut count: i64 = if dims == 0 { 0 } else { 1 };
+            for _ in 0..dims {
+                count = count.checked_mul(i64::from(r.i32()?.max(0)))?;
+                let _lower_bound = r.i32()?;
+            }
+            for _ in 0..count {
+                if let Some(bytes) = r.value()? {
+                    if holds_numbers(element) {
+                        read(element, bytes, out, depth + 1)?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+/// A `numeric` in its binary form: digit count, weight (of the first
+/// base-10000 digit), sign, display scale, then the digits.
+fn numeric(v: &[u8]) -> Option<String> {
+    let mut r = Reader(v);
+    let ndigits = usize::try_from(r.i16()?).ok()?;
+    let weight = i32::from(r.i16()?);
+    let sign = r.u16()?;
+    let dscale = usize::try_from(r.i16()?).ok()?;
+    let digits: Vec<u16> = (0..ndigits).map(|_| r.u16()).collect::<Option<_>>()?;
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    let digit = |i: i32| -> u16 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let mut text = String::new();
+    if sign == 0x4000 {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    } else {
+        text.push_str(&digit(0).to_string());
+        for i in 1..=weight {
+            text.push_str(&format!("{:04}", digit(i)));
+        }
+    }
+    if dscale > 0 {
+        let mut fraction = String::new();
+        let mut i = weight + 1;
+        while fraction.len() < dscale {
+            fraction.push_str(&format!("{:04}", digit(i)));
+            i += 1;
+        }
+        fraction.truncate(dscale);
+        text.push('.');
+        text.push_str(&fraction);
+    }
+    Some(text)
+}
+
+/// Big-endian fields off the front of a value.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        self.take(2)?.try_into().ok().map(i16::from_be_bytes)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_be_bytes)
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)?.try_into().ok().map(i32::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_be_bytes)
+    }
+    /// A length-prefixed value; `Some(None)` for NULL (length -1).
+    fn value(&mut self) -> Option<Option<&'a [u8]>> {
+        match self.i32()? {
+            -1 => Some(None),
+            n => self.take(usize::try_from(n).ok()?).map(Some),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn numeric_bytes(ndigits: &[u16], weight: i16, sign: u16, dscale: i16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(ndigits.len() as i16).to_be_bytes());
+        v.extend_from_slice(&weight.to_be_bytes());
+        v.extend_from_slice(&sign.to_be_bytes());
+        v.extend_from_slice(&dscale.to_be_bytes());
+        for d in ndigits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn scalars_read_as_postgres_prints_them() {
+        let card = 4_111_111_111_111_111i64;
+        assert_eq!(
+            numbers(INT8, &card.to_be_bytes()).unwrap(),
+            "4111111111111111\n"
+        );
+        assert_eq!(numbers(INT4, &(-7i32).to_be_bytes()).unwrap(), "-7\n");
+        assert_eq!(
+            numbers(FLOAT8, &(card as f64).to_be_bytes()).unwrap(),
+            "4111111111111111\n"
+        );
+        // 4111 1111 1111 1111 in base 10000, weight 3.
+        let n = numeric_bytes(&[4111, 1111, 1111, 1111], 3, 0, 0);
+        assert_eq!(numbers(NUMERIC, &n).unwrap(), "4111111111111111\n");
+        let n = numeric_bytes(&[12, 3400], 0, 0x4000, 3);
+        assert_eq!(numbers(NUMERIC, &n).unwrap(), "-12.340\n");
+        let n = numeric_bytes(&[5], -1, 0, 4);
+        assert_eq!(numbers(NUMERIC, &n).unwrap(), "0.0005\n");
+        // Wrong lengths are not read as anything.
+        assert_eq!(numbers(INT8, &[1, 2, 3]), None);
+        assert_eq!(numbers(NUMERIC, &[0, 9]), None);
+    }
+
+    #[test]
+    fn arrays_and_records_are_followed() {
+        let card = 4_111_111_111_111_111i64.to_be_bytes();
+        // int8[] of two, the second NULL.
+        let mut a = Vec::new();
+        for x in [1i32, 1, INT8 as i32, 2, 1] {
+            a.extend_from_slice(&x.to_be_bytes());
+        }
+        a.extend_from_slice(&8i32.to_be_bytes());
+        a.extend_from_slice(&card);
+        a.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(numbers(1016, &a).unwrap(), "4111111111111111\n");
+        // row('x', card::bigint).
+        let mut r = Vec::new();
+        r.extend_from_slice(&2i32.to_be_bytes());
+        r.extend_from_slice(&25u32.to_be_bytes());
+        r.extend_from_slice(&1i32.to_be_bytes());
+        r.push(b'x');
+        r.extend_from_slice(&INT8.to_be_bytes());
+        r.extend_from_slice(&8i32.to_be_bytes());
+        r.extend_from_slice(&card);
+        assert_eq!(numbers(RECORD, &r).unwrap(), "4111111111111111\n");
+        // A truncated one is not read.
+        assert_eq!(numbers(RECORD, &r[..r.len() - 1]), None);
+        // An array claiming more elements than it holds is not either.
+        let mut huge = Vec::new();
+        for x in [1i32, 0, INT8 as i32, i32::MAX, 1] {
+            huge.extend_from_slice(&x.to_be_bytes());
+        }
+        assert_eq!(numbers(1016, &huge), None);
+    }
+}
