@@ -66,6 +66,35 @@ enum Counted {
     ),
 }
 
+impl Counted {
+    /// These counts with what the headers held added: a streamed body's
+    /// when it ends.
+    fn with(self, headers: Counts, mode: ResponseDlp) -> Counted {
+        if headers.is_empty() {
+            return self;
+        }
+        let add = |mut counts: Counts, more: &Counts| {
+            for (kind, n) in more {
+                *counts.entry(kind.clone()).or_default() += n;
+            }
+            counts
+        };
+        match self {
+            Counted::None => Counted::Now(headers, Some(leaving(mode))),
+            Counted::Now(counts, d) => Counted::Now(add(counts, &headers), d),
+            Counted::Later(rx, d) => {
+                let (tx, merged) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    if let Ok((counts, reading)) = rx.await {
+                        let _ = tx.send((add(counts, &headers), reading));
+                    }
+                });
+                Counted::Later(merged, d)
+            }
+        }
+    }
+}
+
 /// How far DLP could read a streamed answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reading {
@@ -557,6 +586,39 @@ impl Proxy {
     ) -> (Response<Body>, Counted) {
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        let mode = target.route.response_dlp;
+        // The headers leave with the body: scanned in every mode that
+        // scans, masked in place under `mask`, the answer withheld under
+        // `block`, counted with the body's findings.
+        let in_headers = match mode {
+            ResponseDlp::Off => Counts::new(),
+            _ => scan::headers(&self.scanner, &mut parts.headers, mode == ResponseDlp::Mask),
+        };
+        if mode == ResponseDlp::Block && !in_headers.is_empty() {
+            return (
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the response was withheld: its headers contain {}",
+                        describe(&in_headers)
+                    ),
+                ),
+                Counted::Now(in_headers, Some(Disposition::Withheld)),
+            );
+        }
+        let (res, counted) = self.respond_body(parts, body, target, principal).await;
+        (res, counted.with(in_headers, mode))
+    }
+
+    /// [`Self::respond`] for the body, the headers done.
+    async fn respond_body(
+        self: &Arc<Self>,
+        mut parts: hyper::http::response::Parts,
+        body: Incoming,
+        target: &Target,
+        principal: &UserName,
+    ) -> (Response<Body>, Counted) {
         let mode = target.route.response_dlp;
         let ct = parts
             .headers

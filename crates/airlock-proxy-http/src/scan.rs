@@ -312,6 +312,30 @@ pub fn mask(scanner: &Scanner, decoded: &[u8]) -> (Bytes, Counts) {
     (Bytes::from(out), airlock_dlp::counts(&findings))
 }
 
+/// Scans every header value of a response (they leave with it: a
+/// `Location` with a password in it, an `X-Card`); with `mask`, a value
+/// holding a finding is masked in place, or dropped if the masked bytes
+/// were no header value. The counts.
+pub fn headers(scanner: &Scanner, headers: &mut hyper::HeaderMap, mask: bool) -> Counts {
+    let mut counts = Counts::new();
+    for value in headers.values_mut() {
+        let (masked, found) = self::mask(scanner, value.as_bytes());
+        if found.is_empty() {
+            continue;
+        }
+        for (kind, n) in found {
+            *counts.entry(kind).or_default() += n;
+        }
+        if mask {
+            // Masking writes only `X`, `*` and the value's own bytes, so
+            // this holds; an empty value is what is left if it did not.
+            *value = hyper::header::HeaderValue::from_bytes(&masked)
+                .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
+        }
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

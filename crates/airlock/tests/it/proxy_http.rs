@@ -117,10 +117,13 @@ impl Upstream {
                         .body(axum::body::Body::from(wide))
                         .unwrap()
                 } else {
-                    axum::response::Response::builder()
-                        .header("content-type", label)
-                        .body(axum::body::Body::from(csv))
-                        .unwrap()
+                    let mut res = axum::response::Response::builder().header("content-type", label);
+                    if query.contains("hdr") {
+                        res = res
+                            .header("x-card", CARD)
+                            .header("location", "https://u:hunter2pass@example.com/");
+                    }
+                    res.body(axum::body::Body::from(csv)).unwrap()
                 }
             }
         });
@@ -1346,4 +1349,22 @@ async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
         !text.contains(EMAIL) && !text.contains(CARD),
         "a raw finding in the audit log"
     );
+
+    // The headers leave with the body: masked in place, or the answer
+    // withheld, and counted.
+    let (st, h, _) = get(&format!("{p}/masked/public.csv?hdr"), Some(&alice), None).await;
+    assert_eq!(st, 200);
+    let card = h["x-card"].to_str().unwrap();
+    assert!(!card.contains(CARD) && card.ends_with("1111"), "{card}");
+    let location = h["location"].to_str().unwrap();
+    assert!(!location.contains("hunter2pass"), "{location}");
+    let (st, _, body) = get(&format!("{p}/blocked/public.csv?hdr"), Some(&alice), None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("headers"), "{body}");
+    let found = s.audit_of(&admin, "dlp_findings", 6).await;
+    assert_eq!(
+        found[4]["details"]["counts"]["credit_card"], 2,
+        "the body's card and the header's: {found:?}"
+    );
+    assert_eq!(found[4]["details"]["counts"]["url_password"], 1);
 }
