@@ -345,6 +345,9 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     // anything else reads it.
     let named = match top {
         "LockStmt" | "VacuumStmt" => Access::Other,
+        // `COPY (SELECT …) TO` copies out what it reads: a permit to
+        // select is not one to copy out (nor is it cut by `max_rows`).
+        "CopyStmt" if st.kind == Access::CopyOut => Access::CopyOut,
         _ if st.kind == Access::Ddl => Access::Ddl,
         _ => Access::Select,
     };
@@ -455,12 +458,7 @@ impl Walk<'_> {
         // them, so "a full read needs approval unless `has_where`" let
         // every full read through.)
         let unfiltered = match kind {
-            "SelectStmt" => {
-                body.get("from_clause")
-                    .and_then(Value::as_array)
-                    .is_some_and(|f| !f.is_empty())
-                    && body.get("where_clause").is_none_or(Value::is_null)
-            }
+            "SelectStmt" => select_unfiltered(body),
             "CopyStmt" => body.get("relation").is_some_and(|r| !r.is_null()),
             "InsertStmt" => true,
             _ => false,
@@ -541,6 +539,22 @@ impl Walk<'_> {
             _ => {}
         }
     }
+}
+
+/// A SELECT, or an arm of its UNION, EXCEPT or INTERSECT (held untagged
+/// in `larg`/`rarg`, so the walk never visits them as statements), that
+/// reads a table without a WHERE.
+fn select_unfiltered(body: &Value) -> bool {
+    let body = body.get("SelectStmt").unwrap_or(body);
+    let reads = body
+        .get("from_clause")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    (reads && body.get("where_clause").is_none_or(Value::is_null))
+        || ["larg", "rarg"]
+            .iter()
+            .filter_map(|arm| body.get(*arm))
+            .any(|arm| !arm.is_null() && select_unfiltered(arm))
 }
 
 /// What a MERGE's WHEN clauses write (`DO NOTHING` writes nothing).
@@ -729,6 +743,21 @@ mod tests {
             ("SELECT 1", true),
             ("COPY secrets TO STDOUT", false),
             ("COPY (SELECT * FROM secrets WHERE id = 1) TO STDOUT", true),
+            ("SELECT * FROM a WHERE id = 1 UNION SELECT * FROM a", false),
+            ("SELECT * FROM a UNION SELECT * FROM a WHERE id = 1", false),
+            ("(SELECT * FROM a WHERE x) EXCEPT (SELECT * FROM a)", false),
+            (
+                "SELECT * FROM a WHERE x INTERSECT SELECT * FROM b WHERE y",
+                true,
+            ),
+            (
+                "WITH x AS (SELECT * FROM a WHERE x UNION SELECT * FROM a) SELECT * FROM x WHERE y",
+                false,
+            ),
+            (
+                "COPY (SELECT * FROM a WHERE x UNION ALL SELECT * FROM a) TO STDOUT",
+                false,
+            ),
             ("COPY logs (msg) FROM STDIN", false),
             ("INSERT INTO logs (msg) VALUES ('a')", false),
         ] {
@@ -757,6 +786,15 @@ mod tests {
         assert!(tables(&s).contains(&("sql.ddl", "public.customers")));
         let s = one("COPY customers TO STDOUT");
         assert_eq!(tables(&s), vec![("sql.copy_out", "public.customers")]);
+        // What a COPY of a query reads is copied out, not selected.
+        let s = one("COPY (SELECT * FROM customers c JOIN s.o ON true) TO STDOUT");
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.copy_out", "public.customers"),
+                ("sql.copy_out", "s.o")
+            ]
+        );
         let s = one("COPY customers (id, email) FROM STDIN");
         assert_eq!(tables(&s), vec![("sql.copy_in", "public.customers")]);
         let s = one("BEGIN");
