@@ -19,16 +19,29 @@ const RECORD: u32 = 2249;
 /// type, so one reader serves them all.
 const ARRAYS: &[u32] = &[1005, 1007, 1016, 1028, 1021, 1022, 1231, 791, 2287];
 
+/// Ranges and multiranges of numbers, by OID, with their element's OID.
+const RANGES: &[(u32, u32)] = &[(3904, INT4), (3926, INT8), (3906, NUMERIC)];
+const MULTIRANGES: &[(u32, u32)] = &[(4451, INT4), (4536, INT8), (4532, NUMERIC)];
+/// Arrays of those ranges.
+const RANGE_ARRAYS: &[u32] = &[3905, 3927, 3907];
+
+/// Types whose binary form is never read for numbers (bytes, text, JSON,
+/// booleans, times, UUIDs): everything else of a type not known here (a
+/// named composite type, an array of one) is tried as a record or an
+/// array, whose binary forms name their fields' and elements' types.
+const PLAIN: &[u32] = &[
+    16, 17, 18, 19, 25, 114, 142, 705, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 3802,
+    869, 650, 829, 774, 1560, 1562, 600, 601, 602, 603, 604, 628, 718,
+];
+
 /// How deep arrays of records of arrays are followed.
 const MAX_DEPTH: u8 = 8;
 
-/// Whether values of type `oid` in binary format can hold numbers this
-/// module reads.
+/// Whether values of type `oid` in binary format may hold numbers this
+/// module reads: the numeric types, records, ranges and arrays of them,
+/// and any type not known to hold none (a named composite type).
 pub(crate) fn holds_numbers(oid: u32) -> bool {
-    matches!(
-        oid,
-        INT2 | INT4 | INT8 | OID | FLOAT4 | FLOAT8 | NUMERIC | MONEY | RECORD
-    ) || ARRAYS.contains(&oid)
+    !PLAIN.contains(&oid)
 }
 
 /// The numbers in `value` (binary format, type `oid`), one per line, as
@@ -56,37 +69,94 @@ fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
         FLOAT4 => line(out, &f32::from_be_bytes(v.try_into().ok()?).to_string()),
         FLOAT8 => line(out, &f64::from_be_bytes(v.try_into().ok()?).to_string()),
         NUMERIC => line(out, &numeric(v)?),
-        RECORD => {
-            let mut r = Reader(v);
-            let fields = r.i32()?;
-            for _ in 0..fields {
-                let field_oid = r.u32()?;
-                if let Some(bytes) = r.value()? {
-                    if holds_numbers(field_oid) {
-                        read(field_oid, bytes, out, depth + 1)?;
-                    }
+        RECORD => record(v, out, depth)?,
+        _ if ARRAYS.contains(&oid) || RANGE_ARRAYS.contains(&oid) => array(v, out, depth)?,
+        _ => {
+            if let Some(&(_, element)) = RANGES.iter().find(|(r, _)| *r == oid) {
+                range(element, v, out, depth)?;
+            } else if let Some(&(_, element)) = MULTIRANGES.iter().find(|(r, _)| *r == oid) {
+                let mut r = Reader(v);
+                for _ in 0..r.i32()? {
+                    range(element, r.value()?.unwrap_or_default(), out, depth)?;
+                }
+            } else if holds_numbers(oid) {
+                // A type not known here: a named composite type or an
+                // array of one is read as such when its bytes are exactly
+                // that; anything else holds no number this module reads.
+                let mut tried = String::new();
+                if array(v, &mut tried, depth).is_some() || record(v, &mut tried, depth).is_some() {
+                    out.push_str(&tried);
                 }
             }
         }
-        _ if ARRAYS.contains(&oid) => {
-            let mut r = Reader(v);
-            let dims = r.i32()?;
-            let _has_nulls = r.i32()?;
-            let element = r.u32()?;
-            let mut count: i64 = if dims == 0 { 0 } else { 1 };
-            for _ in 0..dims {
-                count = count.checked_mul(i64::from(r.i32()?.max(0)))?;
-                let _lower_bound = r.i32()?;
-            }
-            for _ in 0..count {
-                if let Some(bytes) = r.value()? {
-                    if holds_numbers(element) {
-                        read(element, bytes, out, depth + 1)?;
-                    }
-                }
+    }
+    Some(())
+}
+
+/// A record's binary form: field count, then each field's type and value.
+/// Every byte must be accounted for.
+fn record(v: &[u8], out: &mut String, depth: u8) -> Option<()> {
+    let mut r = Reader(v);
+    let fields = r.i32()?;
+    if !(0..=1600).contains(&fields) {
+        return None;
+    }
+    for _ in 0..fields {
+        let field_oid = r.u32()?;
+        if let Some(bytes) = r.value()? {
+            if holds_numbers(field_oid) {
+                read(field_oid, bytes, out, depth + 1)?;
             }
         }
-        _ => {}
+    }
+    r.0.is_empty().then_some(())
+}
+
+/// An array's binary form: dimensions, a NULL flag, the element type, each
+/// dimension's length and lower bound, then the elements. Every byte must
+/// be accounted for.
+fn array(v: &[u8], out: &mut String, depth: u8) -> Option<()> {
+    let mut r = Reader(v);
+    let dims = r.i32()?;
+    if !(0..=6).contains(&dims) {
+        return None;
+    }
+    let has_nulls = r.i32()?;
+    if !(0..=1).contains(&has_nulls) {
+        return None;
+    }
+    let element = r.u32()?;
+    let mut count: i64 = if dims == 0 { 0 } else { 1 };
+    for _ in 0..dims {
+        count = count.checked_mul(i64::from(r.i32()?.max(0)))?;
+        let _lower_bound = r.i32()?;
+    }
+    for _ in 0..count {
+        if let Some(bytes) = r.value()? {
+            if holds_numbers(element) {
+                read(element, bytes, out, depth + 1)?;
+            }
+        }
+    }
+    r.0.is_empty().then_some(())
+}
+
+/// A range's binary form: flags, then the bounds it has.
+fn range(element: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
+    const EMPTY: u8 = 0x01;
+    const LOWER_INFINITE: u8 = 0x08;
+    const UPPER_INFINITE: u8 = 0x10;
+    let mut r = Reader(v);
+    let flags = *r.take(1)?.first()?;
+    if flags & EMPTY != 0 {
+        return Some(());
+    }
+    for infinite in [LOWER_INFINITE, UPPER_INFINITE] {
+        if flags & infinite == 0 {
+            if let Some(bytes) = r.value()? {
+                read(element, bytes, out, depth + 1)?;
+            }
+        }
     }
     Some(())
 }
@@ -237,6 +307,21 @@ mod tests {
         assert_eq!(numbers(RECORD, &r).unwrap(), "4111111111111111\n");
         // A truncated one is not read.
         assert_eq!(numbers(RECORD, &r[..r.len() - 1]), None);
+        // A named composite type (an OID not known here) holding a card,
+        // and an int8range whose lower bound is one.
+        assert_eq!(numbers(16_385, &r).unwrap(), "4111111111111111\n");
+        let mut range = vec![0x02u8];
+        range.extend_from_slice(&8i32.to_be_bytes());
+        range.extend_from_slice(&card);
+        range.extend_from_slice(&8i32.to_be_bytes());
+        range.extend_from_slice(&4_111_111_111_111_112i64.to_be_bytes());
+        assert!(numbers(3926, &range)
+            .unwrap()
+            .starts_with("4111111111111111\n"));
+        // Bytes of a type known to hold no numbers are not read as any.
+        assert_eq!(numbers(17, &r).unwrap(), "");
+        // An unknown type whose bytes are no record or array: nothing.
+        assert_eq!(numbers(16_385, b"abc").unwrap(), "");
         // An array claiming more elements than it holds is not either.
         let mut huge = Vec::new();
         for x in [1i32, 0, INT8 as i32, i32::MAX, 1] {
