@@ -587,6 +587,9 @@ impl Proxy {
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let mode = target.route.response_dlp;
+        // hyper passes the upstream's reason phrase on (`200 4111…`): the
+        // standard one for the status goes instead.
+        parts.extensions.remove::<hyper::ext::ReasonPhrase>();
         // The headers leave with the body: scanned in every mode that
         // scans, masked in place under `mask`, the answer withheld under
         // `block`, counted with the body's findings.

@@ -318,6 +318,21 @@ pub fn mask(scanner: &Scanner, decoded: &[u8]) -> (Bytes, Counts) {
 /// were no header value. The counts.
 pub fn headers(scanner: &Scanner, headers: &mut hyper::HeaderMap, mask: bool) -> Counts {
     let mut counts = Counts::new();
+    // A name can carry a value too (`X-4111111111111111: y`): counted, and
+    // under `mask` the header dropped (a masked name would be no name).
+    let named: Vec<hyper::header::HeaderName> = headers
+        .keys()
+        .filter(|name| !scanner.scan(name.as_str().as_bytes()).is_empty())
+        .cloned()
+        .collect();
+    for name in named {
+        for (kind, n) in airlock_dlp::counts(&scanner.scan(name.as_str().as_bytes())) {
+            *counts.entry(kind).or_default() += n;
+        }
+        if mask {
+            headers.remove(&name);
+        }
+    }
     for value in headers.values_mut() {
         let (masked, found) = self::mask(scanner, value.as_bytes());
         if found.is_empty() {

@@ -121,7 +121,9 @@ impl Upstream {
                     if query.contains("hdr") {
                         res = res
                             .header("x-card", CARD)
-                            .header("location", "https://u:hunter2pass@example.com/");
+                            .header("location", "https://u:hunter2pass@example.com/")
+                            .header(format!("x-{CARD}"), "y")
+                            .extension(hyper::ext::ReasonPhrase::from_static(CARD.as_bytes()));
                     }
                     res.body(axum::body::Body::from(csv)).unwrap()
                 }
@@ -1358,13 +1360,29 @@ async fn response_dlp_masks_blocks_and_reports_with_real_detectors() {
     assert!(!card.contains(CARD) && card.ends_with("1111"), "{card}");
     let location = h["location"].to_str().unwrap();
     assert!(!location.contains("hunter2pass"), "{location}");
+    // Nor in a header's name, nor in the status line's reason phrase.
+    let addr = p.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ask = format!(
+        "GET /masked/public.csv?hdr HTTP/1.1\r\nHost: x\r\nAirlock-Token: {alice}\r\nConnection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, ask.as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut head)
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(!head.contains(CARD), "{head}");
     let (st, _, body) = get(&format!("{p}/blocked/public.csv?hdr"), Some(&alice), None).await;
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("headers"), "{body}");
-    let found = s.audit_of(&admin, "dlp_findings", 6).await;
+    let found = s.audit_of(&admin, "dlp_findings", 7).await;
     assert_eq!(
-        found[4]["details"]["counts"]["credit_card"], 2,
-        "the body's card and the header's: {found:?}"
+        found[4]["details"]["counts"]["credit_card"], 3,
+        "the body's card, the header's and the header name's: {found:?}"
     );
     assert_eq!(found[4]["details"]["counts"]["url_password"], 1);
 }
