@@ -166,7 +166,6 @@ impl LogCheck {
     /// have appended or rewritten them, hash chain and all.
     pub fn all_signed(&self) -> Result<(), String> {
         match self.heads.keys().next_back() {
-            None if self.records == 0 => Ok(()),
             None => Err(format!(
                 "no signed checkpoint: nothing in the {} records is proven by the public key (`airlock audit export` signs one for the last record)",
                 self.records
@@ -384,6 +383,15 @@ pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<Lo
             check.push_text(text)?;
         }
         check.finish()?;
+        // Records rewritten and re-chained in the database pass the chain;
+        // the tree the log kept as they were appended does not move.
+        let kept = kept_root(&db, check.records).map_err(|e| e.to_string())?;
+        if kept != check.tree.root() {
+            return Err(format!(
+                "the records do not hash to the log's own tree at size {}: a record was changed",
+                check.records
+            ));
+        }
         Ok(check)
     })();
     Ok(result)
@@ -450,7 +458,14 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     w.flush()?;
     let verified = check.and_then(|c| {
         c.finish()?;
-        Ok(c.tree.root())
+        let root = c.tree.root();
+        match kept_root(&db, n) {
+            Ok(kept) if kept == root => Ok(root),
+            Ok(_) => Err(format!(
+                "the records do not hash to the log's own tree at size {n}: they were changed"
+            )),
+            Err(e) => Err(format!("the log's own tree cannot be read: {e}")),
+        }
     });
     let mut notes: Vec<(u64, String)> = stored
         .into_iter()
@@ -465,14 +480,8 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     // its stored tree, built as each record was appended) and the log
     // passes its checks against every stored and witnessed checkpoint.
     if format == "jsonl" && n > 0 && notes.last().is_none_or(|(size, _)| *size != n) {
-        let kept = db
-            .read(move |r| {
-                let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
-                Ok(merkle::root(&mut nodes, n).ok())
-            })
-            .context("reading the log's own tree")?;
-        match verified {
-            Ok(root) if kept == Some(root) => {
+        match verified.clone() {
+            Ok(root) => {
                 let keyring = Keyring::load(&keys_dir)
                     .context("reading the audit signing key to sign the export's checkpoint")?;
                 if keys.first() != Some(&keyring.public().audit) {
@@ -485,13 +494,12 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
                 });
                 notes.push((n, note));
             }
-            Ok(_) => {
-                refused = Some(format!(
-                    "the records do not hash to the log's own tree at size {n}: they were changed"
-                ))
-            }
             Err(why) => refused = Some(why),
         }
+    }
+    // Signed or not, a log that fails its checks fails the export.
+    if let (None, Err(why)) = (&refused, &verified) {
+        refused = Some(why.clone());
     }
     for (size, note) in &notes {
         let path = dir
@@ -503,18 +511,33 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     // before a rotation verify too.
     let keys_text: String = keys.iter().map(|k| format!("{}\n", k.paserk())).collect();
     std::fs::write(dir.join("public-key"), keys_text)?;
-    eprintln!(
-        "exported {n} records and {} checkpoints to {} (verify: airlock audit verify --dir {} --public-key {}/public-key)",
-        notes.len(),
-        dir.display(),
-        dir.display(),
-        dir.display()
-    );
+    if format == "jsonl" {
+        eprintln!(
+            "exported {n} records and {} checkpoints to {} (verify: airlock audit verify --dir {} --public-key {}/public-key)",
+            notes.len(),
+            dir.display(),
+            dir.display(),
+            dir.display()
+        );
+    } else {
+        eprintln!("exported {n} records to {}", dir.join(name).display());
+    }
     if let Some(why) = refused {
         eprintln!("the log FAILED its checks, so no checkpoint was signed for this export: {why}");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The root, at `size`, of the Merkle tree the log keeps (built as each
+/// record was appended): what the server signs. Records rewritten in the
+/// database and re-chained no longer hash to it.
+fn kept_root(db: &ReadOnlyStore, size: u64) -> anyhow::Result<merkle::Hash> {
+    let root = db.read(move |r| {
+        let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+        Ok(merkle::root(&mut nodes, size).map_err(|e| e.to_string()))
+    })?;
+    root.map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A record as an OCSF event: Authorization (3003) for decisions and

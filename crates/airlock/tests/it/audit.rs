@@ -211,6 +211,29 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
         e.join("public-key").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
+    // The records no longer hashing to the tree the log kept as they were
+    // appended (what a record rewritten and re-chained in the database
+    // looks like; here the kept tree is changed instead): `verify --config`
+    // fails, and the export signs nothing.
+    let leaf = s.sql_text("SELECT hash FROM audit_nodes WHERE pos = 0");
+    s.sql(&format!(
+        "CREATE TABLE kept AS SELECT * FROM audit_nodes; UPDATE audit_nodes SET hash = '{}';",
+        "0".repeat(leaf.len())
+    ));
+    let (code, out) = airlock(&["audit", "verify", "--config", s.config().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the log's own tree"), "{out}");
+    let regrown = export.path().join("regrown");
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        regrown.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    s.sql("DELETE FROM audit_nodes; INSERT INTO audit_nodes SELECT * FROM kept; DROP TABLE kept;");
     // A record changed in the database: the export carries it, but signs
     // no checkpoint over it, and says so.
     s.sql("UPDATE audit SET actor = 'mallory' WHERE seq = 2");
