@@ -532,8 +532,11 @@ impl MaskStream<'_> {
         for f in found {
             let (a, b) = ((self.emitted - base) as usize, (f.start - base) as usize);
             out.extend_from_slice(&self.inner.buf[a..b]);
-            let value = &self.inner.buf[b..(f.end - base) as usize];
-            mask_into(value, &f.kind, out);
+            let end = (f.end - base) as usize;
+            let value = &self.inner.buf[b..end];
+            let number = f.kind == Kind::CreditCard
+                && json_number(&self.inner.buf[..b], value, &self.inner.buf[end..]);
+            mask_into(value, &f.kind, number, out);
             self.emitted = f.end;
         }
         let (a, b) = ((self.emitted - base) as usize, (upto - base) as usize);
@@ -544,7 +547,22 @@ impl MaskStream<'_> {
     }
 }
 
-fn mask_into(value: &[u8], kind: &Kind, out: &mut Vec<u8>) {
+/// Whether `value`, between `before` and `after`, reads as a JSON number
+/// (`"card": 4111…`, `[4111…`): masked with `X`, it would be no JSON.
+fn json_number(before: &[u8], value: &[u8], after: &[u8]) -> bool {
+    let prev = before.iter().rev().find(|b| !b.is_ascii_whitespace());
+    let next = after.iter().find(|b| !b.is_ascii_whitespace());
+    value.iter().all(u8::is_ascii_digit)
+        && match prev {
+            Some(b':' | b'[') => true,
+            Some(b',') => matches!(next, Some(b']' | b'}')),
+            _ => false,
+        }
+}
+
+/// Masks one finding. A card written as a JSON number is masked with `9`s
+/// (no card network's prefix), so the document stays JSON.
+fn mask_into(value: &[u8], kind: &Kind, number: bool, out: &mut Vec<u8>) {
     // Cards keep their last 4 digits, as on a receipt.
     let keep_from = if *kind == Kind::CreditCard {
         value
@@ -576,6 +594,7 @@ fn mask_into(value: &[u8], kind: &Kind, out: &mut Vec<u8>) {
         out.push(match b {
             _ if i >= keep_from => b,
             b'\n' | b'\r' => b,
+            b'0'..=b'9' if number => b'9',
             b'0'..=b'9' => b'X',
             // Any other `\` of personal data is masked too, for the same
             // reason.
