@@ -14,6 +14,24 @@ const NUMERIC: u32 = 1700;
 const MONEY: u32 = 790;
 /// An anonymous record (`row(…)`), whose fields name their own types.
 const RECORD: u32 = 2249;
+/// 64-bit transaction ids and snapshots of them (`xid8`, `pg_snapshot`,
+/// `txid_snapshot`): a number cast through text comes out whole.
+const XID8: u32 = 5069;
+const SNAPSHOTS: &[u32] = &[5038, 2970];
+/// `int2vector` and `oidvector`: arrays whose text form is space-separated
+/// (`4111 1111 1111 1111` reads as a card).
+const VECTORS: &[u32] = &[22, 30];
+/// Geometric types: float8 coordinates, after a header for path and
+/// polygon (point, lseg, path, box, polygon, line, circle).
+const GEOMETRY: &[(u32, usize)] = &[
+    (600, 0),
+    (601, 0),
+    (602, 5),
+    (603, 0),
+    (604, 4),
+    (628, 0),
+    (718, 0),
+];
 
 /// Arrays of the above (and of records): their header names the element
 /// type, so one reader serves them all.
@@ -31,7 +49,7 @@ const RANGE_ARRAYS: &[u32] = &[3905, 3927, 3907];
 /// array, whose binary forms name their fields' and elements' types.
 const PLAIN: &[u32] = &[
     16, 17, 18, 19, 25, 114, 142, 705, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 3802,
-    869, 650, 829, 774, 1560, 1562, 600, 601, 602, 603, 604, 628, 718,
+    869, 650, 829, 774, 1560, 1562,
 ];
 
 /// How deep arrays of records of arrays are followed.
@@ -70,6 +88,38 @@ fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
         FLOAT8 => line(out, &f64::from_be_bytes(v.try_into().ok()?).to_string()),
         NUMERIC => line(out, &numeric(v)?),
         RECORD => record(v, out, depth)?,
+        XID8 => line(out, &u64::from_be_bytes(v.try_into().ok()?).to_string()),
+        _ if SNAPSHOTS.contains(&oid) => {
+            let mut r = Reader(v);
+            let listed = r.i32()?;
+            let mut text = String::new();
+            for _ in 0..listed.checked_add(2)? {
+                text.push_str(&u64::from_be_bytes(r.take(8)?.try_into().ok()?).to_string());
+                text.push(':');
+            }
+            line(out, &text);
+        }
+        _ if VECTORS.contains(&oid) => {
+            let mut items = String::new();
+            array(v, &mut items, depth)?;
+            line(out, items.trim_end().replace('\n', " ").as_str());
+        }
+        _ if GEOMETRY.iter().any(|(g, _)| *g == oid) => {
+            let skip = GEOMETRY
+                .iter()
+                .find(|(g, _)| *g == oid)
+                .map_or(0, |(_, n)| *n);
+            let coords = v.get(skip..)?;
+            if coords.len() % 8 != 0 {
+                return None;
+            }
+            let text: Vec<String> = coords
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok().map(f64::from_be_bytes))
+                .map(|f| f.to_string())
+                .collect();
+            line(out, &text.join(","));
+        }
         _ if ARRAYS.contains(&oid) || RANGE_ARRAYS.contains(&oid) => array(v, out, depth)?,
         _ => {
             if let Some(&(_, element)) = RANGES.iter().find(|(r, _)| *r == oid) {
@@ -318,6 +368,30 @@ mod tests {
         assert!(numbers(3926, &range)
             .unwrap()
             .starts_with("4111111111111111\n"));
+        // Casts that keep a card whole: xid8, a snapshot, int2vector, a point.
+        assert_eq!(
+            numbers(XID8, &4_111_111_111_111_111u64.to_be_bytes()).unwrap(),
+            "4111111111111111\n"
+        );
+        let mut snap = 0i32.to_be_bytes().to_vec();
+        snap.extend_from_slice(&4_111_111_111_111_111u64.to_be_bytes());
+        snap.extend_from_slice(&4_111_111_111_111_111u64.to_be_bytes());
+        assert_eq!(
+            numbers(5038, &snap).unwrap(),
+            "4111111111111111:4111111111111111:\n"
+        );
+        let mut vector = Vec::new();
+        for x in [1i32, 0, INT2 as i32, 4, 0] {
+            vector.extend_from_slice(&x.to_be_bytes());
+        }
+        for g in [4111i16, 1111, 1111, 1111] {
+            vector.extend_from_slice(&2i32.to_be_bytes());
+            vector.extend_from_slice(&g.to_be_bytes());
+        }
+        assert_eq!(numbers(22, &vector).unwrap(), "4111 1111 1111 1111\n");
+        let mut point = 378_282_246_310_005f64.to_be_bytes().to_vec();
+        point.extend_from_slice(&0f64.to_be_bytes());
+        assert_eq!(numbers(600, &point).unwrap(), "378282246310005,0\n");
         // Bytes of a type known to hold no numbers are not read as any.
         assert_eq!(numbers(17, &r).unwrap(), "");
         // An unknown type whose bytes are no record or array: nothing.

@@ -132,6 +132,9 @@ pub(crate) struct Results {
     /// DLP counts of the current result so far.
     dlp: BTreeMap<String, u64>,
     stopped: bool,
+    /// The current COPY OUT sends its rows in binary: no column types come
+    /// with it, so DLP cannot read them.
+    binary_copy: bool,
     /// The current result, held for its decision.
     pub held: Option<Held>,
 }
@@ -151,6 +154,7 @@ impl Results {
             suspended: HashMap::new(),
             dlp: BTreeMap::new(),
             stopped: false,
+            binary_copy: false,
             held: None,
         }
     }
@@ -168,6 +172,7 @@ impl Results {
         self.rows = 0;
         self.dlp.clear();
         self.stopped = false;
+        self.binary_copy = false;
     }
 
     /// More of the same stream's plan (a batch after a `Flush`).
@@ -266,6 +271,13 @@ impl Results {
         self.rows = 0;
         self.dlp.clear();
         self.stopped = false;
+        self.binary_copy = false;
+    }
+
+    /// A `CopyOutResponse`: whether its rows come in binary (the overall
+    /// format, its body's first byte).
+    pub fn copy_out(&mut self, f: &Frame) {
+        self.binary_copy = f.body().first() == Some(&1);
     }
 
     /// Whether the current result was cut (its `CommandComplete` withheld).
@@ -370,18 +382,13 @@ impl Results {
                 };
                 let findings = scanner.scan(text.as_bytes());
                 if !findings.is_empty() {
-                    self.count(dlp, &findings);
-                    match rules.mode {
-                        RowsDlp::Block => return self.stop(
-                            decide::BLOCKED,
-                            "Airlock withheld the rest of this result: it holds personal data or secrets",
-                        ),
-                        RowsDlp::Mask => {
-                            *v = None;
-                            changed = true;
-                            continue;
-                        }
-                        _ => {}
+                    if let Some(stop) = self.found(dlp, &findings, rules.mode) {
+                        return stop;
+                    }
+                    if rules.mode == RowsDlp::Mask {
+                        *v = None;
+                        changed = true;
+                        continue;
                     }
                 }
             }
@@ -389,17 +396,12 @@ impl Results {
             if findings.is_empty() {
                 continue;
             }
-            self.count(dlp, &findings);
-            match rules.mode {
-                RowsDlp::Block => return self.stop(
-                    decide::BLOCKED,
-                    "Airlock withheld the rest of this result: it holds personal data or secrets",
-                ),
-                RowsDlp::Mask => {
-                    *v = Some(masked);
-                    changed = true;
-                }
-                _ => {}
+            if let Some(stop) = self.found(dlp, &findings, rules.mode) {
+                return stop;
+            }
+            if rules.mode == RowsDlp::Mask {
+                *v = Some(masked);
+                changed = true;
             }
         }
         if changed {
@@ -407,6 +409,23 @@ impl Results {
         } else {
             RowOut::Send(f.raw)
         }
+    }
+
+    /// A value of this row holds `findings`: counted, and under `block`
+    /// the rest of the result withheld (the answer to send instead).
+    fn found(
+        &mut self,
+        dlp: &mut BTreeMap<String, u64>,
+        findings: &[airlock_dlp::Finding],
+        mode: RowsDlp,
+    ) -> Option<RowOut> {
+        self.count(dlp, findings);
+        (mode == RowsDlp::Block).then(|| {
+            self.stop(
+                decide::BLOCKED,
+                "Airlock withheld the rest of this result: it holds personal data or secrets",
+            )
+        })
     }
 
     /// An error, notice or notification from the server: its text can
@@ -443,6 +462,14 @@ impl Results {
         let Some(scanner) = rules.active_scanner() else {
             return RowOut::Send(f.raw);
         };
+        // Binary COPY rows carry no types: a card sent as a bigint is
+        // eight bytes no scanner reads. Withheld where DLP must act.
+        if self.binary_copy && matches!(rules.mode, RowsDlp::Mask | RowsDlp::Block) {
+            return self.stop(
+                decide::BLOCKED,
+                "Airlock withheld this binary COPY: DLP cannot read binary rows; copy in text or CSV",
+            );
+        }
         let (masked, findings) = scan(scanner, &f.body(), rules.mode == RowsDlp::Mask);
         if findings.is_empty() {
             return RowOut::Send(f.raw);

@@ -1331,6 +1331,10 @@ async fn relay_replies(
                                 RowOut::Drop => {}
                             }
                         }
+                        b'H' => {
+                            results.copy_out(&f);
+                            out.extend_from_slice(&f.raw);
+                        }
                         b'd' => match results.copy_data(f, &mut report.dlp) {
                             RowOut::Send(frame) | RowOut::Stop(frame) => out.extend_from_slice(&frame),
                             RowOut::Drop => {}

@@ -588,6 +588,15 @@ async fn result_rows_are_masked() {
         Some(1),
         "numbers that are no card pass"
     );
+    // A binary COPY carries no column types: withheld where DLP must act.
+    let (ok, _, err) = psql(
+        &pg.url("alice", &alice),
+        &[
+            "-c",
+            "COPY (SELECT 4111111111111111::bigint FROM orders LIMIT 1) TO STDOUT (FORMAT binary)",
+        ],
+    );
+    assert!(!ok && err.contains("binary COPY"), "{err}");
     let found = pg.server.audit_of(&admin, "dlp_findings", 4).await;
     assert!(
         found
