@@ -348,6 +348,11 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
         // `COPY (SELECT …) TO` copies out what it reads: a permit to
         // select is not one to copy out (nor is it cut by `max_rows`).
         "CopyStmt" if st.kind == Access::CopyOut => Access::CopyOut,
+        // CREATE TABLE AS, SELECT INTO, CREATE MATERIALIZED VIEW: what the
+        // query reads is read (a later SELECT of the copy reads it all);
+        // the table made is DDL (its `into`, in the walk).
+        "CreateTableAsStmt" => Access::Select,
+        "SelectStmt" => Access::Select,
         _ if st.kind == Access::Ddl => Access::Ddl,
         _ => Access::Select,
     };
@@ -492,6 +497,14 @@ impl Walk<'_> {
         let Some(obj) = body.as_object() else {
             return;
         };
+        // An UPDATE or DELETE with RETURNING reads the rows it touches
+        // (`COPY (DELETE … RETURNING *) TO` copies them out). An INSERT's
+        // RETURNING gives back what the client just wrote.
+        let reads_back = matches!(kind, "UpdateStmt" | "DeleteStmt")
+            && body
+                .get("returning_list")
+                .and_then(Value::as_array)
+                .is_some_and(|l| !l.is_empty());
         for (field, v) in obj {
             // The relation a DML statement or COPY writes (or reads, for
             // COPY TO).
@@ -500,6 +513,17 @@ impl Walk<'_> {
                     for w in &writes {
                         self.st.tables.insert((*w, t.clone()));
                     }
+                    if reads_back {
+                        self.st.tables.insert((self.named, t));
+                    }
+                    continue;
+                }
+            }
+            // The table CREATE TABLE AS or SELECT INTO makes.
+            if field == "into" || field == "into_clause" {
+                let into = v.get("IntoClause").unwrap_or(v);
+                if let Some(t) = into.get("rel").and_then(range_var) {
+                    self.st.tables.insert((Access::Ddl, t));
                     continue;
                 }
             }
@@ -781,9 +805,33 @@ mod tests {
         let s = one("DROP TABLE customers");
         assert_eq!(s.kind, Access::Ddl);
         assert_eq!(tables(&s), vec![("sql.ddl", "public.customers")]);
-        let s = one("CREATE TABLE x AS SELECT * FROM customers");
-        assert_eq!(s.kind, Access::Ddl);
-        assert!(tables(&s).contains(&("sql.ddl", "public.customers")));
+        // What a copy into a new table reads is read; the new table is DDL.
+        for sql in [
+            "CREATE TABLE x AS SELECT * FROM customers",
+            "SELECT * INTO x FROM customers",
+            "CREATE MATERIALIZED VIEW x AS SELECT * FROM customers",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind, Access::Ddl, "{sql}");
+            assert_eq!(
+                tables(&s),
+                vec![("sql.select", "public.customers"), ("sql.ddl", "public.x")],
+                "{sql}"
+            );
+        }
+        // An UPDATE or DELETE with RETURNING reads what it touches.
+        let s = one("UPDATE cards SET note = note WHERE id > 0 RETURNING *");
+        assert!(
+            tables(&s).contains(&("sql.select", "public.cards")),
+            "{s:?}"
+        );
+        let s = one("COPY (DELETE FROM cards WHERE id > 0 RETURNING *) TO STDOUT");
+        assert!(
+            tables(&s).contains(&("sql.copy_out", "public.cards")),
+            "{s:?}"
+        );
+        let s = one("INSERT INTO cards (id) VALUES (1) RETURNING id");
+        assert_eq!(tables(&s), vec![("sql.insert", "public.cards")]);
         let s = one("COPY customers TO STDOUT");
         assert_eq!(tables(&s), vec![("sql.copy_out", "public.customers")]);
         // What a COPY of a query reads is copied out, not selected.
