@@ -534,8 +534,7 @@ impl MaskStream<'_> {
             out.extend_from_slice(&self.inner.buf[a..b]);
             let end = (f.end - base) as usize;
             let value = &self.inner.buf[b..end];
-            let number = f.kind == Kind::CreditCard
-                && json_number(&self.inner.buf[..b], value, &self.inner.buf[end..]);
+            let number = json_number(&self.inner.buf[..b], value, &self.inner.buf[end..]);
             mask_into(value, &f.kind, number, out);
             self.emitted = f.end;
         }
@@ -550,6 +549,7 @@ impl MaskStream<'_> {
 /// Whether `value`, between `before` and `after`, reads as a JSON number
 /// (`"card": 4111…`, `[4111…`): masked with `X`, it would be no JSON.
 fn json_number(before: &[u8], value: &[u8], after: &[u8]) -> bool {
+    let before = before.strip_suffix(b"-").unwrap_or(before);
     let prev = before.iter().rev().find(|b| !b.is_ascii_whitespace());
     let next = after.iter().find(|b| !b.is_ascii_whitespace());
     value.iter().all(u8::is_ascii_digit)
@@ -560,8 +560,9 @@ fn json_number(before: &[u8], value: &[u8], after: &[u8]) -> bool {
         }
 }
 
-/// Masks one finding. A card written as a JSON number is masked with `9`s
-/// (no card network's prefix), so the document stays JSON.
+/// Masks one finding. One written as a JSON number (a card, an SSN of
+/// bare digits) is masked with `9`s (no card network's prefix), so the
+/// document stays JSON.
 fn mask_into(value: &[u8], kind: &Kind, number: bool, out: &mut Vec<u8>) {
     // Cards keep their last 4 digits, as on a receipt.
     let keep_from = if *kind == Kind::CreditCard {

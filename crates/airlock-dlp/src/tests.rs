@@ -76,11 +76,12 @@ fn secrets_inside_json_strings_are_found() {
         "{{\"k\": \"{pem}\", \"to\": \"bob\\u0040example.com\", \"db\": \"postgres:\\/\\/a:s3cretPass@db\"}}"
     );
     // A card written as a JSON number stays a number.
-    let numbers = r#"{"n": 4111111111111111, "m": [1, 378282246310005]}"#.to_owned();
+    let numbers =
+        r#"{"n": 4111111111111111, "m": [1, -378282246310005], "ssn": 123456789}"#.to_owned();
     let (out, _) = masked(&s, numbers.as_bytes(), &[9]);
     assert_eq!(
         String::from_utf8_lossy(&out),
-        r#"{"n": 9999999999991111, "m": [1, 999999999990005]}"#
+        r#"{"n": 9999999999991111, "m": [1, -999999999990005], "ssn": 999999999}"#
     );
     for doc in [&doc, &escaped, &numbers] {
         let (out, _) = masked(&s, doc.as_bytes(), &[7, 50]);
