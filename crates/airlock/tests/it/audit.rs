@@ -181,14 +181,7 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     assert!(out.contains("no signed checkpoint yet"), "{out}");
     let export = tempfile::tempdir().unwrap();
     let e = export.path().join("x");
-    let (code, out) = airlock(&[
-        "audit",
-        "export",
-        "--config",
-        s.config().to_str().unwrap(),
-        "--out",
-        e.to_str().unwrap(),
-    ]);
+    let (code, out) = export_to(&s, &e);
     assert_eq!(code, 0, "{out}");
     let records = std::fs::read_to_string(e.join("records.jsonl"))
         .unwrap()
@@ -224,28 +217,14 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the log's own tree"), "{out}");
     let regrown = export.path().join("regrown");
-    let (code, out) = airlock(&[
-        "audit",
-        "export",
-        "--config",
-        s.config().to_str().unwrap(),
-        "--out",
-        regrown.to_str().unwrap(),
-    ]);
+    let (code, out) = export_to(&s, &regrown);
     assert_eq!(code, 1, "{out}");
     s.sql("DELETE FROM audit_nodes; INSERT INTO audit_nodes SELECT * FROM kept; DROP TABLE kept;");
     // A record changed in the database: the export carries it, but signs
     // no checkpoint over it, and says so.
     s.sql("UPDATE audit SET actor = 'mallory' WHERE seq = 2");
     let changed = export.path().join("changed");
-    let (code, out) = airlock(&[
-        "audit",
-        "export",
-        "--config",
-        s.config().to_str().unwrap(),
-        "--out",
-        changed.to_str().unwrap(),
-    ]);
+    let (code, out) = export_to(&s, &changed);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no checkpoint was signed"), "{out}");
     assert_eq!(
@@ -265,6 +244,18 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     ]);
     assert_ne!(code, 0);
     assert!(out.contains("no such file"), "{out}");
+}
+
+/// `airlock audit export --config <s's config> --out DIR`.
+fn export_to(s: &Server, dir: &std::path::Path) -> (i32, String) {
+    airlock(&[
+        "audit",
+        "export",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ])
 }
 
 fn airlock(args: &[&str]) -> (i32, String) {
