@@ -498,9 +498,11 @@ impl Walk<'_> {
             return;
         };
         // An UPDATE or DELETE with RETURNING reads the rows it touches
-        // (`COPY (DELETE … RETURNING *) TO` copies them out). An INSERT's
-        // RETURNING gives back what the client just wrote.
-        let reads_back = matches!(kind, "UpdateStmt" | "DeleteStmt")
+        // (`COPY (DELETE … RETURNING *) TO` copies them out), as does an
+        // upsert's DO UPDATE; a plain INSERT's RETURNING gives back what the
+        // client just wrote.
+        let reads_back = (matches!(kind, "UpdateStmt" | "DeleteStmt")
+            || (kind == "InsertStmt" && upsert_update(body).is_some()))
             && body
                 .get("returning_list")
                 .and_then(Value::as_array)
@@ -819,7 +821,15 @@ mod tests {
                 "{sql}"
             );
         }
-        // An UPDATE or DELETE with RETURNING reads what it touches.
+        // An UPDATE or DELETE with RETURNING reads what it touches, and so
+        // does an upsert's DO UPDATE (it returns the rows already there).
+        let s = one(
+            "INSERT INTO cards (id) SELECT 1 ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING *",
+        );
+        assert!(
+            tables(&s).contains(&("sql.select", "public.cards")),
+            "{s:?}"
+        );
         let s = one("UPDATE cards SET note = note WHERE id > 0 RETURNING *");
         assert!(
             tables(&s).contains(&("sql.select", "public.cards")),
