@@ -136,11 +136,45 @@ fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
                 let mut tried = String::new();
                 if array(v, &mut tried, depth).is_some() || record(v, &mut tried, depth).is_some() {
                     out.push_str(&tried);
+                } else {
+                    // A domain over a number (in an array or a record, where
+                    // only its own OID is given) is the number's bytes: read
+                    // as every number it could be.
+                    guess_number(v, out);
                 }
             }
         }
     }
     Some(())
+}
+
+/// The numbers the bytes of an unknown type could be: an int of their
+/// length, a float8, a numeric whose header accounts for every byte.
+fn guess_number(v: &[u8], out: &mut String) {
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    match v.len() {
+        2 => line(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        4 => line(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        8 => {
+            let b: [u8; 8] = [v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]];
+            line(i64::from_be_bytes(b).to_string());
+            line(f64::from_be_bytes(b).to_string());
+        }
+        _ => {}
+    }
+    let digits = v.get(0..2).map(|d| i16::from_be_bytes([d[0], d[1]]));
+    if digits
+        .and_then(|d| usize::try_from(d).ok())
+        .map(|d| 8 + 2 * d)
+        == Some(v.len())
+    {
+        if let Some(text) = numeric(v) {
+            line(text);
+        }
+    }
 }
 
 /// A record's binary form: field count, then each field's type and value.
@@ -394,8 +428,20 @@ mod tests {
         assert_eq!(numbers(600, &point).unwrap(), "378282246310005,0\n");
         // Bytes of a type known to hold no numbers are not read as any.
         assert_eq!(numbers(17, &r).unwrap(), "");
-        // An unknown type whose bytes are no record or array: nothing.
+        // An unknown type whose bytes are no record, array or number: nothing.
         assert_eq!(numbers(16_385, b"abc").unwrap(), "");
+        // A domain over int8 or numeric, in an array (only its OID given).
+        let mut a = Vec::new();
+        for x in [1i32, 0, 16_386, 1, 1] {
+            a.extend_from_slice(&x.to_be_bytes());
+        }
+        a.extend_from_slice(&8i32.to_be_bytes());
+        a.extend_from_slice(&card);
+        assert!(numbers(16_387, &a)
+            .unwrap()
+            .starts_with("4111111111111111\n"));
+        let n = numeric_bytes(&[4111, 1111, 1111, 1111], 3, 0, 0);
+        assert_eq!(numbers(16_388, &n).unwrap(), "4111111111111111\n");
         // An array claiming more elements than it holds is not either.
         let mut huge = Vec::new();
         for x in [1i32, 0, INT8 as i32, i32::MAX, 1] {

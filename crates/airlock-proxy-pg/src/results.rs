@@ -79,7 +79,24 @@ struct Column {
     /// Sent in binary, of a type holding numbers (its OID): read as the
     /// decimal text a text-format client would get.
     numbers: Option<u32>,
+    /// How its text is read and rewritten.
+    text_kind: TextKind,
 }
+
+/// Text-format values read other than as they are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TextKind {
+    Plain,
+    /// `bytea`, written `\x` and hex: scanned decoded, masked and written
+    /// back in hex of the same length.
+    Bytea,
+    /// A number type: masked digits are `9`s, so the client still reads a
+    /// number.
+    Number,
+}
+
+/// Number types by OID: int2, int4, int8, float4, float8, numeric, oid.
+const NUMBER_TYPES: &[u32] = &[20, 21, 23, 26, 700, 701, 1700];
 
 impl Column {
     fn new(name: &str, type_oid: u32, format: i16) -> Self {
@@ -87,6 +104,11 @@ impl Column {
             name: name.to_owned(),
             text: format == 0 || TEXT_TYPES.contains(&type_oid),
             numbers: (format != 0 && binary::holds_numbers(type_oid)).then_some(type_oid),
+            text_kind: match (format, type_oid) {
+                (0, 17) => TextKind::Bytea,
+                (0, oid) if NUMBER_TYPES.contains(&oid) => TextKind::Number,
+                _ => TextKind::Plain,
+            },
         }
     }
 }
@@ -392,7 +414,16 @@ impl Results {
                     }
                 }
             }
-            let (masked, findings) = scan(scanner, bytes, rules.mode == RowsDlp::Mask);
+            let kind = col.map_or(TextKind::Plain, |c| c.text_kind);
+            let hex = bytes
+                .strip_prefix(b"\\x")
+                .filter(|_| kind == TextKind::Bytea);
+            let decoded = hex.and_then(|h| hex::decode(h).ok());
+            let (masked, findings) = scan(
+                scanner,
+                decoded.as_deref().unwrap_or(bytes),
+                rules.mode == RowsDlp::Mask,
+            );
             if findings.is_empty() {
                 continue;
             }
@@ -400,7 +431,16 @@ impl Results {
                 return stop;
             }
             if rules.mode == RowsDlp::Mask {
-                *v = Some(masked);
+                *v = Some(match (kind, &decoded) {
+                    (TextKind::Bytea, Some(_)) => {
+                        Bytes::from(format!("\\x{}", hex::encode(&masked)).into_bytes())
+                    }
+                    (TextKind::Number, _) => masked
+                        .iter()
+                        .map(|&b| if b == b'X' { b'9' } else { b })
+                        .collect(),
+                    _ => masked,
+                });
                 changed = true;
             }
         }

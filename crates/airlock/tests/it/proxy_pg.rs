@@ -588,6 +588,20 @@ async fn result_rows_are_masked() {
         Some(1),
         "numbers that are no card pass"
     );
+    // In text: a bytea (written in hex) is scanned decoded and masked back
+    // in hex; a number stays a number (9s, not Xs).
+    let (ok, out, err) = psql(
+        &pg.url("alice", &alice),
+        &[
+            "-At",
+            "-c",
+            "SELECT card::bytea, card::bigint FROM contacts WHERE id = 1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let card_hex = CARD.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(!out.contains(&card_hex) && !out.contains(CARD), "{out}");
+    assert!(out.contains("|9999999999991111"), "{out}");
     // A binary COPY carries no column types: withheld where DLP must act.
     let (ok, _, err) = psql(
         &pg.url("alice", &alice),
