@@ -369,6 +369,19 @@ impl Results {
                 "Airlock cannot tell this result's columns, so it cannot mask them; describe the statement first",
             );
         }
+        // Binary values whose types are unknown cannot be read for numbers
+        // (a `card::bigint` is eight bytes): where DLP must act, nothing is
+        // released.
+        if columns.is_none()
+            && scanning
+            && matches!(rules.mode, RowsDlp::Mask | RowsDlp::Block)
+            && self.binary_asked()
+        {
+            return self.stop(
+                decide::BLOCKED,
+                "Airlock cannot tell this binary result's columns, so it cannot scan them; describe the statement first",
+            );
+        }
         let mut changed = false;
         for (i, v) in values.iter_mut().enumerate() {
             let col = columns.as_ref().and_then(|c| c.get(i));
@@ -449,6 +462,14 @@ impl Results {
         } else {
             RowOut::Send(f.raw)
         }
+    }
+
+    /// Whether the current `Execute`'s `Bind` asked for any binary column.
+    fn binary_asked(&self) -> bool {
+        self.plan
+            .executes
+            .get(self.execute_at)
+            .is_some_and(|(_, _, formats)| formats.iter().any(|f| *f != 0))
     }
 
     /// A value of this row holds `findings`: counted, and under `block`
