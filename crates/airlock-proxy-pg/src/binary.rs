@@ -49,7 +49,7 @@ const RANGE_ARRAYS: &[u32] = &[3905, 3927, 3907];
 /// array, whose binary forms name their fields' and elements' types.
 const PLAIN: &[u32] = &[
     16, 17, 18, 19, 25, 114, 142, 705, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 3802,
-    869, 650, 829, 774, 1560, 1562,
+    869, 650, 829, 774, 1560, 1562, 27, 28, 29, 3220,
 ];
 
 /// How deep arrays of records of arrays are followed.
@@ -84,8 +84,11 @@ fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
         INT4 => line(out, &i32::from_be_bytes(v.try_into().ok()?).to_string()),
         INT8 | MONEY => line(out, &i64::from_be_bytes(v.try_into().ok()?).to_string()),
         OID => line(out, &u32::from_be_bytes(v.try_into().ok()?).to_string()),
-        FLOAT4 => line(out, &f32::from_be_bytes(v.try_into().ok()?).to_string()),
-        FLOAT8 => line(out, &f64::from_be_bytes(v.try_into().ok()?).to_string()),
+        FLOAT4 => line(
+            out,
+            &float(f64::from(f32::from_be_bytes(v.try_into().ok()?))),
+        ),
+        FLOAT8 => line(out, &float(f64::from_be_bytes(v.try_into().ok()?))),
         NUMERIC => line(out, &numeric(v)?),
         RECORD => record(v, out, depth)?,
         XID8 => line(out, &u64::from_be_bytes(v.try_into().ok()?).to_string()),
@@ -116,7 +119,7 @@ fn read(oid: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
             let text: Vec<String> = coords
                 .chunks_exact(8)
                 .filter_map(|c| c.try_into().ok().map(f64::from_be_bytes))
-                .map(|f| f.to_string())
+                .map(float)
                 .collect();
             line(out, &text.join(","));
         }
@@ -161,7 +164,7 @@ fn guess_number(v: &[u8], out: &mut String) {
         8 => {
             let b: [u8; 8] = [v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]];
             line(i64::from_be_bytes(b).to_string());
-            line(f64::from_be_bytes(b).to_string());
+            line(float(f64::from_be_bytes(b)));
         }
         _ => {}
     }
@@ -245,8 +248,22 @@ fn range(element: u32, v: &[u8], out: &mut String, depth: u8) -> Option<()> {
     Some(())
 }
 
+/// A float as decimal text where a card could be in it (below 1e20, the
+/// way PostgreSQL prints such values in full), else in exponent form: a
+/// float's plain decimal form can be hundreds of digits, and no card.
+fn float(f: f64) -> String {
+    if f == 0.0 || (1e-4..1e20).contains(&f.abs()) {
+        f.to_string()
+    } else {
+        format!("{f:e}")
+    }
+}
+
 /// A `numeric` in its binary form: digit count, weight (of the first
-/// base-10000 digit), sign, display scale, then the digits.
+/// base-10000 digit), sign, display scale, then the digits. A run of more
+/// than 20 digits holds no card (the detectors want it bounded), so an
+/// integer part that long is written out as nothing and a fraction is cut
+/// at 21 digits: a numeric of ten bytes can print as 131,072 digits.
 fn numeric(v: &[u8]) -> Option<String> {
     let mut r = Reader(v);
     let ndigits = usize::try_from(r.i16()?).ok()?;
@@ -261,6 +278,11 @@ fn numeric(v: &[u8]) -> Option<String> {
         0x0000 | 0x4000 => {}
         _ => return None,
     }
+    if weight > 5 {
+        return Some(String::new());
+    }
+    // 21 fraction digits already hold no card: the rest need not be written.
+    let dscale = dscale.min(21);
     let digit = |i: i32| -> u16 {
         usize::try_from(i)
             .ok()
@@ -362,6 +384,10 @@ mod tests {
         assert_eq!(numbers(NUMERIC, &n).unwrap(), "-12.340\n");
         let n = numeric_bytes(&[5], -1, 0, 4);
         assert_eq!(numbers(NUMERIC, &n).unwrap(), "0.0005\n");
+        // Very long numbers are written out as nothing, not as megabytes.
+        let n = numeric_bytes(&[1], 32_767, 0, 0);
+        assert_eq!(numbers(NUMERIC, &n).unwrap(), "\n");
+        assert!(numbers(FLOAT8, &1e300f64.to_be_bytes()).unwrap().len() < 16);
         // Wrong lengths are not read as anything.
         assert_eq!(numbers(INT8, &[1, 2, 3]), None);
         assert_eq!(numbers(NUMERIC, &[0, 9]), None);
