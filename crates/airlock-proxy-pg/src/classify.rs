@@ -273,7 +273,7 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
         (top, body)
     };
     st.kind = match top {
-        "SelectStmt" if body.get("into_clause").is_some_and(|v| !v.is_null()) => Access::Ddl,
+        "SelectStmt" if select_into(body).is_some() => Access::Ddl,
         "SelectStmt" => Access::Select,
         "InsertStmt" => Access::Insert,
         "UpdateStmt" => Access::Update,
@@ -501,7 +501,7 @@ impl Walk<'_> {
         // (`COPY (DELETE … RETURNING *) TO` copies them out), as does an
         // upsert's DO UPDATE; a plain INSERT's RETURNING gives back what the
         // client just wrote.
-        let reads_back = (matches!(kind, "UpdateStmt" | "DeleteStmt")
+        let reads_back = (matches!(kind, "UpdateStmt" | "DeleteStmt" | "MergeStmt")
             || (kind == "InsertStmt" && upsert_update(body).is_some()))
             && body
                 .get("returning_list")
@@ -558,13 +558,35 @@ impl Walk<'_> {
                         }
                     }
                 }
-                for inner in o.values() {
+                for (k, inner) in o {
+                    // SELECT INTO on a UNION's leftmost arm (untagged here):
+                    // the table it makes.
+                    if k == "into_clause" {
+                        let into = inner.get("IntoClause").unwrap_or(inner);
+                        if let Some(t) = into.get("rel").and_then(range_var) {
+                            self.st.tables.insert((Access::Ddl, t));
+                            continue;
+                        }
+                    }
                     self.value(inner);
                 }
             }
             _ => {}
         }
     }
+}
+
+/// The INTO of a `SELECT … INTO`: on the statement, or, for a UNION, on
+/// its leftmost arm (where PostgreSQL's grammar leaves it).
+fn select_into(body: &Value) -> Option<&Value> {
+    let body = body.get("SelectStmt").unwrap_or(body);
+    let into = body.get("into_clause").filter(|v| !v.is_null());
+    let into = into.map(|i| i.get("IntoClause").unwrap_or(i));
+    into.or_else(|| {
+        body.get("larg")
+            .filter(|l| !l.is_null())
+            .and_then(select_into)
+    })
 }
 
 /// A SELECT, or an arm of its UNION, EXCEPT or INTERSECT (held untagged
@@ -821,6 +843,10 @@ mod tests {
                 "{sql}"
             );
         }
+        let s = one("SELECT * INTO x FROM customers UNION SELECT * FROM customers");
+        assert_eq!(s.kind, Access::Ddl);
+        assert!(tables(&s).contains(&("sql.ddl", "public.x")), "{s:?}");
+        assert!(!tables(&s).contains(&("sql.select", "public.x")), "{s:?}");
         // An UPDATE or DELETE with RETURNING reads what it touches, and so
         // does an upsert's DO UPDATE (it returns the rows already there).
         let s = one(
