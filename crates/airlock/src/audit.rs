@@ -492,7 +492,25 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
                     size: n,
                     root,
                 });
-                notes.push((n, note));
+                // Witnessed like the server's own: a later export, or the
+                // server, signing another history of this size then
+                // collides with it (signatures are deterministic, so the
+                // same history signed again is the same note).
+                let mut conflict = None;
+                for wdir in cfg.witness_dirs() {
+                    match witness::write(&wdir, &origin, n, &note) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Other => conflict = Some(e),
+                        Err(e) => eprintln!(
+                            "could not write the export's checkpoint to witness folder {}: {e}",
+                            wdir.display()
+                        ),
+                    }
+                }
+                match conflict {
+                    None => notes.push((n, note)),
+                    Some(e) => refused = Some(format!("{e}: this log was rewritten")),
+                }
             }
             Err(why) => refused = Some(why),
         }

@@ -246,6 +246,52 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     assert!(out.contains("no such file"), "{out}");
 }
 
+/// The checkpoint an export signs is witnessed like the server's: written
+/// to every witness folder, where a later history of the same size would
+/// collide with it, and checked by `verify --config` from then on.
+#[tokio::test]
+async fn an_exports_checkpoint_is_witnessed() {
+    let witness = tempfile::tempdir().unwrap();
+    let (dir, cfg) = sqlite_config();
+    let data = dir.path().join("data");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "checkpoint_interval_seconds = 1\n",
+        &format!(
+            "checkpoint_interval_seconds = 3600\norigin = \"test.example/audit\"\nwitness_dir = {:?}\n",
+            witness.path().display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let alice = s.key("alice", "user");
+    s.post(
+        &alice,
+        "/v1/check",
+        json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+    )
+    .await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let (code, out) = export_to(&s, &out_dir.path().join("x"));
+    assert_eq!(code, 0, "{out}");
+    let records = std::fs::read_to_string(out_dir.path().join("x/records.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let notes = airlock_server::witness::read_all(witness.path()).unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        notes[0].1.lines().nth(1),
+        Some(records.to_string().as_str())
+    );
+    // The same history exported again signs the same note.
+    let (code, out) = export_to(&s, &out_dir.path().join("y"));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = airlock(&["audit", "verify", "--config", s.config().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 tree checkpoints"), "{out}");
+}
+
 /// `airlock audit export --config <s's config> --out DIR`.
 fn export_to(s: &Server, dir: &std::path::Path) -> (i32, String) {
     airlock(&[
