@@ -365,33 +365,12 @@ pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<Lo
         Ok::<_, airlock_store::StoreError>((chunks, r.audit_notes()?))
     })?;
     let result = (|| {
-        let mut labelled: Vec<(String, String)> = notes
-            .into_iter()
-            .map(|(size, note)| (format!("in the store at size {size}"), note))
-            .collect();
-        for dir in cfg.witness_dirs() {
-            let found = witness::read_all(&dir)
-                .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
-            labelled.extend(
-                found
-                    .into_iter()
-                    .map(|(path, note)| (path.display().to_string(), note)),
-            );
-        }
-        let mut check = LogCheck::new(&labelled, keys)?;
+        let mut check = LogCheck::new(&labelled_notes(cfg, &notes)?, keys)?;
         for text in &chunks {
             check.push_text(text)?;
         }
         check.finish()?;
-        // Records rewritten and re-chained in the database pass the chain;
-        // the tree the log kept as they were appended does not move.
-        let kept = kept_root(&db, check.records).map_err(|e| e.to_string())?;
-        if kept != check.tree.root() {
-            return Err(format!(
-                "the records do not hash to the log's own tree at size {}: a record was changed",
-                check.records
-            ));
-        }
+        kept_tree_matches(&db, &check)?;
         Ok(check)
     })();
     Ok(result)
@@ -412,22 +391,9 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     // The checkpoints first: records only grow, so each then covers no
     // more than the records read after it, unless the log was cut.
     let stored = db.read(|r| r.audit_notes())?;
-    let mut labelled: Vec<(String, String)> = stored
-        .iter()
-        .map(|(size, note)| (format!("in the store at size {size}"), note.clone()))
-        .collect();
-    for wdir in cfg.witness_dirs() {
-        let found = witness::read_all(&wdir)
-            .with_context(|| format!("witness folder {}", wdir.display()))?;
-        labelled.extend(
-            found
-                .into_iter()
-                .map(|(path, note)| (path.display().to_string(), note)),
-        );
-    }
     // The records are checked as they are written, as `verify --config`
     // would: the export signs nothing the log's own checks refuse.
-    let mut check = LogCheck::new(&labelled, &keys);
+    let mut check = labelled_notes(&cfg, &stored).and_then(|l| LogCheck::new(&l, &keys));
     let mut w = BufWriter::new(std::fs::File::create(dir.join(name))?);
     let mut after = 0;
     let mut n = 0u64;
@@ -458,14 +424,7 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     w.flush()?;
     let verified = check.and_then(|c| {
         c.finish()?;
-        let root = c.tree.root();
-        match kept_root(&db, n) {
-            Ok(kept) if kept == root => Ok(root),
-            Ok(_) => Err(format!(
-                "the records do not hash to the log's own tree at size {n}: they were changed"
-            )),
-            Err(e) => Err(format!("the log's own tree cannot be read: {e}")),
-        }
+        kept_tree_matches(&db, &c)
     });
     let mut notes: Vec<(u64, String)> = stored
         .into_iter()
@@ -547,15 +506,45 @@ pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The root, at `size`, of the Merkle tree the log keeps (built as each
-/// record was appended): what the server signs. Records rewritten in the
-/// database and re-chained no longer hash to it.
-fn kept_root(db: &ReadOnlyStore, size: u64) -> anyhow::Result<merkle::Hash> {
-    let root = db.read(move |r| {
-        let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
-        Ok(merkle::root(&mut nodes, size).map_err(|e| e.to_string()))
-    })?;
-    root.map_err(|e| anyhow::anyhow!(e))
+/// The checkpoints a log is checked against, labelled for errors: those
+/// in the store (`stored`, by size) and those in every witness folder.
+fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String, String)>, String> {
+    let mut labelled: Vec<(String, String)> = stored
+        .iter()
+        .map(|(size, note)| (format!("in the store at size {size}"), note.clone()))
+        .collect();
+    for dir in cfg.witness_dirs() {
+        let found = witness::read_all(&dir)
+            .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
+        labelled.extend(
+            found
+                .into_iter()
+                .map(|(path, note)| (path.display().to_string(), note)),
+        );
+    }
+    Ok(labelled)
+}
+
+/// The checked records' root, if it is the root of the Merkle tree the
+/// log kept as each record was appended (what the server signs): records
+/// rewritten in the database and re-chained pass the chain, not this.
+fn kept_tree_matches(db: &ReadOnlyStore, check: &LogCheck) -> Result<merkle::Hash, String> {
+    let size = check.records;
+    let kept = db
+        .read(move |r| {
+            let mut nodes = |l: u32, i: u64| r.audit_tree_node(l, i).ok().flatten();
+            Ok(merkle::root(&mut nodes, size).map_err(|e| e.to_string()))
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|root| root)
+        .map_err(|e| format!("the log's own tree cannot be read: {e}"))?;
+    let root = check.tree.root();
+    if kept != root {
+        return Err(format!(
+            "the records do not hash to the log's own tree at size {size}: a record was changed"
+        ));
+    }
+    Ok(root)
 }
 
 /// A record as an OCSF event: Authorization (3003) for decisions and
