@@ -73,20 +73,18 @@ impl Counted {
         if headers.is_empty() {
             return self;
         }
-        let add = |mut counts: Counts, more: &Counts| {
-            for (kind, n) in more {
-                *counts.entry(kind.clone()).or_default() += n;
-            }
-            counts
-        };
         match self {
             Counted::None => Counted::Now(headers, Some(leaving(mode))),
-            Counted::Now(counts, d) => Counted::Now(add(counts, &headers), d),
+            Counted::Now(mut counts, d) => {
+                scan::add(&mut counts, &headers);
+                Counted::Now(counts, d)
+            }
             Counted::Later(rx, d) => {
                 let (tx, merged) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
-                    if let Ok((counts, reading)) = rx.await {
-                        let _ = tx.send((add(counts, &headers), reading));
+                    if let Ok((mut counts, reading)) = rx.await {
+                        scan::add(&mut counts, &headers);
+                        let _ = tx.send((counts, reading));
                     }
                 });
                 Counted::Later(merged, d)

@@ -265,9 +265,9 @@ impl Routes {
 /// encodings that do not decode to UTF-8, and characters that
 /// compatibility normalisation (NFKC, which some servers and file systems
 /// apply) or a best-fit mapping turns into others (`%EF%BC%8F`, a
-/// fullwidth solidus: `/admin／x` is one segment here and two there). They are refused before matching rather
-/// than normalised, so the proxy and the upstream cannot disagree on which
-/// file is meant.
+/// fullwidth solidus: `/admin／x` is one segment here and two there).
+/// They are refused before matching rather than normalised, so the proxy
+/// and the upstream cannot disagree on which file is meant.
 pub fn ambiguous_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     let needless = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');

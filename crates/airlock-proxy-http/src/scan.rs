@@ -312,6 +312,13 @@ pub fn mask(scanner: &Scanner, decoded: &[u8]) -> (Bytes, Counts) {
     (Bytes::from(out), airlock_dlp::counts(&findings))
 }
 
+/// Adds `more` to `counts`, type by type.
+pub fn add(counts: &mut Counts, more: &Counts) {
+    for (kind, n) in more {
+        *counts.entry(kind.clone()).or_default() += n;
+    }
+}
+
 /// Scans every header value of a response (they leave with it: a
 /// `Location` with a password in it, an `X-Card`); with `mask`, a value
 /// holding a finding is masked in place, or dropped if the masked bytes
@@ -320,15 +327,13 @@ pub fn headers(scanner: &Scanner, headers: &mut hyper::HeaderMap, mask: bool) ->
     let mut counts = Counts::new();
     // A name can carry a value too (`X-4111111111111111: y`): counted, and
     // under `mask` the header dropped (a masked name would be no name).
-    let named: Vec<hyper::header::HeaderName> = headers
+    let named: Vec<(hyper::header::HeaderName, Counts)> = headers
         .keys()
-        .filter(|name| !scanner.scan(name.as_str().as_bytes()).is_empty())
-        .cloned()
+        .map(|name| (name.clone(), count(scanner, name.as_str().as_bytes())))
+        .filter(|(_, found)| !found.is_empty())
         .collect();
-    for name in named {
-        for (kind, n) in airlock_dlp::counts(&scanner.scan(name.as_str().as_bytes())) {
-            *counts.entry(kind).or_default() += n;
-        }
+    for (name, found) in named {
+        add(&mut counts, &found);
         if mask {
             headers.remove(&name);
         }
@@ -338,9 +343,7 @@ pub fn headers(scanner: &Scanner, headers: &mut hyper::HeaderMap, mask: bool) ->
         if found.is_empty() {
             continue;
         }
-        for (kind, n) in found {
-            *counts.entry(kind).or_default() += n;
-        }
+        add(&mut counts, &found);
         if mask {
             // Masking writes only `X`, `*` and the value's own bytes, so
             // this holds; an empty value is what is left if it did not.
