@@ -12,6 +12,9 @@ const FLOAT4: u32 = 700;
 const FLOAT8: u32 = 701;
 const NUMERIC: u32 = 1700;
 const MONEY: u32 = 790;
+/// The plain number types, whose text form is the number alone.
+pub(crate) const NUMBER_TYPES: &[u32] = &[INT2, INT4, INT8, OID, FLOAT4, FLOAT8, NUMERIC];
+
 /// An anonymous record (`row(…)`), whose fields name their own types.
 const RECORD: u32 = 2249;
 /// 64-bit transaction ids and snapshots of them (`xid8`, `pg_snapshot`,

@@ -95,9 +95,6 @@ enum TextKind {
     Number,
 }
 
-/// Number types by OID: int2, int4, int8, float4, float8, numeric, oid.
-const NUMBER_TYPES: &[u32] = &[20, 21, 23, 26, 700, 701, 1700];
-
 impl Column {
     fn new(name: &str, type_oid: u32, format: i16) -> Self {
         Column {
@@ -106,7 +103,7 @@ impl Column {
             numbers: (format != 0 && binary::holds_numbers(type_oid)).then_some(type_oid),
             text_kind: match (format, type_oid) {
                 (0, 17) => TextKind::Bytea,
-                (0, oid) if NUMBER_TYPES.contains(&oid) => TextKind::Number,
+                (0, oid) if binary::NUMBER_TYPES.contains(&oid) => TextKind::Number,
                 _ => TextKind::Plain,
             },
         }
@@ -415,7 +412,11 @@ impl Results {
                 let Some(text) = binary::numbers(oid, bytes) else {
                     return self.stop(decide::BLOCKED, "Airlock could not read a result value");
                 };
-                let findings = scanner.scan(text.as_bytes());
+                // Most binary values are no number this reads: no scan.
+                let findings = match text.is_empty() {
+                    true => Vec::new(),
+                    false => scanner.scan(text.as_bytes()),
+                };
                 if !findings.is_empty() {
                     if let Some(stop) = self.found(dlp, &findings, rules.mode) {
                         return stop;
