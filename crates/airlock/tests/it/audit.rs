@@ -157,15 +157,7 @@ fn witnessed(witness: &std::path::Path) -> Server {
 /// the server signs after the records were read are left out.
 #[tokio::test]
 async fn an_export_signs_what_no_checkpoint_covers_yet() {
-    let (dir, cfg) = sqlite_config();
-    let data = dir.path().join("data");
-    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
-        "checkpoint_interval_seconds = 1\n",
-        "checkpoint_interval_seconds = 3600\n",
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let s = Server::serve(dir, &Db::Sqlite, 1, &data);
+    let s = Server::start_opts(&Db::Sqlite, POLICIES, 3600);
     let alice = s.key("alice", "user");
     for _ in 0..3 {
         s.post(
