@@ -1216,6 +1216,55 @@ async fn on_sqlite_a_quiet_write_commits_on_the_callers_thread() {
     assert_stored_is_answered(&store, answered).await;
 }
 
+/// On a runtime of one worker (a host with one CPU) no write commits on
+/// the caller's thread: it would hold every other request behind its
+/// commit, and they would each find the writer idle and commit alone.
+/// Without this a burst after a quiet spell ran write by write on the
+/// worker, never batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn on_sqlite_one_worker_hands_every_write_to_the_writer() {
+    let home = Home::sqlite();
+    let store = home.open();
+    let mut answered = Vec::new();
+    // An append from a task on the worker, and whether it ran there.
+    let append_here = |store: Store| async move {
+        let caller = std::thread::current().id();
+        let (rec, ran_on) = store
+            .write(move |tx| {
+                let ran_on = std::thread::current().id();
+                tx.append_audit(audit(AuditKind::Decision), now())
+                    .map(|r| (r, ran_on))
+            })
+            .await
+            .unwrap();
+        (rec, usize::from(ran_on == caller))
+    };
+    let quiet = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut out = (Vec::new(), 0);
+            for _ in 0..40 {
+                let (rec, here) = append_here(store.clone()).await;
+                out.0.push(rec);
+                out.1 += here;
+            }
+            out
+        }
+    });
+    let (recs, mut on_worker) = quiet.await.unwrap();
+    answered.extend(recs);
+    let burst: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(append_here(store.clone())))
+        .collect();
+    for t in burst {
+        let (rec, here) = t.await.unwrap();
+        on_worker += here;
+        answered.push(rec);
+    }
+    assert_eq!(on_worker, 0, "writes committed on the only worker");
+    assert_stored_is_answered(&store, answered).await;
+}
+
 /// A one-shot command (`airlock keys revoke`) opened beside a busy server
 /// waits its turn for SQLite's write lock for seconds; the server's own
 /// writer gives up within a second, so its callers get a 503, not a hang.
