@@ -9,6 +9,7 @@ import time
 import pytest
 
 from airlock_client import Airlock, AirlockError, ApprovalTimeout, Denied
+from airlock_client import _resource
 
 
 def test_allowed_action_runs_without_a_grant(server):
@@ -106,3 +107,12 @@ def test_server_errors_carry_their_code(server):
     with pytest.raises(AirlockError) as raised:
         unreachable.check("read", "Table:orders")
     assert raised.value.status == 0
+
+
+def test_a_namespaced_type_keeps_its_colons():
+    assert _resource("Db::Table:prod.x") == {"type": "Db::Table", "id": "prod.x"}
+    assert _resource("Table:a::b") == {"type": "Table", "id": "a::b"}
+    assert _resource("Table:prod.orders") == {"type": "Table", "id": "prod.orders"}
+    for bad in ("Db::Table", "Table:", ":x", "no-colon"):
+        with pytest.raises(ValueError):
+            _resource(bad)

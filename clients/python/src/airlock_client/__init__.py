@@ -75,9 +75,20 @@ class Permit:
 
 
 def _resource(resource: Resource) -> Json:
+    """`"TYPE:ID"` split at the first single colon, as the CLI does: a
+    namespaced type (`Db::Table:prod.x`) keeps its `::`, so a policy on
+    `Db::Table` is not dodged by a resource read as type `Db`."""
     if isinstance(resource, str):
-        kind, sep, ident = resource.partition(":")
-        if not sep or not kind or not ident:
+        i = 0
+        while i < len(resource):
+            if resource.startswith("::", i):
+                i += 2
+            elif resource[i] == ":":
+                break
+            else:
+                i += 1
+        kind, ident = resource[:i], resource[i + 1 :]
+        if i >= len(resource) or not kind or not ident:
             raise ValueError(f'resource must be "TYPE:ID", not {resource!r}')
         return {"type": kind, "id": ident}
     return dict(resource)
