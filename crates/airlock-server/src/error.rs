@@ -20,7 +20,8 @@ pub enum ApiError {
     /// 401: no key, or a key we do not know.
     #[error("missing or invalid API key")]
     Unauthenticated,
-    /// 401: a key we know, but revoked or expired; says which.
+    /// 401: a key we know, but revoked or expired; or a chat callback's
+    /// signature refused. Says which.
     #[error("{0}")]
     KeyRefused(String),
     /// 403: known caller, not allowed.

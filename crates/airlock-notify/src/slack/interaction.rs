@@ -30,6 +30,10 @@ pub enum Ask {
         /// Slack's handle for opening a dialog in answer.
         trigger_id: String,
     },
+    /// The link button to the console (a step-up approval): Slack opens
+    /// the link itself and still reports the click, which wants a 200 and
+    /// nothing else.
+    OpenConsole,
     /// The deny dialog, submitted.
     Deny {
         /// The request.
@@ -71,11 +75,13 @@ impl Interaction {
         let ask = match payload["type"].as_str() {
             Some("block_actions") => {
                 let action = &payload["actions"][0];
-                let id = request(&action["value"]).ok_or(Refusal::NoRequest)?;
+                let id = || request(&action["value"]).ok_or(Refusal::NoRequest);
                 match action["action_id"].as_str() {
-                    Some("approve") => Ask::Approve(id),
+                    Some("approve") => Ask::Approve(id()?),
+                    // A link button carries no value.
+                    Some("open_console") => Ask::OpenConsole,
                     Some("deny") => Ask::DenyDialog {
-                        request: id,
+                        request: id()?,
                         trigger_id: text(&payload["trigger_id"]).unwrap_or_default(),
                     },
                     _ => return Err(Refusal::UnknownAction),
@@ -128,6 +134,14 @@ mod tests {
                 trigger_id: "tr".into()
             }
         );
+        assert_eq!(
+            Interaction::parse(&click("open_console")).unwrap().ask,
+            Ask::OpenConsole
+        );
+        let link = form(
+            r#"{"type":"block_actions","user":{"id":"U1"},"actions":[{"action_id":"open_console"}]}"#,
+        );
+        assert_eq!(Interaction::parse(&link).unwrap().ask, Ask::OpenConsole);
         assert_eq!(
             Interaction::parse(&click("other")),
             Err(Refusal::UnknownAction)

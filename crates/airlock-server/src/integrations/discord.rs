@@ -13,14 +13,14 @@ use airlock_store::time::now;
 use airlock_store::Role;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::json;
 
-use crate::{Airlock, Caller};
+use crate::{Airlock, ApiError, Caller};
 
 type AppState = Arc<Airlock>;
 
@@ -96,7 +96,7 @@ async fn interactions(
 ) -> Response {
     let config = airlock.config.load_full();
     let Some(cfg) = &config.notify.discord else {
-        return (StatusCode::NOT_FOUND, "Discord is not configured").into_response();
+        return ApiError::NotFound("Discord is not configured".into()).into_response();
     };
     let header = |name: &str| {
         headers
@@ -113,11 +113,11 @@ async fn interactions(
         now().timestamp(),
     ) {
         tracing::warn!(why, "refused a Discord interaction");
-        return (StatusCode::UNAUTHORIZED, why).into_response();
+        return ApiError::KeyRefused(format!("Discord signature refused: {why}")).into_response();
     }
     let i = match Interaction::parse(&body) {
         Ok(i) => i,
-        Err(why) => return (StatusCode::BAD_REQUEST, why.to_string()).into_response(),
+        Err(why) => return ApiError::BadRequest(why.to_string()).into_response(),
     };
     if i.ask == Ask::Ping {
         return Json(json!({"type": 1})).into_response(); // PING → PONG

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::{Airlock, Caller};
+use crate::{Airlock, ApiError, Caller};
 
 type AppState = Arc<Airlock>;
 
@@ -70,8 +70,9 @@ impl Airlock {
     }
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
-    (status, Json(json!({"error": why}))).into_response()
+/// A refusal in the API's error shape (`{"error": {"code", "message"}}`).
+fn refuse(e: ApiError) -> Response {
+    e.into_response()
 }
 
 /// Button presses and the deny dialog's submission.
@@ -82,7 +83,7 @@ async fn interactions(
 ) -> Response {
     let config = airlock.config.load_full();
     let Some(cfg) = &config.notify.slack else {
-        return refuse(StatusCode::NOT_FOUND, "Slack is not configured");
+        return refuse(ApiError::NotFound("Slack is not configured".into()));
     };
     let header = |name: &str| {
         headers
@@ -99,11 +100,13 @@ async fn interactions(
         chrono::Utc::now().timestamp(),
     ) {
         tracing::warn!(why, "refused a Slack callback");
-        return refuse(StatusCode::UNAUTHORIZED, why);
+        return refuse(ApiError::KeyRefused(format!(
+            "Slack signature refused: {why}"
+        )));
     }
     let i = match Interaction::parse(&body) {
         Ok(i) => i,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why.to_string()),
+        Err(why) => return refuse(ApiError::BadRequest(why.to_string())),
     };
     let answer = |text: String| ephemeral(i.response_url.clone(), text);
     let Some(user) = airlock.user_of_slack(&i.user) else {
@@ -115,6 +118,8 @@ async fn interactions(
         key_id: format!("slack:{}", i.user),
     };
     match &i.ask {
+        // The link opened the console; nothing to do here.
+        Ask::OpenConsole => StatusCode::OK.into_response(),
         Ask::Approve(id) => match airlock
             .review(
                 &caller,
@@ -160,7 +165,7 @@ async fn interactions(
             .await
             {
                 Ok(_) => StatusCode::OK.into_response(),
-                Err(e) => refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
+                Err(e) => refuse(ApiError::Upstream(e.to_string())),
             }
         }
         Ask::Deny {

@@ -114,6 +114,21 @@ async fn slack_asks_in_the_routed_channel_and_takes_decisions_by_the_same_rules(
         .await,
         401
     );
+    // Unsigned: refused in the API's error shape, as every endpoint's.
+    let r = reqwest::Client::new()
+        .post(format!("{}/integrations/slack/interactions", s.url))
+        .body("payload=%7B%7D")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    // A click on the console link of a step-up request (Slack reports it,
+    // with no value) is acknowledged, not refused.
+    let link = json!({"type": "block_actions", "user": {"id": "U0BOB"},
+        "actions": [{"action_id": "open_console", "block_id": "review"}]});
+    assert_eq!(slack_interaction(&s.url, link, 0, SLACK_SECRET).await, 200);
     // The requester and a non-approver are refused, told privately.
     assert_eq!(
         slack_interaction(
@@ -253,8 +268,9 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
     let (st, r) = discord_interaction(&s.url, &key, &json!({"id": "i0", "type": 1})).await;
     assert_eq!((st, r["type"].as_u64()), (200, Some(1)));
     let other = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let (st, _) = discord_interaction(&s.url, &other, &json!({"id": "i00", "type": 1})).await;
-    assert_eq!(st, 401);
+    let (st, r) = discord_interaction(&s.url, &other, &json!({"id": "i00", "type": 1})).await;
+    // In the API's error shape, as every endpoint's.
+    assert_eq!((st, &r["error"]["code"]), (401, &json!("unauthenticated")));
 
     let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
     let id = r["request"]["id"].as_str().unwrap().to_owned();
