@@ -76,6 +76,9 @@ pub enum AuditKind {
     /// covers (an allowed request or statement): counts by type, and what
     /// became of the answer.
     DlpFindings,
+    /// A step-up proof (a TOTP code) was given and was wrong: counted, so
+    /// that guessing stops after a few (severity medium).
+    StepUpFailed,
 }
 
 impl AuditKind {
@@ -108,6 +111,7 @@ impl AuditKind {
         Self::Breakglass,
         Self::WebauthnRegistered,
         Self::DlpFindings,
+        Self::StepUpFailed,
     ];
 
     /// Whether records of this kind belong to a request or its grant; only
@@ -158,6 +162,7 @@ impl AuditKind {
             Self::Breakglass => "breakglass",
             Self::WebauthnRegistered => "webauthn_registered",
             Self::DlpFindings => "dlp_findings",
+            Self::StepUpFailed => "step_up_failed",
         }
     }
 }
@@ -855,10 +860,11 @@ mod tests {
                 AuditKind::Breakglass => 24,
                 AuditKind::WebauthnRegistered => 25,
                 AuditKind::DlpFindings => 26,
+                AuditKind::StepUpFailed => 27,
             }
         }
         let numbers: Vec<usize> = AuditKind::ALL.iter().map(|k| number(*k)).collect();
-        assert_eq!(numbers, (0..27).collect::<Vec<_>>());
+        assert_eq!(numbers, (0..28).collect::<Vec<_>>());
     }
     use serde_json::json;
 

@@ -40,6 +40,10 @@ pub enum ApiError {
         /// For people.
         message: String,
     },
+    /// 403 `step_up_required`: a step-up code was given and is wrong;
+    /// counted toward [`MAX_STEP_UP_FAILURES`](crate::service::MAX_STEP_UP_FAILURES).
+    #[error("{0}")]
+    StepUpFailed(String),
     /// 404: no such thing (or not visible to the caller).
     #[error("{0}")]
     NotFound(String),
@@ -131,6 +135,7 @@ impl ApiError {
             | ApiError::Grant { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::TooMany { code, .. } => *code,
+            ApiError::StepUpFailed(_) => ErrorCode::StepUpRequired,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::TooLarge => ErrorCode::PayloadTooLarge,
             ApiError::TooManyPending { .. } => ErrorCode::TooManyPending,

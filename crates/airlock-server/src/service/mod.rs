@@ -34,7 +34,7 @@ pub use airlock_auth::api_keys::{
 pub use check::{CheckBody, CheckOutcome, COMPUTED_CONTEXT};
 pub use gate::LocalGate;
 pub use grants::{CompleteBody, ConsumeBody};
-pub use requests::{InboxShow, RequestPage, StepUp, MAX_PAGE};
+pub use requests::{InboxShow, RequestPage, StepUp, MAX_PAGE, MAX_STEP_UP_FAILURES};
 pub(crate) use view::threshold_view;
 pub use webauthn::WebauthnAnswer;
 

@@ -11,7 +11,7 @@ use airlock_core::{
 };
 use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
-use airlock_store::{Cursor, StatusFilter, Viewer, WriteTx};
+use airlock_store::{AuditFilter, Cursor, StatusFilter, Viewer, WriteTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -351,7 +351,9 @@ impl Airlock {
         let sealed = self.secrets.seal(&secret, user.as_str());
         let secrets = self.secrets.clone();
         let page = format!("{}/account", self.public_url());
-        self.store
+        let about = json!({"method": "totp", "enrolment": "replace", "channel": "web"});
+        let enrolled = self
+            .store
             .write(move |tx| {
                 let t = now();
                 if tx.totp_secret(&user)?.is_some() {
@@ -369,7 +371,8 @@ impl Airlock {
                 )?;
                 Ok::<_, ApiError>(())
             })
-            .await?;
+            .await;
+        self.step_up_counted(&caller.user, about, enrolled).await?;
         Ok(uri)
     }
 
@@ -475,7 +478,8 @@ impl Airlock {
         let secrets = self.secrets.clone();
         let console = self.public_url();
         let breakglass_groups = self.config.load().breakglass.groups.clone();
-        let req = self
+        let about = json!({"method": "totp", "request": id.to_string(), "channel": channel});
+        let reviewed = self
             .store
             .write(move |tx| {
                 let t = now();
@@ -567,9 +571,42 @@ impl Airlock {
                 }
                 Ok(tx.get_request(&id)?.unwrap_or(req))
             })
-            .await?;
+            .await;
+        let req = self.step_up_counted(&caller.user, about, reviewed).await?;
         self.after_change(&req);
         Ok(req)
+    }
+
+    /// Records a wrong step-up code in its own write (the transaction that
+    /// checked it was rolled back with the refusal), so that the next
+    /// check on any node counts it; then refuses as the check did. If the
+    /// record cannot be written the answer is 503, never a free guess.
+    async fn step_up_counted<T>(
+        &self,
+        user: &UserName,
+        about: serde_json::Value,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let Err(ApiError::StepUpFailed(why)) = result else {
+            return result;
+        };
+        let (who, t) = (user.to_string(), now());
+        self.store
+            .write(move |tx| {
+                tx.append_audit(
+                    NewAuditRecord {
+                        kind: AuditKind::StepUpFailed,
+                        actor: who.clone(),
+                        subject: who,
+                        details: about.into(),
+                    },
+                    t,
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(ApiError::Audit)?;
+        Err(ApiError::StepUpFailed(why))
     }
 
     /// Whether `caller` may review `id` now (for channels that ask for more
@@ -872,6 +909,12 @@ fn review_after_the_fact(
     Ok(req)
 }
 
+/// Wrong step-up codes for one user within [`STEP_UP_LOCKOUT`] after which
+/// no code of theirs is checked until the oldest is out of the window.
+pub const MAX_STEP_UP_FAILURES: usize = 5;
+/// The window [`MAX_STEP_UP_FAILURES`] counts in.
+const STEP_UP_LOCKOUT: chrono::Duration = chrono::Duration::minutes(15);
+
 /// Checks a TOTP code for `reviewer`'s approval and spends it: a code is
 /// accepted once, on any node (its time step is recorded in the same
 /// transaction as the review). Every failure refuses the approval and says
@@ -907,9 +950,28 @@ fn step_up_totp<T: WriteTx + ?Sized>(
              from the one that sealed it); enrol again"
         ))
     })?;
+    // Three codes are live at any time (the step before, now, after): a
+    // guesser needs about 330,000 tries, so a few wrong codes stop all
+    // codes for a while, on every node (the count is in the audit log).
+    let recent = AuditFilter {
+        kind: Some(AuditKind::StepUpFailed.as_str().into()),
+        subject: Some(reviewer.to_string()),
+        since: Some(fmt(t - STEP_UP_LOCKOUT)),
+        ..AuditFilter::default()
+    };
+    if tx.audit_search(&recent, MAX_STEP_UP_FAILURES as u32)?.len() >= MAX_STEP_UP_FAILURES {
+        return Err(ApiError::TooMany {
+            code: airlock_api::ErrorCode::TooManyAttempts,
+            message: format!(
+                "{MAX_STEP_UP_FAILURES} wrong TOTP codes for {reviewer} in the last {} minutes: \
+                 no code is checked until then",
+                STEP_UP_LOCKOUT.num_minutes()
+            ),
+        });
+    }
     let unix = u64::try_from(t.timestamp()).unwrap_or(0);
     let Some(step) = airlock_auth::totp::step_of(&secret, reviewer.as_str(), code, unix) else {
-        return Err(refuse(
+        return Err(ApiError::StepUpFailed(
             "the TOTP code is wrong or expired; enter the current one".into(),
         ));
     };
