@@ -180,6 +180,9 @@ pub struct ReviewView {
     #[serde(with = "crate::time")]
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
+    /// The step-up passed with it (`totp`, `webauthn`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<String>,
 }
 
 impl From<&airlock_core::Review> for ReviewView {
@@ -190,6 +193,7 @@ impl From<&airlock_core::Review> for ReviewView {
             reason: r.reason.clone(),
             channel: r.channel.clone(),
             at: r.at,
+            step_up: r.step_up.clone(),
         }
     }
 }
@@ -354,6 +358,7 @@ mod tests {
                 reason: None,
                 channel: "cli".into(),
                 at: at(1_700_000_001_000),
+                step_up: None,
             }],
             created_at: at(1_700_000_000_000),
             expires_at: at(1_700_003_600_000),

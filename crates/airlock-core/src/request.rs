@@ -137,6 +137,25 @@ pub struct Review {
     pub channel: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// The step-up the reviewer passed with it (`totp`, `webauthn`), if
+    /// any: an approval counts toward a requirement with `@step_up` only
+    /// if it passed one at least as strong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<String>,
+}
+
+impl Review {
+    /// Whether this review passed the step-up `required` asks for: any
+    /// passes none; a security key passes a TOTP requirement too; an
+    /// unknown requirement is passed by nothing.
+    pub fn passed(&self, required: Option<&str>) -> bool {
+        match required {
+            None => true,
+            Some("totp") => matches!(self.step_up.as_deref(), Some("totp" | "webauthn")),
+            Some("webauthn") => self.step_up.as_deref() == Some("webauthn"),
+            Some(_) => false,
+        }
+    }
 }
 
 /// The grant issued for an approved request, as the store keeps it. The token
@@ -189,23 +208,28 @@ impl Request {
     /// which group *now* (membership is looked up at every evaluation, so a
     /// reviewer removed from a group stops counting).
     pub fn approvals(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> Vec<u32> {
-        self.approvals_for(&self.requirement.thresholds, is_member)
+        self.approvals_for(&self.requirement, is_member)
     }
 
     /// Distinct approvals of this request's reviews that count for each of
-    /// `thresholds` (the request's own, or those policy asks for now).
+    /// `needs`' thresholds (the request's own requirement, or what policy
+    /// asks for now): from a member of one of its groups, with the step-up
+    /// it asks for passed.
     pub fn approvals_for(
         &self,
-        thresholds: &[crate::Threshold],
+        needs: &crate::Requirement,
         is_member: impl Fn(&UserName, &GroupName) -> bool,
     ) -> Vec<u32> {
-        thresholds
+        let step_up = needs.step_up.as_deref();
+        needs
+            .thresholds
             .iter()
             .map(|t| {
                 let mut counted: Vec<&UserName> = Vec::new();
                 for r in &self.reviews {
                     if r.verdict == Verdict::Approve
                         && r.reviewer != self.action.principal
+                        && r.passed(step_up)
                         && !counted.contains(&&r.reviewer)
                         && t.groups.iter().any(|g| is_member(&r.reviewer, g))
                     {
@@ -220,21 +244,23 @@ impl Request {
 
     /// Whether every threshold is met under the given membership.
     pub fn thresholds_met(&self, is_member: impl Fn(&UserName, &GroupName) -> bool) -> bool {
-        self.meets(&self.requirement.thresholds, is_member)
+        self.meets(&self.requirement, is_member)
     }
 
-    /// Whether this request's approvals meet every one of `thresholds`:
-    /// at consumption, the thresholds policy asks for the action as it is
-    /// described then, so a grant approved under a laxer requirement cannot
-    /// carry a riskier action.
+    /// Whether this request's approvals meet every threshold of `needs`,
+    /// with its step-up: at consumption, what policy asks for the action
+    /// as it is described then, so a grant approved under a laxer
+    /// requirement (fewer approvers, no step-up) cannot carry a riskier
+    /// action; and a pending request whose requirement was raised to a
+    /// step-up counts only approvals that passed it.
     pub fn meets(
         &self,
-        thresholds: &[crate::Threshold],
+        needs: &crate::Requirement,
         is_member: impl Fn(&UserName, &GroupName) -> bool,
     ) -> bool {
-        self.approvals_for(thresholds, is_member)
+        self.approvals_for(needs, is_member)
             .iter()
-            .zip(thresholds)
+            .zip(&needs.thresholds)
             .all(|(n, t)| *n >= t.quorum.get())
     }
 

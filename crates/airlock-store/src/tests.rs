@@ -899,7 +899,7 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
                 "DROP TABLE request_groups; DROP INDEX requests_by_created;
                  ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes; DROP TABLE audit_notes;
                  DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
-                 ALTER TABLE grants DROP COLUMN completions;
+                 ALTER TABLE grants DROP COLUMN completions; ALTER TABLE reviews DROP COLUMN step_up;
                  UPDATE schema_version SET version = 9;",
             )
             .unwrap();
@@ -907,8 +907,8 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
         Home::Db(db) => db.execute(
             "DROP TABLE request_groups; ALTER TABLE api_keys DROP COLUMN scram;
              DROP TABLE audit_nodes; DROP TABLE audit_notes; DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
-             ALTER TABLE grants DROP COLUMN completions;
-             UPDATE airlock_schema_version SET version = version - 7",
+             ALTER TABLE grants DROP COLUMN completions; ALTER TABLE reviews DROP COLUMN step_up;
+             UPDATE airlock_schema_version SET version = version - 8",
         ),
     }
     let store = home.open();

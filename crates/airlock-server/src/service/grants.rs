@@ -143,14 +143,14 @@ impl Airlock {
                     );
                 }
                 if let Some(now) = &now_needs {
-                    if !breakglass && !req.meets(&now.thresholds, |u, g| loaded.directory.is_member(u, g)) {
+                    if !breakglass && !req.meets(now, |u, g| loaded.directory.is_member(u, g)) {
                         return refuse_in(
                             tx,
                             &actor,
                             Some(req.id),
                             gid,
                             ErrorCode::ActionMismatch,
-                            "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers)".into(),
+                            "the approvals do not meet what policy requires for this action as it is described now (its context asks for more approvers, or for a step-up they did not pass)".into(),
                             t,
                         );
                     }

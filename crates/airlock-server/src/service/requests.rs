@@ -520,6 +520,10 @@ impl Airlock {
                     return Err(ApiError::wrong_state("request has expired"));
                 }
                 // Step-up guards approving only: a deny lowers the risk.
+                // The step-up passed is kept with the review: only such
+                // approvals count where one is asked (also later, at
+                // consumption or after the requirement was raised).
+                let mut step_up = None;
                 if verdict == Verdict::Approve {
                     let page = format!("{console}/requests/{id}");
                     match req.requirement.step_up.as_deref() {
@@ -532,8 +536,9 @@ impl Airlock {
                         // Fails closed: a step-up this release does not know.
                         Some(other) => return Err(ApiError::forbidden(format!("unknown step-up {other:?}"))),
                     }
+                    step_up.clone_from(&req.requirement.step_up);
                 }
-                let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t };
+                let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t, step_up };
                 if !tx.insert_review(&id, &review)? {
                     return Err(ApiError::Conflict {
                         code: airlock_api::ErrorCode::AlreadyReviewed,
@@ -867,6 +872,7 @@ fn review_after_the_fact(
         reason: reason.clone(),
         channel: channel.to_owned(),
         at: t,
+        step_up: None,
     };
     if !tx.insert_review(&req.id, &review)? {
         return Err(ApiError::Conflict {

@@ -50,6 +50,7 @@ pub(crate) struct ReviewRow {
     pub(crate) reason: Option<String>,
     pub(crate) channel: String,
     pub(crate) at: DateTime<Utc>,
+    pub(crate) step_up: Option<String>,
 }
 
 impl ReviewRow {
@@ -59,6 +60,7 @@ impl ReviewRow {
             verdict: Verdict::parse(&self.verdict).map_err(corrupt)?,
             reason: self.reason,
             channel: self.channel,
+            step_up: self.step_up,
             at: self.at,
         })
     }

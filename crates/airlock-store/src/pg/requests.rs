@@ -67,7 +67,7 @@ impl RequestRows for Tx<'_> {
 
     fn review_rows(&mut self, id: &RequestId) -> Result<Vec<ReviewRow>, StoreError> {
         let rows = self.query(
-            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = $1 ORDER BY at, reviewer",
+            "SELECT reviewer, verdict, reason, channel, at, step_up FROM reviews WHERE request_id = $1 ORDER BY at, reviewer",
             &[&id.to_string()],
         )?;
         rows.iter()
@@ -78,6 +78,7 @@ impl RequestRows for Tx<'_> {
                     reason: r.try_get(2)?,
                     channel: r.try_get(3)?,
                     at: r.try_get(4)?,
+                    step_up: r.try_get(5)?,
                 })
             })
             .collect()
@@ -207,8 +208,8 @@ impl RequestRows for Tx<'_> {
 
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError> {
         let n = self.execute(
-            "INSERT INTO reviews (request_id, reviewer, verdict, reason, channel, at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO reviews (request_id, reviewer, verdict, reason, channel, at, step_up)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             &[
                 &id.to_string(),
                 &review.reviewer.as_str(),
@@ -216,6 +217,7 @@ impl RequestRows for Tx<'_> {
                 &review.reason,
                 &review.channel,
                 &review.at,
+                &review.step_up,
             ],
         )?;
         Ok(n == 1)

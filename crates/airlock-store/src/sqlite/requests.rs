@@ -67,7 +67,7 @@ impl RequestRows for Tx<'_> {
 
     fn review_rows(&mut self, id: &RequestId) -> Result<Vec<ReviewRow>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT reviewer, verdict, reason, channel, at FROM reviews WHERE request_id = ?1 ORDER BY at, reviewer",
+            "SELECT reviewer, verdict, reason, channel, at, step_up FROM reviews WHERE request_id = ?1 ORDER BY at, reviewer",
         )?;
         let mut rows = st.query([id.to_string()])?;
         let mut out = Vec::new();
@@ -78,6 +78,7 @@ impl RequestRows for Tx<'_> {
                 reason: r.get(2)?,
                 channel: r.get(3)?,
                 at: parse(&r.get::<_, String>(4)?)?,
+                step_up: r.get(5)?,
             });
         }
         Ok(out)
@@ -219,8 +220,8 @@ impl RequestRows for Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO reviews (request_id, reviewer, verdict, reason, channel, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO reviews (request_id, reviewer, verdict, reason, channel, at, step_up)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 id.to_string(),
@@ -229,6 +230,7 @@ impl RequestRows for Tx<'_> {
                 review.reason,
                 review.channel,
                 fmt(review.at),
+                review.step_up,
             ])?;
         Ok(n == 1)
     }

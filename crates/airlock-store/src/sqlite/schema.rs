@@ -262,6 +262,13 @@ CREATE INDEX audit_by_request ON audit (request_id) WHERE request_id IS NOT NULL
 -- from before would revoke without announcing, so it must refuse this
 -- file, as it refuses every newer version.
 "#,
+    r#"
+-- Which step-up (totp, webauthn) a reviewer passed with a review: an
+-- approval counts toward a requirement with @step_up only if it passed
+-- one, also when the requirement was raised after it or policy asks for
+-- one at consumption. Reviews from before count as without.
+ALTER TABLE reviews ADD COLUMN step_up TEXT;
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -224,6 +224,78 @@ async fn wrong_codes_stop_every_code_for_a_while(db: Db) {
     assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
 }
 
+/// An approval without step-up does not count where a step-up is asked
+/// later: not at consumption (the action as described then needs a code),
+/// and not on a pending request whose requirement was raised to one.
+#[tokio::test]
+async fn an_approval_without_step_up_does_not_count_where_one_is_asked_later() {
+    const POLICIES: &str = r#"
+@id("bulk-plain") @approvers("security")
+permit(principal, action == Action::"bulk", resource);
+@id("bulk-huge") @approvers("security") @step_up("totp")
+permit(principal, action == Action::"bulk", resource) when { context has rows && context.rows > 1000000 };
+@id("pair-plain") @approvers("security") @quorum("2")
+permit(principal, action == Action::"pair", resource);
+@id("pair-huge") @approvers("security") @quorum("2") @step_up("totp")
+permit(principal, action == Action::"pair", resource) when { context has rows && context.rows > 1000000 };
+"#;
+    let s = Server::start_with(&Db::Sqlite, POLICIES);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, carol_totp) = enroll(&s, "carol");
+    let action = |name: &str, rows: u64| {
+        json!({"principal": "alice", "action": name,
+               "resource": {"type": "Table", "id": "t"}, "context": {"rows": rows}})
+    };
+    // Approved for ten rows without a code; spent on five million.
+    let (_, r) = s.post(&alice, "/v1/check", action("bulk", 10)).await;
+    assert!(r["request"]["step_up"].is_null(), "{r}");
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = approve(&s, &bob, &id, None).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    let token = r["grant"]["token"].as_str().unwrap().to_owned();
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": action("bulk", 5_000_000)}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("action_mismatch")),
+        "five million rows on an approval without step-up: {r}"
+    );
+    // The same grant still carries what was approved.
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": action("bulk", 10)}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+
+    // Quorum two: bob approves without a code, then the request is raised
+    // to a step-up; carol's approval with a code is one of two.
+    let (_, r) = s.post(&alice, "/v1/check", action("pair", 10)).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (st, _) = approve(&s, &bob, &id, None).await;
+    assert_eq!(st, 200);
+    let (_, r) = s.post(&alice, "/v1/check", action("pair", 5_000_000)).await;
+    assert_eq!(r["request"]["step_up"], "totp", "raised: {r}");
+    let code = carol_totp.generate_current().unwrap();
+    let (st, r) = approve(&s, &carol, &id, Some(&code)).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "pending", "bob's approval had no step-up: {r}");
+    assert_eq!(r["thresholds"][0]["approvals"], 1, "{r}");
+    assert_eq!(r["reviews"][1]["step_up"], "totp", "{r}");
+}
+
 /// The console: a code field on step-up requests, and enrolment on the
 /// Account page (with its QR code), whose replacement needs a current code.
 #[tokio::test]
