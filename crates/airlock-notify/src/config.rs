@@ -127,7 +127,9 @@ pub struct WebhookConfig {
     /// Where events are POSTed.
     pub url: String,
     /// The signing secret, `whsec_` and base64, as Standard Webhooks
-    /// libraries expect it.
+    /// libraries expect it: at least 16 bytes once decoded (the standard
+    /// asks for 24 to 64); an empty or short key is a load error, since
+    /// anyone could sign with it.
     pub secret: String,
     /// Only these event types (`request.created`, `request.reviewed`,
     /// `request.raised`, `request.decided`, `request.expired`,
@@ -137,6 +139,10 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub events: Vec<String>,
 }
+
+/// The fewest bytes a webhook's signing key may have: below this, its
+/// signatures could be forged by guessing the key.
+const MIN_WEBHOOK_SECRET: usize = 16;
 
 /// Every event type a webhook can be sent.
 pub const EVENT_TYPES: [&str; 10] = [
@@ -182,6 +188,17 @@ impl NotifyConfig {
                     w.url
                 ));
             }
+            let key = w.secret.strip_prefix("whsec_").unwrap_or(&w.secret);
+            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key)
+                .map_or(0, |k| k.len());
+            if bytes < MIN_WEBHOOK_SECRET {
+                return Err(format!(
+                    "notify.webhooks secret for {} is {bytes} bytes: it needs at least \
+                     {MIN_WEBHOOK_SECRET} random bytes (whsec_ and base64 of 24 to 64 bytes, \
+                     as Standard Webhooks asks)",
+                    w.url
+                ));
+            }
             if let Some(e) = w.events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
                 return Err(format!(
                     "notify.webhooks events for {}: {e:?} is not an event type ({})",
@@ -206,5 +223,33 @@ impl NotifyConfig {
             || self.email.is_some()
             || self.slack.is_some()
             || self.discord.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_secret(secret: &str) -> NotifyConfig {
+        NotifyConfig {
+            webhooks: vec![WebhookConfig {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: secret.into(),
+                events: Vec::new(),
+            }],
+            ..NotifyConfig::default()
+        }
+    }
+
+    /// An empty or short webhook key is refused at load: signatures under
+    /// it could be made by anyone.
+    #[test]
+    fn a_webhook_key_has_enough_bytes() {
+        for weak in ["", "whsec_", "whsec_AA==", "whsec_AAAAAAAAAAAAAAAAAAAA"] {
+            assert!(with_secret(weak).check().is_err(), "{weak:?}");
+        }
+        assert!(with_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .check()
+            .is_ok());
     }
 }
