@@ -157,6 +157,29 @@ impl Airlock {
         let req = self
             .store
             .write(move |tx| {
+                // The same action asked for the usual way and still
+                // waiting: break-glass supersedes it (cancelled, saying
+                // why), so the emergency is not refused for having asked
+                // first, and no approval of it can issue a second grant.
+                if let Some(waiting) =
+                    tx.find_pending(&request.action.principal, &request.fingerprint)?
+                {
+                    if let Some(old) = tx.get_request(&waiting)? {
+                        super::requests::transition(
+                            tx,
+                            &old,
+                            RequestStatus::Cancelled,
+                            &actor,
+                            json!({"superseded_by": id.to_string(), "breakglass": true}),
+                        )?;
+                        notify::emit(
+                            tx,
+                            &hooks,
+                            "request.cancelled",
+                            notify::request_data(&old, RequestStatus::Cancelled, Some(&actor)),
+                        )?;
+                    }
+                }
                 tx.insert_request(&request)?;
                 let mut d = details;
                 d.request = Some(id.to_string());

@@ -114,6 +114,7 @@ impl Airlock {
         let key = caller.key_id.clone();
         let gid = claims.jti;
         let hooks = self.hooks();
+        let breakglass_groups = self.config.load().breakglass.groups.clone();
         let result = self
             .store
             .write(move |tx| {
@@ -129,6 +130,23 @@ impl Airlock {
                 // A break-glass grant stands without approvals (it is
                 // reviewed after the fact); policy still decided it above.
                 let breakglass = req.requirement.breakglass;
+                // It stands on its holder's membership, as an approval
+                // stands on its reviewers': gone with it.
+                if breakglass
+                    && !breakglass_groups
+                        .iter()
+                        .any(|g| loaded.directory.is_member(&req.action.principal, g))
+                {
+                    return refuse_in(
+                        tx,
+                        &actor,
+                        Some(req.id),
+                        gid,
+                        ErrorCode::GrantRevoked,
+                        "the break-glass grant's holder is no longer in a [breakglass] group".into(),
+                        t,
+                    );
+                }
                 if !breakglass && !req.thresholds_met(|u, g| loaded.directory.is_member(u, g)) {
                     // A reviewer left an approver group since approving:
                     // their approval no longer counts.

@@ -177,7 +177,60 @@ async fn breaking_the_glass_grants_at_once_and_is_reviewed_after(db: Db) {
             && rec["details"]["after_the_fact"] == true));
 }
 
-on_both_stores!(breaking_the_glass_grants_at_once_and_is_reviewed_after);
+/// Asked for the usual way first, then an emergency: break-glass
+/// supersedes the waiting request (it was a 503, a unique-key clash). And
+/// its grant stands on its holder's membership: out of the break-glass
+/// groups, it is refused.
+async fn break_glass_supersedes_a_waiting_request_and_needs_its_group(db: Db) {
+    let s = Server::start_extra(&db, POLICIES, EXTRA);
+    let (oscar, admin) = (s.key("oscar", "user"), s.key("admin", "admin"));
+    let (_, r) = s
+        .post(&oscar, "/v1/check", action("export", "orders"))
+        .await;
+    assert_eq!(r["decision"], "approval_required", "{r}");
+    let waiting = r["request"]["id"].as_str().unwrap().to_owned();
+    let (st, r) = s
+        .post(&oscar, "/v1/breakglass", action("export", "orders"))
+        .await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    let token = r["grant"]["token"].as_str().unwrap().to_owned();
+    let (_, r) = s.get(&oscar, &format!("/v1/requests/{waiting}")).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    // Asked again the usual way, and broken again: the same.
+    let (_, r) = s
+        .post(&oscar, "/v1/check", action("export", "orders"))
+        .await;
+    assert_eq!(r["decision"], "approval_required", "{r}");
+    let (st, r) = s
+        .post(&oscar, "/v1/breakglass", action("export", "orders"))
+        .await;
+    assert_eq!(st, 200, "{r}");
+
+    s.set_users(&format!(
+        "{USERS}\n{}",
+        EXTRA.replacen("groups = [\"oncall\"]", "groups = []", 1)
+    ));
+    std::process::Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        s.audit_has(&admin, "policy_loaded", "trigger", "sighup")
+            .await
+    );
+    let used = json!({"token": token, "action": {"principal": "oscar", "action": "export", "resource": {"type": "Table", "id": "orders"}}});
+    let (st, r) = s.post(&oscar, "/v1/grants/consume", used).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("grant_revoked")),
+        "out of the break-glass groups: {r}"
+    );
+}
+
+on_both_stores!(
+    breaking_the_glass_grants_at_once_and_is_reviewed_after,
+    break_glass_supersedes_a_waiting_request_and_needs_its_group
+);
 
 /// The console: a Break glass page for members (plain words for others),
 /// and unreviewed uses first in reviewers' inboxes.
