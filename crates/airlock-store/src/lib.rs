@@ -202,7 +202,9 @@ pub trait WriteTx: ReadTx {
     /// Records that these keys were used at `at` (never moving a key's
     /// `last_used_at` back).
     fn touch_api_keys(&mut self, ids: &[String], at: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Sets a user's password hash (a PHC string; never the password).
+    /// Sets a user's password hash (a PHC string; never the password) and
+    /// ends every console session they have: a password is changed when
+    /// the old one may be known, and a session it opened must not outlive it.
     fn set_password_hash(
         &mut self,
         user: &UserName,

@@ -444,12 +444,39 @@ async fn password_hashes_are_replaced(home: &Home) {
         .write(move |tx| tx.set_password_hash(&a, "$argon2id$one", now()))
         .await
         .unwrap();
+    // A new password ends the user's sessions, and no one else's.
+    let t = now();
+    let session = |hash: &str, user: &str| crate::SessionRecord {
+        id_hash: hash.into(),
+        user: airlock_core::UserName::parse(user).unwrap(),
+        csrf: "token".into(),
+        method: "password".into(),
+        created_at: t,
+        expires_at: t + chrono::Duration::hours(8),
+    };
+    let (mine, theirs) = (session("alices", "alice"), session("bobs", "bob"));
+    store
+        .write(move |tx| {
+            tx.insert_session(&mine, t)?;
+            tx.insert_session(&theirs, t)
+        })
+        .await
+        .unwrap();
     store
         .write(move |tx| tx.set_password_hash(&b, "$argon2id$two", now()))
         .await
         .unwrap();
     let got = store.read(move |r| r.password_hash(&u)).await.unwrap();
     assert_eq!(got.as_deref(), Some("$argon2id$two"));
+    let left = store
+        .read(|r| Ok::<_, StoreError>((r.session("alices")?, r.session("bobs")?)))
+        .await
+        .unwrap();
+    assert!(left.0.is_none(), "alice's session outlived her password");
+    assert!(
+        left.1.is_some(),
+        "bob's session ended with alice's password"
+    );
 }
 
 async fn next_change(

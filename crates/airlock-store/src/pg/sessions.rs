@@ -72,6 +72,10 @@ impl SessionRows for Tx<'_> {
              ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
             &[&user.as_str(), &hash, &at],
         )?;
+        self.execute(
+            "DELETE FROM sessions WHERE user_name = $1",
+            &[&user.as_str()],
+        )?;
         Ok(())
     }
 

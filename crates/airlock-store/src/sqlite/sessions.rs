@@ -83,6 +83,9 @@ impl SessionRows for Tx<'_> {
                  ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
             )?
             .execute(params![user.as_str(), hash, fmt(at)])?;
+        self.conn
+            .prepare_cached("DELETE FROM sessions WHERE user_name = ?1")?
+            .execute([user.as_str()])?;
         Ok(())
     }
 
