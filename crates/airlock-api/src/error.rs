@@ -40,6 +40,9 @@ pub enum ErrorCode {
     InvalidGrant,
     /// 404: no such thing, or not visible to the caller.
     NotFound,
+    /// 405: the endpoint exists and takes other methods (`Allow` says
+    /// which).
+    MethodNotAllowed,
     /// 409: not in a state that allows this.
     WrongState,
     /// 409: this reviewer already reviewed the request.
@@ -68,7 +71,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order above.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::BadRequest,
         Self::ReasonRequired,
         Self::UntrustedContext,
@@ -83,6 +86,7 @@ impl ErrorCode {
         Self::ActionMismatch,
         Self::InvalidGrant,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::WrongState,
         Self::AlreadyReviewed,
         Self::PayloadTooLarge,
@@ -112,6 +116,7 @@ impl ErrorCode {
             | Self::ActionMismatch
             | Self::InvalidGrant => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::WrongState | Self::AlreadyReviewed => 409,
             Self::PayloadTooLarge => 413,
             Self::TooManyPending
@@ -141,6 +146,7 @@ impl ErrorCode {
             Self::ActionMismatch => "action_mismatch",
             Self::InvalidGrant => "invalid_grant",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::WrongState => "wrong_state",
             Self::AlreadyReviewed => "already_reviewed",
             Self::PayloadTooLarge => "payload_too_large",

@@ -63,6 +63,9 @@ pub enum ApiError {
         /// For people.
         message: String,
     },
+    /// 405: the endpoint takes other methods.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
     /// 413: the body is larger than the limit.
     #[error("request body is larger than this server accepts")]
     TooLarge,
@@ -138,6 +141,7 @@ impl ApiError {
             ApiError::StepUpFailed(_) => ErrorCode::StepUpRequired,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::TooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::TooManyPending { .. } => ErrorCode::TooManyPending,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Storage(_) => ErrorCode::StorageUnavailable,

@@ -82,9 +82,7 @@ pub fn router(airlock: AppState) -> Router {
         .merge(crate::integrations::slack::routes())
         .merge(crate::integrations::discord::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async {
-            ApiError::BadRequest("method not allowed on this endpoint".into())
-        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {

@@ -74,6 +74,13 @@ async fn http_errors_follow_the_contract(db: Db) {
         (st, r["error"]["code"].as_str()),
         (413, Some("payload_too_large"))
     );
+    // A method the endpoint does not take: 405, in the error shape.
+    let (st, r) = s.get(&alice, "/v1/check").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{r}"
+    );
     // Declared larger than the limit and never sent: refused at once, not
     // held until the read times out (a hang fails the test).
     {
