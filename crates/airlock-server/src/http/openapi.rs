@@ -49,8 +49,8 @@ use utoipa::{Modify, OpenApi};
     components(
         schemas(airlock_api::ErrorBody, ErrorCode),
         responses(
-            Error400, Error401, Error403, Error404, Error409, Error413, Error429, Error502,
-            Error503
+            Error400, Error401, Error403, Error404, Error405, Error409, Error413, Error429,
+            Error502, Error503
         )
     ),
     modifiers(&BearerKeys),
@@ -126,6 +126,7 @@ error_responses!(
     Error401 = 401,
     Error403 = 403,
     Error404 = 404,
+    Error405 = 405,
     Error409 = 409,
     Error413 = 413,
     Error429 = 429,
