@@ -55,7 +55,7 @@ pub enum ErrorCode {
     RateLimited,
     /// 429: too many waits or live streams open for this user.
     TooManyWaits,
-    /// 429: too many sign-in attempts.
+    /// 429: too many sign-in attempts, or wrong step-up codes.
     TooManyAttempts,
     /// 503: storage failed; nothing was done.
     StorageUnavailable,

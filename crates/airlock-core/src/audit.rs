@@ -77,7 +77,7 @@ pub enum AuditKind {
     /// became of the answer.
     DlpFindings,
     /// A step-up proof (a TOTP code) was given and was wrong: counted, so
-    /// that guessing stops after a few (severity medium).
+    /// that guessing stops after a few.
     StepUpFailed,
 }
 

@@ -156,7 +156,7 @@ impl Airlock {
                         Some(req.id),
                         gid,
                         ErrorCode::GrantRevoked,
-                        "the approvals no longer meet the policy: an approver has left their group".into(),
+                        "the approvals no longer meet the request's requirement: an approver has left their group, or an approval lacks the step-up it asks for".into(),
                         t,
                     );
                 }

@@ -352,12 +352,14 @@ impl Airlock {
         let secrets = self.secrets.clone();
         let page = format!("{}/account", self.public_url());
         let about = json!({"method": "totp", "enrolment": "replace", "channel": "web"});
-        let enrolled = self
-            .store
+        self.store
             .write(move |tx| {
                 let t = now();
                 if tx.totp_secret(&user)?.is_some() {
-                    step_up_totp(tx, &secrets, &user, current.as_deref(), &page, t)?;
+                    if let Err(e) = step_up_totp(tx, &secrets, &user, current.as_deref(), &page, t)
+                    {
+                        return wrong_code_counted(tx, &user, about, e, t);
+                    }
                 }
                 tx.set_totp_secret(&user, &sealed, t)?;
                 tx.append_audit(
@@ -369,10 +371,9 @@ impl Airlock {
                     },
                     t,
                 )?;
-                Ok::<_, ApiError>(())
+                Ok::<_, ApiError>(Ok(()))
             })
-            .await;
-        self.step_up_counted(&caller.user, about, enrolled).await?;
+            .await??;
         Ok(uri)
     }
 
@@ -479,7 +480,7 @@ impl Airlock {
         let console = self.public_url();
         let breakglass_groups = self.config.load().breakglass.groups.clone();
         let about = json!({"method": "totp", "request": id.to_string(), "channel": channel});
-        let reviewed = self
+        let req = self
             .store
             .write(move |tx| {
                 let t = now();
@@ -503,7 +504,7 @@ impl Airlock {
                             message: format!("{reviewer} may not review this break-glass use (approvers of it and [breakglass] groups may)"),
                         });
                     }
-                    return review_after_the_fact(tx, &req, &reviewer, verdict, reason.clone(), &channel, &hooks, t);
+                    return review_after_the_fact(tx, &req, &reviewer, verdict, reason.clone(), &channel, &hooks, t).map(Ok);
                 }
                 if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
                     return Err(ApiError::Forbidden {
@@ -528,7 +529,11 @@ impl Airlock {
                     let page = format!("{console}/requests/{id}");
                     match req.requirement.step_up.as_deref() {
                         None => {}
-                        Some("totp") => step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t)?,
+                        Some("totp") => {
+                            if let Err(e) = step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t) {
+                                return wrong_code_counted(tx, &reviewer, about, e, t);
+                            }
+                        }
                         Some("webauthn") => {
                             let rp = super::webauthn::approval_relying_party(&console)?;
                             super::webauthn::step_up_webauthn(tx, &rp, &secrets, &reviewer, id, proof.webauthn.as_ref(), &page)?;
@@ -574,44 +579,11 @@ impl Airlock {
                         notify::emit(tx, &hooks, "request.reviewed", notify::request_data(&req, RequestStatus::Pending, Some(reviewer.as_str())))?;
                     }
                 }
-                Ok(tx.get_request(&id)?.unwrap_or(req))
+                Ok(Ok(tx.get_request(&id)?.unwrap_or(req)))
             })
-            .await;
-        let req = self.step_up_counted(&caller.user, about, reviewed).await?;
+            .await??;
         self.after_change(&req);
         Ok(req)
-    }
-
-    /// Records a wrong step-up code in its own write (the transaction that
-    /// checked it was rolled back with the refusal), so that the next
-    /// check on any node counts it; then refuses as the check did. If the
-    /// record cannot be written the answer is 503, never a free guess.
-    async fn step_up_counted<T>(
-        &self,
-        user: &UserName,
-        about: serde_json::Value,
-        result: Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let Err(ApiError::StepUpFailed(why)) = result else {
-            return result;
-        };
-        let (who, t) = (user.to_string(), now());
-        self.store
-            .write(move |tx| {
-                tx.append_audit(
-                    NewAuditRecord {
-                        kind: AuditKind::StepUpFailed,
-                        actor: who.clone(),
-                        subject: who,
-                        details: about.into(),
-                    },
-                    t,
-                )
-                .map(|_| ())
-            })
-            .await
-            .map_err(ApiError::Audit)?;
-        Err(ApiError::StepUpFailed(why))
     }
 
     /// Whether `caller` may review `id` now (for channels that ask for more
@@ -913,6 +885,34 @@ fn review_after_the_fact(
         notify::request_data(&req, req.status, Some(reviewer.as_str())),
     )?;
     Ok(req)
+}
+
+/// A refused step-up: a wrong code is recorded in the same transaction
+/// that checked it, which then commits (holding nothing else), and the
+/// refusal is the answer. In the same transaction because the next check
+/// counts these records: written after, in a write of its own, parallel
+/// guesses all read a count of zero and the limit held for none of them.
+/// Any other refusal rolls the transaction back as usual.
+fn wrong_code_counted<R>(
+    tx: &mut dyn WriteTx,
+    who: &UserName,
+    about: serde_json::Value,
+    refusal: ApiError,
+    t: DateTime<Utc>,
+) -> Result<Result<R, ApiError>, ApiError> {
+    let ApiError::StepUpFailed(_) = &refusal else {
+        return Err(refusal);
+    };
+    tx.append_audit(
+        NewAuditRecord {
+            kind: AuditKind::StepUpFailed,
+            actor: who.to_string(),
+            subject: who.to_string(),
+            details: about.into(),
+        },
+        t,
+    )?;
+    Ok(Err(refusal))
 }
 
 /// Wrong step-up codes for one user within [`STEP_UP_LOCKOUT`] after which

@@ -199,14 +199,42 @@ async fn wrong_codes_stop_every_code_for_a_while(db: Db) {
     let id = ask(&s, &alice, "guessed").await;
     let code = bob_totp.generate_current().unwrap();
     let wrong = |i: u32| format!("{:06}", (code.parse::<u32>().unwrap() + 10 + i) % 1_000_000);
-    for i in 0..5 {
-        let (st, r) = approve(&s, &bob, &id, Some(&wrong(i))).await;
-        assert_eq!(
-            (st, r["error"]["code"].as_str()),
-            (403, Some("step_up_required")),
-            "{r}"
-        );
+    // Twenty at once: five are checked (and refused), the rest are not
+    // (a count read before any failure was recorded let them all through).
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let (url, bob, id, guess) = (s.url.clone(), bob.clone(), id.clone(), wrong(i));
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/v1/requests/{id}/reviews"))
+                    .bearer_auth(&bob)
+                    .header("content-type", "application/json")
+                    .body(json!({"verdict": "approve", "totp": guess}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.unwrap();
+                (
+                    status,
+                    body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for g in guesses {
+        answers.push(g.await.unwrap());
     }
+    let checked = answers
+        .iter()
+        .filter(|a| **a == (403, "step_up_required".to_owned()))
+        .count();
+    let stopped = answers
+        .iter()
+        .filter(|a| **a == (429, "too_many_attempts".to_owned()))
+        .count();
+    assert_eq!((checked, stopped), (5, 15), "{answers:?}");
     let (st, r) = approve(&s, &bob, &id, Some(&code)).await;
     assert_eq!(
         (st, r["error"]["code"].as_str()),
