@@ -25,6 +25,8 @@ pub struct SealError;
 /// The deployment's key for secrets at rest.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    /// A one-way fingerprint of the key, see [`SecretBox::fingerprint`].
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -42,9 +44,22 @@ impl SecretBox {
     }
 
     fn from_key(key: &[u8; 32]) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"airlock secrets.key fingerprint v1\0");
+        h.update(key);
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            fingerprint: format!("sha256:{}", hex::encode(h.finalize())),
         }
+    }
+
+    /// A fingerprint of the key (a SHA-256 over a fixed label and the
+    /// key; the key's 256 random bits cannot be found from it), so that
+    /// every node of a deployment can be checked to hold the same key:
+    /// one that does not cannot open what the others sealed.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// `plain` sealed for `bound_to`, as text: `v1.` and the base64 of a

@@ -169,6 +169,10 @@ impl Airlock {
         let ours = [
             ("grant", airlock.public.grant.paserk()),
             ("audit", airlock.public.audit.paserk()),
+            // Not a signing key: the fingerprint of secrets.key, which
+            // seals TOTP seeds; a node with another one could not open
+            // them and would refuse every step-up approval.
+            ("secrets", airlock.secrets.fingerprint().to_owned()),
         ];
         airlock
             .store
@@ -187,7 +191,7 @@ impl Airlock {
                         Some(k) if k == *public => {}
                         Some(k) => {
                             return Err(StartError::Keys(format!(
-                                "this node's {purpose}-signing key ({public}) is not the one this \
+                                "this node's {purpose} key ({public}) is not the one this \
                                  database was set up with ({k}); copy the key files from an \
                                  existing node into this node's keys folder"
                             )))

@@ -581,6 +581,30 @@ async fn a_node_with_other_signing_keys_refuses_to_start(db: Db) {
         err.contains("is not the one this database was set up with"),
         "{err}"
     );
+    // The two signing keys and not secrets.key: refused too, since it
+    // could not open the TOTP seeds the others sealed (it started, and
+    // refused every step-up approval).
+    let partial = s.dir.path().join("partial-data");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(partial.join("keys"))
+            .unwrap();
+    }
+    for f in ["grant-signing.key", "audit-signing.key"] {
+        std::fs::copy(s.data.join("keys").join(f), partial.join("keys").join(f)).unwrap();
+    }
+    write_config(s.dir.path(), &db, USERS, 1, &partial);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with another secrets.key");
+    assert!(err.contains("this node's secrets key"), "{err}");
     // With the deployment's keys it starts again, signing as before.
     write_config(s.dir.path(), &db, USERS, 1, &s.data);
     let mut child = Command::new(BIN)
