@@ -302,6 +302,11 @@ pub struct Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Not for the server: it goes on serving with its stdout closed
+    // (`a_server_whose_stdout_is_closed_serves`).
+    if !matches!(cli.command, Command::Serve { .. } | Command::Proxy { .. }) {
+        quiet_on_closed_pipe();
+    }
     if let Some(code) = describe(&cli.command) {
         return code;
     }
@@ -434,4 +439,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A reader that goes away (`airlock keys list | head -2`) is not an
+/// error: Rust ignores SIGPIPE, so `println!` panics on the closed pipe,
+/// and giving SIGPIPE back its default would take unsafe code. That one
+/// panic exits quietly instead, with the status a command killed by
+/// SIGPIPE has (141); any other panic is reported as before.
+fn quiet_on_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }

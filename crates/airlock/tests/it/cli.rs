@@ -317,6 +317,29 @@ async fn set_password_stores_an_argon2_hash_from_stdin(db: Db) {
     assert!(!set("nobody", "long enough password\n").status.success());
 }
 
+/// `airlock keys list | head -1`: a reader that goes away ends the
+/// command quietly (141, as a command killed by SIGPIPE), not with a
+/// panic and its backtrace.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let s = Server::start(&Db::Sqlite);
+    for _ in 0..3 {
+        s.key("alice", "user");
+    }
+    let mut child = Command::new(BIN)
+        .args(["keys", "list", "--config"])
+        .arg(s.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// A key given twice is an error before anything is asked (the last one
 /// silently winning would ask about another action than the one written),
 /// and a fact Airlock computes is named as such.
