@@ -273,6 +273,14 @@ impl PolicyEngine {
         })
     }
 
+    /// Whether the policy `id` is annotated `@reason("required")`: to
+    /// name it when a reason is missing.
+    pub fn asks_reason(&self, id: &str) -> bool {
+        self.approvals
+            .iter()
+            .any(|(p, a)| a.reason_required && p.to_string() == id)
+    }
+
     /// A short digest of the policy text, schema and entities: nodes serving
     /// the same files report the same version.
     pub fn version(&self) -> &str {

@@ -248,9 +248,13 @@ impl Airlock {
                 requirement,
             } => {
                 if requirement.reason_required && reason.is_none() {
+                    // The policy that asks for the reason, not merely
+                    // the first that asks for approval.
                     let p = requirement
                         .thresholds
-                        .first()
+                        .iter()
+                        .find(|t| loaded.engine.asks_reason(&t.policy_id))
+                        .or(requirement.thresholds.first())
                         .map(|t| t.policy_id.clone())
                         .unwrap_or_default();
                     // The decision is on record with why nothing was asked.
@@ -488,11 +492,17 @@ impl Airlock {
     ) -> Result<(), ApiError> {
         // No GeoIP database is supported yet: nobody may state a country.
         action.context.remove("country");
+        for computed in COMPUTED_CONTEXT {
+            // An enforcer passes the end user's address; every other
+            // computed fact is Airlock's, also when an enforcer states it
+            // (it was ignored by the decision, but kept in REQUEST.context
+            // for reviewers to read as if policy had used it).
+            if !(caller.is_enforcer() && computed == "source_ip") {
+                action.context.remove(computed);
+            }
+        }
         if caller.is_enforcer() {
             return Ok(());
-        }
-        for computed in COMPUTED_CONTEXT {
-            action.context.remove(computed);
         }
         let config = self.config.load();
         let trusted = &config.policy.trusted_context;

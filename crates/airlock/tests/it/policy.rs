@@ -251,3 +251,28 @@ forbid(principal, action == Action::"export", resource) when { context.sensitive
     );
     assert_eq!(r["policies"], json!(["burst"]));
 }
+
+/// A computed fact an enforcer states (all but `source_ip`) is dropped,
+/// as a user key's is: it was ignored by the decision but shown in
+/// REQUEST.context, where reviewers read it as a fact policy used.
+#[tokio::test]
+async fn an_enforcers_computed_facts_are_not_kept() {
+    let s = Server::start_with(
+        &Db::Sqlite,
+        "@id(\"ask\") @approvers(\"security\")\npermit(principal, action == Action::\"export\", resource);",
+    );
+    let enforcer = s.key("proxy", "enforcer");
+    let (_, r) = s
+        .post(
+            &enforcer,
+            "/v1/check",
+            json!({"principal": "alice", "action": "export", "resource": {"type": "Table", "id": "t"},
+                   "context": {"local_hour": 3, "weekday": "Sun", "source_ip": "203.0.113.9", "rows": 5}}),
+        )
+        .await;
+    let context = &r["request"]["context"];
+    assert!(context.get("local_hour").is_none(), "{r}");
+    assert!(context.get("weekday").is_none(), "{r}");
+    assert_eq!(context["source_ip"], "203.0.113.9", "{r}");
+    assert_eq!(context["rows"], 5, "{r}");
+}

@@ -331,3 +331,28 @@ async fn revoke_cancel_and_reason_required(db: Db) {
     let (st, _) = s.post(&alice, "/v1/check", with).await;
     assert_eq!(st, 200);
 }
+
+/// A missing reason names the policy that asks for one, not merely the
+/// first that asks for approval (`pii-export-owner` was named for a
+/// reason `pii-export-security` asked).
+#[tokio::test]
+async fn a_missing_reason_names_the_policy_that_asks_for_it() {
+    const POLICIES: &str = r#"
+@id("a-owners") @approvers("security")
+permit(principal, action == Action::"export", resource);
+@id("b-why") @approvers("security") @reason("required")
+permit(principal, action == Action::"export", resource);
+"#;
+    let s = Server::start_with(&Db::Sqlite, POLICIES);
+    let alice = s.key("alice", "user");
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("b-why"), "{message}");
+}
