@@ -108,6 +108,11 @@ async fn interactions(
         Ok(i) => i,
         Err(why) => return refuse(ApiError::BadRequest(why.to_string())),
     };
+    // The link opened the console (which signs the person in); nothing
+    // to do here, whoever clicked.
+    if i.ask == Ask::OpenConsole {
+        return StatusCode::OK.into_response();
+    }
     let answer = |text: String| ephemeral(i.response_url.clone(), text);
     let Some(user) = airlock.user_of_slack(&i.user) else {
         return answer("You are not an Airlock user (no `slack_id` matches yours).".into()).await;
@@ -118,7 +123,6 @@ async fn interactions(
         key_id: format!("slack:{}", i.user),
     };
     match &i.ask {
-        // The link opened the console; nothing to do here.
         Ask::OpenConsole => StatusCode::OK.into_response(),
         Ask::Approve(id) => match airlock
             .review(
