@@ -3,8 +3,7 @@
 //! later with back-off, or failed (at once when the error is permanent,
 //! else after `max_attempts`).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_store::time::now;
@@ -33,56 +32,9 @@ const BATCH: u32 = 1;
 /// update one per channel), for the lease.
 const CALLS_PER_MESSAGE: u32 = 4;
 
-/// Deliveries one node makes at once: a receiver that never answers
-/// holds one lane for its timeout, not every channel (one lane made a
-/// dead webhook delay every Slack message and email by its timeout, each).
-const LANES: usize = 4;
-
-/// The targets this node is sending to now. A lane leaves their other
-/// messages for later, so a slow receiver holds up its own messages only.
-#[derive(Debug, Default)]
-pub struct InFlight(Mutex<HashSet<String>>);
-
-impl InFlight {
-    fn targets(&self) -> Vec<String> {
-        let set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        set.iter().cloned().collect()
-    }
-
-    /// Marks `target` as being sent to until the guard is dropped.
-    fn hold<'a>(&'a self, target: &str) -> impl Drop + 'a {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(target.to_owned());
-        Held(self, target.to_owned())
-    }
-}
-
-/// One target held by a lane; let go when dropped.
-struct Held<'a>(&'a InFlight, String);
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let mut set = (self.0).0.lock().unwrap_or_else(PoisonError::into_inner);
-        set.remove(&self.1);
-    }
-}
-
-/// Delivers the outbox on [`LANES`] lanes: at once after a change (any
-/// node's), and every second for retries coming due. Runs until the
-/// process ends.
+/// Delivers the outbox: at once after a change (any node's), and every
+/// second for retries coming due. Runs until the process ends.
 pub async fn run<H: Host + 'static>(host: Arc<H>) {
-    let in_flight = Arc::new(InFlight::default());
-    let mut lanes = tokio::task::JoinSet::new();
-    for _ in 0..LANES {
-        lanes.spawn(lane(host.clone(), in_flight.clone()));
-    }
-    while lanes.join_next().await.is_some() {}
-}
-
-/// One lane of deliveries.
-async fn lane<H: Host + 'static>(host: Arc<H>, in_flight: Arc<InFlight>) {
     let http = match reqwest::Client::builder()
         // A receiver's redirect is not followed: that would let it point
         // Airlock at any URL (SSRF).
@@ -102,7 +54,7 @@ async fn lane<H: Host + 'static>(host: Arc<H>, in_flight: Arc<InFlight>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
             continue;
         }
-        match deliver_due(&*host, &http, &in_flight).await {
+        match deliver_due(&*host, &http).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
@@ -176,11 +128,7 @@ async fn send(
 
 /// One delivery round: claims due messages, sends them, records the
 /// outcomes. Returns how many were claimed.
-pub async fn deliver_due(
-    host: &dyn Host,
-    http: &reqwest::Client,
-    in_flight: &InFlight,
-) -> Result<usize, StoreError> {
+pub async fn deliver_due(host: &dyn Host, http: &reqwest::Client) -> Result<usize, StoreError> {
     let config = host.settings();
     let store = host.store();
     let timeout = Duration::from_secs(config.delivery_timeout_seconds.max(1));
@@ -190,18 +138,15 @@ pub async fn deliver_due(
     let lease = t
         + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
         + chrono::Duration::seconds(5);
-    let busy = in_flight.targets();
     let due = store
         .write({
             let claim = claim.clone();
-            move |tx| tx.claim_outbox(t, lease, BATCH, &claim, &busy)
+            move |tx| tx.claim_outbox(t, lease, BATCH, &claim)
         })
         .await?;
     let claimed = due.len();
     for msg in due {
-        let held = in_flight.hold(&msg.target);
         let result = send(host, http, &config, &msg, timeout).await;
-        drop(held);
         let (id, c) = (msg.id.clone(), claim.clone());
         let (outcome, kept) = match result {
             Ok(Delivered) => {
@@ -314,9 +259,8 @@ mod tests {
             outcomes: Default::default(),
         };
         let http = reqwest::Client::new();
-        let lanes = InFlight::default();
-        assert_eq!(deliver_due(&host, &http, &lanes).await.unwrap(), 1);
-        assert_eq!(deliver_due(&host, &http, &lanes).await.unwrap(), 1);
+        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
+        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
         let mut outcomes = host.outcomes.lock().unwrap().clone();
         outcomes.sort_by_key(|o| o.as_str());
         assert_eq!(outcomes, [Outcome::Failed, Outcome::Retry]);
@@ -331,65 +275,6 @@ mod tests {
         let hook = all.iter().find(|m| m.target != "slack:update").unwrap();
         assert_eq!(hook.status, "pending");
         assert_eq!(hook.attempts, 1);
-    }
-
-    /// A receiver that never answers holds its own messages only: while
-    /// one lane waits on it, another takes the next message for any other
-    /// target, not the dead receiver's second one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_silent_receiver_holds_up_only_its_own_messages() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
-        // Connections complete (the backlog takes them) and nothing answers.
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", silent.local_addr().unwrap());
-        let settings = NotifyConfig {
-            webhooks: vec![WebhookConfig {
-                url: url.clone(),
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                events: Vec::new(),
-            }],
-            delivery_timeout_seconds: 2,
-            ..NotifyConfig::default()
-        };
-        let dead = url.clone();
-        store
-            .write(move |tx| {
-                crate::outbox::queue(tx, dead.clone(), "request.created", serde_json::json!({}))?;
-                crate::outbox::queue(tx, dead, "request.created", serde_json::json!({}))?;
-                crate::outbox::queue(
-                    tx,
-                    "slack:update".into(),
-                    "request.reviewed",
-                    serde_json::json!({}),
-                )
-            })
-            .await
-            .unwrap();
-        let host = Arc::new(Fake {
-            store,
-            settings,
-            outcomes: Default::default(),
-        });
-        let lanes = Arc::new(InFlight::default());
-        let first = tokio::spawn({
-            let (host, lanes) = (host.clone(), lanes.clone());
-            async move { deliver_due(&*host, &reqwest::Client::new(), &lanes).await }
-        });
-        while lanes.targets().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            deliver_due(&*host, &reqwest::Client::new(), &lanes)
-                .await
-                .unwrap(),
-            1
-        );
-        let all = host.store.read(|r| r.outbox_list(None, 10)).await.unwrap();
-        let slack = all.iter().find(|m| m.target == "slack:update").unwrap();
-        assert_eq!(slack.attempts, 1, "the second lane took the Slack message");
-        assert_eq!(first.await.unwrap().unwrap(), 1);
-        drop(silent);
     }
 
     #[test]

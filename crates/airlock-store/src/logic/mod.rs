@@ -272,9 +272,8 @@ impl<T: Rows> WriteTx for T {
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
-        busy: &[String],
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        outbox::claim(self, now, lease_until, limit, claim, busy)
+        outbox::claim(self, now, lease_until, limit, claim)
     }
 
     fn changed(&mut self, id: RequestId) {
