@@ -59,7 +59,7 @@ impl Requirement {
         }) && self.grant_ttl <= other.grant_ttl
             && self.max_uses <= other.max_uses
             && (self.reason_required || !other.reason_required)
-            && (self.step_up.is_some() || other.step_up.is_none())
+            && step_up_passes(self.step_up.as_deref(), other.step_up.as_deref())
     }
 
     /// The strictest of both: every threshold of each (over the same
@@ -80,10 +80,31 @@ impl Requirement {
         out.grant_ttl = out.grant_ttl.min(other.grant_ttl);
         out.max_uses = out.max_uses.min(other.max_uses);
         out.reason_required |= other.reason_required;
-        if out.step_up.is_none() {
-            out.step_up.clone_from(&other.step_up);
-        }
+        out.step_up = stronger_step_up(out.step_up.take(), &other.step_up);
         out
+    }
+}
+
+/// Whether passing the step-up `have` also passes `need`: anything passes
+/// none; a security key passes a TOTP requirement too; a requirement this
+/// release does not know is passed by nothing (it fails closed).
+pub fn step_up_passes(have: Option<&str>, need: Option<&str>) -> bool {
+    match need {
+        None => true,
+        Some("totp") => matches!(have, Some("totp" | "webauthn")),
+        Some("webauthn") => have == Some("webauthn"),
+        Some(_) => false,
+    }
+}
+
+/// The stricter of two step-ups: `mine` unless passing it would not pass
+/// `other`. Where two policies (or a raised request) ask for different
+/// ones, a security key wins over a TOTP code whatever their order.
+pub fn stronger_step_up(mine: Option<String>, other: &Option<String>) -> Option<String> {
+    if step_up_passes(mine.as_deref(), other.as_deref()) {
+        mine
+    } else {
+        other.clone()
     }
 }
 
@@ -167,6 +188,25 @@ mod tests {
         assert!(!req(&[("security", 1)]).covers(&security));
         assert!(security.covers(&req(&[("security", 1)])));
         assert!(leads.covers(&leads));
+    }
+
+    #[test]
+    fn the_stronger_step_up_wins_whatever_the_order() {
+        let with = |s: Option<&str>| Requirement {
+            step_up: s.map(str::to_owned),
+            ..req(&[])
+        };
+        for (a, b) in [
+            (None, Some("totp")),
+            (Some("totp"), Some("webauthn")),
+            (None, Some("webauthn")),
+        ] {
+            let (weak, strong) = (with(a), with(b));
+            assert_eq!(weak.raised(&strong).step_up.as_deref(), b);
+            assert_eq!(strong.raised(&weak).step_up.as_deref(), b);
+            assert!(strong.covers(&weak), "{b:?} covers {a:?}");
+            assert!(!weak.covers(&strong), "{a:?} does not cover {b:?}");
+        }
     }
 
     #[test]

@@ -149,12 +149,7 @@ impl Review {
     /// passes none; a security key passes a TOTP requirement too; an
     /// unknown requirement is passed by nothing.
     pub fn passed(&self, required: Option<&str>) -> bool {
-        match required {
-            None => true,
-            Some("totp") => matches!(self.step_up.as_deref(), Some("totp" | "webauthn")),
-            Some("webauthn") => self.step_up.as_deref() == Some("webauthn"),
-            Some(_) => false,
-        }
+        crate::decision::step_up_passes(self.step_up.as_deref(), required)
     }
 }
 

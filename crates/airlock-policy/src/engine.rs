@@ -463,9 +463,8 @@ impl PolicyEngine {
                 requirement.max_uses = requirement.max_uses.min(max_uses);
             }
             requirement.reason_required |= a.reason_required;
-            if requirement.step_up.is_none() {
-                requirement.step_up.clone_from(&a.step_up);
-            }
+            requirement.step_up =
+                airlock_core::decision::stronger_step_up(requirement.step_up.take(), &a.step_up);
         }
         if thresholds.is_empty() {
             return Ok(Decision::Allow { policies });
@@ -868,6 +867,22 @@ when { context.missing_field == 1 };
         let err = engine(text).unwrap_err().to_string();
         assert!(err.contains("policy \"pii-stepup\""), "{err}");
         assert!(err.contains("must be \"totp\" or \"webauthn\""), "{err}");
+    }
+
+    /// Two policies asking for different step-ups: the security key wins,
+    /// whichever comes first (the first one found used to).
+    #[test]
+    fn the_stronger_step_up_of_two_policies_is_asked() {
+        let key = "@id(\"a-key\")\n@approvers(\"security\")\n@step_up(\"webauthn\")\npermit(principal, action, resource);\n";
+        let code = "@id(\"b-code\")\n@approvers(\"security\")\n@step_up(\"totp\")\npermit(principal, action, resource);\n";
+        for text in [format!("{key}{code}"), format!("{code}{key}")] {
+            let e = engine(&text).unwrap();
+            let d = e.decide(&action("alice", "export", &[]), ctx(10)).unwrap();
+            let Decision::ApprovalRequired { requirement, .. } = d else {
+                panic!("{d:?}")
+            };
+            assert_eq!(requirement.step_up.as_deref(), Some("webauthn"), "{text}");
+        }
     }
 
     #[test]

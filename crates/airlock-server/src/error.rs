@@ -62,6 +62,9 @@ pub enum ApiError {
         code: ErrorCode,
         /// For people.
         message: String,
+        /// Whole seconds until the attempt would be taken again, where
+        /// that is known (sent as `Retry-After`).
+        retry_after_seconds: Option<u64>,
     },
     /// 405: the endpoint takes other methods.
     #[error("method not allowed on this endpoint")]
@@ -106,6 +109,7 @@ impl From<airlock_auth::AuthError> for ApiError {
             AuthError::TooManyAttempts => ApiError::TooMany {
                 code: airlock_api::ErrorCode::TooManyAttempts,
                 message: "too many sign-in attempts from this address; try again later".into(),
+                retry_after_seconds: None,
             },
             AuthError::Refused(m) => ApiError::forbidden(m),
             AuthError::Upstream(m) => ApiError::Upstream(m),

@@ -165,6 +165,17 @@ pub trait WriteTx: ReadTx {
     ) -> Result<bool, StoreError>;
     /// Adds a review; false if this reviewer already reviewed.
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
+    /// Replaces a reviewer's approval that passed the step-up `old` (none,
+    /// or a weaker one) with `review`, an approval that passed a stronger
+    /// one; false if their stored approval no longer has `old`. A request
+    /// raised to a step-up after someone approved would otherwise never
+    /// count them again.
+    fn strengthen_review(
+        &mut self,
+        id: &RequestId,
+        old: Option<&str>,
+        review: &Review,
+    ) -> Result<bool, StoreError>;
     /// Replaces a pending request's requirement and policies with stricter
     /// ones; false (nothing changed) unless it is still pending.
     fn raise_requirement(

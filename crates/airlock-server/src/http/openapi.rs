@@ -100,7 +100,8 @@ fn error_response(status: u16) -> RefOr<ResponseDoc> {
             "Retry-After",
             HeaderBuilder::new()
                 .description(Some(
-                    "Seconds until a check is accepted again (`rate_limited`)",
+                    "Seconds until a check (`rate_limited`) or a reviewer's TOTP code \
+                     (`too_many_attempts`) is accepted again",
                 ))
                 .build(),
         );

@@ -22,12 +22,19 @@ impl IntoResponse for ApiError {
             tracing::error!(code = %self.code(), error = %self, "request failed");
         }
         let mut res = (status, Json(self.body())).into_response();
-        if let ApiError::RateLimited {
-            retry_after_seconds,
-        } = self
-        {
+        let retry_after = match self {
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => Some(retry_after_seconds),
+            ApiError::TooMany {
+                retry_after_seconds,
+                ..
+            } => retry_after_seconds,
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         res
     }

@@ -191,6 +191,7 @@ impl Airlock {
                     "{} already has {max} waits open on this node; wait for one to end",
                     caller.user
                 ),
+                retry_after_seconds: None,
             });
         };
         let deadline = tokio::time::Instant::now() + wait;
@@ -544,7 +545,21 @@ impl Airlock {
                     step_up.clone_from(&req.requirement.step_up);
                 }
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t, step_up };
-                if !tx.insert_review(&id, &review)? {
+                // An approval that no longer counts (the request was raised
+                // to a step-up it did not pass) is replaced by one that
+                // passed it; any other second verdict is refused.
+                let weaker = req.reviews.iter().find(|r| {
+                    r.reviewer == reviewer
+                        && r.verdict == Verdict::Approve
+                        && verdict == Verdict::Approve
+                        && !r.passed(req.requirement.step_up.as_deref())
+                        && review.passed(req.requirement.step_up.as_deref())
+                });
+                let recorded = match weaker {
+                    Some(old) => tx.strengthen_review(&id, old.step_up.as_deref(), &review)?,
+                    None => tx.insert_review(&id, &review)?,
+                };
+                if !recorded {
                     return Err(ApiError::Conflict {
                         code: airlock_api::ErrorCode::AlreadyReviewed,
                         message: format!("{reviewer} already reviewed this request"),
@@ -556,7 +571,7 @@ impl Airlock {
                         kind: AuditKind::Review,
                         actor: reviewer.to_string(),
                         subject: id.to_string(),
-                        details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel}).into(),
+                        details: json!({"verdict": verdict.as_str(), "reason": reason, "channel": channel, "step_up": review.step_up}).into(),
                     },
                     t,
                 )?;
@@ -965,8 +980,20 @@ fn step_up_totp<T: WriteTx + ?Sized>(
         since: Some(fmt(t - STEP_UP_LOCKOUT)),
         ..AuditFilter::default()
     };
-    if tx.audit_search(&recent, MAX_STEP_UP_FAILURES as u32)?.len() >= MAX_STEP_UP_FAILURES {
+    let failures = tx.audit_search(&recent, MAX_STEP_UP_FAILURES as u32)?;
+    if failures.len() >= MAX_STEP_UP_FAILURES {
+        // Newest first: codes are checked again once the oldest of these
+        // leaves the window.
+        let ends = failures
+            .last()
+            .and_then(|f| DateTime::parse_from_rfc3339(&f.ts).ok())
+            .map(|at| at.with_timezone(&Utc) + STEP_UP_LOCKOUT);
+        let retry_after_seconds = ends.map(|e| {
+            let ms = (e - t).num_milliseconds().max(1000);
+            u64::try_from(ms).unwrap_or(1000).div_ceil(1000)
+        });
         return Err(ApiError::TooMany {
+            retry_after_seconds,
             code: airlock_api::ErrorCode::TooManyAttempts,
             message: format!(
                 "{MAX_STEP_UP_FAILURES} wrong TOTP codes for {reviewer} in the last {} minutes: \

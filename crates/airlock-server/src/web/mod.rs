@@ -728,6 +728,7 @@ async fn events(State(airlock): State<AppState>, headers: HeaderMap) -> Page {
                 message: format!(
                     "you have {max} live-update streams open on this node; close some pages"
                 ),
+                retry_after_seconds: None,
             },
         ));
     };

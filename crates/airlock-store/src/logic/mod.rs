@@ -174,6 +174,7 @@ impl<T: Rows> WriteTx for T {
 
     forward! {
         RequestRows::insert_review(id: &RequestId, review: &Review) -> bool;
+        RequestRows::strengthen_review(id: &RequestId, old: Option<&str>, review: &Review) -> bool;
         GrantRows::complete_grant(id: &GrantId, outcome: &str) -> bool;
         GrantRows::revoke_grant(id: &GrantId) -> ();
         KeyRows::insert_api_key(key: &ApiKeyRecord) -> ();

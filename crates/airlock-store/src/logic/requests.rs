@@ -158,6 +158,13 @@ pub(crate) trait RequestRows {
     ) -> Result<bool, StoreError>;
     /// See [`crate::WriteTx::insert_review`].
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
+    /// See [`crate::WriteTx::strengthen_review`].
+    fn strengthen_review(
+        &mut self,
+        id: &RequestId,
+        old: Option<&str>,
+        review: &Review,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Joins a request row with its reviews and grant.

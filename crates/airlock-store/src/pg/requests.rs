@@ -222,4 +222,27 @@ impl RequestRows for Tx<'_> {
         )?;
         Ok(n == 1)
     }
+
+    fn strengthen_review(
+        &mut self,
+        id: &RequestId,
+        old: Option<&str>,
+        review: &Review,
+    ) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "UPDATE reviews SET reason = $3, channel = $4, at = $5, step_up = $6
+             WHERE request_id = $1 AND reviewer = $2 AND verdict = 'approve'
+               AND step_up IS NOT DISTINCT FROM $7",
+            &[
+                &id.to_string(),
+                &review.reviewer.as_str(),
+                &review.reason,
+                &review.channel,
+                &review.at,
+                &review.step_up,
+                &old,
+            ],
+        )?;
+        Ok(n == 1)
+    }
 }

@@ -214,6 +214,13 @@ async fn wrong_codes_stop_every_code_for_a_while(db: Db) {
                     .await
                     .unwrap();
                 let status = r.status().as_u16();
+                // Told when codes are checked again: within the 15 minutes.
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                assert_eq!(status == 429, retry.is_some(), "{retry:?}");
+                assert!(retry.is_none_or(|s| (1..=900).contains(&s)), "{retry:?}");
                 let body: serde_json::Value = r.json().await.unwrap();
                 (
                     status,
@@ -322,6 +329,16 @@ permit(principal, action == Action::"pair", resource) when { context has rows &&
     assert_eq!(r["status"], "pending", "bob's approval had no step-up: {r}");
     assert_eq!(r["thresholds"][0]["approvals"], 1, "{r}");
     assert_eq!(r["reviews"][1]["step_up"], "totp", "{r}");
+    // Bob may approve again, now with a code: his approval is replaced,
+    // not refused as a second one (the request would be stuck).
+    let (st, r) = approve(&s, &bob, &id, None).await;
+    assert_eq!(st, 403, "still no code: {r}");
+    let (_, bob_totp) = enroll(&s, "bob");
+    let code = bob_totp.generate_current().unwrap();
+    let (st, r) = approve(&s, &bob, &id, Some(&code)).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    assert_eq!(r["reviews"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["reviews"][0]["step_up"], "totp", "{r}");
 }
 
 /// The console: a code field on step-up requests, and enrolment on the
