@@ -3,7 +3,8 @@
 //! later with back-off, or failed (at once when the error is permanent,
 //! else after `max_attempts`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airlock_store::time::now;
@@ -32,9 +33,76 @@ const BATCH: u32 = 1;
 /// update one per channel), for the lease.
 const CALLS_PER_MESSAGE: u32 = 4;
 
-/// Delivers the outbox: at once after a change (any node's), and every
-/// second for retries coming due. Runs until the process ends.
+/// Deliveries one node makes at once: a receiver that never answers
+/// holds one lane for its timeout, not every channel (one lane made a
+/// dead webhook delay every Slack message and email by its timeout, each).
+const LANES: usize = 4;
+
+/// The targets this node has claimed messages for and not yet recorded
+/// the outcome of. A lane leaves their other messages for later, so a slow
+/// receiver holds up its own messages only, and one receiver's messages
+/// leave one at a time, in order.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Held from reading the busy targets until the claimed message's
+    /// target is marked: two lanes claiming at once would otherwise both
+    /// read an idle receiver, take its next two messages, and send the
+    /// second beside (or before) the first.
+    claiming: tokio::sync::Mutex<()>,
+    /// Claimed, unfinished messages per target.
+    targets: Mutex<HashMap<String, usize>>,
+}
+
+impl InFlight {
+    fn targets(&self) -> Vec<String> {
+        let map = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        map.keys().cloned().collect()
+    }
+
+    /// Marks `target` as being sent to until the guard is dropped.
+    fn hold(&self, target: &str) -> Held<'_> {
+        *self
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target.to_owned())
+            .or_default() += 1;
+        Held(self, target.to_owned())
+    }
+}
+
+/// One claimed message's target; let go when dropped.
+struct Held<'a>(&'a InFlight, String);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut map = (self.0)
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Delivers the outbox on [`LANES`] lanes: at once after a change (any
+/// node's), and every second for retries coming due. Runs until the
+/// process ends.
 pub async fn run<H: Host + 'static>(host: Arc<H>) {
+    let in_flight = Arc::new(InFlight::default());
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        lanes.spawn(lane(host.clone(), in_flight.clone()));
+    }
+    while lanes.join_next().await.is_some() {}
+}
+
+/// One lane of deliveries.
+async fn lane<H: Host + 'static>(host: Arc<H>, in_flight: Arc<InFlight>) {
     let http = match reqwest::Client::builder()
         // A receiver's redirect is not followed: that would let it point
         // Airlock at any URL (SSRF).
@@ -54,7 +122,7 @@ pub async fn run<H: Host + 'static>(host: Arc<H>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
             continue;
         }
-        match deliver_due(&*host, &http).await {
+        match deliver_due(&*host, &http, &in_flight).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
@@ -128,24 +196,36 @@ async fn send(
 
 /// One delivery round: claims due messages, sends them, records the
 /// outcomes. Returns how many were claimed.
-pub async fn deliver_due(host: &dyn Host, http: &reqwest::Client) -> Result<usize, StoreError> {
+pub async fn deliver_due(
+    host: &dyn Host,
+    http: &reqwest::Client,
+    in_flight: &InFlight,
+) -> Result<usize, StoreError> {
     let config = host.settings();
     let store = host.store();
     let timeout = Duration::from_secs(config.delivery_timeout_seconds.max(1));
-    let t = now();
     // Only this attempt may record the outcome of what it claims.
     let claim = message_id();
-    let lease = t
-        + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
-        + chrono::Duration::seconds(5);
-    let due = store
-        .write({
-            let claim = claim.clone();
-            move |tx| tx.claim_outbox(t, lease, BATCH, &claim)
-        })
-        .await?;
+    let (due, held) = {
+        let _claiming = in_flight.claiming.lock().await;
+        let t = now();
+        let lease = t
+            + chrono::Duration::from_std(timeout * CALLS_PER_MESSAGE).unwrap_or_default()
+            + chrono::Duration::seconds(5);
+        let busy = in_flight.targets();
+        let due = store
+            .write({
+                let claim = claim.clone();
+                move |tx| tx.claim_outbox(t, lease, BATCH, &claim, &busy)
+            })
+            .await?;
+        let held: Vec<Held<'_>> = due.iter().map(|m| in_flight.hold(&m.target)).collect();
+        (due, held)
+    };
     let claimed = due.len();
-    for msg in due {
+    // Each target stays held until its outcome is recorded: a message put
+    // back for a retry is not overtaken by the next one meanwhile.
+    for (msg, _held) in due.into_iter().zip(held) {
         let result = send(host, http, &config, &msg, timeout).await;
         let (id, c) = (msg.id.clone(), claim.clone());
         let (outcome, kept) = match result {
@@ -259,8 +339,9 @@ mod tests {
             outcomes: Default::default(),
         };
         let http = reqwest::Client::new();
-        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
-        assert_eq!(deliver_due(&host, &http).await.unwrap(), 1);
+        let lanes = InFlight::default();
+        assert_eq!(deliver_due(&host, &http, &lanes).await.unwrap(), 1);
+        assert_eq!(deliver_due(&host, &http, &lanes).await.unwrap(), 1);
         let mut outcomes = host.outcomes.lock().unwrap().clone();
         outcomes.sort_by_key(|o| o.as_str());
         assert_eq!(outcomes, [Outcome::Failed, Outcome::Retry]);
@@ -275,6 +356,115 @@ mod tests {
         let hook = all.iter().find(|m| m.target != "slack:update").unwrap();
         assert_eq!(hook.status, "pending");
         assert_eq!(hook.attempts, 1);
+    }
+
+    /// A receiver that never answers holds its own messages only: while
+    /// one lane waits on it, another takes the next message for any other
+    /// target, not the dead receiver's second one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_receiver_holds_up_only_its_own_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
+        // Connections complete (the backlog takes them) and nothing answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let settings = NotifyConfig {
+            webhooks: vec![WebhookConfig {
+                url: url.clone(),
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                events: Vec::new(),
+            }],
+            delivery_timeout_seconds: 2,
+            ..NotifyConfig::default()
+        };
+        let dead = url.clone();
+        store
+            .write(move |tx| {
+                crate::outbox::queue(tx, dead.clone(), "request.created", serde_json::json!({}))?;
+                crate::outbox::queue(tx, dead, "request.created", serde_json::json!({}))?;
+                crate::outbox::queue(
+                    tx,
+                    "slack:update".into(),
+                    "request.reviewed",
+                    serde_json::json!({}),
+                )
+            })
+            .await
+            .unwrap();
+        let host = Arc::new(Fake {
+            store,
+            settings,
+            outcomes: Default::default(),
+        });
+        let lanes = Arc::new(InFlight::default());
+        let first = tokio::spawn({
+            let (host, lanes) = (host.clone(), lanes.clone());
+            async move { deliver_due(&*host, &reqwest::Client::new(), &lanes).await }
+        });
+        while lanes.targets().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            deliver_due(&*host, &reqwest::Client::new(), &lanes)
+                .await
+                .unwrap(),
+            1
+        );
+        let all = host.store.read(|r| r.outbox_list(None, 10)).await.unwrap();
+        let slack = all.iter().find(|m| m.target == "slack:update").unwrap();
+        assert_eq!(slack.attempts, 1, "the second lane took the Slack message");
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        drop(silent);
+    }
+
+    /// Two lanes claiming at the same moment never both take a message for
+    /// one receiver: the second would be sent beside the first, and could
+    /// arrive before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lanes_claiming_at_once_send_one_receivers_messages_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let settings = NotifyConfig {
+            webhooks: vec![WebhookConfig {
+                url: url.clone(),
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                events: Vec::new(),
+            }],
+            delivery_timeout_seconds: 1,
+            ..NotifyConfig::default()
+        };
+        let target = url.clone();
+        store
+            .write(move |tx| {
+                crate::outbox::queue(tx, target.clone(), "request.created", serde_json::json!({}))?;
+                crate::outbox::queue(tx, target, "request.decided", serde_json::json!({}))
+            })
+            .await
+            .unwrap();
+        let host = Arc::new(Fake {
+            store,
+            settings,
+            outcomes: Default::default(),
+        });
+        let lanes = Arc::new(InFlight::default());
+        let round = || {
+            let (host, lanes) = (host.clone(), lanes.clone());
+            tokio::spawn(async move { deliver_due(&*host, &reqwest::Client::new(), &lanes).await })
+        };
+        let (a, b) = (round(), round());
+        let mut claimed = [a.await.unwrap().unwrap(), b.await.unwrap().unwrap()];
+        claimed.sort_unstable();
+        assert_eq!(
+            claimed,
+            [0, 1],
+            "one lane took the first message, the other none"
+        );
+        let all = host.store.read(|r| r.outbox_list(None, 10)).await.unwrap();
+        let tried: Vec<(&str, u32)> = all.iter().map(|m| (m.event.as_str(), m.attempts)).collect();
+        assert!(tried.contains(&("request.decided", 0)), "{tried:?}");
+        drop(silent);
     }
 
     #[test]

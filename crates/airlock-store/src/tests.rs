@@ -783,8 +783,22 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
     .await
     .unwrap();
     let lease = t + chrono::Duration::seconds(30);
+    // A target this node is sending to now is left for later.
+    let busy = a
+        .write(move |tx| {
+            tx.claim_outbox(
+                t,
+                lease,
+                10,
+                "claim-0",
+                &["http://127.0.0.1:9/hook".to_owned()],
+            )
+        })
+        .await
+        .unwrap();
+    assert!(busy.is_empty(), "{busy:?}");
     let claimed = a
-        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-a"))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-a", &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -793,7 +807,7 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
     );
     // Leased: another node finds nothing due.
     let again = b
-        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-b"))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-b", &[]))
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -810,7 +824,7 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
         .unwrap();
     assert_eq!(kept, (true, true));
     let retried = b
-        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-c"))
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-c", &[]))
         .await
         .unwrap();
     assert_eq!(retried.len(), 1);

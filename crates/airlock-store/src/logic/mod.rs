@@ -273,8 +273,9 @@ impl<T: Rows> WriteTx for T {
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        outbox::claim(self, now, lease_until, limit, claim)
+        outbox::claim(self, now, lease_until, limit, claim, busy)
     }
 
     fn changed(&mut self, id: RequestId) {

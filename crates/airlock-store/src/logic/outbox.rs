@@ -18,13 +18,14 @@ pub(crate) trait OutboxRows {
     fn enqueue(&mut self, msg: &OutboxMessage) -> Result<(), StoreError>;
     /// Leases the oldest `limit` pending messages due at `now` until
     /// `lease_until` under `claim`, and returns them as leased, in any
-    /// order.
+    /// order; none whose target is in `busy`.
     fn lease_due(
         &mut self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>, StoreError>;
     /// See [`crate::WriteTx::outbox_delivered`].
     fn outbox_delivered(
@@ -52,8 +53,9 @@ pub(crate) fn claim<T: OutboxRows + ?Sized>(
     lease_until: DateTime<Utc>,
     limit: u32,
     claim: &str,
+    busy: &[String],
 ) -> Result<Vec<OutboxMessage>, StoreError> {
-    let mut due = tx.lease_due(now, lease_until, limit, claim)?;
+    let mut due = tx.lease_due(now, lease_until, limit, claim, busy)?;
     // Oldest first, as `claim_outbox` promises: `UPDATE … RETURNING`
     // returns rows in no set order.
     due.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));

@@ -65,14 +65,16 @@ impl OutboxRows for Tx<'_> {
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         // The batch holds the write lock: no other node claims meanwhile.
         let rows = self.query(
             "UPDATE outbox SET next_attempt_at = $2, claim = $4 WHERE id IN (
                  SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
+                 AND NOT (target = ANY($5))
                  ORDER BY created_at, id LIMIT $3)
              RETURNING id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at",
-            &[&now, &lease_until, &i64::from(limit), &claim],
+            &[&now, &lease_until, &i64::from(limit), &claim, &busy],
         )?;
         rows.iter().map(outbox_from_row).collect()
     }

@@ -70,15 +70,18 @@ impl OutboxRows for Tx<'_> {
         lease_until: DateTime<Utc>,
         limit: u32,
         claim: &str,
+        busy: &[String],
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         // The batch holds the write lock: no other process claims meanwhile.
         let mut st = self.conn.prepare_cached(&format!(
             "UPDATE outbox SET next_attempt_at = ?2, claim = ?4 WHERE id IN (
                  SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+                 AND target NOT IN (SELECT value FROM json_each(?5))
                  ORDER BY created_at, id LIMIT ?3)
              RETURNING {OUTBOX_COLS}"
         ))?;
-        let mut rows = st.query(params![fmt(now), fmt(lease_until), limit, claim])?;
+        let busy = serde_json::to_string(busy)?;
+        let mut rows = st.query(params![fmt(now), fmt(lease_until), limit, claim, busy])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             out.push(outbox_from_row(row)?);
