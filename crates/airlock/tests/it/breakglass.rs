@@ -19,6 +19,11 @@ permit(principal, action == Action::"export", resource);
 @approvers("security")
 permit(principal, action == Action::"drop", resource);
 
+@id("vault-needs-a-code")
+@approvers("security")
+@step_up("totp")
+permit(principal, action == Action::"open", resource);
+
 @id("never-drop-prod")
 forbid(principal, action == Action::"drop", resource == Table::"prod.orders");
 "#;
@@ -146,6 +151,7 @@ async fn breaking_the_glass_grants_at_once_and_is_reviewed_after(db: Db) {
     let (st, r) = s.review(&bob, &id, "approve").await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["review_required"], true, "one of two");
+    assert_eq!(r["thresholds"][0]["approvals"], 1, "{r}");
     let (st, r) = s.review(&carol, &id, "approve").await;
     assert_eq!(st, 200, "{r}");
     assert!(
@@ -157,6 +163,18 @@ async fn breaking_the_glass_grants_at_once_and_is_reviewed_after(db: Db) {
         "airlock_breakglass_unreviewed 1",
         "the read is left"
     );
+
+    // On an action whose approvals need a code: none is asked after the
+    // fact (the grant stood without approvals), and an approval then is
+    // shown as one, not as none.
+    let (st, r) = s
+        .post(&oscar, "/v1/breakglass", action("open", "vault"))
+        .await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
+    let vault = r["id"].as_str().unwrap().to_owned();
+    let (st, r) = s.review(&bob, &vault, "approve").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["thresholds"][0]["approvals"], 1, "{r}");
 
     // A use flagged after the fact loses what is left of its grant.
     let (_, r) = s
