@@ -96,7 +96,9 @@ impl Airlock {
             req: req.id,
             sub: req.action.principal.clone(),
             fp: req.fingerprint,
-            iat: req.created_at,
+            // Issued with the last approval: the grant's life counts from
+            // there (the request may have waited an hour before).
+            iat: (g.expires_at - req.requirement.grant_ttl.as_chrono()).max(req.created_at),
             exp: g.expires_at,
             max_uses: g.max_uses,
         };

@@ -12,6 +12,41 @@ on_both_stores!(
     grants_are_refused_for_other_actions_forgeries_and_expiry,
 );
 
+/// A grant token's `iat` is when the grant was issued (with the last
+/// approval), not when the request was made.
+#[tokio::test]
+async fn a_grant_token_says_when_it_was_issued() {
+    use base64::Engine;
+    let s = Server::start(&Db::Sqlite);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for reviewer in [&bob, &carol] {
+        let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+        if r["status"] == "pending" {
+            let (st, r) = s.review(reviewer, &id, "approve").await;
+            assert_eq!(st, 200, "{r}");
+        }
+    }
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "approved", "{r}");
+    let token = r["grant"]["token"].as_str().unwrap();
+    let signed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.strip_prefix("v4.public.").unwrap())
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&signed[..signed.len() - 64]).unwrap();
+    let at =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let last_approval = r["reviews"].as_array().unwrap().last().unwrap();
+    assert_eq!(at(&claims["iat"]), at(&last_approval["at"]), "{claims} {r}");
+    assert!(at(&claims["iat"]) > at(&r["created_at"]), "{claims} {r}");
+}
+
 async fn hundred_concurrent_consumers_exactly_one_wins(db: Db) {
     let s = Server::start(&db);
     let (alice, bob, carol) = (
