@@ -214,6 +214,7 @@ async fn breakglass(
 struct WaitQuery {
     /// Seconds to wait for a decision before answering (at most
     /// `[server] max_wait_seconds`); answers at once when absent.
+    #[param(minimum = 0)]
     wait: Option<f64>,
 }
 
@@ -266,6 +267,7 @@ struct ListQuery {
     /// Comma-separated statuses (`pending,approved`), or `all` (default).
     status: Option<String>,
     /// At most this many (default 100).
+    #[param(minimum = 1)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     after: Option<String>,
@@ -354,11 +356,15 @@ async fn review(
 #[serde(deny_unknown_fields)]
 struct NoFields {}
 
+/// An optional body: none, or JSON `null` (what the document's optional
+/// body allows), is the default.
 fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
+    serde_json::from_slice::<Option<T>>(bytes)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 #[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests",
@@ -462,6 +468,7 @@ struct AuditQuery {
     /// Records after this `seq` (default 0: from the first).
     after: Option<i64>,
     /// At most this many, 1 to 10000 (default 100).
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
@@ -522,8 +529,10 @@ async fn audit_checkpoint(
 #[serde(deny_unknown_fields)]
 struct InclusionQuery {
     /// The record.
+    #[param(minimum = 1)]
     seq: u64,
     /// The tree's size (default: the newest checkpoint's).
+    #[param(minimum = 1)]
     size: Option<u64>,
 }
 
@@ -598,6 +607,7 @@ struct OutboxQuery {
     #[param(inline)]
     status: Option<OutboxStatus>,
     /// At most this many, 1 to 10000 (default 100).
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 

@@ -286,6 +286,28 @@ mod tests {
         assert!(!documented_routes().contains_key("/v1/secret"));
     }
 
+    /// A query value the document allows is one the server takes: a
+    /// generated client (or schemathesis) sending `limit=0`, `seq=0` or
+    /// `wait=-1` would get a 400 the document did not announce.
+    #[test]
+    fn query_bounds_are_the_servers() {
+        let doc = doc();
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{name} of {path}"))["schema"]
+                .clone()
+        };
+        for path in ["/v1/requests", "/v1/audit", "/v1/outbox"] {
+            assert_eq!(param(path, "limit")["minimum"], 1, "{path}");
+        }
+        assert_eq!(param("/v1/requests/{id}", "wait")["minimum"], 0);
+        assert_eq!(param("/v1/audit/proof/inclusion", "seq")["minimum"], 1);
+    }
+
     #[test]
     fn it_is_openapi_3_1_with_every_error_code() {
         let doc = doc();

@@ -265,7 +265,8 @@ async fn cancel_and_revoke_refuse_as_reads_do() {
     );
     let (st, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
     assert_eq!((st, r["status"].as_str()), (200, Some("pending")));
-    let (st, r) = s.post(&alice, &cancel, json!({})).await;
+    // JSON `null` is no body, as the API document's optional body allows.
+    let (st, r) = s.post(&alice, &cancel, json!(null)).await;
     assert_eq!((st, r["status"].as_str()), (200, Some("cancelled")), "{r}");
 }
 
