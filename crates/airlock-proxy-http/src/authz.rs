@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{AuthzConfig, ResponseDlp};
 use crate::door::{Door, Facts, Verdict};
-use crate::proxy::{take_header, REQUEST_HEADER, TOKEN_HEADER};
+use crate::proxy::{take_header, PRINCIPAL_HEADER, REQUEST_HEADER, TOKEN_HEADER};
 use crate::respond::{json_response, refuse, Body, Refusal};
 use crate::{listen, ProxyError};
 
@@ -60,8 +60,6 @@ const NGINX_BODY: &str = "x-airlock-body";
 const OUTCOME: &str = "airlock-outcome";
 /// In an answer to nginx: the JSON body the client should get.
 const OUTCOME_BODY: &str = "airlock-body";
-/// In an OK answer: the end user, for the upstream.
-const PRINCIPAL: &str = "airlock-principal";
 
 /// The two dialects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +186,7 @@ impl Authz {
         if let Err(r) = self.door.screen_query(&question.query) {
             return r.into();
         }
-        let principal = match self.door.identify(&parts.headers, token).await {
+        let (principal, key) = match self.door.identify(&parts.headers, token).await {
             Ok(p) => p,
             Err(r) => return r.into(),
         };
@@ -219,6 +217,7 @@ impl Authz {
             body: body.as_ref(),
             source_ip: source_ip(&parts.headers),
             host: question.host.as_deref(),
+            key: key.as_deref(),
         };
         let verdict = self.door.decide(&principal, &target, &facts, resume).await;
         if let Verdict::Pass {
@@ -322,7 +321,8 @@ impl Authz {
 fn pass(front: Front, principal: &UserName) -> Response<Body> {
     let mut res = json_response(StatusCode::OK, &json!({ "allowed": true }));
     let h = res.headers_mut();
-    set(h, PRINCIPAL, principal.as_str());
+    // In an OK answer: the end user, for the upstream.
+    set(h, PRINCIPAL_HEADER, principal.as_str());
     match front {
         Front::Envoy => set(
             h,

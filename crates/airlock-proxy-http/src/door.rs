@@ -38,6 +38,8 @@ pub(crate) struct Target {
     pub resource: Resource,
     /// `Airlock-Response-Request` of a retry: the response held before.
     pub response_resume: Option<String>,
+    /// The end user's key, when it identified them (see [`Facts::key`]).
+    pub key: Option<String>,
 }
 
 /// What a request is, as the front saw it.
@@ -56,6 +58,10 @@ pub(crate) struct Facts<'a> {
     /// (authz fronts): bound in params, so an approval for one service does
     /// not pass on another.
     pub host: Option<&'a str>,
+    /// The `Airlock-Token` key that identified the end user, if one did:
+    /// asked again when a hold ends, so a key revoked (or a user removed)
+    /// while the request waited is not served what was approved.
+    pub key: Option<&'a str>,
 }
 
 /// The door's answer.
@@ -266,12 +272,13 @@ impl Door {
     }
 
     /// Who the end user is: the trusted front proxy's header when one is
-    /// configured and present, else the owner of the `Airlock-Token` key.
+    /// configured and present, else the owner of the `Airlock-Token` key
+    /// (returned with the user, to be asked again after a hold).
     pub async fn identify(
         &self,
         headers: &HeaderMap,
         token: Option<String>,
-    ) -> Result<UserName, Refusal> {
+    ) -> Result<(UserName, Option<String>), Refusal> {
         let no_identity =
             |m: &str| Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, m);
         if let Some(h) = &self.principal_header {
@@ -280,6 +287,7 @@ impl Door {
                     .to_str()
                     .ok()
                     .and_then(|s| UserName::parse(s.trim()).ok())
+                    .map(|user| (user, None))
                     .ok_or_else(|| no_identity("the principal header does not name a user"));
             }
         }
@@ -288,11 +296,33 @@ impl Door {
                 "send your Airlock API key in the Airlock-Token header",
             ));
         };
-        match self.enforcer.gate().whoami(&token).await {
+        let user = self.owner_of(&token).await?;
+        Ok((user, Some(token)))
+    }
+
+    /// Whether `key` still names `user` (after a hold: it may have been
+    /// revoked meanwhile).
+    pub async fn still_names(&self, key: &str, user: &UserName) -> Result<(), Refusal> {
+        match self.owner_of(key).await {
+            Ok(owner) if owner == *user => Ok(()),
+            Ok(_) => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                "the Airlock-Token key no longer names this user",
+            )),
+            Err(r) => Err(r),
+        }
+    }
+
+    /// Whose `key` is, as the server says now.
+    async fn owner_of(&self, key: &str) -> Result<UserName, Refusal> {
+        match self.enforcer.gate().whoami(key).await {
             Ok(w) => Ok(w.user),
-            Err(ClientError::Api { status: 401, .. }) => {
-                Err(no_identity("the Airlock-Token key is unknown or revoked"))
-            }
+            Err(ClientError::Api { status: 401, .. }) => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                "the Airlock-Token key is unknown or revoked",
+            )),
             Err(e) => Err(gate_error(e)),
         }
     }
@@ -332,6 +362,7 @@ impl Door {
                 attrs: Map::new(),
             },
             response_resume: None,
+            key: None,
         })
     }
 
@@ -379,7 +410,7 @@ impl Door {
         }
         let check = self.check_body(principal, facts, target);
         if let Some(id) = resume {
-            return self.resume(&id, check).await;
+            return self.resume(&id, check, facts.key).await;
         }
         match self.enforcer.check(&check).await {
             Err(e) => gate_error(e).into(),
@@ -391,7 +422,9 @@ impl Door {
             Ok(CheckResponse::Deny { message, .. }) => {
                 Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message).into()
             }
-            Ok(CheckResponse::ApprovalRequired { request, .. }) => self.hold(*request, check).await,
+            Ok(CheckResponse::ApprovalRequired { request, .. }) => {
+                self.hold(*request, check, facts.key).await
+            }
         }
     }
 
@@ -450,7 +483,7 @@ impl Door {
 
     /// A retry naming a held request: only the identical request may use
     /// it.
-    async fn resume(&self, id: &str, check: CheckBody) -> Verdict {
+    async fn resume(&self, id: &str, check: CheckBody, key: Option<&str>) -> Verdict {
         let Ok(id) = RequestId::parse(id) else {
             return Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -472,7 +505,7 @@ impl Door {
             .into();
         }
         if view.status == RequestStatus::Pending {
-            self.hold(view, check).await
+            self.hold(view, check, key).await
         } else {
             self.use_grant(view, check).await
         }
@@ -482,7 +515,7 @@ impl Door {
     /// gate's wait), then uses the grant or answers held. Dropping this
     /// future (the client went away) cancels nothing: the request stays
     /// pending for a retry.
-    async fn hold(&self, view: RequestView, check: CheckBody) -> Verdict {
+    async fn hold(&self, view: RequestView, check: CheckBody, key: Option<&str>) -> Verdict {
         match self.enforcer.wait(view, self.hold).await {
             Ok(Waited::Held(mut view)) => {
                 // The view comes from an enforcer's gate; a token must never
@@ -490,7 +523,16 @@ impl Door {
                 view.grant = None;
                 Verdict::Held(Box::new(view))
             }
-            Ok(Waited::Decided(view)) => self.use_grant(view, check).await,
+            Ok(Waited::Decided(view)) => {
+                // The key was good when the hold began; the grant is spent
+                // only for a key that still is, and still the same user's.
+                if let (Some(key), Some(user)) = (key, &check.principal) {
+                    if let Err(r) = self.still_names(key, user).await {
+                        return r.into();
+                    }
+                }
+                self.use_grant(view, check).await
+            }
             Err(e) => gate_error(e).into(),
         }
     }

@@ -37,6 +37,8 @@ pub const TOKEN_HEADER: &str = "airlock-token";
 pub const REQUEST_HEADER: &str = "airlock-request";
 /// On a 202 for a response held for approval: the request to approve.
 pub const RESPONSE_REQUEST_HEADER: &str = "airlock-response-request";
+/// Sent to the service: the end user (a client's own is dropped).
+pub const PRINCIPAL_HEADER: &str = "airlock-principal";
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -257,7 +259,7 @@ impl Proxy {
         }
         let token = take_header(&mut parts.headers, TOKEN_HEADER);
         let resume = take_header(&mut parts.headers, REQUEST_HEADER);
-        let principal = match self.door.identify(&parts.headers, token).await {
+        let (principal, key) = match self.door.identify(&parts.headers, token).await {
             Ok(p) => p,
             Err(r) => return r.into_response(),
         };
@@ -266,6 +268,7 @@ impl Proxy {
             Err(r) => return r.into_response(),
         };
         target.response_resume = take_header(&mut parts.headers, RESPONSE_REQUEST_HEADER);
+        target.key.clone_from(&key);
         let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
         let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
         let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
@@ -308,6 +311,7 @@ impl Proxy {
             source_ip: Some(peer.ip()),
             // One upstream per listener: the path says it all.
             host: None,
+            key: key.as_deref(),
         };
         match self.door.decide(&principal, &target, &facts, resume).await {
             Verdict::Refused(r) => r.into_response(),
@@ -542,6 +546,20 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.insert(header::HOST, self.upstream_authority.clone());
+        // The service learns who the end user is from us alone: a client's
+        // own `Airlock-Principal` would name anyone.
+        let who = HeaderName::from_static(PRINCIPAL_HEADER);
+        while headers.remove(&who).is_some() {}
+        if let Ok(v) = HeaderValue::from_str(principal.as_str()) {
+            headers.insert(who, v);
+        }
+        if target.route.response_dlp != ResponseDlp::Off {
+            // A scanned answer is scanned whole: pieces asked for one at a
+            // time would each hold part of a card number, and none a
+            // finding.
+            headers.remove(header::RANGE);
+            headers.remove(header::IF_RANGE);
+        }
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.append(HeaderName::from_static("x-forwarded-for"), v);
         }
@@ -608,17 +626,21 @@ impl Proxy {
                 Counted::Now(in_headers, Some(Disposition::Withheld)),
             );
         }
-        let (res, counted) = self.respond_body(parts, body, target, principal).await;
+        let (res, counted) = self
+            .respond_body(parts, body, target, principal, &in_headers)
+            .await;
         (res, counted.with(in_headers, mode))
     }
 
-    /// [`Self::respond`] for the body, the headers done.
+    /// [`Self::respond`] for the body, the headers done (`in_headers`, what
+    /// they held, counts in a decision on the response).
     async fn respond_body(
         self: &Arc<Self>,
         mut parts: hyper::http::response::Parts,
         body: Incoming,
         target: &Target,
         principal: &UserName,
+        in_headers: &Counts,
     ) -> (Response<Body>, Counted) {
         let mode = target.route.response_dlp;
         let ct = parts
@@ -639,6 +661,19 @@ impl Proxy {
                 return (unscannable(why.into()), withheld_unread());
             }
             return pass(parts, body);
+        }
+        if parts.status == StatusCode::PARTIAL_CONTENT {
+            // Range is not forwarded on scanned routes; an upstream that
+            // sends a piece anyway sends what cannot be scanned whole.
+            let why = "a partial response (206) cannot be scanned whole";
+            if self.cannot_read(mode, decided, &target.action, why) == Unread::Withhold {
+                return (unscannable(why.into()), withheld_unread());
+            }
+            let (res, _) = pass(parts, body);
+            return (
+                res,
+                Counted::Now(Counts::new(), Some(Disposition::Unscanned)),
+            );
         }
         if let Some(cs) = scan::unreadable_charset(ct) {
             let why = format!("its charset {cs} cannot be scanned");
@@ -749,8 +784,19 @@ impl Proxy {
                 let (masked, _) = scan::mask(&self.scanner, &decoded);
                 preview_lines(&masked, self.cfg.response_preview_lines)
             };
+            // What leaves is the headers and the body: the decision counts
+            // both.
+            let mut leaving_counts = counts.clone();
+            scan::add(&mut leaving_counts, in_headers);
             match self
-                .decide_response(action, target, principal, &counts, preview, &decoded)
+                .decide_response(
+                    action,
+                    target,
+                    principal,
+                    &leaving_counts,
+                    preview,
+                    &decoded,
+                )
                 .await
             {
                 ResponseFate::Allowed => {}
@@ -964,6 +1010,23 @@ impl Proxy {
             Ok(Entry::Granted { grant, .. }) => {
                 let mut detail = Map::new();
                 detail.insert("dlp".into(), json!(counts));
+                // Approved after a wait: only for a key still good.
+                if let Some(key) = &target.key {
+                    if let Err(r) = self.door.still_names(key, principal).await {
+                        detail.insert(
+                            "withheld".into(),
+                            json!("the end user's key is no longer good"),
+                        );
+                        let enforcer = self.door.enforcer();
+                        if let Err(e) = enforcer
+                            .complete(grant.grant_id, Outcome::Failure, detail)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "proxy: completing the response grant failed");
+                        }
+                        return ResponseFate::Withheld(r.into_response());
+                    }
+                }
                 if let Err(e) = self
                     .door
                     .enforcer()

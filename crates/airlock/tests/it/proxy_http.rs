@@ -39,6 +39,18 @@ permit(principal, action == Action::"download", resource == File::"reviewed");
 @id("reviewed-responses")
 @approvers("security")
 permit(principal, action == Action::"download.response", resource == File::"reviewed");
+
+@id("clean-files")
+permit(principal, action == Action::"download", resource == File::"clean");
+
+@id("clean-responses")
+permit(principal, action == Action::"download.response", resource == File::"clean")
+when { context.dlp == {} };
+
+@id("unclean-responses")
+@approvers("security")
+permit(principal, action == Action::"download.response", resource == File::"clean")
+when { !(context.dlp == {}) };
 "#;
 
 /// The planted values DLP must find: an email and a card passing Luhn.
@@ -82,11 +94,23 @@ impl Upstream {
                     body,
                 });
                 let mut csv = format!("name,email,card\nann,{EMAIL},{CARD}\n");
+                let query = parts.uri.query().unwrap_or("");
+                if query.contains("clean") {
+                    csv = "name\nann\n".to_owned();
+                }
+                if query.contains("partial") {
+                    // A piece of the file, as if a Range had been sent.
+                    return axum::response::Response::builder()
+                        .status(206)
+                        .header("content-type", "text/csv")
+                        .header("content-range", format!("bytes 20-43/{}", csv.len()))
+                        .body(axum::body::Body::from(csv[20..44].to_owned()))
+                        .unwrap();
+                }
                 if parts.uri.path().contains("big") {
                     // 8 MiB: more than the scan cap the streaming test sets.
                     csv = format!("name,email,card\n{}", "bob,nobody,none\n".repeat(8 << 16));
                 }
-                let query = parts.uri.query().unwrap_or("");
                 let label = if query.contains("octet") {
                     "application/octet-stream"
                 } else if query.contains("yaml") {
@@ -827,6 +851,121 @@ async fn response_action_decides_on_the_response(db: Db) {
     let (_, a) = s.get(&admin, "/v1/audit?limit=100000").await;
     assert!(a.to_string().contains("download.response"));
     assert!(!a.to_string().contains(EMAIL) && !a.to_string().contains(CARD));
+}
+
+/// What a black-box pass found, each closed: a `Range` cut a card number
+/// into pieces DLP never saw whole; a finding in the response's headers
+/// was left out of the decision on the response; a client's own
+/// `Airlock-Principal` reached the service; a key revoked while its
+/// request was held was still served what was approved.
+#[tokio::test]
+async fn scanned_answers_are_whole_and_the_service_hears_who_from_us() {
+    let (s, up, p) = with_proxy(&Db::Sqlite, 20).await;
+    let (alice, bob) = (s.key("alice", "user"), s.key("bob", "user"));
+    let http = reqwest::Client::new();
+    let fetch = |path: String, headers: Vec<(&'static str, String)>| {
+        let mut req = http.get(format!("{p}{path}"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let token = ("Airlock-Token", alice.clone());
+
+    // Range is not forwarded where responses are scanned: the whole body
+    // comes back, masked.
+    let (st, body) = fetch(
+        "/masked/open.csv".into(),
+        vec![token.clone(), ("Range", "bytes=30-40".into())],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.starts_with("name,email,card") && !body.contains(CARD),
+        "{body}"
+    );
+    let hit = up.hits().last().unwrap().clone();
+    assert!(
+        !hit.headers
+            .iter()
+            .any(|(k, _)| k == "range" || k == "if-range"),
+        "{hit:?}"
+    );
+    // Where nothing is scanned it is, as any header.
+    fetch(
+        "/exports/open.csv".into(),
+        vec![token.clone(), ("Range", "bytes=30-40".into())],
+    )
+    .await;
+    assert!(up
+        .hits()
+        .last()
+        .unwrap()
+        .headers
+        .iter()
+        .any(|(k, _)| k == "range"));
+    // A piece sent anyway cannot be scanned whole: withheld.
+    for route in ["masked", "blocked"] {
+        let (st, body) = fetch(format!("/{route}/open.csv?partial"), vec![token.clone()]).await;
+        assert_eq!(st, 502, "{route}: {body}");
+        assert!(body.contains("206"), "{body}");
+    }
+
+    // The decision on the response counts what its headers hold.
+    let (st, body) = fetch("/checked/clean.csv?clean".into(), vec![token.clone()]).await;
+    assert_eq!(st, 200, "nothing found: {body}");
+    let (st, body) = fetch("/checked/clean.csv?clean&hdr".into(), vec![token.clone()]).await;
+    assert_eq!(st, 202, "a card in a header: {body}");
+
+    // The service hears who the end user is from the proxy alone.
+    let (st, _) = fetch(
+        "/exports/public.csv".into(),
+        vec![token.clone(), ("Airlock-Principal", "admin".into())],
+    )
+    .await;
+    assert_eq!(st, 200);
+    let said: Vec<String> = up
+        .hits()
+        .last()
+        .unwrap()
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "airlock-principal")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(said, ["alice"]);
+
+    // A key revoked while its request waits is not served.
+    let mallory = s.key("mallory", "user");
+    let before = up.hits().len();
+    let url = format!("{p}/exports/customers.csv");
+    let key = mallory.clone();
+    let held = tokio::spawn(async move { get(&url, Some(&key), None).await });
+    let id = loop {
+        let (_, l) = s.get(&bob, "/v1/requests?status=pending").await;
+        let mine = l["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["principal"] == "mallory");
+        if let Some(r) = mine {
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    s.revoke_key(&mallory);
+    let (st, _) = s.review(&bob, &id, "approve").await;
+    assert_eq!(st, 200);
+    let (st, _, body) = held.await.unwrap();
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (401, "unauthenticated"),
+        "{body}"
+    );
+    assert_eq!(up.hits().len(), before, "never forwarded");
 }
 
 /// A response policy that asks for approval: the approver's request

@@ -1056,25 +1056,7 @@ async fn a_revoked_key_ends_its_open_sessions() {
         c.query("SELECT id FROM orders", &[]).await.unwrap().len(),
         5
     );
-    // A key's public id is `key_` and the first 16 hex digits of its SHA-256.
-    let id = format!(
-        "key_{}",
-        &hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
-            sha2::Sha256::default(),
-            alice.as_bytes()
-        )))[..16]
-    );
-    let out = Command::new(BIN)
-        .args(["keys", "revoke", "--config"])
-        .arg(pg.server.config())
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.server.revoke_key(&alice);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let e = c
         .query("DELETE FROM orders WHERE id = 1", &[])

@@ -345,6 +345,26 @@ impl Server {
         self.dir.path().join("data/airlock.db")
     }
 
+    /// Revokes `key` with the CLI, by its public id (`key_` and the first
+    /// 16 hex digits of its SHA-256).
+    pub(crate) fn revoke_key(&self, key: &str) {
+        let digest = hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
+            sha2::Sha256::default(),
+            key.as_bytes(),
+        )));
+        let out = Command::new(BIN)
+            .args(["keys", "revoke", "--config"])
+            .arg(self.config())
+            .arg(format!("key_{}", &digest[..16]))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub(crate) fn key(&self, user: &str, role: &str) -> String {
         let out = Command::new(BIN)
             .args(["keys", "create", "--config"])
