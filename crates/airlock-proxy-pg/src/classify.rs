@@ -150,6 +150,41 @@ const UNSEEN_READERS: &[&str] = &[
     "lo_open",
     "lo_from_bytea",
     "lo_put",
+    // contrib: tablefunc and xml2 run SQL given as text; pageinspect reads
+    // raw pages (found by a black-box pass: crosstab read a forbidden table).
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    "xpath_table",
+    "get_raw_page",
+    "page_header",
+    "heap_page_items",
+    "heap_page_item_attrs",
+    "tuple_data_split",
+    "bt_page_items",
+    "bt_multi_page_stats",
+    "brin_page_items",
+    "gist_page_items",
+    "hash_page_items",
+    "fsm_page_contents",
+    // the server's files and what views the policy may deny show
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_show_all_file_settings",
+    "pg_show_all_settings",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_replslotdir",
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_file_read",
+    "pg_logdir_ls",
 ];
 
 /// Built-in functions that change the server's state (sessions, settings,
@@ -197,6 +232,13 @@ const STATE_CHANGERS: &[&str] = &[
     "lo_truncate",
     "lo_truncate64",
     "lowrite",
+    // contrib adminpack writes the server's files
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    // NOTIFY is decided (sql.other); its function form is not seen so
+    "pg_notify",
 ];
 
 /// Settings that change how the server reads the text Airlock parsed
@@ -208,6 +250,25 @@ const PINNED_SETTINGS: &[&str] = &[
     "session_authorization",
 ];
 
+/// Statements up to this long are parsed on the caller's stack: their
+/// tree is at most about half as deep, which a Tokio worker's 2 MiB holds.
+const ON_CALLERS_STACK: usize = 2048;
+/// Stack given per byte of a longer statement. The parser's recursion (C,
+/// writing the tree out) has no limit of its own and takes 210–420 bytes
+/// per level, and a level can take two bytes (`+1`): 10,000 nested `+1`
+/// overflowed 2 MiB and aborted the whole server (found by a black-box
+/// pass). The stack is mapped, not filled: only what the tree's depth
+/// touches is used, and it is unmapped after.
+const STACK_PER_BYTE: usize = 256;
+
+/// Whether [`classify`] may take long for `sql`: the parse of a deeply
+/// nested statement costs the square of its depth (1 MiB of `+1` took two
+/// minutes of a core), so such statements are classified off the async
+/// workers, one at a time (see the session).
+pub fn may_take_long(sql: &str) -> bool {
+    sql.len() > ON_CALLERS_STACK
+}
+
 /// Splits `sql` into statements and classifies each.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
     // The parse tree of a huge statement costs many times its size.
@@ -217,6 +278,15 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
             MAX_SQL / 1024
         )));
     }
+    if sql.len() <= ON_CALLERS_STACK {
+        return classify_here(sql);
+    }
+    stacker::grow((1 << 20) + sql.len() * STACK_PER_BYTE, || {
+        classify_here(sql)
+    })
+}
+
+fn classify_here(sql: &str) -> Result<Vec<Statement>, Refusal> {
     let parsed = pg_query::parse(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {
@@ -312,7 +382,19 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
             }
         }
         "TransactionStmt" => {
-            st.transaction_control = true;
+            // Two-phase commit names a transaction by its global id, so
+            // COMMIT PREPARED can end another session's (or application's)
+            // prepared transaction: decided, not passed as control.
+            use pg_query::protobuf::TransactionStmtKind as K;
+            let kind = body.get("kind").and_then(Value::as_i64);
+            let two_phase = [
+                K::TransStmtPrepare,
+                K::TransStmtCommitPrepared,
+                K::TransStmtRollbackPrepared,
+            ]
+            .iter()
+            .any(|k| kind == Some(*k as i64));
+            st.transaction_control = !two_phase;
             Access::Other
         }
         "VariableSetStmt" => {
@@ -1028,6 +1110,17 @@ mod tests {
             "COPY orders FROM PROGRAM 'id'",
             "UPDATE pg_settings SET setting = 'hr' WHERE name = 'search_path'",
             "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'y'",
+            // contrib and file readers a black-box pass got through
+            "SELECT * FROM crosstab('select ''x'',''y'',secret from s') AS t(a text, b text)",
+            "SELECT * FROM connectby('customers', 'id', 'parent', '1', 0) AS t(a int, b int, c int)",
+            "SELECT * FROM xpath_table('id', 'x', 'customers', '/a', 'true') AS t(id int, a text)",
+            "SELECT pg_file_write('/tmp/x', 'y', false)",
+            "SELECT get_raw_page('secrets', 0)",
+            "SELECT * FROM pg_hba_file_rules()",
+            "SELECT * FROM pg_show_all_file_settings()",
+            "SELECT * FROM pg_ls_waldir()",
+            "SELECT * FROM pg_stat_get_activity(NULL)",
+            "SELECT pg_notify('c', 'x')",
         ] {
             assert!(
                 matches!(
@@ -1042,5 +1135,40 @@ mod tests {
         // on the catalog's own name.
         let s = one("SELECT relname FROM pg_class");
         assert_eq!(tables(&s), vec![("sql.select", "pg_catalog.pg_class")]);
+    }
+
+    /// Two-phase commit is decided: COMMIT PREPARED can end a transaction
+    /// another session prepared.
+    #[test]
+    fn two_phase_commit_is_decided_not_passed() {
+        for sql in [
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+        ] {
+            let s = one(sql);
+            assert!(!s.transaction_control, "{sql}");
+        }
+        assert!(one("COMMIT").transaction_control);
+    }
+
+    /// A statement nested as deep as its length allows is refused, not a
+    /// stack overflow that aborts the process (this test thread has the
+    /// 2 MiB a Tokio worker has).
+    #[test]
+    fn the_deepest_statement_is_refused_not_a_crash() {
+        // (Nested as deep as 1 MiB allows, the parse takes minutes: its
+        // cost grows with the square of the depth. See `classify_long`.)
+        for sql in [
+            format!("select 1{}", "+1".repeat(10_000)),
+            format!("select 1{}", "::int".repeat(20_000)),
+            vec!["select 1"; 20_000].join(" union all "),
+        ] {
+            assert!(
+                matches!(classify(&sql), Err(Refusal::Unparseable(_))),
+                "{} bytes",
+                sql.len()
+            );
+        }
     }
 }

@@ -25,6 +25,10 @@ pub enum CodecError {
 /// most messages is 1 GB; statements and rows larger than this are not
 /// something a proxy should buffer).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// The largest message before sign-in (PostgreSQL's `PG_MAX_AUTH_TOKEN_LENGTH`):
+/// whoever has no key yet cannot make the proxy hold 64 MiB per connection
+/// (a black-box pass grew it by 300 MB per connection so).
+pub const MAX_AUTH: usize = 65_535;
 /// The largest startup packet (PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`).
 const MAX_STARTUP: usize = 10_000;
 
@@ -133,6 +137,12 @@ impl Frame {
 
 /// Cuts one tagged message from `buf`, if it is all there.
 pub fn frame(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    frame_within(buf, MAX_FRAME)
+}
+
+/// [`frame`] for a message of at most `max` bytes (a larger one is a
+/// [`CodecError::Length`] as soon as its header is in).
+pub fn frame_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, CodecError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -140,7 +150,7 @@ pub fn frame(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
     let Ok(len) = usize::try_from(len) else {
         return Err(CodecError::Length(len.into()));
     };
-    if !(4..=MAX_FRAME).contains(&len) {
+    if !(4..=max.min(MAX_FRAME)).contains(&len) {
         return Err(CodecError::Length(len as i64));
     }
     if buf.len() < len + 1 {
@@ -637,6 +647,12 @@ mod tests {
         buf.extend_from_slice(&q[7..]);
         buf.extend_from_slice(b"S\0\0\0\x04");
         let f = frame(&mut buf).unwrap().unwrap();
+        // Before sign-in, a message's declared length alone refuses it.
+        let mut big = BytesMut::from(&b"p\x00\x01\x00\x04"[..]);
+        assert!(matches!(
+            frame_within(&mut big, MAX_AUTH),
+            Err(CodecError::Length(65_540))
+        ));
         assert_eq!(f.tag, b'Q');
         assert_eq!(query(f.body()).unwrap(), "SELECT 1");
         assert_eq!(frame(&mut buf).unwrap().unwrap().tag, b'S');

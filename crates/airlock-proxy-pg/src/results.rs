@@ -515,6 +515,20 @@ impl Results {
         }
     }
 
+    /// The server's error message as an audit record keeps it: masked in
+    /// every mode (`report` included), since the record is signed and
+    /// kept for good (`invalid input syntax … "219-09-9999"` was stored
+    /// whole, found by a black-box pass).
+    pub fn for_the_record(&self, message: &str) -> String {
+        match self.rules.scanner.as_deref() {
+            Some(scanner) => {
+                let (masked, _) = scan(scanner, message.as_bytes(), true);
+                String::from_utf8_lossy(&masked).into_owned()
+            }
+            None => message.to_owned(),
+        }
+    }
+
     /// COPY OUT data: scanned as text.
     pub fn copy_data(&mut self, f: Frame, dlp: &mut BTreeMap<String, u64>) -> RowOut {
         if self.stopped {
@@ -629,4 +643,31 @@ fn scan(
     let mut findings = stream.feed(value, &mut out);
     findings.extend(stream.finish(&mut out));
     (Bytes::from(out), findings)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An error message goes to the audit record masked, whatever the
+    /// mode: a failed cast quotes the value it could not read.
+    #[test]
+    fn error_messages_are_recorded_masked_in_every_mode() {
+        let scanner = Arc::new(airlock_dlp::Scanner::new(&airlock_dlp::Config::default()).unwrap());
+        for mode in [RowsDlp::Report, RowsDlp::Mask, RowsDlp::Block] {
+            let results = Results::new(Arc::new(Rules {
+                mode,
+                scanner: Some(scanner.clone()),
+                mask_columns: Vec::new(),
+                max_rows: None,
+                max_result_bytes: 1 << 20,
+                preview_rows: 0,
+            }));
+            let kept = results
+                .for_the_record("invalid input syntax for type integer: \"4111 1111 1111 1111\"");
+            assert!(!kept.contains("4111 1111 1111 1111"), "{mode:?}: {kept}");
+            assert!(kept.starts_with("invalid input syntax"), "{kept}");
+        }
+    }
 }

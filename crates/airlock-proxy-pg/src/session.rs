@@ -120,9 +120,10 @@ async fn read_more(
 async fn read_frame(
     io: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
+    max: usize,
 ) -> Result<Option<Frame>, SessionError> {
     loop {
-        if let Some(f) = codec::frame(buf)? {
+        if let Some(f) = codec::frame_within(buf, max)? {
             return Ok(Some(f));
         }
         if !read_more(io, buf).await? {
@@ -289,7 +290,7 @@ async fn login(
     let failed = |user: &UserName| format!("password authentication failed for user \"{user}\"");
     io.write_all(&auth::offer()).await?;
     io.flush().await?;
-    let Some(first) = read_frame(&mut io, &mut buf).await? else {
+    let Some(first) = read_frame(&mut io, &mut buf, codec::MAX_AUTH).await? else {
         return Ok(None);
     };
     if first.tag != b'p' {
@@ -301,7 +302,7 @@ async fn login(
     };
     io.write_all(&reply).await?;
     io.flush().await?;
-    let Some(fin) = read_frame(&mut io, &mut buf).await? else {
+    let Some(fin) = read_frame(&mut io, &mut buf, codec::MAX_AUTH).await? else {
         return Ok(None);
     };
     if fin.tag != b'p' {
@@ -371,7 +372,10 @@ async fn connect_upstream(
     }
     // Pinned so the server reads text as Airlock parsed it: unqualified
     // names in `public`, backslashes in plain strings as plain characters.
-    let search_path = "-c search_path=public -c standard_conforming_strings=on";
+    // `pg_temp` last: PostgreSQL looks there first unless the path names
+    // it, so a temporary view named like a public table would be read
+    // where Airlock decided the table (found by a black-box pass).
+    let search_path = "-c search_path=public,pg_temp -c standard_conforming_strings=on";
     let mut params: Vec<(&str, &str)> = vec![
         ("user", up.user.as_str()),
         ("database", up.database.as_str()),
@@ -386,7 +390,7 @@ async fn connect_upstream(
     let mut greeting = Vec::new();
     let mut key = None;
     loop {
-        let Some(f) = read_frame(&mut io, &mut buf).await? else {
+        let Some(f) = read_frame(&mut io, &mut buf, codec::MAX_FRAME).await? else {
             return Err(
                 auth::LoginError::Upstream("the database closed the connection".into()).into(),
             );
@@ -528,7 +532,7 @@ async fn relay(
     // client's messages up to its `Sync` are skipped, as PostgreSQL would.
     let mut skipping = false;
     let result = loop {
-        let f = match read_frame(&mut client_rd, &mut buf).await {
+        let f = match read_frame(&mut client_rd, &mut buf, codec::MAX_FRAME).await {
             Ok(Some(f)) => f,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
@@ -551,9 +555,15 @@ async fn relay(
                 if let Err(e) = still_live(shared, &tx, &user, &key, &mut key_checked).await {
                     break Err(e);
                 }
-                let sql = codec::query(f.body())?;
+                // Not `?`: a session ends through the cleanup below, or the
+                // upstream connection outlives it (a query that was not
+                // UTF-8 left one open, idle, for good).
+                let sql = match codec::query(f.body()) {
+                    Ok(sql) => sql,
+                    Err(e) => break Err(e.into()),
+                };
                 let mut plan = Plan::default();
-                let outcome = match classify::classify(&sql) {
+                let outcome = match classify_statement(&sql).await {
                     Err(classify::Refusal::Empty) => Outcome::unchecked(),
                     Err(r) => refusal_of(&r),
                     Ok(statements) => {
@@ -570,7 +580,7 @@ async fn relay(
                                 code: "42602",
                                 message: e,
                             },
-                            None => decide(shared, &tx, checks, &cancel).await,
+                            None => decide(shared, &tx, (&user, &key), checks, &cancel).await,
                         }
                     }
                 };
@@ -597,8 +607,10 @@ async fn relay(
                 }
                 let sync = f.tag == b'S';
                 let mut next = names.clone();
-                let decided =
-                    decide_batch(shared, &tx, &session, &mut next, &batch, sync, &cancel).await;
+                let decided = decide_batch(
+                    shared, &tx, &session, &key, &mut next, &batch, sync, &cancel,
+                )
+                .await;
                 let (outcome, plan, mut frames) = match decided {
                     Ok(x) => x,
                     Err(e) => break Err(e),
@@ -664,6 +676,26 @@ async fn relay(
     result
 }
 
+/// Classifies `sql`: at once when short; a long one on the blocking pool,
+/// one at a time. A statement built to make the parser slow (its cost
+/// grows with the square of the nesting depth: 1 MiB of `+1` took two
+/// minutes of a core) then holds a thread of its own and delays other long
+/// statements, never the node's async workers (the API, the console, other
+/// sessions).
+async fn classify_statement(sql: &str) -> Result<Vec<classify::Statement>, classify::Refusal> {
+    static LONG: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    if !classify::may_take_long(sql) {
+        return classify::classify(sql);
+    }
+    let Ok(_turn) = LONG.acquire().await else {
+        return Err(classify::Refusal::NotServed("statements now".into()));
+    };
+    let owned = sql.to_owned();
+    tokio::task::spawn_blocking(move || classify::classify(&owned))
+        .await
+        .unwrap_or_else(|_| Err(classify::Refusal::Unparseable("the parser failed".into())))
+}
+
 fn refusal_of(r: &classify::Refusal) -> Outcome {
     let code = match r {
         classify::Refusal::Unparseable(_) => "42601",
@@ -683,10 +715,12 @@ fn refusal_of(r: &classify::Refusal) -> Outcome {
 /// are rewritten to the server's (see [`Names`]); a name the proxy does
 /// not know, or text Airlock cannot read, refuses the batch. Returns the
 /// outcome, the plan for the writer and the frames to send.
+#[allow(clippy::too_many_arguments)]
 async fn decide_batch(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Cmd>,
     session: &Session<'_>,
+    key: &str,
     names: &mut Names,
     batch: &[Frame],
     sync: bool,
@@ -702,7 +736,7 @@ async fn decide_batch(
         match f.tag {
             b'P' => {
                 let p = codec::parse(f.body())?;
-                let classified = classify::classify(&p.sql).map(Arc::new);
+                let classified = classify_statement(&p.sql).await.map(Arc::new);
                 match &classified {
                     Err(classify::Refusal::Empty) | Ok(_) => {}
                     Err(r) => return Ok((refusal_of(r), plan, Vec::new())),
@@ -841,7 +875,11 @@ async fn decide_batch(
     if checks.is_empty() {
         return Ok((Outcome::unchecked(), plan, out));
     }
-    Ok((decide(shared, tx, checks, cancel).await, plan, out))
+    Ok((
+        decide(shared, tx, (session.principal, key), checks, cancel).await,
+        plan,
+        out,
+    ))
 }
 
 /// How often an open session's key is checked again.
@@ -913,20 +951,43 @@ fn statement_checks(
 async fn decide(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Cmd>,
+    (user, key): (&UserName, &str),
     checks: Vec<airlock_api::CheckBody>,
     cancel: &Notify,
 ) -> Outcome {
     let hold = shared.hold.as_secs();
+    let mut held = false;
     let mut notice = |v: &airlock_api::RequestView| {
+        held = true;
         let _ = tx.send(Cmd::Local(build::notice(&hold_notice(v, hold))));
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         o = shared.decider.decide(checks, &mut notice) => o,
         () = cancel.notified() => Outcome::Refused {
             code: "57014",
             message: "canceling statement due to user request (the hold ended; the request stays open)".into(),
         },
+    };
+    // Approved after a wait: run only for a key still good (it was checked
+    // before the hold; it may have been revoked meanwhile). The grant is
+    // spent by then, so it is completed as a failure.
+    if let Outcome::Pass { grants, .. } = &outcome {
+        if held && !grants.is_empty() {
+            let body = airlock_api::KeyLiveBody {
+                user: user.clone(),
+                key: key.to_owned(),
+            };
+            let live = shared.decider.enforcer().gate().key_live(&body).await;
+            if !live.is_ok_and(|r| r.live) {
+                complete(shared, grants.clone(), None).await;
+                return Outcome::Refused {
+                    code: "28000",
+                    message: "the key was revoked or could not be checked while the statement was held; it did not run".into(),
+                };
+            }
+        }
     }
+    outcome
 }
 
 /// Sends what passed (and queues its reply), or refuses in its place.
@@ -1264,7 +1325,10 @@ async fn relay_replies(
                         }
                         b'E' => {
                             let fields = codec::fields(f.body()).unwrap_or_default();
-                            report.error = fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| m.clone());
+                            report.error = fields
+                                .iter()
+                                .find(|(c, _)| *c == b'M')
+                                .map(|(_, m)| results.for_the_record(m));
                             // Rows held for a decision never leave after an
                             // error.
                             results.held = None;

@@ -235,6 +235,10 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     // the server reads.
     let (ok, _, err) = psql(&url, &["-c", "SET search_path = secret_schema"]);
     assert!(!ok && err.contains("search_path"), "{err}");
+    // Temporary relations come last, not first: one named like a public
+    // table cannot stand in for it.
+    let (ok, out, err) = psql(&url, &["-tAc", "SHOW search_path"]);
+    assert!(ok && out.trim() == "public,pg_temp", "{out} {err}");
     let (ok, _, err) = psql(&url, &["-c", "PREPARE p AS DELETE FROM orders"]);
     assert!(!ok && err.contains("PREPARE"), "{err}");
     // Text the server would read differently, and SQL run from text.
@@ -494,6 +498,24 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
     assert!(!ok && err.contains("AL002"), "{err}");
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 5"), 1);
 
+    // Approved after its key was revoked while held: it does not run.
+    let second = pg.server.key("alice", "user");
+    let held = {
+        let url = pg.url("alice", &second);
+        std::thread::spawn(move || psql(&url, &["-c", "DELETE FROM orders WHERE id = 5"]))
+    };
+    let id = loop {
+        if let Some(id) = pending_of(&pg.server, &admin).await.pop() {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pg.server.revoke_key(&second);
+    pg.server.review(&bob, &id, "approve").await;
+    let (ok, _, err) = held.join().unwrap();
+    assert!(!ok && err.contains("28000"), "{err}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 5"), 1);
+
     // Cancel ends the hold.
     let c = pg.connect("alice", &alice).await.unwrap();
     let token = c.cancel_token();
@@ -508,6 +530,66 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
         "the cancel did not end the hold"
     );
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+}
+
+/// A query that is not UTF-8 ends the session, and with it the proxy's
+/// upstream connection. It used to leave both open for good: the client
+/// got no answer, and each such session held one of the database's
+/// connections (found by a black-box pass).
+#[tokio::test]
+async fn a_query_that_is_not_utf8_ends_the_session() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    let database = database_of(&pg.db);
+    frontend::startup_message(
+        [("user", "alice"), ("database", database.as_str())],
+        &mut out,
+    )
+    .unwrap();
+    tcp.write_all(&out).await.unwrap();
+    let mut scram = ScramSha256::new(alice.as_bytes(), ChannelBinding::unsupported());
+    let mut inbox = bytes::BytesMut::new();
+    'login: loop {
+        assert!(
+            tcp.read_buf(&mut inbox).await.unwrap() > 0,
+            "closed during login"
+        );
+        while let Some(m) = Message::parse(&mut inbox).unwrap() {
+            out.clear();
+            match m {
+                Message::AuthenticationSasl(_) => {
+                    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                        .unwrap();
+                }
+                Message::AuthenticationSaslContinue(b) => {
+                    scram.update(b.data()).unwrap();
+                    frontend::sasl_response(scram.message(), &mut out).unwrap();
+                }
+                Message::AuthenticationSaslFinal(b) => scram.finish(b.data()).unwrap(),
+                Message::ReadyForQuery(_) => break 'login,
+                Message::ErrorResponse(_) => panic!("login refused"),
+                _ => {}
+            }
+            tcp.write_all(&out).await.unwrap();
+        }
+    }
+    let sql = b"select '\xff'\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    tcp.write_all(&q).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the session was left open");
 }
 
 /// Result rows through DLP: `mask` replaces the planted email and card
