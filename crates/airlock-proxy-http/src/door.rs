@@ -24,7 +24,7 @@ use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 
 use crate::config::RouteConfig;
-use crate::proxy::{REQUEST_HEADER, RESPONSE_REQUEST_HEADER, TOKEN_HEADER};
+use crate::proxy::{PRINCIPAL_HEADER, REQUEST_HEADER, RESPONSE_REQUEST_HEADER, TOKEN_HEADER};
 use crate::respond::{gate_error, Refusal};
 use crate::route::{ambiguous_path, Routes};
 use crate::ProxyError;
@@ -39,7 +39,17 @@ pub(crate) struct Target {
     /// `Airlock-Response-Request` of a retry: the response held before.
     pub response_resume: Option<String>,
     /// The end user's key, when it identified them (see [`Facts::key`]).
-    pub key: Option<String>,
+    pub key: Option<EndUserKey>,
+}
+
+/// An end user's API key, kept to be asked about again; never printed.
+#[derive(Clone)]
+pub(crate) struct EndUserKey(pub String);
+
+impl std::fmt::Debug for EndUserKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndUserKey(…)")
+    }
 }
 
 /// What a request is, as the front saw it.
@@ -200,10 +210,15 @@ impl Door {
         }
         // CGI-style servers (Puma, PHP-FPM behind some fronts) read
         // `X_HTTP_Method_Override` as `X-HTTP-Method-Override`, and an
-        // `X_Airlock_User` as the principal header.
+        // `X_Airlock_User` as the principal header; `Airlock_Principal` as
+        // the `Airlock-Principal` the service gets from us (ours replaces a
+        // client's dashed one; an underscored one would pass beside it).
         for name in headers.keys().filter(|n| n.as_str().contains('_')) {
             let dashed = name.as_str().replace('_', "-");
-            if METHOD_OVERRIDES.contains(&dashed.as_str()) || once.clone().any(|h| h == dashed) {
+            if METHOD_OVERRIDES.contains(&dashed.as_str())
+                || dashed == PRINCIPAL_HEADER
+                || once.clone().any(|h| h == dashed)
+            {
                 return Err(bad(format!(
                     "{name} is refused: with `_` read as `-` it is {dashed}"
                 )));

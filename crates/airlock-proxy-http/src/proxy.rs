@@ -268,7 +268,7 @@ impl Proxy {
             Err(r) => return r.into_response(),
         };
         target.response_resume = take_header(&mut parts.headers, RESPONSE_REQUEST_HEADER);
-        target.key.clone_from(&key);
+        target.key = key.clone().map(crate::door::EndUserKey);
         let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
         let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
         let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
@@ -613,6 +613,10 @@ impl Proxy {
             ResponseDlp::Off => Counts::new(),
             _ => scan::headers(&self.scanner, &mut parts.headers, mode == ResponseDlp::Mask),
         };
+        if mode != ResponseDlp::Off {
+            // Ranges are not forwarded here: none are offered.
+            parts.headers.remove(header::ACCEPT_RANGES);
+        }
         if mode == ResponseDlp::Block && !in_headers.is_empty() {
             return (
                 refuse(
@@ -1012,7 +1016,7 @@ impl Proxy {
                 detail.insert("dlp".into(), json!(counts));
                 // Approved after a wait: only for a key still good.
                 if let Some(key) = &target.key {
-                    if let Err(r) = self.door.still_names(key, principal).await {
+                    if let Err(r) = self.door.still_names(&key.0, principal).await {
                         detail.insert(
                             "withheld".into(),
                             json!("the end user's key is no longer good"),

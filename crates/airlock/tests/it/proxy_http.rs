@@ -927,6 +927,14 @@ async fn scanned_answers_are_whole_and_the_service_hears_who_from_us() {
     )
     .await;
     assert_eq!(st, 200);
+    let hits = up.hits().len();
+    let (st, _) = fetch(
+        "/exports/public.csv".into(),
+        vec![token.clone(), ("Airlock_Principal", "admin".into())],
+    )
+    .await;
+    assert_eq!(st, 400, "read as Airlock-Principal by CGI-style servers");
+    assert_eq!(up.hits().len(), hits);
     let said: Vec<String> = up
         .hits()
         .last()
