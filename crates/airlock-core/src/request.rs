@@ -259,6 +259,19 @@ impl Request {
             .all(|(n, t)| *n >= t.quorum.get())
     }
 
+    /// `user`'s review, if it stands: an approval that no longer counts
+    /// (the request was raised to a step-up it did not pass) does not, and
+    /// may be given again with the step-up. After-the-fact reviews of
+    /// break-glass ask for none, so they always stand.
+    pub fn standing_review(&self, user: &UserName) -> Option<&Review> {
+        self.reviews.iter().find(|r| {
+            r.reviewer == *user
+                && (self.requirement.breakglass
+                    || r.verdict != Verdict::Approve
+                    || r.passed(self.requirement.step_up.as_deref()))
+        })
+    }
+
     /// Whether `user` may review this request under the given membership.
     pub fn eligible_reviewer(
         &self,
@@ -297,6 +310,60 @@ mod tests {
         assert!(Approved.can_become(Revoked));
         assert!(!Approved.can_become(Cancelled));
         assert!(!Approved.can_become(Denied));
+    }
+
+    /// An approval raised past by a step-up it did not pass does not stand
+    /// (its reviewer is asked again); a deny, a passing approval and any
+    /// after-the-fact review of break-glass do.
+    #[test]
+    fn an_approval_without_the_asked_step_up_does_not_stand() {
+        let action: Action = serde_json::from_value(serde_json::json!({
+            "principal": "alice", "action": "export",
+            "resource": {"type": "Table", "id": "t"}
+        }))
+        .unwrap();
+        let review = |who: &str, verdict, step_up: Option<&str>| Review {
+            reviewer: UserName::parse(who).unwrap(),
+            verdict,
+            reason: None,
+            channel: "api".into(),
+            at: Utc::now(),
+            step_up: step_up.map(str::to_owned),
+        };
+        let mut req = Request {
+            id: RequestId::new(),
+            status: RequestStatus::Pending,
+            fingerprint: action.fingerprint(),
+            action,
+            requirement: crate::Requirement {
+                thresholds: Vec::new(),
+                request_ttl: crate::decision::DEFAULT_REQUEST_TTL,
+                grant_ttl: crate::decision::DEFAULT_GRANT_TTL,
+                max_uses: std::num::NonZeroU32::MIN,
+                reason_required: false,
+                step_up: Some("webauthn".into()),
+                breakglass: false,
+            },
+            policies: Vec::new(),
+            reason: None,
+            reviews: vec![
+                review("bob", Verdict::Approve, Some("totp")),
+                review("carol", Verdict::Approve, Some("webauthn")),
+                review("dave", Verdict::Deny, None),
+            ],
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+            grant: None,
+        };
+        let stands = |req: &Request, who: &str| {
+            req.standing_review(&UserName::parse(who).unwrap())
+                .is_some()
+        };
+        assert!(!stands(&req, "bob"), "a code where a key is asked");
+        assert!(stands(&req, "carol") && stands(&req, "dave"));
+        assert!(!stands(&req, "erin"), "never reviewed");
+        req.requirement.breakglass = true;
+        assert!(stands(&req, "bob"), "after the fact, no step-up is asked");
     }
 
     #[test]

@@ -358,9 +358,7 @@ fn card(airlock: &Airlock, req: &airlock_core::Request, user: &WebUser) -> pages
     pages::Card {
         facts: show::facts_line(&facts),
         reviewed_by_me: req
-            .reviews
-            .iter()
-            .find(|rv| rv.reviewer == user.caller.user)
+            .standing_review(&user.caller.user)
             .map(|rv| pages::past(rv.verdict.as_str()).to_owned()),
         request,
     }
@@ -499,8 +497,9 @@ async fn request_page(
                 loaded.directory.is_member(u, g)
             };
             pages::Allowed {
-                // Once reviewed, the form gives way to each approver's state.
-                review: !req.reviews.iter().any(|rv| rv.reviewer == *me)
+                // Once reviewed, the form gives way to each approver's state
+                // (an approval raised past by a step-up asks again).
+                review: req.standing_review(me).is_none()
                     && if req.requirement.breakglass {
                         airlock.may_review_breakglass(&user.caller, &req)
                     } else {
@@ -534,7 +533,7 @@ async fn request_page(
                 let next = waiting
                     .requests
                     .iter()
-                    .find(|r| r.id != req.id && !r.reviews.iter().any(|rv| rv.reviewer == *me))
+                    .find(|r| r.id != req.id && r.standing_review(me).is_none())
                     .map(|r| r.id.to_string());
                 (Some(v), next)
             }
