@@ -466,6 +466,7 @@ async fn complete(
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     /// Records after this `seq` (default 0: from the first).
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// At most this many, 1 to 10000 (default 100).
     #[param(minimum = 1)]
@@ -557,8 +558,10 @@ async fn audit_inclusion(
 #[serde(deny_unknown_fields)]
 struct ConsistencyQuery {
     /// The older tree's size.
+    #[param(minimum = 1)]
     from: u64,
     /// The newer tree's size (default: the newest checkpoint's).
+    #[param(minimum = 1)]
     to: Option<u64>,
 }
 

@@ -305,7 +305,15 @@ mod tests {
             assert_eq!(param(path, "limit")["minimum"], 1, "{path}");
         }
         assert_eq!(param("/v1/requests/{id}", "wait")["minimum"], 0);
-        assert_eq!(param("/v1/audit/proof/inclusion", "seq")["minimum"], 1);
+        assert_eq!(param("/v1/audit", "after")["minimum"], 0);
+        for (path, name) in [
+            ("/v1/audit/proof/inclusion", "seq"),
+            ("/v1/audit/proof/inclusion", "size"),
+            ("/v1/audit/proof/consistency", "from"),
+            ("/v1/audit/proof/consistency", "to"),
+        ] {
+            assert_eq!(param(path, name)["minimum"], 1, "{name} of {path}");
+        }
     }
 
     #[test]
