@@ -152,6 +152,22 @@ async fn run_checkpoints(airlock: Arc<Airlock>) {
 pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     let keys = airlock.keys.clone();
     let origin = airlock.config.load().audit_origin();
+    // What this log signed before, as the witness folders keep it (the
+    // database's owner cannot rewrite them): the tree must still extend it.
+    let mut signed: Vec<(String, TreeHead)> = Vec::new();
+    for dir in airlock.config.load().witness_dirs() {
+        match witness::newest(&dir, &origin) {
+            Ok(Some(note)) => {
+                if let Ok(head) = airlock_keys::open_note(&note, &keys.public().audit) {
+                    signed.push((format!("the witness folder {}", dir.display()), head));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not read a witness folder")
+            }
+        }
+    }
     let (seq, note) = airlock
         .store
         .write(move |tx| {
@@ -168,6 +184,31 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             let size_i = i64::try_from(size).unwrap_or(i64::MAX);
             if size == 0 || size_i <= last {
                 return Ok((seq, None));
+            }
+            // Never sign a tree that does not extend one signed before
+            // (its records rewritten, removed or rolled back): that would
+            // put the log's key under two histories.
+            if let Some((_, note)) = tx.audit_notes()?.last() {
+                if let Ok(head) = airlock_keys::open_note(note, &keys.public().audit) {
+                    signed.push(("the store".to_owned(), head));
+                }
+            }
+            for (place, head) in &signed {
+                let root_then = if head.size > size {
+                    None
+                } else {
+                    let mut nodes = |l: u32, i: u64| tx.audit_tree_node(l, i).ok().flatten();
+                    merkle::root(&mut nodes, head.size).ok()
+                };
+                if root_then != Some(head.root) {
+                    return Err(StoreError::Corrupt(format!(
+                        "the audit log of {size} records does not extend the checkpoint of {} \
+                         records this log signed (kept in {place}): records were changed, removed \
+                         or rolled back; no checkpoint is signed until `airlock audit verify` is \
+                         run and the log restored",
+                        head.size
+                    )));
+                }
             }
             let root = {
                 let mut nodes = |l: u32, i: u64| tx.audit_tree_node(l, i).ok().flatten();

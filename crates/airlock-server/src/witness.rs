@@ -52,6 +52,34 @@ pub fn write(dir: &Path, origin: &str, size: u64, note: &str) -> std::io::Result
     }
 }
 
+/// The newest checkpoint of `origin` in `dir` (the largest size its file
+/// name gives), read; `None` when there is none.
+pub fn newest(dir: &Path, origin: &str) -> std::io::Result<Option<String>> {
+    // Sizes are zero-padded: the greatest name is the largest size.
+    let zero = file_name(origin, 0);
+    let prefix = zero
+        .strip_suffix(&format!("{:020}.note", 0))
+        .unwrap_or(&zero);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut newest: Option<String> = None;
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix)
+            && name.ends_with(".note")
+            && newest.as_ref().is_none_or(|n| name > *n)
+        {
+            newest = Some(name);
+        }
+    }
+    newest
+        .map(|n| std::fs::read_to_string(dir.join(n)))
+        .transpose()
+}
+
 /// Every `*.note` file in `dir`, with its path, sorted by name.
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();

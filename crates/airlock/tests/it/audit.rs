@@ -152,6 +152,38 @@ fn witnessed(witness: &std::path::Path) -> Server {
     Server::serve(dir, &Db::Sqlite, 1, &data)
 }
 
+/// A log whose records and tree were rewritten in the database (and its
+/// stored checkpoints removed) is not signed again: the tree must extend
+/// what the witness folder keeps. The server used to sign the forged tree
+/// beside the witnessed one, putting its key under two histories (found
+/// by a black-box pass that re-chained a record and rebuilt the tree).
+#[tokio::test]
+async fn a_rewritten_log_is_not_signed_again() {
+    let witness = tempfile::tempdir().unwrap();
+    let s = witnessed(witness.path());
+    let alice = s.key("alice", "user");
+    let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    for _ in 0..4 {
+        s.post(&alice, "/v1/check", check()).await;
+    }
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
+    let (_, size) = note_of_at_least(witness.path(), head).await;
+    // Another tree of the same records (every kept node changed, as a
+    // rebuild over rewritten records would), and no stored checkpoint.
+    let leaf = s.sql_text("SELECT hash FROM audit_nodes WHERE pos = 0");
+    s.sql(&format!(
+        "UPDATE audit_nodes SET hash = '{}'; DELETE FROM audit_notes;",
+        "0".repeat(leaf.len())
+    ));
+    for _ in 0..4 {
+        s.post(&alice, "/v1/check", check()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, newest) = note_of_at_least(witness.path(), size).await;
+    assert_eq!(newest, size, "nothing signed over the rewritten tree");
+    assert_eq!(s.sql_i64("SELECT COUNT(*) FROM audit_notes"), 0);
+}
+
 /// An export taken while the server runs, before its first checkpoint,
 /// signs the tree it wrote, so the outsider's check passes; checkpoints
 /// the server signs after the records were read are left out.
