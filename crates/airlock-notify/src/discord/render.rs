@@ -140,19 +140,28 @@ pub fn render(
                 .unwrap_or_default()
         ));
     }
+    // A value cut short here is approved only where it is shown whole (a
+    // long comment in params pushed the SQL out of the message, and its
+    // Approve button still approved it; found by a black-box pass).
+    let mut cut = [resource.as_str(), view["reason"].as_str().unwrap_or("")]
+        .iter()
+        .any(|s| markdown_code(s, MAX_VALUE) != markdown_code(s, usize::MAX))
+        || markdown_json(&view["params"], MAX_VALUE) != markdown_json(&view["params"], usize::MAX);
     let last = format!("**Request {status}.** {link}");
     let mut content = lines.join("\n");
     // Keep within Discord's limit, and keep the last line (the state and
     // the link) whole.
     let room = MAX_CONTENT.saturating_sub(last.chars().count() + 2);
+    cut |= content.chars().count() > room;
     content = truncate(&content, room).into_owned();
     content.push('\n');
     content.push_str(&last);
     let components = if view["status"] == "pending" {
         // An approval that needs step-up is made in the console, where the
         // code is asked: a link button (style 5) opens it.
-        let approve = if view["step_up"].is_string() {
-            json!({"type": 2, "style": 5, "label": "Approve in the console (step-up)", "url": link})
+        let approve = if view["step_up"].is_string() || cut {
+            let why = if cut { "shown whole there" } else { "step-up" };
+            json!({"type": 2, "style": 5, "label": format!("Approve in the console ({why})"), "url": link})
         } else {
             json!({"type": 2, "style": 3, "label": "Approve", "custom_id": format!("approve:{id}")})
         };
@@ -190,6 +199,13 @@ mod tests {
         );
         assert!(approve.get("custom_id").is_none());
         assert_eq!(components[0]["components"][1]["custom_id"], "deny:req_x");
+        // Params cut short: approved only in the console, where they are whole.
+        view["step_up"] = Value::Null;
+        view["params"] =
+            json!({"a_comment": "routine ".repeat(200), "sql": "COPY customers TO PROGRAM 'curl'"});
+        let (content, components, _) = render(&view, &ids, link);
+        assert!(!content.contains("TO PROGRAM"), "cut: {content}");
+        assert_eq!(components[0]["components"][0]["style"], 5);
         let bg = json!({"id": "req_x", "status": "approved", "principal": "oscar", "action": "export",
             "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": [], "breakglass": true});
         let (content, _, _) = render(&bg, &ids, link);

@@ -131,12 +131,20 @@ pub fn render(
     if !reviews.is_empty() {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": reviews.join(" · ")}]}));
     }
+    // A value cut short here is approved only where it is shown whole: a
+    // long comment in params pushed the SQL out of the message, and its
+    // Approve button still approved it (found by a black-box pass).
+    let cut = [resource.as_str(), view["reason"].as_str().unwrap_or("")]
+        .iter()
+        .any(|s| mrkdwn_code(s, MAX_VALUE) != mrkdwn_code(s, usize::MAX))
+        || mrkdwn_json(&view["params"], MAX_VALUE) != mrkdwn_json(&view["params"], usize::MAX);
     if status == "pending" {
         // An approval that needs step-up is made in the console, where the
         // code is asked: the button opens it instead of approving here.
-        let approve = if view["step_up"].is_string() {
+        let approve = if view["step_up"].is_string() || cut {
+            let why = if cut { "shown whole there" } else { "step-up" };
             json!({"type": "button", "action_id": "open_console", "style": "primary", "url": link,
-                   "text": {"type": "plain_text", "text": "Approve in the console (step-up)"}})
+                   "text": {"type": "plain_text", "text": format!("Approve in the console ({why})")}})
         } else {
             json!({"type": "button", "action_id": "approve", "style": "primary", "value": id,
                    "text": {"type": "plain_text", "text": "Approve"}})
@@ -216,6 +224,20 @@ mod tests {
             actions["elements"][1]["action_id"], "deny",
             "deny needs no code"
         );
+        // Params cut short: approved only in the console, where they are whole.
+        view["step_up"] = Value::Null;
+        view["params"] =
+            json!({"a_comment": "routine ".repeat(200), "sql": "COPY customers TO PROGRAM 'curl'"});
+        let (_, blocks) = render(&view, &ids, link);
+        assert!(!blocks.to_string().contains("TO PROGRAM"), "cut: {blocks}");
+        let actions = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap()
+            .clone();
+        assert_eq!(actions["elements"][0]["action_id"], "open_console");
         // Break-glass is said first.
         let bg = json!({"id": "req_x", "status": "approved", "principal": "oscar", "action": "export",
             "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": [], "breakglass": true});
