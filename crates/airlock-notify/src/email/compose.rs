@@ -29,8 +29,13 @@ pub struct Mail {
 /// heard of the request. The body keeps the whole id.
 const MAX_SUBJECT: usize = 160;
 
-/// `subject`, cut to [`MAX_SUBJECT`] characters with an ellipsis.
+/// `subject`, cut to [`MAX_SUBJECT`] characters with an ellipsis, with no
+/// RFC 2047 encoded-word left in it: mail clients decode `=?utf-8?b?…?=`
+/// in a Subject, so a resource id could put any text (a right-to-left
+/// override, "pre-approved by security") in the approver's inbox line
+/// (found by a black-box pass). Its `?` is shown full-width instead.
 fn shortened(subject: String) -> String {
+    let subject = subject.replace("=?", "=\u{FF1F}");
     match subject.char_indices().nth(MAX_SUBJECT) {
         None => subject,
         Some((end, _)) => format!("{}…", &subject[..end]),
@@ -150,5 +155,7 @@ mod tests {
         assert_eq!(cut.chars().count(), MAX_SUBJECT + 1);
         assert!(cut.len() < 998 && cut.ends_with('…'));
         assert_eq!(shortened("short".into()), "short");
+        let word = shortened("Approval needed: x:=?utf-8?b?cHJvZC5vcmRlcnM=?=".into());
+        assert!(!word.contains("=?"), "{word}");
     }
 }
