@@ -32,7 +32,19 @@ pub fn is_hidden(c: char) -> bool {
         // Braille pattern: not format characters, but show as nothing, so
         // they can pad or split a word unseen.
         '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
-    )
+        // Variation selectors (also Mongolian's) and Khmer's inherent
+        // vowels: marks that show as nothing after a letter, so
+        // `prod.customers\u{fe0f}` looked like `prod.customers` (found by
+        // a black-box pass); unassigned code points Unicode reserves as
+        // ignorable.
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{E0100}'..='\u{E01EF}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{17B4}'..='\u{17B5}'
+        | '\u{2065}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{E0000}'..='\u{E0FFF}'
+    ) || (c != ' ' && c.general_category() == GeneralCategory::SpaceSeparator)
 }
 
 /// Whether `s` holds any character [`is_hidden`] finds.
@@ -217,9 +229,18 @@ mod tests {
             '\u{2029}',
             '\u{3164}',
             '\u{e0041}',
+            '\u{fe0f}',
+            '\u{e0100}',
+            '\u{180b}',
+            '\u{17b4}',
+            '\u{2065}',
+            '\u{a0}',
+            '\u{2007}',
+            '\u{3000}',
         ] {
             assert!(is_hidden(c), "{:x}", u32::from(c));
         }
+        assert!(!is_hidden(' '));
         assert_eq!(visible("ad\u{200b}min"), "ad\\u{200b}min");
         assert_eq!(visible("tag\u{e0041}"), "tag\\u{e0041}");
     }

@@ -1052,11 +1052,13 @@ pub(crate) fn audit(
                                 td { (r["seq"].as_i64().unwrap_or(0)) }
                                 td { (r["ts"].as_str().unwrap_or("")) }
                                 td { (r["kind"].as_str().unwrap_or("")) }
-                                td { (r["actor"].as_str().unwrap_or("")) }
+                                // Actor and subject can be typed by anyone
+                                // (a failed sign-in's user name): marked.
+                                td { (untrusted(r["actor"].as_str().unwrap_or(""))) }
                                 td {
                                     @let subject = r["subject"].as_str().unwrap_or("");
-                                    @if subject.starts_with("req_") { a href=(format!("/requests/{subject}")) { code { (subject) } } }
-                                    @else { code { (subject) } }
+                                    @if subject.starts_with("req_") { a href=(format!("/requests/{subject}")) { code { (untrusted(subject)) } } }
+                                    @else { code { (untrusted(subject)) } }
                                 }
                                 td { (untrusted_json_line(&r["details"])) }
                             }
