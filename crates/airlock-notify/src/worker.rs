@@ -38,10 +38,13 @@ const CALLS_PER_MESSAGE: u32 = 4;
 /// dead webhook delay every Slack message and email by its timeout, each).
 const LANES: usize = 4;
 
-/// The targets this node has claimed messages for and not yet recorded
-/// the outcome of. A lane leaves their other messages for later, so a slow
-/// receiver holds up its own messages only, and one receiver's messages
-/// leave one at a time, in order.
+/// The receivers ([`airlock_store::receiver_of`]: every Slack target is
+/// one, every Discord one) this node has claimed messages for and not yet
+/// recorded the outcome of. A lane leaves their other messages for later,
+/// so a slow receiver holds up its own messages only, and a receiver's
+/// messages leave this node one at a time, oldest first. Not in order:
+/// a message put back for a retry, which the next one may overtake, and
+/// messages to one receiver from two nodes.
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Held from reading the busy targets until the claimed message's
@@ -219,12 +222,15 @@ pub async fn deliver_due(
                 move |tx| tx.claim_outbox(t, lease, BATCH, &claim, &busy)
             })
             .await?;
-        let held: Vec<Held<'_>> = due.iter().map(|m| in_flight.hold(&m.target)).collect();
+        let held: Vec<Held<'_>> = due
+            .iter()
+            .map(|m| in_flight.hold(airlock_store::receiver_of(&m.target)))
+            .collect();
         (due, held)
     };
     let claimed = due.len();
-    // Each target stays held until its outcome is recorded: a message put
-    // back for a retry is not overtaken by the next one meanwhile.
+    // Each receiver stays held until the outcome is recorded: no other
+    // lane sends it anything while this message is on its way.
     for (msg, _held) in due.into_iter().zip(held) {
         let result = send(host, http, &config, &msg, timeout).await;
         let (id, c) = (msg.id.clone(), claim.clone());

@@ -273,9 +273,12 @@ pub trait WriteTx: ReadTx {
     /// them until `lease_until` (a node that dies mid-delivery lets the
     /// lease lapse, and another attempt follows).
     /// `claim` marks the rows as this attempt's, so only it can record
-    /// their outcome. Messages to a target in `busy` (being delivered to
-    /// by this node now) are left for later, so one slow receiver holds
-    /// up its own messages only.
+    /// their outcome. Messages whose receiver is in `busy` (being
+    /// delivered to by this node now) are left for later, so one slow
+    /// receiver holds up its own messages only. A receiver is the target,
+    /// except that every `slack:…` target is `slack` and every
+    /// `discord:…` one `discord` (a message's update must not overtake
+    /// its post); see [`receiver_of`].
     fn claim_outbox(
         &mut self,
         now: DateTime<Utc>,
@@ -719,3 +722,17 @@ impl Location {
 
 #[cfg(test)]
 mod tests;
+
+/// The receiver an outbox target is delivered to, as `claim_outbox`'s
+/// `busy` names it: every Slack target is one receiver (`slack`), every
+/// Discord one `discord`, anything else the target itself. The stores'
+/// claim queries say the same in SQL.
+pub fn receiver_of(target: &str) -> &str {
+    if target.starts_with("slack:") {
+        "slack"
+    } else if target.starts_with("discord:") {
+        "discord"
+    } else {
+        target
+    }
+}

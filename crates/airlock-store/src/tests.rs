@@ -86,6 +86,8 @@ both_backends!(
     audit_search_filters,
     synced_groups_round_trip_and_reach_every_node,
     outbox_claims_lease_retry_and_give_up,
+    a_busy_chat_platform_holds_all_its_targets,
+    an_approval_is_strengthened_once,
     listings_filter_by_visibility_page_and_survive_the_backfill,
     api_keys_are_listed_revoked_once_and_expire,
     a_revocation_is_seen_by_the_next_read_everywhere,
@@ -757,6 +759,73 @@ async fn synced_groups_round_trip_and_reach_every_node(home: &Home) {
     assert!(heard.is_ok(), "the other node hears that groups changed");
     let synced = b.read(|r| r.synced_groups()).await.unwrap();
     assert_eq!(synced, vec![(dave, groups)]);
+}
+
+/// Every Slack target is one receiver (`slack`), every Discord one
+/// `discord`: a message's update is not claimed while its post is out.
+async fn a_busy_chat_platform_holds_all_its_targets(home: &Home) {
+    let a = home.open();
+    let t = now();
+    let msg = |id: &str, target: &str| crate::OutboxMessage {
+        id: id.into(),
+        target: target.into(),
+        event: "request.reviewed".into(),
+        payload: "{}".into(),
+        status: "pending".into(),
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: t,
+        created_at: t,
+        delivered_at: None,
+    };
+    let (m1, m2) = (msg("msg_1", "slack:update"), msg("msg_2", "discord:dm:42"));
+    a.write(move |tx| {
+        tx.enqueue(&m1)?;
+        tx.enqueue(&m2)
+    })
+    .await
+    .unwrap();
+    let lease = t + chrono::Duration::seconds(30);
+    let busy = vec![crate::receiver_of("slack:post:C1").to_owned()];
+    let claimed = a
+        .write(move |tx| tx.claim_outbox(t, lease, 10, "claim-a", &busy))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["msg_2"], "Slack busy, Discord not");
+}
+
+/// An approval raised past by a step-up is replaced by one that passed
+/// it, once: the update is conditional on the step-up it replaces.
+async fn an_approval_is_strengthened_once(home: &Home) {
+    let s = home.open();
+    let req = request("alice");
+    let id = req.id;
+    s.write(move |tx| tx.insert_request(&req)).await.unwrap();
+    let bob = airlock_core::UserName::parse("bob").unwrap();
+    let review = |step_up: Option<&str>| airlock_core::Review {
+        reviewer: bob.clone(),
+        verdict: airlock_core::Verdict::Approve,
+        reason: None,
+        channel: "api".into(),
+        at: now(),
+        step_up: step_up.map(str::to_owned),
+    };
+    let (plain, coded) = (review(None), review(Some("totp")));
+    let (first, second) = s
+        .write(move |tx| {
+            assert!(tx.insert_review(&id, &plain)?);
+            Ok::<_, StoreError>((
+                tx.strengthen_review(&id, None, &coded)?,
+                tx.strengthen_review(&id, None, &coded)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((first, second), (true, false));
+    let got = s.read(move |r| r.get_request(&id)).await.unwrap().unwrap();
+    assert_eq!(got.reviews.len(), 1);
+    assert_eq!(got.reviews[0].step_up.as_deref(), Some("totp"));
 }
 
 async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
