@@ -80,6 +80,33 @@ pub fn newest(dir: &Path, origin: &str) -> std::io::Result<Option<String>> {
         .transpose()
 }
 
+/// The notes in a witness file's `text`: one, or several appended one
+/// after another (a witness kept as one append-only file). Lines after a
+/// note's signatures that are not signatures begin the next note, so junk
+/// there is a note that does not open, never skipped (only the first note
+/// of such a file was read, so a rollback past the others went unseen;
+/// found by a black-box pass).
+pub fn notes_in(text: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut note = String::new();
+    let mut in_signatures = false;
+    for line in text.split_inclusive('\n') {
+        if in_signatures && !line.starts_with("\u{2014} ") {
+            notes.push(std::mem::take(&mut note));
+            in_signatures = false;
+        }
+        if !in_signatures && line == "\n" && !note.is_empty() {
+            in_signatures = true;
+        }
+        note.push_str(line);
+    }
+    // An empty file is one note that does not open, not none.
+    if !note.is_empty() || notes.is_empty() {
+        notes.push(note);
+    }
+    notes
+}
+
 /// Every `*.note` file in `dir`, with its path, sorted by name.
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();

@@ -516,11 +516,18 @@ fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String,
     for dir in cfg.witness_dirs() {
         let found = witness::read_all(&dir)
             .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
-        labelled.extend(
-            found
-                .into_iter()
-                .map(|(path, note)| (path.display().to_string(), note)),
-        );
+        for (path, text) in found {
+            let notes = witness::notes_in(&text);
+            let many = notes.len() > 1;
+            for (i, note) in notes.into_iter().enumerate() {
+                let label = if many {
+                    format!("{} (note {} in the file)", path.display(), i + 1)
+                } else {
+                    path.display().to_string()
+                };
+                labelled.push((label, note));
+            }
+        }
     }
     Ok(labelled)
 }

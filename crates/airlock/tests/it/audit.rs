@@ -184,6 +184,54 @@ async fn a_rewritten_log_is_not_signed_again() {
     assert_eq!(s.sql_i64("SELECT COUNT(*) FROM audit_notes"), 0);
 }
 
+/// Notes appended to one witness file are each checked: only the first
+/// was, so a log rolled back past the later ones verified (found by a
+/// black-box pass). A line after the signatures that is not a note fails.
+#[tokio::test]
+async fn every_note_of_an_appended_witness_file_is_checked() {
+    let witness = tempfile::tempdir().unwrap();
+    let mut s = witnessed(witness.path());
+    let alice = s.key("alice", "user");
+    let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
+    s.post(&alice, "/v1/check", check()).await;
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
+    let (_, first) = note_of_at_least(witness.path(), head).await;
+    for _ in 0..3 {
+        s.post(&alice, "/v1/check", check()).await;
+    }
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
+    note_of_at_least(witness.path(), head).await;
+    stop(&mut s);
+    let mut files: Vec<_> = std::fs::read_dir(witness.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for f in &files {
+        std::fs::remove_file(f).unwrap();
+    }
+    let one = witness.path().join("all.note");
+    std::fs::write(&one, &all).unwrap();
+    let config = s.config().to_str().unwrap().to_owned();
+    let (code, out) = airlock(&["audit", "verify", "--config", &config]);
+    assert_eq!(code, 0, "every note holds: {out}");
+    // Rolled back to the first checkpoint, with what came after.
+    s.sql(&format!(
+        "DELETE FROM audit WHERE seq > {first}; DELETE FROM audit_notes WHERE size > {first}; \
+         DELETE FROM checkpoints WHERE seq > {first};"
+    ));
+    let (code, out) = airlock(&["audit", "verify", "--config", &config]);
+    assert_eq!(code, 1, "a later note in the file: {out}");
+    let whole_first = airlock_server::witness::notes_in(&all).remove(0);
+    std::fs::write(&one, format!("{whole_first}not a signature\n")).unwrap();
+    let (code, out) = airlock(&["audit", "verify", "--config", &config]);
+    assert_eq!(code, 1, "junk after a signature line: {out}");
+}
+
 /// An export taken while the server runs, before its first checkpoint,
 /// signs the tree it wrote, so the outsider's check passes; checkpoints
 /// the server signs after the records were read are left out.
