@@ -225,19 +225,24 @@ pub fn audit_verify(
     // witness folders: a log shorter than, or diverging from, any of them
     // fails, naming it.
     let mut tree_checkpoints = 0;
+    let mut covered = 0;
     if broken.is_none() {
         match crate::audit::verify_tree(&cfg, &keys)? {
-            Ok(check) => tree_checkpoints = check.checkpoints(),
+            Ok(check) => {
+                tree_checkpoints = check.checkpoints();
+                covered = check.covered();
+            }
             // A checkpoint the log disagrees with names no one record.
             Err(why) => broken = Some(Broken { seq: None, why }),
         }
     }
+    let unwitnessed = u64::try_from(head).unwrap_or(0).saturating_sub(covered);
     match broken {
         None => {
             if out.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints, "proven": head == 0 || n_cp + tree_checkpoints > 0})
+                    json!({"ok": true, "records": head, "head_hash": hash.to_string(), "checkpoints": n_cp, "tree_checkpoints": tree_checkpoints, "proven": head == 0 || n_cp + tree_checkpoints > 0, "unwitnessed": unwitnessed})
                 );
             } else if n_cp + tree_checkpoints == 0 && head > 0 {
                 // Consistent, but no signature vouches for it yet: say so
@@ -250,6 +255,14 @@ pub fn audit_verify(
                 println!(
                     "audit log verified: {head} records, {n_cp} signed checkpoints, {tree_checkpoints} tree checkpoints, head {hash}"
                 );
+                if unwitnessed > 0 {
+                    // Records after the newest tree checkpoint are as the
+                    // database holds them: anyone who can write it could
+                    // have added them (the chain is not a signature).
+                    println!(
+                        "{unwitnessed} records after the newest tree checkpoint ({covered} records) are not covered by one yet"
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -67,6 +67,11 @@ impl LogCheck {
         self.heads.values().map(Vec::len).sum()
     }
 
+    /// How many records the newest tree checkpoint covers (0 with none).
+    pub fn covered(&self) -> u64 {
+        self.heads.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// Keeps the root if a checkpoint covers exactly the records so far.
     fn take_roots(&mut self) {
         if self.heads.contains_key(&self.records) {

@@ -217,8 +217,12 @@ async fn every_note_of_an_appended_witness_file_is_checked() {
     let one = witness.path().join("all.note");
     std::fs::write(&one, &all).unwrap();
     let config = s.config().to_str().unwrap().to_owned();
-    let (code, out) = airlock(&["audit", "verify", "--config", &config]);
+    let (code, out) = airlock(&["audit", "verify", "--config", &config, "--json"]);
     assert_eq!(code, 0, "every note holds: {out}");
+    assert!(
+        out.contains("\"unwitnessed\":0"),
+        "signed at shutdown: {out}"
+    );
     // Rolled back to the first checkpoint, with what came after.
     s.sql(&format!(
         "DELETE FROM audit WHERE seq > {first}; DELETE FROM audit_notes WHERE size > {first}; \
