@@ -202,18 +202,50 @@ struct Broken {
     why: String,
 }
 
+/// The data directory's audit keys that the deployment's registry holds:
+/// the current one, and each retired one `keys rotate-audit` registered. A
+/// retired key file planted in `keys/` with no registry entry is not
+/// trusted (found by a black-box pass: a note signed by a planted key
+/// verified), and is named on standard error.
+fn registered_audit_keys(
+    db: &ReadOnlyStore,
+    found: Vec<airlock_keys::PublicKey>,
+) -> anyhow::Result<Vec<airlock_keys::PublicKey>> {
+    let mut keys = Vec::with_capacity(found.len());
+    for (i, key) in found.into_iter().enumerate() {
+        if i == 0 {
+            keys.push(key);
+            continue;
+        }
+        let purpose = format!("audit-retired-{}", key.id());
+        let registered = db.read(move |r| r.signing_key(&purpose))?;
+        if registered.as_deref().map(str::trim) == Some(key.paserk().as_str()) {
+            keys.push(key);
+        } else {
+            eprintln!(
+                "ignoring the retired audit key {} in the keys folder: the deployment's registry does not hold it",
+                key.id()
+            );
+        }
+    }
+    Ok(keys)
+}
+
 pub fn audit_verify(
     config: &Path,
     public_key: Option<&str>,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
+    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let keys = match public_key {
         Some(k) => crate::audit::public_keys(k)?,
-        None => Keyring::audit_keys(&cfg.data_dir().join("keys"))
-            .context("reading the audit public keys (or pass --public-key)")?,
+        None => {
+            let found = Keyring::audit_keys(&cfg.data_dir().join("keys"))
+                .context("reading the audit public keys (or pass --public-key)")?;
+            registered_audit_keys(&db, found)?
+        }
     };
-    let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let chain_keys = keys.clone();
     let found = db.read(move |r| verify_chain(r, &chain_keys))?;
     let (head, hash, n_cp) = (found.head, found.head_hash, found.checkpoints);

@@ -922,6 +922,27 @@ async fn the_audit_key_rotates_and_old_checkpoints_still_verify() {
     );
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("ignoring"),
+        "the rotated key is registered: {out}"
+    );
+    // A retired key file the registry does not hold is not trusted.
+    use base64::Engine;
+    let planted = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let paserk = format!(
+        "k4.public.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(planted.as_bytes())
+    );
+    let keys = s.dir.path().join("data/keys");
+    std::fs::write(
+        keys.join("audit-retired-planted.pub"),
+        format!("{paserk}\n"),
+    )
+    .unwrap();
+    let (code, out) = s.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ignoring the retired audit key"), "{out}");
+    std::fs::remove_file(keys.join("audit-retired-planted.pub")).unwrap();
 
     let export = tempfile::tempdir().unwrap();
     let e = export.path().join("x");
