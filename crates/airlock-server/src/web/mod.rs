@@ -142,7 +142,21 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Page {
-    // Login CSRF: the form must come from a page this browser loaded.
+    // Login CSRF: the form must come from a page of this origin. The
+    // double-submit cookie alone is not enough: a page on another port or
+    // a sibling host can set that cookie (cookies know no ports) and post
+    // the same value, signing the approver in as someone else (found by a
+    // black-box pass). Browsers say where a form came from.
+    let from = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(from, "cross-site" | "same-site") {
+        return Err(fail(
+            None,
+            ApiError::forbidden("sign in from the console's own sign-in page"),
+        ));
+    }
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !same_secret(&form.csrf, &expected) {
         return Err(fail(

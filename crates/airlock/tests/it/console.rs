@@ -466,7 +466,7 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
     // Password guessing stops after five failures in a row, on every node
     // (the count is read from the audit log), even for the right password.
     set_password(&s, "carol", "carol's long password");
-    let attempt = |password: &'static str| {
+    let attempt_from = |password: &'static str, site: &'static str| {
         let (http, base) = (http.clone(), s.url.clone());
         async move {
             let form = http.get(format!("{base}/login")).send().await.unwrap();
@@ -484,6 +484,7 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
             let r = http
                 .post(format!("{base}/login"))
                 .header("cookie", format!("airlock_login_csrf={token}"))
+                .header("sec-fetch-site", site)
                 .form(&[
                     ("csrf", token.as_str()),
                     ("username", "carol"),
@@ -495,6 +496,13 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
+    let attempt = |password: &'static str| attempt_from(password, "same-origin");
+    // Login CSRF: a form posted from another port or a sibling host, which
+    // can set the double-submit cookie itself, signs nobody in.
+    for site in ["same-site", "cross-site"] {
+        let (st, page) = attempt_from("carol's long password", site).await;
+        assert_eq!(st, 403, "{site}: {page}");
+    }
     for _ in 0..5 {
         assert_eq!(attempt("wrong guess").await.0, 401);
     }
