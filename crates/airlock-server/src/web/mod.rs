@@ -534,8 +534,17 @@ async fn request_page(
         let attrs = airlock.resource_attrs(&req.action.resource);
         let preview_checked = airlock.fact_is_checked("preview");
         // After a review: what happens next, and the next request waiting.
+        // Only the viewer's own verdict is confirmed: a link with
+        // `?done=deny` showed "You denied this request" on one they never
+        // reviewed (found by a black-box pass).
+        let mine = req
+            .reviews
+            .iter()
+            .rev()
+            .find(|rv| rv.reviewer == *me)
+            .map(|rv| rv.verdict.as_str());
         let (verdict, next) = match q.done.as_deref() {
-            Some(v @ ("approve" | "deny")) => {
+            Some(v @ ("approve" | "deny")) if mine == Some(v) => {
                 let waiting = airlock
                     .console_inbox(
                         &user.caller,

@@ -285,6 +285,22 @@ async fn console_audit_explorer_policy_simulator_and_overview() {
         }
     };
 
+    // A review's confirmation is shown for the viewer's own verdict only.
+    let (_, r) = s
+        .post(
+            &alice,
+            "/v1/check",
+            json!({"action": "export", "resource": {"type": "Table", "id": "c"}}),
+        )
+        .await;
+    let unreviewed = r["request"]["id"].as_str().unwrap().to_owned();
+    let (_, page) = get(&bob_cookie, &format!("/requests/{unreviewed}?done=deny")).await;
+    assert!(!page.contains("this request."), "never reviewed: {page}");
+    let (_, l) = s.get(&bob, "/v1/requests?status=approved").await;
+    let approved = l["requests"][0]["id"].as_str().unwrap().to_owned();
+    let (_, page) = get(&bob_cookie, &format!("/requests/{approved}?done=approve")).await;
+    assert!(page.contains("You approved this request."), "{page}");
+
     // The audit explorer: verified, filterable, exportable.
     let (st, page) = get(&bob_cookie, "/audit").await;
     assert_eq!(st, 200, "{page}");
