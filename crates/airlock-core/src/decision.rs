@@ -101,11 +101,16 @@ pub fn step_up_passes(have: Option<&str>, need: Option<&str>) -> bool {
 /// `other`. Where two policies (or a raised request) ask for different
 /// ones, a security key wins over a TOTP code whatever their order.
 pub fn stronger_step_up(mine: Option<String>, other: &Option<String>) -> Option<String> {
-    if step_up_passes(mine.as_deref(), other.as_deref()) {
-        mine
-    } else {
-        other.clone()
+    // One this release does not know wins in either order: nothing passes
+    // it, so it fails closed.
+    let known = |s: &Option<String>| matches!(s.as_deref(), None | Some("totp" | "webauthn"));
+    if !known(&mine) {
+        return mine;
     }
+    if !known(other) || !step_up_passes(mine.as_deref(), other.as_deref()) {
+        return other.clone();
+    }
+    mine
 }
 
 fn same_groups(a: &[GroupName], b: &[GroupName]) -> bool {
@@ -207,6 +212,9 @@ mod tests {
             assert!(strong.covers(&weak), "{b:?} covers {a:?}");
             assert!(!weak.covers(&strong), "{a:?} does not cover {b:?}");
         }
+        let sms = Some("sms".to_owned());
+        assert_eq!(stronger_step_up(Some("totp".into()), &sms), sms);
+        assert_eq!(stronger_step_up(sms.clone(), &Some("totp".into())), sms);
     }
 
     #[test]

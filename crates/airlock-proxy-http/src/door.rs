@@ -541,7 +541,13 @@ impl Door {
             Ok(Waited::Decided(view)) => {
                 // The key was good when the hold began; the grant is spent
                 // only for a key that still is, and still the same user's.
-                if let (Some(key), Some(user)) = (key, &check.principal) {
+                // (Only what would be forwarded: a denied request answers
+                // 403 as ever, whatever became of the key.)
+                let approved = matches!(
+                    view.status,
+                    RequestStatus::Approved | RequestStatus::Consumed | RequestStatus::Completed
+                );
+                if let (true, Some(key), Some(user)) = (approved, key, &check.principal) {
                     if let Err(r) = self.still_names(key, user).await {
                         return r.into();
                     }
