@@ -88,6 +88,10 @@ pub struct Statement {
     pub transaction_control: bool,
     /// Returns rows to the client (for result DLP).
     pub returns_rows: bool,
+    /// Takes row locks (`SELECT … FOR UPDATE/SHARE` anywhere in it): a
+    /// read that can stop every writer of those rows, told to policy as
+    /// `context.locks_rows`.
+    pub locks_rows: bool,
 }
 
 /// Why a query string is refused before any decision.
@@ -327,6 +331,7 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
         functions: BTreeSet::new(),
         transaction_control: false,
         returns_rows: false,
+        locks_rows: false,
     };
     // EXPLAIN ANALYZE runs its statement: an EXPLAIN is what it explains.
     let explain = top == "ExplainStmt";
@@ -499,6 +504,14 @@ impl Walk<'_> {
     /// `target` is how a relation met directly in this node's `relation`
     /// field is accessed.
     fn node(&mut self, kind: &str, body: &Value, _parent: Option<Access>) {
+        if kind == "SelectStmt"
+            && body
+                .get("locking_clause")
+                .and_then(Value::as_array)
+                .is_some_and(|l| !l.is_empty())
+        {
+            self.st.locks_rows = true;
+        }
         // How the relation in this node's `relation` field is written. A
         // MERGE writes what its WHEN clauses say, and an upsert's DO
         // UPDATE updates: each is decided as the write it is.
@@ -1135,6 +1148,14 @@ mod tests {
         // on the catalog's own name.
         let s = one("SELECT relname FROM pg_class");
         assert_eq!(tables(&s), vec![("sql.select", "pg_catalog.pg_class")]);
+    }
+
+    /// Row locks under a read are told to policy.
+    #[test]
+    fn row_locks_are_seen() {
+        assert!(one("SELECT * FROM t FOR UPDATE").locks_rows);
+        assert!(one("SELECT * FROM t WHERE id IN (SELECT id FROM u FOR SHARE)").locks_rows);
+        assert!(!one("SELECT * FROM t").locks_rows);
     }
 
     /// Two-phase commit is decided: COMMIT PREPARED can end a transaction

@@ -190,6 +190,7 @@ impl Decider {
         context.insert("statement".into(), json!(st.kind.kind()));
         context.insert("tables".into(), json!(tables));
         context.insert("has_where".into(), json!(st.has_where));
+        context.insert("locks_rows".into(), json!(st.locks_rows));
         context.insert("in_transaction".into(), json!(s.in_transaction));
         context.insert("functions".into(), json!(st.functions));
         context.insert("database".into(), json!(self.database));
