@@ -114,6 +114,19 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
+/// A resource as people read it, `TYPE:ID`, with an id that begins or ends
+/// with a space (or is empty) quoted: it names another resource than the
+/// id without, one its entity's tags do not cover, and would look the same
+/// (found by a black-box pass). Hidden characters are the caller's to
+/// escape ([`visible`]).
+pub fn resource_label(kind: &str, id: &str) -> String {
+    if id.is_empty() || id.trim() != id {
+        format!("{kind}:{id:?}")
+    } else {
+        format!("{kind}:{id}")
+    }
+}
+
 /// `s` on one line with every hidden character as its visible escape
 /// ([`escape_char`]): safe to print to a terminal, and no longer able to
 /// reorder, overwrite, colour or hide the text around it. Borrowed when

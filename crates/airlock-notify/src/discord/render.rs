@@ -80,8 +80,7 @@ pub fn render(
     let field = |v: &Value| markdown_text(v.as_str().unwrap_or(""), MAX_VALUE);
     let id = view["id"].as_str().unwrap_or("");
     let status = field(&view["status"]);
-    let resource = format!(
-        "{}:{}",
+    let resource = airlock_core::display::resource_label(
         view["resource"]["type"].as_str().unwrap_or(""),
         view["resource"]["id"].as_str().unwrap_or(""),
     );

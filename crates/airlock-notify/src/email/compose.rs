@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use airlock_core::display::{json_compact, visible};
+use airlock_core::display::{json_compact, resource_label, visible};
 use airlock_core::{Request, UserName};
 use airlock_store::time::fmt;
 use airlock_store::{StoreError, WriteTx};
@@ -84,18 +84,19 @@ impl Mail {
             // reason cannot add lines of its own, an override cannot
             // reorder the resource id.
             let subject = format!(
-                "Approval needed: {} wants to {} {}:{}",
+                "Approval needed: {} wants to {} {}",
                 req.action.principal,
                 req.action.action,
-                req.action.resource.kind,
-                visible(req.action.resource.id.as_str())
+                visible(&resource_label(
+                    req.action.resource.kind.as_str(),
+                    req.action.resource.id.as_str()
+                ))
             );
             let text = format!(
-                "{} asks to {} {}:{}.\n\nReason: {}\nParams: {}\nExpires: {}\n\nReview it (sign in; approving is a button on the page, never this link):\n{link}\n",
+                "{} asks to {} {}.\n\nReason: {}\nParams: {}\nExpires: {}\n\nReview it (sign in; approving is a button on the page, never this link):\n{link}\n",
                 req.action.principal,
                 req.action.action,
-                req.action.resource.kind,
-                visible(req.action.resource.id.as_str()),
+                visible(&resource_label(req.action.resource.kind.as_str(), req.action.resource.id.as_str())),
                 visible(req.reason.as_deref().unwrap_or("(none given)")),
                 json_compact(&serde_json::to_value(&req.action.params).unwrap_or_default()),
                 fmt(req.expires_at),
@@ -120,16 +121,20 @@ impl Mail {
             return Ok(());
         };
         let subject = format!(
-            "Your request to {} {}:{} was {outcome}",
+            "Your request to {} {} was {outcome}",
             req.action.action,
-            req.action.resource.kind,
-            visible(req.action.resource.id.as_str())
+            visible(&resource_label(
+                req.action.resource.kind.as_str(),
+                req.action.resource.id.as_str()
+            ))
         );
         let text = format!(
-            "Your request to {} {}:{} was {outcome}{}.\n\n{}/requests/{}\n",
+            "Your request to {} {} was {outcome}{}.\n\n{}/requests/{}\n",
             req.action.action,
-            req.action.resource.kind,
-            visible(req.action.resource.id.as_str()),
+            visible(&resource_label(
+                req.action.resource.kind.as_str(),
+                req.action.resource.id.as_str()
+            )),
             by.map(|b| format!(" by {b}")).unwrap_or_default(),
             self.public_url,
             req.id,

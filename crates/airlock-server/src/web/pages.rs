@@ -213,10 +213,9 @@ fn untrusted_json_line(v: &Value) -> Markup {
 }
 
 pub(crate) fn resource(v: &Value) -> String {
-    format!(
-        "{}:{}",
+    display::resource_label(
         v["resource"]["type"].as_str().unwrap_or(""),
-        v["resource"]["id"].as_str().unwrap_or("")
+        v["resource"]["id"].as_str().unwrap_or(""),
     )
 }
 
@@ -1230,6 +1229,16 @@ pub(crate) fn notifications(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An id that begins or ends with a space is quoted, so it does not
+    /// read as the id without.
+    #[test]
+    fn a_padded_resource_id_is_quoted() {
+        let r = |id: &str| resource(&json!({"resource": {"type": "Table", "id": id}}));
+        assert_eq!(r("prod.customers"), "Table:prod.customers");
+        assert_eq!(r("prod.customers "), "Table:\"prod.customers \"");
+        assert_eq!(r(" x"), "Table:\" x\"");
+    }
 
     #[test]
     fn hidden_characters_are_marked_and_shown() {
