@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::{merkle, AuditKind, NewAuditRecord, RequestId, RequestStatus};
-use airlock_keys::TreeHead;
+use airlock_keys::{Keyring, TreeHead};
 use airlock_policy::PolicyEngine;
 use airlock_store::time::{fmt, now};
 use airlock_store::{StoreError, StoreEvent};
@@ -152,22 +152,36 @@ async fn run_checkpoints(airlock: Arc<Airlock>) {
 pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     let keys = airlock.keys.clone();
     let origin = airlock.config.load().audit_origin();
+    // Every key this log signed with: after a rotation, the newest notes
+    // are the retired key's.
+    let mut known = vec![keys.public().audit];
+    if let Ok(all) = Keyring::audit_keys(&airlock.config.load().data_dir().join("keys")) {
+        known.extend(all.into_iter().filter(|k| *k != keys.public().audit));
+    }
     // What this log signed before, as the witness folders keep it (the
     // database's owner cannot rewrite them): the tree must still extend it.
+    // A newest note that opens with none of its keys stops the signing
+    // rather than switch the check off.
     let mut signed: Vec<(String, TreeHead)> = Vec::new();
     for dir in airlock.config.load().witness_dirs() {
         match witness::newest(&dir, &origin) {
-            Ok(Some(note)) => {
-                if let Ok(head) = airlock_keys::open_note(&note, &keys.public().audit) {
-                    signed.push((format!("the witness folder {}", dir.display()), head));
+            Ok(Some(note)) => match airlock_keys::open_note_any(&note, &known) {
+                Ok(head) => signed.push((format!("the witness folder {}", dir.display()), head)),
+                Err(e) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the newest checkpoint in the witness folder {} does not open with this \
+                         log's keys ({e}); no checkpoint is signed until it is looked into",
+                        dir.display()
+                    )))
                 }
-            }
+            },
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not read a witness folder")
             }
         }
     }
+    let store_keys = known.clone();
     let (seq, note) = airlock
         .store
         .write(move |tx| {
@@ -188,9 +202,12 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
             // Never sign a tree that does not extend one signed before
             // (its records rewritten, removed or rolled back): that would
             // put the log's key under two histories.
+            // (The store is the database's owner's to rewrite: its note is
+            // a check when it opens, not the anchor the witnesses are.)
             if let Some((_, note)) = tx.audit_notes()?.last() {
-                if let Ok(head) = airlock_keys::open_note(note, &keys.public().audit) {
-                    signed.push(("the store".to_owned(), head));
+                match airlock_keys::open_note_any(note, &store_keys) {
+                    Ok(head) => signed.push(("the store".to_owned(), head)),
+                    Err(e) => tracing::warn!(error = %e, "the newest checkpoint in the store does not open with this node's audit keys"),
                 }
             }
             for (place, head) in &signed {

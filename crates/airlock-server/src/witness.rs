@@ -68,10 +68,13 @@ pub fn newest(dir: &Path, origin: &str) -> std::io::Result<Option<String>> {
     let mut newest: Option<String> = None;
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix)
-            && name.ends_with(".note")
-            && newest.as_ref().is_none_or(|n| name > *n)
-        {
+        // Exactly this origin's: `host/audit` must not take the file of
+        // an origin `host/audit-eu` (whose name shares the prefix).
+        let ours = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".note"))
+            .is_some_and(|size| size.len() == 20 && size.bytes().all(|b| b.is_ascii_digit()));
+        if ours && newest.as_ref().is_none_or(|n| name > *n) {
             newest = Some(name);
         }
     }
@@ -91,6 +94,10 @@ pub fn notes_in(text: &str) -> Vec<String> {
     let mut note = String::new();
     let mut in_signatures = false;
     for line in text.split_inclusive('\n') {
+        // Blank lines between appended notes (`cat a b; echo`) are layout.
+        if (in_signatures || note.is_empty()) && line.trim().is_empty() {
+            continue;
+        }
         if in_signatures && !line.starts_with("\u{2014} ") {
             notes.push(std::mem::take(&mut note));
             in_signatures = false;

@@ -168,6 +168,28 @@ async fn a_rewritten_log_is_not_signed_again() {
     }
     let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
     let (_, size) = note_of_at_least(witness.path(), head).await;
+    // Another log's note whose file name shares this origin's prefix is
+    // not this log's newest (it would not open, and stop the signing).
+    let foreign = witness
+        .path()
+        .join("test.example_audit-eu-00000000000000000099.note");
+    std::fs::write(
+        &foreign,
+        "test.example/audit-eu\n99\nAAAA\n\n\u{2014} other x\n",
+    )
+    .unwrap();
+    s.post(&alice, "/v1/check", check()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(&foreign).unwrap();
+    let mut ours: Vec<_> = std::fs::read_dir(witness.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    ours.sort();
+    let newest = std::fs::read_to_string(ours.last().unwrap()).unwrap();
+    let signed: u64 = newest.lines().nth(1).unwrap().parse().unwrap();
+    assert!(signed > size, "still signing beside another log's file");
+    let size = signed;
     // Another tree of the same records (every kept node changed, as a
     // rebuild over rewritten records would), and no stored checkpoint.
     let leaf = s.sql_text("SELECT hash FROM audit_nodes WHERE pos = 0");
