@@ -259,11 +259,11 @@ const PINNED_SETTINGS: &[&str] = &[
 const ON_CALLERS_STACK: usize = 2048;
 /// Stack given per byte of a longer statement. The parser's recursion (C,
 /// writing the tree out) has no limit of its own and takes 210–420 bytes
-/// per level, and a level can take two bytes (`+1`): 10,000 nested `+1`
-/// overflowed 2 MiB and aborted the whole server (found by a black-box
-/// pass). The stack is mapped, not filled: only what the tree's depth
-/// touches is used, and it is unmapped after.
-const STACK_PER_BYTE: usize = 256;
+/// per level, and a level can take one byte (`-+-+…1`, unary signs): 10,000
+/// nested `+1` overflowed 2 MiB and aborted the whole server (found by a
+/// black-box pass). The stack is mapped, not filled: only what the tree's
+/// depth touches is used, and it is unmapped after.
+const STACK_PER_BYTE: usize = 512;
 
 /// Whether [`classify`] may take long for `sql`: the parse of a deeply
 /// nested statement costs the square of its depth (1 MiB of `+1` took two
@@ -1183,6 +1183,7 @@ mod tests {
         for sql in [
             format!("select 1{}", "+1".repeat(10_000)),
             format!("select 1{}", "::int".repeat(20_000)),
+            format!("select {}1", "-+".repeat(4_995)),
             vec!["select 1"; 20_000].join(" union all "),
         ] {
             assert!(

@@ -683,12 +683,19 @@ async fn relay(
 /// statements, never the node's async workers (the API, the console, other
 /// sessions).
 async fn classify_statement(sql: &str) -> Result<Vec<classify::Statement>, classify::Refusal> {
+    /// How long a long statement waits for its turn.
+    const LONG_WAIT: Duration = Duration::from_secs(10);
     static LONG: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     if !classify::may_take_long(sql) {
         return classify::classify(sql);
     }
-    let Ok(_turn) = LONG.acquire().await else {
-        return Err(classify::Refusal::NotServed("statements now".into()));
+    // A wait that does not end (another session's statement built to take
+    // minutes) is refused, not queued for good.
+    let turn = tokio::time::timeout(LONG_WAIT, LONG.acquire()).await;
+    let Ok(Ok(_turn)) = turn else {
+        return Err(classify::Refusal::NotServed(
+            "a long statement while another is being checked (they are checked one at a time; try again)".into(),
+        ));
     };
     let owned = sql.to_owned();
     tokio::task::spawn_blocking(move || classify::classify(&owned))
