@@ -166,10 +166,10 @@ pub trait WriteTx: ReadTx {
     /// Adds a review; false if this reviewer already reviewed.
     fn insert_review(&mut self, id: &RequestId, review: &Review) -> Result<bool, StoreError>;
     /// Replaces a reviewer's approval that passed the step-up `old` (none,
-    /// or a weaker one) with `review`, an approval that passed a stronger
-    /// one; false if their stored approval no longer has `old`. A request
-    /// raised to a step-up after someone approved would otherwise never
-    /// count them again.
+    /// or a weaker one) with `review`: an approval that passed a stronger
+    /// one, or a deny; false if their stored approval no longer has `old`.
+    /// A request raised to a step-up after someone approved would otherwise
+    /// never count them again.
     fn strengthen_review(
         &mut self,
         id: &RequestId,

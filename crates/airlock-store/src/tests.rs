@@ -826,6 +826,17 @@ async fn an_approval_is_strengthened_once(home: &Home) {
     let got = s.read(move |r| r.get_request(&id)).await.unwrap().unwrap();
     assert_eq!(got.reviews.len(), 1);
     assert_eq!(got.reviews[0].step_up.as_deref(), Some("totp"));
+    // A deny may take the place of an approval that no longer stands.
+    let mut deny = got.reviews[0].clone();
+    deny.verdict = airlock_core::Verdict::Deny;
+    deny.step_up = None;
+    let replaced = s
+        .write(move |tx| tx.strengthen_review(&id, Some("totp"), &deny))
+        .await
+        .unwrap();
+    assert!(replaced);
+    let got = s.read(move |r| r.get_request(&id)).await.unwrap().unwrap();
+    assert_eq!(got.reviews[0].verdict, airlock_core::Verdict::Deny);
 }
 
 async fn outbox_claims_lease_retry_and_give_up(home: &Home) {

@@ -547,13 +547,13 @@ impl Airlock {
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t, step_up };
                 // An approval that no longer counts (the request was raised
                 // to a step-up it did not pass) is replaced by one that
-                // passed it; any other second verdict is refused.
+                // passed it, or by a deny (the console offers both again);
+                // any other second verdict is refused.
                 let weaker = req.reviews.iter().find(|r| {
                     r.reviewer == reviewer
                         && r.verdict == Verdict::Approve
-                        && verdict == Verdict::Approve
                         && !r.passed(req.requirement.step_up.as_deref())
-                        && review.passed(req.requirement.step_up.as_deref())
+                        && (verdict == Verdict::Deny || review.passed(req.requirement.step_up.as_deref()))
                 });
                 let recorded = match weaker {
                     Some(old) => tx.strengthen_review(&id, old.step_up.as_deref(), &review)?,

@@ -71,8 +71,8 @@ impl OutboxRows for Tx<'_> {
         let rows = self.query(
             "UPDATE outbox SET next_attempt_at = $2, claim = $4 WHERE id IN (
                  SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
-                 AND NOT ((CASE WHEN target LIKE 'slack:%' THEN 'slack'
-                                WHEN target LIKE 'discord:%' THEN 'discord'
+                 AND NOT ((CASE WHEN substr(target, 1, 6) = 'slack:' THEN 'slack'
+                                WHEN substr(target, 1, 8) = 'discord:' THEN 'discord'
                                 ELSE target END) = ANY($5))
                  ORDER BY created_at, id LIMIT $3)
              RETURNING id, target, event, payload, status, attempts, last_error, next_attempt_at, created_at, delivered_at",

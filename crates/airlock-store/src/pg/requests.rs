@@ -230,7 +230,7 @@ impl RequestRows for Tx<'_> {
         review: &Review,
     ) -> Result<bool, StoreError> {
         let n = self.execute(
-            "UPDATE reviews SET reason = $3, channel = $4, at = $5, step_up = $6
+            "UPDATE reviews SET reason = $3, channel = $4, at = $5, step_up = $6, verdict = $8
              WHERE request_id = $1 AND reviewer = $2 AND verdict = 'approve'
                AND step_up IS NOT DISTINCT FROM $7",
             &[
@@ -241,6 +241,7 @@ impl RequestRows for Tx<'_> {
                 &review.at,
                 &review.step_up,
                 &old,
+                &review.verdict.as_str(),
             ],
         )?;
         Ok(n == 1)

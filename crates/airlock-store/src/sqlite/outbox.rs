@@ -76,8 +76,8 @@ impl OutboxRows for Tx<'_> {
         let mut st = self.conn.prepare_cached(&format!(
             "UPDATE outbox SET next_attempt_at = ?2, claim = ?4 WHERE id IN (
                  SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
-                 AND (CASE WHEN target LIKE 'slack:%' THEN 'slack'
-                           WHEN target LIKE 'discord:%' THEN 'discord'
+                 AND (CASE WHEN substr(target, 1, 6) = 'slack:' THEN 'slack'
+                           WHEN substr(target, 1, 8) = 'discord:' THEN 'discord'
                            ELSE target END) NOT IN (SELECT value FROM json_each(?5))
                  ORDER BY created_at, id LIMIT ?3)
              RETURNING {OUTBOX_COLS}"

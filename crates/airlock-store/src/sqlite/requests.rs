@@ -244,7 +244,7 @@ impl RequestRows for Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE reviews SET reason = ?3, channel = ?4, at = ?5, step_up = ?6
+                "UPDATE reviews SET reason = ?3, channel = ?4, at = ?5, step_up = ?6, verdict = ?8
                  WHERE request_id = ?1 AND reviewer = ?2 AND verdict = 'approve'
                    AND step_up IS ?7",
             )?
@@ -256,6 +256,7 @@ impl RequestRows for Tx<'_> {
                 fmt(review.at),
                 review.step_up,
                 old,
+                review.verdict.as_str(),
             ])?;
         Ok(n == 1)
     }
