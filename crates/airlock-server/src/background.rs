@@ -165,16 +165,24 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     let mut signed: Vec<(String, TreeHead)> = Vec::new();
     for dir in airlock.config.load().witness_dirs() {
         match witness::newest(&dir, &origin) {
-            Ok(Some(note)) => match airlock_keys::open_note_any(&note, &known) {
-                Ok(head) => signed.push((format!("the witness folder {}", dir.display()), head)),
-                Err(e) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "the newest checkpoint in the witness folder {} does not open with this \
-                         log's keys ({e}); no checkpoint is signed until it is looked into",
-                        dir.display()
-                    )))
+            // Every note of the file (a witness may append them to one).
+            Ok(Some(text)) => {
+                for note in witness::notes_in(&text) {
+                    match airlock_keys::open_note_any(&note, &known) {
+                        Ok(head) => {
+                            signed.push((format!("the witness folder {}", dir.display()), head));
+                        }
+                        Err(e) => {
+                            return Err(StoreError::Corrupt(format!(
+                                "the newest checkpoint file in the witness folder {} holds a note \
+                                 that does not open with this log's keys ({e}); no checkpoint is \
+                                 signed until it is looked into",
+                                dir.display()
+                            )))
+                        }
+                    }
                 }
-            },
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not read a witness folder")

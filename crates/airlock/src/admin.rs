@@ -207,7 +207,7 @@ struct Broken {
 /// retired key file planted in `keys/` with no registry entry is not
 /// trusted (found by a black-box pass: a note signed by a planted key
 /// verified), and is named on standard error.
-fn registered_audit_keys(
+pub(crate) fn registered_audit_keys(
     db: &ReadOnlyStore,
     found: Vec<airlock_keys::PublicKey>,
 ) -> anyhow::Result<Vec<airlock_keys::PublicKey>> {

@@ -385,8 +385,13 @@ pub fn verify_tree(cfg: &Config, keys: &[PublicKey]) -> anyhow::Result<Result<Lo
 pub fn export(config: &Path, dir: &Path, format: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let keys_dir = cfg.data_dir().join("keys");
-    let keys = Keyring::audit_keys(&keys_dir).context("reading the audit public keys")?;
     let db = ReadOnlyStore::new(cfg.storage.url.as_str(), &cfg.base_dir)?;
+    // As `verify --config`: a planted retired key is neither trusted nor
+    // handed to outsiders in the export's `public-key`.
+    let keys = crate::admin::registered_audit_keys(
+        &db,
+        Keyring::audit_keys(&keys_dir).context("reading the audit public keys")?,
+    )?;
     std::fs::create_dir_all(dir.join("checkpoints"))?;
     let name = match format {
         "jsonl" => "records.jsonl",

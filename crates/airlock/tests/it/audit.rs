@@ -964,6 +964,19 @@ async fn the_audit_key_rotates_and_old_checkpoints_still_verify() {
     let (code, out) = s.verify();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ignoring the retired audit key"), "{out}");
+    // Nor is it handed to outsiders with an export.
+    let planted_export = tempfile::tempdir().unwrap();
+    let (code, out) = airlock(&[
+        "audit",
+        "export",
+        "--config",
+        &cfg,
+        "--out",
+        planted_export.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let public = std::fs::read_to_string(planted_export.path().join("public-key")).unwrap();
+    assert!(!public.contains(&paserk), "{public}");
     std::fs::remove_file(keys.join("audit-retired-planted.pub")).unwrap();
 
     let export = tempfile::tempdir().unwrap();
