@@ -364,14 +364,14 @@ mod tests {
         assert_eq!(hook.attempts, 1);
     }
 
-    /// A receiver that never answers holds its own messages only: while
-    /// one lane waits on it, another takes the next message for any other
-    /// target, not the dead receiver's second one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_silent_receiver_holds_up_only_its_own_messages() {
+    /// A host whose one webhook takes connections (the backlog does) and
+    /// never answers, each delivery given `timeout` seconds; its URL, the
+    /// listener and the store's folder, to keep while the test runs.
+    fn silent_webhook(
+        timeout: u64,
+    ) -> (Arc<Fake>, String, std::net::TcpListener, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
-        // Connections complete (the backlog takes them) and nothing answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", silent.local_addr().unwrap());
         let settings = NotifyConfig {
@@ -380,11 +380,25 @@ mod tests {
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
                 events: Vec::new(),
             }],
-            delivery_timeout_seconds: 2,
+            delivery_timeout_seconds: timeout,
             ..NotifyConfig::default()
         };
+        let host = Arc::new(Fake {
+            store,
+            settings,
+            outcomes: Default::default(),
+        });
+        (host, url, silent, dir)
+    }
+
+    /// A receiver that never answers holds its own messages only: while
+    /// one lane waits on it, another takes the next message for any other
+    /// target, not the dead receiver's second one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_receiver_holds_up_only_its_own_messages() {
+        let (host, url, silent, _dir) = silent_webhook(2);
         let dead = url.clone();
-        store
+        host.store
             .write(move |tx| {
                 crate::outbox::queue(tx, dead.clone(), "request.created", serde_json::json!({}))?;
                 crate::outbox::queue(tx, dead, "request.created", serde_json::json!({}))?;
@@ -397,11 +411,6 @@ mod tests {
             })
             .await
             .unwrap();
-        let host = Arc::new(Fake {
-            store,
-            settings,
-            outcomes: Default::default(),
-        });
         let lanes = Arc::new(InFlight::default());
         let first = tokio::spawn({
             let (host, lanes) = (host.clone(), lanes.clone());
@@ -428,32 +437,15 @@ mod tests {
     /// arrive before it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lanes_claiming_at_once_send_one_receivers_messages_one_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open("sqlite://outbox.db", dir.path()).unwrap();
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", silent.local_addr().unwrap());
-        let settings = NotifyConfig {
-            webhooks: vec![WebhookConfig {
-                url: url.clone(),
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                events: Vec::new(),
-            }],
-            delivery_timeout_seconds: 1,
-            ..NotifyConfig::default()
-        };
+        let (host, url, silent, _dir) = silent_webhook(1);
         let target = url.clone();
-        store
+        host.store
             .write(move |tx| {
                 crate::outbox::queue(tx, target.clone(), "request.created", serde_json::json!({}))?;
                 crate::outbox::queue(tx, target, "request.decided", serde_json::json!({}))
             })
             .await
             .unwrap();
-        let host = Arc::new(Fake {
-            store,
-            settings,
-            outcomes: Default::default(),
-        });
         let lanes = Arc::new(InFlight::default());
         let round = || {
             let (host, lanes) = (host.clone(), lanes.clone());

@@ -666,21 +666,14 @@ impl Proxy {
             }
             return pass(parts, body);
         }
-        if parts.status == StatusCode::PARTIAL_CONTENT {
-            // Range is not forwarded on scanned routes; an upstream that
-            // sends a piece anyway sends what cannot be scanned whole.
-            let why = "a partial response (206) cannot be scanned whole";
-            if self.cannot_read(mode, decided, &target.action, why) == Unread::Withhold {
-                return (unscannable(why.into()), withheld_unread());
-            }
-            let (res, _) = pass(parts, body);
-            return (
-                res,
-                Counted::Now(Counts::new(), Some(Disposition::Unscanned)),
-            );
-        }
-        if let Some(cs) = scan::unreadable_charset(ct) {
-            let why = format!("its charset {cs} cannot be scanned");
+        // Range is not forwarded on scanned routes; an upstream that sends a
+        // piece anyway sends what cannot be scanned whole.
+        let unreadable = if parts.status == StatusCode::PARTIAL_CONTENT {
+            Some("a partial response (206) cannot be scanned whole".to_owned())
+        } else {
+            scan::unreadable_charset(ct).map(|cs| format!("its charset {cs} cannot be scanned"))
+        };
+        if let Some(why) = unreadable {
             if self.cannot_read(mode, decided, &target.action, &why) == Unread::Withhold {
                 return (unscannable(why), withheld_unread());
             }

@@ -905,12 +905,8 @@ async fn still_live(
     if checked.elapsed() < KEY_RECHECK {
         return Ok(());
     }
-    let body = airlock_api::KeyLiveBody {
-        user: user.clone(),
-        key: key.to_owned(),
-    };
-    match shared.decider.enforcer().gate().key_live(&body).await {
-        Ok(r) if r.live => {
+    match key_live(shared, user, key).await {
+        Ok(true) => {
             *checked = tokio::time::Instant::now();
             Ok(())
         }
@@ -925,6 +921,20 @@ async fn still_live(
             Err(SessionError::Refused(why))
         }
     }
+}
+
+/// Whether `key` is still `user`'s, as the server says now.
+async fn key_live(
+    shared: &Shared,
+    user: &UserName,
+    key: &str,
+) -> Result<bool, airlock_client::ClientError> {
+    let body = airlock_api::KeyLiveBody {
+        user: user.clone(),
+        key: key.to_owned(),
+    };
+    let answer = shared.decider.enforcer().gate().key_live(&body).await?;
+    Ok(answer.live)
 }
 
 /// A statement's checks; with `result_action`, the checks on its results
@@ -980,12 +990,8 @@ async fn decide(
     // spent by then, so it is completed as a failure.
     if let Outcome::Pass { grants, .. } = &outcome {
         if held && !grants.is_empty() {
-            let body = airlock_api::KeyLiveBody {
-                user: user.clone(),
-                key: key.to_owned(),
-            };
-            let live = shared.decider.enforcer().gate().key_live(&body).await;
-            if !live.is_ok_and(|r| r.live) {
+            // Fails closed: an answer that cannot be had runs nothing.
+            if !key_live(shared, user, key).await.unwrap_or(false) {
                 complete(shared, grants.clone(), None).await;
                 return Outcome::Refused {
                     code: "28000",

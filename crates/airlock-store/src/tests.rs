@@ -761,15 +761,16 @@ async fn synced_groups_round_trip_and_reach_every_node(home: &Home) {
     assert_eq!(synced, vec![(dave, groups)]);
 }
 
-/// Every Slack target is one receiver (`slack`), every Discord one
-/// `discord`: a message's update is not claimed while its post is out.
-async fn a_busy_chat_platform_holds_all_its_targets(home: &Home) {
-    let a = home.open();
-    let t = now();
-    let msg = |id: &str, target: &str| crate::OutboxMessage {
+/// A pending outbox message to `target`, due at `t`.
+fn outbox_message(
+    id: &str,
+    target: &str,
+    t: chrono::DateTime<chrono::Utc>,
+) -> crate::OutboxMessage {
+    crate::OutboxMessage {
         id: id.into(),
         target: target.into(),
-        event: "request.reviewed".into(),
+        event: "request.created".into(),
         payload: "{}".into(),
         status: "pending".into(),
         attempts: 0,
@@ -777,8 +778,18 @@ async fn a_busy_chat_platform_holds_all_its_targets(home: &Home) {
         next_attempt_at: t,
         created_at: t,
         delivered_at: None,
-    };
-    let (m1, m2) = (msg("msg_1", "slack:update"), msg("msg_2", "discord:dm:42"));
+    }
+}
+
+/// Every Slack target is one receiver (`slack`), every Discord one
+/// `discord`: a message's update is not claimed while its post is out.
+async fn a_busy_chat_platform_holds_all_its_targets(home: &Home) {
+    let a = home.open();
+    let t = now();
+    let (m1, m2) = (
+        outbox_message("msg_1", "slack:update", t),
+        outbox_message("msg_2", "discord:dm:42", t),
+    );
     a.write(move |tx| {
         tx.enqueue(&m1)?;
         tx.enqueue(&m2)
@@ -843,19 +854,11 @@ async fn outbox_claims_lease_retry_and_give_up(home: &Home) {
     let a = home.open();
     let b = second_node(home, &a);
     let t = now();
-    let msg = |id: &str| crate::OutboxMessage {
-        id: id.into(),
-        target: "http://127.0.0.1:9/hook".into(),
-        event: "request.created".into(),
-        payload: "{}".into(),
-        status: "pending".into(),
-        attempts: 0,
-        last_error: None,
-        next_attempt_at: t,
-        created_at: t,
-        delivered_at: None,
-    };
-    let (m1, m2) = (msg("msg_1"), msg("msg_2"));
+    let hook = "http://127.0.0.1:9/hook";
+    let (m1, m2) = (
+        outbox_message("msg_1", hook, t),
+        outbox_message("msg_2", hook, t),
+    );
     a.write(move |tx| {
         tx.enqueue(&m1)?;
         tx.enqueue(&m2)

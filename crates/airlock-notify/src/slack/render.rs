@@ -193,6 +193,17 @@ mod tests {
         }
     }
 
+    /// The message's buttons block.
+    fn actions_of(blocks: &Value) -> Value {
+        blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap()
+            .clone()
+    }
+
     #[test]
     fn a_step_up_approval_opens_the_console() {
         let link = "https://airlock.example/requests/req_x";
@@ -200,23 +211,11 @@ mod tests {
             "resource": {"type": "Table", "id": "t"}, "thresholds": [], "reviews": []});
         let ids = |_: &str| None;
         let (_, blocks) = render(&view, &ids, link);
-        let actions = blocks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["type"] == "actions")
-            .unwrap()
-            .clone();
+        let actions = actions_of(&blocks);
         assert_eq!(actions["elements"][0]["action_id"], "approve");
         view["step_up"] = json!("totp");
         let (_, blocks) = render(&view, &ids, link);
-        let actions = blocks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["type"] == "actions")
-            .unwrap()
-            .clone();
+        let actions = actions_of(&blocks);
         assert_eq!(actions["elements"][0]["url"], link);
         assert_eq!(actions["elements"][0]["action_id"], "open_console");
         assert_eq!(
@@ -229,13 +228,7 @@ mod tests {
             json!({"a_comment": "routine ".repeat(200), "sql": "COPY customers TO PROGRAM 'curl'"});
         let (_, blocks) = render(&view, &ids, link);
         assert!(!blocks.to_string().contains("TO PROGRAM"), "cut: {blocks}");
-        let actions = blocks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["type"] == "actions")
-            .unwrap()
-            .clone();
+        let actions = actions_of(&blocks);
         assert_eq!(actions["elements"][0]["action_id"], "open_console");
         // Break-glass is said first.
         let bg = json!({"id": "req_x", "status": "approved", "principal": "oscar", "action": "export",

@@ -549,12 +549,12 @@ impl Airlock {
                 // to a step-up it did not pass) is replaced by one that
                 // passed it, or by a deny (the console offers both again);
                 // any other second verdict is refused.
-                let weaker = req.reviews.iter().find(|r| {
-                    r.reviewer == reviewer
-                        && r.verdict == Verdict::Approve
-                        && !r.passed(req.requirement.step_up.as_deref())
-                        && (verdict == Verdict::Deny || review.passed(req.requirement.step_up.as_deref()))
-                });
+                let replaces = verdict == Verdict::Deny || review.passed(req.requirement.step_up.as_deref());
+                let weaker = req
+                    .reviews
+                    .iter()
+                    .find(|r| r.reviewer == reviewer)
+                    .filter(|_| replaces && req.standing_review(&reviewer).is_none());
                 let recorded = match weaker {
                     Some(old) => tx.strengthen_review(&id, old.step_up.as_deref(), &review)?,
                     None => tx.insert_review(&id, &review)?,

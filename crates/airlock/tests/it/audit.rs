@@ -163,11 +163,7 @@ async fn a_rewritten_log_is_not_signed_again() {
     let s = witnessed(witness.path());
     let alice = s.key("alice", "user");
     let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
-    for _ in 0..4 {
-        s.post(&alice, "/v1/check", check()).await;
-    }
-    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
-    let (_, size) = note_of_at_least(witness.path(), head).await;
+    let (_, size) = reads_witnessed(&s, &alice, witness.path(), 4).await;
     // Another log's note whose file name shares this origin's prefix is
     // not this log's newest (it would not open, and stop the signing).
     let foreign = witness
@@ -214,15 +210,8 @@ async fn every_note_of_an_appended_witness_file_is_checked() {
     let witness = tempfile::tempdir().unwrap();
     let mut s = witnessed(witness.path());
     let alice = s.key("alice", "user");
-    let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
-    s.post(&alice, "/v1/check", check()).await;
-    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
-    let (_, first) = note_of_at_least(witness.path(), head).await;
-    for _ in 0..3 {
-        s.post(&alice, "/v1/check", check()).await;
-    }
-    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
-    note_of_at_least(witness.path(), head).await;
+    let (_, first) = reads_witnessed(&s, &alice, witness.path(), 1).await;
+    reads_witnessed(&s, &alice, witness.path(), 3).await;
     stop(&mut s);
     let mut files: Vec<_> = std::fs::read_dir(witness.path())
         .unwrap()
@@ -412,6 +401,26 @@ fn airlock(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// `n` allowed reads by `key`, then the newest witnessed note, once it
+/// covers them all.
+async fn reads_witnessed(
+    s: &Server,
+    key: &str,
+    witness: &std::path::Path,
+    n: usize,
+) -> (String, u64) {
+    for _ in 0..n {
+        s.post(
+            key,
+            "/v1/check",
+            json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+        )
+        .await;
+    }
+    let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
+    note_of_at_least(witness, head).await
+}
+
 /// The newest note in `dir` of at least `size` records, waiting for it.
 async fn note_of_at_least(dir: &std::path::Path, size: u64) -> (String, u64) {
     for _ in 0..100 {
@@ -477,11 +486,8 @@ async fn the_log_is_provable_offline_and_witnessed() {
     let alice = s.key("alice", "user");
     let admin = s.key("admin", "admin");
     let check = || json!({"action": "read", "resource": {"type": "Table", "id": "t"}});
-    for _ in 0..6 {
-        s.post(&alice, "/v1/check", check()).await;
-    }
+    let (note, size) = reads_witnessed(&s, &alice, witness.path(), 6).await;
     let head = s.sql_i64("SELECT MAX(seq) FROM audit") as u64;
-    let (note, size) = note_of_at_least(witness.path(), head).await;
     assert!(
         note.starts_with(&format!("test.example/audit\n{size}\n")),
         "{note}"
