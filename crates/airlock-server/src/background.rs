@@ -151,11 +151,12 @@ async fn run_checkpoints(airlock: Arc<Airlock>) {
 /// Returns the head's seq.
 pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     let keys = airlock.keys.clone();
-    let origin = airlock.config.load().audit_origin();
+    let config = airlock.config.load();
+    let origin = config.audit_origin();
     // Every key this log signed with: after a rotation, the newest notes
     // are the retired key's.
     let mut known = vec![keys.public().audit];
-    if let Ok(all) = Keyring::audit_keys(&airlock.config.load().data_dir().join("keys")) {
+    if let Ok(all) = Keyring::audit_keys(&config.data_dir().join("keys")) {
         known.extend(all.into_iter().filter(|k| *k != keys.public().audit));
     }
     // What this log signed before, as the witness folders keep it (the
@@ -163,7 +164,7 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
     // A newest note that opens with none of its keys stops the signing
     // rather than switch the check off.
     let mut signed: Vec<(String, TreeHead)> = Vec::new();
-    for dir in airlock.config.load().witness_dirs() {
+    for dir in config.witness_dirs() {
         match witness::newest(&dir, &origin) {
             // Every note of the file (a witness may append them to one).
             Ok(Some(text)) => {
@@ -184,11 +185,17 @@ pub async fn checkpoint(airlock: &Airlock) -> Result<i64, StoreError> {
                 }
             }
             Ok(None) => {}
+            // Unread, the folder checks nothing: signing waits for it, as
+            // for a note that does not open.
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not read a witness folder")
+                return Err(StoreError::Corrupt(format!(
+                "the witness folder {} cannot be read ({e}); no checkpoint is signed until it can",
+                dir.display()
+            )))
             }
         }
     }
+    drop(config);
     let store_keys = known.clone();
     let (seq, note) = airlock
         .store
