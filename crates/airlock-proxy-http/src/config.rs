@@ -203,6 +203,17 @@ pub struct RouteConfig {
     /// any body. Without it such requests are refused.
     #[serde(default)]
     pub danger_body_unseen: bool,
+    /// Request headers bound to an approval besides the ones always bound
+    /// (`Authorization`, `Cookie`, `X-Api-Key`, `X-Auth-Token`,
+    /// `Content-Type`, `Content-Encoding`, `Range`): the headers this
+    /// service reads to decide what a request does, such as
+    /// `["x-tenant-id"]`. An approved request sent again with one of them
+    /// changed, added or dropped is another action (403
+    /// `action_mismatch`). Hashed into `params.headers_sha256`, never
+    /// shown. Behind Envoy, list them in `allowed_headers` too: a header
+    /// Airlock is not shown is not bound.
+    #[serde(default)]
+    pub bind_headers: Vec<String>,
 }
 
 /// `response_dlp`.

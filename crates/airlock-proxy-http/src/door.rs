@@ -34,6 +34,8 @@ use crate::ProxyError;
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub route: RouteConfig,
+    /// The route's `bind_headers`, parsed.
+    pub bind_headers: Vec<HeaderName>,
     pub action: ActionName,
     pub resource: Resource,
     /// `Airlock-Response-Request` of a retry: the response held before.
@@ -370,6 +372,7 @@ impl Door {
         };
         Ok(Target {
             route: m.route.config.clone(),
+            bind_headers: m.route.bind_headers.clone(),
             action: m.route.action.clone(),
             resource: Resource {
                 kind: m.kind,
@@ -453,7 +456,7 @@ impl Door {
         if let Some(host) = facts.host {
             params.insert("host".into(), json!(host.to_ascii_lowercase()));
         }
-        if let Some(digest) = bound_headers_digest(facts.headers) {
+        if let Some(digest) = bound_headers_digest(facts.headers, &target.bind_headers) {
             params.insert("headers_sha256".into(), json!(digest));
         }
         let mut context = Map::new();
@@ -584,14 +587,16 @@ impl Door {
     }
 }
 
-/// The SHA-256 of the [`BOUND_HEADERS`] a request carries (each name and
-/// value, length-prefixed, in that order), or `None` when it carries none,
-/// so a request without them has the params the contract names. Hashed,
-/// not copied: they hold credentials, and params are shown to approvers.
-fn bound_headers_digest(headers: &HeaderMap) -> Option<String> {
+/// The SHA-256 of the [`BOUND_HEADERS`] and the route's own `extra` a
+/// request carries (each name and value, length-prefixed, in that order),
+/// or `None` when it carries none, so a request without them has the
+/// params the contract names. Hashed, not copied: they hold credentials,
+/// and params are shown to approvers.
+fn bound_headers_digest(headers: &HeaderMap, extra: &[HeaderName]) -> Option<String> {
     let mut hash = Sha256::new();
     let mut any = false;
-    for name in &BOUND_HEADERS {
+    let extra = extra.iter().filter(|n| !BOUND_HEADERS.contains(n));
+    for name in BOUND_HEADERS.iter().chain(extra) {
         for value in headers.get_all(name) {
             any = true;
             for part in [name.as_str().as_bytes(), value.as_bytes()] {
@@ -755,19 +760,38 @@ mod tests {
     fn bound_headers_change_the_digest_and_others_do_not() {
         let mut h = HeaderMap::new();
         h.insert("x-custom", "1".parse().unwrap());
-        assert_eq!(bound_headers_digest(&h), None);
+        assert_eq!(bound_headers_digest(&h, &[]), None);
         h.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
-        let a = bound_headers_digest(&h);
+        let a = bound_headers_digest(&h, &[]);
         h.insert("x-custom", "2".parse().unwrap());
-        assert_eq!(bound_headers_digest(&h), a);
+        assert_eq!(bound_headers_digest(&h, &[]), a);
         h.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
-        assert_ne!(bound_headers_digest(&h), a);
+        assert_ne!(bound_headers_digest(&h, &[]), a);
         // Moving bytes between a name and its value is another digest.
         let mut x = HeaderMap::new();
         x.insert(header::COOKIE, "ab".parse().unwrap());
         let mut y = HeaderMap::new();
         y.insert(header::COOKIE, "a".parse().unwrap());
         y.append(header::COOKIE, "b".parse().unwrap());
-        assert_ne!(bound_headers_digest(&x), bound_headers_digest(&y));
+        assert_ne!(bound_headers_digest(&x, &[]), bound_headers_digest(&y, &[]));
+    }
+
+    #[test]
+    fn a_routes_own_bound_headers_count_and_a_repeat_of_a_fixed_one_is_once() {
+        let tenant = [HeaderName::from_static("x-tenant-id")];
+        let mut h = HeaderMap::new();
+        assert_eq!(bound_headers_digest(&h, &tenant), None);
+        h.insert("x-tenant-id", "mine".parse().unwrap());
+        let mine = bound_headers_digest(&h, &tenant);
+        assert!(mine.is_some());
+        assert_eq!(bound_headers_digest(&h, &[]), None);
+        h.insert("x-tenant-id", "theirs".parse().unwrap());
+        assert_ne!(bound_headers_digest(&h, &tenant), mine);
+        let mut c = HeaderMap::new();
+        c.insert(header::COOKIE, "a".parse().unwrap());
+        assert_eq!(
+            bound_headers_digest(&c, &[header::COOKIE]),
+            bound_headers_digest(&c, &[])
+        );
     }
 }

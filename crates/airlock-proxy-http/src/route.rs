@@ -30,6 +30,8 @@ pub struct Route {
     id: String,
     /// The route's settings.
     pub config: RouteConfig,
+    /// `bind_headers`, parsed.
+    pub bind_headers: Vec<hyper::header::HeaderName>,
 }
 
 /// A request matched to a route: the action and resource it is.
@@ -162,6 +164,14 @@ impl Route {
                 ));
             }
         }
+        let bind_headers = config
+            .bind_headers
+            .iter()
+            .map(|h| {
+                hyper::header::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| bad(format!("bind_headers: {h:?} is not a header name")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             method,
             segments,
@@ -169,6 +179,7 @@ impl Route {
             kind,
             id,
             config: config.clone(),
+            bind_headers,
         })
     }
 
@@ -324,7 +335,19 @@ mod tests {
             response_action: None,
             danger_forward_unchecked: false,
             danger_body_unseen: false,
+            bind_headers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn bind_headers_must_be_header_names() {
+        let mut r = route("POST", "/t/{name}", "Doc:{name}");
+        r.bind_headers = vec!["X-Tenant-Id".into()];
+        let compiled = Route::compile(&r).unwrap();
+        assert_eq!(compiled.bind_headers[0].as_str(), "x-tenant-id");
+        r.bind_headers = vec!["x tenant".into()];
+        let e = Route::compile(&r).unwrap_err().to_string();
+        assert!(e.contains("bind_headers"), "{e}");
     }
 
     #[test]

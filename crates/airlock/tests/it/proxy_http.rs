@@ -193,6 +193,7 @@ method = "POST"
 path = "/upload/{{name}}"
 action = "upload"
 resource = "Doc:{{name}}"
+bind_headers = ["X-Tenant-Id"]
 
 [[proxies.http.routes]]
 method = "GET"
@@ -474,6 +475,22 @@ async fn changed_request_is_action_mismatch(db: Db) {
     assert_eq!(st, 202, "{body}");
     let id = h["airlock-request"].to_str().unwrap().to_owned();
     s.review(&bob, &id, "approve").await;
+
+    // A header the route binds: another tenant's, or none, is another
+    // request (its value never shown to approvers).
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert!(r["params"]["headers_sha256"].is_null(), "{r}");
+    let res = reqwest::Client::new()
+        .post(&url)
+        .header("Airlock-Token", &alice)
+        .header("Airlock-Request", &id)
+        .header("X-Tenant-Id", "victim")
+        .body("rows=10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    assert_eq!(code(&res.text().await.unwrap()), "action_mismatch");
 
     for (who, path, body) in [
         (&alice, url.clone(), "rows=10000"),
