@@ -580,7 +580,14 @@ async fn relay(
                                 code: "42602",
                                 message: e,
                             },
-                            None => decide(shared, &tx, (&user, &key), checks, &cancel).await,
+                            None => {
+                                let ends = Ends {
+                                    cancel: &cancel,
+                                    client: &mut client_rd,
+                                    buf: &mut buf,
+                                };
+                                decide(shared, &tx, (&user, &key), checks, ends).await
+                            }
                         }
                     }
                 };
@@ -607,10 +614,13 @@ async fn relay(
                 }
                 let sync = f.tag == b'S';
                 let mut next = names.clone();
-                let decided = decide_batch(
-                    shared, &tx, &session, &key, &mut next, &batch, sync, &cancel,
-                )
-                .await;
+                let ends = Ends {
+                    cancel: &cancel,
+                    client: &mut client_rd,
+                    buf: &mut buf,
+                };
+                let decided =
+                    decide_batch(shared, &tx, &session, &key, &mut next, &batch, sync, ends).await;
                 let (outcome, plan, mut frames) = match decided {
                     Ok(x) => x,
                     Err(e) => break Err(e),
@@ -731,7 +741,7 @@ async fn decide_batch(
     names: &mut Names,
     batch: &[Frame],
     sync: bool,
-    cancel: &Notify,
+    ends: Ends<'_, impl AsyncRead + Unpin>,
 ) -> Result<(Outcome, Plan, Vec<Bytes>), SessionError> {
     let mut checks = Vec::new();
     let mut plan = Plan::default();
@@ -883,7 +893,7 @@ async fn decide_batch(
         return Ok((Outcome::unchecked(), plan, out));
     }
     Ok((
-        decide(shared, tx, (session.principal, key), checks, cancel).await,
+        decide(shared, tx, (session.principal, key), checks, ends).await,
         plan,
         out,
     ))
@@ -963,14 +973,43 @@ fn statement_checks(
     Ok(checks)
 }
 
+/// What ends a hold before its decision: a cancel request, or the client
+/// leaving. The client is read while it waits, so that its leaving is
+/// seen; what it sends meanwhile is kept in `buf` for after the hold.
+struct Ends<'a, R> {
+    cancel: &'a Notify,
+    client: &'a mut R,
+    buf: &'a mut BytesMut,
+}
+
+/// How much a held client's messages are read ahead; past it the hold no
+/// longer notices the client leaving (it ends at its decision, as before).
+const READ_AHEAD: usize = 1 << 20;
+
+/// Resolves once the client has closed its connection (or reading it
+/// failed), reading what it sends before into `buf`.
+async fn client_gone(client: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) {
+    while buf.len() < READ_AHEAD {
+        // Cancel-safe: a read the decision interrupts took nothing.
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
 /// Decides, telling the client about holds at once; a cancel request from
-/// the client ends a hold.
+/// the client ends a hold, as does the client leaving: a statement
+/// approved after its client left would run with no one to answer (its
+/// results, or its error, lost), so it does not, and the request stays
+/// open for a retry with its grant unspent.
 async fn decide(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Cmd>,
     (user, key): (&UserName, &str),
     checks: Vec<airlock_api::CheckBody>,
-    cancel: &Notify,
+    ends: Ends<'_, impl AsyncRead + Unpin>,
 ) -> Outcome {
     let hold = shared.hold.as_secs();
     let mut held = false;
@@ -980,9 +1019,13 @@ async fn decide(
     };
     let outcome = tokio::select! {
         o = shared.decider.decide(checks, &mut notice) => o,
-        () = cancel.notified() => Outcome::Refused {
+        () = ends.cancel.notified() => Outcome::Refused {
             code: "57014",
             message: "canceling statement due to user request (the hold ended; the request stays open)".into(),
+        },
+        () = client_gone(ends.client, ends.buf) => Outcome::Refused {
+            code: "08006",
+            message: "the client left while the statement was held; it did not run (the request stays open)".into(),
         },
     };
     // Approved after a wait: run only for a key still good (it was checked

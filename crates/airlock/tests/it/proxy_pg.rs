@@ -530,6 +530,40 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
         "the cancel did not end the hold"
     );
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+
+    // The client leaves while held, then the request is approved: the
+    // statement does not run with no one to answer (it did), and the
+    // grant stays for a retry.
+    let before = pending_of(&pg.server, &admin).await;
+    let mut client = Command::new("psql")
+        .arg(&url)
+        .args(["-X", "-q", "-c", "DELETE FROM orders WHERE id = 2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = loop {
+        let now = pending_of(&pg.server, &admin).await;
+        if let Some(id) = now.into_iter().find(|id| !before.contains(id)) {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Killed: its socket closes as a dropped connection's does.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.server.review(&bob, &id, "approve").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 2"), 1);
+    let (_, r) = pg.server.get(&admin, &format!("/v1/requests/{id}")).await;
+    assert_eq!(r["status"], "approved", "{r}");
+    // The same statement again uses it.
+    let c = pg.connect("alice", &alice).await.unwrap();
+    c.execute("DELETE FROM orders WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 2"), 0);
 }
 
 /// A query that is not UTF-8 ends the session, and with it the proxy's
