@@ -120,6 +120,14 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "note") {
+            // A pipe or device named `*.note` would hang the reader (in
+            // `open` already, for a pipe) or never end.
+            if !std::fs::metadata(&path)?.is_file() {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
+            }
             out.push((path.clone(), std::fs::read_to_string(&path)?));
         }
     }

@@ -21,6 +21,9 @@ use crate::Output;
 
 /// Bytes of an export read, and checked in parallel, at once.
 const CHUNK: usize = 16 * 1024 * 1024;
+/// The longest line an export is read to: far past any record Airlock
+/// writes (a statement's text is at most 1 MiB).
+const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// The chain and the tree of a log, built one record at a time, and the
 /// checkpoints checked against them. The checkpoints are opened first, so
@@ -116,7 +119,12 @@ impl LogCheck {
                 .map(|(part, out)| {
                     scope.spawn(move || {
                         out.clear();
-                        for line in part.lines() {
+                        // Lines end at `\n` alone, as RFC 6962 leaves are
+                        // the bytes of a line: a `\r` before it is part of
+                        // the line (and no record), where `lines()` dropped
+                        // it, so a CRLF copy verified with roots no
+                        // independent verifier would compute.
+                        for line in part.split_terminator('\n') {
                             match check_line(line) {
                                 Ok(c) => out.push(c),
                                 Err(e) => return Some(e),
@@ -273,8 +281,14 @@ fn report(out: &Output, check: &LogCheck, result: Result<(), String>) -> ExitCod
 /// database and no config.
 pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode> {
     let keys = public_keys(key)?;
-    let file = std::fs::File::open(dir.join("records.jsonl"))
-        .with_context(|| format!("reading {}/records.jsonl", dir.display()))?;
+    // A device or a pipe has no end to read to (`/dev/zero` grew the
+    // buffer until memory ran out; a FIFO hung, already in `open`).
+    let path = dir.join("records.jsonl");
+    let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let notes: Vec<(String, String)> = witness::read_all(&dir.join("checkpoints"))
         .unwrap_or_default()
         .into_iter()
@@ -305,6 +319,12 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
             } else {
                 match buf.iter().rposition(|b| *b == b'\n') {
                     Some(i) => i + 1,
+                    None if buf.len() > MAX_LINE => {
+                        return Err(format!(
+                            "record {}: more than {MAX_LINE} bytes without a line end",
+                            check.records + 1
+                        ))
+                    }
                     None => continue,
                 }
             };
@@ -524,8 +544,12 @@ fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String,
         .map(|(size, note)| (format!("in the store at size {size}"), note.clone()))
         .collect();
     for dir in cfg.witness_dirs() {
-        let found = witness::read_all(&dir)
-            .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
+        // A folder not made yet (no checkpoint written to it) holds no
+        // note, as an empty one does.
+        let found = match witness::read_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            r => r.map_err(|e| format!("witness folder {}: {e}", dir.display()))?,
+        };
         for (path, text) in found {
             let notes = witness::notes_in(&text);
             let many = notes.len() > 1;

@@ -331,6 +331,80 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     ]);
     assert_ne!(code, 0);
     assert!(out.contains("no such file"), "{out}");
+
+    // The same export with CRLF line ends: each line's bytes (the tree's
+    // leaves) are no longer the records', so it fails, where it passed.
+    let crlf = export.path().join("crlf");
+    std::fs::create_dir(&crlf).unwrap();
+    for f in ["public-key", "checkpoints"] {
+        let (from, to) = (e.join(f), crlf.join(f));
+        if from.is_dir() {
+            std::fs::create_dir(&to).unwrap();
+            for n in std::fs::read_dir(&from).unwrap() {
+                let n = n.unwrap();
+                std::fs::copy(n.path(), to.join(n.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(e.join("records.jsonl")).unwrap();
+    std::fs::write(crlf.join("records.jsonl"), text.replace('\n', "\r\n")).unwrap();
+    let verify = |dir: &std::path::Path| {
+        airlock(&[
+            "audit",
+            "verify",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--public-key",
+            dir.join("public-key").to_str().unwrap(),
+        ])
+    };
+    let (code, out) = verify(&crlf);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 1"), "{out}");
+    // A pipe in place of the records: refused at once, not waited on.
+    std::fs::remove_file(crlf.join("records.jsonl")).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(crlf.join("records.jsonl"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, out) = verify(&crlf);
+    assert_ne!(code, 0);
+    assert!(out.contains("not a regular file"), "{out}");
+}
+
+/// A witness folder that does not exist yet (no checkpoint has been
+/// written to it) holds no note: `verify --config` passes, where it
+/// failed on reading the folder.
+#[tokio::test]
+async fn a_witness_folder_not_made_yet_holds_no_note() {
+    let s = Server::start_opts(&Db::Sqlite, POLICIES, 3600);
+    let alice = s.key("alice", "user");
+    s.post(
+        &alice,
+        "/v1/check",
+        json!({"action": "read", "resource": {"type": "Table", "id": "t"}}),
+    )
+    .await;
+    let absent = tempfile::tempdir().unwrap();
+    let folder = absent.path().join("not-yet");
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    assert!(cfg.contains("[audit]\n"), "{cfg}");
+    let cfg = cfg.replacen(
+        "[audit]\n",
+        &format!(
+            "[audit]\nwitness_dir = {:?}\n",
+            folder.display().to_string()
+        ),
+        1,
+    );
+    let copy = s.config().with_file_name("witnessed.toml");
+    std::fs::write(&copy, cfg).unwrap();
+    let (code, out) = airlock(&["audit", "verify", "--config", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!folder.exists());
 }
 
 /// The checkpoint an export signs is witnessed like the server's: written
