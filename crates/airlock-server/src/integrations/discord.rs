@@ -156,6 +156,16 @@ async fn interactions(
         {
             // Acknowledged; the message is updated from the outbox.
             Ok(_) => Json(json!({"type": 6})).into_response(),
+            Err(e) if e.code() == airlock_api::ErrorCode::StepUpRequired => {
+                // The refusal names the request's page, but escaped with
+                // the rest of the text Discord shows it as text: the page
+                // again, as a link (Airlock's own URL, not a value).
+                private(&format!(
+                    "{}\nApprove in the console: <{}/requests/{id}>",
+                    super::respond::discord(&e),
+                    airlock.public_url()
+                ))
+            }
             Err(e) => private(&super::respond::discord(&e)),
         },
         Ask::DenyDialog(id) => {

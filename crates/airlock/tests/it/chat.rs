@@ -365,3 +365,46 @@ async fn discord_interactions_are_verified_deduplicated_and_follow_the_rules() {
         })
         .await;
 }
+
+/// An Approve click on a request that needs a step-up (a message posted
+/// before the requirement was raised, or a stale button) is refused with
+/// the request's console page as a link Discord can open: the refusal's
+/// own copy of it is escaped with the rest of the text (found in review:
+/// it could not be clicked).
+#[tokio::test]
+async fn a_discord_step_up_refusal_links_the_console() {
+    const STEP_UP: &str = r#"
+@id("exports-need-a-code")
+@approvers("security")
+@step_up("totp")
+permit(principal, action == Action::"export", resource);
+"#;
+    let discord = FakeDiscord::start();
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let public = hex::encode(key.verifying_key().to_bytes());
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        STEP_UP,
+        &format!(
+            "[notify.discord]\napi_url = \"{}\"\nbot_token = \"bot-test\"\napplication_public_key = \"{public}\"\nchannel_id = \"C1\"\nroutes = {{ security = \"CSEC\" }}\n",
+            discord.base
+        ),
+    );
+    let alice = s.key("alice", "user");
+    let (_, r) = s.post(&alice, "/v1/check", export("alice", "orders")).await;
+    let id = r["request"]["id"].as_str().unwrap().to_owned();
+    let (_, r) = discord_interaction(
+        &s.url,
+        &key,
+        &click("i1", "D0BOB", &format!("approve:{id}")),
+    )
+    .await;
+    let text = r["data"]["content"].as_str().unwrap();
+    assert!(text.contains("Not done"), "{r}");
+    assert!(
+        text.contains(&format!("<{}/requests/{id}>", s.url)),
+        "{text}"
+    );
+    let (_, req) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+    assert_eq!(req["status"], "pending");
+}
