@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_script::{Script, UnicodeScript};
+use unicode_security::MixedScript;
 
 /// Whether `c` hides itself or changes how the text around it is shown:
 /// control characters (C0 with ESC, CR, BEL, backspace; DEL; C1), format
@@ -119,12 +121,64 @@ impl<'a> Iterator for Pieces<'a> {
 /// id without, one its entity's tags do not cover, and would look the same
 /// (found by a black-box pass). Hidden characters are the caller's to
 /// escape ([`visible`]).
+///
+/// A letter of another script that stands in a word with Latin letters
+/// (`prod.cust`+Cyrillic `о`+`mers`) is written as its escape
+/// ([`mixed_scripts_shown`]): it names another table than the one it looks
+/// like.
 pub fn resource_label(kind: &str, id: &str) -> String {
     if id.is_empty() || id.trim() != id {
-        format!("{kind}:{id:?}")
+        format!("{kind}:{}", mixed_scripts_shown(&format!("{id:?}")))
     } else {
-        format!("{kind}:{id}")
+        format!("{kind}:{}", mixed_scripts_shown(id))
     }
+}
+
+/// `s` with each letter of another script than Latin that stands in a
+/// word (a run of letters and digits) of mixed scripts (Unicode TR39's
+/// single-script test, by `unicode-security`) written as its escape
+/// (`\u{43e}`): `cust`+Cyrillic `о`+`mers` looks like `customers` and is
+/// not. Words in one script are left as written, so Russian, Greek or
+/// Japanese names read as they are. Borrowed when nothing is mixed.
+pub fn mixed_scripts_shown(s: &str) -> Cow<'_, str> {
+    let mixed = |w: &str| !w.is_single_script();
+    let foreign = |c: char| {
+        !c.script_extension().contains_script(Script::Latin)
+            && !matches!(c.script(), Script::Common | Script::Inherited)
+    };
+    if !runs(s).any(|(word, run)| word && mixed(run)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for (word, run) in runs(s) {
+        if word && mixed(run) {
+            for c in run.chars() {
+                if foreign(c) {
+                    out.push_str(&escape_char(c));
+                } else {
+                    out.push(c);
+                }
+            }
+        } else {
+            out.push_str(run);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `s` as alternating runs of letters and digits (`true`) and of the rest.
+fn runs(s: &str) -> impl Iterator<Item = (bool, &str)> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        let word = rest.chars().next()?.is_alphanumeric();
+        let end = rest
+            .char_indices()
+            .find(|(_, c)| c.is_alphanumeric() != word)
+            .map_or(rest.len(), |(i, _)| i);
+        let (run, after) = rest.split_at(end);
+        rest = after;
+        Some((word, run))
+    })
 }
 
 /// `s` on one line with every hidden character as its visible escape
@@ -227,6 +281,39 @@ mod tests {
                 format!("a\\u{{{:x}}}b", u32::from(c))
             );
         }
+    }
+
+    #[test]
+    fn look_alike_letters_in_a_latin_word_are_escaped() {
+        // A Cyrillic `о` in `customers`, a Greek `ο` in `prod`, a
+        // fullwidth `ｓ`: each names another table than it shows.
+        assert_eq!(
+            resource_label("Table", "prod.cust\u{43e}mers"),
+            "Table:prod.cust\\u{43e}mers"
+        );
+        assert_eq!(
+            mixed_scripts_shown("pr\u{3bf}d.customers-x"),
+            "pr\\u{3bf}d.customers-x"
+        );
+        // Words in one script, and separators, are left as written.
+        for same in [
+            "отчёт.клиенты",
+            "prod.customers",
+            "πελάτες_2024",
+            "prod.отчёт",
+            "東京タワー",
+            "café2",
+            "",
+        ] {
+            assert!(
+                matches!(mixed_scripts_shown(same), Cow::Borrowed(_)),
+                "{same}"
+            );
+        }
+        assert_eq!(
+            resource_label("Table", " отчёт.cliеnts"),
+            "Table:\" отчёт.cli\\u{435}nts\""
+        );
     }
 
     #[test]

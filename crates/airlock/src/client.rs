@@ -12,7 +12,7 @@ use airlock_client::api::{
 };
 use airlock_client::{Client, ClientError, Enforcer};
 use airlock_core::action::Resource;
-use airlock_core::display::{json_compact, visible};
+use airlock_core::display::{json_compact, mixed_scripts_shown, visible};
 use airlock_core::{ActionName, RequestStatus, UserName, Verdict};
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
@@ -583,7 +583,11 @@ fn print_request(req: &RequestView) {
     // Type and id apart: `Db::Table` with id `x` and `Db` with id
     // `:Table:x` must not read alike.
     println!("  resource type: {}", visible(req.resource.kind.as_str()));
-    println!("  resource id:   {}", visible(req.resource.id.as_str()));
+    // A look-alike letter of another script in a Latin word, escaped.
+    println!(
+        "  resource id:   {}",
+        visible(&mixed_scripts_shown(req.resource.id.as_str()))
+    );
     if !req.params.is_empty() {
         let p: Map<String, Value> = req
             .params

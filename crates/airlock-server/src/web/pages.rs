@@ -212,6 +212,24 @@ fn untrusted_json_line(v: &Value) -> Markup {
     }
 }
 
+/// What an approver is told about a resource id that mixes scripts.
+const MIXED_TITLE: &str = "Mixes letters of scripts that look alike (shown as \\u{…}): \
+     it names another resource than the one it may look like";
+
+/// A request's resource as [`resource`] writes it, marked when its id
+/// mixes look-alike letters of another script into a Latin word.
+pub(crate) fn resource_marked(v: &Value) -> Markup {
+    let id = v["resource"]["id"].as_str().unwrap_or("");
+    let label = resource(v);
+    html! {
+        @if matches!(display::mixed_scripts_shown(id), std::borrow::Cow::Owned(_)) {
+            mark.suspicious title=(MIXED_TITLE) { (untrusted(&label)) }
+        } @else {
+            (untrusted(&label))
+        }
+    }
+}
+
 pub(crate) fn resource(v: &Value) -> String {
     display::resource_label(
         v["resource"]["type"].as_str().unwrap_or(""),
@@ -1238,6 +1256,17 @@ mod tests {
         assert_eq!(r("prod.customers"), "Table:prod.customers");
         assert_eq!(r("prod.customers "), "Table:\"prod.customers \"");
         assert_eq!(r(" x"), "Table:\" x\"");
+    }
+
+    #[test]
+    fn a_resource_id_mixing_look_alike_scripts_is_marked() {
+        let r = |id: &str| {
+            resource_marked(&json!({"resource": {"type": "Table", "id": id}})).into_string()
+        };
+        let html = r("prod.cust\u{43e}mers");
+        assert!(html.contains("Mixes letters"), "{html}");
+        assert!(html.contains("cust\\u{43e}mers"), "{html}");
+        assert!(!r("prod.customers").contains("<mark"));
     }
 
     #[test]

@@ -452,7 +452,7 @@ pub(crate) fn action(r: &Value) -> Markup {
             }
         }
         @if p["command"].is_null() && p["sql"].is_null() && method.is_none() {
-            p { strong { (r["action"].as_str().unwrap_or("")) } " on " code { (untrusted(&super::pages::resource(r))) } }
+            p { strong { (r["action"].as_str().unwrap_or("")) } " on " code { (super::pages::resource_marked(r)) } }
         }
     }
 }
