@@ -187,6 +187,7 @@ const UNSEEN_READERS: &[&str] = &[
     "pg_ls_replslotdir",
     "pg_stat_get_activity",
     "pg_stat_get_backend_activity",
+    "pg_stat_statements",
     "pg_file_read",
     "pg_logdir_ls",
 ];
@@ -479,8 +480,23 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
             "reading {t} (column statistics hold the values of other tables)"
         )));
     }
+    // Every session of the proxy logs in upstream as one role, so these
+    // show each user the statements of all the others, values and all
+    // (found by a black-box pass under a "read any table" permit). By
+    // name in any schema: pg_stat_statements lives where it was installed.
+    if let Some((_, t)) = st.tables.iter().find(|(_, t)| {
+        let name = t.rsplit('.').next().unwrap_or(t);
+        OTHER_SESSIONS.contains(&name)
+    }) {
+        return Err(Refusal::NotServed(format!(
+            "reading {t} (it shows other sessions' statements)"
+        )));
+    }
     Ok(st)
 }
+
+/// Views of the statements other sessions run or ran.
+const OTHER_SESSIONS: &[&str] = &["pg_stat_activity", "pg_stat_statements"];
 
 /// Catalog relations that hold sampled values of other tables.
 const STATISTICS: &[&str] = &[
@@ -1112,6 +1128,10 @@ mod tests {
             "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'secrets'",
             "SELECT stavalues1::text FROM pg_catalog.pg_statistic",
             "SELECT * FROM public.t WHERE x IN (SELECT 1 FROM pg_stats_ext)",
+            "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+            "SELECT query FROM pg_catalog.pg_stat_activity",
+            "SELECT query FROM public.pg_stat_statements",
+            "SELECT * FROM pg_stat_statements(true)",
             "SELECT setval('s1', 100)",
             "SELECT lo_create(0)",
             "SELECT * FROM orders WHERE pg_stat_reset() IS NULL",
