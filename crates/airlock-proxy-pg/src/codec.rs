@@ -162,6 +162,24 @@ pub fn frame_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Cod
     Ok(Some(Frame { tag: raw[0], raw }))
 }
 
+/// Whether the client messages in `buf` (from a message boundary) say the
+/// session is over: a Terminate among the whole messages, or a length no
+/// message can have (the session ends on it when it is read).
+pub fn says_goodbye(buf: &[u8]) -> bool {
+    let mut at = 0usize;
+    while let Some(head) = buf.get(at..at + 5) {
+        if head[0] == b'X' {
+            return true;
+        }
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        match usize::try_from(len) {
+            Ok(len) if (4..=MAX_FRAME).contains(&len) => at += 1 + len,
+            _ => return true,
+        }
+    }
+    false
+}
+
 fn cstr(b: &mut Bytes, what: &'static str) -> Result<String, CodecError> {
     let end = b
         .iter()
@@ -632,6 +650,25 @@ pub mod build {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_terminate_or_a_broken_length_is_a_goodbye() {
+        let q = |sql: &str| {
+            let mut m = vec![b'Q'];
+            m.extend_from_slice(&(4 + sql.len() as i32 + 1).to_be_bytes());
+            m.extend_from_slice(sql.as_bytes());
+            m.push(0);
+            m
+        };
+        let mut buf = q("select 1");
+        assert!(!says_goodbye(&buf));
+        assert!(!says_goodbye(&buf[..7]));
+        buf.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+        assert!(says_goodbye(&buf));
+        assert!(says_goodbye(&[b'Q', 0, 0, 0, 2]));
+        assert!(says_goodbye(&[b'Q', 0xff, 0xff, 0xff, 0xff]));
+        assert!(!says_goodbye(&[]));
+    }
 
     #[test]
     fn frames_are_cut_whole_and_only_when_complete() {

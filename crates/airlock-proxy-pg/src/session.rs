@@ -986,10 +986,15 @@ struct Ends<'a, R> {
 /// longer notices the client leaving (it ends at its decision, as before).
 const READ_AHEAD: usize = 1 << 20;
 
-/// Resolves once the client has closed its connection (or reading it
-/// failed), reading what it sends before into `buf`.
+/// Resolves once the client has left: closed its connection, sent
+/// Terminate (which it may send without closing; a black-box pass found the
+/// statement then ran), or reading it failed. What it sends before is read
+/// into `buf`.
 async fn client_gone(client: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) {
     while buf.len() < READ_AHEAD {
+        if codec::says_goodbye(buf) {
+            return;
+        }
         // Cancel-safe: a read the decision interrupts took nothing.
         match client.read_buf(buf).await {
             Ok(0) | Err(_) => return,
