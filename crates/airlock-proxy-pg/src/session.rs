@@ -638,6 +638,22 @@ async fn relay(
                     break Err(e);
                 }
             }
+            // COPY data sent in a batch, before its Sync: after the
+            // batch's COPY, in order, once it is decided (written at once,
+            // it reached the server before the statement, which then
+            // waited for data that had come and gone: a black-box pass
+            // found the session hung).
+            b'd' | b'c' | b'f' if !batch.is_empty() => {
+                batch_bytes += f.raw.len();
+                batch.push(f);
+                if batch.len() > MAX_BATCH_FRAMES || batch_bytes > MAX_BATCH_BYTES {
+                    let _ = tx.send(Cmd::Local(build::fatal(
+                        "54000",
+                        "too much COPY data before Sync for Airlock's proxy",
+                    )));
+                    break Err(SessionError::Refused("batch too large".into()));
+                }
+            }
             // COPY data from the client: its statement was decided.
             b'd' | b'c' | b'f' => {
                 if let Err(e) = up_wr.write_all(&f.raw).await {

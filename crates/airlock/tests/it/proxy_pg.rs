@@ -572,25 +572,36 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
 /// connections (found by a black-box pass).
 #[tokio::test]
 async fn a_query_that_is_not_utf8_ends_the_session() {
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-    use postgres_protocol::message::{backend::Message, frontend};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
         return;
     };
     let alice = pg.server.key("alice", "user");
+    let mut tcp = raw_login(&pg, "alice", &alice).await;
+    let sql = b"select '\xff'\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    tcp.write_all(&q).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the session was left open");
+}
+
+/// A raw protocol session signed in as `user` with `key` (SCRAM), at its
+/// first `ReadyForQuery`.
+async fn raw_login(pg: &Pg, user: &str, key: &str) -> tokio::net::TcpStream {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
         .await
         .unwrap();
     let mut out = bytes::BytesMut::new();
     let database = database_of(&pg.db);
-    frontend::startup_message(
-        [("user", "alice"), ("database", database.as_str())],
-        &mut out,
-    )
-    .unwrap();
+    frontend::startup_message([("user", user), ("database", database.as_str())], &mut out).unwrap();
     tcp.write_all(&out).await.unwrap();
-    let mut scram = ScramSha256::new(alice.as_bytes(), ChannelBinding::unsupported());
+    let mut scram = ScramSha256::new(key.as_bytes(), ChannelBinding::unsupported());
     let mut inbox = bytes::BytesMut::new();
     'login: loop {
         assert!(
@@ -616,14 +627,103 @@ async fn a_query_that_is_not_utf8_ends_the_session() {
             tcp.write_all(&out).await.unwrap();
         }
     }
-    let sql = b"select '\xff'\0";
-    let mut q = vec![b'Q'];
-    q.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
-    q.extend_from_slice(sql);
-    tcp.write_all(&q).await.unwrap();
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "the session was left open");
+    tcp
+}
+
+/// A client that sends Terminate while its statement is held, and keeps
+/// the connection open, has left: the statement does not run after the
+/// approval (it did; found by a black-box pass).
+#[tokio::test]
+async fn a_terminate_during_a_hold_ends_it() {
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(pg) = Pg::start(&Db::Sqlite, 30, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let bob = pg.server.key("bob", "user");
+    let admin = pg.server.key("admin", "admin");
+    let mut tcp = raw_login(&pg, "alice", &alice).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::query("DELETE FROM orders WHERE id = 3", &mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    let mut inbox = bytes::BytesMut::new();
+    'notice: loop {
+        assert!(tcp.read_buf(&mut inbox).await.unwrap() > 0, "closed");
+        while let Some(m) = Message::parse(&mut inbox).unwrap() {
+            if let Message::NoticeResponse(_) = m {
+                break 'notice;
+            }
+        }
+    }
+    out.clear();
+    frontend::terminate(&mut out);
+    tcp.write_all(&out).await.unwrap();
+    let id = pending_of(&pg.server, &admin).await.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.server.review(&bob, &id, "approve").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 3"), 1);
+    drop(tcp);
+}
+
+/// COPY FROM STDIN over the extended protocol with its data sent before
+/// `Sync`, in one write: the data follows the decided statement to the
+/// server. It was written at once, ahead of the statement, and the
+/// session hung (found by a black-box pass).
+#[tokio::test]
+async fn copy_data_pipelined_before_sync_follows_its_statement() {
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let mut tcp = raw_login(&pg, "alice", &alice).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("", "COPY orders FROM STDIN", std::iter::empty(), &mut out).unwrap();
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty(),
+        std::iter::empty::<i32>(),
+        |_: i32,
+         _: &mut bytes::BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            unreachable!()
+        },
+        Some(0),
+        &mut out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    out.extend_from_slice(b"d");
+    let row = b"912\t1\tpiped\n";
+    out.extend_from_slice(&(4 + row.len() as i32).to_be_bytes());
+    out.extend_from_slice(row);
+    frontend::copy_done(&mut out);
+    frontend::sync(&mut out);
+    tcp.write_all(&out).await.unwrap();
+    let mut inbox = bytes::BytesMut::new();
+    let mut done = false;
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            assert!(tcp.read_buf(&mut inbox).await.unwrap() > 0, "closed");
+            while let Some(m) = Message::parse(&mut inbox).unwrap() {
+                match m {
+                    Message::CommandComplete(_) => done = true,
+                    Message::ErrorResponse(_) => panic!("refused"),
+                    Message::ReadyForQuery(_) => return,
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the session hung");
+    assert!(done);
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 912"), 1);
 }
 
 /// Result rows through DLP: `mask` replaces the planted email and card
