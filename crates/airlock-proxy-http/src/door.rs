@@ -20,7 +20,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::StatusCode;
 use serde::de::IgnoredAny;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::RouteConfig;
@@ -421,6 +421,9 @@ impl Door {
             )
             .into();
         }
+        if let Err(r) = screen_bound(facts.headers, &target.bind_headers) {
+            return r.into();
+        }
         if let Some(body) = facts.body {
             if let Err(r) = self.screen_body(facts.headers, body) {
                 return r.into();
@@ -458,6 +461,27 @@ impl Door {
         }
         if let Some(digest) = bound_headers_digest(facts.headers, &target.bind_headers) {
             params.insert("headers_sha256".into(), json!(digest));
+        }
+        // The route's own bound headers (a tenant, an account) are what
+        // the approver must see to know what they approve; the fixed ones
+        // hold credentials and stay hashed.
+        let shown: Map<String, Value> = target
+            .bind_headers
+            .iter()
+            .filter(|n| !BOUND_HEADERS.contains(n))
+            .filter(|n| facts.headers.contains_key(*n))
+            .map(|n| {
+                let values: Vec<Value> = facts
+                    .headers
+                    .get_all(n)
+                    .iter()
+                    .map(|v| json!(String::from_utf8_lossy(v.as_bytes())))
+                    .collect();
+                (n.as_str().to_owned(), Value::Array(values))
+            })
+            .collect();
+        if !shown.is_empty() {
+            params.insert("headers".into(), Value::Object(shown));
         }
         let mut context = Map::new();
         match facts.body {
@@ -585,6 +609,42 @@ impl Door {
             Err(e) => gate_error(e).into(),
         }
     }
+}
+
+/// Refuses a request that would reach the service with other bound
+/// headers than the ones bound: one spelled with `_` (CGI-style servers
+/// read `X_Tenant_Id` as `X-Tenant-Id`, beside or in place of the bound
+/// one), or one its `Connection` header names (dropped as hop-by-hop after
+/// it was bound). Both found by a black-box pass.
+fn screen_bound(headers: &HeaderMap, extra: &[HeaderName]) -> Result<(), Refusal> {
+    let bound = |name: &str| {
+        BOUND_HEADERS
+            .iter()
+            .chain(extra)
+            .any(|b| b.as_str() == name)
+    };
+    let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m);
+    for name in headers.keys().filter(|n| n.as_str().contains('_')) {
+        let dashed = name.as_str().replace('_', "-");
+        if bound(&dashed) {
+            return Err(bad(format!(
+                "{name} is refused: with `_` read as `-` it is {dashed}, which an approval binds"
+            )));
+        }
+    }
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase());
+    for token in named {
+        if bound(&token) {
+            return Err(bad(format!(
+                "Connection names {token}, which an approval binds; refused rather than dropped"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The SHA-256 of the [`BOUND_HEADERS`] and the route's own `extra` a
@@ -774,6 +834,25 @@ mod tests {
         y.insert(header::COOKIE, "a".parse().unwrap());
         y.append(header::COOKIE, "b".parse().unwrap());
         assert_ne!(bound_headers_digest(&x, &[]), bound_headers_digest(&y, &[]));
+    }
+
+    #[test]
+    fn bound_headers_cannot_be_respelled_or_dropped_as_hop_by_hop() {
+        let tenant = [HeaderName::from_static("x-tenant-id")];
+        let with = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+            h
+        };
+        assert!(screen_bound(&with("x_tenant_id", "t2"), &tenant).is_err());
+        assert!(screen_bound(&with("x_api_key", "k"), &[]).is_err());
+        assert!(screen_bound(&with("x_other", "1"), &tenant).is_ok());
+        assert!(screen_bound(&with("connection", "close, X-Tenant-Id"), &tenant).is_err());
+        assert!(screen_bound(&with("connection", "keep-alive, Content-Type"), &[]).is_err());
+        assert!(screen_bound(&with("connection", "close"), &tenant).is_ok());
     }
 
     #[test]

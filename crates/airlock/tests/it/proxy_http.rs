@@ -491,6 +491,43 @@ async fn changed_request_is_action_mismatch(db: Db) {
         .unwrap();
     assert_eq!(res.status().as_u16(), 403);
     assert_eq!(code(&res.text().await.unwrap()), "action_mismatch");
+    // The header respelled with `_`, or named in Connection to be dropped
+    // after binding: refused.
+    for (h, v) in [
+        ("X_Tenant_Id", "victim"),
+        ("Connection", "close, X-Tenant-Id"),
+    ] {
+        let res = reqwest::Client::new()
+            .post(&url)
+            .header("Airlock-Token", &alice)
+            .header("Airlock-Request", &id)
+            .header(h, v)
+            .body("rows=10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{h}");
+    }
+    // A request carrying it shows the approver its value.
+    let res = reqwest::Client::new()
+        .post(format!("{p}/upload/tenanted"))
+        .header("Airlock-Token", &alice)
+        .header("X-Tenant-Id", "acme")
+        .body("rows=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let tenanted = res.headers()["airlock-request"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (_, r) = s.get(&alice, &format!("/v1/requests/{tenanted}")).await;
+    assert_eq!(
+        r["params"]["headers"]["x-tenant-id"],
+        serde_json::json!(["acme"]),
+        "{r}"
+    );
 
     for (who, path, body) in [
         (&alice, url.clone(), "rows=10000"),
