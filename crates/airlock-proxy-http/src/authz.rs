@@ -22,13 +22,13 @@ use airlock_api::{ErrorCode, Outcome, RequestView};
 use airlock_client::Gate;
 use airlock_core::{GrantId, UserName};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map};
 use tokio::net::TcpListener;
 
+use crate::body::Budget;
 use crate::config::{AuthzConfig, ResponseDlp};
 use crate::door::{Door, Facts, Verdict};
 use crate::proxy::{take_header, PRINCIPAL_HEADER, REQUEST_HEADER, TOKEN_HEADER};
@@ -81,6 +81,7 @@ impl Front {
 pub struct Authz {
     cfg: AuthzConfig,
     door: Door,
+    bodies: Budget,
 }
 
 impl std::fmt::Debug for Authz {
@@ -115,7 +116,8 @@ impl Authz {
             cfg.checks_per_second_per_user,
             gate,
         )?;
-        Ok(Arc::new(Self { cfg, door }))
+        let bodies = Budget::new(cfg.max_buffered_body_bytes);
+        Ok(Arc::new(Self { cfg, door, bodies }))
     }
 
     /// The endpoint's name.
@@ -201,13 +203,20 @@ impl Authz {
                 decision: None,
             };
         }
-        let body = match question.body {
-            BodyIs::Sent => match self.read_body(body).await {
-                Ok(b) => Some(b),
+        // Envoy's copy of the body, whole (it is bound by its SHA-256); its
+        // share of the budget is held until the answer.
+        let timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
+        let (body, _share) = match question.body {
+            BodyIs::Sent => match self
+                .bodies
+                .read(body, self.cfg.max_body_bytes, timeout)
+                .await
+            {
+                Ok(b) => (Some(b.bytes.clone()), Some(b)),
                 Err(r) => return r.into(),
             },
-            BodyIs::Empty => Some(Bytes::new()),
-            BodyIs::Unseen => None,
+            BodyIs::Empty => (Some(Bytes::new()), None),
+            BodyIs::Unseen => (None, None),
         };
         let facts = Facts {
             method: &question.method,
@@ -229,34 +238,6 @@ impl Authz {
             self.release(*grant, front);
         }
         verdict
-    }
-
-    /// Envoy's copy of the body, whole (it is bound by its SHA-256).
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
-        let limit = usize::try_from(self.cfg.max_body_bytes).unwrap_or(usize::MAX);
-        let read = Limited::new(body, limit).collect();
-        let timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
-        match tokio::time::timeout(timeout, read).await {
-            Err(_) => Err(Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                ErrorCode::BadRequest,
-                "the request body did not arrive in time",
-            )),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "request bodies are limited to {} bytes",
-                    self.cfg.max_body_bytes
-                ),
-            )),
-            Ok(Err(_)) => Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "the request body could not be read",
-            )),
-        }
     }
 
     fn release(&self, grant: GrantId, front: Front) {

@@ -51,6 +51,12 @@ pub struct HttpProxyConfig {
     /// SHA-256). Default 16 MiB; larger → 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Bytes of request bodies this listener holds at once, over all its
+    /// requests (being read, or waiting with their request for approval):
+    /// without a cap, one HTTP/2 connection's many streams could hold
+    /// gigabytes. Default 256 MiB; more → 429 `rate_limited`.
+    #[serde(default = "default_body_budget")]
+    pub max_buffered_body_bytes: u64,
     /// The largest response body read whole to scan (routes with `block`
     /// or `response_action`), before and after decoding; a larger one is
     /// refused (502), never passed unscanned. `report` and `mask` stream
@@ -97,6 +103,10 @@ fn default_hold() -> u64 {
 fn default_retry_after() -> u64 {
     5
 }
+fn default_body_budget() -> u64 {
+    256 << 20
+}
+
 fn default_max_body() -> u64 {
     16 << 20
 }
@@ -142,6 +152,10 @@ pub struct AuthzConfig {
     /// must allow at least this much). Default 1 MiB; larger → 413.
     #[serde(default = "default_authz_body")]
     pub max_body_bytes: u64,
+    /// As `[[proxies.http]]`'s: bytes of bodies held at once, over all
+    /// requests. Default 256 MiB; more → 429 `rate_limited`.
+    #[serde(default = "default_body_budget")]
+    pub max_buffered_body_bytes: u64,
     /// How long the front may take to send its question. Default 30.
     #[serde(default = "default_client_timeout")]
     pub client_timeout_seconds: u64,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod authz;
+mod body;
 pub mod config;
 mod door;
 mod listen;

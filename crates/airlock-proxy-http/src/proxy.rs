@@ -25,6 +25,7 @@ use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::body::Budget;
 use crate::config::{HttpProxyConfig, ResponseDlp};
 use crate::door::{same_action, Door, Facts, Target, Verdict};
 use crate::respond::{full, gate_error, json_response, refuse, Body, BoxError};
@@ -157,6 +158,7 @@ pub struct Proxy {
     upstream_authority: HeaderValue,
     client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
     scanner: Scanner,
+    bodies: Budget,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -219,6 +221,7 @@ impl Proxy {
             door,
             client,
             scanner,
+            bodies: Budget::new(cfg.max_buffered_body_bytes),
             cfg,
         }))
     }
@@ -270,34 +273,17 @@ impl Proxy {
         target.response_resume = take_header(&mut parts.headers, RESPONSE_REQUEST_HEADER);
         target.key = key.clone().map(crate::door::EndUserKey);
         let client_timeout = Duration::from_secs(self.cfg.client_timeout_seconds);
-        let read = Limited::new(body, self.cfg.max_body_bytes as usize).collect();
-        let Ok(read) = tokio::time::timeout(client_timeout, read).await else {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                ErrorCode::BadRequest,
-                "the request body did not arrive in time",
-            );
+        // Its share of the listener's body budget is held until the answer
+        // (through a hold for approval, too).
+        let read = self
+            .bodies
+            .read(body, self.cfg.max_body_bytes, client_timeout)
+            .await;
+        let share = match read {
+            Ok(b) => b,
+            Err(r) => return r.into_response(),
         };
-        let body = match read {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "request bodies are limited to {} bytes",
-                        self.cfg.max_body_bytes
-                    ),
-                )
-            }
-            Err(_) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "the request body could not be read",
-                )
-            }
-        };
+        let body = share.bytes.clone();
         if target.route.danger_forward_unchecked {
             let sent = self.forward(parts, body, peer, &target, &principal).await;
             return self.record_findings(sent, &target, &principal, None).await;

@@ -580,6 +580,45 @@ async fn changed_request_is_action_mismatch(db: Db) {
     );
 }
 
+/// Request bodies held at once are capped per listener: while one 40 KB
+/// body waits with its request for approval, a second that would pass the
+/// 64 KiB budget is refused with 429, and taken once the first is answered
+/// (one HTTP/2 connection's streams held gigabytes before; found by a
+/// black-box pass).
+async fn request_bodies_held_at_once_are_capped(db: Db) {
+    let (s, up, p) = with_proxy_extra(&db, 3, "max_buffered_body_bytes = 65536").await;
+    let alice = s.key("alice", "user");
+    let big = "r".repeat(40_000);
+    let first = {
+        let (url, alice, big) = (format!("{p}/upload/a"), alice.clone(), big.clone());
+        tokio::spawn(
+            async move { send(reqwest::Method::POST, &url, Some(&alice), None, &big).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (st, _, b) = send(
+        reqwest::Method::POST,
+        &format!("{p}/upload/b"),
+        Some(&alice),
+        None,
+        &big,
+    )
+    .await;
+    assert_eq!((st, code(&b).as_str()), (429, "rate_limited"), "{b}");
+    let (st, _, _) = first.await.unwrap();
+    assert_eq!(st, 202);
+    let (st, _, b) = send(
+        reqwest::Method::POST,
+        &format!("{p}/upload/b"),
+        Some(&alice),
+        None,
+        &big,
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    assert!(up.hits().is_empty());
+}
+
 /// An approval that arrives while the request is held wakes it: the held
 /// request itself is forwarded, well before hold_seconds.
 async fn approval_within_the_hold_forwards_the_held_request(db: Db) {
@@ -1180,6 +1219,7 @@ on_both_stores!(
     allow_deny_no_route_no_identity,
     held_then_approved_is_forwarded_once,
     changed_request_is_action_mismatch,
+    request_bodies_held_at_once_are_capped,
     approval_within_the_hold_forwards_the_held_request,
     client_gone_while_held_cancels_nothing,
     standalone_proxy_against_a_running_server,
