@@ -54,6 +54,13 @@ pub fn has_hidden(s: &str) -> bool {
     s.chars().any(is_hidden)
 }
 
+/// Whether `s` says nothing a person can read: empty, white space, or
+/// hidden characters only (a reason of one zero-width space was taken as
+/// a reason; found by a black-box pass).
+pub fn is_blank(s: &str) -> bool {
+    s.chars().all(|c| c.is_whitespace() || is_hidden(c))
+}
+
 /// Whether any string in `v`, key or value, at any depth, holds a hidden
 /// character.
 pub fn json_has_hidden(v: &Value) -> bool {
@@ -341,6 +348,9 @@ mod tests {
             assert!(is_hidden(c), "{:x}", u32::from(c));
         }
         assert!(!is_hidden(' '));
+        assert!(is_blank("\u{200b} \u{feff}\t"));
+        assert!(is_blank(""));
+        assert!(!is_blank("\u{200b}why"));
         assert_eq!(visible("ad\u{200b}min"), "ad\\u{200b}min");
         assert_eq!(visible("tag\u{e0041}"), "tag\\u{e0041}");
     }

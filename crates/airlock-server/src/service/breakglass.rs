@@ -86,7 +86,7 @@ impl Airlock {
                 "break-glass is for your own action only",
             ));
         }
-        let Some(reason) = body.reason.filter(|r| !r.trim().is_empty()) else {
+        let Some(reason) = body.reason.filter(|r| !airlock_core::display::is_blank(r)) else {
             return Err(ApiError::ReasonRequired("breakglass".into()));
         };
         let mut action = Action {

@@ -201,7 +201,7 @@ impl Airlock {
         } else {
             self.check_limiter.check(&caller.key_id, rate, burst)?;
         }
-        let reason = body.reason.filter(|r| !r.trim().is_empty());
+        let reason = body.reason.filter(|r| !airlock_core::display::is_blank(r));
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
             return Err(ApiError::BadRequest(format!(
                 "reason is longer than {MAX_REASON} bytes"

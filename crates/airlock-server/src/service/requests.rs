@@ -466,7 +466,7 @@ impl Airlock {
         channel: &str,
         proof: StepUp,
     ) -> Result<Request, ApiError> {
-        let reason = reason.filter(|r| !r.trim().is_empty());
+        let reason = reason.filter(|r| !airlock_core::display::is_blank(r));
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
             return Err(ApiError::BadRequest(format!(
                 "reason is longer than {MAX_REVIEW_REASON} bytes"

@@ -326,6 +326,14 @@ async fn revoke_cancel_and_reason_required(db: Db) {
         (st, r["error"]["code"].as_str()),
         (400, Some("reason_required"))
     );
+    // A reason of invisible characters only is none.
+    let mut blank = wipe.clone();
+    blank["reason"] = json!("\u{200b}\u{feff} ");
+    let (st, r) = s.post(&alice, "/v1/check", blank).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (400, Some("reason_required"))
+    );
     let mut with = wipe;
     with["reason"] = json!("ticket OPS-1");
     let (st, _) = s.post(&alice, "/v1/check", with).await;
