@@ -1013,6 +1013,13 @@ fn step_up_totp<T: WriteTx + ?Sized>(
             "that TOTP code was already used; wait for the next one".into(),
         ));
     }
+    // Nor is a code from before it taken later (RFC 6238 5.2): the window
+    // still holds the step before, so a code seen over a shoulder stayed
+    // good after the next one was used (found by a black-box pass). The
+    // steps the window could still accept are marked used with this one.
+    for earlier in step.saturating_sub(2)..step {
+        tx.first_seen("totp", &format!("{reviewer}:{earlier}"), t)?;
+    }
     Ok(())
 }
 

@@ -126,6 +126,23 @@ async fn a_code_is_needed_accepted_once_and_sealed(db: Db) {
             .contains("already used"),
         "{r}"
     );
+    // Nor is the code of the step before it, which the window still holds.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let before = totp.generate(now - 30);
+    if before != code && totp.generate(now) == code {
+        let (st, r) = approve(&s, &bob, &second, Some(&before)).await;
+        assert_eq!(st, 403, "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already used"),
+            "{r}"
+        );
+    }
     // A deny needs no code.
     let (st, r) = s.review(&bob, &second, "deny").await;
     assert_eq!(st, 200, "{r}");
