@@ -574,7 +574,12 @@ impl AuditRecord {
             return true;
         }
         let canonical = RecordedJson::canonical(&self.details.value());
+        // Those releases wrote a map's keys once each: a key twice is an
+        // edit (the canonical form keeps the last, and so hashed as the
+        // record did while a reader of the first saw another value; found
+        // by a black-box pass).
         canonical.get() != self.details.get()
+            && !has_duplicate_keys(self.details.get())
             && chain_hash(
                 &self.prev_hash,
                 self.seq,
@@ -822,6 +827,58 @@ impl ChainVerifier {
     }
 }
 
+/// Whether the JSON text `s` holds an object with a key twice, at any
+/// depth (text that does not parse counts as holding one).
+fn has_duplicate_keys(s: &str) -> bool {
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Unique;
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            while a.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if !seen.insert(k) {
+                    return Err(de::Error::custom("a key twice"));
+                }
+                a.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    serde_json::from_str::<Unique>(s).is_err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,6 +1062,15 @@ mod tests {
         c[1].details =
             RecordedJson::from_stored(r#"{"b":[2,{"d":3,"c":5}],"a":1}"#.into()).unwrap();
         assert_eq!(verify(&c).unwrap_err().seq(), 2);
+        // So is a key written twice, the last one the canonical value, at
+        // any depth.
+        for twice in [
+            r#"{"b":[2,{"d":3,"c":4}],"a":0,"a":1}"#,
+            r#"{"b":[2,{"d":9,"d":3,"c":4}],"a":1}"#,
+        ] {
+            c[1].details = RecordedJson::from_stored(twice.into()).unwrap();
+            assert_eq!(verify(&c).unwrap_err().seq(), 2, "{twice}");
+        }
     }
 
     #[test]
