@@ -223,6 +223,23 @@ fn dotted_neighbour(hay: &[u8], start: usize, end: usize, sep: u8) -> bool {
     left || right
 }
 
+/// Whether the digits `start..end` are followed by `.` and a fraction that
+/// ends the number (`.00`, not `.1.2`), with nothing joined before them.
+fn decimal_fraction(hay: &[u8], start: usize, end: usize) -> bool {
+    let left =
+        start >= 2 && matches!(hay[start - 1], b'.' | b'-') && hay[start - 2].is_ascii_digit();
+    if left || hay.get(end) != Some(&b'.') {
+        return false;
+    }
+    let fraction = hay[end + 1..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let after = end + 1 + fraction;
+    fraction > 0
+        && !(hay.get(after) == Some(&b'.') && hay.get(after + 1).is_some_and(u8::is_ascii_digit))
+}
+
 fn digits(m: &[u8]) -> Vec<u8> {
     m.iter()
         .filter(|b| b.is_ascii_digit())
@@ -278,7 +295,10 @@ fn card_within(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
     (1..=n).rev().find_map(|len| {
         (0..=n - len).find_map(|first| {
             let (s, e) = (groups[first].0, groups[first + len - 1].1);
-            let apart = dotted_neighbour(hay, s, e, b'.')
+            // A decimal fraction after it (`4111111111111111.00`, a card
+            // cast to numeric) does not make it part of something else;
+            // a second dot (a version) does.
+            let apart = (dotted_neighbour(hay, s, e, b'.') && !decimal_fraction(hay, s, e))
                 || dotted_neighbour(hay, s, e, b'-')
                 || (s > 0 && hay[s - 1] == b'+');
             (!apart && credit_card(&hay[s..e])).then_some((s, e))

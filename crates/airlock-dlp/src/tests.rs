@@ -200,6 +200,10 @@ fn a_card_beside_other_numbers_is_found() {
             "123-45-6789 4111 1111 1111 1111",
             vec![ssn("123-45-6789"), card("4111 1111 1111 1111")],
         ),
+        // Cast to a decimal (`card::numeric(20,2)`): still the card (found
+        // by a black-box pass through the PostgreSQL proxy).
+        ("4111111111111111.00", vec![card("4111111111111111")]),
+        ("total 4111111111111111.5;", vec![card("4111111111111111")]),
     ] {
         assert_eq!(found(&s, text), want, "{text}");
         let (out, _) = masked(&s, text.as_bytes(), &[3]);
@@ -207,6 +211,17 @@ fn a_card_beside_other_numbers_is_found() {
             !String::from_utf8_lossy(&out).contains("4111"),
             "{text}: {}",
             String::from_utf8_lossy(&out)
+        );
+    }
+}
+
+#[test]
+fn a_card_length_run_in_a_dotted_version_is_not_a_card() {
+    let s = scanner();
+    for text in ["4111111111111111.1.2", "1.4111111111111111.00"] {
+        assert!(
+            found(&s, text).iter().all(|(k, _)| k != "credit_card"),
+            "{text}"
         );
     }
 }
