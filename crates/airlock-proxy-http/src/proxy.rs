@@ -552,6 +552,19 @@ impl Proxy {
         *req.headers_mut() = headers;
         let timeout = Duration::from_secs(self.cfg.upstream_timeout_seconds);
         let res = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            // No protocol is switched through the proxy (`Upgrade` is not
+            // forwarded): a 101 would leave the client on a connection
+            // that goes nowhere.
+            Ok(Ok(r)) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                return (
+                    refuse(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::UpstreamUnavailable,
+                        "the upstream service switched protocols, which the proxy does not carry",
+                    ),
+                    Counted::None,
+                );
+            }
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(proxy = %self.cfg.name, error = %e, "upstream failed");

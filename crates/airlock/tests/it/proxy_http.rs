@@ -98,6 +98,15 @@ impl Upstream {
                 if query.contains("clean") {
                     csv = "name\nann\n".to_owned();
                 }
+                if query.contains("switch") {
+                    // Switching protocols unasked.
+                    return axum::response::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "x-other")
+                        .body(axum::body::Body::empty())
+                        .unwrap();
+                }
                 if query.contains("partial") {
                     // A piece of the file, as if a Range had been sent.
                     return axum::response::Response::builder()
@@ -407,6 +416,10 @@ async fn allow_deny_no_route_no_identity(db: Db) {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
     assert_eq!(up.hits().len(), 3);
+    // An upstream that switches protocols unasked: 502, not a 101 leading
+    // nowhere.
+    let (st, _, body) = get(&format!("{p}/exports/public.csv?switch"), Some(&alice), None).await;
+    assert_eq!((st, code(&body).as_str()), (502, "upstream_unavailable"), "{body}");
 }
 
 /// Held past hold_seconds → 202 with Airlock-Request and Retry-After, the
