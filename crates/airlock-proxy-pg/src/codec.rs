@@ -164,16 +164,17 @@ pub fn frame_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Cod
 
 /// Whether the client messages in `buf` (from a message boundary) say the
 /// session is over: a Terminate among the whole messages, or a length no
-/// message can have (the session ends on it when it is read).
-pub fn says_goodbye(buf: &[u8]) -> bool {
-    let mut at = 0usize;
-    while let Some(head) = buf.get(at..at + 5) {
+/// message can have (the session ends on it when it is read). `at` is where
+/// the messages not yet looked at begin, kept between calls as `buf` grows,
+/// so each byte is looked at once.
+pub fn says_goodbye(buf: &[u8], at: &mut usize) -> bool {
+    while let Some(head) = buf.get(*at..*at + 5) {
         if head[0] == b'X' {
             return true;
         }
         let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
         match usize::try_from(len) {
-            Ok(len) if (4..=MAX_FRAME).contains(&len) => at += 1 + len,
+            Ok(len) if (4..=MAX_FRAME).contains(&len) => *at += 1 + len,
             _ => return true,
         }
     }
@@ -660,14 +661,20 @@ mod tests {
             m.push(0);
             m
         };
+        let fresh = |b: &[u8]| says_goodbye(b, &mut 0);
         let mut buf = q("select 1");
-        assert!(!says_goodbye(&buf));
-        assert!(!says_goodbye(&buf[..7]));
+        assert!(!fresh(&buf));
+        assert!(!fresh(&buf[..7]));
+        // Read on as it grows: what was looked at is not looked at again.
+        let mut at = 0;
+        assert!(!says_goodbye(&buf, &mut at));
+        assert_eq!(at, buf.len());
         buf.extend_from_slice(&[b'X', 0, 0, 0, 4]);
-        assert!(says_goodbye(&buf));
-        assert!(says_goodbye(&[b'Q', 0, 0, 0, 2]));
-        assert!(says_goodbye(&[b'Q', 0xff, 0xff, 0xff, 0xff]));
-        assert!(!says_goodbye(&[]));
+        assert!(says_goodbye(&buf, &mut at));
+        assert!(fresh(&buf));
+        assert!(fresh(&[b'Q', 0, 0, 0, 2]));
+        assert!(fresh(&[b'Q', 0xff, 0xff, 0xff, 0xff]));
+        assert!(!fresh(&[]));
     }
 
     #[test]

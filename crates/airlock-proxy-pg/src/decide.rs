@@ -6,6 +6,8 @@
 //! after approval uses that approval (and nothing else does).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -229,10 +231,16 @@ impl Decider {
     /// Decides every check of a statement or batch: all must pass. While
     /// any needs approval, `notice` is told each request at once and the
     /// batch is held, up to the hold, for all of them.
+    ///
+    /// `stop` ends the wait (a cancel request, the client gone) with its
+    /// outcome: polled only while waiting, never while a check is made or a
+    /// grant consumed, so a grant is never spent for a statement that then
+    /// does not run.
     pub async fn decide(
         &self,
         checks: Vec<CheckBody>,
         notice: &mut (dyn FnMut(&RequestView) + Send),
+        mut stop: Pin<&mut (dyn Future<Output = Outcome> + Send + '_)>,
     ) -> Outcome {
         let mut approved: Vec<(RequestView, CheckBody)> = Vec::new();
         let mut pending: Vec<(RequestView, CheckBody)> = Vec::new();
@@ -302,7 +310,11 @@ impl Decider {
             for (view, check) in pending {
                 let id = view.id;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match self.enforcer.wait(view, left).await {
+                let waited = tokio::select! {
+                    w = self.enforcer.wait(view, left) => w,
+                    o = stop.as_mut() => return o,
+                };
+                match waited {
                     Ok(Waited::Held(view)) => still.push(view),
                     Err(e) => return undecided(e),
                     Ok(Waited::Decided(view)) if view.status == RequestStatus::Approved => {

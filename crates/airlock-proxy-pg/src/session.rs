@@ -757,7 +757,7 @@ async fn decide_batch(
     names: &mut Names,
     batch: &[Frame],
     sync: bool,
-    ends: Ends<'_, impl AsyncRead + Unpin>,
+    ends: Ends<'_, impl AsyncRead + Unpin + Send>,
 ) -> Result<(Outcome, Plan, Vec<Bytes>), SessionError> {
     let mut checks = Vec::new();
     let mut plan = Plan::default();
@@ -1006,10 +1006,14 @@ const READ_AHEAD: usize = 1 << 20;
 /// Terminate (which it may send without closing; a black-box pass found the
 /// statement then ran), or reading it failed. What it sends before is read
 /// into `buf`.
-async fn client_gone(client: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) {
-    while buf.len() < READ_AHEAD {
-        if codec::says_goodbye(buf) {
+async fn client_gone(client: &mut (impl AsyncRead + Unpin + Send), buf: &mut BytesMut) {
+    let mut at = 0;
+    loop {
+        if codec::says_goodbye(buf, &mut at) {
             return;
+        }
+        if buf.len() >= READ_AHEAD {
+            return std::future::pending().await;
         }
         // Cancel-safe: a read the decision interrupts took nothing.
         match client.read_buf(buf).await {
@@ -1017,7 +1021,6 @@ async fn client_gone(client: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) 
             Ok(_) => {}
         }
     }
-    std::future::pending().await
 }
 
 /// Decides, telling the client about holds at once; a cancel request from
@@ -1030,7 +1033,7 @@ async fn decide(
     tx: &mpsc::UnboundedSender<Cmd>,
     (user, key): (&UserName, &str),
     checks: Vec<airlock_api::CheckBody>,
-    ends: Ends<'_, impl AsyncRead + Unpin>,
+    ends: Ends<'_, impl AsyncRead + Unpin + Send>,
 ) -> Outcome {
     let hold = shared.hold.as_secs();
     let mut held = false;
@@ -1038,17 +1041,27 @@ async fn decide(
         held = true;
         let _ = tx.send(Cmd::Local(build::notice(&hold_notice(v, hold))));
     };
-    let outcome = tokio::select! {
-        o = shared.decider.decide(checks, &mut notice) => o,
-        () = ends.cancel.notified() => Outcome::Refused {
-            code: "57014",
-            message: "canceling statement due to user request (the hold ended; the request stays open)".into(),
-        },
-        () = client_gone(ends.client, ends.buf) => Outcome::Refused {
-            code: "08006",
-            message: "the client left while the statement was held; it did not run (the request stays open)".into(),
-        },
-    };
+    // Watched only while the decision waits (the decider polls it there):
+    // an allowed statement is not refused for a client that closes right
+    // after sending it, and a leave never interrupts a grant's consumption.
+    let Ends {
+        cancel,
+        client,
+        buf,
+    } = ends;
+    let stop = std::pin::pin!(async move {
+        tokio::select! {
+            () = cancel.notified() => Outcome::Refused {
+                code: "57014",
+                message: "canceling statement due to user request (the hold ended; the request stays open)".into(),
+            },
+            () = client_gone(client, buf) => Outcome::Refused {
+                code: "08006",
+                message: "the client left while the statement was held; it did not run (the request stays open)".into(),
+            },
+        }
+    });
+    let outcome = shared.decider.decide(checks, &mut notice, stop).await;
     // Approved after a wait: run only for a key still good (it was checked
     // before the hold; it may have been revoked meanwhile). The grant is
     // spent by then, so it is completed as a failure.
@@ -1543,7 +1556,8 @@ async fn decide_result(
     let mut notice = |v: &airlock_api::RequestView| {
         let _ = ntx.send(build::notice(&hold_notice(v, hold)));
     };
-    let decided = shared.decider.decide(checks, &mut notice);
+    let never = std::pin::pin!(std::future::pending());
+    let decided = shared.decider.decide(checks, &mut notice, never);
     tokio::pin!(decided);
     loop {
         tokio::select! {

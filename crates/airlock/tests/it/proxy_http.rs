@@ -418,8 +418,17 @@ async fn allow_deny_no_route_no_identity(db: Db) {
     assert_eq!(up.hits().len(), 3);
     // An upstream that switches protocols unasked: 502, not a 101 leading
     // nowhere.
-    let (st, _, body) = get(&format!("{p}/exports/public.csv?switch"), Some(&alice), None).await;
-    assert_eq!((st, code(&body).as_str()), (502, "upstream_unavailable"), "{body}");
+    let (st, _, body) = get(
+        &format!("{p}/exports/public.csv?switch"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&body).as_str()),
+        (502, "upstream_unavailable"),
+        "{body}"
+    );
 }
 
 /// Held past hold_seconds → 202 with Airlock-Request and Retry-After, the

@@ -667,6 +667,54 @@ async fn a_terminate_during_a_hold_ends_it() {
     drop(tcp);
 }
 
+/// Messages a client sends while its statement is held (read during the
+/// hold, to see whether it left) run after it, in order.
+#[tokio::test]
+async fn what_a_held_client_sends_meanwhile_runs_after_in_order() {
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(pg) = Pg::start(&Db::Sqlite, 30, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let bob = pg.server.key("bob", "user");
+    let admin = pg.server.key("admin", "admin");
+    let mut tcp = raw_login(&pg, "alice", &alice).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::query("DELETE FROM orders WHERE id = 3", &mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    let id = loop {
+        if let Some(id) = pending_of(&pg.server, &admin).await.pop() {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    out.clear();
+    frontend::query("SELECT count(*) FROM orders", &mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.server.review(&bob, &id, "approve").await;
+    let mut inbox = bytes::BytesMut::new();
+    let (mut completed, mut ready, mut count) = (Vec::new(), 0, None);
+    while ready < 2 {
+        assert!(tcp.read_buf(&mut inbox).await.unwrap() > 0, "closed");
+        while let Some(m) = Message::parse(&mut inbox).unwrap() {
+            match m {
+                Message::CommandComplete(c) => completed.push(c.tag().unwrap().to_owned()),
+                Message::DataRow(r) => {
+                    let raw = r.buffer();
+                    count = Some(String::from_utf8_lossy(&raw[4..]).into_owned());
+                }
+                Message::ErrorResponse(_) => panic!("refused"),
+                Message::ReadyForQuery(_) => ready += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(completed, ["DELETE 1", "SELECT 1"]);
+    assert_eq!(count.as_deref(), Some("4"));
+}
+
 /// COPY FROM STDIN over the extended protocol with its data sent before
 /// `Sync`, in one write: the data follows the decided statement to the
 /// server. It was written at once, ahead of the statement, and the
