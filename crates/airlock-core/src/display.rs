@@ -292,8 +292,8 @@ mod tests {
 
     #[test]
     fn look_alike_letters_in_a_latin_word_are_escaped() {
-        // A Cyrillic `о` in `customers`, a Greek `ο` in `prod`, a
-        // fullwidth `ｓ`: each names another table than it shows.
+        // A Cyrillic `о` in `customers`, a Greek `ο` in `prod`: each
+        // names another table than it shows.
         assert_eq!(
             resource_label("Table", "prod.cust\u{43e}mers"),
             "Table:prod.cust\\u{43e}mers"

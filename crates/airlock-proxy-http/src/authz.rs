@@ -116,6 +116,13 @@ impl Authz {
             cfg.checks_per_second_per_user,
             gate,
         )?;
+        if cfg.max_buffered_body_bytes < cfg.max_body_bytes {
+            // Every body it accepts would be refused as over the budget.
+            return Err(ProxyError::Config(format!(
+                "proxies.authz {:?}: max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
+                cfg.name, cfg.max_buffered_body_bytes, cfg.max_body_bytes
+            )));
+        }
         let bodies = Budget::new(cfg.max_buffered_body_bytes);
         Ok(Arc::new(Self { cfg, door, bodies }))
     }

@@ -223,9 +223,11 @@ pub struct RouteConfig {
     /// service reads to decide what a request does, such as
     /// `["x-tenant-id"]`. An approved request sent again with one of them
     /// changed, added or dropped is another action (403
-    /// `action_mismatch`). Hashed into `params.headers_sha256`, never
-    /// shown. Behind Envoy, list them in `allowed_headers` too: a header
-    /// Airlock is not shown is not bound.
+    /// `action_mismatch`). Hashed into `params.headers_sha256`, and their
+    /// values shown to approvers in `params.headers` (so list no
+    /// credential here: the fixed ones are hashed only). Behind Envoy, list
+    /// them in `allowed_headers` too: a header Airlock is not shown is not
+    /// bound.
     #[serde(default)]
     pub bind_headers: Vec<String>,
 }

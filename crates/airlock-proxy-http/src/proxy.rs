@@ -208,6 +208,13 @@ impl Proxy {
             .to_string();
         let upstream_authority = HeaderValue::from_str(&authority)
             .map_err(|e| bad(format!("upstream host {authority:?}: {e}")))?;
+        if cfg.max_buffered_body_bytes < cfg.max_body_bytes {
+            // Every body it accepts would be refused as over the budget.
+            return Err(bad(format!(
+                "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
+                cfg.max_buffered_body_bytes, cfg.max_body_bytes
+            )));
+        }
         let scanner = Scanner::new(&cfg.dlp).map_err(|e| bad(e.to_string()))?;
         // Small writes (a masked body goes out in pieces) must not wait for
         // the peer's delayed ACK: no Nagle on either side.

@@ -289,8 +289,14 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
         bail!("{} is not a regular file", path.display());
     }
     let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let notes: Vec<(String, String)> = witness::read_all(&dir.join("checkpoints"))
-        .unwrap_or_default()
+    // No checkpoints folder: none; one that cannot be read whole: said, not
+    // taken as none.
+    let folder = dir.join("checkpoints");
+    let read = match witness::read_all(&folder) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !folder.exists() => Vec::new(),
+        r => r.with_context(|| format!("reading {}", folder.display()))?,
+    };
+    let notes: Vec<(String, String)> = read
         .into_iter()
         .map(|(path, note)| {
             let label = path
@@ -545,11 +551,14 @@ fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String,
         .collect();
     for dir in cfg.witness_dirs() {
         // A folder not made yet (no checkpoint written to it) holds no
-        // note, as an empty one does.
-        let found = match witness::read_all(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            r => r.map_err(|e| format!("witness folder {}: {e}", dir.display()))?,
-        };
+        // note, as an empty one does. Only the folder itself: a note that
+        // cannot be read (a dangling link) fails, not empties the folder.
+        if matches!(std::fs::symlink_metadata(&dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            continue;
+        }
+        let found = witness::read_all(&dir)
+            .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
         for (path, text) in found {
             let notes = witness::notes_in(&text);
             let many = notes.len() > 1;

@@ -499,7 +499,7 @@ async fn changed_request_is_action_mismatch(db: Db) {
     s.review(&bob, &id, "approve").await;
 
     // A header the route binds: another tenant's, or none, is another
-    // request (its value never shown to approvers).
+    // request.
     let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
     assert!(r["params"]["headers_sha256"].is_null(), "{r}");
     let res = reqwest::Client::new()
@@ -608,7 +608,12 @@ async fn changed_request_is_action_mismatch(db: Db) {
 /// (one HTTP/2 connection's streams held gigabytes before; found by a
 /// black-box pass).
 async fn request_bodies_held_at_once_are_capped(db: Db) {
-    let (s, up, p) = with_proxy_extra(&db, 3, "max_buffered_body_bytes = 65536").await;
+    let (s, up, p) = with_proxy_extra(
+        &db,
+        3,
+        "max_body_bytes = 65536\nmax_buffered_body_bytes = 65536",
+    )
+    .await;
     let alice = s.key("alice", "user");
     let big = "r".repeat(40_000);
     let first = {
