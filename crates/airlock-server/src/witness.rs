@@ -114,6 +114,9 @@ pub fn notes_in(text: &str) -> Vec<String> {
     notes
 }
 
+/// The largest witness file read: about 200,000 notes appended.
+pub const MAX_NOTE_FILE: u64 = 64 << 20;
+
 /// Every `*.note` file in `dir`, with its path, sorted by name.
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
@@ -122,9 +125,19 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
         if path.extension().is_some_and(|e| e == "note") {
             // A pipe or device named `*.note` would hang the reader (in
             // `open` already, for a pipe) or never end.
-            if !std::fs::metadata(&path)?.is_file() {
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            if !meta.is_file() {
                 return Err(std::io::Error::other(format!(
                     "{} is not a regular file",
+                    path.display()
+                )));
+            }
+            // A note is a few hundred bytes; a file of appended ones stays
+            // far below this. Larger is refused, not read into memory.
+            if meta.len() > MAX_NOTE_FILE {
+                return Err(std::io::Error::other(format!(
+                    "{} is larger than {MAX_NOTE_FILE} bytes: not a witness file",
                     path.display()
                 )));
             }
@@ -249,4 +262,29 @@ pub async fn send(
         status: 409,
         body: "the witness's size kept changing".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A witness file past the cap, a pipe or a dangling link is refused,
+    /// naming it, not read into memory, waited on or skipped.
+    #[test]
+    fn what_is_not_a_witness_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.note");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_NOTE_FILE + 1)
+            .unwrap();
+        let e = read_all(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("big.note") && e.contains("larger"), "{e}");
+        std::fs::remove_file(&big).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", dir.path().join("gone.note")).unwrap();
+        let e = read_all(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("gone.note"), "{e}");
+    }
 }

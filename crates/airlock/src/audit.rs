@@ -296,14 +296,25 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !folder.exists() => Vec::new(),
         r => r.with_context(|| format!("reading {}", folder.display()))?,
     };
+    // Every note in each file, as `--config` reads witness files: what
+    // follows a note in its file is checked, not ignored.
     let notes: Vec<(String, String)> = read
         .into_iter()
-        .map(|(path, note)| {
-            let label = path
+        .flat_map(|(path, text)| {
+            let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            (label, note)
+            let notes = witness::notes_in(&text);
+            let many = notes.len() > 1;
+            notes.into_iter().enumerate().map(move |(i, note)| {
+                let label = if many {
+                    format!("{name} (note {} in the file)", i + 1)
+                } else {
+                    name.clone()
+                };
+                (label, note)
+            })
         })
         .collect();
     let mut check = LogCheck::default();
@@ -555,6 +566,12 @@ fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String,
         // cannot be read (a dangling link) fails, not empties the folder.
         if matches!(std::fs::symlink_metadata(&dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
         {
+            // Said, so a witness folder unmounted or removed is not
+            // mistaken for one checked.
+            eprintln!(
+                "note: witness folder {} does not exist (yet); no note read from it",
+                dir.display()
+            );
             continue;
         }
         let found = witness::read_all(&dir)

@@ -373,6 +373,23 @@ async fn an_export_signs_what_no_checkpoint_covers_yet() {
     let (code, out) = verify(&crlf);
     assert_ne!(code, 0);
     assert!(out.contains("not a regular file"), "{out}");
+    // Text after a note in its file is read as another note, and fails,
+    // where it was ignored.
+    std::fs::remove_file(crlf.join("records.jsonl")).unwrap();
+    std::fs::copy(e.join("records.jsonl"), crlf.join("records.jsonl")).unwrap();
+    let (code, out) = verify(&crlf);
+    assert_eq!(code, 0, "{out}");
+    let note = std::fs::read_dir(crlf.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut text = std::fs::read_to_string(&note).unwrap();
+    text.push_str("garbage\n");
+    std::fs::write(&note, text).unwrap();
+    let (code, out) = verify(&crlf);
+    assert_eq!(code, 1, "{out}");
 }
 
 /// A witness folder that does not exist yet (no checkpoint has been
@@ -404,7 +421,15 @@ async fn a_witness_folder_not_made_yet_holds_no_note() {
     std::fs::write(&copy, cfg).unwrap();
     let (code, out) = airlock(&["audit", "verify", "--config", copy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("does not exist"), "said: {out}");
     assert!(!folder.exists());
+    // A folder that exists with a note that cannot be read fails: a
+    // dangling link emptied the folder, and a restored older log passed.
+    std::fs::create_dir(&folder).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x.note", folder.join("zzz.note")).unwrap();
+    let (code, out) = airlock(&["audit", "verify", "--config", copy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("zzz.note"), "{out}");
 }
 
 /// The checkpoint an export signs is witnessed like the server's: written
