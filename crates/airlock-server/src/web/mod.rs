@@ -666,7 +666,7 @@ async fn review(
         let id = request_id(&id)?;
         let verdict = Verdict::parse(&form.verdict)
             .map_err(|_| ApiError::BadRequest("verdict must be approve or deny".into()))?;
-        let reason = Some(form.reason).filter(|r| !r.trim().is_empty());
+        let reason = Some(form.reason).filter(|r| !airlock_core::display::is_blank(r));
         if verdict == Verdict::Deny && reason.is_none() {
             return Err(ApiError::BadRequest(
                 "say why you deny: the requester reads it".into(),
@@ -719,7 +719,7 @@ async fn revoke(
     check_csrf(&user, &form.csrf)?;
     let done = async {
         let id = request_id(&id)?;
-        let reason = Some(form.reason).filter(|r| !r.trim().is_empty());
+        let reason = Some(form.reason).filter(|r| !airlock_core::display::is_blank(r));
         airlock.revoke(&user.caller, id, reason).await?;
         Ok(id)
     };

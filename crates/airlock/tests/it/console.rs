@@ -230,6 +230,20 @@ async fn console_approve_in_a_real_browser_lets_a_waiting_run_go_ahead() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+    // A deny whose reason is invisible characters only gives none.
+    let (bob_cookie, bob_csrf) = http_sign_in(&http, &s.url, "bob", "bob's long password").await;
+    let r = http
+        .post(format!("{}/requests/{id}/review", s.url))
+        .header("cookie", format!("airlock_session={bob_cookie}"))
+        .form(&[
+            ("csrf", bob_csrf.as_str()),
+            ("verdict", "deny"),
+            ("reason", "\u{200b}\u{feff}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
     let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
     assert_eq!(r["status"], "pending", "nothing above approved it");
     assert!(r["reviews"].as_array().unwrap().is_empty());
