@@ -109,6 +109,9 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: front
+          # a `X_Tenant_Id` would reach the service unseen (`allowed_headers`
+          # matches names exactly), where the service may read it as `X-Tenant-Id`
+          common_http_protocol_options: {{ headers_with_underscores_action: REJECT_REQUEST }}
           route_config:
             virtual_hosts:
             - name: all
@@ -390,6 +393,19 @@ async fn the_loop_through(db: &Db, front: Front) {
         400
     };
     assert_eq!(res.status().as_u16(), refused, "{front:?}");
+    // Spelled with `_`, which Airlock behind Envoy is never shown
+    // (`allowed_headers` matches names exactly): Envoy refuses it itself
+    // (`headers_with_underscores_action`). nginx drops such headers.
+    if matches!(front, Front::Envoy) {
+        let res = reqwest::Client::new()
+            .get(format!("{p}/exports/public.csv"))
+            .header("Airlock-Token", &alice)
+            .header("X_HTTP_Method_Override", "DELETE")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{front:?}");
+    }
     assert_eq!(
         up.hits().len(),
         1,

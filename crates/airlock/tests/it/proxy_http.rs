@@ -644,6 +644,22 @@ async fn request_bodies_held_at_once_are_capped(db: Db) {
     .await;
     assert_eq!(st, 202, "{b}");
     assert!(up.hits().is_empty());
+    // A declared length past max_body_bytes is refused at once, before
+    // any of the body is waited for.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(p.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /upload/c HTTP/1.1\r\nhost: x\r\nairlock-token: {alice}\r\ncontent-length: 100000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut status = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut status))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    assert_eq!(&status, b"HTTP/1.1 413");
 }
 
 /// An approval that arrives while the request is held wakes it: the held
