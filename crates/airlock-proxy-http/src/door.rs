@@ -632,12 +632,7 @@ fn screen_bound(headers: &HeaderMap, extra: &[HeaderName]) -> Result<(), Refusal
             )));
         }
     }
-    let named = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase());
-    for token in named {
+    for token in connection_tokens(headers) {
         if bound(&token) {
             return Err(bad(format!(
                 "Connection names {token}, which an approval binds; refused rather than dropped"
@@ -645,6 +640,19 @@ fn screen_bound(headers: &HeaderMap, extra: &[HeaderName]) -> Result<(), Refusal
         }
     }
     Ok(())
+}
+
+/// The header names `Connection` lists (lowercased), which are dropped
+/// as hop-by-hop before forwarding: one reading for the check on bound
+/// headers and for the dropping, so they cannot disagree.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
 }
 
 /// The SHA-256 of the [`BOUND_HEADERS`] and the route's own `extra` a

@@ -1164,14 +1164,7 @@ fn describe(counts: &Counts) -> String {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let named: Vec<String> = crate::door::connection_tokens(headers).collect();
     for h in HOP_BY_HOP
         .iter()
         .copied()

@@ -597,7 +597,14 @@ async fn relay(
                     break Err(e);
                 }
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => {
+            // COPY data sent in a batch, before its Sync, joins it: after
+            // the batch's COPY, in order, once it is decided (written at
+            // once, it reached the server before the statement, which then
+            // waited for data that had come and gone: a black-box pass
+            // found the session hung).
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'd' | b'c' | b'f'
+                if matches!(f.tag, b'P' | b'B' | b'D' | b'E' | b'C') || !batch.is_empty() =>
+            {
                 batch_bytes += f.raw.len();
                 batch.push(f);
                 if batch.len() > MAX_BATCH_FRAMES || batch_bytes > MAX_BATCH_BYTES {
@@ -636,22 +643,6 @@ async fn relay(
                 }
                 if let Err(e) = send(shared, &tx, &mut up_wr, outcome, plan, frames, sync).await {
                     break Err(e);
-                }
-            }
-            // COPY data sent in a batch, before its Sync: after the
-            // batch's COPY, in order, once it is decided (written at once,
-            // it reached the server before the statement, which then
-            // waited for data that had come and gone: a black-box pass
-            // found the session hung).
-            b'd' | b'c' | b'f' if !batch.is_empty() => {
-                batch_bytes += f.raw.len();
-                batch.push(f);
-                if batch.len() > MAX_BATCH_FRAMES || batch_bytes > MAX_BATCH_BYTES {
-                    let _ = tx.send(Cmd::Local(build::fatal(
-                        "54000",
-                        "too much COPY data before Sync for Airlock's proxy",
-                    )));
-                    break Err(SessionError::Refused("batch too large".into()));
                 }
             }
             // COPY data from the client: its statement was decided.

@@ -305,16 +305,7 @@ pub fn verify_dir(dir: &Path, key: &str, out: Output) -> anyhow::Result<ExitCode
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let notes = witness::notes_in(&text);
-            let many = notes.len() > 1;
-            notes.into_iter().enumerate().map(move |(i, note)| {
-                let label = if many {
-                    format!("{name} (note {} in the file)", i + 1)
-                } else {
-                    name.clone()
-                };
-                (label, note)
-            })
+            notes_labelled(&name, &text)
         })
         .collect();
     let mut check = LogCheck::default();
@@ -577,19 +568,29 @@ fn labelled_notes(cfg: &Config, stored: &[(i64, String)]) -> Result<Vec<(String,
         let found = witness::read_all(&dir)
             .map_err(|e| format!("witness folder {}: {e}", dir.display()))?;
         for (path, text) in found {
-            let notes = witness::notes_in(&text);
-            let many = notes.len() > 1;
-            for (i, note) in notes.into_iter().enumerate() {
-                let label = if many {
-                    format!("{} (note {} in the file)", path.display(), i + 1)
-                } else {
-                    path.display().to_string()
-                };
-                labelled.push((label, note));
-            }
+            labelled.extend(notes_labelled(&path.display().to_string(), &text));
         }
     }
     Ok(labelled)
+}
+
+/// The notes in a witness file's `text`, each labelled by the file's
+/// `name` (and its place in the file, when it holds several) for errors.
+fn notes_labelled(name: &str, text: &str) -> Vec<(String, String)> {
+    let notes = witness::notes_in(text);
+    let many = notes.len() > 1;
+    notes
+        .into_iter()
+        .enumerate()
+        .map(|(i, note)| {
+            let label = if many {
+                format!("{name} (note {} in the file)", i + 1)
+            } else {
+                name.to_owned()
+            };
+            (label, note)
+        })
+        .collect()
 }
 
 /// The checked records' root, if it is the root of the Merkle tree the
