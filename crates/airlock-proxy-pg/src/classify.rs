@@ -266,6 +266,59 @@ const ON_CALLERS_STACK: usize = 2048;
 /// depth touches is used, and it is unmapped after.
 const STACK_PER_BYTE: usize = 512;
 
+/// The deepest a long statement may nest, as [`depth_bound`] reads it:
+/// the depth libpg_query itself allows from version 18 on. The parse costs
+/// the square of the depth, so this bounds it (a 1 MiB statement of `+1`
+/// took a core for 215 s and held every other session's long statements
+/// meanwhile; found by a black-box pass).
+const MAX_DEPTH: usize = 5_000;
+
+/// A bound, read from the tokens in one pass, on how deep `sql`'s parse
+/// tree nests: at each token, the brackets open around it plus, at each
+/// of their levels, the tokens since the last `,`, `;`, `AND` or `OR`
+/// (lists, statements and PostgreSQL's flattened AND/OR chains start no
+/// deeper than their first item; anything else may nest one deeper per
+/// token: `1+1+…`, `-+-…`, `::int::int…`, `UNION` chains). It over-counts
+/// long runs of tokens that nest nothing, which real statements rarely
+/// have thousands of; it never under-counts a chain of operators.
+fn depth_bound(sql: &str) -> Result<usize, Refusal> {
+    use pg_query::protobuf::Token;
+    let scanned = pg_query::scan(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
+    let (open, close) = (
+        [Token::Ascii40 as i32, Token::Ascii91 as i32],
+        [Token::Ascii41 as i32, Token::Ascii93 as i32],
+    );
+    let separators = [
+        Token::Ascii44 as i32,
+        Token::Ascii59 as i32,
+        Token::And as i32,
+        Token::Or as i32,
+    ];
+    // Tokens since the last separator, per open bracket (and the top).
+    let mut runs: Vec<usize> = vec![0];
+    let mut sum = 0usize;
+    let mut deepest = 0usize;
+    for t in &scanned.tokens {
+        let current = runs.len() - 1;
+        if open.contains(&t.token) {
+            runs[current] += 1;
+            sum += 1;
+            runs.push(0);
+        } else if close.contains(&t.token) {
+            if runs.len() > 1 {
+                sum -= runs.pop().unwrap_or(0);
+            }
+        } else if separators.contains(&t.token) {
+            sum -= std::mem::take(&mut runs[current]);
+        } else {
+            runs[current] += 1;
+            sum += 1;
+        }
+        deepest = deepest.max(sum + runs.len());
+    }
+    Ok(deepest)
+}
+
 /// Whether [`classify`] may take long for `sql`: the parse of a deeply
 /// nested statement costs the square of its depth (1 MiB of `+1` took two
 /// minutes of a core), so such statements are classified off the async
@@ -285,6 +338,12 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
     }
     if sql.len() <= ON_CALLERS_STACK {
         return classify_here(sql);
+    }
+    let depth = depth_bound(sql)?;
+    if depth > MAX_DEPTH {
+        return Err(Refusal::NotServed(format!(
+            "a statement nested about {depth} levels deep (at most {MAX_DEPTH})"
+        )));
     }
     stacker::grow((1 << 20) + sql.len() * STACK_PER_BYTE, || {
         classify_here(sql)
@@ -456,6 +515,17 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     if top == "DropStmt" {
         drop_targets(body, &mut st.tables);
     }
+    // Advisory locks are the server's, shared with every application on
+    // it: one taken under a permit to read could stall them all. Decided
+    // as `sql.other` on the database, alone.
+    if st.functions.iter().any(|f| takes_advisory_lock(f)) {
+        if !st.tables.is_empty() {
+            return Err(Refusal::NotServed(
+                "an advisory lock in a statement that names tables (take it alone)".into(),
+            ));
+        }
+        st.kind = Access::Other;
+    }
     // Writing the catalogs (`UPDATE pg_settings …` sets a setting) changes
     // the server under Airlock's feet.
     let catalog = |t: &str| {
@@ -590,6 +660,27 @@ impl Walk<'_> {
             }
             if UNSEEN_READERS.contains(&bare.as_str()) || STATE_CHANGERS.contains(&bare.as_str()) {
                 self.refused = Some(Refusal::NotServed(format!("{bare}()")));
+            }
+            // `nextval` writes its sequence (a relation): decided as an
+            // UPDATE of it, so a permit to read does not advance it. A
+            // sequence named at run time cannot be decided.
+            if bare == "nextval" {
+                match body
+                    .get("args")
+                    .and_then(Value::as_array)
+                    .filter(|a| a.len() == 1)
+                    .and_then(|a| const_text(&a[0]))
+                    .and_then(|t| relation_name(&t))
+                {
+                    Some(seq) => {
+                        self.st.tables.insert((Access::Update, seq));
+                    }
+                    None => {
+                        self.refused = Some(Refusal::NotServed(
+                            "nextval() of a sequence not named by a constant".into(),
+                        ))
+                    }
+                }
             }
             self.st.functions.insert(name);
         }
@@ -783,6 +874,80 @@ fn unqualified_schema(rel: &str) -> &'static str {
         "pg_catalog"
     } else {
         "public"
+    }
+}
+
+/// Whether `function` (as written) takes or releases an advisory lock.
+fn takes_advisory_lock(function: &str) -> bool {
+    let bare = function
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    bare.starts_with("pg_advisory_") || bare.starts_with("pg_try_advisory_")
+}
+
+/// The text of a string constant, cast or not (`'s'`, `'s'::regclass`).
+fn const_text(v: &Value) -> Option<String> {
+    let v = v.get("node").unwrap_or(v);
+    if let Some(cast) = v.get("TypeCast") {
+        return const_text(cast.get("arg")?);
+    }
+    let c = v.get("AConst")?;
+    c.get("val")?
+        .get("Sval")?
+        .get("sval")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// `schema.name` of a relation named in text as `regclass` reads it:
+/// unquoted parts folded to lower case, quoted ones kept, unqualified
+/// names resolved as [`range_var`] does. `None` for what is not a plain
+/// one- or two-part name.
+fn relation_name(text: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return None;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+    match parts.as_slice() {
+        [name] => Some(format!("{}.{name}", unqualified_schema(name))),
+        [schema, name] => Some(format!("{schema}.{name}")),
+        _ => None,
     }
 }
 
@@ -1154,6 +1319,11 @@ mod tests {
             "SELECT * FROM pg_ls_waldir()",
             "SELECT * FROM pg_stat_get_activity(NULL)",
             "SELECT pg_notify('c', 'x')",
+            // a sequence Airlock cannot name; an advisory lock beside tables
+            "SELECT nextval($1)",
+            "SELECT nextval(name) FROM seqs",
+            "SELECT nextval('a.b.c.d')",
+            "SELECT pg_advisory_lock(1) FROM orders",
         ] {
             assert!(
                 matches!(
@@ -1205,12 +1375,85 @@ mod tests {
             format!("select 1{}", "::int".repeat(20_000)),
             format!("select {}1", "-+".repeat(4_995)),
             vec!["select 1"; 20_000].join(" union all "),
+            format!("select {}1{}", "(".repeat(6_000), ")".repeat(6_000)),
         ] {
             assert!(
-                matches!(classify(&sql), Err(Refusal::Unparseable(_))),
+                matches!(
+                    classify(&sql),
+                    Err(Refusal::Unparseable(_) | Refusal::NotServed(_))
+                ),
                 "{} bytes",
                 sql.len()
             );
+        }
+    }
+
+    /// A deep statement is refused from its tokens, before the parse whose
+    /// cost grows with the square of its depth; long flat ones (lists,
+    /// AND/OR chains, many statements) pass.
+    #[test]
+    fn depth_is_bounded_before_the_parse() {
+        let deep = format!("select 1{}", "+1".repeat(500_000));
+        // Refused as too deep, not parsed (which takes minutes).
+        assert!(matches!(classify(&deep), Err(Refusal::NotServed(m)) if m.contains("deep")));
+        let ids: Vec<String> = (0..50_000).map(|i| format!("'n{i}'")).collect();
+        let list = format!("select id from t where name in ({})", ids.join(","));
+        assert!(
+            depth_bound(&list).unwrap() < 20,
+            "{}",
+            depth_bound(&list).unwrap()
+        );
+        let ands: Vec<String> = (0..5_000).map(|i| format!("c{i} = {i}")).collect();
+        let chain = format!("select 1 from t where {}", ands.join(" and "));
+        assert!(depth_bound(&chain).unwrap() < 20);
+        assert!(classify(&chain).is_ok());
+        let many = "select 1 from t where a = 1;".repeat(2_000);
+        assert!(depth_bound(&many).unwrap() < 20);
+        assert!(depth_bound(&format!("select 1{}", "+1".repeat(6_000))).unwrap() > 6_000);
+    }
+
+    #[test]
+    fn nextval_writes_its_sequence_and_advisory_locks_are_other() {
+        // Found by a black-box pass: both ran under a permit to read.
+        let one = |sql: &str| {
+            let mut v = classify(sql).unwrap();
+            assert_eq!(v.len(), 1, "{sql}");
+            v.remove(0)
+        };
+        for (sql, seq) in [
+            ("SELECT nextval('orders_id_seq')", "public.orders_id_seq"),
+            (
+                "SELECT nextval('Orders_ID_seq'::regclass)",
+                "public.orders_id_seq",
+            ),
+            ("SELECT nextval('\"Mixed\".\"S\"\"q\"')", "Mixed.S\"q"),
+            ("SELECT pg_catalog.nextval('app.s')", "app.s"),
+        ] {
+            let st = one(sql);
+            assert_eq!(st.kind, Access::Select, "{sql}");
+            assert!(
+                st.tables.contains(&(Access::Update, seq.to_owned())),
+                "{sql}: {:?}",
+                st.tables
+            );
+        }
+        let st = one("INSERT INTO orders (id) VALUES (nextval('orders_id_seq'))");
+        assert!(st
+            .tables
+            .contains(&(Access::Insert, "public.orders".into())));
+        assert!(st
+            .tables
+            .contains(&(Access::Update, "public.orders_id_seq".into())));
+        // currval reads the session's own state only.
+        assert!(one("SELECT currval('s')").tables.is_empty());
+        for sql in [
+            "SELECT pg_advisory_lock(42)",
+            "SELECT pg_try_advisory_xact_lock(1, 2)",
+            "SELECT pg_catalog.pg_advisory_unlock_all()",
+        ] {
+            let st = one(sql);
+            assert_eq!(st.kind, Access::Other, "{sql}");
+            assert!(st.tables.is_empty(), "{sql}");
         }
     }
 }

@@ -345,6 +345,20 @@ impl Decider {
                 );
             }
         }
+        // One approval runs its statement once: a batch that executes it
+        // twice (two Executes of its portal) is refused before either
+        // grant is spent, so the approval stays for a run that uses it once.
+        let mut ids: Vec<RequestId> = approved.iter().map(|(v, _)| v.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Outcome::refused(
+                DENIED,
+                format!(
+                    "request {} approves one run of its statement; this batch runs it more than once (nothing ran, the approval stays)",
+                    w[0]
+                ),
+            );
+        }
         let mut grants = Vec::new();
         for (view, check) in approved {
             if let Some(fp) = check.fingerprint() {

@@ -253,9 +253,19 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
         !ok && err.contains("0A000") && !out.contains("crown"),
         "{err}"
     );
-    let gbk = url.replace("sslmode=disable", "sslmode=disable&client_encoding=GBK");
-    let (ok, _, err) = psql(&gbk, &["-c", "SELECT 1"]);
-    assert!(!ok && err.contains("UTF8"), "{err}");
+    // SHIFT_JIS_2004 hides a backslash as SJIS does (a denylist missed
+    // it: a read permit ran a hidden DELETE; found by a black-box pass).
+    for enc in ["GBK", "SHIFT_JIS_2004", "shiftjis2004"] {
+        let other = url.replace(
+            "sslmode=disable",
+            &format!("sslmode=disable&client_encoding={enc}"),
+        );
+        let (ok, _, err) = psql(&other, &["-c", "SELECT 1"]);
+        assert!(!ok && err.contains("UTF8"), "{enc}: {err}");
+    }
+    let latin = url.replace("sslmode=disable", "sslmode=disable&client_encoding=LATIN1");
+    let (ok, _, err) = psql(&latin, &["-c", "SELECT 1"]);
+    assert!(ok, "{err}");
 
     // \copy: out is sql.copy_out on orders, in is sql.copy_in (only where
     // policies say: write-orders permits both).
@@ -481,6 +491,12 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
     assert!(err.contains("NOTICE") && err.contains(&id), "{err}");
     assert!(out.is_empty() || out.contains("DELETE"), "{out}");
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 4"), 0);
+    // Its completion says what the write did (it returns no rows).
+    let done = pg.server.audit_of(&admin, "grant_completed", 1).await;
+    assert_eq!(
+        done[0]["details"]["detail"]["commands"][0], "DELETE 1",
+        "{done:?}"
+    );
 
     // Denied while held.
     let held = {
@@ -530,6 +546,28 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
         "the cancel did not end the hold"
     );
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+
+    // One approval runs its statement once: a query that runs it twice is
+    // refused before the grant is spent (the first run spent it and only
+    // the second was refused), and the approval stays for a single run.
+    let id = pending_of(&pg.server, &admin).await.pop().unwrap();
+    pg.server.review(&bob, &id, "approve").await;
+    let c = pg.connect("alice", &alice).await.unwrap();
+    let e = c
+        .batch_execute("DELETE FROM orders WHERE id = 1; DELETE FROM orders WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "AL002", "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("more than once"), "{message}");
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
+    c.execute("DELETE FROM orders WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 0);
 
     // The client leaves while held, then the request is approved: the
     // statement does not run with no one to answer (it did), and the
