@@ -457,7 +457,19 @@ fn nginx_question(h: &HeaderMap) -> Result<Question, Refusal> {
             })
     };
     let method = get(NGINX_METHOD)?;
-    let uri: hyper::Uri = get(NGINX_URI)?
+    let raw_uri = get(NGINX_URI)?;
+    // `#` has no place in a request target, and nginx passes it on as
+    // sent: the URI parser here drops the fragment, where a service that
+    // keeps it in the path and cleans it after reads another path
+    // (`/exports/public.csv#/../secret.csv`; found by a black-box pass).
+    if raw_uri.contains('#') {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::BadRequest,
+            "a request target holding `#` is refused: the service could read a path other than the one decided",
+        ));
+    }
+    let uri: hyper::Uri = raw_uri
         .parse()
         .map_err(|_| bad_question("X-Airlock-Uri is not a request URI"))?;
     let described = get(NGINX_BODY)?;

@@ -233,7 +233,7 @@ impl Door {
     /// Symfony) take as the request's real method, as the headers above;
     /// its name is read decoded, as they read it.
     pub fn screen_query(&self, query: &str) -> Result<(), Refusal> {
-        if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| overrides_method(&k)) {
+        if form_names_override(query.as_bytes()) {
             return Err(method_override_refused());
         }
         Ok(())
@@ -254,8 +254,17 @@ impl Door {
                 .get(name)
                 .map(|v: &hyper::header::HeaderValue| String::from_utf8_lossy(v.as_bytes()))
         };
+        // Every `Content-Encoding` line, joined as HTTP joins them: the
+        // first alone (`identity`) hid a second (`gzip`) from the screen
+        // (found by a black-box pass).
+        let encodings: Vec<String> = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let encoding = (!encodings.is_empty()).then(|| encodings.join(", "));
         let decoded;
-        let body = match raw(header::CONTENT_ENCODING) {
+        let body = match encoding {
             Some(enc) if !enc.trim().eq_ignore_ascii_case("identity") => {
                 decoded = crate::scan::decode(body, Some(&enc), MAX_SCREENED).map_err(|e| {
                     Refusal::new(
@@ -274,14 +283,12 @@ impl Door {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let form = ct.trim().is_empty() || ct.contains("x-www-form-urlencoded");
-        let overrides = (form && form_urlencoded::parse(body).any(|(k, _)| overrides_method(&k)))
+        let overrides = (form && form_names_override(body))
             || (ct.contains("multipart")
                 && multipart_names(body).iter().any(|n| overrides_method(n)))
             // Keys decoded (a `\u005f` spelling is the same key); anything
             // but an object has no keys a framework would read.
-            || (ct.contains("json")
-                && serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body)
-                    .is_ok_and(|o| o.keys().any(|k| overrides_method(k))));
+            || (ct.contains("json") && json_names_override(body));
         if overrides {
             return Err(method_override_refused());
         }
@@ -309,9 +316,12 @@ impl Door {
             }
         }
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(no_identity(
-                "send your Airlock API key in the Airlock-Token header",
-            ));
+            return Err(no_identity(&match &self.principal_header {
+                Some(h) => format!(
+                    "no identity: the trusted front sets {h}, or send your Airlock API key in the Airlock-Token header"
+                ),
+                None => "send your Airlock API key in the Airlock-Token header".to_owned(),
+            }));
         };
         let user = self.owner_of(&token).await?;
         Ok((user, Some(token)))
@@ -683,7 +693,9 @@ fn bound_headers_digest(headers: &HeaderMap, extra: &[HeaderName]) -> Option<Str
 /// control characters of any kind, in case another reader is looser still.
 fn overrides_method(name: &str) -> bool {
     let name = name.split('\0').next().unwrap_or("");
-    let trimmed = name.trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
+    // Both ends: `_method+=` is `_method ` decoded, which readers that
+    // trim names take as `_method`.
+    let trimmed = name.trim_matches(|c: char| c.is_whitespace() || c.is_control());
     // Rack 2 drops leading brackets: `]_method`, `[_method]`.
     let unbracketed = trimmed.trim_start_matches(['[', ']']);
     [name, trimmed, unbracketed].into_iter().any(|name| {
@@ -693,6 +705,96 @@ fn overrides_method(name: &str) -> bool {
                 && matches!(rest.as_bytes().get(6), None | Some(b'[' | b']'))
         })
     })
+}
+
+/// Whether a query or form body names `_method`, split at `&` and also at
+/// `;`, which older parsers (Rack 2, Python's `cgi`, Go before 1.17) take
+/// as a separator too.
+fn form_names_override(form: &[u8]) -> bool {
+    let semis: Vec<u8> = form
+        .iter()
+        .map(|b| if *b == b';' { b'&' } else { *b })
+        .collect();
+    let overrides = [form, &semis[..]]
+        .into_iter()
+        .any(|f| form_urlencoded::parse(f).any(|(k, _)| overrides_method(&k)));
+    overrides
+}
+
+/// Whether a JSON body names `_method` as a key (keys decoded: a `\u005f`
+/// spelling is the same key; anything but an object has no keys a
+/// framework would read). Read also as lenient readers read it: without a
+/// byte-order mark, with raw control characters and trailing NULs, and
+/// UTF-16 or UTF-32 (Node's body-parser decodes a charset and drops the
+/// mark; found by a black-box pass). Text that is JSON in none of these
+/// readings is refused where it mentions `_method` at all.
+fn json_names_override(body: &[u8]) -> bool {
+    let strict = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body);
+    if let Ok(o) = strict {
+        return o.keys().any(|k| overrides_method(k));
+    }
+    if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+        return false;
+    }
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let tidy = |bytes: &[u8]| -> String {
+        String::from_utf8_lossy(bytes)
+            .trim_start_matches('\u{feff}')
+            .trim_end_matches(['\0', ' ', '\t', '\r', '\n'])
+            .chars()
+            .map(|c| {
+                if c.is_control() && !"\t\r\n".contains(c) {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    // ASCII text in UTF-16 or UTF-32 is the same bytes with NULs between.
+    let ascii: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, 0 | 0xFE | 0xFF))
+        .collect();
+    [tidy(body), tidy(&ascii)].iter().any(|text| {
+        match serde_json::from_str::<BTreeMap<String, IgnoredAny>>(text) {
+            Ok(o) => o.keys().any(|k| overrides_method(k)),
+            Err(_) if serde_json::from_str::<IgnoredAny>(text).is_ok() => false,
+            Err(_) => {
+                let plain = unescape_json(text).to_ascii_lowercase();
+                ["_method", ".method", "[method"]
+                    .iter()
+                    .any(|m| plain.contains(m))
+            }
+        }
+    })
+}
+
+/// `text` with each `\uXXXX` escape replaced by its character (others
+/// kept as written): enough to find a key spelled with escapes.
+fn unescape_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 2..at + 6);
+        match hex
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)
+        {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[at + 6..];
+            }
+            None => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Every value a multipart form could name a part with: each `name` or
@@ -736,6 +838,15 @@ fn param_values(flat: &[u8]) -> Vec<String> {
         };
         i += key_len;
         let mut j = i;
+        // RFC 2231 spellings: `name*=utf-8''_method`, `name*0=_met`.
+        let mut extended = false;
+        while flat
+            .get(j)
+            .is_some_and(|b| *b == b'*' || b.is_ascii_digit())
+        {
+            extended = true;
+            j += 1;
+        }
         while flat.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
             j += 1;
         }
@@ -764,6 +875,25 @@ fn param_values(flat: &[u8]) -> Vec<String> {
             })
             .copied()
             .collect();
+        if extended {
+            // `charset'language'value`, percent-encoded: the value, decoded
+            // (a continuation `name*1=` starting mid-name is not joined:
+            // `name*0=_method` alone already names it).
+            let v = match value.iter().filter(|b| **b == b'\'').count() {
+                n if n >= 2 => {
+                    let second = value
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| **b == b'\'')
+                        .nth(1)
+                        .map_or(0, |(k, _)| k + 1);
+                    &value[second..]
+                }
+                _ => &value[..],
+            };
+            let decoded: Vec<u8> = percent_encoding::percent_decode(v).collect();
+            names.push(String::from_utf8_lossy(&decoded).into_owned());
+        }
         names.push(String::from_utf8_lossy(&value).into_owned());
         // Resume right after the key: a value may hold the next key.
     }
@@ -822,6 +952,59 @@ mod tests {
         assert!(names.iter().any(|n| n == "x"), "{names:?}");
         let many = b"name=".repeat(200_000);
         assert_eq!(multipart_names(&many).len(), 400_000);
+    }
+
+    /// JSON bodies lenient readers take and a strict parse does not: a
+    /// byte-order mark, UTF-16, a raw control character, a trailing NUL
+    /// (found by a black-box pass); strict JSON is read by its keys only.
+    #[test]
+    fn json_overrides_in_bodies_only_lenient_readers_take() {
+        let utf16: Vec<u8> = "{\"_method\":\"DELETE\"}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for body in [
+            &b"\xEF\xBB\xBF{\"_method\":\"DELETE\"}"[..],
+            &[&b"\xFF\xFE"[..], &utf16[..]].concat(),
+            &utf16,
+            b"{\"a\":\"\x01\",\"_method\":\"DELETE\"}",
+            b"{\"_method\":\"DELETE\"}\0",
+            b"{\"_\\u006dethod\":\"DELETE\",}",
+            b"{\"_method\":\"DELETE\"}",
+        ] {
+            assert!(json_names_override(body), "{body:?}");
+        }
+        for body in [
+            &b"{\"method\":\"sum\",\"id\":1}"[..],
+            b"[{\"_method\":\"DELETE\"}]",
+            b"{\"note\":\"_method\"}",
+            b"{\"a\":1}\n{\"b\":2}\n",
+        ] {
+            assert!(!json_names_override(body), "{body:?}");
+        }
+    }
+
+    /// Spellings a black-box pass got through: `;` between fields (older
+    /// Rack, Python's `cgi`), `_method+=` (a trailing space once decoded)
+    /// and RFC 2231's `name*=`.
+    #[test]
+    fn method_overrides_in_older_separators_and_extended_names() {
+        for form in [
+            &b"a=1;_method=DELETE"[..],
+            b"_method+=DELETE",
+            b"a=1&_method%20=DELETE",
+        ] {
+            assert!(form_names_override(form), "{form:?}");
+        }
+        assert!(!form_names_override(b"a=1;method=x&b=_method"));
+        for body in [
+            &b"Content-Disposition: form-data; name*=utf-8''_method\r\n"[..],
+            b"Content-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n",
+            b"Content-Disposition: form-data; name*0=_method\r\n",
+        ] {
+            let names = multipart_names(body);
+            assert!(names.iter().any(|n| overrides_method(n)), "{names:?}");
+        }
     }
 
     #[test]

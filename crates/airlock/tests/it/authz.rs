@@ -599,6 +599,20 @@ async fn nginx_refuses_what_it_cannot_show(db: Db) {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 403);
+    // nginx passes a `#` in the request target on as sent; the service
+    // may clean it into another path than the one decided (found by a
+    // black-box pass: `public.csv#/../secret.csv`).
+    let res = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{authz}/nginx"))
+        .header("Airlock-Token", &alice)
+        .header("X-Airlock-Method", "GET")
+        .header("X-Airlock-Uri", "/notes/x#/../../upload/x")
+        .header("X-Airlock-Body", "0::HTTP/1.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    assert_eq!(res.headers()["airlock-outcome"], "refused");
 }
 
 /// Airlock gone: the front fails closed, nothing reaches the service.
