@@ -79,6 +79,14 @@ pub enum AuditKind {
     /// A step-up proof (a TOTP code) was given and was wrong: counted, so
     /// that guessing stops after a few.
     StepUpFailed,
+    /// A review refused before it counted: a requester reviewing their own
+    /// request, or someone not eligible to review it (an attempt to get
+    /// around an approval, kept on record with the request).
+    ReviewRefused,
+    /// A check or break-glass refused for what the caller claimed: another
+    /// principal's name on a user key, facts only enforcers may state, a
+    /// break-glass its caller may not break.
+    CheckRefused,
 }
 
 impl AuditKind {
@@ -112,6 +120,8 @@ impl AuditKind {
         Self::WebauthnRegistered,
         Self::DlpFindings,
         Self::StepUpFailed,
+        Self::ReviewRefused,
+        Self::CheckRefused,
     ];
 
     /// Whether records of this kind belong to a request or its grant; only
@@ -129,6 +139,7 @@ impl AuditKind {
                 | Self::GrantCompleted
                 | Self::RequirementRaised
                 | Self::Breakglass
+                | Self::ReviewRefused
         )
     }
 
@@ -163,6 +174,8 @@ impl AuditKind {
             Self::WebauthnRegistered => "webauthn_registered",
             Self::DlpFindings => "dlp_findings",
             Self::StepUpFailed => "step_up_failed",
+            Self::ReviewRefused => "review_refused",
+            Self::CheckRefused => "check_refused",
         }
     }
 }
@@ -918,10 +931,12 @@ mod tests {
                 AuditKind::WebauthnRegistered => 25,
                 AuditKind::DlpFindings => 26,
                 AuditKind::StepUpFailed => 27,
+                AuditKind::ReviewRefused => 28,
+                AuditKind::CheckRefused => 29,
             }
         }
         let numbers: Vec<usize> = AuditKind::ALL.iter().map(|k| number(*k)).collect();
-        assert_eq!(numbers, (0..28).collect::<Vec<_>>());
+        assert_eq!(numbers, (0..30).collect::<Vec<_>>());
     }
     use serde_json::json;
 

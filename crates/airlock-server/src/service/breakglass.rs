@@ -72,19 +72,23 @@ impl Airlock {
                 .iter()
                 .map(|g| g.as_str())
                 .collect();
-            return Err(ApiError::forbidden(if groups.is_empty() {
+            let e = ApiError::forbidden(if groups.is_empty() {
                 "break-glass is off: no [breakglass] groups are configured".to_owned()
             } else {
                 format!(
                     "break-glass is for members of [breakglass] groups ({})",
                     groups.join(", ")
                 )
-            }));
+            });
+            self.check_refused(caller, (&body.action, &body.resource), true, &e)
+                .await?;
+            return Err(e);
         }
         if body.principal.as_ref().is_some_and(|p| *p != caller.user) {
-            return Err(ApiError::forbidden(
-                "break-glass is for your own action only",
-            ));
+            let e = ApiError::forbidden("break-glass is for your own action only");
+            self.check_refused(caller, (&body.action, &body.resource), true, &e)
+                .await?;
+            return Err(e);
         }
         let Some(reason) = body.reason.filter(|r| !airlock_core::display::is_blank(r)) else {
             return Err(ApiError::ReasonRequired("breakglass".into()));

@@ -186,9 +186,12 @@ impl Airlock {
         };
         let principal = match body.principal {
             Some(p) if p != caller.user && !caller.is_enforcer() => {
-                return Err(ApiError::forbidden(format!(
+                let e = ApiError::forbidden(format!(
                     "only enforcer keys may check on behalf of another principal ({p})"
-                )))
+                ));
+                self.check_refused(caller, (&body.action, &body.resource), false, &e)
+                    .await?;
+                return Err(e);
             }
             Some(p) => p,
             None => caller.user.clone(),
@@ -425,6 +428,38 @@ impl Airlock {
         Ok(outcome)
     }
 
+    /// Puts on record a check or break-glass refused for what its caller
+    /// claimed (another principal, a trusted fact, a glass it may not
+    /// break): attempts to get around a decision leave a trace. A failed
+    /// append is the answer instead (503), as for decisions.
+    pub(crate) async fn check_refused(
+        &self,
+        caller: &Caller,
+        (action, resource): (&airlock_core::ActionName, &airlock_core::Resource),
+        breakglass: bool,
+        refusal: &ApiError,
+    ) -> Result<(), ApiError> {
+        let rec = NewAuditRecord {
+            kind: AuditKind::CheckRefused,
+            actor: caller.user.to_string(),
+            subject: String::new(),
+            details: json!({
+                "code": refusal.code(),
+                "message": refusal.to_string(),
+                "action": action.as_str(),
+                "resource": format!("{}:{}", resource.kind, resource.id),
+                "breakglass": breakglass,
+                "key": caller.key_id,
+            })
+            .into(),
+        };
+        self.store
+            .append_audit(rec, now())
+            .await
+            .map(|_| ())
+            .map_err(ApiError::Audit)
+    }
+
     /// Appends the decision record; an error here means no answer but 503.
     /// What a check and break-glass do first: the caller's facts
     /// screened, the context computed, and the action decided by the
@@ -435,7 +470,11 @@ impl Airlock {
         action: &mut Action,
         peer: Option<IpAddr>,
     ) -> Result<(std::sync::Arc<super::Loaded>, Map<String, Value>, Decision), ApiError> {
-        self.screen_facts(caller, action)?;
+        if let Err(e) = self.screen_facts(caller, action) {
+            self.check_refused(caller, (&action.action, &action.resource), false, &e)
+                .await?;
+            return Err(e);
+        }
         let loaded = self.loaded.load_full();
         let context = self.context_for(action, &loaded.engine, peer).await?;
         let decision = loaded

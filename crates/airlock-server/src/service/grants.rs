@@ -45,9 +45,17 @@ impl Airlock {
             }
         };
         if !(caller.is_enforcer() || caller.user == claims.sub) {
-            return Err(ApiError::forbidden(
-                "only the grant's principal or an enforcer key may consume it",
-            ));
+            // On record: a token in the wrong hands.
+            let message = "only the grant's principal or an enforcer key may consume it";
+            self.refuse(
+                caller,
+                Some(claims.jti),
+                ErrorCode::Forbidden,
+                message,
+                fingerprint.to_string(),
+            )
+            .await?;
+            return Err(ApiError::forbidden(message));
         }
         if body.action.principal != claims.sub || fingerprint != claims.fp {
             let message = "this grant was approved for a different action".to_owned();
@@ -271,7 +279,10 @@ impl Airlock {
                     return Err(ApiError::NotFound(format!("no grant {gid}")));
                 };
                 if !(caller.is_enforcer() || caller.user == row.principal) {
-                    return Err(ApiError::forbidden("only the grant's principal or an enforcer key may complete it"));
+                    // On record: someone holding another user's grant id.
+                    let message = "only the grant's principal or an enforcer key may complete it";
+                    let _recorded = refuse_in(tx, caller.user.as_str(), Some(row.request_id), gid, ErrorCode::Forbidden, message.into(), t)?;
+                    return Ok(Err(ApiError::forbidden(message)));
                 }
                 if !tx.complete_grant(&gid, body.outcome.as_str())? {
                     return Err(ApiError::wrong_state("nothing to complete: every consumed use has reported its outcome already, or none was consumed"));
@@ -298,9 +309,9 @@ impl Airlock {
                         transition(tx, &req, RequestStatus::Completed, caller.user.as_str(), json!({"outcome": body.outcome}))?;
                     }
                 }
-                Ok(row.request_id)
+                Ok(Ok(row.request_id))
             })
-            .await?;
+            .await??;
         Ok(())
     }
 }

@@ -357,6 +357,14 @@ impl Airlock {
             .write(move |tx| {
                 let t = now();
                 if tx.totp_secret(&user)?.is_some() {
+                    // Said as what it is: replacing the enrolment, not an
+                    // approval, asks for a code.
+                    if current.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                        return Err(ApiError::Forbidden {
+                            code: airlock_api::ErrorCode::StepUpRequired,
+                            message: "replacing your authenticator needs a current code from the one enrolled now: type it in the field beside the button".into(),
+                        });
+                    }
                     if let Err(e) = step_up_totp(tx, &secrets, &user, current.as_deref(), &page, t)
                     {
                         return wrong_code_counted(tx, &user, about, e, t);
@@ -488,8 +496,9 @@ impl Airlock {
                 let Some(req) = tx.get_request(&id)? else {
                     return Err(ApiError::NotFound(format!("no request {id}")));
                 };
+                let refused = |tx: &mut dyn WriteTx, e: ApiError| review_refused(tx, &reviewer, id, (verdict, &channel), e, t);
                 if req.action.principal == reviewer {
-                    return Err(ApiError::Forbidden {
+                    return refused(tx, ApiError::Forbidden {
                         code: airlock_api::ErrorCode::SelfReview,
                         message: "nobody may review their own request".into(),
                     });
@@ -500,7 +509,7 @@ impl Airlock {
                     let eligible = req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g))
                         || breakglass_groups.iter().any(|g| loaded.directory.is_member(&reviewer, g));
                     if !eligible {
-                        return Err(ApiError::Forbidden {
+                        return refused(tx, ApiError::Forbidden {
                             code: airlock_api::ErrorCode::NotEligible,
                             message: format!("{reviewer} may not review this break-glass use (approvers of it and [breakglass] groups may)"),
                         });
@@ -508,7 +517,7 @@ impl Airlock {
                     return review_after_the_fact(tx, &req, &reviewer, verdict, reason.clone(), &channel, &hooks, t).map(Ok);
                 }
                 if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
-                    return Err(ApiError::Forbidden {
+                    return refused(tx, ApiError::Forbidden {
                         code: airlock_api::ErrorCode::NotEligible,
                         message: format!("{reviewer} is not in an approver group of this request"),
                     });
@@ -900,6 +909,30 @@ fn review_after_the_fact(
         notify::request_data(&req, req.status, Some(reviewer.as_str())),
     )?;
     Ok(req)
+}
+
+/// A review refused for who its reviewer is (their own request, or not
+/// eligible): recorded with the request in the transaction that refused
+/// it, which then commits holding nothing else, so an attempt to get
+/// around an approval leaves a trace.
+fn review_refused<R>(
+    tx: &mut dyn WriteTx,
+    reviewer: &UserName,
+    id: RequestId,
+    (verdict, channel): (Verdict, &str),
+    refusal: ApiError,
+    t: DateTime<Utc>,
+) -> Result<Result<R, ApiError>, ApiError> {
+    tx.append_audit(
+        NewAuditRecord {
+            kind: AuditKind::ReviewRefused,
+            actor: reviewer.to_string(),
+            subject: id.to_string(),
+            details: json!({"code": refusal.code(), "message": refusal.to_string(), "verdict": verdict.as_str(), "channel": channel}).into(),
+        },
+        t,
+    )?;
+    Ok(Err(refusal))
 }
 
 /// A refused step-up: a wrong code is recorded in the same transaction

@@ -109,7 +109,9 @@ async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
         (st, r["error"]["code"].as_str()),
         (403, Some("invalid_grant"))
     );
-    // Another user's key may not spend alice's grant.
+    // Another user's key may not spend alice's grant, nor say it was
+    // claimed by another principal on a check; both attempts are on
+    // record (found by a black-box pass: neither was).
     let (st, _) = s
         .post(
             &bob,
@@ -118,6 +120,19 @@ async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
         )
         .await;
     assert_eq!(st, 403);
+    let admin = s.key("admin", "admin");
+    let by_bob = s.audit_of(&admin, "grant_refused", 1).await;
+    assert!(
+        by_bob
+            .iter()
+            .any(|r| r["actor"] == "bob" && r["details"]["code"] == "forbidden"),
+        "{by_bob:?}"
+    );
+    let (st, _) = s.post(&bob, "/v1/check", export("alice", "orders")).await;
+    assert_eq!(st, 403);
+    let claimed = s.audit_of(&admin, "check_refused", 1).await;
+    assert_eq!(claimed[0]["actor"], "bob", "{claimed:?}");
+    assert_eq!(claimed[0]["details"]["action"], "export", "{claimed:?}");
 
     let tap = json!({"action": "tap", "resource": {"type": "Table", "id": "t"}});
     let (_, res) = s.post(&alice, "/v1/check", tap.clone()).await;

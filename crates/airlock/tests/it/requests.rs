@@ -202,6 +202,28 @@ async fn reviewers_must_be_eligible_and_not_the_requester(db: Db) {
         (st, r["error"]["code"].as_str()),
         (403, Some("not_eligible"))
     );
+    // Each attempt is on record with its request (found by a black-box
+    // pass: none was).
+    let refused = s.audit_of(&admin, "review_refused", 3).await;
+    let mut seen: Vec<(String, String)> = refused
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["details"]["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("admin".to_owned(), "self_review".to_owned()),
+            ("alice".into(), "self_review".into()),
+            ("mallory".into(), "not_eligible".into())
+        ]
+    );
+    assert!(refused.iter().any(|r| r["subject"] == id.as_str()));
     // Mallory cannot even see it.
     let (st, _) = s.get(&mallory, &format!("/v1/requests/{id}")).await;
     assert_eq!(st, 404);

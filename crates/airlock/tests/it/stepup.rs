@@ -424,8 +424,9 @@ async fn the_console_asks_for_the_code_and_enrols() {
     let totp = TOTP::from_url(&uri).unwrap();
     // Replacing it needs a current code: a stolen session cannot swap in
     // its own authenticator.
-    let (st, _) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
+    let (st, page) = post("/account/totp", vec![("csrf", csrf.clone())]).await;
     assert_eq!(st, 403);
+    assert!(page.contains("replacing your authenticator"), "{page}");
 
     let id = ask(&s, &alice, "t1").await;
     let page = get(&format!("/requests/{id}")).await;
