@@ -38,14 +38,18 @@ pub async fn keys_create(
     let store = Store::open_for_tool(cfg.storage.url.as_str(), &cfg.base_dir)?;
     let (key, record) =
         service::create_api_key_with(&store, user.clone(), role, lifetime, "cli").await?;
+    let role = match role.to_string() {
+        r if r.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {r}"),
+        r => format!("a {r}"),
+    };
     match record.expires_at {
         Some(at) => eprintln!(
-            "created {} (a {role} key for {user}, expires {}); it is shown once:",
+            "created {} ({role} key for {user}, expires {}); it is shown once:",
             record.id,
             airlock_store::time::fmt(at)
         ),
         None => eprintln!(
-            "created {} (a {role} key for {user}); it is shown once:",
+            "created {} ({role} key for {user}); it is shown once:",
             record.id
         ),
     }

@@ -728,8 +728,19 @@ pub async fn requests(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
         } => {
             let c = connect(conn)?;
             let mut totp = totp.clone();
-            if totp.is_none() && c.get_request(id, None).await?.step_up.as_deref() == Some("totp") {
-                totp = Some(prompt_totp()?);
+            if totp.is_none() {
+                // Read only to learn whether a code is asked: a request the
+                // reviewer may not see is still sent for review, so that the
+                // answer says why (`not_eligible`, `self_review`), not "no
+                // such request".
+                let step_up = match c.get_request(id, None).await {
+                    Ok(r) => r.step_up,
+                    Err(ClientError::Api { status: 404, .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if step_up.as_deref() == Some("totp") {
+                    totp = Some(prompt_totp()?);
+                }
             }
             let body = ReviewBody {
                 verdict: Verdict::Approve,

@@ -69,7 +69,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let pg = PgProxy::new(p, gate.clone())?;
         let listener = pg.bind().await?;
         say(format!(
-            "postgres {} listening on {}",
+            "postgres {} listening on postgres://{}",
             pg.name(),
             listener.local_addr()?
         ));
