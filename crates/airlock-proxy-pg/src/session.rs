@@ -618,7 +618,7 @@ async fn relay(
                     Err(e) => break Err(e.into()),
                 };
                 let mut plan = Plan::default();
-                let outcome = match classify_statement(&sql).await {
+                let outcome = match classify_statement(&sql, &user).await {
                     Err(classify::Refusal::Empty) => Outcome::unchecked(),
                     Err(r) => refusal_of(&r),
                     Ok(statements) => {
@@ -749,30 +749,85 @@ async fn relay(
 }
 
 /// Classifies `sql`: at once when short; a long one on the blocking pool,
-/// one at a time. A statement built to make the parser slow (its cost
-/// grows with the square of the nesting depth: 1 MiB of `+1` took two
-/// minutes of a core) then holds a thread of its own and delays other long
-/// statements, never the node's async workers (the API, the console, other
-/// sessions).
-async fn classify_statement(sql: &str) -> Result<Vec<classify::Statement>, classify::Refusal> {
+/// one at a time, and one per user at a time. A long statement costs up to
+/// about a second of a core to parse (1 MiB of list items; deeper ones are
+/// refused from their tokens first), so a user who sends them from many
+/// sessions queues behind their own: the shared queue holds at most one
+/// statement per user, and another user's long statement waits for at
+/// most one parse per user ahead of it (one user's sessions kept the
+/// others' long statements refused; found by a black-box pass). Never on
+/// the node's async workers (the API, the console, other sessions).
+async fn classify_statement(
+    sql: &str,
+    user: &UserName,
+) -> Result<Vec<classify::Statement>, classify::Refusal> {
     /// How long a long statement waits for its turn.
     const LONG_WAIT: Duration = Duration::from_secs(10);
-    static LONG: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     if !classify::may_take_long(sql) {
         return classify::classify(sql);
     }
-    // A wait that does not end (another session's statement built to take
-    // minutes) is refused, not queued for good.
-    let turn = tokio::time::timeout(LONG_WAIT, LONG.acquire()).await;
-    let Ok(Ok(_turn)) = turn else {
-        return Err(classify::Refusal::NotServed(
-            "a long statement while another is being checked (they are checked one at a time; try again)".into(),
-        ));
+    classify_long(sql.to_owned(), user, LONG_WAIT).await
+}
+
+/// The queue of long statements: each user's own turn first, then the
+/// shared one, both within `wait` in all.
+async fn classify_long(
+    sql: String,
+    user: &UserName,
+    wait: Duration,
+) -> Result<Vec<classify::Statement>, classify::Refusal> {
+    use std::collections::BTreeMap;
+    use tokio::sync::Semaphore;
+    static SHARED: Semaphore = Semaphore::const_new(1);
+    static USERS: std::sync::Mutex<BTreeMap<String, Arc<Semaphore>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let busy = || {
+        classify::Refusal::NotServed(
+            "a long statement while others are being checked (they are checked one at a time; try again)".into(),
+        )
     };
-    let owned = sql.to_owned();
-    tokio::task::spawn_blocking(move || classify::classify(&owned))
-        .await
-        .unwrap_or_else(|_| Err(classify::Refusal::Unparseable("the parser failed".into())))
+    let mine = {
+        let Ok(mut users) = USERS.lock() else {
+            return Err(busy());
+        };
+        users
+            .entry(user.as_str().to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
+    };
+    // Only the wait for a turn is bounded: a parse once started runs to
+    // its end holding both turns, so parses never overlap.
+    let turns = tokio::time::timeout(wait, async {
+        let own = mine.clone().acquire_owned().await.ok()?;
+        let shared = SHARED.acquire().await.ok()?;
+        Some((own, shared))
+    })
+    .await
+    .ok()
+    .flatten();
+    let outcome = match turns {
+        Some(turns) => {
+            let parsed = tokio::task::spawn_blocking(move || classify::classify(&sql))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(classify::Refusal::Unparseable("the parser failed".into()))
+                });
+            drop(turns);
+            parsed
+        }
+        None => Err(busy()),
+    };
+    // The user's entry goes once no one else holds it.
+    drop(mine);
+    if let Ok(mut users) = USERS.lock() {
+        if users
+            .get(user.as_str())
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            users.remove(user.as_str());
+        }
+    }
+    outcome
 }
 
 fn refusal_of(r: &classify::Refusal) -> Outcome {
@@ -815,7 +870,9 @@ async fn decide_batch(
         match f.tag {
             b'P' => {
                 let p = codec::parse(f.body())?;
-                let classified = classify_statement(&p.sql).await.map(Arc::new);
+                let classified = classify_statement(&p.sql, session.principal)
+                    .await
+                    .map(Arc::new);
                 match &classified {
                     Err(classify::Refusal::Empty) | Ok(_) => {}
                     Err(r) => return Ok((refusal_of(r), plan, Vec::new())),
@@ -1631,4 +1688,40 @@ fn hold_notice(v: &airlock_api::RequestView, hold: u64) -> String {
         "Airlock: {} on {}:{} needs approval: request {} {} (waiting up to {hold}s)",
         v.action, v.resource.kind, v.resource.id, v.id, v.url
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One user's long statements queue behind each other, not in front
+    /// of another user's: with many of alice's waiting, bob's is checked
+    /// after at most the one of hers being parsed (found by a black-box
+    /// pass: they kept bob's refused).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_statements_queue_per_user() {
+        let alice = UserName::parse("alice").unwrap();
+        let bob = UserName::parse("bob").unwrap();
+        let ids: Vec<String> = (0..30_000).map(|i| format!("'n{i}'")).collect();
+        let list = format!("select id from t where name in ({})", ids.join(","));
+        // What one parse takes here, so that the waits below are counted
+        // in parses, whatever the machine.
+        let started = std::time::Instant::now();
+        assert!(classify::classify(&list).is_ok());
+        let one = started.elapsed();
+        let hers: Vec<_> = (0..20)
+            .map(|_| {
+                let (list, alice) = (list.clone(), alice.clone());
+                tokio::spawn(async move { classify_long(list, &alice, one * 100).await })
+            })
+            .collect();
+        tokio::time::sleep(one / 4).await;
+        // Bob waits for the one of hers being parsed, not for twenty:
+        // given four parses' time, his is served.
+        let his = classify_long(list.clone(), &bob, one * 4).await;
+        assert!(his.is_ok(), "{his:?}");
+        for h in hers {
+            h.abort();
+        }
+    }
 }
