@@ -274,47 +274,77 @@ const STACK_PER_BYTE: usize = 512;
 const MAX_DEPTH: usize = 5_000;
 
 /// A bound, read from the tokens in one pass, on how deep `sql`'s parse
-/// tree nests: at each token, the brackets open around it plus, at each
-/// of their levels, the tokens since the last `,`, `;`, `AND` or `OR`
-/// (lists, statements and PostgreSQL's flattened AND/OR chains start no
-/// deeper than their first item; anything else may nest one deeper per
-/// token: `1+1+…`, `-+-…`, `::int::int…`, `UNION` chains). It over-counts
-/// long runs of tokens that nest nothing, which real statements rarely
-/// have thousands of; it never under-counts a chain of operators.
+/// tree nests: at each token, the brackets open around it (`(`, `[`, and
+/// `CASE … END`) plus, at each of their levels, the tokens since the last
+/// separator (`,`, `;`, `AND`, `OR`, and `WHEN`, `THEN`, `ELSE` inside a
+/// CASE: lists, statements, PostgreSQL's flattened AND/OR chains and a
+/// CASE's arms start no deeper than their first item; anything else may
+/// nest one deeper per token: `1+1+…`, `-+-…`, `::int::int…`), and the
+/// set operations and joins at that level since its start or the last `;`
+/// (`… UNION … UNION …` and `… JOIN … ON … JOIN …` nest one deeper each,
+/// across the commas and ANDs between them). It over-counts long runs of
+/// tokens that nest nothing, which real statements rarely have thousands
+/// of; it never under-counts those chains (found by a review).
 fn depth_bound(sql: &str) -> Result<usize, Refusal> {
     use pg_query::protobuf::Token;
+    #[derive(Default)]
+    struct Level {
+        run: usize,
+        chain: usize,
+    }
     let scanned = pg_query::scan(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
-    let (open, close) = (
-        [Token::Ascii40 as i32, Token::Ascii91 as i32],
-        [Token::Ascii41 as i32, Token::Ascii93 as i32],
-    );
+    let open = [
+        Token::Ascii40 as i32,
+        Token::Ascii91 as i32,
+        Token::Case as i32,
+    ];
+    let close = [
+        Token::Ascii41 as i32,
+        Token::Ascii93 as i32,
+        Token::EndP as i32,
+    ];
     let separators = [
         Token::Ascii44 as i32,
-        Token::Ascii59 as i32,
         Token::And as i32,
         Token::Or as i32,
+        Token::When as i32,
+        Token::Then as i32,
+        Token::Else as i32,
     ];
-    // Tokens since the last separator, per open bracket (and the top).
-    let mut runs: Vec<usize> = vec![0];
+    let chains = [
+        Token::Union as i32,
+        Token::Intersect as i32,
+        Token::Except as i32,
+        Token::Join as i32,
+    ];
+    let mut levels: Vec<Level> = vec![Level::default()];
     let mut sum = 0usize;
     let mut deepest = 0usize;
     for t in &scanned.tokens {
-        let current = runs.len() - 1;
-        if open.contains(&t.token) {
-            runs[current] += 1;
+        let token = t.token;
+        let current = levels.len() - 1;
+        if open.contains(&token) {
+            levels[current].run += 1;
             sum += 1;
-            runs.push(0);
-        } else if close.contains(&t.token) {
-            if runs.len() > 1 {
-                sum -= runs.pop().unwrap_or(0);
+            levels.push(Level::default());
+        } else if close.contains(&token) {
+            if levels.len() > 1 {
+                let gone = levels.pop().unwrap_or_default();
+                sum -= gone.run + gone.chain;
             }
-        } else if separators.contains(&t.token) {
-            sum -= std::mem::take(&mut runs[current]);
+        } else if token == Token::Ascii59 as i32 {
+            let level = std::mem::take(&mut levels[current]);
+            sum -= level.run + level.chain;
+        } else if separators.contains(&token) {
+            sum -= std::mem::take(&mut levels[current].run);
+        } else if chains.contains(&token) {
+            levels[current].chain += 1;
+            sum += 1;
         } else {
-            runs[current] += 1;
+            levels[current].run += 1;
             sum += 1;
         }
-        deepest = deepest.max(sum + runs.len());
+        deepest = deepest.max(sum + levels.len());
     }
     Ok(deepest)
 }
@@ -930,13 +960,23 @@ fn relation_name(text: &str) -> Option<String> {
                 if !(c.is_alphanumeric() || c == '_' || c == '$') {
                     return None;
                 }
-                part.extend(c.to_lowercase());
+                // PostgreSQL folds ASCII letters only (in a UTF-8 database).
+                part.push(c.to_ascii_lowercase());
                 chars.next();
             }
         }
-        if part.is_empty() {
+        // All digits is an OID to `regclass`, not a name: which relation
+        // it is only the server knows.
+        if part.is_empty() || part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        // Names are cut to 63 bytes as PostgreSQL cuts them (a relation
+        // named longer is the one named by its first 63 bytes).
+        let mut end = part.len().min(63);
+        while !part.is_char_boundary(end) {
+            end -= 1;
+        }
+        part.truncate(end);
         parts.push(part);
         match chars.next() {
             None => break,
@@ -1409,6 +1449,28 @@ mod tests {
         assert!(classify(&chain).is_ok());
         let many = "select 1 from t where a = 1;".repeat(2_000);
         assert!(depth_bound(&many).unwrap() < 20);
+        // Set operations and joins nest across the commas and ANDs between
+        // them; a CASE's arms do not (found by a review: the first got
+        // under the bound, the second refused an ORM's bulk update).
+        let unions = "select 1,1 union all ".repeat(6_000) + "select 1,1";
+        assert!(depth_bound(&unions).unwrap() > 6_000);
+        let joins = format!(
+            "select 1 from t0{}",
+            (1..6_000)
+                .map(|i| format!(" join t{i} on t0.x = t{i}.x and true"))
+                .collect::<String>()
+        );
+        assert!(depth_bound(&joins).unwrap() > 6_000);
+        let arms: String = (0..2_000)
+            .map(|i| format!(" WHEN (\"id\" = {i}) THEN 'v{i}'"))
+            .collect();
+        let bulk = format!("UPDATE t SET f = CASE{arms} ELSE f END WHERE id IN (1)");
+        assert!(
+            depth_bound(&bulk).unwrap() < 20,
+            "{}",
+            depth_bound(&bulk).unwrap()
+        );
+        assert!(classify(&bulk).is_ok());
         assert!(depth_bound(&format!("select 1{}", "+1".repeat(6_000))).unwrap() > 6_000);
     }
 
@@ -1444,6 +1506,16 @@ mod tests {
         assert!(st
             .tables
             .contains(&(Access::Update, "public.orders_id_seq".into())));
+        // As the server names them: an OID is no name, names are cut at
+        // 63 bytes, and only ASCII letters fold.
+        assert!(classify("SELECT nextval('16384')").is_err());
+        let long = format!("{}_id_seq", "t".repeat(56));
+        let st = one(&format!("SELECT nextval('{long}xyz')"));
+        assert!(st
+            .tables
+            .contains(&(Access::Update, format!("public.{}", &long[..63]))));
+        let st = one("SELECT nextval('Ésq')");
+        assert!(st.tables.contains(&(Access::Update, "public.Ésq".into())));
         // currval reads the session's own state only.
         assert!(one("SELECT currval('s')").tables.is_empty());
         for sql in [

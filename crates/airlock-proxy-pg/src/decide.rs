@@ -345,17 +345,23 @@ impl Decider {
                 );
             }
         }
-        // One approval runs its statement once: a batch that executes it
-        // twice (two Executes of its portal) is refused before either
-        // grant is spent, so the approval stays for a run that uses it once.
-        let mut ids: Vec<RequestId> = approved.iter().map(|(v, _)| v.id).collect();
-        ids.sort_unstable();
-        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        // An approval runs its statement as many times as its grant has
+        // uses left: a batch that executes it more often (two Executes of
+        // its portal, the statement twice in one query) is refused before
+        // any use is spent, so the approval stays for a run that fits.
+        let mut runs: HashMap<RequestId, (u32, u32)> = HashMap::new();
+        for (view, _) in &approved {
+            let left = view
+                .grant
+                .as_ref()
+                .map_or(1, |g| g.max_uses.saturating_sub(g.uses));
+            runs.entry(view.id).or_insert((0, left)).0 += 1;
+        }
+        if let Some((id, (n, left))) = runs.iter().find(|(_, (n, left))| n > left) {
             return Outcome::refused(
                 DENIED,
                 format!(
-                    "request {} approves one run of its statement; this batch runs it more than once (nothing ran, the approval stays)",
-                    w[0]
+                    "request {id} approves {left} more run(s) of its statement; this batch runs it {n} times (nothing ran, the approval stays)"
                 ),
             );
         }

@@ -76,86 +76,30 @@ const PASSED_PARAMS: &[&str] = &[
     "extra_float_digits",
 ];
 
-/// Whether the server could read a string literal in encoding `name`
-/// differently from the UTF-8 that libpg_query parses: true for every
-/// encoding but those where a byte below 0x80 is always its ASCII
-/// character (so `\` and `'` can never be a multibyte character's last
-/// byte). An allowlist: a denylist missed `SHIFT_JIS_2004`, under which a
-/// read permit ran a hidden DELETE (found by a black-box pass). Names are
-/// compared as PostgreSQL compares them: letters and digits only, any case.
+/// Whether the server would read the text of a query sent in encoding
+/// `name` as other characters than the UTF-8 that libpg_query parses (and
+/// that the proxy requires): true for every encoding but UTF-8 and
+/// `SQL_ASCII` (no conversion). An allowlist: a denylist of encodings
+/// whose characters can end in `\` or `'` missed `SHIFT_JIS_2004`, under
+/// which a read permit ran a hidden DELETE; and under LATIN1 the UTF-8
+/// bytes of `café` name another table on the server than the one decided
+/// (both found by black-box passes). Names are compared as PostgreSQL
+/// compares them: letters and digits only, any case.
 fn unsafe_encoding(name: &str) -> bool {
-    const SAFE: &[&str] = &[
-        "UTF8",
-        "UNICODE",
-        "SQLASCII",
-        "EUCCN",
-        "EUCJP",
-        "EUCJIS2004",
-        "EUCKR",
-        "EUCTW",
-        "MULEINTERNAL",
-        "LATIN1",
-        "LATIN2",
-        "LATIN3",
-        "LATIN4",
-        "LATIN5",
-        "LATIN6",
-        "LATIN7",
-        "LATIN8",
-        "LATIN9",
-        "LATIN10",
-        "ISO88591",
-        "ISO88592",
-        "ISO88593",
-        "ISO88594",
-        "ISO88595",
-        "ISO88596",
-        "ISO88597",
-        "ISO88598",
-        "ISO88599",
-        "ISO885910",
-        "ISO885913",
-        "ISO885914",
-        "ISO885915",
-        "ISO885916",
-        "KOI8",
-        "KOI8R",
-        "KOI8U",
-        "ALT",
-        "WIN",
-        "WIN866",
-        "WIN874",
-        "WIN1250",
-        "WIN1251",
-        "WIN1252",
-        "WIN1253",
-        "WIN1254",
-        "WIN1255",
-        "WIN1256",
-        "WIN1257",
-        "WIN1258",
-        "WINDOWS866",
-        "WINDOWS874",
-        "WINDOWS1250",
-        "WINDOWS1251",
-        "WINDOWS1252",
-        "WINDOWS1253",
-        "WINDOWS1254",
-        "WINDOWS1255",
-        "WINDOWS1256",
-        "WINDOWS1257",
-        "WINDOWS1258",
-        "ABC",
-        "TCVN",
-        "TCVN5712",
-        "VSCII",
-    ];
+    const SAFE: &[&str] = &["UTF8", "UNICODE", "SQLASCII"];
     let n: String = name
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .collect::<String>()
         .to_ascii_uppercase();
     !SAFE.contains(&n.as_str())
+}
+
+/// Whether a `ParameterStatus` of the server moves a setting the proxy
+/// pins: the session would read text differently from Airlock.
+fn moves_pinned(name: &[u8], value: &str) -> bool {
+    (name == b"standard_conforming_strings" && value != "on")
+        || (name == b"client_encoding" && unsafe_encoding(value))
 }
 
 async fn read_more(
@@ -315,8 +259,18 @@ async fn login(
         )
         .await);
     }
+    // Given twice, the server takes the last, and this check would read
+    // the first (found by a review: `UTF8` then `SHIFT_JIS_2004`).
+    if let Some((twice, _)) = params
+        .iter()
+        .enumerate()
+        .find_map(|(i, (n, _))| params[..i].iter().find(|(m, _)| m == n))
+    {
+        let m = format!("the startup parameter {twice:?} is given twice");
+        return Err(refuse(&mut io, "08P01", m).await);
+    }
     if get("client_encoding").is_some_and(unsafe_encoding) {
-        let m = "this client encoding can hide quotes and backslashes inside characters; use UTF8";
+        let m = "Airlock's proxy reads queries as UTF-8: use client_encoding UTF8";
         return Err(refuse(&mut io, "22023", m.into()).await);
     }
     let Some(user) = get("user").and_then(|u| UserName::parse(u).ok()) else {
@@ -432,6 +386,11 @@ async fn connect_upstream(
     for (k, v) in client_params {
         params.push((k.as_str(), v.as_str()));
     }
+    // UTF-8 unless the client said (an allowed encoding): left out, the
+    // server would take the database's or the role's, which may be LATIN1.
+    if !params.iter().any(|(k, _)| *k == "client_encoding") {
+        params.push(("client_encoding", "UTF8"));
+    }
     io.write_all(&build::startup(&params)).await?;
     io.flush().await?;
     let mut login = UpstreamLogin::new(up.user.clone(), up.password.clone());
@@ -467,6 +426,21 @@ async fn connect_upstream(
             b'Z' => {
                 greeting.push(f.raw);
                 return Ok((io, buf, greeting, key));
+            }
+            // A role's or database's default (`ALTER ROLE … SET
+            // client_encoding`) arrives here, not in the startup packet.
+            b'S' => {
+                let body = f.body();
+                let mut parts = body.split(|b| *b == 0);
+                let name = parts.next().unwrap_or_default();
+                let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                if moves_pinned(name, &value) {
+                    return Err(auth::LoginError::Upstream(
+                        "the server's session would read text differently from Airlock (its client_encoding or standard_conforming_strings default); refused".into(),
+                    )
+                    .into());
+                }
+                greeting.push(f.raw);
             }
             _ => greeting.push(f.raw),
         }
@@ -1560,9 +1534,7 @@ async fn relay_replies(
                             let mut parts = body.split(|b| *b == 0);
                             let name = parts.next().unwrap_or_default();
                             let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                            let moved = (name == b"standard_conforming_strings" && value != "on")
-                                || (name == b"client_encoding" && unsafe_encoding(&value));
-                            if moved {
+                            if moves_pinned(name, &value) {
                                 out.extend_from_slice(&build::fatal(
                                     "55000",
                                     "a setting Airlock's proxy pins was changed; the session ends",

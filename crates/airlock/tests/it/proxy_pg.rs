@@ -255,7 +255,7 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
     );
     // SHIFT_JIS_2004 hides a backslash as SJIS does (a denylist missed
     // it: a read permit ran a hidden DELETE; found by a black-box pass).
-    for enc in ["GBK", "SHIFT_JIS_2004", "shiftjis2004"] {
+    for enc in ["GBK", "SHIFT_JIS_2004", "shiftjis2004", "LATIN1"] {
         let other = url.replace(
             "sslmode=disable",
             &format!("sslmode=disable&client_encoding={enc}"),
@@ -263,8 +263,11 @@ async fn psql_simple_protocol_copy_and_refusals(store: Db) {
         let (ok, _, err) = psql(&other, &["-c", "SELECT 1"]);
         assert!(!ok && err.contains("UTF8"), "{enc}: {err}");
     }
-    let latin = url.replace("sslmode=disable", "sslmode=disable&client_encoding=LATIN1");
-    let (ok, _, err) = psql(&latin, &["-c", "SELECT 1"]);
+    let ascii = url.replace(
+        "sslmode=disable",
+        "sslmode=disable&client_encoding=SQL_ASCII",
+    );
+    let (ok, _, err) = psql(&ascii, &["-c", "SELECT 1"]);
     assert!(ok, "{err}");
 
     // \copy: out is sql.copy_out on orders, in is sql.copy_in (only where
@@ -562,7 +565,7 @@ async fn holds_notice_approval_denial_and_cancel(store: Db) {
         .as_db_error()
         .map(|d| d.message().to_owned())
         .unwrap_or_default();
-    assert!(message.contains("more than once"), "{message}");
+    assert!(message.contains("runs it 2 times"), "{message}");
     assert_eq!(pg.count("SELECT count(*) FROM orders WHERE id = 1"), 1);
     c.execute("DELETE FROM orders WHERE id = 1", &[])
         .await
@@ -666,6 +669,54 @@ async fn raw_login(pg: &Pg, user: &str, key: &str) -> tokio::net::TcpStream {
         }
     }
     tcp
+}
+
+/// The session reads text as UTF-8 whatever the database's default, and a
+/// startup packet naming a parameter twice is refused (the server takes
+/// the last, the encoding check read the first; found by a review).
+#[tokio::test]
+async fn the_session_encoding_is_utf8_and_parameters_come_once() {
+    use postgres_protocol::message::{backend::Message, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let database = database_of(&pg.db);
+    pg.db.execute(&format!(
+        "ALTER DATABASE \"{database}\" SET client_encoding = 'LATIN1'"
+    ));
+    let alice = pg.server.key("alice", "user");
+    let c = pg.connect("alice", &alice).await.unwrap();
+    let row = c.simple_query("SHOW client_encoding").await.unwrap();
+    let shown = row.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(shown.as_deref(), Some("UTF8"));
+
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    frontend::startup_message(
+        [
+            ("user", "alice"),
+            ("database", database.as_str()),
+            ("client_encoding", "UTF8"),
+            ("client_encoding", "SHIFT_JIS_2004"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    tcp.write_all(&out).await.unwrap();
+    let mut inbox = bytes::BytesMut::new();
+    let refused = loop {
+        assert!(tcp.read_buf(&mut inbox).await.unwrap() > 0, "closed");
+        if let Some(m) = Message::parse(&mut inbox).unwrap() {
+            break matches!(m, Message::ErrorResponse(_));
+        }
+    };
+    assert!(refused, "a startup packet with client_encoding twice");
 }
 
 /// A client that sends Terminate while its statement is held, and keeps
