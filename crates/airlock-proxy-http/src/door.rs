@@ -263,32 +263,44 @@ impl Door {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
         let encoding = (!encodings.is_empty()).then(|| encodings.join(", "));
+        // The raw bytes, and decoded as the upstream may decode them: many
+        // frameworks (PHP, Rack, Tomcat) ignore `Content-Encoding` and read
+        // the raw bytes as the form, `&_method=DELETE` after a deflate
+        // stream or in a gzip header included (found by a black-box pass).
+        let mut readings = vec![body];
         let decoded;
-        let body = match encoding {
-            Some(enc) if !enc.trim().eq_ignore_ascii_case("identity") => {
-                decoded = crate::scan::decode(body, Some(&enc), MAX_SCREENED).map_err(|e| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::BadRequest,
-                        format!("the request body cannot be read to screen it: {e}"),
-                    )
-                })?;
-                &decoded[..]
-            }
-            _ => body,
-        };
+        if let Some(enc) = encoding.filter(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+            decoded = crate::scan::decode(body, Some(&enc), MAX_SCREENED).map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    format!("the request body cannot be read to screen it: {e}"),
+                )
+            })?;
+            readings.push(&decoded[..]);
+        }
         // Frameworks cut the type at `;`, `,` or a space, each its own way:
         // a type that so much as mentions a form or JSON is read as one.
         let ct = raw(header::CONTENT_TYPE)
             .unwrap_or_default()
             .to_ascii_lowercase();
         let form = ct.trim().is_empty() || ct.contains("x-www-form-urlencoded");
-        let overrides = (form && form_names_override(body))
-            || (ct.contains("multipart")
-                && multipart_names(body).iter().any(|n| overrides_method(n)))
-            // Keys decoded (a `\u005f` spelling is the same key); anything
-            // but an object has no keys a framework would read.
-            || (ct.contains("json") && json_names_override(body));
+        let multipart = ct.contains("multipart");
+        let json = ct.contains("json");
+        // A charset Airlock does not read (UTF-7: `{"+AF8-method":…}`, which
+        // body-parser decodes) is refused where `_method` is looked for.
+        if (form || multipart || json) && !readable_charset(&ct, json) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "a form or JSON body in a charset other than UTF-8, UTF-16, UTF-32, ASCII or Latin-1 is refused: Airlock could not screen it for _method",
+            ));
+        }
+        let overrides = readings.iter().any(|body| {
+            (form && form_names_override(body))
+                || (multipart && multipart_names(body).iter().any(|n| overrides_method(n)))
+                || (json && json_names_override(body))
+        });
         if overrides {
             return Err(method_override_refused());
         }
@@ -721,53 +733,81 @@ fn form_names_override(form: &[u8]) -> bool {
     overrides
 }
 
+/// Whether every `charset` named in a (lower-cased) Content-Type is one
+/// the screen reads: UTF-8, ASCII and Latin-1, and for JSON also UTF-16
+/// and UTF-32 (read by [`json_names_override`]). Any mention counts, in
+/// quotes or not, as readers split parameters their own ways.
+fn readable_charset(ct: &str, json: bool) -> bool {
+    const READ: &[&str] = &[
+        "utf-8",
+        "utf8",
+        "us-ascii",
+        "ascii",
+        "iso-8859-1",
+        "latin1",
+        "windows-1252",
+    ];
+    const JSON: &[&str] = &[
+        "utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be",
+    ];
+    ct.match_indices("charset").all(|(at, _)| {
+        let value: String = ct[at + "charset".len()..]
+            .trim_start_matches([' ', '\t', '*'])
+            .strip_prefix('=')
+            .unwrap_or("")
+            .trim_start_matches([' ', '\t', '"', '\''])
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            .collect();
+        READ.contains(&value.as_str()) || (json && JSON.contains(&value.as_str()))
+    })
+}
+
 /// Whether a JSON body names `_method` as a key (keys decoded: a `\u005f`
-/// spelling is the same key; anything but an object has no keys a
-/// framework would read). Read also as lenient readers read it: without a
-/// byte-order mark, with raw control characters and trailing NULs, and
-/// UTF-16 or UTF-32 (Node's body-parser decodes a charset and drops the
-/// mark; found by a black-box pass). Text that is JSON in none of these
-/// readings is refused where it mentions `_method` at all.
+/// spelling is the same key; valid JSON that is not an object has no keys
+/// a framework would read). A body that is not strict JSON, or an object
+/// serde cannot read (a lone surrogate in a key, which `JSON.parse`
+/// takes), is read as lenient readers read it, without a byte-order mark,
+/// as UTF-8, UTF-16 and UTF-32 (Node's body-parser decodes a charset and
+/// drops the mark), and refused where any reading mentions `_method` at
+/// all (found by a black-box pass and a review).
 fn json_names_override(body: &[u8]) -> bool {
-    let strict = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body);
-    if let Ok(o) = strict {
+    if let Ok(o) = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body) {
         return o.keys().any(|k| overrides_method(k));
     }
-    if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+    let object = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if !object && serde_json::from_slice::<IgnoredAny>(body).is_ok() {
         return false;
     }
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let tidy = |bytes: &[u8]| -> String {
-        String::from_utf8_lossy(bytes)
-            .trim_start_matches('\u{feff}')
-            .trim_end_matches(['\0', ' ', '\t', '\r', '\n'])
-            .chars()
-            .map(|c| {
-                if c.is_control() && !"\t\r\n".contains(c) {
-                    ' '
+    let units = |big: bool| -> Vec<u16> {
+        body.chunks_exact(2)
+            .map(|p| {
+                if big {
+                    u16::from_be_bytes([p[0], p[1]])
                 } else {
-                    c
+                    u16::from_le_bytes([p[0], p[1]])
                 }
             })
             .collect()
     };
-    // ASCII text in UTF-16 or UTF-32 is the same bytes with NULs between.
-    let ascii: Vec<u8> = body
-        .iter()
-        .copied()
-        .filter(|b| !matches!(b, 0 | 0xFE | 0xFF))
-        .collect();
-    [tidy(body), tidy(&ascii)].iter().any(|text| {
-        match serde_json::from_str::<BTreeMap<String, IgnoredAny>>(text) {
-            Ok(o) => o.keys().any(|k| overrides_method(k)),
-            Err(_) if serde_json::from_str::<IgnoredAny>(text).is_ok() => false,
-            Err(_) => {
-                let plain = unescape_json(text).to_ascii_lowercase();
-                ["_method", ".method", "[method"]
-                    .iter()
-                    .any(|m| plain.contains(m))
-            }
-        }
+    // ASCII text in UTF-32 (or UTF-16) is the same bytes with NULs between.
+    let ascii: Vec<u8> = body.iter().copied().filter(|b| *b != 0).collect();
+    [
+        String::from_utf8_lossy(body).into_owned(),
+        String::from_utf16_lossy(&units(false)),
+        String::from_utf16_lossy(&units(true)),
+        String::from_utf8_lossy(&ascii).into_owned(),
+    ]
+    .iter()
+    .any(|text| {
+        let plain = unescape_json(text).to_ascii_lowercase();
+        ["_method", ".method", "[method"]
+            .iter()
+            .any(|m| plain.contains(m))
     })
 }
 
@@ -822,7 +862,11 @@ fn multipart_names(body: &[u8]) -> Vec<String> {
 fn param_values(flat: &[u8]) -> Vec<String> {
     /// Enough of a value to tell `_method` and its spellings.
     const HEAD: usize = 32;
+    /// Enough of an RFC 2231 value, percent-encoded after its charset.
+    const EXTENDED_HEAD: usize = 256;
     let mut names = Vec::new();
+    // RFC 2231 continuations (`name*0=_met; name*1=hod`) joined in order.
+    let mut joined = String::new();
     let mut i = 0;
     while i < flat.len() {
         let key_len = [&b"name"[..], &b"content-id"[..]]
@@ -840,11 +884,18 @@ fn param_values(flat: &[u8]) -> Vec<String> {
         let mut j = i;
         // RFC 2231 spellings: `name*=utf-8''_method`, `name*0=_met`.
         let mut extended = false;
+        let mut first_part = true;
         while flat
             .get(j)
             .is_some_and(|b| *b == b'*' || b.is_ascii_digit())
         {
             extended = true;
+            if flat
+                .get(j)
+                .is_some_and(|b| b.is_ascii_digit() && *b != b'0')
+            {
+                first_part = false;
+            }
             j += 1;
         }
         while flat.get(j).is_some_and(|b| b.is_ascii_whitespace()) {
@@ -868,7 +919,7 @@ fn param_values(flat: &[u8]) -> Vec<String> {
             .get(j..)
             .unwrap_or_default()
             .iter()
-            .take(HEAD)
+            .take(if extended { EXTENDED_HEAD } else { HEAD })
             .take_while(|b| match quote {
                 Some(q) => **b != q,
                 None => **b != b';' && !b.is_ascii_whitespace(),
@@ -876,9 +927,8 @@ fn param_values(flat: &[u8]) -> Vec<String> {
             .copied()
             .collect();
         if extended {
-            // `charset'language'value`, percent-encoded: the value, decoded
-            // (a continuation `name*1=` starting mid-name is not joined:
-            // `name*0=_method` alone already names it).
+            // `charset'language'value`, percent-encoded: the value, decoded,
+            // alone and joined to the parts before it.
             let v = match value.iter().filter(|b| **b == b'\'').count() {
                 n if n >= 2 => {
                     let second = value
@@ -892,7 +942,15 @@ fn param_values(flat: &[u8]) -> Vec<String> {
                 _ => &value[..],
             };
             let decoded: Vec<u8> = percent_encoding::percent_decode(v).collect();
-            names.push(String::from_utf8_lossy(&decoded).into_owned());
+            let decoded = String::from_utf8_lossy(&decoded).into_owned();
+            if first_part {
+                joined.clear();
+            }
+            if joined.len() < EXTENDED_HEAD {
+                joined.push_str(&decoded);
+                names.push(joined.clone());
+            }
+            names.push(decoded);
         }
         names.push(String::from_utf8_lossy(&value).into_owned());
         // Resume right after the key: a value may hold the next key.
@@ -974,6 +1032,15 @@ mod tests {
         ] {
             assert!(json_names_override(body), "{body:?}");
         }
+        // Found by a review: a lone surrogate in a key (serde refuses it,
+        // JSON.parse takes it), and UTF-16 whose code units read as other
+        // JSON once their high bytes are dropped.
+        assert!(json_names_override(br#"{"\ud800":0,"_method":"DELETE"}"#));
+        let sneaky: Vec<u8> = "{\"a\":\"\u{ff22}\u{ff2c}\u{ff22}\u{ff7a}\u{ff22}\u{ff3a}\u{ff7b}\",\"_method\":\"DELETE\",\"c\":\"\u{ff22}\u{ff7d}\"}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(json_names_override(&sneaky));
         for body in [
             &b"{\"method\":\"sum\",\"id\":1}"[..],
             b"[{\"_method\":\"DELETE\"}]",
@@ -1001,6 +1068,10 @@ mod tests {
             &b"Content-Disposition: form-data; name*=utf-8''_method\r\n"[..],
             b"Content-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n",
             b"Content-Disposition: form-data; name*0=_method\r\n",
+            // Found by a review: continuations are joined, and a value
+            // encoded past 32 bytes is read whole.
+            b"Content-Disposition: form-data; name*0=_met; name*1=hod\r\n",
+            b"Content-Disposition: form-data; name*=iso-8859-1''%5F%6D%65%74%68%6F%64\r\n",
         ] {
             let names = multipart_names(body);
             assert!(names.iter().any(|n| overrides_method(n)), "{names:?}");

@@ -653,10 +653,14 @@ impl Proxy {
         in_headers: &Counts,
     ) -> (Response<Body>, Counted) {
         let mode = target.route.response_dlp;
-        let ct = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
+        // Every line of each, joined as HTTP joins them: the first alone
+        // (`identity`, then `gzip`) let a gzip body out unmasked (found by
+        // a black-box pass). Types given twice are read as one list, which
+        // is no type the scanner passes unread.
+        let ct = joined(&parts.headers, header::CONTENT_TYPE);
+        let ct = ct.as_deref();
+        let encoding = joined(&parts.headers, header::CONTENT_ENCODING);
+        let encoding = encoding.as_deref();
         let sniff = scan::Sniffer::default();
         let pass = |parts, body: Incoming| {
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
@@ -695,10 +699,6 @@ impl Proxy {
         if matches!(mode, ResponseDlp::Report | ResponseDlp::Mask)
             && target.route.response_action.is_none()
         {
-            let encoding = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok());
             if let Some(decoder) = scan::StreamDecoder::new(encoding) {
                 if mode == ResponseDlp::Mask {
                     for h in [
@@ -732,10 +732,6 @@ impl Proxy {
                 return (unscannable(why), withheld_unread());
             }
         };
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok());
         let decoded = match scan::decode(&raw, encoding, max) {
             Ok(d) => d,
             Err(e) => return (unscannable(e.to_string()), withheld_unread()),
@@ -1116,6 +1112,18 @@ impl Proxy {
 }
 
 /// How a scanned response leaves when nothing withholds it.
+/// Every line of header `name`, joined with `, `; `None` when absent. A
+/// value that is not visible ASCII is kept as Latin-1 would show it, so it
+/// still reaches the checks (and fails them) rather than vanishing.
+fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let lines: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes().iter().map(|b| char::from(*b)).collect())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
+}
+
 fn leaving(mode: ResponseDlp) -> Disposition {
     if mode == ResponseDlp::Mask {
         Disposition::Masked

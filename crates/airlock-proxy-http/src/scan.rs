@@ -17,7 +17,7 @@ pub enum ScanError {
     #[error("the response is larger than max_scan_bytes ({0}) once decoded")]
     TooLarge(u64),
     /// A `Content-Encoding` this proxy cannot decode.
-    #[error("the response's content-encoding {0:?} cannot be decoded for scanning")]
+    #[error("content-encoding {0:?} cannot be decoded for scanning")]
     Encoding(String),
     /// The body does not decode as its encoding says.
     #[error("the response body does not decode as {0}")]
@@ -30,14 +30,23 @@ pub enum ScanError {
 /// client's choice (`Accept`): YAML, TOML, TSV, SQL, a misspelt or an
 /// unknown type are text as far as DLP is concerned, and binary that is
 /// scanned is caught by [`Sniffer`].
+///
+/// A type given twice (two lines, joined with `,`) is scanned if either
+/// is: which one a client takes is the client's choice.
 pub fn scannable(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
-    let mime = ct
-        .split([';', ','])
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    ct.split(',').any(|one| {
+        let mime = one
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        text_type(&mime)
+    })
+}
+
+fn text_type(mime: &str) -> bool {
     let media = ["image/", "audio/", "video/", "font/"];
     let archives = [
         "application/zip",
@@ -53,7 +62,7 @@ pub fn scannable(content_type: Option<&str>) -> bool {
         "application/pdf",
         "application/wasm",
     ];
-    !(media.iter().any(|m| mime.starts_with(m)) || archives.contains(&mime.as_str()))
+    !(media.iter().any(|m| mime.starts_with(m)) || archives.contains(&mime))
 }
 
 /// The declared charset of a text body the scanner cannot read as it
@@ -62,19 +71,29 @@ pub fn scannable(content_type: Option<&str>) -> bool {
 /// UTF-7 or EBCDIC an email or a card number is not the bytes the
 /// detectors look for. Such a body is withheld under `mask` and `block`
 /// rather than passed unscanned.
+///
+/// Every `charset` the type mentions counts, quoted or not, in any
+/// parameter: readers split parameters their own ways, and
+/// `x="a;charset=utf-8"; charset=utf-16le` was read here as UTF-8 and by
+/// others as UTF-16 (found by a black-box pass).
 pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
     let ct = content_type?.to_ascii_lowercase();
-    let charset = ct.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        (k.trim() == "charset").then(|| v.trim().trim_matches('"').to_owned())
-    })?;
-    let readable = matches!(
-        charset.as_str(),
-        "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "latin-1"
-    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"]
-        .iter()
-        .any(|p| charset.starts_with(p));
-    (!readable).then_some(charset)
+    ct.match_indices("charset").find_map(|(at, _)| {
+        let rest = ct[at + "charset".len()..].trim_start_matches([' ', '\t', '*']);
+        let rest = rest.strip_prefix('=')?;
+        let charset: String = rest
+            .trim_start_matches([' ', '\t', '"', '\''])
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            .collect();
+        let readable = matches!(
+            charset.as_str(),
+            "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "latin-1"
+        ) || ["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"]
+            .iter()
+            .any(|p| charset.starts_with(p));
+        (!readable).then_some(charset)
+    })
 }
 
 /// Watches the start of a decoded body for what the detectors cannot
@@ -502,6 +521,12 @@ mod tests {
         ] {
             assert!(unreadable_charset(Some(ct)).is_some(), "{ct}");
         }
+        // Any charset mentioned counts, however the parameters split.
+        assert_eq!(
+            unreadable_charset(Some("text/csv; x=\"a;charset=utf-8\"; charset=utf-16le"))
+                .as_deref(),
+            Some("utf-16le")
+        );
         for ct in ["text/plain; charset=cp037", "text/plain; charset=unicode"] {
             assert!(unreadable_charset(Some(ct)).is_some(), "{ct}");
         }
