@@ -64,6 +64,7 @@ impl Airlock {
         body: CheckBody,
         peer: Option<IpAddr>,
     ) -> Result<Request, ApiError> {
+        self.count_action(caller, "breakglass")?;
         let config = self.config.load_full();
         if !self.may_break_glass(caller) {
             let groups: Vec<&str> = config
@@ -100,7 +101,9 @@ impl Airlock {
             params: body.params,
             context: body.context,
         };
-        let (loaded, context, decision) = self.screen_and_decide(caller, &mut action, peer).await?;
+        let (loaded, context, decision) = self
+            .screen_and_decide(caller, &mut action, peer, true)
+            .await?;
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();

@@ -184,6 +184,18 @@ impl Airlock {
                 cfg.server.check_burst_per_key,
             )
         };
+        // An enforcer checks for everyone behind its proxy: its allowance
+        // is counted per end user, so one of them cannot use it up for all.
+        // Counted before anything is recorded, refusals included (a check
+        // naming another principal wrote a record each, unlimited; found
+        // by a review).
+        if caller.is_enforcer() {
+            let who = body.principal.as_ref().unwrap_or(&caller.user);
+            let key = format!("{}\u{0}{}", caller.key_id, who.as_str());
+            self.check_limiter.check(&key, rate, burst)?;
+        } else {
+            self.check_limiter.check(&caller.key_id, rate, burst)?;
+        }
         let principal = match body.principal {
             Some(p) if p != caller.user && !caller.is_enforcer() => {
                 let e = ApiError::forbidden(format!(
@@ -196,14 +208,6 @@ impl Airlock {
             Some(p) => p,
             None => caller.user.clone(),
         };
-        // An enforcer checks for everyone behind its proxy: its allowance
-        // is counted per end user, so one of them cannot use it up for all.
-        if caller.is_enforcer() {
-            let key = format!("{}\u{0}{}", caller.key_id, principal.as_str());
-            self.check_limiter.check(&key, rate, burst)?;
-        } else {
-            self.check_limiter.check(&caller.key_id, rate, burst)?;
-        }
         let reason = body.reason.filter(|r| !airlock_core::display::is_blank(r));
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
             return Err(ApiError::BadRequest(format!(
@@ -217,7 +221,9 @@ impl Airlock {
             params: body.params,
             context: body.context,
         };
-        let (loaded, context, decision) = self.screen_and_decide(caller, &mut action, peer).await?;
+        let (loaded, context, decision) = self
+            .screen_and_decide(caller, &mut action, peer, false)
+            .await?;
         let fingerprint = action.fingerprint();
         let t = now();
         let actor = caller.user.to_string();
@@ -428,6 +434,21 @@ impl Airlock {
         Ok(outcome)
     }
 
+    /// Counts a review, break-glass or grant completion against its key's
+    /// allowance (the check rate, kept apart from checks): each may put a
+    /// refusal on record, which must not be had without limit.
+    pub(crate) fn count_action(&self, caller: &Caller, what: &str) -> Result<(), ApiError> {
+        let (rate, burst) = {
+            let cfg = self.config.load();
+            (
+                cfg.server.checks_per_second_per_key,
+                cfg.server.check_burst_per_key,
+            )
+        };
+        self.check_limiter
+            .check(&format!("{}\u{0}{what}", caller.key_id), rate, burst)
+    }
+
     /// Puts on record a check or break-glass refused for what its caller
     /// claimed (another principal, a trusted fact, a glass it may not
     /// break): attempts to get around a decision leave a trace. A failed
@@ -469,9 +490,10 @@ impl Airlock {
         caller: &Caller,
         action: &mut Action,
         peer: Option<IpAddr>,
+        breakglass: bool,
     ) -> Result<(std::sync::Arc<super::Loaded>, Map<String, Value>, Decision), ApiError> {
         if let Err(e) = self.screen_facts(caller, action) {
-            self.check_refused(caller, (&action.action, &action.resource), false, &e)
+            self.check_refused(caller, (&action.action, &action.resource), breakglass, &e)
                 .await?;
             return Err(e);
         }

@@ -269,6 +269,7 @@ impl Airlock {
         gid: GrantId,
         body: CompleteBody,
     ) -> Result<(), ApiError> {
+        self.count_action(caller, "complete")?;
         let caller = caller.clone();
         let hooks = self.hooks();
         self

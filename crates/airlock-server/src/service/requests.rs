@@ -474,6 +474,7 @@ impl Airlock {
         channel: &str,
         proof: StepUp,
     ) -> Result<Request, ApiError> {
+        self.count_action(caller, "review")?;
         let reason = reason.filter(|r| !airlock_core::display::is_blank(r));
         if reason.as_ref().is_some_and(|r| r.len() > MAX_REVIEW_REASON) {
             return Err(ApiError::BadRequest(format!(
