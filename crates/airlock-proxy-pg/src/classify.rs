@@ -266,12 +266,19 @@ const ON_CALLERS_STACK: usize = 2048;
 /// depth touches is used, and it is unmapped after.
 const STACK_PER_BYTE: usize = 512;
 
-/// The deepest a long statement may nest, as [`depth_bound`] reads it:
-/// the depth libpg_query itself allows from version 18 on. The parse costs
-/// the square of the depth, so this bounds it (a 1 MiB statement of `+1`
-/// took a core for 215 s and held every other session's long statements
-/// meanwhile; found by a black-box pass).
-const MAX_DEPTH: usize = 5_000;
+/// The deepest a long statement may nest, as [`depth_bound`] reads it.
+/// The parse costs the square of the depth, so this bounds it (a 1 MiB
+/// statement of `+1` took a core for 215 s and held every other session's
+/// long statements meanwhile; found by a black-box pass). Any tree deeper
+/// than about 50 levels is refused after the parse anyway (the protobuf
+/// reader's recursion limit), so this refuses nothing that could pass.
+const MAX_DEPTH: usize = 1_000;
+
+/// What a whole query string may cost, as the sum over its statements of
+/// the square of each one's depth bound: 190 statements each just under a
+/// bound of 5,000 took 30 s of a core (found by a black-box pass). This
+/// allows about 250 statements at [`MAX_DEPTH`], about a second's work.
+const DEPTH_BUDGET: usize = 250 * MAX_DEPTH * MAX_DEPTH;
 
 /// A bound, read from the tokens in one pass, on how deep `sql`'s parse
 /// tree nests: at each token, the brackets open around it (`(`, `[`, and
@@ -285,23 +292,26 @@ const MAX_DEPTH: usize = 5_000;
 /// across the commas and ANDs between them). It over-counts long runs of
 /// tokens that nest nothing, which real statements rarely have thousands
 /// of; it never under-counts those chains (found by a review).
-fn depth_bound(sql: &str) -> Result<usize, Refusal> {
+///
+/// Returns the deepest bound of any statement, and the sum of the squares
+/// of each statement's bound.
+fn depth_bound(sql: &str) -> Result<(usize, usize), Refusal> {
     use pg_query::protobuf::Token;
     #[derive(Default)]
     struct Level {
+        /// The token that opened it (0 for the top).
+        opener: i32,
         run: usize,
         chain: usize,
+        /// `BETWEEN`s whose `AND` is still to come: that AND is part of
+        /// the BETWEEN, not a separator.
+        between: usize,
     }
     let scanned = pg_query::scan(sql).map_err(|e| Refusal::Unparseable(e.to_string()))?;
-    let open = [
-        Token::Ascii40 as i32,
-        Token::Ascii91 as i32,
-        Token::Case as i32,
-    ];
-    let close = [
-        Token::Ascii41 as i32,
-        Token::Ascii93 as i32,
-        Token::EndP as i32,
+    let pairs = [
+        (Token::Ascii40 as i32, Token::Ascii41 as i32),
+        (Token::Ascii91 as i32, Token::Ascii93 as i32),
+        (Token::Case as i32, Token::EndP as i32),
     ];
     let separators = [
         Token::Ascii44 as i32,
@@ -317,36 +327,66 @@ fn depth_bound(sql: &str) -> Result<usize, Refusal> {
         Token::Except as i32,
         Token::Join as i32,
     ];
+    let (dot, semicolon, and, between) = (
+        Token::Ascii46 as i32,
+        Token::Ascii59 as i32,
+        Token::And as i32,
+        Token::Between as i32,
+    );
     let mut levels: Vec<Level> = vec![Level::default()];
     let mut sum = 0usize;
     let mut deepest = 0usize;
+    // This statement's deepest, and the squares of those before it.
+    let mut statement = 0usize;
+    let mut squares = 0usize;
+    let mut previous = 0i32;
     for t in &scanned.tokens {
-        let token = t.token;
         let current = levels.len() - 1;
-        if open.contains(&token) {
+        // After a `.` a keyword is a column name (`t.end`, `t.and`): only
+        // an ordinary token. A closer closes only what its opener opened.
+        let token = if previous == dot { 0 } else { t.token };
+        previous = t.token;
+        let closes = pairs
+            .iter()
+            .any(|(o, c)| *c == token && *o == levels[current].opener)
+            && levels.len() > 1;
+        let ordinary = |levels: &mut Vec<Level>, sum: &mut usize| {
             levels[current].run += 1;
-            sum += 1;
-            levels.push(Level::default());
-        } else if close.contains(&token) {
-            if levels.len() > 1 {
-                let gone = levels.pop().unwrap_or_default();
-                sum -= gone.run + gone.chain;
-            }
-        } else if token == Token::Ascii59 as i32 {
+            *sum += 1;
+        };
+        if pairs.iter().any(|(o, _)| *o == token) {
+            ordinary(&mut levels, &mut sum);
+            levels.push(Level {
+                opener: token,
+                ..Level::default()
+            });
+        } else if closes {
+            let gone = levels.pop().unwrap_or_default();
+            sum -= gone.run + gone.chain;
+        } else if token == semicolon && levels.len() == 1 {
             let level = std::mem::take(&mut levels[current]);
             sum -= level.run + level.chain;
+            squares = squares.saturating_add(statement.saturating_mul(statement));
+            statement = 0;
+        } else if token == between {
+            levels[current].between += 1;
+            ordinary(&mut levels, &mut sum);
+        } else if token == and && levels[current].between > 0 {
+            levels[current].between -= 1;
+            ordinary(&mut levels, &mut sum);
         } else if separators.contains(&token) {
             sum -= std::mem::take(&mut levels[current].run);
         } else if chains.contains(&token) {
             levels[current].chain += 1;
             sum += 1;
         } else {
-            levels[current].run += 1;
-            sum += 1;
+            ordinary(&mut levels, &mut sum);
         }
-        deepest = deepest.max(sum + levels.len());
+        statement = statement.max(sum + levels.len());
+        deepest = deepest.max(statement);
     }
-    Ok(deepest)
+    squares = squares.saturating_add(statement.saturating_mul(statement));
+    Ok((deepest, squares))
 }
 
 /// Whether [`classify`] may take long for `sql`: the parse of a deeply
@@ -369,11 +409,16 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Refusal> {
     if sql.len() <= ON_CALLERS_STACK {
         return classify_here(sql);
     }
-    let depth = depth_bound(sql)?;
+    let (depth, squares) = depth_bound(sql)?;
     if depth > MAX_DEPTH {
         return Err(Refusal::NotServed(format!(
             "a statement nested about {depth} levels deep (at most {MAX_DEPTH})"
         )));
+    }
+    if squares > DEPTH_BUDGET {
+        return Err(Refusal::NotServed(
+            "a query string of many deeply nested statements (send fewer at once)".into(),
+        ));
     }
     stacker::grow((1 << 20) + sql.len() * STACK_PER_BYTE, || {
         classify_here(sql)
@@ -1439,39 +1484,58 @@ mod tests {
         let ids: Vec<String> = (0..50_000).map(|i| format!("'n{i}'")).collect();
         let list = format!("select id from t where name in ({})", ids.join(","));
         assert!(
-            depth_bound(&list).unwrap() < 20,
+            depth_bound(&list).unwrap().0 < 20,
             "{}",
-            depth_bound(&list).unwrap()
+            depth_bound(&list).unwrap().0
         );
         let ands: Vec<String> = (0..5_000).map(|i| format!("c{i} = {i}")).collect();
         let chain = format!("select 1 from t where {}", ands.join(" and "));
-        assert!(depth_bound(&chain).unwrap() < 20);
+        assert!(depth_bound(&chain).unwrap().0 < 20);
         assert!(classify(&chain).is_ok());
         let many = "select 1 from t where a = 1;".repeat(2_000);
-        assert!(depth_bound(&many).unwrap() < 20);
+        assert!(depth_bound(&many).unwrap().0 < 20);
         // Set operations and joins nest across the commas and ANDs between
         // them; a CASE's arms do not (found by a review: the first got
         // under the bound, the second refused an ORM's bulk update).
         let unions = "select 1,1 union all ".repeat(6_000) + "select 1,1";
-        assert!(depth_bound(&unions).unwrap() > 6_000);
+        assert!(depth_bound(&unions).unwrap().0 > 6_000);
         let joins = format!(
             "select 1 from t0{}",
             (1..6_000)
                 .map(|i| format!(" join t{i} on t0.x = t{i}.x and true"))
                 .collect::<String>()
         );
-        assert!(depth_bound(&joins).unwrap() > 6_000);
+        assert!(depth_bound(&joins).unwrap().0 > 6_000);
         let arms: String = (0..2_000)
             .map(|i| format!(" WHEN (\"id\" = {i}) THEN 'v{i}'"))
             .collect();
         let bulk = format!("UPDATE t SET f = CASE{arms} ELSE f END WHERE id IN (1)");
         assert!(
-            depth_bound(&bulk).unwrap() < 20,
+            depth_bound(&bulk).unwrap().0 < 20,
             "{}",
-            depth_bound(&bulk).unwrap()
+            depth_bound(&bulk).unwrap().0
         );
         assert!(classify(&bulk).is_ok());
-        assert!(depth_bound(&format!("select 1{}", "+1".repeat(6_000))).unwrap() > 6_000);
+        // Many statements each under the bound, in one query string: their
+        // cost adds up (found by a black-box pass: 30 s of a core).
+        let each = format!("select {}id from customers", "-+".repeat(495));
+        let piled = vec![each.as_str(); 400].join(";");
+        assert!(matches!(classify(&piled), Err(Refusal::NotServed(m)) if m.contains("many")));
+        assert!(depth_bound(&vec![each.as_str(); 100].join(";")).unwrap().1 <= DEPTH_BUDGET);
+        // Found by a review: a keyword after `.` is a column (`t.end` closed
+        // the bracket before it), and a BETWEEN's AND separates nothing.
+        let ends = format!("select 1{}", "+(t.end,1)".repeat(2_000));
+        assert!(depth_bound(&ends).unwrap().0 > 1_000);
+        let ands = format!("select 1{}", "+t.and".repeat(2_000));
+        assert!(depth_bound(&ands).unwrap().0 > 1_000);
+        let betweens = format!("select 1 where x{} 1", " between 1 and not x".repeat(600));
+        assert!(depth_bound(&betweens).unwrap().0 > 1_000);
+        assert!(
+            depth_bound(&format!("select 1{}", "+1".repeat(6_000)))
+                .unwrap()
+                .0
+                > 6_000
+        );
     }
 
     #[test]

@@ -428,12 +428,21 @@ async fn connect_upstream(
                 return Ok((io, buf, greeting, key));
             }
             // A role's or database's default (`ALTER ROLE … SET
-            // client_encoding`) arrives here, not in the startup packet.
+            // client_encoding`) arrives here, not in the startup packet;
+            // so does the database's own encoding: in a single-byte one
+            // the server folds and cuts names by its bytes, not as
+            // libpg_query does (`CAFÉ` is `café` there; found by a review).
             b'S' => {
                 let body = f.body();
                 let mut parts = body.split(|b| *b == 0);
                 let name = parts.next().unwrap_or_default();
                 let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                if name == b"server_encoding" && !value.eq_ignore_ascii_case("UTF8") {
+                    return Err(auth::LoginError::Upstream(format!(
+                        "the database's encoding is {value}; Airlock's proxy serves UTF8 databases only"
+                    ))
+                    .into());
+                }
                 if moves_pinned(name, &value) {
                     return Err(auth::LoginError::Upstream(
                         "the server's session would read text differently from Airlock (its client_encoding or standard_conforming_strings default); refused".into(),
@@ -780,15 +789,14 @@ async fn classify_long(
     .ok()
     .flatten();
     let outcome = match turns {
-        Some(turns) => {
-            let parsed = tokio::task::spawn_blocking(move || classify::classify(&sql))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(classify::Refusal::Unparseable("the parser failed".into()))
-                });
-            drop(turns);
-            parsed
-        }
+        // The turns go with the parse, not with this future: a session
+        // that ends meanwhile does not free them while the parse runs.
+        Some(turns) => tokio::task::spawn_blocking(move || {
+            let _turns = turns;
+            classify::classify(&sql)
+        })
+        .await
+        .unwrap_or_else(|_| Err(classify::Refusal::Unparseable("the parser failed".into()))),
         None => Err(busy()),
     };
     // The user's entry goes once no one else holds it.

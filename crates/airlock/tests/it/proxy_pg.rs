@@ -719,6 +719,41 @@ async fn the_session_encoding_is_utf8_and_parameters_come_once() {
     assert!(refused, "a startup packet with client_encoding twice");
 }
 
+/// A database whose own encoding is not UTF8 is not served: there the
+/// server folds and cuts names by bytes, not as Airlock's parser does
+/// (`CAFÉ` is `café`; found by a review).
+#[tokio::test]
+async fn a_database_not_in_utf8_is_not_served() {
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    let utf8 = database_of(&db);
+    let latin = format!("{utf8}_latin1");
+    db.execute(&format!(
+        "CREATE DATABASE \"{latin}\" ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    ));
+    let (port, control) = (free_port(), free_port());
+    // The same server in front of the UTF8 database too: the setup works.
+    let toml = format!(
+        "[[proxies.postgres]]\nname = \"latin\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nhold_seconds = 1\n{}",
+        db.url().replace(&format!("/{utf8}"), &format!("/{latin}")),
+        pg_toml(control, &db, 1, "")
+    );
+    let server = Server::start_extra(&Db::Sqlite, SQL_POLICIES, &toml);
+    let alice = server.key("alice", "user");
+    let url = |port: u16, name: &str| {
+        format!("postgres://alice:{alice}@127.0.0.1:{port}/{name}?sslmode=disable")
+    };
+    let (served, _, control_err) = psql(&url(control, &utf8), &["-c", "SELECT 1"]);
+    let (ok, _, err) = psql(&url(port, &latin), &["-c", "SELECT 1"]);
+    db.execute(&format!("DROP DATABASE \"{latin}\" WITH (FORCE)"));
+    assert!(served, "{control_err}");
+    assert!(
+        !ok && err.contains("could not connect to the database"),
+        "{err}"
+    );
+}
+
 /// A client that sends Terminate while its statement is held, and keeps
 /// the connection open, has left: the statement does not run after the
 /// approval (it did; found by a black-box pass).
