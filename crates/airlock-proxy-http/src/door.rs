@@ -298,7 +298,7 @@ impl Door {
         }
         let overrides = readings.iter().any(|body| {
             (form && form_names_override(body))
-                || (multipart && multipart_names(body).iter().any(|n| overrides_method(n)))
+                || (multipart && multipart_overrides(body))
                 || (json && json_names_override(body))
         });
         if overrides {
@@ -738,28 +738,28 @@ fn form_names_override(form: &[u8]) -> bool {
 /// and UTF-32 (read by [`json_names_override`]). Any mention counts, in
 /// quotes or not, as readers split parameters their own ways.
 fn readable_charset(ct: &str, json: bool) -> bool {
-    const READ: &[&str] = &[
-        "utf-8",
-        "utf8",
-        "us-ascii",
-        "ascii",
-        "iso-8859-1",
-        "latin1",
-        "windows-1252",
-    ];
+    const READ: &[&str] = &["utf-8", "utf8", "us-ascii", "ascii", "latin1", "latin-1"];
+    /// Single-byte sets that keep ASCII as ASCII.
+    const SINGLE: &[&str] = &["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"];
     const JSON: &[&str] = &[
         "utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be",
     ];
     ct.match_indices("charset").all(|(at, _)| {
-        let value: String = ct[at + "charset".len()..]
+        // A mention not followed by `=` names no charset (a boundary).
+        let Some(rest) = ct[at + "charset".len()..]
             .trim_start_matches([' ', '\t', '*'])
             .strip_prefix('=')
-            .unwrap_or("")
+        else {
+            return true;
+        };
+        let value: String = rest
             .trim_start_matches([' ', '\t', '"', '\''])
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
             .collect();
-        READ.contains(&value.as_str()) || (json && JSON.contains(&value.as_str()))
+        READ.contains(&value.as_str())
+            || SINGLE.iter().any(|p| value.starts_with(p))
+            || (json && JSON.contains(&value.as_str()))
     })
 }
 
@@ -794,21 +794,21 @@ fn json_names_override(body: &[u8]) -> bool {
             })
             .collect()
     };
-    // ASCII text in UTF-32 (or UTF-16) is the same bytes with NULs between.
-    let ascii: Vec<u8> = body.iter().copied().filter(|b| *b != 0).collect();
-    [
-        String::from_utf8_lossy(body).into_owned(),
-        String::from_utf16_lossy(&units(false)),
-        String::from_utf16_lossy(&units(true)),
-        String::from_utf8_lossy(&ascii).into_owned(),
-    ]
-    .iter()
-    .any(|text| {
+    let mentions = |text: &str| {
         let plain = unescape_json(text).to_ascii_lowercase();
         ["_method", ".method", "[method"]
             .iter()
             .any(|m| plain.contains(m))
-    })
+    };
+    // One reading at a time, so a large body is held a few times at most.
+    mentions(&String::from_utf8_lossy(body))
+        || mentions(&String::from_utf16_lossy(&units(false)))
+        || mentions(&String::from_utf16_lossy(&units(true)))
+        // ASCII text in UTF-32 (or UTF-16) is the same bytes with NULs
+        // between.
+        || mentions(&String::from_utf8_lossy(
+            &body.iter().copied().filter(|b| *b != 0).collect::<Vec<u8>>(),
+        ))
 }
 
 /// `text` with each `\uXXXX` escape replaced by its character (others
@@ -846,25 +846,32 @@ fn unescape_json(text: &str) -> String {
 /// folded header or a file's own content is read too: refusing a
 /// look-alike costs less than missing a part. One pass, and only the
 /// first bytes of each value: a body of `name=name=…` costs linear time.
-fn multipart_names(body: &[u8]) -> Vec<String> {
+///
+/// Each name is handed to `found` as it is read, which stops the reading
+/// by answering true: nothing is collected (a body of `name*=` repeated
+/// made hundreds of times its size in names; found by a review).
+fn multipart_names(body: &[u8], found: &mut dyn FnMut(&str) -> bool) -> bool {
     let flat: Vec<u8> = body
         .iter()
         .copied()
         .filter(|b| !matches!(b, b'\r' | b'\n' | b'\\'))
         .collect();
     // As sent too: there a line break ends an unquoted value.
-    let mut names = param_values(body);
-    names.extend(param_values(&flat));
-    names
+    param_values(body, found) || param_values(&flat, found)
 }
 
-/// The start of the value after each `name` or `content-id` key in `flat`.
-fn param_values(flat: &[u8]) -> Vec<String> {
+/// Whether a multipart body names a part `_method`, however spelt.
+fn multipart_overrides(body: &[u8]) -> bool {
+    multipart_names(body, &mut |n| overrides_method(n))
+}
+
+/// The start of the value after each `name` or `content-id` key in `flat`,
+/// each handed to `found` until it answers true (then true).
+fn param_values(flat: &[u8], found: &mut dyn FnMut(&str) -> bool) -> bool {
     /// Enough of a value to tell `_method` and its spellings.
     const HEAD: usize = 32;
     /// Enough of an RFC 2231 value, percent-encoded after its charset.
     const EXTENDED_HEAD: usize = 256;
-    let mut names = Vec::new();
     // RFC 2231 continuations (`name*0=_met; name*1=hod`) joined in order.
     let mut joined = String::new();
     let mut i = 0;
@@ -929,33 +936,49 @@ fn param_values(flat: &[u8]) -> Vec<String> {
         if extended {
             // `charset'language'value`, percent-encoded: the value, decoded,
             // alone and joined to the parts before it.
-            let v = match value.iter().filter(|b| **b == b'\'').count() {
-                n if n >= 2 => {
-                    let second = value
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, b)| **b == b'\'')
-                        .nth(1)
-                        .map_or(0, |(k, _)| k + 1);
-                    &value[second..]
-                }
-                _ => &value[..],
+            let quotes: Vec<usize> = value
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\'')
+                .map(|(k, _)| k)
+                .take(2)
+                .collect();
+            let (charset, v) = match quotes[..] {
+                [first, second] => (&value[..first], &value[second + 1..]),
+                _ => (&b""[..], &value[..]),
             };
+            // A name in a charset read here only as bytes (UTF-16 puts a
+            // NUL between the letters of `_method`) is taken as naming it.
+            let charset = String::from_utf8_lossy(charset).to_ascii_lowercase();
+            if !matches!(
+                charset.as_str(),
+                "" | "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "latin1"
+            ) {
+                return true;
+            }
             let decoded: Vec<u8> = percent_encoding::percent_decode(v).collect();
             let decoded = String::from_utf8_lossy(&decoded).into_owned();
             if first_part {
                 joined.clear();
-            }
-            if joined.len() < EXTENDED_HEAD {
+            } else if joined.len() < EXTENDED_HEAD {
                 joined.push_str(&decoded);
-                names.push(joined.clone());
+                if found(&joined) {
+                    return true;
+                }
             }
-            names.push(decoded);
+            if first_part {
+                joined.push_str(&decoded);
+            }
+            if found(&decoded) {
+                return true;
+            }
         }
-        names.push(String::from_utf8_lossy(&value).into_owned());
+        if found(&String::from_utf8_lossy(&value)) {
+            return true;
+        }
         // Resume right after the key: a value may hold the next key.
     }
-    names
+    false
 }
 
 fn method_override_refused() -> Refusal {
@@ -975,6 +998,16 @@ pub(crate) fn same_action(check: &CheckBody, view: &RequestView) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every name a multipart body gives, in order.
+    fn names_of(body: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        multipart_names(body, &mut |n| {
+            names.push(n.to_owned());
+            false
+        });
+        names
+    }
 
     #[test]
     fn method_overrides_are_spotted_however_spelt() {
@@ -997,7 +1030,7 @@ mod tests {
         for n in ["method", "_methods", "x_method", "_metho", ""] {
             assert!(!overrides_method(n), "{n}");
         }
-        let names = multipart_names(
+        let names = names_of(
             b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b\r\n\
               content-disposition: form-data; filename=\"f\"; name=_method\r\n\r\nDELETE\r\n--b\r\n\
               Content-Disposition: form-data;\r\n NAME = '_method'\r\n\r\nx\r\n--b--",
@@ -1005,11 +1038,11 @@ mod tests {
         assert_eq!(names[..4], ["a", "f", "_method", "_method"]);
         // Line breaks and backslashes dropped, Content-ID read, and a
         // body of keys costs one pass each way.
-        let names = multipart_names(b"na\r\nme=\"\\_method\"; Content-ID: x");
+        let names = names_of(b"na\r\nme=\"\\_method\"; Content-ID: x");
         assert!(names.iter().any(|n| n == "_method"), "{names:?}");
         assert!(names.iter().any(|n| n == "x"), "{names:?}");
         let many = b"name=".repeat(200_000);
-        assert_eq!(multipart_names(&many).len(), 400_000);
+        assert_eq!(names_of(&many).len(), 400_000);
     }
 
     /// JSON bodies lenient readers take and a strict parse does not: a
@@ -1072,9 +1105,9 @@ mod tests {
             // encoded past 32 bytes is read whole.
             b"Content-Disposition: form-data; name*0=_met; name*1=hod\r\n",
             b"Content-Disposition: form-data; name*=iso-8859-1''%5F%6D%65%74%68%6F%64\r\n",
+            b"Content-Disposition: form-data; name*=utf-16le''%5F%00m%00e%00t%00h%00o%00d%00\r\n",
         ] {
-            let names = multipart_names(body);
-            assert!(names.iter().any(|n| overrides_method(n)), "{names:?}");
+            assert!(multipart_overrides(body), "{:?}", names_of(body));
         }
     }
 
