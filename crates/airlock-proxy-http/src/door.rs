@@ -141,8 +141,10 @@ const BOUND_HEADERS: [HeaderName; 7] = [
 ];
 
 /// How large a compressed request body may grow when decoded to be
-/// screened; larger is refused.
-const MAX_SCREENED: u64 = 64 << 20;
+/// screened; larger is refused. As large as the default `max_body_bytes`:
+/// 65 KB of gzip that decoded to 64 MiB cost a gigabyte of memory to
+/// screen (found by a black-box pass).
+const MAX_SCREENED: u64 = 16 << 20;
 
 /// Users whose allowance is remembered before the idle ones are dropped.
 const MAX_USERS: usize = 10_000;
@@ -767,10 +769,11 @@ fn readable_charset(ct: &str, json: bool) -> bool {
 /// spelling is the same key; valid JSON that is not an object has no keys
 /// a framework would read). A body that is not strict JSON, or an object
 /// serde cannot read (a lone surrogate in a key, which `JSON.parse`
-/// takes), is read as lenient readers read it, without a byte-order mark,
-/// as UTF-8, UTF-16 and UTF-32 (Node's body-parser decodes a charset and
-/// drops the mark), and refused where any reading mentions `_method` at
-/// all (found by a black-box pass and a review).
+/// takes), may still be read by lenient readers (Node's body-parser drops
+/// a byte-order mark and decodes UTF-16): it is refused where it mentions
+/// `_method` at all, as bytes, escapes decoded, and with NULs dropped (how
+/// ASCII reads in UTF-16 and UTF-32) (found by a black-box pass and a
+/// review).
 fn json_names_override(body: &[u8]) -> bool {
     if let Ok(o) = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(body) {
         return o.keys().any(|k| overrides_method(k));
@@ -782,58 +785,49 @@ fn json_names_override(body: &[u8]) -> bool {
     if !object && serde_json::from_slice::<IgnoredAny>(body).is_ok() {
         return false;
     }
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let units = |big: bool| -> Vec<u16> {
-        body.chunks_exact(2)
-            .map(|p| {
-                if big {
-                    u16::from_be_bytes([p[0], p[1]])
-                } else {
-                    u16::from_le_bytes([p[0], p[1]])
-                }
-            })
-            .collect()
+    // Searched as bytes, with at most one copy at a time: invalid UTF-8
+    // made three bytes of each when read as text, and a large body several
+    // copies (found by a black-box pass).
+    let mentions = |bytes: &[u8]| {
+        let found = |b: &[u8]| {
+            [&b"_method"[..], b".method", b"[method"]
+                .iter()
+                .any(|m| b.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m)))
+        };
+        found(bytes) || (bytes.windows(2).any(|w| w == b"\\u") && found(&unescape_ascii(bytes)))
     };
-    let mentions = |text: &str| {
-        let plain = unescape_json(text).to_ascii_lowercase();
-        ["_method", ".method", "[method"]
-            .iter()
-            .any(|m| plain.contains(m))
-    };
-    // One reading at a time, so a large body is held a few times at most.
-    mentions(&String::from_utf8_lossy(body))
-        || mentions(&String::from_utf16_lossy(&units(false)))
-        || mentions(&String::from_utf16_lossy(&units(true)))
-        // ASCII text in UTF-32 (or UTF-16) is the same bytes with NULs
-        // between.
-        || mentions(&String::from_utf8_lossy(
-            &body.iter().copied().filter(|b| *b != 0).collect::<Vec<u8>>(),
-        ))
+    // ASCII text in UTF-16 or UTF-32 (a byte-order mark or not) is the
+    // same bytes with NULs between.
+    mentions(body) || {
+        let ascii: Vec<u8> = body.iter().copied().filter(|b| *b != 0).collect();
+        ascii.len() != body.len() && mentions(&ascii)
+    }
 }
 
-/// `text` with each `\uXXXX` escape replaced by its character (others
-/// kept as written): enough to find a key spelled with escapes.
-fn unescape_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("\\u") {
-        out.push_str(&rest[..at]);
-        let hex = rest.get(at + 2..at + 6);
-        match hex
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .and_then(char::from_u32)
-        {
+/// `bytes` with each `\uXXXX` escape of an ASCII character replaced by
+/// that character (everything else kept as written): enough to find a key
+/// spelled with escapes, in one copy.
+fn unescape_ascii(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i..i + 6)
+            .filter(|w| w.starts_with(b"\\u"))
+            .and_then(|w| std::str::from_utf8(&w[2..]).ok())
+            .and_then(|h| u8::from_str_radix(h.strip_prefix("00")?, 16).ok())
+            .filter(u8::is_ascii);
+        match escaped {
             Some(c) => {
                 out.push(c);
-                rest = &rest[at + 6..];
+                i += 6;
             }
             None => {
-                out.push_str("\\u");
-                rest = &rest[at + 2..];
+                out.push(bytes[i]);
+                i += 1;
             }
         }
     }
-    out.push_str(rest);
     out
 }
 

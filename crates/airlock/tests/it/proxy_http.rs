@@ -1508,6 +1508,13 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
         b.extend_from_slice(b"&_method=DELETE");
         b
     };
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+        e.write_all(b"{").unwrap();
+        e.write_all(&vec![b' '; 17 << 20]).unwrap();
+        e.write_all(b"}").unwrap();
+        e.finish().unwrap()
+    };
     let gz_json = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
         e.write_all(br#"{"_method":"DELETE"}"#).unwrap();
@@ -1543,6 +1550,13 @@ async fn door_tricks_are_refused_and_unlabelled_bodies_scanned() {
             .post(format!("{p}/upload/doc"))
             .header("content-type", "application/json; charset=utf-7")
             .body(r#"{"+AF8-method":"DELETE"}"#),
+        // A bomb: 17 MiB once decoded, past what is screened (64 MiB of
+        // it cost a gigabyte; found by a black-box pass).
+        reqwest::Client::new()
+            .post(format!("{p}/upload/doc"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(bomb),
     ] {
         let res = req.header("Airlock-Token", &alice).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 400);
