@@ -102,7 +102,7 @@ pub enum Refusal {
     Unparseable(String),
     /// It would change where unqualified names resolve, which would make
     /// the tables Airlock decides differ from those the server reads.
-    #[error("changing search_path is refused at Airlock's proxy: qualify table names instead")]
+    #[error("changing search_path (or any setting through set_config()) is refused at Airlock's proxy: qualify table names instead")]
     SearchPath,
     /// A construct that would run SQL Airlock cannot see, or make the
     /// server read text or tables differently from Airlock.
