@@ -373,10 +373,30 @@ impl Decider {
             match self.enforcer.consume(&view, &check).await {
                 Ok(g) => grants.push(g.grant_id),
                 Err(e) => {
+                    // Uses already spent in this batch ran nothing: they
+                    // are completed as failures, not left open (found by a
+                    // review).
+                    let mut detail = Map::new();
+                    detail.insert(
+                        "error".into(),
+                        json!(format!("not run: the approval of request {} in the same batch could not be used", view.id)),
+                    );
+                    for g in &grants {
+                        if let Err(e) = self
+                            .enforcer
+                            .complete(*g, airlock_api::Outcome::Failure, detail.clone())
+                            .await
+                        {
+                            tracing::warn!(grant = %g, error = %e, "could not complete a grant");
+                        }
+                    }
                     return Outcome::refused(
                         DENIED,
-                        format!("the approval of request {} cannot be used: {e}", view.id),
-                    )
+                        format!(
+                            "the approval of request {} cannot be used: {e}; nothing ran",
+                            view.id
+                        ),
+                    );
                 }
             }
         }

@@ -719,6 +719,73 @@ async fn the_session_encoding_is_utf8_and_parameters_come_once() {
     assert!(refused, "a startup packet with client_encoding twice");
 }
 
+/// A batch with two approvals, the second of which cannot be used (its
+/// approver left the group): nothing runs, and the use already spent of
+/// the first is completed as a failure, not left open (found by a review).
+#[tokio::test]
+async fn a_batch_whose_second_approval_fails_completes_the_first() {
+    let Some(pg) = Pg::start(&Db::Sqlite, 1, "") else {
+        return;
+    };
+    let alice = pg.server.key("alice", "user");
+    let bob = pg.server.key("bob", "user");
+    let carol = pg.server.key("carol", "user");
+    let admin = pg.server.key("admin", "admin");
+    let url = pg.url("alice", &alice);
+    let both = "DELETE FROM orders WHERE id = 4; DELETE FROM orders WHERE id = 5";
+    let (ok, _, err) = psql(&url, &["-c", both]);
+    assert!(!ok && err.contains("AL001"), "{err}");
+    let ids = pending_of(&pg.server, &admin).await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let mut first = None;
+    for id in &ids {
+        let (_, r) = pg.server.get(&admin, &format!("/v1/requests/{id}")).await;
+        if r["params"]["sql"].as_str().unwrap().contains("id = 5") {
+            pg.server.review(&bob, id, "approve").await;
+        } else {
+            pg.server.review(&carol, id, "approve").await;
+            first = Some(id.clone());
+        }
+    }
+    // Bob leaves security: his approval no longer counts at consumption.
+    pg.server.set_users(&USERS.replace(
+        "name = \"bob\"\ngroups = [\"security\"]",
+        "name = \"bob\"\ngroups = []",
+    ));
+    Command::new("kill")
+        .args(["-HUP", &pg.server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        pg.server
+            .audit_has(&admin, "policy_loaded", "trigger", "sighup")
+            .await
+    );
+    let (ok, _, err) = psql(&url, &["-c", both]);
+    assert!(
+        !ok && err.contains("AL002") && err.contains("nothing ran"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.count("SELECT count(*) FROM orders WHERE id IN (4, 5)"),
+        2
+    );
+    let first = first.unwrap();
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        let (_, r) = pg
+            .server
+            .get(&admin, &format!("/v1/requests/{first}"))
+            .await;
+        status = r["status"].clone();
+        if status == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "completed");
+}
+
 /// A database whose own encoding is not UTF8 is not served: there the
 /// server folds and cuts names by bytes, not as Airlock's parser does
 /// (`CAFÉ` is `café`; found by a review).
