@@ -740,29 +740,11 @@ fn form_names_override(form: &[u8]) -> bool {
 /// and UTF-32 (read by [`json_names_override`]). Any mention counts, in
 /// quotes or not, as readers split parameters their own ways.
 fn readable_charset(ct: &str, json: bool) -> bool {
-    const READ: &[&str] = &["utf-8", "utf8", "us-ascii", "ascii", "latin1", "latin-1"];
-    /// Single-byte sets that keep ASCII as ASCII.
-    const SINGLE: &[&str] = &["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"];
     const JSON: &[&str] = &[
         "utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be",
     ];
-    ct.match_indices("charset").all(|(at, _)| {
-        // A mention not followed by `=` names no charset (a boundary).
-        let Some(rest) = ct[at + "charset".len()..]
-            .trim_start_matches([' ', '\t', '*'])
-            .strip_prefix('=')
-        else {
-            return true;
-        };
-        let value: String = rest
-            .trim_start_matches([' ', '\t', '"', '\''])
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-            .collect();
-        READ.contains(&value.as_str())
-            || SINGLE.iter().any(|p| value.starts_with(p))
-            || (json && JSON.contains(&value.as_str()))
-    })
+    crate::scan::charsets(ct)
+        .all(|c| crate::scan::ascii_compatible(&c) || (json && JSON.contains(&c.as_str())))
 }
 
 /// Whether a JSON body names `_method` as a key (keys decoded: a `\u005f`

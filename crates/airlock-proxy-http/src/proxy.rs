@@ -2,6 +2,7 @@
 //! forward once, scan the response. Every error on the way refuses the
 //! request; nothing here forwards by default.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1114,14 +1115,27 @@ impl Proxy {
 /// How a scanned response leaves when nothing withholds it.
 /// Every line of header `name`, joined with `, `; `None` when absent. A
 /// value that is not visible ASCII is kept as Latin-1 would show it, so it
-/// still reaches the checks (and fails them) rather than vanishing.
-fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    let lines: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes().iter().map(|b| char::from(*b)).collect())
+/// still reaches the checks (and fails them) rather than vanishing. One
+/// plain line, the usual case, is borrowed.
+fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<Cow<'_, str>> {
+    let latin = |v: &hyper::header::HeaderValue| -> String {
+        v.as_bytes().iter().map(|b| char::from(*b)).collect()
+    };
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(
+            first
+                .to_str()
+                .map_or_else(|_| Cow::Owned(latin(first)), Cow::Borrowed),
+        );
+    };
+    let all: Vec<String> = [first, second]
+        .into_iter()
+        .chain(lines)
+        .map(latin)
         .collect();
-    (!lines.is_empty()).then(|| lines.join(", "))
+    Some(Cow::Owned(all.join(", ")))
 }
 
 fn leaving(mode: ResponseDlp) -> Disposition {

@@ -78,22 +78,36 @@ fn text_type(mime: &str) -> bool {
 /// others as UTF-16 (found by a black-box pass).
 pub fn unreadable_charset(content_type: Option<&str>) -> Option<String> {
     let ct = content_type?.to_ascii_lowercase();
-    ct.match_indices("charset").find_map(|(at, _)| {
+    let unread = charsets(&ct).find(|c| !ascii_compatible(c));
+    unread
+}
+
+/// Every charset a lower-cased `Content-Type` names: each `charset`
+/// followed by `=`, in any parameter, quoted or not (readers split
+/// parameters their own ways).
+pub fn charsets(ct: &str) -> impl Iterator<Item = String> + '_ {
+    ct.match_indices("charset").filter_map(|(at, _)| {
         let rest = ct[at + "charset".len()..].trim_start_matches([' ', '\t', '*']);
         let rest = rest.strip_prefix('=')?;
-        let charset: String = rest
-            .trim_start_matches([' ', '\t', '"', '\''])
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-            .collect();
-        let readable = matches!(
-            charset.as_str(),
-            "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "latin-1"
-        ) || ["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"]
-            .iter()
-            .any(|p| charset.starts_with(p));
-        (!readable).then_some(charset)
+        Some(
+            rest.trim_start_matches([' ', '\t', '"', '\''])
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+                .collect(),
+        )
     })
+}
+
+/// Whether text in `charset` (lower case) has its ASCII as ASCII bytes, one
+/// byte each: UTF-8, US-ASCII and the single-byte sets (ISO-8859-*,
+/// Windows-125x, KOI8).
+pub fn ascii_compatible(charset: &str) -> bool {
+    matches!(
+        charset,
+        "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "latin-1"
+    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125", "koi8"]
+        .iter()
+        .any(|p| charset.starts_with(p))
 }
 
 /// Watches the start of a decoded body for what the detectors cannot

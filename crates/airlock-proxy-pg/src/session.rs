@@ -95,6 +95,16 @@ fn unsafe_encoding(name: &str) -> bool {
     !SAFE.contains(&n.as_str())
 }
 
+/// A `ParameterStatus` message's name and value.
+fn parameter_status(body: &[u8]) -> (&[u8], std::borrow::Cow<'_, str>) {
+    let mut parts = body.split(|b| *b == 0);
+    let name = parts.next().unwrap_or_default();
+    (
+        name,
+        String::from_utf8_lossy(parts.next().unwrap_or_default()),
+    )
+}
+
 /// Whether a `ParameterStatus` of the server moves a setting the proxy
 /// pins: the session would read text differently from Airlock.
 fn moves_pinned(name: &[u8], value: &str) -> bool {
@@ -434,9 +444,7 @@ async fn connect_upstream(
             // libpg_query does (`CAFÉ` is `café` there; found by a review).
             b'S' => {
                 let body = f.body();
-                let mut parts = body.split(|b| *b == 0);
-                let name = parts.next().unwrap_or_default();
-                let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                let (name, value) = parameter_status(&body);
                 if name == b"server_encoding" && !value.eq_ignore_ascii_case("UTF8") {
                     return Err(auth::LoginError::Upstream(format!(
                         "the database's encoding is {value}; Airlock's proxy serves UTF8 databases only"
@@ -1539,9 +1547,7 @@ async fn relay_replies(
                             // rather than parse text the server reads
                             // differently.
                             let body = f.body();
-                            let mut parts = body.split(|b| *b == 0);
-                            let name = parts.next().unwrap_or_default();
-                            let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                            let (name, value) = parameter_status(&body);
                             if moves_pinned(name, &value) {
                                 out.extend_from_slice(&build::fatal(
                                     "55000",
