@@ -192,11 +192,14 @@ pub trait WriteTx: ReadTx {
         grant: &GrantRecord,
     ) -> Result<(), StoreError>;
     /// Spends one use, if the grant is live: one conditional update, so of
-    /// any number of racing consumers only the available uses succeed.
+    /// any number of racing consumers only the available uses succeed. A
+    /// use spent `by_enforcer` (a proxy's key) leaves the grant's outcome
+    /// for an enforcer to report.
     fn consume_grant(
         &mut self,
         id: &GrantId,
         now: DateTime<Utc>,
+        by_enforcer: bool,
     ) -> Result<ConsumeOutcome, StoreError>;
     /// Records the outcome of one consumed use; false if every consumed
     /// use has reported already (or none was consumed) or it is closed.

@@ -120,6 +120,9 @@ pub struct GrantRow {
     pub fingerprint: Fingerprint,
     /// Whether its outcome was reported and it is closed.
     pub completed: bool,
+    /// Whether an enforcer key spent a use of it: its outcome is then
+    /// reported by an enforcer, not by its principal.
+    pub enforced: bool,
 }
 
 /// What a consumption attempt found.

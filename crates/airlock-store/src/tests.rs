@@ -227,7 +227,7 @@ async fn hundred_racing_consumers_one_wins(home: &Home) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .write(move |tx| tx.consume_grant(&gid, now()))
+                .write(move |tx| tx.consume_grant(&gid, now(), false))
                 .await
                 .unwrap()
         }));
@@ -250,25 +250,25 @@ async fn consume_says_why_not(home: &Home) {
     let store = home.open();
     let gid = approved_grant(&store, 2).await;
     let r = store
-        .write(move |tx| tx.consume_grant(&gid, now()))
+        .write(move |tx| tx.consume_grant(&gid, now(), false))
         .await
         .unwrap();
     assert_eq!(r, ConsumeOutcome::Consumed { uses_left: 1 });
     let late = now() + chrono::Duration::minutes(11);
     let r = store
-        .write(move |tx| tx.consume_grant(&gid, late))
+        .write(move |tx| tx.consume_grant(&gid, late, false))
         .await
         .unwrap();
     assert_eq!(r, ConsumeOutcome::Expired);
     store.write(move |tx| tx.revoke_grant(&gid)).await.unwrap();
     let r = store
-        .write(move |tx| tx.consume_grant(&gid, now()))
+        .write(move |tx| tx.consume_grant(&gid, now(), false))
         .await
         .unwrap();
     assert_eq!(r, ConsumeOutcome::Revoked);
     let other = GrantId::new();
     let r = store
-        .write(move |tx| tx.consume_grant(&other, now()))
+        .write(move |tx| tx.consume_grant(&other, now(), false))
         .await
         .unwrap();
     assert_eq!(r, ConsumeOutcome::Unknown);
@@ -594,7 +594,7 @@ async fn two_nodes_race_one_grant(home: &Home) {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
             store
-                .write(move |tx| tx.consume_grant(&gid, now()))
+                .write(move |tx| tx.consume_grant(&gid, now(), false))
                 .await
                 .unwrap()
         }));
@@ -1024,6 +1024,7 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
                  ALTER TABLE api_keys DROP COLUMN scram; DROP TABLE audit_nodes; DROP TABLE audit_notes;
                  DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
                  ALTER TABLE grants DROP COLUMN completions; ALTER TABLE reviews DROP COLUMN step_up;
+                 ALTER TABLE grants DROP COLUMN enforced;
                  UPDATE schema_version SET version = 9;",
             )
             .unwrap();
@@ -1032,7 +1033,8 @@ async fn listings_filter_by_visibility_page_and_survive_the_backfill(home: &Home
             "DROP TABLE request_groups; ALTER TABLE api_keys DROP COLUMN scram;
              DROP TABLE audit_nodes; DROP TABLE audit_notes; DROP TABLE totp_secrets; DROP TABLE webauthn_keys;
              ALTER TABLE grants DROP COLUMN completions; ALTER TABLE reviews DROP COLUMN step_up;
-             UPDATE airlock_schema_version SET version = version - 8",
+             ALTER TABLE grants DROP COLUMN enforced;
+             UPDATE airlock_schema_version SET version = version - 9",
         ),
     }
     let store = home.open();

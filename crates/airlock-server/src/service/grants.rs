@@ -120,6 +120,7 @@ impl Airlock {
         };
         let actor = caller.user.to_string();
         let key = caller.key_id.clone();
+        let by_enforcer = caller.is_enforcer();
         let gid = claims.jti;
         let hooks = self.hooks();
         let breakglass_groups = self.config.load().breakglass.groups.clone();
@@ -198,7 +199,7 @@ impl Airlock {
                         );
                     }
                 }
-                let outcome = tx.consume_grant(&gid, t)?;
+                let outcome = tx.consume_grant(&gid, t, by_enforcer)?;
                 let (code, message) = match outcome {
                     ConsumeOutcome::Consumed { uses_left } => {
                         tx.append_audit(
@@ -287,6 +288,14 @@ impl Airlock {
                 if !(caller.is_enforcer() || caller.user == row.principal) {
                     // On record: someone holding another user's grant id.
                     let message = "only the grant's principal or an enforcer key may complete it";
+                    let _recorded = refuse_in(tx, caller.user.as_str(), Some(row.request_id), gid, ErrorCode::Forbidden, message.into(), t)?;
+                    return Ok(Err(ApiError::forbidden(message)));
+                }
+                if row.enforced && !caller.is_enforcer() {
+                    // A proxy spent the use and reports what the upstream
+                    // answered; the principal reporting first would close
+                    // it with their own word for the outcome.
+                    let message = "a use consumed by an enforcer (a proxy) is completed by an enforcer key";
                     let _recorded = refuse_in(tx, caller.user.as_str(), Some(row.request_id), gid, ErrorCode::Forbidden, message.into(), t)?;
                     return Ok(Err(ApiError::forbidden(message)));
                 }

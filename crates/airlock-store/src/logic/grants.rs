@@ -25,6 +25,7 @@ pub(crate) struct GrantBinding {
     pub(crate) principal: String,
     pub(crate) fingerprint: String,
     pub(crate) completed: bool,
+    pub(crate) enforced: bool,
 }
 
 /// A grant's state, read when a consumption spent nothing, to say why.
@@ -60,11 +61,13 @@ pub(crate) trait GrantRows {
     fn grant_binding(&mut self, id: &GrantId) -> Result<Option<GrantBinding>, StoreError>;
     /// Spends one use if the grant is live (not revoked, not completed, a
     /// use left, not expired at `now`), in one conditional update: the
-    /// `(uses, max_uses)` after it, or `None` if nothing was spent.
+    /// `(uses, max_uses)` after it, or `None` if nothing was spent. A use
+    /// spent `by_enforcer` marks the grant enforced.
     fn spend_use(
         &mut self,
         id: &GrantId,
         now: DateTime<Utc>,
+        by_enforcer: bool,
     ) -> Result<Option<(u32, u32)>, StoreError>;
     /// The grant's state, if there is one with this id.
     fn grant_state(&mut self, id: &GrantId) -> Result<Option<GrantState>, StoreError>;
@@ -125,6 +128,7 @@ pub(crate) fn get<T: GrantRows + ?Sized>(
         principal: UserName::parse(&b.principal).map_err(corrupt)?,
         fingerprint: Fingerprint::parse(&b.fingerprint).map_err(corrupt)?,
         completed: b.completed,
+        enforced: b.enforced,
     }))
 }
 
@@ -132,8 +136,9 @@ pub(crate) fn consume<T: GrantRows + ?Sized>(
     tx: &mut T,
     id: &GrantId,
     now: DateTime<Utc>,
+    by_enforcer: bool,
 ) -> Result<ConsumeOutcome, StoreError> {
-    if let Some((uses, max)) = tx.spend_use(id, now)? {
+    if let Some((uses, max)) = tx.spend_use(id, now, by_enforcer)? {
         return Ok(ConsumeOutcome::Consumed {
             uses_left: max.saturating_sub(uses),
         });

@@ -240,8 +240,9 @@ impl<T: Rows> WriteTx for T {
         &mut self,
         id: &GrantId,
         now: DateTime<Utc>,
+        by_enforcer: bool,
     ) -> Result<ConsumeOutcome, StoreError> {
-        grants::consume(self, id, now)
+        grants::consume(self, id, now, by_enforcer)
     }
 
     fn revoke_api_key(&mut self, id: &str, at: DateTime<Utc>) -> Result<KeyRevocation, StoreError> {

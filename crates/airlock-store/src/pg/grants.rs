@@ -29,7 +29,7 @@ impl GrantRows for Tx<'_> {
 
     fn grant_binding(&mut self, id: &GrantId) -> Result<Option<GrantBinding>, StoreError> {
         let row = self.query_opt(
-            "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = $1",
+            "SELECT request_id, principal, fingerprint, completed, enforced FROM grants WHERE id = $1",
             &[&id.to_string()],
         )?;
         row.map(|r| {
@@ -38,6 +38,7 @@ impl GrantRows for Tx<'_> {
                 principal: r.try_get(1)?,
                 fingerprint: r.try_get(2)?,
                 completed: r.try_get(3)?,
+                enforced: r.try_get(4)?,
             })
         })
         .transpose()
@@ -47,12 +48,13 @@ impl GrantRows for Tx<'_> {
         &mut self,
         id: &GrantId,
         now: DateTime<Utc>,
+        by_enforcer: bool,
     ) -> Result<Option<(u32, u32)>, StoreError> {
         let spent = self.query_opt(
-            "UPDATE grants SET uses = uses + 1
+            "UPDATE grants SET uses = uses + 1, enforced = enforced OR $3
              WHERE id = $1 AND NOT revoked AND NOT completed AND uses < max_uses AND expires_at > $2
              RETURNING uses, max_uses",
-            &[&id.to_string(), &now],
+            &[&id.to_string(), &now, &by_enforcer],
         )?;
         spent
             .map(|r| Ok((count(r.try_get(0)?)?, count(r.try_get(1)?)?)))

@@ -253,6 +253,13 @@ CREATE INDEX audit_by_request ON audit (request_id) WHERE request_id IS NOT NULL
 -- one at consumption. Reviews from before count as without.
 ALTER TABLE reviews ADD COLUMN step_up TEXT;
 "#,
+    r#"
+-- Whether an enforcer key (a proxy) spent a use of the grant: then only an
+-- enforcer reports its outcome, so the grant's principal cannot close a
+-- proxied action with an outcome of their own before the proxy reports
+-- what the upstream answered. Grants from before count as not.
+ALTER TABLE grants ADD COLUMN enforced boolean NOT NULL DEFAULT false;
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -34,7 +34,7 @@ impl GrantRows for Tx<'_> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT request_id, principal, fingerprint, completed FROM grants WHERE id = ?1",
+                "SELECT request_id, principal, fingerprint, completed, enforced FROM grants WHERE id = ?1",
             )?
             .query_row([id.to_string()], |r| {
                 Ok(GrantBinding {
@@ -42,6 +42,7 @@ impl GrantRows for Tx<'_> {
                     principal: r.get(1)?,
                     fingerprint: r.get(2)?,
                     completed: r.get(3)?,
+                    enforced: r.get(4)?,
                 })
             })
             .optional()?)
@@ -51,15 +52,18 @@ impl GrantRows for Tx<'_> {
         &mut self,
         id: &GrantId,
         now: DateTime<Utc>,
+        by_enforcer: bool,
     ) -> Result<Option<(u32, u32)>, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE grants SET uses = uses + 1
+                "UPDATE grants SET uses = uses + 1, enforced = MAX(enforced, ?3)
                  WHERE id = ?1 AND revoked = 0 AND completed = 0 AND uses < max_uses AND expires_at > ?2
                  RETURNING uses, max_uses",
             )?
-            .query_row(params![id.to_string(), fmt(now)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![id.to_string(), fmt(now), by_enforcer], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 

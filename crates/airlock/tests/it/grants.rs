@@ -10,6 +10,7 @@ use crate::support::*;
 on_both_stores!(
     hundred_concurrent_consumers_exactly_one_wins,
     grants_are_refused_for_other_actions_forgeries_and_expiry,
+    a_use_an_enforcer_spent_is_completed_by_an_enforcer,
 );
 
 /// A grant token's `iat` is when the grant was issued (with the last
@@ -63,6 +64,73 @@ async fn hundred_concurrent_consumers_exactly_one_wins(db: Db) {
     let enforcer = s.key("proxy", "enforcer");
     let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
     race_consumers(&[&s], &alice, &enforcer, &token).await;
+}
+
+/// A proxy spends the use and reports what the upstream answered; the
+/// grant's principal may not close it first with an outcome of their own
+/// (found by a review: alice could report "failure" for an export that
+/// went through, and the proxy's report was then refused). The attempt is
+/// on record, and the proxy's report still lands.
+async fn a_use_an_enforcer_spent_is_completed_by_an_enforcer(db: Db) {
+    let s = Server::start(&db);
+    let (alice, bob, carol) = (
+        s.key("alice", "user"),
+        s.key("bob", "user"),
+        s.key("carol", "user"),
+    );
+    let enforcer = s.key("proxy", "enforcer");
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (st, r) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let gid = r["grant_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/grants/{gid}/complete");
+    let (st, r) = s.post(&alice, &path, json!({"outcome": "failure"})).await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{r}"
+    );
+    let admin = s.key("admin", "admin");
+    let refused = s.audit_of(&admin, "grant_refused", 1).await;
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["actor"] == "alice" && r["details"]["code"] == "forbidden"),
+        "{refused:?}"
+    );
+    let (st, r) = s
+        .post(&enforcer, &path, json!({"outcome": "success"}))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let done = s.audit_of(&admin, "grant_completed", 1).await;
+    assert_eq!(done[0]["actor"], "proxy", "{done:?}");
+    assert_eq!(done[0]["details"]["outcome"], "success", "{done:?}");
+
+    // A use alice spent herself she reports herself, as before.
+    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (st, r) = s
+        .post(
+            &alice,
+            "/v1/grants/consume",
+            json!({"token": token, "action": export("alice", "orders")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let gid = r["grant_id"].as_str().unwrap();
+    let (st, r) = s
+        .post(
+            &alice,
+            &format!("/v1/grants/{gid}/complete"),
+            json!({"outcome": "success"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
 }
 
 async fn grants_are_refused_for_other_actions_forgeries_and_expiry(db: Db) {
