@@ -290,6 +290,36 @@ impl NewAuditRecord {
     }
 }
 
+impl AuditRecord {
+    /// The request a stored record belongs to, by the rule
+    /// [`NewAuditRecord::request_id`] filed it under when it was written,
+    /// read from what the chain covers (kind, subject, the `request` at
+    /// the top of its details). The store keeps the answer in a column of
+    /// its own for listings, which the chain does not cover: verification
+    /// holds the column to this.
+    pub fn request_id(&self) -> Option<String> {
+        let about_requests = AuditKind::ALL
+            .iter()
+            .any(|k| k.as_str() == self.kind && k.is_about_requests());
+        if !about_requests {
+            return None;
+        }
+        if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
+            return Some(self.subject.clone());
+        }
+        /// Only the top-level `request` member, borrowed where it can be.
+        #[derive(Deserialize)]
+        struct Top<'a> {
+            #[serde(borrow)]
+            request: Option<std::borrow::Cow<'a, str>>,
+        }
+        serde_json::from_str::<Top<'_>>(self.details.get())
+            .ok()
+            .and_then(|t| t.request)
+            .map(std::borrow::Cow::into_owned)
+    }
+}
+
 /// A new record's details, already canonical: made where the record is
 /// made (a request's own task), so the store's one writer only links and
 /// stores the text. Carries the `request` member at its top, if any, for

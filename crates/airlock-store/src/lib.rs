@@ -69,6 +69,13 @@ pub trait ReadTx {
     fn get_grant(&mut self, id: &GrantId) -> Result<Option<GrantRow>, StoreError>;
     /// Audit records with `seq > after`, at most `limit`.
     fn audit_after(&mut self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The request each record with `seq > after` is filed under (the
+    /// column listings by request read), at most `limit`, by seq.
+    fn audit_filing_after(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError>;
     /// Audit records about `subject` (a request or grant id), oldest first.
     fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// Audit records matching `filter`, newest first, at most `limit`.

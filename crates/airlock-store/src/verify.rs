@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use airlock_core::{ChainError, ChainHash, ChainVerifier};
+use airlock_core::{AuditRecord, ChainError, ChainHash, ChainVerifier};
 use airlock_keys::{Checkpoint, PublicKey};
 
 use crate::{ReadTx, StoreError};
@@ -30,13 +30,18 @@ pub fn verify_chain(r: &mut dyn ReadTx, keys: &[PublicKey]) -> Result<Verificati
     let mut v = ChainVerifier::default();
     let mut after = 0;
     let broken = 'walk: loop {
-        let page = r.audit_after(after, 10_000)?;
+        let page = r.audit_after(after, PAGE)?;
         if page.is_empty() {
             break None;
         }
-        for rec in &page {
+        // The same records' request column, in the same snapshot.
+        let filed = r.audit_filing_after(after, PAGE)?;
+        for (i, rec) in page.iter().enumerate() {
             if let Err(e) = v.push(rec) {
                 break 'walk Some((e.seq(), e.to_string()));
+            }
+            if let Some(wrong) = misfiled(rec, filed.get(i)) {
+                break 'walk Some((rec.seq, wrong));
             }
             if let Some(cp) = checkpoints.get(&rec.seq) {
                 if !signed(cp) {
@@ -78,6 +83,35 @@ pub fn verify_chain(r: &mut dyn ReadTx, keys: &[PublicKey]) -> Result<Verificati
         checkpoints: checkpoints.len(),
         broken,
     })
+}
+
+/// Records read per page of the walk.
+const PAGE: u32 = 10_000;
+
+/// Why a record's request column disagrees with what its hashed content
+/// says it belongs to, if it does. The column is what a request's history,
+/// its `decisions` and the explorer's request filter read, and the chain
+/// does not cover it: moved by hand, it would show one request's record
+/// in another's history, or hide a refused attempt from its own (found by
+/// a black-box pass).
+fn misfiled(rec: &AuditRecord, filed: Option<&(i64, Option<String>)>) -> Option<String> {
+    let Some((seq, column)) = filed else {
+        return Some(format!("record {}: its request column is missing", rec.seq));
+    };
+    if *seq != rec.seq {
+        return Some(format!("record {}: its request column is missing", rec.seq));
+    }
+    let named = rec.request_id();
+    if *column == named {
+        return None;
+    }
+    let say = |r: &Option<String>| r.clone().unwrap_or_else(|| "no request".into());
+    Some(format!(
+        "record {} is filed under {} but its hashed content names {}",
+        rec.seq,
+        say(column),
+        say(&named)
+    ))
 }
 
 fn bad_signature(seq: i64) -> String {

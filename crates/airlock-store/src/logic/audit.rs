@@ -65,6 +65,12 @@ pub(crate) trait AuditRows {
     ) -> Result<Vec<AuditRow>, StoreError>;
     /// The last record's `(seq, hash)`, if there is one.
     fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError>;
+    /// The request column of records with `seq > after`, oldest first.
+    fn filing_rows_after(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError>;
     /// Stores a linked record and the perfect subtrees its leaf completed;
     /// `request` fills the column listings by request search. PostgreSQL
     /// stages it, to send a batch's appends as one statement.

@@ -110,6 +110,14 @@ impl<T: Rows> ReadTx for T {
         audit::records(self.audit_rows_after(after, limit)?)
     }
 
+    fn audit_filing_after(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+        self.filing_rows_after(after, limit)
+    }
+
     fn audit_about(&mut self, subject: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         audit::records(self.audit_rows_about(subject, limit)?)
     }

@@ -146,6 +146,20 @@ impl AuditRows for Tx<'_> {
         rows.iter().map(audit_row).collect()
     }
 
+    fn filing_rows_after(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+        let rows = self.query(
+            "SELECT seq, request_id FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after, &i64::from(limit)],
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError> {
         let row = self.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()

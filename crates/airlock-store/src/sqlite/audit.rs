@@ -82,6 +82,18 @@ impl AuditRows for Tx<'_> {
         )
     }
 
+    fn filing_rows_after(
+        &mut self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, request_id FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn head_row(&mut self) -> Result<Option<(i64, String)>, StoreError> {
         Ok(self
             .conn

@@ -105,6 +105,24 @@ async fn audit_verify_names_the_first_tampered_record(db: Db) {
          INSERT INTO audit (seq, ts, kind, actor, subject, details, prev_hash, hash) SELECT 9, ts, kind, actor, subject, '{\"forged\":true}', prev_hash, hash FROM audit WHERE seq = 8;",
         "record 9",
     );
+    // The request column (what a request's history and `decisions` read)
+    // is held to the hashed content: moving a record to another request,
+    // detaching it from its own, or filing another record under one
+    // (found by a black-box pass: all three verified).
+    tamper(
+        "UPDATE audit SET request_id = (SELECT MAX(request_id) FROM audit)
+         WHERE seq = (SELECT MIN(seq) FROM audit WHERE request_id <> (SELECT MAX(request_id) FROM audit))",
+        "is filed under req_",
+    );
+    tamper(
+        "UPDATE audit SET request_id = NULL WHERE seq = (SELECT MIN(seq) FROM audit WHERE request_id IS NOT NULL)",
+        "is filed under no request but its hashed content names req_",
+    );
+    tamper(
+        "UPDATE audit SET request_id = (SELECT MAX(request_id) FROM audit)
+         WHERE seq = (SELECT MIN(seq) FROM audit WHERE request_id IS NULL)",
+        "but its hashed content names no request",
+    );
     // Cutting records off the end is caught by the signed checkpoints.
     let head = s.sql_i64("SELECT MAX(seq) FROM checkpoints");
     assert_eq!(head, s.sql_i64("SELECT MAX(seq) FROM audit"));
