@@ -129,16 +129,21 @@ fn describe(command: &Command) -> Option<ExitCode> {
 
 #[derive(Debug, Subcommand)]
 enum DlpCommand {
-    /// Scan files (streaming, in bounded memory) and print one line per
-    /// finding: `FILE:START-END: TYPE`, or with --json one object
-    /// `{"file", "start", "end", "type"}` per line; offsets are in bytes,
-    /// values are never printed. Exits 0 whether or not anything was found;
-    /// 2 if a file could not be read (the others are still scanned) or the
-    /// config is invalid.
+    /// Scan files (streaming, in bounded memory) and print one JSON object
+    /// `{"file", "start", "end", "type"}` per finding and line, or at a
+    /// terminal (or with --text) `FILE:START-END: TYPE`; offsets are in
+    /// bytes, values are never printed. Exits 0 whether or not anything
+    /// was found; 2 if a file could not be read (the others are still
+    /// scanned) or the config is invalid.
     Scan {
-        /// Print JSON lines instead of text.
-        #[arg(long)]
+        /// Print JSON lines, also at a terminal (the default when the
+        /// output is a pipe or a file).
+        #[arg(long, conflicts_with = "text")]
         json: bool,
+        /// Print `FILE:START-END: TYPE` lines, also into a pipe or a file
+        /// (the default at a terminal).
+        #[arg(long)]
+        text: bool,
         /// Add the custom detectors of this file's `[dlp]` table
         /// (`[[dlp.patterns]]`, `[[dlp.dictionaries]]`).
         #[arg(long)]
@@ -409,10 +414,15 @@ fn main() -> ExitCode {
                 command:
                     DlpCommand::Scan {
                         json,
+                        text,
                         config,
                         files,
                     },
             } => {
+                // The contract's form (one JSON object per finding) for
+                // whatever reads the output; a person at a terminal gets
+                // the shorter lines unless they ask.
+                let json = json || (!text && !std::io::stdout().is_terminal());
                 // Plain blocking file reads: off the async threads.
                 tokio::task::spawn_blocking(move || dlp::scan(json, config.as_deref(), &files))
                     .await?

@@ -81,7 +81,7 @@ fn dlp_scan_text_output_custom_detectors_and_unreadable_files() {
     )
     .unwrap();
     let out = Command::new(BIN)
-        .args(["dlp", "scan", "--config"])
+        .args(["dlp", "scan", "--text", "--config"])
         .arg(&config)
         .arg(&path)
         .output()
@@ -98,6 +98,18 @@ fn dlp_scan_text_output_custom_detectors_and_unreadable_files() {
             start + 32
         )
     );
+
+    // Into a pipe, without a flag: the contract's JSON objects
+    // (`airlock dlp scan [--json] FILE...` prints one JSON object per
+    // finding), as a harness reading the output expects.
+    let (code, found, stderr) =
+        scan(&["--config", config.to_str().unwrap(), path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let got: Vec<_> = found
+        .iter()
+        .map(|f| (f["type"].as_str().unwrap(), f["start"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("employee_id", start), ("email", start + 15)]);
 
     // A missing file: a clear message, exit 2, the other files still scanned.
     let missing = dir.path().join("missing.csv");
