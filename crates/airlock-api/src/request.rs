@@ -66,10 +66,12 @@ pub struct RequestView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up: Option<String>,
     /// Granted at once by break-glass.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub breakglass: bool,
-    /// A break-glass use still waiting for its two reviews after the fact.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// A break-glass use still waiting for its two reviews after the fact:
+    /// always present, so a client sees it turn `false` when the second
+    /// review lands rather than vanish.
+    #[serde(default)]
     pub review_required: bool,
     /// The grant, once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
