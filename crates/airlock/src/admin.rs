@@ -39,7 +39,8 @@ pub async fn keys_create(
     let (key, record) =
         service::create_api_key_with(&store, user.clone(), role, lifetime, "cli").await?;
     let role = match role.to_string() {
-        r if r.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {r}"),
+        // "a user": the sound, not the letter, takes the article.
+        r if r.starts_with(['a', 'e', 'i', 'o']) => format!("an {r}"),
         r => format!("a {r}"),
     };
     match record.expires_at {

@@ -269,8 +269,11 @@ pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
 pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
+    // `IF NOT EXISTS` on a made table is a NOTICE, which the driver logs
+    // at INFO on every start and every command: noise, not news.
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS airlock_schema_version (version integer NOT NULL)",
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS airlock_schema_version (version integer NOT NULL)",
     )?;
     let found: i64 = tx
         .query_one(

@@ -188,6 +188,8 @@ fn sqlite_syncs_its_files_with_fdatasync() {
         .output()
         .expect("strace (./test installs it)");
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("(a user key for alice)"), "{said}");
     let text = std::fs::read_to_string(&trace).unwrap();
     let syncs: Vec<&str> = text.lines().filter(|l| l.contains("airlock.db")).collect();
     assert!(
