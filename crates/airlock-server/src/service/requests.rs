@@ -13,7 +13,7 @@ use airlock_policy::Directory;
 use airlock_store::time::{fmt, now};
 use airlock_store::{AuditFilter, Cursor, StatusFilter, Viewer, WriteTx};
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{notify, Airlock, Caller};
 use crate::ApiError;
@@ -1090,8 +1090,33 @@ fn decision_views(records: Vec<AuditRecord>) -> Vec<DecisionView> {
                 by: a.actor,
                 outcome: d["outcome"].clone(),
                 policies: d["policies"].clone(),
-                context: d["context"].clone(),
+                context: plain(d["context"].clone()),
             }
         })
         .collect()
+}
+
+/// A recorded context as the request's own `context` shows it: Cedar's
+/// escape for an extension value (`{"__extn": {"fn": "ip", "arg": "…"}}`,
+/// how `source_ip` is recorded) becomes its text, so approvers read
+/// `"source_ip": "10.0.0.7"` (found by a black-box pass). The record keeps
+/// the form it was decided and hashed in.
+fn plain(v: Value) -> Value {
+    match v {
+        Value::Object(mut o) => {
+            let arg = match o.get("__extn") {
+                Some(Value::Object(call)) if o.len() == 1 => call.get("arg").cloned(),
+                _ => None,
+            };
+            if let Some(arg @ Value::String(_)) = arg {
+                return arg;
+            }
+            for (_, x) in o.iter_mut() {
+                *x = plain(x.take());
+            }
+            Value::Object(o)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(plain).collect()),
+        other => other,
+    }
 }

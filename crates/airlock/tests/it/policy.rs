@@ -275,4 +275,11 @@ async fn an_enforcers_computed_facts_are_not_kept() {
     assert!(context.get("weekday").is_none(), "{r}");
     assert_eq!(context["source_ip"], "203.0.113.9", "{r}");
     assert_eq!(context["rows"], 5, "{r}");
+    // The decisions it was decided on show the address as text too, not
+    // Cedar's `{"__extn": …}` (found by a black-box pass).
+    let id = r["request"]["id"].as_str().unwrap();
+    let (_, r) = s.get(&enforcer, &format!("/v1/requests/{id}")).await;
+    let decided = &r["decisions"][0]["context"];
+    assert_eq!(decided["source_ip"], "203.0.113.9", "{r}");
+    assert_eq!(decided["rows"], 5, "{r}");
 }
