@@ -129,7 +129,14 @@ enum ResponseFate {
 }
 
 /// A response body fed by the task that scans it.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+struct ChannelBody {
+    /// The piece taken before the head was sent, if any.
+    first: Option<Bytes>,
+    rest: Pieces,
+}
+
+/// A streamed body's pieces, or why it broke off.
+type Pieces = tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>;
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -139,7 +146,10 @@ impl hyper::body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        self.0
+        if let Some(piece) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))));
+        }
+        self.rest
             .poll_recv(cx)
             .map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
     }
@@ -711,7 +721,23 @@ impl Proxy {
                         parts.headers.remove(h);
                     }
                 }
-                let (body, counts) = self.stream_scanned(body, decoder, sniff, mode, target);
+                let (mut rest, counts) = self.stream_scanned(body, decoder, sniff, mode, target);
+                // The head waits for the body's first piece (or its end):
+                // a body that fails before any of it leaves (unreadable,
+                // undecodable, broken off) is answered with an error
+                // status, not a 200 that breaks off (found by a review).
+                let first = match rest.recv().await {
+                    Some(Ok(piece)) => Some(piece),
+                    Some(Err(why)) => {
+                        let found = counts.await.map(|(c, _)| c).unwrap_or_default();
+                        return (
+                            unscannable(why.to_string()),
+                            Counted::Now(found, Some(Disposition::Withheld)),
+                        );
+                    }
+                    None => None,
+                };
+                let body = ChannelBody { first, rest }.boxed_unsync();
                 return (
                     Response::from_parts(parts, body),
                     Counted::Later(counts, leaving(mode)),
@@ -837,8 +863,9 @@ impl Proxy {
     /// Scans a body as it streams to the client, on a task of its own:
     /// decoded a small step at a time, masked (or passed as it came, for
     /// report), sent on in bounded pieces; the counts when it ends. A body
-    /// that breaks off or does not decode ends the response with an error
-    /// (what was sent was already masked).
+    /// that breaks off or does not decode ends the stream with an error:
+    /// the caller answers 502 if nothing was sent yet, else the response
+    /// breaks off (what was sent was already masked).
     fn stream_scanned(
         self: &Arc<Self>,
         mut body: Incoming,
@@ -846,7 +873,7 @@ impl Proxy {
         sniff: scan::Sniffer,
         mode: ResponseDlp,
         target: &Target,
-    ) -> (Body, tokio::sync::oneshot::Receiver<(Counts, Reading)>) {
+    ) -> (Pieces, tokio::sync::oneshot::Receiver<(Counts, Reading)>) {
         let mask = mode == ResponseDlp::Mask;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
         let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
@@ -952,7 +979,7 @@ impl Proxy {
             tracing::info!(proxy = %this.cfg.name, action = %action, findings = ?counts, "response scanned");
             let _ = counts_tx.send((counts, reading));
         });
-        (ChannelBody(rx).boxed_unsync(), counts_rx)
+        (rx, counts_rx)
     }
 
     /// The second decision, on what the response contains, bound to it
