@@ -129,8 +129,9 @@ const METHOD_OVERRIDES: [&str; 8] = [
 /// upstream does, so a retry that changes one is another request. Whose
 /// credentials the service sees (the standard header, a cookie, the
 /// common API-key headers), how it reads the body, which part of a file
-/// it sends.
-const BOUND_HEADERS: [HeaderName; 7] = [
+/// it sends (`Request-Range` too: Apache reads it where `Range` is
+/// missing; found by a black-box pass).
+const BOUND_HEADERS: [HeaderName; 8] = [
     header::AUTHORIZATION,
     header::COOKIE,
     HeaderName::from_static("x-api-key"),
@@ -138,6 +139,7 @@ const BOUND_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
     header::RANGE,
+    HeaderName::from_static("request-range"),
 ];
 
 /// How large a compressed request body may grow when decoded to be

@@ -561,8 +561,15 @@ impl Proxy {
             // A scanned answer is scanned whole: pieces asked for one at a
             // time would each hold part of a card number, and none a
             // finding.
-            headers.remove(header::RANGE);
-            headers.remove(header::IF_RANGE);
+            // Apache's older spelling, which it reads where `Range` is
+            // missing (found by a black-box pass).
+            for h in [
+                header::RANGE,
+                header::IF_RANGE,
+                HeaderName::from_static("request-range"),
+            ] {
+                while headers.remove(&h).is_some() {}
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.append(HeaderName::from_static("x-forwarded-for"), v);
