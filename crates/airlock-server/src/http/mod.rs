@@ -622,7 +622,7 @@ struct OutboxQuery {
         (status = 400, response = openapi::Error400), (status = 401, response = openapi::Error401),
         (status = 403, response = openapi::Error403), (status = 503, response = openapi::Error503),
     ))]
-/// Notifications in the outbox (admin): what was delivered, what waits,
+/// Notifications in the outbox (admins and auditors): what was delivered, what waits,
 /// and what failed for good.
 async fn outbox(
     State(airlock): State<AppState>,
@@ -657,7 +657,7 @@ async fn outbox(
         (status = 401, response = openapi::Error401), (status = 403, response = openapi::Error403),
         (status = 409, response = openapi::Error409), (status = 503, response = openapi::Error503),
     ))]
-/// Puts a failed notification back in line (admin).
+/// Puts a failed notification back in line (admins and auditors).
 async fn outbox_retry(
     State(airlock): State<AppState>,
     caller: Caller,

@@ -515,7 +515,15 @@ impl Airlock {
                             message: format!("{reviewer} may not review this break-glass use (approvers of it and [breakglass] groups may)"),
                         });
                     }
-                    return review_after_the_fact(tx, &req, &reviewer, verdict, reason.clone(), &channel, &hooks, t).map(Ok);
+                    // Saying a use of a step-up action was right asks the
+                    // same step-up as approving it would have: a session
+                    // alone (a borrowed browser) cannot clear it (found by
+                    // a black-box pass).
+                    let step_up = match pass_step_up(tx, &secrets, &console, &req, &reviewer, verdict, &proof, about, t)? {
+                        Ok(passed) => passed,
+                        Err(refusal) => return Ok(Err(refusal)),
+                    };
+                    return review_after_the_fact(tx, &req, &reviewer, (verdict, step_up), reason.clone(), &channel, &hooks, t).map(Ok);
                 }
                 if !req.eligible_reviewer(&reviewer, |u, g| loaded.directory.is_member(u, g)) {
                     return refused(tx, ApiError::Forbidden {
@@ -535,25 +543,10 @@ impl Airlock {
                 // The step-up passed is kept with the review: only such
                 // approvals count where one is asked (also later, at
                 // consumption or after the requirement was raised).
-                let mut step_up = None;
-                if verdict == Verdict::Approve {
-                    let page = format!("{console}/requests/{id}");
-                    match req.requirement.step_up.as_deref() {
-                        None => {}
-                        Some("totp") => {
-                            if let Err(e) = step_up_totp(tx, &secrets, &reviewer, proof.totp.as_deref(), &page, t) {
-                                return wrong_code_counted(tx, &reviewer, about, e, t);
-                            }
-                        }
-                        Some("webauthn") => {
-                            let rp = super::webauthn::approval_relying_party(&console)?;
-                            super::webauthn::step_up_webauthn(tx, &rp, &secrets, &reviewer, id, proof.webauthn.as_ref(), &page)?;
-                        }
-                        // Fails closed: a step-up this release does not know.
-                        Some(other) => return Err(ApiError::forbidden(format!("unknown step-up {other:?}"))),
-                    }
-                    step_up.clone_from(&req.requirement.step_up);
-                }
+                let step_up = match pass_step_up(tx, &secrets, &console, &req, &reviewer, verdict, &proof, about, t)? {
+                    Ok(passed) => passed,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
                 let review = Review { reviewer: reviewer.clone(), verdict, reason: reason.clone(), channel: channel.clone(), at: t, step_up };
                 // An approval that no longer counts (the request was raised
                 // to a step-up it did not pass) is replaced by one that
@@ -852,7 +845,7 @@ fn review_after_the_fact(
     tx: &mut dyn WriteTx,
     req: &Request,
     reviewer: &UserName,
-    verdict: Verdict,
+    (verdict, step_up): (Verdict, Option<String>),
     reason: Option<String>,
     channel: &str,
     hooks: &notify::Notifier,
@@ -869,7 +862,7 @@ fn review_after_the_fact(
         reason: reason.clone(),
         channel: channel.to_owned(),
         at: t,
-        step_up: None,
+        step_up,
     };
     if !tx.insert_review(&req.id, &review)? {
         return Err(ApiError::Conflict {
@@ -942,6 +935,50 @@ fn review_refused<R>(
 /// counts these records: written after, in a write of its own, parallel
 /// guesses all read a count of zero and the limit held for none of them.
 /// Any other refusal rolls the transaction back as usual.
+/// The step-up an approval of `req` asks, checked: the one passed (kept
+/// with the review), `Ok(Err(_))` for a wrong code (counted toward the
+/// lockout and on record). Step-up guards approving only: a deny lowers
+/// the risk. A step-up this release does not know fails closed.
+#[allow(clippy::too_many_arguments)]
+fn pass_step_up(
+    tx: &mut dyn WriteTx,
+    secrets: &airlock_keys::SecretBox,
+    console: &str,
+    req: &Request,
+    reviewer: &UserName,
+    verdict: Verdict,
+    proof: &StepUp,
+    about: serde_json::Value,
+    t: DateTime<Utc>,
+) -> Result<Result<Option<String>, ApiError>, ApiError> {
+    if verdict != Verdict::Approve {
+        return Ok(Ok(None));
+    }
+    let page = format!("{console}/requests/{}", req.id);
+    match req.requirement.step_up.as_deref() {
+        None => {}
+        Some("totp") => {
+            if let Err(e) = step_up_totp(tx, secrets, reviewer, proof.totp.as_deref(), &page, t) {
+                return wrong_code_counted(tx, reviewer, about, e, t);
+            }
+        }
+        Some("webauthn") => {
+            let rp = super::webauthn::approval_relying_party(console)?;
+            super::webauthn::step_up_webauthn(
+                tx,
+                &rp,
+                secrets,
+                reviewer,
+                req.id,
+                proof.webauthn.as_ref(),
+                &page,
+            )?;
+        }
+        Some(other) => return Err(ApiError::forbidden(format!("unknown step-up {other:?}"))),
+    }
+    Ok(Ok(req.requirement.step_up.clone()))
+}
+
 fn wrong_code_counted<R>(
     tx: &mut dyn WriteTx,
     who: &UserName,

@@ -164,15 +164,34 @@ async fn breaking_the_glass_grants_at_once_and_is_reviewed_after(db: Db) {
         "the read is left"
     );
 
-    // On an action whose approvals need a code: none is asked after the
-    // fact (the grant stood without approvals), and an approval then is
-    // shown as one, not as none.
+    // On an action whose approvals need a code: the grant stood without
+    // approvals, and an approval after the fact, with its code, is shown
+    // as one, not as none.
     let (st, r) = s
         .post(&oscar, "/v1/breakglass", action("open", "vault"))
         .await;
     assert_eq!((st, r["status"].as_str()), (200, Some("approved")), "{r}");
     let vault = r["id"].as_str().unwrap().to_owned();
+    // Saying it was right asks the step-up approving would have: a
+    // session alone cannot clear a use of a step-up action (found by a
+    // black-box pass), and a wrong code is refused as anywhere.
     let (st, r) = s.review(&bob, &vault, "approve").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (403, Some("step_up_required")),
+        "{r}"
+    );
+    let (_, totp) = crate::stepup::enroll(&s, "bob");
+    let code = crate::stepup::fresh(&totp, &[]).await;
+    let path = format!("/v1/requests/{vault}/reviews");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (st, r) = s
+        .post(&bob, &path, json!({"verdict": "approve", "totp": wrong}))
+        .await;
+    assert_eq!(st, 403, "{r}");
+    let (st, r) = s
+        .post(&bob, &path, json!({"verdict": "approve", "totp": code}))
+        .await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["thresholds"][0]["approvals"], 1, "{r}");
 

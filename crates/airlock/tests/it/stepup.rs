@@ -20,7 +20,7 @@ permit(principal, action == Action::"read", resource);
 permit(principal, action == Action::"export", resource);
 "#;
 
-fn enroll(s: &Server, user: &str) -> (String, TOTP) {
+pub(crate) fn enroll(s: &Server, user: &str) -> (String, TOTP) {
     let out = Command::new(BIN)
         .args(["users", "totp", "enroll", "--config"])
         .arg(s.config())
@@ -39,7 +39,7 @@ fn enroll(s: &Server, user: &str) -> (String, TOTP) {
 
 /// The current code, once it is not one already spent (codes change every
 /// 30 s).
-async fn fresh(totp: &TOTP, spent: &[String]) -> String {
+pub(crate) async fn fresh(totp: &TOTP, spent: &[String]) -> String {
     loop {
         let c = totp.generate_current().unwrap();
         if !spent.contains(&c) {
