@@ -48,6 +48,8 @@ pub(crate) struct Rules {
 pub(crate) struct Plan {
     /// Statement names of the batch's `Describe 'S'`, in order.
     pub describes: Vec<String>,
+    /// Portal names of the batch's `Describe 'P'`, in order.
+    pub portal_describes: Vec<String>,
     /// For each `Execute`, its portal's and statement's server names and
     /// its result formats.
     pub executes: Vec<(String, String, Vec<i16>)>,
@@ -64,6 +66,7 @@ impl Plan {
     /// replies continue the same stream up to one `ReadyForQuery`).
     pub fn extend(&mut self, next: Plan) {
         self.describes.extend(next.describes);
+        self.portal_describes.extend(next.portal_describes);
         self.executes.extend(next.executes);
         self.result_checks.extend(next.result_checks);
         self.simple.extend(next.simple);
@@ -138,6 +141,8 @@ pub(crate) struct Results {
     statements: HashMap<String, Vec<Field>>,
     plan: Plan,
     describe_at: usize,
+    /// The next `Describe 'P'` to be answered.
+    portal_describe_at: usize,
     execute_at: usize,
     simple_at: usize,
     /// The next `RowDescription` answers a statement `Describe`.
@@ -165,6 +170,7 @@ impl Results {
             statements: HashMap::new(),
             plan: Plan::default(),
             describe_at: 0,
+            portal_describe_at: 0,
             execute_at: 0,
             simple_at: 0,
             statement_describe: false,
@@ -182,6 +188,7 @@ impl Results {
     pub fn begin(&mut self, plan: Plan) {
         self.plan = plan;
         self.describe_at = 0;
+        self.portal_describe_at = 0;
         self.execute_at = 0;
         self.simple_at = 0;
         self.statement_describe = false;
@@ -239,6 +246,24 @@ impl Results {
                 }
             }
             return;
+        }
+        // Answers come in order: while a `Describe 'P'` of the batch is
+        // unanswered, this answers it (a simple query's own description
+        // comes after). A portal's description describes the next result
+        // only if that result is that portal's: a portal described, then
+        // bound again (the unnamed one) or another portal run, would have
+        // its binary values read with the text formats and types of the
+        // description (found by a black-box pass: a bigint card number left
+        // unmasked). Otherwise the result's columns come from its statement
+        // and its own `Bind`, or are unknown (which fails closed where
+        // binary values must be scanned).
+        if let Some(described) = self.plan.portal_describes.get(self.portal_describe_at) {
+            self.portal_describe_at += 1;
+            let next = self.plan.executes.get(self.execute_at).map(|(p, _, _)| p);
+            if next != Some(described) {
+                self.columns = None;
+                return;
+            }
         }
         self.columns = fields.map(|f| {
             f.iter()

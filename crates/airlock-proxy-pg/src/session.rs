@@ -960,6 +960,8 @@ async fn decide_batch(
                     }
                 } else if kind == b'S' {
                     plan.describes.push(server.clone());
+                } else {
+                    plan.portal_describes.push(server.clone());
                 }
                 if f.tag == b'C' {
                     out.push(codec::build::close(kind, &server));

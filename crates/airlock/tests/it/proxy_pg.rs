@@ -1043,6 +1043,47 @@ async fn result_rows_are_masked() {
         Some(1),
         "numbers that are no card pass"
     );
+    // A portal described with text results, then bound again for binary
+    // ones (or another portal run after the description): its rows are
+    // not read with the description's text formats (found by a black-box
+    // pass: the bigint card left as its eight bytes).
+    let card_bytes = CARD.parse::<i64>().unwrap().to_be_bytes().to_vec();
+    for batch in [
+        [
+            raw::parse("", "SELECT card::bigint FROM contacts WHERE id = 1"),
+            raw::bind_formats("", "", &[0]),
+            raw::describe(b'P', ""),
+            raw::bind_formats("", "", &[1]),
+            raw::execute(""),
+            raw::sync(),
+        ]
+        .concat(),
+        [
+            raw::parse("t", "SELECT 'x'::text AS card"),
+            raw::parse("n", "SELECT card::bigint FROM contacts WHERE id = 1"),
+            raw::bind_formats("pt", "t", &[0]),
+            raw::bind_formats("pn", "n", &[1]),
+            raw::describe(b'P', "pt"),
+            raw::execute("pn"),
+            raw::close(b'P', "pt"),
+            raw::close(b'P', "pn"),
+            raw::close(b'S', "t"),
+            raw::close(b'S', "n"),
+            raw::sync(),
+        ]
+        .concat(),
+    ] {
+        let replies = raw.roundtrip(&batch).await;
+        let leaked = replies
+            .iter()
+            .filter(|(tag, _)| *tag == b'D')
+            .any(|(_, body)| body.windows(8).any(|w| w == card_bytes.as_slice()));
+        assert!(!leaked, "{replies:?}");
+        let ended = replies
+            .iter()
+            .any(|r| r.0 == b'D' || raw::error_code(r).as_deref() == Some("AL003"));
+        assert!(ended, "neither a masked row nor a refusal: {replies:?}");
+    }
     // In text: a bytea (written in hex) is scanned decoded and masked back
     // in hex; a number stays a number (9s, not Xs).
     let (ok, out, err) = psql(
@@ -1832,6 +1873,29 @@ mod raw {
         b.extend_from_slice(&0i16.to_be_bytes());
         b.extend_from_slice(&0i16.to_be_bytes());
         msg(b'B', &b)
+    }
+
+    /// A Bind asking for these result formats (0 text, 1 binary).
+    pub fn bind_formats(portal: &str, statement: &str, results: &[i16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for n in [portal, statement] {
+            b.extend_from_slice(n.as_bytes());
+            b.push(0);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(results.len() as i16).to_be_bytes());
+        for f in results {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        msg(b'B', &b)
+    }
+
+    pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        msg(b'D', &b)
     }
 
     pub fn execute(portal: &str) -> Vec<u8> {
