@@ -246,6 +246,36 @@ const STATE_CHANGERS: &[&str] = &[
     "pg_notify",
 ];
 
+/// Families of functions refused whole, whatever their member's name: each
+/// holds more members than a list would keep up with (a black-box pass
+/// read a forbidden table with `dblink_build_sql_insert`, and peeked at
+/// logical decoding, neither of them listed). `dblink*` opens connections
+/// from the server and reads over them; logical decoding returns every
+/// table's changes; replication origins and slots, large objects, the
+/// server's files and statistics resets change or read what no per-table
+/// decision sees.
+const REFUSED_FAMILIES: &[&str] = &[
+    "dblink",
+    "pg_logical_",
+    "pg_replication_",
+    "pg_create_",
+    "pg_drop_replication",
+    "pg_copy_",
+    "lo_",
+    "pg_ls_",
+    "pg_read_",
+    "pg_file_",
+    "pg_stat_reset",
+];
+
+/// Whether a built-in (or contrib) function by this lower-case bare name
+/// runs or reads what Airlock cannot decide, or changes the server's state.
+fn refused_function(bare: &str) -> bool {
+    UNSEEN_READERS.contains(&bare)
+        || STATE_CHANGERS.contains(&bare)
+        || REFUSED_FAMILIES.iter().any(|f| bare.starts_with(f))
+}
+
 /// Settings that change how the server reads the text Airlock parsed
 /// (encoding, string escapes) or which tables names resolve to.
 const PINNED_SETTINGS: &[&str] = &[
@@ -590,6 +620,9 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     if top == "DropStmt" {
         drop_targets(body, &mut st.tables);
     }
+    if matches!(top, "CommentStmt" | "SecLabelStmt") {
+        labelled_target(body, &mut st.tables);
+    }
     // Advisory locks are the server's, shared with every application on
     // it: one taken under a permit to read could stall them all. Decided
     // as `sql.other` on the database, alone.
@@ -733,7 +766,7 @@ impl Walk<'_> {
             if bare == "set_config" {
                 self.refused = Some(Refusal::SearchPath);
             }
-            if UNSEEN_READERS.contains(&bare.as_str()) || STATE_CHANGERS.contains(&bare.as_str()) {
+            if refused_function(&bare) {
                 self.refused = Some(Refusal::NotServed(format!("{bare}()")));
             }
             // `nextval` writes its sequence (a relation): decided as an
@@ -1049,6 +1082,55 @@ fn names(list: Option<&Value>) -> String {
         .unwrap_or_default()
 }
 
+/// The table a COMMENT ON or SECURITY LABEL ON names (for a column, its
+/// table), as a list of strings like DROP's: decided as DDL on that table,
+/// not on the database alone, so a forbid on the table holds (found by a
+/// black-box pass).
+fn labelled_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
+    use pg_query::protobuf::ObjectType as O;
+    let kind = body.get("objtype").and_then(Value::as_i64).unwrap_or(0);
+    let is = |o: O| o as i64 == kind;
+    let column = is(O::ObjectColumn);
+    let relation_like = [
+        O::ObjectTable,
+        O::ObjectView,
+        O::ObjectMatview,
+        O::ObjectForeignTable,
+        O::ObjectSequence,
+        O::ObjectIndex,
+    ]
+    .into_iter()
+    .any(is);
+    if !(column || relation_like) {
+        return;
+    }
+    let items = body
+        .get("object")
+        .and_then(|n| n.get("node"))
+        .and_then(|n| n.get("List"))
+        .and_then(|l| l.get("items"))
+        .and_then(Value::as_array);
+    let Some(items) = items else {
+        return;
+    };
+    // A column's list ends with the column's name.
+    let table = if column {
+        items.split_last().map(|(_, t)| t).unwrap_or_default()
+    } else {
+        items.as_slice()
+    };
+    let n = names(Some(&Value::Array(table.to_vec())));
+    if n.is_empty() {
+        return;
+    }
+    let qualified = if n.contains('.') {
+        n
+    } else {
+        format!("{}.{n}", unqualified_schema(&n))
+    };
+    tables.insert((Access::Ddl, qualified));
+}
+
 /// DROP TABLE/VIEW/… names its objects as lists of strings, not relations.
 fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
     use pg_query::protobuf::ObjectType as O;
@@ -1190,6 +1272,19 @@ mod tests {
         let s = one("DROP TABLE customers");
         assert_eq!(s.kind, Access::Ddl);
         assert_eq!(tables(&s), vec![("sql.ddl", "public.customers")]);
+        // COMMENT ON and SECURITY LABEL ON a table, or one of its columns,
+        // are DDL on that table (a black-box pass: they were decided on the
+        // database alone, past the table's forbid).
+        for sql in [
+            "COMMENT ON TABLE secrets IS 'x'",
+            "COMMENT ON COLUMN secrets.value IS 'x'",
+            "COMMENT ON COLUMN public.secrets.value IS 'x'",
+            "SECURITY LABEL ON TABLE secrets IS 'x'",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind, Access::Ddl, "{sql}");
+            assert_eq!(tables(&s), vec![("sql.ddl", "public.secrets")], "{sql}");
+        }
         // What a copy into a new table reads is read; the new table is DDL.
         for sql in [
             "CREATE TABLE x AS SELECT * FROM customers",
@@ -1404,6 +1499,14 @@ mod tests {
             "SELECT * FROM pg_ls_waldir()",
             "SELECT * FROM pg_stat_get_activity(NULL)",
             "SELECT pg_notify('c', 'x')",
+            // whole families (a black-box pass: dblink_build_sql_insert read
+            // a forbidden table; logical decoding was forwarded)
+            "SELECT dblink_build_sql_insert('secrets','1',1,'{1}','{1}')",
+            "SELECT dblink_connect('c', 'dbname=app')",
+            "SELECT dblink_get_result('c')",
+            "SELECT * FROM pg_logical_slot_peek_changes('x', NULL, NULL)",
+            "SELECT * FROM pg_logical_slot_get_binary_changes('x', NULL, NULL)",
+            "SELECT lo_lseek(0, 0, 0)",
             // a sequence Airlock cannot name; an advisory lock beside tables
             "SELECT nextval($1)",
             "SELECT nextval(name) FROM seqs",
