@@ -381,6 +381,36 @@ async fn email_asks_approvers_with_a_link_and_tells_the_requester() {
     assert!(told[0].contains("was approved by carol"), "{}", told[0]);
 }
 
+/// A break-glass use is mailed as one, as every other channel says it:
+/// granted at once, to be reviewed after the fact (found by a black-box
+/// pass: it read as an ordinary "Approval needed").
+#[tokio::test]
+async fn email_says_a_break_glass_use_is_one() {
+    let smtp = Smtp::start();
+    let s = Server::start_extra(
+        &Db::Sqlite,
+        POLICIES,
+        &format!("[notify.email]\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"Airlock <airlock@example.com>\"\n\n[breakglass]\ngroups = [\"engineering\"]\n", smtp.port),
+    );
+    let alice = s.key("alice", "user");
+    let mut action = export("alice", "orders");
+    action["reason"] = json!("incident 42");
+    let (st, r) = s.post(&alice, "/v1/breakglass", action).await;
+    assert_eq!(st, 200, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let alerts = smtp
+        .wait_for(2, |m| m.contains("Subject: BREAK-GLASS"))
+        .await;
+    let mail = &alerts[0];
+    assert!(
+        mail.contains("granted at once") && mail.contains("after the fact"),
+        "{mail}"
+    );
+    assert!(mail.contains("incident 42"), "{mail}");
+    assert!(mail.contains(&format!("{}/requests/{id}", s.url)), "{mail}");
+    assert!(!mail.contains("Approval needed"), "{mail}");
+}
+
 #[tokio::test]
 async fn a_webhook_added_by_reload_delivers_without_a_restart() {
     let receiver = Receiver::start(Duration::ZERO);
