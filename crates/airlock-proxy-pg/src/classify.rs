@@ -623,6 +623,9 @@ fn statement(sql: &str, location: i32, len: i32, tree: &Value) -> Result<Stateme
     if matches!(top, "CommentStmt" | "SecLabelStmt") {
         labelled_target(body, &mut st.tables);
     }
+    if matches!(top, "RenameStmt" | "AlterObjectSchemaStmt") {
+        moved_target(body, &mut st.tables);
+    }
     // Advisory locks are the server's, shared with every application on
     // it: one taken under a permit to read could stall them all. Decided
     // as `sql.other` on the database, alone.
@@ -1131,6 +1134,35 @@ fn labelled_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
     tables.insert((Access::Ddl, qualified));
 }
 
+/// The name a relation is renamed or moved to, decided as DDL on it as well
+/// as on the old one: a table renamed to a name policy forbids (or moved
+/// into a schema it forbids) is a table by that name from then on (found
+/// by a black-box pass: only the old name was decided).
+fn moved_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
+    let Some(old) = body.get("relation").and_then(range_var) else {
+        return;
+    };
+    let (schema, name) = old.rsplit_once('.').unwrap_or(("public", old.as_str()));
+    let to = if let Some(new) = body.get("newname").and_then(Value::as_str) {
+        if body
+            .get("subname")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            // A column or constraint renamed: the relation keeps its name.
+            return;
+        }
+        format!("{schema}.{new}")
+    } else if let Some(new) = body.get("newschema").and_then(Value::as_str) {
+        format!("{new}.{name}")
+    } else {
+        return;
+    };
+    if !to.is_empty() {
+        tables.insert((Access::Ddl, to));
+    }
+}
+
 /// DROP TABLE/VIEW/… names its objects as lists of strings, not relations.
 fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
     use pg_query::protobuf::ObjectType as O;
@@ -1272,6 +1304,25 @@ mod tests {
         let s = one("DROP TABLE customers");
         assert_eq!(s.kind, Access::Ddl);
         assert_eq!(tables(&s), vec![("sql.ddl", "public.customers")]);
+        // A relation renamed or moved: the new name is decided too.
+        let s = one("ALTER TABLE products RENAME TO secrets");
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.ddl", "public.products"),
+                ("sql.ddl", "public.secrets")
+            ]
+        );
+        let s = one("ALTER TABLE products SET SCHEMA vault");
+        assert_eq!(
+            tables(&s),
+            vec![
+                ("sql.ddl", "public.products"),
+                ("sql.ddl", "vault.products")
+            ]
+        );
+        let s = one("ALTER TABLE products RENAME COLUMN a TO b");
+        assert_eq!(tables(&s), vec![("sql.ddl", "public.products")]);
         // COMMENT ON and SECURITY LABEL ON a table, or one of its columns,
         // are DDL on that table (a black-box pass: they were decided on the
         // database alone, past the table's forbid).
