@@ -244,7 +244,7 @@ async fn a_reviewer_removed_from_the_group_no_longer_counts(db: Db) {
         s.key("carol", "user"),
         s.key("admin", "admin"),
     );
-    let (_, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (id, token) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
     s.set_users(&USERS.replace(
         "name = \"carol\"\ngroups = [\"security\"]",
         "name = \"carol\"\ngroups = []",
@@ -257,6 +257,15 @@ async fn a_reviewer_removed_from_the_group_no_longer_counts(db: Db) {
         s.audit_has(&admin, "policy_loaded", "trigger", "sighup")
             .await
     );
+    // The reload is on record a moment before it serves: wait until the
+    // request's view counts carol's approval no more, before consuming.
+    for _ in 0..100 {
+        let (_, r) = s.get(&alice, &format!("/v1/requests/{id}")).await;
+        if r["thresholds"][0]["approvals"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (st, r) = s
         .post(
             &alice,
