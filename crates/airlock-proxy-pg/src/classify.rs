@@ -268,6 +268,13 @@ const REFUSED_FAMILIES: &[&str] = &[
     "pg_stat_reset",
 ];
 
+/// Whether `name` is one the proxy gives the server's prepared statements
+/// and portals (`al` and digits; see the session's name map).
+pub(crate) fn is_proxy_name(name: &str) -> bool {
+    name.strip_prefix("al")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Whether a built-in (or contrib) function by this lower-case bare name
 /// runs or reads what Airlock cannot decide, or changes the server's state.
 fn refused_function(bare: &str) -> bool {
@@ -805,6 +812,24 @@ impl Walk<'_> {
                 ));
             }
             "DoStmt" => self.refused = Some(Refusal::NotServed("DO".into())),
+            // SQL that names a cursor reaches the portals the proxy binds
+            // (one namespace on the server): `FETCH ALL FROM al2` ran a
+            // statement bound and never executed, so never decided, under
+            // a permit for `FETCH` (found by a black-box pass: a forbidden
+            // table read, writes committed unapproved). Airlock's own names
+            // are not the client's to use.
+            "FetchStmt" | "ClosePortalStmt" | "DeclareCursorStmt" | "CurrentOfExpr"
+            | "DeallocateStmt" => {
+                let named = ["portalname", "cursor_name", "name"]
+                    .iter()
+                    .filter_map(|f| body.get(*f).and_then(Value::as_str))
+                    .find(|n| is_proxy_name(n));
+                if let Some(n) = named {
+                    self.refused = Some(Refusal::NotServed(format!(
+                        "the name {n} (Airlock's own, for what it binds and prepares)"
+                    )));
+                }
+            }
             _ => {}
         }
         let Some(obj) = body.as_object() else {
@@ -1550,6 +1575,15 @@ mod tests {
             "SELECT * FROM pg_ls_waldir()",
             "SELECT * FROM pg_stat_get_activity(NULL)",
             "SELECT pg_notify('c', 'x')",
+            // the proxy's own portal and statement names, reached from SQL
+            // (a black-box pass ran a bound, undecided statement so)
+            "FETCH ALL FROM al2",
+            "FETCH ALL FROM \"al2\"",
+            "MOVE FORWARD 1 IN al7",
+            "CLOSE al2",
+            "DECLARE al9 CURSOR FOR SELECT 1",
+            "DEALLOCATE al1",
+            "UPDATE orders SET x = 1 WHERE CURRENT OF al3",
             // whole families (a black-box pass: dblink_build_sql_insert read
             // a forbidden table; logical decoding was forwarded)
             "SELECT dblink_build_sql_insert('secrets','1',1,'{1}','{1}')",

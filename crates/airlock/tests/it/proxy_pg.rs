@@ -1084,6 +1084,37 @@ async fn result_rows_are_masked() {
             .any(|r| r.0 == b'D' || raw::error_code(r).as_deref() == Some("AL003"));
         assert!(ended, "neither a masked row nor a refusal: {replies:?}");
     }
+    // A statement bound and never executed is never decided; SQL naming
+    // the portal the proxy bound it as (on a new session: `w` is `al1` on
+    // the server, `pw` is `al2`) would run it under the permit for FETCH
+    // (found by a black-box pass: a forbidden table read, writes
+    // committed). Refused.
+    let mut fresh = raw::Conn::login(pg.port, "alice", &alice, &database_of(&pg.db)).await;
+    let batch = [
+        raw::parse("w", "UPDATE contacts SET email = 'pwned' RETURNING id"),
+        raw::bind("pw", "w"),
+        raw::parse("", "FETCH ALL FROM al2"),
+        raw::bind("", ""),
+        raw::execute(""),
+        raw::sync(),
+    ]
+    .concat();
+    let replies = fresh.roundtrip(&batch).await;
+    assert_eq!(
+        replies.iter().find_map(raw::error_code).as_deref(),
+        Some("0A000"),
+        "{replies:?}"
+    );
+    assert!(!replies.iter().any(|r| r.0 == b'D'), "{replies:?}");
+    let c2 = pg.connect("alice", &alice).await.unwrap();
+    let emails: Vec<String> = c2
+        .query("SELECT email FROM contacts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!emails.iter().any(|e| e == "pwned"), "{emails:?}");
     // In text: a bytea (written in hex) is scanned decoded and masked back
     // in hex; a number stays a number (9s, not Xs).
     let (ok, out, err) = psql(
