@@ -155,6 +155,10 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// How long a streamed response's head waits for its body's first piece,
+/// so that a body failing at once gets an error status.
+const HEAD_WAIT: Duration = Duration::from_secs(1);
+
 /// What a streamed, masked response accumulates before it is sent on.
 const STREAM_FLUSH: usize = 64 << 10;
 /// Compressed bytes decoded at a time: deflate and brotli expand at most
@@ -729,20 +733,22 @@ impl Proxy {
                     }
                 }
                 let (mut rest, counts) = self.stream_scanned(body, decoder, sniff, mode, target);
-                // The head waits for the body's first piece (or its end):
-                // a body that fails before any of it leaves (unreadable,
+                // The head waits a moment for the body's first piece (or
+                // its end): a body that fails at once (unreadable,
                 // undecodable, broken off) is answered with an error
                 // status, not a 200 that breaks off (found by a review).
-                let first = match rest.recv().await {
-                    Some(Ok(piece)) => Some(piece),
-                    Some(Err(why)) => {
+                // A slow stream (an export, events) is not held back
+                // longer: its head leaves after HEAD_WAIT, as before.
+                let first = match tokio::time::timeout(HEAD_WAIT, rest.recv()).await {
+                    Ok(Some(Ok(piece))) => Some(piece),
+                    Ok(Some(Err(why))) => {
                         let found = counts.await.map(|(c, _)| c).unwrap_or_default();
                         return (
                             unscannable(why.to_string()),
                             Counted::Now(found, Some(Disposition::Withheld)),
                         );
                     }
-                    None => None,
+                    Ok(None) | Err(_) => None,
                 };
                 let body = ChannelBody { first, rest }.boxed_unsync();
                 return (

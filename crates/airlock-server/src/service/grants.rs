@@ -285,17 +285,20 @@ impl Airlock {
                 let Some(row) = tx.get_grant(&gid)? else {
                     return Err(ApiError::NotFound(format!("no grant {gid}")));
                 };
-                if !(caller.is_enforcer() || caller.user == row.principal) {
+                let admin_closing = row.enforced && caller.is_admin();
+                if !(caller.is_enforcer() || caller.user == row.principal || admin_closing) {
                     // On record: someone holding another user's grant id.
                     let message = "only the grant's principal or an enforcer key may complete it";
                     let _recorded = refuse_in(tx, caller.user.as_str(), Some(row.request_id), gid, ErrorCode::Forbidden, message.into(), t)?;
                     return Ok(Err(ApiError::forbidden(message)));
                 }
-                if row.enforced && !caller.is_enforcer() {
+                if row.enforced && !(caller.is_enforcer() || caller.is_admin()) {
                     // A proxy spent the use and reports what the upstream
                     // answered; the principal reporting first would close
-                    // it with their own word for the outcome.
-                    let message = "a use consumed by an enforcer (a proxy) is completed by an enforcer key";
+                    // it with their own word for the outcome. An admin may
+                    // close one a proxy never reported (it crashed), on
+                    // record as theirs.
+                    let message = "a use consumed by an enforcer (a proxy) is completed by an enforcer or admin key";
                     let _recorded = refuse_in(tx, caller.user.as_str(), Some(row.request_id), gid, ErrorCode::Forbidden, message.into(), t)?;
                     return Ok(Err(ApiError::forbidden(message)));
                 }

@@ -259,6 +259,12 @@ ALTER TABLE reviews ADD COLUMN step_up TEXT;
 -- proxied action with an outcome of their own before the proxy reports
 -- what the upstream answered. Grants from before count as not.
 ALTER TABLE grants ADD COLUMN enforced boolean NOT NULL DEFAULT false;
+-- Only request records are filed under a request: builds of 2026-11-26
+-- filed some others too (a sign-in whose user name looked like a request
+-- id), which `audit verify` now holds the column to, so those are unfiled.
+UPDATE audit SET request_id = NULL WHERE request_id IS NOT NULL AND kind NOT IN (
+    'decision', 'request_created', 'review', 'request_state', 'grant_issued', 'grant_consumed',
+    'grant_refused', 'grant_completed', 'requirement_raised', 'breakglass', 'review_refused');
 "#,
 ];
 

@@ -108,6 +108,25 @@ async fn a_use_an_enforcer_spent_is_completed_by_an_enforcer(db: Db) {
         .post(&enforcer, &path, json!({"outcome": "success"}))
         .await;
     assert_eq!(st, 200, "{r}");
+    // A use a proxy spent and never reported (it crashed) an admin may
+    // close, on record as theirs.
+    let (_, token2) = approved(&s, &alice, &bob, &carol, export("alice", "orders")).await;
+    let (_, r2) = s
+        .post(
+            &enforcer,
+            "/v1/grants/consume",
+            json!({"token": token2, "action": export("alice", "orders")}),
+        )
+        .await;
+    let gid2 = r2["grant_id"].as_str().unwrap().to_owned();
+    let (st, r) = s
+        .post(
+            &admin,
+            &format!("/v1/grants/{gid2}/complete"),
+            json!({"outcome": "failure"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
     let done = s.audit_of(&admin, "grant_completed", 1).await;
     assert_eq!(done[0]["actor"], "proxy", "{done:?}");
     assert_eq!(done[0]["details"]["outcome"], "success", "{done:?}");
