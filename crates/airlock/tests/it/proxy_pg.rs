@@ -1084,6 +1084,27 @@ async fn result_rows_are_masked() {
             .any(|r| r.0 == b'D' || raw::error_code(r).as_deref() == Some("AL003"));
         assert!(ended, "neither a masked row nor a refusal: {replies:?}");
     }
+    // The ordinary flow (psycopg's: Bind for binary, Describe the portal,
+    // Execute) still answers rows, the card sent as NULL.
+    let batch = [
+        raw::parse(
+            "",
+            "SELECT card::bigint, id::bigint FROM contacts WHERE id = 1",
+        ),
+        raw::bind_formats("", "", &[1]),
+        raw::describe(b'P', ""),
+        raw::execute(""),
+        raw::sync(),
+    ]
+    .concat();
+    let replies = raw.roundtrip(&batch).await;
+    assert!(
+        replies.iter().all(|r| raw::error_code(r).is_none()),
+        "{replies:?}"
+    );
+    let row = replies.iter().find(|r| r.0 == b'D').expect("a row");
+    // Two columns: the card NULL (length -1), the id 8 bytes.
+    assert_eq!(&row.1[..6], &[0, 2, 0xff, 0xff, 0xff, 0xff], "{row:?}");
     // A statement bound and never executed is never decided; SQL naming
     // the portal the proxy bound it as (on a new session: `w` is `al1` on
     // the server, `pw` is `al2`) would run it under the permit for FETCH
