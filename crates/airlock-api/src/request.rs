@@ -398,6 +398,7 @@ mod tests {
                 r#""reviews":[{{"reviewer":"bob","verdict":"approve","reason":null,"channel":"cli","at":"2023-11-14T22:13:21.000Z"}}],"#,
                 r#""created_at":"2023-11-14T22:13:20.000Z","expires_at":"2023-11-14T23:13:20.000Z","#,
                 r#""url":"http://x/requests/req_0190a3c4-0000-7000-8000-000000000001","grant_ttl":"10m","max_uses":1,"#,
+                r#""breakglass":false,"review_required":false,"#,
                 r#""grant":{{"grant_id":"grt_0190a3c4-0000-7000-8000-000000000002","expires_at":"2023-11-14T22:23:20.000Z","#,
                 r#""max_uses":1,"uses":0,"revoked":false,"outcome":null,"token":"tok"}}}}"#
             ),
