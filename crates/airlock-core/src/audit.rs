@@ -278,15 +278,33 @@ impl NewAuditRecord {
     /// `context`, `detail`), so no caller can file a record under someone
     /// else's request.
     pub fn request_id(&self) -> Option<&str> {
-        if !self.kind.is_about_requests() {
-            // Their subject can be text a caller typed (a user name at
-            // sign-in), which could look like a request id.
-            return None;
+        match filed(self.kind.is_about_requests(), &self.subject) {
+            Filed::Nowhere => None,
+            Filed::Subject(s) => Some(s),
+            Filed::Details => self.details.request.as_deref(),
         }
-        if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
-            return Some(&self.subject);
-        }
-        self.details.request.as_deref()
+    }
+}
+
+/// Where a record's request is, by the one rule records are filed by and
+/// verified against.
+enum Filed<'a> {
+    /// Not a request record: its subject can be text a caller typed (a
+    /// user name at sign-in), which could look like a request id.
+    Nowhere,
+    /// Its subject, a request id.
+    Subject(&'a str),
+    /// The `request` at the top of its details, if any.
+    Details,
+}
+
+fn filed(about_requests: bool, subject: &str) -> Filed<'_> {
+    if !about_requests {
+        Filed::Nowhere
+    } else if subject.starts_with(crate::ids::REQUEST_PREFIX) {
+        Filed::Subject(subject)
+    } else {
+        Filed::Details
     }
 }
 
@@ -298,25 +316,23 @@ impl AuditRecord {
     /// its own for listings, which the chain does not cover: verification
     /// holds the column to this.
     pub fn request_id(&self) -> Option<String> {
-        let about_requests = AuditKind::ALL
-            .iter()
-            .any(|k| k.as_str() == self.kind && k.is_about_requests());
-        if !about_requests {
-            return None;
-        }
-        if self.subject.starts_with(crate::ids::REQUEST_PREFIX) {
-            return Some(self.subject.clone());
-        }
         /// Only the top-level `request` member, borrowed where it can be.
         #[derive(Deserialize)]
         struct Top<'a> {
             #[serde(borrow)]
             request: Option<std::borrow::Cow<'a, str>>,
         }
-        serde_json::from_str::<Top<'_>>(self.details.get())
-            .ok()
-            .and_then(|t| t.request)
-            .map(std::borrow::Cow::into_owned)
+        let about_requests = AuditKind::ALL
+            .iter()
+            .any(|k| k.as_str() == self.kind && k.is_about_requests());
+        match filed(about_requests, &self.subject) {
+            Filed::Nowhere => None,
+            Filed::Subject(s) => Some(s.to_owned()),
+            Filed::Details => serde_json::from_str::<Top<'_>>(self.details.get())
+                .ok()
+                .and_then(|t| t.request)
+                .map(std::borrow::Cow::into_owned),
+        }
     }
 }
 

@@ -1125,11 +1125,25 @@ fn names(list: Option<&Value>) -> String {
 /// not on the database alone, so a forbid on the table holds (found by a
 /// black-box pass).
 fn labelled_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
-    use pg_query::protobuf::ObjectType as O;
     let kind = body.get("objtype").and_then(Value::as_i64).unwrap_or(0);
-    let is = |o: O| o as i64 == kind;
-    let column = is(O::ObjectColumn);
-    let relation_like = [
+    let column = kind == pg_query::protobuf::ObjectType::ObjectColumn as i64;
+    if !(column || relation_like(kind)) {
+        return;
+    }
+    // A column's list ends with the column's name.
+    if let Some(t) = body
+        .get("object")
+        .and_then(object_list)
+        .and_then(|i| object_table(i, column))
+    {
+        tables.insert((Access::Ddl, t));
+    }
+}
+
+/// Whether an object type (as the parse tree numbers it) is a relation.
+fn relation_like(kind: i64) -> bool {
+    use pg_query::protobuf::ObjectType as O;
+    [
         O::ObjectTable,
         O::ObjectView,
         O::ObjectMatview,
@@ -1138,20 +1152,13 @@ fn labelled_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
         O::ObjectIndex,
     ]
     .into_iter()
-    .any(is);
-    if !(column || relation_like) {
-        return;
-    }
-    let items = body
-        .get("object")
-        .and_then(|n| n.get("node"))
-        .and_then(|n| n.get("List"))
-        .and_then(|l| l.get("items"))
-        .and_then(Value::as_array);
-    // A column's list ends with the column's name.
-    if let Some(t) = items.and_then(|i| object_table(i, column)) {
-        tables.insert((Access::Ddl, t));
-    }
+    .any(|o| o as i64 == kind)
+}
+
+/// The names of an object given as a list of strings (`{"node": {"List":
+/// {"items": […]}}}`), as DROP, COMMENT ON and SECURITY LABEL give them.
+fn object_list(o: &Value) -> Option<&Vec<Value>> {
+    o.get("node")?.get("List")?.get("items")?.as_array()
 }
 
 /// The name a relation is renamed or moved to, decided as DDL on it as well
@@ -1178,26 +1185,13 @@ fn moved_target(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
     } else {
         return;
     };
-    if !to.is_empty() {
-        tables.insert((Access::Ddl, to));
-    }
+    tables.insert((Access::Ddl, to));
 }
 
 /// DROP TABLE/VIEW/… names its objects as lists of strings, not relations.
 fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
-    use pg_query::protobuf::ObjectType as O;
     let kind = body.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
-    let relation_like = [
-        O::ObjectTable,
-        O::ObjectView,
-        O::ObjectMatview,
-        O::ObjectForeignTable,
-        O::ObjectSequence,
-        O::ObjectIndex,
-    ]
-    .iter()
-    .any(|o| *o as i64 == kind);
-    if !relation_like {
+    if !relation_like(kind) {
         return;
     }
     for o in body
@@ -1206,12 +1200,7 @@ fn drop_targets(body: &Value, tables: &mut BTreeSet<(Access, String)>) {
         .into_iter()
         .flatten()
     {
-        let items = o
-            .get("node")
-            .and_then(|n| n.get("List"))
-            .and_then(|l| l.get("items"))
-            .and_then(Value::as_array);
-        if let Some(t) = items.and_then(|i| object_table(i, false)) {
+        if let Some(t) = object_list(o).and_then(|i| object_table(i, false)) {
             tables.insert((Access::Ddl, t));
         }
     }

@@ -95,12 +95,9 @@ const PAGE: u32 = 10_000;
 /// in another's history, or hide a refused attempt from its own (found by
 /// a black-box pass).
 fn misfiled(rec: &AuditRecord, filed: Option<&(i64, Option<String>)>) -> Option<String> {
-    let Some((seq, column)) = filed else {
+    let Some((_, column)) = filed.filter(|(seq, _)| *seq == rec.seq) else {
         return Some(format!("record {}: its request column is missing", rec.seq));
     };
-    if *seq != rec.seq {
-        return Some(format!("record {}: its request column is missing", rec.seq));
-    }
     let named = rec.request_id();
     if *column == named {
         return None;

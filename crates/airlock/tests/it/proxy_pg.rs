@@ -1916,15 +1916,7 @@ mod raw {
     }
 
     pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
-        let mut b = Vec::new();
-        for n in [portal, statement] {
-            b.extend_from_slice(n.as_bytes());
-            b.push(0);
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        msg(b'B', &b)
+        bind_formats(portal, statement, &[])
     }
 
     /// A Bind asking for these result formats (0 text, 1 binary).
